@@ -1,0 +1,54 @@
+/**
+ * The small set of kernels the models are written against. The plain TypeScript implementation
+ * (reference.ts) is the specification; faster backends (WebAssembly SIMD, WebGPU) implement the
+ * same interface and must pass the shared conformance tests against it.
+ *
+ * Letters: T tokens in the sequence, C channels, H heads, N head size (C = H*N),
+ * I/O a matrix's input/output width. All arrays are row-major Float32Array.
+ */
+
+/** A weight matrix applied as y = W x, stored (out, in) row-major like torch's nn.Linear. */
+export interface Matrix {
+  readonly rows: number; // O
+  readonly cols: number; // I
+  readonly data: Float32Array; // (O, I)
+}
+
+/** v4 WKV state per channel: numerator aa, denominator bb, running max exponent pp. */
+export interface Wkv4State { aa: Float32Array; bb: Float32Array; pp: Float32Array } // (C) each
+
+export interface Backend {
+  readonly name: string;
+
+  /** y (T, O) = x (T, I) Wᵀ. */
+  matmul(x: Float32Array, T: number, W: Matrix): Float32Array;
+
+  /** Per row: (x - mean) / sqrt(var + eps) * weight + bias, biased variance. x (T, C) -> (T, C). */
+  layerNorm(x: Float32Array, T: number, C: number, weight: Float32Array, bias: Float32Array, eps: number): Float32Array;
+
+  /** Layer norm over each head's N values, then per-channel affine. x (T, H*N) -> (T, H*N). */
+  groupNorm(x: Float32Array, T: number, H: number, N: number, weight: Float32Array, bias: Float32Array, eps: number): Float32Array;
+
+  /**
+   * RWKV-4 WKV, log-space with a running max. w = -exp(time_decay) (C), u = time_first (C),
+   * k, v (T, C). Returns wkv (T, C); advances `state`.
+   */
+  wkv4(T: number, C: number, w: Float32Array, u: Float32Array, k: Float32Array, v: Float32Array, state: Wkv4State): Float32Array;
+
+  /**
+   * RWKV-5/6 WKV per head, S[h][j=key][i=value]:
+   *   out[i] = Σ_j r[j] (u[j] k[j] v[i] + S[j,i]);   S[j,i] <- k[j] v[i] + decay[j] S[j,i]
+   * r, k, v (T, C); u (C); decay is multiplicative, (C) for v5 (constant) or (T, C) for v6 (per token).
+   * Returns out (T, C); advances S (H, N, N).
+   */
+  wkv5(T: number, H: number, N: number, r: Float32Array, k: Float32Array, v: Float32Array,
+    decay: Float32Array, u: Float32Array, S: Float32Array): Float32Array;
+
+  /**
+   * RWKV-7 WKV per head, S[h][i=value][j=key]:
+   *   sa = S a;  S <- S diag(decay) + sa bᵀ + v kᵀ;  y = S r
+   * All inputs (T, C); returns y (T, C); advances S (H, N, N).
+   */
+  wkv7(T: number, H: number, N: number, r: Float32Array, decay: Float32Array, k: Float32Array, v: Float32Array,
+    a: Float32Array, b: Float32Array, S: Float32Array): Float32Array;
+}

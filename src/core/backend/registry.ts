@@ -1,0 +1,38 @@
+import type { Backend } from "./backend.js";
+import { referenceBackend } from "./reference.js";
+
+/**
+ * Backends by name, in order of preference. A backend registers itself with a probe that says
+ * whether it can run here (WebAssembly features, GPU adapter...); `selectBackend` picks the first
+ * that works, falling back to the reference. Model code never chooses kernels itself.
+ */
+interface Registration { readonly name: string; readonly priority: number; readonly create: () => Backend | null }
+
+const registrations: Registration[] = [{ name: "reference", priority: 0, create: () => referenceBackend }];
+
+export function registerBackend(name: string, priority: number, create: () => Backend | null): void {
+  const i = registrations.findIndex((r) => r.name === name);
+  if (i >= 0) registrations.splice(i, 1);
+  registrations.push({ name, priority, create });
+  registrations.sort((a, b) => b.priority - a.priority);
+}
+
+export function availableBackends(): string[] {
+  return registrations.map((r) => r.name);
+}
+
+/** The named backend, or the best available one. Unknown names are an error, not a silent fallback. */
+export function selectBackend(name?: string): Backend {
+  if (name !== undefined) {
+    const r = registrations.find((x) => x.name === name);
+    if (!r) throw new Error(`unknown backend "${name}" (available: ${availableBackends().join(", ")})`);
+    const b = r.create();
+    if (!b) throw new Error(`backend "${name}" cannot run in this environment`);
+    return b;
+  }
+  for (const r of registrations) {
+    const b = r.create();
+    if (b) return b;
+  }
+  return referenceBackend;
+}

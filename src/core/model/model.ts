@@ -1,0 +1,150 @@
+import type { Backend, Matrix } from "../backend/backend.js";
+import { RwkvInputError } from "../errors.js";
+import type { Checkpoint } from "../formats/checkpoint.js";
+import { State } from "./state.js";
+import { Weights } from "./weights.js";
+
+/*
+ * The skeleton shared by every RWKV version (SPEC §1):
+ *   x = LN(emb[token]; ln0);  for each block: x += TimeMix(LN1(x)); x += ChannelMix(LN2(x));
+ *   logits = head · LN(x; ln_out)
+ * A version file (v4.ts ... v7.ts) supplies the two mixers and its state layout. Every mixer works
+ * on a whole sequence: the one-token step is the T = 1 case of the same code, so the recurrent and
+ * the parallel form cannot drift apart.
+ *
+ * Letters: T tokens, C = n_embd, V vocabulary.
+ */
+
+export type Version = "4" | "5.1" | "5.2" | "6" | "7";
+
+export interface ModelConfig {
+  readonly version: Version;
+  readonly nLayer: number;
+  readonly nEmbd: number;
+  readonly nHead: number;
+  readonly headSize: number;
+  readonly vocabSize: number;
+  readonly dimFfn: number;
+  /** Attention width A (= nEmbd in all released v5+ models). */
+  readonly dimAtt: number;
+}
+
+export interface ForwardOptions {
+  /** Return logits for all T positions, (T, V) row-major; default only the last row (V). */
+  readonly allLogits?: boolean;
+}
+
+export interface Model {
+  readonly config: ModelConfig;
+  readonly backend: Backend;
+  initState(): State;
+  /** Logits (V) after `token`; advances `state`. */
+  step(token: number, state: State): Float32Array;
+  /** Runs `tokens` as one sequence from `state` (advancing it): last logits (V) or all (T, V). */
+  forward(tokens: readonly number[], state: State, options?: ForwardOptions): Float32Array;
+}
+
+/** Per-forward scratch shared between layers (v7 passes layer 0's v to later layers). */
+export type SequenceContext = Record<string, Float32Array>;
+
+/** One block's two mixers. Inputs are the layer-normed activations; outputs are residual deltas. */
+export interface Block {
+  timeMix(xx: Float32Array, T: number, state: Record<string, Float32Array>, ctx: SequenceContext): Float32Array; // (T, C) -> (T, C)
+  channelMix(xx: Float32Array, T: number, state: Record<string, Float32Array>): Float32Array; // (T, C) -> (T, C)
+}
+
+/** What a version file provides. */
+export interface Architecture {
+  /** Display name used in messages, e.g. "RWKV-7". */
+  readonly name: string;
+  /** Hyper-parameters inferred from tensor shapes. */
+  inferConfig(w: Weights, version: Version): ModelConfig;
+  block(w: Weights, layer: number, cfg: ModelConfig, be: Backend): Block;
+  initLayerState(cfg: ModelConfig): Record<string, Float32Array>;
+}
+
+/** LayerNorm eps of every `ln*` in all versions. */
+export const LAYER_NORM_EPS = 1e-5;
+
+interface Norm { weight: Float32Array; bias: Float32Array }
+
+export class RwkvModel implements Model {
+  private readonly emb: Float32Array; // (V, C), ln0 already applied
+  private readonly blocks: Array<{ ln1: Norm; ln2: Norm; mix: Block }>;
+  private readonly lnOut: Norm;
+  private readonly head: Matrix; // (V, C)
+
+  constructor(readonly config: ModelConfig, private readonly arch: Architecture, w: Weights, readonly backend: Backend) {
+    const { nLayer: L, nEmbd: C, vocabSize: V } = config;
+    const norm = (p: string): Norm => ({ weight: w.vec(`${p}.weight`, C), bias: w.vec(`${p}.bias`, C) });
+    const ln0 = norm("blocks.0.ln0");
+    const emb = w.linear("emb.weight", V, C).data; // (V, C)
+    // Precompute ln0 over the whole embedding as the official inference code does (SPEC gotcha 8).
+    this.emb = backend.layerNorm(emb, V, C, ln0.weight, ln0.bias, LAYER_NORM_EPS); // (V, C)
+    this.blocks = [];
+    for (let i = 0; i < L; i++) {
+      this.blocks.push({ ln1: norm(`blocks.${i}.ln1`), ln2: norm(`blocks.${i}.ln2`), mix: arch.block(w, i, config, backend) });
+    }
+    this.lnOut = norm("ln_out");
+    this.head = w.linear("head.weight", V, C);
+  }
+
+  initState(): State {
+    return new State(this.config.version, Array.from({ length: this.config.nLayer }, () => this.arch.initLayerState(this.config)));
+  }
+
+  step(token: number, state: State): Float32Array {
+    return this.forward([token], state);
+  }
+
+  forward(tokens: readonly number[], state: State, options: ForwardOptions = {}): Float32Array {
+    const { nEmbd: C, vocabSize: V, nLayer: L } = this.config;
+    const T = tokens.length;
+    if (T === 0) throw new RwkvInputError("forward", "empty token sequence");
+    if (state.version !== this.config.version || state.layers.length !== L) {
+      throw new RwkvInputError("state", `belongs to RWKV-${state.version} with ${state.layers.length} layers, not this RWKV-${this.config.version} model with ${L}`);
+    }
+    const be = this.backend;
+    const x = new Float32Array(T * C); // (T, C)
+    for (let t = 0; t < T; t++) {
+      const tok = tokens[t];
+      if (!Number.isInteger(tok) || tok < 0 || tok >= V) throw new RwkvInputError("forward", `token id ${tok} is outside the vocabulary 0..${V - 1}`);
+      x.set(this.emb.subarray(tok * C, tok * C + C), t * C);
+    }
+    const ctx: SequenceContext = {};
+    for (let i = 0; i < L; i++) {
+      const { ln1, ln2, mix } = this.blocks[i];
+      const s = state.layers[i];
+      addInPlace(x, mix.timeMix(be.layerNorm(x, T, C, ln1.weight, ln1.bias, LAYER_NORM_EPS), T, s, ctx)); // (T, C)
+      addInPlace(x, mix.channelMix(be.layerNorm(x, T, C, ln2.weight, ln2.bias, LAYER_NORM_EPS), T, s)); // (T, C)
+    }
+    const rows = options.allLogits ? T : 1;
+    const last = x.subarray((T - rows) * C); // (rows, C)
+    const h = be.layerNorm(last, rows, C, this.lnOut.weight, this.lnOut.bias, LAYER_NORM_EPS); // (rows, C)
+    return be.matmul(h, rows, this.head); // (rows, V)
+  }
+}
+
+export function addInPlace(x: Float32Array, d: Float32Array): void {
+  for (let i = 0; i < x.length; i++) x[i] += d[i];
+}
+
+/**
+ * Token shift: the previous position's layer-normed input for each row, (T, C), with row 0 taken
+ * from the carried `prev` (C); then `prev` becomes the last row. (SPEC gotcha 1.)
+ */
+export function tokenShift(xx: Float32Array, T: number, C: number, prev: Float32Array): Float32Array {
+  const sx = new Float32Array(T * C); // (T, C)
+  sx.set(prev, 0);
+  sx.set(xx.subarray(0, (T - 1) * C), C);
+  prev.set(xx.subarray((T - 1) * C, T * C));
+  return sx;
+}
+
+export const sigmoid = (x: number): number => 1 / (1 + Math.exp(-x));
+
+export function buildModel(ckpt: Checkpoint, arch: Architecture, version: Version, backend: Backend): RwkvModel {
+  const w = new Weights(ckpt, arch.name);
+  const cfg = arch.inferConfig(w, version);
+  return new RwkvModel(cfg, arch, w, backend);
+}

@@ -1,0 +1,74 @@
+import { FormatError } from "../errors.js";
+
+/**
+ * The recurrent state: per layer, named f32 arrays in the official (pip) layout —
+ * v4: att_xx, att_aa, att_bb, att_pp, ffn_xx; v5/v6/v7: att_x_prev, att_kv, ffn_x_prev.
+ * It is the whole context of the model: fixed size, whatever the number of tokens seen.
+ */
+export class State {
+  constructor(
+    /** The architecture version it belongs to (e.g. "7"). */
+    readonly version: string,
+    readonly layers: Array<Record<string, Float32Array>>,
+  ) {}
+
+  clone(): State {
+    return new State(this.version, this.layers.map((l) => Object.fromEntries(Object.entries(l).map(([k, v]) => [k, v.slice()]))));
+  }
+
+  /** Total number of floats. */
+  get size(): number {
+    let n = 0;
+    for (const l of this.layers) for (const v of Object.values(l)) n += v.length;
+    return n;
+  }
+
+  /**
+   * Bytes: magic "RWKVSTAT", u32 JSON length, JSON {version, layers: [[name, length]...]}, then the
+   * f32 data in that order. (A file format with model identity is built on this by the state files.)
+   */
+  serialize(): Uint8Array {
+    const layout = { version: this.version, layers: this.layers.map((l) => Object.entries(l).map(([k, v]) => [k, v.length])) };
+    const json = new TextEncoder().encode(JSON.stringify(layout));
+    const head = 8 + 4 + json.length;
+    const pad = (4 - (head % 4)) % 4;
+    const out = new Uint8Array(head + pad + 4 * this.size);
+    out.set(new TextEncoder().encode(STATE_MAGIC), 0);
+    new DataView(out.buffer).setUint32(8, json.length, true);
+    out.set(json, 12);
+    const data = new Float32Array(out.buffer, head + pad);
+    let o = 0;
+    for (const l of this.layers) for (const v of Object.values(l)) { data.set(v, o); o += v.length; }
+    return out;
+  }
+
+  static deserialize(bytes: Uint8Array, source = "state"): State {
+    if (bytes.length < 12 || new TextDecoder().decode(bytes.subarray(0, 8)) !== STATE_MAGIC) {
+      throw new FormatError(source, "not a serialized RWKV state (bad magic)");
+    }
+    const dv = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+    const jl = dv.getUint32(8, true);
+    if (12 + jl > bytes.length) throw new FormatError(source, "truncated state header");
+    let layout: { version: string; layers: Array<Array<[string, number]>> };
+    try {
+      layout = JSON.parse(new TextDecoder().decode(bytes.subarray(12, 12 + jl)));
+    } catch {
+      throw new FormatError(source, "state header is not valid JSON");
+    }
+    const head = 12 + jl;
+    let o = head + ((4 - (head % 4)) % 4);
+    const layers = layout.layers.map((fields) => {
+      const l: Record<string, Float32Array> = {};
+      for (const [name, n] of fields) {
+        if (!Number.isSafeInteger(n) || n < 0 || o + 4 * n > bytes.length) throw new FormatError(source, `truncated state data (${name})`);
+        l[name] = new Float32Array(bytes.slice(o, o + 4 * n).buffer);
+        o += 4 * n;
+      }
+      return l;
+    });
+    if (o !== bytes.length) throw new FormatError(source, `state has ${bytes.length - o} unexpected trailing bytes`);
+    return new State(String(layout.version), layers);
+  }
+}
+
+const STATE_MAGIC = "RWKVSTAT";

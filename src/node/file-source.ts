@@ -1,0 +1,41 @@
+import { closeSync, fstatSync, openSync, readSync } from "node:fs";
+import { type ByteSource, checkRange } from "../core/bytes.js";
+import { RwkvInputError } from "../core/errors.js";
+
+/**
+ * A file read on demand through a descriptor: parsers pull headers and one tensor at a time, so
+ * a checkpoint larger than memory's comfort (or than one 4 GiB buffer) is never held twice.
+ */
+export class FileSource implements ByteSource {
+  readonly size: number;
+  private fd: number | null;
+
+  constructor(readonly name: string) {
+    try {
+      this.fd = openSync(name, "r");
+    } catch (e) {
+      const code = (e as NodeJS.ErrnoException).code;
+      throw new RwkvInputError(name, code === "ENOENT" ? "no such file" : code === "EISDIR" ? "is a directory" : `cannot open (${code ?? (e as Error).message})`);
+    }
+    const st = fstatSync(this.fd);
+    if (st.isDirectory()) { closeSync(this.fd); throw new RwkvInputError(name, "is a directory"); }
+    this.size = st.size;
+  }
+
+  read(offset: number, length: number): Uint8Array {
+    checkRange(this, offset, length);
+    if (this.fd === null) throw new Error(`${this.name}: read after close`);
+    const buf = new Uint8Array(length);
+    let done = 0;
+    while (done < length) {
+      const n = readSync(this.fd, buf, done, length - done, offset + done);
+      if (n === 0) throw new RwkvInputError(this.name, "file shrank while reading");
+      done += n;
+    }
+    return buf;
+  }
+
+  close(): void {
+    if (this.fd !== null) { closeSync(this.fd); this.fd = null; }
+  }
+}

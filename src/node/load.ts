@@ -1,0 +1,35 @@
+import type { Backend } from "../core/backend/backend.js";
+import { selectBackend } from "../core/backend/registry.js";
+import type { Checkpoint } from "../core/formats/checkpoint.js";
+import { openCheckpoint } from "../core/formats/open.js";
+import { architectureFor, detectVersion } from "../core/model/detect.js";
+import { buildModel, type Model } from "../core/model/model.js";
+import { FileSource } from "./file-source.js";
+
+export interface LoadOptions {
+  /** Backend name; default: the best available. */
+  readonly backend?: string;
+}
+
+/** Opens a checkpoint file of any supported format (chosen by content) and reads its tensor index. */
+export function loadCheckpoint(path: string): { checkpoint: Checkpoint; close(): void } {
+  const src = new FileSource(path);
+  try {
+    return { checkpoint: openCheckpoint(src), close: () => src.close() };
+  } catch (e) {
+    src.close();
+    throw e;
+  }
+}
+
+/** Loads an RWKV model: format from content, version from tensor names, sizes from shapes. */
+export function loadModel(path: string, options: LoadOptions = {}): Model {
+  const backend: Backend = selectBackend(options.backend);
+  const { checkpoint, close } = loadCheckpoint(path);
+  try {
+    const version = detectVersion(checkpoint);
+    return buildModel(checkpoint, architectureFor(version, path), version, backend);
+  } finally {
+    close();
+  }
+}

@@ -1,0 +1,34 @@
+import { existsSync, readFileSync } from "node:fs";
+import { join, resolve } from "node:path";
+import type { TestContext } from "node:test";
+
+/**
+ * The one way tests find ../shared (env RWKV_SHARED, default ../shared beside the repo root).
+ * Missing fixtures skip with a message outside CI and fail under CI=true, so a green CI run
+ * can never hide a check that did not run.
+ */
+export const SHARED = resolve(process.env.RWKV_SHARED ?? join(import.meta.dirname, "..", "..", "..", "shared"));
+
+export function sharedPath(t: TestContext, ...parts: string[]): string | null {
+  const p = join(SHARED, ...parts);
+  if (existsSync(p)) return p;
+  if (process.env.CI === "true") throw new Error(`missing fixture ${p} (RWKV_SHARED=${SHARED})`);
+  t.skip(`fixture ${p} not found; set RWKV_SHARED`);
+  return null;
+}
+
+export function readJson<T>(path: string): T {
+  return JSON.parse(readFileSync(path, "utf8")) as T;
+}
+
+/** max |a - b| and whether every element is within atol + rtol·|b|. */
+export function compare(a: ArrayLike<number>, b: ArrayLike<number>, atol: number, rtol: number): { maxAbs: number; ok: boolean; worst: number } {
+  if (a.length !== b.length) throw new Error(`length mismatch ${a.length} vs ${b.length}`);
+  let maxAbs = 0, ok = true, worst = -1;
+  for (let i = 0; i < a.length; i++) {
+    const d = Math.abs(a[i] - b[i]);
+    if (!(d <= atol + rtol * Math.abs(b[i]))) { ok = false; if (worst < 0) worst = i; }
+    if (d > maxAbs || Number.isNaN(d)) maxAbs = Number.isNaN(d) ? NaN : d;
+  }
+  return { maxAbs, ok, worst };
+}
