@@ -2,6 +2,7 @@ import { FormatError } from "../errors.js";
 import type { Checkpoint } from "../formats/checkpoint.js";
 import type { Architecture, Version } from "./model.js";
 import { rwkv4 } from "./v4.js";
+import { rwkv7 } from "./v7.js";
 
 /**
  * The one place that knows which tensor names mean which architecture (SPEC §2.3, shared/README):
@@ -18,7 +19,7 @@ export function detectVersion(ckpt: Checkpoint): Version {
   throw new FormatError(ckpt.source, "unrecognised RWKV checkpoint: no blocks.0.att tensors of any known version");
 }
 
-const ARCHITECTURES: Partial<Record<Version, Architecture>> = { "4": rwkv4 };
+const ARCHITECTURES: Partial<Record<Version, Architecture>> = { "4": rwkv4, "7": rwkv7 };
 
 export function architectureFor(version: Version, source: string): Architecture {
   const a = ARCHITECTURES[version];

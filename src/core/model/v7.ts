@@ -1,0 +1,147 @@
+import type { Backend, Matrix } from "../backend/backend.js";
+import { type Architecture, type Block, type ModelConfig, sigmoid, tokenShift, type Version } from "./model.js";
+import { countLayers } from "./v4.js";
+import type { Weights } from "./weights.js";
+
+/*
+ * RWKV-7 "Goose" (SPEC §6).  Letters: T tokens, C = n_embd, H heads, N head size (C = H·N),
+ * F = dim_ffn, D* the LoRA widths (Dw decay, Da in-context rate, Dv value residual, Dg gate).
+ *
+ * Time mix, per token (xx = LN1 output, d = x_prev - xx):
+ *   x_f = xx + d ⊙ x_f                      for f in r, w, k, v, a, g
+ *   r = W_r x_r;  k = W_k x_k;  v = W_v x_v
+ *   decay = exp(-e^{-1/2} σ(w0 + tanh(x_w w1) w2))        "vector-valued decay", in (0.545, 1)
+ *   a = σ(a0 + (x_a a1) a2)                                 in-context learning rate
+ *   g = σ(x_g g1) g2
+ *   kk = normalize_per_head(k ⊙ k_k);   k = k ⊙ (1 + (a - 1) ⊙ k_a)
+ *   v = v + (v_first - v) ⊙ σ(v0 + (x_v v1) v2)           (layer 0: v_first = v)
+ *   per head, S[i=value][j=key]:  S = S diag(decay) - (S kk)(kk ⊙ a)ᵀ + v kᵀ;  y = S r
+ *   out = W_o ((GN(y) + (Σ_j r_j k_j r_k,j) v) ⊙ g)
+ * Channel mix: out = W_v relu²(W_k (xx + d ⊙ x_k)), no receptance.
+ */
+
+/** GroupNorm eps of `ln_x` (= 1e-5 · head_size_divisor² with divisor 8 in the training code). */
+const GROUP_NORM_EPS = 64e-5;
+/** The decay bound: decay = exp(-e^{-0.5} σ(·)) keeps every channel's decay in (exp(-e^{-0.5}), 1). */
+const DECAY_SCALE = Math.exp(-0.5);
+/** F.normalize's eps. */
+const NORMALIZE_EPS = 1e-12;
+
+export const rwkv7: Architecture = {
+  name: "RWKV-7",
+
+  inferConfig(w: Weights, version: Version): ModelConfig {
+    const [V, C] = w.shape("emb.weight");
+    const rk = w.shape("blocks.0.att.r_k");
+    const [H, N] = rk.length === 2 ? rk : [C / 64, 64]; // r_k is (H, N); flattened copies would assume N = 64
+    return {
+      version, nLayer: countLayers(w), nEmbd: C, vocabSize: V, dimAtt: C, nHead: H, headSize: N,
+      dimFfn: w.shape("blocks.0.ffn.key.weight")[0],
+    };
+  },
+
+  initLayerState(cfg: ModelConfig) {
+    const { nEmbd: C, nHead: H, headSize: N } = cfg;
+    return { att_x_prev: new Float32Array(C), att_kv: new Float32Array(H * N * N), ffn_x_prev: new Float32Array(C) };
+  },
+
+  block(w: Weights, i: number, cfg: ModelConfig, be: Backend): Block {
+    const { nEmbd: C, nHead: H, headSize: N, dimFfn: F } = cfg;
+    const a = `blocks.${i}.att.`, f = `blocks.${i}.ffn.`;
+    const lora = (n1: string, n2: string): [Matrix, Matrix] => {
+      const D = w.shape(a + n1)[1];
+      return [w.projection(a + n1, C, D), w.projection(a + n2, D, C)];
+    };
+    const att = {
+      x_r: w.vec(a + "x_r", C), x_w: w.vec(a + "x_w", C), x_k: w.vec(a + "x_k", C),
+      x_v: w.vec(a + "x_v", C), x_a: w.vec(a + "x_a", C), x_g: w.vec(a + "x_g", C),
+      w0: w.vec(a + "w0", C), wLora: lora("w1", "w2"),
+      a0: w.vec(a + "a0", C), aLora: lora("a1", "a2"),
+      // Layer 0 carries v0/v1/v2 in checkpoints but never uses them (its v *is* v_first).
+      v0: i > 0 ? w.vec(a + "v0", C) : null, vLora: i > 0 ? lora("v1", "v2") : null,
+      gLora: lora("g1", "g2"),
+      k_k: w.vec(a + "k_k", C), k_a: w.vec(a + "k_a", C), r_k: w.vec(a + "r_k", C),
+      receptance: w.linear(a + "receptance.weight", C, C), key: w.linear(a + "key.weight", C, C),
+      value: w.linear(a + "value.weight", C, C), output: w.linear(a + "output.weight", C, C),
+      lnW: w.vec(a + "ln_x.weight", C), lnB: w.vec(a + "ln_x.bias", C),
+    };
+    const ffn = { x_k: w.vec(f + "x_k", C), key: w.linear(f + "key.weight", F, C), value: w.linear(f + "value.weight", C, F) };
+
+    return {
+      timeMix(xx, T, s, ctx) {
+        const sx = tokenShift(xx, T, C, s.att_x_prev); // (T, C)
+        const shifted = (m: Float32Array) => lerpShift(xx, sx, m, C); // (T, C)
+        const xr = shifted(att.x_r), xw = shifted(att.x_w), xk = shifted(att.x_k); // (T, C)
+        const xv = shifted(att.x_v), xa = shifted(att.x_a), xg = shifted(att.x_g); // (T, C)
+
+        const r = be.matmul(xr, T, att.receptance); // (T, C)
+        const k = be.matmul(xk, T, att.key); // (T, C)
+        let v = be.matmul(xv, T, att.value); // (T, C)
+        const wl = loraApply(be, xw, T, att.wLora, Math.tanh, null); // (T, C)
+        const iclr = loraApply(be, xa, T, att.aLora, null, att.a0).map(sigmoid); // (T, C)
+        const g = loraApply(be, xg, T, att.gLora, sigmoid, null); // (T, C)
+
+        const kk = new Float32Array(T * C); // (T, C)
+        for (let n = 0; n < T * C; n++) kk[n] = k[n] * att.k_k[n % C];
+        normalizePerHead(kk, T * H, N);
+        for (let n = 0; n < T * C; n++) k[n] *= 1 + (iclr[n] - 1) * att.k_a[n % C];
+
+        if (i === 0) {
+          ctx.v_first = v.slice(); // (T, C)
+        } else {
+          const vf = ctx.v_first; // (T, C)
+          const gate = loraApply(be, xv, T, att.vLora!, null, att.v0!); // (T, C)
+          v = v.map((vn, n) => vn + (vf[n] - vn) * sigmoid(gate[n]));
+        }
+
+        const decay = wl.map((z, n) => Math.exp(-DECAY_SCALE * sigmoid(att.w0[n % C] + z))); // (T, C)
+        const minusKk = kk.map((x) => -x); // (T, C)
+        const kkA = kk.map((x, n) => x * iclr[n]); // (T, C)
+        const y = be.wkv7(T, H, N, r, decay, k, v, minusKk, kkA, s.att_kv); // (T, C)
+        const out = be.groupNorm(y, T, H, N, att.lnW, att.lnB, GROUP_NORM_EPS); // (T, C)
+
+        for (let th = 0; th < T * H; th++) { // the per-head "bonus": (Σ_j r_j k_j r_k,j) v
+          const o = th * N, c0 = (th % H) * N;
+          let dot = 0;
+          for (let j = 0; j < N; j++) dot += r[o + j] * k[o + j] * att.r_k[c0 + j];
+          for (let j = 0; j < N; j++) out[o + j] = (out[o + j] + dot * v[o + j]) * g[o + j];
+        }
+        return be.matmul(out, T, att.output); // (T, C)
+      },
+
+      channelMix(xx, T, s) {
+        const sx = tokenShift(xx, T, C, s.ffn_x_prev); // (T, C)
+        const k = be.matmul(lerpShift(xx, sx, ffn.x_k, C), T, ffn.key); // (T, F)
+        for (let n = 0; n < T * F; n++) k[n] = k[n] > 0 ? k[n] * k[n] : 0; // relu²
+        return be.matmul(k, T, ffn.value); // (T, C)
+      },
+    };
+  },
+};
+
+/** v6/v7 token-shift interpolation: xx + (sx - xx)·m. (T, C) */
+export function lerpShift(xx: Float32Array, sx: Float32Array, m: Float32Array, C: number): Float32Array {
+  const out = new Float32Array(xx.length); // (T, C)
+  for (let n = 0; n < xx.length; n++) out[n] = xx[n] + (sx[n] - xx[n]) * m[n % C];
+  return out;
+}
+
+/** bias + act(x M1) M2 for a low-rank pair; `act` applies between the factors. (T, C) -> (T, C) */
+function loraApply(be: Backend, x: Float32Array, T: number, [m1, m2]: [Matrix, Matrix],
+  act: ((z: number) => number) | null, bias: Float32Array | null): Float32Array {
+  const h = be.matmul(x, T, m1); // (T, D)
+  if (act) for (let n = 0; n < h.length; n++) h[n] = act(h[n]);
+  const y = be.matmul(h, T, m2); // (T, C)
+  if (bias) for (let n = 0; n < y.length; n++) y[n] += bias[n % bias.length];
+  return y;
+}
+
+/** Each of `rows` consecutive groups of N values scaled to unit L2 norm (F.normalize). */
+function normalizePerHead(x: Float32Array, rows: number, N: number): void {
+  for (let g = 0; g < rows; g++) {
+    let ss = 0;
+    for (let j = 0; j < N; j++) ss += x[g * N + j] ** 2;
+    const inv = 1 / Math.max(Math.sqrt(ss), NORMALIZE_EPS);
+    for (let j = 0; j < N; j++) x[g * N + j] *= inv;
+  }
+}
