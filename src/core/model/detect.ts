@@ -2,6 +2,8 @@ import { FormatError } from "../errors.js";
 import type { Checkpoint } from "../formats/checkpoint.js";
 import type { Architecture, Version } from "./model.js";
 import { rwkv4 } from "./v4.js";
+import { rwkv5 } from "./v5.js";
+import { rwkv6 } from "./v6.js";
 import { rwkv7 } from "./v7.js";
 
 /**
@@ -19,7 +21,7 @@ export function detectVersion(ckpt: Checkpoint): Version {
   throw new FormatError(ckpt.source, "unrecognised RWKV checkpoint: no blocks.0.att tensors of any known version");
 }
 
-const ARCHITECTURES: Partial<Record<Version, Architecture>> = { "4": rwkv4, "7": rwkv7 };
+const ARCHITECTURES: Partial<Record<Version, Architecture>> = { "4": rwkv4, "5.1": rwkv5, "5.2": rwkv5, "6": rwkv6, "7": rwkv7 };
 
 export function architectureFor(version: Version, source: string): Architecture {
   const a = ARCHITECTURES[version];

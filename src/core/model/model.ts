@@ -60,7 +60,8 @@ export interface Architecture {
   /** Hyper-parameters inferred from tensor shapes. */
   inferConfig(w: Weights, version: Version): ModelConfig;
   block(w: Weights, layer: number, cfg: ModelConfig, be: Backend): Block;
-  initLayerState(cfg: ModelConfig): Record<string, Float32Array>;
+  /** Fresh state of one layer (`layer` lets trained initial states, e.g. v6 `time_state`, be used). */
+  initLayerState(cfg: ModelConfig, layer: number): Record<string, Float32Array>;
 }
 
 /** LayerNorm eps of every `ln*` in all versions. */
@@ -90,7 +91,7 @@ export class RwkvModel implements Model {
   }
 
   initState(): State {
-    return new State(this.config.version, Array.from({ length: this.config.nLayer }, () => this.arch.initLayerState(this.config)));
+    return new State(this.config.version, Array.from({ length: this.config.nLayer }, (_, i) => this.arch.initLayerState(this.config, i)));
   }
 
   step(token: number, state: State): Float32Array {
@@ -142,6 +143,9 @@ export function tokenShift(xx: Float32Array, T: number, C: number, prev: Float32
 }
 
 export const sigmoid = (x: number): number => 1 / (1 + Math.exp(-x));
+
+/** silu(x) = x σ(x) (the v5/v6 gate). */
+export const silu = (x: number): number => x / (1 + Math.exp(-x));
 
 export function buildModel(ckpt: Checkpoint, arch: Architecture, version: Version, backend: Backend): RwkvModel {
   const w = new Weights(ckpt, arch.name);

@@ -1,0 +1,126 @@
+import type { Backend } from "../backend/backend.js";
+import { FormatError } from "../errors.js";
+import type { CheckpointFormat } from "../formats/checkpoint.js";
+import { numel } from "../tensor.js";
+import { type Architecture, type Block, type ModelConfig, sigmoid, silu, tokenShift, type Version } from "./model.js";
+import { countLayers, mix } from "./v4.js";
+import type { Weights } from "./weights.js";
+
+/*
+ * RWKV-5 "Eagle" (SPEC §4), both 5.2 and the older 5.1 (rwkv.cpp's name; pip calls it 5.0).
+ * Letters: T tokens, C = n_embd, A = dim_att, F = dim_ffn, H heads, N = A/H head size.
+ *
+ * Time mix:  r = W_r mix(xx, sx; time_mix_r), k, v likewise (no sigmoid on r)
+ *            per head, S[j=key][i=value]:
+ *              out[i] = Σ_j r[j] (u[j] k[j] v[i] + S[j,i]);   S[j,i] <- k[j] v[i] + w[j] S[j,i]
+ *            w = exp(-exp(time_decay)),  u = time_faaaa (5.2) or exp(time_first) (5.1)
+ *            y = GN(out; H) ⊙ silu(W_g mix(..g))   (5.2; 5.1 has no gate: y = GN(out; H))
+ *            out = W_o y
+ * Channel mix (as v4): out = σ(W_r mix(..r)) ⊙ W_v relu²(W_k mix(..k))
+ * with mix(xx, sx; m) = xx·m + sx·(1-m).
+ *
+ * Shapes: 5.2 time_decay/time_faaaa (H,N) (one value per channel); 5.1 time_decay/time_first
+ * (H,1,1) or (H,) (one value per head, broadcast to its N channels). Either is accepted by size.
+ * State per layer (pip layout): att_x_prev (C), att_kv (H·N·N) [h][key j][value i], ffn_x_prev (C).
+ */
+
+/** GroupNorm (ln_x) eps of pip 5.1/5.2 (`F.group_norm(..., eps=64e-5)`; train: GroupNorm eps 1e-5 on x/8). */
+export const GROUP_NORM_EPS = 64e-5;
+/** GroupNorm eps of pip 5.0 (`F.group_norm` without eps = torch's default) and of rwkv.cpp's v5 graph. */
+export const GROUP_NORM_EPS_DEFAULT = 1e-5;
+
+/**
+ * The one place the v5 ln_x eps is chosen. The official code for the gated model (pip 5.1/5.2)
+ * uses 64e-5; the ungated 5.1 (pip 5.0) uses torch's default 1e-5. rwkv.cpp computes every v5
+ * group norm with 1e-5, and its reference outputs for the tiny 5.1 and 5.2 models only match with
+ * 1e-5 (64e-5 moves logits by > 1), so rwkv.cpp files keep rwkv.cpp's numerics.
+ */
+export function v5GroupNormEps(version: Version, format: CheckpointFormat): number {
+  if (version === "5.1" || format === "rwkv.cpp") return GROUP_NORM_EPS_DEFAULT;
+  return GROUP_NORM_EPS;
+}
+
+export const rwkv5: Architecture = {
+  name: "RWKV-5",
+
+  inferConfig(w: Weights, version: Version): ModelConfig {
+    const [V, C] = w.shape("emb.weight");
+    const A = w.shape("blocks.0.att.key.weight")[0];
+    const H = w.shape("blocks.0.att.time_decay")[0]; // (H,N), (H,1,1) or (H,)
+    if (!(H > 0) || A % H !== 0) {
+      throw new FormatError(w.ckpt.source, `blocks.0.att.time_decay has ${H} heads, which do not divide dim_att ${A}`);
+    }
+    return {
+      version, nLayer: countLayers(w), nEmbd: C, vocabSize: V, dimAtt: A,
+      dimFfn: w.shape("blocks.0.ffn.key.weight")[0],
+      nHead: H, headSize: A / H,
+    };
+  },
+
+  initLayerState(cfg: ModelConfig) {
+    const { nEmbd: C, nHead: H, headSize: N } = cfg;
+    return { att_x_prev: new Float32Array(C), att_kv: new Float32Array(H * N * N), ffn_x_prev: new Float32Array(C) };
+  },
+
+  block(w: Weights, i: number, cfg: ModelConfig, be: Backend): Block {
+    const { nEmbd: C, dimAtt: A, dimFfn: F, nHead: H, headSize: N } = cfg;
+    const a = `blocks.${i}.att.`, f = `blocks.${i}.ffn.`;
+    const realFirst = w.has(a + "time_faaaa"); // 5.2: u used as is; 5.1: time_first, u = exp(time_first)
+    const gated = w.has(a + "gate.weight");
+    const att = {
+      mixK: w.vec(a + "time_mix_k", C), mixV: w.vec(a + "time_mix_v", C), mixR: w.vec(a + "time_mix_r", C),
+      decay: headOrChannel(w, a + "time_decay", H, N).map((d) => Math.exp(-Math.exp(d))), // (A) multiplicative
+      u: realFirst ? headOrChannel(w, a + "time_faaaa", H, N) : headOrChannel(w, a + "time_first", H, N).map(Math.exp), // (A)
+      key: w.linear(a + "key.weight", A, C), value: w.linear(a + "value.weight", A, C),
+      receptance: w.linear(a + "receptance.weight", A, C), output: w.linear(a + "output.weight", C, A),
+      gate: gated ? { mixG: w.vec(a + "time_mix_g", C), weight: w.linear(a + "gate.weight", A, C) } : null,
+      lnX: { weight: w.vec(a + "ln_x.weight", A), bias: w.vec(a + "ln_x.bias", A) },
+      eps: v5GroupNormEps(cfg.version, w.ckpt.format),
+    };
+    const ffn = {
+      mixK: w.vec(f + "time_mix_k", C), mixR: w.vec(f + "time_mix_r", C),
+      key: w.linear(f + "key.weight", F, C), receptance: w.linear(f + "receptance.weight", C, C),
+      value: w.linear(f + "value.weight", C, F),
+    };
+    return {
+      timeMix(xx, T, s) {
+        const sx = tokenShift(xx, T, C, s.att_x_prev); // (T, C)
+        const r = be.matmul(mix(xx, sx, att.mixR, C), T, att.receptance); // (T, A)
+        const k = be.matmul(mix(xx, sx, att.mixK, C), T, att.key); // (T, A)
+        const v = be.matmul(mix(xx, sx, att.mixV, C), T, att.value); // (T, A)
+        const out = be.wkv5(T, H, N, r, k, v, att.decay, att.u, s.att_kv); // (T, A)
+        const y = be.groupNorm(out, T, H, N, att.lnX.weight, att.lnX.bias, att.eps); // (T, A)
+        if (att.gate) {
+          const g = be.matmul(mix(xx, sx, att.gate.mixG, C), T, att.gate.weight); // (T, A)
+          for (let n = 0; n < T * A; n++) y[n] *= silu(g[n]);
+        }
+        return be.matmul(y, T, att.output); // (T, C)
+      },
+      channelMix(xx, T, s) {
+        const sx = tokenShift(xx, T, C, s.ffn_x_prev); // (T, C)
+        const k = be.matmul(mix(xx, sx, ffn.mixK, C), T, ffn.key); // (T, F)
+        for (let n = 0; n < T * F; n++) k[n] = k[n] > 0 ? k[n] * k[n] : 0; // relu²
+        const kv = be.matmul(k, T, ffn.value); // (T, C)
+        const r = be.matmul(mix(xx, sx, ffn.mixR, C), T, ffn.receptance); // (T, C)
+        for (let n = 0; n < T * C; n++) kv[n] *= sigmoid(r[n]);
+        return kv;
+      },
+    };
+  },
+};
+
+/**
+ * A per-channel (H·N values, e.g. (H,N) or (H,N,1)) or per-head (H values, e.g. (H,1,1) or (H,))
+ * parameter as (A): a per-head value is repeated over its head's N channels.
+ */
+function headOrChannel(w: Weights, name: string, H: number, N: number): Float32Array {
+  const count = numel(w.shape(name));
+  if (count !== H && count !== H * N) {
+    throw new FormatError(w.ckpt.source, `tensor ${name} has shape [${w.shape(name)}] but RWKV-5 needs ${H} (per head) or ${H * N} (per channel) elements`);
+  }
+  const p = w.vec(name, count); // (H) or (A)
+  if (count === H * N) return p;
+  const out = new Float32Array(H * N); // (A)
+  for (let h = 0; h < H; h++) out.fill(p[h], h * N, (h + 1) * N);
+  return out;
+}

@@ -1,0 +1,148 @@
+import type { Backend, Matrix } from "../backend/backend.js";
+import { FormatError } from "../errors.js";
+import { type Architecture, type Block, type ModelConfig, sigmoid, silu, tokenShift, type Version } from "./model.js";
+import { countLayers } from "./v4.js";
+import { GROUP_NORM_EPS } from "./v5.js";
+import { transpose, type Weights } from "./weights.js";
+
+/*
+ * RWKV-6 "Finch" (SPEC §5).  Letters: T tokens, C = n_embd, A = dim_att, F = dim_ffn, H heads,
+ * N = A/H head size, Dm = maa LoRA width, Dd = decay LoRA width.
+ *
+ * Time mix (data-dependent token shift and decay), with d = sx - xx (sx = previous token's xx):
+ *   m      = tanh((xx + d·time_maa_x) @ time_maa_w1)          (5·Dm) = 5 blocks in order w,k,v,r,g
+ *   m_f    = m[f] @ time_maa_w2[f]                            (C) each
+ *   f_x    = xx + d·(time_maa_f + m_f)                        for f in w,k,v,r,g
+ *   r = W_r r_x,  k = W_k k_x,  v = W_v v_x,  g = silu(W_g g_x)
+ *   wlog   = time_decay + tanh(w_x @ time_decay_w1) @ time_decay_w2
+ *   w      = exp(-exp(wlog))                                 per channel and per token
+ *   per head, S[j=key][i=value]:
+ *     out[i] = Σ_j r[j] (u[j] k[j] v[i] + S[j,i]);   S[j,i] <- k[j] v[i] + w[j] S[j,i],   u = time_faaaa
+ *   out = W_o (GN(out; H) ⊙ g)
+ * Channel mix: out = σ(W_r (xx + d·time_maa_r)) ⊙ W_v relu²(W_k (xx + d·time_maa_k))
+ *
+ * State per layer (pip layout): att_x_prev (C), att_kv (H·N·N) [h][key j][value i], ffn_x_prev (C).
+ * State-tuned checkpoints carry `att.time_state` (H,N,N) in [h][value][key] order: the initial att_kv.
+ */
+
+/** Trained initial WKV states (state-tuned checkpoints) per model config, in pip layout, by layer. */
+const initialKv = new WeakMap<ModelConfig, Map<number, Float32Array>>();
+
+export const rwkv6: Architecture = {
+  name: "RWKV-6",
+
+  inferConfig(w: Weights, version: Version): ModelConfig {
+    const [V, C] = w.shape("emb.weight");
+    const A = w.shape("blocks.0.att.key.weight")[0];
+    const H = w.shape("blocks.0.att.time_faaaa")[0]; // (H,N)
+    if (!(H > 0) || A % H !== 0) {
+      throw new FormatError(w.ckpt.source, `blocks.0.att.time_faaaa has ${H} heads, which do not divide dim_att ${A}`);
+    }
+    return {
+      version, nLayer: countLayers(w), nEmbd: C, vocabSize: V, dimAtt: A,
+      dimFfn: w.shape("blocks.0.ffn.key.weight")[0],
+      nHead: H, headSize: A / H,
+    };
+  },
+
+  initLayerState(cfg: ModelConfig, layer: number) {
+    const { nEmbd: C, nHead: H, headSize: N } = cfg;
+    const kv = initialKv.get(cfg)?.get(layer);
+    return { att_x_prev: new Float32Array(C), att_kv: kv ? kv.slice() : new Float32Array(H * N * N), ffn_x_prev: new Float32Array(C) };
+  },
+
+  block(w: Weights, i: number, cfg: ModelConfig, be: Backend): Block {
+    const { nEmbd: C, dimAtt: A, dimFfn: F, nHead: H, headSize: N } = cfg;
+    const a = `blocks.${i}.att.`, f = `blocks.${i}.ffn.`;
+    const Dm = w.shape(a + "time_maa_w1")[1] / 5, Dd = w.shape(a + "time_decay_w1")[1];
+    if (!Number.isInteger(Dm)) throw new FormatError(w.ckpt.source, `tensor ${a}time_maa_w1 has shape [${w.shape(a + "time_maa_w1")}]: width not a multiple of 5`);
+    const att = {
+      maaX: w.vec(a + "time_maa_x", C),
+      // Static part of each mix, in time_maa_w1's block order w,k,v,r,g.
+      maa: ["w", "k", "v", "r", "g"].map((n) => w.vec(a + "time_maa_" + n, C)),
+      maaW1: w.projection(a + "time_maa_w1", C, 5 * Dm), // (5·Dm, C)
+      maaW2: lora2(w, a + "time_maa_w2", 5, Dm, C), // 5 × (C, Dm)
+      decay: w.vec(a + "time_decay", A), // (A) log-log decay base
+      decayW1: w.projection(a + "time_decay_w1", C, Dd), // (Dd, C)
+      decayW2: w.projection(a + "time_decay_w2", Dd, A), // (A, Dd)
+      u: w.vec(a + "time_faaaa", A), // (A) bonus, used as is
+      key: w.linear(a + "key.weight", A, C), value: w.linear(a + "value.weight", A, C),
+      receptance: w.linear(a + "receptance.weight", A, C), gate: w.linear(a + "gate.weight", A, C),
+      output: w.linear(a + "output.weight", C, A),
+      lnX: { weight: w.vec(a + "ln_x.weight", A), bias: w.vec(a + "ln_x.bias", A) },
+    };
+    const ffn = {
+      maaK: w.vec(f + "time_maa_k", C), maaR: w.vec(f + "time_maa_r", C),
+      key: w.linear(f + "key.weight", F, C), receptance: w.linear(f + "receptance.weight", C, C),
+      value: w.linear(f + "value.weight", C, F),
+    };
+    if (w.has(a + "time_state")) {
+      // File layout [h][value i][key j] -> pip's [h][key j][value i] (SPEC §2.4).
+      const st = w.vec(a + "time_state", H * N * N); // (H, N, N)
+      const kv = new Float32Array(H * N * N); // (H, N, N)
+      for (let h = 0; h < H; h++) kv.set(transpose(st.subarray(h * N * N, (h + 1) * N * N), N, N), h * N * N);
+      let byLayer = initialKv.get(cfg);
+      if (!byLayer) initialKv.set(cfg, (byLayer = new Map()));
+      byLayer.set(i, kv);
+    }
+    return {
+      timeMix(xx, T, s) {
+        const d = tokenShift(xx, T, C, s.att_x_prev); // (T, C) previous xx ...
+        for (let n = 0; n < T * C; n++) d[n] -= xx[n]; // (T, C) ... minus xx
+        const m = be.matmul(lerp(xx, d, att.maaX, C), T, att.maaW1); // (T, 5·Dm)
+        for (let n = 0; n < T * 5 * Dm; n++) m[n] = Math.tanh(m[n]);
+        const [wx, kx, vx, rx, gx] = att.maa.map((maa, b) => {
+          const mb = be.matmul(columns(m, T, 5 * Dm, b * Dm, Dm), T, att.maaW2[b]); // (T, C)
+          for (let n = 0; n < T * C; n++) mb[n] = xx[n] + d[n] * (maa[n % C] + mb[n]);
+          return mb; // (T, C)
+        });
+        const r = be.matmul(rx, T, att.receptance); // (T, A)
+        const k = be.matmul(kx, T, att.key); // (T, A)
+        const v = be.matmul(vx, T, att.value); // (T, A)
+        const g = be.matmul(gx, T, att.gate); // (T, A)
+        const lw = be.matmul(wx, T, att.decayW1); // (T, Dd)
+        for (let n = 0; n < T * Dd; n++) lw[n] = Math.tanh(lw[n]);
+        const decay = be.matmul(lw, T, att.decayW2); // (T, A)
+        for (let n = 0; n < T * A; n++) decay[n] = Math.exp(-Math.exp(att.decay[n % A] + decay[n]));
+        const out = be.wkv5(T, H, N, r, k, v, decay, att.u, s.att_kv); // (T, A)
+        const y = be.groupNorm(out, T, H, N, att.lnX.weight, att.lnX.bias, GROUP_NORM_EPS); // (T, A)
+        for (let n = 0; n < T * A; n++) y[n] *= silu(g[n]);
+        return be.matmul(y, T, att.output); // (T, C)
+      },
+      channelMix(xx, T, s) {
+        const d = tokenShift(xx, T, C, s.ffn_x_prev); // (T, C)
+        for (let n = 0; n < T * C; n++) d[n] -= xx[n]; // (T, C)
+        const k = be.matmul(lerp(xx, d, ffn.maaK, C), T, ffn.key); // (T, F)
+        for (let n = 0; n < T * F; n++) k[n] = k[n] > 0 ? k[n] * k[n] : 0; // relu²
+        const kv = be.matmul(k, T, ffn.value); // (T, C)
+        const r = be.matmul(lerp(xx, d, ffn.maaR, C), T, ffn.receptance); // (T, C)
+        for (let n = 0; n < T * C; n++) kv[n] *= sigmoid(r[n]);
+        return kv;
+      },
+    };
+  },
+};
+
+/** v6/v7 token-shift interpolation: xx + d·m with d = previous xx - xx, per channel. (T, C) */
+export function lerp(xx: Float32Array, d: Float32Array, m: Float32Array, C: number): Float32Array {
+  const out = new Float32Array(xx.length); // (T, C)
+  for (let n = 0; n < xx.length; n++) out[n] = xx[n] + d[n] * m[n % C];
+  return out;
+}
+
+/** Columns [c0, c0+n) of a (T, W) matrix as (T, n). */
+function columns(x: Float32Array, T: number, W: number, c0: number, n: number): Float32Array {
+  const out = new Float32Array(T * n); // (T, n)
+  for (let t = 0; t < T; t++) out.set(x.subarray(t * W + c0, t * W + c0 + n), t * n);
+  return out;
+}
+
+/** A (B, I, O) stack of [in, out] matrices (e.g. time_maa_w2) as B Matrix objects (O, I) for y = W x. */
+function lora2(w: Weights, name: string, B: number, I: number, O: number): Matrix[] {
+  const shape = w.shape(name);
+  if (shape.length !== 3 || shape[0] !== B || shape[1] !== I || shape[2] !== O) {
+    throw new FormatError(w.ckpt.source, `tensor ${name} has shape [${shape}] but ${w.arch} needs [${[B, I, O]}]`);
+  }
+  const all = w.vec(name, B * I * O); // (B, I, O)
+  return Array.from({ length: B }, (_, b) => ({ rows: O, cols: I, data: transpose(all.subarray(b * I * O, (b + 1) * I * O), I, O) }));
+}

@@ -1,0 +1,6 @@
+// Public API for Node.js. The browser-safe subset is "rwkv-ts/core".
+export * from "../core/index.js";
+export { FileSource } from "./file-source.js";
+export { describeCheckpoint, type ModelInfo } from "./inspect.js";
+export { loadCheckpoint, loadModel, type LoadOptions } from "./load.js";
+export * from "./tokenizer.js";
