@@ -33,7 +33,7 @@ function stateDiff(state: State, golden: GoldenLayer[]): number {
 }
 
 for (const ver of ["v4", "v5", "v6", "v7"]) {
-  for (const file of ["model.safetensors"]) {
+  for (const file of ["model.safetensors", "model.pth"]) {
     test(`golden ${ver} ${file}: RNN, sequence and chunked logits and states`, (t) => {
       const dir = sharedPath(t, "golden", ver);
       if (!dir) return;
