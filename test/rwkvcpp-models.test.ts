@@ -55,3 +55,41 @@ for (const m of MODELS) {
     t.diagnostic(`${m} FP32 logits max|diff| ${c.maxAbs} step-vs-seq ${cs.maxAbs} state ${stateDiff}`);
   });
 }
+
+/*
+ * FP16 and quantized files. rwkv.cpp rounds the activations fed to those matmuls (to f16, or to
+ * 8-bit blocks for quantized weights) while we dequantize the weights and compute in f32, so the
+ * two differ by roughly the size of the quantization effect itself. Two checks:
+ *  1. where rwkv.cpp's own logits for that file exist (5v2, every format), ours must be closer to
+ *     them than they are to the FP32 logits: the disagreement is smaller than quantization itself;
+ *  2. every file stays within a per-format bound of the FP32 logits. Measured max |diff| over the
+ *     five models: FP16 4.5e-3, Q8_0 0.081, Q5_1 0.37, Q5_0 1.74 (5v1; 5-bit rounding of a 64-wide
+ *     model), Q4_1 0.96, Q4_0 1.84 — the bounds below leave ~10-100% headroom over those.
+ * The dequantization itself is checked block by block in formats.test.ts.
+ */
+const FORMAT_BOUND: Record<string, number> = { FP16: 1e-2, Q8_0: 0.2, Q5_1: 0.6, Q5_0: 2.0, Q4_1: 1.5, Q4_0: 2.5 };
+const QUANTIZED = [
+  ...MODELS.flatMap((m) => ["FP16", "Q5_0", "Q5_1"].map((q) => ({ m, q, file: `tiny-rwkv-${m}-${q}.bin`, ref: m === "5v2-730K" ? `tiny-rwkv-${m}-FP32-to-${q}` : null }))),
+  ...["Q4_0", "Q4_1", "Q8_0"].map((q) => ({ m: "5v2-730K", q, file: `tiny-rwkv-5v2-730K-FP32-to-${q}.bin`, ref: `tiny-rwkv-5v2-730K-FP32-to-${q}` })),
+].map((x) => ({ ...x, ref: x.q === "FP16" ? null : x.ref }));
+
+for (const { m, q, file, ref } of QUANTIZED) {
+  test(`rwkv.cpp ${file}: logits within the ${q} bound${ref ? " and closer to rwkv.cpp's own than quantization moves them" : ""}`, (t) => {
+    const path = sharedPath(t, "rwkv.cpp", file);
+    if (!path) return;
+    const model = loadModel(path);
+    const logits = model.forward(TOKENS, model.initState());
+    const fp32 = f32(sharedPath(t, "rwkv.cpp", `expected-logits-${m}.bin`)!);
+    const vsFp32 = compare(logits, fp32, FORMAT_BOUND[q], 0);
+    assert.ok(vsFp32.ok, `vs FP32 max |diff| ${vsFp32.maxAbs} > ${FORMAT_BOUND[q]}`);
+    let note = "";
+    if (ref) {
+      const theirs = f32(sharedPath(t, "rwkv.cpp", "reference", `${ref}.p1.logits.f32`)!);
+      const quantEffect = compare(theirs, fp32, 0, 0).maxAbs;
+      const vsTheirs = compare(logits, theirs, quantEffect, 0);
+      assert.ok(vsTheirs.ok, `vs rwkv.cpp ${vsTheirs.maxAbs} not below rwkv.cpp's own quantization effect ${quantEffect}`);
+      note = `, vs rwkv.cpp ${vsTheirs.maxAbs.toExponential(2)} (rwkv.cpp vs FP32 ${quantEffect.toExponential(2)})`;
+    }
+    t.diagnostic(`${file}: vs FP32 ${vsFp32.maxAbs.toExponential(2)}${note}`);
+  });
+}

@@ -1,4 +1,3 @@
-#!/usr/bin/env node
 import { parseArgs, type ParseArgsConfig } from "node:util";
 import { RwkvInputError } from "../core/errors.js";
 import { argmax } from "../core/generate.js";
@@ -18,6 +17,14 @@ commands:
       --backend NAME                   kernel backend (default: best available)
 
 MODEL is a .pth, .safetensors or rwkv.cpp .bin file (the format is read from its content).`;
+
+/** Where the CLI writes: the process's streams, or a buffer in tests. */
+export interface CliIO {
+  stdout(text: string): void;
+  stderr(text: string): void;
+}
+
+const processIO: CliIO = { stdout: (t) => process.stdout.write(t), stderr: (t) => process.stderr.write(t) };
 
 /** A mistake in how the CLI was called: printed with the usage hint. */
 class UsageError extends Error {}
@@ -46,13 +53,13 @@ function positiveInt(name: string, v: string | boolean | undefined, dflt: number
   return n;
 }
 
-function info(args: string[]): void {
+function info(args: string[], io: CliIO): void {
   const { values, positionals } = parse(args, { json: { type: "boolean" } }, ["MODEL"]);
   const { checkpoint, close } = loadCheckpoint(positionals[0]);
   try {
     const d = describeCheckpoint(checkpoint);
     if (values.json) {
-      process.stdout.write(JSON.stringify(d, null, 2) + "\n");
+      io.stdout(JSON.stringify(d, null, 2) + "\n");
       return;
     }
     const c = d.config;
@@ -68,13 +75,13 @@ function info(args: string[]): void {
       `tensors     ${d.tensors} (${Object.entries(d.dtypes).map(([k, n]) => `${k}: ${n}`).join(", ")})`,
     ];
     for (const [k, v] of Object.entries(d.metadata)) lines.push(`meta        ${k} = ${v}`);
-    process.stdout.write(lines.join("\n") + "\n");
+    io.stdout(lines.join("\n") + "\n");
   } finally {
     close();
   }
 }
 
-function generate(args: string[]): void {
+function generate(args: string[], io: CliIO): void {
   const { values, positionals } = parse(args, {
     prompt: { type: "string" }, "max-tokens": { type: "string" }, tokenizer: { type: "string" },
     "tokenizer-kind": { type: "string" }, backend: { type: "string" },
@@ -102,34 +109,33 @@ function generate(args: string[]): void {
   const choosable = Math.min(tokenizer.vocabSize, model.config.vocabSize);
   for (let i = 0; i < maxTokens; i++) {
     const token = argmax(logits.subarray(0, choosable));
-    process.stdout.write(out.push(token));
+    io.stdout(out.push(token));
     if (i + 1 < maxTokens) logits = model.step(token, state);
   }
-  process.stdout.write(out.flush() + "\n");
+  io.stdout(out.flush() + "\n");
 }
 
-export function main(argv: string[]): number {
+/** Runs one CLI command; returns the exit code (0 ok, 1 bad input, 2 bad usage). */
+export function runCli(argv: string[], io: CliIO = processIO): number {
   const [command, ...rest] = argv;
   try {
     switch (command) {
-      case "info": info(rest); return 0;
-      case "generate": generate(rest); return 0;
+      case "info": info(rest, io); return 0;
+      case "generate": generate(rest, io); return 0;
       case undefined: case "help": case "--help": case "-h":
-        process.stdout.write(USAGE + "\n");
+        io.stdout(USAGE + "\n");
         return command === undefined ? 2 : 0;
       default: throw new UsageError(`unknown command "${command}"`);
     }
   } catch (e) {
     if (e instanceof UsageError) {
-      process.stderr.write(`rwkv: ${e.message}\nRun "rwkv help" for usage.\n`);
+      io.stderr(`rwkv: ${e.message}\nRun "rwkv help" for usage.\n`);
       return 2;
     }
     if (e instanceof RwkvInputError) {
-      process.stderr.write(`rwkv: ${e.message}\n`);
+      io.stderr(`rwkv: ${e.message}\n`);
       return 1;
     }
     throw e; // a bug: let Node print the stack trace
   }
 }
-
-process.exitCode = main(process.argv.slice(2));
