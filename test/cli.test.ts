@@ -9,9 +9,9 @@ import { SHARED, sharedPath } from "./shared.js";
 
 const BIN = join(import.meta.dirname, "..", "src", "node", "bin.js");
 
-function run(argv: string[]): { code: number; out: string; err: string } {
+async function run(argv: string[]): Promise<{ code: number; out: string; err: string }> {
   let out = "", err = "";
-  const code = runCli(argv, { stdout: (t) => { out += t; }, stderr: (t) => { err += t; } });
+  const code = await runCli(argv, { stdout: (t) => { out += t; }, stderr: (t) => { err += t; } });
   return { code, out, err };
 }
 
@@ -25,11 +25,11 @@ function sharedModels(t: import("node:test").TestContext): string[] {
   ];
 }
 
-test("rwkv info reports format, version and sizes for every model in ../shared", (t) => {
+test("rwkv info reports format, version and sizes for every model in ../shared", async (t) => {
   const models = sharedModels(t);
   assert.ok(models.length >= 39, `found ${models.length} models`);
   for (const m of models) {
-    const { code, out, err } = run(["info", m, "--json"]);
+    const { code, out, err } = await run(["info", m, "--json"]);
     assert.equal(code, 0, `${m}: ${err}`);
     const info = JSON.parse(out);
     const isCpp = m.endsWith(".bin");
@@ -41,25 +41,25 @@ test("rwkv info reports format, version and sizes for every model in ../shared",
     assert.ok(info.parameters > 100_000, m);
   }
   // The human-readable form names every field the issue asks for.
-  const { out } = run(["info", join(SHARED, "golden", "v7", "model.pth")]);
+  const { out } = await run(["info", join(SHARED, "golden", "v7", "model.pth")]);
   for (const field of ["format      pth", "version     RWKV-7", "layers      3", "width       128", "heads       2 x 64", "vocab       512", "parameters", "tensors"]) {
     assert.ok(out.includes(field), `missing "${field}" in:\n${out}`);
   }
 });
 
-test("rwkv generate runs greedily on every model in ../shared", (t) => {
+test("rwkv generate runs greedily on every model in ../shared", async (t) => {
   for (const m of sharedModels(t)) {
-    const { code, out, err } = run(["generate", m, "--prompt", "The ", "--max-tokens", "8", "--tokenizer-kind", "bytes"]);
+    const { code, out, err } = await run(["generate", m, "--prompt", "The ", "--max-tokens", "8", "--tokenizer-kind", "bytes"]);
     assert.equal(code, 0, `${m}: ${err}`);
     assert.ok(out.length > 1, m);
   }
 });
 
-test("rwkv generate on a trained rwkv.cpp model: deterministic, English-looking bytes", (t) => {
+test("rwkv generate on a trained rwkv.cpp model: deterministic, English-looking bytes", async (t) => {
   const m = sharedPath(t, "rwkv.cpp", "tiny-rwkv-7v0-834K-FP32.bin");
   if (!m) return;
-  const a = run(["generate", m, "--prompt", "The ", "--max-tokens", "40"]);
-  const b = run(["generate", m, "--prompt", "The ", "--max-tokens", "40"]);
+  const a = await run(["generate", m, "--prompt", "The ", "--max-tokens", "40"]);
+  const b = await run(["generate", m, "--prompt", "The ", "--max-tokens", "40"]);
   assert.equal(a.code, 0, a.err);
   assert.equal(a.out, b.out);
   const letters = a.out.replace(/[^a-zA-Z ]/g, "").length;

@@ -1,0 +1,55 @@
+import { parseArgs, type ParseArgsConfig } from "node:util";
+
+/** Where the CLI writes: the process's streams, or a buffer in tests. */
+export interface CliIO {
+  stdout(text: string): void;
+  stderr(text: string): void;
+}
+
+/** A mistake in how the CLI was called: printed with the usage hint, exit 2. */
+export class UsageError extends Error {}
+
+export type Options = NonNullable<ParseArgsConfig["options"]>;
+export type Values = Record<string, string | boolean | string[] | boolean[] | undefined>;
+
+/** Strict option parsing: unknown flags and wrong positional counts are usage errors. */
+export function parse(args: string[], options: Options, positionals: string[]): { values: Values; positionals: string[] } {
+  let parsed;
+  try {
+    parsed = parseArgs({ args, options, allowPositionals: true, strict: true });
+  } catch (e) {
+    throw new UsageError((e as Error).message);
+  }
+  if (parsed.positionals.length !== positionals.length) {
+    throw new UsageError(`expected ${positionals.join(" ")}, got ${parsed.positionals.length ? parsed.positionals.join(" ") : "nothing"}`);
+  }
+  return { values: parsed.values as Values, positionals: parsed.positionals };
+}
+
+export function str(values: Values, name: string): string | undefined {
+  const v = values[name];
+  if (v === undefined) return undefined;
+  if (typeof v !== "string") throw new UsageError(`--${name} needs a value`);
+  return v;
+}
+
+export function positiveInt(values: Values, name: string, dflt: number): number {
+  const v = values[name];
+  if (v === undefined) return dflt;
+  const n = Number(v);
+  if (typeof v !== "string" || !/^\d+$/.test(v) || !Number.isSafeInteger(n) || n <= 0) {
+    throw new UsageError(`--${name} must be a positive integer, got "${String(v)}"`);
+  }
+  return n;
+}
+
+/** A finite number within [min, max]. */
+export function numberIn(values: Values, name: string, dflt: number, min: number, max: number): number {
+  const v = values[name];
+  if (v === undefined) return dflt;
+  const n = typeof v === "string" && v.trim() !== "" ? Number(v) : NaN;
+  if (!Number.isFinite(n) || n < min || n > max) {
+    throw new UsageError(`--${name} must be a number in [${min}, ${max}], got "${String(v)}"`);
+  }
+  return n;
+}

@@ -1,0 +1,34 @@
+import { parse, type CliIO } from "../cli-util.js";
+import { describeCheckpoint } from "../inspect.js";
+import { loadCheckpoint } from "../load.js";
+
+export const INFO_USAGE = "info MODEL [--json]                  format, version, sizes, parameter count, tensor dtypes";
+
+export function info(args: string[], io: CliIO): number {
+  const { values, positionals } = parse(args, { json: { type: "boolean" } }, ["MODEL"]);
+  const { checkpoint, close } = loadCheckpoint(positionals[0]);
+  try {
+    const d = describeCheckpoint(checkpoint);
+    if (values.json) {
+      io.stdout(JSON.stringify(d, null, 2) + "\n");
+      return 0;
+    }
+    const c = d.config;
+    const lines = [
+      `file        ${positionals[0]}`,
+      `format      ${d.format}`,
+      `version     RWKV-${c.version}`,
+      `layers      ${c.nLayer}`,
+      `width       ${c.nEmbd} (attention ${c.dimAtt}, ffn ${c.dimFfn})`,
+      `heads       ${c.nHead} x ${c.headSize}`,
+      `vocab       ${c.vocabSize}`,
+      `parameters  ${d.parameters.toLocaleString("en-US")}`,
+      `tensors     ${d.tensors} (${Object.entries(d.dtypes).map(([k, n]) => `${k}: ${n}`).join(", ")})`,
+    ];
+    for (const [k, v] of Object.entries(d.metadata)) lines.push(`meta        ${k} = ${v}`);
+    io.stdout(lines.join("\n") + "\n");
+    return 0;
+  } finally {
+    close();
+  }
+}
