@@ -37,7 +37,18 @@ export interface ForwardOptions {
 export interface Model {
   readonly config: ModelConfig;
   readonly backend: Backend;
+  /**
+   * Identifies these weights (not just this shape): a hash of the config and a strided sample of
+   * the embedding and head. Saved states record it so they are never loaded into another model.
+   */
+  readonly fingerprint: string;
+  /** The starting state: zeros, or the trained `time_state` of a state-tuned checkpoint. */
   initState(): State;
+  /**
+   * Makes the `blocks.i.att.time_state` tensors of `ckpt` (this model's own file or a separate
+   * state-tuning file) the starting state returned by initState().
+   */
+  useTimeState(ckpt: Checkpoint): void;
   /** Logits (V) after `token`; advances `state`. */
   step(token: number, state: State): Float32Array;
   /** Runs `tokens` as one sequence from `state` (advancing it): last logits (V) or all (T, V). */
@@ -60,8 +71,13 @@ export interface Architecture {
   /** Hyper-parameters inferred from tensor shapes. */
   inferConfig(w: Weights, version: Version): ModelConfig;
   block(w: Weights, layer: number, cfg: ModelConfig, be: Backend): Block;
-  /** Fresh state of one layer (`layer` lets trained initial states, e.g. v6 `time_state`, be used). */
-  initLayerState(cfg: ModelConfig, layer: number): Record<string, Float32Array>;
+  /** Zero state of one layer. */
+  initLayerState(cfg: ModelConfig): Record<string, Float32Array>;
+  /**
+   * A state-tuned `blocks.i.att.time_state` (H, N, N) as stored in checkpoints, converted to this
+   * version's `att_kv` layout. Absent for versions without state tuning.
+   */
+  timeStateToKv?(cfg: ModelConfig, timeState: Float32Array): Float32Array;
 }
 
 /** LayerNorm eps of every `ln*` in all versions. */
@@ -74,8 +90,11 @@ export class RwkvModel implements Model {
   private readonly blocks: Array<{ ln1: Norm; ln2: Norm; mix: Block }>;
   private readonly lnOut: Norm;
   private readonly head: Matrix; // (V, C)
+  readonly fingerprint: string;
+  private initial: State;
 
   constructor(readonly config: ModelConfig, private readonly arch: Architecture, w: Weights, readonly backend: Backend) {
+    const ckpt = w.ckpt;
     const { nLayer: L, nEmbd: C, vocabSize: V } = config;
     const norm = (p: string): Norm => ({ weight: w.vec(`${p}.weight`, C), bias: w.vec(`${p}.bias`, C) });
     const ln0 = norm("blocks.0.ln0");
@@ -88,10 +107,30 @@ export class RwkvModel implements Model {
     }
     this.lnOut = norm("ln_out");
     this.head = w.linear("head.weight", V, C);
+    this.fingerprint = fingerprint(JSON.stringify(config), [emb, this.head.data]);
+    this.initial = new State(config.version, Array.from({ length: L }, () => arch.initLayerState(config)));
+    if (ckpt.tensors.has("blocks.0.att.time_state")) this.useTimeState(ckpt);
   }
 
   initState(): State {
-    return new State(this.config.version, Array.from({ length: this.config.nLayer }, (_, i) => this.arch.initLayerState(this.config, i)));
+    return this.initial.clone();
+  }
+
+  useTimeState(ckpt: Checkpoint): void {
+    const { nLayer: L, nHead: H, headSize: N } = this.config;
+    const convert = this.arch.timeStateToKv;
+    if (!convert) throw new RwkvInputError(ckpt.source, `${this.arch.name} has no trainable initial state (time_state)`);
+    const w = new Weights(ckpt, this.arch.name);
+    const initial = this.initial.clone();
+    let found = 0;
+    for (let i = 0; i < L; i++) {
+      const name = `blocks.${i}.att.time_state`;
+      if (!w.has(name)) continue;
+      initial.layers[i].att_kv = convert(this.config, w.vec(name, H * N * N)); // (H, N, N)
+      found++;
+    }
+    if (found === 0) throw new RwkvInputError(ckpt.source, "no blocks.i.att.time_state tensors: not a state-tuning file");
+    this.initial = initial;
   }
 
   step(token: number, state: State): Float32Array {
@@ -124,6 +163,25 @@ export class RwkvModel implements Model {
     const h = be.layerNorm(last, rows, C, this.lnOut.weight, this.lnOut.bias, LAYER_NORM_EPS); // (rows, C)
     return be.matmul(h, rows, this.head); // (rows, V)
   }
+}
+
+/** Elements hashed per tensor: enough to tell trained models apart, cheap for billions of weights. */
+const FINGERPRINT_SAMPLES = 1 << 16;
+
+/** 64-bit FNV-1a (as two 32-bit lanes) over a string and a strided sample of each array's bits. */
+function fingerprint(text: string, arrays: Float32Array[]): string {
+  let a = 0x811c9dc5, b = 0x01000193 ^ 0x5bd1e995;
+  const mix = (x: number) => {
+    a = Math.imul(a ^ x, 0x01000193) >>> 0;
+    b = Math.imul(b ^ x, 0x5bd1e995) >>> 0;
+  };
+  for (let i = 0; i < text.length; i++) mix(text.charCodeAt(i));
+  for (const arr of arrays) {
+    const bits = new Uint32Array(arr.buffer, arr.byteOffset, arr.length);
+    const step = Math.max(1, Math.floor(bits.length / FINGERPRINT_SAMPLES));
+    for (let i = 0; i < bits.length; i += step) mix(bits[i]);
+  }
+  return a.toString(16).padStart(8, "0") + b.toString(16).padStart(8, "0");
 }
 
 export function addInPlace(x: Float32Array, d: Float32Array): void {

@@ -25,9 +25,6 @@ import { transpose, type Weights } from "./weights.js";
  * State-tuned checkpoints carry `att.time_state` (H,N,N) in [h][value][key] order: the initial att_kv.
  */
 
-/** Trained initial WKV states (state-tuned checkpoints) per model config, in pip layout, by layer. */
-const initialKv = new WeakMap<ModelConfig, Map<number, Float32Array>>();
-
 export const rwkv6: Architecture = {
   name: "RWKV-6",
 
@@ -45,10 +42,17 @@ export const rwkv6: Architecture = {
     };
   },
 
-  initLayerState(cfg: ModelConfig, layer: number) {
+  initLayerState(cfg: ModelConfig) {
     const { nEmbd: C, nHead: H, headSize: N } = cfg;
-    const kv = initialKv.get(cfg)?.get(layer);
-    return { att_x_prev: new Float32Array(C), att_kv: kv ? kv.slice() : new Float32Array(H * N * N), ffn_x_prev: new Float32Array(C) };
+    return { att_x_prev: new Float32Array(C), att_kv: new Float32Array(H * N * N), ffn_x_prev: new Float32Array(C) };
+  },
+
+  timeStateToKv(cfg: ModelConfig, st: Float32Array): Float32Array {
+    // File layout [h][value i][key j] -> pip's [h][key j][value i] (SPEC §2.4).
+    const { nHead: H, headSize: N } = cfg;
+    const kv = new Float32Array(H * N * N); // (H, N, N)
+    for (let h = 0; h < H; h++) kv.set(transpose(st.subarray(h * N * N, (h + 1) * N * N), N, N), h * N * N);
+    return kv;
   },
 
   block(w: Weights, i: number, cfg: ModelConfig, be: Backend): Block {
@@ -76,15 +80,6 @@ export const rwkv6: Architecture = {
       key: w.linear(f + "key.weight", F, C), receptance: w.linear(f + "receptance.weight", C, C),
       value: w.linear(f + "value.weight", C, F),
     };
-    if (w.has(a + "time_state")) {
-      // File layout [h][value i][key j] -> pip's [h][key j][value i] (SPEC §2.4).
-      const st = w.vec(a + "time_state", H * N * N); // (H, N, N)
-      const kv = new Float32Array(H * N * N); // (H, N, N)
-      for (let h = 0; h < H; h++) kv.set(transpose(st.subarray(h * N * N, (h + 1) * N * N), N, N), h * N * N);
-      let byLayer = initialKv.get(cfg);
-      if (!byLayer) initialKv.set(cfg, (byLayer = new Map()));
-      byLayer.set(i, kv);
-    }
     return {
       timeMix(xx, T, s) {
         const d = tokenShift(xx, T, C, s.att_x_prev); // (T, C) previous xx ...

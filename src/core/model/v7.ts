@@ -45,6 +45,9 @@ export const rwkv7: Architecture = {
     return { att_x_prev: new Float32Array(C), att_kv: new Float32Array(H * N * N), ffn_x_prev: new Float32Array(C) };
   },
 
+  // State tuning trains the kernel's own state, already [h][value i][key j]: used as is.
+  timeStateToKv: (_cfg: ModelConfig, st: Float32Array) => st.slice(),
+
   block(w: Weights, i: number, cfg: ModelConfig, be: Backend): Block {
     const { nEmbd: C, nHead: H, headSize: N, dimFfn: F } = cfg;
     const a = `blocks.${i}.att.`, f = `blocks.${i}.ffn.`;
