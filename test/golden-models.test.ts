@@ -114,3 +114,26 @@ for (const ver of ["v4", "v5", "v6", "v7"]) {
     });
   }
 }
+
+test("stepBatch over several states equals separate step() calls, for every version", (t) => {
+  for (const ver of ["v4", "v5", "v6", "v7"]) {
+    const dir = sharedPath(t, "golden", ver);
+    if (!dir) return;
+    const model = loadModel(`${dir}/model.safetensors`);
+    // Three conversations at different points: empty, after 3 tokens, after 7 tokens.
+    const histories = [[], [5, 6, 7], [1, 2, 3, 4, 9, 8, 7]];
+    const batch = histories.map((h) => { const s = model.initState(); if (h.length) model.forward(h, s); return s; });
+    const alone = batch.map((s) => s.clone());
+    const next = [11, 22, 33];
+    for (let round = 0; round < 3; round++) {
+      const got = model.stepBatch(next, batch); // (B, V)
+      next.forEach((tok, b) => {
+        const want = model.step(tok, alone[b]);
+        const c = compare(got.subarray(b * want.length, (b + 1) * want.length), want, 1e-5, 1e-5);
+        assert.ok(c.ok, `${ver} round ${round} sequence ${b}: max |diff| ${c.maxAbs}`);
+      });
+      next.forEach((_, b) => { next[b] = (next[b] * 7 + round) % 512; });
+    }
+    assert.throws(() => model.stepBatch([1, 2], [batch[0], batch[0]]), /same state appears twice/);
+  }
+});

@@ -12,3 +12,7 @@ export { buildModel, type ForwardOptions, type Model, type ModelConfig, type Ver
 export { State } from "./model/state.js";
 export type { DType, TensorEntry } from "./tensor.js";
 export * from "./tokenizer/index.js";
+export { argmax, DEFAULT_CHUNK_LEN, type FinishReason, generate, type GenerateInput, type GenerateOptions, type GenerationPiece, type GenerationResult, prefill } from "./generate.js";
+export { type CachedPrefix, PrefixCache } from "./prefix-cache.js";
+export { logProb, type PenaltyOptions, Penalties, Rng, sampleLogits, type SamplerOptions, samplingProbs, validateSamplerOptions } from "./sampling.js";
+export { checkStateBelongs, decodeStateFile, encodeStateFile, type ModelIdentity, modelIdentity, type StateFile } from "./state-file.js";

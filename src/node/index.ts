@@ -4,3 +4,4 @@ export { FileSource } from "./file-source.js";
 export { describeCheckpoint, type ModelInfo } from "./inspect.js";
 export { loadCheckpoint, loadModel, type LoadOptions } from "./load.js";
 export * from "./tokenizer.js";
+export { loadStartState, saveStateFile, type LoadedStart } from "./state-io.js";

@@ -53,15 +53,28 @@ export interface Model {
   step(token: number, state: State): Float32Array;
   /** Runs `tokens` as one sequence from `state` (advancing it): last logits (V) or all (T, V). */
   forward(tokens: readonly number[], state: State, options?: ForwardOptions): Float32Array;
+  /**
+   * One token for each of several independent sequences (batched decoding): tokens[b] advances
+   * states[b]. Returns logits (B, V), equal to B separate step() calls.
+   */
+  stepBatch(tokens: readonly number[], states: readonly State[]): Float32Array;
 }
 
 /** Per-forward scratch shared between layers (v7 passes layer 0's v to later layers). */
 export type SequenceContext = Record<string, Float32Array>;
 
-/** One block's two mixers. Inputs are the layer-normed activations; outputs are residual deltas. */
+/** One layer's part of a State. */
+export type LayerState = Record<string, Float32Array>;
+
+/**
+ * One block's two mixers. Inputs are the layer-normed activations of B = states.length independent
+ * sequences of T tokens each, rows b·T … b·T+T-1 belonging to states[b]; outputs are residual
+ * deltas. B = 1 is one sequence (prefill, step); B > 1 with T = 1 decodes many sequences in one
+ * matrix-matrix product per projection.
+ */
 export interface Block {
-  timeMix(xx: Float32Array, T: number, state: Record<string, Float32Array>, ctx: SequenceContext): Float32Array; // (T, C) -> (T, C)
-  channelMix(xx: Float32Array, T: number, state: Record<string, Float32Array>): Float32Array; // (T, C) -> (T, C)
+  timeMix(xx: Float32Array, T: number, states: LayerState[], ctx: SequenceContext): Float32Array; // (B·T, C) -> (B·T, C)
+  channelMix(xx: Float32Array, T: number, states: LayerState[]): Float32Array; // (B·T, C) -> (B·T, C)
 }
 
 /** What a version file provides. */
@@ -138,30 +151,50 @@ export class RwkvModel implements Model {
   }
 
   forward(tokens: readonly number[], state: State, options: ForwardOptions = {}): Float32Array {
+    if (tokens.length === 0) throw new RwkvInputError("forward", "empty token sequence");
+    return this.run(tokens, tokens.length, [state], options.allLogits ? "all" : "last");
+  }
+
+  stepBatch(tokens: readonly number[], states: readonly State[]): Float32Array {
+    if (tokens.length !== states.length) throw new RwkvInputError("stepBatch", `${tokens.length} tokens for ${states.length} states`);
+    if (tokens.length === 0) return new Float32Array(0);
+    if (new Set(states).size !== states.length) throw new RwkvInputError("stepBatch", "the same state appears twice in one batch");
+    return this.run(tokens, 1, states, "all");
+  }
+
+  /** B = states.length sequences of T tokens each (tokens row-major (B, T)); logits of every row or each sequence's last. */
+  private run(tokens: readonly number[], T: number, states: readonly State[], which: "all" | "last"): Float32Array {
     const { nEmbd: C, vocabSize: V, nLayer: L } = this.config;
-    const T = tokens.length;
-    if (T === 0) throw new RwkvInputError("forward", "empty token sequence");
-    if (state.version !== this.config.version || state.layers.length !== L) {
-      throw new RwkvInputError("state", `belongs to RWKV-${state.version} with ${state.layers.length} layers, not this RWKV-${this.config.version} model with ${L}`);
+    const B = states.length;
+    for (const state of states) {
+      if (state.version !== this.config.version || state.layers.length !== L) {
+        throw new RwkvInputError("state", `belongs to RWKV-${state.version} with ${state.layers.length} layers, not this RWKV-${this.config.version} model with ${L}`);
+      }
     }
     const be = this.backend;
-    const x = new Float32Array(T * C); // (T, C)
-    for (let t = 0; t < T; t++) {
-      const tok = tokens[t];
+    const R = B * T;
+    const x = new Float32Array(R * C); // (B·T, C)
+    for (let n = 0; n < R; n++) {
+      const tok = tokens[n];
       if (!Number.isInteger(tok) || tok < 0 || tok >= V) throw new RwkvInputError("forward", `token id ${tok} is outside the vocabulary 0..${V - 1}`);
-      x.set(this.emb.subarray(tok * C, tok * C + C), t * C);
+      x.set(this.emb.subarray(tok * C, tok * C + C), n * C);
     }
     const ctx: SequenceContext = {};
     for (let i = 0; i < L; i++) {
       const { ln1, ln2, mix } = this.blocks[i];
-      const s = state.layers[i];
-      addInPlace(x, mix.timeMix(be.layerNorm(x, T, C, ln1.weight, ln1.bias, LAYER_NORM_EPS), T, s, ctx)); // (T, C)
-      addInPlace(x, mix.channelMix(be.layerNorm(x, T, C, ln2.weight, ln2.bias, LAYER_NORM_EPS), T, s)); // (T, C)
+      const s = states.map((st) => st.layers[i]);
+      addInPlace(x, mix.timeMix(be.layerNorm(x, R, C, ln1.weight, ln1.bias, LAYER_NORM_EPS), T, s, ctx)); // (B·T, C)
+      addInPlace(x, mix.channelMix(be.layerNorm(x, R, C, ln2.weight, ln2.bias, LAYER_NORM_EPS), T, s)); // (B·T, C)
     }
-    const rows = options.allLogits ? T : 1;
-    const last = x.subarray((T - rows) * C); // (rows, C)
-    const h = be.layerNorm(last, rows, C, this.lnOut.weight, this.lnOut.bias, LAYER_NORM_EPS); // (rows, C)
-    return be.matmul(h, rows, this.head); // (rows, V)
+    let h: Float32Array; // (rows, C)
+    if (which === "all") {
+      h = x;
+    } else {
+      h = new Float32Array(B * C);
+      for (let b = 0; b < B; b++) h.set(x.subarray(((b + 1) * T - 1) * C, (b + 1) * T * C), b * C);
+    }
+    const rows = h.length / C;
+    return be.matmul(be.layerNorm(h, rows, C, this.lnOut.weight, this.lnOut.bias, LAYER_NORM_EPS), rows, this.head); // (rows, V)
   }
 }
 
@@ -189,15 +222,29 @@ export function addInPlace(x: Float32Array, d: Float32Array): void {
 }
 
 /**
- * Token shift: the previous position's layer-normed input for each row, (T, C), with row 0 taken
- * from the carried `prev` (C); then `prev` becomes the last row. (SPEC gotcha 1.)
+ * Token shift: the previous position's layer-normed input for each row, (B·T, C); each sequence's
+ * first row takes its carried `prevs[b]` (C), which then becomes its last row. (SPEC gotcha 1.)
  */
-export function tokenShift(xx: Float32Array, T: number, C: number, prev: Float32Array): Float32Array {
-  const sx = new Float32Array(T * C); // (T, C)
-  sx.set(prev, 0);
-  sx.set(xx.subarray(0, (T - 1) * C), C);
-  prev.set(xx.subarray((T - 1) * C, T * C));
+export function tokenShift(xx: Float32Array, T: number, C: number, prevs: Float32Array[]): Float32Array {
+  const sx = new Float32Array(xx.length); // (B·T, C)
+  prevs.forEach((prev, b) => {
+    const o = b * T * C;
+    sx.set(prev, o);
+    sx.set(xx.subarray(o, o + (T - 1) * C), o + C);
+    prev.set(xx.subarray(o + (T - 1) * C, o + T * C));
+  });
   return sx;
+}
+
+/**
+ * Runs a per-sequence kernel (a WKV scan over its own state) for each of B sequences of T rows and
+ * concatenates the results (B·T, W). `rows(x)` is sequence b's slice of a (B·T, W) input.
+ */
+export function bySequence(B: number, T: number, W: number, f: (b: number, rows: (x: Float32Array) => Float32Array) => Float32Array): Float32Array {
+  if (B === 1) return f(0, (x) => x);
+  const out = new Float32Array(B * T * W); // (B·T, W)
+  for (let b = 0; b < B; b++) out.set(f(b, (x) => x.subarray(b * T * W, (b + 1) * T * W)), b * T * W);
+  return out;
 }
 
 export const sigmoid = (x: number): number => 1 / (1 + Math.exp(-x));

@@ -1,5 +1,5 @@
 import type { Backend } from "../backend/backend.js";
-import { type Architecture, type Block, type ModelConfig, sigmoid, tokenShift, type Version } from "./model.js";
+import { type Architecture, type Block, type ModelConfig, bySequence, sigmoid, tokenShift, type Version } from "./model.js";
 import type { Weights } from "./weights.js";
 
 /*
@@ -53,21 +53,24 @@ export const rwkv4: Architecture = {
     };
     return {
       timeMix(xx, T, s) {
-        const sx = tokenShift(xx, T, C, s.att_xx); // (T, C)
-        const k = be.matmul(mix(xx, sx, att.mixK, C), T, att.key); // (T, A)
-        const v = be.matmul(mix(xx, sx, att.mixV, C), T, att.value); // (T, A)
-        const r = be.matmul(mix(xx, sx, att.mixR, C), T, att.receptance); // (T, A)
-        const wkv = be.wkv4(T, A, att.w, att.u, k, v, { aa: s.att_aa, bb: s.att_bb, pp: s.att_pp }); // (T, A)
-        for (let n = 0; n < T * A; n++) wkv[n] *= sigmoid(r[n]);
-        return be.matmul(wkv, T, att.output); // (T, C)
+        const R = xx.length / C; // B·T rows
+        const sx = tokenShift(xx, T, C, s.map((l) => l.att_xx)); // (B·T, C)
+        const k = be.matmul(mix(xx, sx, att.mixK, C), R, att.key); // (B·T, A)
+        const v = be.matmul(mix(xx, sx, att.mixV, C), R, att.value); // (B·T, A)
+        const r = be.matmul(mix(xx, sx, att.mixR, C), R, att.receptance); // (B·T, A)
+        const wkv = bySequence(s.length, T, A, (b, rows) =>
+          be.wkv4(T, A, att.w, att.u, rows(k), rows(v), { aa: s[b].att_aa, bb: s[b].att_bb, pp: s[b].att_pp })); // (B·T, A)
+        for (let n = 0; n < wkv.length; n++) wkv[n] *= sigmoid(r[n]);
+        return be.matmul(wkv, R, att.output); // (B·T, C)
       },
       channelMix(xx, T, s) {
-        const sx = tokenShift(xx, T, C, s.ffn_xx); // (T, C)
-        const k = be.matmul(mix(xx, sx, ffn.mixK, C), T, ffn.key); // (T, F)
-        for (let n = 0; n < T * F; n++) k[n] = k[n] > 0 ? k[n] * k[n] : 0; // relu²
-        const kv = be.matmul(k, T, ffn.value); // (T, C)
-        const r = be.matmul(mix(xx, sx, ffn.mixR, C), T, ffn.receptance); // (T, C)
-        for (let n = 0; n < T * C; n++) kv[n] *= sigmoid(r[n]);
+        const R = xx.length / C; // B·T rows
+        const sx = tokenShift(xx, T, C, s.map((l) => l.ffn_xx)); // (B·T, C)
+        const k = be.matmul(mix(xx, sx, ffn.mixK, C), R, ffn.key); // (B·T, F)
+        for (let n = 0; n < k.length; n++) k[n] = k[n] > 0 ? k[n] * k[n] : 0; // relu²
+        const kv = be.matmul(k, R, ffn.value); // (B·T, C)
+        const r = be.matmul(mix(xx, sx, ffn.mixR, C), R, ffn.receptance); // (B·T, C)
+        for (let n = 0; n < kv.length; n++) kv[n] *= sigmoid(r[n]);
         return kv;
       },
     };

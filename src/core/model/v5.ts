@@ -2,7 +2,7 @@ import type { Backend } from "../backend/backend.js";
 import { FormatError } from "../errors.js";
 import type { CheckpointFormat } from "../formats/checkpoint.js";
 import { numel } from "../tensor.js";
-import { type Architecture, type Block, type ModelConfig, sigmoid, silu, tokenShift, type Version } from "./model.js";
+import { type Architecture, type Block, type ModelConfig, bySequence, sigmoid, silu, tokenShift, type Version } from "./model.js";
 import { countLayers, mix } from "./v4.js";
 import type { Weights } from "./weights.js";
 
@@ -84,25 +84,27 @@ export const rwkv5: Architecture = {
     };
     return {
       timeMix(xx, T, s) {
-        const sx = tokenShift(xx, T, C, s.att_x_prev); // (T, C)
-        const r = be.matmul(mix(xx, sx, att.mixR, C), T, att.receptance); // (T, A)
-        const k = be.matmul(mix(xx, sx, att.mixK, C), T, att.key); // (T, A)
-        const v = be.matmul(mix(xx, sx, att.mixV, C), T, att.value); // (T, A)
-        const out = be.wkv5(T, H, N, r, k, v, att.decay, att.u, s.att_kv); // (T, A)
-        const y = be.groupNorm(out, T, H, N, att.lnX.weight, att.lnX.bias, att.eps); // (T, A)
+        const R = xx.length / C; // B·T rows
+        const sx = tokenShift(xx, T, C, s.map((l) => l.att_x_prev)); // (B·T, C)
+        const r = be.matmul(mix(xx, sx, att.mixR, C), R, att.receptance); // (B·T, A)
+        const k = be.matmul(mix(xx, sx, att.mixK, C), R, att.key); // (B·T, A)
+        const v = be.matmul(mix(xx, sx, att.mixV, C), R, att.value); // (B·T, A)
+        const out = bySequence(s.length, T, A, (b, rows) => be.wkv5(T, H, N, rows(r), rows(k), rows(v), att.decay, att.u, s[b].att_kv)); // (B·T, A)
+        const y = be.groupNorm(out, R, H, N, att.lnX.weight, att.lnX.bias, att.eps); // (B·T, A)
         if (att.gate) {
-          const g = be.matmul(mix(xx, sx, att.gate.mixG, C), T, att.gate.weight); // (T, A)
-          for (let n = 0; n < T * A; n++) y[n] *= silu(g[n]);
+          const g = be.matmul(mix(xx, sx, att.gate.mixG, C), R, att.gate.weight); // (B·T, A)
+          for (let n = 0; n < R * A; n++) y[n] *= silu(g[n]);
         }
-        return be.matmul(y, T, att.output); // (T, C)
+        return be.matmul(y, R, att.output); // (B·T, C)
       },
       channelMix(xx, T, s) {
-        const sx = tokenShift(xx, T, C, s.ffn_x_prev); // (T, C)
-        const k = be.matmul(mix(xx, sx, ffn.mixK, C), T, ffn.key); // (T, F)
-        for (let n = 0; n < T * F; n++) k[n] = k[n] > 0 ? k[n] * k[n] : 0; // relu²
-        const kv = be.matmul(k, T, ffn.value); // (T, C)
-        const r = be.matmul(mix(xx, sx, ffn.mixR, C), T, ffn.receptance); // (T, C)
-        for (let n = 0; n < T * C; n++) kv[n] *= sigmoid(r[n]);
+        const R = xx.length / C; // B·T rows
+        const sx = tokenShift(xx, T, C, s.map((l) => l.ffn_x_prev)); // (B·T, C)
+        const k = be.matmul(mix(xx, sx, ffn.mixK, C), R, ffn.key); // (B·T, F)
+        for (let n = 0; n < R * F; n++) k[n] = k[n] > 0 ? k[n] * k[n] : 0; // relu²
+        const kv = be.matmul(k, R, ffn.value); // (B·T, C)
+        const r = be.matmul(mix(xx, sx, ffn.mixR, C), R, ffn.receptance); // (B·T, C)
+        for (let n = 0; n < R * C; n++) kv[n] *= sigmoid(r[n]);
         return kv;
       },
     };

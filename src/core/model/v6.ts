@@ -1,6 +1,6 @@
 import type { Backend, Matrix } from "../backend/backend.js";
 import { FormatError } from "../errors.js";
-import { type Architecture, type Block, type ModelConfig, sigmoid, silu, tokenShift, type Version } from "./model.js";
+import { type Architecture, type Block, type ModelConfig, bySequence, sigmoid, silu, tokenShift, type Version } from "./model.js";
 import { countLayers } from "./v4.js";
 import { GROUP_NORM_EPS } from "./v5.js";
 import { transpose, type Weights } from "./weights.js";
@@ -82,36 +82,38 @@ export const rwkv6: Architecture = {
     };
     return {
       timeMix(xx, T, s) {
-        const d = tokenShift(xx, T, C, s.att_x_prev); // (T, C) previous xx ...
-        for (let n = 0; n < T * C; n++) d[n] -= xx[n]; // (T, C) ... minus xx
-        const m = be.matmul(lerp(xx, d, att.maaX, C), T, att.maaW1); // (T, 5·Dm)
-        for (let n = 0; n < T * 5 * Dm; n++) m[n] = Math.tanh(m[n]);
+        const R = xx.length / C; // B·T rows
+        const d = tokenShift(xx, T, C, s.map((l) => l.att_x_prev)); // (B·T, C) previous xx ...
+        for (let n = 0; n < R * C; n++) d[n] -= xx[n]; // (B·T, C) ... minus xx
+        const m = be.matmul(lerp(xx, d, att.maaX, C), R, att.maaW1); // (B·T, 5·Dm)
+        for (let n = 0; n < R * 5 * Dm; n++) m[n] = Math.tanh(m[n]);
         const [wx, kx, vx, rx, gx] = att.maa.map((maa, b) => {
-          const mb = be.matmul(columns(m, T, 5 * Dm, b * Dm, Dm), T, att.maaW2[b]); // (T, C)
-          for (let n = 0; n < T * C; n++) mb[n] = xx[n] + d[n] * (maa[n % C] + mb[n]);
-          return mb; // (T, C)
+          const mb = be.matmul(columns(m, R, 5 * Dm, b * Dm, Dm), R, att.maaW2[b]); // (B·T, C)
+          for (let n = 0; n < R * C; n++) mb[n] = xx[n] + d[n] * (maa[n % C] + mb[n]);
+          return mb; // (B·T, C)
         });
-        const r = be.matmul(rx, T, att.receptance); // (T, A)
-        const k = be.matmul(kx, T, att.key); // (T, A)
-        const v = be.matmul(vx, T, att.value); // (T, A)
-        const g = be.matmul(gx, T, att.gate); // (T, A)
-        const lw = be.matmul(wx, T, att.decayW1); // (T, Dd)
-        for (let n = 0; n < T * Dd; n++) lw[n] = Math.tanh(lw[n]);
-        const decay = be.matmul(lw, T, att.decayW2); // (T, A)
-        for (let n = 0; n < T * A; n++) decay[n] = Math.exp(-Math.exp(att.decay[n % A] + decay[n]));
-        const out = be.wkv5(T, H, N, r, k, v, decay, att.u, s.att_kv); // (T, A)
-        const y = be.groupNorm(out, T, H, N, att.lnX.weight, att.lnX.bias, GROUP_NORM_EPS); // (T, A)
-        for (let n = 0; n < T * A; n++) y[n] *= silu(g[n]);
-        return be.matmul(y, T, att.output); // (T, C)
+        const r = be.matmul(rx, R, att.receptance); // (B·T, A)
+        const k = be.matmul(kx, R, att.key); // (B·T, A)
+        const v = be.matmul(vx, R, att.value); // (B·T, A)
+        const g = be.matmul(gx, R, att.gate); // (B·T, A)
+        const lw = be.matmul(wx, R, att.decayW1); // (B·T, Dd)
+        for (let n = 0; n < R * Dd; n++) lw[n] = Math.tanh(lw[n]);
+        const decay = be.matmul(lw, R, att.decayW2); // (B·T, A)
+        for (let n = 0; n < R * A; n++) decay[n] = Math.exp(-Math.exp(att.decay[n % A] + decay[n]));
+        const out = bySequence(s.length, T, A, (b, rows) => be.wkv5(T, H, N, rows(r), rows(k), rows(v), rows(decay), att.u, s[b].att_kv)); // (B·T, A)
+        const y = be.groupNorm(out, R, H, N, att.lnX.weight, att.lnX.bias, GROUP_NORM_EPS); // (B·T, A)
+        for (let n = 0; n < R * A; n++) y[n] *= silu(g[n]);
+        return be.matmul(y, R, att.output); // (B·T, C)
       },
       channelMix(xx, T, s) {
-        const d = tokenShift(xx, T, C, s.ffn_x_prev); // (T, C)
-        for (let n = 0; n < T * C; n++) d[n] -= xx[n]; // (T, C)
-        const k = be.matmul(lerp(xx, d, ffn.maaK, C), T, ffn.key); // (T, F)
-        for (let n = 0; n < T * F; n++) k[n] = k[n] > 0 ? k[n] * k[n] : 0; // relu²
-        const kv = be.matmul(k, T, ffn.value); // (T, C)
-        const r = be.matmul(lerp(xx, d, ffn.maaR, C), T, ffn.receptance); // (T, C)
-        for (let n = 0; n < T * C; n++) kv[n] *= sigmoid(r[n]);
+        const R = xx.length / C; // B·T rows
+        const d = tokenShift(xx, T, C, s.map((l) => l.ffn_x_prev)); // (B·T, C)
+        for (let n = 0; n < R * C; n++) d[n] -= xx[n]; // (B·T, C)
+        const k = be.matmul(lerp(xx, d, ffn.maaK, C), R, ffn.key); // (B·T, F)
+        for (let n = 0; n < R * F; n++) k[n] = k[n] > 0 ? k[n] * k[n] : 0; // relu²
+        const kv = be.matmul(k, R, ffn.value); // (B·T, C)
+        const r = be.matmul(lerp(xx, d, ffn.maaR, C), R, ffn.receptance); // (B·T, C)
+        for (let n = 0; n < R * C; n++) kv[n] *= sigmoid(r[n]);
         return kv;
       },
     };

@@ -1,5 +1,5 @@
 import type { Backend, Matrix } from "../backend/backend.js";
-import { type Architecture, type Block, type ModelConfig, sigmoid, tokenShift, type Version } from "./model.js";
+import { type Architecture, type Block, type ModelConfig, bySequence, sigmoid, tokenShift, type Version } from "./model.js";
 import { countLayers } from "./v4.js";
 import type { Weights } from "./weights.js";
 
@@ -72,51 +72,54 @@ export const rwkv7: Architecture = {
 
     return {
       timeMix(xx, T, s, ctx) {
-        const sx = tokenShift(xx, T, C, s.att_x_prev); // (T, C)
-        const shifted = (m: Float32Array) => lerpShift(xx, sx, m, C); // (T, C)
-        const xr = shifted(att.x_r), xw = shifted(att.x_w), xk = shifted(att.x_k); // (T, C)
-        const xv = shifted(att.x_v), xa = shifted(att.x_a), xg = shifted(att.x_g); // (T, C)
+        const R = xx.length / C; // B·T rows
+        const sx = tokenShift(xx, T, C, s.map((l) => l.att_x_prev)); // (B·T, C)
+        const shifted = (m: Float32Array) => lerpShift(xx, sx, m, C); // (B·T, C)
+        const xr = shifted(att.x_r), xw = shifted(att.x_w), xk = shifted(att.x_k); // (B·T, C)
+        const xv = shifted(att.x_v), xa = shifted(att.x_a), xg = shifted(att.x_g); // (B·T, C)
 
-        const r = be.matmul(xr, T, att.receptance); // (T, C)
-        const k = be.matmul(xk, T, att.key); // (T, C)
-        let v = be.matmul(xv, T, att.value); // (T, C)
-        const wl = loraApply(be, xw, T, att.wLora, Math.tanh, null); // (T, C)
-        const iclr = loraApply(be, xa, T, att.aLora, null, att.a0).map(sigmoid); // (T, C)
-        const g = loraApply(be, xg, T, att.gLora, sigmoid, null); // (T, C)
+        const r = be.matmul(xr, R, att.receptance); // (B·T, C)
+        const k = be.matmul(xk, R, att.key); // (B·T, C)
+        let v = be.matmul(xv, R, att.value); // (B·T, C)
+        const wl = loraApply(be, xw, R, att.wLora, Math.tanh, null); // (B·T, C)
+        const iclr = loraApply(be, xa, R, att.aLora, null, att.a0).map(sigmoid); // (B·T, C)
+        const g = loraApply(be, xg, R, att.gLora, sigmoid, null); // (B·T, C)
 
-        const kk = new Float32Array(T * C); // (T, C)
-        for (let n = 0; n < T * C; n++) kk[n] = k[n] * att.k_k[n % C];
-        normalizePerHead(kk, T * H, N);
-        for (let n = 0; n < T * C; n++) k[n] *= 1 + (iclr[n] - 1) * att.k_a[n % C];
+        const kk = new Float32Array(R * C); // (B·T, C)
+        for (let n = 0; n < R * C; n++) kk[n] = k[n] * att.k_k[n % C];
+        normalizePerHead(kk, R * H, N);
+        for (let n = 0; n < R * C; n++) k[n] *= 1 + (iclr[n] - 1) * att.k_a[n % C];
 
         if (i === 0) {
-          ctx.v_first = v.slice(); // (T, C)
+          ctx.v_first = v.slice(); // (B·T, C)
         } else {
-          const vf = ctx.v_first; // (T, C)
-          const gate = loraApply(be, xv, T, att.vLora!, null, att.v0!); // (T, C)
+          const vf = ctx.v_first; // (B·T, C)
+          const gate = loraApply(be, xv, R, att.vLora!, null, att.v0!); // (B·T, C)
           v = v.map((vn, n) => vn + (vf[n] - vn) * sigmoid(gate[n]));
         }
 
-        const decay = wl.map((z, n) => Math.exp(-DECAY_SCALE * sigmoid(att.w0[n % C] + z))); // (T, C)
-        const minusKk = kk.map((x) => -x); // (T, C)
-        const kkA = kk.map((x, n) => x * iclr[n]); // (T, C)
-        const y = be.wkv7(T, H, N, r, decay, k, v, minusKk, kkA, s.att_kv); // (T, C)
-        const out = be.groupNorm(y, T, H, N, att.lnW, att.lnB, GROUP_NORM_EPS); // (T, C)
+        const decay = wl.map((z, n) => Math.exp(-DECAY_SCALE * sigmoid(att.w0[n % C] + z))); // (B·T, C)
+        const minusKk = kk.map((x) => -x); // (B·T, C)
+        const kkA = kk.map((x, n) => x * iclr[n]); // (B·T, C)
+        const y = bySequence(s.length, T, C, (b, rows) =>
+          be.wkv7(T, H, N, rows(r), rows(decay), rows(k), rows(v), rows(minusKk), rows(kkA), s[b].att_kv)); // (B·T, C)
+        const out = be.groupNorm(y, R, H, N, att.lnW, att.lnB, GROUP_NORM_EPS); // (B·T, C)
 
-        for (let th = 0; th < T * H; th++) { // the per-head "bonus": (Σ_j r_j k_j r_k,j) v
+        for (let th = 0; th < R * H; th++) { // the per-head "bonus": (Σ_j r_j k_j r_k,j) v
           const o = th * N, c0 = (th % H) * N;
           let dot = 0;
           for (let j = 0; j < N; j++) dot += r[o + j] * k[o + j] * att.r_k[c0 + j];
           for (let j = 0; j < N; j++) out[o + j] = (out[o + j] + dot * v[o + j]) * g[o + j];
         }
-        return be.matmul(out, T, att.output); // (T, C)
+        return be.matmul(out, R, att.output); // (B·T, C)
       },
 
       channelMix(xx, T, s) {
-        const sx = tokenShift(xx, T, C, s.ffn_x_prev); // (T, C)
-        const k = be.matmul(lerpShift(xx, sx, ffn.x_k, C), T, ffn.key); // (T, F)
-        for (let n = 0; n < T * F; n++) k[n] = k[n] > 0 ? k[n] * k[n] : 0; // relu²
-        return be.matmul(k, T, ffn.value); // (T, C)
+        const R = xx.length / C; // B·T rows
+        const sx = tokenShift(xx, T, C, s.map((l) => l.ffn_x_prev)); // (B·T, C)
+        const k = be.matmul(lerpShift(xx, sx, ffn.x_k, C), R, ffn.key); // (B·T, F)
+        for (let n = 0; n < R * F; n++) k[n] = k[n] > 0 ? k[n] * k[n] : 0; // relu²
+        return be.matmul(k, R, ffn.value); // (B·T, C)
       },
     };
   },
