@@ -55,11 +55,11 @@ test("rwkv generate runs greedily on every model in ../shared", async (t) => {
   }
 });
 
-test("rwkv generate on a trained rwkv.cpp model: deterministic, English-looking bytes", async (t) => {
+test("rwkv generate --greedy on a trained rwkv.cpp model: deterministic, English-looking bytes", async (t) => {
   const m = sharedPath(t, "rwkv.cpp", "tiny-rwkv-7v0-834K-FP32.bin");
   if (!m) return;
-  const a = await run(["generate", m, "--prompt", "The ", "--max-tokens", "40"]);
-  const b = await run(["generate", m, "--prompt", "The ", "--max-tokens", "40"]);
+  const a = await run(["generate", m, "--prompt", "The ", "--max-tokens", "40", "--greedy"]);
+  const b = await run(["generate", m, "--prompt", "The ", "--max-tokens", "40", "--greedy"]);
   assert.equal(a.code, 0, a.err);
   assert.equal(a.out, b.out);
   const letters = a.out.replace(/[^a-zA-Z ]/g, "").length;
@@ -78,7 +78,7 @@ test("CLI user errors: one line, no stack trace, non-zero exit (real processes)"
     [["info", dir], 1, /is a directory/],
     [["frobnicate"], 2, /unknown command "frobnicate"/],
     [["generate", v7, "--prompt", "x", "--bogus"], 2, /Unknown option '--bogus'/],
-    [["generate", v7], 2, /--prompt TEXT is required/],
+    [["generate", v7], 2, /--prompt TEXT \(or --prompt-file F, or --state-in FILE\) is required/],
     [["generate", v7, "--prompt", ""], 2, /--prompt is empty/],
     [["generate", v7, "--prompt", "x", "--max-tokens", "-3"], 2, /--max-tokens/],
     [["generate", v7, "--prompt", "x", "--max-tokens=0"], 2, /--max-tokens must be a positive integer, got "0"/],
