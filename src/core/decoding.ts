@@ -1,0 +1,131 @@
+import { RwkvInputError } from "./errors.js";
+import { logProb, type PenaltyOptions, Penalties, Rng, sampleLogits, type SamplerOptions, validateSamplerOptions } from "./sampling.js";
+import { StreamDecoder } from "./tokenizer/stream.js";
+import type { Tokenizer } from "./tokenizer/types.js";
+
+/*
+ * One sequence's token-by-token decoding, independent of how the model is run: penalties, sampling,
+ * UTF-8-safe text, stop strings (held back while they may still be forming) and stop tokens.
+ * generate() drives one of these with step(); a batched server drives many with stepBatch().
+ */
+
+export type FinishReason = "length" | "stop" | "cancelled";
+
+export interface DecodingOptions {
+  readonly maxTokens?: number; // default 256
+  readonly sampler?: SamplerOptions;
+  readonly penalties?: PenaltyOptions;
+  /** Seed of a fresh RNG (default 0). Ignored when `rng` is given. */
+  readonly seed?: number;
+  /** Continue an existing random stream (advanced in place). */
+  readonly rng?: Rng;
+  /** Continue existing penalty counts (advanced in place); else fresh ones from `penalties`. */
+  readonly penaltyState?: Penalties;
+  /** Generation ends before the first occurrence of any of these strings (not emitted). */
+  readonly stop?: readonly string[];
+  /** Generation ends at these tokens (not emitted, not fed to the model). */
+  readonly stopTokens?: readonly number[];
+}
+
+export interface DecodeStep {
+  /** The sampled token, or null when a stop token ended generation. */
+  readonly token: number | null;
+  /** log p(token) under the model's distribution (before penalties and sampling filters). */
+  readonly logprob: number | null;
+  /** Text to hand out now (may be empty while a character or stop string is pending). */
+  readonly text: string;
+  /** Set when this step ended generation. */
+  readonly finish: FinishReason | null;
+  /** Whether `token` must be fed to the model before the next step (false once finished). */
+  readonly feed: boolean;
+}
+
+export class Decoding {
+  readonly rng: Rng;
+  readonly penalties: Penalties;
+  readonly generated: number[] = [];
+  private readonly maxTokens: number;
+  private readonly stops: string[];
+  private readonly stopTokens: Set<number>;
+  private readonly decoder: StreamDecoder;
+  /** Everything decoded so far, and how much of it has been handed out. */
+  private text = "";
+  private emitted = 0;
+  private finished: FinishReason | null = null;
+
+  /** `choosable`: ids at or above it are never sampled (padded vocabularies have ids no tokenizer decodes). */
+  constructor(tokenizer: Tokenizer, private readonly choosable: number, private readonly options: DecodingOptions = {}) {
+    this.maxTokens = options.maxTokens ?? 256;
+    if (!Number.isSafeInteger(this.maxTokens) || this.maxTokens < 0) throw new RwkvInputError("max_tokens", `must be a non-negative integer, got ${this.maxTokens}`);
+    validateSamplerOptions(options.sampler ?? {});
+    this.stops = (options.stop ?? []).filter((s) => s.length > 0);
+    this.stopTokens = new Set(options.stopTokens ?? []);
+    this.rng = options.rng ?? new Rng(options.seed ?? 0);
+    this.penalties = options.penaltyState ?? new Penalties(options.penalties, (ids) => tokenizer.decode(ids));
+    this.decoder = new StreamDecoder(tokenizer);
+    if (this.maxTokens === 0) this.finished = "length";
+  }
+
+  get finishReason(): FinishReason | null { return this.finished; }
+  /** The final text: everything handed out, minus a stop string and what followed it. */
+  get output(): string { return this.text.slice(0, this.emitted); }
+
+  /** Samples the next token from `logits` (the model's output after everything fed so far). */
+  next(logits: Float32Array): DecodeStep {
+    if (this.finished) throw new Error("decoding already finished");
+    const raw = logits.subarray(0, this.choosable);
+    const work = raw.slice();
+    this.penalties.apply(work);
+    const token = sampleLogits(work, this.options.sampler, this.rng);
+    if (this.stopTokens.has(token)) {
+      this.text += this.decoder.flush();
+      return this.end("stop", null, null, this.text.length);
+    }
+    const logprob = logProb(raw, token);
+    this.penalties.record(token);
+    this.generated.push(token);
+    const last = this.generated.length >= this.maxTokens;
+    this.text += this.decoder.push(token) + (last ? this.decoder.flush() : "");
+    const hit = firstStop(this.text, this.stops, this.emitted);
+    if (hit >= 0) return this.end("stop", token, logprob, hit);
+    if (last) return this.end("length", token, logprob, this.text.length);
+    // Hold back a tail that may turn out to be the start of a stop string.
+    const safe = this.text.length - pendingStopPrefix(this.text, this.stops, this.emitted);
+    const text = this.text.slice(this.emitted, safe);
+    this.emitted = safe;
+    return { token, logprob, text, finish: null, feed: true };
+  }
+
+  /** Ends generation from outside (client gone, Ctrl-C); returns nothing more to emit. */
+  cancel(): void {
+    if (!this.finished) this.finished = "cancelled";
+  }
+
+  private end(reason: FinishReason, token: number | null, logprob: number | null, upTo: number): DecodeStep {
+    const text = this.text.slice(this.emitted, upTo);
+    this.emitted = upTo;
+    this.finished = reason;
+    return { token, logprob, text, finish: reason, feed: false };
+  }
+}
+
+/** Index in `text` where the earliest stop string starts (searching near the unemitted part), or -1. */
+function firstStop(text: string, stops: readonly string[], from: number): number {
+  let best = -1;
+  for (const s of stops) {
+    const i = text.indexOf(s, Math.max(0, from - s.length + 1));
+    if (i >= 0 && (best < 0 || i < best)) best = i;
+  }
+  return best;
+}
+
+/** Length of the longest suffix of text[from..] that is a proper prefix of some stop string. */
+function pendingStopPrefix(text: string, stops: readonly string[], from: number): number {
+  let keep = 0;
+  for (const s of stops) {
+    for (let n = Math.min(s.length - 1, text.length - from); n > keep; n--) {
+      if (text.endsWith(s.slice(0, n))) { keep = n; break; }
+    }
+  }
+  return keep;
+}
