@@ -1,5 +1,6 @@
 import { RwkvInputError } from "../core/errors.js";
 import { type CliIO, UsageError } from "./cli-util.js";
+import { chatCommand, CHAT_USAGE } from "./commands/chat.js";
 import { generateCommand, GENERATE_USAGE } from "./commands/generate.js";
 import { info, INFO_USAGE } from "./commands/info.js";
 
@@ -11,6 +12,7 @@ type Command = (args: string[], io: CliIO) => number | Promise<number>;
 const COMMANDS: Record<string, { run: Command; usage: string }> = {
   info: { run: info, usage: INFO_USAGE },
   generate: { run: generateCommand, usage: GENERATE_USAGE },
+  chat: { run: chatCommand, usage: CHAT_USAGE },
 };
 
 const usage = () => `usage: rwkv <command> [options]
