@@ -93,3 +93,19 @@ for (const { m, q, file, ref } of QUANTIZED) {
     t.diagnostic(`${file}: vs FP32 ${vsFp32.maxAbs.toExponential(2)}${note}`);
   });
 }
+
+test("compact matrices (f16, bf16, block-quantized kept as stored) give exactly the f32-upcast logits", (t) => {
+  const files = [
+    ["rwkv.cpp", "tiny-rwkv-7v0-834K-FP16.bin"], ["rwkv.cpp", "tiny-rwkv-6v0-1m-Q5_1.bin"],
+    ["rwkv.cpp", "tiny-rwkv-5v2-730K-FP32-to-Q4_0.bin"], ["rwkv.cpp", "tiny-rwkv-5v2-730K-FP32-to-Q8_0.bin"],
+    ["rwkv.cpp", "tiny-rwkv-4v0-660K-Q5_0.bin"], ["golden", "v7", "model_bf16.pth"], ["golden", "v5", "model_bf16.safetensors"],
+  ];
+  for (const parts of files) {
+    const p = sharedPath(t, ...parts);
+    if (!p) return;
+    const compact = loadModel(p), upcast = loadModel(p, { matrices: "f32" });
+    const toks = [34, 105, 110, 32, 116, 104, 101];
+    assert.deepEqual(compact.forward(toks, compact.initState(), { allLogits: true }), upcast.forward(toks, upcast.initState(), { allLogits: true }), parts.join("/"));
+    assert.equal(compact.fingerprint, upcast.fingerprint);
+  }
+});

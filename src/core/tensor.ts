@@ -13,6 +13,12 @@ export interface TensorEntry {
   readonly shape: readonly number[];
   /** A fresh row-major Float32Array (upcast / dequantized / with file-specific transforms undone). */
   toFloat32(): Float32Array;
+  /**
+   * The stored bytes, row-major in `shape` order (block formats: 32 consecutive elements of the last
+   * axis per block), present only when the file holds the tensor exactly so (no transform, no
+   * strides). Lets weight matrices stay in their compact type in memory.
+   */
+  raw?(): Uint8Array;
 }
 
 export function numel(shape: readonly number[]): number {

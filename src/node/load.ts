@@ -9,6 +9,8 @@ import { FileSource } from "./file-source.js";
 export interface LoadOptions {
   /** Backend name; default: the best available. */
   readonly backend?: string;
+  /** Keep matrices in the file's compact type ("compact", default) or upcast them to f32 at load. */
+  readonly matrices?: "compact" | "f32";
 }
 
 /** Opens a checkpoint file of any supported format (chosen by content) and reads its tensor index. */
@@ -28,7 +30,7 @@ export function loadModel(path: string, options: LoadOptions = {}): Model {
   const { checkpoint, close } = loadCheckpoint(path);
   try {
     const version = detectVersion(checkpoint);
-    return buildModel(checkpoint, architectureFor(version, path), version, backend);
+    return buildModel(checkpoint, architectureFor(version, path), version, backend, { matrices: options.matrices });
   } finally {
     close();
   }

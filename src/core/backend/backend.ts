@@ -7,11 +7,24 @@
  * I/O a matrix's input/output width. All arrays are row-major Float32Array.
  */
 
+/**
+ * Storage types of weight matrices. Matrices stay in their checkpoint's compact type in memory
+ * (a bf16 model costs 2 bytes a weight, Q4_0 4.5 bits) and kernels dequantize on the fly.
+ * Block types are ggml's: each row is cols/32 blocks of 32 consecutive elements.
+ */
+export type WeightType = "f32" | "f16" | "bf16" | "q8_0" | "q5_0" | "q5_1" | "q4_0" | "q4_1";
+
+export const BLOCK_TYPES: ReadonlySet<WeightType> = new Set(["q8_0", "q5_0", "q5_1", "q4_0", "q4_1"]);
+
 /** A weight matrix applied as y = W x, stored (out, in) row-major like torch's nn.Linear. */
 export interface Matrix {
   readonly rows: number; // O
   readonly cols: number; // I
-  readonly data: Float32Array; // (O, I)
+  readonly type: WeightType;
+  /** f32: Float32Array (O·I); f16/bf16: Uint16Array (O·I) of raw bits; block types: Uint8Array of O rows of blocks. */
+  readonly data: Float32Array | Uint16Array | Uint8Array;
+  /** Where a backend keeps its own copy (e.g. an offset in WebAssembly memory); set by adopt(). */
+  readonly handle?: number;
 }
 
 /** v4 WKV state per channel: numerator aa, denominator bb, running max exponent pp. */
@@ -19,6 +32,12 @@ export interface Wkv4State { aa: Float32Array; bb: Float32Array; pp: Float32Arra
 
 export interface Backend {
   readonly name: string;
+
+  /**
+   * Takes a weight matrix at load time and returns the form to pass to matmul: the reference
+   * keeps it as is; a WebAssembly backend copies (or packs) it into its own memory once.
+   */
+  adopt(m: Matrix): Matrix;
 
   /** y (T, O) = x (T, I) Wᵀ. */
   matmul(x: Float32Array, T: number, W: Matrix): Float32Array;

@@ -1,18 +1,22 @@
 import type { Backend, Matrix, Wkv4State } from "./backend.js";
+import { decodeWeightRow } from "./weight-rows.js";
 
 /** Plain TypeScript kernels: the specification every other backend is tested against. */
 export const referenceBackend: Backend = {
   name: "reference",
 
+  adopt: (m) => m,
+
   matmul(x: Float32Array, T: number, W: Matrix): Float32Array {
-    const { rows: O, cols: I, data } = W;
+    const { rows: O, cols: I } = W;
     const y = new Float32Array(T * O); // (T, O)
-    for (let t = 0; t < T; t++) {
-      const xo = t * I;
-      for (let o = 0; o < O; o++) {
-        const wo = o * I;
+    const row = new Float32Array(I); // (I) one weight row, dequantized
+    for (let o = 0; o < O; o++) {
+      const w = W.type === "f32" ? (W.data as Float32Array).subarray(o * I, (o + 1) * I) : decodeWeightRow(W, o, row);
+      for (let t = 0; t < T; t++) {
+        const xo = t * I;
         let s = 0;
-        for (let i = 0; i < I; i++) s += data[wo + i] * x[xo + i];
+        for (let i = 0; i < I; i++) s += w[i] * x[xo + i];
         y[t * O + o] = s;
       }
     }

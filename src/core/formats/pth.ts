@@ -108,6 +108,7 @@ function tensorEntry(file: string, zip: ZipArchive, stem: string, name: string, 
       const raw = decodeFloats(zip.src.read(base + storageOffset * item, span * item), dtype, span);
       return contiguous ? raw : gather(raw, shape, stride);
     },
+    ...(contiguous ? { raw: () => zip.src.read(base + storageOffset * item, count * item) } : {}),
   };
 }
 

@@ -155,6 +155,11 @@ function entry(rec: RwkvCppRecord, name: string, shape: readonly number[], value
   return { name, dtype: rec.type.dtype, shape, toFloat32: values };
 }
 
+/** An untransformed record: its stored bytes are the official tensor as is. */
+function plain(src: ByteSource, rec: RwkvCppRecord, name: string, shape: readonly number[], values: Values): TensorEntry {
+  return { ...entry(rec, name, shape, values), raw: () => src.read(rec.dataOffset, rec.byteLength) };
+}
+
 /** The official tensor(s) one stored record stands for. */
 function officialEntries(src: ByteSource, rec: RwkvCppRecord, version: RwkvCppVersion): TensorEntry[] {
   const raw: Values = () => decodeRecord(src, rec);
@@ -173,7 +178,7 @@ function officialEntries(src: ByteSource, rec: RwkvCppRecord, version: RwkvCppVe
       return X_RWKVAG_PARTS.map((part, i) => entry(rec, prefix + part, [1, 1, c], () => raw().slice(i * c, (i + 1) * c)));
     }
     if (V7_TRANSPOSED.test(name)) return [transposed(rec, raw, bad)];
-    return [entry(rec, name, shape, raw)];
+    return [plain(src, rec, name, shape, raw)];
   }
 
   if (version === "6") {
@@ -187,7 +192,7 @@ function officialEntries(src: ByteSource, rec: RwkvCppRecord, version: RwkvCppVe
     if (name.endsWith(".time_decay")) return [entry(rec, name, [1, 1, count], raw)]; // kept raw, reshaped (H,N,1)
     if (name.endsWith(".time_faaaa")) return [headMatrix(rec, raw, bad)];
     if (name.endsWith(".time_state")) return [entry(rec, name, shape.length === 2 ? [1, ...shape] : shape, raw)];
-    return [entry(rec, name, shape, raw)];
+    return [plain(src, rec, name, shape, raw)];
   }
 
   if (version === "5.2" || version === "5.1") {
@@ -198,13 +203,13 @@ function officialEntries(src: ByteSource, rec: RwkvCppRecord, version: RwkvCppVe
     }
     if (name.endsWith(".time_first")) return [entry(rec, name, asVector(), mapped(raw, Math.log))]; // stored exp(u)
     if (name.endsWith(".time_faaaa")) return [headMatrix(rec, raw, bad)];
-    return [entry(rec, name, shape, raw)];
+    return [plain(src, rec, name, shape, raw)];
   }
 
   // v4
   if (/\.time_mix_[kvr]$/.test(name)) return [mixVector()];
   if (name.endsWith(".time_decay")) return [entry(rec, name, shape, mapped(raw, (x) => Math.log(-x)))]; // stored -exp(w)
-  return [entry(rec, name, shape, raw)];
+  return [plain(src, rec, name, shape, raw)];
 }
 
 /** Element-wise inverse transform, computed in float64 and rounded once to f32. */

@@ -57,6 +57,7 @@ export function readSafetensors(src: ByteSource): Checkpoint {
     tensors.set(name, {
       name, dtype: dtype as DType, shape: shape as number[],
       toFloat32: () => decodeFloats(src.read(dataStart + begin, end - begin), dtype, count),
+      raw: () => src.read(dataStart + begin, end - begin),
     });
   }
   return { format: "safetensors", source: src.name, tensors, metadata };

@@ -2,7 +2,8 @@ import type { Backend, Matrix } from "../backend/backend.js";
 import { RwkvInputError } from "../errors.js";
 import type { Checkpoint } from "../formats/checkpoint.js";
 import { State } from "./state.js";
-import { Weights } from "./weights.js";
+import { decodeWeightRow } from "../backend/weight-rows.js";
+import { type WeightOptions, Weights } from "./weights.js";
 
 /*
  * The skeleton shared by every RWKV version (SPEC §1):
@@ -111,7 +112,7 @@ export class RwkvModel implements Model {
     const { nLayer: L, nEmbd: C, vocabSize: V } = config;
     const norm = (p: string): Norm => ({ weight: w.vec(`${p}.weight`, C), bias: w.vec(`${p}.bias`, C) });
     const ln0 = norm("blocks.0.ln0");
-    const emb = w.linear("emb.weight", V, C).data; // (V, C)
+    const emb = w.dense("emb.weight", V, C); // (V, C)
     // Precompute ln0 over the whole embedding as the official inference code does (SPEC gotcha 8).
     this.emb = backend.layerNorm(emb, V, C, ln0.weight, ln0.bias, LAYER_NORM_EPS); // (V, C)
     this.blocks = [];
@@ -120,7 +121,7 @@ export class RwkvModel implements Model {
     }
     this.lnOut = norm("ln_out");
     this.head = w.linear("head.weight", V, C);
-    this.fingerprint = fingerprint(JSON.stringify(config), [emb, this.head.data]);
+    this.fingerprint = fingerprint(JSON.stringify(config), [emb, sampledRows(this.head)]);
     this.initial = new State(config.version, Array.from({ length: L }, () => arch.initLayerState(config)));
     if (ckpt.tensors.has("blocks.0.att.time_state")) this.useTimeState(ckpt);
   }
@@ -201,6 +202,16 @@ export class RwkvModel implements Model {
 /** Elements hashed per tensor: enough to tell trained models apart, cheap for billions of weights. */
 const FINGERPRINT_SAMPLES = 1 << 16;
 
+/** Evenly spaced rows of a matrix as f32: the same values whatever its storage type. */
+function sampledRows(m: Matrix): Float32Array {
+  const n = Math.min(m.rows, FINGERPRINT_ROWS);
+  const out = new Float32Array(n * m.cols);
+  for (let i = 0; i < n; i++) decodeWeightRow(m, Math.floor((i * m.rows) / n), out.subarray(i * m.cols, (i + 1) * m.cols));
+  return out;
+}
+
+const FINGERPRINT_ROWS = 64;
+
 /** 64-bit FNV-1a (as two 32-bit lanes) over a string and a strided sample of each array's bits. */
 function fingerprint(text: string, arrays: Float32Array[]): string {
   let a = 0x811c9dc5, b = 0x01000193 ^ 0x5bd1e995;
@@ -252,8 +263,8 @@ export const sigmoid = (x: number): number => 1 / (1 + Math.exp(-x));
 /** silu(x) = x σ(x) (the v5/v6 gate). */
 export const silu = (x: number): number => x / (1 + Math.exp(-x));
 
-export function buildModel(ckpt: Checkpoint, arch: Architecture, version: Version, backend: Backend): RwkvModel {
-  const w = new Weights(ckpt, arch.name);
+export function buildModel(ckpt: Checkpoint, arch: Architecture, version: Version, backend: Backend, options: Pick<WeightOptions, "matrices"> = {}): RwkvModel {
+  const w = new Weights(ckpt, arch.name, { ...options, backend });
   const cfg = arch.inferConfig(w, version);
   return new RwkvModel(cfg, arch, w, backend);
 }

@@ -1,4 +1,4 @@
-import type { Backend, Matrix } from "../backend/backend.js";
+import type { Backend } from "../backend/backend.js";
 import { FormatError } from "../errors.js";
 import { type Architecture, type Block, type ModelConfig, bySequence, sigmoid, silu, tokenShift, type Version } from "./model.js";
 import { countLayers } from "./v4.js";
@@ -65,7 +65,7 @@ export const rwkv6: Architecture = {
       // Static part of each mix, in time_maa_w1's block order w,k,v,r,g.
       maa: ["w", "k", "v", "r", "g"].map((n) => w.vec(a + "time_maa_" + n, C)),
       maaW1: w.projection(a + "time_maa_w1", C, 5 * Dm), // (5·Dm, C)
-      maaW2: lora2(w, a + "time_maa_w2", 5, Dm, C), // 5 × (C, Dm)
+      maaW2: w.projections(a + "time_maa_w2", 5, Dm, C), // 5 × (C, Dm)
       decay: w.vec(a + "time_decay", A), // (A) log-log decay base
       decayW1: w.projection(a + "time_decay_w1", C, Dd), // (Dd, C)
       decayW2: w.projection(a + "time_decay_w2", Dd, A), // (A, Dd)
@@ -132,14 +132,4 @@ function columns(x: Float32Array, T: number, W: number, c0: number, n: number): 
   const out = new Float32Array(T * n); // (T, n)
   for (let t = 0; t < T; t++) out.set(x.subarray(t * W + c0, t * W + c0 + n), t * n);
   return out;
-}
-
-/** A (B, I, O) stack of [in, out] matrices (e.g. time_maa_w2) as B Matrix objects (O, I) for y = W x. */
-function lora2(w: Weights, name: string, B: number, I: number, O: number): Matrix[] {
-  const shape = w.shape(name);
-  if (shape.length !== 3 || shape[0] !== B || shape[1] !== I || shape[2] !== O) {
-    throw new FormatError(w.ckpt.source, `tensor ${name} has shape [${shape}] but ${w.arch} needs [${[B, I, O]}]`);
-  }
-  const all = w.vec(name, B * I * O); // (B, I, O)
-  return Array.from({ length: B }, (_, b) => ({ rows: O, cols: I, data: transpose(all.subarray(b * I * O, (b + 1) * I * O), I, O) }));
 }
