@@ -1,8 +1,10 @@
 import { RwkvInputError } from "../core/errors.js";
 import { type CliIO, UsageError } from "./cli-util.js";
 import { chatCommand, CHAT_USAGE } from "./commands/chat.js";
+import { convertCommand, CONVERT_USAGE } from "./commands/convert.js";
 import { generateCommand, GENERATE_USAGE } from "./commands/generate.js";
 import { info, INFO_USAGE } from "./commands/info.js";
+import { serveCommand, SERVE_USAGE } from "./commands/serve.js";
 
 export type { CliIO } from "./cli-util.js";
 
@@ -13,6 +15,8 @@ const COMMANDS: Record<string, { run: Command; usage: string }> = {
   info: { run: info, usage: INFO_USAGE },
   generate: { run: generateCommand, usage: GENERATE_USAGE },
   chat: { run: chatCommand, usage: CHAT_USAGE },
+  convert: { run: convertCommand, usage: CONVERT_USAGE },
+  serve: { run: serveCommand, usage: SERVE_USAGE },
 };
 
 const usage = () => `usage: rwkv <command> [options]

@@ -1,6 +1,6 @@
 import type { TensorEntry } from "../tensor.js";
 
-export type CheckpointFormat = "pth" | "safetensors" | "rwkv.cpp";
+export type CheckpointFormat = "pth" | "safetensors" | "rwkv.cpp" | "gguf";
 
 /**
  * A checkpoint as a name -> tensor map in the official RWKV-LM naming and shapes (the state dict

@@ -1,6 +1,7 @@
 import type { ByteSource } from "../bytes.js";
 import { FormatError } from "../errors.js";
 import type { Checkpoint } from "./checkpoint.js";
+import { isGguf, readGgufCheckpoint } from "./gguf.js";
 import { readPth } from "./pth.js";
 import { isRwkvCpp, readRwkvCpp } from "./rwkvcpp.js";
 import { isSafetensors, readSafetensors } from "./safetensors.js";
@@ -16,8 +17,9 @@ export function openCheckpoint(src: ByteSource): Checkpoint {
   if (isZip(head)) return readPth(src);
   if (isRwkvCpp(head)) return readRwkvCpp(src);
   if (isSafetensors(head)) return readSafetensors(src);
+  if (isGguf(head)) return readGgufCheckpoint(src);
   if (head[0] === PICKLE_PROTO && head[1] <= MAX_PICKLE_PROTOCOL) {
     throw new FormatError(src.name, "a bare pickle (legacy torch.save format before PyTorch 1.6?) is not supported; re-save it with a current torch.save");
   }
-  throw new FormatError(src.name, "unknown file format (not .pth zip, safetensors or rwkv.cpp .bin)");
+  throw new FormatError(src.name, "unknown file format (not .pth zip, safetensors, rwkv.cpp .bin or GGUF)");
 }
