@@ -1,9 +1,11 @@
-import { existsSync, readFileSync, statSync } from "node:fs";
+import { closeSync, existsSync, openSync, readFileSync, readSync, statSync } from "node:fs";
 import { dirname, join } from "node:path";
 import { RwkvInputError } from "../core/errors.js";
-import { createTokenizer, TOKENIZER_FILES } from "../core/tokenizer/index.js";
+import { ggufVocab, isGguf } from "../core/formats/gguf.js";
+import { createTokenizer, TOKENIZER_FILES, WORLD_VOCAB_SIZE, WorldTokenizer } from "../core/tokenizer/index.js";
 import { tokenizerKindForVocab } from "../core/tokenizer/choose.js";
 import type { Tokenizer, TokenizerKind } from "../core/tokenizer/types.js";
+import { loadCheckpoint } from "./load.js";
 
 export type { Tokenizer, TokenizerKind } from "../core/tokenizer/types.js";
 
@@ -47,8 +49,15 @@ export function findTokenizerFile(kind: TokenizerKind, options: Pick<LoadTokeniz
   throw new RwkvInputError(file, `the ${kind} tokenizer needs this file${where}; pass it with --tokenizer PATH`);
 }
 
-/** Loads the tokenizer for a model: kind from options or vocab size, file from path or beside the model. */
+/**
+ * Loads the tokenizer for a model: a GGUF model's own World vocabulary when it carries one (and
+ * nothing else was asked for); else kind from options or vocab size, file from path or beside the model.
+ */
 export function loadTokenizer(options: LoadTokenizerOptions = {}): Tokenizer {
+  if (options.kind === undefined && options.path === undefined && options.modelPath !== undefined) {
+    const embedded = embeddedWorldVocab(options.modelPath);
+    if (embedded) return embedded;
+  }
   const kind = resolveTokenizerKind(options);
   const file = findTokenizerFile(kind, options);
   const tokenizer = createTokenizer(kind, file === null ? null : readFileSync(file, "utf8"), file ?? undefined);
@@ -58,4 +67,29 @@ export function loadTokenizer(options: LoadTokenizerOptions = {}): Tokenizer {
       `uses ids up to ${tokenizer.vocabSize - 1} but the model's vocabulary has only ${options.vocabSize} entries`);
   }
   return tokenizer;
+}
+
+/** The World tokenizer stored in a GGUF file (llama.cpp's "rwkv" tokenizer), or null. */
+function embeddedWorldVocab(modelPath: string): Tokenizer | null {
+  let head: Uint8Array;
+  try {
+    const fd = openSync(modelPath, "r");
+    try {
+      head = new Uint8Array(4);
+      readSync(fd, head, 0, 4, 0);
+    } finally {
+      closeSync(fd);
+    }
+  } catch {
+    return null; // the model loader reports unreadable files
+  }
+  if (!isGguf(head)) return null;
+  const { checkpoint, close } = loadCheckpoint(modelPath);
+  try {
+    const vocab = ggufVocab(checkpoint);
+    if (vocab?.model !== "rwkv" || vocab.tokens.length > WORLD_VOCAB_SIZE) return null;
+    return new WorldTokenizer(vocab.tokens, `${modelPath} (embedded vocabulary)`);
+  } finally {
+    close();
+  }
 }
