@@ -16,7 +16,7 @@ import { f16ToF32, f32ToBf16, f32ToF16 } from "../src/core/tensor.js";
 import { runCli } from "../src/node/cli.js";
 import { FileSource } from "../src/node/file-source.js";
 import { loadModel } from "../src/node/load.js";
-import { compare, readJson, sharedPath } from "./shared.js";
+import { compare, readJson, sharedPath, bitsEqual, concat } from "./shared.js";
 
 const BIN = join(import.meta.dirname, "..", "src", "node", "bin.js");
 const TMP = mkdtempSync(join(tmpdir(), "rwkv-convert-test-"));
@@ -26,21 +26,6 @@ async function run(argv: string[]): Promise<{ code: number; out: string; err: st
   let out = "", err = "";
   const code = await runCli(argv, { stdout: (t) => { out += t; }, stderr: (t) => { err += t; } });
   return { code, out, err };
-}
-
-function concat(chunks: Iterable<Uint8Array>): Uint8Array {
-  const parts = [...chunks];
-  const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
-  let o = 0;
-  for (const p of parts) { out.set(p, o); o += p.length; }
-  return out;
-}
-
-function bitsEqual(a: Float32Array, b: Float32Array): boolean {
-  if (a.length !== b.length) return false;
-  const x = new Uint32Array(a.buffer, a.byteOffset, a.length), y = new Uint32Array(b.buffer, b.byteOffset, b.length);
-  for (let i = 0; i < x.length; i++) if (x[i] !== y[i]) return false;
-  return true;
 }
 
 function differingBytes(a: Uint8Array, b: Uint8Array): number {

@@ -18,25 +18,10 @@ import type { TensorEntry } from "../src/core/tensor.js";
 import { parseWorldVocab, WORLD_VOCAB_SIZE, WorldTokenizer } from "../src/core/tokenizer/world.js";
 import { runCli } from "../src/node/cli.js";
 import { FileSource } from "../src/node/file-source.js";
-import { compare, readJson, sharedPath } from "./shared.js";
+import { compare, readJson, sharedPath, bitsEqual, concat } from "./shared.js";
 
 const TMP = mkdtempSync(join(tmpdir(), "rwkv-gguf-test-"));
 after(() => rmSync(TMP, { recursive: true, force: true }));
-
-function concat(chunks: Iterable<Uint8Array>): Uint8Array {
-  const parts = [...chunks];
-  const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
-  let o = 0;
-  for (const p of parts) { out.set(p, o); o += p.length; }
-  return out;
-}
-
-function bitsEqual(a: Float32Array, b: Float32Array): boolean {
-  if (a.length !== b.length) return false;
-  const x = new Uint32Array(a.buffer, a.byteOffset, a.length), y = new Uint32Array(b.buffer, b.byteOffset, b.length);
-  for (let i = 0; i < x.length; i++) if (x[i] !== y[i]) return false;
-  return true;
-}
 
 function open(path: string): Checkpoint {
   return openCheckpoint(new MemorySource(path, new Uint8Array(readFileSync(path))));

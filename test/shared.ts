@@ -32,3 +32,20 @@ export function compare(a: ArrayLike<number>, b: ArrayLike<number>, atol: number
   }
   return { maxAbs, ok, worst };
 }
+
+/** Concatenates byte chunks (e.g. a writer's output) into one array. */
+export function concat(chunks: Iterable<Uint8Array>): Uint8Array {
+  const parts = [...chunks];
+  const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
+  let o = 0;
+  for (const p of parts) { out.set(p, o); o += p.length; }
+  return out;
+}
+
+/** Bit-for-bit equality of two f32 arrays (NaN payloads and -0 included). */
+export function bitsEqual(a: Float32Array, b: Float32Array): boolean {
+  if (a.length !== b.length) return false;
+  const x = new Uint32Array(a.buffer, a.byteOffset, a.length), y = new Uint32Array(b.buffer, b.byteOffset, b.length);
+  for (let i = 0; i < x.length; i++) if (x[i] !== y[i]) return false;
+  return true;
+}

@@ -105,3 +105,13 @@ export function decodeFloats(bytes: Uint8Array, dtype: "f32" | "f16" | "bf16" | 
 }
 
 export const DTYPE_BYTES: Record<"f32" | "f16" | "bf16" | "f64", number> = { f32: 4, f16: 2, bf16: 2, f64: 8 };
+
+/** (A, R, K) row-major -> (A, K, R). */
+export function transposeLast2(m: Float32Array, a: number, r: number, k: number): Float32Array {
+  const out = new Float32Array(m.length);
+  for (let s = 0; s < a; s++) {
+    const base = s * r * k;
+    for (let i = 0; i < r; i++) for (let j = 0; j < k; j++) out[base + j * r + i] = m[base + i * k + j];
+  }
+  return out;
+}

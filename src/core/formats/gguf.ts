@@ -1,7 +1,7 @@
 import { type ByteSource, checkRange } from "../bytes.js";
 import { FormatError, RwkvInputError } from "../errors.js";
 import type { Version } from "../model/model.js";
-import { decodeFloats, type DType, numel, type TensorEntry } from "../tensor.js";
+import { decodeFloats, type DType, numel, type TensorEntry, transposeLast2 } from "../tensor.js";
 import { type Checkpoint, MAX_TENSOR_ELEMENTS } from "./checkpoint.js";
 import { type GgmlType, ggmlToFloat32, QK } from "./ggml-quants.js";
 import { type QuantDType, quantize, type QuantizeOptions, toBf16Bytes, toF16Bytes, toF32Bytes } from "./quantize.js";
@@ -467,16 +467,6 @@ function scaled(raw: () => Float32Array, factor: number): () => Float32Array {
     for (let i = 0; i < v.length; i++) v[i] *= factor;
     return v;
   };
-}
-
-/** (A, R, K) row-major -> (A, K, R). */
-function transposeLast2(m: Float32Array, a: number, r: number, k: number): Float32Array {
-  const out = new Float32Array(m.length);
-  for (let s = 0; s < a; s++) {
-    const base = s * r * k;
-    for (let i = 0; i < r; i++) for (let j = 0; j < k; j++) out[base + j * r + i] = m[base + i * k + j];
-  }
-  return out;
 }
 
 // ---------------------------------------------------------------- tokenizer ("rwkv" vocab)

@@ -1,7 +1,7 @@
 import type { ByteSource } from "../bytes.js";
 import { RwkvInputError } from "../errors.js";
 import type { Version } from "../model/model.js";
-import { numel } from "../tensor.js";
+import { numel, transposeLast2 } from "../tensor.js";
 import type { Checkpoint } from "./checkpoint.js";
 import { QK } from "./ggml-quants.js";
 import { type QuantDType, quantize, type QuantizeOptions, toF16Bytes, toF32Bytes } from "./quantize.js";
@@ -189,14 +189,4 @@ function mapped(raw: () => Float32Array, f: (x: number) => number): () => Float3
 
 function transpose2(m: Float32Array, s: readonly number[]): Float32Array {
   return transposeLast2(m, 1, s[0], s[1]);
-}
-
-/** (A, R, K) row-major -> (A, K, R). */
-function transposeLast2(m: Float32Array, a: number, r: number, k: number): Float32Array {
-  const out = new Float32Array(m.length);
-  for (let s = 0; s < a; s++) {
-    const base = s * r * k;
-    for (let i = 0; i < r; i++) for (let j = 0; j < k; j++) out[base + j * r + i] = m[base + i * k + j];
-  }
-  return out;
 }

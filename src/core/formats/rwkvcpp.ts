@@ -1,6 +1,6 @@
 import { type ByteSource, checkRange, Reader } from "../bytes.js";
 import { FormatError } from "../errors.js";
-import { numel, type TensorEntry } from "../tensor.js";
+import { numel, type TensorEntry, transposeLast2 } from "../tensor.js";
 import { type Checkpoint, MAX_TENSOR_ELEMENTS } from "./checkpoint.js";
 import { GGML_TYPES, type GgmlType, ggmlBytes, ggmlToFloat32, isQuantized, OBSOLETE_GGML_TYPES, QK } from "./ggml-quants.js";
 
@@ -232,14 +232,4 @@ function transposed(rec: RwkvCppRecord, raw: Values, bad: (p: string) => never):
   if (rec.shape.length !== 2) bad(`expected a matrix, stored shape is [${rec.shape}]`);
   const [r, k] = rec.shape;
   return entry(rec, rec.name, [k, r], () => transposeLast2(raw(), 1, r, k));
-}
-
-/** (A, R, K) row-major -> (A, K, R). */
-function transposeLast2(m: Float32Array, a: number, r: number, k: number): Float32Array {
-  const out = new Float32Array(m.length);
-  for (let s = 0; s < a; s++) {
-    const base = s * r * k;
-    for (let i = 0; i < r; i++) for (let j = 0; j < k; j++) out[base + j * r + i] = m[base + i * k + j];
-  }
-  return out;
 }

@@ -2,7 +2,7 @@ import { type Backend, BLOCK_TYPES, type Matrix, type WeightType } from "../back
 import { referenceBackend } from "../backend/reference.js";
 import { FormatError } from "../errors.js";
 import type { Checkpoint } from "../formats/checkpoint.js";
-import { numel } from "../tensor.js";
+import { numel, transposeLast2 } from "../tensor.js";
 
 /**
  * Typed access to a checkpoint's tensors for model construction: every lookup states the shape it
@@ -103,7 +103,5 @@ export class Weights {
 
 /** (R, K) row-major -> (K, R) row-major. */
 export function transpose(m: Float32Array, R: number, K: number): Float32Array {
-  const out = new Float32Array(R * K);
-  for (let r = 0; r < R; r++) for (let k = 0; k < K; k++) out[k * R + r] = m[r * K + k];
-  return out;
+  return transposeLast2(m, 1, R, K);
 }
