@@ -58,23 +58,29 @@ export function checkWritableTarget(target: string): void {
 export async function writeFileAtomic(target: string, chunks: Iterable<Uint8Array>): Promise<AtomicWriteResult> {
   checkWritableTarget(target);
   const temp = tempPathFor(target);
-  let handle: FileHandle;
-  try {
-    // "wx": never follow or clobber an existing file under the temporary name.
-    handle = await open(temp, "wx");
-  } catch (e) {
-    throw new RwkvInputError(target, `cannot write the output: ${describeErrno(e)}`);
-  }
   const removeTemp = () => {
-    try { unlinkSync(temp); } catch { /* already gone */ }
+    try { unlinkSync(temp); } catch { /* already gone, or never created */ }
   };
   const onSignal = (signal: NodeJS.Signals) => {
     removeTemp();
     process.exit(SIGNAL_EXIT_BASE + constants.signals[signal]);
   };
   const onExit = () => removeTemp();
+  const unhook = () => {
+    for (const s of HANDLED_SIGNALS) process.off(s, onSignal);
+    process.off("exit", onExit);
+  };
+  // Hooked before the file exists: the file appears on disk before open() resolves.
   for (const s of HANDLED_SIGNALS) process.on(s, onSignal);
   process.on("exit", onExit);
+  let handle: FileHandle;
+  try {
+    // "wx": never follow or clobber an existing file under the temporary name.
+    handle = await open(temp, "wx");
+  } catch (e) {
+    unhook();
+    throw new RwkvInputError(target, `cannot write the output: ${describeErrno(e)}`);
+  }
 
   let bytes = 0;
   let done = false;
@@ -106,7 +112,6 @@ export async function writeFileAtomic(target: string, chunks: Iterable<Uint8Arra
       await handle.close().catch(() => undefined);
       removeTemp();
     }
-    for (const s of HANDLED_SIGNALS) process.off(s, onSignal);
-    process.off("exit", onExit);
+    unhook();
   }
 }
