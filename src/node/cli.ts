@@ -2,6 +2,7 @@ import { RwkvInputError } from "../core/errors.js";
 import { type CliIO, UsageError } from "./cli-util.js";
 import { chatCommand, CHAT_USAGE } from "./commands/chat.js";
 import { convertCommand, CONVERT_USAGE } from "./commands/convert.js";
+import { evalCommand, EVAL_USAGE } from "./commands/eval.js";
 import { generateCommand, GENERATE_USAGE } from "./commands/generate.js";
 import { info, INFO_USAGE } from "./commands/info.js";
 import { serveCommand, SERVE_USAGE } from "./commands/serve.js";
@@ -15,6 +16,7 @@ const COMMANDS: Record<string, { run: Command; usage: string }> = {
   info: { run: info, usage: INFO_USAGE },
   generate: { run: generateCommand, usage: GENERATE_USAGE },
   chat: { run: chatCommand, usage: CHAT_USAGE },
+  eval: { run: evalCommand, usage: EVAL_USAGE },
   convert: { run: convertCommand, usage: CONVERT_USAGE },
   serve: { run: serveCommand, usage: SERVE_USAGE },
 };
