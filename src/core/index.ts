@@ -16,3 +16,9 @@ export { argmax, DEFAULT_CHUNK_LEN, type FinishReason, generate, type GenerateIn
 export { type CachedPrefix, PrefixCache } from "./prefix-cache.js";
 export { logProb, type PenaltyOptions, Penalties, Rng, sampleLogits, type SamplerOptions, samplingProbs, validateSamplerOptions } from "./sampling.js";
 export { checkStateBelongs, decodeStateFile, encodeStateFile, type ModelIdentity, modelIdentity, type StateFile } from "./state-file.js";
+export { ChatSession, cleanMessage, formatConversation } from "./chat.js";
+export { Decoding, type DecodingOptions, type DecodeStep } from "./decoding.js";
+export { evaluateDocuments, evaluateLambada, evaluateUncheatable } from "./eval.js";
+export { ggufVocab, readGgufCheckpoint } from "./formats/gguf.js";
+export { readPth } from "./formats/pth.js";
+export { readRwkvCpp } from "./formats/rwkvcpp.js";
