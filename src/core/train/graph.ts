@@ -1,0 +1,254 @@
+import { type Buf, linearBackward, linearForward, projectBackward, projectForward, type TrainDType, type TrainKernels, alloc } from "./kernels.js";
+import * as op from "./ops.js";
+import { wkv4Backward, wkv4Forward, wkv5Backward, wkv5Forward, wkv7Backward, wkv7Forward, wkvChunks } from "./wkv.js";
+
+/*
+ * A forward pass that remembers how to run itself backwards. Every method runs one op of ops.ts /
+ * wkv.ts / kernels.ts on Vars and, when recording, pushes the matching backward call onto a tape;
+ * backward() replays the tape in reverse. There is no automatic differentiation: each op's
+ * gradient is the hand-written one beside its forward.
+ *
+ * A Var is a (rows, cols) row-major tensor. Parameters wrap the parameter's storage and its
+ * persistent gradient buffer, so backward accumulates straight into the parameter gradients.
+ */
+
+export class Var {
+  /** dL/d(this), created (zeros) by the first consumer that has a gradient for it. */
+  grad: Buf | null;
+
+  constructor(readonly data: Buf, readonly rows: number, readonly cols: number, readonly requiresGrad: boolean, grad: Buf | null = null) {
+    this.grad = grad;
+  }
+
+  /** The gradient buffer (allocated on first use) or null when no gradient flows to this Var. */
+  g(): Buf | null {
+    if (!this.requiresGrad) return null;
+    if (!this.grad) this.grad = this.data instanceof Float32Array ? new Float32Array(this.data.length) : new Float64Array(this.data.length);
+    return this.grad;
+  }
+}
+
+export class Graph {
+  private readonly tape: Array<() => void> = [];
+
+  /** recording = false: inference only (validation), no tape, no gradient buffers. */
+  constructor(readonly dtype: TrainDType, readonly kernels: TrainKernels, readonly recording: boolean) {}
+
+  /** Wraps existing storage (a parameter) with its gradient buffer. */
+  leaf(data: Buf, rows: number, cols: number, grad: Buf | null): Var {
+    return new Var(data, rows, cols, this.recording && grad !== null, grad);
+  }
+
+  /** Runs every recorded backward call, last first, and empties the tape. */
+  backward(): void {
+    for (let i = this.tape.length - 1; i >= 0; i--) this.tape[i]();
+    this.tape.length = 0;
+  }
+
+  private out(rows: number, cols: number, ...inputs: Var[]): Var {
+    return new Var(alloc(this.dtype, rows * cols), rows, cols, this.recording && inputs.some((v) => v.requiresGrad));
+  }
+
+  /** Records `f(gy)` to run in backward if y ends up with a gradient. */
+  private record(y: Var, f: (gy: Buf) => void): void {
+    if (!y.requiresGrad) return;
+    this.tape.push(() => { if (y.grad) f(y.grad); });
+  }
+
+  embedding(E: Var, tokens: Int32Array): Var {
+    const C = E.cols;
+    const y = this.out(tokens.length, C, E); // (R, C)
+    op.embeddingForward(E.data, C, tokens, y.data);
+    this.record(y, (gy) => op.embeddingBackward(E.data, C, tokens, gy, E.g()!));
+    return y;
+  }
+
+  /** LayerNorm over each row (eps as given). w, b (C). */
+  layerNorm(x: Var, w: Var, b: Var, eps: number): Var {
+    return this.groupNorm(x, 1, x.cols, w, b, eps);
+  }
+
+  /** LayerNorm over each head's N values, per-channel affine (ln_x). */
+  groupNorm(x: Var, H: number, N: number, w: Var, b: Var, eps: number): Var {
+    const R = x.rows;
+    const y = this.out(R, x.cols, x, w, b); // (R, H·N)
+    const mean = new Float64Array(R * H), rstd = new Float64Array(R * H);
+    op.groupNormForward(x.data, R, H, N, w.data, b.data, eps, y.data, mean, rstd);
+    this.record(y, (gy) => op.groupNormBackward(x.data, R, H, N, w.data, b.data, eps, mean, rstd, gy, x.g(), w.g(), b.g()));
+    return y;
+  }
+
+  tokenShift(x: Var, B: number, T: number): Var {
+    const C = x.cols;
+    const y = this.out(x.rows, C, x); // (B·T, C)
+    op.tokenShiftForward(x.data, B, T, C, y.data);
+    this.record(y, (gy) => op.tokenShiftBackward(x.data, B, T, C, gy, x.g()!));
+    return y;
+  }
+
+  /** v4/v5: x·m + sx·(1-m). */
+  mix(x: Var, sx: Var, m: Var): Var {
+    const C = x.cols;
+    const y = this.out(x.rows, C, x, sx, m); // (R, C)
+    op.mixForward(x.data, sx.data, m.data, C, y.data);
+    this.record(y, (gy) => op.mixBackward(x.data, sx.data, m.data, C, gy, x.g(), sx.g(), m.g()));
+    return y;
+  }
+
+  /** v6/v7: x + (sx - x)·m. */
+  lerp(x: Var, sx: Var, m: Var): Var {
+    const C = x.cols;
+    const y = this.out(x.rows, C, x, sx, m); // (R, C)
+    op.lerpForward(x.data, sx.data, m.data, C, y.data);
+    this.record(y, (gy) => op.lerpBackward(x.data, sx.data, m.data, C, gy, x.g(), sx.g(), m.g()));
+    return y;
+  }
+
+  /** v6: x + d·(m + dm). */
+  lerpDyn(x: Var, d: Var, m: Var, dm: Var): Var {
+    const C = x.cols;
+    const y = this.out(x.rows, C, x, d, m, dm); // (R, C)
+    op.lerpDynForward(x.data, d.data, m.data, dm.data, C, y.data);
+    this.record(y, (gy) => op.lerpDynBackward(x.data, d.data, m.data, dm.data, C, gy, x.g(), d.g(), m.g(), dm.g()));
+    return y;
+  }
+
+  /** v7 value residual: v + (vf - v)·gate. */
+  residualMix(v: Var, vf: Var, gate: Var): Var {
+    const y = this.out(v.rows, v.cols, v, vf, gate); // (R, C)
+    op.residualMixForward(v.data, vf.data, gate.data, y.data);
+    this.record(y, (gy) => op.residualMixBackward(v.data, vf.data, gate.data, gy, v.g(), vf.g(), gate.g()));
+    return y;
+  }
+
+  /** y = x Wᵀ, W (O, I) (nn.Linear). */
+  linear(x: Var, W: Var): Var {
+    const R = x.rows, I = x.cols, O = W.rows;
+    const y = this.out(R, O, x, W); // (R, O)
+    linearForward(this.kernels, x.data, R, I, W.data, O, y.data);
+    this.record(y, (gy) => linearBackward(this.kernels, x.data, R, I, W.data, O, gy, x.g(), W.g()));
+    return y;
+  }
+
+  /** y = x M, M (I, O) (LoRA factors). */
+  project(x: Var, M: Var): Var {
+    const R = x.rows, I = x.cols, O = M.cols;
+    const y = this.out(R, O, x, M); // (R, O)
+    projectForward(this.kernels, x.data, R, I, M.data, O, y.data);
+    this.record(y, (gy) => projectBackward(this.kernels, x.data, R, I, M.data, O, gy, x.g(), M.g()));
+    return y;
+  }
+
+  act(f: op.Activation, x: Var): Var {
+    const y = this.out(x.rows, x.cols, x);
+    op.activationForward(f, x.data, y.data);
+    this.record(y, (gy) => op.activationBackward(f, x.data, y.data, gy, x.g()!));
+    return y;
+  }
+
+  /** a + b, b (R, C) or a row vector (C). */
+  add(a: Var, b: Var): Var {
+    const C = a.cols;
+    const y = this.out(a.rows, C, a, b);
+    op.addForward(a.data, b.data, C, y.data);
+    this.record(y, (gy) => op.addBackward(a.data, b.data, C, gy, a.g(), b.g()));
+    return y;
+  }
+
+  /** a · b element-wise, b (R, C) or a row vector (C). */
+  mul(a: Var, b: Var): Var {
+    const C = a.cols;
+    const y = this.out(a.rows, C, a, b);
+    op.mulForward(a.data, b.data, C, y.data);
+    this.record(y, (gy) => op.mulBackward(a.data, b.data, C, gy, a.g(), b.g()));
+    return y;
+  }
+
+  sub(a: Var, b: Var): Var {
+    const y = this.out(a.rows, a.cols, a, b);
+    op.subForward(a.data, b.data, y.data);
+    this.record(y, (gy) => op.subBackward(a.data, b.data, gy, a.g(), b.g()));
+    return y;
+  }
+
+  scale(a: Var, s: number): Var {
+    const y = this.out(a.rows, a.cols, a);
+    op.scaleForward(a.data, s, y.data);
+    this.record(y, (gy) => op.scaleBackward(a.data, s, gy, a.g()!));
+    return y;
+  }
+
+  /** Unit L2 norm over each head's N values (F.normalize). */
+  l2Normalize(x: Var, N: number): Var {
+    const groups = x.data.length / N;
+    const y = this.out(x.rows, x.cols, x);
+    const norm = new Float64Array(groups);
+    op.l2NormalizeForward(x.data, groups, N, y.data, norm);
+    this.record(y, (gy) => op.l2NormalizeBackward(x.data, groups, N, norm, gy, x.g()!));
+    return y;
+  }
+
+  /** v7: k·(1 + (a-1)·k_a). */
+  keyUpdate(k: Var, a: Var, ka: Var): Var {
+    const C = k.cols;
+    const y = this.out(k.rows, C, k, a, ka);
+    op.keyUpdateForward(k.data, a.data, ka.data, C, y.data);
+    this.record(y, (gy) => op.keyUpdateBackward(k.data, a.data, ka.data, C, gy, k.g(), a.g(), ka.g()));
+    return y;
+  }
+
+  /** v7: (Σ_j r k r_k) v per head. */
+  bonus(r: Var, k: Var, v: Var, rk: Var, H: number, N: number): Var {
+    const R = r.rows;
+    const y = this.out(R, r.cols, r, k, v, rk);
+    op.bonusForward(r.data, k.data, v.data, rk.data, R, H, N, y.data);
+    this.record(y, (gy) => op.bonusBackward(r.data, k.data, v.data, rk.data, R, H, N, gy, r.g(), k.g(), v.g(), rk.g()));
+    return y;
+  }
+
+  sliceCols(x: Var, c0: number, n: number): Var {
+    const R = x.rows, W = x.cols;
+    const y = this.out(R, n, x);
+    op.sliceColsForward(x.data, R, W, c0, n, y.data);
+    this.record(y, (gy) => op.sliceColsBackward(x.data, R, W, c0, n, gy, x.g()!));
+    return y;
+  }
+
+  wkv4(B: number, T: number, timeDecay: Var, timeFirst: Var, k: Var, v: Var): Var {
+    const C = k.cols;
+    const y = this.out(k.rows, C, timeDecay, timeFirst, k, v); // (B·T, C)
+    wkv4Forward(B, T, C, timeDecay.data, timeFirst.data, k.data, v.data, y.data);
+    this.record(y, (gy) => wkv4Backward(B, T, C, timeDecay.data, timeFirst.data, k.data, v.data, y.data, gy, timeDecay.g(), timeFirst.g(), k.g(), v.g()));
+    return y;
+  }
+
+  /** v5.2 (wraw (C), the time_decay parameter) and v6 (wraw (B·T, C)). */
+  wkv5(B: number, T: number, H: number, N: number, r: Var, k: Var, v: Var, wraw: Var, u: Var): Var {
+    const y = this.out(r.rows, r.cols, r, k, v, wraw, u); // (B·T, C)
+    const ckpt = y.requiresGrad ? new Float64Array(B * H * wkvChunks(T) * N * N) : null;
+    wkv5Forward(B, T, H, N, r.data, k.data, v.data, wraw.data, u.data, y.data, ckpt);
+    this.record(y, (gy) => wkv5Backward(B, T, H, N, r.data, k.data, v.data, wraw.data, u.data, ckpt!, gy, r.g(), k.g(), v.g(), wraw.g(), u.g()));
+    return y;
+  }
+
+  wkv7(B: number, T: number, H: number, N: number, r: Var, wraw: Var, k: Var, v: Var, a: Var, b: Var): Var {
+    const y = this.out(r.rows, r.cols, r, wraw, k, v, a, b); // (B·T, C)
+    const ckpt = y.requiresGrad ? new Float64Array(B * H * wkvChunks(T) * N * N) : null;
+    wkv7Forward(B, T, H, N, r.data, wraw.data, k.data, v.data, a.data, b.data, y.data, ckpt);
+    this.record(y, (gy) => wkv7Backward(B, T, H, N, r.data, wraw.data, k.data, v.data, a.data, b.data, ckpt!, gy, r.g(), wraw.g(), k.g(), v.g(), a.g(), b.g()));
+    return y;
+  }
+
+  /**
+   * Mean cross entropy of logits (R, V) against targets (IGNORE_TARGET = no loss); seeds the
+   * backward with dLoss = 1 (plus L2Wrap when asked). Returns the loss.
+   */
+  crossEntropy(logits: Var, targets: Int32Array, l2wrap: boolean): number {
+    const R = logits.rows, V = logits.cols;
+    const lse = new Float64Array(R);
+    const loss = op.crossEntropyForward(logits.data, R, V, targets, lse);
+    // Pushed last, so it runs first in backward(): it creates the gradient everything else consumes.
+    if (logits.requiresGrad) this.tape.push(() => op.crossEntropyBackward(logits.data, R, V, targets, lse, 1, l2wrap, logits.g()!));
+    return loss;
+  }
+}

@@ -1,0 +1,374 @@
+import type { Buf } from "./kernels.js";
+
+/*
+ * The element-wise and normalisation ops of RWKV training, each forward beside its backward with
+ * the same leading arguments. Backward functions ACCUMULATE (+=) into the gradient buffers they are
+ * given (several consumers of one tensor add up) and skip a gradient passed as null.
+ *
+ * Letters: R = B·T rows, C channels, H heads, N head size, V vocabulary.
+ * "Row vector" parameters (C) broadcast over the R rows; their gradients sum over rows.
+ */
+
+// ---------------------------------------------------------------- embedding
+
+/** y (R, C) = E[tokens[r]] with E (V, C). */
+export function embeddingForward(E: Buf, C: number, tokens: Int32Array, y: Buf): void {
+  for (let r = 0; r < tokens.length; r++) {
+    const e0 = tokens[r] * C, y0 = r * C;
+    for (let c = 0; c < C; c++) y[y0 + c] = E[e0 + c];
+  }
+}
+
+/** gE[tokens[r]] += gy[r]. */
+export function embeddingBackward(_E: Buf, C: number, tokens: Int32Array, gy: Buf, gE: Buf): void {
+  for (let r = 0; r < tokens.length; r++) {
+    const e0 = tokens[r] * C, y0 = r * C;
+    for (let c = 0; c < C; c++) gE[e0 + c] += gy[y0 + c];
+  }
+}
+
+// ---------------------------------------------------------------- layer norm / group norm
+
+/**
+ * Per row and head: y = (x - mean)/sqrt(var + eps) · w + b over each group of N values (biased
+ * variance), w/b per channel (H·N). LayerNorm is H = 1, N = C. Saves mean and 1/std per group
+ * (R·H each) for the backward.
+ */
+export function groupNormForward(x: Buf, R: number, H: number, N: number, w: Buf, b: Buf, eps: number,
+  y: Buf, mean: Float64Array, rstd: Float64Array): void {
+  for (let g = 0; g < R * H; g++) {
+    const o = g * N, c0 = (g % H) * N;
+    let m = 0;
+    for (let j = 0; j < N; j++) m += x[o + j];
+    m /= N;
+    let v = 0;
+    for (let j = 0; j < N; j++) { const d = x[o + j] - m; v += d * d; }
+    const rs = 1 / Math.sqrt(v / N + eps);
+    mean[g] = m; rstd[g] = rs;
+    for (let j = 0; j < N; j++) y[o + j] = (x[o + j] - m) * rs * w[c0 + j] + b[c0 + j];
+  }
+}
+
+/** gx += rstd (ĝ - mean(ĝ) - x̂ mean(ĝ x̂)) with ĝ = gy·w;  gw += Σ gy x̂;  gb += Σ gy. */
+export function groupNormBackward(x: Buf, R: number, H: number, N: number, w: Buf, _b: Buf, _eps: number,
+  mean: Float64Array, rstd: Float64Array, gy: Buf, gx: Buf | null, gw: Buf | null, gb: Buf | null): void {
+  for (let g = 0; g < R * H; g++) {
+    const o = g * N, c0 = (g % H) * N, m = mean[g], rs = rstd[g];
+    let sg = 0, sgx = 0;
+    for (let j = 0; j < N; j++) {
+      const xh = (x[o + j] - m) * rs, gyj = gy[o + j];
+      if (gw) gw[c0 + j] += gyj * xh;
+      if (gb) gb[c0 + j] += gyj;
+      const gh = gyj * w[c0 + j];
+      sg += gh; sgx += gh * xh;
+    }
+    if (!gx) continue;
+    sg /= N; sgx /= N;
+    for (let j = 0; j < N; j++) {
+      const xh = (x[o + j] - m) * rs;
+      gx[o + j] += rs * (gy[o + j] * w[c0 + j] - sg - xh * sgx);
+    }
+  }
+}
+
+// ---------------------------------------------------------------- token shift and mixes
+
+/** GPT-mode token shift (ZeroPad2d((0,0,1,-1))): y[b,t] = x[b,t-1], y[b,0] = 0. x, y (B·T, C). */
+export function tokenShiftForward(x: Buf, B: number, T: number, C: number, y: Buf): void {
+  for (let b = 0; b < B; b++) {
+    const o = b * T * C;
+    y.fill(0, o, o + C);
+    y.set(x.subarray(o, o + (T - 1) * C), o + C);
+  }
+}
+
+/** gx[b,t-1] += gy[b,t]. */
+export function tokenShiftBackward(_x: Buf, B: number, T: number, C: number, gy: Buf, gx: Buf): void {
+  for (let b = 0; b < B; b++) {
+    const o = b * T * C;
+    for (let n = 0; n < (T - 1) * C; n++) gx[o + n] += gy[o + C + n];
+  }
+}
+
+/** v4/v5 mix: y = x·m + sx·(1-m), m (C). */
+export function mixForward(x: Buf, sx: Buf, m: Buf, C: number, y: Buf): void {
+  for (let n = 0; n < x.length; n++) {
+    const mc = m[n % C];
+    y[n] = x[n] * mc + sx[n] * (1 - mc);
+  }
+}
+
+export function mixBackward(x: Buf, sx: Buf, m: Buf, C: number, gy: Buf, gx: Buf | null, gsx: Buf | null, gm: Buf | null): void {
+  for (let n = 0; n < x.length; n++) {
+    const c = n % C, g = gy[n], mc = m[c];
+    if (gx) gx[n] += g * mc;
+    if (gsx) gsx[n] += g * (1 - mc);
+    if (gm) gm[c] += g * (x[n] - sx[n]);
+  }
+}
+
+/** v6/v7 lerp: y = x + (sx - x)·m, m (C). */
+export function lerpForward(x: Buf, sx: Buf, m: Buf, C: number, y: Buf): void {
+  for (let n = 0; n < x.length; n++) y[n] = x[n] + (sx[n] - x[n]) * m[n % C];
+}
+
+export function lerpBackward(x: Buf, sx: Buf, m: Buf, C: number, gy: Buf, gx: Buf | null, gsx: Buf | null, gm: Buf | null): void {
+  for (let n = 0; n < x.length; n++) {
+    const c = n % C, g = gy[n], mc = m[c];
+    if (gx) gx[n] += g * (1 - mc);
+    if (gsx) gsx[n] += g * mc;
+    if (gm) gm[c] += g * (sx[n] - x[n]);
+  }
+}
+
+/** v6 data-dependent mix: y = x + d·(m + dm), m (C) static, dm (R, C) from the LoRA. */
+export function lerpDynForward(x: Buf, d: Buf, m: Buf, dm: Buf, C: number, y: Buf): void {
+  for (let n = 0; n < x.length; n++) y[n] = x[n] + d[n] * (m[n % C] + dm[n]);
+}
+
+export function lerpDynBackward(_x: Buf, d: Buf, m: Buf, dm: Buf, C: number, gy: Buf,
+  gx: Buf | null, gd: Buf | null, gm: Buf | null, gdm: Buf | null): void {
+  for (let n = 0; n < d.length; n++) {
+    const c = n % C, g = gy[n];
+    if (gx) gx[n] += g;
+    if (gd) gd[n] += g * (m[c] + dm[n]);
+    if (gm) gm[c] += g * d[n];
+    if (gdm) gdm[n] += g * d[n];
+  }
+}
+
+/** v7 value residual: y = v + (vf - v)·gate, all (R, C). */
+export function residualMixForward(v: Buf, vf: Buf, gate: Buf, y: Buf): void {
+  for (let n = 0; n < v.length; n++) y[n] = v[n] + (vf[n] - v[n]) * gate[n];
+}
+
+export function residualMixBackward(v: Buf, vf: Buf, gate: Buf, gy: Buf, gv: Buf | null, gvf: Buf | null, ggate: Buf | null): void {
+  for (let n = 0; n < v.length; n++) {
+    const g = gy[n];
+    if (gv) gv[n] += g * (1 - gate[n]);
+    if (gvf) gvf[n] += g * gate[n];
+    if (ggate) ggate[n] += g * (vf[n] - v[n]);
+  }
+}
+
+// ---------------------------------------------------------------- element-wise arithmetic
+
+/** y = a + b (and a·b below); b is (R, C) like a, or a row vector (C) broadcast over the rows. */
+export function addForward(a: Buf, b: Buf, C: number, y: Buf): void {
+  const bc = b.length !== a.length;
+  for (let n = 0; n < a.length; n++) y[n] = a[n] + b[bc ? n % C : n];
+}
+
+export function addBackward(a: Buf, b: Buf, C: number, gy: Buf, ga: Buf | null, gb: Buf | null): void {
+  const bc = b.length !== a.length;
+  for (let n = 0; n < a.length; n++) {
+    if (ga) ga[n] += gy[n];
+    if (gb) gb[bc ? n % C : n] += gy[n];
+  }
+}
+
+export function mulForward(a: Buf, b: Buf, C: number, y: Buf): void {
+  const bc = b.length !== a.length;
+  for (let n = 0; n < a.length; n++) y[n] = a[n] * b[bc ? n % C : n];
+}
+
+export function mulBackward(a: Buf, b: Buf, C: number, gy: Buf, ga: Buf | null, gb: Buf | null): void {
+  const bc = b.length !== a.length;
+  for (let n = 0; n < a.length; n++) {
+    const bi = bc ? n % C : n;
+    if (ga) ga[n] += gy[n] * b[bi];
+    if (gb) gb[bi] += gy[n] * a[n];
+  }
+}
+
+/** y = a - b, both (R, C). */
+export function subForward(a: Buf, b: Buf, y: Buf): void {
+  for (let n = 0; n < a.length; n++) y[n] = a[n] - b[n];
+}
+
+export function subBackward(_a: Buf, _b: Buf, gy: Buf, ga: Buf | null, gb: Buf | null): void {
+  for (let n = 0; n < gy.length; n++) {
+    if (ga) ga[n] += gy[n];
+    if (gb) gb[n] -= gy[n];
+  }
+}
+
+/** y = s·a for a constant s. */
+export function scaleForward(a: Buf, s: number, y: Buf): void {
+  for (let n = 0; n < a.length; n++) y[n] = a[n] * s;
+}
+
+export function scaleBackward(_a: Buf, s: number, gy: Buf, ga: Buf): void {
+  for (let n = 0; n < gy.length; n++) ga[n] += gy[n] * s;
+}
+
+// ---------------------------------------------------------------- activations
+
+/**
+ * "v7decay" is the soft clamp the v7 kernels apply to w0 + lora: wraw = -softplus(-z) - 0.5, so
+ * that exp(-exp(wraw)) = exp(-e^{-1/2} σ(z)) (the inference form) and d wraw/dz = σ(-z).
+ */
+export type Activation = "sigmoid" | "tanh" | "relu2" | "silu" | "v7decay";
+
+/** The constant of the v7 decay clamp: wraw < -1/2. */
+const V7_DECAY_OFFSET = 0.5;
+
+const sigm = (x: number): number => 1 / (1 + Math.exp(-x));
+
+/** softplus(x) = log(1 + e^x), without overflow for large x. */
+function softplus(x: number): number {
+  return x > 0 ? x + Math.log1p(Math.exp(-x)) : Math.log1p(Math.exp(x));
+}
+
+export function activationForward(f: Activation, x: Buf, y: Buf): void {
+  const n = x.length;
+  switch (f) {
+    case "sigmoid": for (let i = 0; i < n; i++) y[i] = sigm(x[i]); break;
+    case "tanh": for (let i = 0; i < n; i++) y[i] = Math.tanh(x[i]); break;
+    case "relu2": for (let i = 0; i < n; i++) { const v = x[i] > 0 ? x[i] : 0; y[i] = v * v; } break;
+    case "silu": for (let i = 0; i < n; i++) y[i] = x[i] * sigm(x[i]); break;
+    case "v7decay": for (let i = 0; i < n; i++) y[i] = -softplus(-x[i]) - V7_DECAY_OFFSET; break;
+  }
+}
+
+/** gx += gy · f'(x), using the saved output y where that is cheaper. */
+export function activationBackward(f: Activation, x: Buf, y: Buf, gy: Buf, gx: Buf): void {
+  const n = x.length;
+  switch (f) {
+    case "sigmoid": for (let i = 0; i < n; i++) gx[i] += gy[i] * y[i] * (1 - y[i]); break;
+    case "tanh": for (let i = 0; i < n; i++) gx[i] += gy[i] * (1 - y[i] * y[i]); break;
+    case "relu2": for (let i = 0; i < n; i++) if (x[i] > 0) gx[i] += gy[i] * 2 * x[i]; break;
+    case "silu": for (let i = 0; i < n; i++) { const s = sigm(x[i]); gx[i] += gy[i] * s * (1 + x[i] * (1 - s)); } break;
+    case "v7decay": for (let i = 0; i < n; i++) gx[i] += gy[i] * sigm(-x[i]); break;
+  }
+}
+
+// ---------------------------------------------------------------- v7 pieces
+
+/** F.normalize's eps: x / max(‖x‖, eps). */
+export const NORMALIZE_EPS = 1e-12;
+
+/** Each of the R·H groups of N values divided by its L2 norm (clamped below at eps). Saves the norms. */
+export function l2NormalizeForward(x: Buf, groups: number, N: number, y: Buf, norm: Float64Array): void {
+  for (let g = 0; g < groups; g++) {
+    const o = g * N;
+    let ss = 0;
+    for (let j = 0; j < N; j++) ss += x[o + j] * x[o + j];
+    const nm = Math.max(Math.sqrt(ss), NORMALIZE_EPS);
+    norm[g] = nm;
+    for (let j = 0; j < N; j++) y[o + j] = x[o + j] / nm;
+  }
+}
+
+/** gx += (gy - ŷ(ŷ·gy))/‖x‖ (or gy/eps where the clamp is active). */
+export function l2NormalizeBackward(x: Buf, groups: number, N: number, norm: Float64Array, gy: Buf, gx: Buf): void {
+  for (let g = 0; g < groups; g++) {
+    const o = g * N, nm = norm[g];
+    if (nm <= NORMALIZE_EPS) {
+      for (let j = 0; j < N; j++) gx[o + j] += gy[o + j] / nm;
+      continue;
+    }
+    let dot = 0;
+    for (let j = 0; j < N; j++) dot += x[o + j] * gy[o + j];
+    const k = dot / (nm * nm * nm);
+    for (let j = 0; j < N; j++) gx[o + j] += gy[o + j] / nm - x[o + j] * k;
+  }
+}
+
+/** v7 key update: y = k·(1 + (a - 1)·k_a), k and a (R, C), k_a (C). */
+export function keyUpdateForward(k: Buf, a: Buf, ka: Buf, C: number, y: Buf): void {
+  for (let n = 0; n < k.length; n++) y[n] = k[n] * (1 + (a[n] - 1) * ka[n % C]);
+}
+
+export function keyUpdateBackward(k: Buf, a: Buf, ka: Buf, C: number, gy: Buf, gk: Buf | null, ga: Buf | null, gka: Buf | null): void {
+  for (let n = 0; n < k.length; n++) {
+    const c = n % C, g = gy[n];
+    if (gk) gk[n] += g * (1 + (a[n] - 1) * ka[c]);
+    if (ga) ga[n] += g * k[n] * ka[c];
+    if (gka) gka[c] += g * k[n] * (a[n] - 1);
+  }
+}
+
+/** v7 per-head "bonus": y[h] = (Σ_j r_j k_j rk_j) · v[h], all (R, H·N), rk (H·N). */
+export function bonusForward(r: Buf, k: Buf, v: Buf, rk: Buf, R: number, H: number, N: number, y: Buf): void {
+  for (let g = 0; g < R * H; g++) {
+    const o = g * N, c0 = (g % H) * N;
+    let s = 0;
+    for (let j = 0; j < N; j++) s += r[o + j] * k[o + j] * rk[c0 + j];
+    for (let j = 0; j < N; j++) y[o + j] = s * v[o + j];
+  }
+}
+
+export function bonusBackward(r: Buf, k: Buf, v: Buf, rk: Buf, R: number, H: number, N: number, gy: Buf,
+  gr: Buf | null, gk: Buf | null, gv: Buf | null, grk: Buf | null): void {
+  for (let g = 0; g < R * H; g++) {
+    const o = g * N, c0 = (g % H) * N;
+    let s = 0, gs = 0;
+    for (let j = 0; j < N; j++) { s += r[o + j] * k[o + j] * rk[c0 + j]; gs += gy[o + j] * v[o + j]; }
+    for (let j = 0; j < N; j++) {
+      if (gv) gv[o + j] += gy[o + j] * s;
+      if (gr) gr[o + j] += gs * k[o + j] * rk[c0 + j];
+      if (gk) gk[o + j] += gs * r[o + j] * rk[c0 + j];
+      if (grk) grk[c0 + j] += gs * r[o + j] * k[o + j];
+    }
+  }
+}
+
+// ---------------------------------------------------------------- column slices (v6 LoRA blocks)
+
+/** y (R, n) = x[:, c0 : c0+n] of x (R, W). */
+export function sliceColsForward(x: Buf, R: number, W: number, c0: number, n: number, y: Buf): void {
+  for (let r = 0; r < R; r++) for (let j = 0; j < n; j++) y[r * n + j] = x[r * W + c0 + j];
+}
+
+export function sliceColsBackward(_x: Buf, R: number, W: number, c0: number, n: number, gy: Buf, gx: Buf): void {
+  for (let r = 0; r < R; r++) for (let j = 0; j < n; j++) gx[r * W + c0 + j] += gy[r * n + j];
+}
+
+// ---------------------------------------------------------------- loss
+
+/** Ignored target (no loss at that position), like torch's ignore_index. */
+export const IGNORE_TARGET = -1;
+/** The official L2Wrap factor: 1e-4 / (B·T) at each position's argmax logit. */
+export const L2WRAP_SCALE = 1e-4;
+
+/**
+ * Mean next-token cross entropy over the rows whose target is not IGNORE_TARGET. logits (R, V).
+ * Saves each row's log-sum-exp. Returns the loss (no L2Wrap: it only changes the backward).
+ */
+export function crossEntropyForward(logits: Buf, R: number, V: number, targets: Int32Array, lse: Float64Array): number {
+  let sum = 0, count = 0;
+  for (let r = 0; r < R; r++) {
+    const o = r * V;
+    let mx = -Infinity;
+    for (let v = 0; v < V; v++) if (logits[o + v] > mx) mx = logits[o + v];
+    let s = 0;
+    for (let v = 0; v < V; v++) s += Math.exp(logits[o + v] - mx);
+    lse[r] = mx + Math.log(s);
+    if (targets[r] !== IGNORE_TARGET) { sum += lse[r] - logits[o + targets[r]]; count++; }
+  }
+  return count > 0 ? sum / count : 0;
+}
+
+/**
+ * gl += (softmax - onehot)/count · gLoss; with l2wrap, also, at every row's argmax (the first
+ * maximum, as torch.max), max_logit · 1e-4/R — independent of gLoss, as the official L2Wrap.
+ */
+export function crossEntropyBackward(logits: Buf, R: number, V: number, targets: Int32Array, lse: Float64Array,
+  gLoss: number, l2wrap: boolean, gl: Buf): void {
+  let count = 0;
+  for (let r = 0; r < R; r++) if (targets[r] !== IGNORE_TARGET) count++;
+  const scale = count > 0 ? gLoss / count : 0;
+  for (let r = 0; r < R; r++) {
+    const o = r * V;
+    if (targets[r] !== IGNORE_TARGET) {
+      for (let v = 0; v < V; v++) gl[o + v] += Math.exp(logits[o + v] - lse[r]) * scale;
+      gl[o + targets[r]] -= scale;
+    }
+    if (l2wrap) {
+      let best = 0;
+      for (let v = 1; v < V; v++) if (logits[o + v] > logits[o + best]) best = v;
+      gl[o + best] += logits[o + best] * (L2WRAP_SCALE / R);
+    }
+  }
+}

@@ -1,0 +1,70 @@
+import { Graph } from "./graph.js";
+import type { TrainModel } from "./model.js";
+import { IGNORE_TARGET } from "./ops.js";
+import { type AdamW, clipGradNorm, gradNorm } from "./optim.js";
+
+/*
+ * One optimisation step and the evaluation loss, independent of where batches come from.
+ */
+
+export interface StepOptions {
+  readonly lr: number;
+  /** Global gradient-norm limit; 0 or Infinity = no clipping. */
+  readonly gradClip: number;
+  /** Official L2Wrap on the logits (on in RWKV-LM training; the golden gradients are without it). */
+  readonly l2wrap: boolean;
+}
+
+export interface StepResult {
+  readonly loss: number;
+  /** Global gradient norm before clipping. */
+  readonly gradNorm: number;
+}
+
+/**
+ * Forward over inputs (B·T) → loss against targets (B·T), backward, clip, AdamW. When the loss or
+ * the gradient is not finite the parameters are left untouched and the result says so: the caller
+ * stops with a diagnosis instead of writing poisoned weights.
+ */
+export function trainStep(model: TrainModel, opt: AdamW, inputs: Int32Array, targets: Int32Array, B: number, T: number, o: StepOptions): StepResult {
+  model.params.zeroGrad();
+  const g = new Graph(model.dtype, model.kernels, true);
+  const logits = model.forward(g, inputs, B, T);
+  const loss = g.crossEntropy(logits, targets, o.l2wrap);
+  if (!Number.isFinite(loss)) return { loss, gradNorm: NaN };
+  g.backward();
+  const norm = o.gradClip > 0 && Number.isFinite(o.gradClip) ? clipGradNorm(model.params.list, o.gradClip) : gradNorm(model.params.list);
+  if (!Number.isFinite(norm)) return { loss, gradNorm: norm };
+  opt.step(o.lr);
+  return { loss, gradNorm: norm };
+}
+
+/** Sum of next-token NLL and the number of scored positions (targets ≠ IGNORE_TARGET). */
+export function evalLossSum(model: TrainModel, inputs: Int32Array, targets: Int32Array, B: number, T: number): { sum: number; count: number } {
+  const g = new Graph(model.dtype, model.kernels, false);
+  const logits = model.forward(g, inputs, B, T);
+  const loss = g.crossEntropy(logits, targets, false);
+  let count = 0;
+  for (const t of targets) if (t !== IGNORE_TARGET) count++;
+  return { sum: loss * count, count };
+}
+
+/**
+ * Model FLOPs per trained token: 6 per weight of every matrix product (2 forward, 4 backward; the
+ * embedding is a lookup and costs none) plus the WKV recurrence (forward, backward and the
+ * backward's recomputation of states ≈ 3 × the forward's multiply-adds).
+ */
+export function trainFlopsPerToken(model: TrainModel): number {
+  const { version, nLayer: L, dimAtt: A, headSize: N } = model.config;
+  let weights = 0;
+  for (const p of model.params.list) {
+    if (p.name === "emb.weight" || model.unusedParams().has(p.name)) continue;
+    const dims = p.shape.filter((d) => d !== 1).length;
+    const matrix = dims >= 2 && !/\.(r_k|time_decay|time_faaaa)$/.test(p.name);
+    if (matrix) weights += p.data.length;
+  }
+  /** Multiply-adds per channel and step of each WKV forward (v4: a handful of scalar ops; v5/6: 2N; v7: 4N). */
+  const wkvMacsPerChannel = version === "4" ? 4 : version === "7" ? 4 * N : 2 * N;
+  const WKV_PASSES = 3;
+  return 6 * weights + L * A * wkvMacsPerChannel * 2 * WKV_PASSES;
+}

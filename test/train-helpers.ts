@@ -1,0 +1,72 @@
+import { readFileSync } from "node:fs";
+import { loadCheckpoint } from "../src/node/load.js";
+import type { TrainDType } from "../src/core/train/kernels.js";
+import { IGNORE_TARGET } from "../src/core/train/ops.js";
+import { ParamStore } from "../src/core/train/params.js";
+
+/** Shared by the train-*.test.ts files: golden model loading and an exact f64 safetensors reader. */
+
+export interface GoldenModel {
+  readonly tokens: number[];
+  readonly train_gpt: {
+    readonly logits_fp64: number[][];
+    readonly loss_fp64: number;
+    readonly params_with_grad: string[];
+    readonly desc: string;
+  };
+}
+
+export const GOLDEN_VERSIONS = ["v4", "v5", "v6", "v7"] as const;
+
+export function loadParams(path: string, dtype: TrainDType): ParamStore {
+  const { checkpoint, close } = loadCheckpoint(path);
+  try {
+    return ParamStore.fromCheckpoint(checkpoint, dtype);
+  } finally {
+    close();
+  }
+}
+
+/** F64 tensors of a safetensors file at full precision (the library reader decodes to f32). */
+export function readF64Safetensors(path: string): Map<string, Float64Array> {
+  const bytes = readFileSync(path);
+  const n = Number(bytes.readBigUInt64LE(0));
+  const header = JSON.parse(bytes.subarray(8, 8 + n).toString("utf8")) as Record<string, { dtype: string; data_offsets: [number, number] }>;
+  const out = new Map<string, Float64Array>();
+  for (const [name, info] of Object.entries(header)) {
+    if (name === "__metadata__") continue;
+    if (info.dtype !== "F64") throw new Error(`${name}: ${info.dtype}, expected F64`);
+    const [a, b] = info.data_offsets;
+    const copy = bytes.subarray(8 + n + a, 8 + n + b);
+    out.set(name, new Float64Array(copy.buffer.slice(copy.byteOffset, copy.byteOffset + copy.byteLength)));
+  }
+  return out;
+}
+
+/** Next-token targets of one sequence: position t predicts tokens[t+1]; the last has none. */
+export function nextTokenTargets(tokens: readonly number[]): Int32Array {
+  const targets = new Int32Array(tokens.length).fill(IGNORE_TARGET);
+  for (let t = 0; t + 1 < tokens.length; t++) targets[t] = tokens[t + 1];
+  return targets;
+}
+
+/** max |a - b| / max |b| (b = reference), and max |b|. */
+export function relErr(a: ArrayLike<number>, b: ArrayLike<number>): { rel: number; max: number; abs: number } {
+  if (a.length !== b.length) throw new Error(`length ${a.length} vs ${b.length}`);
+  let d = 0, m = 0;
+  for (let i = 0; i < a.length; i++) {
+    const x = Math.abs(a[i] - b[i]);
+    d = Number.isNaN(x) ? NaN : Math.max(d, x);
+    m = Math.max(m, Math.abs(b[i]));
+  }
+  return { rel: m > 0 ? d / m : d, max: m, abs: d };
+}
+
+/** Deterministic pseudo-random numbers in [lo, hi) for test inputs. */
+export function seeded(seed: number): (lo?: number, hi?: number) => number {
+  let s = seed >>> 0;
+  return (lo = -1, hi = 1) => {
+    s = (Math.imul(s, 1664525) + 1013904223) >>> 0;
+    return lo + ((s >>> 8) / 2 ** 24) * (hi - lo);
+  };
+}
