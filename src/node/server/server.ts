@@ -1,0 +1,393 @@
+import { createHash, randomBytes, randomInt, timingSafeEqual } from "node:crypto";
+import { createServer, type IncomingMessage, type Server, type ServerResponse } from "node:http";
+import type { AddressInfo } from "node:net";
+import { RwkvInputError } from "../../core/errors.js";
+import { END_OF_TEXT_TOKEN, TURN_SEPARATOR } from "../../core/chat.js";
+import { Decoding } from "../../core/decoding.js";
+import type { Model } from "../../core/model/model.js";
+import type { Tokenizer } from "../../core/tokenizer/types.js";
+import { type ChatNames, DEFAULT_CHAT_NAMES, renderChatPrompt, replyContinuation, trimReplyStart } from "./chat-format.js";
+import { ApiError, HTTP, invalidParam, sendError, sendJson } from "./errors.js";
+import { type GenerationRequest, type Limits, parseChatRequest, parseCompletionRequest, parseJsonBody } from "./params.js";
+import { type JobResult, Scheduler } from "./scheduler.js";
+import { endEventStream, sendEvent, startEventStream } from "./sse.js";
+
+/*
+ * The OpenAI-compatible HTTP API over node:http: GET /v1/models, POST /v1/completions,
+ * POST /v1/chat/completions (JSON or server-sent events), GET /health, GET /metrics. Every request
+ * is validated and tokenized here; the Scheduler runs the model. See scheduler.ts for batching.
+ */
+
+export interface ServerOptions {
+  readonly model: Model;
+  readonly tokenizer: Tokenizer;
+  /** The id clients put in `model`. */
+  readonly modelName: string;
+  readonly host?: string;
+  /** 0 = an ephemeral port (see address()). */
+  readonly port?: number;
+  readonly slots?: number;
+  readonly queue?: number;
+  readonly cacheBytes?: number;
+  /** When set, /v1/* and /metrics need `Authorization: Bearer <key>`. */
+  readonly apiKey?: string;
+  readonly maxPromptTokens?: number;
+  /** Largest max_tokens a request may ask for; also the chat default. */
+  readonly maxTokensLimit?: number;
+  readonly bodyLimit?: number;
+  readonly chatNames?: ChatNames;
+  readonly penaltyDecay?: number;
+  readonly prefillChunk?: number;
+  /** One line per finished request, when given. */
+  readonly log?: (line: string) => void;
+}
+
+export const SERVER_DEFAULTS = {
+  host: "127.0.0.1",
+  port: 8000,
+  slots: 4,
+  queue: 64,
+  cacheMb: 256,
+  maxPromptTokens: 16384,
+  maxTokensLimit: 4096,
+  bodyLimit: 2 * 1024 * 1024,
+  /** The official alpha_decay. */
+  penaltyDecay: 0.996,
+  /** Prompt tokens per loop turn while others decode: about the cost of one decode step of a full batch of 64. */
+  prefillChunk: 64,
+} as const;
+
+const MIB = 1024 * 1024;
+/** OpenAI's `created` is in whole seconds. */
+const MS_PER_S = 1000;
+const ID_BYTES = 12;
+/** Seeds drawn for requests without one: below crypto.randomInt's 2^48 range limit. */
+const RANDOM_SEED_LIMIT = 2 ** 47;
+/** How long an oversized upload may go on being discarded after its 413 before the socket is cut. */
+const OVERSIZE_LINGER_MS = 1000;
+
+const ROUTES: Readonly<Record<string, readonly string[]>> = {
+  "/health": ["GET"],
+  "/metrics": ["GET"],
+  "/v1/models": ["GET"],
+  "/v1/completions": ["POST"],
+  "/v1/chat/completions": ["POST"],
+};
+
+export class RwkvServer {
+  readonly scheduler: Scheduler;
+  readonly http: Server;
+  private readonly limits: Limits;
+  private readonly names: ChatNames;
+  private readonly bodyLimit: number;
+  private readonly apiKey: Buffer | null;
+  private readonly stopTokens: readonly number[];
+  private readonly choosable: number;
+  private readonly created = Math.floor(Date.now() / MS_PER_S);
+  private draining = false;
+
+  constructor(private readonly options: ServerOptions) {
+    const d = SERVER_DEFAULTS;
+    const { model, tokenizer } = options;
+    this.scheduler = new Scheduler(model, {
+      slots: options.slots ?? d.slots, queue: options.queue ?? d.queue,
+      cacheBytes: options.cacheBytes ?? d.cacheMb * MIB, prefillChunk: options.prefillChunk ?? d.prefillChunk,
+    });
+    this.choosable = Math.min(tokenizer.vocabSize, model.config.vocabSize);
+    this.limits = {
+      maxPromptTokens: options.maxPromptTokens ?? d.maxPromptTokens, maxTokensLimit: options.maxTokensLimit ?? d.maxTokensLimit,
+      vocabSize: this.choosable, penaltyDecay: options.penaltyDecay ?? d.penaltyDecay,
+    };
+    this.names = options.chatNames ?? DEFAULT_CHAT_NAMES;
+    this.bodyLimit = options.bodyLimit ?? d.bodyLimit;
+    this.apiKey = options.apiKey ? digest(options.apiKey) : null;
+    // World and 20B vocabularies end a document with token 0; for the bytes vocabulary it is byte 0.
+    this.stopTokens = tokenizer.name === "bytes" ? [] : [END_OF_TEXT_TOKEN];
+    const dispatch = (req: IncomingMessage, res: ServerResponse) => {
+      this.handle(req, res).catch((e: unknown) => this.fail(req, res, e));
+    };
+    this.http = createServer(dispatch);
+    // "Expect: 100-continue": invite the body only if it may fit, so an oversized upload is never sent.
+    this.http.on("checkContinue", (req: IncomingMessage, res: ServerResponse) => {
+      if (!(Number(req.headers["content-length"]) > this.bodyLimit)) res.writeContinue();
+      dispatch(req, res);
+    });
+  }
+
+  /** Starts listening; resolves with the bound address (the real port when 0 was asked for). */
+  async listen(): Promise<{ host: string; port: number }> {
+    const host = this.options.host ?? SERVER_DEFAULTS.host;
+    await new Promise<void>((resolve, reject) => {
+      this.http.once("error", reject);
+      this.http.listen(this.options.port ?? SERVER_DEFAULTS.port, host, () => { this.http.off("error", reject); resolve(); });
+    });
+    const a = this.http.address() as AddressInfo;
+    return { host: a.address, port: a.port };
+  }
+
+  /**
+   * Graceful stop: no new connections or requests (503), in-flight and queued requests finish
+   * for up to `graceMs`, then the rest are cancelled; resolves when every connection is closed.
+   */
+  async shutdown(graceMs: number): Promise<{ cancelled: number }> {
+    this.draining = true;
+    this.scheduler.stopAccepting();
+    const closed = new Promise<void>((resolve) => this.http.close(() => resolve()));
+    this.http.closeIdleConnections();
+    const finished = await this.scheduler.whenIdle(graceMs);
+    const cancelled = finished ? 0 : this.scheduler.activeCount + this.scheduler.queuedCount;
+    if (!finished) this.scheduler.cancelAll("shutdown");
+    // Let the handlers of the cancelled requests write their replies before connections go.
+    await new Promise<void>((resolve) => setImmediate(resolve));
+    this.http.closeAllConnections();
+    await closed;
+    return { cancelled };
+  }
+
+  private async handle(req: IncomingMessage, res: ServerResponse): Promise<void> {
+    if (this.draining) res.setHeader("Connection", "close"); // do not keep connections to a server going away
+    const url = new URL(req.url ?? "/", "http://localhost");
+    const path = url.pathname.replace(/\/+$/, "") || "/";
+    const method = req.method ?? "GET";
+    const modelPath = path.startsWith("/v1/models/") ? path : null;
+    const allowed = ROUTES[path] ?? (modelPath ? ["GET"] : undefined);
+    if (!allowed) throw new ApiError(HTTP.notFound, `Invalid URL (${method} ${path})`, "invalid_request_error", null, "unknown_url");
+    if (!allowed.includes(method)) {
+      throw new ApiError(HTTP.methodNotAllowed, `method ${method} is not allowed for ${path} (allowed: ${allowed.join(", ")})`,
+        "invalid_request_error", null, "method_not_allowed", { Allow: allowed.join(", ") });
+    }
+    if (path === "/health") return this.health(res);
+    this.authorize(req);
+    if (path === "/metrics") return this.metrics(res, url.searchParams.get("format") === "json");
+    if (path === "/v1/models") return sendJson(res, HTTP.ok, { object: "list", data: [this.modelObject()] });
+    if (modelPath) {
+      this.checkModel(decodePathPart(modelPath.slice("/v1/models/".length)));
+      return sendJson(res, HTTP.ok, this.modelObject());
+    }
+    const body = parseJsonBody(await readBody(req, this.bodyLimit));
+    if (this.draining) throw new ApiError(HTTP.unavailable, "the server is shutting down", "server_error", null, "shutting_down");
+    const request = path === "/v1/chat/completions" ? parseChatRequest(body, this.limits) : parseCompletionRequest(body, this.limits);
+    this.checkModel(request.model);
+    await this.generate(request, req, res);
+  }
+
+  private authorize(req: IncomingMessage): void {
+    if (!this.apiKey) return;
+    const m = /^Bearer\s+(.+)$/i.exec(req.headers.authorization ?? "");
+    const given = m ? digest(m[1].trim()) : null;
+    // Constant-time comparison of fixed-length digests: timing reveals neither how much of a
+    // guessed key is right nor the key's length.
+    if (!given || !timingSafeEqual(given, this.apiKey)) {
+      throw new ApiError(HTTP.unauthorized, given ? "Incorrect API key provided." : "You didn't provide an API key. Send it as 'Authorization: Bearer KEY'.",
+        "invalid_request_error", null, "invalid_api_key", { "WWW-Authenticate": "Bearer" });
+    }
+  }
+
+  private checkModel(name: string): void {
+    if (name !== this.options.modelName) {
+      throw new ApiError(HTTP.notFound, `The model \`${name}\` does not exist (this server serves \`${this.options.modelName}\`).`,
+        "invalid_request_error", "model", "model_not_found");
+    }
+  }
+
+  private modelObject() {
+    return { id: this.options.modelName, object: "model", created: this.created, owned_by: "rwkv-ts" };
+  }
+
+  private health(res: ServerResponse): void {
+    const s = this.scheduler;
+    sendJson(res, this.draining ? HTTP.unavailable : HTTP.ok, {
+      status: this.draining ? "draining" : "ok", model: this.options.modelName, backend: this.options.model.backend.name,
+      slots: s.options.slots, active: s.activeCount, queued: s.queuedCount,
+    });
+  }
+
+  /** The counters as JSON, or in the Prometheus text format (the default). */
+  private metrics(res: ServerResponse, json: boolean): void {
+    const s = this.scheduler;
+    const m = s.metrics;
+    const values = {
+      slots: s.options.slots, slots_active: s.activeCount, queue_capacity: s.options.queue, queue_length: s.queuedCount,
+      requests_started_total: m.requestsStarted, requests_finished_total: m.requestsFinished, requests_cancelled_total: m.requestsCancelled,
+      requests_failed_total: m.requestsFailed, requests_rejected_total: m.requestsRejected,
+      prompt_tokens_total: m.promptTokens, prompt_tokens_cached_total: m.promptTokensCached, prompt_tokens_processed_total: m.promptTokensProcessed,
+      completion_tokens_total: m.completionTokens, decode_steps_total: m.decodeSteps, decode_tokens_total: m.decodeTokens,
+      prefill_chunks_total: m.prefillChunks, decode_batch_max: m.largestBatch, prefix_cache_entries: s.cache?.size ?? 0, prefix_cache_bytes: s.cache?.bytes ?? 0,
+      prefix_cache_hits_total: s.cache?.hits ?? 0, prefix_cache_misses_total: s.cache?.misses ?? 0,
+      chat_continuations_cached_total: m.continuationsCached, chat_continuations_missed_total: m.continuationsMissed,
+      ...memory(),
+    };
+    if (json) return sendJson(res, HTTP.ok, values);
+    const text = Object.entries(values).map(([k, v]) => {
+      const name = k.startsWith("process_") ? k : `rwkv_${k}`;
+      return `# TYPE ${name} ${k.endsWith("_total") ? "counter" : "gauge"}\n${name} ${v}\n`;
+    }).join("");
+    res.writeHead(HTTP.ok, { "Content-Type": "text/plain; version=0.0.4; charset=utf-8" });
+    res.end(text);
+  }
+
+  private async generate(request: GenerationRequest, req: IncomingMessage, res: ServerResponse): Promise<void> {
+    const { tokenizer } = this.options;
+    const chat = request.kind === "chat";
+    const source = chat ? renderChatPrompt(request.messages, this.names) : request.prompt;
+    const promptText = typeof source === "string" ? source : null;
+    const prompt = typeof source === "string" ? tokenizer.encode(source) : [...source];
+    if (prompt.length === 0) throw invalidParam(chat ? "messages" : "prompt", "the prompt is empty (no tokens)");
+    if (prompt.length > this.limits.maxPromptTokens) {
+      throw invalidParam(chat ? "messages" : "prompt", `the prompt has ${prompt.length} tokens; this server accepts at most ${this.limits.maxPromptTokens}`,
+        "context_length_exceeded");
+    }
+    const maxTokens = request.maxTokens ?? this.limits.maxTokensLimit;
+    const seed = request.seed ?? randomInt(0, RANDOM_SEED_LIMIT); // no seed: a fresh random stream, as OpenAI does
+    let decoding: Decoding;
+    try {
+      decoding = new Decoding(tokenizer, this.choosable, {
+        maxTokens, sampler: request.sampler, penalties: request.penalties, seed,
+        // Chat replies end where the model starts a new turn ("\n\n"), as in the official chat.
+        stop: chat ? [TURN_SEPARATOR, ...request.stop] : request.stop, stopTokens: this.stopTokens,
+      });
+    } catch (e) {
+      if (e instanceof RwkvInputError) throw invalidParam(e.subject, e.message);
+      throw e;
+    }
+
+    const id = (chat ? "chatcmpl-" : "cmpl-") + randomBytes(ID_BYTES).toString("hex");
+    const created = Math.floor(Date.now() / MS_PER_S);
+    const base = { id, object: chat ? "chat.completion.chunk" : "text_completion", created, model: this.options.modelName, system_fingerprint: this.options.model.fingerprint };
+    const stream = request.stream;
+    let started = !chat; // chat: the leading space after "Assistant:" is not part of the reply
+    const onText = (text: string): void => {
+      if (!stream) return;
+      if (!started) {
+        text = trimReplyStart(text);
+        if (text === "") return;
+        started = true;
+      }
+      const choice = chat ? { index: 0, delta: { content: text }, logprobs: null, finish_reason: null } : { text, index: 0, logprobs: null, finish_reason: null };
+      sendEvent(res, { ...base, choices: [choice] });
+    };
+    // For chat: the next turn's prompt will start with this prompt + " {reply}\n\n" (chat-format.ts).
+    const continuation = chat && promptText !== null
+      ? (output: string) => tokenizer.encode(promptText + replyContinuation(trimReplyStart(output)))
+      : undefined;
+
+    const job = this.scheduler.submit({ prompt, decoding, onText, continuation, cachePrompt: !chat });
+    res.setHeader("X-Request-Id", id); // before the first turn of the loop can write anything (scheduler.ts)
+    const t0 = Date.now();
+    // A client that goes away cancels its generation and frees its slot at once.
+    res.on("close", () => { if (!res.writableFinished) job.cancel("client"); });
+    if (stream) {
+      startEventStream(res);
+      if (chat) sendEvent(res, { ...base, choices: [{ index: 0, delta: { role: "assistant", content: "" }, logprobs: null, finish_reason: null }] });
+    }
+    let result: JobResult;
+    try {
+      result = await job.done;
+    } catch (e) {
+      if (!stream) throw e;
+      sendEvent(res, internalError(e).toBody());
+      return endEventStream(res);
+    }
+    this.options.log?.(`${req.method} ${req.url} ${id} prompt=${result.promptTokens} cached=${result.cachedTokens} ` +
+      `completion=${result.completionTokens} finish=${result.finishReason}${result.cancelReason ? `(${result.cancelReason})` : ""} ` +
+      `wait=${result.waitMs.toFixed(0)}ms first_text=${result.firstTextMs.toFixed(0)}ms total=${Date.now() - t0}ms`);
+    if (result.finishReason === "cancelled") {
+      if (result.cancelReason === "client") return; // nobody to answer
+      const error = new ApiError(HTTP.unavailable, "the server shut down before the request finished", "server_error", null, "shutting_down");
+      if (!stream) throw error;
+      sendEvent(res, error.toBody());
+      return endEventStream(res);
+    }
+    const finishReason = result.finishReason === "length" ? "length" : "stop";
+    const usage = {
+      prompt_tokens: result.promptTokens, completion_tokens: result.completionTokens, total_tokens: result.promptTokens + result.completionTokens,
+      prompt_tokens_details: { cached_tokens: result.cachedTokens },
+    };
+    if (stream) {
+      const last = chat ? { index: 0, delta: {}, logprobs: null, finish_reason: finishReason } : { text: "", index: 0, logprobs: null, finish_reason: finishReason };
+      sendEvent(res, { ...base, choices: [last] });
+      if (request.includeUsage) sendEvent(res, { ...base, choices: [], usage });
+      return endEventStream(res);
+    }
+    const text = chat ? trimReplyStart(result.text) : result.text;
+    const choice = chat
+      ? { index: 0, message: { role: "assistant", content: text, refusal: null }, logprobs: null, finish_reason: finishReason }
+      : { text, index: 0, logprobs: null, finish_reason: finishReason };
+    sendJson(res, HTTP.ok, { ...base, object: chat ? "chat.completion" : "text_completion", choices: [choice], usage });
+  }
+
+  /** Answers a failed request: its ApiError, or a 500 for anything else (a bug: logged). */
+  private fail(req: IncomingMessage, res: ServerResponse, e: unknown): void {
+    const error = e instanceof ApiError ? e : internalError(e);
+    if (!(e instanceof ApiError)) this.options.log?.(`internal error: ${e instanceof Error ? e.stack ?? e.message : String(e)}`);
+    if (res.headersSent) {
+      if (!res.writableEnded) res.end();
+      return;
+    }
+    if (error.status === HTTP.payloadTooLarge) {
+      // Close the connection after the answer. Until then node discards (does not buffer) the rest
+      // of the body; closing at once could reset the connection before the client reads the 413.
+      res.setHeader("Connection", "close");
+      res.once("finish", () => setTimeout(() => req.socket.destroy(), OVERSIZE_LINGER_MS).unref());
+    }
+    sendError(res, error);
+  }
+}
+
+const digest = (key: string): Buffer => createHash("sha256").update(key).digest();
+
+/** A percent-encoded path segment; malformed escapes are kept verbatim (they then match no model). */
+function decodePathPart(part: string): string {
+  try {
+    return decodeURIComponent(part);
+  } catch {
+    return part;
+  }
+}
+
+/** Process memory gauges: RSS and its JS parts (heap, external and ArrayBuffer bytes, which hold states and weights). */
+function memory() {
+  const m = process.memoryUsage();
+  return {
+    process_resident_memory_bytes: m.rss, process_heap_used_bytes: m.heapUsed, process_heap_total_bytes: m.heapTotal,
+    process_external_bytes: m.external, process_array_buffers_bytes: m.arrayBuffers,
+  };
+}
+
+function internalError(e: unknown): ApiError {
+  return new ApiError(HTTP.internal, `internal error: ${e instanceof Error ? e.message : String(e)}`, "server_error", null, "internal_error");
+}
+
+/**
+ * The request body as UTF-8 text, at most `limit` bytes: a larger Content-Length is refused before
+ * reading anything, and a chunked body stops being read the moment it passes the limit (413; the
+ * connection is closed after the answer so the rest is never read).
+ */
+async function readBody(req: IncomingMessage, limit: number): Promise<string> {
+  const tooLarge = () => new ApiError(HTTP.payloadTooLarge, `request body is larger than ${limit} bytes`, "invalid_request_error", null, "request_too_large");
+  const declared = Number(req.headers["content-length"]);
+  if (Number.isFinite(declared) && declared > limit) {
+    req.pause();
+    throw tooLarge();
+  }
+  const bytes = await new Promise<Buffer>((resolve, reject) => {
+    const chunks: Buffer[] = [];
+    let size = 0;
+    const onData = (b: Buffer) => {
+      size += b.length;
+      if (size <= limit) { chunks.push(b); return; }
+      // Stop here: no more data events, nothing buffered beyond the limit.
+      req.off("data", onData);
+      req.pause();
+      reject(tooLarge());
+    };
+    req.on("data", onData);
+    req.once("end", () => resolve(Buffer.concat(chunks)));
+    req.once("error", reject);
+  });
+  try {
+    return new TextDecoder("utf-8", { fatal: true }).decode(bytes);
+  } catch {
+    throw new ApiError(HTTP.badRequest, "request body is not valid UTF-8", "invalid_request_error", null, "invalid_json");
+  }
+}
