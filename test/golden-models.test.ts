@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { test } from "node:test";
-import { referenceBackend } from "../src/core/backend/reference.js";
+import { availableBackends, selectBackend } from "../src/core/backend/registry.js";
 import type { Checkpoint } from "../src/core/formats/checkpoint.js";
 import { architectureFor, detectVersion } from "../src/core/model/detect.js";
 import { buildModel } from "../src/core/model/model.js";
@@ -11,6 +11,9 @@ import { compare, readJson, sharedPath } from "./shared.js";
 
 // Official fp32 paths agree with each other to ~1.1e-5 (shared/README); we allow 1e-4 abs + 1e-4 rel.
 const ATOL = 1e-4, RTOL = 1e-4;
+
+// Every check runs with every available backend (loading load.js registers Node's threaded wasm).
+const BACKENDS = availableBackends();
 
 interface Golden {
   tokens: number[];
@@ -37,13 +40,14 @@ function stateDiff(state: State, golden: GoldenLayer[]): number {
   return max;
 }
 
+for (const backend of BACKENDS) {
 for (const ver of ["v4", "v5", "v6", "v7"]) {
   for (const file of ["model.safetensors", "model.pth"]) {
-    test(`golden ${ver} ${file}: RNN, sequence and chunked logits and states`, (t) => {
+    test(`golden ${ver} ${file} [${backend}]: RNN, sequence and chunked logits and states`, (t) => {
       const dir = sharedPath(t, "golden", ver);
       if (!dir) return;
       const g = readJson<Golden>(`${dir}/golden.json`);
-      const model = loadModel(`${dir}/${file}`);
+      const model = loadModel(`${dir}/${file}`, { backend });
       const toks = g.tokens;
       const report: Record<string, number> = {};
 
@@ -76,9 +80,10 @@ for (const ver of ["v4", "v5", "v6", "v7"]) {
       assert.ok(cc.ok, `chunked logits: max |diff| ${cc.maxAbs}`);
       report.chunked = cc.maxAbs;
       report.chunked_state = stateDiff(s3, g.seq_chunked.final_state);
-      t.diagnostic(`${ver} ${file} max|diff| ${JSON.stringify(report)}`);
+      t.diagnostic(`${ver} ${file} [${backend}] max|diff| ${JSON.stringify(report)}`);
     });
   }
+}
 }
 
 // bf16 checkpoints: the 2^-9 relative rounding of every weight moves logits by up to ~0.11 on these
@@ -93,16 +98,17 @@ function roundedToBf16(ckpt: Checkpoint): Checkpoint {
   return { ...ckpt, tensors };
 }
 
+for (const backend of BACKENDS) {
 for (const ver of ["v4", "v5", "v6", "v7"]) {
   for (const file of ["model_bf16.safetensors", "model_bf16.pth"]) {
-    test(`golden ${ver} ${file}: equals the fp32 model with bf16-rounded weights`, (t) => {
+    test(`golden ${ver} ${file} [${backend}]: equals the fp32 model with bf16-rounded weights`, (t) => {
       const dir = sharedPath(t, "golden", ver);
       if (!dir) return;
       const g = readJson<Golden>(`${dir}/golden.json`);
-      const bf = loadModel(`${dir}/${file}`);
+      const bf = loadModel(`${dir}/${file}`, { backend });
       const { checkpoint, close } = loadCheckpoint(`${dir}/model.safetensors`);
       const version = detectVersion(checkpoint);
-      const rounded = buildModel(roundedToBf16(checkpoint), architectureFor(version, dir), version, referenceBackend);
+      const rounded = buildModel(roundedToBf16(checkpoint), architectureFor(version, dir), version, selectBackend(backend));
       close();
       const got = bf.forward(g.tokens, bf.initState(), { allLogits: true });
       const want = rounded.forward(g.tokens, rounded.initState(), { allLogits: true });
@@ -110,16 +116,18 @@ for (const ver of ["v4", "v5", "v6", "v7"]) {
       assert.ok(c.ok, `bf16 file vs bf16-rounded fp32: max |diff| ${c.maxAbs}`);
       const vsGolden = compare(got, flat(g.seq.logits), BF16_VS_FP32_BOUND, 0);
       assert.ok(vsGolden.ok, `bf16 vs fp32 golden: max |diff| ${vsGolden.maxAbs}`);
-      t.diagnostic(`${ver} ${file}: vs rounded-fp32 ${c.maxAbs}, vs fp32 golden ${vsGolden.maxAbs}`);
+      t.diagnostic(`${ver} ${file} [${backend}]: vs rounded-fp32 ${c.maxAbs}, vs fp32 golden ${vsGolden.maxAbs}`);
     });
   }
 }
+}
 
-test("stepBatch over several states equals separate step() calls, for every version", (t) => {
+for (const backend of BACKENDS) {
+test(`stepBatch over several states equals separate step() calls, for every version [${backend}]`, (t) => {
   for (const ver of ["v4", "v5", "v6", "v7"]) {
     const dir = sharedPath(t, "golden", ver);
     if (!dir) return;
-    const model = loadModel(`${dir}/model.safetensors`);
+    const model = loadModel(`${dir}/model.safetensors`, { backend });
     // Three conversations at different points: empty, after 3 tokens, after 7 tokens.
     const histories = [[], [5, 6, 7], [1, 2, 3, 4, 9, 8, 7]];
     const batch = histories.map((h) => { const s = model.initState(); if (h.length) model.forward(h, s); return s; });
@@ -137,3 +145,4 @@ test("stepBatch over several states equals separate step() calls, for every vers
     assert.throws(() => model.stepBatch([1, 2], [batch[0], batch[0]]), /same state appears twice/);
   }
 });
+}

@@ -1,6 +1,7 @@
 import assert from "node:assert/strict";
 import { readFileSync } from "node:fs";
 import { test } from "node:test";
+import { availableBackends } from "../src/core/backend/registry.js";
 import type { State } from "../src/core/model/state.js";
 import { loadModel } from "../src/node/load.js";
 import { compare, sharedPath } from "./shared.js";
@@ -10,6 +11,8 @@ const TOKENS = [34, 105, 110];
 const MODELS = ["4v0-660K", "5v1-730K", "5v2-730K", "6v0-1m", "7v0-834K"];
 // shared/rwkv.cpp/reference has rwkv.cpp's full state for these (none was recorded for 6v0).
 const WITH_STATE = new Set(["4v0-660K", "5v1-730K", "5v2-730K", "7v0-834K"]);
+// Every check runs with every available backend (loading load.js registers Node's threaded wasm).
+const BACKENDS = availableBackends();
 
 const f32 = (path: string) => {
   const b = readFileSync(path);
@@ -27,11 +30,12 @@ function toRwkvCppLayout(s: State): Float32Array {
   return out;
 }
 
+for (const backend of BACKENDS) {
 for (const m of MODELS) {
-  test(`rwkv.cpp ${m} FP32: logits after "in match expected-logits, state matches rwkv.cpp's`, (t) => {
+  test(`rwkv.cpp ${m} FP32 [${backend}]: logits after "in match expected-logits, state matches rwkv.cpp's`, (t) => {
     const file = sharedPath(t, "rwkv.cpp", `tiny-rwkv-${m}-FP32.bin`);
     if (!file) return;
-    const model = loadModel(file);
+    const model = loadModel(file, { backend });
     const state = model.initState();
     const logits = model.forward(TOKENS, state);
     const c = compare(logits, f32(sharedPath(t, "rwkv.cpp", `expected-logits-${m}.bin`)!), 1e-4, 0);
@@ -52,8 +56,9 @@ for (const m of MODELS) {
       assert.ok(st.ok, `state max |diff| ${st.maxAbs}`);
       stateDiff = st.maxAbs;
     }
-    t.diagnostic(`${m} FP32 logits max|diff| ${c.maxAbs} step-vs-seq ${cs.maxAbs} state ${stateDiff}`);
+    t.diagnostic(`${m} FP32 [${backend}] logits max|diff| ${c.maxAbs} step-vs-seq ${cs.maxAbs} state ${stateDiff}`);
   });
+}
 }
 
 /*
@@ -73,11 +78,12 @@ const QUANTIZED = [
   ...["Q4_0", "Q4_1", "Q8_0"].map((q) => ({ m: "5v2-730K", q, file: `tiny-rwkv-5v2-730K-FP32-to-${q}.bin`, ref: `tiny-rwkv-5v2-730K-FP32-to-${q}` })),
 ].map((x) => ({ ...x, ref: x.q === "FP16" ? null : x.ref }));
 
+for (const backend of BACKENDS) {
 for (const { m, q, file, ref } of QUANTIZED) {
-  test(`rwkv.cpp ${file}: logits within the ${q} bound${ref ? " and closer to rwkv.cpp's own than quantization moves them" : ""}`, (t) => {
+  test(`rwkv.cpp ${file} [${backend}]: logits within the ${q} bound${ref ? " and closer to rwkv.cpp's own than quantization moves them" : ""}`, (t) => {
     const path = sharedPath(t, "rwkv.cpp", file);
     if (!path) return;
-    const model = loadModel(path);
+    const model = loadModel(path, { backend });
     const logits = model.forward(TOKENS, model.initState());
     const fp32 = f32(sharedPath(t, "rwkv.cpp", `expected-logits-${m}.bin`)!);
     const vsFp32 = compare(logits, fp32, FORMAT_BOUND[q], 0);
@@ -90,11 +96,20 @@ for (const { m, q, file, ref } of QUANTIZED) {
       assert.ok(vsTheirs.ok, `vs rwkv.cpp ${vsTheirs.maxAbs} not below rwkv.cpp's own quantization effect ${quantEffect}`);
       note = `, vs rwkv.cpp ${vsTheirs.maxAbs.toExponential(2)} (rwkv.cpp vs FP32 ${quantEffect.toExponential(2)})`;
     }
-    t.diagnostic(`${file}: vs FP32 ${vsFp32.maxAbs.toExponential(2)}${note}`);
+    t.diagnostic(`${file} [${backend}]: vs FP32 ${vsFp32.maxAbs.toExponential(2)}${note}`);
   });
 }
+}
 
-test("compact matrices (f16, bf16, block-quantized kept as stored) give exactly the f32-upcast logits", (t) => {
+/*
+ * Block-quantized weights on the wasm backend go through integer kernels that also quantize the
+ * activations per block of 32 to int8 (as rwkv.cpp does), so there compact and f32-upcast differ
+ * by that effect: measured max |diff| 0.029 (4v0 Q5_0) ... 0.141 (5v2 Q4_0). f16/bf16 stay exact.
+ */
+const INT_ACTIVATION_BOUND = 0.3;
+
+for (const backend of BACKENDS) {
+test(`compact matrices (f16, bf16, block-quantized kept as stored) give the f32-upcast logits [${backend}]`, (t) => {
   const files = [
     ["rwkv.cpp", "tiny-rwkv-7v0-834K-FP16.bin"], ["rwkv.cpp", "tiny-rwkv-6v0-1m-Q5_1.bin"],
     ["rwkv.cpp", "tiny-rwkv-5v2-730K-FP32-to-Q4_0.bin"], ["rwkv.cpp", "tiny-rwkv-5v2-730K-FP32-to-Q8_0.bin"],
@@ -103,9 +118,13 @@ test("compact matrices (f16, bf16, block-quantized kept as stored) give exactly 
   for (const parts of files) {
     const p = sharedPath(t, ...parts);
     if (!p) return;
-    const compact = loadModel(p), upcast = loadModel(p, { matrices: "f32" });
+    const compact = loadModel(p, { backend }), upcast = loadModel(p, { backend, matrices: "f32" });
     const toks = [34, 105, 110, 32, 116, 104, 101];
-    assert.deepEqual(compact.forward(toks, compact.initState(), { allLogits: true }), upcast.forward(toks, upcast.initState(), { allLogits: true }), parts.join("/"));
+    const got = compact.forward(toks, compact.initState(), { allLogits: true });
+    const want = upcast.forward(toks, upcast.initState(), { allLogits: true });
+    if (backend === "reference" || !/Q\d_\d/.test(p)) assert.deepEqual(got, want, parts.join("/"));
+    else assert.ok(compare(got, want, INT_ACTIVATION_BOUND, 0).ok, `${parts.join("/")}: max |diff| ${compare(got, want, 0, 0).maxAbs}`);
     assert.equal(compact.fingerprint, upcast.fingerprint);
   }
 });
+}

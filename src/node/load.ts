@@ -5,12 +5,18 @@ import { openCheckpoint } from "../core/formats/open.js";
 import { architectureFor, detectVersion } from "../core/model/detect.js";
 import { buildModel, type Model } from "../core/model/model.js";
 import { FileSource } from "./file-source.js";
+import "./threads/pool.js"; // registers the threaded wasm backend
 
 export interface LoadOptions {
   /** Backend name; default: the best available. */
   readonly backend?: string;
-  /** Keep matrices in the file's compact type ("compact", default) or upcast them to f32 at load. */
-  readonly matrices?: "compact" | "f32";
+  /**
+   * Keep matrices in the file's compact type ("compact", default), upcast them to f32 at load, or
+   * quantize f32/f16/bf16 ones to per-row int8 ("int8": about a quarter of f32, see int8.ts).
+   */
+  readonly matrices?: "compact" | "f32" | "int8";
+  /** Threads for the kernels (wasm backend), the calling one included; default: all cores. */
+  readonly threads?: number;
 }
 
 /** Opens a checkpoint file of any supported format (chosen by content) and reads its tensor index. */
@@ -26,7 +32,7 @@ export function loadCheckpoint(path: string): { checkpoint: Checkpoint; close():
 
 /** Loads an RWKV model: format from content, version from tensor names, sizes from shapes. */
 export function loadModel(path: string, options: LoadOptions = {}): Model {
-  const backend: Backend = selectBackend(options.backend);
+  const backend: Backend = selectBackend(options.backend, { threads: options.threads });
   const { checkpoint, close } = loadCheckpoint(path);
   try {
     const version = detectVersion(checkpoint);

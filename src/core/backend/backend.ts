@@ -11,8 +11,12 @@
  * Storage types of weight matrices. Matrices stay in their checkpoint's compact type in memory
  * (a bf16 model costs 2 bytes a weight, Q4_0 4.5 bits) and kernels dequantize on the fly.
  * Block types are ggml's: each row is cols/32 blocks of 32 consecutive elements.
+ * "i8" is symmetric int8 with one scale per row, made at load time (int8.ts): data is a Uint8Array
+ * of O·I signed bytes (row-major, any I) followed by O little-endian f32 scales; w[o][i] = q·scale[o].
+ * "f16s" is how the wasm backend keeps f16 weights: Uint16Array of the f16 bits of w·2^10 (the
+ * same values, none of them an f16 subnormal, which x86 multiplies slowly); w = f16(bits)·2^-10.
  */
-export type WeightType = "f32" | "f16" | "bf16" | "q8_0" | "q5_0" | "q5_1" | "q4_0" | "q4_1";
+export type WeightType = "f32" | "f16" | "bf16" | "q8_0" | "q5_0" | "q5_1" | "q4_0" | "q4_1" | "i8" | "f16s";
 
 export const BLOCK_TYPES: ReadonlySet<WeightType> = new Set(["q8_0", "q5_0", "q5_1", "q4_0", "q4_1"]);
 
@@ -21,7 +25,11 @@ export interface Matrix {
   readonly rows: number; // O
   readonly cols: number; // I
   readonly type: WeightType;
-  /** f32: Float32Array (O·I); f16/bf16: Uint16Array (O·I) of raw bits; block types: Uint8Array of O rows of blocks. */
+  /**
+   * f32: Float32Array (O·I); f16/bf16: Uint16Array (O·I) of raw bits; block types: Uint8Array of O
+   * rows of blocks; i8: Uint8Array of O·I int8 then O f32 row scales. May be a view into a backend's
+   * own memory once adopted.
+   */
   readonly data: Float32Array | Uint16Array | Uint8Array;
   /** Where a backend keeps its own copy (e.g. an offset in WebAssembly memory); set by adopt(). */
   readonly handle?: number;

@@ -1,16 +1,31 @@
 import type { Backend } from "./backend.js";
 import { referenceBackend } from "./reference.js";
+import { defaultWasmBackend } from "./wasm.js";
 
 /**
  * Backends by name, in order of preference. A backend registers itself with a probe that says
  * whether it can run here (WebAssembly features, GPU adapter...); `selectBackend` picks the first
  * that works, falling back to the reference. Model code never chooses kernels itself.
  */
-interface Registration { readonly name: string; readonly priority: number; readonly create: () => Backend | null }
 
-const registrations: Registration[] = [{ name: "reference", priority: 0, create: () => referenceBackend }];
+/** Choices a backend may honour when created (others ignore them). */
+export interface BackendOptions {
+  /** Threads computing each kernel, the caller included; a backend's own default when absent. */
+  readonly threads?: number;
+}
 
-export function registerBackend(name: string, priority: number, create: () => Backend | null): void {
+type Create = (options: BackendOptions) => Backend | null;
+interface Registration { readonly name: string; readonly priority: number; readonly create: Create }
+
+/** The WebAssembly SIMD kernels rank above the reference wherever they validate. */
+export const WASM_PRIORITY = 10;
+
+const registrations: Registration[] = [
+  { name: "wasm", priority: WASM_PRIORITY, create: () => defaultWasmBackend() },
+  { name: "reference", priority: 0, create: () => referenceBackend },
+];
+
+export function registerBackend(name: string, priority: number, create: Create): void {
   const i = registrations.findIndex((r) => r.name === name);
   if (i >= 0) registrations.splice(i, 1);
   registrations.push({ name, priority, create });
@@ -22,16 +37,16 @@ export function availableBackends(): string[] {
 }
 
 /** The named backend, or the best available one. Unknown names are an error, not a silent fallback. */
-export function selectBackend(name?: string): Backend {
+export function selectBackend(name?: string, options: BackendOptions = {}): Backend {
   if (name !== undefined) {
     const r = registrations.find((x) => x.name === name);
     if (!r) throw new Error(`unknown backend "${name}" (available: ${availableBackends().join(", ")})`);
-    const b = r.create();
+    const b = r.create(options);
     if (!b) throw new Error(`backend "${name}" cannot run in this environment`);
     return b;
   }
   for (const r of registrations) {
-    const b = r.create();
+    const b = r.create(options);
     if (b) return b;
   }
   return referenceBackend;

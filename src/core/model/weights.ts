@@ -1,4 +1,5 @@
 import { type Backend, BLOCK_TYPES, type Matrix, type WeightType } from "../backend/backend.js";
+import { quantizeInt8 } from "../backend/int8.js";
 import { referenceBackend } from "../backend/reference.js";
 import { FormatError } from "../errors.js";
 import type { Checkpoint } from "../formats/checkpoint.js";
@@ -13,9 +14,11 @@ export interface WeightOptions {
   readonly backend?: Backend;
   /**
    * "compact" (default): matrices keep the file's f16 / bf16 / block-quantized type in memory;
-   * "f32": every matrix is upcast at load (more memory, faster on the plain reference kernels).
+   * "f32": every matrix is upcast at load (more memory, faster on the plain reference kernels);
+   * "int8": f32/f16/bf16 Linear weights and the v6/v7 LoRA factors are quantized at load to per-row
+   * int8 ("i8", a quarter of f32); block-quantized ones stay as stored.
    */
-  readonly matrices?: "compact" | "f32";
+  readonly matrices?: "compact" | "f32" | "int8";
 }
 
 const COMPACT_TYPES: ReadonlySet<string> = new Set<WeightType>(["f16", "bf16", ...BLOCK_TYPES]);
@@ -24,10 +27,12 @@ const BLOCK = 32;
 export class Weights {
   private readonly backend: Backend;
   private readonly compact: boolean;
+  private readonly int8: boolean;
 
   constructor(readonly ckpt: Checkpoint, readonly arch: string, options: WeightOptions = {}) {
     this.backend = options.backend ?? referenceBackend;
-    this.compact = (options.matrices ?? "compact") === "compact";
+    this.compact = (options.matrices ?? "compact") !== "f32";
+    this.int8 = options.matrices === "int8";
   }
 
   has(name: string): boolean {
@@ -52,6 +57,7 @@ export class Weights {
     this.expectShape(name, [out, inp]);
     const e = this.entry(name);
     const blocks = BLOCK_TYPES.has(e.dtype as WeightType);
+    if (this.int8 && !blocks) return this.backend.adopt(quantizeInt8(e.toFloat32(), out, inp));
     if (this.compact && e.raw && COMPACT_TYPES.has(e.dtype) && (!blocks || inp % BLOCK === 0)) {
       const bytes = e.raw();
       const type = e.dtype as WeightType;
@@ -75,16 +81,18 @@ export class Weights {
    */
   projection(name: string, inp: number, out: number): Matrix {
     this.expectShape(name, [inp, out]);
-    const m = this.entry(name).toFloat32();
-    return this.backend.adopt({ rows: out, cols: inp, type: "f32", data: transpose(m, inp, out) });
+    const m = transpose(this.entry(name).toFloat32(), inp, out);
+    return this.backend.adopt(this.int8 ? quantizeInt8(m, out, inp) : { rows: out, cols: inp, type: "f32", data: m });
   }
 
   /** A (B, I, O) stack of [in, out] matrices (v6 time_maa_w2), each used as x @ M. */
   projections(name: string, B: number, inp: number, out: number): Matrix[] {
     this.expectShape(name, [B, inp, out]);
     const all = this.entry(name).toFloat32(); // (B, I, O)
-    return Array.from({ length: B }, (_, b) =>
-      this.backend.adopt({ rows: out, cols: inp, type: "f32", data: transpose(all.subarray(b * inp * out, (b + 1) * inp * out), inp, out) }));
+    return Array.from({ length: B }, (_, b) => {
+      const m = transpose(all.subarray(b * inp * out, (b + 1) * inp * out), inp, out);
+      return this.backend.adopt(this.int8 ? quantizeInt8(m, out, inp) : { rows: out, cols: inp, type: "f32", data: m });
+    });
   }
 
   private expectShape(name: string, want: number[]): void {

@@ -1,0 +1,785 @@
+/*
+ * WebAssembly SIMD kernels of the "wasm" backend (AssemblyScript; built by assembly/build.mjs into
+ * src/core/backend/wasm-binary.ts, twice: plain SIMD and relaxed SIMD).
+ *
+ * Memory: one shared WebAssembly memory owned by the JS side (src/core/backend/wasm.ts), which
+ * allocates weights, scratch and the control block; this module allocates nothing and keeps no
+ * state, so the same instance code runs on the main thread and in every worker.
+ *
+ * Every kernel is a "job" taking (part, nparts): it computes its own slice of the outputs (rows of
+ * a matmul, heads of a WKV scan). Each output is computed by the same instructions whatever the
+ * split, so 1 and N threads give bit-identical results.
+ *
+ * Summation order of a float dot product (all matmul paths, so T = 1 and T > 1, f32 and f16/bf16
+ * agree exactly): lane l of one f32x4 accumulator sums columns c ≡ l (mod 4) in increasing c over
+ * the first I - I%4 columns; then (l0 + l2) + (l1 + l3); then the I%4 tail columns in order.
+ */
+
+// Weight type ids; keep in sync with WASM_TYPE_IDS in src/core/backend/wasm.ts.
+const T_F32: i32 = 0;
+const T_F16: i32 = 1;
+const T_BF16: i32 = 2;
+const T_Q8_0: i32 = 3;
+const T_Q5_0: i32 = 4;
+const T_Q5_1: i32 = 5;
+const T_Q4_0: i32 = 6;
+const T_Q4_1: i32 = 7;
+const T_I8: i32 = 8;
+const T_F16S: i32 = 9; // f16 bits of w·2^10: no f16 subnormals (see wasm.ts adopt)
+
+// Job ids; keep in sync with JOB in src/core/backend/wasm.ts.
+const JOB_MATMUL_FLOAT: i32 = 1;
+const JOB_MATMUL_INT: i32 = 2;
+const JOB_QUANTIZE: i32 = 3;
+const JOB_LAYER_NORM: i32 = 4;
+const JOB_WKV4: i32 = 5;
+const JOB_WKV5: i32 = 6;
+const JOB_WKV7: i32 = 7;
+
+// Control block layout (bytes from ctrl), shared by the main thread and the workers.
+const C_EPOCH: usize = 0; // bumped once per job; idle workers wait on it
+const C_DONE: usize = 4; // chunks of the current job finished; the main thread waits on it
+const C_TICKET: usize = 8; // i64: epoch << 32 | nchunks << 16 | next unclaimed chunk
+const C_JOB: usize = 16;
+const C_SLEEPERS: usize = 20; // workers inside atomic.wait (notify only when someone sleeps)
+const C_EXIT: usize = 24;
+const C_ARGS: usize = 32; // 24 i32/f32 argument slots
+
+/** Elements per quantization block (ggml's QK, also the activation blocks of the integer path). */
+const QK: i32 = 32;
+/** 2^112: scales an f16 bit pattern shifted into f32 position to its value (exact, subnormals included). */
+const F16_TO_F32_SCALE: f32 = 5.192296858534828e33;
+/** 2^102 = 2^112 · 2^-10: the same for "f16s" bits, which hold w·2^10. */
+const F16S_TO_F32_SCALE: f32 = 5.070602400912918e30;
+
+export function heapBase(): usize {
+  return __heap_base;
+}
+
+/** Fills the f16 -> f32 table (65536 f32) used for block scales. */
+export function fillHalfTable(tab: usize): void {
+  for (let h: u32 = 0; h < 65536; h++) store<f32>(tab + (<usize>h << 2), h2f(h));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Threading. The main thread publishes a job as a ticket of `nchunks` chunks and claims chunks
+// itself; workers spin briefly on the epoch, then sleep in atomic.wait, and claim chunks while any
+// are left. Dynamic claiming means a worker that is descheduled (another process wants the core)
+// costs nothing: the main thread simply runs the remaining chunks. A chunk is claimed by a CAS on
+// the ticket, which also checks the epoch, so a late worker can never run a finished job's chunk;
+// the main thread returns only when every chunk is done, so a job's arguments stay stable while
+// any chunk of it runs.
+
+/** Claims and runs chunks of epoch `e` until none is left. */
+function claimChunks(ctrl: usize, e: i32): void {
+  while (true) {
+    const w = atomic.load<i64>(ctrl, C_TICKET);
+    if (<i32>(w >>> 32) != e) return;
+    const next = <i32>(w & 0xffff), n = <i32>((w >>> 16) & 0xffff);
+    if (next >= n) return;
+    if (atomic.cmpxchg<i64>(ctrl, w, w + 1, C_TICKET) != w) continue;
+    runJob(ctrl, load<i32>(ctrl, C_JOB), next, n);
+    if (atomic.add<i32>(ctrl, 1, C_DONE) + 1 == n) atomic.notify(ctrl + C_DONE, 1);
+  }
+}
+
+/** A worker's whole life: wait for a job, claim its chunks, until told to exit. */
+export function workerLoop(ctrl: usize, spin: i32): void {
+  let seen: i32 = 0;
+  while (true) {
+    let e = atomic.load<i32>(ctrl, C_EPOCH);
+    for (let k = 0; e == seen && k < spin; k++) e = atomic.load<i32>(ctrl, C_EPOCH);
+    while (e == seen) {
+      atomic.add<i32>(ctrl, 1, C_SLEEPERS);
+      atomic.wait<i32>(ctrl + C_EPOCH, seen, -1);
+      atomic.sub<i32>(ctrl, 1, C_SLEEPERS);
+      e = atomic.load<i32>(ctrl, C_EPOCH);
+    }
+    if (atomic.load<i32>(ctrl, C_EXIT) != 0) return;
+    seen = e;
+    claimChunks(ctrl, e);
+  }
+}
+
+/** Main thread: run `job` (arguments already stored) as `nchunks` chunks with whichever workers are awake. */
+export function dispatch(ctrl: usize, job: i32, nchunks: i32, spin: i32): void {
+  store<i32>(ctrl, job, C_JOB);
+  atomic.store<i32>(ctrl, 0, C_DONE);
+  const e = atomic.load<i32>(ctrl, C_EPOCH) + 1;
+  atomic.store<i64>(ctrl, (<i64>e << 32) | (<i64>nchunks << 16), C_TICKET); // seq-cst: publishes the job
+  atomic.store<i32>(ctrl, e, C_EPOCH);
+  if (atomic.load<i32>(ctrl, C_SLEEPERS) > 0) atomic.notify(ctrl + C_EPOCH, -1);
+  claimChunks(ctrl, e);
+  let d = atomic.load<i32>(ctrl, C_DONE);
+  for (let k = 0; d != nchunks && k < spin; k++) d = atomic.load<i32>(ctrl, C_DONE);
+  while (d != nchunks) {
+    atomic.wait<i32>(ctrl + C_DONE, d, -1);
+    d = atomic.load<i32>(ctrl, C_DONE);
+  }
+}
+
+/** Tells the workers to return from workerLoop. */
+export function stopWorkers(ctrl: usize): void {
+  atomic.store<i32>(ctrl, 1, C_EXIT);
+  atomic.add<i32>(ctrl, 1, C_EPOCH);
+  atomic.notify(ctrl + C_EPOCH, -1);
+}
+
+/** Runs one part of a job on the calling thread (also used directly for single-part jobs). */
+export function runJob(ctrl: usize, job: i32, part: i32, nparts: i32): void {
+  const a = ctrl + C_ARGS;
+  if (job == JOB_MATMUL_FLOAT) {
+    matmulFloat(arg(a, 0), arg(a, 1), arg(a, 2), arg(a, 3), arg(a, 4), arg(a, 5), arg(a, 6), <usize>arg(a, 7) + <usize>part * <usize>arg(a, 8), part, nparts);
+  } else if (job == JOB_MATMUL_INT) {
+    matmulInt(arg(a, 0), arg(a, 1), arg(a, 2), arg(a, 3), arg(a, 4), arg(a, 5), arg(a, 6), arg(a, 7), arg(a, 8), arg(a, 9), arg(a, 10), part, nparts);
+  } else if (job == JOB_QUANTIZE) {
+    quantizeRows(arg(a, 0), arg(a, 1), arg(a, 2), arg(a, 3), arg(a, 4), arg(a, 5), part, nparts);
+  } else if (job == JOB_LAYER_NORM) {
+    layerNorm(arg(a, 0), arg(a, 1), arg(a, 2), arg(a, 3), arg(a, 4), arg(a, 5), arg(a, 6), load<f32>(a, 28), part, nparts);
+  } else if (job == JOB_WKV4) {
+    wkv4(arg(a, 0), arg(a, 1), arg(a, 2), arg(a, 3), arg(a, 4), arg(a, 5), arg(a, 6), arg(a, 7), arg(a, 8), arg(a, 9), part, nparts);
+  } else if (job == JOB_WKV5) {
+    wkv5(arg(a, 0), arg(a, 1), arg(a, 2), arg(a, 3), arg(a, 4), arg(a, 5), arg(a, 6), arg(a, 7), arg(a, 8), arg(a, 9), arg(a, 10), part, nparts);
+  } else if (job == JOB_WKV7) {
+    wkv7(arg(a, 0), arg(a, 1), arg(a, 2), arg(a, 3), arg(a, 4), arg(a, 5), arg(a, 6), arg(a, 7), arg(a, 8), arg(a, 9), arg(a, 10), part, nparts);
+  }
+}
+
+/* @inline */ function arg(a: usize, i: i32): i32 {
+  return load<i32>(a + (<usize>i << 2));
+}
+
+/** [lo, hi) of `n` items for `part` of `nparts`, chunk starts aligned to `align` items. */
+/* @inline */ function splitLo(n: i32, part: i32, nparts: i32, align: i32): i32 {
+  const chunk = ((n + nparts * align - 1) / (nparts * align)) * align;
+  return min(n, part * chunk);
+}
+/* @inline */ function splitHi(n: i32, part: i32, nparts: i32, align: i32): i32 {
+  const chunk = ((n + nparts * align - 1) / (nparts * align)) * align;
+  return min(n, (part + 1) * chunk);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Scalar helpers
+
+/**
+ * IEEE half bits -> f32, exact (normals, subnormals, ±0, ±Inf, NaN). Branch-free: q4_0/q5_0
+ * block scales have random signs, and a sign branch mispredicted half the time halved their speed.
+ */
+/* @inline */ function h2f(h: u32): f32 {
+  let x = (h & 0x7fff) << 13;
+  x |= (0 - <u32>((h & 0x7c00) == 0x7c00)) & 0x7f800000; // Inf/NaN keep an all-ones exponent
+  return reinterpret<f32>(reinterpret<u32>(reinterpret<f32>(x) * F16_TO_F32_SCALE) | ((h & 0x8000) << 16));
+}
+
+/* @inline */ function fma4(acc: v128, a: v128, b: v128): v128 {
+  if (ASC_FEATURE_RELAXED_SIMD) return f32x4.relaxed_madd(a, b, acc);
+  return f32x4.add(acc, f32x4.mul(a, b));
+}
+
+/** The fixed horizontal sum (l0 + l2) + (l1 + l3). */
+/* @inline */ function hsum(v: v128): f32 {
+  return (f32x4.extract_lane(v, 0) + f32x4.extract_lane(v, 2)) + (f32x4.extract_lane(v, 1) + f32x4.extract_lane(v, 3));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Float weights (f32, f16, bf16): y (T, O) = x (T, I) Wᵀ, x f32.
+
+/**
+ * 4 f16 (low or high half of `h`, 8 halves) as f32x4, exact except Inf/NaN (rejected at adopt).
+ * `scale` is F16_TO_F32_SCALE, or F16S_TO_F32_SCALE for f16s bits. f16 subnormals become f32
+ * subnormals before the scaling multiply, which x86 runs as a slow microcode assist: 0.1% of
+ * subnormal weights made a matvec 1.9x slower, hence the subnormal-free f16s encoding.
+ */
+/* @inline */ function f16lo(h: v128, scale: f32): v128 {
+  // Interleave with zero puts each half in the top 16 bits of a 32-bit lane: sign at bit 31.
+  const v = i8x16.shuffle(i32x4.splat(0), h, 0, 1, 16, 17, 2, 3, 18, 19, 4, 5, 20, 21, 6, 7, 22, 23);
+  return f16bits(v, scale);
+}
+/* @inline */ function f16hi(h: v128, scale: f32): v128 {
+  const v = i8x16.shuffle(i32x4.splat(0), h, 8, 9, 24, 25, 10, 11, 26, 27, 12, 13, 28, 29, 14, 15, 30, 31);
+  return f16bits(v, scale);
+}
+/** Lanes holding half bits in their top 16 bits -> f32: exponent and mantissa moved 3 bits down, sign kept. */
+/* @inline */ function f16bits(v: v128, scale: f32): v128 {
+  const m = v128.and(i32x4.shr_s(v, 3), i32x4.splat(0x8fffffff));
+  return f32x4.mul(m, f32x4.splat(scale));
+}
+/* @inline */ function halfScale(kind: i32): f32 {
+  return kind == T_F16S ? F16S_TO_F32_SCALE : F16_TO_F32_SCALE;
+}
+/* @inline */ function bf16lo(h: v128): v128 {
+  return i8x16.shuffle(i32x4.splat(0), h, 0, 1, 16, 17, 2, 3, 18, 19, 4, 5, 20, 21, 6, 7, 22, 23);
+}
+/* @inline */ function bf16hi(h: v128): v128 {
+  return i8x16.shuffle(i32x4.splat(0), h, 8, 9, 24, 25, 10, 11, 26, 27, 12, 13, 28, 29, 14, 15, 30, 31);
+}
+
+/** One weight element of row `r` at column `c` as f32 (tails). */
+/* @inline */ function wElem(kind: i32, r: usize, c: i32): f32 {
+  if (kind == T_F32) return load<f32>(r + (<usize>c << 2));
+  const h = <u32>load<u16>(r + (<usize>c << 1));
+  if (kind == T_F16) return h2f(h);
+  if (kind == T_F16S) return h2f(h) * (<f32>1 / 1024);
+  return reinterpret<f32>(h << 16);
+}
+
+/**
+ * T = 1: four weight rows at a time, converting f16/bf16 on the fly (weights are read once, so no
+ * panel is worth building). Each row's accumulator follows the canonical order.
+ */
+/* @inline */ function matvecRows(kind: i32, w: usize, I: i32, x: usize, y: usize, lo: i32, hi: i32): void {
+  const esz: usize = kind == T_F32 ? 4 : 2;
+  const rs = <usize>I * esz;
+  const I4 = I & ~3;
+  const I8 = I & ~7;
+  let o = lo;
+  for (; o + 4 <= hi; o += 4) {
+    const r0 = w + <usize>o * rs, r1 = r0 + rs, r2 = r1 + rs, r3 = r2 + rs;
+    let a0 = f32x4.splat(0), a1 = f32x4.splat(0), a2 = f32x4.splat(0), a3 = f32x4.splat(0);
+    let c = 0;
+    if (kind == T_F32) {
+      for (; c < I4; c += 4) {
+        const xo = <usize>c << 2;
+        const xv = v128.load(x + xo);
+        a0 = fma4(a0, v128.load(r0 + xo), xv);
+        a1 = fma4(a1, v128.load(r1 + xo), xv);
+        a2 = fma4(a2, v128.load(r2 + xo), xv);
+        a3 = fma4(a3, v128.load(r3 + xo), xv);
+      }
+    } else {
+      for (; c < I8; c += 8) {
+        const xo = <usize>c << 2, wo = <usize>c << 1;
+        const x0 = v128.load(x + xo), x1 = v128.load(x + xo, 16);
+        const h0 = v128.load(r0 + wo), h1 = v128.load(r1 + wo), h2 = v128.load(r2 + wo), h3 = v128.load(r3 + wo);
+        if (kind == T_F16 || kind == T_F16S) {
+          const sc = halfScale(kind);
+          a0 = fma4(fma4(a0, f16lo(h0, sc), x0), f16hi(h0, sc), x1);
+          a1 = fma4(fma4(a1, f16lo(h1, sc), x0), f16hi(h1, sc), x1);
+          a2 = fma4(fma4(a2, f16lo(h2, sc), x0), f16hi(h2, sc), x1);
+          a3 = fma4(fma4(a3, f16lo(h3, sc), x0), f16hi(h3, sc), x1);
+        } else {
+          a0 = fma4(fma4(a0, bf16lo(h0), x0), bf16hi(h0), x1);
+          a1 = fma4(fma4(a1, bf16lo(h1), x0), bf16hi(h1), x1);
+          a2 = fma4(fma4(a2, bf16lo(h2), x0), bf16hi(h2), x1);
+          a3 = fma4(fma4(a3, bf16lo(h3), x0), bf16hi(h3), x1);
+        }
+      }
+      for (; c < I4; c += 4) { // a last group of 4 when I % 8 >= 4
+        const xv = v128.load(x + (<usize>c << 2));
+        const wo = <usize>c << 1;
+        a0 = fma4(a0, halfs4(kind, r0 + wo), xv);
+        a1 = fma4(a1, halfs4(kind, r1 + wo), xv);
+        a2 = fma4(a2, halfs4(kind, r2 + wo), xv);
+        a3 = fma4(a3, halfs4(kind, r3 + wo), xv);
+      }
+    }
+    let t0: f32 = 0, t1: f32 = 0, t2: f32 = 0, t3: f32 = 0;
+    for (let k = I4; k < I; k++) {
+      const xk = load<f32>(x + (<usize>k << 2));
+      t0 += wElem(kind, r0, k) * xk; t1 += wElem(kind, r1, k) * xk;
+      t2 += wElem(kind, r2, k) * xk; t3 += wElem(kind, r3, k) * xk;
+    }
+    const yo = y + (<usize>o << 2);
+    store<f32>(yo, hsum(a0) + t0);
+    store<f32>(yo, hsum(a1) + t1, 4);
+    store<f32>(yo, hsum(a2) + t2, 8);
+    store<f32>(yo, hsum(a3) + t3, 12);
+  }
+  for (; o < hi; o++) {
+    const r0 = w + <usize>o * rs;
+    let a0 = f32x4.splat(0);
+    for (let c = 0; c < I4; c += 4) {
+      const xv = v128.load(x + (<usize>c << 2));
+      a0 = fma4(a0, kind == T_F32 ? v128.load(r0 + (<usize>c << 2)) : halfs4(kind, r0 + (<usize>c << 1)), xv);
+    }
+    let t0: f32 = 0;
+    for (let k = I4; k < I; k++) t0 += wElem(kind, r0, k) * load<f32>(x + (<usize>k << 2));
+    store<f32>(y + (<usize>o << 2), hsum(a0) + t0);
+  }
+}
+
+/** 4 f16/bf16 at p as f32x4. */
+/* @inline */ function halfs4(kind: i32, p: usize): v128 {
+  const h = v128.load64_zero(p);
+  return kind == T_BF16 ? bf16lo(h) : f16lo(h, halfScale(kind));
+}
+
+/** Rows [o, o+n) of a f16/bf16 matrix converted to f32 into `panel` (n rows of I floats). */
+function dequantPanel(kind: i32, w: usize, I: i32, o: i32, n: i32, panel: usize): void {
+  const rs = <usize>I << 1;
+  for (let k = 0; k < n; k++) {
+    const r = w + <usize>(o + k) * rs;
+    const dst = panel + <usize>k * (<usize>I << 2);
+    let c = 0;
+    for (; c + 8 <= I; c += 8) {
+      const h = v128.load(r + (<usize>c << 1));
+      const d = dst + (<usize>c << 2);
+      if (kind != T_BF16) { v128.store(d, f16lo(h, halfScale(kind))); v128.store(d, f16hi(h, halfScale(kind)), 16); }
+      else { v128.store(d, bf16lo(h)); v128.store(d, bf16hi(h), 16); }
+    }
+    for (; c < I; c++) store<f32>(dst + (<usize>c << 2), wElem(kind, r, c));
+  }
+}
+
+/** y[t][o..o+2) for 4 rows of x against 2 f32 weight rows: 8 accumulators in registers. */
+/* @inline */ function tile4x2(x: usize, I: i32, r0: usize, r1: usize, y: usize, O: i32, t: i32, o: i32): void {
+  const xs = <usize>I << 2;
+  const x0 = x + <usize>t * xs, x1 = x0 + xs, x2 = x1 + xs, x3 = x2 + xs;
+  let a00 = f32x4.splat(0), a01 = f32x4.splat(0), a10 = f32x4.splat(0), a11 = f32x4.splat(0);
+  let a20 = f32x4.splat(0), a21 = f32x4.splat(0), a30 = f32x4.splat(0), a31 = f32x4.splat(0);
+  const I4 = I & ~3;
+  for (let c = 0; c < I4; c += 4) {
+    const co = <usize>c << 2;
+    const w0 = v128.load(r0 + co), w1 = v128.load(r1 + co);
+    let xv = v128.load(x0 + co);
+    a00 = fma4(a00, w0, xv); a01 = fma4(a01, w1, xv);
+    xv = v128.load(x1 + co);
+    a10 = fma4(a10, w0, xv); a11 = fma4(a11, w1, xv);
+    xv = v128.load(x2 + co);
+    a20 = fma4(a20, w0, xv); a21 = fma4(a21, w1, xv);
+    xv = v128.load(x3 + co);
+    a30 = fma4(a30, w0, xv); a31 = fma4(a31, w1, xv);
+  }
+  let t00: f32 = 0, t01: f32 = 0, t10: f32 = 0, t11: f32 = 0, t20: f32 = 0, t21: f32 = 0, t30: f32 = 0, t31: f32 = 0;
+  for (let k = I4; k < I; k++) {
+    const ko = <usize>k << 2;
+    const w0 = load<f32>(r0 + ko), w1 = load<f32>(r1 + ko);
+    const v0 = load<f32>(x0 + ko), v1 = load<f32>(x1 + ko), v2 = load<f32>(x2 + ko), v3 = load<f32>(x3 + ko);
+    t00 += w0 * v0; t01 += w1 * v0; t10 += w0 * v1; t11 += w1 * v1;
+    t20 += w0 * v2; t21 += w1 * v2; t30 += w0 * v3; t31 += w1 * v3;
+  }
+  const ys = <usize>O << 2;
+  const y0 = y + <usize>t * ys + (<usize>o << 2);
+  store<f32>(y0, hsum(a00) + t00); store<f32>(y0, hsum(a01) + t01, 4);
+  store<f32>(y0 + ys, hsum(a10) + t10); store<f32>(y0 + ys, hsum(a11) + t11, 4);
+  store<f32>(y0 + 2 * ys, hsum(a20) + t20); store<f32>(y0 + 2 * ys, hsum(a21) + t21, 4);
+  store<f32>(y0 + 3 * ys, hsum(a30) + t30); store<f32>(y0 + 3 * ys, hsum(a31) + t31, 4);
+}
+
+/** y[t][o] for one row of x against one f32 weight row (remainders of the tiling). */
+/* @inline */ function dot1(xr: usize, I: i32, r0: usize): f32 {
+  const I4 = I & ~3;
+  let a = f32x4.splat(0);
+  for (let c = 0; c < I4; c += 4) {
+    const co = <usize>c << 2;
+    a = fma4(a, v128.load(r0 + co), v128.load(xr + co));
+  }
+  let tl: f32 = 0;
+  for (let k = I4; k < I; k++) tl += load<f32>(r0 + (<usize>k << 2)) * load<f32>(xr + (<usize>k << 2));
+  return hsum(a) + tl;
+}
+
+/** T > 1 over f32 rows r0 (and r1 when two): 4x2 register tiles, then the remaining rows of x. */
+function matmulPanel(x: usize, T: i32, I: i32, r0: usize, r1: usize, two: bool, y: usize, O: i32, o: i32): void {
+  const xs = <usize>I << 2, ys = <usize>O << 2;
+  let t = 0;
+  if (two) {
+    for (; t + 4 <= T; t += 4) tile4x2(x, I, r0, r1, y, O, t, o);
+  }
+  for (; t < T; t++) {
+    const xr = x + <usize>t * xs;
+    const yo = y + <usize>t * ys + (<usize>o << 2);
+    store<f32>(yo, dot1(xr, I, r0));
+    if (two) store<f32>(yo, dot1(xr, I, r1), 4);
+  }
+}
+
+function matmulFloat(w: usize, kind: i32, O: i32, I: i32, T: i32, x: usize, y: usize, panel: usize, part: i32, nparts: i32): void {
+  const lo = splitLo(O, part, nparts, 16), hi = splitHi(O, part, nparts, 16);
+  if (lo >= hi) return;
+  if (T == 1) {
+    if (kind == T_F32) matvecRows(T_F32, w, I, x, y, lo, hi);
+    else if (kind == T_F16) matvecRows(T_F16, w, I, x, y, lo, hi);
+    else if (kind == T_F16S) matvecRows(T_F16S, w, I, x, y, lo, hi);
+    else matvecRows(T_BF16, w, I, x, y, lo, hi);
+    return;
+  }
+  const rowBytes = <usize>I << 2;
+  for (let o = lo; o < hi; o += 2) {
+    const two = o + 1 < hi;
+    let r0: usize, r1: usize;
+    if (kind == T_F32) {
+      r0 = w + <usize>o * rowBytes;
+      r1 = r0 + rowBytes;
+    } else {
+      dequantPanel(kind, w, I, o, two ? 2 : 1, panel);
+      r0 = panel;
+      r1 = panel + rowBytes;
+    }
+    matmulPanel(x, T, I, r0, r1, two, y, O, o);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Integer path (ggml block types and i8): activations quantized per block of 32 to int8 with an
+// f32 scale (like ggml's q8 activations), integer dot per block, f32 accumulation of the scaled
+// block sums. The error this adds is bounded per output by Σ_b (dx_b / 2) Σ_{i in b} |w_i|.
+
+/**
+ * Rows [lo, hi) of x (T, I) f32 -> xq (T, Ipad) int8, dx (T, nb) f32 scales, sx (T, nb) f32 block
+ * sums of x (for the _1 types' minimum term). Ipad = nb * 32; the padding is zero.
+ */
+function quantizeRows(x: usize, T: i32, I: i32, xq: usize, dx: usize, sx: usize, part: i32, nparts: i32): void {
+  const nb = (I + QK - 1) / QK;
+  const lo = splitLo(T, part, nparts, 1), hi = splitHi(T, part, nparts, 1);
+  for (let t = lo; t < hi; t++) {
+    const xr = x + <usize>t * (<usize>I << 2);
+    const qr = xq + <usize>t * <usize>(nb * QK);
+    for (let b = 0; b < nb; b++) {
+      const c0 = b * QK;
+      const n = min(QK, I - c0);
+      const xb = xr + (<usize>c0 << 2);
+      let amax: f32 = 0, sum: f32 = 0;
+      for (let i = 0; i < n; i++) {
+        const v = load<f32>(xb + (<usize>i << 2));
+        amax = max(amax, abs(v));
+        sum += v;
+      }
+      const d: f32 = amax / 127;
+      const id: f32 = amax > 0 ? <f32>127 / amax : 0;
+      const qb = qr + <usize>c0;
+      if (n == QK) {
+        const s = f32x4.splat(id);
+        for (let i = 0; i < QK; i += 16) {
+          const p = xb + (<usize>i << 2);
+          const q0 = i32x4.trunc_sat_f32x4_s(f32x4.nearest(f32x4.mul(v128.load(p), s)));
+          const q1 = i32x4.trunc_sat_f32x4_s(f32x4.nearest(f32x4.mul(v128.load(p, 16), s)));
+          const q2 = i32x4.trunc_sat_f32x4_s(f32x4.nearest(f32x4.mul(v128.load(p, 32), s)));
+          const q3 = i32x4.trunc_sat_f32x4_s(f32x4.nearest(f32x4.mul(v128.load(p, 48), s)));
+          v128.store(qb + <usize>i, i8x16.narrow_i16x8_s(i16x8.narrow_i32x4_s(q0, q1), i16x8.narrow_i32x4_s(q2, q3)));
+        }
+      } else {
+        for (let i = 0; i < QK; i++) {
+          const v: f32 = i < n ? nearest(load<f32>(xb + (<usize>i << 2)) * id) : 0;
+          store<i8>(qb + <usize>i, <i8><i32>v);
+        }
+      }
+      store<f32>(dx + (<usize>(t * nb + b) << 2), d);
+      store<f32>(sx + (<usize>(t * nb + b) << 2), sum);
+    }
+  }
+}
+
+/** Σ over 32 elements of w (two i8x16) times activations at q, as i32x4 partial sums. */
+/* @inline */ function idot32(w0: v128, w1: v128, q: usize, small: bool): v128 {
+  const x0 = v128.load(q), x1 = v128.load(q, 16);
+  const p0 = i16x8.add(i16x8.extmul_low_i8x16_s(w0, x0), i16x8.extmul_high_i8x16_s(w0, x0));
+  const p1 = i16x8.add(i16x8.extmul_low_i8x16_s(w1, x1), i16x8.extmul_high_i8x16_s(w1, x1));
+  // |w| <= 31 for the 4/5-bit types: four products (<= 4·31·127) still fit an i16 lane.
+  if (small) return i32x4.extadd_pairwise_i16x8_s(i16x8.add(p0, p1));
+  return i32x4.add(i32x4.extadd_pairwise_i16x8_s(p0), i32x4.extadd_pairwise_i16x8_s(p1));
+}
+
+/** Bytes per 32-weight block of each type (i8: 32 bytes of the row). */
+/* @inline */ function blockBytes(kind: i32): usize {
+  if (kind == T_Q8_0) return 34;
+  if (kind == T_Q5_0) return 22;
+  if (kind == T_Q5_1) return 24;
+  if (kind == T_Q4_0) return 18;
+  if (kind == T_Q4_1) return 20;
+  return 32;
+}
+
+/** Per byte of 16 elements (bits 0-15 or 16-31 of qh): all ones where the element's 5th bit is set. */
+/* @inline */ function highMask(qh: u32, hiHalf: bool): v128 {
+  const v = i32x4.splat(<i32>qh);
+  const sel = hiHalf
+    ? i8x16(2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3)
+    : i8x16(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1);
+  const bit = i8x16(1, 2, 4, 8, 16, 32, 64, -128, 1, 2, 4, 8, 16, 32, 64, -128);
+  return i8x16.eq(v128.and(i8x16.swizzle(v, sel), bit), bit);
+}
+
+/**
+ * One output row `o` against `mt` (1 or 4) activation rows from `t`: per block, decode the weights
+ * once, then one integer dot per activation row.
+ */
+/** f16 bits -> f32 through the 65536-entry table at `tab` (block scales: one load, no branches). */
+/* @inline */ function ht(tab: usize, h: u32): f32 {
+  return load<f32>(tab + (<usize>h << 2));
+}
+
+/* @inline */ function intRow(kind: i32, mt: i32, wr: usize, nb: i32, rowScale: f32, xq: usize, dx: usize, sx: usize, t: i32, y: usize, O: i32, o: i32, tab: usize): void {
+  const bb = blockBytes(kind);
+  const qs = <usize>nb * QK;
+  const ds = <usize>nb << 2;
+  const q0 = xq + <usize>t * qs, d0 = dx + <usize>t * ds, s0 = sx + <usize>t * ds;
+  let a0 = f32x4.splat(0), a1 = f32x4.splat(0), a2 = f32x4.splat(0), a3 = f32x4.splat(0);
+  let m0: f32 = 0, m1: f32 = 0, m2: f32 = 0, m3: f32 = 0;
+  const small = kind != T_Q8_0 && kind != T_I8;
+  for (let b = 0; b < nb; b++) {
+    const p = wr + <usize>b * bb;
+    let w0: v128, w1: v128;
+    let d: f32 = 0, m: f32 = 0;
+    if (kind == T_Q8_0) {
+      d = ht(tab, load<u16>(p));
+      w0 = v128.load(p, 2); w1 = v128.load(p, 18);
+    } else if (kind == T_I8) {
+      d = rowScale;
+      w0 = v128.load(p); w1 = v128.load(p, 16);
+    } else if (kind == T_Q4_0) {
+      d = ht(tab, load<u16>(p));
+      const q = v128.load(p, 2);
+      w0 = i8x16.sub(v128.and(q, i8x16.splat(0x0f)), i8x16.splat(8));
+      w1 = i8x16.sub(i8x16.shr_u(q, 4), i8x16.splat(8));
+    } else if (kind == T_Q4_1) {
+      d = ht(tab, load<u16>(p)); m = ht(tab, load<u16>(p, 2));
+      const q = v128.load(p, 4);
+      w0 = v128.and(q, i8x16.splat(0x0f));
+      w1 = i8x16.shr_u(q, 4);
+    } else if (kind == T_Q5_0) {
+      d = ht(tab, load<u16>(p));
+      const qh = load<u32>(p, 2);
+      const q = v128.load(p, 6);
+      // (q | h·16) - 16 = q + (h ? 0 : -16): one andnot instead of and, or, sub.
+      w0 = i8x16.add(v128.and(q, i8x16.splat(0x0f)), v128.andnot(i8x16.splat(-16), highMask(qh, false)));
+      w1 = i8x16.add(i8x16.shr_u(q, 4), v128.andnot(i8x16.splat(-16), highMask(qh, true)));
+    } else { // T_Q5_1
+      d = ht(tab, load<u16>(p)); m = ht(tab, load<u16>(p, 2));
+      const qh = load<u32>(p, 4);
+      const q = v128.load(p, 8);
+      w0 = v128.or(v128.and(q, i8x16.splat(0x0f)), v128.and(highMask(qh, false), i8x16.splat(0x10)));
+      w1 = v128.or(i8x16.shr_u(q, 4), v128.and(highMask(qh, true), i8x16.splat(0x10)));
+    }
+    const qb = <usize>b * QK, db = <usize>b << 2;
+    a0 = fma4(a0, f32x4.convert_i32x4_s(idot32(w0, w1, q0 + qb, small)), f32x4.splat(d * load<f32>(d0 + db)));
+    if (kind == T_Q4_1 || kind == T_Q5_1) m0 += m * load<f32>(s0 + db);
+    if (mt == 4) {
+      a1 = fma4(a1, f32x4.convert_i32x4_s(idot32(w0, w1, q0 + qs + qb, small)), f32x4.splat(d * load<f32>(d0 + ds + db)));
+      a2 = fma4(a2, f32x4.convert_i32x4_s(idot32(w0, w1, q0 + 2 * qs + qb, small)), f32x4.splat(d * load<f32>(d0 + 2 * ds + db)));
+      a3 = fma4(a3, f32x4.convert_i32x4_s(idot32(w0, w1, q0 + 3 * qs + qb, small)), f32x4.splat(d * load<f32>(d0 + 3 * ds + db)));
+      if (kind == T_Q4_1 || kind == T_Q5_1) {
+        m1 += m * load<f32>(s0 + ds + db);
+        m2 += m * load<f32>(s0 + 2 * ds + db);
+        m3 += m * load<f32>(s0 + 3 * ds + db);
+      }
+    }
+  }
+  const ys = <usize>O << 2;
+  const yo = y + <usize>t * ys + (<usize>o << 2);
+  store<f32>(yo, hsum(a0) + m0);
+  if (mt == 4) {
+    store<f32>(yo + ys, hsum(a1) + m1);
+    store<f32>(yo + 2 * ys, hsum(a2) + m2);
+    store<f32>(yo + 3 * ys, hsum(a3) + m3);
+  }
+}
+
+/* @inline */ function intRows(kind: i32, w: usize, scales: usize, O: i32, I: i32, T: i32, xq: usize, dx: usize, sx: usize, y: usize, lo: i32, hi: i32, tab: usize): void {
+  const nb = (I + QK - 1) / QK;
+  const rs: usize = kind == T_I8 ? <usize>I : <usize>(I / QK) * blockBytes(kind);
+  for (let o = lo; o < hi; o++) {
+    const wr = w + <usize>o * rs;
+    const rowScale: f32 = kind == T_I8 ? load<f32>(scales + (<usize>o << 2)) : 1;
+    let t = 0;
+    for (; t + 4 <= T; t += 4) intRow(kind, 4, wr, nb, rowScale, xq, dx, sx, t, y, O, o, tab);
+    for (; t < T; t++) intRow(kind, 1, wr, nb, rowScale, xq, dx, sx, t, y, O, o, tab);
+  }
+}
+
+function matmulInt(w: usize, kind: i32, O: i32, I: i32, T: i32, xq: usize, dx: usize, sx: usize, y: usize, scales: usize, tab: usize, part: i32, nparts: i32): void {
+  const lo = splitLo(O, part, nparts, 16), hi = splitHi(O, part, nparts, 16);
+  if (lo >= hi) return;
+  if (kind == T_Q8_0) intRows(T_Q8_0, w, scales, O, I, T, xq, dx, sx, y, lo, hi, tab);
+  else if (kind == T_Q4_0) intRows(T_Q4_0, w, scales, O, I, T, xq, dx, sx, y, lo, hi, tab);
+  else if (kind == T_Q4_1) intRows(T_Q4_1, w, scales, O, I, T, xq, dx, sx, y, lo, hi, tab);
+  else if (kind == T_Q5_0) intRows(T_Q5_0, w, scales, O, I, T, xq, dx, sx, y, lo, hi, tab);
+  else if (kind == T_Q5_1) intRows(T_Q5_1, w, scales, O, I, T, xq, dx, sx, y, lo, hi, tab);
+  else intRows(T_I8, w, scales, O, I, T, xq, dx, sx, y, lo, hi, tab);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Norms: f64 accumulation in the reference's exact order, so results equal the reference's.
+
+/**
+ * Rows [lo, hi) of x (R, G·N) viewed as R·G groups of N: y = (x - mean) / sqrt(var + eps) · w + b,
+ * w/b indexed per channel of the row (G = 1: layer norm; G = H: group norm).
+ */
+function layerNorm(x: usize, R: i32, G: i32, N: i32, weight: usize, bias: usize, y: usize, eps: f32, part: i32, nparts: i32): void {
+  const lo = splitLo(R, part, nparts, 1), hi = splitHi(R, part, nparts, 1);
+  const C = G * N;
+  for (let r = lo; r < hi; r++) {
+    for (let g = 0; g < G; g++) {
+      const o = <usize>(r * C + g * N) << 2;
+      const xo = x + o, yo = y + o;
+      const wo = weight + (<usize>(g * N) << 2), bo = bias + (<usize>(g * N) << 2);
+      let mean: f64 = 0;
+      for (let i = 0; i < N; i++) mean += <f64>load<f32>(xo + (<usize>i << 2));
+      mean /= <f64>N;
+      let v: f64 = 0;
+      for (let i = 0; i < N; i++) { const d = <f64>load<f32>(xo + (<usize>i << 2)) - mean; v += d * d; }
+      const inv = 1 / Math.sqrt(v / <f64>N + <f64>eps);
+      for (let i = 0; i < N; i++) {
+        const io = <usize>i << 2;
+        store<f32>(yo + io, <f32>((<f64>load<f32>(xo + io) - mean) * inv * <f64>load<f32>(wo + io) + <f64>load<f32>(bo + io)));
+      }
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// WKV scans. States and outputs are f32; parts split channels (v4) or heads (v5, v7).
+
+/** RWKV-4, per channel in f64 exactly as the reference (so results equal it up to exp's last bit). */
+function wkv4(T: i32, C: i32, w: usize, u: usize, k: usize, v: usize, aa: usize, bb: usize, pp: usize, y: usize, part: i32, nparts: i32): void {
+  const lo = splitLo(C, part, nparts, 4), hi = splitHi(C, part, nparts, 4);
+  for (let c = lo; c < hi; c++) {
+    const co = <usize>c << 2;
+    let a = <f64>load<f32>(aa + co), b = <f64>load<f32>(bb + co), p = <f64>load<f32>(pp + co);
+    const wc = <f64>load<f32>(w + co), uc = <f64>load<f32>(u + co);
+    for (let t = 0; t < T; t++) {
+      const o = <usize>(t * C + c) << 2;
+      const kt = <f64>load<f32>(k + o), vt = <f64>load<f32>(v + o);
+      let ww = uc + kt;
+      let q = Math.max(p, ww);
+      let e1 = Math.exp(p - q), e2 = Math.exp(ww - q);
+      store<f32>(y + o, <f32>((e1 * a + e2 * vt) / (e1 * b + e2)));
+      ww = wc + p;
+      q = Math.max(ww, kt);
+      e1 = Math.exp(ww - q);
+      e2 = Math.exp(kt - q);
+      a = e1 * a + e2 * vt;
+      b = e1 * b + e2;
+      p = q;
+    }
+    store<f32>(aa + co, <f32>a); store<f32>(bb + co, <f32>b); store<f32>(pp + co, <f32>p);
+  }
+}
+
+/**
+ * RWKV-5/6 per head, S[j=key][i=value]: out[i] = Σ_j r[j](u[j] k[j] v[i] + S[j,i]); S[j,i] = k[j] v[i] + d[j] S[j,i].
+ * decay is (C) when perToken == 0, else (T, C).
+ */
+function wkv5(T: i32, H: i32, N: i32, r: usize, k: usize, v: usize, decay: usize, perToken: i32, u: usize, S: usize, y: usize, part: i32, nparts: i32): void {
+  const lo = splitLo(H, part, nparts, 1), hi = splitHi(H, part, nparts, 1);
+  const C = H * N;
+  const N4 = N & ~3;
+  for (let t = 0; t < T; t++) {
+    const tc = <usize>(t * C) << 2;
+    const dt = perToken != 0 ? tc : 0;
+    for (let h = lo; h < hi; h++) {
+      const c0 = <usize>(h * N) << 2;
+      const sh = S + (<usize>(h * N * N) << 2);
+      const vh = v + tc + c0, yh = y + tc + c0;
+      for (let i = 0; i < N; i++) store<f32>(yh + (<usize>i << 2), 0);
+      for (let j = 0; j < N; j++) {
+        const jo = c0 + (<usize>j << 2);
+        const rj = load<f32>(r + tc + jo), kj = load<f32>(k + tc + jo), uj = load<f32>(u + jo), dj = load<f32>(decay + dt + jo);
+        const row = sh + (<usize>(j * N) << 2);
+        const rv = f32x4.splat(rj), kv = f32x4.splat(kj), uv = f32x4.splat(uj), dv = f32x4.splat(dj);
+        let i = 0;
+        for (; i < N4; i += 4) {
+          const io = <usize>i << 2;
+          const a = f32x4.mul(kv, v128.load(vh + io));
+          const s = v128.load(row + io);
+          v128.store(yh + io, fma4(v128.load(yh + io), rv, fma4(s, uv, a)));
+          v128.store(row + io, fma4(a, dv, s));
+        }
+        for (; i < N; i++) {
+          const io = <usize>i << 2;
+          const a = kj * load<f32>(vh + io);
+          const s = load<f32>(row + io);
+          store<f32>(yh + io, load<f32>(yh + io) + rj * (uj * a + s));
+          store<f32>(row + io, a + dj * s);
+        }
+      }
+    }
+  }
+}
+
+/**
+ * RWKV-7 per head, S[i=value][j=key]: sa = S a; S = S diag(decay) + sa bᵀ + v kᵀ; y = S r.
+ * Two value rows at a time share the loads of a, decay, b, k and r; each row's arithmetic (and so
+ * its rounding) is the same as one row alone.
+ */
+function wkv7(T: i32, H: i32, N: i32, r: usize, decay: usize, k: usize, v: usize, a: usize, b: usize, S: usize, y: usize, part: i32, nparts: i32): void {
+  const lo = splitLo(H, part, nparts, 1), hi = splitHi(H, part, nparts, 1);
+  const C = H * N;
+  const N4 = N & ~3;
+  const rowBytes = <usize>N << 2;
+  for (let t = 0; t < T; t++) {
+    for (let h = lo; h < hi; h++) {
+      const c0 = <usize>(t * C + h * N) << 2;
+      const sh = S + (<usize>(h * N * N) << 2);
+      const rh = r + c0, dh = decay + c0, kh = k + c0, ah = a + c0, bh = b + c0;
+      let i = 0;
+      for (; i + 2 <= N; i += 2) {
+        const row0 = sh + <usize>i * rowBytes, row1 = row0 + rowBytes;
+        let sa0 = f32x4.splat(0), sa1 = f32x4.splat(0);
+        let j = 0;
+        for (; j < N4; j += 4) {
+          const jo = <usize>j << 2;
+          const av = v128.load(ah + jo);
+          sa0 = fma4(sa0, v128.load(row0 + jo), av);
+          sa1 = fma4(sa1, v128.load(row1 + jo), av);
+        }
+        let s0 = hsum(sa0), s1 = hsum(sa1);
+        for (; j < N; j++) {
+          const jo = <usize>j << 2;
+          const aj = load<f32>(ah + jo);
+          s0 += load<f32>(row0 + jo) * aj;
+          s1 += load<f32>(row1 + jo) * aj;
+        }
+        const v0 = load<f32>(v + c0 + (<usize>i << 2)), v1 = load<f32>(v + c0 + (<usize>i << 2), 4);
+        const sv0 = f32x4.splat(s0), sv1 = f32x4.splat(s1), vv0 = f32x4.splat(v0), vv1 = f32x4.splat(v1);
+        let y0 = f32x4.splat(0), y1 = f32x4.splat(0);
+        j = 0;
+        for (; j < N4; j += 4) {
+          const jo = <usize>j << 2;
+          const dv = v128.load(dh + jo), bv = v128.load(bh + jo), kv = v128.load(kh + jo), rv = v128.load(rh + jo);
+          const n0 = fma4(fma4(f32x4.mul(v128.load(row0 + jo), dv), sv0, bv), vv0, kv);
+          const n1 = fma4(fma4(f32x4.mul(v128.load(row1 + jo), dv), sv1, bv), vv1, kv);
+          v128.store(row0 + jo, n0);
+          v128.store(row1 + jo, n1);
+          y0 = fma4(y0, n0, rv);
+          y1 = fma4(y1, n1, rv);
+        }
+        let e0 = hsum(y0), e1 = hsum(y1);
+        for (; j < N; j++) {
+          const jo = <usize>j << 2;
+          const dj = load<f32>(dh + jo), bj = load<f32>(bh + jo), kj = load<f32>(kh + jo), rj = load<f32>(rh + jo);
+          const n0 = load<f32>(row0 + jo) * dj + s0 * bj + v0 * kj;
+          const n1 = load<f32>(row1 + jo) * dj + s1 * bj + v1 * kj;
+          store<f32>(row0 + jo, n0);
+          store<f32>(row1 + jo, n1);
+          e0 += n0 * rj;
+          e1 += n1 * rj;
+        }
+        store<f32>(y + c0 + (<usize>i << 2), e0);
+        store<f32>(y + c0 + (<usize>i << 2), e1, 4);
+      }
+      for (; i < N; i++) wkv7Row(sh + <usize>i * rowBytes, N, ah, dh, bh, kh, rh, load<f32>(v + c0 + (<usize>i << 2)), y + c0 + (<usize>i << 2));
+    }
+  }
+}
+
+/** One value row of wkv7 (the odd last row when N is odd). */
+function wkv7Row(row: usize, N: i32, ah: usize, dh: usize, bh: usize, kh: usize, rh: usize, vi: f32, yo: usize): void {
+  const N4 = N & ~3;
+  let sa4 = f32x4.splat(0);
+  let j = 0;
+  for (; j < N4; j += 4) {
+    const jo = <usize>j << 2;
+    sa4 = fma4(sa4, v128.load(row + jo), v128.load(ah + jo));
+  }
+  let sa = hsum(sa4);
+  for (; j < N; j++) sa += load<f32>(row + (<usize>j << 2)) * load<f32>(ah + (<usize>j << 2));
+  const sav = f32x4.splat(sa), vv = f32x4.splat(vi);
+  let y4 = f32x4.splat(0);
+  j = 0;
+  for (; j < N4; j += 4) {
+    const jo = <usize>j << 2;
+    const s = fma4(fma4(f32x4.mul(v128.load(row + jo), v128.load(dh + jo)), sav, v128.load(bh + jo)), vv, v128.load(kh + jo));
+    v128.store(row + jo, s);
+    y4 = fma4(y4, s, v128.load(rh + jo));
+  }
+  let yi = hsum(y4);
+  for (; j < N; j++) {
+    const jo = <usize>j << 2;
+    const s = load<f32>(row + jo) * load<f32>(dh + jo) + sa * load<f32>(bh + jo) + vi * load<f32>(kh + jo);
+    store<f32>(row + jo, s);
+    yi += s * load<f32>(rh + jo);
+  }
+  store<f32>(yo, yi);
+}

@@ -1,0 +1,462 @@
+import type { Backend, Matrix, WeightType, Wkv4State } from "./backend.js";
+import { referenceBackend } from "./reference.js";
+import { WASM_RELAXED_SIMD, WASM_SIMD } from "./wasm-binary.js";
+import { decodeMatrix, F16S_SCALE } from "./weight-rows.js";
+
+/*
+ * The "wasm" backend: the kernels of assembly/kernels.ts (WebAssembly SIMD) over one shared
+ * WebAssembly memory, optionally run by several threads.
+ *
+ * Memory layout (one wasm32 memory, at most 4 GiB, shared so workers see the same bytes):
+ *   [0, heapBase)            the module's own (empty) data area
+ *   control block (256 B)    epoch / ticket / done counters and the argument slots of the current job
+ *   f16 table (256 KiB)      f32 value of every f16 bit pattern, for the ggml block scales
+ *   weights                  one block per adopted matrix in its compact type (f32, f16, bf16,
+ *                            ggml blocks, i8 + row scales), 64-byte aligned; freed when the
+ *                            Matrix object is garbage-collected
+ *   scratch                  one growing block for the activations of the current call
+ * The JS side owns the allocator (first fit over a free list; memory grows in pages as needed).
+ *
+ * Activations cross as Float32Array: each call copies its inputs in and its outputs out (the
+ * Backend interface takes and returns Float32Array). Large calls are chunked over rows so scratch
+ * stays bounded (SCRATCH_CHUNK_BYTES) however long the sequence.
+ *
+ * Kernels (assembly/kernels.ts): matmul over f32/f16/bf16 weights in f32 (T = 1: four rows at a
+ * time converting on the fly; T > 1: 4x2 register tiles, f16/bf16 rows converted once into a panel
+ * and reused for every activation row); over ggml blocks and i8 with activations quantized per
+ * block of 32 to int8 and integer dot products (as rwkv.cpp); WKV v4 (f64, like the reference),
+ * v5/v6 and v7 scans; layer/group norm (f64 statistics, equal to the reference).
+ *
+ * Threads: workers (started by a WasmWorkerSpawner, e.g. Node's worker_threads) instantiate the
+ * same module over the same memory and sit in workerLoop. Each parallel kernel is published as a
+ * ticket of threads x CHUNKS_PER_THREAD chunks of its outputs; every thread, the caller included,
+ * claims chunks by CAS until none is left, then the caller waits for the last to finish. Idle
+ * workers spin SPIN_ITERATIONS, then sleep in atomic.wait. An output is computed by the same code
+ * whoever claims it, so any thread count gives bit-identical results, and a descheduled worker only
+ * means the others run its chunks.
+ */
+
+/** The slice of the WebAssembly JS API used here (the project compiles without the DOM lib). */
+export interface WasmMemory { readonly buffer: ArrayBuffer | SharedArrayBuffer; grow(pages: number): number }
+export interface WasmModule { readonly __wasmModule?: never }
+interface WasmInstance { readonly exports: Record<string, unknown> }
+interface WasmApi {
+  Memory: new (d: { initial: number; maximum: number; shared: boolean }) => WasmMemory;
+  Module: new (bytes: Uint8Array) => WasmModule;
+  Instance: new (m: WasmModule, imports: Record<string, Record<string, unknown>>) => WasmInstance;
+  validate(bytes: Uint8Array): boolean;
+}
+const WA: WasmApi | undefined = (globalThis as unknown as { WebAssembly?: WasmApi }).WebAssembly;
+
+/** What a worker needs to join: instantiate `module` over `memory` and call workerLoop(ctrl, spin). */
+export interface WasmWorkerInit {
+  readonly module: WasmModule;
+  readonly memory: WasmMemory;
+  readonly ctrl: number;
+  readonly spin: number;
+}
+
+/** Starts one worker thread (Node: worker_threads; browsers: a Worker). */
+export type WasmWorkerSpawner = (init: WasmWorkerInit) => void;
+
+export type WasmSimd = "simd" | "relaxed-simd";
+
+export interface WasmBackendOptions {
+  /** Threads computing each kernel, the calling thread included (default 1). Needs `spawn` when > 1. */
+  readonly threads?: number;
+  readonly spawn?: WasmWorkerSpawner;
+  /** Which build: default the relaxed one where the runtime validates it, else plain SIMD. */
+  readonly simd?: WasmSimd;
+  /** Cap on the WebAssembly memory (default and most: 4 GiB); adopt() fails clearly beyond it. */
+  readonly maxMemoryBytes?: number;
+}
+
+/** Weight type ids of assembly/kernels.ts. */
+const WASM_TYPE_IDS: Readonly<Record<WeightType, number>> = {
+  f32: 0, f16: 1, bf16: 2, q8_0: 3, q5_0: 4, q5_1: 5, q4_0: 6, q4_1: 7, i8: 8, f16s: 9,
+};
+const FLOAT_TYPES: ReadonlySet<WeightType> = new Set<WeightType>(["f32", "f16", "bf16", "f16s"]);
+
+/** Job ids of assembly/kernels.ts. */
+const JOB = { matmulFloat: 1, matmulInt: 2, quantize: 3, norm: 4, wkv4: 5, wkv5: 6, wkv7: 7 } as const;
+
+const PAGE = 65536;
+/** wasm32: 65536 pages = 4 GiB. */
+const MAX_PAGES = 65536;
+const ALIGN = 64;
+/** Control block: epoch, done, ticket, job, sleepers, exit, then 24 argument slots (see kernels.ts). */
+const CTRL_BYTES = 256;
+const CTRL_ARGS = 32;
+/**
+ * Chunks per thread of a parallel job: more than one, so a thread that is descheduled mid-job
+ * leaves only part of its share for the others to wait on; few, because each chunk restarts the
+ * hardware prefetch streams (measured int8 decode, 2 threads: 2 per thread 120 tok/s, 4: 107).
+ */
+const CHUNKS_PER_THREAD = 2;
+const HALF_TABLE_BYTES = 65536 * 4;
+/** Bytes a weight block may be read past its end (partial i8 activation blocks read a whole 32). */
+const WEIGHT_SLACK = 64;
+/** Activation scratch per call is kept under this by splitting long sequences into row chunks. */
+const SCRATCH_CHUNK_BYTES = 32 << 20;
+/** Activation quantization block (ggml QK). */
+const QK = 32;
+/**
+ * Below this much work a kernel runs on the calling thread alone: waking the others costs more
+ * than it saves. Work is multiply-adds, or for a matmul the weight bytes when more (one-row
+ * products are memory-bound). Measured on 2 threads (v7 768-wide decode): with the LoRA factors
+ * parallel below 2^17 int8 decode drops 104 -> 91 tok/s, with f32 ones serial f32 drops 43 -> 37.
+ */
+const PARALLEL_MIN_WORK = 1 << 17;
+/**
+ * Spin iterations (an atomic load each, ~1 ns) before sleeping in atomic.wait: long enough to
+ * bridge the JS work between two kernels of one token, short enough not to burn a core when idle.
+ */
+const SPIN_ITERATIONS = 1 << 18;
+
+interface Adopted { readonly ptr: number; readonly bytes: number; readonly type: WeightType }
+
+interface Exports {
+  heapBase(): number;
+  fillHalfTable(tab: number): void;
+  runJob(ctrl: number, job: number, part: number, nparts: number): void;
+  dispatch(ctrl: number, job: number, nchunks: number, spin: number): void;
+  stopWorkers(ctrl: number): void;
+}
+
+/** Whether this runtime can run the relaxed-SIMD build (Node 20 needs --experimental-wasm-relaxed-simd). */
+export function relaxedSimdAvailable(): boolean {
+  return WA !== undefined && WA.validate(moduleBytes("relaxed-simd"));
+}
+
+/** Whether WebAssembly SIMD with shared memory works here at all. */
+export function wasmAvailable(): boolean {
+  try {
+    return WA !== undefined && WA.validate(moduleBytes("simd")) && typeof SharedArrayBuffer === "function";
+  } catch {
+    return false;
+  }
+}
+
+const bytesCache = new Map<WasmSimd, Uint8Array>();
+function moduleBytes(simd: WasmSimd): Uint8Array {
+  let b = bytesCache.get(simd);
+  if (!b) {
+    const s = atob(simd === "simd" ? WASM_SIMD : WASM_RELAXED_SIMD);
+    b = new Uint8Array(s.length);
+    for (let i = 0; i < s.length; i++) b[i] = s.charCodeAt(i);
+    bytesCache.set(simd, b);
+  }
+  return b;
+}
+
+export class WasmBackend implements Backend {
+  readonly name: string;
+  readonly threads: number;
+  readonly simd: WasmSimd;
+  private readonly memory: WasmMemory;
+  private readonly x: Exports;
+  private readonly ctrl: number;
+  private readonly maxBytes: number;
+  /** f16 -> f32 of every bit pattern: block scales convert with one load. */
+  private readonly halfTable: number;
+  private f32: Float32Array<ArrayBufferLike> = new Float32Array(0);
+  private u8: Uint8Array<ArrayBufferLike> = new Uint8Array(0);
+  private i32: Int32Array<ArrayBufferLike> = new Int32Array(0);
+  /** Free blocks [offset, size], sorted by offset, adjacent ones merged. */
+  private readonly free: Array<[number, number]> = [];
+  private top: number;
+  private scratchPtr = 0;
+  private scratchBytes = 0;
+  private readonly adopted = new WeakMap<Matrix, Adopted>();
+  /** Kernel calls run by all threads / by the calling thread alone (tests, tuning). */
+  readonly calls = { parallel: 0, single: 0 };
+  private readonly finalizer = new FinalizationRegistry<[number, number]>(([ptr, bytes]) => this.release(ptr, bytes));
+
+  constructor(options: WasmBackendOptions = {}) {
+    if (!WA) throw new Error("WebAssembly is not available in this runtime");
+    this.threads = Math.max(1, Math.floor(options.threads ?? 1));
+    if (this.threads > 1 && !options.spawn) throw new Error("a wasm backend with several threads needs a worker spawner");
+    this.simd = options.simd ?? (relaxedSimdAvailable() ? "relaxed-simd" : "simd");
+    this.name = "wasm";
+    this.maxBytes = Math.min(MAX_PAGES * PAGE, options.maxMemoryBytes ?? Infinity);
+    const module = new WA.Module(moduleBytes(this.simd));
+    this.memory = new WA.Memory({ initial: 1, maximum: MAX_PAGES, shared: true });
+    this.x = new WA.Instance(module, { env: { memory: this.memory } }).exports as unknown as Exports;
+    this.top = align(this.x.heapBase());
+    this.ctrl = this.alloc(CTRL_BYTES);
+    this.halfTable = this.alloc(HALF_TABLE_BYTES);
+    this.x.fillHalfTable(this.halfTable);
+    for (let p = 1; p < this.threads; p++) options.spawn!({ module, memory: this.memory, ctrl: this.ctrl, spin: SPIN_ITERATIONS });
+  }
+
+  /** Bytes of wasm memory in use by weights and scratch (its size never shrinks). */
+  get memoryBytes(): number {
+    return this.memory.buffer.byteLength;
+  }
+
+  /** Stops the worker threads; the backend then runs on the calling thread only. */
+  close(): void {
+    if (this.threads > 1 && !this.closed) this.x.stopWorkers(this.ctrl);
+    this.closed = true;
+  }
+  private closed = false;
+
+  // ---- memory --------------------------------------------------------------------------------
+
+  private views(): void {
+    const buf = this.memory.buffer;
+    if (this.u8.buffer !== buf || this.u8.byteLength !== buf.byteLength) {
+      this.f32 = new Float32Array(buf);
+      this.u8 = new Uint8Array(buf);
+      this.i32 = new Int32Array(buf);
+    }
+  }
+
+  private alloc(size: number): number {
+    const need = align(size);
+    for (let i = 0; i < this.free.length; i++) {
+      const [off, sz] = this.free[i];
+      if (sz < need) continue;
+      if (sz === need) this.free.splice(i, 1);
+      else this.free[i] = [off + need, sz - need];
+      return off;
+    }
+    const off = this.top;
+    const end = off + need;
+    if (end > this.maxBytes) {
+      throw new Error(`the wasm backend would need ${(end / 2 ** 30).toFixed(2)} GiB of WebAssembly memory, over its ` +
+        `${(this.maxBytes / 2 ** 30).toFixed(2)} GiB limit (4 GiB at most for wasm32): ` +
+        "use a smaller weight type (--matrices int8, a bf16/f16 or quantized file) or --backend reference");
+    }
+    const have = this.memory.buffer.byteLength;
+    if (end > have) this.memory.grow(Math.ceil((end - have) / PAGE));
+    this.top = end;
+    this.views();
+    return off;
+  }
+
+  private release(ptr: number, size: number): void {
+    const sz = align(size);
+    let i = 0;
+    while (i < this.free.length && this.free[i][0] < ptr) i++;
+    this.free.splice(i, 0, [ptr, sz]);
+    // Merge with the neighbours so big blocks can be reused.
+    if (i + 1 < this.free.length && this.free[i][0] + this.free[i][1] === this.free[i + 1][0]) {
+      this.free[i][1] += this.free[i + 1][1];
+      this.free.splice(i + 1, 1);
+    }
+    if (i > 0 && this.free[i - 1][0] + this.free[i - 1][1] === this.free[i][0]) {
+      this.free[i - 1][1] += this.free[i][1];
+      this.free.splice(i, 1);
+    }
+  }
+
+  /** A scratch block of at least `bytes` (contents undefined), valid until the next call. */
+  private scratch(bytes: number): number {
+    if (bytes > this.scratchBytes) {
+      if (this.scratchBytes > 0) this.release(this.scratchPtr, this.scratchBytes);
+      this.scratchBytes = align(Math.max(bytes, this.scratchBytes * 2));
+      this.scratchPtr = this.alloc(this.scratchBytes);
+    }
+    this.views();
+    return this.scratchPtr;
+  }
+
+  private put(ptr: number, a: Float32Array): void {
+    if (a.length > 0) this.f32.set(a, ptr >>> 2);
+  }
+
+  private take(ptr: number, n: number): Float32Array {
+    return this.f32.slice(ptr >>> 2, (ptr >>> 2) + n);
+  }
+
+  private run(job: number, work: number, args: readonly number[], eps?: number): void {
+    const a = (this.ctrl + CTRL_ARGS) >>> 2;
+    for (let i = 0; i < args.length; i++) this.i32[a + i] = args[i];
+    if (eps !== undefined) this.f32[a + args.length] = eps;
+    if (this.threads > 1 && !this.closed && work >= PARALLEL_MIN_WORK) {
+      this.calls.parallel++;
+      this.x.dispatch(this.ctrl, job, this.threads * CHUNKS_PER_THREAD, SPIN_ITERATIONS);
+    } else {
+      this.calls.single++;
+      this.x.runJob(this.ctrl, job, 0, 1);
+    }
+  }
+
+  // ---- Backend -------------------------------------------------------------------------------
+
+  adopt(m: Matrix): Matrix {
+    if (this.adopted.has(m)) return m;
+    let type = m.type;
+    let src = new Uint8Array(m.data.buffer, m.data.byteOffset, m.data.byteLength);
+    if (type === "f16" && hasF16InfNaN(m.data as Uint16Array)) {
+      // The SIMD f16 conversion assumes finite weights; keep such a (never seen) matrix exact as f32.
+      const f = decodeMatrix(m); // exact
+      type = "f32";
+      src = new Uint8Array(f.buffer);
+    } else if (type === "f16") {
+      const s = toF16s(m.data as Uint16Array);
+      if (s) {
+        type = "f16s";
+        src = new Uint8Array(s.buffer);
+      }
+    }
+    const bytes = src.byteLength;
+    const ptr = this.alloc(bytes + WEIGHT_SLACK);
+    this.u8.set(src, ptr);
+    this.u8.fill(0, ptr + bytes, ptr + bytes + WEIGHT_SLACK);
+    const view = type === "f32" ? new Float32Array(this.memory.buffer, ptr, bytes >>> 2)
+      : type === "f16" || type === "bf16" || type === "f16s" ? new Uint16Array(this.memory.buffer, ptr, bytes >>> 1)
+        : new Uint8Array(this.memory.buffer, ptr, bytes);
+    const out: Matrix = { rows: m.rows, cols: m.cols, type, data: view, handle: ptr };
+    this.adopted.set(out, { ptr, bytes: bytes + WEIGHT_SLACK, type });
+    this.finalizer.register(out, [ptr, bytes + WEIGHT_SLACK]);
+    return out;
+  }
+
+  matmul(x: Float32Array, T: number, W: Matrix): Float32Array {
+    const info = this.adopted.get(W);
+    if (!info) return referenceBackend.matmul(x, T, W); // adopted elsewhere: still correct
+    const { rows: O, cols: I } = W;
+    const float = FLOAT_TYPES.has(info.type);
+    const nb = Math.ceil(I / QK);
+    const perRow = 4 * (I + O) + (float ? 0 : nb * QK + 8 * nb);
+    const rows = Math.max(1, Math.min(T, Math.floor(SCRATCH_CHUNK_BYTES / perRow)));
+    let y: Float32Array | null = null; // (T, O), allocated here only when T is split into chunks
+    for (let t0 = 0; t0 < T; t0 += rows) {
+      const n = Math.min(rows, T - t0);
+      const panel = float && n > 1 ? align(2 * 4 * I) : 0; // two dequantized f16/bf16 rows per chunk
+      const xb = align(4 * n * I), yb = align(4 * n * O);
+      const qb = float ? 0 : align(n * nb * QK), sb = float ? 0 : align(4 * n * nb);
+      const base = this.scratch(xb + yb + qb + 2 * sb + panel * this.threads * CHUNKS_PER_THREAD); // a panel per chunk
+      const xp = base, yp = base + xb;
+      this.put(xp, n === T ? x : x.subarray(t0 * I, (t0 + n) * I));
+      const work = Math.max(n * O * I, info.bytes);
+      if (float) {
+        this.run(JOB.matmulFloat, work, [info.ptr, WASM_TYPE_IDS[info.type], O, I, n, xp, yp, yp + yb, panel]);
+      } else {
+        const qp = yp + yb, dp = qp + qb, sp = dp + sb;
+        this.run(JOB.quantize, n * I * 4, [xp, n, I, qp, dp, sp]);
+        const scales = info.type === "i8" ? info.ptr + O * I : 0;
+        this.run(JOB.matmulInt, work, [info.ptr, WASM_TYPE_IDS[info.type], O, I, n, qp, dp, sp, yp, scales, this.halfTable]);
+      }
+      if (n === T) return this.take(yp, T * O);
+      y ??= new Float32Array(T * O);
+      y.set(this.f32.subarray(yp >>> 2, (yp >>> 2) + n * O), t0 * O);
+    }
+    return y!;
+  }
+
+  layerNorm(x: Float32Array, T: number, C: number, weight: Float32Array, bias: Float32Array, eps: number): Float32Array {
+    return this.norm(x, T, 1, C, weight, bias, eps);
+  }
+
+  groupNorm(x: Float32Array, T: number, H: number, N: number, weight: Float32Array, bias: Float32Array, eps: number): Float32Array {
+    return this.norm(x, T, H, N, weight, bias, eps);
+  }
+
+  private norm(x: Float32Array, T: number, G: number, N: number, weight: Float32Array, bias: Float32Array, eps: number): Float32Array {
+    const C = G * N;
+    const y = new Float32Array(T * C); // (T, C)
+    const rows = Math.max(1, Math.min(T, Math.floor(SCRATCH_CHUNK_BYTES / (8 * C))));
+    for (let t0 = 0; t0 < T; t0 += rows) {
+      const n = Math.min(rows, T - t0);
+      const cb = align(4 * C), xb = align(4 * n * C);
+      const wp = this.scratch(2 * cb + 2 * xb);
+      const bp = wp + cb, xp = bp + cb, yp = xp + xb;
+      this.put(wp, weight.subarray(0, C));
+      this.put(bp, bias.subarray(0, C));
+      this.put(xp, x.subarray(t0 * C, (t0 + n) * C));
+      this.run(JOB.norm, n * C * 4, [xp, n, G, N, wp, bp, yp], eps);
+      y.set(this.f32.subarray(yp >>> 2, (yp >>> 2) + n * C), t0 * C);
+    }
+    return y;
+  }
+
+  wkv4(T: number, C: number, w: Float32Array, u: Float32Array, k: Float32Array, v: Float32Array, st: Wkv4State): Float32Array {
+    const cb = align(4 * C), tb = align(4 * T * C);
+    const base = this.scratch(5 * cb + 3 * tb);
+    const [wp, up, ap, bp, pp] = [0, 1, 2, 3, 4].map((i) => base + i * cb);
+    const kp = base + 5 * cb, vp = kp + tb, yp = vp + tb;
+    this.put(wp, w); this.put(up, u); this.put(ap, st.aa); this.put(bp, st.bb); this.put(pp, st.pp);
+    this.put(kp, k.subarray(0, T * C)); this.put(vp, v.subarray(0, T * C));
+    this.run(JOB.wkv4, T * C * 16, [T, C, wp, up, kp, vp, ap, bp, pp, yp]);
+    st.aa.set(this.f32.subarray(ap >>> 2, (ap >>> 2) + C));
+    st.bb.set(this.f32.subarray(bp >>> 2, (bp >>> 2) + C));
+    st.pp.set(this.f32.subarray(pp >>> 2, (pp >>> 2) + C));
+    return this.take(yp, T * C);
+  }
+
+  wkv5(T: number, H: number, N: number, r: Float32Array, k: Float32Array, v: Float32Array,
+    decay: Float32Array, u: Float32Array, S: Float32Array): Float32Array {
+    const C = H * N;
+    const perToken = decay.length === T * C && T > 1 ? 1 : 0;
+    const tb = align(4 * T * C), cb = align(4 * C), db = perToken ? tb : cb, sb = align(4 * H * N * N);
+    const base = this.scratch(4 * tb + db + cb + sb);
+    const rp = base, kp = rp + tb, vp = kp + tb, yp = vp + tb, dp = yp + tb, up = dp + db, sp = up + cb;
+    this.put(rp, r.subarray(0, T * C)); this.put(kp, k.subarray(0, T * C)); this.put(vp, v.subarray(0, T * C));
+    this.put(dp, decay.subarray(0, perToken ? T * C : C)); this.put(up, u.subarray(0, C)); this.put(sp, S);
+    this.run(JOB.wkv5, T * H * N * N, [T, H, N, rp, kp, vp, dp, perToken, up, sp, yp]);
+    S.set(this.f32.subarray(sp >>> 2, (sp >>> 2) + H * N * N));
+    return this.take(yp, T * C);
+  }
+
+  wkv7(T: number, H: number, N: number, r: Float32Array, decay: Float32Array, k: Float32Array, v: Float32Array,
+    a: Float32Array, b: Float32Array, S: Float32Array): Float32Array {
+    const C = H * N;
+    const tb = align(4 * T * C), sb = align(4 * H * N * N);
+    const base = this.scratch(7 * tb + sb);
+    const [rp, dp, kp, vp, ap, bp, yp] = [0, 1, 2, 3, 4, 5, 6].map((i) => base + i * tb);
+    const sp = base + 7 * tb;
+    for (const [p, arr] of [[rp, r], [dp, decay], [kp, k], [vp, v], [ap, a], [bp, b]] as const) this.put(p, arr.subarray(0, T * C));
+    this.put(sp, S);
+    this.run(JOB.wkv7, T * H * N * N * 4, [T, H, N, rp, dp, kp, vp, ap, bp, sp, yp]);
+    S.set(this.f32.subarray(sp >>> 2, (sp >>> 2) + H * N * N));
+    return this.take(yp, T * C);
+  }
+}
+
+function align(n: number): number {
+  return Math.ceil(n / ALIGN) * ALIGN;
+}
+
+/**
+ * f16 bits -> f16s bits (f16 of w·2^10, exactly): subnormals become normals, normals gain 10 in
+ * the exponent. Null when some |w|·2^10 would overflow f16 (|w| >= 64): such a matrix stays f16.
+ */
+function toF16s(bits: Uint16Array): Uint16Array | null {
+  const out = new Uint16Array(bits.length);
+  const SHIFT = Math.log2(F16S_SCALE); // 10
+  const MAX_EXP = 30;
+  for (let i = 0; i < bits.length; i++) {
+    const h = bits[i], sign = h & 0x8000, e = (h >> 10) & 0x1f, m = h & 0x3ff;
+    if (e === 0) {
+      if (m === 0) { out[i] = h; continue; }
+      // m·2^-24 · 2^10 = m·2^-14: normalize the mantissa, whose top bit p gives exponent p + 1.
+      const p = 31 - Math.clz32(m);
+      out[i] = sign | ((p + 1) << 10) | ((m << (10 - p)) & 0x3ff);
+    } else {
+      if (e + SHIFT > MAX_EXP) return null;
+      out[i] = sign | ((e + SHIFT) << 10) | m;
+    }
+  }
+  return out;
+}
+
+function hasF16InfNaN(bits: Uint16Array): boolean {
+  for (let i = 0; i < bits.length; i++) if ((bits[i] & 0x7c00) === 0x7c00) return true;
+  return false;
+}
+
+/** A single-threaded wasm backend (cached), or null where WebAssembly SIMD cannot run. */
+let shared: WasmBackend | null | undefined;
+export function defaultWasmBackend(): WasmBackend | null {
+  if (shared === undefined) {
+    try {
+      shared = wasmAvailable() ? new WasmBackend() : null;
+    } catch {
+      shared = null; // e.g. no 4 GiB address space for the memory reservation: the reference runs instead
+    }
+  }
+  return shared;
+}

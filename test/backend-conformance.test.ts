@@ -1,0 +1,311 @@
+import assert from "node:assert/strict";
+import { spawnSync } from "node:child_process";
+import { test } from "node:test";
+import { fileURLToPath } from "node:url";
+import type { Backend, Matrix, WeightType } from "../src/core/backend/backend.js";
+import { quantizeInt8 } from "../src/core/backend/int8.js";
+import { referenceBackend as ref } from "../src/core/backend/reference.js";
+import { availableBackends, selectBackend } from "../src/core/backend/registry.js";
+import { relaxedSimdAvailable, WasmBackend, type WasmSimd, wasmAvailable } from "../src/core/backend/wasm.js";
+import { decodeWeightRow } from "../src/core/backend/weight-rows.js";
+import { f32ToBf16, f32ToF16 } from "../src/core/tensor.js";
+import { wasmBackend } from "../src/node/threads/pool.js";
+
+/*
+ * One conformance suite for every backend: each kernel against the reference kernels (the
+ * specification) on random shapes with odd sizes and tails, every weight type, WKV scans with
+ * state carried across calls. Tolerances are error bounds, not fudge factors:
+ *
+ *  - float matmul (f32/f16/bf16): the reference sums in f64, a backend in f32 in any order, so
+ *    |y - ref| <= (I + 2)·2^-24·Σ|w_i x_i| (the classic bound for recursive summation, with the
+ *    final rounding).
+ *  - integer matmul (ggml block types, i8): a backend may quantize activations per block of 32 to
+ *    int8 (as rwkv.cpp does): x_i is replaced by q_i·d_b with |q_i·d_b - x_i| <= d_b/2,
+ *    d_b = max_b|x|/127, so add Σ_b (d_b/2)·Σ_{i in b}|w_i| (0.501 for the rounding of x·127/max).
+ *  - norms: f64 statistics in both; 1e-6 relative covers any f32 re-association.
+ *  - WKV scans: states and outputs within 2e-5 of the largest magnitude of that array, after two
+ *    calls (state carry) of up to 17 tokens: f32 reordering of N-term sums over a few steps.
+ *
+ * Thread counts must not change results at all: 2 threads are compared with 1 bit for bit.
+ * The relaxed-SIMD build runs where validated; Node 20 needs --experimental-wasm-relaxed-simd, so
+ * a child process with that flag runs this suite on it (RWKV_CONFORMANCE=relaxed-simd).
+ */
+
+const U = 2 ** -24;
+const ONLY = process.env.RWKV_CONFORMANCE as WasmSimd | undefined;
+
+/** Deterministic uniform [-1, 1). */
+function rng(seed: number): () => number {
+  let s = seed >>> 0;
+  return () => {
+    s = (Math.imul(s, 1664525) + 1013904223) >>> 0;
+    return s / 2 ** 31 - 1;
+  };
+}
+
+interface Candidate { readonly label: string; readonly backend: Backend; readonly single?: Backend }
+
+function candidates(): Candidate[] {
+  const out: Candidate[] = [];
+  if (!wasmAvailable()) return out;
+  const builds: WasmSimd[] = ONLY ? [ONLY] : ["simd", ...(relaxedSimdAvailable() ? ["relaxed-simd" as const] : [])];
+  for (const simd of builds) {
+    const one = new WasmBackend({ simd });
+    out.push({ label: `wasm ${simd} 1 thread`, backend: one });
+    out.push({ label: `wasm ${simd} 2 threads`, backend: wasmBackend(2, simd)!, single: one });
+  }
+  if (!ONLY) {
+    for (const name of availableBackends()) {
+      if (name === "reference" || name === "wasm") continue; // wasm is covered build by build above
+      out.push({ label: name, backend: selectBackend(name) });
+    }
+  }
+  return out;
+}
+
+const BLOCK_BYTES: Partial<Record<WeightType, number>> = { q8_0: 34, q5_0: 22, q5_1: 24, q4_0: 18, q4_1: 20 };
+const INT_TYPES: ReadonlySet<WeightType> = new Set<WeightType>(["q8_0", "q5_0", "q5_1", "q4_0", "q4_1", "i8"]);
+
+/** A random (O, I) matrix of `type`: float types from random values, block types from random bytes (every bit pattern) with sane scales. */
+function randomMatrix(type: WeightType, O: number, I: number, r: () => number): Matrix {
+  const f = Float32Array.from({ length: O * I }, () => r());
+  if (type === "f32") return { rows: O, cols: I, type, data: f };
+  if (type === "f16") return { rows: O, cols: I, type, data: Uint16Array.from(f, f32ToF16) };
+  if (type === "bf16") return { rows: O, cols: I, type, data: Uint16Array.from(f, f32ToBf16) };
+  if (type === "i8") return quantizeInt8(f, O, I);
+  const bb = BLOCK_BYTES[type]!;
+  const data = Uint8Array.from({ length: (O * I / 32) * bb }, () => Math.floor((r() + 1) * 128) & 0xff);
+  const dv = new DataView(data.buffer);
+  for (let p = 0; p < data.length; p += bb) {
+    dv.setUint16(p, f32ToF16(0.02 * r()), true); // d
+    if (type === "q4_1" || type === "q5_1") dv.setUint16(p + 2, f32ToF16(0.1 * r()), true); // m
+  }
+  return { rows: O, cols: I, type, data };
+}
+
+/** Per-output error bounds for matmul (see the header). */
+function matmulBounds(x: Float32Array, T: number, W: Matrix): Float32Array {
+  const { rows: O, cols: I } = W;
+  const nb = Math.ceil(I / 32);
+  const d = new Float64Array(T * nb); // activation quantization step per block
+  for (let t = 0; t < T; t++) {
+    for (let b = 0; b < nb; b++) {
+      let m = 0;
+      for (let i = b * 32; i < Math.min(I, b * 32 + 32); i++) m = Math.max(m, Math.abs(x[t * I + i]));
+      d[t * nb + b] = m / 127;
+    }
+  }
+  const integer = INT_TYPES.has(W.type);
+  const bound = new Float32Array(T * O);
+  const row = new Float32Array(I);
+  for (let o = 0; o < O; o++) {
+    decodeWeightRow(W, o, row);
+    for (let t = 0; t < T; t++) {
+      let abs = 0, quant = 0;
+      for (let i = 0; i < I; i++) {
+        const db = integer ? d[t * nb + (i >> 5)] : 0;
+        abs += Math.abs(row[i]) * (Math.abs(x[t * I + i]) + db);
+        quant += Math.abs(row[i]) * 0.501 * db;
+      }
+      bound[t * O + o] = (I + 2 + (integer ? 4 : 0)) * U * abs + quant + 1e-30;
+    }
+  }
+  return bound;
+}
+
+function assertWithin(got: Float32Array, want: Float32Array, bound: (i: number) => number, what: string): void {
+  assert.equal(got.length, want.length, `${what}: length`);
+  for (let i = 0; i < got.length; i++) {
+    const e = Math.abs(got[i] - want[i]);
+    if (!(e <= bound(i))) assert.fail(`${what}: element ${i}: got ${got[i]}, reference ${want[i]}, |diff| ${e} > bound ${bound(i)}`);
+  }
+}
+
+/** The WKV tolerance: 2e-5 of the array's largest magnitude. */
+function scaled(want: Float32Array): () => number {
+  let m = 0;
+  for (const v of want) m = Math.max(m, Math.abs(v));
+  const tol = WKV_RTOL * m + 1e-30;
+  return () => tol;
+}
+const WKV_RTOL = 2e-5;
+
+const TYPES: WeightType[] = ["f32", "f16", "bf16", "i8", "q8_0", "q5_0", "q5_1", "q4_0", "q4_1"];
+const TS = [1, 2, 3, 17, 64];
+
+for (const c of candidates()) {
+  test(`conformance ${c.label}: matmul, every weight type, odd shapes and tails`, () => {
+    const r = rng(7);
+    for (const type of TYPES) {
+      const block = BLOCK_BYTES[type] !== undefined;
+      // cols: tails of 4/8/16 lanes and of the 32-element activation blocks (non-block types only).
+      const shapes: Array<[number, number]> = block ? [[1, 32], [5, 64], [17, 96], [40, 160]] : [[1, 13], [5, 4], [17, 37], [3, 100], [40, 64], [33, 161]];
+      for (const [O, I] of shapes) {
+        const W = randomMatrix(type, O, I, r);
+        const A = c.backend.adopt(W);
+        const A1 = c.single?.adopt(W);
+        for (const T of TS) {
+          const x = Float32Array.from({ length: T * I }, () => r() * (r() > 0.9 ? 8 : 1)); // some outliers
+          const want = ref.matmul(x, T, W);
+          const got = c.backend.matmul(x, T, A);
+          const bound = matmulBounds(x, T, W);
+          assertWithin(got, want, (i) => bound[i], `${type} O=${O} I=${I} T=${T}`);
+          if (A1) assert.deepEqual(got, c.single!.matmul(x, T, A1), `${type} O=${O} I=${I} T=${T}: 2 threads differ from 1`);
+        }
+        // The adopted matrix still reads back as the same weights (fingerprints, tools).
+        const a = new Float32Array(I), b = new Float32Array(I);
+        for (const o of [0, O - 1]) assert.deepEqual(decodeWeightRow(A, o, a), decodeWeightRow(W, o, b), `${type} row ${o} after adopt`);
+      }
+    }
+  });
+
+  test(`conformance ${c.label}: matmul rows are independent of T (step = one row of a sequence)`, () => {
+    const r = rng(11);
+    for (const type of TYPES) {
+      const I = 96, O = 24, T = 17;
+      const A = c.backend.adopt(randomMatrix(type, O, I, r));
+      const x = Float32Array.from({ length: T * I }, () => r());
+      const all = c.backend.matmul(x, T, A);
+      for (const t of [0, 5, 16]) {
+        assert.deepEqual(c.backend.matmul(x.subarray(t * I, (t + 1) * I), 1, A), all.subarray(t * O, (t + 1) * O), `${type} row ${t}`);
+      }
+    }
+  });
+
+  test(`conformance ${c.label}: f16 weights with subnormals, zeros, ±max and weights too large to rescale`, () => {
+    const r = rng(17);
+    const O = 9, I = 40;
+    for (const big of [false, true]) {
+      // A third subnormal (|w| < 2^-14), some signed zeros, the f16 extremes; `big` adds |w| >= 64.
+      const bits = Uint16Array.from({ length: O * I }, (_, n) => {
+        const u = Math.abs(r());
+        if (n % 3 === 0) return (u < 0.5 ? 0x8000 : 0) | Math.floor(u * 1023 + 1); // subnormal
+        if (n % 17 === 0) return n % 2 ? 0x8000 : 0;
+        if (n % 29 === 0) return big ? f32ToF16(100 * r()) : 0x53ff; // 100·r(), or 63.97: the largest f16s holds
+        return f32ToF16(r());
+      });
+      const W: Matrix = { rows: O, cols: I, type: "f16", data: bits };
+      const A = c.backend.adopt(W);
+      if (c.label.startsWith("wasm")) assert.equal(A.type, big ? "f16" : "f16s", "wasm keeps f16 subnormal-free when it can");
+      for (const T of [1, 5]) {
+        const x = Float32Array.from({ length: T * I }, () => r() * 1e-3);
+        const bound = matmulBounds(x, T, W);
+        assertWithin(c.backend.matmul(x, T, A), ref.matmul(x, T, W), (i) => bound[i], `f16 big=${big} T=${T}`);
+      }
+      const a = new Float32Array(I), b = new Float32Array(I);
+      for (let o = 0; o < O; o++) assert.deepEqual(decodeWeightRow(A, o, a), decodeWeightRow(W, o, b), `f16 big=${big} row ${o}`);
+    }
+  });
+
+  test(`conformance ${c.label}: layerNorm and groupNorm`, () => {
+    const r = rng(3);
+    for (const [T, H, N] of [[1, 1, 7], [3, 1, 768], [17, 4, 13], [2, 12, 64], [64, 3, 5]]) {
+      const C = H * N;
+      const x = Float32Array.from({ length: T * C }, () => 3 * r() + 0.5);
+      const w = Float32Array.from({ length: C }, () => r()), b = Float32Array.from({ length: C }, () => r());
+      const tol = (want: Float32Array) => (i: number) => 1e-6 * (1 + Math.abs(want[i]));
+      let want = ref.layerNorm(x, T, C, w, b, 1e-5);
+      assertWithin(c.backend.layerNorm(x, T, C, w, b, 1e-5), want, tol(want), `layerNorm T=${T} C=${C}`);
+      want = ref.groupNorm(x, T, H, N, w, b, 64e-5);
+      assertWithin(c.backend.groupNorm(x, T, H, N, w, b, 64e-5), want, tol(want), `groupNorm T=${T} H=${H} N=${N}`);
+      if (c.single) assert.deepEqual(c.backend.groupNorm(x, T, H, N, w, b, 64e-5), c.single.groupNorm(x, T, H, N, w, b, 64e-5));
+    }
+  });
+
+  test(`conformance ${c.label}: wkv4 with state carry`, () => {
+    const r = rng(5);
+    for (const [T, C] of [[1, 5], [3, 13], [17, 64], [2, 768]]) {
+      const w = Float32Array.from({ length: C }, () => -Math.exp(r())), u = Float32Array.from({ length: C }, () => r());
+      const st = () => ({ aa: new Float32Array(C), bb: new Float32Array(C), pp: new Float32Array(C).fill(-1e30) });
+      const s1 = st(), s2 = st(), s3 = st();
+      for (let call = 0; call < 2; call++) {
+        const k = Float32Array.from({ length: T * C }, () => 3 * r()), v = Float32Array.from({ length: T * C }, () => r());
+        const want = ref.wkv4(T, C, w, u, k, v, s1);
+        const got = c.backend.wkv4(T, C, w, u, k, v, s2);
+        assertWithin(got, want, scaled(want), `wkv4 T=${T} C=${C} call ${call}`);
+        for (const f of ["aa", "bb", "pp"] as const) assertWithin(s2[f], s1[f], scaled(s1[f]), `wkv4 state ${f}`);
+        if (c.single) assert.deepEqual(c.single.wkv4(T, C, w, u, k, v, s3), got, "wkv4: 2 threads differ from 1");
+      }
+    }
+  });
+
+  test(`conformance ${c.label}: wkv5 (constant and per-token decay) with state carry`, () => {
+    const r = rng(9);
+    for (const [T, H, N] of [[1, 1, 4], [3, 2, 7], [17, 3, 16], [2, 12, 64]]) {
+      for (const perToken of [false, true]) {
+        const C = H * N;
+        const u = Float32Array.from({ length: C }, () => r());
+        const S1 = new Float32Array(H * N * N), S2 = new Float32Array(H * N * N), S3 = new Float32Array(H * N * N);
+        for (let call = 0; call < 2; call++) {
+          const rr = Float32Array.from({ length: T * C }, () => r()), k = Float32Array.from({ length: T * C }, () => r());
+          const v = Float32Array.from({ length: T * C }, () => r());
+          const decay = Float32Array.from({ length: perToken ? T * C : C }, () => 0.5 + 0.5 * Math.abs(r()));
+          const want = ref.wkv5(T, H, N, rr, k, v, decay, u, S1);
+          const got = c.backend.wkv5(T, H, N, rr, k, v, decay, u, S2);
+          const what = `wkv5 T=${T} H=${H} N=${N} perToken=${perToken} call ${call}`;
+          assertWithin(got, want, scaled(want), what);
+          assertWithin(S2, S1, scaled(S1), `${what} state`);
+          if (c.single) assert.deepEqual(c.single.wkv5(T, H, N, rr, k, v, decay, u, S3), got, `${what}: 2 threads differ from 1`);
+        }
+      }
+    }
+  });
+
+  test(`conformance ${c.label}: wkv7 with state carry`, () => {
+    const r = rng(13);
+    for (const [T, H, N] of [[1, 1, 4], [3, 2, 5], [17, 3, 16], [2, 12, 64], [64, 2, 8]]) {
+      const C = H * N;
+      const S1 = new Float32Array(H * N * N), S2 = new Float32Array(H * N * N), S3 = new Float32Array(H * N * N);
+      for (let call = 0; call < 2; call++) {
+        const vec = () => Float32Array.from({ length: T * C }, () => r());
+        const rr = vec(), k = vec(), v = vec();
+        const decay = Float32Array.from({ length: T * C }, () => 0.55 + 0.45 * Math.abs(r()));
+        // a = -kk and b = kk·iclr with kk unit-norm per head, as RWKV-7 feeds them (keeps S bounded).
+        const kk = vec();
+        for (let g = 0; g < T * H; g++) {
+          let s = 0;
+          for (let j = 0; j < N; j++) s += kk[g * N + j] ** 2;
+          for (let j = 0; j < N; j++) kk[g * N + j] /= Math.sqrt(s) || 1;
+        }
+        const a = kk.map((z) => -z), b = kk.map((z) => z * Math.abs(r()));
+        const want = ref.wkv7(T, H, N, rr, decay, k, v, a, b, S1);
+        const got = c.backend.wkv7(T, H, N, rr, decay, k, v, a, b, S2);
+        const what = `wkv7 T=${T} H=${H} N=${N} call ${call}`;
+        assertWithin(got, want, scaled(want), what);
+        assertWithin(S2, S1, scaled(S1), `${what} state`);
+        if (c.single) assert.deepEqual(c.single.wkv7(T, H, N, rr, decay, k, v, a, b, S3), got, `${what}: 2 threads differ from 1`);
+      }
+    }
+  });
+}
+
+test("wasm backend: a clear error when weights would exceed its memory limit", (t) => {
+  if (!wasmAvailable() || ONLY) return t.skip("no WebAssembly SIMD here");
+  const small = new WasmBackend({ maxMemoryBytes: 1 << 20 });
+  const m: Matrix = { rows: 512, cols: 1024, type: "f32", data: new Float32Array(512 * 1024) }; // 2 MiB
+  assert.throws(() => small.adopt(m), /would need .* GiB of WebAssembly memory, over its .* limit/);
+});
+
+test("the wasm backend is preferred by default; the reference can still be chosen by name", (t) => {
+  if (ONLY) return t.skip("child run");
+  assert.equal(selectBackend("reference").name, "reference");
+  assert.equal(selectBackend().name, wasmAvailable() ? "wasm" : "reference");
+  assert.throws(() => selectBackend("nope"), /unknown backend "nope"/);
+});
+
+test("relaxed-SIMD build passes this suite in a child process with --experimental-wasm-relaxed-simd", (t) => {
+  if (ONLY) return t.skip("already the child");
+  if (relaxedSimdAvailable()) return t.skip("relaxed SIMD is on in this process: covered above");
+  const file = fileURLToPath(import.meta.url);
+  // Without the parent runner's NODE_TEST_CONTEXT, so the child runs and reports as a runner of its own.
+  const env: NodeJS.ProcessEnv = { ...process.env, RWKV_CONFORMANCE: "relaxed-simd" };
+  delete env.NODE_TEST_CONTEXT;
+  const r = spawnSync(process.execPath, ["--experimental-wasm-relaxed-simd", "--test", "--test-reporter=spec", file], { env, encoding: "utf8" });
+  if (r.status !== 0 && /relaxed.simd|bad option/i.test(r.stderr) && !/conformance/.test(r.stdout)) {
+    return t.skip(`this Node cannot enable relaxed SIMD: ${r.stderr.trim().split("\n")[0]}`);
+  }
+  assert.equal(r.status, 0, `relaxed-SIMD conformance failed:\n${r.stdout}\n${r.stderr}`);
+  const passed = r.stdout.split("\n").filter((l) => /✔ conformance wasm relaxed-simd/.test(l)).length;
+  assert.ok(passed >= 12, `only ${passed} relaxed-SIMD conformance tests passed:\n${r.stdout}`);
+  t.diagnostic(`${passed} relaxed-SIMD conformance tests passed in the child`);
+});
