@@ -80,27 +80,35 @@ export const rwkv7: Architecture = {
 
         const r = be.matmul(xr, R, att.receptance); // (B·T, C)
         const k = be.matmul(xk, R, att.key); // (B·T, C)
-        let v = be.matmul(xv, R, att.value); // (B·T, C)
+        const v = be.matmul(xv, R, att.value); // (B·T, C)
         const wl = loraApply(be, xw, R, att.wLora, Math.tanh, null); // (B·T, C)
-        const iclr = loraApply(be, xa, R, att.aLora, null, att.a0).map(sigmoid); // (B·T, C)
+        const iclr = loraApply(be, xa, R, att.aLora, null, att.a0); // (B·T, C)
+        for (let n = 0; n < R * C; n++) iclr[n] = sigmoid(iclr[n]);
         const g = loraApply(be, xg, R, att.gLora, sigmoid, null); // (B·T, C)
 
         const kk = new Float32Array(R * C); // (B·T, C)
-        for (let n = 0; n < R * C; n++) kk[n] = k[n] * att.k_k[n % C];
+        // Row/channel loops instead of n % C: the same arithmetic, without a division per element.
+        for (let n = 0; n < R * C; n += C) for (let c = 0; c < C; c++) kk[n + c] = k[n + c] * att.k_k[c];
         normalizePerHead(kk, R * H, N);
-        for (let n = 0; n < R * C; n++) k[n] *= 1 + (iclr[n] - 1) * att.k_a[n % C];
+        for (let n = 0; n < R * C; n += C) for (let c = 0; c < C; c++) k[n + c] *= 1 + (iclr[n + c] - 1) * att.k_a[c];
 
         if (i === 0) {
           ctx.v_first = v.slice(); // (B·T, C)
         } else {
           const vf = ctx.v_first; // (B·T, C)
           const gate = loraApply(be, xv, R, att.vLora!, null, att.v0!); // (B·T, C)
-          v = v.map((vn, n) => vn + (vf[n] - vn) * sigmoid(gate[n]));
+          for (let n = 0; n < R * C; n++) v[n] += (vf[n] - v[n]) * sigmoid(gate[n]);
         }
 
-        const decay = wl.map((z, n) => Math.exp(-DECAY_SCALE * sigmoid(att.w0[n % C] + z))); // (B·T, C)
-        const minusKk = kk.map((x) => -x); // (B·T, C)
-        const kkA = kk.map((x, n) => x * iclr[n]); // (B·T, C)
+        const decay = wl; // (B·T, C), computed in place
+        const minusKk = new Float32Array(R * C), kkA = new Float32Array(R * C); // (B·T, C)
+        for (let n = 0; n < R * C; n += C) {
+          for (let c = 0; c < C; c++) {
+            decay[n + c] = Math.exp(-DECAY_SCALE * sigmoid(att.w0[c] + wl[n + c]));
+            minusKk[n + c] = -kk[n + c];
+            kkA[n + c] = kk[n + c] * iclr[n + c];
+          }
+        }
         const y = bySequence(s.length, T, C, (b, rows) =>
           be.wkv7(T, H, N, rows(r), rows(decay), rows(k), rows(v), rows(minusKk), rows(kkA), s[b].att_kv)); // (B·T, C)
         const out = be.groupNorm(y, R, H, N, att.lnW, att.lnB, GROUP_NORM_EPS); // (B·T, C)
@@ -128,7 +136,7 @@ export const rwkv7: Architecture = {
 /** v6/v7 token-shift interpolation: xx + (sx - xx)·m. (T, C) */
 export function lerpShift(xx: Float32Array, sx: Float32Array, m: Float32Array, C: number): Float32Array {
   const out = new Float32Array(xx.length); // (T, C)
-  for (let n = 0; n < xx.length; n++) out[n] = xx[n] + (sx[n] - xx[n]) * m[n % C];
+  for (let n = 0; n < xx.length; n += C) for (let c = 0; c < C; c++) out[n + c] = xx[n + c] + (sx[n + c] - xx[n + c]) * m[c];
   return out;
 }
 
@@ -138,7 +146,7 @@ function loraApply(be: Backend, x: Float32Array, T: number, [m1, m2]: [Matrix, M
   const h = be.matmul(x, T, m1); // (T, D)
   if (act) for (let n = 0; n < h.length; n++) h[n] = act(h[n]);
   const y = be.matmul(h, T, m2); // (T, C)
-  if (bias) for (let n = 0; n < y.length; n++) y[n] += bias[n % bias.length];
+  if (bias) for (let n = 0; n < y.length; n += bias.length) for (let c = 0; c < bias.length; c++) y[n + c] += bias[c];
   return y;
 }
 
