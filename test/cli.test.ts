@@ -86,6 +86,8 @@ test("CLI user errors: one line, no stack trace, non-zero exit (real processes)"
     [["generate", v7, "--prompt", "x"], 1, /vocab size 512.*--tokenizer-kind/],
     [["generate", v7, "--prompt", "x", "--tokenizer-kind", "world", "--tokenizer", join(dir, "nope.txt")], 1, /nope\.txt/],
     [["info"], 2, /expected MODEL/],
+    [["generate", v7, "--prompt", "x", "--backend", "nope"], 1, /unknown backend "nope"/],
+    [["generate", v7, "--prompt", "x", "--threads", "0"], 2, /--threads must be a positive integer/],
   ];
   for (const [argv, code, re] of cases) {
     const r = spawnSync(process.execPath, [BIN, ...argv], { encoding: "utf8", timeout: 30_000 });

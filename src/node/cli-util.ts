@@ -1,4 +1,5 @@
 import { parseArgs, type ParseArgsConfig } from "node:util";
+import type { LoadOptions } from "./load.js";
 
 /** Where the CLI writes: the process's streams, or a buffer in tests. */
 export interface CliIO {
@@ -52,4 +53,17 @@ export function numberIn(values: Values, name: string, dflt: number, min: number
     throw new UsageError(`--${name} must be a number in [${min}, ${max}], got "${String(v)}"`);
   }
   return n;
+}
+
+/** Options of every command that loads a model: kernels, threads, int8 matrices. */
+export const MODEL_OPTIONS: Options = { backend: { type: "string" }, threads: { type: "string" }, int8: { type: "boolean" } };
+
+export const MODEL_OPTIONS_USAGE = "--backend NAME  --threads N (all cores)  --int8 (quantize matrices to int8 at load)";
+
+export function modelLoadOptions(values: Values): LoadOptions {
+  return {
+    backend: str(values, "backend"),
+    threads: values.threads === undefined ? undefined : positiveInt(values, "threads", 1),
+    matrices: values.int8 === true ? "int8" : undefined,
+  };
 }

@@ -1,3 +1,4 @@
+import { RwkvInputError } from "../errors.js";
 import type { Backend } from "./backend.js";
 import { referenceBackend } from "./reference.js";
 import { defaultWasmBackend } from "./wasm.js";
@@ -40,9 +41,9 @@ export function availableBackends(): string[] {
 export function selectBackend(name?: string, options: BackendOptions = {}): Backend {
   if (name !== undefined) {
     const r = registrations.find((x) => x.name === name);
-    if (!r) throw new Error(`unknown backend "${name}" (available: ${availableBackends().join(", ")})`);
+    if (!r) throw new RwkvInputError("--backend", `unknown backend "${name}" (available: ${availableBackends().join(", ")})`);
     const b = r.create(options);
-    if (!b) throw new Error(`backend "${name}" cannot run in this environment`);
+    if (!b) throw new RwkvInputError("--backend", `backend "${name}" cannot run in this environment`);
     return b;
   }
   for (const r of registrations) {

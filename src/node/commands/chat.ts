@@ -4,7 +4,7 @@ import { ChatSession, type ChatStart, cleanMessage, describeSettings, parseChatE
 import { RwkvInputError } from "../../core/errors.js";
 import type { Model } from "../../core/model/model.js";
 import type { StateFile } from "../../core/state-file.js";
-import { type CliIO, parse, str, UsageError } from "../cli-util.js";
+import { type CliIO, parse, str, UsageError, modelLoadOptions } from "../cli-util.js";
 import { loadModel } from "../load.js";
 import { loadStartState, saveStateFile } from "../state-io.js";
 import { SAMPLING_OPTIONS, samplingSettings, tokenizerFor } from "./generate.js";
@@ -175,7 +175,7 @@ export async function chatCommand(args: string[], io: CliIO): Promise<number> {
   const system = str(values, "system");
   if (system !== undefined && cleanMessage(system) === "") throw new UsageError("--system is empty");
   const modelPath = positionals[0];
-  const model = loadModel(modelPath, { backend: str(values, "backend") });
+  const model = loadModel(modelPath, modelLoadOptions(values));
   const tokenizer = tokenizerFor(values, model.config.vocabSize, modelPath);
   const stateIn = str(values, "state-in");
   let from: ChatStart | undefined;

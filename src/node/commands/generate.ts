@@ -4,7 +4,7 @@ import { generate, type GenerateInput } from "../../core/generate.js";
 import type { State } from "../../core/model/state.js";
 import { type PenaltyOptions, Penalties, Rng, type SamplerOptions } from "../../core/sampling.js";
 import type { Tokenizer } from "../../core/tokenizer/types.js";
-import { type CliIO, numberIn, type Options, parse, positiveInt, str, UsageError, type Values } from "../cli-util.js";
+import { type CliIO, numberIn, type Options, parse, positiveInt, str, UsageError, type Values, modelLoadOptions, MODEL_OPTIONS } from "../cli-util.js";
 import { loadModel } from "../load.js";
 import { loadStartState, saveStateFile } from "../state-io.js";
 import { loadTokenizer, type TokenizerKind } from "../tokenizer.js";
@@ -16,7 +16,8 @@ export const GENERATE_USAGE = `generate MODEL (--prompt TEXT | --prompt-file F) 
       --greedy              argmax decoding, no penalties
       --state-in FILE       start from a saved state, or a v6/v7 state-tuning checkpoint (time_state)
       --state-out FILE      save the state after the output (continue later with --state-in)
-      --tokenizer PATH  --tokenizer-kind world|20b|bytes  --backend NAME  --chunk-len N (256)`;
+      --tokenizer PATH  --tokenizer-kind world|20b|bytes  --chunk-len N (256)
+      --backend NAME  --threads N (all cores)  --int8 (quantize matrices to int8 at load)`;
 
 /** Options shared by the commands that sample (generate, chat). */
 export const SAMPLING_OPTIONS: Options = {
@@ -24,7 +25,7 @@ export const SAMPLING_OPTIONS: Options = {
   "top-k": { type: "string" }, "min-p": { type: "string" }, "presence-penalty": { type: "string" },
   "frequency-penalty": { type: "string" }, "penalty-decay": { type: "string" }, "logit-bias": { type: "string", multiple: true },
   ban: { type: "string", multiple: true }, stop: { type: "string", multiple: true }, "stop-token": { type: "string", multiple: true },
-  greedy: { type: "boolean" }, tokenizer: { type: "string" }, "tokenizer-kind": { type: "string" }, backend: { type: "string" },
+  greedy: { type: "boolean" }, tokenizer: { type: "string" }, "tokenizer-kind": { type: "string" }, ...MODEL_OPTIONS,
   "chunk-len": { type: "string" },
 };
 
@@ -116,7 +117,7 @@ export async function generateCommand(args: string[], io: CliIO): Promise<number
   if (prompt === "" && stateIn === undefined) throw new UsageError(`${promptFile !== undefined ? `--prompt-file ${promptFile}` : "--prompt"} is empty`);
 
   const modelPath = positionals[0];
-  const model = loadModel(modelPath, { backend: str(values, "backend") });
+  const model = loadModel(modelPath, modelLoadOptions(values));
   const tokenizer = tokenizerFor(values, model.config.vocabSize, modelPath);
   const input: { prompt: number[]; state?: State; logits?: Float32Array } = { prompt: tokenizer.encode(prompt ?? "") };
   let rng = new Rng(settings.seed);

@@ -1,5 +1,5 @@
 import { basename, extname } from "node:path";
-import { type CliIO, numberIn, parse, positiveInt, str, UsageError, type Values } from "../cli-util.js";
+import { type CliIO, numberIn, parse, positiveInt, str, UsageError, type Values, modelLoadOptions, MODEL_OPTIONS } from "../cli-util.js";
 import { loadModel } from "../load.js";
 import { type ChatNames, DEFAULT_CHAT_NAMES } from "../server/chat-format.js";
 import { RwkvServer, SERVER_DEFAULTS } from "../server/server.js";
@@ -44,7 +44,7 @@ export async function serveCommand(args: string[], io: CliIO): Promise<number> {
     "max-prompt-tokens": { type: "string" }, "max-tokens-limit": { type: "string" }, "body-limit": { type: "string" },
     "user-name": { type: "string" }, "assistant-name": { type: "string" }, "system-name": { type: "string" },
     "penalty-decay": { type: "string" }, "prefill-chunk": { type: "string" }, "shutdown-grace": { type: "string" },
-    "log-requests": { type: "boolean" }, tokenizer: { type: "string" }, "tokenizer-kind": { type: "string" }, backend: { type: "string" },
+    "log-requests": { type: "boolean" }, tokenizer: { type: "string" }, "tokenizer-kind": { type: "string" }, ...MODEL_OPTIONS,
   }, ["MODEL"]);
   const modelPath = positionals[0];
   const names: ChatNames = {
@@ -69,7 +69,7 @@ export async function serveCommand(args: string[], io: CliIO): Promise<number> {
   };
   const graceMs = numberIn(values, "shutdown-grace", DEFAULT_GRACE_S, 0, Number.MAX_SAFE_INTEGER / MS_PER_S) * MS_PER_S;
 
-  const model = loadModel(modelPath, { backend: str(values, "backend") });
+  const model = loadModel(modelPath, modelLoadOptions(values));
   const tokenizer = tokenizerFor(values, model.config.vocabSize, modelPath);
   const server = new RwkvServer({
     ...settings, model, tokenizer, modelName, apiKey: apiKey || undefined, chatNames: names,
