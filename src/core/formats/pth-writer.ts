@@ -10,6 +10,8 @@
  * and ZIP64 records are used when an offset or size does not fit in 32 bits.
  */
 
+import { crc32 } from "../crc32.js";
+
 export type PthDType = "f32" | "f16" | "bf16";
 
 export interface PthTensor {
@@ -123,22 +125,6 @@ const U32_MAX = 0xffffffff;
 /** DOS date/time fields: torch writes zeros. */
 const DOS_ZERO = 0;
 
-const CRC_TABLE = (() => {
-  const t = new Uint32Array(256);
-  for (let n = 0; n < 256; n++) {
-    let c = n;
-    for (let k = 0; k < 8; k++) c = c & 1 ? 0xedb88320 ^ (c >>> 1) : c >>> 1;
-    t[n] = c >>> 0;
-  }
-  return t;
-})();
-
-/** CRC-32 (IEEE 802.3, as zip uses). */
-export function crc32(data: Uint8Array): number {
-  let c = 0xffffffff;
-  for (let i = 0; i < data.length; i++) c = CRC_TABLE[(c ^ data[i]) & 0xff] ^ (c >>> 8);
-  return (c ^ 0xffffffff) >>> 0;
-}
 
 class ByteWriter {
   readonly buf: Uint8Array;

@@ -1,3 +1,4 @@
+import { crc32 } from "../../core/crc32.js";
 import { readFileSync } from "node:fs";
 import { RwkvInputError } from "../../core/errors.js";
 import type { ModelConfig } from "../../core/model/model.js";
@@ -54,23 +55,6 @@ export interface LoadedCheckpoint<RunOptions> {
   readonly optimizer: OptimizerState;
 }
 
-// CRC-32 (IEEE), incremental so it can run over the chunks as they are written.
-const CRC_TABLE = (() => {
-  const t = new Uint32Array(256);
-  for (let n = 0; n < 256; n++) {
-    let c = n;
-    for (let k = 0; k < 8; k++) c = c & 1 ? 0xedb88320 ^ (c >>> 1) : c >>> 1;
-    t[n] = c >>> 0;
-  }
-  return t;
-})();
-const CRC_INIT = 0xffffffff;
-
-function crcUpdate(crc: number, data: Uint8Array): number {
-  let c = crc;
-  for (let i = 0; i < data.length; i++) c = CRC_TABLE[(c ^ data[i]) & 0xff] ^ (c >>> 8);
-  return c >>> 0;
-}
 
 function f32Bytes(b: Buf): Uint8Array {
   const f = b instanceof Float32Array ? b : Float32Array.from(b);
@@ -90,17 +74,17 @@ export async function saveCheckpoint<R>(path: string, header: Omit<CheckpointHea
   new DataView(head.buffer).setUint32(MAGIC_BYTES, json.length, true);
   head.set(json, MAGIC_BYTES + U32_BYTES);
   function* chunks(): Generator<Uint8Array> {
-    let crc = crcUpdate(CRC_INIT, head);
+    let crc = crc32(head);
     yield head;
     for (const source of [(n: string) => params.get(n).data, (n: string) => opt.m.get(n)!, (n: string) => opt.v.get(n)!]) {
       for (const p of params.list) {
         const bytes = f32Bytes(source(p.name));
-        crc = crcUpdate(crc, bytes);
+        crc = crc32(bytes, crc);
         yield bytes;
       }
     }
     const tail = new Uint8Array(U32_BYTES);
-    new DataView(tail.buffer).setUint32(0, (crc ^ CRC_INIT) >>> 0, true);
+    new DataView(tail.buffer).setUint32(0, crc, true);
     yield tail;
   }
   await writeFileAtomic(path, chunks());
@@ -122,7 +106,7 @@ export function loadCheckpointFile<R>(path: string): LoadedCheckpoint<R> {
   const n = bytes.readUInt32LE(MAGIC_BYTES);
   if (n > MAX_HEADER_BYTES || MAGIC_BYTES + U32_BYTES + n + U32_BYTES > bytes.length) throw corrupt("truncated header");
   const stored = bytes.readUInt32LE(bytes.length - U32_BYTES);
-  const crc = (crcUpdate(CRC_INIT, bytes.subarray(0, bytes.length - U32_BYTES)) ^ CRC_INIT) >>> 0;
+  const crc = crc32(bytes.subarray(0, bytes.length - U32_BYTES));
   if (crc !== stored) throw corrupt(`checksum mismatch (stored ${stored.toString(16)}, computed ${crc.toString(16)})`);
   let header: CheckpointHeader<R>;
   try {
