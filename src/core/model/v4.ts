@@ -37,19 +37,14 @@ export const rwkv4: Architecture = {
   },
 
   block(w: Weights, i: number, cfg: ModelConfig, be: Backend): Block {
-    const { nEmbd: C, dimAtt: A, dimFfn: F } = cfg;
-    const a = `blocks.${i}.att.`, f = `blocks.${i}.ffn.`;
+    const { nEmbd: C, dimAtt: A } = cfg;
+    const a = `blocks.${i}.att.`;
     const att = {
       mixK: w.vec(a + "time_mix_k", C), mixV: w.vec(a + "time_mix_v", C), mixR: w.vec(a + "time_mix_r", C),
       w: w.vec(a + "time_decay", A).map((d) => -Math.exp(d)), // (A) log-space decay
       u: w.vec(a + "time_first", A), // (A) log-space bonus
       key: w.linear(a + "key.weight", A, C), value: w.linear(a + "value.weight", A, C),
       receptance: w.linear(a + "receptance.weight", A, C), output: w.linear(a + "output.weight", C, A),
-    };
-    const ffn = {
-      mixK: w.vec(f + "time_mix_k", C), mixR: w.vec(f + "time_mix_r", C),
-      key: w.linear(f + "key.weight", F, C), receptance: w.linear(f + "receptance.weight", C, C),
-      value: w.linear(f + "value.weight", C, F),
     };
     return {
       timeMix(xx, T, s) {
@@ -63,19 +58,34 @@ export const rwkv4: Architecture = {
         for (let n = 0; n < wkv.length; n++) wkv[n] *= sigmoid(r[n]);
         return be.matmul(wkv, R, att.output); // (B·T, C)
       },
-      channelMix(xx, T, s) {
-        const R = xx.length / C; // B·T rows
-        const sx = tokenShift(xx, T, C, s.map((l) => l.ffn_xx)); // (B·T, C)
-        const k = be.matmul(mix(xx, sx, ffn.mixK, C), R, ffn.key); // (B·T, F)
-        for (let n = 0; n < k.length; n++) k[n] = k[n] > 0 ? k[n] * k[n] : 0; // relu²
-        const kv = be.matmul(k, R, ffn.value); // (B·T, C)
-        const r = be.matmul(mix(xx, sx, ffn.mixR, C), R, ffn.receptance); // (B·T, C)
-        for (let n = 0; n < kv.length; n++) kv[n] *= sigmoid(r[n]);
-        return kv;
-      },
+      channelMix: channelMixV4(w, i, cfg, be, "ffn_xx"),
     };
   },
 };
+
+/**
+ * The v4 channel mix, also v5's (SPEC §4): out = σ(W_r mix(..r)) ⊙ W_v relu²(W_k mix(..k)).
+ * `prevKey` names the layer state's token-shift entry (v4 ffn_xx, v5 ffn_x_prev).
+ */
+export function channelMixV4(w: Weights, i: number, cfg: ModelConfig, be: Backend, prevKey: string): Block["channelMix"] {
+  const { nEmbd: C, dimFfn: F } = cfg;
+  const f = `blocks.${i}.ffn.`;
+  const ffn = {
+    mixK: w.vec(f + "time_mix_k", C), mixR: w.vec(f + "time_mix_r", C),
+    key: w.linear(f + "key.weight", F, C), receptance: w.linear(f + "receptance.weight", C, C),
+    value: w.linear(f + "value.weight", C, F),
+  };
+  return (xx, T, s) => {
+    const R = xx.length / C; // B·T rows
+    const sx = tokenShift(xx, T, C, s.map((l) => l[prevKey])); // (B·T, C)
+    const k = be.matmul(mix(xx, sx, ffn.mixK, C), R, ffn.key); // (B·T, F)
+    for (let n = 0; n < k.length; n++) k[n] = k[n] > 0 ? k[n] * k[n] : 0; // relu²
+    const kv = be.matmul(k, R, ffn.value); // (B·T, C)
+    const r = be.matmul(mix(xx, sx, ffn.mixR, C), R, ffn.receptance); // (B·T, C)
+    for (let n = 0; n < kv.length; n++) kv[n] *= sigmoid(r[n]);
+    return kv;
+  };
+}
 
 /** v4/v5 token-shift interpolation: xx·m + sx·(1-m), per channel. (T, C) */
 export function mix(xx: Float32Array, sx: Float32Array, m: Float32Array, C: number): Float32Array {

@@ -2,8 +2,8 @@ import type { Backend } from "../backend/backend.js";
 import { FormatError } from "../errors.js";
 import type { CheckpointFormat } from "../formats/checkpoint.js";
 import { numel } from "../tensor.js";
-import { type Architecture, type Block, type ModelConfig, bySequence, sigmoid, silu, tokenShift, type Version } from "./model.js";
-import { countLayers, mix } from "./v4.js";
+import { type Architecture, type Block, type ModelConfig, bySequence, silu, tokenShift, type Version } from "./model.js";
+import { channelMixV4, countLayers, mix } from "./v4.js";
 import type { Weights } from "./weights.js";
 
 /*
@@ -43,28 +43,13 @@ export function v5GroupNormEps(version: Version, format: CheckpointFormat): numb
 export const rwkv5: Architecture = {
   name: "RWKV-5",
 
-  inferConfig(w: Weights, version: Version): ModelConfig {
-    const [V, C] = w.shape("emb.weight");
-    const A = w.shape("blocks.0.att.key.weight")[0];
-    const H = w.shape("blocks.0.att.time_decay")[0]; // (H,N), (H,1,1) or (H,)
-    if (!(H > 0) || A % H !== 0) {
-      throw new FormatError(w.ckpt.source, `blocks.0.att.time_decay has ${H} heads, which do not divide dim_att ${A}`);
-    }
-    return {
-      version, nLayer: countLayers(w), nEmbd: C, vocabSize: V, dimAtt: A,
-      dimFfn: w.shape("blocks.0.ffn.key.weight")[0],
-      nHead: H, headSize: A / H,
-    };
-  },
-
-  initLayerState(cfg: ModelConfig) {
-    const { nEmbd: C, nHead: H, headSize: N } = cfg;
-    return { att_x_prev: new Float32Array(C), att_kv: new Float32Array(H * N * N), ffn_x_prev: new Float32Array(C) };
-  },
+  // time_decay is (H,N), (H,1,1) or (H,): its first axis counts heads.
+  inferConfig: (w: Weights, version: Version) => headedConfig(w, version, "blocks.0.att.time_decay"),
+  initLayerState: headedLayerState,
 
   block(w: Weights, i: number, cfg: ModelConfig, be: Backend): Block {
-    const { nEmbd: C, dimAtt: A, dimFfn: F, nHead: H, headSize: N } = cfg;
-    const a = `blocks.${i}.att.`, f = `blocks.${i}.ffn.`;
+    const { nEmbd: C, dimAtt: A, nHead: H, headSize: N } = cfg;
+    const a = `blocks.${i}.att.`;
     const realFirst = w.has(a + "time_faaaa"); // 5.2: u used as is; 5.1: time_first, u = exp(time_first)
     const gated = w.has(a + "gate.weight");
     const att = {
@@ -76,11 +61,6 @@ export const rwkv5: Architecture = {
       gate: gated ? { mixG: w.vec(a + "time_mix_g", C), weight: w.linear(a + "gate.weight", A, C) } : null,
       lnX: { weight: w.vec(a + "ln_x.weight", A), bias: w.vec(a + "ln_x.bias", A) },
       eps: v5GroupNormEps(cfg.version, w.ckpt.format),
-    };
-    const ffn = {
-      mixK: w.vec(f + "time_mix_k", C), mixR: w.vec(f + "time_mix_r", C),
-      key: w.linear(f + "key.weight", F, C), receptance: w.linear(f + "receptance.weight", C, C),
-      value: w.linear(f + "value.weight", C, F),
     };
     return {
       timeMix(xx, T, s) {
@@ -97,19 +77,31 @@ export const rwkv5: Architecture = {
         }
         return be.matmul(y, R, att.output); // (B·T, C)
       },
-      channelMix(xx, T, s) {
-        const R = xx.length / C; // B·T rows
-        const sx = tokenShift(xx, T, C, s.map((l) => l.ffn_x_prev)); // (B·T, C)
-        const k = be.matmul(mix(xx, sx, ffn.mixK, C), R, ffn.key); // (B·T, F)
-        for (let n = 0; n < R * F; n++) k[n] = k[n] > 0 ? k[n] * k[n] : 0; // relu²
-        const kv = be.matmul(k, R, ffn.value); // (B·T, C)
-        const r = be.matmul(mix(xx, sx, ffn.mixR, C), R, ffn.receptance); // (B·T, C)
-        for (let n = 0; n < R * C; n++) kv[n] *= sigmoid(r[n]);
-        return kv;
-      },
+      channelMix: channelMixV4(w, i, cfg, be, "ffn_x_prev"),
     };
   },
 };
+
+/** Sizes of a v5/v6 model; `headTensor`'s first axis is the number of heads. */
+export function headedConfig(w: Weights, version: Version, headTensor: string): ModelConfig {
+  const [V, C] = w.shape("emb.weight");
+  const A = w.shape("blocks.0.att.key.weight")[0];
+  const H = w.shape(headTensor)[0];
+  if (!(H > 0) || A % H !== 0) {
+    throw new FormatError(w.ckpt.source, `${headTensor} has ${H} heads, which do not divide dim_att ${A}`);
+  }
+  return {
+    version, nLayer: countLayers(w), nEmbd: C, vocabSize: V, dimAtt: A,
+    dimFfn: w.shape("blocks.0.ffn.key.weight")[0],
+    nHead: H, headSize: A / H,
+  };
+}
+
+/** Zero state of one v5/v6/v7 layer: two token-shift vectors and the per-head WKV matrices. */
+export function headedLayerState(cfg: ModelConfig): Record<string, Float32Array> {
+  const { nEmbd: C, nHead: H, headSize: N } = cfg;
+  return { att_x_prev: new Float32Array(C), att_kv: new Float32Array(H * N * N), ffn_x_prev: new Float32Array(C) };
+}
 
 /**
  * A per-channel (H·N values, e.g. (H,N) or (H,N,1)) or per-head (H values, e.g. (H,1,1) or (H,))

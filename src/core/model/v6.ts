@@ -1,8 +1,7 @@
 import type { Backend } from "../backend/backend.js";
 import { FormatError } from "../errors.js";
 import { type Architecture, type Block, type ModelConfig, bySequence, sigmoid, silu, tokenShift, type Version } from "./model.js";
-import { countLayers } from "./v4.js";
-import { GROUP_NORM_EPS } from "./v5.js";
+import { GROUP_NORM_EPS, headedConfig, headedLayerState } from "./v5.js";
 import { transpose, type Weights } from "./weights.js";
 
 /*
@@ -28,24 +27,8 @@ import { transpose, type Weights } from "./weights.js";
 export const rwkv6: Architecture = {
   name: "RWKV-6",
 
-  inferConfig(w: Weights, version: Version): ModelConfig {
-    const [V, C] = w.shape("emb.weight");
-    const A = w.shape("blocks.0.att.key.weight")[0];
-    const H = w.shape("blocks.0.att.time_faaaa")[0]; // (H,N)
-    if (!(H > 0) || A % H !== 0) {
-      throw new FormatError(w.ckpt.source, `blocks.0.att.time_faaaa has ${H} heads, which do not divide dim_att ${A}`);
-    }
-    return {
-      version, nLayer: countLayers(w), nEmbd: C, vocabSize: V, dimAtt: A,
-      dimFfn: w.shape("blocks.0.ffn.key.weight")[0],
-      nHead: H, headSize: A / H,
-    };
-  },
-
-  initLayerState(cfg: ModelConfig) {
-    const { nEmbd: C, nHead: H, headSize: N } = cfg;
-    return { att_x_prev: new Float32Array(C), att_kv: new Float32Array(H * N * N), ffn_x_prev: new Float32Array(C) };
-  },
+  inferConfig: (w: Weights, version: Version) => headedConfig(w, version, "blocks.0.att.time_faaaa"), // (H,N)
+  initLayerState: headedLayerState,
 
   timeStateToKv(cfg: ModelConfig, st: Float32Array): Float32Array {
     // File layout [h][value i][key j] -> pip's [h][key j][value i] (SPEC §2.4).

@@ -1,6 +1,7 @@
 import type { Backend, Matrix } from "../backend/backend.js";
 import { type Architecture, type Block, type ModelConfig, bySequence, sigmoid, tokenShift, type Version } from "./model.js";
 import { countLayers } from "./v4.js";
+import { headedLayerState } from "./v5.js";
 import type { Weights } from "./weights.js";
 
 /*
@@ -40,10 +41,7 @@ export const rwkv7: Architecture = {
     };
   },
 
-  initLayerState(cfg: ModelConfig) {
-    const { nEmbd: C, nHead: H, headSize: N } = cfg;
-    return { att_x_prev: new Float32Array(C), att_kv: new Float32Array(H * N * N), ffn_x_prev: new Float32Array(C) };
-  },
+  initLayerState: headedLayerState,
 
   // State tuning trains the kernel's own state, already [h][value i][key j]: used as is.
   timeStateToKv: (_cfg: ModelConfig, st: Float32Array) => st.slice(),
