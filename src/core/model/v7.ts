@@ -72,39 +72,33 @@ export const rwkv7: Architecture = {
       timeMix(xx, T, s, ctx) {
         const R = xx.length / C; // B·T rows
         const sx = tokenShift(xx, T, C, s.map((l) => l.att_x_prev)); // (B·T, C)
-        const shifted = (m: Float32Array) => lerpShift(xx, sx, m, C); // (B·T, C)
-        const xr = shifted(att.x_r), xw = shifted(att.x_w), xk = shifted(att.x_k); // (B·T, C)
-        const xv = shifted(att.x_v), xa = shifted(att.x_a), xg = shifted(att.x_g); // (B·T, C)
+        const [xr, xw, xk, xv, xa, xg] = lerpShift6(xx, sx, att, C); // (B·T, C) each
 
         const r = be.matmul(xr, R, att.receptance); // (B·T, C)
         const k = be.matmul(xk, R, att.key); // (B·T, C)
         const v = be.matmul(xv, R, att.value); // (B·T, C)
         const wl = loraApply(be, xw, R, att.wLora, Math.tanh, null); // (B·T, C)
-        const iclr = loraApply(be, xa, R, att.aLora, null, att.a0); // (B·T, C)
-        for (let n = 0; n < R * C; n++) iclr[n] = sigmoid(iclr[n]);
+        const iclr = loraApply(be, xa, R, att.aLora, null, att.a0); // (B·T, C), σ applied below
         const g = loraApply(be, xg, R, att.gLora, sigmoid, null); // (B·T, C)
+        const vGate = i === 0 ? null : loraApply(be, xv, R, att.vLora!, null, att.v0!); // (B·T, C), σ applied below
+        if (i === 0) ctx.v_first = v.slice(); // (B·T, C)
+        const vf = ctx.v_first; // (B·T, C)
 
-        const kk = new Float32Array(R * C); // (B·T, C)
-        // Row/channel loops instead of n % C: the same arithmetic, without a division per element.
-        for (let n = 0; n < R * C; n += C) for (let c = 0; c < C; c++) kk[n + c] = k[n + c] * att.k_k[c];
-        normalizePerHead(kk, R * H, N);
-        for (let n = 0; n < R * C; n += C) for (let c = 0; c < C; c++) k[n + c] *= 1 + (iclr[n + c] - 1) * att.k_a[c];
-
-        if (i === 0) {
-          ctx.v_first = v.slice(); // (B·T, C)
-        } else {
-          const vf = ctx.v_first; // (B·T, C)
-          const gate = loraApply(be, xv, R, att.vLora!, null, att.v0!); // (B·T, C)
-          for (let n = 0; n < R * C; n++) v[n] += (vf[n] - v[n]) * sigmoid(gate[n]);
-        }
-
-        const decay = wl; // (B·T, C), computed in place
-        const minusKk = new Float32Array(R * C), kkA = new Float32Array(R * C); // (B·T, C)
-        for (let n = 0; n < R * C; n += C) {
-          for (let c = 0; c < C; c++) {
-            decay[n + c] = Math.exp(-DECAY_SCALE * sigmoid(att.w0[c] + wl[n + c]));
-            minusKk[n + c] = -kk[n + c];
-            kkA[n + c] = kk[n + c] * iclr[n + c];
+        // One pass per head instead of one per formula: fewer temporaries, the same arithmetic.
+        const decay = wl, kkA = xr, minusKk = xw; // (B·T, C), reusing buffers no longer needed
+        for (let o = 0; o < R * C; o += N) {
+          const c0 = o % C;
+          let ss = 0;
+          for (let j = 0; j < N; j++) ss += (k[o + j] * att.k_k[c0 + j]) ** 2;
+          const inv = 1 / Math.max(Math.sqrt(ss), NORMALIZE_EPS); // F.normalize of k ⊙ k_k
+          for (let j = 0, n = o, c = c0; j < N; j++, n++, c++) {
+            const kk = k[n] * att.k_k[c] * inv;
+            const ic = sigmoid(iclr[n]);
+            k[n] *= 1 + (ic - 1) * att.k_a[c];
+            if (vGate) v[n] += (vf[n] - v[n]) * sigmoid(vGate[n]);
+            decay[n] = Math.exp(-DECAY_SCALE * sigmoid(att.w0[c] + wl[n]));
+            minusKk[n] = -kk;
+            kkA[n] = kk * ic;
           }
         }
         const y = bySequence(s.length, T, C, (b, rows) =>
@@ -148,12 +142,18 @@ function loraApply(be: Backend, x: Float32Array, T: number, [m1, m2]: [Matrix, M
   return y;
 }
 
-/** Each of `rows` consecutive groups of N values scaled to unit L2 norm (F.normalize). */
-function normalizePerHead(x: Float32Array, rows: number, N: number): void {
-  for (let g = 0; g < rows; g++) {
-    let ss = 0;
-    for (let j = 0; j < N; j++) ss += x[g * N + j] ** 2;
-    const inv = 1 / Math.max(Math.sqrt(ss), NORMALIZE_EPS);
-    for (let j = 0; j < N; j++) x[g * N + j] *= inv;
+/** The six v7 token-shift interpolations in one pass over xx and sx. (T, C) -> 6 × (T, C) */
+function lerpShift6(xx: Float32Array, sx: Float32Array, m: Record<"x_r" | "x_w" | "x_k" | "x_v" | "x_a" | "x_g", Float32Array>, C: number): Float32Array[] {
+  const n = xx.length;
+  const out = [0, 1, 2, 3, 4, 5].map(() => new Float32Array(n)); // 6 × (T, C)
+  const [or, ow, ok, ov, oa, og] = out;
+  const { x_r, x_w, x_k, x_v, x_a, x_g } = m;
+  for (let t = 0; t < n; t += C) {
+    for (let c = 0, i = t; c < C; c++, i++) {
+      const x = xx[i], d = sx[i] - x;
+      or[i] = x + d * x_r[c]; ow[i] = x + d * x_w[c]; ok[i] = x + d * x_k[c];
+      ov[i] = x + d * x_v[c]; oa[i] = x + d * x_a[c]; og[i] = x + d * x_g[c];
+    }
   }
+  return out;
 }
