@@ -227,16 +227,20 @@ export function runJob(ctrl: usize, job: i32, part: i32, nparts: i32): void {
 
 /**
  * T = 1: four weight rows at a time, converting f16/bf16 on the fly (weights are read once, so no
- * panel is worth building). Each row's accumulator follows the canonical order.
+ * panel is worth building). Each row's accumulator follows the canonical order. The four rows are
+ * a quarter of the range apart, so the reads are four long sequential streams: four adjacent rows
+ * (four streams restarting every row) read 16-20 GB/s on one thread here, quarters 35 GB/s
+ * (measured with a C probe of both orders).
  */
 /* @inline */ function matvecRows(kind: i32, w: usize, I: i32, x: usize, y: usize, lo: i32, hi: i32): void {
   const esz: usize = kind == T_F32 ? 4 : 2;
   const rs = <usize>I * esz;
   const I4 = I & ~3;
   const I8 = I & ~7;
-  let o = lo;
-  for (; o + 4 <= hi; o += 4) {
-    const r0 = w + <usize>o * rs, r1 = r0 + rs, r2 = r1 + rs, r3 = r2 + rs;
+  const Q = (hi - lo) >> 2;
+  const qs = <usize>Q * rs;
+  for (let o = lo; o < lo + Q; o++) {
+    const r0 = w + <usize>o * rs, r1 = r0 + qs, r2 = r1 + qs, r3 = r2 + qs;
     let a0 = f32x4.splat(0), a1 = f32x4.splat(0), a2 = f32x4.splat(0), a3 = f32x4.splat(0);
     let c = 0;
     if (kind == T_F32) {
@@ -281,13 +285,13 @@ export function runJob(ctrl: usize, job: i32, part: i32, nparts: i32): void {
       t0 += wElem(kind, r0, k) * xk; t1 += wElem(kind, r1, k) * xk;
       t2 += wElem(kind, r2, k) * xk; t3 += wElem(kind, r3, k) * xk;
     }
-    const yo = y + (<usize>o << 2);
+    const yo = y + (<usize>o << 2), yq = <usize>Q << 2;
     store<f32>(yo, hsum(a0) + t0);
-    store<f32>(yo, hsum(a1) + t1, 4);
-    store<f32>(yo, hsum(a2) + t2, 8);
-    store<f32>(yo, hsum(a3) + t3, 12);
+    store<f32>(yo + yq, hsum(a1) + t1);
+    store<f32>(yo + 2 * yq, hsum(a2) + t2);
+    store<f32>(yo + 3 * yq, hsum(a3) + t3);
   }
-  for (; o < hi; o++) {
+  for (let o = lo + 4 * Q; o < hi; o++) {
     const r0 = w + <usize>o * rs;
     let a0 = f32x4.splat(0);
     for (let c = 0; c < I4; c += 4) {
