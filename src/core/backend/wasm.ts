@@ -320,14 +320,14 @@ export class WasmBackend implements Backend {
     const { rows: O, cols: I } = W;
     const float = FLOAT_TYPES.has(info.type);
     const nb = Math.ceil(I / QK);
-    const perRow = 4 * (I + O) + (float ? 0 : nb * QK + 8 * nb);
+    const perRow = 4 * (I + O) + (float ? 0 : 2 * nb * QK + 8 * nb);
     const rows = Math.max(1, Math.min(T, Math.floor(SCRATCH_CHUNK_BYTES / perRow)));
     let y: Float32Array | null = null; // (T, O), allocated here only when T is split into chunks
     for (let t0 = 0; t0 < T; t0 += rows) {
       const n = Math.min(rows, T - t0);
       const panel = float && n > 1 ? align(2 * 4 * I) : 0; // two dequantized f16/bf16 rows per chunk
       const xb = align(4 * n * I), yb = align(4 * n * O);
-      const qb = float ? 0 : align(n * nb * QK), sb = float ? 0 : align(4 * n * nb);
+      const qb = float ? 0 : align(2 * n * nb * QK), sb = float ? 0 : align(4 * n * nb); // i16 activations
       const base = this.scratch(xb + yb + qb + 2 * sb + panel * this.threads * CHUNKS_PER_THREAD); // a panel per chunk
       const xp = base, yp = base + xb;
       this.put(xp, n === T ? x : x.subarray(t0 * I, (t0 + n) * I));
