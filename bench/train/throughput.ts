@@ -3,11 +3,11 @@ import { join } from "node:path";
 import { parseArgs } from "node:util";
 import { Graph } from "../../src/core/train/graph.js";
 import { initModel } from "../../src/core/train/init.js";
-import { referenceTrainKernels } from "../../src/core/train/kernels.js";
 import { TrainModel, type TrainVersion } from "../../src/core/train/model.js";
 import { AdamW } from "../../src/core/train/optim.js";
 import { TrainRng } from "../../src/core/train/rng.js";
 import { trainFlopsPerToken, trainStep } from "../../src/core/train/trainer.js";
+import { type TrainKernelKind, trainKernels } from "../../src/node/threads/train-pool.js";
 
 /*
  * Training throughput of the plain TypeScript path: optimizer steps on (B, T) windows of tiny
@@ -23,6 +23,7 @@ const { values } = parseArgs({
     version: { type: "string", default: "7" }, layers: { type: "string", default: "4" }, embd: { type: "string", default: "128" },
     "head-size": { type: "string", default: "64" }, ctx: { type: "string", default: "64" }, batch: { type: "string", default: "12" },
     steps: { type: "string", default: "10" }, warmup: { type: "string", default: "2" },
+    kernels: { type: "string", default: "wasm" }, threads: { type: "string", default: "1" },
     data: { type: "string", default: join(import.meta.dirname, "..", "..", "..", "..", "shared", "data", "tinyshakespeare", "input.txt") },
   },
 });
@@ -30,7 +31,7 @@ const { values } = parseArgs({
 const B = Number(values.batch), T = Number(values.ctx), steps = Number(values.steps), warmup = Number(values.warmup);
 const rng = new TrainRng(1);
 const params = initModel({ version: values.version as TrainVersion, nLayer: Number(values.layers), nEmbd: Number(values.embd), vocabSize: 256, headSize: Number(values["head-size"]) }, rng);
-const model = new TrainModel(params, { kernels: referenceTrainKernels });
+const model = new TrainModel(params, { kernels: trainKernels(values.kernels as TrainKernelKind, Number(values.threads)) });
 const opt = new AdamW(params, model.config.version, undefined, model.unusedParams());
 const text = readFileSync(values.data);
 
@@ -55,10 +56,12 @@ for (let i = 0; i < steps; i++) {
   const t0 = performance.now();
   // The phases of trainStep, timed separately.
   params.zeroGrad();
+  const mark = model.kernels.mark();
   const g = new Graph(model.dtype, model.kernels, true);
   loss = g.crossEntropy(model.forward(g, inputs, B, T), targets, true);
   const t1 = performance.now();
   g.backward();
+  model.kernels.release(mark);
   const t2 = performance.now();
   opt.step(6e-4);
   const t3 = performance.now();

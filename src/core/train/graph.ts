@@ -1,6 +1,6 @@
-import { type Buf, linearBackward, linearForward, projectBackward, projectForward, type TrainDType, type TrainKernels, alloc } from "./kernels.js";
+import { type Buf, linearBackward, linearForward, projectBackward, projectForward, type TrainDType, type TrainKernels } from "./kernels.js";
 import * as op from "./ops.js";
-import { wkv4Backward, wkv4Forward, wkv5Backward, wkv5Forward, wkv7Backward, wkv7Forward, wkvChunks } from "./wkv.js";
+import { wkv4Backward, wkv4Forward, wkv5Backward, wkv5Forward, wkvChunks } from "./wkv.js";
 
 /*
  * A forward pass that remembers how to run itself backwards. Every method runs one op of ops.ts /
@@ -10,20 +10,26 @@ import { wkv4Backward, wkv4Forward, wkv5Backward, wkv5Forward, wkv7Backward, wkv
  *
  * A Var is a (rows, cols) row-major tensor. Parameters wrap the parameter's storage and its
  * persistent gradient buffer, so backward accumulates straight into the parameter gradients.
+ * Every tensor (outputs and gradients) comes from the kernels' `alloc`, so a fast kernel set can
+ * keep them in its own memory; they live until the caller releases the step (trainer.ts).
  */
 
 export class Var {
   /** dL/d(this), created (zeros) by the first consumer that has a gradient for it. */
   grad: Buf | null;
 
-  constructor(readonly data: Buf, readonly rows: number, readonly cols: number, readonly requiresGrad: boolean, grad: Buf | null = null) {
+  constructor(readonly data: Buf, readonly rows: number, readonly cols: number, readonly requiresGrad: boolean, grad: Buf | null = null,
+    private readonly kernels: TrainKernels | null = null) {
     this.grad = grad;
   }
 
   /** The gradient buffer (allocated on first use) or null when no gradient flows to this Var. */
   g(): Buf | null {
     if (!this.requiresGrad) return null;
-    if (!this.grad) this.grad = this.data instanceof Float32Array ? new Float32Array(this.data.length) : new Float64Array(this.data.length);
+    if (!this.grad) {
+      const dtype = this.data instanceof Float32Array ? "f32" : "f64";
+      this.grad = this.kernels ? this.kernels.alloc(dtype, this.data.length) : dtype === "f32" ? new Float32Array(this.data.length) : new Float64Array(this.data.length);
+    }
     return this.grad;
   }
 }
@@ -46,7 +52,7 @@ export class Graph {
   }
 
   private out(rows: number, cols: number, ...inputs: Var[]): Var {
-    return new Var(alloc(this.dtype, rows * cols), rows, cols, this.recording && inputs.some((v) => v.requiresGrad));
+    return new Var(this.kernels.alloc(this.dtype, rows * cols), rows, cols, this.recording && inputs.some((v) => v.requiresGrad), null, this.kernels);
   }
 
   /** Records `f(gy)` to run in backward if y ends up with a gradient. */
@@ -233,9 +239,9 @@ export class Graph {
 
   wkv7(B: number, T: number, H: number, N: number, r: Var, wraw: Var, k: Var, v: Var, a: Var, b: Var): Var {
     const y = this.out(r.rows, r.cols, r, wraw, k, v, a, b); // (B·T, C)
-    const ckpt = y.requiresGrad ? new Float64Array(B * H * wkvChunks(T) * N * N) : null;
-    wkv7Forward(B, T, H, N, r.data, wraw.data, k.data, v.data, a.data, b.data, y.data, ckpt);
-    this.record(y, (gy) => wkv7Backward(B, T, H, N, r.data, wraw.data, k.data, v.data, a.data, b.data, ckpt!, gy, r.g(), wraw.g(), k.g(), v.g(), a.g(), b.g()));
+    const K = this.kernels;
+    const ckpt = K.wkv7Forward(B, T, H, N, r.data, wraw.data, k.data, v.data, a.data, b.data, y.data, y.requiresGrad); // state checkpoints
+    this.record(y, (gy) => K.wkv7Backward(B, T, H, N, r.data, wraw.data, k.data, v.data, a.data, b.data, ckpt!, gy, r.g(), wraw.g(), k.g(), v.g(), a.g(), b.g()));
     return y;
   }
 

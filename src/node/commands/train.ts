@@ -219,10 +219,10 @@ function measurePeakGflops(k: TrainKernels): number {
   const n = PEAK_PROBE_SIZE;
   const a = new Float32Array(n * n).map((_, i) => (i % 7) * 0.1), c = new Float32Array(n * n);
   let best = Infinity;
-  for (let r = 0; r < PEAK_PROBE_WARMUP; r++) k.gemmNT(a, n, n, a, n, c, false); // let the JIT optimise it first
+  for (let r = 0; r < PEAK_PROBE_WARMUP; r++) k.gemm(false, true, n, n, n, a, a, c, false); // let the JIT optimise it first
   for (let r = 0; r < PEAK_PROBE_RUNS; r++) {
     const t0 = performance.now();
-    k.gemmNT(a, n, n, a, n, c, false);
+    k.gemm(false, true, n, n, n, a, a, c, false);
     best = Math.min(best, performance.now() - t0);
   }
   return (2 * n * n * n) / (best / MS_PER_S) / 1e9;

@@ -1,0 +1,438 @@
+/*
+ * WebAssembly SIMD kernels of training (AssemblyScript; built by assembly/build.mjs into
+ * src/core/train/wasm-train-binary.ts, twice: plain SIMD and relaxed SIMD). Separate from the
+ * inference module (assembly/kernels.ts) so the two evolve independently.
+ *
+ * Memory: one shared WebAssembly memory owned by the JS side (src/core/train/wasm-kernels.ts),
+ * which keeps every training tensor in it (parameters, gradients, activations) and hands the
+ * kernels pointers; this module allocates nothing and keeps no state, so the same instance code
+ * runs on the main thread and in every worker.
+ *
+ * Every kernel is a "job" taking (part, nparts) and computing its own slice of the outputs (tiles
+ * of a matrix product, (sequence, head) pairs of a WKV scan) with per-part scratch. An output is
+ * computed by the same instructions whatever the split, so 1 and N threads give bit-identical
+ * results. All arithmetic is f32 (the reference kernels sum in f64; the fast path does not).
+ */
+
+// Job ids; keep in sync with JOB in src/core/train/wasm-kernels.ts.
+const JOB_GEMM: i32 = 1;
+const JOB_WKV7_FORWARD: i32 = 2;
+const JOB_WKV7_BACKWARD: i32 = 3;
+
+// Control block layout (bytes from ctrl), shared by the main thread and the workers.
+const C_EPOCH: usize = 0; // bumped once per job; idle workers wait on it
+const C_DONE: usize = 4; // chunks of the current job finished; the main thread waits on it
+const C_TICKET: usize = 8; // i64: epoch << 32 | nchunks << 16 | next unclaimed chunk
+const C_JOB: usize = 16;
+const C_SLEEPERS: usize = 20; // workers inside atomic.wait (notify only when someone sleeps)
+const C_EXIT: usize = 24;
+const C_ARGS: usize = 32; // i32 argument slots
+
+/** Steps between stored WKV states (the reference's WKV_CHUNK, the v7 CUDA kernel's CHUNK_LEN). */
+const WKV_CHUNK: i32 = 16;
+
+export function heapBase(): usize {
+  return __heap_base;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Threading (the scheme of assembly/kernels.ts). The main thread publishes a job as a ticket of
+// `nchunks` chunks and claims chunks itself; workers spin briefly on the epoch, then sleep in
+// atomic.wait, and claim chunks while any are left. A worker that is descheduled costs nothing:
+// the others run the remaining chunks. The CAS on the ticket checks the epoch, so a late worker
+// never runs a finished job's chunk; the main thread returns only when every chunk is done.
+
+function claimChunks(ctrl: usize, e: i32): void {
+  while (true) {
+    const w = atomic.load<i64>(ctrl, C_TICKET);
+    if (<i32>(w >>> 32) != e) return;
+    const next = <i32>(w & 0xffff), n = <i32>((w >>> 16) & 0xffff);
+    if (next >= n) return;
+    if (atomic.cmpxchg<i64>(ctrl, w, w + 1, C_TICKET) != w) continue;
+    runJob(ctrl, load<i32>(ctrl, C_JOB), next, n);
+    if (atomic.add<i32>(ctrl, 1, C_DONE) + 1 == n) atomic.notify(ctrl + C_DONE, 1);
+  }
+}
+
+/** A worker's whole life: wait for a job, claim its chunks, until told to exit. */
+export function workerLoop(ctrl: usize, spin: i32): void {
+  let seen: i32 = 0;
+  while (true) {
+    let e = atomic.load<i32>(ctrl, C_EPOCH);
+    for (let k = 0; e == seen && k < spin; k++) e = atomic.load<i32>(ctrl, C_EPOCH);
+    while (e == seen) {
+      atomic.add<i32>(ctrl, 1, C_SLEEPERS);
+      atomic.wait<i32>(ctrl + C_EPOCH, seen, -1);
+      atomic.sub<i32>(ctrl, 1, C_SLEEPERS);
+      e = atomic.load<i32>(ctrl, C_EPOCH);
+    }
+    if (atomic.load<i32>(ctrl, C_EXIT) != 0) return;
+    seen = e;
+    claimChunks(ctrl, e);
+  }
+}
+
+/** Main thread: run `job` (arguments already stored) as `nchunks` chunks with whichever workers are awake. */
+export function dispatch(ctrl: usize, job: i32, nchunks: i32, spin: i32): void {
+  store<i32>(ctrl, job, C_JOB);
+  atomic.store<i32>(ctrl, 0, C_DONE);
+  const e = atomic.load<i32>(ctrl, C_EPOCH) + 1;
+  atomic.store<i64>(ctrl, (<i64>e << 32) | (<i64>nchunks << 16), C_TICKET); // seq-cst: publishes the job
+  atomic.store<i32>(ctrl, e, C_EPOCH);
+  if (atomic.load<i32>(ctrl, C_SLEEPERS) > 0) atomic.notify(ctrl + C_EPOCH, -1);
+  claimChunks(ctrl, e);
+  let d = atomic.load<i32>(ctrl, C_DONE);
+  for (let k = 0; d != nchunks && k < spin; k++) d = atomic.load<i32>(ctrl, C_DONE);
+  while (d != nchunks) {
+    atomic.wait<i32>(ctrl + C_DONE, d, -1);
+    d = atomic.load<i32>(ctrl, C_DONE);
+  }
+}
+
+/** Tells the workers to return from workerLoop. */
+export function stopWorkers(ctrl: usize): void {
+  atomic.store<i32>(ctrl, 1, C_EXIT);
+  atomic.add<i32>(ctrl, 1, C_EPOCH);
+  atomic.notify(ctrl + C_EPOCH, -1);
+}
+
+/** Runs one part of a job on the calling thread (also used directly for single-part jobs). */
+export function runJob(ctrl: usize, job: i32, part: i32, nparts: i32): void {
+  const a = ctrl + C_ARGS;
+  if (job == JOB_GEMM) {
+    gemm(arg(a, 0), arg(a, 1), arg(a, 2), arg(a, 3), arg(a, 4), arg(a, 5), arg(a, 6), arg(a, 7), arg(a, 8), arg(a, 9),
+      <usize>arg(a, 10) + <usize>part * <usize>arg(a, 11), part, nparts);
+  } else if (job == JOB_WKV7_FORWARD) {
+    wkv7Forward(arg(a, 0), arg(a, 1), arg(a, 2), arg(a, 3), arg(a, 4), arg(a, 5), arg(a, 6), arg(a, 7), arg(a, 8), arg(a, 9), arg(a, 10), arg(a, 11),
+      <usize>arg(a, 12) + <usize>part * <usize>arg(a, 13), part, nparts);
+  } else if (job == JOB_WKV7_BACKWARD) {
+    wkv7Backward(arg(a, 0), arg(a, 1), arg(a, 2), arg(a, 3), arg(a, 4), arg(a, 5), arg(a, 6), arg(a, 7), arg(a, 8), arg(a, 9), arg(a, 10),
+      arg(a, 11), arg(a, 12), arg(a, 13), arg(a, 14), arg(a, 15), arg(a, 16), arg(a, 17), <usize>arg(a, 18) + <usize>part * <usize>arg(a, 19), part, nparts);
+  }
+}
+
+/* @inline */ function arg(a: usize, i: i32): i32 {
+  return load<i32>(a + (<usize>i << 2));
+}
+
+/** Start of `part`'s share of `n` items split into `nparts` shares whose sizes are multiples of `align`. */
+/* @inline */ function splitLo(n: i32, part: i32, nparts: i32, align: i32): i32 {
+  const chunk = ((n + nparts * align - 1) / (nparts * align)) * align;
+  return min(n, part * chunk);
+}
+/* @inline */ function splitHi(n: i32, part: i32, nparts: i32, align: i32): i32 {
+  const chunk = ((n + nparts * align - 1) / (nparts * align)) * align;
+  return min(n, (part + 1) * chunk);
+}
+
+/* @inline */ function fma4(acc: v128, a: v128, b: v128): v128 {
+  if (ASC_FEATURE_RELAXED_SIMD) return f32x4.relaxed_madd(a, b, acc);
+  return f32x4.add(acc, f32x4.mul(a, b));
+}
+
+/** The fixed horizontal sum (l0 + l2) + (l1 + l3). */
+/* @inline */ function hsum(v: v128): f32 {
+  return (f32x4.extract_lane(v, 0) + f32x4.extract_lane(v, 2)) + (f32x4.extract_lane(v, 1) + f32x4.extract_lane(v, 3));
+}
+
+/* @inline */ function at(p: usize, i: i32): usize {
+  return p + (<usize>i << 2);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Matrix product C (M, N) (+)= op(A) · op(B), f32, row-major:
+//   op(A) = A stored (M, K) (tA = 0) or Aᵀ with A stored (K, M) (tA = 1);
+//   op(B) = B stored (K, N) (tB = 0) or Bᵀ with B stored (N, K) (tB = 1).
+// Blocked as GotoBLAS: for each block of KC steps of K, the part's columns of op(B) are packed into
+// panels of NR columns ([k][NR], zero-padded), and each tile of MR rows of op(A) into [k][MR]; a
+// register-blocked MR x NR microkernel then runs over the packed data, so every layout (and the
+// transposes the backward needs) costs one O(MK + KN) repacking instead of a transposed copy.
+// Each C element sums its K products in increasing k within a block, then adds the blocks in
+// order: the same sequence of f32 operations whichever part computes it.
+
+const MR: i32 = 4;
+const NR: i32 = 8;
+const KC: i32 = 256;
+
+/** Scratch bytes one part of a gemm needs (see wasm-kernels.ts: gemmScratchBytes). */
+// A tile: KC·MR f32; C tile spill: MR·NR f32; B block: KC · (columns rounded up to NR) f32.
+
+function gemm(tA: i32, tB: i32, M: i32, N: i32, K: i32, A: usize, B: usize, C: usize, acc: i32, axis: i32, ws: usize, part: i32, nparts: i32): void {
+  let m0 = 0, m1 = M, n0 = 0, n1 = N;
+  if (axis == 0) { m0 = splitLo(M, part, nparts, MR); m1 = splitHi(M, part, nparts, MR); }
+  else { n0 = splitLo(N, part, nparts, NR); n1 = splitHi(N, part, nparts, NR); }
+  if (m0 >= m1 || n0 >= n1) return;
+  const ap = ws, spill = ws + (<usize>(KC * MR) << 2), bp = spill + (<usize>(MR * NR) << 2);
+  for (let k0 = 0; k0 < K; k0 += KC) {
+    const kc = min(KC, K - k0);
+    const add = acc != 0 || k0 > 0;
+    const panelBytes = <usize>(kc * NR) << 2;
+    let p: usize = bp;
+    for (let j = n0; j < n1; j += NR) {
+      packB(tB, B, N, K, k0, kc, j, min(NR, n1 - j), p);
+      p += panelBytes;
+    }
+    for (let i = m0; i < m1; i += MR) {
+      const mr = min(MR, m1 - i);
+      packA(tA, A, M, K, k0, kc, i, mr, ap);
+      p = bp;
+      for (let j = n0; j < n1; j += NR) {
+        const nr = min(NR, n1 - j);
+        const c = C + (<usize>(i * N + j) << 2);
+        if (mr == MR && nr == NR) micro4x8(ap, p, kc, c, N, add);
+        else {
+          micro4x8(ap, p, kc, spill, NR, false);
+          for (let r = 0; r < mr; r++) {
+            for (let q = 0; q < nr; q++) {
+              const o = c + (<usize>(r * N + q) << 2), s = load<f32>(spill + (<usize>(r * NR + q) << 2));
+              store<f32>(o, add ? load<f32>(o) + s : s);
+            }
+          }
+        }
+        p += panelBytes;
+      }
+    }
+  }
+}
+
+/** Columns j..j+nr of op(B) over steps k0..k0+kc as [k][NR], columns past nr zero. */
+function packB(tB: i32, B: usize, N: i32, K: i32, k0: i32, kc: i32, j: i32, nr: i32, p: usize): void {
+  if (tB == 0) { // B (K, N): each k is a contiguous run of nr columns
+    if (nr == NR) {
+      for (let k = 0; k < kc; k++) {
+        const s = B + (<usize>((k0 + k) * N + j) << 2), d = p + (<usize>(k * NR) << 2);
+        v128.store(d, v128.load(s));
+        v128.store(d, v128.load(s, 16), 16);
+      }
+    } else {
+      for (let k = 0; k < kc; k++) {
+        const s = B + (<usize>((k0 + k) * N + j) << 2), d = p + (<usize>(k * NR) << 2);
+        for (let q = 0; q < NR; q++) store<f32>(d + (<usize>q << 2), q < nr ? load<f32>(s + (<usize>q << 2)) : 0);
+      }
+    }
+  } else { // B (N, K): column q of the panel is row j+q of B
+    for (let q = 0; q < NR; q++) {
+      const d = p + (<usize>q << 2);
+      if (q < nr) {
+        const s = B + (<usize>((j + q) * K + k0) << 2);
+        for (let k = 0; k < kc; k++) store<f32>(d + (<usize>(k * NR) << 2), load<f32>(s + (<usize>k << 2)));
+      } else {
+        for (let k = 0; k < kc; k++) store<f32>(d + (<usize>(k * NR) << 2), 0);
+      }
+    }
+  }
+}
+
+/** Rows i..i+mr of op(A) over steps k0..k0+kc as [k][MR], rows past mr zero. */
+function packA(tA: i32, A: usize, M: i32, K: i32, k0: i32, kc: i32, i: i32, mr: i32, p: usize): void {
+  if (tA == 0) { // A (M, K): row r of the tile is contiguous
+    if (mr == MR) {
+      const s0 = A + (<usize>(i * K + k0) << 2), rb = <usize>K << 2;
+      const s1 = s0 + rb, s2 = s1 + rb, s3 = s2 + rb;
+      let k = 0;
+      for (; k + 4 <= kc; k += 4) { // 4x4 transposes
+        const o = <usize>k << 2;
+        const x0 = v128.load(s0 + o), x1 = v128.load(s1 + o), x2 = v128.load(s2 + o), x3 = v128.load(s3 + o);
+        const t0 = i32x4.shuffle(x0, x1, 0, 4, 1, 5), t1 = i32x4.shuffle(x2, x3, 0, 4, 1, 5);
+        const t2 = i32x4.shuffle(x0, x1, 2, 6, 3, 7), t3 = i32x4.shuffle(x2, x3, 2, 6, 3, 7);
+        const d = p + (<usize>(k * MR) << 2);
+        v128.store(d, i64x2.shuffle(t0, t1, 0, 2));
+        v128.store(d, i64x2.shuffle(t0, t1, 1, 3), 16);
+        v128.store(d, i64x2.shuffle(t2, t3, 0, 2), 32);
+        v128.store(d, i64x2.shuffle(t2, t3, 1, 3), 48);
+      }
+      for (; k < kc; k++) {
+        const o = <usize>k << 2, d = p + (<usize>(k * MR) << 2);
+        store<f32>(d, load<f32>(s0 + o)); store<f32>(d, load<f32>(s1 + o), 4);
+        store<f32>(d, load<f32>(s2 + o), 8); store<f32>(d, load<f32>(s3 + o), 12);
+      }
+    } else {
+      for (let r = 0; r < MR; r++) {
+        const d = p + (<usize>r << 2);
+        if (r < mr) {
+          const s = A + (<usize>((i + r) * K + k0) << 2);
+          for (let k = 0; k < kc; k++) store<f32>(d + (<usize>(k * MR) << 2), load<f32>(s + (<usize>k << 2)));
+        } else {
+          for (let k = 0; k < kc; k++) store<f32>(d + (<usize>(k * MR) << 2), 0);
+        }
+      }
+    }
+  } else { // A (K, M): each k is a contiguous run of mr rows
+    if (mr == MR) {
+      for (let k = 0; k < kc; k++) v128.store(p + (<usize>(k * MR) << 2), v128.load(A + (<usize>((k0 + k) * M + i) << 2)));
+    } else {
+      for (let k = 0; k < kc; k++) {
+        const s = A + (<usize>((k0 + k) * M + i) << 2), d = p + (<usize>(k * MR) << 2);
+        for (let r = 0; r < MR; r++) store<f32>(d + (<usize>r << 2), r < mr ? load<f32>(s + (<usize>r << 2)) : 0);
+      }
+    }
+  }
+}
+
+/** C (4 x 8 at c, row stride ldc) (+)= packed A tile · packed B panel over kc steps. */
+function micro4x8(a: usize, b: usize, kc: i32, c: usize, ldc: i32, add: bool): void {
+  let c00 = f32x4.splat(0), c01 = f32x4.splat(0), c10 = f32x4.splat(0), c11 = f32x4.splat(0);
+  let c20 = f32x4.splat(0), c21 = f32x4.splat(0), c30 = f32x4.splat(0), c31 = f32x4.splat(0);
+  for (let k = 0; k < kc; k++) {
+    const b0 = v128.load(b), b1 = v128.load(b, 16);
+    const a0 = v128.load32_splat(a), a1 = v128.load32_splat(a, 4), a2 = v128.load32_splat(a, 8), a3 = v128.load32_splat(a, 12);
+    c00 = fma4(c00, a0, b0); c01 = fma4(c01, a0, b1);
+    c10 = fma4(c10, a1, b0); c11 = fma4(c11, a1, b1);
+    c20 = fma4(c20, a2, b0); c21 = fma4(c21, a2, b1);
+    c30 = fma4(c30, a3, b0); c31 = fma4(c31, a3, b1);
+    a += 16; b += 32;
+  }
+  const rb = <usize>ldc << 2;
+  const r0 = c, r1 = r0 + rb, r2 = r1 + rb, r3 = r2 + rb;
+  if (add) {
+    c00 = f32x4.add(v128.load(r0), c00); c01 = f32x4.add(v128.load(r0, 16), c01);
+    c10 = f32x4.add(v128.load(r1), c10); c11 = f32x4.add(v128.load(r1, 16), c11);
+    c20 = f32x4.add(v128.load(r2), c20); c21 = f32x4.add(v128.load(r2, 16), c21);
+    c30 = f32x4.add(v128.load(r3), c30); c31 = f32x4.add(v128.load(r3, 16), c31);
+  }
+  v128.store(r0, c00); v128.store(r0, c01, 16);
+  v128.store(r1, c10); v128.store(r1, c11, 16);
+  v128.store(r2, c20); v128.store(r2, c21, 16);
+  v128.store(r3, c30); v128.store(r3, c31, 16);
+}
+
+// ---------------------------------------------------------------------------------------------
+// RWKV-7 WKV (SPEC §6, §7.3) over B sequences of T steps from a zero state, per head with
+// S[i=value][j=key]:  sa = S a;  S <- S diag(d) + sa bᵀ + v kᵀ;  y = S r,  d = exp(-exp(wraw)).
+// Inputs (B·T, C) with C = H·N, N a multiple of 4; parts split the B·H (sequence, head) pairs.
+// The forward stores the state entering every WKV_CHUNK steps in ckpt (B·H·chunks·N·N) when
+// ckpt != 0; the backward recomputes each chunk's states from it, exactly as the forward did.
+
+/** d[j] = exp(-exp(wraw[j])) and, when ew != 0, ew[j] = exp(wraw[j]); f64 exponentials (N per step). */
+function decays(w: usize, N: i32, d: usize, ew: usize): void {
+  for (let j = 0; j < N; j++) {
+    const e = Math.exp(<f64>load<f32>(at(w, j)));
+    store<f32>(at(d, j), <f32>Math.exp(-e));
+    if (ew != 0) store<f32>(at(ew, j), <f32>e);
+  }
+}
+
+/** One step from the state at S0 into S1 (may be the same): writes y (N) and, when sa != 0, sa (N). */
+function v7Step(S0: usize, S1: usize, N: i32, r: usize, d: usize, k: usize, v: usize, a: usize, b: usize, y: usize, sa: usize): void {
+  const rowBytes = <usize>N << 2;
+  for (let i = 0; i < N; i++) {
+    const row0 = S0 + <usize>i * rowBytes, row1 = S1 + <usize>i * rowBytes;
+    let s4 = f32x4.splat(0);
+    for (let j = 0; j < N; j += 4) s4 = fma4(s4, v128.load(at(row0, j)), v128.load(at(a, j)));
+    const s = hsum(s4);
+    if (sa != 0) store<f32>(at(sa, i), s);
+    const sv = f32x4.splat(s), vv = f32x4.splat(load<f32>(at(v, i)));
+    let y4 = f32x4.splat(0);
+    for (let j = 0; j < N; j += 4) {
+      const n = fma4(fma4(f32x4.mul(v128.load(at(row0, j)), v128.load(at(d, j))), sv, v128.load(at(b, j))), vv, v128.load(at(k, j)));
+      v128.store(at(row1, j), n);
+      y4 = fma4(y4, n, v128.load(at(r, j)));
+    }
+    store<f32>(at(y, i), hsum(y4));
+  }
+}
+
+/** Part scratch: S (N·N), d (N). */
+function wkv7Forward(Bn: i32, T: i32, H: i32, N: i32, r: usize, w: usize, k: usize, v: usize, a: usize, b: usize, y: usize, ckpt: usize,
+  ws: usize, part: i32, nparts: i32): void {
+  const lo = splitLo(Bn * H, part, nparts, 1), hi = splitHi(Bn * H, part, nparts, 1);
+  const C = H * N, NN = N * N, chunks = (T + WKV_CHUNK - 1) / WKV_CHUNK;
+  const S = ws, d = ws + (<usize>NN << 2);
+  for (let pair = lo; pair < hi; pair++) {
+    const bb = pair / H, h = pair % H;
+    memory.fill(S, 0, <usize>NN << 2);
+    for (let t = 0; t < T; t++) {
+      if (ckpt != 0 && t % WKV_CHUNK == 0) memory.copy(ckpt + (<usize>((pair * chunks + t / WKV_CHUNK) * NN) << 2), S, <usize>NN << 2);
+      const o = <usize>((bb * T + t) * C + h * N) << 2;
+      decays(w + o, N, d, 0);
+      v7Step(S, S, N, r + o, d, k + o, v + o, a + o, b + o, y + o, 0);
+    }
+  }
+}
+
+/**
+ * SPEC §7.3, t = T-1 … 0 with dS = dL/dS_t (the reference's wkv7Backward, vectorized over j):
+ *   dS += gy rᵀ;  g_r = S_tᵀ gy;  g_k = dSᵀ v;  g_v = dS k;  g_b = dSᵀ sa;  e = dS b;  g_a = S_{t-1}ᵀ e
+ *   g_wraw[j] = -exp(wraw[j]) d[j] Σ_i dS[i,j] S_{t-1}[i,j];  dS <- dS diag(d) + e aᵀ
+ * Gradients accumulate (+=); a zero pointer skips that gradient.
+ * Part scratch: states ((WKV_CHUNK+1)·N·N), dS (N·N), sas (WKV_CHUNK·N), then N each: d, ew, y,
+ * gv, e, accR, accK, accB, accA, accW.
+ */
+function wkv7Backward(Bn: i32, T: i32, H: i32, N: i32, r: usize, w: usize, k: usize, v: usize, a: usize, b: usize, ckpt: usize, gy: usize,
+  gr: usize, gw: usize, gk: usize, gv: usize, ga: usize, gb: usize, ws: usize, part: i32, nparts: i32): void {
+  const lo = splitLo(Bn * H, part, nparts, 1), hi = splitHi(Bn * H, part, nparts, 1);
+  const C = H * N, NN = N * N, chunks = (T + WKV_CHUNK - 1) / WKV_CHUNK;
+  const nnBytes = <usize>NN << 2, nBytes = <usize>N << 2;
+  const states = ws, dS = states + <usize>(WKV_CHUNK + 1) * nnBytes, sas = dS + nnBytes;
+  const d = sas + <usize>WKV_CHUNK * nBytes, ew = d + nBytes, yv = ew + nBytes, gvAcc = yv + nBytes, e = gvAcc + nBytes;
+  const accR = e + nBytes, accK = accR + nBytes, accB = accK + nBytes, accA = accB + nBytes, accW = accA + nBytes;
+  for (let pair = lo; pair < hi; pair++) {
+    const bb = pair / H, h = pair % H;
+    memory.fill(dS, 0, nnBytes);
+    for (let ch = chunks - 1; ch >= 0; ch--) {
+      const t0 = ch * WKV_CHUNK, t1 = min(T, t0 + WKV_CHUNK);
+      memory.copy(states, ckpt + <usize>(pair * chunks + ch) * nnBytes, nnBytes);
+      for (let t = t0; t < t1; t++) { // recompute the chunk's states exactly as the forward did
+        const o = <usize>((bb * T + t) * C + h * N) << 2, s = states + <usize>(t - t0) * nnBytes;
+        decays(w + o, N, d, 0);
+        v7Step(s, s + nnBytes, N, r + o, d, k + o, v + o, a + o, b + o, yv, sas + <usize>(t - t0) * nBytes);
+      }
+      for (let t = t1 - 1; t >= t0; t--) {
+        const o = <usize>((bb * T + t) * C + h * N) << 2;
+        const sp = states + <usize>(t - t0) * nnBytes, sn = sp + nnBytes, sa = sas + <usize>(t - t0) * nBytes;
+        const rv = r + o, kv = k + o, vv = v + o, av = a + o, bv = b + o, g = gy + o;
+        decays(w + o, N, d, ew);
+        memory.fill(accR, 0, 5 * nBytes); // accR, accK, accB, accA, accW
+        // Pass 1, two rows at a time: dS += gy rᵀ, then the column sums and the row sums of dS.
+        for (let i = 0; i < N; i += 2) {
+          const q0 = dS + <usize>i * nBytes, q1 = q0 + nBytes;
+          const p0 = sp + <usize>i * nBytes, p1 = p0 + nBytes, n0 = sn + <usize>i * nBytes, n1 = n0 + nBytes;
+          const g0s = load<f32>(at(g, i)), g1s = load<f32>(at(g, i), 4);
+          const g0 = f32x4.splat(g0s), g1 = f32x4.splat(g1s);
+          const v0 = f32x4.splat(load<f32>(at(vv, i))), v1 = f32x4.splat(load<f32>(at(vv, i), 4));
+          const a0 = f32x4.splat(load<f32>(at(sa, i))), a1 = f32x4.splat(load<f32>(at(sa, i), 4));
+          let gv0 = f32x4.splat(0), gv1 = f32x4.splat(0), e0 = f32x4.splat(0), e1 = f32x4.splat(0);
+          for (let j = 0; j < N; j += 4) {
+            const jo = <usize>j << 2;
+            const rj = v128.load(rv + jo);
+            const x0 = fma4(v128.load(q0 + jo), g0, rj), x1 = fma4(v128.load(q1 + jo), g1, rj);
+            v128.store(q0 + jo, x0); v128.store(q1 + jo, x1);
+            v128.store(accR + jo, fma4(fma4(v128.load(accR + jo), v128.load(n0 + jo), g0), v128.load(n1 + jo), g1));
+            v128.store(accK + jo, fma4(fma4(v128.load(accK + jo), x0, v0), x1, v1));
+            v128.store(accB + jo, fma4(fma4(v128.load(accB + jo), x0, a0), x1, a1));
+            v128.store(accW + jo, fma4(fma4(v128.load(accW + jo), x0, v128.load(p0 + jo)), x1, v128.load(p1 + jo)));
+            const kj = v128.load(kv + jo), bj = v128.load(bv + jo);
+            gv0 = fma4(gv0, x0, kj); gv1 = fma4(gv1, x1, kj);
+            e0 = fma4(e0, x0, bj); e1 = fma4(e1, x1, bj);
+          }
+          store<f32>(at(gvAcc, i), hsum(gv0)); store<f32>(at(gvAcc, i), hsum(gv1), 4);
+          store<f32>(at(e, i), hsum(e0)); store<f32>(at(e, i), hsum(e1), 4);
+        }
+        // Pass 2: g_a = S_{t-1}ᵀ e and dS -> dL/dS_{t-1}.
+        for (let i = 0; i < N; i += 2) {
+          const q0 = dS + <usize>i * nBytes, q1 = q0 + nBytes, p0 = sp + <usize>i * nBytes, p1 = p0 + nBytes;
+          const e0 = f32x4.splat(load<f32>(at(e, i))), e1 = f32x4.splat(load<f32>(at(e, i), 4));
+          for (let j = 0; j < N; j += 4) {
+            const jo = <usize>j << 2;
+            const dj = v128.load(d + jo), aj = v128.load(av + jo);
+            v128.store(accA + jo, fma4(fma4(v128.load(accA + jo), v128.load(p0 + jo), e0), v128.load(p1 + jo), e1));
+            v128.store(q0 + jo, fma4(f32x4.mul(v128.load(q0 + jo), dj), e0, aj));
+            v128.store(q1 + jo, fma4(f32x4.mul(v128.load(q1 + jo), dj), e1, aj));
+          }
+        }
+        for (let j = 0; j < N; j += 4) {
+          const jo = <usize>j << 2;
+          if (gr != 0) v128.store(gr + o + jo, f32x4.add(v128.load(gr + o + jo), v128.load(accR + jo)));
+          if (gk != 0) v128.store(gk + o + jo, f32x4.add(v128.load(gk + o + jo), v128.load(accK + jo)));
+          if (gb != 0) v128.store(gb + o + jo, f32x4.add(v128.load(gb + o + jo), v128.load(accB + jo)));
+          if (ga != 0) v128.store(ga + o + jo, f32x4.add(v128.load(ga + o + jo), v128.load(accA + jo)));
+          if (gv != 0) v128.store(gv + o + jo, f32x4.add(v128.load(gv + o + jo), v128.load(gvAcc + jo)));
+          if (gw != 0) {
+            const gwj = f32x4.mul(f32x4.neg(f32x4.mul(v128.load(ew + jo), v128.load(d + jo))), v128.load(accW + jo));
+            v128.store(gw + o + jo, f32x4.add(v128.load(gw + o + jo), gwj));
+          }
+        }
+      }
+    }
+  }
+}
