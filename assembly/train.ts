@@ -35,6 +35,11 @@ export function heapBase(): usize {
   return __heap_base;
 }
 
+/** Zeroes `bytes` at p (bulk memory: several times faster than TypedArray.fill on shared memory). */
+export function zero(p: usize, bytes: usize): void {
+  memory.fill(p, 0, bytes);
+}
+
 // ---------------------------------------------------------------------------------------------
 // Threading (the scheme of assembly/kernels.ts). The main thread publishes a job as a ticket of
 // `nchunks` chunks and claims chunks itself; workers spin briefly on the epoch, then sleep in
@@ -433,6 +438,218 @@ function wkv7Backward(Bn: i32, T: i32, H: i32, N: i32, r: usize, w: usize, k: us
           }
         }
       }
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Element-wise ops of the graph (ops.ts is the specification), f32x4 over contiguous elements,
+// called directly on the calling thread. Counts are multiples of 4 (the JS side checks and runs
+// the reference otherwise). "Row" broadcasts: a (R, C) tensor with a vector m (C) per row.
+// Backward functions accumulate (+=); a zero pointer skips that gradient.
+
+/* @inline */ function ld(p: usize, i: i32): v128 {
+  return v128.load(p + (<usize>i << 2));
+}
+/* @inline */ function st(p: usize, i: i32, x: v128): void {
+  v128.store(p + (<usize>i << 2), x);
+}
+/* @inline */ function addTo(p: usize, i: i32, x: v128): void {
+  v128.store(p + (<usize>i << 2), f32x4.add(v128.load(p + (<usize>i << 2)), x));
+}
+
+/** y = x + (sx - x)·m, m (C). */
+export function lerpF(x: usize, sx: usize, m: usize, R: i32, C: i32, y: usize): void {
+  for (let o = 0; o < R * C; o += C) {
+    for (let c = 0; c < C; c += 4) {
+      const xv = ld(x, o + c);
+      st(y, o + c, fma4(xv, f32x4.sub(ld(sx, o + c), xv), ld(m, c)));
+    }
+  }
+}
+
+/** gx += gy·(1 - m);  gsx += gy·m;  gm += Σ_rows gy·(sx - x). */
+export function lerpB(x: usize, sx: usize, m: usize, R: i32, C: i32, gy: usize, gx: usize, gsx: usize, gm: usize): void {
+  const one = f32x4.splat(1);
+  for (let o = 0; o < R * C; o += C) {
+    for (let c = 0; c < C; c += 4) {
+      const g = ld(gy, o + c), mc = ld(m, c);
+      if (gx != 0) addTo(gx, o + c, f32x4.mul(g, f32x4.sub(one, mc)));
+      if (gsx != 0) addTo(gsx, o + c, f32x4.mul(g, mc));
+      if (gm != 0) addTo(gm, c, f32x4.mul(g, f32x4.sub(ld(sx, o + c), ld(x, o + c))));
+    }
+  }
+}
+
+/** y = a + b (b (n), or with C > 0 a row vector (C) broadcast over the n / C rows). */
+export function addF(a: usize, b: usize, n: i32, C: i32, y: usize): void {
+  if (C == 0) { for (let i = 0; i < n; i += 4) st(y, i, f32x4.add(ld(a, i), ld(b, i))); return; }
+  for (let o = 0; o < n; o += C) for (let c = 0; c < C; c += 4) st(y, o + c, f32x4.add(ld(a, o + c), ld(b, c)));
+}
+
+/** ga += gy;  gb += gy (or its sum over rows when C > 0). */
+export function addB(n: i32, C: i32, gy: usize, ga: usize, gb: usize): void {
+  if (ga != 0) for (let i = 0; i < n; i += 4) addTo(ga, i, ld(gy, i));
+  if (gb == 0) return;
+  if (C == 0) { for (let i = 0; i < n; i += 4) addTo(gb, i, ld(gy, i)); return; }
+  for (let o = 0; o < n; o += C) for (let c = 0; c < C; c += 4) addTo(gb, c, ld(gy, o + c));
+}
+
+/** y = a·b (b as in addF). */
+export function mulF(a: usize, b: usize, n: i32, C: i32, y: usize): void {
+  if (C == 0) { for (let i = 0; i < n; i += 4) st(y, i, f32x4.mul(ld(a, i), ld(b, i))); return; }
+  for (let o = 0; o < n; o += C) for (let c = 0; c < C; c += 4) st(y, o + c, f32x4.mul(ld(a, o + c), ld(b, c)));
+}
+
+/** ga += gy·b;  gb += gy·a (summed over rows when C > 0). */
+export function mulB(a: usize, b: usize, n: i32, C: i32, gy: usize, ga: usize, gb: usize): void {
+  if (C == 0) {
+    if (ga != 0) for (let i = 0; i < n; i += 4) addTo(ga, i, f32x4.mul(ld(gy, i), ld(b, i)));
+    if (gb != 0) for (let i = 0; i < n; i += 4) addTo(gb, i, f32x4.mul(ld(gy, i), ld(a, i)));
+    return;
+  }
+  for (let o = 0; o < n; o += C) {
+    for (let c = 0; c < C; c += 4) {
+      const g = ld(gy, o + c);
+      if (ga != 0) addTo(ga, o + c, f32x4.mul(g, ld(b, c)));
+      if (gb != 0) addTo(gb, c, f32x4.mul(g, ld(a, o + c)));
+    }
+  }
+}
+
+// exp and log of four f32 (Cephes expf/logf polynomials, ~2 ulp): the activations' transcendental
+// functions, which cost more than everything else in those ops as scalar calls.
+const LOG2E: f32 = 1.4426950408889634;
+const LN2_HI: f32 = 0.693359375;
+const LN2_LO: f32 = -2.12194440e-4;
+/** Below this e^x would be an f32 subnormal (slow on x86, and 0 for our purposes is as good). */
+const EXP_MIN: f32 = -87.3;
+const EXP_MAX: f32 = 88.3;
+
+function exp4(x0: v128): v128 {
+  const x1 = f32x4.max(f32x4.min(x0, f32x4.splat(EXP_MAX)), f32x4.splat(EXP_MIN));
+  const fx = f32x4.floor(fma4(f32x4.splat(0.5), x1, f32x4.splat(LOG2E)));
+  let x = fma4(x1, fx, f32x4.splat(-LN2_HI));
+  x = fma4(x, fx, f32x4.splat(-LN2_LO));
+  let p = f32x4.splat(1.9875691500e-4);
+  p = fma4(f32x4.splat(1.3981999507e-3), p, x);
+  p = fma4(f32x4.splat(8.3334519073e-3), p, x);
+  p = fma4(f32x4.splat(4.1665795894e-2), p, x);
+  p = fma4(f32x4.splat(1.6666665459e-1), p, x);
+  p = fma4(f32x4.splat(5.0000001201e-1), p, x);
+  const y = fma4(f32x4.add(x, f32x4.splat(1)), p, f32x4.mul(x, x));
+  const pow2 = i32x4.shl(i32x4.add(i32x4.trunc_sat_f32x4_s(fx), i32x4.splat(127)), 23);
+  return f32x4.mul(y, pow2);
+}
+
+/** Natural log of four positive normal f32. */
+function log4(x0: v128): v128 {
+  const bits = x0;
+  let e = f32x4.convert_i32x4_s(i32x4.sub(i32x4.shr_u(bits, 23), i32x4.splat(126)));
+  let m = v128.or(v128.and(bits, i32x4.splat(0x7fffff)), i32x4.splat(0x3f000000)); // [0.5, 1)
+  const small = f32x4.lt(m, f32x4.splat(0.7071067811865476));
+  e = f32x4.sub(e, v128.and(small, f32x4.splat(1)));
+  m = f32x4.sub(f32x4.add(m, v128.and(small, m)), f32x4.splat(1));
+  const z = f32x4.mul(m, m);
+  let p = f32x4.splat(7.0376836292e-2);
+  p = fma4(f32x4.splat(-1.1514610310e-1), p, m);
+  p = fma4(f32x4.splat(1.1676998740e-1), p, m);
+  p = fma4(f32x4.splat(-1.2420140846e-1), p, m);
+  p = fma4(f32x4.splat(1.4249322787e-1), p, m);
+  p = fma4(f32x4.splat(-1.6668057665e-1), p, m);
+  p = fma4(f32x4.splat(2.0000714765e-1), p, m);
+  p = fma4(f32x4.splat(-2.4999993993e-1), p, m);
+  p = fma4(f32x4.splat(3.3333331174e-1), p, m);
+  let y = f32x4.mul(f32x4.mul(p, m), z);
+  y = fma4(y, e, f32x4.splat(LN2_LO));
+  y = fma4(y, z, f32x4.splat(-0.5));
+  return fma4(f32x4.add(m, y), e, f32x4.splat(LN2_HI));
+}
+
+/* @inline */ function sigmoid4(x: v128): v128 {
+  const one = f32x4.splat(1);
+  return f32x4.div(one, f32x4.add(one, exp4(f32x4.neg(x))));
+}
+
+// Activation ids; keep in sync with ACT in src/core/train/wasm-kernels.ts.
+const ACT_SIGMOID: i32 = 0;
+const ACT_TANH: i32 = 1;
+const ACT_RELU2: i32 = 2; // and 3: the v7 decay clamp (the remaining branch below)
+
+/** y = f(x) over n elements (ops.ts activationForward). */
+export function actF(f: i32, x: usize, n: i32, y: usize): void {
+  const one = f32x4.splat(1), zero = f32x4.splat(0);
+  for (let i = 0; i < n; i += 4) {
+    const v = ld(x, i);
+    let r: v128;
+    if (f == ACT_SIGMOID) r = sigmoid4(v);
+    else if (f == ACT_TANH) { // sign(x)·(1 - e^{-2|x|})/(1 + e^{-2|x|})
+      const t = exp4(f32x4.mul(f32x4.abs(v), f32x4.splat(-2)));
+      const a = f32x4.div(f32x4.sub(one, t), f32x4.add(one, t));
+      r = v128.or(a, v128.and(v, i32x4.splat(0x80000000)));
+    } else if (f == ACT_RELU2) { const p = f32x4.max(v, zero); r = f32x4.mul(p, p); }
+    else { // -softplus(-x) - 1/2 with softplus(u) = max(u, 0) + log(1 + e^{-|u|})
+      const sp = f32x4.add(f32x4.max(f32x4.neg(v), zero), log4(f32x4.add(one, exp4(f32x4.neg(f32x4.abs(v))))));
+      r = f32x4.sub(f32x4.neg(sp), f32x4.splat(0.5));
+    }
+    st(y, i, r);
+  }
+}
+
+/** gx += gy·f'(x) (ops.ts activationBackward), from the saved output y where cheaper. */
+export function actB(f: i32, x: usize, y: usize, n: i32, gy: usize, gx: usize): void {
+  const one = f32x4.splat(1), zero = f32x4.splat(0);
+  for (let i = 0; i < n; i += 4) {
+    const g = ld(gy, i);
+    let d: v128;
+    if (f == ACT_SIGMOID) { const s = ld(y, i); d = f32x4.mul(s, f32x4.sub(one, s)); }
+    else if (f == ACT_TANH) { const t = ld(y, i); d = f32x4.sub(one, f32x4.mul(t, t)); }
+    else if (f == ACT_RELU2) d = f32x4.mul(f32x4.splat(2), f32x4.max(ld(x, i), zero));
+    else d = sigmoid4(f32x4.neg(ld(x, i)));
+    addTo(gx, i, f32x4.mul(g, d));
+  }
+}
+
+/**
+ * Per row and group of N (a multiple of 4): y = (x - mean)/sqrt(var + eps)·w + b with w, b per
+ * channel (G·N); saves mean and 1/std per group (f32, R·G each). LayerNorm is G = 1.
+ */
+export function normF(x: usize, R: i32, G: i32, N: i32, w: usize, b: usize, eps: f32, y: usize, mean: usize, rstd: usize): void {
+  const invN: f32 = 1 / <f32>N;
+  for (let g = 0; g < R * G; g++) {
+    const o = g * N, c0 = (g % G) * N;
+    let s4 = f32x4.splat(0);
+    for (let j = 0; j < N; j += 4) s4 = f32x4.add(s4, ld(x, o + j));
+    const m = hsum(s4) * invN, mv = f32x4.splat(m);
+    let v4 = f32x4.splat(0);
+    for (let j = 0; j < N; j += 4) { const dv = f32x4.sub(ld(x, o + j), mv); v4 = fma4(v4, dv, dv); }
+    const rs: f32 = 1 / Mathf.sqrt(hsum(v4) * invN + eps);
+    store<f32>(at(mean, g), m); store<f32>(at(rstd, g), rs);
+    const rv = f32x4.splat(rs);
+    for (let j = 0; j < N; j += 4) st(y, o + j, fma4(ld(b, c0 + j), f32x4.mul(f32x4.sub(ld(x, o + j), mv), rv), ld(w, c0 + j)));
+  }
+}
+
+/** gx += rstd (ĝ - mean(ĝ) - x̂ mean(ĝ x̂)) with ĝ = gy·w;  gw += Σ gy x̂;  gb += Σ gy. */
+export function normB(x: usize, R: i32, G: i32, N: i32, w: usize, mean: usize, rstd: usize, gy: usize, gx: usize, gw: usize, gb: usize): void {
+  const invN: f32 = 1 / <f32>N;
+  for (let g = 0; g < R * G; g++) {
+    const o = g * N, c0 = (g % G) * N;
+    const mv = f32x4.splat(load<f32>(at(mean, g))), rv = f32x4.splat(load<f32>(at(rstd, g)));
+    let sg = f32x4.splat(0), sgx = f32x4.splat(0);
+    for (let j = 0; j < N; j += 4) {
+      const xh = f32x4.mul(f32x4.sub(ld(x, o + j), mv), rv), gyj = ld(gy, o + j);
+      if (gw != 0) addTo(gw, c0 + j, f32x4.mul(gyj, xh));
+      if (gb != 0) addTo(gb, c0 + j, gyj);
+      const gh = f32x4.mul(gyj, ld(w, c0 + j));
+      sg = f32x4.add(sg, gh); sgx = fma4(sgx, gh, xh);
+    }
+    if (gx == 0) continue;
+    const sgm = f32x4.splat(hsum(sg) * invN), sgxm = f32x4.splat(hsum(sgx) * invN);
+    for (let j = 0; j < N; j += 4) {
+      const xh = f32x4.mul(f32x4.sub(ld(x, o + j), mv), rv);
+      const t = f32x4.sub(f32x4.sub(f32x4.mul(ld(gy, o + j), ld(w, c0 + j)), sgm), f32x4.mul(xh, sgxm));
+      addTo(gx, o + j, f32x4.mul(rv, t));
     }
   }
 }

@@ -158,6 +158,51 @@ test("wkv7 head sizes that are not a multiple of 4, and f64 storage, run the ref
   assert.deepEqual([...C], [7, 10, 15, 22]);
 });
 
+test("element-wise ops (lerp, add, mul, activations, layer/group norm) match the reference ops", { skip }, () => {
+  const k = one!, ref = referenceTrainKernels.ops, fast = k.ops, rnd = seeded(21);
+  const R = 7, C = 12, H = 3, N = 4, n = R * C;
+  const check = (what: string, got: ArrayLike<number>, want: ArrayLike<number>, tol = 2e-6) => {
+    const e = relErr(got, want);
+    assert.ok(e.rel < tol, `${what}: max |diff| ${e.abs} of max ${e.max}`);
+  };
+  /** Runs `f` on copies in the wasm memory (fast) and in plain arrays (reference); compares every buffer afterwards. */
+  const both = (what: string, bufs: Float32Array[], f: (ops: typeof ref, b: Float32Array[]) => void, tol?: number) => {
+    const mark = k.mark();
+    const mine = bufs.map((b) => inside(k, b)), theirs = bufs.map((b) => Float32Array.from(b));
+    f(fast, mine);
+    f(ref, theirs);
+    mine.forEach((b, i) => check(`${what} buffer ${i}`, b, theirs[i], tol));
+    k.release(mark);
+  };
+  const r = (len: number, lo = -2, hi = 2) => Float32Array.from({ length: len }, () => rnd(lo, hi));
+  both("lerp", [r(n), r(n), r(C), new Float32Array(n)], (o, [x, sx, m, y]) => o.lerpForward(x, sx, m, C, y));
+  both("lerp backward", [r(n), r(n), r(C), r(n), r(n), r(n), r(C)], (o, [x, sx, m, gy, gx, gsx, gm]) => o.lerpBackward(x, sx, m, C, gy, gx, gsx, gm));
+  for (const rowVector of [false, true]) {
+    const bl = rowVector ? C : n, tag = rowVector ? " (row vector)" : "";
+    both("add" + tag, [r(n), r(bl), new Float32Array(n)], (o, [a, b, y]) => o.addForward(a, b, C, y));
+    both("add backward" + tag, [r(n), r(bl), r(n), r(n), r(bl)], (o, [a, b, gy, ga, gb]) => o.addBackward(a, b, C, gy, ga, gb));
+    both("mul" + tag, [r(n), r(bl), new Float32Array(n)], (o, [a, b, y]) => o.mulForward(a, b, C, y));
+    both("mul backward" + tag, [r(n), r(bl), r(n), r(n), r(bl)], (o, [a, b, gy, ga, gb]) => o.mulBackward(a, b, C, gy, ga, gb));
+  }
+  for (const f of ["sigmoid", "tanh", "relu2", "v7decay"] as const) {
+    // Inputs over the range the model sees and beyond, where exp over/underflows.
+    const xs = Float32Array.from({ length: 4 * n }, (_, i) => (i % 3 === 0 ? rnd(-100, 100) : rnd(-6, 6)));
+    both(f, [xs, new Float32Array(4 * n)], (o, [x, y]) => o.activationForward(f, x, y));
+    const y = new Float32Array(4 * n);
+    ref.activationForward(f, xs, y);
+    both(f + " backward", [xs, y, r(4 * n), r(4 * n)], (o, [x, yy, gy, gx]) => o.activationBackward(f, x, yy, gy, gx));
+  }
+  for (const [G, M] of [[1, C], [H, N]]) {
+    const what = G === 1 ? "layer norm" : "group norm";
+    const mean = new Float64Array(R * G), rstd = new Float64Array(R * G);
+    both(what, [r(n), r(C), r(C), new Float32Array(n)], (o, [x, w, b, y]) => o.groupNormForward(x, R, G, M, w, b, 1e-5, y, mean, rstd));
+    const x = r(n), w = r(C), b = r(C);
+    ref.groupNormForward(x, R, G, M, w, b, 1e-5, new Float32Array(n), mean, rstd);
+    both(what + " backward", [x, w, b, r(n), r(n), r(C), r(C)],
+      (o, [xx, ww, bb, gy, gx, gw, gb]) => o.groupNormBackward(xx, R, G, M, ww, bb, 1e-5, mean, rstd, gy, gx, gw, gb), 1e-5);
+  }
+});
+
 /** Losses of `steps` AdamW steps of a small v7 on fixed random batches, and the final parameters. */
 function trainLosses(kernels: TrainKernels, steps: number): { losses: number[]; params: Buf[] } {
   const rng = new TrainRng(5);

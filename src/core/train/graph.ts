@@ -51,8 +51,9 @@ export class Graph {
     this.tape.length = 0;
   }
 
+  /** A new output Var; every op writes all of its output, so its memory need not be zeroed. */
   private out(rows: number, cols: number, ...inputs: Var[]): Var {
-    return new Var(this.kernels.alloc(this.dtype, rows * cols), rows, cols, this.recording && inputs.some((v) => v.requiresGrad), null, this.kernels);
+    return new Var(this.kernels.alloc(this.dtype, rows * cols, true), rows, cols, this.recording && inputs.some((v) => v.requiresGrad), null, this.kernels);
   }
 
   /** Records `f(gy)` to run in backward if y ends up with a gradient. */
@@ -79,8 +80,8 @@ export class Graph {
     const R = x.rows;
     const y = this.out(R, x.cols, x, w, b); // (R, H·N)
     const mean = new Float64Array(R * H), rstd = new Float64Array(R * H);
-    op.groupNormForward(x.data, R, H, N, w.data, b.data, eps, y.data, mean, rstd);
-    this.record(y, (gy) => op.groupNormBackward(x.data, R, H, N, w.data, b.data, eps, mean, rstd, gy, x.g(), w.g(), b.g()));
+    this.kernels.ops.groupNormForward(x.data, R, H, N, w.data, b.data, eps, y.data, mean, rstd);
+    this.record(y, (gy) => this.kernels.ops.groupNormBackward(x.data, R, H, N, w.data, b.data, eps, mean, rstd, gy, x.g(), w.g(), b.g()));
     return y;
   }
 
@@ -105,8 +106,8 @@ export class Graph {
   lerp(x: Var, sx: Var, m: Var): Var {
     const C = x.cols;
     const y = this.out(x.rows, C, x, sx, m); // (R, C)
-    op.lerpForward(x.data, sx.data, m.data, C, y.data);
-    this.record(y, (gy) => op.lerpBackward(x.data, sx.data, m.data, C, gy, x.g(), sx.g(), m.g()));
+    this.kernels.ops.lerpForward(x.data, sx.data, m.data, C, y.data);
+    this.record(y, (gy) => this.kernels.ops.lerpBackward(x.data, sx.data, m.data, C, gy, x.g(), sx.g(), m.g()));
     return y;
   }
 
@@ -147,8 +148,8 @@ export class Graph {
 
   act(f: op.Activation, x: Var): Var {
     const y = this.out(x.rows, x.cols, x);
-    op.activationForward(f, x.data, y.data);
-    this.record(y, (gy) => op.activationBackward(f, x.data, y.data, gy, x.g()!));
+    this.kernels.ops.activationForward(f, x.data, y.data);
+    this.record(y, (gy) => this.kernels.ops.activationBackward(f, x.data, y.data, gy, x.g()!));
     return y;
   }
 
@@ -156,8 +157,8 @@ export class Graph {
   add(a: Var, b: Var): Var {
     const C = a.cols;
     const y = this.out(a.rows, C, a, b);
-    op.addForward(a.data, b.data, C, y.data);
-    this.record(y, (gy) => op.addBackward(a.data, b.data, C, gy, a.g(), b.g()));
+    this.kernels.ops.addForward(a.data, b.data, C, y.data);
+    this.record(y, (gy) => this.kernels.ops.addBackward(a.data, b.data, C, gy, a.g(), b.g()));
     return y;
   }
 
@@ -165,8 +166,8 @@ export class Graph {
   mul(a: Var, b: Var): Var {
     const C = a.cols;
     const y = this.out(a.rows, C, a, b);
-    op.mulForward(a.data, b.data, C, y.data);
-    this.record(y, (gy) => op.mulBackward(a.data, b.data, C, gy, a.g(), b.g()));
+    this.kernels.ops.mulForward(a.data, b.data, C, y.data);
+    this.record(y, (gy) => this.kernels.ops.mulBackward(a.data, b.data, C, gy, a.g(), b.g()));
     return y;
   }
 

@@ -1,3 +1,4 @@
+import { referenceOps, type TrainOps } from "./ops.js";
 import type { ParamStore } from "./params.js";
 import { wkv7Backward, wkv7Forward, wkvChunks } from "./wkv.js";
 
@@ -28,11 +29,16 @@ export function dtypeOf(b: Buf): TrainDType {
 
 export interface TrainKernels {
   readonly name: string;
-  /** A zero-filled tensor of n elements, valid until the `release` of an earlier `mark`. */
-  alloc(dtype: TrainDType, n: number): Buf;
+  /**
+   * A tensor of n elements, valid until the `release` of an earlier `mark`: zero-filled, or with
+   * `uninitialized` (for outputs every element of which is written) whatever the memory held.
+   */
+  alloc(dtype: TrainDType, n: number, uninitialized?: boolean): Buf;
   /** Marks the tensors allocated so far; `release(mark)` frees every later one (stack order). */
   mark(): number;
   release(mark: number): void;
+  /** The element-wise ops of the graph (ops.ts's reference functions, or faster equivalents). */
+  readonly ops: TrainOps;
   /** Moves a model's parameters and gradients into storage the kernels read in place (if they have such). */
   placeParams?(store: ParamStore): void;
   /**
@@ -90,7 +96,8 @@ export function referenceGemmNT(A: Buf, M: number, K: number, B: Buf, N: number,
 
 export const referenceTrainKernels: TrainKernels = {
   name: "reference",
-  alloc,
+  ops: referenceOps,
+  alloc: (dtype, n) => alloc(dtype, n),
   mark: () => 0,
   release: () => {}, // the garbage collector frees the typed arrays
   gemm(transA, transB, M, N, K, A, B, C, accumulate) {

@@ -1,4 +1,5 @@
 import { alloc as jsAlloc, type Buf, referenceTrainKernels, type TrainDType, type TrainKernels } from "./kernels.js";
+import { type Activation, referenceOps, type TrainOps } from "./ops.js";
 import type { ParamStore } from "./params.js";
 import { TRAIN_WASM_RELAXED_SIMD, TRAIN_WASM_SIMD } from "./wasm-train-binary.js";
 import { wkvChunks } from "./wkv.js";
@@ -89,8 +90,22 @@ const PARALLEL_MIN_WORK = 1 << 16;
  */
 const SPIN_ITERATIONS = 1 << 18;
 
+/** Activation ids of assembly/train.ts (silu, unused by v7, stays in TypeScript). */
+const ACT: Partial<Record<Activation, number>> = { sigmoid: 0, tanh: 1, relu2: 2, v7decay: 3 };
+
 interface Exports {
   heapBase(): number;
+  zero(p: number, bytes: number): void;
+  lerpF(x: number, sx: number, m: number, R: number, C: number, y: number): void;
+  lerpB(x: number, sx: number, m: number, R: number, C: number, gy: number, gx: number, gsx: number, gm: number): void;
+  addF(a: number, b: number, n: number, C: number, y: number): void;
+  addB(n: number, C: number, gy: number, ga: number, gb: number): void;
+  mulF(a: number, b: number, n: number, C: number, y: number): void;
+  mulB(a: number, b: number, n: number, C: number, gy: number, ga: number, gb: number): void;
+  actF(f: number, x: number, n: number, y: number): void;
+  actB(f: number, x: number, y: number, n: number, gy: number, gx: number): void;
+  normF(x: number, R: number, G: number, N: number, w: number, b: number, eps: number, y: number, mean: number, rstd: number): void;
+  normB(x: number, R: number, G: number, N: number, w: number, mean: number, rstd: number, gy: number, gx: number, gw: number, gb: number): void;
   runJob(ctrl: number, job: number, part: number, nparts: number): void;
   dispatch(ctrl: number, job: number, nchunks: number, spin: number): void;
   stopWorkers(ctrl: number): void;
@@ -143,6 +158,7 @@ export class WasmTrainKernels implements TrainKernels {
   private top: number;
   private marks = 0;
   private closed = false;
+  readonly ops: TrainOps;
 
   constructor(options: WasmTrainKernelOptions = {}) {
     if (!WA) throw new Error("WebAssembly is not available in this runtime");
@@ -157,6 +173,7 @@ export class WasmTrainKernels implements TrainKernels {
     this.top = align(this.x.heapBase());
     this.views();
     this.ctrl = this.bump(CTRL_BYTES);
+    this.ops = this.makeOps();
     for (let p = 1; p < this.threads; p++) options.spawn!({ module, memory: this.memory, ctrl: this.ctrl, spin: SPIN_ITERATIONS });
   }
 
@@ -206,12 +223,11 @@ export class WasmTrainKernels implements TrainKernels {
     return b instanceof Float32Array && this.buffers.has(b.buffer);
   }
 
-  alloc(dtype: TrainDType, n: number): Buf {
+  alloc(dtype: TrainDType, n: number, uninitialized = false): Buf {
     if (dtype !== "f32") return jsAlloc(dtype, n);
     const ptr = this.bump(n * F32);
-    const view = new Float32Array(this.memory.buffer, ptr, n);
-    view.fill(0); // the stack reuses the memory of released steps
-    return view;
+    if (!uninitialized) this.x.zero(ptr, n * F32); // the stack reuses the memory of released steps
+    return new Float32Array(this.memory.buffer, ptr, n);
   }
 
   mark(): number {
@@ -271,6 +287,82 @@ export class WasmTrainKernels implements TrainKernels {
     return Math.max(1, Math.min(items, this.threads * CHUNKS_PER_THREAD));
   }
 
+  // ---- element-wise ops ----------------------------------------------------------------------
+
+  /** Offsets of tensors that all live in this memory (null ones as 0), or null: then the reference runs. */
+  private offsets(...bufs: Array<Buf | null>): number[] | null {
+    const out: number[] = [];
+    for (const b of bufs) {
+      if (b === null) { out.push(0); continue; }
+      if (!this.owns(b)) return null;
+      out.push(b.byteOffset);
+    }
+    return out;
+  }
+
+  /**
+   * The wasm element-wise ops (f32x4, on the calling thread): each runs the reference when a
+   * tensor lives outside this memory or a length is not a multiple of 4.
+   */
+  private makeOps(): TrainOps {
+    const x = this.x, ref = referenceOps;
+    const by4 = (...n: number[]) => n.every((v) => v % 4 === 0);
+    /** The row-vector width of a broadcast operand: 0 when b is as long as a. */
+    const bcast = (a: Buf, b: Buf, C: number) => (b.length === a.length ? 0 : C);
+    return {
+      lerpForward: (xx, sx, m, C, y) => {
+        const p = by4(C) ? this.offsets(xx, sx, m, y) : null;
+        if (p) x.lerpF(p[0], p[1], p[2], xx.length / C, C, p[3]); else ref.lerpForward(xx, sx, m, C, y);
+      },
+      lerpBackward: (xx, sx, m, C, gy, gx, gsx, gm) => {
+        const p = by4(C) ? this.offsets(xx, sx, m, gy, gx, gsx, gm) : null;
+        if (p) x.lerpB(p[0], p[1], p[2], xx.length / C, C, p[3], p[4], p[5], p[6]); else ref.lerpBackward(xx, sx, m, C, gy, gx, gsx, gm);
+      },
+      addForward: (a, b, C, y) => {
+        const p = by4(a.length, C) ? this.offsets(a, b, y) : null;
+        if (p) x.addF(p[0], p[1], a.length, bcast(a, b, C), p[2]); else ref.addForward(a, b, C, y);
+      },
+      addBackward: (a, b, C, gy, ga, gb) => {
+        const p = by4(a.length, C) ? this.offsets(gy, ga, gb) : null;
+        if (p) x.addB(a.length, bcast(a, b, C), p[0], p[1], p[2]); else ref.addBackward(a, b, C, gy, ga, gb);
+      },
+      mulForward: (a, b, C, y) => {
+        const p = by4(a.length, C) ? this.offsets(a, b, y) : null;
+        if (p) x.mulF(p[0], p[1], a.length, bcast(a, b, C), p[2]); else ref.mulForward(a, b, C, y);
+      },
+      mulBackward: (a, b, C, gy, ga, gb) => {
+        const p = by4(a.length, C) ? this.offsets(a, b, gy, ga, gb) : null;
+        if (p) x.mulB(p[0], p[1], a.length, bcast(a, b, C), p[2], p[3], p[4]); else ref.mulBackward(a, b, C, gy, ga, gb);
+      },
+      activationForward: (f, xx, y) => {
+        const id = ACT[f], p = id !== undefined && by4(xx.length) ? this.offsets(xx, y) : null;
+        if (p) x.actF(id!, p[0], xx.length, p[1]); else ref.activationForward(f, xx, y);
+      },
+      activationBackward: (f, xx, y, gy, gx) => {
+        const id = ACT[f], p = id !== undefined && by4(xx.length) ? this.offsets(xx, y, gy, gx) : null;
+        if (p) x.actB(id!, p[0], p[1], xx.length, p[2], p[3]); else ref.activationBackward(f, xx, y, gy, gx);
+      },
+      groupNormForward: (xx, R, H, N, w, b, eps, y, mean, rstd) => {
+        const p = by4(N) ? this.offsets(xx, w, b, y) : null;
+        if (!p) { ref.groupNormForward(xx, R, H, N, w, b, eps, y, mean, rstd); return; }
+        const mark = this.top, G = R * H, sp = this.bump(2 * G * F32); // f32 statistics, kept by the graph as f64
+        x.normF(p[0], R, H, N, p[1], p[2], eps, p[3], sp, sp + G * F32);
+        mean.set(this.f32.subarray(sp >>> 2, (sp >>> 2) + G));
+        rstd.set(this.f32.subarray((sp >>> 2) + G, (sp >>> 2) + 2 * G));
+        this.top = mark;
+      },
+      groupNormBackward: (xx, R, H, N, w, b, eps, mean, rstd, gy, gx, gw, gb) => {
+        const p = by4(N) ? this.offsets(xx, w, gy, gx, gw, gb) : null;
+        if (!p) { ref.groupNormBackward(xx, R, H, N, w, b, eps, mean, rstd, gy, gx, gw, gb); return; }
+        const mark = this.top, G = R * H, sp = this.bump(2 * G * F32);
+        this.f32.set(mean, sp >>> 2);
+        this.f32.set(rstd, (sp >>> 2) + G);
+        x.normB(p[0], R, H, N, p[1], sp, sp + G * F32, p[2], p[3], p[4], p[5]);
+        this.top = mark;
+      },
+    };
+  }
+
   // ---- kernels -------------------------------------------------------------------------------
 
   gemm(transA: boolean, transB: boolean, M: number, N: number, K: number, A: Buf, B: Buf, C: Buf, accumulate: boolean): void {
@@ -305,7 +397,7 @@ export class WasmTrainKernels implements TrainKernels {
   wkv7Forward(B: number, T: number, H: number, N: number, r: Buf, wraw: Buf, k: Buf, v: Buf, a: Buf, b: Buf, y: Buf, save: boolean): Buf | null {
     if (!this.wkvFast(N, [r, wraw, k, v, a, b, y])) return referenceTrainKernels.wkv7Forward(B, T, H, N, r, wraw, k, v, a, b, y, save);
     const NN = N * N, n = B * T * H * N;
-    const ckpt = save ? this.alloc("f32", B * H * wkvChunks(T) * NN) : null; // lives with the step, for the backward
+    const ckpt = save ? this.alloc("f32", B * H * wkvChunks(T) * NN, true) : null; // every chunk written; lives with the step, for the backward
     const mark = this.top;
     try {
       const back: CopyBack[] = [];
