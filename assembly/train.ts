@@ -308,12 +308,12 @@ function micro4x8(a: usize, b: usize, kc: i32, c: usize, ldc: i32, add: bool): v
 // The forward stores the state entering every WKV_CHUNK steps in ckpt (B·H·chunks·N·N) when
 // ckpt != 0; the backward recomputes each chunk's states from it, exactly as the forward did.
 
-/** d[j] = exp(-exp(wraw[j])) and, when ew != 0, ew[j] = exp(wraw[j]); f64 exponentials (N per step). */
+/** d[j] = exp(-exp(wraw[j])) and, when ew != 0, ew[j] = exp(wraw[j]) (f32x4 exponentials; N a multiple of 4). */
 function decays(w: usize, N: i32, d: usize, ew: usize): void {
-  for (let j = 0; j < N; j++) {
-    const e = Math.exp(<f64>load<f32>(at(w, j)));
-    store<f32>(at(d, j), <f32>Math.exp(-e));
-    if (ew != 0) store<f32>(at(ew, j), <f32>e);
+  for (let j = 0; j < N; j += 4) {
+    const e = exp4(ld(w, j));
+    st(d, j, exp4(f32x4.neg(e)));
+    if (ew != 0) st(ew, j, e);
   }
 }
 
@@ -651,5 +651,118 @@ export function normB(x: usize, R: i32, G: i32, N: i32, w: usize, mean: usize, r
       const t = f32x4.sub(f32x4.sub(f32x4.mul(ld(gy, o + j), ld(w, c0 + j)), sgm), f32x4.mul(xh, sgxm));
       addTo(gx, o + j, f32x4.mul(rv, t));
     }
+  }
+}
+
+/** v7 value residual: y = v + (vf - v)·gate, all n. */
+export function resMixF(v: usize, vf: usize, gate: usize, n: i32, y: usize): void {
+  for (let i = 0; i < n; i += 4) { const a = ld(v, i); st(y, i, fma4(a, f32x4.sub(ld(vf, i), a), ld(gate, i))); }
+}
+
+export function resMixB(v: usize, vf: usize, gate: usize, n: i32, gy: usize, gv: usize, gvf: usize, ggate: usize): void {
+  const one = f32x4.splat(1);
+  for (let i = 0; i < n; i += 4) {
+    const g = ld(gy, i), s = ld(gate, i);
+    if (gv != 0) addTo(gv, i, f32x4.mul(g, f32x4.sub(one, s)));
+    if (gvf != 0) addTo(gvf, i, f32x4.mul(g, s));
+    if (ggate != 0) addTo(ggate, i, f32x4.mul(g, f32x4.sub(ld(vf, i), ld(v, i))));
+  }
+}
+
+/** v7 key update: y = k·(1 + (a - 1)·k_a), k and a (R, C), k_a (C). */
+export function keyUpdF(k: usize, a: usize, ka: usize, R: i32, C: i32, y: usize): void {
+  const one = f32x4.splat(1);
+  for (let o = 0; o < R * C; o += C) {
+    for (let c = 0; c < C; c += 4) st(y, o + c, f32x4.mul(ld(k, o + c), fma4(one, f32x4.sub(ld(a, o + c), one), ld(ka, c))));
+  }
+}
+
+export function keyUpdB(k: usize, a: usize, ka: usize, R: i32, C: i32, gy: usize, gk: usize, ga: usize, gka: usize): void {
+  const one = f32x4.splat(1);
+  for (let o = 0; o < R * C; o += C) {
+    for (let c = 0; c < C; c += 4) {
+      const g = ld(gy, o + c), kk = ld(k, o + c), am = f32x4.sub(ld(a, o + c), one), kac = ld(ka, c);
+      if (gk != 0) addTo(gk, o + c, f32x4.mul(g, fma4(one, am, kac)));
+      if (ga != 0) addTo(ga, o + c, f32x4.mul(f32x4.mul(g, kk), kac));
+      if (gka != 0) addTo(gka, c, f32x4.mul(f32x4.mul(g, kk), am));
+    }
+  }
+}
+
+/** Each group of N divided by its L2 norm, clamped below at eps; saves the norms (f32). */
+export function l2nF(x: usize, groups: i32, N: i32, y: usize, norm: usize, eps: f32): void {
+  for (let g = 0; g < groups; g++) {
+    const o = g * N;
+    let s = f32x4.splat(0);
+    for (let j = 0; j < N; j += 4) { const v = ld(x, o + j); s = fma4(s, v, v); }
+    const nm = max(Mathf.sqrt(hsum(s)), eps);
+    store<f32>(at(norm, g), nm);
+    const inv = f32x4.splat(nm);
+    for (let j = 0; j < N; j += 4) st(y, o + j, f32x4.div(ld(x, o + j), inv));
+  }
+}
+
+/** gx += (gy - ŷ(ŷ·gy))/‖x‖ (gy/eps where the clamp is active). */
+export function l2nB(x: usize, groups: i32, N: i32, norm: usize, gy: usize, gx: usize, eps: f32): void {
+  for (let g = 0; g < groups; g++) {
+    const o = g * N, nm = load<f32>(at(norm, g)), nv = f32x4.splat(nm);
+    if (nm <= eps) { for (let j = 0; j < N; j += 4) addTo(gx, o + j, f32x4.div(ld(gy, o + j), nv)); continue; }
+    let d = f32x4.splat(0);
+    for (let j = 0; j < N; j += 4) d = fma4(d, ld(x, o + j), ld(gy, o + j));
+    const kv = f32x4.splat(hsum(d) / (nm * nm * nm));
+    for (let j = 0; j < N; j += 4) addTo(gx, o + j, f32x4.sub(f32x4.div(ld(gy, o + j), nv), f32x4.mul(ld(x, o + j), kv)));
+  }
+}
+
+/** v7 per-head bonus: y[h] = (Σ_j r_j k_j rk_j)·v[h], all (R, H·N), rk (H·N). */
+export function bonusF(r: usize, k: usize, v: usize, rk: usize, R: i32, H: i32, N: i32, y: usize): void {
+  for (let g = 0; g < R * H; g++) {
+    const o = g * N, c0 = (g % H) * N;
+    let s = f32x4.splat(0);
+    for (let j = 0; j < N; j += 4) s = fma4(s, f32x4.mul(ld(r, o + j), ld(k, o + j)), ld(rk, c0 + j));
+    const sv = f32x4.splat(hsum(s));
+    for (let j = 0; j < N; j += 4) st(y, o + j, f32x4.mul(sv, ld(v, o + j)));
+  }
+}
+
+export function bonusB(r: usize, k: usize, v: usize, rk: usize, R: i32, H: i32, N: i32, gy: usize, gr: usize, gk: usize, gv: usize, grk: usize): void {
+  for (let g = 0; g < R * H; g++) {
+    const o = g * N, c0 = (g % H) * N;
+    let s = f32x4.splat(0), gs = f32x4.splat(0);
+    for (let j = 0; j < N; j += 4) {
+      s = fma4(s, f32x4.mul(ld(r, o + j), ld(k, o + j)), ld(rk, c0 + j));
+      gs = fma4(gs, ld(gy, o + j), ld(v, o + j));
+    }
+    const sv = f32x4.splat(hsum(s)), gsv = f32x4.splat(hsum(gs));
+    for (let j = 0; j < N; j += 4) {
+      if (gv != 0) addTo(gv, o + j, f32x4.mul(ld(gy, o + j), sv));
+      if (gr != 0) addTo(gr, o + j, f32x4.mul(f32x4.mul(gsv, ld(k, o + j)), ld(rk, c0 + j)));
+      if (gk != 0) addTo(gk, o + j, f32x4.mul(f32x4.mul(gsv, ld(r, o + j)), ld(rk, c0 + j)));
+      if (grk != 0) addTo(grk, c0 + j, f32x4.mul(f32x4.mul(gsv, ld(r, o + j)), ld(k, o + j)));
+    }
+  }
+}
+
+/**
+ * AdamW (optim.ts AdamW.step) on n values in f32:
+ *   m = β1 m + (1-β1) g;  v = β2 v + (1-β2) g²;  p -= rate·((m/bc1)/(sqrt(v/bc2) + eps) + wd·p)
+ */
+export function adamw(p: usize, g: usize, m: usize, v: usize, n: i32, rate: f32, wd: f32, b1: f32, b2: f32, eps: f32, bc1: f32, bc2: f32): void {
+  const vb1 = f32x4.splat(b1), vb1c = f32x4.splat(1 - b1), vb2 = f32x4.splat(b2), vb2c = f32x4.splat(1 - b2);
+  const ibc1 = f32x4.splat(1 / bc1), ibc2 = f32x4.splat(1 / bc2), veps = f32x4.splat(eps), vwd = f32x4.splat(wd), vrate = f32x4.splat(rate);
+  const n4 = n & ~3;
+  for (let i = 0; i < n4; i += 4) {
+    const gi = ld(g, i), pi = ld(p, i);
+    const mi = f32x4.add(f32x4.mul(vb1, ld(m, i)), f32x4.mul(vb1c, gi));
+    const vi = f32x4.add(f32x4.mul(vb2, ld(v, i)), f32x4.mul(f32x4.mul(vb2c, gi), gi));
+    st(m, i, mi); st(v, i, vi);
+    const upd = f32x4.add(f32x4.div(f32x4.mul(mi, ibc1), f32x4.add(f32x4.sqrt(f32x4.mul(vi, ibc2)), veps)), f32x4.mul(vwd, pi));
+    st(p, i, f32x4.sub(pi, f32x4.mul(vrate, upd)));
+  }
+  for (let i = n4; i < n; i++) {
+    const gi = load<f32>(at(g, i)), pi = load<f32>(at(p, i));
+    const mi = b1 * load<f32>(at(m, i)) + (1 - b1) * gi, vi = b2 * load<f32>(at(v, i)) + (1 - b2) * gi * gi;
+    store<f32>(at(m, i), mi); store<f32>(at(v, i), vi);
+    store<f32>(at(p, i), pi - rate * ((mi / bc1) / (Mathf.sqrt(vi / bc2) + eps) + wd * pi));
   }
 }

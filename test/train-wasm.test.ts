@@ -3,6 +3,7 @@ import { test } from "node:test";
 import { Graph } from "../src/core/train/graph.js";
 import { initModel } from "../src/core/train/init.js";
 import { type Buf, referenceTrainKernels, type TrainKernels } from "../src/core/train/kernels.js";
+import { referenceOps } from "../src/core/train/ops.js";
 import { TrainModel } from "../src/core/train/model.js";
 import { AdamW } from "../src/core/train/optim.js";
 import { TrainRng } from "../src/core/train/rng.js";
@@ -158,7 +159,7 @@ test("wkv7 head sizes that are not a multiple of 4, and f64 storage, run the ref
   assert.deepEqual([...C], [7, 10, 15, 22]);
 });
 
-test("element-wise ops (lerp, add, mul, activations, layer/group norm) match the reference ops", { skip }, () => {
+test("element-wise ops (lerp, add, mul, activations, norms, v7 key update, L2 normalize, bonus, value residual) match the reference ops", { skip }, () => {
   const k = one!, ref = referenceTrainKernels.ops, fast = k.ops, rnd = seeded(21);
   const R = 7, C = 12, H = 3, N = 4, n = R * C;
   const check = (what: string, got: ArrayLike<number>, want: ArrayLike<number>, tol = 2e-6) => {
@@ -201,6 +202,40 @@ test("element-wise ops (lerp, add, mul, activations, layer/group norm) match the
     both(what + " backward", [x, w, b, r(n), r(n), r(C), r(C)],
       (o, [xx, ww, bb, gy, gx, gw, gb]) => o.groupNormBackward(xx, R, G, M, ww, bb, 1e-5, mean, rstd, gy, gx, gw, gb), 1e-5);
   }
+  both("residual mix", [r(n), r(n), r(n, 0, 1), new Float32Array(n)], (o, [v, vf, g, y]) => o.residualMixForward(v, vf, g, y));
+  both("residual mix backward", [r(n), r(n), r(n, 0, 1), r(n), r(n), r(n), r(n)],
+    (o, [v, vf, g, gy, gv, gvf, gg]) => o.residualMixBackward(v, vf, g, gy, gv, gvf, gg));
+  both("key update", [r(n), r(n, 0, 1), r(C), new Float32Array(n)], (o, [kk, a, ka, y]) => o.keyUpdateForward(kk, a, ka, C, y));
+  both("key update backward", [r(n), r(n, 0, 1), r(C), r(n), r(n), r(n), r(C)],
+    (o, [kk, a, ka, gy, gk, ga, gka]) => o.keyUpdateBackward(kk, a, ka, C, gy, gk, ga, gka));
+  const groups = n / N, norm = new Float64Array(groups), xs = r(n);
+  xs.fill(0, 0, N); // one all-zero group: the eps clamp
+  both("L2 normalize", [xs, new Float32Array(n)], (o, [x, y]) => o.l2NormalizeForward(x, groups, N, y, norm));
+  referenceOps.l2NormalizeForward(xs, groups, N, new Float32Array(n), norm);
+  both("L2 normalize backward", [xs, r(n), r(n)], (o, [x, gy, gx]) => o.l2NormalizeBackward(x, groups, N, norm, gy, gx));
+  both("bonus", [r(n), r(n), r(n), r(C), new Float32Array(n)], (o, [rr, kk, v, rk, y]) => o.bonusForward(rr, kk, v, rk, R, H, N, y));
+  both("bonus backward", [r(n), r(n), r(n), r(C), r(n), r(n), r(n), r(n), r(C)],
+    (o, [rr, kk, v, rk, gy, gr, gk, gv, grk]) => o.bonusBackward(rr, kk, v, rk, R, H, N, gy, gr, gk, gv, grk));
+});
+
+test("AdamW's wasm update matches the reference loop", { skip }, () => {
+  const k = one!, rnd = seeded(31), n = 103; // not a multiple of 4: the scalar tail too
+  const make = () => Float32Array.from({ length: n }, () => rnd());
+  const [p, g, m, v] = [make(), make(), make(), make().map(Math.abs)];
+  const mark = k.mark();
+  const [p2, g2, m2, v2] = [p, g, m, v].map((b) => inside(k, b));
+  assert.ok(k.adamwUpdate(p2, g2, m2, v2, 1e-2, 1e-3, 0.9, 0.99, 1e-8, 0.19, 0.0199));
+  assert.equal(k.adamwUpdate(p, g, m, v, 1e-2, 1e-3, 0.9, 0.99, 1e-8, 0.19, 0.0199), false, "operands outside the memory");
+  // The reference: optim.ts's loop, in f64.
+  for (let i = 0; i < n; i++) {
+    const mi = 0.9 * m[i] + 0.1 * g[i], vi = 0.99 * v[i] + 0.01 * g[i] * g[i];
+    m[i] = mi; v[i] = vi;
+    p[i] -= 1e-2 * ((mi / 0.19) / (Math.sqrt(vi / 0.0199) + 1e-8) + 1e-3 * p[i]);
+  }
+  for (const [got, want, name] of [[p2, p, "p"], [m2, m, "m"], [v2, v, "v"]] as const) {
+    assert.ok(relErr(got, want).rel < 1e-6, `${name}: ${relErr(got, want).abs}`);
+  }
+  k.release(mark);
 });
 
 /** Losses of `steps` AdamW steps of a small v7 on fixed random batches, and the final parameters. */
@@ -208,7 +243,7 @@ function trainLosses(kernels: TrainKernels, steps: number): { losses: number[]; 
   const rng = new TrainRng(5);
   const params = initModel({ version: "7", nLayer: 2, nEmbd: 64, vocabSize: 97, headSize: 16 }, rng, "f32");
   const model = new TrainModel(params, { kernels });
-  const opt = new AdamW(params, "7", undefined, model.unusedParams());
+  const opt = new AdamW(params, "7", undefined, model.unusedParams(), undefined, kernels);
   const B = 3, T = 24, rnd = seeded(9);
   // One batch with a learnable rule (target = a function of the input token), so the loss falls.
   const inputs = Int32Array.from({ length: B * T }, () => Math.floor(rnd(0, 97)));
@@ -242,7 +277,8 @@ test("a training step releases everything it allocated: memory stays flat from s
   const params = initModel({ version: "7", nLayer: 1, nEmbd: 32, vocabSize: 50, headSize: 16 }, rng, "f32");
   const model = new TrainModel(params, { kernels: k });
   assert.ok(k.owns(params.list[0].data), "parameters were not placed in the wasm memory");
-  const opt = new AdamW(params, "7", undefined, model.unusedParams());
+  const opt = new AdamW(params, "7", undefined, model.unusedParams(), undefined, k);
+  assert.ok(k.owns(opt.state.m.get(params.list[0].name)!), "AdamW's moments were not placed in the wasm memory");
   const inputs = Int32Array.from({ length: 32 }, (_, i) => i % 50), targets = Int32Array.from({ length: 32 }, (_, i) => (i * 7) % 50);
   const used = k.usedBytes;
   trainStep(model, opt, inputs, targets, 2, 16, { lr: 1e-3, gradClip: 1, l2wrap: true });

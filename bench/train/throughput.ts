@@ -32,7 +32,7 @@ const B = Number(values.batch), T = Number(values.ctx), steps = Number(values.st
 const rng = new TrainRng(1);
 const params = initModel({ version: values.version as TrainVersion, nLayer: Number(values.layers), nEmbd: Number(values.embd), vocabSize: 256, headSize: Number(values["head-size"]) }, rng);
 const model = new TrainModel(params, { kernels: trainKernels(values.kernels as TrainKernelKind, Number(values.threads)) });
-const opt = new AdamW(params, model.config.version, undefined, model.unusedParams());
+const opt = new AdamW(params, model.config.version, undefined, model.unusedParams(), undefined, model.kernels);
 const text = readFileSync(values.data);
 
 function batch(): { inputs: Int32Array; targets: Int32Array } {

@@ -123,8 +123,8 @@ export class Graph {
   /** v7 value residual: v + (vf - v)·gate. */
   residualMix(v: Var, vf: Var, gate: Var): Var {
     const y = this.out(v.rows, v.cols, v, vf, gate); // (R, C)
-    op.residualMixForward(v.data, vf.data, gate.data, y.data);
-    this.record(y, (gy) => op.residualMixBackward(v.data, vf.data, gate.data, gy, v.g(), vf.g(), gate.g()));
+    this.kernels.ops.residualMixForward(v.data, vf.data, gate.data, y.data);
+    this.record(y, (gy) => this.kernels.ops.residualMixBackward(v.data, vf.data, gate.data, gy, v.g(), vf.g(), gate.g()));
     return y;
   }
 
@@ -190,8 +190,8 @@ export class Graph {
     const groups = x.data.length / N;
     const y = this.out(x.rows, x.cols, x);
     const norm = new Float64Array(groups);
-    op.l2NormalizeForward(x.data, groups, N, y.data, norm);
-    this.record(y, (gy) => op.l2NormalizeBackward(x.data, groups, N, norm, gy, x.g()!));
+    this.kernels.ops.l2NormalizeForward(x.data, groups, N, y.data, norm);
+    this.record(y, (gy) => this.kernels.ops.l2NormalizeBackward(x.data, groups, N, norm, gy, x.g()!));
     return y;
   }
 
@@ -199,8 +199,8 @@ export class Graph {
   keyUpdate(k: Var, a: Var, ka: Var): Var {
     const C = k.cols;
     const y = this.out(k.rows, C, k, a, ka);
-    op.keyUpdateForward(k.data, a.data, ka.data, C, y.data);
-    this.record(y, (gy) => op.keyUpdateBackward(k.data, a.data, ka.data, C, gy, k.g(), a.g(), ka.g()));
+    this.kernels.ops.keyUpdateForward(k.data, a.data, ka.data, C, y.data);
+    this.record(y, (gy) => this.kernels.ops.keyUpdateBackward(k.data, a.data, ka.data, C, gy, k.g(), a.g(), ka.g()));
     return y;
   }
 
@@ -208,8 +208,8 @@ export class Graph {
   bonus(r: Var, k: Var, v: Var, rk: Var, H: number, N: number): Var {
     const R = r.rows;
     const y = this.out(R, r.cols, r, k, v, rk);
-    op.bonusForward(r.data, k.data, v.data, rk.data, R, H, N, y.data);
-    this.record(y, (gy) => op.bonusBackward(r.data, k.data, v.data, rk.data, R, H, N, gy, r.g(), k.g(), v.g(), rk.g()));
+    this.kernels.ops.bonusForward(r.data, k.data, v.data, rk.data, R, H, N, y.data);
+    this.record(y, (gy) => this.kernels.ops.bonusBackward(r.data, k.data, v.data, rk.data, R, H, N, gy, r.g(), k.g(), v.g(), rk.g()));
     return y;
   }
 

@@ -39,6 +39,11 @@ export interface TrainKernels {
   release(mark: number): void;
   /** The element-wise ops of the graph (ops.ts's reference functions, or faster equivalents). */
   readonly ops: TrainOps;
+  /**
+   * AdamW's update of one tensor (optim.ts AdamW.step, the same formula), when these kernels can
+   * run it on these buffers; false: the caller runs its own loop.
+   */
+  adamwUpdate?(data: Buf, grad: Buf, m: Buf, v: Buf, rate: number, wd: number, beta1: number, beta2: number, eps: number, bc1: number, bc2: number): boolean;
   /** Moves a model's parameters and gradients into storage the kernels read in place (if they have such). */
   placeParams?(store: ParamStore): void;
   /**

@@ -396,9 +396,19 @@ export interface TrainOps {
   readonly activationBackward: typeof activationBackward;
   readonly groupNormForward: typeof groupNormForward;
   readonly groupNormBackward: typeof groupNormBackward;
+  readonly residualMixForward: typeof residualMixForward;
+  readonly residualMixBackward: typeof residualMixBackward;
+  readonly keyUpdateForward: typeof keyUpdateForward;
+  readonly keyUpdateBackward: typeof keyUpdateBackward;
+  readonly l2NormalizeForward: typeof l2NormalizeForward;
+  readonly l2NormalizeBackward: typeof l2NormalizeBackward;
+  readonly bonusForward: typeof bonusForward;
+  readonly bonusBackward: typeof bonusBackward;
 }
 
 export const referenceOps: TrainOps = {
   lerpForward, lerpBackward, addForward, addBackward, mulForward, mulBackward,
   activationForward, activationBackward, groupNormForward, groupNormBackward,
+  residualMixForward, residualMixBackward, keyUpdateForward, keyUpdateBackward,
+  l2NormalizeForward, l2NormalizeBackward, bonusForward, bonusBackward,
 };

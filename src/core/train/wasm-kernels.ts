@@ -1,5 +1,5 @@
 import { alloc as jsAlloc, type Buf, referenceTrainKernels, type TrainDType, type TrainKernels } from "./kernels.js";
-import { type Activation, referenceOps, type TrainOps } from "./ops.js";
+import { type Activation, NORMALIZE_EPS, referenceOps, type TrainOps } from "./ops.js";
 import type { ParamStore } from "./params.js";
 import { TRAIN_WASM_RELAXED_SIMD, TRAIN_WASM_SIMD } from "./wasm-train-binary.js";
 import { wkvChunks } from "./wkv.js";
@@ -88,7 +88,7 @@ const PARALLEL_MIN_WORK = 1 << 16;
  * bridge the element-wise JS work between two kernels of a step, short enough not to burn a core
  * when training stops.
  */
-const SPIN_ITERATIONS = 1 << 18;
+const SPIN_ITERATIONS = 1 << 14;
 
 /** Activation ids of assembly/train.ts (silu, unused by v7, stays in TypeScript). */
 const ACT: Partial<Record<Activation, number>> = { sigmoid: 0, tanh: 1, relu2: 2, v7decay: 3 };
@@ -106,6 +106,15 @@ interface Exports {
   actB(f: number, x: number, y: number, n: number, gy: number, gx: number): void;
   normF(x: number, R: number, G: number, N: number, w: number, b: number, eps: number, y: number, mean: number, rstd: number): void;
   normB(x: number, R: number, G: number, N: number, w: number, mean: number, rstd: number, gy: number, gx: number, gw: number, gb: number): void;
+  resMixF(v: number, vf: number, gate: number, n: number, y: number): void;
+  resMixB(v: number, vf: number, gate: number, n: number, gy: number, gv: number, gvf: number, ggate: number): void;
+  keyUpdF(k: number, a: number, ka: number, R: number, C: number, y: number): void;
+  keyUpdB(k: number, a: number, ka: number, R: number, C: number, gy: number, gk: number, ga: number, gka: number): void;
+  l2nF(x: number, groups: number, N: number, y: number, norm: number, eps: number): void;
+  l2nB(x: number, groups: number, N: number, norm: number, gy: number, gx: number, eps: number): void;
+  bonusF(r: number, k: number, v: number, rk: number, R: number, H: number, N: number, y: number): void;
+  bonusB(r: number, k: number, v: number, rk: number, R: number, H: number, N: number, gy: number, gr: number, gk: number, gv: number, grk: number): void;
+  adamw(p: number, g: number, m: number, v: number, n: number, rate: number, wd: number, b1: number, b2: number, eps: number, bc1: number, bc2: number): void;
   runJob(ctrl: number, job: number, part: number, nparts: number): void;
   dispatch(ctrl: number, job: number, nchunks: number, spin: number): void;
   stopWorkers(ctrl: number): void;
@@ -360,7 +369,54 @@ export class WasmTrainKernels implements TrainKernels {
         x.normB(p[0], R, H, N, p[1], sp, sp + G * F32, p[2], p[3], p[4], p[5]);
         this.top = mark;
       },
+      residualMixForward: (v, vf, gate, y) => {
+        const p = by4(v.length) ? this.offsets(v, vf, gate, y) : null;
+        if (p) x.resMixF(p[0], p[1], p[2], v.length, p[3]); else ref.residualMixForward(v, vf, gate, y);
+      },
+      residualMixBackward: (v, vf, gate, gy, gv, gvf, ggate) => {
+        const p = by4(v.length) ? this.offsets(v, vf, gate, gy, gv, gvf, ggate) : null;
+        if (p) x.resMixB(p[0], p[1], p[2], v.length, p[3], p[4], p[5], p[6]); else ref.residualMixBackward(v, vf, gate, gy, gv, gvf, ggate);
+      },
+      keyUpdateForward: (k, a, ka, C, y) => {
+        const p = by4(C) ? this.offsets(k, a, ka, y) : null;
+        if (p) x.keyUpdF(p[0], p[1], p[2], k.length / C, C, p[3]); else ref.keyUpdateForward(k, a, ka, C, y);
+      },
+      keyUpdateBackward: (k, a, ka, C, gy, gk, ga, gka) => {
+        const p = by4(C) ? this.offsets(k, a, ka, gy, gk, ga, gka) : null;
+        if (p) x.keyUpdB(p[0], p[1], p[2], k.length / C, C, p[3], p[4], p[5], p[6]); else ref.keyUpdateBackward(k, a, ka, C, gy, gk, ga, gka);
+      },
+      l2NormalizeForward: (xx, groups, N, y, norm) => {
+        const p = by4(N) ? this.offsets(xx, y) : null;
+        if (!p) { ref.l2NormalizeForward(xx, groups, N, y, norm); return; }
+        const mark = this.top, sp = this.bump(groups * F32); // f32 norms, kept by the graph as f64
+        x.l2nF(p[0], groups, N, p[1], sp, NORMALIZE_EPS);
+        norm.set(this.f32.subarray(sp >>> 2, (sp >>> 2) + groups));
+        this.top = mark;
+      },
+      l2NormalizeBackward: (xx, groups, N, norm, gy, gx) => {
+        const p = by4(N) ? this.offsets(xx, gy, gx) : null;
+        if (!p) { ref.l2NormalizeBackward(xx, groups, N, norm, gy, gx); return; }
+        const mark = this.top, sp = this.bump(groups * F32);
+        this.f32.set(norm, sp >>> 2);
+        x.l2nB(p[0], groups, N, sp, p[1], p[2], NORMALIZE_EPS);
+        this.top = mark;
+      },
+      bonusForward: (r, k, v, rk, R, H, N, y) => {
+        const p = by4(N) ? this.offsets(r, k, v, rk, y) : null;
+        if (p) x.bonusF(p[0], p[1], p[2], p[3], R, H, N, p[4]); else ref.bonusForward(r, k, v, rk, R, H, N, y);
+      },
+      bonusBackward: (r, k, v, rk, R, H, N, gy, gr, gk, gv, grk) => {
+        const p = by4(N) ? this.offsets(r, k, v, rk, gy, gr, gk, gv, grk) : null;
+        if (p) x.bonusB(p[0], p[1], p[2], p[3], R, H, N, p[4], p[5], p[6], p[7], p[8]); else ref.bonusBackward(r, k, v, rk, R, H, N, gy, gr, gk, gv, grk);
+      },
     };
+  }
+
+  adamwUpdate(data: Buf, grad: Buf, m: Buf, v: Buf, rate: number, wd: number, beta1: number, beta2: number, eps: number, bc1: number, bc2: number): boolean {
+    const p = this.offsets(data, grad, m, v);
+    if (!p) return false;
+    this.x.adamw(p[0], p[1], p[2], p[3], data.length, rate, wd, beta1, beta2, eps, bc1, bc2);
+    return true;
   }
 
   // ---- kernels -------------------------------------------------------------------------------

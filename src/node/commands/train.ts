@@ -260,7 +260,7 @@ export async function trainCommand(args: string[], io: CliIO): Promise<number> {
     const model = new TrainModel(loaded.params, { kernels });
     checkResumeFlags(values, h.run, model.config, ckptPath);
     const run: RunOptions = { ...h.run, steps: values.steps !== undefined ? positiveInt(values, "steps", h.run.steps) : h.run.steps };
-    const opt = new AdamW(loaded.params, model.config.version, { beta1: run.beta1, beta2: run.beta2, eps: run.adamEps, weightDecay: run.weightDecay }, model.unusedParams(), loaded.optimizer);
+    const opt = new AdamW(loaded.params, model.config.version, { beta1: run.beta1, beta2: run.beta2, eps: run.adamEps, weightDecay: run.weightDecay }, model.unusedParams(), loaded.optimizer, model.kernels);
     session = {
       run, out, model, opt, rng: TrainRng.fromState(h.rng), step: h.step, tokensSeen: h.tokensSeen, seconds: h.seconds,
       history: { train: [...h.history.train], val: [...h.history.val] }, dataChecksum: h.dataChecksum,
@@ -291,7 +291,7 @@ export async function trainCommand(args: string[], io: CliIO): Promise<number> {
     }
     const model = new TrainModel(params, { kernels });
     const full: RunOptions = { ...run, tokenizerKind: run.tokenizerKind ?? tokenizerKindForVocab(model.config.vocabSize) };
-    const opt = new AdamW(params, model.config.version, { beta1: full.beta1, beta2: full.beta2, eps: full.adamEps, weightDecay: full.weightDecay }, model.unusedParams());
+    const opt = new AdamW(params, model.config.version, { beta1: full.beta1, beta2: full.beta2, eps: full.adamEps, weightDecay: full.weightDecay }, model.unusedParams(), undefined, model.kernels);
     session = { run: full, out, model, opt, rng, step: 0, tokensSeen: 0, seconds: 0, history: { train: [], val: [] }, dataChecksum: "" };
   }
   return await runTraining(session, values, io);
