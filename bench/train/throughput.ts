@@ -10,12 +10,14 @@ import { trainFlopsPerToken, trainStep } from "../../src/core/train/trainer.js";
 import { type TrainKernelKind, trainKernels } from "../../src/node/threads/train-pool.js";
 
 /*
- * Training throughput of the plain TypeScript path: optimizer steps on (B, T) windows of tiny
- * Shakespeare (bytes) for a model shaped like nanoGPT's CPU setting (4 layers x 128, context 64,
- * batch 12). Prints tokens/s, model GFLOP/s, and the split of a step between forward, backward
- * and optimizer.
+ * Training throughput: optimizer steps on (B, T) windows of tiny Shakespeare (bytes) for a model
+ * shaped like nanoGPT's CPU setting (4 layers x 128, context 64, batch 12), with the wasm kernels
+ * (default; --threads N, 1 by default here) or --kernels reference. Prints tokens/s, model GFLOP/s,
+ * the split of a step between forward, backward and optimizer, and the same rates per CPU-second
+ * of the whole process (all threads), which a busy machine distorts less than wall-clock time.
  *
- *   node dist/bench/train/throughput.js [--version 7] [--layers 4] [--embd 128] [--ctx 64] [--batch 12] [--steps 10] [--warmup 2]
+ *   node [--experimental-wasm-relaxed-simd] dist/bench/train/throughput.js [--kernels wasm|reference] [--threads 1]
+ *     [--version 7] [--layers 4] [--embd 128] [--head-size 64] [--ctx 64] [--batch 12] [--steps 10] [--warmup 2]
  */
 
 const { values } = parseArgs({
@@ -73,4 +75,4 @@ const tps = (steps * B * T) / (total / 1000);
 const cpuTps = (steps * B * T) / ((cpu.user + cpu.system) / 1e6);
 console.log(`${tps.toFixed(0)} tokens/s, ${((tps * flops) / 1e9).toFixed(2)} GFLOP/s; per step ${(total / steps).toFixed(0)} ms = ` +
   `forward ${(fwd / steps).toFixed(0)} + backward ${(bwd / steps).toFixed(0)} + AdamW ${((total - fwd - bwd) / steps).toFixed(0)} ms; last loss ${loss.toFixed(3)}`);
-console.log(`per CPU-second (one thread, robust to a busy machine): ${cpuTps.toFixed(0)} tokens/s, ${((cpuTps * flops) / 1e9).toFixed(2)} GFLOP/s`);
+console.log(`per CPU-second (all threads; robust to a busy machine): ${cpuTps.toFixed(0)} tokens/s, ${((cpuTps * flops) / 1e9).toFixed(2)} GFLOP/s`);
