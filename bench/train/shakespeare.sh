@@ -17,8 +17,8 @@ root="$here/../.."
 data="${RWKV_SHARED:-$root/../shared}/data/tinyshakespeare/input.txt"
 which="${1:-small}"
 case "$which" in
-  small) shape=(--layers 4 --embd 128 --ctx 64 --batch 12); seconds=111; steps="${2:-500}" ;;
-  large) shape=(--layers 6 --embd 192 --ctx 128 --batch 16); seconds=600; steps="${2:-1000}" ;;
+  small) shape=(--layers 4 --embd 128 --ctx 64 --batch 12); seconds=111; steps="${2:-850}" ;;
+  large) shape=(--layers 4 --embd 128 --ctx 128 --batch 12); seconds=600; steps="${2:-1550}" ;;
   *) echo "usage: $0 small|large [STEPS] [OUT_DIR] [rwkv train flags...]" >&2; exit 2 ;;
 esac
 out="${3:-$(mktemp -d -t rwkv-shakespeare-XXXXXX)}"
