@@ -1,6 +1,6 @@
-import { type Buf, linearBackward, linearForward, projectBackward, projectForward, type TrainDType, type TrainKernels, alloc } from "./kernels.js";
+import { type Buf, linearBackward, linearForward, projectBackward, projectForward, type TrainDType, type TrainKernels } from "./kernels.js";
 import * as op from "./ops.js";
-import { wkv4Backward, wkv4Forward, wkv5Backward, wkv5Forward, wkv7Backward, wkv7Forward, wkvChunks } from "./wkv.js";
+import { wkv4Backward, wkv4Forward, wkv5Backward, wkv5Forward, wkvChunks } from "./wkv.js";
 
 /*
  * A forward pass that remembers how to run itself backwards. Every method runs one op of ops.ts /
@@ -10,20 +10,26 @@ import { wkv4Backward, wkv4Forward, wkv5Backward, wkv5Forward, wkv7Backward, wkv
  *
  * A Var is a (rows, cols) row-major tensor. Parameters wrap the parameter's storage and its
  * persistent gradient buffer, so backward accumulates straight into the parameter gradients.
+ * Every tensor (outputs and gradients) comes from the kernels' `alloc`, so a fast kernel set can
+ * keep them in its own memory; they live until the caller releases the step (trainer.ts).
  */
 
 export class Var {
   /** dL/d(this), created (zeros) by the first consumer that has a gradient for it. */
   grad: Buf | null;
 
-  constructor(readonly data: Buf, readonly rows: number, readonly cols: number, readonly requiresGrad: boolean, grad: Buf | null = null) {
+  constructor(readonly data: Buf, readonly rows: number, readonly cols: number, readonly requiresGrad: boolean, grad: Buf | null = null,
+    private readonly kernels: TrainKernels | null = null) {
     this.grad = grad;
   }
 
   /** The gradient buffer (allocated on first use) or null when no gradient flows to this Var. */
   g(): Buf | null {
     if (!this.requiresGrad) return null;
-    if (!this.grad) this.grad = this.data instanceof Float32Array ? new Float32Array(this.data.length) : new Float64Array(this.data.length);
+    if (!this.grad) {
+      const dtype = this.data instanceof Float32Array ? "f32" : "f64";
+      this.grad = this.kernels ? this.kernels.alloc(dtype, this.data.length) : dtype === "f32" ? new Float32Array(this.data.length) : new Float64Array(this.data.length);
+    }
     return this.grad;
   }
 }
@@ -45,8 +51,9 @@ export class Graph {
     this.tape.length = 0;
   }
 
+  /** A new output Var; every op writes all of its output, so its memory need not be zeroed. */
   private out(rows: number, cols: number, ...inputs: Var[]): Var {
-    return new Var(alloc(this.dtype, rows * cols), rows, cols, this.recording && inputs.some((v) => v.requiresGrad));
+    return new Var(this.kernels.alloc(this.dtype, rows * cols, true), rows, cols, this.recording && inputs.some((v) => v.requiresGrad), null, this.kernels);
   }
 
   /** Records `f(gy)` to run in backward if y ends up with a gradient. */
@@ -73,8 +80,8 @@ export class Graph {
     const R = x.rows;
     const y = this.out(R, x.cols, x, w, b); // (R, H·N)
     const mean = new Float64Array(R * H), rstd = new Float64Array(R * H);
-    op.groupNormForward(x.data, R, H, N, w.data, b.data, eps, y.data, mean, rstd);
-    this.record(y, (gy) => op.groupNormBackward(x.data, R, H, N, w.data, b.data, eps, mean, rstd, gy, x.g(), w.g(), b.g()));
+    this.kernels.ops.groupNormForward(x.data, R, H, N, w.data, b.data, eps, y.data, mean, rstd);
+    this.record(y, (gy) => this.kernels.ops.groupNormBackward(x.data, R, H, N, w.data, b.data, eps, mean, rstd, gy, x.g(), w.g(), b.g()));
     return y;
   }
 
@@ -99,8 +106,8 @@ export class Graph {
   lerp(x: Var, sx: Var, m: Var): Var {
     const C = x.cols;
     const y = this.out(x.rows, C, x, sx, m); // (R, C)
-    op.lerpForward(x.data, sx.data, m.data, C, y.data);
-    this.record(y, (gy) => op.lerpBackward(x.data, sx.data, m.data, C, gy, x.g(), sx.g(), m.g()));
+    this.kernels.ops.lerpForward(x.data, sx.data, m.data, C, y.data);
+    this.record(y, (gy) => this.kernels.ops.lerpBackward(x.data, sx.data, m.data, C, gy, x.g(), sx.g(), m.g()));
     return y;
   }
 
@@ -116,8 +123,8 @@ export class Graph {
   /** v7 value residual: v + (vf - v)·gate. */
   residualMix(v: Var, vf: Var, gate: Var): Var {
     const y = this.out(v.rows, v.cols, v, vf, gate); // (R, C)
-    op.residualMixForward(v.data, vf.data, gate.data, y.data);
-    this.record(y, (gy) => op.residualMixBackward(v.data, vf.data, gate.data, gy, v.g(), vf.g(), gate.g()));
+    this.kernels.ops.residualMixForward(v.data, vf.data, gate.data, y.data);
+    this.record(y, (gy) => this.kernels.ops.residualMixBackward(v.data, vf.data, gate.data, gy, v.g(), vf.g(), gate.g()));
     return y;
   }
 
@@ -141,8 +148,8 @@ export class Graph {
 
   act(f: op.Activation, x: Var): Var {
     const y = this.out(x.rows, x.cols, x);
-    op.activationForward(f, x.data, y.data);
-    this.record(y, (gy) => op.activationBackward(f, x.data, y.data, gy, x.g()!));
+    this.kernels.ops.activationForward(f, x.data, y.data);
+    this.record(y, (gy) => this.kernels.ops.activationBackward(f, x.data, y.data, gy, x.g()!));
     return y;
   }
 
@@ -150,8 +157,8 @@ export class Graph {
   add(a: Var, b: Var): Var {
     const C = a.cols;
     const y = this.out(a.rows, C, a, b);
-    op.addForward(a.data, b.data, C, y.data);
-    this.record(y, (gy) => op.addBackward(a.data, b.data, C, gy, a.g(), b.g()));
+    this.kernels.ops.addForward(a.data, b.data, C, y.data);
+    this.record(y, (gy) => this.kernels.ops.addBackward(a.data, b.data, C, gy, a.g(), b.g()));
     return y;
   }
 
@@ -159,8 +166,8 @@ export class Graph {
   mul(a: Var, b: Var): Var {
     const C = a.cols;
     const y = this.out(a.rows, C, a, b);
-    op.mulForward(a.data, b.data, C, y.data);
-    this.record(y, (gy) => op.mulBackward(a.data, b.data, C, gy, a.g(), b.g()));
+    this.kernels.ops.mulForward(a.data, b.data, C, y.data);
+    this.record(y, (gy) => this.kernels.ops.mulBackward(a.data, b.data, C, gy, a.g(), b.g()));
     return y;
   }
 
@@ -183,8 +190,8 @@ export class Graph {
     const groups = x.data.length / N;
     const y = this.out(x.rows, x.cols, x);
     const norm = new Float64Array(groups);
-    op.l2NormalizeForward(x.data, groups, N, y.data, norm);
-    this.record(y, (gy) => op.l2NormalizeBackward(x.data, groups, N, norm, gy, x.g()!));
+    this.kernels.ops.l2NormalizeForward(x.data, groups, N, y.data, norm);
+    this.record(y, (gy) => this.kernels.ops.l2NormalizeBackward(x.data, groups, N, norm, gy, x.g()!));
     return y;
   }
 
@@ -192,8 +199,8 @@ export class Graph {
   keyUpdate(k: Var, a: Var, ka: Var): Var {
     const C = k.cols;
     const y = this.out(k.rows, C, k, a, ka);
-    op.keyUpdateForward(k.data, a.data, ka.data, C, y.data);
-    this.record(y, (gy) => op.keyUpdateBackward(k.data, a.data, ka.data, C, gy, k.g(), a.g(), ka.g()));
+    this.kernels.ops.keyUpdateForward(k.data, a.data, ka.data, C, y.data);
+    this.record(y, (gy) => this.kernels.ops.keyUpdateBackward(k.data, a.data, ka.data, C, gy, k.g(), a.g(), ka.g()));
     return y;
   }
 
@@ -201,8 +208,8 @@ export class Graph {
   bonus(r: Var, k: Var, v: Var, rk: Var, H: number, N: number): Var {
     const R = r.rows;
     const y = this.out(R, r.cols, r, k, v, rk);
-    op.bonusForward(r.data, k.data, v.data, rk.data, R, H, N, y.data);
-    this.record(y, (gy) => op.bonusBackward(r.data, k.data, v.data, rk.data, R, H, N, gy, r.g(), k.g(), v.g(), rk.g()));
+    this.kernels.ops.bonusForward(r.data, k.data, v.data, rk.data, R, H, N, y.data);
+    this.record(y, (gy) => this.kernels.ops.bonusBackward(r.data, k.data, v.data, rk.data, R, H, N, gy, r.g(), k.g(), v.g(), rk.g()));
     return y;
   }
 
@@ -233,9 +240,9 @@ export class Graph {
 
   wkv7(B: number, T: number, H: number, N: number, r: Var, wraw: Var, k: Var, v: Var, a: Var, b: Var): Var {
     const y = this.out(r.rows, r.cols, r, wraw, k, v, a, b); // (B·T, C)
-    const ckpt = y.requiresGrad ? new Float64Array(B * H * wkvChunks(T) * N * N) : null;
-    wkv7Forward(B, T, H, N, r.data, wraw.data, k.data, v.data, a.data, b.data, y.data, ckpt);
-    this.record(y, (gy) => wkv7Backward(B, T, H, N, r.data, wraw.data, k.data, v.data, a.data, b.data, ckpt!, gy, r.g(), wraw.g(), k.g(), v.g(), a.g(), b.g()));
+    const K = this.kernels;
+    const ckpt = K.wkv7Forward(B, T, H, N, r.data, wraw.data, k.data, v.data, a.data, b.data, y.data, y.requiresGrad); // state checkpoints
+    this.record(y, (gy) => K.wkv7Backward(B, T, H, N, r.data, wraw.data, k.data, v.data, a.data, b.data, ckpt!, gy, r.g(), wraw.g(), k.g(), v.g(), a.g(), b.g()));
     return y;
   }
 

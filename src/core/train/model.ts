@@ -172,9 +172,11 @@ export class TrainModel {
   readonly config: ModelConfig & { version: TrainVersion };
   readonly kernels: TrainKernels;
 
+  /** With kernels that keep tensors in their own memory (wasm), the store's tensors move there. */
   constructor(readonly params: ParamStore, options: TrainModelOptions = {}) {
     this.config = inferTrainConfig(params);
     this.kernels = options.kernels ?? referenceTrainKernels;
+    this.kernels.placeParams?.(params);
   }
 
   get dtype(): TrainDType {

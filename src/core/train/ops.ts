@@ -54,12 +54,11 @@ export function groupNormBackward(x: Buf, R: number, H: number, N: number, w: Bu
   mean: Float64Array, rstd: Float64Array, gy: Buf, gx: Buf | null, gw: Buf | null, gb: Buf | null): void {
   for (let g = 0; g < R * H; g++) {
     const o = g * N, c0 = (g % H) * N, m = mean[g], rs = rstd[g];
+    if (gw) for (let j = 0; j < N; j++) gw[c0 + j] += gy[o + j] * ((x[o + j] - m) * rs);
+    if (gb) for (let j = 0; j < N; j++) gb[c0 + j] += gy[o + j];
     let sg = 0, sgx = 0;
     for (let j = 0; j < N; j++) {
-      const xh = (x[o + j] - m) * rs, gyj = gy[o + j];
-      if (gw) gw[c0 + j] += gyj * xh;
-      if (gb) gb[c0 + j] += gyj;
-      const gh = gyj * w[c0 + j];
+      const xh = (x[o + j] - m) * rs, gh = gy[o + j] * w[c0 + j];
       sg += gh; sgx += gh * xh;
     }
     if (!gx) continue;
@@ -90,50 +89,56 @@ export function tokenShiftBackward(_x: Buf, B: number, T: number, C: number, gy:
   }
 }
 
+/*
+ * Broadcast ops loop over rows and channels (no per-element modulo) with one pass per requested
+ * gradient, so the inner loops carry no branches: these element-wise loops are most of a step's
+ * time outside the matrix and WKV kernels.
+ */
+
 /** v4/v5 mix: y = x·m + sx·(1-m), m (C). */
 export function mixForward(x: Buf, sx: Buf, m: Buf, C: number, y: Buf): void {
-  for (let n = 0; n < x.length; n++) {
-    const mc = m[n % C];
-    y[n] = x[n] * mc + sx[n] * (1 - mc);
+  for (let o = 0; o < x.length; o += C) {
+    for (let c = 0; c < C; c++) { const mc = m[c]; y[o + c] = x[o + c] * mc + sx[o + c] * (1 - mc); }
   }
 }
 
 export function mixBackward(x: Buf, sx: Buf, m: Buf, C: number, gy: Buf, gx: Buf | null, gsx: Buf | null, gm: Buf | null): void {
-  for (let n = 0; n < x.length; n++) {
-    const c = n % C, g = gy[n], mc = m[c];
-    if (gx) gx[n] += g * mc;
-    if (gsx) gsx[n] += g * (1 - mc);
-    if (gm) gm[c] += g * (x[n] - sx[n]);
+  for (let o = 0; o < x.length; o += C) {
+    if (gx) for (let c = 0; c < C; c++) gx[o + c] += gy[o + c] * m[c];
+    if (gsx) for (let c = 0; c < C; c++) gsx[o + c] += gy[o + c] * (1 - m[c]);
+    if (gm) for (let c = 0; c < C; c++) gm[c] += gy[o + c] * (x[o + c] - sx[o + c]);
   }
 }
 
 /** v6/v7 lerp: y = x + (sx - x)·m, m (C). */
 export function lerpForward(x: Buf, sx: Buf, m: Buf, C: number, y: Buf): void {
-  for (let n = 0; n < x.length; n++) y[n] = x[n] + (sx[n] - x[n]) * m[n % C];
+  for (let o = 0; o < x.length; o += C) {
+    for (let c = 0; c < C; c++) y[o + c] = x[o + c] + (sx[o + c] - x[o + c]) * m[c];
+  }
 }
 
 export function lerpBackward(x: Buf, sx: Buf, m: Buf, C: number, gy: Buf, gx: Buf | null, gsx: Buf | null, gm: Buf | null): void {
-  for (let n = 0; n < x.length; n++) {
-    const c = n % C, g = gy[n], mc = m[c];
-    if (gx) gx[n] += g * (1 - mc);
-    if (gsx) gsx[n] += g * mc;
-    if (gm) gm[c] += g * (sx[n] - x[n]);
+  for (let o = 0; o < x.length; o += C) {
+    if (gx) for (let c = 0; c < C; c++) gx[o + c] += gy[o + c] * (1 - m[c]);
+    if (gsx) for (let c = 0; c < C; c++) gsx[o + c] += gy[o + c] * m[c];
+    if (gm) for (let c = 0; c < C; c++) gm[c] += gy[o + c] * (sx[o + c] - x[o + c]);
   }
 }
 
 /** v6 data-dependent mix: y = x + d·(m + dm), m (C) static, dm (R, C) from the LoRA. */
 export function lerpDynForward(x: Buf, d: Buf, m: Buf, dm: Buf, C: number, y: Buf): void {
-  for (let n = 0; n < x.length; n++) y[n] = x[n] + d[n] * (m[n % C] + dm[n]);
+  for (let o = 0; o < x.length; o += C) {
+    for (let c = 0; c < C; c++) y[o + c] = x[o + c] + d[o + c] * (m[c] + dm[o + c]);
+  }
 }
 
 export function lerpDynBackward(_x: Buf, d: Buf, m: Buf, dm: Buf, C: number, gy: Buf,
   gx: Buf | null, gd: Buf | null, gm: Buf | null, gdm: Buf | null): void {
-  for (let n = 0; n < d.length; n++) {
-    const c = n % C, g = gy[n];
-    if (gx) gx[n] += g;
-    if (gd) gd[n] += g * (m[c] + dm[n]);
-    if (gm) gm[c] += g * d[n];
-    if (gdm) gdm[n] += g * d[n];
+  for (let o = 0; o < d.length; o += C) {
+    if (gx) for (let c = 0; c < C; c++) gx[o + c] += gy[o + c];
+    if (gd) for (let c = 0; c < C; c++) gd[o + c] += gy[o + c] * (m[c] + dm[o + c]);
+    if (gm) for (let c = 0; c < C; c++) gm[c] += gy[o + c] * d[o + c];
+    if (gdm) for (let c = 0; c < C; c++) gdm[o + c] += gy[o + c] * d[o + c];
   }
 }
 
@@ -143,41 +148,45 @@ export function residualMixForward(v: Buf, vf: Buf, gate: Buf, y: Buf): void {
 }
 
 export function residualMixBackward(v: Buf, vf: Buf, gate: Buf, gy: Buf, gv: Buf | null, gvf: Buf | null, ggate: Buf | null): void {
-  for (let n = 0; n < v.length; n++) {
-    const g = gy[n];
-    if (gv) gv[n] += g * (1 - gate[n]);
-    if (gvf) gvf[n] += g * gate[n];
-    if (ggate) ggate[n] += g * (vf[n] - v[n]);
-  }
+  const n = v.length;
+  if (gv) for (let i = 0; i < n; i++) gv[i] += gy[i] * (1 - gate[i]);
+  if (gvf) for (let i = 0; i < n; i++) gvf[i] += gy[i] * gate[i];
+  if (ggate) for (let i = 0; i < n; i++) ggate[i] += gy[i] * (vf[i] - v[i]);
 }
 
 // ---------------------------------------------------------------- element-wise arithmetic
 
 /** y = a + b (and a·b below); b is (R, C) like a, or a row vector (C) broadcast over the rows. */
 export function addForward(a: Buf, b: Buf, C: number, y: Buf): void {
-  const bc = b.length !== a.length;
-  for (let n = 0; n < a.length; n++) y[n] = a[n] + b[bc ? n % C : n];
+  const n = a.length;
+  if (b.length === n) { for (let i = 0; i < n; i++) y[i] = a[i] + b[i]; return; }
+  for (let o = 0; o < n; o += C) for (let c = 0; c < C; c++) y[o + c] = a[o + c] + b[c];
 }
 
 export function addBackward(a: Buf, b: Buf, C: number, gy: Buf, ga: Buf | null, gb: Buf | null): void {
-  const bc = b.length !== a.length;
-  for (let n = 0; n < a.length; n++) {
-    if (ga) ga[n] += gy[n];
-    if (gb) gb[bc ? n % C : n] += gy[n];
-  }
+  const n = a.length;
+  if (ga) for (let i = 0; i < n; i++) ga[i] += gy[i];
+  if (!gb) return;
+  if (b.length === n) { for (let i = 0; i < n; i++) gb[i] += gy[i]; return; }
+  for (let o = 0; o < n; o += C) for (let c = 0; c < C; c++) gb[c] += gy[o + c];
 }
 
 export function mulForward(a: Buf, b: Buf, C: number, y: Buf): void {
-  const bc = b.length !== a.length;
-  for (let n = 0; n < a.length; n++) y[n] = a[n] * b[bc ? n % C : n];
+  const n = a.length;
+  if (b.length === n) { for (let i = 0; i < n; i++) y[i] = a[i] * b[i]; return; }
+  for (let o = 0; o < n; o += C) for (let c = 0; c < C; c++) y[o + c] = a[o + c] * b[c];
 }
 
 export function mulBackward(a: Buf, b: Buf, C: number, gy: Buf, ga: Buf | null, gb: Buf | null): void {
-  const bc = b.length !== a.length;
-  for (let n = 0; n < a.length; n++) {
-    const bi = bc ? n % C : n;
-    if (ga) ga[n] += gy[n] * b[bi];
-    if (gb) gb[bi] += gy[n] * a[n];
+  const n = a.length;
+  if (b.length === n) {
+    if (ga) for (let i = 0; i < n; i++) ga[i] += gy[i] * b[i];
+    if (gb) for (let i = 0; i < n; i++) gb[i] += gy[i] * a[i];
+    return;
+  }
+  for (let o = 0; o < n; o += C) {
+    if (ga) for (let c = 0; c < C; c++) ga[o + c] += gy[o + c] * b[c];
+    if (gb) for (let c = 0; c < C; c++) gb[c] += gy[o + c] * a[o + c];
   }
 }
 
@@ -187,10 +196,8 @@ export function subForward(a: Buf, b: Buf, y: Buf): void {
 }
 
 export function subBackward(_a: Buf, _b: Buf, gy: Buf, ga: Buf | null, gb: Buf | null): void {
-  for (let n = 0; n < gy.length; n++) {
-    if (ga) ga[n] += gy[n];
-    if (gb) gb[n] -= gy[n];
-  }
+  if (ga) for (let n = 0; n < gy.length; n++) ga[n] += gy[n];
+  if (gb) for (let n = 0; n < gy.length; n++) gb[n] -= gy[n];
 }
 
 /** y = s·a for a constant s. */
@@ -277,15 +284,16 @@ export function l2NormalizeBackward(x: Buf, groups: number, N: number, norm: Flo
 
 /** v7 key update: y = k·(1 + (a - 1)·k_a), k and a (R, C), k_a (C). */
 export function keyUpdateForward(k: Buf, a: Buf, ka: Buf, C: number, y: Buf): void {
-  for (let n = 0; n < k.length; n++) y[n] = k[n] * (1 + (a[n] - 1) * ka[n % C]);
+  for (let o = 0; o < k.length; o += C) {
+    for (let c = 0; c < C; c++) y[o + c] = k[o + c] * (1 + (a[o + c] - 1) * ka[c]);
+  }
 }
 
 export function keyUpdateBackward(k: Buf, a: Buf, ka: Buf, C: number, gy: Buf, gk: Buf | null, ga: Buf | null, gka: Buf | null): void {
-  for (let n = 0; n < k.length; n++) {
-    const c = n % C, g = gy[n];
-    if (gk) gk[n] += g * (1 + (a[n] - 1) * ka[c]);
-    if (ga) ga[n] += g * k[n] * ka[c];
-    if (gka) gka[c] += g * k[n] * (a[n] - 1);
+  for (let o = 0; o < k.length; o += C) {
+    if (gk) for (let c = 0; c < C; c++) gk[o + c] += gy[o + c] * (1 + (a[o + c] - 1) * ka[c]);
+    if (ga) for (let c = 0; c < C; c++) ga[o + c] += gy[o + c] * k[o + c] * ka[c];
+    if (gka) for (let c = 0; c < C; c++) gka[c] += gy[o + c] * k[o + c] * (a[o + c] - 1);
   }
 }
 
@@ -305,12 +313,10 @@ export function bonusBackward(r: Buf, k: Buf, v: Buf, rk: Buf, R: number, H: num
     const o = g * N, c0 = (g % H) * N;
     let s = 0, gs = 0;
     for (let j = 0; j < N; j++) { s += r[o + j] * k[o + j] * rk[c0 + j]; gs += gy[o + j] * v[o + j]; }
-    for (let j = 0; j < N; j++) {
-      if (gv) gv[o + j] += gy[o + j] * s;
-      if (gr) gr[o + j] += gs * k[o + j] * rk[c0 + j];
-      if (gk) gk[o + j] += gs * r[o + j] * rk[c0 + j];
-      if (grk) grk[c0 + j] += gs * r[o + j] * k[o + j];
-    }
+    if (gv) for (let j = 0; j < N; j++) gv[o + j] += gy[o + j] * s;
+    if (gr) for (let j = 0; j < N; j++) gr[o + j] += gs * k[o + j] * rk[c0 + j];
+    if (gk) for (let j = 0; j < N; j++) gk[o + j] += gs * r[o + j] * rk[c0 + j];
+    if (grk) for (let j = 0; j < N; j++) grk[c0 + j] += gs * r[o + j] * k[o + j];
   }
 }
 
@@ -372,3 +378,37 @@ export function crossEntropyBackward(logits: Buf, R: number, V: number, targets:
     }
   }
 }
+
+// ---------------------------------------------------------------- replaceable ops
+
+/**
+ * The element-wise ops a kernel set may replace with faster ones of the same signature and
+ * meaning (TrainKernels.ops); the functions above are the specification.
+ */
+export interface TrainOps {
+  readonly lerpForward: typeof lerpForward;
+  readonly lerpBackward: typeof lerpBackward;
+  readonly addForward: typeof addForward;
+  readonly addBackward: typeof addBackward;
+  readonly mulForward: typeof mulForward;
+  readonly mulBackward: typeof mulBackward;
+  readonly activationForward: typeof activationForward;
+  readonly activationBackward: typeof activationBackward;
+  readonly groupNormForward: typeof groupNormForward;
+  readonly groupNormBackward: typeof groupNormBackward;
+  readonly residualMixForward: typeof residualMixForward;
+  readonly residualMixBackward: typeof residualMixBackward;
+  readonly keyUpdateForward: typeof keyUpdateForward;
+  readonly keyUpdateBackward: typeof keyUpdateBackward;
+  readonly l2NormalizeForward: typeof l2NormalizeForward;
+  readonly l2NormalizeBackward: typeof l2NormalizeBackward;
+  readonly bonusForward: typeof bonusForward;
+  readonly bonusBackward: typeof bonusBackward;
+}
+
+export const referenceOps: TrainOps = {
+  lerpForward, lerpBackward, addForward, addBackward, mulForward, mulBackward,
+  activationForward, activationBackward, groupNormForward, groupNormBackward,
+  residualMixForward, residualMixBackward, keyUpdateForward, keyUpdateBackward,
+  l2NormalizeForward, l2NormalizeBackward, bonusForward, bonusBackward,
+};

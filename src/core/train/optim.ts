@@ -1,4 +1,4 @@
-import { alloc, type Buf } from "./kernels.js";
+import { type Buf, referenceTrainKernels, type TrainKernels } from "./kernels.js";
 import type { TrainVersion } from "./model.js";
 import type { Param, ParamStore } from "./params.js";
 
@@ -59,14 +59,23 @@ export class AdamW {
   readonly state: OptimizerState;
   private readonly groups: Map<string, ParamGroup>;
 
-  /** `frozen`: parameters never updated (no gradient in the official trainer, e.g. v7 layer-0 v0/v1/v2). */
+  /**
+   * `frozen`: parameters never updated (no gradient in the official trainer, e.g. v7 layer-0 v0/v1/v2).
+   * `kernels`: the model's; the moments live in their storage (a given state is copied there) and
+   * their update runs there when they can.
+   */
   constructor(readonly params: ParamStore, readonly version: TrainVersion, readonly options: AdamWOptions = DEFAULT_ADAMW,
-    readonly frozen: ReadonlySet<string> = new Set(), state?: OptimizerState) {
+    readonly frozen: ReadonlySet<string> = new Set(), state?: OptimizerState, private readonly kernels: TrainKernels = referenceTrainKernels) {
     this.groups = new Map(params.list.map((p) => [p.name, paramGroup(p.name, p.shape, version)]));
-    this.state = state ?? {
-      step: 0,
-      m: new Map(params.list.map((p) => [p.name, alloc(params.dtype, p.data.length)])),
-      v: new Map(params.list.map((p) => [p.name, alloc(params.dtype, p.data.length)])),
+    const moment = (p: Param, from?: Buf): Buf => {
+      const b = kernels.alloc(params.dtype, p.data.length);
+      if (from) b.set(from);
+      return b;
+    };
+    this.state = {
+      step: state?.step ?? 0,
+      m: new Map(params.list.map((p) => [p.name, moment(p, state?.m.get(p.name))])),
+      v: new Map(params.list.map((p) => [p.name, moment(p, state?.v.get(p.name))])),
     };
   }
 
@@ -89,6 +98,7 @@ export class AdamW {
       const m = this.state.m.get(p.name)!, v = this.state.v.get(p.name)!;
       const rate = lr * lrScale, wd = decay ? weightDecay : 0;
       const { data, grad } = p;
+      if (this.kernels.adamwUpdate?.(data, grad, m, v, rate, wd, beta1, beta2, eps, bc1, bc2)) continue;
       for (let i = 0; i < data.length; i++) {
         const g = grad[i];
         const mi = beta1 * m[i] + (1 - beta1) * g;

@@ -49,6 +49,22 @@ export class ParamStore {
     for (const p of this.list) p.grad.fill(0);
   }
 
+  /**
+   * Moves every tensor (values and gradient) into storage from `allocate`, e.g. a WebAssembly
+   * memory the kernels read in place. Param objects obtained before are stale afterwards.
+   */
+  relocate(allocate: (n: number) => Buf): void {
+    for (let i = 0; i < this.list.length; i++) {
+      const p = this.list[i];
+      const data = allocate(p.data.length), grad = allocate(p.grad.length);
+      data.set(p.data);
+      grad.set(p.grad);
+      const moved: Param = { name: p.name, shape: p.shape, data, grad };
+      this.list[i] = moved;
+      this.byName.set(p.name, moved);
+    }
+  }
+
   /** Total number of scalars. */
   count(): number {
     return this.list.reduce((s, p) => s + p.data.length, 0);

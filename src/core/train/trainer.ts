@@ -28,11 +28,16 @@ export interface StepResult {
  */
 export function trainStep(model: TrainModel, opt: AdamW, inputs: Int32Array, targets: Int32Array, B: number, T: number, o: StepOptions): StepResult {
   model.params.zeroGrad();
-  const g = new Graph(model.dtype, model.kernels, true);
-  const logits = model.forward(g, inputs, B, T);
-  const loss = g.crossEntropy(logits, targets, o.l2wrap);
-  if (!Number.isFinite(loss)) return { loss, gradNorm: NaN };
-  g.backward();
+  const mark = model.kernels.mark();
+  let loss: number;
+  try { // the step's activations and their gradients are dead once the parameter gradients are in
+    const g = new Graph(model.dtype, model.kernels, true);
+    loss = g.crossEntropy(model.forward(g, inputs, B, T), targets, o.l2wrap);
+    if (!Number.isFinite(loss)) return { loss, gradNorm: NaN };
+    g.backward();
+  } finally {
+    model.kernels.release(mark);
+  }
   const norm = o.gradClip > 0 && Number.isFinite(o.gradClip) ? clipGradNorm(model.params.list, o.gradClip) : gradNorm(model.params.list);
   if (!Number.isFinite(norm)) return { loss, gradNorm: norm };
   opt.step(o.lr);
@@ -41,9 +46,14 @@ export function trainStep(model: TrainModel, opt: AdamW, inputs: Int32Array, tar
 
 /** Sum of next-token NLL and the number of scored positions (targets ≠ IGNORE_TARGET). */
 export function evalLossSum(model: TrainModel, inputs: Int32Array, targets: Int32Array, B: number, T: number): { sum: number; count: number } {
-  const g = new Graph(model.dtype, model.kernels, false);
-  const logits = model.forward(g, inputs, B, T);
-  const loss = g.crossEntropy(logits, targets, false);
+  const mark = model.kernels.mark();
+  let loss: number;
+  try {
+    const g = new Graph(model.dtype, model.kernels, false);
+    loss = g.crossEntropy(model.forward(g, inputs, B, T), targets, false);
+  } finally {
+    model.kernels.release(mark);
+  }
   let count = 0;
   for (const t of targets) if (t !== IGNORE_TARGET) count++;
   return { sum: loss * count, count };

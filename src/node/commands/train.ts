@@ -4,7 +4,7 @@ import { join, resolve } from "node:path";
 import { RwkvInputError } from "../../core/errors.js";
 import type { ModelConfig } from "../../core/model/model.js";
 import { initModel, type NewModelSpec, validateSpec } from "../../core/train/init.js";
-import { referenceTrainKernels, type TrainKernels } from "../../core/train/kernels.js";
+import type { TrainKernels } from "../../core/train/kernels.js";
 import { TrainModel, type TrainVersion } from "../../core/train/model.js";
 import { AdamW, type LrSchedule, learningRate } from "../../core/train/optim.js";
 import { ParamStore } from "../../core/train/params.js";
@@ -21,6 +21,7 @@ import { type CheckpointHeader, loadCheckpointFile, saveCheckpoint, type TrainHi
 import { listDataFiles, loadTokens, sampleBatch, splitData, validationBatches } from "../train/data.js";
 import { type ExportDType, exportPth, exportSafetensors } from "../train/export.js";
 import { lossCurveSvg } from "../train/plot.js";
+import { defaultTrainThreads, type TrainKernelKind, trainKernels } from "../threads/train-pool.js";
 
 /*
  * rwkv train: GPT-mode training of an RWKV model on text, from scratch or from a checkpoint, with
@@ -52,6 +53,8 @@ export const TRAIN_USAGE = [
   sub("--save-every N", "checkpoint every N steps (100); --seed N (1)"),
   sub("--export-dtype f32|bf16", "dtype of the exported model.pth / model.safetensors (f32)"),
   sub("--max-seconds S", "stop (checkpoint, export) after S seconds of training"),
+  sub("--threads N", "threads of the training kernels (default: every core)"),
+  sub("--kernels wasm|reference", "WebAssembly SIMD f32 (default) or the plain TypeScript reference"),
 ].join("\n");
 
 /** Everything that defines a run; stored in its checkpoint. */
@@ -89,7 +92,7 @@ const DEFAULTS = {
 } as const;
 const VERSIONS: readonly TrainVersion[] = ["4", "5.2", "6", "7"];
 /** Options a resumed run may change: they extend or bound the run, not its math so far. */
-const RESUME_OVERRIDABLE = new Set(["steps", "max-seconds", "peak-gflops", "out", "resume"]);
+const RESUME_OVERRIDABLE = new Set(["steps", "max-seconds", "peak-gflops", "out", "resume", "threads", "kernels"]);
 const MS_PER_S = 1000;
 /** Plain (non-terminal) progress lines at most this often. */
 const PLAIN_PROGRESS_MS = 10_000;
@@ -109,6 +112,7 @@ const OPTIONS = {
   "grad-clip": { type: "string" }, "no-l2wrap": { type: "boolean" }, "tokenizer-kind": { type: "string" }, tokenizer: { type: "string" },
   seed: { type: "string" }, "val-fraction": { type: "string" }, "val-every": { type: "string" }, "save-every": { type: "string" },
   "export-dtype": { type: "string" }, "max-seconds": { type: "string" }, "peak-gflops": { type: "string" },
+  threads: { type: "string" }, kernels: { type: "string" },
 } as const;
 
 function nonNegInt(values: Values, name: string, dflt: number): number {
@@ -219,10 +223,10 @@ function measurePeakGflops(k: TrainKernels): number {
   const n = PEAK_PROBE_SIZE;
   const a = new Float32Array(n * n).map((_, i) => (i % 7) * 0.1), c = new Float32Array(n * n);
   let best = Infinity;
-  for (let r = 0; r < PEAK_PROBE_WARMUP; r++) k.gemmNT(a, n, n, a, n, c, false); // let the JIT optimise it first
+  for (let r = 0; r < PEAK_PROBE_WARMUP; r++) k.gemm(false, true, n, n, n, a, a, c, false); // let the JIT optimise it first
   for (let r = 0; r < PEAK_PROBE_RUNS; r++) {
     const t0 = performance.now();
-    k.gemmNT(a, n, n, a, n, c, false);
+    k.gemm(false, true, n, n, n, a, a, c, false);
     best = Math.min(best, performance.now() - t0);
   }
   return (2 * n * n * n) / (best / MS_PER_S) / 1e9;
@@ -244,7 +248,10 @@ export async function trainCommand(args: string[], io: CliIO): Promise<number> {
   if (outText === undefined) throw new UsageError("--out DIR is required (checkpoints, plots and the trained model go there)");
   const out = resolve(outText);
   const ckptPath = join(out, CHECKPOINT_FILE);
-  const kernels = referenceTrainKernels;
+  const kind = str(values, "kernels") ?? "wasm";
+  if (kind !== "wasm" && kind !== "reference") throw new UsageError(`--kernels must be wasm or reference, got "${kind}"`);
+  // How a run computes is not part of the run: a resumed run may use other threads or kernels.
+  const kernels = trainKernels(kind as TrainKernelKind, positiveInt(values, "threads", defaultTrainThreads()));
 
   let session: Session;
   if (values.resume === true) {
@@ -253,7 +260,7 @@ export async function trainCommand(args: string[], io: CliIO): Promise<number> {
     const model = new TrainModel(loaded.params, { kernels });
     checkResumeFlags(values, h.run, model.config, ckptPath);
     const run: RunOptions = { ...h.run, steps: values.steps !== undefined ? positiveInt(values, "steps", h.run.steps) : h.run.steps };
-    const opt = new AdamW(loaded.params, model.config.version, { beta1: run.beta1, beta2: run.beta2, eps: run.adamEps, weightDecay: run.weightDecay }, model.unusedParams(), loaded.optimizer);
+    const opt = new AdamW(loaded.params, model.config.version, { beta1: run.beta1, beta2: run.beta2, eps: run.adamEps, weightDecay: run.weightDecay }, model.unusedParams(), loaded.optimizer, model.kernels);
     session = {
       run, out, model, opt, rng: TrainRng.fromState(h.rng), step: h.step, tokensSeen: h.tokensSeen, seconds: h.seconds,
       history: { train: [...h.history.train], val: [...h.history.val] }, dataChecksum: h.dataChecksum,
@@ -284,7 +291,7 @@ export async function trainCommand(args: string[], io: CliIO): Promise<number> {
     }
     const model = new TrainModel(params, { kernels });
     const full: RunOptions = { ...run, tokenizerKind: run.tokenizerKind ?? tokenizerKindForVocab(model.config.vocabSize) };
-    const opt = new AdamW(params, model.config.version, { beta1: full.beta1, beta2: full.beta2, eps: full.adamEps, weightDecay: full.weightDecay }, model.unusedParams());
+    const opt = new AdamW(params, model.config.version, { beta1: full.beta1, beta2: full.beta2, eps: full.adamEps, weightDecay: full.weightDecay }, model.unusedParams(), undefined, model.kernels);
     session = { run: full, out, model, opt, rng, step: 0, tokensSeen: 0, seconds: 0, history: { train: [], val: [] }, dataChecksum: "" };
   }
   return await runTraining(session, values, io);
@@ -312,7 +319,7 @@ async function runTraining(s: Session, values: Values, io: CliIO): Promise<numbe
   const tty = process.stderr.isTTY === true;
   io.stderr(`RWKV-${cfg.version} ${cfg.nLayer} x ${cfg.nEmbd} (head ${cfg.headSize}, ffn ${cfg.dimFfn}, vocab ${cfg.vocabSize}), ${model.params.count().toLocaleString("en-US")} parameters; ` +
     `data ${data.tokens.length.toLocaleString("en-US")} tokens (${run.tokenizerKind}${data.cached ? ", cached" : ""}): ${train.length.toLocaleString("en-US")} train, ${val.length.toLocaleString("en-US")} validation; ` +
-    `batch ${B} x ${T}, ${run.steps} steps; MFU is relative to this machine's measured matmul peak, ${peak.toFixed(2)} GFLOP/s\n`);
+    `batch ${B} x ${T}, ${run.steps} steps; kernels ${model.kernels.name}; MFU is relative to this machine's measured matmul peak, ${peak.toFixed(2)} GFLOP/s\n`);
 
   const validate = (): number => {
     if (val.length < 2) return NaN;
