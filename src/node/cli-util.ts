@@ -21,7 +21,9 @@ export function parse(args: string[], options: Options, positionals: string[]): 
   } catch (e) {
     throw new UsageError((e as Error).message);
   }
-  if (parsed.positionals.length !== positionals.length) {
+  // "[NAME]" marks an optional trailing positional.
+  const required = positionals.filter((p) => !p.startsWith("[")).length;
+  if (parsed.positionals.length < required || parsed.positionals.length > positionals.length) {
     throw new UsageError(`expected ${positionals.join(" ")}, got ${parsed.positionals.length ? parsed.positionals.join(" ") : "nothing"}`);
   }
   return { values: parsed.values as Values, positionals: parsed.positionals };

@@ -5,11 +5,13 @@ import type { State } from "../../core/model/state.js";
 import { type PenaltyOptions, Penalties, Rng, type SamplerOptions } from "../../core/sampling.js";
 import type { Tokenizer } from "../../core/tokenizer/types.js";
 import { type CliIO, numberIn, type Options, parse, positiveInt, str, UsageError, type Values, modelLoadOptions, MODEL_OPTIONS } from "../cli-util.js";
+import { DEFAULT_MODEL_NAME, defaultModelPath } from "../default-model.js";
 import { loadModel } from "../load.js";
 import { loadStartState, saveStateFile } from "../state-io.js";
 import { loadTokenizer, type TokenizerKind } from "../tokenizer.js";
 
-export const GENERATE_USAGE = `generate MODEL (--prompt TEXT | --prompt-file F)   sample a continuation, streamed to stdout
+export const GENERATE_USAGE = `generate [MODEL] (--prompt TEXT | --prompt-file F)   sample a continuation, streamed to stdout
+      MODEL defaults to the bundled ${DEFAULT_MODEL_NAME} (trained by rwkv train, see models/README.md)
       --max-tokens N (100)  --seed N (0)  --temperature T (1.0)  --top-p P (0.85)  --top-k K (0)  --min-p P (0)
       --presence-penalty A (0.2)  --frequency-penalty A (0.2)  --penalty-decay D (0.996)
       --logit-bias ID:BIAS  --ban ID  --stop TEXT  --stop-token ID   (each may repeat)
@@ -107,7 +109,7 @@ export async function generateCommand(args: string[], io: CliIO): Promise<number
   const { values, positionals } = parse(args, {
     ...SAMPLING_OPTIONS, prompt: { type: "string" }, "prompt-file": { type: "string" },
     "state-in": { type: "string" }, "state-out": { type: "string" },
-  }, ["MODEL"]);
+  }, ["[MODEL]"]);
   const settings = samplingSettings(values);
   const promptArg = str(values, "prompt"), promptFile = str(values, "prompt-file");
   if (promptArg !== undefined && promptFile !== undefined) throw new UsageError("give --prompt or --prompt-file, not both");
@@ -116,7 +118,7 @@ export async function generateCommand(args: string[], io: CliIO): Promise<number
   if (prompt === undefined && stateIn === undefined) throw new UsageError("--prompt TEXT (or --prompt-file F, or --state-in FILE) is required");
   if (prompt === "" && stateIn === undefined) throw new UsageError(`${promptFile !== undefined ? `--prompt-file ${promptFile}` : "--prompt"} is empty`);
 
-  const modelPath = positionals[0];
+  const modelPath = positionals[0] ?? defaultModelPath();
   const model = loadModel(modelPath, modelLoadOptions(values));
   const tokenizer = tokenizerFor(values, model.config.vocabSize, modelPath);
   const input: { prompt: number[]; state?: State; logits?: Float32Array } = { prompt: tokenizer.encode(prompt ?? "") };
