@@ -1,0 +1,136 @@
+import { RwkvInputError } from "../errors.js";
+import type { Checkpoint } from "../formats/checkpoint.js";
+import { numel, type TensorEntry } from "../tensor.js";
+import type { Version } from "./model.js";
+
+/*
+ * Random models of any size, built in memory for benchmarks and tests: a Checkpoint with a real
+ * release's tensor names and shapes whose values are drawn from a seeded generator. No tensor is
+ * held: each toFloat32() regenerates its values from (seed, name), so a 190M-parameter model costs
+ * only what the built model keeps, as when it is loaded from a file.
+ *
+ * Values are plausible rather than trained: Linear weights ~ U with std gain/√in (activations stay
+ * O(1) through the layers), no all-zero tensors (the official init zeroes some LoRA factors, which
+ * would skip work a trained model does), norms near 1, mixes in (0, 1).
+ */
+
+export interface RandomModelSpec {
+  readonly version: Version;
+  readonly nLayer: number;
+  readonly nEmbd: number;
+  readonly vocabSize: number;
+  /** Same seed, same weights (default 1). */
+  readonly seed?: number;
+}
+
+/** How a tensor's values are drawn: uniform on [lo, hi]. */
+interface TensorSpec { readonly name: string; readonly shape: readonly number[]; readonly lo: number; readonly hi: number }
+
+type Layout = (spec: RandomModelSpec) => TensorSpec[];
+
+/** std s ⇔ uniform on ±s√3. */
+const SQRT3 = Math.sqrt(3);
+/** Output std of a Linear layer for unit-std inputs. */
+const LINEAR_GAIN = 0.5;
+/** v7 head size N (every released v7 model). */
+const V7_HEAD_SIZE = 64;
+/** Rows of ggml blocks: quantized matrices need widths that are whole blocks of 32. */
+const WIDTH_MULTIPLE = V7_HEAD_SIZE;
+
+const uniform = (name: string, shape: readonly number[], lo: number, hi: number): TensorSpec => ({ name, shape, lo, hi });
+const centred = (name: string, shape: readonly number[], halfWidth: number) => uniform(name, shape, -halfWidth, halfWidth);
+/** A weight used as x·Wᵀ (or x·W) with `fanIn` inputs: std LINEAR_GAIN/√fanIn. */
+const linear = (name: string, shape: readonly number[], fanIn: number) => centred(name, shape, (SQRT3 * LINEAR_GAIN) / Math.sqrt(fanIn));
+const norm = (prefix: string, C: number): TensorSpec[] => [uniform(`${prefix}.weight`, [C], 0.8, 1.2), centred(`${prefix}.bias`, [C], 0.1)];
+
+/** The train code's LoRA width: max(32, round(k·C^p / 32)·32) (RWKV-LM x070 `RWKV_Tmix_x070`). */
+function loraWidth(C: number, k: number, p: number): number {
+  return Math.max(32, Math.round((k * C ** p) / 32) * 32);
+}
+
+/** RWKV-7 (SPEC §2.2): for C = 768 the LoRA widths are the released 0.1B's 64, 64, 32, 128. */
+const v7Layout: Layout = ({ nLayer: L, nEmbd: C, vocabSize: V }) => {
+  const H = C / V7_HEAD_SIZE, F = 4 * C;
+  const dims: Record<string, number> = { w: loraWidth(C, 1.8, 0.5), a: loraWidth(C, 1.8, 0.5), v: loraWidth(C, 1.3, 0.5), g: loraWidth(C, 0.6, 0.8) };
+  const out: TensorSpec[] = [
+    centred("emb.weight", [V, C], 1), // re-normed by ln0 at load: any scale works
+    ...norm("blocks.0.ln0", C),
+  ];
+  for (let i = 0; i < L; i++) {
+    const a = `blocks.${i}.att.`, f = `blocks.${i}.ffn.`;
+    out.push(...norm(`blocks.${i}.ln1`, C), ...norm(`blocks.${i}.ln2`, C));
+    for (const x of ["x_r", "x_w", "x_k", "x_v", "x_a", "x_g"]) out.push(uniform(a + x, [1, 1, C], 0, 1));
+    out.push(uniform(a + "w0", [1, 1, C], -3, 1), centred(a + "a0", [1, 1, C], 1), centred(a + "v0", [1, 1, C], 1));
+    for (const [n, D] of Object.entries(dims)) out.push(linear(a + n + "1", [C, D], C), linear(a + n + "2", [D, C], D));
+    out.push(uniform(a + "k_k", [1, 1, C], 0.5, 1), uniform(a + "k_a", [1, 1, C], 0.5, 1.5), centred(a + "r_k", [H, V7_HEAD_SIZE], 0.5));
+    for (const n of ["receptance", "key", "value", "output"]) out.push(linear(a + n + ".weight", [C, C], C));
+    out.push(...norm(a + "ln_x", C));
+    out.push(uniform(f + "x_k", [1, 1, C], 0, 1), linear(f + "key.weight", [F, C], C), linear(f + "value.weight", [C, F], F));
+  }
+  out.push(...norm("ln_out", C), linear("head.weight", [V, C], C));
+  return out;
+};
+
+const LAYOUTS: Partial<Record<Version, Layout>> = { "7": v7Layout };
+
+/** Versions randomCheckpoint can build. */
+export const RANDOM_MODEL_VERSIONS: readonly Version[] = Object.keys(LAYOUTS) as Version[];
+
+/** Checks a spec; every problem is an RwkvInputError naming the option. */
+export function checkRandomSpec(spec: RandomModelSpec): void {
+  if (!LAYOUTS[spec.version]) {
+    throw new RwkvInputError("random model", `RWKV-${spec.version} is not available (random models: ${RANDOM_MODEL_VERSIONS.map((v) => `RWKV-${v}`).join(", ")})`);
+  }
+  for (const [what, n] of [["layers", spec.nLayer], ["width", spec.nEmbd], ["vocabulary", spec.vocabSize]] as const) {
+    if (!Number.isSafeInteger(n) || n < 1) throw new RwkvInputError("random model", `${what} must be a positive integer, got ${n}`);
+  }
+  if (spec.nEmbd % WIDTH_MULTIPLE !== 0) {
+    throw new RwkvInputError("random model", `width ${spec.nEmbd} is not a multiple of ${WIDTH_MULTIPLE} (the RWKV-${spec.version} head size)`);
+  }
+}
+
+/** A seeded random model with a real release's tensor names and shapes (values regenerated on each read). */
+export function randomCheckpoint(spec: RandomModelSpec): Checkpoint {
+  checkRandomSpec(spec);
+  const seed = spec.seed ?? 1;
+  const tensors = new Map<string, TensorEntry>();
+  for (const t of LAYOUTS[spec.version]!(spec)) {
+    const n = numel(t.shape);
+    tensors.set(t.name, {
+      name: t.name, dtype: "f32", shape: t.shape,
+      toFloat32: () => {
+        const out = new Float32Array(n);
+        const next = mulberry32(hashString(t.name) ^ Math.imul(seed, 0x9e3779b9));
+        const span = t.hi - t.lo;
+        for (let i = 0; i < n; i++) out[i] = t.lo + next() * span;
+        return out;
+      },
+    });
+  }
+  const { version, nLayer, nEmbd, vocabSize } = spec;
+  return {
+    format: "safetensors",
+    source: `random RWKV-${version} L${nLayer} C${nEmbd} V${vocabSize} seed ${seed}`,
+    tensors,
+    metadata: { random: JSON.stringify({ version, nLayer, nEmbd, vocabSize, seed }) },
+  };
+}
+
+/** FNV-1a of a string (a tensor's name picks its own random stream). */
+function hashString(s: string): number {
+  let h = 0x811c9dc5;
+  for (let i = 0; i < s.length; i++) h = Math.imul(h ^ s.charCodeAt(i), 0x01000193);
+  return h >>> 0;
+}
+
+/** mulberry32: a fast 32-bit generator, uniform in [0, 1); plenty for weights that only need to look random. */
+function mulberry32(seed: number): () => number {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
