@@ -1,5 +1,6 @@
 import { RwkvInputError } from "../core/errors.js";
 import { type CliIO, UsageError } from "./cli-util.js";
+import { benchCommand, BENCH_USAGE } from "./commands/bench.js";
 import { chatCommand, CHAT_USAGE } from "./commands/chat.js";
 import { convertCommand, CONVERT_USAGE } from "./commands/convert.js";
 import { evalCommand, EVAL_USAGE } from "./commands/eval.js";
@@ -21,6 +22,7 @@ const COMMANDS: Record<string, { run: Command; usage: string }> = {
   convert: { run: convertCommand, usage: CONVERT_USAGE },
   serve: { run: serveCommand, usage: SERVE_USAGE },
   train: { run: trainCommand, usage: TRAIN_USAGE },
+  bench: { run: benchCommand, usage: BENCH_USAGE },
 };
 
 const usage = () => `usage: rwkv <command> [options]

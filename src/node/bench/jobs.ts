@@ -1,0 +1,68 @@
+import { spawn } from "node:child_process";
+import { fileURLToPath } from "node:url";
+import { RwkvInputError } from "../../core/errors.js";
+import type { ModelConfig } from "../../core/model/model.js";
+import type { BenchDType, ModelSource, ProbeResult, SpeedOptions, SpeedResult } from "./measure.js";
+
+/*
+ * `rwkv bench` runs each measurement in a process of its own (worker.ts), so that each row's peak
+ * RSS is that row's alone and no row inherits another's weights, JIT state or WebAssembly memory
+ * (which never shrinks). A job goes in as JSON on the command line; one JSON line comes back.
+ */
+
+export type BenchJob =
+  | { readonly kind: "row"; readonly source: ModelSource; readonly dtype: BenchDType; readonly threads: number; readonly backend?: string; readonly speed: SpeedOptions }
+  | { readonly kind: "probe"; readonly threads: readonly number[]; readonly backend?: string; readonly mib: number; readonly runs: number; readonly quiet: boolean };
+
+export interface RowResult extends SpeedResult {
+  readonly dtype: BenchDType;
+  readonly threads: number;
+  readonly backend: string;
+  /** The wasm build that ran ("simd" or "relaxed-simd"); absent for other backends. */
+  readonly simd?: string;
+  readonly config: ModelConfig;
+  /** Seconds to build the model (random values, re-encoding, copying into the kernels' memory). */
+  readonly buildSeconds: number;
+  /** Peak resident set of the process that built and ran this row (getrusage maxrss). */
+  readonly peakRssBytes: number;
+}
+
+/** What a worker prints when the job hit bad input (a missing file, an impossible model). */
+export interface InputErrorResult { readonly inputError: { readonly subject: string; readonly message: string } }
+
+const WORKER = fileURLToPath(new URL("./worker.js", import.meta.url));
+/** Node flags a worker needs to run the same kernels (e.g. the relaxed-SIMD build) and heap as this process. */
+const INHERITED_FLAGS = /^--(experimental-wasm-|max-old-space-size|max-semi-space-size)/;
+
+/** Runs a job in a fresh Node process; its stderr lines go to `note`. */
+export function runJob(job: Extract<BenchJob, { kind: "row" }>, note: (line: string) => void): Promise<RowResult>;
+export function runJob(job: Extract<BenchJob, { kind: "probe" }>, note: (line: string) => void): Promise<ProbeResult[]>;
+export function runJob(job: BenchJob, note: (line: string) => void): Promise<RowResult | ProbeResult[]> {
+  const args = [...process.execArgv.filter((a) => INHERITED_FLAGS.test(a)), WORKER, JSON.stringify(job)];
+  return new Promise((resolve, reject) => {
+    const child = spawn(process.execPath, args, { stdio: ["ignore", "pipe", "pipe"] });
+    let out = "", err = "";
+    child.stdout.setEncoding("utf8").on("data", (t: string) => { out += t; });
+    child.stderr.setEncoding("utf8").on("data", (t: string) => {
+      err += t;
+      const lines = err.split("\n");
+      err = lines.pop() ?? "";
+      for (const line of lines) note(line);
+    });
+    child.on("error", reject);
+    child.on("close", (code, signal) => {
+      if (err) note(err);
+      const line = out.trim().split("\n").pop() ?? "";
+      let result: unknown = null;
+      try { result = JSON.parse(line); } catch { /* reported below */ }
+      if (code !== 0 || result === null) {
+        reject(new Error(`bench worker failed (${signal ? `signal ${signal}` : `exit code ${code}`}) on ${JSON.stringify(job)}`));
+      } else if (typeof result === "object" && "inputError" in result) {
+        const { subject, message } = (result as InputErrorResult).inputError;
+        reject(new RwkvInputError(subject, message.startsWith(subject + ": ") ? message.slice(subject.length + 2) : message));
+      } else {
+        resolve(result as RowResult | ProbeResult[]);
+      }
+    });
+  });
+}

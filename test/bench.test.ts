@@ -1,0 +1,244 @@
+import assert from "node:assert/strict";
+import { spawnSync } from "node:child_process";
+import { mkdtempSync, readFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { test } from "node:test";
+import { referenceBackend } from "../src/core/backend/reference.js";
+import { wasmAvailable } from "../src/core/backend/wasm.js";
+import { GGML_TYPES, ggmlToFloat32 } from "../src/core/formats/ggml-quants.js";
+import { quantize } from "../src/core/formats/quantize.js";
+import { retypeMatrices } from "../src/core/formats/retype.js";
+import { architectureFor, detectVersion } from "../src/core/model/detect.js";
+import { buildModel } from "../src/core/model/model.js";
+import { randomCheckpoint, type RandomModelSpec } from "../src/core/model/random.js";
+import { numel } from "../src/core/tensor.js";
+import { benchModel } from "../src/node/bench/measure.js";
+import { runCli } from "../src/node/cli.js";
+import { wasmBackend } from "../src/node/threads/pool.js";
+import { bitsEqual, compare, sharedPath } from "./shared.js";
+
+/*
+ * `rwkv bench` on tiny models with few runs: the numbers are not checked for speed (that is what
+ * the benchmark is for) but for being what they claim: one row per dtype × threads, medians of the
+ * runs, weight bytes that follow from the tensor shapes, a context run whose plot holds its data.
+ */
+
+const BIN = join(import.meta.dirname, "..", "src", "node", "bin.js");
+const TINY = ["--random", "7", "--layers", "2", "--embd", "128", "--vocab", "256"];
+const TINY_SPEC: RandomModelSpec = { version: "7", nLayer: 2, nEmbd: 128, vocabSize: 256, seed: 1 };
+
+async function run(argv: string[]): Promise<{ code: number; out: string; err: string }> {
+  let out = "", err = "";
+  const code = await runCli(argv, { stdout: (t) => { out += t; }, stderr: (t) => { err += t; } });
+  return { code, out, err };
+}
+
+interface Stat { median: number; runs: number[] }
+interface Row { dtype: string; threads: number; decode: Stat; prefill: Record<string, Stat>; weightBytesPerToken: number; peakRssBytes: number; gbPerSecond: number; probeFraction: number; config: { nLayer: number; nEmbd: number; vocabSize: number } }
+interface Report { rows: Row[]; probe: Array<{ threads: number; bytesPerSecond: number; runs: number[] }>; runs: number }
+
+/** Bytes of the matrices a v7 token reads: every 2-D tensor but the embedding, r_k (a vector) and layer 0's unused v LoRA. */
+function expectedWeightBytes(spec: RandomModelSpec, dtype: "f32" | "q8_0"): number {
+  let bytes = 0;
+  for (const t of randomCheckpoint(spec).tensors.values()) {
+    if (t.shape.length !== 2 || t.name === "emb.weight" || t.name.endsWith(".r_k") || /^blocks\.0\.att\.v[12]$/.test(t.name)) continue;
+    const linear = t.name.endsWith(".weight"); // re-typed; LoRA factors stay f32
+    bytes += linear && dtype === "q8_0" ? (numel(t.shape) / 32) * 34 : 4 * numel(t.shape);
+  }
+  return bytes;
+}
+
+test("random RWKV-7: a release's tensor names and shapes, deterministic values, the requested config", () => {
+  // Building the checkpoint of the full 0.1B shape is free (values are made when read): check its shapes.
+  const big = randomCheckpoint({ version: "7", nLayer: 12, nEmbd: 768, vocabSize: 65536 });
+  const shape = (n: string) => big.tensors.get(n)?.shape;
+  assert.equal(detectVersion(big), "7");
+  assert.deepEqual(shape("emb.weight"), [65536, 768]);
+  assert.deepEqual(shape("head.weight"), [65536, 768]);
+  assert.deepEqual(shape("blocks.11.att.r_k"), [12, 64]);
+  assert.deepEqual(shape("blocks.11.ffn.key.weight"), [3072, 768]);
+  assert.deepEqual(shape("blocks.11.ffn.value.weight"), [768, 3072]);
+  assert.deepEqual(shape("blocks.0.att.x_g"), [1, 1, 768]);
+  // The released 0.1B's LoRA widths follow from the train code's formula at C = 768.
+  assert.deepEqual(["w1", "a1", "v1", "g1"].map((n) => shape(`blocks.3.att.${n}`)), [[768, 64], [768, 64], [768, 32], [768, 128]]);
+  assert.deepEqual(shape("blocks.3.att.g2"), [128, 768]);
+  // emb, ln0 (2), ln_out (2), head; per layer ln1, ln2, ln_x (2 each), 6 mixes, w0 a0 v0, 8 LoRA
+  // factors, k_k k_a r_k, 4 projections, ffn x_k key value (layer 0's unused v0/v1/v2 too, as released files have them).
+  assert.equal(big.tensors.size, 6 + 12 * (6 + 6 + 3 + 8 + 3 + 4 + 3));
+  assert.equal(big.tensors.has("blocks.12.ln1.weight"), false);
+
+  const a = randomCheckpoint(TINY_SPEC), b = randomCheckpoint(TINY_SPEC), c = randomCheckpoint({ ...TINY_SPEC, seed: 2 });
+  const key = (k: typeof a) => k.tensors.get("blocks.1.att.key.weight")!.toFloat32();
+  assert.ok(bitsEqual(key(a), key(b)), "same seed, same weights");
+  assert.ok(!bitsEqual(key(a), key(c)), "another seed, other weights");
+  const w = key(a);
+  assert.ok(w.every((x) => Number.isFinite(x) && Math.abs(x) < 0.1) && w.some((x) => x !== 0), "plausible, not zero");
+  for (const t of a.tensors.values()) assert.ok(t.toFloat32().some((x) => x !== 0), `${t.name} is all zeros`);
+  const model = buildModel(a, architectureFor("7", a.source), "7", referenceBackend);
+  assert.deepEqual({ ...model.config }, { version: "7", nLayer: 2, nEmbd: 128, vocabSize: 256, dimAtt: 128, nHead: 2, headSize: 64, dimFfn: 512 });
+});
+
+test("random model: wasm logits match the reference backend's; re-typed matrices are rwkv.cpp's encoding", (t) => {
+  const ref = benchModel({ random: TINY_SPEC }, "f32", referenceBackend);
+  const tokens = [1, 50, 200, 7, 99, 255, 0];
+  const want = ref.forward(tokens, ref.initState());
+  assert.ok(want.every(Number.isFinite) && Math.max(...want) - Math.min(...want) > 0.1, "logits spread over the vocabulary");
+  if (wasmAvailable()) {
+    const wasm = benchModel({ random: TINY_SPEC }, "f32", wasmBackend(2)!);
+    const got = wasm.forward(tokens, wasm.initState());
+    const r = compare(got, want, 1e-5, 1e-5);
+    assert.ok(r.ok, `max |wasm - reference| ${r.maxAbs}`);
+  } else {
+    t.diagnostic("no WebAssembly SIMD here: reference only");
+  }
+  // q8_0: the raw bytes are ggml's quantization of the f32 values; toFloat32 is their dequantization.
+  const f32 = randomCheckpoint(TINY_SPEC).tensors.get("head.weight")!;
+  const q = retypeMatrices(randomCheckpoint(TINY_SPEC), "q8_0").tensors.get("head.weight")!;
+  assert.equal(q.dtype, "q8_0");
+  const raw = q.raw!();
+  assert.deepEqual(raw, quantize("q8_0", f32.toFloat32()));
+  assert.ok(bitsEqual(q.toFloat32(), ggmlToFloat32([...GGML_TYPES.values()].find((g) => g.dtype === "q8_0")!, raw, 256 * 128)));
+  const retyped = retypeMatrices(randomCheckpoint(TINY_SPEC), "q4_0");
+  assert.equal(retyped.tensors.get("blocks.0.att.w1")!.dtype, "f32", "LoRA factors keep their type");
+  assert.equal(retyped.tensors.get("emb.weight")!.dtype, "f32", "the embedding keeps its type");
+  assert.equal(retyped.tensors.get("blocks.1.ffn.value.weight")!.dtype, "q4_0");
+});
+
+test("rwkv bench --random: one row per dtype x threads, medians of the runs, weight bytes from the shapes, --json and a table", async (t) => {
+  if (!wasmAvailable()) return t.skip("no WebAssembly SIMD here");
+  const common = [...TINY, "--dtype", "f32,q8_0", "--threads", "1,2", "--runs", "3", "--decode-tokens", "4", "--prefill", "8,32", "--probe-mib", "4"];
+  const { code, out, err } = await run(["bench", ...common, "--json"]);
+  assert.equal(code, 0, err);
+  const r = JSON.parse(out) as Report;
+  assert.equal(r.runs, 3);
+  assert.deepEqual(r.rows.map((x) => `${x.dtype}/${x.threads}`), ["f32/1", "f32/2", "q8_0/1", "q8_0/2"]);
+  assert.deepEqual(r.probe.map((p) => p.threads), [1, 2]);
+  for (const p of r.probe) assert.ok(p.bytesPerSecond > 0 && Number.isFinite(p.bytesPerSecond) && p.runs.length === 7);
+  for (const x of r.rows) {
+    for (const s of [x.decode, x.prefill["8"], x.prefill["32"]]) {
+      assert.equal(s.runs.length, 3);
+      assert.ok(s.runs.every((v) => v > 0 && Number.isFinite(v)), `${x.dtype}: rates ${s.runs}`);
+      assert.equal(s.median, [...s.runs].sort((a, b) => a - b)[1], "the median of 3 runs is the middle one");
+    }
+    assert.deepEqual({ L: x.config.nLayer, C: x.config.nEmbd, V: x.config.vocabSize }, { L: 2, C: 128, V: 256 });
+    assert.equal(x.weightBytesPerToken, expectedWeightBytes(TINY_SPEC, x.dtype as "f32" | "q8_0"), x.dtype);
+    assert.ok(x.peakRssBytes > 10 * 2 ** 20 && x.peakRssBytes < 2 ** 32, `peak RSS ${x.peakRssBytes}`);
+    assert.ok(Math.abs(x.gbPerSecond - (x.weightBytesPerToken * x.decode.median) / 1e9) < 1e-9);
+    const probe = r.probe.find((p) => p.threads === x.threads)!;
+    assert.ok(Math.abs(x.probeFraction - (x.gbPerSecond * 1e9) / probe.bytesPerSecond) < 1e-9);
+  }
+
+  const table = await run(["bench", ...common, "--dtype", "q8_0", "--threads", "1"]);
+  assert.equal(table.code, 0, table.err);
+  assert.match(table.out, /dtype\s+threads\s+decode tok\/s\s+prefill8 tok\/s\s+prefill32 tok\/s\s+peak RSS MiB\s+weight MB\/token\s+GB\/s\s+% of probe/);
+  assert.match(table.out, /^q8_0\s+1\s+\d+\.\d\s+\d+\.\d\s+\d+\.\d\s+\d+\s+\d+\.\d\s+\d+\.\d\d\s+\d+$/m);
+  assert.match(table.out, /probe +1 thread \d+\.\d GB\/s/);
+  assert.doesNotMatch(table.out, /vs f32/, "no f32 row, no ratio column");
+  const withF32 = await run(["bench", ...common, "--dtype", "f32,q8_0", "--threads", "2", "--runs", "1"]);
+  assert.equal(withF32.code, 0, withF32.err);
+  assert.match(withF32.out, /^f32\s+2\s+\d+\.\d\s+x1\.00\s/m);
+  assert.match(withF32.out, /^q8_0\s+2\s+\d+\.\d\s+x\d+\.\d\d\s/m);
+  assert.match(table.out, /medians of 3 runs/);
+});
+
+test("rwkv bench MODEL: a file's own types (stored) and re-typed in memory", async (t) => {
+  if (!wasmAvailable()) return t.skip("no WebAssembly SIMD here");
+  const m = sharedPath(t, "rwkv.cpp", "tiny-rwkv-7v0-834K-FP32.bin");
+  if (!m) return;
+  const { code, out, err } = await run(["bench", m, "--dtype", "stored,q5_1,int8", "--threads", "1", "--runs", "1", "--decode-tokens", "2", "--prefill", "8", "--probe-mib", "1", "--json"]);
+  assert.equal(code, 0, err);
+  const [stored, q51, int8] = (JSON.parse(out) as Report).rows;
+  assert.deepEqual([stored.dtype, q51.dtype, int8.dtype], ["stored", "q5_1", "int8"]);
+  // Q5_1 is 24 bytes a 32-weight block and int8 1 byte a weight (plus row scales) against f32's 4 per weight, on the same matrices
+  // (the f32 LoRA factors are common to all): the byte counts must be ordered and well apart.
+  assert.ok(q51.weightBytesPerToken < 0.5 * stored.weightBytesPerToken, `${q51.weightBytesPerToken} vs ${stored.weightBytesPerToken}`);
+  assert.ok(int8.weightBytesPerToken < 0.5 * stored.weightBytesPerToken);
+  assert.equal(stored.config.vocabSize, 256);
+});
+
+test("rwkv bench --context: per-token time and RSS at the marks, an SVG plot holding the data", async (t) => {
+  if (!wasmAvailable()) return t.skip("no WebAssembly SIMD here");
+  const dir = mkdtempSync(join(tmpdir(), "rwkv-bench-"));
+  const svgPath = join(dir, "ctx.svg");
+  const { code, out, err } = await run(["bench", "--context", "--tokens", "2500", "--out", svgPath, "--json"]);
+  assert.equal(code, 0, err);
+  const r = JSON.parse(out) as { tokens: number; stateBytes: number; marks: Array<{ tokens: number; msPerToken: number; window: number; cumulativeSeconds: number; rssBytes: number }>; time: Array<[number, number]>; rss: Array<[number, number]>; config: { nLayer: number; nEmbd: number } };
+  assert.deepEqual(r.marks.map((m) => m.tokens), [1000, 2500]);
+  assert.deepEqual(r.marks.map((m) => m.window), [100, 250]);
+  assert.deepEqual([r.config.nLayer, r.config.nEmbd], [2, 128], "the default context model");
+  // v7 state: per layer att_x_prev (C) + att_kv (H·N·N) + ffn_x_prev (C) floats.
+  assert.equal(r.stateBytes, 4 * 2 * (128 + 2 * 64 * 64 + 128));
+  for (const m of r.marks) assert.ok(m.msPerToken > 0 && Number.isFinite(m.msPerToken) && m.rssBytes > 0);
+  assert.ok(r.marks[1].cumulativeSeconds > r.marks[0].cumulativeSeconds);
+  for (let i = 1; i < r.time.length; i++) assert.ok(r.time[i][0] > r.time[i - 1][0] && r.time[i][1] >= r.time[i - 1][1], "cumulative time never decreases");
+  assert.deepEqual(r.time[r.time.length - 1][0], 2500);
+
+  const svg = readFileSync(svgPath, "utf8");
+  assertWellFormed(svg);
+  // The measured curve has one vertex per recorded point; each mark is a circle whose tooltip holds its values.
+  const measured = /<path d="([^"]+)"[^>]*><title>measured<\/title>/.exec(svg);
+  assert.ok(measured, "the cumulative-time curve");
+  assert.equal(measured[1].split(/[ML]/).filter(Boolean).length, r.time.length);
+  const rssCurve = /<path d="([^"]+)"[^>]*><title>process RSS<\/title>/.exec(svg);
+  assert.equal(rssCurve![1].split(/[ML]/).filter(Boolean).length, r.rss.length);
+  const titles = [...svg.matchAll(/<circle[^>]*><title>([^<]+)<\/title><\/circle>/g)].map((m) => m[1]);
+  assert.deepEqual(titles, [
+    ...r.marks.map((m) => `${m.tokens} tok: ${m.cumulativeSeconds.toFixed(2)} s, ${m.msPerToken.toFixed(3)} ms/tok`),
+    ...r.marks.map((m) => `${m.tokens} tok: ${(m.rssBytes / 2 ** 20).toFixed(1)} MiB`),
+  ]);
+
+  const text = await run(["bench", "--context", "--tokens", "1200", "--out", svgPath]);
+  assert.equal(text.code, 0, text.err);
+  assert.match(text.out, /^1000\s+\d+\.\d{4}\s+\d+\.\d\d\s+\d+\.\d$/m);
+  assert.match(text.out, /^1200\s+/m);
+});
+
+/** Every tag closed in order, one root <svg>, attributes quoted, no stray "<" or "&". */
+function assertWellFormed(xml: string): void {
+  const stack: string[] = [];
+  let roots = 0;
+  const tags = xml.matchAll(/<(\/?)([a-zA-Z][\w:-]*)((?:\s+[\w:-]+="[^"<]*")*)\s*(\/?)>/g);
+  let covered = 0;
+  for (const m of tags) {
+    const [whole, close, name, , selfClose] = m;
+    covered += whole.length;
+    if (close) assert.equal(stack.pop(), name, `</${name}> closes the wrong element`);
+    else if (!selfClose) { if (stack.length === 0) roots++; stack.push(name); } else if (stack.length === 0) roots++;
+  }
+  assert.equal(stack.length, 0, `unclosed: ${stack.join(", ")}`);
+  assert.equal(roots, 1);
+  const text = xml.replace(/<[^>]*>/g, "");
+  assert.equal((xml.match(/</g) ?? []).length, (xml.match(/<[^>]*>/g) ?? []).length, "a '<' outside a tag");
+  assert.ok(covered > 0 && !/&(?!amp;|lt;|gt;|quot;)/.test(text), "an unescaped '&'");
+}
+
+test("rwkv bench: bad input and bad usage give one clear line and a non-zero exit", async () => {
+  const cases: Array<[string[], number, RegExp]> = [
+    [["bench", "--random", "9"], 2, /--random must be an RWKV version \(4, 5\.1, 5\.2, 6, 7\), got "9"/],
+    [["bench", "--random", "4"], 1, /RWKV-4 is not available \(random models: RWKV-7\)/],
+    [["bench", ...TINY, "--dtype", "q9"], 2, /--dtype: unknown type "q9"/],
+    [["bench", "--random", "7", "--layers", "0"], 2, /--layers must be a positive integer, got "0"/],
+    [["bench", "--random", "7", "--embd", "100"], 1, /width 100 is not a multiple of 64/],
+    [["bench", ...TINY, "--threads", "1,x"], 2, /--threads must be a comma-separated list of positive integers/],
+    [["bench", ...TINY, "--dtype", "stored"], 2, /a --random model has none/],
+    [["bench"], 2, /give a MODEL file or --random 7/],
+    [["bench", "/nonexistent/model.bin"], 1, /model\.bin: no such file/],
+    [["bench", "/nonexistent/model.bin", "--layers", "2"], 2, /--layers sets the shape of a --random model/],
+    [["bench", "/nonexistent/model.bin", "--seed", "2"], 2, /--seed sets a --random model's weights/],
+    [["bench", "--context", "--dtype", "f32,q8_0"], 2, /--context runs one model/],
+    [["bench", ...TINY, "--tokens", "10"], 2, /--tokens does not apply without --context/],
+    [["bench", "--context", "--runs", "3"], 2, /--runs does not apply to --context/],
+    [["bench", "--context", "--out", "/nonexistent/dir/x.svg"], 1, /x\.svg/],
+  ];
+  for (const [argv, want, re] of cases) {
+    const { code, err } = await run(argv);
+    assert.equal(code, want, `${argv.join(" ")}: exit ${code}, ${err}`);
+    assert.match(err, re, argv.join(" "));
+    assert.equal(err.trim().split("\n")[0].startsWith("rwkv: "), true, err);
+  }
+  // The installed binary: the exit status reaches the shell, no stack trace.
+  const r = spawnSync(process.execPath, [BIN, "bench", "--random", "9"], { encoding: "utf8", timeout: 30_000 });
+  assert.equal(r.status, 2, r.stderr);
+  assert.doesNotMatch(r.stderr, /\n\s+at /);
+});
