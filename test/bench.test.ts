@@ -13,6 +13,7 @@ import { architectureFor, detectVersion } from "../src/core/model/detect.js";
 import { buildModel } from "../src/core/model/model.js";
 import { randomCheckpoint, type RandomModelSpec } from "../src/core/model/random.js";
 import { numel } from "../src/core/tensor.js";
+import { currentSimd } from "../src/node/bench/jobs.js";
 import { benchModel } from "../src/node/bench/measure.js";
 import { runCli } from "../src/node/cli.js";
 import { wasmBackend } from "../src/node/threads/pool.js";
@@ -35,7 +36,7 @@ async function run(argv: string[]): Promise<{ code: number; out: string; err: st
 }
 
 interface Stat { median: number; runs: number[] }
-interface Row { dtype: string; threads: number; decode: Stat; prefill: Record<string, Stat>; weightBytesPerToken: number; peakRssBytes: number; gbPerSecond: number; probeFraction: number; config: { nLayer: number; nEmbd: number; vocabSize: number } }
+interface Row { dtype: string; threads: number; simd?: string; decode: Stat; prefill: Record<string, Stat>; weightBytesPerToken: number; peakRssBytes: number; gbPerSecond: number; probeFraction: number; config: { nLayer: number; nEmbd: number; vocabSize: number } }
 interface Report { rows: Row[]; probe: Array<{ threads: number; bytesPerSecond: number; runs: number[] }>; runs: number }
 
 /** Bytes of the matrices a v7 token reads: every 2-D tensor but the embedding, r_k (a vector) and layer 0's unused v LoRA. */
@@ -122,6 +123,7 @@ test("rwkv bench --random: one row per dtype x threads, medians of the runs, wei
       assert.equal(s.median, [...s.runs].sort((a, b) => a - b)[1], "the median of 3 runs is the middle one");
     }
     assert.deepEqual({ L: x.config.nLayer, C: x.config.nEmbd, V: x.config.vocabSize }, { L: 2, C: 128, V: 256 });
+    assert.equal(x.simd, currentSimd(), "each row's process runs the wasm build this process would");
     assert.equal(x.weightBytesPerToken, expectedWeightBytes(TINY_SPEC, x.dtype as "f32" | "q8_0"), x.dtype);
     assert.ok(x.peakRssBytes > 10 * 2 ** 20 && x.peakRssBytes < 2 ** 32, `peak RSS ${x.peakRssBytes}`);
     assert.ok(Math.abs(x.gbPerSecond - (x.weightBytesPerToken * x.decode.median) / 1e9) < 1e-9);

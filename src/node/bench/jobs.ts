@@ -1,5 +1,6 @@
 import { spawn } from "node:child_process";
 import { fileURLToPath } from "node:url";
+import { relaxedSimdAvailable, type WasmSimd, wasmAvailable } from "../../core/backend/wasm.js";
 import { RwkvInputError } from "../../core/errors.js";
 import type { ModelConfig } from "../../core/model/model.js";
 import type { BenchDType, ModelSource, ProbeResult, SpeedOptions, SpeedResult } from "./measure.js";
@@ -10,9 +11,23 @@ import type { BenchDType, ModelSource, ProbeResult, SpeedOptions, SpeedResult } 
  * (which never shrinks). A job goes in as JSON on the command line; one JSON line comes back.
  */
 
+interface JobBase {
+  readonly backend?: string;
+  /**
+   * The WebAssembly build this (the parent) process would run. The CLI may enable relaxed SIMD
+   * with a V8 flag set at run time, which a child does not inherit: it sets the same flag itself.
+   */
+  readonly simd: WasmSimd | null;
+}
+
 export type BenchJob =
-  | { readonly kind: "row"; readonly source: ModelSource; readonly dtype: BenchDType; readonly threads: number; readonly backend?: string; readonly speed: SpeedOptions }
-  | { readonly kind: "probe"; readonly threads: readonly number[]; readonly backend?: string; readonly mib: number; readonly runs: number; readonly quiet: boolean };
+  | JobBase & { readonly kind: "row"; readonly source: ModelSource; readonly dtype: BenchDType; readonly threads: number; readonly speed: SpeedOptions }
+  | JobBase & { readonly kind: "probe"; readonly threads: readonly number[]; readonly mib: number; readonly runs: number; readonly quiet: boolean };
+
+/** The build the wasm backend picks in this process (null where it cannot run). */
+export function currentSimd(): WasmSimd | null {
+  return wasmAvailable() ? (relaxedSimdAvailable() ? "relaxed-simd" : "simd") : null;
+}
 
 export interface RowResult extends SpeedResult {
   readonly dtype: BenchDType;
@@ -31,7 +46,7 @@ export interface RowResult extends SpeedResult {
 export interface InputErrorResult { readonly inputError: { readonly subject: string; readonly message: string } }
 
 const WORKER = fileURLToPath(new URL("./worker.js", import.meta.url));
-/** Node flags a worker needs to run the same kernels (e.g. the relaxed-SIMD build) and heap as this process. */
+/** Node flags a worker needs to run the same kernels and heap as this process. */
 const INHERITED_FLAGS = /^--(experimental-wasm-|max-old-space-size|max-semi-space-size)/;
 
 /** Runs a job in a fresh Node process; its stderr lines go to `note`. */

@@ -1,34 +1,50 @@
-import { selectBackend } from "../../core/backend/registry.js";
-import { RwkvInputError } from "../../core/errors.js";
-import "../threads/pool.js"; // registers the threaded wasm backend
+import { setFlagsFromString } from "node:v8";
+import type { Backend } from "../../core/backend/backend.js";
 import type { BenchJob, InputErrorResult, RowResult } from "./jobs.js";
-import { benchModel, CountingBackend, measureSpeed, probeBandwidth, type ProbeResult } from "./measure.js";
+import type { ProbeResult } from "./measure.js";
 
 /** A child process of `rwkv bench` (see jobs.ts): node worker.js JOB_JSON prints one JSON line. */
+
+const job = JSON.parse(process.argv[2] ?? "null") as BenchJob;
+// As the CLI does (bin.ts) before any WebAssembly is compiled: Node 20 keeps relaxed SIMD behind a
+// flag (later versions have it on, the flag is then a no-op).
+if (job.simd === "relaxed-simd") setFlagsFromString("--experimental-wasm-relaxed-simd");
+const { selectBackend } = await import("../../core/backend/registry.js");
+const { RwkvInputError } = await import("../../core/errors.js");
+const { wasmBackend } = await import("../threads/pool.js"); // also registers the threaded wasm backend
+const { benchModel, CountingBackend, measureSpeed, probeBandwidth } = await import("./measure.js");
 
 const MS_PER_S = 1000;
 const KIB = 1024;
 
-function runRow(job: Extract<BenchJob, { kind: "row" }>): RowResult {
-  const inner = selectBackend(job.backend, { threads: job.threads });
+/** The parent's choice of backend, with the parent's wasm build. */
+function backendFor(threads: number): Backend {
+  if ((job.backend === undefined || job.backend === "wasm") && job.simd !== null) {
+    const b = wasmBackend(threads, job.simd);
+    if (b) return b;
+  }
+  return selectBackend(job.backend, { threads });
+}
+
+function runRow(row: Extract<BenchJob, { kind: "row" }>): RowResult {
+  const inner = backendFor(row.threads);
   const counter = new CountingBackend(inner);
   const t0 = performance.now();
-  const model = benchModel(job.source, job.dtype, counter);
+  const model = benchModel(row.source, row.dtype, counter);
   const buildSeconds = (performance.now() - t0) / MS_PER_S;
-  const speed = measureSpeed(model, counter, job.speed);
+  const speed = measureSpeed(model, counter, row.speed);
   const simd = "simd" in inner ? String(inner.simd) : undefined;
   return {
-    dtype: job.dtype, threads: job.threads, backend: inner.name, ...(simd ? { simd } : {}), config: model.config, buildSeconds,
+    dtype: row.dtype, threads: row.threads, backend: inner.name, ...(simd ? { simd } : {}), config: model.config, buildSeconds,
     ...speed, peakRssBytes: process.resourceUsage().maxRSS * KIB,
   };
 }
 
-function runProbe(job: Extract<BenchJob, { kind: "probe" }>): ProbeResult[] {
-  return job.threads.map((t) => probeBandwidth(selectBackend(job.backend, { threads: t }), t, job.mib, job.runs, job.quiet));
+function runProbe(probe: Extract<BenchJob, { kind: "probe" }>): ProbeResult[] {
+  return probe.threads.map((t) => probeBandwidth(backendFor(t), t, probe.mib, probe.runs, probe.quiet));
 }
 
 function main(): void {
-  const job = JSON.parse(process.argv[2] ?? "null") as BenchJob;
   let out: RowResult | ProbeResult[] | InputErrorResult;
   try {
     out = job.kind === "row" ? runRow(job) : runProbe(job);

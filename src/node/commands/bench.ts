@@ -6,7 +6,7 @@ import type { Version } from "../../core/model/model.js";
 import { checkRandomSpec, type RandomModelSpec } from "../../core/model/random.js";
 import { checkWritableTarget, writeFileAtomic } from "../atomic-write.js";
 import { contextSvg, runContext } from "../bench/context.js";
-import { type RowResult, runJob } from "../bench/jobs.js";
+import { currentSimd, type RowResult, runJob } from "../bench/jobs.js";
 import { type BenchDType, benchModel, describeSource, DISTURBED_CORES, type ModelSource, openSource, type ProbeResult } from "../bench/measure.js";
 import { type CliIO, type Options, positiveInt, str, UsageError, type Values } from "../cli-util.js";
 import { Progress } from "../progress.js";
@@ -148,12 +148,13 @@ async function benchSpeed(io: CliIO, source: ModelSource, dtypes: BenchDType[], 
   const start = loadavg()[0];
 
   note(`bandwidth probe: f32 matrix-vector product over ${mib} MiB, threads ${threads.join(", ")}`);
-  const probe = await runJob({ kind: "probe", threads, backend, mib, runs: DEFAULTS.probeRuns, quiet }, note);
+  const simd = currentSimd();
+  const probe = await runJob({ kind: "probe", threads, backend, simd, mib, runs: DEFAULTS.probeRuns, quiet }, note);
   const rows: RowResult[] = [];
   for (const dtype of dtypes) {
     for (const t of threads) {
       note(`${dtype}, ${t} thread${t > 1 ? "s" : ""}: building the model, then ${runs} runs`);
-      rows.push(await runJob({ kind: "row", source, dtype, threads: t, backend, speed: { runs, decodeTokens, prefill, quiet } }, note));
+      rows.push(await runJob({ kind: "row", source, dtype, threads: t, backend, simd, speed: { runs, decodeTokens, prefill, quiet } }, note));
     }
   }
   const bandwidth = new Map(probe.map((p) => [p.threads, p.bytesPerSecond]));
