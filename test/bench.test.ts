@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { spawnSync } from "node:child_process";
-import { mkdtempSync, readFileSync } from "node:fs";
+import { mkdtempSync, readFileSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { test } from "node:test";
@@ -243,4 +243,20 @@ test("rwkv bench: bad input and bad usage give one clear line and a non-zero exi
   const r = spawnSync(process.execPath, [BIN, "bench", "--random", "9"], { encoding: "utf8", timeout: 30_000 });
   assert.equal(r.status, 2, r.stderr);
   assert.doesNotMatch(r.stderr, /\n\s+at /);
+});
+
+test("rwkv eval --int8 (the int8 row of the quantization table): per-row int8 matrices, close to FP32", async (t) => {
+  const m = sharedPath(t, "rwkv.cpp", "tiny-rwkv-5v2-730K-FP32.bin");
+  if (!m) return;
+  const text = join(mkdtempSync(join(tmpdir(), "rwkv-bench-")), "text.txt");
+  writeFileSync(text, "The quick brown fox jumps over the lazy dog. It was the best of times, it was the worst of times.\n".repeat(4));
+  const f32 = await run(["eval", m, "--text", text]);
+  const int8 = await run(["eval", m, "--text", text, "--int8", "--threads", "1"]);
+  assert.equal(f32.code, 0, f32.err);
+  assert.equal(int8.code, 0, int8.err);
+  const a = JSON.parse(f32.out) as { bitsPerByte: number; matrices?: string }, b = JSON.parse(int8.out) as { bitsPerByte: number; matrices?: string };
+  assert.equal(a.matrices, undefined);
+  assert.equal(b.matrices, "int8");
+  assert.notEqual(b.bitsPerByte, a.bitsPerByte, "int8 matrices change the numbers");
+  assert.ok(Math.abs(b.bitsPerByte - a.bitsPerByte) < 0.02 * a.bitsPerByte, `${b.bitsPerByte} vs ${a.bitsPerByte}`);
 });

@@ -3,8 +3,8 @@ import { dirname } from "node:path";
 import { availableBackends } from "../../core/backend/registry.js";
 import { RwkvInputError } from "../../core/errors.js";
 import { DEFAULT_PIECE_LEN, evaluateDocuments, evaluateLambada, evaluateUncheatable, type LambadaResult, type PerplexityResult } from "../../core/eval.js";
-import { type CliIO, parse, positiveInt, str, UsageError, type Values } from "../cli-util.js";
-import { loadModel } from "../load.js";
+import { type CliIO, MODEL_OPTIONS, modelLoadOptions, parse, positiveInt, str, UsageError, type Values } from "../cli-util.js";
+import { type LoadOptions, loadModel } from "../load.js";
 import { Progress } from "../progress.js";
 import { loadTokenizer, type TokenizerKind } from "../tokenizer.js";
 
@@ -25,6 +25,7 @@ export const EVAL_USAGE = [
   sub("--tokenizer PATH", "World vocab or 20B_tokenizer.json (as for generate)"),
   sub("--tokenizer-kind world|20b|bytes", "override the choice made from the vocabulary size"),
   sub("--backend NAME", "kernel backend (default: best available)"),
+  sub("--threads N  --int8", "kernel threads (all cores); quantize matrices to int8 at load"),
 ].join("\n");
 
 type Method = "text" | "json" | "uncheatable" | "lambada";
@@ -157,14 +158,14 @@ export async function evalCommand(args: string[], io: CliIO): Promise<number> {
   const { values, positionals } = parse(args, {
     text: { type: "string" }, json: { type: "string" }, uncheatable: { type: "string" }, lambada: { type: "string" },
     "piece-len": { type: "string" }, limit: { type: "string" }, "carry-state": { type: "boolean" }, output: { type: "string" },
-    tokenizer: { type: "string" }, "tokenizer-kind": { type: "string" }, backend: { type: "string" },
+    tokenizer: { type: "string" }, "tokenizer-kind": { type: "string" }, ...MODEL_OPTIONS,
   }, ["MODEL"]);
   const { method, file } = chooseMethod(values);
   const pieceLen = positiveInt(values, "piece-len", DEFAULT_PIECE_LEN);
   const limit = values.limit === undefined ? null : positiveInt(values, "limit", 0);
   checkFlagsFit(method, values, pieceLen);
   const kind = tokenizerKind(values);
-  const backend = backendName(values);
+  const load: LoadOptions = { ...modelLoadOptions(values), backend: backendName(values) };
   const output = str(values, "output");
   const carryState = values["carry-state"] === true;
 
@@ -175,7 +176,7 @@ export async function evalCommand(args: string[], io: CliIO): Promise<number> {
   // Checked now, written at the end: an unwritable --output should not be found after a long run,
   // and a failed run should leave no empty or truncated file behind.
   if (output !== undefined) checkWritable(output);
-  return evaluate(io, { method, file, docs, modelPath: positionals[0], tokenizerPath: str(values, "tokenizer"), kind, backend, pieceLen, carryState, limit }, (json) => {
+  return evaluate(io, { method, file, docs, modelPath: positionals[0], tokenizerPath: str(values, "tokenizer"), kind, load, pieceLen, carryState, limit }, (json) => {
     if (output === undefined) return;
     try {
       writeFileSync(output, json);
@@ -210,7 +211,7 @@ interface EvalJob {
   readonly modelPath: string;
   readonly tokenizerPath: string | undefined;
   readonly kind: TokenizerKind | undefined;
-  readonly backend: string | undefined;
+  readonly load: LoadOptions;
   readonly pieceLen: number;
   readonly carryState: boolean;
   readonly limit: number | null;
@@ -218,9 +219,9 @@ interface EvalJob {
 
 /** Loads the model, runs the method with progress and Ctrl-C handling, prints the JSON result. */
 async function evaluate(io: CliIO, job: EvalJob, alsoWrite: (json: string) => void): Promise<number> {
-  const { method, file, docs, modelPath, tokenizerPath, kind, backend, pieceLen, carryState, limit } = job;
+  const { method, file, docs, modelPath, tokenizerPath, kind, load, pieceLen, carryState, limit } = job;
 
-  const model = loadModel(modelPath, { backend });
+  const model = loadModel(modelPath, load);
   const tokenizer = loadTokenizer({ kind, vocabSize: model.config.vocabSize, path: tokenizerPath, modelPath });
 
   const progress = new Progress({ label: `eval ${method}`, unit: PROGRESS_UNIT, write: (t) => io.stderr(t), tty: process.stderr.isTTY === true, columns: process.stderr.columns });
@@ -256,6 +257,7 @@ async function evaluate(io: CliIO, job: EvalJob, alsoWrite: (json: string) => vo
   const result = {
     model: modelPath,
     modelVersion: model.config.version,
+    ...(load.matrices ? { matrices: load.matrices } : {}),
     method: method === "text" || method === "json" ? "documents" : method,
     input: file,
     inputKind: method,
