@@ -42,6 +42,9 @@ const SUBTITLE_LINE = 15;
 const TICKS = 6;
 /** The y axis reaches this much above the data: room for the legend and the labels of marks. */
 const HEADROOM = 1.3;
+/** Approximate width of a character and height of a line of the 11 px mark labels. */
+const LABEL_CHAR_WIDTH = 6;
+const LABEL_LINE = 14;
 const COLORS = { grid: "#e0e0e0", text: "#333", axis: "#999" };
 
 export function escapeXml(s: string): string {
@@ -101,11 +104,18 @@ export function lineChartSvg(o: ChartOptions): string {
       parts.push(`<path d="${d}" fill="none" stroke="${s.color}" stroke-width="2"${s.dashed ? ` stroke-dasharray="6 4"` : ""}><title>${escapeXml(s.label)}</title></path>`);
       parts.push(`<text x="${MARGIN.left + 10}" y="${py + 18 + si * 16}" fill="${s.color}">${s.dashed ? "- -" : "—"} ${escapeXml(s.label)}</text>`);
     });
+    const placed: Array<{ x0: number; x1: number; y: number }> = [];
     for (const m of panel.marks ?? []) {
       const cx = X(m.x).toFixed(1), cy = Y(m.y).toFixed(1);
       parts.push(`<circle cx="${cx}" cy="${cy}" r="4" fill="${COLORS.text}"><title>${escapeXml(m.text)}</title></circle>`);
       const right = X(m.x) > MARGIN.left + pw * 0.8;
-      parts.push(`<text x="${right ? X(m.x) - 8 : X(m.x) + 8}" y="${(Y(m.y) - 8).toFixed(1)}" text-anchor="${right ? "end" : "start"}" font-size="11" fill="${COLORS.text}">${escapeXml(m.text)}</text>`);
+      const w = m.text.length * LABEL_CHAR_WIDTH;
+      const x0 = right ? X(m.x) - 8 - w : X(m.x) + 8;
+      // Labels of nearby marks at similar heights would overprint: move each above those it meets.
+      let y = Y(m.y) - 8;
+      while (placed.some((p) => p.x0 < x0 + w && x0 < p.x1 && Math.abs(p.y - y) < LABEL_LINE)) y -= LABEL_LINE;
+      placed.push({ x0, x1: x0 + w, y });
+      parts.push(`<text x="${right ? X(m.x) - 8 : X(m.x) + 8}" y="${y.toFixed(1)}" text-anchor="${right ? "end" : "start"}" font-size="11" fill="${COLORS.text}">${escapeXml(m.text)}</text>`);
     }
   });
   parts.push(`<text x="${MARGIN.left + pw / 2}" y="${height - 12}" text-anchor="middle" fill="${COLORS.text}">${escapeXml(o.xLabel)}</text>`);
