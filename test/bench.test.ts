@@ -37,7 +37,7 @@ async function run(argv: string[]): Promise<{ code: number; out: string; err: st
 
 interface Stat { median: number; runs: number[] }
 interface Row { dtype: string; threads: number; simd?: string; decode: Stat; prefill: Record<string, Stat>; weightBytesPerToken: number; peakRssBytes: number; gbPerSecond: number; probeFraction: number; config: { nLayer: number; nEmbd: number; vocabSize: number } }
-interface Report { rows: Row[]; probe: Array<{ threads: number; bytesPerSecond: number; runs: number[] }>; runs: number }
+interface Report { rows: Row[]; probe: Array<{ threads: number; bytesPerSecond: number; runs: number[]; otherCores: unknown[] }>; runs: number }
 
 /** Bytes of the matrices a v7 token reads: every 2-D tensor but the embedding, r_k (a vector) and layer 0's unused v LoRA. */
 function expectedWeightBytes(spec: RandomModelSpec, dtype: "f32" | "q8_0"): number {
@@ -115,7 +115,7 @@ test("rwkv bench --random: one row per dtype x threads, medians of the runs, wei
   assert.equal(r.runs, 3);
   assert.deepEqual(r.rows.map((x) => `${x.dtype}/${x.threads}`), ["f32/1", "f32/2", "q8_0/1", "q8_0/2"]);
   assert.deepEqual(r.probe.map((p) => p.threads), [1, 2]);
-  for (const p of r.probe) assert.ok(p.bytesPerSecond > 0 && Number.isFinite(p.bytesPerSecond) && p.runs.length === 7);
+  for (const p of r.probe) assert.ok(p.bytesPerSecond > 0 && Number.isFinite(p.bytesPerSecond) && p.runs.length === 7 && p.otherCores.length === 7);
   for (const x of r.rows) {
     for (const s of [x.decode, x.prefill["8"], x.prefill["32"]]) {
       assert.equal(s.runs.length, 3);
@@ -133,8 +133,8 @@ test("rwkv bench --random: one row per dtype x threads, medians of the runs, wei
 
   const table = await run(["bench", ...common, "--dtype", "q8_0", "--threads", "1"]);
   assert.equal(table.code, 0, table.err);
-  assert.match(table.out, /dtype\s+threads\s+decode tok\/s\s+prefill8 tok\/s\s+prefill32 tok\/s\s+peak RSS MiB\s+weight MB\/token\s+GB\/s\s+% of probe/);
-  assert.match(table.out, /^q8_0\s+1\s+\d+\.\d\s+\d+\.\d\s+\d+\.\d\s+\d+\s+\d+\.\d\s+\d+\.\d\d\s+\d+$/m);
+  assert.match(table.out, /dtype\s+threads\s+decode tok\/s\s+prefill8 tok\/s\s+prefill32 tok\/s\s+peak RSS MiB\s+weight MB\/token\s+GB\/s\s+% of probe\s+others$/m);
+  assert.match(table.out, /^q8_0\s+1\s+\d+\.\d\s+\d+\.\d\s+\d+\.\d\s+\d+\s+\d+\.\d\s+\d+\.\d\d\s+\d+\s+(-|\d+\.\d\d)$/m);
   assert.match(table.out, /probe +1 thread \d+\.\d GB\/s/);
   assert.doesNotMatch(table.out, /vs f32/, "no f32 row, no ratio column");
   const withF32 = await run(["bench", ...common, "--dtype", "f32,q8_0", "--threads", "2", "--runs", "1"]);

@@ -227,7 +227,9 @@ export function measureSpeed(model: Model, counter: CountingBackend, o: SpeedOpt
 
 /** Columns of the probe matrix: long rows, as in a model's projections. */
 const PROBE_COLS = 4096;
-const PROBE_WARMUP = 1;
+const PROBE_WARMUP = 2;
+/** Target duration of one probe run. */
+const PROBE_RUN_MS = 300;
 
 export interface ProbeResult {
   readonly threads: number;
@@ -236,6 +238,8 @@ export interface ProbeResult {
   /** Median bytes per second over the runs. */
   readonly bytesPerSecond: number;
   readonly runs: number[];
+  /** Each run's average use of other processes, in cores (null where not measurable). */
+  readonly otherCores: Array<number | null>;
 }
 
 /**
@@ -250,9 +254,16 @@ export function probeBandwidth(backend: Backend, threads: number, mib: number, r
   for (let i = 0; i < data.length; i++) data[i] = ((i * 2654435761) >>> 0) / 2 ** 32 - 0.5; // any finite values
   const W = backend.adopt({ rows, cols: PROBE_COLS, type: "f32", data });
   const x = new Float32Array(PROBE_COLS).fill(1 / PROBE_COLS); // (cols)
-  for (let i = 0; i < PROBE_WARMUP; i++) backend.matmul(x, 1, W);
+  let passMs = 0;
+  for (let i = 0; i < PROBE_WARMUP; i++) {
+    const t0 = performance.now();
+    backend.matmul(x, 1, W);
+    passMs = performance.now() - t0; // the last warm-up pass: the first also grows scratch memory
+  }
+  // Several passes a run, so that each run is long enough for the quiet guard to judge.
+  const passes = Math.max(1, Math.ceil(PROBE_RUN_MS / Math.max(passMs, 1e-3)));
   const bytes = data.byteLength;
-  const times = Array.from({ length: runs }, () => timeQuietly(() => { backend.matmul(x, 1, W); }, quiet).seconds);
-  const rates = times.map((s) => bytes / s);
-  return { threads, bytes, bytesPerSecond: median(rates), runs: rates };
+  const timed = Array.from({ length: runs }, () => timeQuietly(() => { for (let p = 0; p < passes; p++) backend.matmul(x, 1, W); }, quiet));
+  const rates = timed.map((t) => (passes * bytes) / t.seconds);
+  return { threads, bytes, bytesPerSecond: median(rates), runs: rates, otherCores: timed.map((t) => t.otherCores) };
 }

@@ -7,7 +7,7 @@ import { checkRandomSpec, type RandomModelSpec } from "../../core/model/random.j
 import { checkWritableTarget, writeFileAtomic } from "../atomic-write.js";
 import { contextSvg, runContext } from "../bench/context.js";
 import { currentSimd, type RowResult, runJob } from "../bench/jobs.js";
-import { type BenchDType, benchModel, describeSource, DISTURBED_CORES, type ModelSource, openSource, type ProbeResult } from "../bench/measure.js";
+import { type BenchDType, benchModel, describeSource, DISTURBED_CORES, median, type ModelSource, openSource, type ProbeResult } from "../bench/measure.js";
 import { type CliIO, type Options, positiveInt, str, UsageError, type Values } from "../cli-util.js";
 import { Progress } from "../progress.js";
 import { defaultThreads } from "../threads/pool.js";
@@ -123,7 +123,7 @@ export async function benchCommand(args: string[], io: CliIO): Promise<number> {
 
 // ---- speed -----------------------------------------------------------------------------------
 
-interface SpeedReport {
+export interface SpeedReport {
   readonly model: string;
   readonly source: ModelSource;
   readonly node: string;
@@ -158,7 +158,7 @@ async function benchSpeed(io: CliIO, source: ModelSource, dtypes: BenchDType[], 
     }
   }
   const bandwidth = new Map(probe.map((p) => [p.threads, p.bytesPerSecond]));
-  const others = rows.flatMap((r) => [r.decode, ...Object.values(r.prefill)].flatMap((s) => s.otherCores));
+  const others = [...probe.flatMap((p) => p.otherCores), ...rows.flatMap(rowOtherCores)];
   const report: SpeedReport = {
     model: describeSource(source), source, node: process.version, cpu: cpus()[0]?.model ?? "unknown", cores: defaultThreads(),
     loadAverage: { start, end: loadavg()[0] }, runs, decodeTokens, prefill,
@@ -174,6 +174,17 @@ async function benchSpeed(io: CliIO, source: ModelSource, dtypes: BenchDType[], 
   return 0;
 }
 
+/** What other processes used during each of a row's runs, in cores. */
+function rowOtherCores(r: RowResult): Array<number | null> {
+  return [r.decode, ...Object.values(r.prefill)].flatMap((s) => s.otherCores);
+}
+
+/** The median of the measurable values, or null. */
+function medianOf(xs: ReadonlyArray<number | null>): number | null {
+  const known = xs.filter((x): x is number => x !== null);
+  return known.length ? median(known) : null;
+}
+
 /** Right-aligned columns under their headers. */
 function table(header: string[], rows: string[][]): string {
   const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i].length)));
@@ -182,11 +193,13 @@ function table(header: string[], rows: string[][]): string {
 }
 
 const fixed = (x: number, d: number) => (Number.isFinite(x) ? x.toFixed(d) : "-");
+const coresText = (c: number | null) => (c === null ? "-" : c.toFixed(2));
 
-function speedTable(r: SpeedReport): string {
+/** The human-readable form of a report (also renders a saved --json report). */
+export function speedTable(r: SpeedReport): string {
   const first = r.rows[0];
   const build = first ? `${first.backend}${first.simd ? ` (${first.simd})` : ""}` : "?";
-  const probe = r.probe.map((p) => `${p.threads} thread${p.threads > 1 ? "s" : ""} ${fixed(p.gbPerSecond, 1)} GB/s`).join(", ");
+  const probe = r.probe.map((p) => `${p.threads} thread${p.threads > 1 ? "s" : ""} ${fixed(p.gbPerSecond, 1)} GB/s (others ${coresText(medianOf(p.otherCores))})`).join(", ");
   const head = [
     `model    ${r.model}`,
     `machine  ${r.cpu}, ${r.cores} cores, node ${r.node}, backend ${build}; load average ${r.loadAverage.start.toFixed(2)} at start, ${r.loadAverage.end.toFixed(2)} at end`,
@@ -197,17 +210,18 @@ function speedTable(r: SpeedReport): string {
   // Speed-ups over f32 come from the same run, so they hold better than the absolute rates on a busy machine.
   const f32 = new Map(r.rows.filter((x) => x.dtype === "f32").map((x) => [x.threads, x.decode.median]));
   const ratio = f32.size > 0;
-  const header = ["dtype", "threads", "decode tok/s", ...(ratio ? ["vs f32"] : []), ...r.prefill.map((n) => `prefill${n} tok/s`), "peak RSS MiB", "weight MB/token", "GB/s", "% of probe"];
+  const header = ["dtype", "threads", "decode tok/s", ...(ratio ? ["vs f32"] : []), ...r.prefill.map((n) => `prefill${n} tok/s`), "peak RSS MiB", "weight MB/token", "GB/s", "% of probe", "others"];
   const rows = r.rows.map((x) => [
     x.dtype, String(x.threads), fixed(x.decode.median, 1), ...(ratio ? [f32.has(x.threads) ? `x${fixed(x.decode.median / f32.get(x.threads)!, 2)}` : "-"] : []),
     ...r.prefill.map((n) => fixed(x.prefill[String(n)].median, 1)),
     fixed(x.peakRssBytes / MIB, 0), fixed(x.weightBytesPerToken / MB, 1), fixed(x.gbPerSecond, 2),
-    x.probeFraction === null ? "-" : fixed(100 * x.probeFraction, 0),
+    x.probeFraction === null ? "-" : fixed(100 * x.probeFraction, 0), coresText(medianOf(rowOtherCores(x))),
   ]);
   const foot = [
     "",
     "peak RSS: the maximum resident set of the process that built and ran the row (one process per row).",
     "GB/s = weight MB/token x decode tok/s; % of probe = that over the probe's rate at the same thread count.",
+    "others: cores that other processes used during the runs (median; from /proc/stat): CPU time the benchmark could not have.",
     r.disturbedRuns.of && r.disturbedRuns.count
       ? `${r.disturbedRuns.count} of ${r.disturbedRuns.of} runs had other processes using > ${r.disturbedRuns.thresholdCores} core (after retries): numbers are noisy.`
       : "",
