@@ -108,7 +108,7 @@ test("random model: wasm logits match the reference backend's; re-typed matrices
 
 test("rwkv bench --random: one row per dtype x threads, medians of the runs, weight bytes from the shapes, --json and a table", async (t) => {
   if (!wasmAvailable()) return t.skip("no WebAssembly SIMD here");
-  const common = [...TINY, "--dtype", "f32,q8_0", "--threads", "1,2", "--runs", "3", "--decode-tokens", "4", "--prefill", "8,32", "--probe-mib", "4"];
+  const common = [...TINY, "--dtype", "f32,q8_0", "--threads", "1,2", "--runs", "3", "--warmup", "0", "--decode-tokens", "4", "--prefill", "8,32", "--probe-mib", "4"];
   const { code, out, err } = await run(["bench", ...common, "--json"]);
   assert.equal(code, 0, err);
   const r = JSON.parse(out) as Report;
@@ -141,14 +141,14 @@ test("rwkv bench --random: one row per dtype x threads, medians of the runs, wei
   assert.equal(withF32.code, 0, withF32.err);
   assert.match(withF32.out, /^f32\s+2\s+\d+\.\d\s+x1\.00\s/m);
   assert.match(withF32.out, /^q8_0\s+2\s+\d+\.\d\s+x\d+\.\d\d\s/m);
-  assert.match(table.out, /medians of 3 runs/);
+  assert.match(table.out, /medians of 3 runs after 0 s of untimed ones/);
 });
 
 test("rwkv bench MODEL: a file's own types (stored) and re-typed in memory", async (t) => {
   if (!wasmAvailable()) return t.skip("no WebAssembly SIMD here");
   const m = sharedPath(t, "rwkv.cpp", "tiny-rwkv-7v0-834K-FP32.bin");
   if (!m) return;
-  const { code, out, err } = await run(["bench", m, "--dtype", "stored,q5_1,int8", "--threads", "1", "--runs", "1", "--decode-tokens", "2", "--prefill", "8", "--probe-mib", "1", "--json"]);
+  const { code, out, err } = await run(["bench", m, "--dtype", "stored,q5_1,int8", "--threads", "1", "--runs", "1", "--warmup", "0", "--decode-tokens", "2", "--prefill", "8", "--probe-mib", "1", "--json"]);
   assert.equal(code, 0, err);
   const [stored, q51, int8] = (JSON.parse(out) as Report).rows;
   assert.deepEqual([stored.dtype, q51.dtype, int8.dtype], ["stored", "q5_1", "int8"]);
@@ -231,6 +231,7 @@ test("rwkv bench: bad input and bad usage give one clear line and a non-zero exi
     [["bench", "--context", "--dtype", "f32,q8_0"], 2, /--context runs one model/],
     [["bench", ...TINY, "--tokens", "10"], 2, /--tokens does not apply without --context/],
     [["bench", "--context", "--runs", "3"], 2, /--runs does not apply to --context/],
+    [["bench", ...TINY, "--warmup=-1"], 2, /--warmup must be a number in \[0, 3600\]/],
     [["bench", "--context", "--out", "/nonexistent/dir/x.svg"], 1, /x\.svg/],
   ];
   for (const [argv, want, re] of cases) {

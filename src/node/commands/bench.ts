@@ -8,7 +8,7 @@ import { checkWritableTarget, writeFileAtomic } from "../atomic-write.js";
 import { contextSvg, runContext } from "../bench/context.js";
 import { currentSimd, type RowResult, runJob } from "../bench/jobs.js";
 import { type BenchDType, benchModel, describeSource, DISTURBED_CORES, median, type ModelSource, openSource, type ProbeResult } from "../bench/measure.js";
-import { type CliIO, type Options, positiveInt, str, UsageError, type Values } from "../cli-util.js";
+import { type CliIO, numberIn, type Options, positiveInt, str, UsageError, type Values } from "../cli-util.js";
 import { Progress } from "../progress.js";
 import { defaultThreads } from "../threads/pool.js";
 
@@ -17,7 +17,8 @@ export const BENCH_USAGE = `bench [MODEL] [--random 7]   speed: decode and prefi
       --layers N (12)  --embd N (768)  --vocab N (65536)  --seed N (1)   its shape and weights
       --dtype LIST          f32,f16,bf16,int8,q8_0,q5_1,q5_0,q4_1,q4_0 (random: f32; MODEL: stored, its own)
       --threads LIST (1,all cores)  --backend NAME  --runs N (5, medians)  --decode-tokens N (32 a run)
-      --prefill LIST (64,512)  --probe-mib N (256)  --no-retry (keep runs other processes disturbed)
+      --prefill LIST (64,512)  --warmup S (2, untimed runs first)  --probe-mib N (256)
+      --no-retry            keep runs that other processes disturbed (default: pause, run again, twice at most)
       --context             linear time, constant memory: one generation of --tokens N (100000),
                             per-token time and RSS at 1k, 10k, 100k, plot to --out FILE.svg
                             (default model: --random 7 --layers 2 --embd 128 --vocab 256)`;
@@ -25,7 +26,7 @@ export const BENCH_USAGE = `bench [MODEL] [--random 7]   speed: decode and prefi
 const OPTIONS: Options = {
   random: { type: "string" }, layers: { type: "string" }, embd: { type: "string" }, vocab: { type: "string" }, seed: { type: "string" },
   dtype: { type: "string" }, threads: { type: "string" }, backend: { type: "string" }, runs: { type: "string" },
-  "decode-tokens": { type: "string" }, prefill: { type: "string" }, "probe-mib": { type: "string" }, "no-retry": { type: "boolean" },
+  "decode-tokens": { type: "string" }, prefill: { type: "string" }, warmup: { type: "string" }, "probe-mib": { type: "string" }, "no-retry": { type: "boolean" },
   json: { type: "boolean" }, context: { type: "boolean" }, tokens: { type: "string" }, out: { type: "string" },
 };
 
@@ -34,13 +35,14 @@ const BENCH_DTYPES: readonly BenchDType[] = [...MATRIX_DTYPES, "int8", "stored"]
 /** The issue's reference model (RWKV-7 0.1B shape) for speed; a tiny one for the 100k-token context run. */
 const SPEED_SHAPE = { nLayer: 12, nEmbd: 768, vocabSize: 65536 };
 const CONTEXT_SHAPE = { nLayer: 2, nEmbd: 128, vocabSize: 256 };
-const DEFAULTS = { runs: 5, decodeTokens: 32, prefill: [64, 512], probeMib: 256, probeRuns: 7, contextTokens: 100_000, contextOut: "bench-context.svg" };
+const DEFAULTS = { runs: 5, warmupSeconds: 2, decodeTokens: 32, prefill: [64, 512], probeMib: 256, probeRuns: 7, contextTokens: 100_000, contextOut: "bench-context.svg" };
 /** Option groups that belong to one mode only: given in the other they are mistakes, not no-ops. */
-const SPEED_ONLY = ["runs", "decode-tokens", "prefill", "probe-mib", "no-retry"];
+const SPEED_ONLY = ["runs", "decode-tokens", "prefill", "warmup", "probe-mib", "no-retry"];
 const CONTEXT_ONLY = ["tokens", "out"];
 const RANDOM_ONLY = ["layers", "embd", "vocab"];
 
 const MB = 1e6, GB = 1e9, MIB = 2 ** 20;
+const MAX_WARMUP_SECONDS = 3600;
 
 /** A comma-separated list of positive integers, without repeats. */
 function intList(values: Values, name: string, dflt: number[]): number[] {
@@ -131,6 +133,7 @@ export interface SpeedReport {
   readonly cores: number;
   readonly loadAverage: { readonly start: number; readonly end: number };
   readonly runs: number;
+  readonly warmupSeconds: number;
   readonly decodeTokens: number;
   readonly prefill: number[];
   readonly probe: Array<ProbeResult & { readonly gbPerSecond: number }>;
@@ -144,6 +147,7 @@ async function benchSpeed(io: CliIO, source: ModelSource, dtypes: BenchDType[], 
   const prefill = intList(values, "prefill", DEFAULTS.prefill);
   const mib = positiveInt(values, "probe-mib", DEFAULTS.probeMib);
   const quiet = values["no-retry"] !== true;
+  const warmupSeconds = numberIn(values, "warmup", DEFAULTS.warmupSeconds, 0, MAX_WARMUP_SECONDS);
   const note = (line: string) => io.stderr(`bench: ${line}\n`);
   const start = loadavg()[0];
 
@@ -154,14 +158,14 @@ async function benchSpeed(io: CliIO, source: ModelSource, dtypes: BenchDType[], 
   for (const dtype of dtypes) {
     for (const t of threads) {
       note(`${dtype}, ${t} thread${t > 1 ? "s" : ""}: building the model, then ${runs} runs`);
-      rows.push(await runJob({ kind: "row", source, dtype, threads: t, backend, simd, speed: { runs, decodeTokens, prefill, quiet } }, note));
+      rows.push(await runJob({ kind: "row", source, dtype, threads: t, backend, simd, speed: { runs, decodeTokens, prefill, quiet, warmupSeconds } }, note));
     }
   }
   const bandwidth = new Map(probe.map((p) => [p.threads, p.bytesPerSecond]));
   const others = [...probe.flatMap((p) => p.otherCores), ...rows.flatMap(rowOtherCores)];
   const report: SpeedReport = {
     model: describeSource(source), source, node: process.version, cpu: cpus()[0]?.model ?? "unknown", cores: defaultThreads(),
-    loadAverage: { start, end: loadavg()[0] }, runs, decodeTokens, prefill,
+    loadAverage: { start, end: loadavg()[0] }, runs, warmupSeconds, decodeTokens, prefill,
     probe: probe.map((p) => ({ ...p, gbPerSecond: p.bytesPerSecond / GB })),
     rows: rows.map((r) => {
       const bytesPerSecond = r.weightBytesPerToken * r.decode.median;
@@ -203,7 +207,7 @@ export function speedTable(r: SpeedReport): string {
   const head = [
     `model    ${r.model}`,
     `machine  ${r.cpu}, ${r.cores} cores, node ${r.node}, backend ${build}; load average ${r.loadAverage.start.toFixed(2)} at start, ${r.loadAverage.end.toFixed(2)} at end`,
-    `method   medians of ${r.runs} runs; decode = ${r.decodeTokens} model.step calls a run (logits included); prefill = model.forward on a fresh state`,
+    `method   medians of ${r.runs} runs after ${r.warmupSeconds} s of untimed ones; decode = ${r.decodeTokens} model.step calls a run (logits included); prefill = model.forward on a fresh state`,
     `probe    ${probe} (f32 matrix-vector product over ${Math.round((r.probe[0]?.bytes ?? 0) / MIB)} MiB: the weight-streaming rate the runtime reaches)`,
     "",
   ].join("\n");
