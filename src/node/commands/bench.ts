@@ -3,7 +3,7 @@ import { parseArgs } from "node:util";
 import { availableBackends, selectBackend } from "../../core/backend/registry.js";
 import { MATRIX_DTYPES } from "../../core/formats/retype.js";
 import type { Version } from "../../core/model/model.js";
-import { checkRandomSpec, type RandomModelSpec } from "../../core/model/random.js";
+import { checkRandomSpec, RANDOM_MODEL_VERSIONS, type RandomModelSpec } from "../../core/model/random.js";
 import { checkWritableTarget, writeFileAtomic } from "../atomic-write.js";
 import { contextSvg, runContext } from "../bench/context.js";
 import { currentSimd, type RowResult, runJob } from "../bench/jobs.js";
@@ -12,8 +12,11 @@ import { type CliIO, numberIn, type Options, positiveInt, str, UsageError, type 
 import { Progress } from "../progress.js";
 import { defaultThreads } from "../threads/pool.js";
 
-export const BENCH_USAGE = `bench [MODEL] [--random 7]   speed: decode and prefill tok/s, peak RSS, bandwidth (a table; --json)
-      --random V            a random RWKV-V model built in memory instead of MODEL (V: 7)
+/** The newest version random models exist for: the default of --context and the example in messages. */
+const RANDOM_DEFAULT = RANDOM_MODEL_VERSIONS[RANDOM_MODEL_VERSIONS.length - 1];
+
+export const BENCH_USAGE = `bench [MODEL] [--random ${RANDOM_DEFAULT}]   speed: decode and prefill tok/s, peak RSS, bandwidth (a table; --json)
+      --random V            a random RWKV-V model built in memory instead of MODEL (V: ${RANDOM_MODEL_VERSIONS.join(", ")})
       --layers N (12)  --embd N (768)  --vocab N (65536)  --seed N (1)   its shape and weights
       --dtype LIST          f32,f16,bf16,int8,q8_0,q5_1,q5_0,q4_1,q4_0 (random: f32; MODEL: stored, its own)
       --threads LIST (1,all cores)  --backend NAME  --runs N (5, medians)  --decode-tokens N (32 a run)
@@ -21,7 +24,7 @@ export const BENCH_USAGE = `bench [MODEL] [--random 7]   speed: decode and prefi
       --no-retry            keep runs that other processes disturbed (default: pause, run again, twice at most)
       --context             linear time, constant memory: one generation of --tokens N (100000),
                             per-token time and RSS at 1k, 10k, 100k, plot to --out FILE.svg
-                            (default model: --random 7 --layers 2 --embd 128 --vocab 256)`;
+                            (bench-context.svg; default model: --random ${RANDOM_DEFAULT} --layers 2 --embd 128 --vocab 256)`;
 
 const OPTIONS: Options = {
   random: { type: "string" }, layers: { type: "string" }, embd: { type: "string" }, vocab: { type: "string" }, seed: { type: "string" },
@@ -83,8 +86,8 @@ function modelSource(values: Values, positionals: string[], context: boolean): M
     if (!context && values.seed !== undefined) throw new UsageError("--seed sets a --random model's weights (or, with --context, the sampling); MODEL has its own");
     return { file: positionals[0] };
   }
-  if (randomText === undefined && !context) throw new UsageError("give a MODEL file or --random 7 (a random model built in memory)");
-  const version = (randomText ?? "7") as Version;
+  if (randomText === undefined && !context) throw new UsageError(`give a MODEL file or --random ${RANDOM_DEFAULT} (a random model built in memory)`);
+  const version = (randomText ?? RANDOM_DEFAULT) as Version;
   if (!VERSIONS.includes(version)) throw new UsageError(`--random must be an RWKV version (${VERSIONS.join(", ")}), got "${randomText}"`);
   const shape = context ? CONTEXT_SHAPE : SPEED_SHAPE;
   const seedText = str(values, "seed");
