@@ -20,9 +20,15 @@ interface JobBase {
   readonly simd: WasmSimd | null;
 }
 
-export type BenchJob =
-  | JobBase & { readonly kind: "row"; readonly source: ModelSource; readonly dtype: BenchDType; readonly threads: number; readonly speed: SpeedOptions }
-  | JobBase & { readonly kind: "probe"; readonly threads: readonly number[]; readonly mib: number; readonly runs: number; readonly quiet: boolean };
+/** One row: build the model, time it, then probe the bandwidth in the same process. */
+export interface BenchJob extends JobBase {
+  readonly source: ModelSource;
+  readonly dtype: BenchDType;
+  readonly threads: number;
+  readonly speed: SpeedOptions;
+  /** MiB of the bandwidth probe's matrix. */
+  readonly probeMib: number;
+}
 
 /** The build the wasm backend picks in this process (null where it cannot run). */
 export function currentSimd(): WasmSimd | null {
@@ -38,8 +44,14 @@ export interface RowResult extends SpeedResult {
   readonly config: ModelConfig;
   /** Seconds to build the model (random values, re-encoding, copying into the kernels' memory). */
   readonly buildSeconds: number;
-  /** Peak resident set of the process that built and ran this row (getrusage maxrss). */
+  /** Peak resident set of the process that built and ran this row (getrusage maxrss), before the probe. */
   readonly peakRssBytes: number;
+  /**
+   * The bandwidth probe, run in the row's process right after its runs, with its threads: the
+   * memory bandwidth a VM gets can change by a third within minutes (the host's other guests, where
+   * pages land), so the fraction reached is only meaningful against a probe taken alongside.
+   */
+  readonly probe: ProbeResult;
 }
 
 /** What a worker prints when the job hit bad input (a missing file, an impossible model). */
@@ -50,9 +62,7 @@ const WORKER = fileURLToPath(new URL("./worker.js", import.meta.url));
 const INHERITED_FLAGS = /^--(experimental-wasm-|max-old-space-size|max-semi-space-size)/;
 
 /** Runs a job in a fresh Node process; its stderr lines go to `note`. */
-export function runJob(job: Extract<BenchJob, { kind: "row" }>, note: (line: string) => void): Promise<RowResult>;
-export function runJob(job: Extract<BenchJob, { kind: "probe" }>, note: (line: string) => void): Promise<ProbeResult[]>;
-export function runJob(job: BenchJob, note: (line: string) => void): Promise<RowResult | ProbeResult[]> {
+export function runJob(job: BenchJob, note: (line: string) => void): Promise<RowResult> {
   const args = [...process.execArgv.filter((a) => INHERITED_FLAGS.test(a)), WORKER, JSON.stringify(job)];
   return new Promise((resolve, reject) => {
     const child = spawn(process.execPath, args, { stdio: ["ignore", "pipe", "pipe"] });
@@ -76,7 +86,7 @@ export function runJob(job: BenchJob, note: (line: string) => void): Promise<Row
         const { subject, message } = (result as InputErrorResult).inputError;
         reject(new RwkvInputError(subject, message.startsWith(subject + ": ") ? message.slice(subject.length + 2) : message));
       } else {
-        resolve(result as RowResult | ProbeResult[]);
+        resolve(result as RowResult);
       }
     });
   });

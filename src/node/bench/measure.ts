@@ -233,16 +233,17 @@ export function measureSpeed(model: Model, counter: CountingBackend, o: SpeedOpt
 
 // ---- bandwidth probe -------------------------------------------------------------------------
 
-/** Columns of the probe matrix: long rows, as in a model's projections. */
-const PROBE_COLS = 4096;
 const PROBE_WARMUP = 2;
-/** Target duration of one probe run. */
+/** Timed probe runs (median taken). */
+export const PROBE_RUNS = 7;
+/** Target duration of one probe run, reached with at most PROBE_MAX_PASSES passes (256 MiB: ~40). */
 const PROBE_RUN_MS = 300;
+const PROBE_MAX_PASSES = 64;
 
 export interface ProbeResult {
-  readonly threads: number;
-  /** Bytes of the f32 matrix streamed per pass. */
+  /** Bytes of the f32 matrix streamed per pass, and its width. */
   readonly bytes: number;
+  readonly cols: number;
   /** Median bytes per second over the runs. */
   readonly bytesPerSecond: number;
   readonly runs: number[];
@@ -252,26 +253,28 @@ export interface ProbeResult {
 
 /**
  * The memory bandwidth the runtime reaches: the backend's own f32 matrix-vector product over a
- * matrix far larger than the caches (≈ `mib` MiB), the access pattern of a decode step's weights.
- * f32 needs the least arithmetic per byte of all weight types, so it is the rate the weight
- * streaming of any type can at best approach.
+ * matrix far larger than the caches (≈ `mib` MiB) with `cols` columns (a model's width: the rate
+ * depends on the row length by ±10%), the access pattern of a decode step's weights. f32 needs the
+ * least arithmetic per byte of all weight types, so it is about the rate the weight streaming of
+ * any type can approach; not a hard bound (other shapes, cache reuse between matrices).
  */
-export function probeBandwidth(backend: Backend, threads: number, mib: number, runs: number, quiet: boolean): ProbeResult {
-  const rows = Math.max(1, Math.round((mib * 2 ** 20) / (4 * PROBE_COLS)));
-  const data = new Float32Array(rows * PROBE_COLS); // (rows, cols)
+export function probeBandwidth(backend: Backend, cols: number, mib: number, runs: number, quiet: boolean): ProbeResult {
+  const rows = Math.max(1, Math.round((mib * 2 ** 20) / (4 * cols)));
+  const data = new Float32Array(rows * cols); // (rows, cols)
   for (let i = 0; i < data.length; i++) data[i] = ((i * 2654435761) >>> 0) / 2 ** 32 - 0.5; // any finite values
-  const W = backend.adopt({ rows, cols: PROBE_COLS, type: "f32", data });
-  const x = new Float32Array(PROBE_COLS).fill(1 / PROBE_COLS); // (cols)
+  const W = backend.adopt({ rows, cols, type: "f32", data });
+  const x = new Float32Array(cols).fill(1 / cols); // (cols)
   let passMs = 0;
   for (let i = 0; i < PROBE_WARMUP; i++) {
     const t0 = performance.now();
     backend.matmul(x, 1, W);
     passMs = performance.now() - t0; // the last warm-up pass: the first also grows scratch memory
   }
-  // Several passes a run, so that each run is long enough for the quiet guard to judge.
-  const passes = Math.max(1, Math.ceil(PROBE_RUN_MS / Math.max(passMs, 1e-3)));
+  // Several passes a run, so that a run over a big matrix is long enough for the quiet guard to
+  // judge; a small one (tests) stays short.
+  const passes = Math.min(PROBE_MAX_PASSES, Math.max(1, Math.ceil(PROBE_RUN_MS / Math.max(passMs, 1e-3))));
   const bytes = data.byteLength;
   const timed = Array.from({ length: runs }, () => timeQuietly(() => { for (let p = 0; p < passes; p++) backend.matmul(x, 1, W); }, quiet));
   const rates = timed.map((t) => (passes * bytes) / t.seconds);
-  return { threads, bytes, bytesPerSecond: median(rates), runs: rates, otherCores: timed.map((t) => t.otherCores) };
+  return { bytes, cols, bytesPerSecond: median(rates), runs: rates, otherCores: timed.map((t) => t.otherCores) };
 }

@@ -1,7 +1,6 @@
 import { setFlagsFromString } from "node:v8";
 import type { Backend } from "../../core/backend/backend.js";
 import type { BenchJob, InputErrorResult, RowResult } from "./jobs.js";
-import type { ProbeResult } from "./measure.js";
 
 /** A child process of `rwkv bench` (see jobs.ts): node worker.js JOB_JSON prints one JSON line. */
 
@@ -12,7 +11,7 @@ if (job.simd === "relaxed-simd") setFlagsFromString("--experimental-wasm-relaxed
 const { selectBackend } = await import("../../core/backend/registry.js");
 const { RwkvInputError } = await import("../../core/errors.js");
 const { wasmBackend } = await import("../threads/pool.js"); // also registers the threaded wasm backend
-const { benchModel, CountingBackend, measureSpeed, probeBandwidth } = await import("./measure.js");
+const { benchModel, CountingBackend, measureSpeed, probeBandwidth, PROBE_RUNS } = await import("./measure.js");
 
 const MS_PER_S = 1000;
 const KIB = 1024;
@@ -26,28 +25,26 @@ function backendFor(threads: number): Backend {
   return selectBackend(job.backend, { threads });
 }
 
-function runRow(row: Extract<BenchJob, { kind: "row" }>): RowResult {
+function runRow(row: BenchJob): RowResult {
   const inner = backendFor(row.threads);
   const counter = new CountingBackend(inner);
   const t0 = performance.now();
   const model = benchModel(row.source, row.dtype, counter);
   const buildSeconds = (performance.now() - t0) / MS_PER_S;
   const speed = measureSpeed(model, counter, row.speed);
+  const peakRssBytes = process.resourceUsage().maxRSS * KIB; // before the probe's big matrix
+  const probe = probeBandwidth(inner, model.config.nEmbd, row.probeMib, PROBE_RUNS, row.speed.quiet);
   const simd = "simd" in inner ? String(inner.simd) : undefined;
   return {
     dtype: row.dtype, threads: row.threads, backend: inner.name, ...(simd ? { simd } : {}), config: model.config, buildSeconds,
-    ...speed, peakRssBytes: process.resourceUsage().maxRSS * KIB,
+    ...speed, peakRssBytes, probe,
   };
 }
 
-function runProbe(probe: Extract<BenchJob, { kind: "probe" }>): ProbeResult[] {
-  return probe.threads.map((t) => probeBandwidth(backendFor(t), t, probe.mib, probe.runs, probe.quiet));
-}
-
 function main(): void {
-  let out: RowResult | ProbeResult[] | InputErrorResult;
+  let out: RowResult | InputErrorResult;
   try {
-    out = job.kind === "row" ? runRow(job) : runProbe(job);
+    out = runRow(job);
   } catch (e) {
     if (!(e instanceof RwkvInputError)) throw e; // a bug: the stack trace goes to stderr
     out = { inputError: { subject: e.subject, message: e.message } };

@@ -7,7 +7,7 @@ import { checkRandomSpec, RANDOM_MODEL_VERSIONS, type RandomModelSpec } from "..
 import { checkWritableTarget, writeFileAtomic } from "../atomic-write.js";
 import { contextSvg, runContext } from "../bench/context.js";
 import { currentSimd, type RowResult, runJob } from "../bench/jobs.js";
-import { type BenchDType, benchModel, describeSource, DISTURBED_CORES, median, type ModelSource, openSource, type ProbeResult } from "../bench/measure.js";
+import { type BenchDType, benchModel, describeSource, DISTURBED_CORES, median, type ModelSource, openSource } from "../bench/measure.js";
 import { type CliIO, numberIn, type Options, positiveInt, str, UsageError, type Values } from "../cli-util.js";
 import { Progress } from "../progress.js";
 import { defaultThreads } from "../threads/pool.js";
@@ -20,7 +20,7 @@ export const BENCH_USAGE = `bench [MODEL] [--random ${RANDOM_DEFAULT}]   speed: 
       --layers N (12)  --embd N (768)  --vocab N (65536)  --seed N (1)   its shape and weights
       --dtype LIST          f32,f16,bf16,int8,q8_0,q5_1,q5_0,q4_1,q4_0 (random: f32; MODEL: stored, its own)
       --threads LIST (1,all cores)  --backend NAME  --runs N (5, medians)  --decode-tokens N (32 a run)
-      --prefill LIST (64,512)  --warmup S (2, untimed runs first)  --probe-mib N (256)
+      --prefill LIST (64,512)  --warmup S (2, untimed runs first)  --probe-mib N (256, bandwidth probe)
       --no-retry            keep runs that other processes disturbed (default: pause, run again, twice at most)
       --context             linear time, constant memory: one generation of --tokens N (100000),
                             per-token time and RSS at 1k, 10k, 100k, plot to --out FILE.svg
@@ -38,7 +38,7 @@ const BENCH_DTYPES: readonly BenchDType[] = [...MATRIX_DTYPES, "int8", "stored"]
 /** The issue's reference model (RWKV-7 0.1B shape) for speed; a tiny one for the 100k-token context run. */
 const SPEED_SHAPE = { nLayer: 12, nEmbd: 768, vocabSize: 65536 };
 const CONTEXT_SHAPE = { nLayer: 2, nEmbd: 128, vocabSize: 256 };
-const DEFAULTS = { runs: 5, warmupSeconds: 2, decodeTokens: 32, prefill: [64, 512], probeMib: 256, probeRuns: 7, contextTokens: 100_000, contextOut: "bench-context.svg" };
+const DEFAULTS = { runs: 5, warmupSeconds: 2, decodeTokens: 32, prefill: [64, 512], probeMib: 256, contextTokens: 100_000, contextOut: "bench-context.svg" };
 /** Option groups that belong to one mode only: given in the other they are mistakes, not no-ops. */
 const SPEED_ONLY = ["runs", "decode-tokens", "prefill", "warmup", "probe-mib", "no-retry"];
 const CONTEXT_ONLY = ["tokens", "out"];
@@ -139,8 +139,8 @@ export interface SpeedReport {
   readonly warmupSeconds: number;
   readonly decodeTokens: number;
   readonly prefill: number[];
-  readonly probe: Array<ProbeResult & { readonly gbPerSecond: number }>;
-  readonly rows: Array<RowResult & { readonly gbPerSecond: number; readonly probeFraction: number | null }>;
+  readonly probeMib: number;
+  readonly rows: Array<RowResult & { readonly gbPerSecond: number; readonly probeGbPerSecond: number; readonly probeFraction: number }>;
   readonly disturbedRuns: { readonly count: number; readonly of: number; readonly thresholdCores: number };
 }
 
@@ -154,26 +154,22 @@ async function benchSpeed(io: CliIO, source: ModelSource, dtypes: BenchDType[], 
   const note = (line: string) => io.stderr(`bench: ${line}\n`);
   const start = loadavg()[0];
 
-  note(`bandwidth probe: f32 matrix-vector product over ${mib} MiB, threads ${threads.join(", ")}`);
   const simd = currentSimd();
-  const probe = await runJob({ kind: "probe", threads, backend, simd, mib, runs: DEFAULTS.probeRuns, quiet }, note);
   const rows: RowResult[] = [];
   for (const dtype of dtypes) {
     for (const t of threads) {
-      note(`${dtype}, ${t} thread${t > 1 ? "s" : ""}: building the model, then ${runs} runs`);
-      rows.push(await runJob({ kind: "row", source, dtype, threads: t, backend, simd, speed: { runs, decodeTokens, prefill, quiet, warmupSeconds } }, note));
+      note(`${dtype}, ${t} thread${t > 1 ? "s" : ""}: building the model, ${runs} runs, then the bandwidth probe`);
+      rows.push(await runJob({ source, dtype, threads: t, backend, simd, speed: { runs, decodeTokens, prefill, quiet, warmupSeconds }, probeMib: mib }, note));
     }
   }
-  const bandwidth = new Map(probe.map((p) => [p.threads, p.bytesPerSecond]));
-  const others = [...probe.flatMap((p) => p.otherCores), ...rows.flatMap(rowOtherCores)];
+  const others = rows.flatMap(rowOtherCores);
   const report: SpeedReport = {
     model: describeSource(source), source, node: process.version, cpu: cpus()[0]?.model ?? "unknown", cores: defaultThreads(),
     loadAverage: { start, end: loadavg()[0] }, runs, warmupSeconds, decodeTokens, prefill,
-    probe: probe.map((p) => ({ ...p, gbPerSecond: p.bytesPerSecond / GB })),
+    probeMib: mib,
     rows: rows.map((r) => {
       const bytesPerSecond = r.weightBytesPerToken * r.decode.median;
-      const limit = bandwidth.get(r.threads);
-      return { ...r, gbPerSecond: bytesPerSecond / GB, probeFraction: limit ? bytesPerSecond / limit : null };
+      return { ...r, gbPerSecond: bytesPerSecond / GB, probeGbPerSecond: r.probe.bytesPerSecond / GB, probeFraction: bytesPerSecond / r.probe.bytesPerSecond };
     }),
     disturbedRuns: { count: others.filter((c) => c !== null && c > DISTURBED_CORES).length, of: others.length, thresholdCores: DISTURBED_CORES },
   };
@@ -181,9 +177,9 @@ async function benchSpeed(io: CliIO, source: ModelSource, dtypes: BenchDType[], 
   return 0;
 }
 
-/** What other processes used during each of a row's runs, in cores. */
+/** What other processes used during each of a row's runs (the probe's included), in cores. */
 function rowOtherCores(r: RowResult): Array<number | null> {
-  return [r.decode, ...Object.values(r.prefill)].flatMap((s) => s.otherCores);
+  return [r.decode, ...Object.values(r.prefill), r.probe].flatMap((s) => s.otherCores);
 }
 
 /** The median of the measurable values, or null. */
@@ -206,28 +202,28 @@ const coresText = (c: number | null) => (c === null ? "-" : c.toFixed(2));
 export function speedTable(r: SpeedReport): string {
   const first = r.rows[0];
   const build = first ? `${first.backend}${first.simd ? ` (${first.simd})` : ""}` : "?";
-  const probe = r.probe.map((p) => `${p.threads} thread${p.threads > 1 ? "s" : ""} ${fixed(p.gbPerSecond, 1)} GB/s (others ${coresText(medianOf(p.otherCores))})`).join(", ");
   const head = [
     `model    ${r.model}`,
     `machine  ${r.cpu}, ${r.cores} cores, node ${r.node}, backend ${build}; load average ${r.loadAverage.start.toFixed(2)} at start, ${r.loadAverage.end.toFixed(2)} at end`,
     `method   medians of ${r.runs} runs after ${r.warmupSeconds} s of untimed ones; decode = ${r.decodeTokens} model.step calls a run (logits included); prefill = model.forward on a fresh state`,
-    `probe    ${probe} (f32 matrix-vector product over ${Math.round((r.probe[0]?.bytes ?? 0) / MIB)} MiB: the weight-streaming rate the runtime reaches)`,
+    `probe    in each row's process after its runs: the runtime's f32 matrix-vector product over ${r.probeMib} MiB, as wide as the model`,
     "",
   ].join("\n");
   // Speed-ups over f32 come from the same run, so they hold better than the absolute rates on a busy machine.
   const f32 = new Map(r.rows.filter((x) => x.dtype === "f32").map((x) => [x.threads, x.decode.median]));
   const ratio = f32.size > 0;
-  const header = ["dtype", "threads", "decode tok/s", ...(ratio ? ["vs f32"] : []), ...r.prefill.map((n) => `prefill${n} tok/s`), "peak RSS MiB", "weight MB/token", "GB/s", "% of probe", "others"];
+  const header = ["dtype", "threads", "decode tok/s", ...(ratio ? ["vs f32"] : []), ...r.prefill.map((n) => `prefill${n} tok/s`), "peak RSS MiB", "weight MB/token", "GB/s", "probe GB/s", "% of probe", "others"];
   const rows = r.rows.map((x) => [
     x.dtype, String(x.threads), fixed(x.decode.median, 1), ...(ratio ? [f32.has(x.threads) ? `x${fixed(x.decode.median / f32.get(x.threads)!, 2)}` : "-"] : []),
     ...r.prefill.map((n) => fixed(x.prefill[String(n)].median, 1)),
     fixed(x.peakRssBytes / MIB, 0), fixed(x.weightBytesPerToken / MB, 1), fixed(x.gbPerSecond, 2),
-    x.probeFraction === null ? "-" : fixed(100 * x.probeFraction, 0), coresText(medianOf(rowOtherCores(x))),
+    fixed(x.probeGbPerSecond, 2), fixed(100 * x.probeFraction, 0), coresText(medianOf(rowOtherCores(x))),
   ]);
   const foot = [
     "",
     "peak RSS: the maximum resident set of the process that built and ran the row (one process per row).",
-    "GB/s = weight MB/token x decode tok/s; % of probe = that over the probe's rate at the same thread count.",
+    "GB/s = weight MB/token x decode tok/s, the rate decode streams weights; % of probe = that over the probe's rate",
+    "(the weight-streaming rate the runtime reaches on this machine at that moment; decode can exceed it a little).",
     "others: cores that other processes used during the runs (median; from /proc/stat): CPU time the benchmark could not have.",
     r.disturbedRuns.of && r.disturbedRuns.count
       ? `${r.disturbedRuns.count} of ${r.disturbedRuns.of} runs had other processes using > ${r.disturbedRuns.thresholdCores} core (after retries): numbers are noisy.`
