@@ -212,3 +212,20 @@ test("fine-tune from a checkpoint in any loadable format; --resume accepts flags
     exported.close();
   }
 });
+
+test("a checkpoint records its kernels' build; resuming on another build says it will not be bit-identical", async (t) => {
+  const dir = tmp();
+  const data = textFile(t, dir);
+  const out = join(dir, "builds");
+  const args = ["train", "--data", data, "--out", out, ...SMALL, "--batch", "2", "--val-every", "0"];
+  let r = await cli([...args, "--steps", "2", "--kernels", "reference"]);
+  assert.equal(r.code, 0, r.err);
+  assert.equal(loadCheckpointFile(join(out, "checkpoint.rwkvtrain")).header.kernels, "reference");
+  r = await cli(["train", "--out", out, "--resume", "--steps", "3", "--kernels", "reference"]);
+  assert.equal(r.code, 0, r.err);
+  assert.doesNotMatch(r.err, /round differently/, "same build: no note");
+  r = await cli(["train", "--out", out, "--resume", "--steps", "4", "--kernels", "wasm"]);
+  assert.equal(r.code, 0, r.err);
+  assert.match(r.err, /ran on the reference kernels, these run on wasm (relaxed-)?simd, which round differently/);
+  assert.match(loadCheckpointFile(join(out, "checkpoint.rwkvtrain")).header.kernels ?? "", /^wasm /);
+});

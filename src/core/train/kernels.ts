@@ -30,6 +30,11 @@ export function dtypeOf(b: Buf): TrainDType {
 export interface TrainKernels {
   readonly name: string;
   /**
+   * What decides the rounding of every result (e.g. "wasm relaxed-simd"): runs on the same build
+   * give bit-identical results whatever the thread count; another build rounds differently.
+   */
+  readonly build: string;
+  /**
    * A tensor of n elements, valid until the `release` of an earlier `mark`: zero-filled, or with
    * `uninitialized` (for outputs every element of which is written) whatever the memory held.
    */
@@ -101,6 +106,7 @@ export function referenceGemmNT(A: Buf, M: number, K: number, B: Buf, N: number,
 
 export const referenceTrainKernels: TrainKernels = {
   name: "reference",
+  build: "reference",
   ops: referenceOps,
   alloc: (dtype, n) => alloc(dtype, n),
   mark: () => 0,

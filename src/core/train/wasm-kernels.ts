@@ -151,6 +151,7 @@ interface CopyBack { readonly dst: Buf; readonly ptr: number; readonly n: number
 
 export class WasmTrainKernels implements TrainKernels {
   readonly name: string;
+  readonly build: string;
   readonly threads: number;
   readonly simd: TrainWasmSimd;
   /** Kernel calls run by all threads / by the calling thread alone (tests, tuning). */
@@ -174,7 +175,8 @@ export class WasmTrainKernels implements TrainKernels {
     this.threads = Math.max(1, Math.floor(options.threads ?? 1));
     if (this.threads > 1 && !options.spawn) throw new Error("wasm training kernels with several threads need a worker spawner");
     this.simd = options.simd ?? (trainRelaxedSimdAvailable() ? "relaxed-simd" : "simd");
-    this.name = `wasm ${this.simd}, ${this.threads} thread${this.threads > 1 ? "s" : ""}`;
+    this.build = `wasm ${this.simd}`;
+    this.name = `${this.build}, ${this.threads} thread${this.threads > 1 ? "s" : ""}`;
     this.maxBytes = Math.min(MAX_PAGES * PAGE, options.maxMemoryBytes ?? Infinity);
     const module = new WA.Module(moduleBytes(this.simd));
     this.memory = new WA.Memory({ initial: 1, maximum: MAX_PAGES, shared: true });

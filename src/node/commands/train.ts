@@ -268,6 +268,10 @@ export async function trainCommand(args: string[], io: CliIO): Promise<number> {
     // A SIGKILL during a save can leave the writer's temporary file behind: it is garbage.
     for (const f of readdirSync(out)) if (f.startsWith(`.${CHECKPOINT_FILE}.`) && f.endsWith(".tmp")) unlinkSync(join(out, f));
     io.stderr(`resuming ${ckptPath} at step ${h.step}/${run.steps}\n`);
+    if (h.kernels !== undefined && h.kernels !== kernels.build) {
+      io.stderr(`note: the checkpoint's steps ran on the ${h.kernels} kernels, these run on ${kernels.build}, which round ` +
+        "differently: the run continues correctly but will not be bit-identical to an uninterrupted one\n");
+    }
   } else {
     let run = runOptionsFromFlags(values);
     if (run.data.some((d) => resolve(d) === out)) throw new UsageError("--out must not be one of the --data paths");
@@ -333,6 +337,7 @@ async function runTraining(s: Session, values: Values, io: CliIO): Promise<numbe
   const save = async () => {
     const header: Omit<CheckpointHeader<RunOptions>, "formatVersion" | "params" | "optimizerStep"> = {
       config: cfg, run, step: s.step, tokensSeen: s.tokensSeen, seconds: s.seconds, rng: s.rng.state(), dataChecksum: s.dataChecksum, history: s.history,
+      kernels: model.kernels.build,
     };
     await saveCheckpoint(ckptPath, header, model.params, opt.state);
     const title = `RWKV-${cfg.version} ${cfg.nLayer}x${cfg.nEmbd}, batch ${B}x${T}: step ${s.step}`;

@@ -47,6 +47,8 @@ export interface CheckpointHeader<RunOptions> {
   readonly optimizerStep: number;
   readonly dataChecksum: string;
   readonly history: TrainHistory;
+  /** The kernels' build that computed the steps (TrainKernels.build); absent in older checkpoints. */
+  readonly kernels?: string;
 }
 
 export interface LoadedCheckpoint<RunOptions> {
