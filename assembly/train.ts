@@ -14,19 +14,12 @@
  * results. All arithmetic is f32 (the reference kernels sum in f64; the fast path does not).
  */
 
+import { arg, C_ARGS, dispatchJob, runWorker, splitHi, splitLo, stopAll } from "./threads";
+
 // Job ids; keep in sync with JOB in src/core/train/wasm-kernels.ts.
 const JOB_GEMM: i32 = 1;
 const JOB_WKV7_FORWARD: i32 = 2;
 const JOB_WKV7_BACKWARD: i32 = 3;
-
-// Control block layout (bytes from ctrl), shared by the main thread and the workers.
-const C_EPOCH: usize = 0; // bumped once per job; idle workers wait on it
-const C_DONE: usize = 4; // chunks of the current job finished; the main thread waits on it
-const C_TICKET: usize = 8; // i64: epoch << 32 | nchunks << 16 | next unclaimed chunk
-const C_JOB: usize = 16;
-const C_SLEEPERS: usize = 20; // workers inside atomic.wait (notify only when someone sleeps)
-const C_EXIT: usize = 24;
-const C_ARGS: usize = 32; // i32 argument slots
 
 /** Steps between stored WKV states (the reference's WKV_CHUNK, the v7 CUDA kernel's CHUNK_LEN). */
 const WKV_CHUNK: i32 = 16;
@@ -40,65 +33,19 @@ export function zero(p: usize, bytes: usize): void {
   memory.fill(p, 0, bytes);
 }
 
-// ---------------------------------------------------------------------------------------------
-// Threading (the scheme of assembly/kernels.ts). The main thread publishes a job as a ticket of
-// `nchunks` chunks and claims chunks itself; workers spin briefly on the epoch, then sleep in
-// atomic.wait, and claim chunks while any are left. A worker that is descheduled costs nothing:
-// the others run the remaining chunks. The CAS on the ticket checks the epoch, so a late worker
-// never runs a finished job's chunk; the main thread returns only when every chunk is done.
-
-function claimChunks(ctrl: usize, e: i32): void {
-  while (true) {
-    const w = atomic.load<i64>(ctrl, C_TICKET);
-    if (<i32>(w >>> 32) != e) return;
-    const next = <i32>(w & 0xffff), n = <i32>((w >>> 16) & 0xffff);
-    if (next >= n) return;
-    if (atomic.cmpxchg<i64>(ctrl, w, w + 1, C_TICKET) != w) continue;
-    runJob(ctrl, load<i32>(ctrl, C_JOB), next, n);
-    if (atomic.add<i32>(ctrl, 1, C_DONE) + 1 == n) atomic.notify(ctrl + C_DONE, 1);
-  }
-}
-
-/** A worker's whole life: wait for a job, claim its chunks, until told to exit. */
+/** A worker's whole life (assembly/threads.ts) with this module's jobs. */
 export function workerLoop(ctrl: usize, spin: i32): void {
-  let seen: i32 = 0;
-  while (true) {
-    let e = atomic.load<i32>(ctrl, C_EPOCH);
-    for (let k = 0; e == seen && k < spin; k++) e = atomic.load<i32>(ctrl, C_EPOCH);
-    while (e == seen) {
-      atomic.add<i32>(ctrl, 1, C_SLEEPERS);
-      atomic.wait<i32>(ctrl + C_EPOCH, seen, -1);
-      atomic.sub<i32>(ctrl, 1, C_SLEEPERS);
-      e = atomic.load<i32>(ctrl, C_EPOCH);
-    }
-    if (atomic.load<i32>(ctrl, C_EXIT) != 0) return;
-    seen = e;
-    claimChunks(ctrl, e);
-  }
+  runWorker(ctrl, spin, runJob);
 }
 
 /** Main thread: run `job` (arguments already stored) as `nchunks` chunks with whichever workers are awake. */
 export function dispatch(ctrl: usize, job: i32, nchunks: i32, spin: i32): void {
-  store<i32>(ctrl, job, C_JOB);
-  atomic.store<i32>(ctrl, 0, C_DONE);
-  const e = atomic.load<i32>(ctrl, C_EPOCH) + 1;
-  atomic.store<i64>(ctrl, (<i64>e << 32) | (<i64>nchunks << 16), C_TICKET); // seq-cst: publishes the job
-  atomic.store<i32>(ctrl, e, C_EPOCH);
-  if (atomic.load<i32>(ctrl, C_SLEEPERS) > 0) atomic.notify(ctrl + C_EPOCH, -1);
-  claimChunks(ctrl, e);
-  let d = atomic.load<i32>(ctrl, C_DONE);
-  for (let k = 0; d != nchunks && k < spin; k++) d = atomic.load<i32>(ctrl, C_DONE);
-  while (d != nchunks) {
-    atomic.wait<i32>(ctrl + C_DONE, d, -1);
-    d = atomic.load<i32>(ctrl, C_DONE);
-  }
+  dispatchJob(ctrl, job, nchunks, spin, runJob);
 }
 
 /** Tells the workers to return from workerLoop. */
 export function stopWorkers(ctrl: usize): void {
-  atomic.store<i32>(ctrl, 1, C_EXIT);
-  atomic.add<i32>(ctrl, 1, C_EPOCH);
-  atomic.notify(ctrl + C_EPOCH, -1);
+  stopAll(ctrl);
 }
 
 /** Runs one part of a job on the calling thread (also used directly for single-part jobs). */
@@ -114,20 +61,6 @@ export function runJob(ctrl: usize, job: i32, part: i32, nparts: i32): void {
     wkv7Backward(arg(a, 0), arg(a, 1), arg(a, 2), arg(a, 3), arg(a, 4), arg(a, 5), arg(a, 6), arg(a, 7), arg(a, 8), arg(a, 9), arg(a, 10),
       arg(a, 11), arg(a, 12), arg(a, 13), arg(a, 14), arg(a, 15), arg(a, 16), arg(a, 17), <usize>arg(a, 18) + <usize>part * <usize>arg(a, 19), part, nparts);
   }
-}
-
-/* @inline */ function arg(a: usize, i: i32): i32 {
-  return load<i32>(a + (<usize>i << 2));
-}
-
-/** Start of `part`'s share of `n` items split into `nparts` shares whose sizes are multiples of `align`. */
-/* @inline */ function splitLo(n: i32, part: i32, nparts: i32, align: i32): i32 {
-  const chunk = ((n + nparts * align - 1) / (nparts * align)) * align;
-  return min(n, part * chunk);
-}
-/* @inline */ function splitHi(n: i32, part: i32, nparts: i32, align: i32): i32 {
-  const chunk = ((n + nparts * align - 1) / (nparts * align)) * align;
-  return min(n, (part + 1) * chunk);
 }
 
 /* @inline */ function fma4(acc: v128, a: v128, b: v128): v128 {

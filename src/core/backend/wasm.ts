@@ -2,6 +2,7 @@ import type { Backend, Matrix, WeightType, Wkv4State } from "./backend.js";
 import { referenceBackend } from "./reference.js";
 import { WASM_RELAXED_SIMD, WASM_SIMD } from "./wasm-binary.js";
 import { decodeMatrix, F16S_SCALE } from "./weight-rows.js";
+import { WA, WasmBuilds, type WasmMemory, type WasmSimd, type WasmWorkerSpawner } from "../wasm-runtime.js";
 
 /*
  * The "wasm" backend: the kernels of assembly/kernels.ts (WebAssembly SIMD) over one shared
@@ -36,30 +37,9 @@ import { decodeMatrix, F16S_SCALE } from "./weight-rows.js";
  * means the others run its chunks.
  */
 
-/** The slice of the WebAssembly JS API used here (the project compiles without the DOM lib). */
-export interface WasmMemory { readonly buffer: ArrayBuffer | SharedArrayBuffer; grow(pages: number): number }
-export interface WasmModule { readonly __wasmModule?: never }
-interface WasmInstance { readonly exports: Record<string, unknown> }
-interface WasmApi {
-  Memory: new (d: { initial: number; maximum: number; shared: boolean }) => WasmMemory;
-  Module: new (bytes: Uint8Array) => WasmModule;
-  Instance: new (m: WasmModule, imports: Record<string, Record<string, unknown>>) => WasmInstance;
-  validate(bytes: Uint8Array): boolean;
-}
-const WA: WasmApi | undefined = (globalThis as unknown as { WebAssembly?: WasmApi }).WebAssembly;
+export type { WasmMemory, WasmModule, WasmSimd, WasmWorkerInit, WasmWorkerSpawner } from "../wasm-runtime.js";
 
-/** What a worker needs to join: instantiate `module` over `memory` and call workerLoop(ctrl, spin). */
-export interface WasmWorkerInit {
-  readonly module: WasmModule;
-  readonly memory: WasmMemory;
-  readonly ctrl: number;
-  readonly spin: number;
-}
-
-/** Starts one worker thread (Node: worker_threads; browsers: a Worker). */
-export type WasmWorkerSpawner = (init: WasmWorkerInit) => void;
-
-export type WasmSimd = "simd" | "relaxed-simd";
+const BUILDS = new WasmBuilds({ "simd": WASM_SIMD, "relaxed-simd": WASM_RELAXED_SIMD });
 
 export interface WasmBackendOptions {
   /** Threads computing each kernel, the calling thread included (default 1). Needs `spawn` when > 1. */
@@ -125,28 +105,12 @@ interface Exports {
 
 /** Whether this runtime can run the relaxed-SIMD build (Node 20 needs --experimental-wasm-relaxed-simd). */
 export function relaxedSimdAvailable(): boolean {
-  return WA !== undefined && WA.validate(moduleBytes("relaxed-simd"));
+  return BUILDS.relaxedAvailable();
 }
 
 /** Whether WebAssembly SIMD with shared memory works here at all. */
 export function wasmAvailable(): boolean {
-  try {
-    return WA !== undefined && WA.validate(moduleBytes("simd")) && typeof SharedArrayBuffer === "function";
-  } catch {
-    return false;
-  }
-}
-
-const bytesCache = new Map<WasmSimd, Uint8Array>();
-function moduleBytes(simd: WasmSimd): Uint8Array {
-  let b = bytesCache.get(simd);
-  if (!b) {
-    const s = atob(simd === "simd" ? WASM_SIMD : WASM_RELAXED_SIMD);
-    b = new Uint8Array(s.length);
-    for (let i = 0; i < s.length; i++) b[i] = s.charCodeAt(i);
-    bytesCache.set(simd, b);
-  }
-  return b;
+  return BUILDS.available();
 }
 
 export class WasmBackend implements Backend {
@@ -179,7 +143,7 @@ export class WasmBackend implements Backend {
     this.simd = options.simd ?? (relaxedSimdAvailable() ? "relaxed-simd" : "simd");
     this.name = "wasm";
     this.maxBytes = Math.min(MAX_PAGES * PAGE, options.maxMemoryBytes ?? Infinity);
-    const module = new WA.Module(moduleBytes(this.simd));
+    const module = new WA.Module(BUILDS.bytes(this.simd));
     this.memory = new WA.Memory({ initial: 1, maximum: MAX_PAGES, shared: true });
     this.x = new WA.Instance(module, { env: { memory: this.memory } }).exports as unknown as Exports;
     this.top = align(this.x.heapBase());

@@ -3,6 +3,7 @@ import { type Activation, NORMALIZE_EPS, referenceOps, type TrainOps } from "./o
 import type { ParamStore } from "./params.js";
 import { TRAIN_WASM_RELAXED_SIMD, TRAIN_WASM_SIMD } from "./wasm-train-binary.js";
 import { wkvChunks } from "./wkv.js";
+import { WA, WasmBuilds, type WasmMemory, type WasmSimd, type WasmWorkerSpawner } from "../wasm-runtime.js";
 
 /*
  * The "wasm" training kernels: assembly/train.ts (WebAssembly SIMD, f32) over one shared
@@ -20,45 +21,21 @@ import { wkvChunks } from "./wkv.js";
  * operand that lives elsewhere (a plain Float32Array) is copied into call scratch and back, so any
  * caller gets correct results; f64 storage runs the reference kernels.
  *
- * Threads: workers (started by a TrainWorkerSpawner, e.g. Node's worker_threads) instantiate the
+ * Threads: workers (started by a WasmWorkerSpawner, e.g. Node's worker_threads) instantiate the
  * same module over the same memory and sit in workerLoop. A kernel call is published as a ticket
  * of chunks (tiles of a product's rows or columns, (sequence, head) pairs of a WKV scan); every
  * thread, the caller included, claims chunks until none is left. Each output is computed by the same
  * code whoever claims it, so any thread count gives bit-identical results.
  */
 
-/** The slice of the WebAssembly JS API used here (the project compiles without the DOM lib). */
-interface WasmMemory { readonly buffer: ArrayBuffer | SharedArrayBuffer; grow(pages: number): number }
-/** A compiled training module, as handed to workers. */
-export interface TrainWasmModule { readonly __trainWasmModule?: never }
-interface WasmInstance { readonly exports: Record<string, unknown> }
-interface WasmApi {
-  Memory: new (d: { initial: number; maximum: number; shared: boolean }) => WasmMemory;
-  Module: new (bytes: Uint8Array) => TrainWasmModule;
-  Instance: new (m: TrainWasmModule, imports: Record<string, Record<string, unknown>>) => WasmInstance;
-  validate(bytes: Uint8Array): boolean;
-}
-const WA: WasmApi | undefined = (globalThis as unknown as { WebAssembly?: WasmApi }).WebAssembly;
-
-/** What a worker needs to join: instantiate `module` over `memory` (import env.memory) and call workerLoop(ctrl, spin). */
-export interface TrainWorkerInit {
-  readonly module: TrainWasmModule;
-  readonly memory: WasmMemory;
-  readonly ctrl: number;
-  readonly spin: number;
-}
-
-/** Starts one worker thread (Node: worker_threads; browsers: a Worker). */
-export type TrainWorkerSpawner = (init: TrainWorkerInit) => void;
-
-export type TrainWasmSimd = "simd" | "relaxed-simd";
+const BUILDS = new WasmBuilds({ "simd": TRAIN_WASM_SIMD, "relaxed-simd": TRAIN_WASM_RELAXED_SIMD });
 
 export interface WasmTrainKernelOptions {
   /** Threads computing each kernel, the calling thread included (default 1). Needs `spawn` when > 1. */
   readonly threads?: number;
-  readonly spawn?: TrainWorkerSpawner;
+  readonly spawn?: WasmWorkerSpawner;
   /** Which build: default the relaxed one (fused multiply-add) where the runtime validates it, else plain SIMD. */
-  readonly simd?: TrainWasmSimd;
+  readonly simd?: WasmSimd;
   /** Cap on the WebAssembly memory (default and most: 4 GiB). */
   readonly maxMemoryBytes?: number;
 }
@@ -120,30 +97,14 @@ interface Exports {
   stopWorkers(ctrl: number): void;
 }
 
-const bytesCache = new Map<TrainWasmSimd, Uint8Array>();
-function moduleBytes(simd: TrainWasmSimd): Uint8Array {
-  let b = bytesCache.get(simd);
-  if (!b) {
-    const s = atob(simd === "simd" ? TRAIN_WASM_SIMD : TRAIN_WASM_RELAXED_SIMD);
-    b = new Uint8Array(s.length);
-    for (let i = 0; i < s.length; i++) b[i] = s.charCodeAt(i);
-    bytesCache.set(simd, b);
-  }
-  return b;
-}
-
 /** Whether this runtime can run the relaxed-SIMD build (Node 20 needs --experimental-wasm-relaxed-simd). */
 export function trainRelaxedSimdAvailable(): boolean {
-  return WA !== undefined && WA.validate(moduleBytes("relaxed-simd"));
+  return BUILDS.relaxedAvailable();
 }
 
 /** Whether the wasm training kernels can run here at all (WebAssembly SIMD and shared memory). */
 export function wasmTrainAvailable(): boolean {
-  try {
-    return WA !== undefined && WA.validate(moduleBytes("simd")) && typeof SharedArrayBuffer === "function";
-  } catch {
-    return false;
-  }
+  return BUILDS.available();
 }
 
 /** A pending copy of call scratch back into an operand that lives outside the wasm memory. */
@@ -153,7 +114,7 @@ export class WasmTrainKernels implements TrainKernels {
   readonly name: string;
   readonly build: string;
   readonly threads: number;
-  readonly simd: TrainWasmSimd;
+  readonly simd: WasmSimd;
   /** Kernel calls run by all threads / by the calling thread alone (tests, tuning). */
   readonly calls = { parallel: 0, single: 0 };
   private readonly memory: WasmMemory;
@@ -178,7 +139,7 @@ export class WasmTrainKernels implements TrainKernels {
     this.build = `wasm ${this.simd}`;
     this.name = `${this.build}, ${this.threads} thread${this.threads > 1 ? "s" : ""}`;
     this.maxBytes = Math.min(MAX_PAGES * PAGE, options.maxMemoryBytes ?? Infinity);
-    const module = new WA.Module(moduleBytes(this.simd));
+    const module = new WA.Module(BUILDS.bytes(this.simd));
     this.memory = new WA.Memory({ initial: 1, maximum: MAX_PAGES, shared: true });
     this.x = new WA.Instance(module, { env: { memory: this.memory } }).exports as unknown as Exports;
     this.top = align(this.x.heapBase());

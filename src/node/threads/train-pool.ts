@@ -1,7 +1,8 @@
 import { availableParallelism } from "node:os";
 import { Worker } from "node:worker_threads";
 import { referenceTrainKernels, type TrainKernels } from "../../core/train/kernels.js";
-import { type TrainWasmSimd, type TrainWorkerInit, WasmTrainKernels, wasmTrainAvailable } from "../../core/train/wasm-kernels.js";
+import { WasmTrainKernels, wasmTrainAvailable } from "../../core/train/wasm-kernels.js";
+import type { WasmSimd, WasmWorkerInit } from "../../core/wasm-runtime.js";
 
 /**
  * Node's training kernels: the core's wasm training kernels with worker_threads over their shared
@@ -15,8 +16,8 @@ export function defaultTrainThreads(): number {
   return availableParallelism();
 }
 
-function spawnTrainWorker(init: TrainWorkerInit): void {
-  const w = new Worker(new URL("./train-worker.js", import.meta.url), { workerData: init });
+function spawnTrainWorker(init: WasmWorkerInit): void {
+  const w = new Worker(new URL("./worker.js", import.meta.url), { workerData: init });
   // A worker that dies only loses its help: the other threads claim every chunk themselves.
   w.on("error", (e) => process.emitWarning(`wasm training worker stopped: ${e instanceof Error ? e.message : String(e)}`));
   w.unref();
@@ -27,7 +28,7 @@ function spawnTrainWorker(init: TrainWorkerInit): void {
  * reference where WebAssembly SIMD cannot run) or "reference" (plain TypeScript, one thread).
  * Each call makes a new kernel set with its own memory: one per model being trained.
  */
-export function trainKernels(kind: TrainKernelKind = "wasm", threads: number = defaultTrainThreads(), simd?: TrainWasmSimd): TrainKernels {
+export function trainKernels(kind: TrainKernelKind = "wasm", threads: number = defaultTrainThreads(), simd?: WasmSimd): TrainKernels {
   if (!Number.isInteger(threads) || threads < 1) throw new Error(`threads must be a positive integer, got ${threads}`);
   if (kind === "reference" || !wasmTrainAvailable()) return referenceTrainKernels;
   return new WasmTrainKernels({ threads, simd, spawn: spawnTrainWorker });

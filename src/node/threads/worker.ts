@@ -1,7 +1,8 @@
-// A kernel worker: joins a wasm backend's shared memory and runs its part of every job until told
-// to exit (assembly/kernels.ts workerLoop). Started by pool.ts with the compiled module.
+// A kernel worker: joins a WebAssembly module's shared memory and runs its part of every job until
+// told to exit (workerLoop of assembly/kernels.ts or assembly/train.ts, which share the protocol).
+// Started by pool.ts (inference backend) and train-pool.ts (training kernels) with the compiled module.
 import { workerData } from "node:worker_threads";
-import type { WasmWorkerInit } from "../../core/backend/wasm.js";
+import type { WasmWorkerInit } from "../../core/wasm-runtime.js";
 
 interface WorkerExports { workerLoop(ctrl: number, spin: number): void }
 interface WasmInstanceCtor { new (m: unknown, imports: Record<string, Record<string, unknown>>): { exports: unknown } }

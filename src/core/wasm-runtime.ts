@@ -1,0 +1,65 @@
+/*
+ * What the two WebAssembly modules (the inference kernels of assembly/kernels.ts and the training
+ * kernels of assembly/train.ts) share on the JavaScript side: the slice of the WebAssembly API they
+ * use (the project compiles without the DOM lib), how a worker thread joins a module's shared
+ * memory, and picking the plain or relaxed-SIMD build of a base64-embedded binary.
+ */
+
+export interface WasmMemory { readonly buffer: ArrayBuffer | SharedArrayBuffer; grow(pages: number): number }
+export interface WasmModule { readonly __wasmModule?: never }
+export interface WasmInstance { readonly exports: Record<string, unknown> }
+export interface WasmApi {
+  Memory: new (d: { initial: number; maximum: number; shared: boolean }) => WasmMemory;
+  Module: new (bytes: Uint8Array) => WasmModule;
+  Instance: new (m: WasmModule, imports: Record<string, Record<string, unknown>>) => WasmInstance;
+  validate(bytes: Uint8Array): boolean;
+}
+export const WA: WasmApi | undefined = (globalThis as unknown as { WebAssembly?: WasmApi }).WebAssembly;
+
+/**
+ * What a worker needs to join: instantiate `module` over `memory` (imported as env.memory) and call
+ * its workerLoop(ctrl, spin). Both modules export the same workerLoop, so one worker script serves both.
+ */
+export interface WasmWorkerInit {
+  readonly module: WasmModule;
+  readonly memory: WasmMemory;
+  readonly ctrl: number;
+  readonly spin: number;
+}
+
+/** Starts one worker thread (Node: worker_threads; browsers: a Worker). */
+export type WasmWorkerSpawner = (init: WasmWorkerInit) => void;
+
+export type WasmSimd = "simd" | "relaxed-simd";
+
+/** The two builds of one module, decoded once each on first use. */
+export class WasmBuilds {
+  private readonly cache = new Map<WasmSimd, Uint8Array>();
+
+  constructor(private readonly base64: Readonly<Record<WasmSimd, string>>) {}
+
+  bytes(simd: WasmSimd): Uint8Array {
+    let b = this.cache.get(simd);
+    if (!b) {
+      const s = atob(this.base64[simd]);
+      b = new Uint8Array(s.length);
+      for (let i = 0; i < s.length; i++) b[i] = s.charCodeAt(i);
+      this.cache.set(simd, b);
+    }
+    return b;
+  }
+
+  /** Whether this runtime can run the relaxed-SIMD build (Node 20 needs --experimental-wasm-relaxed-simd). */
+  relaxedAvailable(): boolean {
+    return WA !== undefined && WA.validate(this.bytes("relaxed-simd"));
+  }
+
+  /** Whether WebAssembly SIMD with shared memory works here at all. */
+  available(): boolean {
+    try {
+      return WA !== undefined && WA.validate(this.bytes("simd")) && typeof SharedArrayBuffer === "function";
+    } catch {
+      return false;
+    }
+  }
+}
