@@ -15,9 +15,9 @@ import { randomCheckpoint, type RandomModelSpec } from "../src/core/model/random
 import { numel } from "../src/core/tensor.js";
 import { currentSimd } from "../src/node/bench/jobs.js";
 import { benchModel } from "../src/node/bench/measure.js";
-import { runCli } from "../src/node/cli.js";
 import { wasmBackend } from "../src/node/threads/pool.js";
 import { bitsEqual, compare, sharedPath } from "./shared.js";
+import { runCaptured as run } from "./run-cli.js";
 
 /*
  * `rwkv bench` on tiny models with few runs: the numbers are not checked for speed (that is what
@@ -28,12 +28,6 @@ import { bitsEqual, compare, sharedPath } from "./shared.js";
 const BIN = join(import.meta.dirname, "..", "src", "node", "bin.js");
 const TINY = ["--random", "7", "--layers", "2", "--embd", "128", "--vocab", "256"];
 const TINY_SPEC: RandomModelSpec = { version: "7", nLayer: 2, nEmbd: 128, vocabSize: 256, seed: 1 };
-
-async function run(argv: string[]): Promise<{ code: number; out: string; err: string }> {
-  let out = "", err = "";
-  const code = await runCli(argv, { stdout: (t) => { out += t; }, stderr: (t) => { err += t; } });
-  return { code, out, err };
-}
 
 interface Stat { median: number; runs: number[] }
 interface Probe { bytes: number; cols: number; bytesPerSecond: number; runs: number[]; otherCores: unknown[] }

@@ -4,16 +4,10 @@ import { mkdtempSync, readdirSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { test } from "node:test";
-import { runCli } from "../src/node/cli.js";
 import { SHARED, sharedPath } from "./shared.js";
+import { runCaptured as run } from "./run-cli.js";
 
 const BIN = join(import.meta.dirname, "..", "src", "node", "bin.js");
-
-async function run(argv: string[]): Promise<{ code: number; out: string; err: string }> {
-  let out = "", err = "";
-  const code = await runCli(argv, { stdout: (t) => { out += t; }, stderr: (t) => { err += t; } });
-  return { code, out, err };
-}
 
 /** Every model file in ../shared: golden (vocab 512, random weights) and rwkv.cpp (bytes, trained). */
 function sharedModels(t: import("node:test").TestContext): string[] {

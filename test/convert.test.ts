@@ -13,20 +13,14 @@ import { readRwkvCpp } from "../src/core/formats/rwkvcpp.js";
 import { type RwkvCppDType, rwkvCppChunks, rwkvCppModelFromCheckpoint, rwkvCppModelFromFile } from "../src/core/formats/rwkvcpp-writer.js";
 import { detectVersion } from "../src/core/model/detect.js";
 import { f16ToF32, f32ToBf16, f32ToF16 } from "../src/core/tensor.js";
-import { runCli } from "../src/node/cli.js";
 import { FileSource } from "../src/node/file-source.js";
 import { loadModel } from "../src/node/load.js";
 import { compare, readJson, sharedPath, bitsEqual, concat } from "./shared.js";
+import { runCaptured as run } from "./run-cli.js";
 
 const BIN = join(import.meta.dirname, "..", "src", "node", "bin.js");
 const TMP = mkdtempSync(join(tmpdir(), "rwkv-convert-test-"));
 after(() => rmSync(TMP, { recursive: true, force: true }));
-
-async function run(argv: string[]): Promise<{ code: number; out: string; err: string }> {
-  let out = "", err = "";
-  const code = await runCli(argv, { stdout: (t) => { out += t; }, stderr: (t) => { err += t; } });
-  return { code, out, err };
-}
 
 function differingBytes(a: Uint8Array, b: Uint8Array): number {
   let n = Math.abs(a.length - b.length);

@@ -3,21 +3,15 @@ import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { test } from "node:test";
 import { logProbAt } from "../src/core/eval.js";
-import { runCli } from "../src/node/cli.js";
 import { DEFAULT_MODEL_NAME, defaultModelPath } from "../src/node/default-model.js";
 import { loadModel } from "../src/node/load.js";
 import { sharedPath } from "./shared.js";
+import { runCaptured as run } from "./run-cli.js";
 
 /*
  * The bundled model (models/rwkv7-shakespeare.safetensors) is what the README's main command runs
  * when no MODEL is given: it must be there, be the documented RWKV-7, and have learned its text.
  */
-
-async function run(argv: string[]): Promise<{ code: number; out: string; err: string }> {
-  let out = "", err = "";
-  const code = await runCli(argv, { stdout: (t) => { out += t; }, stderr: (t) => { err += t; } });
-  return { code, out, err };
-}
 
 test("the bundled model is the documented byte-level RWKV-7 (4 x 128)", () => {
   const model = loadModel(defaultModelPath());

@@ -12,10 +12,10 @@ import { evaluateDocuments } from "../src/core/eval.js";
 import type { Model } from "../src/core/model/model.js";
 import type { State } from "../src/core/model/state.js";
 import { ByteTokenizer } from "../src/core/tokenizer/bytes.js";
-import { runCli } from "../src/node/cli.js";
 import { loadModel } from "../src/node/load.js";
 import { formatDuration, Progress } from "../src/node/progress.js";
 import { SHARED, sharedPath } from "./shared.js";
+import { runCaptured as run } from "./run-cli.js";
 
 const BIN = join(import.meta.dirname, "..", "src", "node", "bin.js");
 /** Parallel (forward) vs recurrent (step) sums of thousands of log-probs agree to float32 noise. */
@@ -29,12 +29,6 @@ function tmpFile(name: string, content: string | Uint8Array): string {
   const p = join(tmp, name);
   writeFileSync(p, content);
   return p;
-}
-
-async function run(argv: string[]): Promise<{ code: number; out: string; err: string }> {
-  let out = "", err = "";
-  const code = await runCli(argv, { stdout: (t) => { out += t; }, stderr: (t) => { err += t; } });
-  return { code, out, err };
 }
 
 /** Runs `rwkv eval` in-process and parses its stdout, which must be exactly one JSON document. */

@@ -8,12 +8,12 @@ import { referenceBackend } from "../src/core/backend/reference.js";
 import { buildModel } from "../src/core/model/model.js";
 import { rwkv7 } from "../src/core/model/v7.js";
 import { storeCheckpoint } from "../src/core/train/params.js";
-import { runCli } from "../src/node/cli.js";
 import { loadCheckpoint, loadModel } from "../src/node/load.js";
 import { loadCheckpointFile } from "../src/node/train/checkpoint.js";
 import { bitsEqual, sharedPath } from "./shared.js";
 import { readJson } from "./shared.js";
 import { relErr } from "./train-helpers.js";
+import { runCaptured as cli } from "./run-cli.js";
 
 /*
  * `rwkv train` end to end on small models and data (each run well under a second or two):
@@ -22,12 +22,6 @@ import { relErr } from "./train-helpers.js";
  */
 
 const BIN = join(import.meta.dirname, "..", "src", "node", "bin.js");
-
-async function cli(argv: string[]): Promise<{ code: number; out: string; err: string }> {
-  let out = "", err = "";
-  const code = await runCli(argv, { stdout: (t) => { out += t; }, stderr: (t) => { err += t; } });
-  return { code, out, err };
-}
 
 function tmp(): string {
   return mkdtempSync(join(tmpdir(), "rwkv-train-"));
