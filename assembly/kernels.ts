@@ -37,6 +37,7 @@ const JOB_LAYER_NORM: i32 = 4;
 const JOB_WKV4: i32 = 5;
 const JOB_WKV5: i32 = 6;
 const JOB_WKV7: i32 = 7;
+const JOB_ACTIVATE: i32 = 8;
 
 /** Elements per quantization block (ggml's QK, also the activation blocks of the integer path). */
 const QK: i32 = 32;
@@ -86,6 +87,8 @@ export function runJob(ctrl: usize, job: i32, part: i32, nparts: i32): void {
     wkv5(arg(a, 0), arg(a, 1), arg(a, 2), arg(a, 3), arg(a, 4), arg(a, 5), arg(a, 6), arg(a, 7), arg(a, 8), arg(a, 9), arg(a, 10), part, nparts);
   } else if (job == JOB_WKV7) {
     wkv7(arg(a, 0), arg(a, 1), arg(a, 2), arg(a, 3), arg(a, 4), arg(a, 5), arg(a, 6), arg(a, 7), arg(a, 8), arg(a, 9), arg(a, 10), part, nparts);
+  } else if (job == JOB_ACTIVATE) {
+    activate(arg(a, 0), arg(a, 1), arg(a, 2), load<f64>(a, 16), arg(a, 3), arg(a, 6), part, nparts);
   }
 }
 
@@ -718,4 +721,137 @@ function wkv7Row(row: usize, N: i32, ah: usize, dh: usize, bh: usize, kh: usize,
     yi += s * load<f32>(rh + jo);
   }
   store<f32>(yo, yi);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Activations: x <- f(scale·x) element-wise, in f64 like the reference (which computes with JS
+// numbers and stores f32), so results equal the reference's after rounding to f32 except when the
+// f64 value lies within ~1e-15 of an f32 rounding boundary. Parts split the elements.
+
+// Activation ids; keep in sync with ACTIVATION_IDS in src/core/backend/wasm.ts.
+const A_SIGMOID: i32 = 0;
+const A_TANH: i32 = 1;
+const A_SILU: i32 = 2;
+const A_RELU2: i32 = 3;
+const A_EXP: i32 = 4;
+
+const LOG2E_64: f64 = 1.4426950408889634;
+/** ln 2 split so k·LN2_HI is exact for |k| < 2^11 (Cody-Waite range reduction). */
+const LN2_HI_64: f64 = 6.93147180369123816490e-01;
+const LN2_LO_64: f64 = 1.90821492927058770002e-10;
+/**
+ * e^x is computed for x clamped to [EXP_MIN_64, EXP_MAX_64], where every 2^k of the reduction
+ * below is a normal f64; outside it the result is set to 0 or +Inf, what e^x is in f32 there.
+ */
+const EXP_MIN_64: f64 = -708;
+const EXP_MAX_64: f64 = 709;
+/** 1.5·2^52: adding it rounds an f64 of magnitude < 2^51 to an integer held in the low mantissa bits. */
+const ROUND_SHIFTER: f64 = 6755399441055744.0;
+/** Below this |z|, tanh z = z - z³/3 to 1e-13 relative; the e^2z form would cancel there. */
+const TANH_SMALL: f64 = 1e-3;
+
+// The activations' f64x2 constants live in a table in memory (fillActivationTable): V8 builds
+// every v128 constant in the code from a 64-bit immediate with three instructions, at each use;
+// a load from the table is one, so the polynomial runs at half the instructions.
+const K_LOG2E = 0, K_SHIFTER = 1, K_LN2_HI = 2, K_LN2_LO = 3, K_EXP_MAX = 4, K_EXP_MIN = 5;
+const K_ONE = 6, K_TWO = 7, K_THREE = 8, K_TANH_SMALL = 9, K_SIGN = 10, K_ZERO = 11, K_INF = 12;
+/** 1/i! for i = 2..11 at K_FACT + i - 2 (the Taylor coefficients of e^r). */
+const K_FACT = 13;
+const K_COUNT = 23;
+
+/** Writes the constant table (K_COUNT f64x2) at `tab`. */
+export function fillActivationTable(tab: usize): void {
+  putK(tab, K_LOG2E, LOG2E_64); putK(tab, K_SHIFTER, ROUND_SHIFTER);
+  putK(tab, K_LN2_HI, LN2_HI_64); putK(tab, K_LN2_LO, LN2_LO_64);
+  putK(tab, K_EXP_MAX, EXP_MAX_64); putK(tab, K_EXP_MIN, EXP_MIN_64);
+  putK(tab, K_ONE, 1); putK(tab, K_TWO, 2); putK(tab, K_THREE, 3);
+  putK(tab, K_TANH_SMALL, TANH_SMALL); putK(tab, K_SIGN, -0.0); putK(tab, K_ZERO, 0); putK(tab, K_INF, Infinity);
+  let fact: f64 = 1;
+  for (let i = 2; i <= 11; i++) { fact *= <f64>i; putK(tab, K_FACT + i - 2, 1 / fact); }
+}
+
+function putK(tab: usize, i: i32, v: f64): void {
+  v128.store(tab + (<usize>i << 4), f64x2.splat(v));
+}
+
+/** Bytes of the constant table. */
+export function activationTableBytes(): i32 {
+  return K_COUNT << 4;
+}
+
+/* @inline */ function kc(tab: usize, i: i32): v128 {
+  return v128.load(tab + (<usize>i << 4));
+}
+
+/**
+ * e^x for two f64: x = k ln2 + r with |r| <= ln2/2, e^r by its Taylor series to r^11 (relative
+ * error < 7e-15, evaluated in Estrin's scheme for parallelism), times 2^k by adding k to the
+ * exponent field (k comes out of the shifter's low bits).
+ */
+/* @inline */ function exp2d(x0: v128, tab: usize): v128 {
+  const x = f64x2.pmax(f64x2.pmin(x0, kc(tab, K_EXP_MAX)), kc(tab, K_EXP_MIN)); // NaN stays NaN
+  const kd = f64x2.add(f64x2.mul(x, kc(tab, K_LOG2E)), kc(tab, K_SHIFTER));
+  const k = f64x2.sub(kd, kc(tab, K_SHIFTER));
+  const r = f64x2.sub(f64x2.sub(x, f64x2.mul(k, kc(tab, K_LN2_HI))), f64x2.mul(k, kc(tab, K_LN2_LO)));
+  const r2 = f64x2.mul(r, r), r4 = f64x2.mul(r2, r2), r8 = f64x2.mul(r4, r4);
+  // Σ r^i / i! as pairs (c_i + c_{i+1} r), combined by powers r², r⁴, r⁸.
+  const p01 = f64x2.add(kc(tab, K_ONE), r);
+  const p23 = f64x2.add(kc(tab, K_FACT + 0), f64x2.mul(r, kc(tab, K_FACT + 1)));
+  const p45 = f64x2.add(kc(tab, K_FACT + 2), f64x2.mul(r, kc(tab, K_FACT + 3)));
+  const p67 = f64x2.add(kc(tab, K_FACT + 4), f64x2.mul(r, kc(tab, K_FACT + 5)));
+  const p89 = f64x2.add(kc(tab, K_FACT + 6), f64x2.mul(r, kc(tab, K_FACT + 7)));
+  const pab = f64x2.add(kc(tab, K_FACT + 8), f64x2.mul(r, kc(tab, K_FACT + 9)));
+  const p03 = f64x2.add(p01, f64x2.mul(r2, p23));
+  const p47 = f64x2.add(p45, f64x2.mul(r2, p67));
+  const p8b = f64x2.add(p89, f64x2.mul(r2, pab));
+  const p = f64x2.add(f64x2.add(p03, f64x2.mul(r4, p47)), f64x2.mul(r8, p8b));
+  const y = i64x2.add(p, i64x2.shl(kd, 52)); // p·2^k: k << 52 added to p's exponent field
+  // Past the clamp, what e^x rounds to in f64: +Inf above, 0 below (so e.g. silu(-Inf) = -Inf/Inf
+  // is NaN, as in the reference).
+  return v128.andnot(v128.bitselect(kc(tab, K_INF), y, f64x2.gt(x0, kc(tab, K_EXP_MAX))), f64x2.lt(x0, kc(tab, K_EXP_MIN)));
+}
+
+/** f(z) for two f64, the reference's formulas. */
+/* @inline */ function activate2d(f: i32, z: v128, tab: usize): v128 {
+  const one = kc(tab, K_ONE);
+  if (f == A_SIGMOID) return f64x2.div(one, f64x2.add(one, exp2d(f64x2.neg(z), tab)));
+  if (f == A_SILU) return f64x2.div(z, f64x2.add(one, exp2d(f64x2.neg(z), tab)));
+  if (f == A_EXP) return exp2d(z, tab);
+  if (f == A_RELU2) {
+    const p = v128.and(z, f64x2.gt(z, kc(tab, K_ZERO))); // z > 0 ? z : 0 (NaN -> 0)
+    return f64x2.mul(p, p);
+  }
+  // tanh z = sign(z) (1 - 2 / (e^{2|z|} + 1)); near 0, z - z³/3.
+  const a = f64x2.abs(z);
+  const big = f64x2.sub(one, f64x2.div(kc(tab, K_TWO), f64x2.add(exp2d(f64x2.add(a, a), tab), one)));
+  const small = f64x2.sub(a, f64x2.mul(f64x2.mul(a, a), f64x2.div(a, kc(tab, K_THREE))));
+  const t = v128.bitselect(small, big, f64x2.lt(a, kc(tab, K_TANH_SMALL)));
+  return v128.or(t, v128.and(z, kc(tab, K_SIGN))); // the sign of z (also keeps NaN a NaN)
+}
+
+/** Four f32 at p: promoted, f(scale·x) in f64, rounded back. */
+/* @inline */ function activate4(f: i32, p: usize, scale: f64, tab: usize): void {
+  const x = v128.load(p);
+  const sc = f64x2.splat(scale);
+  const lo = activate2d(f, f64x2.mul(f64x2.promote_low_f32x4(x), sc), tab);
+  const hi = activate2d(f, f64x2.mul(f64x2.promote_low_f32x4(i32x4.shuffle(x, x, 2, 3, 0, 1)), sc), tab);
+  const l = f32x4.demote_f64x2_zero(lo), h = f32x4.demote_f64x2_zero(hi);
+  v128.store(p, i32x4.shuffle(l, h, 0, 1, 4, 5));
+}
+
+function activate(x: usize, n: i32, f: i32, scale: f64, tmp: usize, tab: usize, part: i32, nparts: i32): void {
+  const lo = splitLo(n, part, nparts, 4), hi = splitHi(n, part, nparts, 4);
+  let i = lo;
+  if (f == A_SIGMOID) { for (; i + 4 <= hi; i += 4) activate4(A_SIGMOID, x + (<usize>i << 2), scale, tab); }
+  else if (f == A_TANH) { for (; i + 4 <= hi; i += 4) activate4(A_TANH, x + (<usize>i << 2), scale, tab); }
+  else if (f == A_SILU) { for (; i + 4 <= hi; i += 4) activate4(A_SILU, x + (<usize>i << 2), scale, tab); }
+  else if (f == A_RELU2) { for (; i + 4 <= hi; i += 4) activate4(A_RELU2, x + (<usize>i << 2), scale, tab); }
+  else { for (; i + 4 <= hi; i += 4) activate4(A_EXP, x + (<usize>i << 2), scale, tab); }
+  if (i < hi) { // the last 1-3 elements through a zero-padded vector: the same instructions
+    const t = tmp + (<usize>part << 4);
+    v128.store(t, i32x4.splat(0));
+    for (let j = i; j < hi; j++) store<f32>(t + (<usize>(j - i) << 2), load<f32>(x + (<usize>j << 2)));
+    activate4(f, t, scale, tab);
+    for (let j = i; j < hi; j++) store<f32>(x + (<usize>j << 2), load<f32>(t + (<usize>(j - i) << 2)));
+  }
 }

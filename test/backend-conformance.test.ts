@@ -2,7 +2,7 @@ import assert from "node:assert/strict";
 import { spawnSync } from "node:child_process";
 import { test } from "node:test";
 import { fileURLToPath } from "node:url";
-import type { Backend, Matrix, WeightType } from "../src/core/backend/backend.js";
+import type { Activation, Backend, Matrix, WeightType } from "../src/core/backend/backend.js";
 import { quantizeInt8 } from "../src/core/backend/int8.js";
 import { referenceBackend as ref } from "../src/core/backend/reference.js";
 import { availableBackends, selectBackend } from "../src/core/backend/registry.js";
@@ -23,6 +23,8 @@ import { wasmBackend } from "../src/node/threads/pool.js";
  *    int8 (as rwkv.cpp does): x_i is replaced by q_i·d_b with |q_i·d_b - x_i| <= d_b/2,
  *    d_b = max_b|x|/127, so add Σ_b (d_b/2)·Σ_{i in b}|w_i| (0.501 for the rounding of x·127/max).
  *  - norms: f64 statistics in both; 1e-6 relative covers any f32 re-association.
+ *  - activations: both compute in f64 and round to f32, so they differ by at most 1 f32 ulp (only
+ *    where the f64 values straddle a rounding boundary), and almost every element is identical.
  *  - WKV scans: states and outputs within 2e-5 of the largest magnitude of that array, after two
  *    calls (state carry) of up to 17 tokens: f32 reordering of N-term sums over a few steps.
  *
@@ -130,6 +132,19 @@ function scaled(want: Float32Array): () => number {
 }
 const WKV_RTOL = 2e-5;
 
+/** Distance of two f32 values in units in the last place (NaN vs NaN: 0; NaN vs a number: Infinity). */
+function ulps(a: number, b: number): number {
+  if (Number.isNaN(a) || Number.isNaN(b)) return Number.isNaN(a) && Number.isNaN(b) ? 0 : Infinity;
+  const bits = new Int32Array(new Float32Array([a, b]).buffer);
+  const ordered = (i: number): number => (i < 0 ? -(i & 0x7fffffff) : i); // monotonic in the value, ±0 equal
+  return Math.abs(ordered(bits[0]) - ordered(bits[1]));
+}
+
+const ACTIVATIONS: Activation[] = ["sigmoid", "tanh", "silu", "relu2", "exp"];
+/** Edge inputs: zeros, tiny, around tanh's small-argument switch (1e-3), f32/f64 exp overflow and underflow, Inf, NaN. */
+const ACTIVATION_EDGES = [0, -0, 1e-40, -1e-40, 1e-8, -1e-8, 9.99e-4, 1.001e-3, -1e-3, 0.5, -0.5, 20, -20, 88.7, 88.8, -87.3,
+  -103.9, -104, 104, 709.7, 710, -745, -746, 800, -800, Infinity, -Infinity, NaN];
+
 const TYPES: WeightType[] = ["f32", "f16", "bf16", "i8", "q8_0", "q5_0", "q5_1", "q4_0", "q4_1"];
 const TS = [1, 2, 3, 17, 64];
 
@@ -195,6 +210,30 @@ for (const c of candidates()) {
       const a = new Float32Array(I), b = new Float32Array(I);
       for (let o = 0; o < O; o++) assert.deepEqual(decodeWeightRow(A, o, a), decodeWeightRow(W, o, b), `f16 big=${big} row ${o}`);
     }
+  });
+
+  test(`conformance ${c.label}: activations within 1 ulp of the reference, edges included`, (t) => {
+    const r = rng(19);
+    let same = 0, total = 0;
+    for (const f of ACTIVATIONS) {
+      for (const scale of [1, -Math.exp(-0.5), -1]) {
+        for (const n of [1, 3, 4, 5, 17, 768, 70001]) { // tails; 70001: the parallel path with 2 threads
+          const x = Float32Array.from({ length: n }, (_, i) => (i < ACTIVATION_EDGES.length && n > 100 ? ACTIVATION_EDGES[i] : 12 * r()));
+          const want = ref.activate(f, x.slice(), scale);
+          const got = c.backend.activate(f, x.slice(), scale);
+          for (let i = 0; i < n; i++) {
+            const d = ulps(got[i], want[i]);
+            if (!(d <= 1)) assert.fail(`${f} scale ${scale} n=${n} x[${i}]=${x[i]}: got ${got[i]}, reference ${want[i]} (${d} ulps)`);
+            if (f === "relu2" && d !== 0) assert.fail(`relu2 x=${x[i]}: an f32 square must be exact, got ${got[i]} vs ${want[i]}`);
+            same += Object.is(got[i], want[i]) || (Number.isNaN(got[i]) && Number.isNaN(want[i])) ? 1 : 0;
+            total++;
+          }
+          if (c.single) assert.deepEqual(got, c.single.activate(f, x.slice(), scale), `${f} n=${n}: 2 threads differ from 1`);
+        }
+      }
+    }
+    assert.ok(same / total > 0.9999, `only ${same} of ${total} activations equal the reference exactly`);
+    t.diagnostic(`${total - same} of ${total} activations differ from the reference (by 1 ulp)`);
   });
 
   test(`conformance ${c.label}: layerNorm and groupNorm`, () => {

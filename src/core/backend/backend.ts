@@ -35,6 +35,13 @@ export interface Matrix {
   readonly handle?: number;
 }
 
+/**
+ * Element-wise functions between the models' matmuls, as in the reference (JS numbers, so f64,
+ * rounded to f32 when stored): sigmoid 1/(1+e^-z), tanh, silu z/(1+e^-z), relu2 (z > 0 ? z : 0)²,
+ * exp e^z.
+ */
+export type Activation = "sigmoid" | "tanh" | "silu" | "relu2" | "exp";
+
 /** v4 WKV state per channel: numerator aa, denominator bb, running max exponent pp. */
 export interface Wkv4State { aa: Float32Array; bb: Float32Array; pp: Float32Array } // (C) each
 
@@ -49,6 +56,9 @@ export interface Backend {
 
   /** y (T, O) = x (T, I) Wᵀ. */
   matmul(x: Float32Array, T: number, W: Matrix): Float32Array;
+
+  /** In place, x[n] <- f(scale · x[n]) (scale default 1, the product in f64). Returns x. */
+  activate(f: Activation, x: Float32Array, scale?: number): Float32Array;
 
   /** Per row: (x - mean) / sqrt(var + eps) * weight + bias, biased variance. x (T, C) -> (T, C). */
   layerNorm(x: Float32Array, T: number, C: number, weight: Float32Array, bias: Float32Array, eps: number): Float32Array;

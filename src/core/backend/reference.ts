@@ -1,5 +1,14 @@
-import type { Backend, Matrix, Wkv4State } from "./backend.js";
+import type { Activation, Backend, Matrix, Wkv4State } from "./backend.js";
 import { decodeWeightRow } from "./weight-rows.js";
+
+/** The activations' formulas (backend.ts). */
+const ACTIVATIONS: Readonly<Record<Activation, (z: number) => number>> = {
+  sigmoid: (z) => 1 / (1 + Math.exp(-z)),
+  tanh: Math.tanh,
+  silu: (z) => z / (1 + Math.exp(-z)),
+  relu2: (z) => (z > 0 ? z * z : 0),
+  exp: Math.exp,
+};
 
 /** Plain TypeScript kernels: the specification every other backend is tested against. */
 export const referenceBackend: Backend = {
@@ -21,6 +30,12 @@ export const referenceBackend: Backend = {
       }
     }
     return y;
+  },
+
+  activate(f: Activation, x: Float32Array, scale = 1): Float32Array {
+    const fn = ACTIVATIONS[f];
+    for (let n = 0; n < x.length; n++) x[n] = fn(scale * x[n]);
+    return x;
   },
 
   layerNorm(x, T, C, weight, bias, eps) {

@@ -1,4 +1,4 @@
-import type { Backend, Matrix, WeightType, Wkv4State } from "./backend.js";
+import type { Activation, Backend, Matrix, WeightType, Wkv4State } from "./backend.js";
 import { referenceBackend } from "./reference.js";
 import { WASM_RELAXED_SIMD, WASM_SIMD } from "./wasm-binary.js";
 import { decodeMatrix, F16S_SCALE } from "./weight-rows.js";
@@ -58,7 +58,14 @@ const WASM_TYPE_IDS: Readonly<Record<WeightType, number>> = {
 const FLOAT_TYPES: ReadonlySet<WeightType> = new Set<WeightType>(["f32", "f16", "bf16", "f16s"]);
 
 /** Job ids of assembly/kernels.ts. */
-const JOB = { matmulFloat: 1, matmulInt: 2, quantize: 3, norm: 4, wkv4: 5, wkv5: 6, wkv7: 7 } as const;
+const JOB = { matmulFloat: 1, matmulInt: 2, quantize: 3, norm: 4, wkv4: 5, wkv5: 6, wkv7: 7, activate: 8 } as const;
+
+/** Activation ids of assembly/kernels.ts. */
+const ACTIVATION_IDS: Readonly<Record<Activation, number>> = { sigmoid: 0, tanh: 1, silu: 2, relu2: 3, exp: 4 };
+/** Work units of one activated element (f64 exp: ~30 operations), against PARALLEL_MIN_WORK. */
+const ACTIVATE_WORK = 32;
+/** Byte offset in the argument slots of activate's f64 scale, slots 4-5 (8-aligned: the control block is). */
+const ARG_F64_OFFSET = 16;
 
 const PAGE = 65536;
 /** wasm32: 65536 pages = 4 GiB. */
@@ -98,6 +105,8 @@ interface Adopted { readonly ptr: number; readonly bytes: number; readonly type:
 interface Exports {
   heapBase(): number;
   fillHalfTable(tab: number): void;
+  fillActivationTable(tab: number): void;
+  activationTableBytes(): number;
   runJob(ctrl: number, job: number, part: number, nparts: number): void;
   dispatch(ctrl: number, job: number, nchunks: number, spin: number): void;
   stopWorkers(ctrl: number): void;
@@ -123,9 +132,12 @@ export class WasmBackend implements Backend {
   private readonly maxBytes: number;
   /** f16 -> f32 of every bit pattern: block scales convert with one load. */
   private readonly halfTable: number;
+  /** The activations' f64x2 constants (see kernels.ts). */
+  private readonly activationTable: number;
   private f32: Float32Array<ArrayBufferLike> = new Float32Array(0);
   private u8: Uint8Array<ArrayBufferLike> = new Uint8Array(0);
   private i32: Int32Array<ArrayBufferLike> = new Int32Array(0);
+  private f64: Float64Array<ArrayBufferLike> = new Float64Array(0);
   /** Free blocks [offset, size], sorted by offset, adjacent ones merged. */
   private readonly free: Array<[number, number]> = [];
   private top: number;
@@ -150,6 +162,8 @@ export class WasmBackend implements Backend {
     this.ctrl = this.alloc(CTRL_BYTES);
     this.halfTable = this.alloc(HALF_TABLE_BYTES);
     this.x.fillHalfTable(this.halfTable);
+    this.activationTable = this.alloc(this.x.activationTableBytes());
+    this.x.fillActivationTable(this.activationTable);
     for (let p = 1; p < this.threads; p++) options.spawn!({ module, memory: this.memory, ctrl: this.ctrl, spin: SPIN_ITERATIONS });
   }
 
@@ -173,6 +187,7 @@ export class WasmBackend implements Backend {
       this.f32 = new Float32Array(buf);
       this.u8 = new Uint8Array(buf);
       this.i32 = new Int32Array(buf);
+      this.f64 = new Float64Array(buf);
     }
   }
 
@@ -234,10 +249,12 @@ export class WasmBackend implements Backend {
     return this.f32.slice(ptr >>> 2, (ptr >>> 2) + n);
   }
 
-  private run(job: number, work: number, args: readonly number[], eps?: number): void {
+  /** Runs a job: i32 args in the slots, then `eps` (f32) after them, or `scale` (f64) over slots 4-5. */
+  private run(job: number, work: number, args: readonly number[], eps?: number, scale?: number): void {
     const a = (this.ctrl + CTRL_ARGS) >>> 2;
     for (let i = 0; i < args.length; i++) this.i32[a + i] = args[i];
     if (eps !== undefined) this.f32[a + args.length] = eps;
+    if (scale !== undefined) this.f64[(this.ctrl + CTRL_ARGS + ARG_F64_OFFSET) >>> 3] = scale;
     if (this.threads > 1 && !this.closed && work >= PARALLEL_MIN_WORK) {
       this.calls.parallel++;
       this.x.dispatch(this.ctrl, job, this.threads * CHUNKS_PER_THREAD, SPIN_ITERATIONS);
@@ -309,6 +326,20 @@ export class WasmBackend implements Backend {
       y.set(this.f32.subarray(yp >>> 2, (yp >>> 2) + n * O), t0 * O);
     }
     return y!;
+  }
+
+  activate(f: Activation, x: Float32Array, scale = 1): Float32Array {
+    const chunk = SCRATCH_CHUNK_BYTES >>> 2;
+    const tmp = align(16 * this.threads * CHUNKS_PER_THREAD); // a 4-float tail buffer per chunk
+    for (let i0 = 0; i0 < x.length; i0 += chunk) {
+      const n = Math.min(chunk, x.length - i0);
+      const xb = align(4 * n);
+      const xp = this.scratch(xb + tmp);
+      this.put(xp, x.subarray(i0, i0 + n));
+      this.run(JOB.activate, n * ACTIVATE_WORK, [xp, n, ACTIVATION_IDS[f], xp + xb, 0, 0, this.activationTable], undefined, scale);
+      x.set(this.f32.subarray(xp >>> 2, (xp >>> 2) + n), i0);
+    }
+    return x;
   }
 
   layerNorm(x: Float32Array, T: number, C: number, weight: Float32Array, bias: Float32Array, eps: number): Float32Array {

@@ -258,11 +258,6 @@ export function bySequence(B: number, T: number, W: number, f: (b: number, rows:
   return out;
 }
 
-export const sigmoid = (x: number): number => 1 / (1 + Math.exp(-x));
-
-/** silu(x) = x σ(x) (the v5/v6 gate). */
-export const silu = (x: number): number => x / (1 + Math.exp(-x));
-
 export function buildModel(ckpt: Checkpoint, arch: Architecture, version: Version, backend: Backend, options: Pick<WeightOptions, "matrices"> = {}): RwkvModel {
   const w = new Weights(ckpt, arch.name, { ...options, backend });
   const cfg = arch.inferConfig(w, version);

@@ -1,5 +1,5 @@
 import type { Backend } from "../backend/backend.js";
-import { type Architecture, type Block, type ModelConfig, bySequence, sigmoid, tokenShift, type Version } from "./model.js";
+import { type Architecture, type Block, type ModelConfig, bySequence, tokenShift, type Version } from "./model.js";
 import type { Weights } from "./weights.js";
 
 /*
@@ -55,7 +55,8 @@ export const rwkv4: Architecture = {
         const r = be.matmul(mix(xx, sx, att.mixR, C), R, att.receptance); // (B·T, A)
         const wkv = bySequence(s.length, T, A, (b, rows) =>
           be.wkv4(T, A, att.w, att.u, rows(k), rows(v), { aa: s[b].att_aa, bb: s[b].att_bb, pp: s[b].att_pp })); // (B·T, A)
-        for (let n = 0; n < wkv.length; n++) wkv[n] *= sigmoid(r[n]);
+        be.activate("sigmoid", r); // (B·T, A)
+        for (let n = 0; n < wkv.length; n++) wkv[n] *= r[n];
         return be.matmul(wkv, R, att.output); // (B·T, C)
       },
       channelMix: channelMixV4(w, i, cfg, be, "ffn_xx"),
@@ -79,10 +80,9 @@ export function channelMixV4(w: Weights, i: number, cfg: ModelConfig, be: Backen
     const R = xx.length / C; // B·T rows
     const sx = tokenShift(xx, T, C, s.map((l) => l[prevKey])); // (B·T, C)
     const k = be.matmul(mix(xx, sx, ffn.mixK, C), R, ffn.key); // (B·T, F)
-    for (let n = 0; n < k.length; n++) k[n] = k[n] > 0 ? k[n] * k[n] : 0; // relu²
-    const kv = be.matmul(k, R, ffn.value); // (B·T, C)
-    const r = be.matmul(mix(xx, sx, ffn.mixR, C), R, ffn.receptance); // (B·T, C)
-    for (let n = 0; n < kv.length; n++) kv[n] *= sigmoid(r[n]);
+    const kv = be.matmul(be.activate("relu2", k), R, ffn.value); // (B·T, C)
+    const r = be.activate("sigmoid", be.matmul(mix(xx, sx, ffn.mixR, C), R, ffn.receptance)); // (B·T, C)
+    for (let n = 0; n < kv.length; n++) kv[n] *= r[n];
     return kv;
   };
 }

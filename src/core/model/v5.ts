@@ -2,7 +2,7 @@ import type { Backend } from "../backend/backend.js";
 import { FormatError } from "../errors.js";
 import type { CheckpointFormat } from "../formats/checkpoint.js";
 import { numel } from "../tensor.js";
-import { type Architecture, type Block, type ModelConfig, bySequence, silu, tokenShift, type Version } from "./model.js";
+import { type Architecture, type Block, type ModelConfig, bySequence, tokenShift, type Version } from "./model.js";
 import { channelMixV4, countLayers, mix } from "./v4.js";
 import type { Weights } from "./weights.js";
 
@@ -73,7 +73,8 @@ export const rwkv5: Architecture = {
         const y = be.groupNorm(out, R, H, N, att.lnX.weight, att.lnX.bias, att.eps); // (B·T, A)
         if (att.gate) {
           const g = be.matmul(mix(xx, sx, att.gate.mixG, C), R, att.gate.weight); // (B·T, A)
-          for (let n = 0; n < R * A; n++) y[n] *= silu(g[n]);
+          be.activate("silu", g); // (B·T, A)
+          for (let n = 0; n < R * A; n++) y[n] *= g[n];
         }
         return be.matmul(y, R, att.output); // (B·T, C)
       },

@@ -1,6 +1,6 @@
 import type { Backend } from "../backend/backend.js";
 import { FormatError } from "../errors.js";
-import { type Architecture, type Block, type ModelConfig, bySequence, sigmoid, silu, tokenShift, type Version } from "./model.js";
+import { type Architecture, type Block, type ModelConfig, bySequence, tokenShift, type Version } from "./model.js";
 import { GROUP_NORM_EPS, headedConfig, headedLayerState } from "./v5.js";
 import { transpose, type Weights } from "./weights.js";
 
@@ -68,8 +68,7 @@ export const rwkv6: Architecture = {
         const R = xx.length / C; // B·T rows
         const d = tokenShift(xx, T, C, s.map((l) => l.att_x_prev)); // (B·T, C) previous xx ...
         for (let n = 0; n < R * C; n++) d[n] -= xx[n]; // (B·T, C) ... minus xx
-        const m = be.matmul(lerp(xx, d, att.maaX, C), R, att.maaW1); // (B·T, 5·Dm)
-        for (let n = 0; n < R * 5 * Dm; n++) m[n] = Math.tanh(m[n]);
+        const m = be.activate("tanh", be.matmul(lerp(xx, d, att.maaX, C), R, att.maaW1)); // (B·T, 5·Dm)
         const [wx, kx, vx, rx, gx] = att.maa.map((maa, b) => {
           const mb = be.matmul(columns(m, R, 5 * Dm, b * Dm, Dm), R, att.maaW2[b]); // (B·T, C)
           for (let n = 0; n < R * C; n++) mb[n] = xx[n] + d[n] * (maa[n % C] + mb[n]);
@@ -79,13 +78,14 @@ export const rwkv6: Architecture = {
         const k = be.matmul(kx, R, att.key); // (B·T, A)
         const v = be.matmul(vx, R, att.value); // (B·T, A)
         const g = be.matmul(gx, R, att.gate); // (B·T, A)
-        const lw = be.matmul(wx, R, att.decayW1); // (B·T, Dd)
-        for (let n = 0; n < R * Dd; n++) lw[n] = Math.tanh(lw[n]);
+        const lw = be.activate("tanh", be.matmul(wx, R, att.decayW1)); // (B·T, Dd)
         const decay = be.matmul(lw, R, att.decayW2); // (B·T, A)
-        for (let n = 0; n < R * A; n++) decay[n] = Math.exp(-Math.exp(att.decay[n % A] + decay[n]));
+        for (let n = 0; n < R * A; n++) decay[n] += att.decay[n % A];
+        be.activate("exp", be.activate("exp", decay), -1); // (B·T, A) exp(-exp(w))
         const out = bySequence(s.length, T, A, (b, rows) => be.wkv5(T, H, N, rows(r), rows(k), rows(v), rows(decay), att.u, s[b].att_kv)); // (B·T, A)
         const y = be.groupNorm(out, R, H, N, att.lnX.weight, att.lnX.bias, GROUP_NORM_EPS); // (B·T, A)
-        for (let n = 0; n < R * A; n++) y[n] *= silu(g[n]);
+        be.activate("silu", g); // (B·T, A)
+        for (let n = 0; n < R * A; n++) y[n] *= g[n];
         return be.matmul(y, R, att.output); // (B·T, C)
       },
       channelMix(xx, T, s) {
@@ -93,10 +93,9 @@ export const rwkv6: Architecture = {
         const d = tokenShift(xx, T, C, s.map((l) => l.ffn_x_prev)); // (B·T, C)
         for (let n = 0; n < R * C; n++) d[n] -= xx[n]; // (B·T, C)
         const k = be.matmul(lerp(xx, d, ffn.maaK, C), R, ffn.key); // (B·T, F)
-        for (let n = 0; n < R * F; n++) k[n] = k[n] > 0 ? k[n] * k[n] : 0; // relu²
-        const kv = be.matmul(k, R, ffn.value); // (B·T, C)
-        const r = be.matmul(lerp(xx, d, ffn.maaR, C), R, ffn.receptance); // (B·T, C)
-        for (let n = 0; n < R * C; n++) kv[n] *= sigmoid(r[n]);
+        const kv = be.matmul(be.activate("relu2", k), R, ffn.value); // (B·T, C)
+        const r = be.activate("sigmoid", be.matmul(lerp(xx, d, ffn.maaR, C), R, ffn.receptance)); // (B·T, C)
+        for (let n = 0; n < R * C; n++) kv[n] *= r[n];
         return kv;
       },
     };

@@ -1,5 +1,5 @@
-import type { Backend, Matrix } from "../backend/backend.js";
-import { type Architecture, type Block, type ModelConfig, bySequence, sigmoid, tokenShift, type Version } from "./model.js";
+import type { Activation, Backend, Matrix } from "../backend/backend.js";
+import { type Architecture, type Block, type ModelConfig, bySequence, tokenShift, type Version } from "./model.js";
 import { countLayers } from "./v4.js";
 import { headedLayerState } from "./v5.js";
 import type { Weights } from "./weights.js";
@@ -77,15 +77,16 @@ export const rwkv7: Architecture = {
         const r = be.matmul(xr, R, att.receptance); // (B·T, C)
         const k = be.matmul(xk, R, att.key); // (B·T, C)
         const v = be.matmul(xv, R, att.value); // (B·T, C)
-        const wl = loraApply(be, xw, R, att.wLora, Math.tanh, null); // (B·T, C)
-        const iclr = loraApply(be, xa, R, att.aLora, null, att.a0); // (B·T, C), σ applied below
-        const g = loraApply(be, xg, R, att.gLora, sigmoid, null); // (B·T, C)
-        const vGate = i === 0 ? null : loraApply(be, xv, R, att.vLora!, null, att.v0!); // (B·T, C), σ applied below
+        const wl = loraApply(be, xw, R, att.wLora, "tanh", att.w0); // (B·T, C)
+        const decay = be.activate("exp", be.activate("sigmoid", wl), -DECAY_SCALE); // (B·T, C)
+        const iclr = be.activate("sigmoid", loraApply(be, xa, R, att.aLora, null, att.a0)); // (B·T, C) the rate a
+        const g = loraApply(be, xg, R, att.gLora, "sigmoid", null); // (B·T, C)
+        const vGate = i === 0 ? null : be.activate("sigmoid", loraApply(be, xv, R, att.vLora!, null, att.v0!)); // (B·T, C)
         if (i === 0) ctx.v_first = v.slice(); // (B·T, C)
         const vf = ctx.v_first; // (B·T, C)
 
         // One pass per head instead of one per formula: fewer temporaries, the same arithmetic.
-        const decay = wl, kkA = xr, minusKk = xw; // (B·T, C), reusing buffers no longer needed
+        const kkA = xr, minusKk = xw; // (B·T, C), reusing buffers no longer needed
         for (let o = 0; o < R * C; o += N) {
           const c0 = o % C;
           let ss = 0;
@@ -93,12 +94,10 @@ export const rwkv7: Architecture = {
           const inv = 1 / Math.max(Math.sqrt(ss), NORMALIZE_EPS); // F.normalize of k ⊙ k_k
           for (let j = 0, n = o, c = c0; j < N; j++, n++, c++) {
             const kk = k[n] * att.k_k[c] * inv;
-            const ic = sigmoid(iclr[n]);
-            k[n] *= 1 + (ic - 1) * att.k_a[c];
-            if (vGate) v[n] += (vf[n] - v[n]) * sigmoid(vGate[n]);
-            decay[n] = Math.exp(-DECAY_SCALE * sigmoid(att.w0[c] + wl[n]));
+            k[n] *= 1 + (iclr[n] - 1) * att.k_a[c];
+            if (vGate) v[n] += (vf[n] - v[n]) * vGate[n];
             minusKk[n] = -kk;
-            kkA[n] = kk * ic;
+            kkA[n] = kk * iclr[n];
           }
         }
         const y = bySequence(s.length, T, C, (b, rows) =>
@@ -118,8 +117,7 @@ export const rwkv7: Architecture = {
         const R = xx.length / C; // B·T rows
         const sx = tokenShift(xx, T, C, s.map((l) => l.ffn_x_prev)); // (B·T, C)
         const k = be.matmul(lerpShift(xx, sx, ffn.x_k, C), R, ffn.key); // (B·T, F)
-        for (let n = 0; n < R * F; n++) k[n] = k[n] > 0 ? k[n] * k[n] : 0; // relu²
-        return be.matmul(k, R, ffn.value); // (B·T, C)
+        return be.matmul(be.activate("relu2", k), R, ffn.value); // (B·T, C)
       },
     };
   },
@@ -134,9 +132,9 @@ export function lerpShift(xx: Float32Array, sx: Float32Array, m: Float32Array, C
 
 /** bias + act(x M1) M2 for a low-rank pair; `act` applies between the factors. (T, C) -> (T, C) */
 function loraApply(be: Backend, x: Float32Array, T: number, [m1, m2]: [Matrix, Matrix],
-  act: ((z: number) => number) | null, bias: Float32Array | null): Float32Array {
+  act: Activation | null, bias: Float32Array | null): Float32Array {
   const h = be.matmul(x, T, m1); // (T, D)
-  if (act) for (let n = 0; n < h.length; n++) h[n] = act(h[n]);
+  if (act) be.activate(act, h);
   const y = be.matmul(h, T, m2); // (T, C)
   if (bias) for (let n = 0; n < y.length; n += bias.length) for (let c = 0; c < bias.length; c++) y[n + c] += bias[c];
   return y;

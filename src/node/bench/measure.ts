@@ -1,5 +1,5 @@
 import { readFileSync } from "node:fs";
-import type { Backend, Matrix, Wkv4State } from "../../core/backend/backend.js";
+import type { Activation, Backend, Matrix, Wkv4State } from "../../core/backend/backend.js";
 import type { Checkpoint } from "../../core/formats/checkpoint.js";
 import { type MatrixDType, retypeMatrices } from "../../core/formats/retype.js";
 import { architectureFor, detectVersion } from "../../core/model/detect.js";
@@ -60,6 +60,9 @@ export class CountingBackend implements Backend {
   matmul(x: Float32Array, T: number, W: Matrix): Float32Array {
     if (this.counting) this.weightBytes += W.data.byteLength;
     return this.inner.matmul(x, T, W);
+  }
+  activate(f: Activation, x: Float32Array, scale?: number): Float32Array {
+    return this.inner.activate(f, x, scale);
   }
   layerNorm(x: Float32Array, T: number, C: number, weight: Float32Array, bias: Float32Array, eps: number): Float32Array {
     return this.inner.layerNorm(x, T, C, weight, bias, eps);
