@@ -318,6 +318,46 @@ for (const c of candidates()) {
   });
 }
 
+test("wasm backend: resident states give the copying path's results bit for bit, also after the memory grows", (t) => {
+  if (!wasmAvailable() || ONLY) return t.skip("no WebAssembly SIMD here");
+  const be = new WasmBackend();
+  const r = rng(23);
+  const [T, H, N] = [3, 2, 8], C = H * N;
+  const vec = (n: number) => Float32Array.from({ length: n }, () => r());
+  const start = vec(H * N * N);
+  const resident = be.residentArray(start.slice());
+  const plain = start.slice();
+  assert.notEqual(resident.buffer, plain.buffer);
+  assert.equal(be.residentArray(resident), resident, "already resident: returned as is");
+  assert.deepEqual([...resident], [...start], "the values moved in");
+  for (let call = 0; call < 3; call++) {
+    if (call === 2) {
+      const before = be.memoryBytes;
+      be.adopt({ rows: 1024, cols: 1024, type: "f32", data: new Float32Array(1 << 20) });
+      assert.ok(be.memoryBytes > before, "adopting 4 MiB grew the memory");
+    }
+    const [rr, k, v] = [vec(T * C), vec(T * C), vec(T * C)];
+    const decay = Float32Array.from({ length: T * C }, () => 0.6 + 0.4 * Math.abs(r()));
+    const a = vec(T * C).map((z) => -z / 4), b = vec(T * C).map((z) => z / 4);
+    assert.deepEqual(be.wkv7(T, H, N, rr, decay, k, v, a, b, resident), be.wkv7(T, H, N, rr, decay, k, v, a, b, plain), `wkv7 call ${call}`);
+    assert.deepEqual([...resident], [...plain], `wkv7 state after call ${call}`);
+    const u = vec(C);
+    assert.deepEqual(be.wkv5(T, H, N, rr, k, v, decay, u, resident), be.wkv5(T, H, N, rr, k, v, decay, u, plain), `wkv5 call ${call}`);
+    assert.deepEqual([...resident], [...plain], `wkv5 state after call ${call}`);
+  }
+});
+
+test("wasm backend: resident states are capped, and past the cap or the memory limit arrays stay as they are", (t) => {
+  if (!wasmAvailable() || ONLY) return t.skip("no WebAssembly SIMD here");
+  const capped = new WasmBackend({ residentStateBytes: 1 << 20 });
+  const a = new Float32Array(150_000), b = new Float32Array(150_000); // 600 kB each
+  assert.notEqual(capped.residentArray(a), a, "the first fits under 1 MiB");
+  assert.equal(capped.residentArray(b), b, "the second would pass the cap");
+  const small = new WasmBackend({ maxMemoryBytes: 2 << 20 });
+  const big = new Float32Array(1 << 20); // 4 MiB: more than the whole memory may hold
+  assert.equal(small.residentArray(big), big, "no room: the copying path, not an error");
+});
+
 test("wasm backend: a clear error when weights would exceed its memory limit", (t) => {
   if (!wasmAvailable() || ONLY) return t.skip("no WebAssembly SIMD here");
   const small = new WasmBackend({ maxMemoryBytes: 1 << 20 });

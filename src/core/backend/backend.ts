@@ -54,6 +54,14 @@ export interface Backend {
    */
   adopt(m: Matrix): Matrix;
 
+  /**
+   * Optional: an array with a's values that this backend's kernels can update in place, for the
+   * recurrent state, which every token reads and writes whole (the wasm backend: a view of its
+   * memory, so a WKV scan copies nothing). Returns `a` itself when it already is one, or when the
+   * backend keeps no more (it caps their total). The model stores the result back into the state.
+   */
+  residentArray?(a: Float32Array): Float32Array;
+
   /** y (T, O) = x (T, I) Wᵀ. */
   matmul(x: Float32Array, T: number, W: Matrix): Float32Array;
 

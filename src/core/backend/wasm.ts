@@ -49,6 +49,8 @@ export interface WasmBackendOptions {
   readonly simd?: WasmSimd;
   /** Cap on the WebAssembly memory (default and most: 4 GiB); adopt() fails clearly beyond it. */
   readonly maxMemoryBytes?: number;
+  /** Cap on the state arrays kept in wasm memory (default RESIDENT_STATE_BYTES); past it they are copied per call. */
+  readonly residentStateBytes?: number;
 }
 
 /** Weight type ids of assembly/kernels.ts. */
@@ -56,6 +58,13 @@ const WASM_TYPE_IDS: Readonly<Record<WeightType, number>> = {
   f32: 0, f16: 1, bf16: 2, q8_0: 3, q5_0: 4, q5_1: 5, q4_0: 6, q4_1: 7, i8: 8, f16s: 9,
 };
 const FLOAT_TYPES: ReadonlySet<WeightType> = new Set<WeightType>(["f32", "f16", "bf16", "f16s"]);
+
+/**
+ * Most bytes of state arrays kept in wasm memory (residentArray); past it states stay in JS memory
+ * and each WKV call copies them in and out. States are freed by finalizers, which never run inside
+ * a synchronous loop, so without a cap such a loop creating states could fill the 4 GiB.
+ */
+const RESIDENT_STATE_BYTES = 256 << 20;
 
 /** Job ids of assembly/kernels.ts. */
 const JOB = { matmulFloat: 1, matmulInt: 2, quantize: 3, norm: 4, wkv4: 5, wkv5: 6, wkv7: 7, activate: 8 } as const;
@@ -130,6 +139,7 @@ export class WasmBackend implements Backend {
   private readonly x: Exports;
   private readonly ctrl: number;
   private readonly maxBytes: number;
+  private readonly maxResidentBytes: number;
   /** f16 -> f32 of every bit pattern: block scales convert with one load. */
   private readonly halfTable: number;
   /** The activations' f64x2 constants (see kernels.ts). */
@@ -147,6 +157,13 @@ export class WasmBackend implements Backend {
   /** Kernel calls run by all threads / by the calling thread alone (tests, tuning). */
   readonly calls = { parallel: 0, single: 0 };
   private readonly finalizer = new FinalizationRegistry<[number, number]>(([ptr, bytes]) => this.release(ptr, bytes));
+  /** Every buffer object resident arrays were made on (growing the memory gives a new one). */
+  private readonly residentBuffers = new WeakSet<ArrayBufferLike>();
+  private residentBytes = 0;
+  private readonly residentFinalizer = new FinalizationRegistry<number[]>(([ptr, bytes]) => {
+    this.release(ptr, bytes);
+    this.residentBytes -= bytes;
+  });
 
   constructor(options: WasmBackendOptions = {}) {
     if (!WA) throw new Error("WebAssembly is not available in this runtime");
@@ -155,6 +172,7 @@ export class WasmBackend implements Backend {
     this.simd = options.simd ?? (relaxedSimdAvailable() ? "relaxed-simd" : "simd");
     this.name = "wasm";
     this.maxBytes = Math.min(MAX_PAGES * PAGE, options.maxMemoryBytes ?? Infinity);
+    this.maxResidentBytes = options.residentStateBytes ?? RESIDENT_STATE_BYTES;
     const module = new WA.Module(BUILDS.bytes(this.simd));
     this.memory = new WA.Memory({ initial: 1, maximum: MAX_PAGES, shared: true });
     this.x = new WA.Instance(module, { env: { memory: this.memory } }).exports as unknown as Exports;
@@ -295,6 +313,29 @@ export class WasmBackend implements Backend {
     return out;
   }
 
+  residentArray(a: Float32Array): Float32Array {
+    if (this.isResident(a)) return a;
+    const bytes = align(a.byteLength);
+    if (this.residentBytes + bytes > this.maxResidentBytes) return a;
+    let ptr: number;
+    try {
+      ptr = this.alloc(bytes);
+    } catch {
+      return a; // no room under the memory limit: the copying path still works
+    }
+    this.residentBytes += bytes;
+    const buf = this.memory.buffer;
+    this.residentBuffers.add(buf);
+    const view = new Float32Array(buf, ptr, a.length);
+    view.set(a);
+    this.residentFinalizer.register(view, [ptr, bytes]);
+    return view;
+  }
+
+  private isResident(a: Float32Array): boolean {
+    return this.residentBuffers.has(a.buffer);
+  }
+
   matmul(x: Float32Array, T: number, W: Matrix): Float32Array {
     const info = this.adopted.get(W);
     if (!info) return referenceBackend.matmul(x, T, W); // adopted elsewhere: still correct
@@ -386,27 +427,31 @@ export class WasmBackend implements Backend {
     decay: Float32Array, u: Float32Array, S: Float32Array): Float32Array {
     const C = H * N;
     const perToken = decay.length === T * C && T > 1 ? 1 : 0;
-    const tb = align(4 * T * C), cb = align(4 * C), db = perToken ? tb : cb, sb = align(4 * H * N * N);
+    const resident = this.isResident(S); // updated in place, no copies
+    const tb = align(4 * T * C), cb = align(4 * C), db = perToken ? tb : cb, sb = resident ? 0 : align(4 * H * N * N);
     const base = this.scratch(4 * tb + db + cb + sb);
-    const rp = base, kp = rp + tb, vp = kp + tb, yp = vp + tb, dp = yp + tb, up = dp + db, sp = up + cb;
+    const rp = base, kp = rp + tb, vp = kp + tb, yp = vp + tb, dp = yp + tb, up = dp + db;
+    const sp = resident ? S.byteOffset : up + cb;
     this.put(rp, r.subarray(0, T * C)); this.put(kp, k.subarray(0, T * C)); this.put(vp, v.subarray(0, T * C));
-    this.put(dp, decay.subarray(0, perToken ? T * C : C)); this.put(up, u.subarray(0, C)); this.put(sp, S);
+    this.put(dp, decay.subarray(0, perToken ? T * C : C)); this.put(up, u.subarray(0, C));
+    if (!resident) this.put(sp, S);
     this.run(JOB.wkv5, T * H * N * N, [T, H, N, rp, kp, vp, dp, perToken, up, sp, yp]);
-    S.set(this.f32.subarray(sp >>> 2, (sp >>> 2) + H * N * N));
+    if (!resident) S.set(this.f32.subarray(sp >>> 2, (sp >>> 2) + H * N * N));
     return this.take(yp, T * C);
   }
 
   wkv7(T: number, H: number, N: number, r: Float32Array, decay: Float32Array, k: Float32Array, v: Float32Array,
     a: Float32Array, b: Float32Array, S: Float32Array): Float32Array {
     const C = H * N;
-    const tb = align(4 * T * C), sb = align(4 * H * N * N);
+    const resident = this.isResident(S); // updated in place, no copies
+    const tb = align(4 * T * C), sb = resident ? 0 : align(4 * H * N * N);
     const base = this.scratch(7 * tb + sb);
     const [rp, dp, kp, vp, ap, bp, yp] = [0, 1, 2, 3, 4, 5, 6].map((i) => base + i * tb);
-    const sp = base + 7 * tb;
+    const sp = resident ? S.byteOffset : base + 7 * tb;
     for (const [p, arr] of [[rp, r], [dp, decay], [kp, k], [vp, v], [ap, a], [bp, b]] as const) this.put(p, arr.subarray(0, T * C));
-    this.put(sp, S);
+    if (!resident) this.put(sp, S);
     this.run(JOB.wkv7, T * H * N * N * 4, [T, H, N, rp, dp, kp, vp, ap, bp, sp, yp]);
-    S.set(this.f32.subarray(sp >>> 2, (sp >>> 2) + H * N * N));
+    if (!resident) S.set(this.f32.subarray(sp >>> 2, (sp >>> 2) + H * N * N));
     return this.take(yp, T * C);
   }
 }

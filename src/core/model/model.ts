@@ -173,6 +173,9 @@ export class RwkvModel implements Model {
       }
     }
     const be = this.backend;
+    if (be.residentArray) {
+      for (const st of states) for (const l of st.layers) for (const name in l) l[name] = be.residentArray(l[name]);
+    }
     const R = B * T;
     const x = new Float32Array(R * C); // (B·T, C)
     for (let n = 0; n < R; n++) {

@@ -57,6 +57,9 @@ export class CountingBackend implements Backend {
   constructor(readonly inner: Backend) {}
   get name(): string { return this.inner.name; }
   adopt(m: Matrix): Matrix { return this.inner.adopt(m); }
+  get residentArray(): ((a: Float32Array) => Float32Array) | undefined {
+    return this.inner.residentArray?.bind(this.inner);
+  }
   matmul(x: Float32Array, T: number, W: Matrix): Float32Array {
     if (this.counting) this.weightBytes += W.data.byteLength;
     return this.inner.matmul(x, T, W);
