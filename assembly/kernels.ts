@@ -431,15 +431,41 @@ function quantizeRows(x: usize, T: i32, I: i32, xq: usize, dx: usize, sx: usize,
   return i8x16.eq(v128.and(i8x16.swizzle(v, sel), bit), bit);
 }
 
-/**
- * One output row `o` against `mt` (1 or 4) activation rows from `t`: per block, decode the weights
- * once, then one integer dot per activation row.
- */
 /** f16 bits -> f32 through the 65536-entry table at `tab` (block scales: one load, no branches). */
 /* @inline */ function ht(tab: usize, h: u32): f32 {
   return load<f32>(tab + (<usize>h << 2));
 }
 
+// One 32-weight block at p decoded to two i8x16 (elements 0-15, 16-31), its scale d and, for the
+// _1 types, its minimum m: w = d·q + m.
+/* @inline */ function blockLo(kind: i32, p: usize): v128 {
+  if (kind == T_Q8_0) return v128.load(p, 2);
+  if (kind == T_I8) return v128.load(p);
+  if (kind == T_Q4_0) return i8x16.sub(v128.and(v128.load(p, 2), i8x16.splat(0x0f)), i8x16.splat(8));
+  if (kind == T_Q4_1) return v128.and(v128.load(p, 4), i8x16.splat(0x0f));
+  // (q | h·16) - 16 = q + (h ? 0 : -16): one andnot instead of and, or, sub.
+  if (kind == T_Q5_0) return i8x16.add(v128.and(v128.load(p, 6), i8x16.splat(0x0f)), v128.andnot(i8x16.splat(-16), highMask(load<u32>(p, 2), false)));
+  return v128.or(v128.and(v128.load(p, 8), i8x16.splat(0x0f)), v128.and(highMask(load<u32>(p, 4), false), i8x16.splat(0x10))); // T_Q5_1
+}
+/* @inline */ function blockHi(kind: i32, p: usize): v128 {
+  if (kind == T_Q8_0) return v128.load(p, 18);
+  if (kind == T_I8) return v128.load(p, 16);
+  if (kind == T_Q4_0) return i8x16.sub(i8x16.shr_u(v128.load(p, 2), 4), i8x16.splat(8));
+  if (kind == T_Q4_1) return i8x16.shr_u(v128.load(p, 4), 4);
+  if (kind == T_Q5_0) return i8x16.add(i8x16.shr_u(v128.load(p, 6), 4), v128.andnot(i8x16.splat(-16), highMask(load<u32>(p, 2), true)));
+  return v128.or(i8x16.shr_u(v128.load(p, 8), 4), v128.and(highMask(load<u32>(p, 4), true), i8x16.splat(0x10))); // T_Q5_1
+}
+/* @inline */ function blockD(kind: i32, p: usize, rowScale: f32, tab: usize): f32 {
+  return kind == T_I8 ? rowScale : ht(tab, load<u16>(p));
+}
+/* @inline */ function blockM(kind: i32, p: usize, tab: usize): f32 {
+  return kind == T_Q4_1 || kind == T_Q5_1 ? ht(tab, load<u16>(p, 2)) : 0;
+}
+
+/**
+ * One output row `o` against `mt` (1 or 4) activation rows from `t`: per block, decode the weights
+ * once, then one integer dot per activation row.
+ */
 /* @inline */ function intRow(kind: i32, mt: i32, wr: usize, nb: i32, rowScale: f32, xq: usize, dx: usize, sx: usize, t: i32, y: usize, O: i32, o: i32, tab: usize): void {
   const bb = blockBytes(kind);
   const qs = <usize>nb * QK * 2; // bytes of one i16 activation row
@@ -449,38 +475,8 @@ function quantizeRows(x: usize, T: i32, I: i32, xq: usize, dx: usize, sx: usize,
   let m0: f32 = 0, m1: f32 = 0, m2: f32 = 0, m3: f32 = 0;
   for (let b = 0; b < nb; b++) {
     const p = wr + <usize>b * bb;
-    let w0: v128, w1: v128;
-    let d: f32 = 0, m: f32 = 0;
-    if (kind == T_Q8_0) {
-      d = ht(tab, load<u16>(p));
-      w0 = v128.load(p, 2); w1 = v128.load(p, 18);
-    } else if (kind == T_I8) {
-      d = rowScale;
-      w0 = v128.load(p); w1 = v128.load(p, 16);
-    } else if (kind == T_Q4_0) {
-      d = ht(tab, load<u16>(p));
-      const q = v128.load(p, 2);
-      w0 = i8x16.sub(v128.and(q, i8x16.splat(0x0f)), i8x16.splat(8));
-      w1 = i8x16.sub(i8x16.shr_u(q, 4), i8x16.splat(8));
-    } else if (kind == T_Q4_1) {
-      d = ht(tab, load<u16>(p)); m = ht(tab, load<u16>(p, 2));
-      const q = v128.load(p, 4);
-      w0 = v128.and(q, i8x16.splat(0x0f));
-      w1 = i8x16.shr_u(q, 4);
-    } else if (kind == T_Q5_0) {
-      d = ht(tab, load<u16>(p));
-      const qh = load<u32>(p, 2);
-      const q = v128.load(p, 6);
-      // (q | h·16) - 16 = q + (h ? 0 : -16): one andnot instead of and, or, sub.
-      w0 = i8x16.add(v128.and(q, i8x16.splat(0x0f)), v128.andnot(i8x16.splat(-16), highMask(qh, false)));
-      w1 = i8x16.add(i8x16.shr_u(q, 4), v128.andnot(i8x16.splat(-16), highMask(qh, true)));
-    } else { // T_Q5_1
-      d = ht(tab, load<u16>(p)); m = ht(tab, load<u16>(p, 2));
-      const qh = load<u32>(p, 4);
-      const q = v128.load(p, 8);
-      w0 = v128.or(v128.and(q, i8x16.splat(0x0f)), v128.and(highMask(qh, false), i8x16.splat(0x10)));
-      w1 = v128.or(i8x16.shr_u(q, 4), v128.and(highMask(qh, true), i8x16.splat(0x10)));
-    }
+    const w0 = blockLo(kind, p), w1 = blockHi(kind, p);
+    const d = blockD(kind, p, rowScale, tab), m = blockM(kind, p, tab);
     const qb = <usize>b * QK * 2, db = <usize>b << 2;
     a0 = fma4(a0, f32x4.convert_i32x4_s(idot32(w0, w1, q0 + qb)), f32x4.splat(d * load<f32>(d0 + db)));
     if (kind == T_Q4_1 || kind == T_Q5_1) m0 += m * load<f32>(s0 + db);
@@ -505,10 +501,55 @@ function quantizeRows(x: usize, T: i32, I: i32, xq: usize, dx: usize, sx: usize,
   }
 }
 
+/**
+ * Output rows o and o + 1 against one activation row t: the arithmetic of intRow with mt = 1 for
+ * each (so the same results), sharing the activation loads and interleaving two independent chains.
+ */
+/* @inline */ function intRowPair(kind: i32, wr: usize, rs: usize, nb: i32, rowScale0: f32, rowScale1: f32, xq: usize, dx: usize, sx: usize, t: i32, y: usize, O: i32, o: i32, tab: usize): void {
+  const bb = blockBytes(kind);
+  const qs = <usize>nb * QK * 2;
+  const ds = <usize>nb << 2;
+  const q0 = xq + <usize>t * qs, d0 = dx + <usize>t * ds, s0 = sx + <usize>t * ds;
+  let a0 = f32x4.splat(0), a1 = f32x4.splat(0);
+  let m0: f32 = 0, m1: f32 = 0;
+  for (let b = 0; b < nb; b++) {
+    const p = wr + <usize>b * bb, p1 = p + rs;
+    const qb = q0 + <usize>b * QK * 2, db = <usize>b << 2;
+    const x0 = v128.load(qb), x1 = v128.load(qb, 16), x2 = v128.load(qb, 32), x3 = v128.load(qb, 48);
+    const dxb = load<f32>(d0 + db);
+    const u0 = blockLo(kind, p), u1 = blockHi(kind, p);
+    const v0 = blockLo(kind, p1), v1 = blockHi(kind, p1);
+    const iu = i32x4.add(
+      i32x4.add(i32x4.dot_i16x8_s(i16x8.extend_low_i8x16_s(u0), x0), i32x4.dot_i16x8_s(i16x8.extend_high_i8x16_s(u0), x1)),
+      i32x4.add(i32x4.dot_i16x8_s(i16x8.extend_low_i8x16_s(u1), x2), i32x4.dot_i16x8_s(i16x8.extend_high_i8x16_s(u1), x3)));
+    const iv = i32x4.add(
+      i32x4.add(i32x4.dot_i16x8_s(i16x8.extend_low_i8x16_s(v0), x0), i32x4.dot_i16x8_s(i16x8.extend_high_i8x16_s(v0), x1)),
+      i32x4.add(i32x4.dot_i16x8_s(i16x8.extend_low_i8x16_s(v1), x2), i32x4.dot_i16x8_s(i16x8.extend_high_i8x16_s(v1), x3)));
+    a0 = fma4(a0, f32x4.convert_i32x4_s(iu), f32x4.splat(blockD(kind, p, rowScale0, tab) * dxb));
+    a1 = fma4(a1, f32x4.convert_i32x4_s(iv), f32x4.splat(blockD(kind, p1, rowScale1, tab) * dxb));
+    if (kind == T_Q4_1 || kind == T_Q5_1) {
+      const sxb = load<f32>(s0 + db);
+      m0 += blockM(kind, p, tab) * sxb;
+      m1 += blockM(kind, p1, tab) * sxb;
+    }
+  }
+  const yo = y + <usize>t * (<usize>O << 2) + (<usize>o << 2);
+  store<f32>(yo, hsum(a0) + m0);
+  store<f32>(yo + 4, hsum(a1) + m1);
+}
+
 /* @inline */ function intRows(kind: i32, w: usize, scales: usize, O: i32, I: i32, T: i32, xq: usize, dx: usize, sx: usize, y: usize, lo: i32, hi: i32, tab: usize): void {
   const nb = (I + QK - 1) / QK;
   const rs: usize = kind == T_I8 ? <usize>I : <usize>(I / QK) * blockBytes(kind);
-  for (let o = lo; o < hi; o++) {
+  let o = lo;
+  if (T == 1) { // one token: rows in pairs
+    for (; o + 2 <= hi; o += 2) {
+      const s0: f32 = kind == T_I8 ? load<f32>(scales + (<usize>o << 2)) : 1;
+      const s1: f32 = kind == T_I8 ? load<f32>(scales + (<usize>o << 2), 4) : 1;
+      intRowPair(kind, w + <usize>o * rs, rs, nb, s0, s1, xq, dx, sx, 0, y, O, o, tab);
+    }
+  }
+  for (; o < hi; o++) {
     const wr = w + <usize>o * rs;
     const rowScale: f32 = kind == T_I8 ? load<f32>(scales + (<usize>o << 2)) : 1;
     let t = 0;
