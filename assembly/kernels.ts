@@ -502,10 +502,11 @@ function quantizeRows(x: usize, T: i32, I: i32, xq: usize, dx: usize, sx: usize,
 }
 
 /**
- * Output rows o and o + 1 against one activation row t: the arithmetic of intRow with mt = 1 for
- * each (so the same results), sharing the activation loads and interleaving two independent chains.
+ * Output rows o and o1 (the row `gap` bytes further) against one activation row t: the arithmetic
+ * of intRow with mt = 1 for each (so the same results), sharing the activation loads and
+ * interleaving two independent chains.
  */
-/* @inline */ function intRowPair(kind: i32, wr: usize, rs: usize, nb: i32, rowScale0: f32, rowScale1: f32, xq: usize, dx: usize, sx: usize, t: i32, y: usize, O: i32, o: i32, tab: usize): void {
+/* @inline */ function intRowPair(kind: i32, wr: usize, gap: usize, nb: i32, rowScale0: f32, rowScale1: f32, xq: usize, dx: usize, sx: usize, t: i32, y: usize, O: i32, o: i32, o1: i32, tab: usize): void {
   const bb = blockBytes(kind);
   const qs = <usize>nb * QK * 2;
   const ds = <usize>nb << 2;
@@ -513,7 +514,7 @@ function quantizeRows(x: usize, T: i32, I: i32, xq: usize, dx: usize, sx: usize,
   let a0 = f32x4.splat(0), a1 = f32x4.splat(0);
   let m0: f32 = 0, m1: f32 = 0;
   for (let b = 0; b < nb; b++) {
-    const p = wr + <usize>b * bb, p1 = p + rs;
+    const p = wr + <usize>b * bb, p1 = p + gap;
     const qb = q0 + <usize>b * QK * 2, db = <usize>b << 2;
     const x0 = v128.load(qb), x1 = v128.load(qb, 16), x2 = v128.load(qb, 32), x3 = v128.load(qb, 48);
     const dxb = load<f32>(d0 + db);
@@ -533,21 +534,24 @@ function quantizeRows(x: usize, T: i32, I: i32, xq: usize, dx: usize, sx: usize,
       m1 += blockM(kind, p1, tab) * sxb;
     }
   }
-  const yo = y + <usize>t * (<usize>O << 2) + (<usize>o << 2);
-  store<f32>(yo, hsum(a0) + m0);
-  store<f32>(yo + 4, hsum(a1) + m1);
+  const yt = y + <usize>t * (<usize>O << 2);
+  store<f32>(yt + (<usize>o << 2), hsum(a0) + m0);
+  store<f32>(yt + (<usize>o1 << 2), hsum(a1) + m1);
 }
 
 /* @inline */ function intRows(kind: i32, w: usize, scales: usize, O: i32, I: i32, T: i32, xq: usize, dx: usize, sx: usize, y: usize, lo: i32, hi: i32, tab: usize): void {
   const nb = (I + QK - 1) / QK;
   const rs: usize = kind == T_I8 ? <usize>I : <usize>(I / QK) * blockBytes(kind);
   let o = lo;
-  if (T == 1) { // one token: rows in pairs
-    for (; o + 2 <= hi; o += 2) {
+  if (T == 1) { // one token: rows in pairs half the range apart (two long sequential streams)
+    const half = (hi - lo) >> 1;
+    for (; o < lo + half; o++) {
+      const o1 = o + half;
       const s0: f32 = kind == T_I8 ? load<f32>(scales + (<usize>o << 2)) : 1;
-      const s1: f32 = kind == T_I8 ? load<f32>(scales + (<usize>o << 2), 4) : 1;
-      intRowPair(kind, w + <usize>o * rs, rs, nb, s0, s1, xq, dx, sx, 0, y, O, o, tab);
+      const s1: f32 = kind == T_I8 ? load<f32>(scales + (<usize>o1 << 2)) : 1;
+      intRowPair(kind, w + <usize>o * rs, <usize>half * rs, nb, s0, s1, xq, dx, sx, 0, y, O, o, o1, tab);
     }
+    o = lo + 2 * half;
   }
   for (; o < hi; o++) {
     const wr = w + <usize>o * rs;
