@@ -142,6 +142,30 @@ test("rwkv bench --random: one row per dtype x threads, medians of the runs, wei
   assert.match(table.out, /medians of 3 runs after 0 s of untimed ones/);
 });
 
+test("rwkv bench --rounds: the table runs N times, each row's medians over all its runs in the order they ran", async (t) => {
+  if (!wasmAvailable()) return t.skip("no WebAssembly SIMD here");
+  const args = [...TINY, "--dtype", "f32,q8_0", "--threads", "1", "--runs", "2", "--rounds", "2", "--warmup", "0", "--decode-tokens", "2", "--prefill", "8", "--probe-mib", "1", "--no-retry"];
+  const { code, out, err } = await run(["bench", ...args, "--json"]);
+  assert.equal(code, 0, err);
+  const r = JSON.parse(out) as Report & { rounds: number };
+  assert.equal(r.rounds, 2);
+  assert.deepEqual(r.rows.map((x) => x.dtype), ["f32", "q8_0"], "one row per dtype, not one per round");
+  for (const x of r.rows) {
+    for (const s of [x.decode, x.prefill["8"]]) {
+      assert.equal(s.runs.length, 4, "2 rounds x 2 runs");
+      const sorted = [...s.runs].sort((a, b) => a - b);
+      assert.equal(s.median, (sorted[1] + sorted[2]) / 2, "the median of all four");
+    }
+    assert.equal(x.probe.runs.length, 14, "both rounds' probes");
+  }
+  // Rows take turns: the progress lines show f32, q8_0, f32, q8_0.
+  const order = [...err.matchAll(/bench: (\w+), 1 thread: .*\(round (\d) of 2\)/g)].map((m) => `${m[1]}/${m[2]}`);
+  assert.deepEqual(order, ["f32/1", "q8_0/1", "f32/2", "q8_0/2"]);
+  const table = await run(["bench", ...args]);
+  assert.equal(table.code, 0, table.err);
+  assert.match(table.out, /medians of 2 rounds x 2 runs after 0 s of untimed ones \(each round: every row in turn\)/);
+});
+
 test("rwkv bench MODEL: a file's own types (stored) and re-typed in memory", async (t) => {
   if (!wasmAvailable()) return t.skip("no WebAssembly SIMD here");
   const m = sharedPath(t, "rwkv.cpp", "tiny-rwkv-7v0-834K-FP32.bin");
@@ -229,6 +253,8 @@ test("rwkv bench: bad input and bad usage give one clear line and a non-zero exi
     [["bench", "--context", "--dtype", "f32,q8_0"], 2, /--context runs one model/],
     [["bench", ...TINY, "--tokens", "10"], 2, /--tokens does not apply without --context/],
     [["bench", "--context", "--runs", "3"], 2, /--runs does not apply to --context/],
+    [["bench", "--context", "--rounds", "2"], 2, /--rounds does not apply to --context/],
+    [["bench", ...TINY, "--rounds", "0"], 2, /--rounds must be a positive integer, got "0"/],
     [["bench", ...TINY, "--warmup=-1"], 2, /--warmup must be a number in \[0, 3600\]/],
     [["bench", "--context", "--out", "/nonexistent/dir/x.svg"], 1, /x\.svg/],
   ];

@@ -7,7 +7,7 @@ import { checkRandomSpec, RANDOM_MODEL_VERSIONS, type RandomModelSpec } from "..
 import { checkWritableTarget, writeFileAtomic } from "../atomic-write.js";
 import { contextSvg, runContext } from "../bench/context.js";
 import { currentSimd, type RowResult, runJob } from "../bench/jobs.js";
-import { type BenchDType, benchModel, describeSource, DISTURBED_CORES, median, type ModelSource, openSource } from "../bench/measure.js";
+import { type BenchDType, benchModel, describeSource, DISTURBED_CORES, median, type ModelSource, openSource, type RateStat } from "../bench/measure.js";
 import { type CliIO, numberIn, type Options, positiveInt, str, UsageError, type Values } from "../cli-util.js";
 import { Progress } from "../progress.js";
 import { defaultThreads } from "../threads/pool.js";
@@ -20,6 +20,8 @@ export const BENCH_USAGE = `bench [MODEL] [--random ${RANDOM_DEFAULT}]   speed: 
       --layers N (12)  --embd N (768)  --vocab N (65536)  --seed N (1)   its shape and weights
       --dtype LIST          f32,f16,bf16,int8,q8_0,q5_1,q5_0,q4_1,q4_0 (random: f32; MODEL: stored, its own)
       --threads LIST (1,all cores)  --backend NAME  --runs N (5, medians)  --decode-tokens N (32 a run)
+      --rounds N (1)        the whole table N times, rows taking turns; medians over all N x runs
+                            (a VM's speed changes within minutes: rounds spread each row over them)
       --prefill LIST (64,512)  --warmup S (2, untimed runs first)  --probe-mib N (256, bandwidth probe)
       --no-retry            keep runs that other processes disturbed (default: pause, run again, twice at most)
       --context             linear time, constant memory: one generation of --tokens N (100000),
@@ -28,7 +30,7 @@ export const BENCH_USAGE = `bench [MODEL] [--random ${RANDOM_DEFAULT}]   speed: 
 
 const OPTIONS: Options = {
   random: { type: "string" }, layers: { type: "string" }, embd: { type: "string" }, vocab: { type: "string" }, seed: { type: "string" },
-  dtype: { type: "string" }, threads: { type: "string" }, backend: { type: "string" }, runs: { type: "string" },
+  dtype: { type: "string" }, threads: { type: "string" }, backend: { type: "string" }, runs: { type: "string" }, rounds: { type: "string" },
   "decode-tokens": { type: "string" }, prefill: { type: "string" }, warmup: { type: "string" }, "probe-mib": { type: "string" }, "no-retry": { type: "boolean" },
   json: { type: "boolean" }, context: { type: "boolean" }, tokens: { type: "string" }, out: { type: "string" },
 };
@@ -38,9 +40,9 @@ const BENCH_DTYPES: readonly BenchDType[] = [...MATRIX_DTYPES, "int8", "stored"]
 /** The issue's reference model (RWKV-7 0.1B shape) for speed; a tiny one for the 100k-token context run. */
 const SPEED_SHAPE = { nLayer: 12, nEmbd: 768, vocabSize: 65536 };
 const CONTEXT_SHAPE = { nLayer: 2, nEmbd: 128, vocabSize: 256 };
-const DEFAULTS = { runs: 5, warmupSeconds: 2, decodeTokens: 32, prefill: [64, 512], probeMib: 256, contextTokens: 100_000, contextOut: "bench-context.svg" };
+const DEFAULTS = { runs: 5, rounds: 1, warmupSeconds: 2, decodeTokens: 32, prefill: [64, 512], probeMib: 256, contextTokens: 100_000, contextOut: "bench-context.svg" };
 /** Option groups that belong to one mode only: given in the other they are mistakes, not no-ops. */
-const SPEED_ONLY = ["runs", "decode-tokens", "prefill", "warmup", "probe-mib", "no-retry"];
+const SPEED_ONLY = ["runs", "rounds", "decode-tokens", "prefill", "warmup", "probe-mib", "no-retry"];
 const CONTEXT_ONLY = ["tokens", "out"];
 const RANDOM_ONLY = ["layers", "embd", "vocab"];
 
@@ -136,6 +138,8 @@ export interface SpeedReport {
   readonly cores: number;
   readonly loadAverage: { readonly start: number; readonly end: number };
   readonly runs: number;
+  /** Times the whole table ran, rows taking turns; each row's medians are over rounds x runs. */
+  readonly rounds: number;
   readonly warmupSeconds: number;
   readonly decodeTokens: number;
   readonly prefill: number[];
@@ -146,6 +150,7 @@ export interface SpeedReport {
 
 async function benchSpeed(io: CliIO, source: ModelSource, dtypes: BenchDType[], threads: number[], backend: string | undefined, values: Values): Promise<number> {
   const runs = positiveInt(values, "runs", DEFAULTS.runs);
+  const rounds = positiveInt(values, "rounds", DEFAULTS.rounds);
   const decodeTokens = positiveInt(values, "decode-tokens", DEFAULTS.decodeTokens);
   const prefill = intList(values, "prefill", DEFAULTS.prefill);
   const mib = positiveInt(values, "probe-mib", DEFAULTS.probeMib);
@@ -155,17 +160,22 @@ async function benchSpeed(io: CliIO, source: ModelSource, dtypes: BenchDType[], 
   const start = loadavg()[0];
 
   const simd = currentSimd();
-  const rows: RowResult[] = [];
-  for (const dtype of dtypes) {
-    for (const t of threads) {
-      note(`${dtype}, ${t} thread${t > 1 ? "s" : ""}: building the model, ${runs} runs, then the bandwidth probe`);
-      rows.push(await runJob({ source, dtype, threads: t, backend, simd, speed: { runs, decodeTokens, prefill, quiet, warmupSeconds }, probeMib: mib }, note));
+  const perRow: RowResult[][] = [];
+  for (let round = 0; round < rounds; round++) {
+    let i = 0;
+    for (const dtype of dtypes) {
+      for (const t of threads) {
+        const of = rounds > 1 ? ` (round ${round + 1} of ${rounds})` : "";
+        note(`${dtype}, ${t} thread${t > 1 ? "s" : ""}: building the model, ${runs} runs, then the bandwidth probe${of}`);
+        (perRow[i++] ??= []).push(await runJob({ source, dtype, threads: t, backend, simd, speed: { runs, decodeTokens, prefill, quiet, warmupSeconds }, probeMib: mib }, note));
+      }
     }
   }
+  const rows = perRow.map(mergeRounds);
   const others = rows.flatMap(rowOtherCores);
   const report: SpeedReport = {
     model: describeSource(source), source, node: process.version, cpu: cpus()[0]?.model ?? "unknown", cores: defaultThreads(),
-    loadAverage: { start, end: loadavg()[0] }, runs, warmupSeconds, decodeTokens, prefill,
+    loadAverage: { start, end: loadavg()[0] }, runs, rounds, warmupSeconds, decodeTokens, prefill,
     probeMib: mib,
     rows: rows.map((r) => {
       const bytesPerSecond = r.weightBytesPerToken * r.decode.median;
@@ -175,6 +185,25 @@ async function benchSpeed(io: CliIO, source: ModelSource, dtypes: BenchDType[], 
   };
   io.stdout(values.json === true ? JSON.stringify(report, null, 2) + "\n" : speedTable(report));
   return 0;
+}
+
+/** One row's rounds as one result: runs in the order they ran, medians over all of them, the largest peak RSS. */
+function mergeRounds(results: RowResult[]): RowResult {
+  if (results.length === 1) return results[0];
+  const rate = (stats: RateStat[]): RateStat => {
+    const runs = stats.flatMap((s) => s.runs);
+    return { median: median(runs), runs, otherCores: stats.flatMap((s) => s.otherCores) };
+  };
+  const first = results[0];
+  const probeRuns = results.flatMap((r) => r.probe.runs);
+  return {
+    ...first,
+    decode: rate(results.map((r) => r.decode)),
+    prefill: Object.fromEntries(Object.keys(first.prefill).map((n) => [n, rate(results.map((r) => r.prefill[n]))])),
+    peakRssBytes: Math.max(...results.map((r) => r.peakRssBytes)),
+    buildSeconds: median(results.map((r) => r.buildSeconds)),
+    probe: { ...first.probe, bytesPerSecond: median(probeRuns), runs: probeRuns, otherCores: results.flatMap((r) => r.probe.otherCores) },
+  };
 }
 
 /** What other processes used during each of a row's runs (the probe's included), in cores. */
@@ -205,7 +234,7 @@ export function speedTable(r: SpeedReport): string {
   const head = [
     `model    ${r.model}`,
     `machine  ${r.cpu}, ${r.cores} cores, node ${r.node}, backend ${build}; load average ${r.loadAverage.start.toFixed(2)} at start, ${r.loadAverage.end.toFixed(2)} at end`,
-    `method   medians of ${r.runs} runs after ${r.warmupSeconds} s of untimed ones; decode = ${r.decodeTokens} model.step calls a run (logits included); prefill = model.forward on a fresh state`,
+    `method   medians of ${r.rounds > 1 ? `${r.rounds} rounds x ` : ""}${r.runs} runs after ${r.warmupSeconds} s of untimed ones${r.rounds > 1 ? " (each round: every row in turn)" : ""}; decode = ${r.decodeTokens} model.step calls a run (logits included); prefill = model.forward on a fresh state`,
     `probe    in each row's process after its runs: the runtime's f32 matrix-vector product over ${r.probeMib} MiB, as wide as the model`,
     "",
   ].join("\n");
