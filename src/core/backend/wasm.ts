@@ -20,13 +20,17 @@ import { WA, WasmBuilds, type WasmMemory, type WasmSimd, type WasmWorkerSpawner 
  *
  * Activations cross as Float32Array: each call copies its inputs in and its outputs out (the
  * Backend interface takes and returns Float32Array). Large calls are chunked over rows so scratch
- * stays bounded (SCRATCH_CHUNK_BYTES) however long the sequence.
+ * stays bounded (SCRATCH_CHUNK_BYTES) however long the sequence. Recurrent states are the
+ * exception: residentArray gives them a home in this memory (views of it, up to
+ * RESIDENT_STATE_BYTES), and the WKV scans update such a state in place.
  *
  * Kernels (assembly/kernels.ts): matmul over f32/f16/bf16 weights in f32 (T = 1: four rows at a
  * time converting on the fly; T > 1: 4x2 register tiles, f16/bf16 rows converted once into a panel
  * and reused for every activation row); over ggml blocks and i8 with activations quantized per
- * block of 32 to int8 and integer dot products (as rwkv.cpp); WKV v4 (f64, like the reference),
- * v5/v6 and v7 scans; layer/group norm (f64 statistics, equal to the reference).
+ * block of 32 to int8 and integer dot products (as rwkv.cpp; T = 1: rows in pairs half a chunk
+ * apart, two long memory streams); WKV v4 (f64, like the reference),
+ * v5/v6 and v7 scans; layer/group norm (f64 statistics, equal to the reference); the activations
+ * in f64 (equal to the reference after rounding to f32).
  *
  * Threads: workers (started by a WasmWorkerSpawner, e.g. Node's worker_threads) instantiate the
  * same module over the same memory and sit in workerLoop. Each parallel kernel is published as a
