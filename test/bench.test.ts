@@ -75,6 +75,32 @@ test("random RWKV-7: a release's tensor names and shapes, deterministic values, 
   assert.deepEqual({ ...model.config }, { version: "7", nLayer: 2, nEmbd: 128, vocabSize: 256, dimAtt: 128, nHead: 2, headSize: 64, dimFfn: 512 });
 });
 
+test("random RWKV-4, 5.2 and 6: detected as their version, the configs of released shapes, wasm equal to the reference", (t) => {
+  const want: Record<string, { nHead: number; headSize: number; dimFfn: number }> = {
+    "4": { nHead: 1, headSize: 128, dimFfn: 512 }, "5.2": { nHead: 2, headSize: 64, dimFfn: 448 }, "6": { nHead: 2, headSize: 64, dimFfn: 448 },
+  };
+  for (const version of ["4", "5.2", "6"] as const) {
+    const spec: RandomModelSpec = { ...TINY_SPEC, version };
+    const ckpt = randomCheckpoint(spec);
+    assert.equal(detectVersion(ckpt), version);
+    for (const e of ckpt.tensors.values()) assert.ok(e.toFloat32().some((x) => x !== 0), `${version}: ${e.name} is all zeros`);
+    const ref = benchModel({ random: spec }, "f32", referenceBackend);
+    assert.deepEqual({ ...ref.config }, { version, nLayer: 2, nEmbd: 128, vocabSize: 256, dimAtt: 128, ...want[version] });
+    const tokens = [1, 50, 200, 7, 99, 255, 0];
+    const logits = ref.forward(tokens, ref.initState());
+    assert.ok(logits.every(Number.isFinite) && Math.max(...logits) - Math.min(...logits) > 0.1, `${version}: logits spread over the vocabulary`);
+    if (!wasmAvailable()) continue;
+    const wasm = benchModel({ random: spec }, "f32", wasmBackend(2)!);
+    const r = compare(wasm.forward(tokens, wasm.initState()), logits, 1e-5, 1e-5);
+    assert.ok(r.ok, `${version}: max |wasm - reference| ${r.maxAbs}`);
+  }
+  // The full 0.1B-like shapes are free to build (values are made when read).
+  const v6 = randomCheckpoint({ version: "6", nLayer: 12, nEmbd: 768, vocabSize: 65536 });
+  assert.deepEqual(v6.tensors.get("blocks.11.att.time_maa_w2")?.shape, [5, 32, 768]);
+  assert.deepEqual(v6.tensors.get("blocks.11.ffn.key.weight")?.shape, [2688, 768]);
+  if (!wasmAvailable()) t.diagnostic("no WebAssembly SIMD here: reference only");
+});
+
 test("random model: wasm logits match the reference backend's; re-typed matrices are rwkv.cpp's encoding", (t) => {
   const ref = benchModel({ random: TINY_SPEC }, "f32", referenceBackend);
   const tokens = [1, 50, 200, 7, 99, 255, 0];
@@ -240,10 +266,10 @@ function assertWellFormed(xml: string): void {
 test("rwkv bench: bad input and bad usage give one clear line and a non-zero exit", async () => {
   const cases: Array<[string[], number, RegExp]> = [
     [["bench", "--random", "9"], 2, /--random must be an RWKV version \(4, 5\.1, 5\.2, 6, 7\), got "9"/],
-    [["bench", "--random", "4"], 1, /RWKV-4 is not available \(random models: RWKV-7\)/],
+    [["bench", "--random", "5.1"], 1, /RWKV-5\.1 is not available \(random models: RWKV-4, RWKV-5\.2, RWKV-6, RWKV-7\)/],
     [["bench", ...TINY, "--dtype", "q9"], 2, /--dtype: unknown type "q9"/],
     [["bench", "--random", "7", "--layers", "0"], 2, /--layers must be a positive integer, got "0"/],
-    [["bench", "--random", "7", "--embd", "100"], 1, /width 100 is not a multiple of 64/],
+    [["bench", "--random", "7", "--embd", "100"], 1, /width 100 is not a multiple of 64 \(the head size/],
     [["bench", ...TINY, "--threads", "1,x"], 2, /--threads must be a comma-separated list of positive integers/],
     [["bench", ...TINY, "--dtype", "stored"], 2, /a --random model has none/],
     [["bench"], 2, /give a MODEL file or --random 7/],

@@ -71,10 +71,72 @@ const v7Layout: Layout = ({ nLayer: L, nEmbd: C, vocabSize: V }) => {
   return out;
 };
 
-const LAYOUTS: Partial<Record<Version, Layout>> = { "7": v7Layout };
+/** Head size of released RWKV-5/6 models (as v7). */
+const V56_HEAD_SIZE = 64;
+/** The v5/v6 train code's dim_ffn: 3.5·C rounded down to a multiple of 32. */
+const ffnWidth = (C: number): number => Math.floor((3.5 * C) / 32) * 32;
+/** log(-log decay) range: decays e^{-e^w} from 0.998 (w = -6) to 0.55 (w = -0.5), as trained models span. */
+const LOG_DECAY = [-6, -0.5] as const;
+
+/** Embedding, ln0, each layer's ln1/ln2 plus `layer(i)`, then ln_out and the head. */
+function skeleton(L: number, C: number, V: number, layer: (i: number) => TensorSpec[]): TensorSpec[] {
+  const out: TensorSpec[] = [centred("emb.weight", [V, C], 1), ...norm("blocks.0.ln0", C)];
+  for (let i = 0; i < L; i++) out.push(...norm(`blocks.${i}.ln1`, C), ...norm(`blocks.${i}.ln2`, C), ...layer(i));
+  out.push(...norm("ln_out", C), linear("head.weight", [V, C], C));
+  return out;
+}
+
+/** The v4/v5 channel mix: time_mix_k/r, key (F, C), receptance (C, C), value (C, F). */
+const channelMixV4 = (f: string, C: number, F: number, mix: "time_mix" | "time_maa"): TensorSpec[] => [
+  uniform(`${f}${mix}_k`, [1, 1, C], 0, 1), uniform(`${f}${mix}_r`, [1, 1, C], 0, 1),
+  linear(f + "key.weight", [F, C], C), linear(f + "receptance.weight", [C, C], C), linear(f + "value.weight", [C, F], F),
+];
+
+/** RWKV-4 (SPEC §3): dim_ffn 4C, per-channel time_decay and time_first. */
+const v4Layout: Layout = ({ nLayer: L, nEmbd: C, vocabSize: V }) => skeleton(L, C, V, (i) => {
+  const a = `blocks.${i}.att.`;
+  return [
+    ...["k", "v", "r"].map((x) => uniform(`${a}time_mix_${x}`, [1, 1, C], 0, 1)),
+    uniform(a + "time_decay", [C], -6, 1), centred(a + "time_first", [C], 1),
+    ...["key", "value", "receptance", "output"].map((n) => linear(`${a}${n}.weight`, [C, C], C)),
+    ...channelMixV4(`blocks.${i}.ffn.`, C, 4 * C, "time_mix"),
+  ];
+});
+
+/** RWKV-5.2 "Eagle" (SPEC §4): per-head decay and bonus (H, N), a gate, ln_x. */
+const v5Layout: Layout = ({ nLayer: L, nEmbd: C, vocabSize: V }) => skeleton(L, C, V, (i) => {
+  const a = `blocks.${i}.att.`, H = C / V56_HEAD_SIZE;
+  return [
+    ...["k", "v", "r", "g"].map((x) => uniform(`${a}time_mix_${x}`, [1, 1, C], 0, 1)),
+    uniform(a + "time_decay", [H, V56_HEAD_SIZE], ...LOG_DECAY), centred(a + "time_faaaa", [H, V56_HEAD_SIZE], 0.5),
+    ...["receptance", "key", "value", "gate", "output"].map((n) => linear(`${a}${n}.weight`, [C, C], C)),
+    ...norm(a + "ln_x", C),
+    ...channelMixV4(`blocks.${i}.ffn.`, C, ffnWidth(C), "time_mix"),
+  ];
+});
+
+/** The v6 train code's LoRA widths for C < 4096: token-shift mixes 32 (x5), decay 64. */
+const V6_MIX_LORA = 32, V6_DECAY_LORA = 64;
+
+/** RWKV-6 "Finch" (SPEC §5): data-dependent token shift and decay through LoRAs. */
+const v6Layout: Layout = ({ nLayer: L, nEmbd: C, vocabSize: V }) => skeleton(L, C, V, (i) => {
+  const a = `blocks.${i}.att.`, H = C / V56_HEAD_SIZE;
+  return [
+    ...["x", "w", "k", "v", "r", "g"].map((x) => uniform(`${a}time_maa_${x}`, [1, 1, C], 0, 1)),
+    linear(a + "time_maa_w1", [C, 5 * V6_MIX_LORA], C), linear(a + "time_maa_w2", [5, V6_MIX_LORA, C], V6_MIX_LORA),
+    uniform(a + "time_decay", [1, 1, C], ...LOG_DECAY),
+    linear(a + "time_decay_w1", [C, V6_DECAY_LORA], C), linear(a + "time_decay_w2", [V6_DECAY_LORA, C], V6_DECAY_LORA),
+    centred(a + "time_faaaa", [H, V56_HEAD_SIZE], 0.5),
+    ...["receptance", "key", "value", "gate", "output"].map((n) => linear(`${a}${n}.weight`, [C, C], C)),
+    ...norm(a + "ln_x", C),
+    ...channelMixV4(`blocks.${i}.ffn.`, C, ffnWidth(C), "time_maa"),
+  ];
+});
+
+const LAYOUTS: Partial<Record<Version, Layout>> = { "4": v4Layout, "5.2": v5Layout, "6": v6Layout, "7": v7Layout };
 
 /** Versions randomCheckpoint can build. */
-export const RANDOM_MODEL_VERSIONS: readonly Version[] = Object.keys(LAYOUTS) as Version[];
+export const RANDOM_MODEL_VERSIONS: readonly Version[] = (["4", "5.2", "6", "7"] as const).filter((v) => LAYOUTS[v]);
 
 /** Checks a spec; every problem is an RwkvInputError naming the option. */
 export function checkRandomSpec(spec: RandomModelSpec): void {
@@ -85,7 +147,7 @@ export function checkRandomSpec(spec: RandomModelSpec): void {
     if (!Number.isSafeInteger(n) || n < 1) throw new RwkvInputError("random model", `${what} must be a positive integer, got ${n}`);
   }
   if (spec.nEmbd % WIDTH_MULTIPLE !== 0) {
-    throw new RwkvInputError("random model", `width ${spec.nEmbd} is not a multiple of ${WIDTH_MULTIPLE} (the RWKV-${spec.version} head size)`);
+    throw new RwkvInputError("random model", `width ${spec.nEmbd} is not a multiple of ${WIDTH_MULTIPLE} (the head size, and whole ggml blocks)`);
   }
 }
 
