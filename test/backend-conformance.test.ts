@@ -318,7 +318,7 @@ for (const c of candidates()) {
   });
 }
 
-test("wasm backend: resident states give the copying path's results bit for bit, also after the memory grows", (t) => {
+test("wasm backend: resident states give the copying path's results bit for bit (wkv4, wkv5, wkv7), also after the memory grows", (t) => {
   if (!wasmAvailable() || ONLY) return t.skip("no WebAssembly SIMD here");
   const be = new WasmBackend();
   const r = rng(23);
@@ -345,6 +345,11 @@ test("wasm backend: resident states give the copying path's results bit for bit,
     assert.deepEqual(be.wkv5(T, H, N, rr, k, v, decay, u, resident), be.wkv5(T, H, N, rr, k, v, decay, u, plain), `wkv5 call ${call}`);
     assert.deepEqual([...resident], [...plain], `wkv5 state after call ${call}`);
   }
+  const st4 = () => ({ aa: vec(C), bb: vec(C).map(Math.abs), pp: vec(C) });
+  const s4 = st4(), r4 = { aa: be.residentArray(s4.aa.slice()), bb: be.residentArray(s4.bb.slice()), pp: be.residentArray(s4.pp.slice()) };
+  const [w4, u4, k4, v4] = [vec(C).map((z) => -Math.exp(z)), vec(C), vec(T * C), vec(T * C)];
+  assert.deepEqual(be.wkv4(T, C, w4, u4, k4, v4, r4), be.wkv4(T, C, w4, u4, k4, v4, s4), "wkv4");
+  for (const f of ["aa", "bb", "pp"] as const) assert.deepEqual([...r4[f]], [...s4[f]], `wkv4 state ${f}`);
 });
 
 test("wasm backend: resident states are capped, and past the cap or the memory limit arrays stay as they are", (t) => {

@@ -164,7 +164,7 @@ export class WasmBackend implements Backend {
   /** Every buffer object resident arrays were made on (growing the memory gives a new one). */
   private readonly residentBuffers = new WeakSet<ArrayBufferLike>();
   private residentBytes = 0;
-  private readonly residentFinalizer = new FinalizationRegistry<number[]>(([ptr, bytes]) => {
+  private readonly residentFinalizer = new FinalizationRegistry<[number, number]>(([ptr, bytes]) => {
     this.release(ptr, bytes);
     this.residentBytes -= bytes;
   });
@@ -414,16 +414,21 @@ export class WasmBackend implements Backend {
   }
 
   wkv4(T: number, C: number, w: Float32Array, u: Float32Array, k: Float32Array, v: Float32Array, st: Wkv4State): Float32Array {
+    const resident = this.isResident(st.aa) && this.isResident(st.bb) && this.isResident(st.pp); // updated in place
     const cb = align(4 * C), tb = align(4 * T * C);
     const base = this.scratch(5 * cb + 3 * tb);
     const [wp, up, ap, bp, pp] = [0, 1, 2, 3, 4].map((i) => base + i * cb);
+    const [sa, sb, sp] = resident ? [st.aa.byteOffset, st.bb.byteOffset, st.pp.byteOffset] : [ap, bp, pp];
     const kp = base + 5 * cb, vp = kp + tb, yp = vp + tb;
-    this.put(wp, w); this.put(up, u); this.put(ap, st.aa); this.put(bp, st.bb); this.put(pp, st.pp);
+    this.put(wp, w); this.put(up, u);
+    if (!resident) { this.put(sa, st.aa); this.put(sb, st.bb); this.put(sp, st.pp); }
     this.put(kp, k.subarray(0, T * C)); this.put(vp, v.subarray(0, T * C));
-    this.run(JOB.wkv4, T * C * 16, [T, C, wp, up, kp, vp, ap, bp, pp, yp]);
-    st.aa.set(this.f32.subarray(ap >>> 2, (ap >>> 2) + C));
-    st.bb.set(this.f32.subarray(bp >>> 2, (bp >>> 2) + C));
-    st.pp.set(this.f32.subarray(pp >>> 2, (pp >>> 2) + C));
+    this.run(JOB.wkv4, T * C * 16, [T, C, wp, up, kp, vp, sa, sb, sp, yp]);
+    if (!resident) {
+      st.aa.set(this.f32.subarray(sa >>> 2, (sa >>> 2) + C));
+      st.bb.set(this.f32.subarray(sb >>> 2, (sb >>> 2) + C));
+      st.pp.set(this.f32.subarray(sp >>> 2, (sp >>> 2) + C));
+    }
     return this.take(yp, T * C);
   }
 

@@ -87,7 +87,7 @@ function skeleton(L: number, C: number, V: number, layer: (i: number) => TensorS
 }
 
 /** The v4/v5 channel mix: time_mix_k/r, key (F, C), receptance (C, C), value (C, F). */
-const channelMixV4 = (f: string, C: number, F: number, mix: "time_mix" | "time_maa"): TensorSpec[] => [
+const channelMixTensors = (f: string, C: number, F: number, mix: "time_mix" | "time_maa"): TensorSpec[] => [
   uniform(`${f}${mix}_k`, [1, 1, C], 0, 1), uniform(`${f}${mix}_r`, [1, 1, C], 0, 1),
   linear(f + "key.weight", [F, C], C), linear(f + "receptance.weight", [C, C], C), linear(f + "value.weight", [C, F], F),
 ];
@@ -99,7 +99,7 @@ const v4Layout: Layout = ({ nLayer: L, nEmbd: C, vocabSize: V }) => skeleton(L, 
     ...["k", "v", "r"].map((x) => uniform(`${a}time_mix_${x}`, [1, 1, C], 0, 1)),
     uniform(a + "time_decay", [C], -6, 1), centred(a + "time_first", [C], 1),
     ...["key", "value", "receptance", "output"].map((n) => linear(`${a}${n}.weight`, [C, C], C)),
-    ...channelMixV4(`blocks.${i}.ffn.`, C, 4 * C, "time_mix"),
+    ...channelMixTensors(`blocks.${i}.ffn.`, C, 4 * C, "time_mix"),
   ];
 });
 
@@ -111,7 +111,7 @@ const v5Layout: Layout = ({ nLayer: L, nEmbd: C, vocabSize: V }) => skeleton(L, 
     uniform(a + "time_decay", [H, V56_HEAD_SIZE], ...LOG_DECAY), centred(a + "time_faaaa", [H, V56_HEAD_SIZE], 0.5),
     ...["receptance", "key", "value", "gate", "output"].map((n) => linear(`${a}${n}.weight`, [C, C], C)),
     ...norm(a + "ln_x", C),
-    ...channelMixV4(`blocks.${i}.ffn.`, C, ffnWidth(C), "time_mix"),
+    ...channelMixTensors(`blocks.${i}.ffn.`, C, ffnWidth(C), "time_mix"),
   ];
 });
 
@@ -129,7 +129,7 @@ const v6Layout: Layout = ({ nLayer: L, nEmbd: C, vocabSize: V }) => skeleton(L, 
     centred(a + "time_faaaa", [H, V56_HEAD_SIZE], 0.5),
     ...["receptance", "key", "value", "gate", "output"].map((n) => linear(`${a}${n}.weight`, [C, C], C)),
     ...norm(a + "ln_x", C),
-    ...channelMixV4(`blocks.${i}.ffn.`, C, ffnWidth(C), "time_maa"),
+    ...channelMixTensors(`blocks.${i}.ffn.`, C, ffnWidth(C), "time_maa"),
   ];
 });
 

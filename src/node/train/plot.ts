@@ -1,3 +1,4 @@
+import { escapeXml, niceTicks } from "../svg-chart.js";
 import type { TrainHistory } from "./checkpoint.js";
 
 /*
@@ -11,20 +12,6 @@ const TICKS = 6;
 /** Steps averaged in the smoothed training curve. */
 const SMOOTH_WINDOW = 25;
 const COLORS = { raw: "#9ecae1", train: "#2171b5", val: "#d94801", grid: "#e0e0e0", text: "#333" };
-
-function esc(s: string): string {
-  return s.replace(/&/g, "&amp;").replace(/</g, "&lt;").replace(/>/g, "&gt;");
-}
-
-/** "Nice" tick values covering [lo, hi]. */
-function ticks(lo: number, hi: number, n: number): number[] {
-  const span = hi - lo || 1;
-  const raw = span / n, mag = 10 ** Math.floor(Math.log10(raw));
-  const step = [1, 2, 5, 10].map((m) => m * mag).find((s) => span / s <= n) ?? 10 * mag;
-  const out: number[] = [];
-  for (let v = Math.ceil(lo / step) * step; v <= hi + step * 1e-9; v += step) out.push(Number(v.toPrecision(12)));
-  return out;
-}
 
 export function lossCurveSvg(h: TrainHistory, title: string): string {
   const steps = [...h.train.map(([s]) => s), ...h.val.map(([s]) => s)];
@@ -44,13 +31,13 @@ export function lossCurveSvg(h: TrainHistory, title: string): string {
   const parts: string[] = [
     `<svg xmlns="http://www.w3.org/2000/svg" width="${WIDTH}" height="${HEIGHT}" viewBox="0 0 ${WIDTH} ${HEIGHT}" font-family="sans-serif" font-size="12">`,
     `<rect width="${WIDTH}" height="${HEIGHT}" fill="white"/>`,
-    `<text x="${WIDTH / 2}" y="22" text-anchor="middle" font-size="15" fill="${COLORS.text}">${esc(title)}</text>`,
+    `<text x="${WIDTH / 2}" y="22" text-anchor="middle" font-size="15" fill="${COLORS.text}">${escapeXml(title)}</text>`,
   ];
-  for (const t of ticks(y0, y1, TICKS)) {
+  for (const t of niceTicks(y0, y1, TICKS)) {
     parts.push(`<line x1="${MARGIN.left}" x2="${WIDTH - MARGIN.right}" y1="${Y(t).toFixed(1)}" y2="${Y(t).toFixed(1)}" stroke="${COLORS.grid}"/>`);
     parts.push(`<text x="${MARGIN.left - 6}" y="${(Y(t) + 4).toFixed(1)}" text-anchor="end" fill="${COLORS.text}">${t}</text>`);
   }
-  for (const t of ticks(0, x1, TICKS)) {
+  for (const t of niceTicks(0, x1, TICKS)) {
     parts.push(`<line x1="${X(t).toFixed(1)}" x2="${X(t).toFixed(1)}" y1="${MARGIN.top}" y2="${HEIGHT - MARGIN.bottom}" stroke="${COLORS.grid}"/>`);
     parts.push(`<text x="${X(t).toFixed(1)}" y="${HEIGHT - MARGIN.bottom + 16}" text-anchor="middle" fill="${COLORS.text}">${t}</text>`);
   }
