@@ -1,6 +1,7 @@
 import { basename, extname } from "node:path";
 import { type CliIO, numberIn, parse, positiveInt, str, UsageError, type Values, modelLoadOptions, MODEL_OPTIONS } from "../cli-util.js";
 import { loadModel } from "../load.js";
+import { type CliConfig, modelPathFor } from "../model-arg.js";
 import { type ChatNames, DEFAULT_CHAT_NAMES } from "../server/chat-format.js";
 import { RwkvServer, SERVER_DEFAULTS } from "../server/server.js";
 import { tokenizerFor } from "./generate.js";
@@ -14,7 +15,7 @@ const MS_PER_S = 1000;
 /** Where the key may come from instead of the command line (which other users can read in `ps`). */
 const API_KEY_ENV = "RWKV_API_KEY";
 
-export const SERVE_USAGE = `serve MODEL                  OpenAI-compatible HTTP server (/v1/models, /v1/completions, /v1/chat/completions)
+export const SERVE_USAGE = `serve [MODEL]                OpenAI-compatible HTTP server (/v1/models, /v1/completions, /v1/chat/completions)
       --host H (${D.host})  --port N (${D.port}, 0 = any free port)  --model-name NAME (file name)
       --slots N (${D.slots}) requests decoded together  --queue N (${D.queue}) waiting requests, more get 429
       --cache-mb N (${D.cacheMb}) prefix-state cache  --api-key KEY (or env ${API_KEY_ENV}): require Bearer KEY
@@ -37,7 +38,7 @@ function speaker(values: Values, name: string, dflt: string): string {
   return v;
 }
 
-export async function serveCommand(args: string[], io: CliIO): Promise<number> {
+export async function serveCommand(args: string[], io: CliIO, config: CliConfig): Promise<number> {
   const { values, positionals } = parse(args, {
     host: { type: "string" }, port: { type: "string" }, slots: { type: "string" }, queue: { type: "string" },
     "cache-mb": { type: "string" }, "api-key": { type: "string" }, "model-name": { type: "string" },
@@ -45,8 +46,8 @@ export async function serveCommand(args: string[], io: CliIO): Promise<number> {
     "user-name": { type: "string" }, "assistant-name": { type: "string" }, "system-name": { type: "string" },
     "penalty-decay": { type: "string" }, "prefill-chunk": { type: "string" }, "shutdown-grace": { type: "string" },
     "log-requests": { type: "boolean" }, tokenizer: { type: "string" }, "tokenizer-kind": { type: "string" }, ...MODEL_OPTIONS,
-  }, ["MODEL"]);
-  const modelPath = positionals[0];
+  }, ["[MODEL]"]);
+  const modelPath = modelPathFor(positionals[0], config);
   const names: ChatNames = {
     user: speaker(values, "user-name", DEFAULT_CHAT_NAMES.user),
     assistant: speaker(values, "assistant-name", DEFAULT_CHAT_NAMES.assistant),
