@@ -3,6 +3,7 @@ import { type CliIO, UsageError } from "./cli-util.js";
 import { benchCommand, BENCH_USAGE } from "./commands/bench.js";
 import { chatCommand, CHAT_USAGE } from "./commands/chat.js";
 import { convertCommand, CONVERT_USAGE } from "./commands/convert.js";
+import { embedCommand, EMBED_USAGE } from "./commands/embed.js";
 import { evalCommand, EVAL_USAGE } from "./commands/eval.js";
 import { generateCommand, GENERATE_USAGE } from "./commands/generate.js";
 import { info, INFO_USAGE } from "./commands/info.js";
@@ -27,6 +28,7 @@ const COMMANDS: Record<string, { run: Command; usage: string }> = {
   train: { run: trainCommand, usage: TRAIN_USAGE },
   bench: { run: benchCommand, usage: BENCH_USAGE },
   pull: { run: pullCommand, usage: PULL_USAGE },
+  embed: { run: embedCommand, usage: EMBED_USAGE },
 };
 
 const usage = () => `usage: rwkv <command> [options]

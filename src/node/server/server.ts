@@ -8,7 +8,8 @@ import type { Model } from "../../core/model/model.js";
 import type { Tokenizer } from "../../core/tokenizer/types.js";
 import { type ChatNames, DEFAULT_CHAT_NAMES, renderChatPrompt, replyContinuation, trimReplyStart } from "./chat-format.js";
 import { ApiError, HTTP, invalidParam, sendError, sendJson } from "./errors.js";
-import { type GenerationRequest, type Limits, parseChatRequest, parseCompletionRequest, parseJsonBody } from "./params.js";
+import { embeddingsResponse, parseEmbeddingRequest } from "./embeddings.js";
+import { type GenerationRequest, type JsonObject, type Limits, parseChatRequest, parseCompletionRequest, parseJsonBody } from "./params.js";
 import { type JobResult, Scheduler } from "./scheduler.js";
 import { endEventStream, sendEvent, startEventStream } from "./sse.js";
 
@@ -72,6 +73,7 @@ const ROUTES: Readonly<Record<string, readonly string[]>> = {
   "/v1/models": ["GET"],
   "/v1/completions": ["POST"],
   "/v1/chat/completions": ["POST"],
+  "/v1/embeddings": ["POST"],
 };
 
 export class RwkvServer {
@@ -166,6 +168,7 @@ export class RwkvServer {
     }
     const body = parseJsonBody(await readBody(req, this.bodyLimit));
     if (this.draining) throw new ApiError(HTTP.unavailable, "the server is shutting down", "server_error", null, "shutting_down");
+    if (path === "/v1/embeddings") return this.embeddings(body, res);
     const request = path === "/v1/chat/completions" ? parseChatRequest(body, this.limits) : parseCompletionRequest(body, this.limits);
     this.checkModel(request.model);
     await this.generate(request, req, res);
@@ -314,6 +317,13 @@ export class RwkvServer {
       ? { index: 0, message: { role: "assistant", content: text, refusal: null }, logprobs: null, finish_reason: finishReason }
       : { text, index: 0, logprobs: null, finish_reason: finishReason };
     sendJson(res, HTTP.ok, { ...base, object: chat ? "chat.completion" : "text_completion", choices: [choice], usage });
+  }
+
+  private async embeddings(body: JsonObject, res: ServerResponse): Promise<void> {
+    const { model, tokenizer, modelName } = this.options;
+    const request = parseEmbeddingRequest(body, tokenizer, { maxInputTokens: this.limits.maxPromptTokens, vocabSize: this.choosable, dimensions: model.config.nEmbd });
+    this.checkModel(request.model);
+    sendJson(res, HTTP.ok, await embeddingsResponse(model, request, modelName));
   }
 
   /** Answers a failed request: its ApiError, or a 500 for anything else (a bug: logged). */
