@@ -97,6 +97,13 @@ async function fetchInto(url: string, partial: string, options: DownloadOptions)
     }
     const resuming = res.status === HTTP_PARTIAL && have > 0;
     if (!resuming) have = 0; // the server sent the whole file: start over
+    const range = res.headers.get("content-range");
+    if (resuming && range !== null && !range.startsWith(`bytes ${have}-`)) {
+      // Appending bytes from another offset would corrupt the file: drop it and start over.
+      await res.body?.cancel();
+      unlinkSync(partial);
+      throw new ConnectionLost(`the server resumed at the wrong offset (${range})`);
+    }
     const length = Number(res.headers.get("content-length") ?? NaN);
     const total = Number.isFinite(length) ? have + length : expected ?? null;
     if (expected !== undefined && total !== null && total !== expected) {

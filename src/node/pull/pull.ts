@@ -1,7 +1,7 @@
 import { existsSync, mkdirSync, statSync } from "node:fs";
 import { basename, join } from "node:path";
 import { RwkvInputError } from "../../core/errors.js";
-import { CATALOG, type SideFile, WORLD_VOCAB } from "./catalog.js";
+import { CATALOG, type CatalogEntry } from "./catalog.js";
 import { download, type DownloadOptions } from "./download.js";
 import { isModelName, type ModelHome, modelDir, nameForUrl } from "./home.js";
 
@@ -12,6 +12,8 @@ export interface PullOptions extends Pick<DownloadOptions, "attempts" | "stallMs
   readonly name?: string;
   /** Progress of each file: its name, bytes so far and total (null when the server does not say). */
   readonly onProgress?: (file: string, done: number, total: number | null) => void;
+  /** The names known (default: CATALOG); tests point entries at a local server. */
+  readonly catalog?: Readonly<Record<string, CatalogEntry>>;
 }
 
 export interface PullResult {
@@ -28,24 +30,24 @@ const SHA256_RE = /^[0-9a-f]{64}$/i;
 
 /** The files `spec` (a catalog name or an http(s) URL) stands for and the folder name they go under. */
 function plan(spec: string, options: PullOptions): { name: string; jobs: Job[] } {
-  const entry = CATALOG[spec];
+  const catalog = options.catalog ?? CATALOG;
+  const entry = catalog[spec];
   if (entry) {
     if (options.sha256 !== undefined || options.name !== undefined) throw new RwkvInputError(spec, "a catalog name brings its own checksum and name");
-    const side: SideFile[] = entry.tokenizer === "world" ? [WORLD_VOCAB] : [];
-    return { name: entry.name, jobs: [entry, ...side] };
+    return { name: entry.name, jobs: [entry, ...entry.sideFiles] };
   }
   let url: URL;
   try {
     url = new URL(spec);
   } catch {
-    throw new RwkvInputError(spec, `not a known model name nor a URL (known names: ${Object.keys(CATALOG).join(", ")})`);
+    throw new RwkvInputError(spec, `not a known model name nor a URL (known names: ${Object.keys(catalog).join(", ")})`);
   }
   if (url.protocol !== "http:" && url.protocol !== "https:") throw new RwkvInputError(spec, "only http and https URLs can be pulled");
   const file = decodeURIComponent(basename(url.pathname));
   const name = options.name ?? nameForUrl(url);
   if (file === "" || !isModelName(file)) throw new RwkvInputError(spec, "the URL does not end in a usable file name");
   if (!isModelName(name)) throw new RwkvInputError(name, "a model name may hold only letters, digits, '.', '_' and '-'");
-  if (CATALOG[name]) throw new RwkvInputError(name, "is a catalog name: pull it by that name, or pick another --name");
+  if (catalog[name]) throw new RwkvInputError(name, "is a catalog name: pull it by that name, or pick another --name");
   if (options.sha256 !== undefined && !SHA256_RE.test(options.sha256)) throw new RwkvInputError("--sha256", `must be 64 hex digits, got "${options.sha256}"`);
   return { name, jobs: [{ file, url: url.href, sha256: options.sha256 }] };
 }
