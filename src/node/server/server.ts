@@ -8,6 +8,7 @@ import type { Model } from "../../core/model/model.js";
 import type { Tokenizer } from "../../core/tokenizer/types.js";
 import { type ChatNames, DEFAULT_CHAT_NAMES, renderChatPrompt, replyContinuation, trimReplyStart } from "./chat-format.js";
 import { ApiError, HTTP, invalidParam, sendError, sendJson } from "./errors.js";
+import { type CorsOptions, handleCors } from "./cors.js";
 import { embeddingsResponse, parseEmbeddingRequest } from "./embeddings.js";
 import { type GenerationRequest, type JsonObject, type Limits, parseChatRequest, parseCompletionRequest, parseJsonBody } from "./params.js";
 import { type JobResult, Scheduler } from "./scheduler.js";
@@ -41,6 +42,8 @@ export interface ServerOptions {
   readonly prefillChunk?: number;
   /** One line per finished request, when given. */
   readonly log?: (line: string) => void;
+  /** Browser origins allowed to call the API (CORS); none when absent. */
+  readonly cors?: CorsOptions;
 }
 
 export const SERVER_DEFAULTS = {
@@ -153,6 +156,7 @@ export class RwkvServer {
     const method = req.method ?? "GET";
     const modelPath = path.startsWith("/v1/models/") ? path : null;
     const allowed = ROUTES[path] ?? (modelPath ? ["GET"] : undefined);
+    if (this.options.cors && handleCors(req, res, this.options.cors, allowed ?? null)) return; // a preflight, answered
     if (!allowed) throw new ApiError(HTTP.notFound, `Invalid URL (${method} ${path})`, "invalid_request_error", null, "unknown_url");
     if (!allowed.includes(method)) {
       throw new ApiError(HTTP.methodNotAllowed, `method ${method} is not allowed for ${path} (allowed: ${allowed.join(", ")})`,
