@@ -16,7 +16,7 @@ const MS_PER_S = 1000;
 /** Where the key may come from instead of the command line (which other users can read in `ps`). */
 const API_KEY_ENV = "RWKV_API_KEY";
 
-export const SERVE_USAGE = `serve [MODEL]                OpenAI-compatible HTTP server (/v1/models, /v1/completions, /v1/chat/completions)
+export const SERVE_USAGE = `serve [MODEL]                OpenAI-compatible HTTP server (/v1/models, /v1/completions, /v1/chat/completions, /v1/embeddings)
       --host H (${D.host})  --port N (${D.port}, 0 = any free port)  --model-name NAME (file name)
       --slots N (${D.slots}) requests decoded together  --queue N (${D.queue}) waiting requests, more get 429
       --cache-mb N (${D.cacheMb}) prefix-state cache  --api-key KEY (or env ${API_KEY_ENV}): require Bearer KEY
