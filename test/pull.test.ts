@@ -113,7 +113,7 @@ test("pull: a cut connection leaves a partial file; the next run resumes it with
   // Within one run, a cut is retried from where it stopped.
   const home2 = freshHome();
   reset({ cutAfter: CUT }, 1);
-  const r2 = await pullModel(`${base}/m/model.bin`, home2, { sha256: SHA });
+  const r2 = await pullModel(`${base}/m/model.bin`, home2, { sha256: SHA, retryDelayMs: 0 });
   assert.equal(seen.length, 2);
   assert.equal(seen[0].range, null);
   assert.match(seen[1].range ?? "", /^bytes=\d+-$/);
@@ -123,7 +123,7 @@ test("pull: a cut connection leaves a partial file; the next run resumes it with
 test("pull: a server that ignores Range restarts the file from zero, still correct", async () => {
   const home = freshHome();
   reset({ cutAfter: 100 * 1024, ignoreRange: true }, 1);
-  const r = await pullModel(`${base}/m/model.bin`, home, { sha256: SHA });
+  const r = await pullModel(`${base}/m/model.bin`, home, { sha256: SHA, retryDelayMs: 0 });
   assert.ok(readFileSync(r.path).equals(PAYLOAD));
 });
 
@@ -138,6 +138,12 @@ test("pull: a corrupted download is refused and deleted; a 404 and bad names are
   await assert.rejects(download(`${base}/m/model.bin`, join(dir, "x.bin"), { bytes: PAYLOAD.length + 1 }), /offers 614417 bytes, but this file has 614418/);
   reset();
   await assert.rejects(pullModel(`${base}/m/missing.bin`, home), /missing\.bin: download failed: HTTP 404 Not Found \(no such file on the server/);
+  // Nobody listening: named after the tries, with no talk of resuming.
+  const closed = createServer();
+  await new Promise<void>((resolve) => closed.listen(0, "127.0.0.1", resolve));
+  const deadPort = (closed.address() as AddressInfo).port;
+  await new Promise((resolve) => closed.close(resolve));
+  await assert.rejects(pullModel(`http://127.0.0.1:${deadPort}/x.bin`, home, { attempts: 2, retryDelayMs: 0 }), /x\.bin: cannot connect \(ECONNREFUSED\) \(2 tries\)$/);
   await assert.rejects(pullModel("rwkv7-g9-1b", home), /not a known model name nor a URL \(known names: rwkv7-g1-0\.1b, /);
   await assert.rejects(pullModel("ftp://x/y.pth", home), /only http and https/);
   await assert.rejects(pullModel(`${base}/m/model.bin`, home, { sha256: "abc" }), /--sha256: must be 64 hex digits/);

@@ -22,6 +22,8 @@ export interface DownloadOptions {
   readonly attempts?: number;
   /** Give up on a connection that delivers nothing for this long. */
   readonly stallMs?: number;
+  /** Pause before another try (doubling each time), so a flaky link gets a moment to recover. */
+  readonly retryDelayMs?: number;
   /** Injectable for tests; the global fetch otherwise. */
   readonly fetch?: typeof fetch;
 }
@@ -36,6 +38,7 @@ export interface DownloadResult {
 
 const DEFAULT_ATTEMPTS = 3;
 const DEFAULT_STALL_MS = 60_000;
+const DEFAULT_RETRY_DELAY_MS = 1000;
 const HTTP_OK = 200, HTTP_PARTIAL = 206, HTTP_RANGE_NOT_SATISFIABLE = 416;
 
 export const partialPath = (dest: string): string => `${dest}.partial`;
@@ -57,8 +60,11 @@ export async function download(url: string, dest: string, options: DownloadOptio
       if (!(e instanceof ConnectionLost)) throw e;
       const have = existsSync(partial) ? statSync(partial).size : 0;
       if (attempt >= attempts) {
-        throw new RwkvInputError(url, `${e.message} after ${have} bytes (${attempt} tries); run the same command again to resume from there`);
+        const resume = have > 0 ? ` after ${have} bytes (${attempt} tries); run the same command again to resume from there` : ` (${attempt} tries)`;
+        throw new RwkvInputError(url, e.message + resume);
       }
+      const delay = (options.retryDelayMs ?? DEFAULT_RETRY_DELAY_MS) * 2 ** (attempt - 1);
+      await new Promise((resolve) => setTimeout(resolve, delay));
     }
   }
 }

@@ -5,7 +5,7 @@ import { CATALOG, type CatalogEntry } from "./catalog.js";
 import { download, type DownloadOptions } from "./download.js";
 import { isModelName, type ModelHome, modelDir, nameForUrl } from "./home.js";
 
-export interface PullOptions extends Pick<DownloadOptions, "attempts" | "stallMs" | "fetch"> {
+export interface PullOptions extends Pick<DownloadOptions, "attempts" | "stallMs" | "retryDelayMs" | "fetch"> {
   /** For a URL: the expected SHA-256 (catalog names bring their own). */
   readonly sha256?: string;
   /** For a URL: the name to pull it under (default: the URL's file name without extension). */
@@ -67,7 +67,7 @@ export async function pullModel(spec: string, home: ModelHome, options: PullOpti
     // A finished file is only ever there after its check passed (download renames it last).
     if (existsSync(dest) && (job.bytes === undefined || statSync(dest).size === job.bytes)) continue;
     await download(job.url, dest, {
-      bytes: job.bytes, sha256: job.sha256, attempts: options.attempts, stallMs: options.stallMs, fetch: options.fetch,
+      bytes: job.bytes, sha256: job.sha256, attempts: options.attempts, stallMs: options.stallMs, retryDelayMs: options.retryDelayMs, fetch: options.fetch,
       onProgress: options.onProgress && ((done, total) => options.onProgress!(job.file, done, total)),
     });
     downloaded.push(dest);
