@@ -272,7 +272,7 @@ test("rwkv bench: bad input and bad usage give one clear line and a non-zero exi
     [["bench", "--random", "7", "--embd", "100"], 1, /width 100 is not a multiple of 64 \(the head size/],
     [["bench", ...TINY, "--threads", "1,x"], 2, /--threads must be a comma-separated list of positive integers/],
     [["bench", ...TINY, "--dtype", "stored"], 2, /a --random model has none/],
-    [["bench"], 2, /give a MODEL file or --random 7/],
+    [["bench", "--layers", "2"], 2, /--layers sets the shape of a --random model: add --random 7/],
     [["bench", "/nonexistent/model.bin"], 1, /model\.bin: no such file/],
     [["bench", "/nonexistent/model.bin", "--layers", "2"], 2, /--layers sets the shape of a --random model/],
     [["bench", "/nonexistent/model.bin", "--seed", "2"], 2, /--seed sets a --random model's weights/],

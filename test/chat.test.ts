@@ -368,7 +368,7 @@ test("rwkv chat: startup errors are one line and a non-zero exit; piped input an
     [["chat", m, "--top-p", "2"], 2, /--top-p must be a number in \[0, 1\]/],
     [["chat", m, "--bogus"], 2, /Unknown option '--bogus'/],
     [["chat", m, "--system", " \r\n "], 2, /--system is empty/],
-    [["chat"], 2, /expected MODEL/],
+    [["chat", m, "extra"], 2, /expected \[MODEL\], got .* extra/],
     [["chat", m, "--state-in", join(tmp, "none.state")], 1, /none\.state: no such file/],
   ] as const) {
     const r = cli([...args]);

@@ -79,7 +79,6 @@ test("CLI user errors: one line, no stack trace, non-zero exit (real processes)"
     [["generate", v7, "--prompt", "x", "--max-tokens", "1e9x"], 2, /--max-tokens must be a positive integer/],
     [["generate", v7, "--prompt", "x"], 1, /vocab size 512.*--tokenizer-kind/],
     [["generate", v7, "--prompt", "x", "--tokenizer-kind", "world", "--tokenizer", join(dir, "nope.txt")], 1, /nope\.txt/],
-    [["info"], 2, /expected MODEL/],
     [["generate", v7, "--prompt", "x", "--backend", "nope"], 1, /unknown backend "nope"/],
     [["generate", v7, "--prompt", "x", "--threads", "0"], 2, /--threads must be a positive integer/],
   ];

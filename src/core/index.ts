@@ -22,3 +22,4 @@ export { evaluateDocuments, evaluateLambada, evaluateUncheatable } from "./eval.
 export { ggufVocab, readGgufCheckpoint } from "./formats/gguf.js";
 export { readPth } from "./formats/pth.js";
 export { readRwkvCpp } from "./formats/rwkvcpp.js";
+export { DEFAULT_POOLING, embedTexts, embedTokens, type EmbedOptions, HiddenPool, type Pooling } from "./embedding.js";

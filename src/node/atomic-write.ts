@@ -1,5 +1,5 @@
 import { randomBytes } from "node:crypto";
-import { existsSync, renameSync, statSync, unlinkSync } from "node:fs";
+import { accessSync, constants as fsConstants, existsSync, renameSync, statSync, unlinkSync } from "node:fs";
 import { type FileHandle, open } from "node:fs/promises";
 import { constants } from "node:os";
 import { basename, dirname, join } from "node:path";
@@ -49,6 +49,23 @@ export function checkWritableTarget(target: string): void {
   const dir = dirname(target);
   if (!existsSync(dir)) throw new RwkvInputError(target, `cannot write the output: directory ${dir} does not exist`);
   if (!statSync(dir).isDirectory()) throw new RwkvInputError(target, `cannot write the output: ${dir} is not a directory`);
+  try {
+    accessSync(dir, fsConstants.W_OK);
+  } catch {
+    throw new RwkvInputError(target, `cannot write the output: directory ${dir} is not writable`);
+  }
+}
+
+/**
+ * Why creating the temporary file failed. ENOENT for a directory that exists means the file system
+ * refuses new files there (procfs, sysfs: even root passes the access check), not a missing directory.
+ */
+function describeCreateError(e: unknown, dir: string): string {
+  const code = (e as NodeJS.ErrnoException).code;
+  if ((code === "ENOENT" && existsSync(dir)) || code === "EACCES" || code === "EPERM" || code === "EROFS") {
+    return `directory ${dir} is not writable${code === "EROFS" ? " (read-only file system)" : ""}`;
+  }
+  return describeErrno(e);
 }
 
 /**
@@ -79,7 +96,7 @@ export async function writeFileAtomic(target: string, chunks: Iterable<Uint8Arra
     handle = await open(temp, "wx");
   } catch (e) {
     unhook();
-    throw new RwkvInputError(target, `cannot write the output: ${describeErrno(e)}`);
+    throw new RwkvInputError(target, `cannot write the output: ${describeCreateError(e, dirname(target))}`);
   }
 
   let bytes = 0;

@@ -13,11 +13,36 @@ export class UsageError extends Error {}
 export type Options = NonNullable<ParseArgsConfig["options"]>;
 export type Values = Record<string, string | boolean | string[] | boolean[] | undefined>;
 
+/** A value that starts with a dash but is a number ("-1", "-.5"), not an option. */
+const NEGATIVE_NUMBER = /^-(?:\d|\.\d)/;
+
+/**
+ * Joins `--name -1` into `--name=-1` for options that take a value: node's parseArgs refuses a
+ * dash-led value as "ambiguous", which would hide the option's own range message behind its text.
+ */
+export function joinNegativeValues(args: readonly string[], options: Options): string[] {
+  const out: string[] = [];
+  for (let i = 0; i < args.length; i++) {
+    const a = args[i];
+    if (a === "--") { out.push(...args.slice(i)); break; }
+    const long = /^--([^=]+)$/.exec(a)?.[1];
+    const name = long ?? Object.keys(options).find((k) => a.length === 2 && a[0] === "-" && options[k].short === a[1]);
+    const next = args[i + 1];
+    if (name !== undefined && options[name]?.type === "string" && next !== undefined && NEGATIVE_NUMBER.test(next)) {
+      out.push(`--${name}=${next}`);
+      i++;
+    } else {
+      out.push(a);
+    }
+  }
+  return out;
+}
+
 /** Strict option parsing: unknown flags and wrong positional counts are usage errors. */
 export function parse(args: string[], options: Options, positionals: string[]): { values: Values; positionals: string[] } {
   let parsed;
   try {
-    parsed = parseArgs({ args, options, allowPositionals: true, strict: true });
+    parsed = parseArgs({ args: joinNegativeValues(args, options), options, allowPositionals: true, strict: true });
   } catch (e) {
     throw new UsageError((e as Error).message);
   }

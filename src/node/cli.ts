@@ -3,15 +3,19 @@ import { type CliIO, UsageError } from "./cli-util.js";
 import { benchCommand, BENCH_USAGE } from "./commands/bench.js";
 import { chatCommand, CHAT_USAGE } from "./commands/chat.js";
 import { convertCommand, CONVERT_USAGE } from "./commands/convert.js";
+import { embedCommand, EMBED_USAGE } from "./commands/embed.js";
 import { evalCommand, EVAL_USAGE } from "./commands/eval.js";
 import { generateCommand, GENERATE_USAGE } from "./commands/generate.js";
 import { info, INFO_USAGE } from "./commands/info.js";
+import { pullCommand, PULL_USAGE } from "./commands/pull.js";
 import { serveCommand, SERVE_USAGE } from "./commands/serve.js";
 import { trainCommand, TRAIN_USAGE } from "./commands/train.js";
+import type { CliConfig } from "./model-arg.js";
+import { modelHomeFromEnv } from "./pull/home.js";
 
 export type { CliIO } from "./cli-util.js";
 
-type Command = (args: string[], io: CliIO) => number | Promise<number>;
+type Command = (args: string[], io: CliIO, config: CliConfig) => number | Promise<number>;
 
 /** Each command lives in commands/<name>.ts and brings its own usage line. */
 const COMMANDS: Record<string, { run: Command; usage: string }> = {
@@ -23,6 +27,8 @@ const COMMANDS: Record<string, { run: Command; usage: string }> = {
   serve: { run: serveCommand, usage: SERVE_USAGE },
   train: { run: trainCommand, usage: TRAIN_USAGE },
   bench: { run: benchCommand, usage: BENCH_USAGE },
+  pull: { run: pullCommand, usage: PULL_USAGE },
+  embed: { run: embedCommand, usage: EMBED_USAGE },
 };
 
 const usage = () => `usage: rwkv <command> [options]
@@ -30,12 +36,16 @@ const usage = () => `usage: rwkv <command> [options]
 commands:
 ${Object.values(COMMANDS).map((c) => "  " + c.usage).join("\n")}
 
-MODEL is a .pth, .safetensors, rwkv.cpp .bin or .gguf file (the format is read from its content).`;
+MODEL is a .pth, .safetensors, rwkv.cpp .bin or .gguf file (the format is read from its content), or a name
+fetched with rwkv pull; without MODEL, commands use the bundled models/rwkv7-shakespeare.safetensors.`;
 
 const processIO: CliIO = { stdout: (t) => process.stdout.write(t), stderr: (t) => process.stderr.write(t) };
 
-/** Runs one CLI command; resolves to the exit code (0 ok, 1 bad input, 2 bad usage). */
-export async function runCli(argv: string[], io: CliIO = processIO): Promise<number> {
+/**
+ * Runs one CLI command; resolves to the exit code (0 ok, 1 bad input, 2 bad usage). `config`
+ * defaults to what the process environment says ($RWKV_HOME): the only place the CLI reads it.
+ */
+export async function runCli(argv: string[], io: CliIO = processIO, config: CliConfig = { home: modelHomeFromEnv(process.env) }): Promise<number> {
   const [name, ...rest] = argv;
   try {
     if (name === undefined || name === "help" || name === "--help" || name === "-h") {
@@ -44,7 +54,7 @@ export async function runCli(argv: string[], io: CliIO = processIO): Promise<num
     }
     const command = COMMANDS[name];
     if (!command) throw new UsageError(`unknown command "${name}"`);
-    return await command.run(rest, io);
+    return await command.run(rest, io, config);
   } catch (e) {
     if (e instanceof UsageError) {
       io.stderr(`rwkv: ${e.message}\nRun "rwkv help" for usage.\n`);

@@ -5,3 +5,6 @@ export { describeCheckpoint, type ModelInfo } from "./inspect.js";
 export { loadCheckpoint, loadModel, type LoadOptions } from "./load.js";
 export * from "./tokenizer.js";
 export { loadStartState, saveStateFile, type LoadedStart } from "./state-io.js";
+export { modelHomeFromEnv, type ModelHome, resolveModelArg } from "./pull/home.js";
+export { pullModel, type PullOptions, type PullResult } from "./pull/pull.js";
+export { CATALOG, type CatalogEntry } from "./pull/catalog.js";

@@ -36,13 +36,15 @@ export function resolveTokenizerKind(options: Pick<LoadTokenizerOptions, "kind" 
  */
 export function findTokenizerFile(kind: TokenizerKind, options: Pick<LoadTokenizerOptions, "path" | "modelPath"> = {}): string | null {
   const file = TOKENIZER_FILES[kind];
-  if (file === null) return null;
   if (options.path !== undefined) {
+    // A tokenizer file that was asked for but is missing or unused is a mistake, never ignored.
     if (!existsSync(options.path) || !statSync(options.path).isFile()) {
-      throw new RwkvInputError(options.path, `tokenizer file not found (the ${kind} tokenizer needs ${file})`);
+      throw new RwkvInputError(options.path, `tokenizer file not found${file === null ? "" : ` (the ${kind} tokenizer needs ${file})`}`);
     }
+    if (file === null) throw new RwkvInputError(options.path, `the ${kind} tokenizer uses no file (pass --tokenizer-kind world|20b to use this one)`);
     return options.path;
   }
+  if (file === null) return null;
   const beside = options.modelPath === undefined ? null : join(dirname(options.modelPath), file);
   if (beside !== null && existsSync(beside)) return beside;
   const where = beside === null ? "" : ` (looked for ${beside})`;

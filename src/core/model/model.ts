@@ -59,6 +59,12 @@ export interface Model {
    * states[b]. Returns logits (B, V), equal to B separate step() calls.
    */
   stepBatch(tokens: readonly number[], states: readonly State[]): Float32Array;
+  /**
+   * Like forward(), but returns the final hidden state, LN(x; ln_out) — what the head multiplies
+   * into logits — for the last position (C) or all (T, C); advances `state` the same way.
+   * Optional so that wrappers and test doubles of Model need not provide it; RwkvModel does.
+   */
+  hidden?(tokens: readonly number[], state: State, options?: ForwardOptions): Float32Array;
 }
 
 /** Per-forward scratch shared between layers (v7 passes layer 0's v to later layers). */
@@ -153,18 +159,26 @@ export class RwkvModel implements Model {
 
   forward(tokens: readonly number[], state: State, options: ForwardOptions = {}): Float32Array {
     if (tokens.length === 0) throw new RwkvInputError("forward", "empty token sequence");
-    return this.run(tokens, tokens.length, [state], options.allLogits ? "all" : "last");
+    return this.run(tokens, tokens.length, [state], options.allLogits ? "all" : "last", "logits");
+  }
+
+  hidden(tokens: readonly number[], state: State, options: ForwardOptions = {}): Float32Array {
+    if (tokens.length === 0) throw new RwkvInputError("hidden", "empty token sequence");
+    return this.run(tokens, tokens.length, [state], options.allLogits ? "all" : "last", "hidden");
   }
 
   stepBatch(tokens: readonly number[], states: readonly State[]): Float32Array {
     if (tokens.length !== states.length) throw new RwkvInputError("stepBatch", `${tokens.length} tokens for ${states.length} states`);
     if (tokens.length === 0) return new Float32Array(0);
     if (new Set(states).size !== states.length) throw new RwkvInputError("stepBatch", "the same state appears twice in one batch");
-    return this.run(tokens, 1, states, "all");
+    return this.run(tokens, 1, states, "all", "logits");
   }
 
-  /** B = states.length sequences of T tokens each (tokens row-major (B, T)); logits of every row or each sequence's last. */
-  private run(tokens: readonly number[], T: number, states: readonly State[], which: "all" | "last"): Float32Array {
+  /**
+   * B = states.length sequences of T tokens each (tokens row-major (B, T)); logits (or the normed
+   * hidden state the head reads) of every row or each sequence's last.
+   */
+  private run(tokens: readonly number[], T: number, states: readonly State[], which: "all" | "last", out: "logits" | "hidden"): Float32Array {
     const { nEmbd: C, vocabSize: V, nLayer: L } = this.config;
     const B = states.length;
     for (const state of states) {
@@ -198,7 +212,8 @@ export class RwkvModel implements Model {
       for (let b = 0; b < B; b++) h.set(x.subarray(((b + 1) * T - 1) * C, (b + 1) * T * C), b * C);
     }
     const rows = h.length / C;
-    return be.matmul(be.layerNorm(h, rows, C, this.lnOut.weight, this.lnOut.bias, LAYER_NORM_EPS), rows, this.head); // (rows, V)
+    const normed = be.layerNorm(h, rows, C, this.lnOut.weight, this.lnOut.bias, LAYER_NORM_EPS); // (rows, C)
+    return out === "hidden" ? normed : be.matmul(normed, rows, this.head); // (rows, C) or (rows, V)
   }
 }
 

@@ -8,7 +8,8 @@ import { checkWritableTarget, writeFileAtomic } from "../atomic-write.js";
 import { contextSvg, runContext } from "../bench/context.js";
 import { currentSimd, type RowResult, runJob } from "../bench/jobs.js";
 import { type BenchDType, benchModel, describeSource, DISTURBED_CORES, median, type ModelSource, openSource, type RateStat } from "../bench/measure.js";
-import { type CliIO, numberIn, type Options, positiveInt, str, UsageError, type Values } from "../cli-util.js";
+import { type CliIO, joinNegativeValues, numberIn, type Options, positiveInt, str, UsageError, type Values } from "../cli-util.js";
+import { type CliConfig, modelPathFor } from "../model-arg.js";
 import { Progress } from "../progress.js";
 import { defaultThreads } from "../threads/pool.js";
 
@@ -16,6 +17,7 @@ import { defaultThreads } from "../threads/pool.js";
 const RANDOM_DEFAULT = RANDOM_MODEL_VERSIONS[RANDOM_MODEL_VERSIONS.length - 1];
 
 export const BENCH_USAGE = `bench [MODEL] [--random ${RANDOM_DEFAULT}]   speed: decode and prefill tok/s, peak RSS, bandwidth (a table; --json)
+      MODEL                 default: the bundled model (when --random is not given either)
       --random V            a random RWKV-V model built in memory instead of MODEL (V: ${RANDOM_MODEL_VERSIONS.join(", ")})
       --layers N (12)  --embd N (768)  --vocab N (65536)  --seed N (1)   its shape and weights
       --dtype LIST          f32,f16,bf16,int8,q8_0,q5_1,q5_0,q4_1,q4_0 (random: f32; MODEL: stored, its own)
@@ -78,7 +80,7 @@ function backendName(values: Values): string | undefined {
 }
 
 /** MODEL or --random (with its shape), never both; --context alone means its tiny random model. */
-function modelSource(values: Values, positionals: string[], context: boolean): ModelSource {
+function modelSource(values: Values, positionals: string[], context: boolean, config: CliConfig): ModelSource {
   if (positionals.length > 1) throw new UsageError(`expected at most one MODEL, got ${positionals.join(" ")}`);
   const randomText = str(values, "random");
   if (positionals.length === 1) {
@@ -86,9 +88,13 @@ function modelSource(values: Values, positionals: string[], context: boolean): M
     const stray = RANDOM_ONLY.find((o) => values[o] !== undefined);
     if (stray) throw new UsageError(`--${stray} sets the shape of a --random model; MODEL has its own`);
     if (!context && values.seed !== undefined) throw new UsageError("--seed sets a --random model's weights (or, with --context, the sampling); MODEL has its own");
-    return { file: positionals[0] };
+    return { file: modelPathFor(positionals[0], config) };
   }
-  if (randomText === undefined && !context) throw new UsageError(`give a MODEL file or --random ${RANDOM_DEFAULT} (a random model built in memory)`);
+  if (randomText === undefined && !context) {
+    const stray = RANDOM_ONLY.find((o) => values[o] !== undefined) ?? (values.seed !== undefined ? "seed" : undefined);
+    if (stray) throw new UsageError(`--${stray} sets the shape of a --random model: add --random ${RANDOM_DEFAULT}`);
+    return { file: modelPathFor(undefined, config) }; // the bundled model, as for generate
+  }
   const version = (randomText ?? RANDOM_DEFAULT) as Version;
   if (!VERSIONS.includes(version)) throw new UsageError(`--random must be an RWKV version (${VERSIONS.join(", ")}), got "${randomText}"`);
   const shape = context ? CONTEXT_SHAPE : SPEED_SHAPE;
@@ -103,19 +109,19 @@ function modelSource(values: Values, positionals: string[], context: boolean): M
 
 function parseBench(args: string[]): { values: Values; positionals: string[] } {
   try {
-    const r = parseArgs({ args, options: OPTIONS, allowPositionals: true, strict: true });
+    const r = parseArgs({ args: joinNegativeValues(args, OPTIONS), options: OPTIONS, allowPositionals: true, strict: true });
     return { values: r.values as Values, positionals: r.positionals };
   } catch (e) {
     throw new UsageError((e as Error).message);
   }
 }
 
-export async function benchCommand(args: string[], io: CliIO): Promise<number> {
+export async function benchCommand(args: string[], io: CliIO, config: CliConfig): Promise<number> {
   const { values, positionals } = parseBench(args);
   const context = values.context === true;
   const misplaced = (context ? SPEED_ONLY : CONTEXT_ONLY).find((o) => values[o] !== undefined);
   if (misplaced) throw new UsageError(`--${misplaced} does not apply ${context ? "to --context" : "without --context"}`);
-  const source = modelSource(values, positionals, context);
+  const source = modelSource(values, positionals, context, config);
   const random = "random" in source;
   const dtypes = dtypeList(values, random);
   const backend = backendName(values);

@@ -6,13 +6,14 @@ import type { Model } from "../../core/model/model.js";
 import type { StateFile } from "../../core/state-file.js";
 import { type CliIO, parse, str, UsageError, modelLoadOptions } from "../cli-util.js";
 import { loadModel } from "../load.js";
+import { type CliConfig, modelPathFor } from "../model-arg.js";
 import { loadStartState, saveStateFile } from "../state-io.js";
 import { SAMPLING_OPTIONS, samplingSettings, tokenizerFor } from "./generate.js";
 
 /** Replies end at "\n\n" long before this in practice; generate's 100 would cut many answers short. */
 const CHAT_DEFAULT_MAX_TOKENS = 500;
 
-export const CHAT_USAGE = `chat MODEL [--system TEXT] [--raw]      interactive chat on stdin/stdout (World/G1 "User:/Assistant:"
+export const CHAT_USAGE = `chat [MODEL] [--system TEXT] [--raw]    interactive chat on stdin/stdout (World/G1 "User:/Assistant:"
       format; type /help inside); takes the sampling options of generate (--max-tokens default ${CHAT_DEFAULT_MAX_TOKENS})
       --system TEXT         a "System: TEXT" line before the first turn (kept by /reset)
       --raw                 start in raw continuation mode (no User/Assistant framing)
@@ -166,15 +167,15 @@ function loadStateFileOnly(path: string, model: Model): StateFile {
   return start.file;
 }
 
-export async function chatCommand(args: string[], io: CliIO): Promise<number> {
+export async function chatCommand(args: string[], io: CliIO, config: CliConfig): Promise<number> {
   const { values, positionals } = parse(args, {
     ...SAMPLING_OPTIONS, system: { type: "string" }, raw: { type: "boolean" }, "state-in": { type: "string" },
-  }, ["MODEL"]);
+  }, ["[MODEL]"]);
   const settings = samplingSettings(values);
   if (values["max-tokens"] === undefined) settings.maxTokens = CHAT_DEFAULT_MAX_TOKENS;
   const system = str(values, "system");
   if (system !== undefined && cleanMessage(system) === "") throw new UsageError("--system is empty");
-  const modelPath = positionals[0];
+  const modelPath = modelPathFor(positionals[0], config);
   const model = loadModel(modelPath, modelLoadOptions(values));
   const tokenizer = tokenizerFor(values, model.config.vocabSize, modelPath);
   const stateIn = str(values, "state-in");

@@ -13,6 +13,8 @@ import { checkWritableTarget, writeFileAtomic } from "../atomic-write.js";
 import { type CliIO, parse, str, UsageError } from "../cli-util.js";
 import { FileSource } from "../file-source.js";
 import { findTokenizerFile } from "../tokenizer.js";
+import type { CliConfig } from "../model-arg.js";
+import { resolveModelArg } from "../pull/home.js";
 
 export const CONVERT_USAGE = `convert IN OUT [--dtype T] [--format F]   re-save any model in another format or precision
       --dtype f32|f16|bf16|q8_0|q5_1|q5_0|q4_1|q4_0 (f32)   quantized types: rwkv.cpp .bin and .gguf only
@@ -149,11 +151,12 @@ export async function convertModel(input: string, output: string, options: Conve
   }
 }
 
-export async function convertCommand(args: string[], io: CliIO): Promise<number> {
+export async function convertCommand(args: string[], io: CliIO, config: CliConfig): Promise<number> {
   const { values, positionals } = parse(args, {
     dtype: { type: "string" }, format: { type: "string" }, tokenizer: { type: "string" }, fma: { type: "boolean" },
   }, ["IN", "OUT"]);
-  const [input, output] = positionals;
+  const [modelArg, output] = positionals;
+  const input = resolveModelArg(modelArg, config.home);
   const dtypeText = str(values, "dtype") ?? "f32";
   if (!(CONVERT_DTYPES as readonly string[]).includes(dtypeText)) throw new UsageError(`--dtype must be one of ${CONVERT_DTYPES.join(", ")}, got "${dtypeText}"`);
   const format = outputFormat(output, str(values, "format"));

@@ -5,6 +5,7 @@ import { RwkvInputError } from "../../core/errors.js";
 import { DEFAULT_PIECE_LEN, evaluateDocuments, evaluateLambada, evaluateUncheatable, type LambadaResult, type PerplexityResult } from "../../core/eval.js";
 import { type CliIO, MODEL_OPTIONS, modelLoadOptions, parse, positiveInt, str, UsageError, type Values } from "../cli-util.js";
 import { type LoadOptions, loadModel } from "../load.js";
+import { type CliConfig, modelPathFor } from "../model-arg.js";
 import { Progress } from "../progress.js";
 import { loadTokenizer, type TokenizerKind } from "../tokenizer.js";
 
@@ -14,7 +15,7 @@ const head = (s: string, d: string) => s.padEnd(COLUMN - 2) + d;
 const sub = (s: string, d: string) => ("      " + s).padEnd(COLUMN) + d;
 
 export const EVAL_USAGE = [
-  head("eval MODEL --text FILE", "perplexity, bits per byte/char of a UTF-8 text (JSON to stdout)"),
+  head("eval [MODEL] --text FILE", "perplexity, bits per byte/char of a UTF-8 text (JSON to stdout)"),
   sub("--json FILE", "the same over each document of a JSON list of strings"),
   sub("--uncheatable FILE", "uncheatable eval of a JSON list (pieces from a fresh state each)"),
   sub("--lambada FILE", "LAMBADA last-word accuracy and perplexity (.jsonl of {\"text\"})"),
@@ -154,12 +155,12 @@ function checkFlagsFit(method: Method, values: Values, pieceLen: number): void {
   if (method === "uncheatable" && pieceLen < 2) throw new UsageError("--piece-len must be at least 2 for --uncheatable (a piece's first token is not scored)");
 }
 
-export async function evalCommand(args: string[], io: CliIO): Promise<number> {
+export async function evalCommand(args: string[], io: CliIO, config: CliConfig): Promise<number> {
   const { values, positionals } = parse(args, {
     text: { type: "string" }, json: { type: "string" }, uncheatable: { type: "string" }, lambada: { type: "string" },
     "piece-len": { type: "string" }, limit: { type: "string" }, "carry-state": { type: "boolean" }, output: { type: "string" },
     tokenizer: { type: "string" }, "tokenizer-kind": { type: "string" }, ...MODEL_OPTIONS,
-  }, ["MODEL"]);
+  }, ["[MODEL]"]);
   const { method, file } = chooseMethod(values);
   const pieceLen = positiveInt(values, "piece-len", DEFAULT_PIECE_LEN);
   const limit = values.limit === undefined ? null : positiveInt(values, "limit", 0);
@@ -176,7 +177,7 @@ export async function evalCommand(args: string[], io: CliIO): Promise<number> {
   // Checked now, written at the end: an unwritable --output should not be found after a long run,
   // and a failed run should leave no empty or truncated file behind.
   if (output !== undefined) checkWritable(output);
-  return evaluate(io, { method, file, docs, modelPath: positionals[0], tokenizerPath: str(values, "tokenizer"), kind, load, pieceLen, carryState, limit }, (json) => {
+  return evaluate(io, { method, file, docs, modelPath: modelPathFor(positionals[0], config), tokenizerPath: str(values, "tokenizer"), kind, load, pieceLen, carryState, limit }, (json) => {
     if (output === undefined) return;
     try {
       writeFileSync(output, json);

@@ -5,7 +5,8 @@ import type { State } from "../../core/model/state.js";
 import { type PenaltyOptions, Penalties, Rng, type SamplerOptions } from "../../core/sampling.js";
 import type { Tokenizer } from "../../core/tokenizer/types.js";
 import { type CliIO, numberIn, type Options, parse, positiveInt, str, UsageError, type Values, modelLoadOptions, MODEL_OPTIONS } from "../cli-util.js";
-import { DEFAULT_MODEL_NAME, defaultModelPath } from "../default-model.js";
+import { DEFAULT_MODEL_NAME } from "../default-model.js";
+import { type CliConfig, modelPathFor } from "../model-arg.js";
 import { loadModel } from "../load.js";
 import { loadStartState, saveStateFile } from "../state-io.js";
 import { loadTokenizer, type TokenizerKind } from "../tokenizer.js";
@@ -105,7 +106,7 @@ export function readUtf8(path: string): string {
 /** What a state file carries besides the state, to continue exactly where it stopped. */
 interface GenerationExtra { rng: ReturnType<Rng["toJSON"]>; penalties: ReturnType<Penalties["toJSON"]> }
 
-export async function generateCommand(args: string[], io: CliIO): Promise<number> {
+export async function generateCommand(args: string[], io: CliIO, config: CliConfig): Promise<number> {
   const { values, positionals } = parse(args, {
     ...SAMPLING_OPTIONS, prompt: { type: "string" }, "prompt-file": { type: "string" },
     "state-in": { type: "string" }, "state-out": { type: "string" },
@@ -118,7 +119,7 @@ export async function generateCommand(args: string[], io: CliIO): Promise<number
   if (prompt === undefined && stateIn === undefined) throw new UsageError("--prompt TEXT (or --prompt-file F, or --state-in FILE) is required");
   if (prompt === "" && stateIn === undefined) throw new UsageError(`${promptFile !== undefined ? `--prompt-file ${promptFile}` : "--prompt"} is empty`);
 
-  const modelPath = positionals[0] ?? defaultModelPath();
+  const modelPath = modelPathFor(positionals[0], config);
   const model = loadModel(modelPath, modelLoadOptions(values));
   const tokenizer = tokenizerFor(values, model.config.vocabSize, modelPath);
   const input: { prompt: number[]; state?: State; logits?: Float32Array } = { prompt: tokenizer.encode(prompt ?? "") };

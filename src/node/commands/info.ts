@@ -1,12 +1,14 @@
 import { parse, type CliIO } from "../cli-util.js";
 import { describeCheckpoint } from "../inspect.js";
 import { loadCheckpoint } from "../load.js";
+import { type CliConfig, modelPathFor } from "../model-arg.js";
 
-export const INFO_USAGE = "info MODEL [--json]                  format, version, sizes, parameter count, tensor dtypes";
+export const INFO_USAGE = "info [MODEL] [--json]                format, version, sizes, parameter count, tensor dtypes";
 
-export function info(args: string[], io: CliIO): number {
-  const { values, positionals } = parse(args, { json: { type: "boolean" } }, ["MODEL"]);
-  const { checkpoint, close } = loadCheckpoint(positionals[0]);
+export function info(args: string[], io: CliIO, config: CliConfig): number {
+  const { values, positionals } = parse(args, { json: { type: "boolean" } }, ["[MODEL]"]);
+  const path = modelPathFor(positionals[0], config);
+  const { checkpoint, close } = loadCheckpoint(path);
   try {
     const d = describeCheckpoint(checkpoint);
     if (values.json) {
@@ -15,7 +17,7 @@ export function info(args: string[], io: CliIO): number {
     }
     const c = d.config;
     const lines = [
-      `file        ${positionals[0]}`,
+      `file        ${path}`,
       `format      ${d.format}`,
       `version     RWKV-${c.version}`,
       `layers      ${c.nLayer}`,

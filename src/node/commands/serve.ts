@@ -1,7 +1,9 @@
 import { basename, extname } from "node:path";
 import { type CliIO, numberIn, parse, positiveInt, str, UsageError, type Values, modelLoadOptions, MODEL_OPTIONS } from "../cli-util.js";
 import { loadModel } from "../load.js";
+import { type CliConfig, modelPathFor } from "../model-arg.js";
 import { type ChatNames, DEFAULT_CHAT_NAMES } from "../server/chat-format.js";
+import { type CorsOptions, parseCorsOrigins } from "../server/cors.js";
 import { RwkvServer, SERVER_DEFAULTS } from "../server/server.js";
 import { tokenizerFor } from "./generate.js";
 
@@ -14,13 +16,15 @@ const MS_PER_S = 1000;
 /** Where the key may come from instead of the command line (which other users can read in `ps`). */
 const API_KEY_ENV = "RWKV_API_KEY";
 
-export const SERVE_USAGE = `serve MODEL                  OpenAI-compatible HTTP server (/v1/models, /v1/completions, /v1/chat/completions)
+export const SERVE_USAGE = `serve [MODEL]                OpenAI-compatible HTTP server (/v1/models, /v1/completions, /v1/chat/completions, /v1/embeddings)
       --host H (${D.host})  --port N (${D.port}, 0 = any free port)  --model-name NAME (file name)
       --slots N (${D.slots}) requests decoded together  --queue N (${D.queue}) waiting requests, more get 429
       --cache-mb N (${D.cacheMb}) prefix-state cache  --api-key KEY (or env ${API_KEY_ENV}): require Bearer KEY
       --max-prompt-tokens N (${D.maxPromptTokens})  --max-tokens-limit N (${D.maxTokensLimit})  --body-limit BYTES (${D.bodyLimit})
       --user-name U --assistant-name A --system-name S  chat speaker names (User, Assistant, System)
       --penalty-decay D (${D.penaltyDecay})  --prefill-chunk N (${D.prefillChunk})  --shutdown-grace S (${DEFAULT_GRACE_S})  --log-requests
+      --cors ORIGIN[,ORIGIN...]  let web pages from these origins call the API ("*": any; off by default;
+                            --api-key is still required from them)
       --tokenizer PATH  --tokenizer-kind world|20b|bytes  --backend NAME`;
 
 /** An integer in [min, max] (positiveInt refuses 0, which --port and --queue allow). */
@@ -37,16 +41,16 @@ function speaker(values: Values, name: string, dflt: string): string {
   return v;
 }
 
-export async function serveCommand(args: string[], io: CliIO): Promise<number> {
+export async function serveCommand(args: string[], io: CliIO, config: CliConfig): Promise<number> {
   const { values, positionals } = parse(args, {
     host: { type: "string" }, port: { type: "string" }, slots: { type: "string" }, queue: { type: "string" },
     "cache-mb": { type: "string" }, "api-key": { type: "string" }, "model-name": { type: "string" },
     "max-prompt-tokens": { type: "string" }, "max-tokens-limit": { type: "string" }, "body-limit": { type: "string" },
     "user-name": { type: "string" }, "assistant-name": { type: "string" }, "system-name": { type: "string" },
     "penalty-decay": { type: "string" }, "prefill-chunk": { type: "string" }, "shutdown-grace": { type: "string" },
-    "log-requests": { type: "boolean" }, tokenizer: { type: "string" }, "tokenizer-kind": { type: "string" }, ...MODEL_OPTIONS,
-  }, ["MODEL"]);
-  const modelPath = positionals[0];
+    "log-requests": { type: "boolean" }, cors: { type: "string" }, tokenizer: { type: "string" }, "tokenizer-kind": { type: "string" }, ...MODEL_OPTIONS,
+  }, ["[MODEL]"]);
+  const modelPath = modelPathFor(positionals[0], config);
   const names: ChatNames = {
     user: speaker(values, "user-name", DEFAULT_CHAT_NAMES.user),
     assistant: speaker(values, "assistant-name", DEFAULT_CHAT_NAMES.assistant),
@@ -67,18 +71,25 @@ export async function serveCommand(args: string[], io: CliIO): Promise<number> {
     penaltyDecay: numberIn(values, "penalty-decay", D.penaltyDecay, 0, 1),
     prefillChunk: positiveInt(values, "prefill-chunk", D.prefillChunk),
   };
+  const corsText = str(values, "cors");
+  let cors: CorsOptions | undefined;
+  try {
+    cors = corsText === undefined ? undefined : { origins: parseCorsOrigins(corsText) };
+  } catch (e) {
+    throw new UsageError(`--cors ${(e as Error).message}`);
+  }
   const graceMs = numberIn(values, "shutdown-grace", DEFAULT_GRACE_S, 0, Number.MAX_SAFE_INTEGER / MS_PER_S) * MS_PER_S;
 
   const model = loadModel(modelPath, modelLoadOptions(values));
   const tokenizer = tokenizerFor(values, model.config.vocabSize, modelPath);
   const server = new RwkvServer({
-    ...settings, model, tokenizer, modelName, apiKey: apiKey || undefined, chatNames: names,
+    ...settings, model, tokenizer, modelName, apiKey: apiKey || undefined, chatNames: names, cors,
     log: values["log-requests"] === true ? (line) => io.stderr(`${line}\n`) : undefined,
   });
   const { host, port } = await server.listen();
   const hostText = host.includes(":") ? `[${host}]` : host;
   io.stderr(`rwkv serve: listening on http://${hostText}:${port} (model "${modelName}", ${settings.slots} slots, queue ${settings.queue}` +
-    `${apiKey ? ", API key required" : ""})\n`);
+    `${apiKey ? ", API key required" : ""}${cors ? `, CORS for ${cors.origins.join(", ")}` : ""})\n`);
 
   // SIGTERM/SIGINT: stop accepting, let requests finish (up to the grace period), exit 0.
   // A second signal cancels whatever is still running.

@@ -34,8 +34,10 @@ export class ApiError extends Error {
 /** HTTP status codes used by the server, by name. */
 export const HTTP = {
   ok: 200,
+  noContent: 204,
   badRequest: 400,
   unauthorized: 401,
+  forbidden: 403,
   notFound: 404,
   methodNotAllowed: 405,
   payloadTooLarge: 413,

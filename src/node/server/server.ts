@@ -8,7 +8,9 @@ import type { Model } from "../../core/model/model.js";
 import type { Tokenizer } from "../../core/tokenizer/types.js";
 import { type ChatNames, DEFAULT_CHAT_NAMES, renderChatPrompt, replyContinuation, trimReplyStart } from "./chat-format.js";
 import { ApiError, HTTP, invalidParam, sendError, sendJson } from "./errors.js";
-import { type GenerationRequest, type Limits, parseChatRequest, parseCompletionRequest, parseJsonBody } from "./params.js";
+import { type CorsOptions, handleCors } from "./cors.js";
+import { embeddingsResponse, parseEmbeddingRequest } from "./embeddings.js";
+import { type GenerationRequest, type JsonObject, type Limits, parseChatRequest, parseCompletionRequest, parseJsonBody } from "./params.js";
 import { type JobResult, Scheduler } from "./scheduler.js";
 import { endEventStream, sendEvent, startEventStream } from "./sse.js";
 
@@ -40,6 +42,8 @@ export interface ServerOptions {
   readonly prefillChunk?: number;
   /** One line per finished request, when given. */
   readonly log?: (line: string) => void;
+  /** Browser origins allowed to call the API (CORS); none when absent. */
+  readonly cors?: CorsOptions;
 }
 
 export const SERVER_DEFAULTS = {
@@ -72,6 +76,7 @@ const ROUTES: Readonly<Record<string, readonly string[]>> = {
   "/v1/models": ["GET"],
   "/v1/completions": ["POST"],
   "/v1/chat/completions": ["POST"],
+  "/v1/embeddings": ["POST"],
 };
 
 export class RwkvServer {
@@ -151,6 +156,7 @@ export class RwkvServer {
     const method = req.method ?? "GET";
     const modelPath = path.startsWith("/v1/models/") ? path : null;
     const allowed = ROUTES[path] ?? (modelPath ? ["GET"] : undefined);
+    if (this.options.cors && handleCors(req, res, this.options.cors, allowed ?? null)) return; // a preflight, answered
     if (!allowed) throw new ApiError(HTTP.notFound, `Invalid URL (${method} ${path})`, "invalid_request_error", null, "unknown_url");
     if (!allowed.includes(method)) {
       throw new ApiError(HTTP.methodNotAllowed, `method ${method} is not allowed for ${path} (allowed: ${allowed.join(", ")})`,
@@ -166,6 +172,7 @@ export class RwkvServer {
     }
     const body = parseJsonBody(await readBody(req, this.bodyLimit));
     if (this.draining) throw new ApiError(HTTP.unavailable, "the server is shutting down", "server_error", null, "shutting_down");
+    if (path === "/v1/embeddings") return this.embeddings(body, res);
     const request = path === "/v1/chat/completions" ? parseChatRequest(body, this.limits) : parseCompletionRequest(body, this.limits);
     this.checkModel(request.model);
     await this.generate(request, req, res);
@@ -314,6 +321,13 @@ export class RwkvServer {
       ? { index: 0, message: { role: "assistant", content: text, refusal: null }, logprobs: null, finish_reason: finishReason }
       : { text, index: 0, logprobs: null, finish_reason: finishReason };
     sendJson(res, HTTP.ok, { ...base, object: chat ? "chat.completion" : "text_completion", choices: [choice], usage });
+  }
+
+  private async embeddings(body: JsonObject, res: ServerResponse): Promise<void> {
+    const { model, tokenizer, modelName } = this.options;
+    const request = parseEmbeddingRequest(body, tokenizer, { maxInputTokens: this.limits.maxPromptTokens, vocabSize: this.choosable, dimensions: model.config.nEmbd });
+    this.checkModel(request.model);
+    sendJson(res, HTTP.ok, await embeddingsResponse(model, request, modelName));
   }
 
   /** Answers a failed request: its ApiError, or a 500 for anything else (a bug: logged). */
