@@ -28,6 +28,7 @@ export class Weights {
   private readonly backend: Backend;
   private readonly compact: boolean;
   private readonly int8: boolean;
+  private readonly used = new Set<string>();
 
   constructor(readonly ckpt: Checkpoint, readonly arch: string, options: WeightOptions = {}) {
     this.backend = options.backend ?? referenceBackend;
@@ -102,9 +103,15 @@ export class Weights {
     }
   }
 
+  /** Tensors of the checkpoint that the model construction never read (in checkpoint order). */
+  unread(): string[] {
+    return [...this.ckpt.tensors.keys()].filter((n) => !this.used.has(n));
+  }
+
   private entry(name: string) {
     const e = this.ckpt.tensors.get(name);
     if (!e) throw new FormatError(this.ckpt.source, `missing tensor ${name} (needed by ${this.arch})`);
+    this.used.add(name);
     return e;
   }
 }
