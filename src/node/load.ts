@@ -1,7 +1,8 @@
 import type { Backend } from "../core/backend/backend.js";
 import { selectBackend } from "../core/backend/registry.js";
 import type { Checkpoint } from "../core/formats/checkpoint.js";
-import { checkingFinite } from "../core/formats/finite.js";
+import { FormatError } from "../core/errors.js";
+import { checkingFinite, firstNonFinite } from "../core/formats/finite.js";
 import { openCheckpoint } from "../core/formats/open.js";
 import { architectureFor, detectVersion } from "../core/model/detect.js";
 import { buildModel, type Model } from "../core/model/model.js";
@@ -46,8 +47,22 @@ export function loadModel(path: string, options: LoadOptions = {}): Model {
   try {
     const version = detectVersion(checkpoint);
     const onWarning = options.onWarning ?? ((m: string) => process.stderr.write(`warning: ${m}\n`));
-    return buildModel(verify ? checkingFinite(checkpoint) : checkpoint, architectureFor(version, path), version, backend, { matrices: options.matrices, onWarning });
+    const model = buildModel(verify ? checkingFinite(checkpoint) : checkpoint, architectureFor(version, path), version, backend, { matrices: options.matrices, onWarning });
+    if (verify) checkFirstStep(model, path);
+    return model;
   } finally {
     close();
+  }
+}
+
+/**
+ * Finite weights can still overflow (a corrupted exponent making one weight 1e38): one token
+ * through the model, and non-finite logits mean a corrupt file rather than NaN answers later.
+ */
+function checkFirstStep(model: Model, path: string): void {
+  const logits = model.step(0, model.initState());
+  const i = firstNonFinite(logits);
+  if (i >= 0) {
+    throw new FormatError(path, `the model's logits are non-finite (${logits[i]} for token ${i}) after one step although every weight is finite: extreme values in the file (corrupt?); --no-verify loads it anyway`);
   }
 }
