@@ -7,7 +7,7 @@ import type { FuzzFormat, Layout } from "./layout.js";
 // and, for .pth, changes whose CRC-32 is recomputed (what a deliberate attacker would do).
 
 /** Where a mutation changed things, which decides how a "loaded with different logits" counts. */
-export type Region = "structure" | "tensor data" | "tensor data, CRC recomputed";
+export type Region = "structure" | "tensor data" | "tensor data, CRC recomputed" | "pickle, CRC recomputed" | "same-size dtype relabel";
 
 export interface Mutant {
   readonly bytes: Uint8Array;
@@ -161,7 +161,12 @@ const jsonHeader: Op = (b, l, r) => {
     ["both offsets +k", () => { const k = r.pick([-4, -2, 2, 4]); offs[0] += k; offs[1] += k; }],
     ["offsets of another tensor", () => { t.data_offsets = [...(other.data_offsets as number[])]; }],
     ["offsets swapped", () => { t.data_offsets = [offs[1], offs[0]]; }],
-    ["dtype", () => { t.dtype = r.pick(["F16", "BF16", "F64", "F32", "I32", "U8", "F8_E4M3", "f32", ""]); }],
+    ["dtype", () => {
+      const before = String(t.dtype);
+      t.dtype = r.pick(["F16", "BF16", "F64", "F32", "I32", "U8", "F8_E4M3", "f32", ""]);
+      // F16 <-> BF16 keeps every size and offset valid: only the values change, as with a data edit.
+      if (before !== t.dtype && ["F16", "BF16"].includes(before) && ["F16", "BF16"].includes(String(t.dtype))) relabel = true;
+    }],
     ["dtype and end adjusted", () => {
       const bytes = offs[1] - offs[0];
       t.dtype = t.dtype === "F32" ? "F16" : "F32";
@@ -177,6 +182,7 @@ const jsonHeader: Op = (b, l, r) => {
     ["metadata non-string", () => { header.__metadata__ = { format: r.pick([1, null, [], {}]) } as unknown as Record<string, unknown>; }],
     ["offsets non-integer", () => { t.data_offsets = [offs[0] + 0.5, offs[1]]; }],
   ];
+  let relabel = false;
   const [how, edit] = r.pick(edits);
   edit();
   let json = JSON.stringify(header);
@@ -188,7 +194,7 @@ const jsonHeader: Op = (b, l, r) => {
   new DataView(out.buffer).setUint32(0, hb.length, true);
   out.set(hb, 8);
   out.set(b.subarray(e), 8 + hb.length);
-  return { bytes: out, op: `json: ${how}`, region: "structure" };
+  return { bytes: out, op: `json: ${how}`, region: relabel ? "same-size dtype relabel" : "structure" };
 };
 
 /** pth: change bytes inside one zip entry and write the matching CRC into both headers. */
@@ -212,7 +218,7 @@ function crcFixed(target: "pickle" | "storage"): Op {
     // torch writes the CRC in a data descriptor after the data (flag bit 3): fix it there too.
     const desc = e.end + (dv.getUint32(e.end, true) === 0x08074b50 ? 4 : 0);
     if (desc + 4 <= out.length && dv.getUint32(desc, true) === crc32(b.subarray(e.start, e.end))) dv.setUint32(desc, crc, true);
-    return { bytes: out, op: `${target} bytes, CRC recomputed`, region: target === "storage" ? "tensor data, CRC recomputed" : "structure" };
+    return { bytes: out, op: `${target} bytes, CRC recomputed`, region: target === "storage" ? "tensor data, CRC recomputed" : "pickle, CRC recomputed" };
   };
 }
 
@@ -228,7 +234,6 @@ const SPECIFIC: Partial<Record<FuzzFormat, ReadonlyArray<[Op, number]>>> = {
 const STACKABLE: ReadonlyArray<[Op, number]> = [[structBit, 3], [structByte, 3], [field, 6], [truncate, 1], [append, 1], [splice, 2]];
 const STACKABLE_SPECIFIC: Partial<Record<FuzzFormat, ReadonlyArray<[Op, number]>>> = {
   safetensors: [[jsonHeader, 6]],
-  pth: [[crcFixed("pickle"), 5]],
 };
 
 /** One mutant: one operation, or (one time in five) two or three stacked. */

@@ -31,9 +31,9 @@ export interface FuzzOptions {
 }
 
 export type Category = "typed error" | "same logits" | "different: structure" | "different: tensor data (no checksum)" |
-  "different: tensor data (CRC recomputed)" | "crash" | "hang" | "out of memory";
+  "different: tensor data (CRC recomputed)" | "different: pickle (CRC recomputed)" | "different: same-size dtype relabel (no checksum)" | "crash" | "hang" | "out of memory";
 export const CATEGORIES: readonly Category[] = ["typed error", "same logits", "different: structure", "different: tensor data (no checksum)",
-  "different: tensor data (CRC recomputed)", "crash", "hang", "out of memory"];
+  "different: tensor data (CRC recomputed)", "different: pickle (CRC recomputed)", "different: same-size dtype relabel (no checksum)", "crash", "hang", "out of memory"];
 /** Categories that mean a loader bug (the run fails if any is non-zero). */
 export const FAILURES: readonly Category[] = ["different: structure", "crash", "hang", "out of memory"];
 
@@ -84,7 +84,13 @@ function categorize(outcome: PoolOutcome, region: Region): Category {
     case "hang": return "hang";
     case "oom": return "out of memory";
     case "different":
-      return region === "structure" ? "different: structure" : region === "tensor data" ? "different: tensor data (no checksum)" : "different: tensor data (CRC recomputed)";
+      switch (region) {
+        case "structure": return "different: structure";
+        case "tensor data": return "different: tensor data (no checksum)";
+        case "tensor data, CRC recomputed": return "different: tensor data (CRC recomputed)";
+        case "pickle, CRC recomputed": return "different: pickle (CRC recomputed)";
+        case "same-size dtype relabel": return "different: same-size dtype relabel (no checksum)";
+      }
   }
 }
 

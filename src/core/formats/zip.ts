@@ -192,6 +192,7 @@ function locateEntries(src: ByteSource, entries: ReadonlyMap<string, ZipEntry>, 
     const localName = new TextDecoder().decode(src.read(nameAt, nameLen));
     if (localName !== entry.name) bad(`the local header names it ${JSON.stringify(localName)}`);
     if (method !== entry.method) bad(`compression method ${method} in the local header, ${entry.method} in the directory`);
+    checkExtraRecords(src, entry, src.read(nameAt + nameLen, extraLen));
     const offset = nameAt + nameLen + extraLen;
     let end = offset + entry.compressedSize;
     if (flags & FLAG_DATA_DESCRIPTOR) {
@@ -214,6 +215,28 @@ function locateEntries(src: ByteSource, entries: ReadonlyMap<string, ZipEntry>, 
     }
   }
   return offsets;
+}
+
+/**
+ * A local extra field is a sequence of (id, length, body) records that fills it exactly; a length
+ * that runs short or long means the data would be read from the wrong place. A ZIP64 record's
+ * sizes must agree with the directory.
+ */
+function checkExtraRecords(src: ByteSource, entry: ZipEntry, extra: Uint8Array): void {
+  const r = new Reader(src.name, extra);
+  while (r.pos < extra.length) {
+    if (extra.length - r.pos < 4) throw new FormatError(src.name, `zip entry ${entry.name}: local extra field ends inside a record header (${extra.length - r.pos} stray bytes)`);
+    const id = r.u16();
+    const len = r.u16();
+    if (len > extra.length - r.pos) throw new FormatError(src.name, `zip entry ${entry.name}: local extra field record 0x${id.toString(16)} of ${len} bytes runs past the field's ${extra.length} bytes`);
+    const body = new Reader(src.name, r.take(len));
+    if (id === ZIP64_EXTRA_ID && len >= 16) {
+      const size = body.u64("ZIP64 size"), compressed = body.u64("ZIP64 compressed size");
+      if (size !== entry.size || compressed !== entry.compressedSize) {
+        throw new FormatError(src.name, `zip entry ${entry.name}: ZIP64 sizes ${compressed}/${size} in the local header, ${entry.compressedSize}/${entry.size} in the directory`);
+      }
+    }
+  }
 }
 
 /** The data descriptor after an entry's data must repeat the directory's crc and sizes; returns its length. */

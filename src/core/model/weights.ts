@@ -53,6 +53,19 @@ export class Weights {
     return e.toFloat32();
   }
 
+  /**
+   * A per-head tensor (H, N) flattened: a 2-D shape must be exactly [H, N] (leading/trailing 1s
+   * aside), since the head count is read from one such tensor and a transposed copy elsewhere
+   * would otherwise pass on its element count alone and compute with the wrong heads.
+   */
+  heads(name: string, H: number, N: number): Float32Array {
+    const s = this.entry(name).shape.filter((d) => d !== 1);
+    if (s.length > 1 && (s.length !== 2 || s[0] !== H || s[1] !== N)) {
+      throw new FormatError(this.ckpt.source, `tensor ${name} has shape [${this.entry(name).shape}] but ${this.arch} needs [${H}, ${N}] (heads, head size)`);
+    }
+    return this.vec(name, H * N);
+  }
+
   /** A Linear weight stored (out, in): used as y = W x. Kept in its stored type when it can be. */
   linear(name: string, out: number, inp: number): Matrix {
     this.expectShape(name, [out, inp]);
