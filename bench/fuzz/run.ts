@@ -169,7 +169,7 @@ async function main(argv: string[]): Promise<number> {
   });
   const total = Object.values(result.counts).reduce((a, b) => a + b, 0);
   process.stdout.write(`fuzz ${format}: ${total} mutants, seed ${seed}, ${result.seconds.toFixed(0)} s, ${result.restarts} child restarts (started ${started})\n`);
-  for (const c of CATEGORIES) process.stdout.write(`  ${c.padEnd(42)} ${String(result.counts[c]).padStart(6)}\n`);
+  for (const c of CATEGORIES) process.stdout.write(`  ${c.padEnd(50)} ${String(result.counts[c]).padStart(6)}\n`);
   for (const f of result.findings.filter((x) => FAILURES.includes(x.category)).slice(0, 20)) {
     process.stdout.write(`  ! #${f.index} ${f.category}: ${f.op} on ${f.seedFile}: ${f.message.slice(0, 300)}\n`);
   }
