@@ -17,6 +17,7 @@ import { buildModel } from "../src/core/model/model.js";
 import type { TensorEntry } from "../src/core/tensor.js";
 import { loadModel } from "../src/node/load.js";
 import { f32Bytes, statePickle, type TensorSpec, torchZip } from "./pth-builder.js";
+import { runCaptured } from "./run-cli.js";
 import { concat, sharedPath } from "./shared.js";
 
 // The five ways a hostile or damaged file used to load with wrong weights or unbounded memory
@@ -246,7 +247,7 @@ test("tensors no supported version uses are refused by name (RWKV-7a, 7b, unknow
 
 // --- non-finite weights -------------------------------------------------------------------------
 
-test("a NaN or infinity in a weight is refused at load, naming the tensor; --no-verify loads anyway", (t) => {
+test("a NaN or infinity in a weight is refused at load, naming the tensor; --no-verify loads anyway", async (t) => {
   const path = sharedPath(t, "golden", "v7", "model.safetensors");
   const bf16Path = sharedPath(t, "golden", "v7", "model_bf16.safetensors");
   if (!path || !bf16Path) return;
@@ -268,6 +269,13 @@ test("a NaN or infinity in a weight is refused at load, naming the tensor; --no-
     const nan32 = poison(path, "blocks.1.att.w0", 3 * 4, [0, 0, 0xc0, 0x7f]);
     assert.throws(() => loadModel(nan32, { backend: "reference" }), /tensor blocks\.1\.att\.w0 holds a non-finite value \(NaN at element 3\): the file is corrupt/);
     assert.equal(loadModel(nan32, { backend: "reference", verify: false }).config.nLayer > 0, true);
+    // The CLI: one line, exit 1; --no-verify gets past the load (the sampler then meets the NaN logits).
+    const argv = ["generate", nan32, "--prompt", "a", "--max-tokens", "1", "--tokenizer-kind", "bytes", "--backend", "reference"];
+    const cli = await runCaptured(argv);
+    assert.equal(cli.code, 1);
+    assert.match(cli.err, /^rwkv: .*tensor blocks\.1\.att\.w0 holds a non-finite value \(NaN at element 3\)[^\n]*\n$/);
+    const unchecked = await runCaptured([...argv, "--no-verify"]);
+    assert.doesNotMatch(unchecked.err, /holds a non-finite value/);
     // A bf16 matrix kept compact is checked on its raw bytes: +Inf is 0x7f80.
     const inf16 = poison(bf16Path, "blocks.0.ffn.key.weight", 10 * 2, [0x80, 0x7f]);
     assert.throws(() => loadModel(inf16, { backend: "reference" }), /tensor blocks\.0\.ffn\.key\.weight holds a non-finite value \(NaN or infinity at element 10\)/);
