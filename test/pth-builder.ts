@@ -1,3 +1,4 @@
+import { crc32 } from "../src/core/crc32.js";
 // Builders for hand-made torch.save-style files in tests: a stored zip writer (optionally ZIP64,
 // with torch's 64-byte data alignment) and a pickle writer that emits the opcodes torch uses.
 
@@ -111,11 +112,12 @@ export function storedZip(entries: ReadonlyArray<readonly [string, Uint8Array]>,
     const pad = (ALIGN - (base % ALIGN)) % ALIGN;
     const localExtra = [...u16(0x4246), ...u16(pad), ...new Array<number>(pad).fill(0x5a)];
     const size32 = opts.zip64 ? FF32 : data.length;
-    out.push(...u32(0x04034b50), ...u16(45), ...u16(0), ...u16(opts.method ?? 0), ...u16(0), ...u16(0), ...u32(0),
+    const crc = crc32(data);
+    out.push(...u32(0x04034b50), ...u16(45), ...u16(0), ...u16(opts.method ?? 0), ...u16(0), ...u16(0), ...u32(crc),
       ...u32(size32), ...u32(size32), ...u16(nameBytes.length), ...u16(localExtra.length), ...nameBytes, ...localExtra);
     for (const b of data) out.push(b);
     const extra = opts.zip64 ? [...u16(1), ...u16(24), ...u64(data.length), ...u64(data.length), ...u64(offset)] : [];
-    central.push(...u32(0x02014b50), ...u16(45), ...u16(45), ...u16(0), ...u16(opts.method ?? 0), ...u16(0), ...u16(0), ...u32(0),
+    central.push(...u32(0x02014b50), ...u16(45), ...u16(45), ...u16(0), ...u16(opts.method ?? 0), ...u16(0), ...u16(0), ...u32(crc),
       ...u32(size32), ...u32(size32), ...u16(nameBytes.length), ...u16(extra.length), ...u16(0), ...u16(0), ...u16(0), ...u32(0),
       ...u32(opts.zip64 ? FF32 : offset), ...nameBytes, ...extra);
   }

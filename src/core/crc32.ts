@@ -1,18 +1,38 @@
-/** CRC-32 (IEEE 802.3, the zip checksum), incremental: crc32(b, crc32(a)) === crc32(a ++ b). */
+/**
+ * CRC-32 (IEEE 802.3, the zip checksum), incremental: crc32(b, crc32(a)) === crc32(a ++ b).
+ * Slice-by-8: eight table lookups per 8 input bytes instead of one per byte, so checking every
+ * byte of a checkpoint at load costs a small fraction of reading it.
+ */
 export function crc32(data: Uint8Array, previous = 0): number {
   let c = (previous ^ CRC_MASK) >>> 0;
-  for (let i = 0; i < data.length; i++) c = CRC_TABLE[(c ^ data[i]) & 0xff] ^ (c >>> 8);
+  const n = data.length;
+  let i = 0;
+  const t = CRC_TABLES;
+  for (const end = n - (n % 8); i < end; i += 8) {
+    const a = c ^ (data[i] | (data[i + 1] << 8) | (data[i + 2] << 16) | (data[i + 3] << 24));
+    c = t[7 * 256 + (a & 0xff)] ^ t[6 * 256 + ((a >>> 8) & 0xff)] ^ t[5 * 256 + ((a >>> 16) & 0xff)] ^ t[4 * 256 + (a >>> 24)] ^
+      t[3 * 256 + data[i + 4]] ^ t[2 * 256 + data[i + 5]] ^ t[256 + data[i + 6]] ^ t[data[i + 7]];
+  }
+  for (; i < n; i++) c = t[(c ^ data[i]) & 0xff] ^ (c >>> 8);
   return (c ^ CRC_MASK) >>> 0;
 }
 
 const CRC_MASK = 0xffffffff;
+const CRC_POLY = 0xedb88320;
 
-const CRC_TABLE = (() => {
-  const t = new Uint32Array(256);
+/** Table k maps a byte to its CRC after being followed by k zero bytes (table 0 is the classic one). */
+const CRC_TABLES = (() => {
+  const t = new Int32Array(8 * 256);
   for (let n = 0; n < 256; n++) {
     let c = n;
-    for (let k = 0; k < 8; k++) c = c & 1 ? 0xedb88320 ^ (c >>> 1) : c >>> 1;
-    t[n] = c >>> 0;
+    for (let k = 0; k < 8; k++) c = c & 1 ? CRC_POLY ^ (c >>> 1) : c >>> 1;
+    t[n] = c;
+  }
+  for (let k = 1; k < 8; k++) {
+    for (let n = 0; n < 256; n++) {
+      const prev = t[(k - 1) * 256 + n];
+      t[k * 256 + n] = t[prev & 0xff] ^ (prev >>> 8);
+    }
   }
   return t;
 })();

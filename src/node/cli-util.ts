@@ -83,14 +83,15 @@ export function numberIn(values: Values, name: string, dflt: number, min: number
 }
 
 /** Options of every command that loads a model: kernels, threads, int8 matrices. */
-export const MODEL_OPTIONS: Options = { backend: { type: "string" }, threads: { type: "string" }, int8: { type: "boolean" } };
+export const MODEL_OPTIONS: Options = { backend: { type: "string" }, threads: { type: "string" }, int8: { type: "boolean" }, "no-verify": { type: "boolean" } };
 
-export const MODEL_OPTIONS_USAGE = "--backend NAME  --threads N (all cores)  --int8 (quantize matrices to int8 at load)";
+export const MODEL_OPTIONS_USAGE = "--backend NAME  --threads N (all cores)  --int8 (quantize matrices to int8 at load)  --no-verify (skip CRC/NaN checks)";
 
 export function modelLoadOptions(values: Values): LoadOptions {
   return {
     backend: str(values, "backend"),
     threads: values.threads === undefined ? undefined : positiveInt(values, "threads", 1),
     matrices: values.int8 === true ? "int8" : undefined,
+    ...(values["no-verify"] === true ? { verify: false } : {}),
   };
 }

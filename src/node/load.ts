@@ -1,6 +1,8 @@
 import type { Backend } from "../core/backend/backend.js";
 import { selectBackend } from "../core/backend/registry.js";
 import type { Checkpoint } from "../core/formats/checkpoint.js";
+import { FormatError } from "../core/errors.js";
+import { checkingFinite, firstNonFinite } from "../core/formats/finite.js";
 import { openCheckpoint } from "../core/formats/open.js";
 import { architectureFor, detectVersion } from "../core/model/detect.js";
 import { buildModel, type Model } from "../core/model/model.js";
@@ -17,13 +19,20 @@ export interface LoadOptions {
   readonly matrices?: "compact" | "f32" | "int8";
   /** Threads for the kernels (wasm backend), the calling one included; default: all cores. */
   readonly threads?: number;
+  /**
+   * Integrity checks (default true): the CRC-32 of every .pth zip entry as it is read, and one pass
+   * over every tensor for NaN / infinity. `false` (CLI --no-verify) skips both.
+   */
+  readonly verify?: boolean;
+  /** Receives warnings about ignored, known-harmless tensors; default: printed to stderr. */
+  readonly onWarning?: (message: string) => void;
 }
 
 /** Opens a checkpoint file of any supported format (chosen by content) and reads its tensor index. */
-export function loadCheckpoint(path: string): { checkpoint: Checkpoint; close(): void } {
+export function loadCheckpoint(path: string, options: Pick<LoadOptions, "verify"> = {}): { checkpoint: Checkpoint; close(): void } {
   const src = new FileSource(path);
   try {
-    return { checkpoint: openCheckpoint(src), close: () => src.close() };
+    return { checkpoint: openCheckpoint(src, { verifyChecksums: options.verify ?? true }), close: () => src.close() };
   } catch (e) {
     src.close();
     throw e;
@@ -33,11 +42,27 @@ export function loadCheckpoint(path: string): { checkpoint: Checkpoint; close():
 /** Loads an RWKV model: format from content, version from tensor names, sizes from shapes. */
 export function loadModel(path: string, options: LoadOptions = {}): Model {
   const backend: Backend = selectBackend(options.backend, { threads: options.threads });
-  const { checkpoint, close } = loadCheckpoint(path);
+  const verify = options.verify ?? true;
+  const { checkpoint, close } = loadCheckpoint(path, { verify });
   try {
     const version = detectVersion(checkpoint);
-    return buildModel(checkpoint, architectureFor(version, path), version, backend, { matrices: options.matrices });
+    const onWarning = options.onWarning ?? ((m: string) => process.stderr.write(`warning: ${m}\n`));
+    const model = buildModel(verify ? checkingFinite(checkpoint) : checkpoint, architectureFor(version, path), version, backend, { matrices: options.matrices, onWarning });
+    if (verify) checkFirstStep(model, path);
+    return model;
   } finally {
     close();
+  }
+}
+
+/**
+ * Finite weights can still overflow (a corrupted exponent making one weight 1e38): one token
+ * through the model, and non-finite logits mean a corrupt file rather than NaN answers later.
+ */
+function checkFirstStep(model: Model, path: string): void {
+  const logits = model.step(0, model.initState());
+  const i = firstNonFinite(logits);
+  if (i >= 0) {
+    throw new FormatError(path, `the model's logits are non-finite (${logits[i]} for token ${i}) after one step although every weight is finite: extreme values in the file (corrupt?); --no-verify loads it anyway`);
   }
 }

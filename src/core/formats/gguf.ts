@@ -283,7 +283,34 @@ export function readGguf(src: ByteSource): GgufFile {
     checkRange(src, dataStart + t.offset, byteLength, `tensor ${t.name} data`);
     return { name: t.name, ne: t.ne, type: t.type, dataOffset: dataStart + t.offset, byteLength };
   });
+  checkPacking(src, tensors, dataStart, alignment);
   return { version, metadata, tensors, alignment, dataStart };
+}
+
+/**
+ * GGUF writers (llama.cpp's, gguf-py, ours) pack tensors back to back, each padded to the
+ * alignment. Anything else means shared bytes (an offset pointing into another tensor) or a type
+ * relabelled to one of another size (an f32 tensor read as f16): both would load wrong weights.
+ */
+function checkPacking(src: ByteSource, tensors: readonly GgufTensorInfo[], dataStart: number, alignment: number): void {
+  const sorted = [...tensors].sort((a, b) => a.dataOffset - b.dataOffset);
+  let expect = dataStart;
+  let prev = "the start of the data section";
+  for (const t of sorted) {
+    if (t.dataOffset < expect) {
+      throw new FormatError(src.name, `tensor ${t.name}: data at offset ${t.dataOffset - dataStart} overlaps ${prev} (${t.type.name} [${t.ne}] takes ${t.byteLength} bytes)`);
+    }
+    if (t.dataOffset > expect) {
+      throw new FormatError(src.name, `tensor ${t.name}: data at offset ${t.dataOffset - dataStart} leaves a gap of ${t.dataOffset - expect} bytes after ${prev} (a wrong offset, or a type or dimensions that do not match the stored bytes)`);
+    }
+    expect = dataStart + alignUp(t.dataOffset - dataStart + t.byteLength, alignment);
+    prev = `tensor ${t.name} (${t.type.name} [${t.ne}], ${t.byteLength} bytes)`;
+  }
+  const end = sorted.length ? sorted[sorted.length - 1].dataOffset + sorted[sorted.length - 1].byteLength : dataStart;
+  // The last tensor's padding may or may not have been written.
+  if (src.size > Math.max(end, expect)) {
+    throw new FormatError(src.name, `${src.size - Math.max(end, expect)} bytes after the last tensor's data (${prev}): the tensors do not cover the data section (a wrong type, dimensions or offset)`);
+  }
 }
 
 function alignUp(n: number, a: number): number {

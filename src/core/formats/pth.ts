@@ -11,12 +11,23 @@ import { ZIP_METHOD_STORED, ZipArchive, type ZipEntry } from "./zip.js";
 /** data.pkl of a state dict is ~100 bytes per tensor; anything this large is not one. */
 const MAX_PICKLE_BYTES = 256 * 1024 * 1024;
 const MAX_SMALL_ENTRY_BYTES = 64;
+/**
+ * What views of shared storages may add to a load beyond the file's own size: sharing is part of
+ * the format (tensors are views of storages), but a file must not make a load allocate far more
+ * than it holds (thousands of tensors viewing one storage).
+ */
+export const PTH_SHARED_SLACK_BYTES = 1024 * 1024;
 /** Keys under which training scripts commonly nest the state dict. */
 const NESTED_STATE_DICT_KEYS = ["state_dict", "model", "module", "model_state_dict"];
 
+export interface PthReadOptions {
+  /** Check the CRC-32 of every zip entry as it is read (default true). */
+  readonly verifyCrc?: boolean;
+}
+
 /** Reads a PyTorch zip checkpoint; tensors are decoded one at a time on toFloat32(). */
-export function readPth(src: ByteSource): Checkpoint {
-  const zip = ZipArchive.open(src);
+export function readPth(src: ByteSource, options: PthReadOptions = {}): Checkpoint {
+  const zip = ZipArchive.open(src, { verifyCrc: options.verifyCrc ?? true });
   const pklEntry = findDataPkl(src.name, zip);
   const stem = pklEntry.name.slice(0, -"data.pkl".length);
   const metadata: Record<string, string> = { "pth.archive": stem.slice(0, -1) };
@@ -34,6 +45,7 @@ export function readPth(src: ByteSource): Checkpoint {
 
   const tensors = new Map<string, TensorEntry>();
   for (const [name, t] of dict) tensors.set(name, tensorEntry(src.name, zip, stem, name, t));
+  checkSharing(src, dict);
   return { format: "pth", source: src.name, tensors, metadata };
 }
 
@@ -90,14 +102,14 @@ function tensorEntry(file: string, zip: ZipArchive, stem: string, name: string, 
   const entryName = `${stem}data/${storage.key}`;
   const entry = zip.entries.get(entryName);
   if (!entry) return bad(`storage ${entryName} is missing from the archive`);
-  if (storage.numel * item > entry.size) bad(`storage ${entryName} has ${entry.size} bytes but ${storage.numel} ${dtype} elements were announced`);
+  if (storage.numel * item !== entry.size) bad(`storage ${entryName} has ${entry.size} bytes but ${storage.numel} ${dtype} elements (${storage.numel * item} bytes) were announced`);
   // Highest element index the view touches; it must lie inside the storage.
   let last = storageOffset;
   for (let i = 0; i < shape.length; i++) last += (shape[i] - 1) * stride[i];
   if (count > 0 && (!Number.isSafeInteger(last) || last >= storage.numel)) {
     bad(`storage out of bounds: view (offset ${storageOffset}, size [${shape}], stride [${stride}]) reaches element ${last} of a storage of ${storage.numel}`);
   }
-  const { offset: base } = zip.range(entry);
+  zip.range(entry); // refuses a compressed storage now rather than at first use
   const contiguous = isContiguous(shape, stride);
   return {
     name, dtype, shape,
@@ -105,11 +117,28 @@ function tensorEntry(file: string, zip: ZipArchive, stem: string, name: string, 
       if (count === 0) return new Float32Array(0);
       // Read only the span the view covers; a contiguous view is decoded directly.
       const span = last - storageOffset + 1;
-      const raw = decodeFloats(zip.src.read(base + storageOffset * item, span * item), dtype, span);
+      const raw = decodeFloats(zip.readPart(entry, storageOffset * item, span * item), dtype, span);
       return contiguous ? raw : gather(raw, shape, stride);
     },
-    ...(contiguous ? { raw: () => zip.src.read(base + storageOffset * item, count * item) } : {}),
+    ...(contiguous ? { raw: () => zip.readPart(entry, storageOffset * item, count * item) } : {}),
   };
+}
+
+/** Refuses files whose views would materialise more bytes than the file holds (plus a small slack). */
+function checkSharing(src: ByteSource, dict: ReadonlyMap<string, TorchTensor>): void {
+  let total = 0;
+  const views = new Map<string, string[]>();
+  for (const [name, t] of dict) {
+    if (t.storage.dtype === null) continue;
+    total += numel(t.shape) * DTYPE_BYTES[t.storage.dtype];
+    const list = views.get(t.storage.key) ?? [];
+    list.push(name);
+    views.set(t.storage.key, list);
+  }
+  if (total <= src.size + PTH_SHARED_SLACK_BYTES) return;
+  const [key, names] = [...views].reduce((a, b) => (b[1].length > a[1].length ? b : a));
+  const shown = names.slice(0, 3).join(", ") + (names.length > 3 ? ` and ${names.length - 3} more` : "");
+  throw new FormatError(src.name, `tensors would take ${total} bytes from a file of ${src.size}: views share storages (storage ${key} is used by ${shown}); refusing a load that large`);
 }
 
 function isContiguous(shape: readonly number[], stride: readonly number[]): boolean {

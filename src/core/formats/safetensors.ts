@@ -28,6 +28,7 @@ export function readSafetensors(src: ByteSource): Checkpoint {
   }
   const dataStart = 8 + headerLen;
   const tensors = new Map<string, TensorEntry>();
+  const ranges: Array<{ name: string; begin: number; end: number }> = [];
   let metadata: Record<string, string> = {};
   for (const [name, info] of Object.entries(header as Record<string, unknown>)) {
     if (name === "__metadata__") {
@@ -54,13 +55,36 @@ export function readSafetensors(src: ByteSource): Checkpoint {
     if (dataStart + end > src.size) {
       throw new FormatError(src.name, `tensor ${name}: data_offsets point past the end of the file (needs ${dataStart + end} bytes, file has ${src.size})`);
     }
+    ranges.push({ name, begin, end });
     tensors.set(name, {
       name, dtype: dtype as DType, shape: shape as number[],
       toFloat32: () => decodeFloats(src.read(dataStart + begin, end - begin), dtype, count),
       raw: () => src.read(dataStart + begin, end - begin),
     });
   }
+  checkCoverage(src.name, ranges, src.size - dataStart);
   return { format: "safetensors", source: src.name, tensors, metadata };
+}
+
+/**
+ * The format requires the tensors' byte ranges to tile the data section exactly, in any order, as
+ * the reference implementation checks: an overlap means shared or shifted bytes, a gap or a tail
+ * means a header whose length or offsets are off (a header one byte short reads every tensor one
+ * byte off).
+ */
+function checkCoverage(file: string, ranges: Array<{ name: string; begin: number; end: number }>, dataBytes: number): void {
+  ranges.sort((a, b) => a.begin - b.begin || a.end - b.end);
+  let at = 0;
+  let prev = "the start of the data section";
+  for (const r of ranges) {
+    if (r.begin < at) throw new FormatError(file, `tensor ${r.name}: data_offsets [${r.begin}, ${r.end}] overlap ${prev}`);
+    if (r.begin > at) throw new FormatError(file, `tensor ${r.name}: data_offsets [${r.begin}, ${r.end}] leave a gap of ${r.begin - at} bytes after ${prev}`);
+    at = r.end;
+    prev = `tensor ${r.name}`;
+  }
+  if (at !== dataBytes) {
+    throw new FormatError(file, `the data section holds ${dataBytes} bytes but the tensors cover ${at} (header length or data_offsets are wrong, or the file is truncated or has trailing bytes)`);
+  }
 }
 
 export interface TensorToWrite {

@@ -28,3 +28,4 @@ export function architectureFor(version: Version, source: string): Architecture 
   if (!a) throw new FormatError(source, `RWKV-${version} is not supported`);
   return a;
 }
+

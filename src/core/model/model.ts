@@ -1,6 +1,7 @@
 import type { Backend, Matrix } from "../backend/backend.js";
 import { RwkvInputError } from "../errors.js";
 import type { Checkpoint } from "../formats/checkpoint.js";
+import { checkUnreadTensors } from "./unknown-tensors.js";
 import { State } from "./state.js";
 import { decodeWeightRow } from "../backend/weight-rows.js";
 import { type WeightOptions, Weights } from "./weights.js";
@@ -276,8 +277,17 @@ export function bySequence(B: number, T: number, W: number, f: (b: number, rows:
   return out;
 }
 
-export function buildModel(ckpt: Checkpoint, arch: Architecture, version: Version, backend: Backend, options: Pick<WeightOptions, "matrices"> = {}): RwkvModel {
-  const w = new Weights(ckpt, arch.name, { ...options, backend });
+export interface BuildOptions extends Pick<WeightOptions, "matrices"> {
+  /** Told about tensors the model does not use but that are known to be harmless (training leftovers). */
+  readonly onWarning?: (message: string) => void;
+}
+
+/** Refuses checkpoints with tensors no supported version uses (see checkUnreadTensors). */
+export function buildModel(ckpt: Checkpoint, arch: Architecture, version: Version, backend: Backend, options: BuildOptions = {}): RwkvModel {
+  const w = new Weights(ckpt, arch.name, { matrices: options.matrices, backend });
   const cfg = arch.inferConfig(w, version);
-  return new RwkvModel(cfg, arch, w, backend);
+  const model = new RwkvModel(cfg, arch, w, backend);
+  const leftovers = checkUnreadTensors(ckpt, version, w.unread());
+  if (leftovers.length) options.onWarning?.(`${ckpt.source}: ignoring ${leftovers.length} tensor(s) left over from training: ${leftovers.slice(0, 8).join(", ")}${leftovers.length > 8 ? ", ..." : ""}`);
+  return model;
 }

@@ -113,8 +113,8 @@ function headOrChannel(w: Weights, name: string, H: number, N: number): Float32A
   if (count !== H && count !== H * N) {
     throw new FormatError(w.ckpt.source, `tensor ${name} has shape [${w.shape(name)}] but RWKV-5 needs ${H} (per head) or ${H * N} (per channel) elements`);
   }
-  const p = w.vec(name, count); // (H) or (A)
-  if (count === H * N) return p;
+  if (count === H * N) return w.heads(name, H, N); // (A)
+  const p = w.vec(name, count); // (H)
   const out = new Float32Array(H * N); // (A)
   for (let h = 0; h < H; h++) out.fill(p[h], h * N, (h + 1) * N);
   return out;

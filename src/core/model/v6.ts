@@ -52,7 +52,7 @@ export const rwkv6: Architecture = {
       decay: w.vec(a + "time_decay", A), // (A) log-log decay base
       decayW1: w.projection(a + "time_decay_w1", C, Dd), // (Dd, C)
       decayW2: w.projection(a + "time_decay_w2", Dd, A), // (A, Dd)
-      u: w.vec(a + "time_faaaa", A), // (A) bonus, used as is
+      u: w.heads(a + "time_faaaa", H, N), // (A) bonus, used as is
       key: w.linear(a + "key.weight", A, C), value: w.linear(a + "value.weight", A, C),
       receptance: w.linear(a + "receptance.weight", A, C), gate: w.linear(a + "gate.weight", A, C),
       output: w.linear(a + "output.weight", C, A),

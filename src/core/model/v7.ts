@@ -61,7 +61,7 @@ export const rwkv7: Architecture = {
       // Layer 0 carries v0/v1/v2 in checkpoints but never uses them (its v *is* v_first).
       v0: i > 0 ? w.vec(a + "v0", C) : null, vLora: i > 0 ? lora("v1", "v2") : null,
       gLora: lora("g1", "g2"),
-      k_k: w.vec(a + "k_k", C), k_a: w.vec(a + "k_a", C), r_k: w.vec(a + "r_k", C),
+      k_k: w.vec(a + "k_k", C), k_a: w.vec(a + "k_a", C), r_k: w.heads(a + "r_k", H, N),
       receptance: w.linear(a + "receptance.weight", C, C), key: w.linear(a + "key.weight", C, C),
       value: w.linear(a + "value.weight", C, C), output: w.linear(a + "output.weight", C, C),
       lnW: w.vec(a + "ln_x.weight", C), lnB: w.vec(a + "ln_x.bias", C),

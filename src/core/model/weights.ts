@@ -28,6 +28,7 @@ export class Weights {
   private readonly backend: Backend;
   private readonly compact: boolean;
   private readonly int8: boolean;
+  private readonly used = new Set<string>();
 
   constructor(readonly ckpt: Checkpoint, readonly arch: string, options: WeightOptions = {}) {
     this.backend = options.backend ?? referenceBackend;
@@ -50,6 +51,19 @@ export class Weights {
       throw new FormatError(this.ckpt.source, `tensor ${name} has shape [${e.shape}] but ${this.arch} needs ${count} elements`);
     }
     return e.toFloat32();
+  }
+
+  /**
+   * A per-head tensor (H, N) flattened: a 2-D shape must be exactly [H, N] (leading/trailing 1s
+   * aside), since the head count is read from one such tensor and a transposed copy elsewhere
+   * would otherwise pass on its element count alone and compute with the wrong heads.
+   */
+  heads(name: string, H: number, N: number): Float32Array {
+    const s = this.entry(name).shape.filter((d) => d !== 1);
+    if (s.length > 1 && (s.length !== 2 || s[0] !== H || s[1] !== N)) {
+      throw new FormatError(this.ckpt.source, `tensor ${name} has shape [${this.entry(name).shape}] but ${this.arch} needs [${H}, ${N}] (heads, head size)`);
+    }
+    return this.vec(name, H * N);
   }
 
   /** A Linear weight stored (out, in): used as y = W x. Kept in its stored type when it can be. */
@@ -102,9 +116,15 @@ export class Weights {
     }
   }
 
+  /** Tensors of the checkpoint that the model construction never read (in checkpoint order). */
+  unread(): string[] {
+    return [...this.ckpt.tensors.keys()].filter((n) => !this.used.has(n));
+  }
+
   private entry(name: string) {
     const e = this.ckpt.tensors.get(name);
     if (!e) throw new FormatError(this.ckpt.source, `missing tensor ${name} (needed by ${this.arch})`);
+    this.used.add(name);
     return e;
   }
 }

@@ -26,7 +26,7 @@ export const EVAL_USAGE = [
   sub("--tokenizer PATH", "World vocab or 20B_tokenizer.json (as for generate)"),
   sub("--tokenizer-kind world|20b|bytes", "override the choice made from the vocabulary size"),
   sub("--backend NAME", "kernel backend (default: best available)"),
-  sub("--threads N  --int8", "kernel threads (all cores); quantize matrices to int8 at load"),
+  sub("--threads N  --int8  --no-verify", "kernel threads (all cores); quantize matrices to int8 at load; skip CRC/NaN checks"),
 ].join("\n");
 
 type Method = "text" | "json" | "uncheatable" | "lambada";

@@ -20,7 +20,7 @@ export const GENERATE_USAGE = `generate [MODEL] (--prompt TEXT | --prompt-file F
       --state-in FILE       start from a saved state, or a v6/v7 state-tuning checkpoint (time_state)
       --state-out FILE      save the state after the output (continue later with --state-in)
       --tokenizer PATH  --tokenizer-kind world|20b|bytes  --chunk-len N (256)
-      --backend NAME  --threads N (all cores)  --int8 (quantize matrices to int8 at load)`;
+      --backend NAME  --threads N (all cores)  --int8 (quantize matrices to int8 at load)  --no-verify (skip CRC/NaN checks)`;
 
 /** Options shared by the commands that sample (generate, chat). */
 export const SAMPLING_OPTIONS: Options = {

@@ -1,0 +1,35 @@
+import { FormatError } from "../errors.js";
+import type { Checkpoint } from "../formats/checkpoint.js";
+import type { Version } from "./model.js";
+
+/** Part of the released RWKV-7 layout but unused: layer 0 takes v from its own values (the reference ignores these). */
+const UNUSED_BY_DESIGN = /^blocks\.0\.att\.v[012]$/;
+/** Leftovers of training that do not change what the model computes: listed in a warning only. */
+const HARMLESS_LEFTOVERS = /(^|\.)(num_batches_tracked|exp_avg|exp_avg_sq|step)$|^(optimizer|lr_scheduler|scheduler)\./;
+/** Tensors of RWKV variants this engine does not implement, which would otherwise load as plain RWKV-7. */
+const KNOWN_VARIANTS: ReadonlyArray<{ pattern: RegExp; name: string }> = [
+  { pattern: /^blocks\.\d+\.qkv\./, name: "RWKV-7b (its qkv.* attention tensors)" },
+  { pattern: /^blocks\.\d+\.ffn\.(s_emb|s_emb_x|s0|s1|s2)(\.weight)?$/, name: "RWKV-7a (DeepEmbed: ffn.s_emb, s0, s1, s2)" },
+];
+const MAX_NAMES_SHOWN = 8;
+
+/**
+ * After a model is built from a checkpoint: tensors it never read mean the file is of a version or
+ * variant the engine does not know, and computing without them gives wrong logits silently. Those
+ * are refused by name; known training leftovers are returned for a warning.
+ */
+export function checkUnreadTensors(ckpt: Checkpoint, version: Version, unread: readonly string[]): string[] {
+  const leftovers: string[] = [];
+  const unknown: string[] = [];
+  for (const n of unread) {
+    if (version === "7" && UNUSED_BY_DESIGN.test(n)) continue;
+    (HARMLESS_LEFTOVERS.test(n) ? leftovers : unknown).push(n);
+  }
+  if (unknown.length) {
+    const variant = KNOWN_VARIANTS.find((v) => unknown.some((n) => v.pattern.test(n)));
+    const shown = unknown.slice(0, MAX_NAMES_SHOWN).join(", ") + (unknown.length > MAX_NAMES_SHOWN ? ` and ${unknown.length - MAX_NAMES_SHOWN} more` : "");
+    const what = variant ? `this is ${variant.name}, which is not supported` : `no supported RWKV version (detected ${version}) uses them`;
+    throw new FormatError(ckpt.source, `${unknown.length} unknown tensor${unknown.length > 1 ? "s" : ""} (${shown}): ${what}; refusing to load a model that would compute without them`);
+  }
+  return leftovers;
+}
