@@ -4,7 +4,7 @@ import { jsonObjectGbnf, jsonSchemaToGbnf } from "./json-schema.js";
 import { CompiledGrammar, TokenGrammar } from "./matcher.js";
 
 export { charsMatch, checkGrammar, type Grammar, parseGbnf } from "./gbnf.js";
-export { jsonObjectGbnf, jsonSchemaToGbnf } from "./json-schema.js";
+export { JSON_BASE_GBNF, jsonObjectGbnf, jsonSchemaRules, jsonSchemaToGbnf } from "./json-schema.js";
 export { CompiledGrammar, GrammarMatcher, TokenGrammar, TokenTrie, tokenTrie } from "./matcher.js";
 
 /** What to constrain generation to. */

@@ -25,7 +25,7 @@ const TYPES = ["object", "array", "string", "number", "integer", "boolean", "nul
 const MAX_BOUND = 1000;
 
 /** Generic JSON, and the pieces every schema grammar uses. */
-const BASE = String.raw`
+export const JSON_BASE_GBNF = String.raw`
 sp ::= " "?
 string ::= "\"" char* "\""
 char ::= [^"\\\x00-\x1f] | "\\" (["\\/bfnrt] | "u" [0-9a-fA-F]{4})
@@ -47,12 +47,21 @@ type Schema = { [key: string]: unknown };
 
 /** GBNF for "any JSON object" (response_format json_object). */
 export function jsonObjectGbnf(): string {
-  return `root ::= object\n${BASE}`;
+  return `root ::= object\n${JSON_BASE_GBNF}`;
 }
 
 /** GBNF whose sentences are exactly compact JSON texts valid against `schema`; errors name `subject`. */
 export function jsonSchemaToGbnf(schema: unknown, subject = "json_schema"): string {
-  return new Converter(schema, subject).run();
+  const { root, rules } = jsonSchemaRules(schema, subject, "s");
+  return `root ::= ${root}\n${rules}\n${JSON_BASE_GBNF}`;
+}
+
+/**
+ * The rules of a schema without a root rule and without JSON_BASE_GBNF (for combining several
+ * schemas in one grammar): `root` is the expression to use, helper rules are named prefix0, prefix1...
+ */
+export function jsonSchemaRules(schema: unknown, subject: string, prefix: string): { root: string; rules: string } {
+  return new Converter(schema, subject, prefix).run();
 }
 
 /** A GBNF string literal for `text`. */
@@ -72,16 +81,15 @@ class Converter {
   private readonly refNames = new Map<string, string>();
   private count = 0;
 
-  constructor(private readonly root: unknown, private readonly subject: string) {}
+  constructor(private readonly root: unknown, private readonly subject: string, private readonly prefix: string) {}
 
   private fail(path: string, problem: string): never {
     throw new RwkvInputError(this.subject, `${path || "/"}: ${problem}`);
   }
 
-  run(): string {
-    const body = this.convert(this.root, "");
-    const lines = [`root ::= ${body}`, ...[...this.rules].map(([n, b]) => `${n} ::= ${b}`)];
-    return lines.join("\n") + "\n" + BASE;
+  run(): { root: string; rules: string } {
+    const root = this.convert(this.root, "");
+    return { root, rules: [...this.rules].map(([n, b]) => `${n} ::= ${b}`).join("\n") };
   }
 
   /** A GBNF expression (a rule name or a parenthesized group) for `s` at JSON pointer `path`. */
@@ -137,7 +145,7 @@ class Converter {
     const defs = (this.root as Schema)[m[1]];
     const target = typeof defs === "object" && defs !== null ? (defs as Schema)[m[2]] : undefined;
     if (target === undefined) this.fail(`${path}/$ref`, `${m[0]} is not defined`);
-    const name = `s${this.count++}`;
+    const name = `${this.prefix}${this.count++}`;
     this.refNames.set(m[0], name);
     this.rules.set(name, this.convert(target, `/${m[1]}/${m[2]}`)); // set after: the body may refer to the name
     return name;
