@@ -237,13 +237,14 @@ test("errors: OpenAI error objects with the right status (400, 401, 404, 405, 41
   await expect400(chat({ max_tokens: 0 }), "max_tokens");
   await expect400(chat({ max_tokens: MAX_TOKENS_LIMIT + 1 }), "max_tokens");
   await expect400(chat({ max_completion_tokens: 1.5 }), "max_completion_tokens", "invalid_type");
-  await expect400(chat({ n: 2 }), "n");
+  await expect400(chat({ n: 0 }), "n");
+  await expect400(chat({ n: 17 }), "n");
   await expect400(chat({ stop: ["a", "b", "c", "d", "e"] }), "stop");
   await expect400(chat({ stop: 5 }), "stop", "invalid_type");
   await expect400(chat({ seed: 1.5 }), "seed", "invalid_type");
   await expect400(chat({ logit_bias: { 999: 1 } }), "logit_bias");
   await expect400(chat({ logit_bias: { 5: 101 } }), "logit_bias");
-  await expect400(chat({ logprobs: true }), "logprobs", "unsupported_parameter");
+  await expect400(chat({ audio: { voice: "x" } }), "audio", "unsupported_parameter");
   await expect400(chat({ stream_options: { include_usage: true } }), "stream_options");
   await expect400(chat({ messages: [] }), "messages");
   await expect400(chat({ messages: [{ role: "wizard", content: "x" }] }), "messages[0].role");

@@ -1,5 +1,6 @@
 import { RwkvInputError } from "./errors.js";
 import { logProb, type PenaltyOptions, Penalties, Rng, sampleLogits, type SamplerOptions, validateSamplerOptions } from "./sampling.js";
+import type { GrammarMatcher, TokenGrammar } from "./grammar/matcher.js";
 import { StreamDecoder } from "./tokenizer/stream.js";
 import type { Tokenizer } from "./tokenizer/types.js";
 
@@ -10,6 +11,9 @@ import type { Tokenizer } from "./tokenizer/types.js";
  */
 
 export type FinishReason = "length" | "stop" | "cancelled";
+
+/** One alternative of top_logprobs. */
+export interface TokenLogprob { readonly token: number; readonly logprob: number }
 
 export interface DecodingOptions {
   readonly maxTokens?: number; // default 256
@@ -25,6 +29,14 @@ export interface DecodingOptions {
   readonly stop?: readonly string[];
   /** Generation ends at these tokens (not emitted, not fed to the model). */
   readonly stopTokens?: readonly number[];
+  /**
+   * Constrained decoding: only tokens the grammar allows are sampled (a stop token only once the
+   * text is a complete sentence), and generation stops when nothing may follow. Build one with
+   * compileConstraint (src/core/grammar).
+   */
+  readonly grammar?: TokenGrammar;
+  /** Also report the this many most likely tokens of each step with their logprobs (0 = off). */
+  readonly topLogprobs?: number;
 }
 
 export interface DecodeStep {
@@ -32,6 +44,8 @@ export interface DecodeStep {
   readonly token: number | null;
   /** log p(token) under the model's distribution (before penalties and sampling filters). */
   readonly logprob: number | null;
+  /** The most likely tokens of this step, when DecodingOptions.topLogprobs > 0 (else empty). */
+  readonly top: readonly TokenLogprob[];
   /** Text to hand out now (may be empty while a character or stop string is pending). */
   readonly text: string;
   /** Set when this step ended generation. */
@@ -52,6 +66,7 @@ export class Decoding {
   private text = "";
   private emitted = 0;
   private finished: FinishReason | null = null;
+  private readonly matcher: GrammarMatcher | null;
 
   /** `choosable`: ids at or above it are never sampled (padded vocabularies have ids no tokenizer decodes). */
   constructor(tokenizer: Tokenizer, private readonly choosable: number, private readonly options: DecodingOptions = {}) {
@@ -63,6 +78,12 @@ export class Decoding {
     this.rng = options.rng ?? new Rng(options.seed ?? 0);
     this.penalties = options.penaltyState ?? new Penalties(options.penalties, (ids) => tokenizer.decode(ids));
     this.decoder = new StreamDecoder(tokenizer);
+    const k = options.topLogprobs ?? 0;
+    if (!Number.isSafeInteger(k) || k < 0) throw new RwkvInputError("top_logprobs", `must be an integer >= 0, got ${k}`);
+    if (options.grammar && options.grammar.choosable !== choosable) {
+      throw new RwkvInputError("grammar", `was compiled for ${options.grammar.choosable} tokens, this model samples from ${choosable}`);
+    }
+    this.matcher = options.grammar?.matcher() ?? null;
     if (this.maxTokens === 0) this.finished = "length";
   }
 
@@ -76,24 +97,45 @@ export class Decoding {
     const raw = logits.subarray(0, this.choosable);
     const work = raw.slice();
     this.penalties.apply(work);
+    if (this.matcher) {
+      // The text is complete and nothing may follow: end as a stop token would.
+      if (this.matcher.finished) {
+        this.text += this.decoder.flush();
+        return this.end("stop", null, null, this.text.length);
+      }
+      if (!this.constrain(work)) throw new RwkvInputError("grammar", "no token of the vocabulary can continue the text here");
+    }
     const token = sampleLogits(work, this.options.sampler, this.rng);
     if (this.stopTokens.has(token)) {
       this.text += this.decoder.flush();
       return this.end("stop", null, null, this.text.length);
     }
     const logprob = logProb(raw, token);
+    const top = this.options.topLogprobs ? topLogprobs(raw, this.options.topLogprobs) : [];
+    this.matcher?.accept(token);
     this.penalties.record(token);
     this.generated.push(token);
     const last = this.generated.length >= this.maxTokens;
     this.text += this.decoder.push(token) + (last ? this.decoder.flush() : "");
     const hit = firstStop(this.text, this.stops, this.emitted);
-    if (hit >= 0) return this.end("stop", token, logprob, hit);
-    if (last) return this.end("length", token, logprob, this.text.length);
+    if (hit >= 0) return this.end("stop", token, logprob, hit, top);
+    if (last) return this.end("length", token, logprob, this.text.length, top);
     // Hold back a tail that may turn out to be the start of a stop string.
     const safe = this.text.length - pendingStopPrefix(this.text, this.stops, this.emitted);
     const text = this.text.slice(this.emitted, safe);
     this.emitted = safe;
-    return { token, logprob, text, finish: null, feed: true };
+    return { token, logprob, top, text, finish: null, feed: true };
+  }
+
+  /** Sets the logits of tokens the grammar forbids to -Infinity; false when none is left. */
+  private constrain(work: Float32Array): boolean {
+    const mask = this.matcher!.allowed();
+    const stopOk = this.matcher!.accepting;
+    let any = false;
+    for (let i = 0; i < work.length; i++) {
+      if (mask[i] === 1 || (stopOk && this.stopTokens.has(i))) { if (work[i] !== -Infinity) any = true; } else work[i] = -Infinity;
+    }
+    return any;
   }
 
   /** Ends generation from outside (client gone, Ctrl-C); returns nothing more to emit. */
@@ -101,11 +143,11 @@ export class Decoding {
     if (!this.finished) this.finished = "cancelled";
   }
 
-  private end(reason: FinishReason, token: number | null, logprob: number | null, upTo: number): DecodeStep {
+  private end(reason: FinishReason, token: number | null, logprob: number | null, upTo: number, top: readonly TokenLogprob[] = []): DecodeStep {
     const text = this.text.slice(this.emitted, upTo);
     this.emitted = upTo;
     this.finished = reason;
-    return { token, logprob, text, finish: reason, feed: false };
+    return { token, logprob, top, text, finish: reason, feed: false };
   }
 }
 
@@ -128,4 +170,20 @@ function pendingStopPrefix(text: string, stops: readonly string[], from: number)
     }
   }
   return keep;
+}
+
+/** The k largest log-softmax values of `logits` (double precision), largest first, ties by lower id. */
+export function topLogprobs(logits: Float32Array, k: number): TokenLogprob[] {
+  let max = -Infinity;
+  for (let i = 0; i < logits.length; i++) if (logits[i] > max) max = logits[i];
+  let sum = 0;
+  for (let i = 0; i < logits.length; i++) sum += Math.exp(logits[i] - max);
+  const best: number[] = []; // ids, kept sorted by logit descending
+  for (let i = 0; i < logits.length; i++) {
+    if (best.length === k && logits[i] <= logits[best[k - 1]]) continue;
+    let j = best.length < k ? best.length : k - 1;
+    best[j] = i;
+    while (j > 0 && logits[best[j - 1]] < logits[i]) { best[j] = best[j - 1]; best[j - 1] = i; j--; }
+  }
+  return best.map((token) => ({ token, logprob: logits[token] - max - Math.log(sum) }));
 }

@@ -1,6 +1,7 @@
 import { readFileSync } from "node:fs";
 import { RwkvInputError } from "../../core/errors.js";
 import { generate, type GenerateInput } from "../../core/generate.js";
+import { constraintFromFiles } from "./constraint-flags.js";
 import type { State } from "../../core/model/state.js";
 import { type PenaltyOptions, Penalties, Rng, type SamplerOptions } from "../../core/sampling.js";
 import type { Tokenizer } from "../../core/tokenizer/types.js";
@@ -17,6 +18,8 @@ export const GENERATE_USAGE = `generate [MODEL] (--prompt TEXT | --prompt-file F
       --presence-penalty A (0.2)  --frequency-penalty A (0.2)  --penalty-decay D (0.996)
       --logit-bias ID:BIAS  --ban ID  --stop TEXT  --stop-token ID   (each may repeat)
       --greedy              argmax decoding, no penalties
+      --json-schema FILE    output is compact JSON valid against the JSON Schema in FILE
+      --grammar FILE        output follows the GBNF grammar in FILE (llama.cpp's format, rule root)
       --state-in FILE       start from a saved state, or a v6/v7 state-tuning checkpoint (time_state)
       --state-out FILE      save the state after the output (continue later with --state-in)
       --tokenizer PATH  --tokenizer-kind world|20b|bytes  --chunk-len N (256)
@@ -109,7 +112,7 @@ interface GenerationExtra { rng: ReturnType<Rng["toJSON"]>; penalties: ReturnTyp
 export async function generateCommand(args: string[], io: CliIO, config: CliConfig): Promise<number> {
   const { values, positionals } = parse(args, {
     ...SAMPLING_OPTIONS, prompt: { type: "string" }, "prompt-file": { type: "string" },
-    "state-in": { type: "string" }, "state-out": { type: "string" },
+    "state-in": { type: "string" }, "state-out": { type: "string" }, "json-schema": { type: "string" }, grammar: { type: "string" },
   }, ["[MODEL]"]);
   const settings = samplingSettings(values);
   const promptArg = str(values, "prompt"), promptFile = str(values, "prompt-file");
@@ -122,6 +125,7 @@ export async function generateCommand(args: string[], io: CliIO, config: CliConf
   const modelPath = modelPathFor(positionals[0], config);
   const model = loadModel(modelPath, modelLoadOptions(values));
   const tokenizer = tokenizerFor(values, model.config.vocabSize, modelPath);
+  const grammar = constraintFromFiles(str(values, "json-schema"), str(values, "grammar"), tokenizer, Math.min(tokenizer.vocabSize, model.config.vocabSize));
   const input: { prompt: number[]; state?: State; logits?: Float32Array } = { prompt: tokenizer.encode(prompt ?? "") };
   let rng = new Rng(settings.seed);
   let penaltyState: Penalties | undefined;
@@ -145,7 +149,7 @@ export async function generateCommand(args: string[], io: CliIO, config: CliConf
   const stopTokens = tokenizer.name === "bytes" ? settings.stopTokens : [0, ...settings.stopTokens];
   const it = generate(model, tokenizer, input as GenerateInput, {
     maxTokens: settings.maxTokens, sampler: settings.sampler, penalties: settings.penalties, rng, penaltyState,
-    stop: settings.stop, stopTokens, chunkLen: settings.chunkLen,
+    stop: settings.stop, stopTokens, chunkLen: settings.chunkLen, grammar,
   });
   for (;;) {
     const r = await it.next();

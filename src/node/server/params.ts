@@ -1,12 +1,14 @@
 import type { PenaltyOptions, SamplerOptions } from "../../core/sampling.js";
 import type { ChatMessage, ChatRole } from "./chat-format.js";
 import { ApiError, HTTP, invalidParam } from "./errors.js";
+import { type Extras, parseExtras } from "./extras.js";
+import { parseTools, renderAssistantToolCalls, renderToolResult, renderToolsSection, type ToolSettings } from "./tools.js";
 
 /*
  * Validation of the OpenAI request bodies into typed requests. Ranges follow OpenAI (temperature
  * 0..2, top_p 0..1, penalties -2..2, logit_bias -100..100, at most 4 stop sequences, n = 1), with
- * 400 invalid_request_error naming the parameter. Parameters we cannot honour (logprobs, tools, echo,
- * suffix, n > 1 ...) are refused rather than silently ignored; unknown fields are ignored, as
+ * 400 invalid_request_error naming the parameter. n, logprobs, echo and response_format are parsed in
+ * extras.ts, tools in tools.ts. Parameters we cannot honour (suffix, best_of, functions ...) are refused rather than silently ignored; unknown fields are ignored, as
  * clients add new optional fields faster than servers learn them.
  */
 
@@ -48,11 +50,14 @@ interface Common {
   /** null: none given; the server draws one. */
   readonly seed: number | null;
   readonly stop: string[];
+  readonly extras: Extras;
 }
 
 export interface ChatRequest extends Common {
   readonly kind: "chat";
   readonly messages: ChatMessage[];
+  /** null: no tools given. */
+  readonly tools: ToolSettings | null;
 }
 
 export interface CompletionRequest extends Common {
@@ -97,16 +102,10 @@ function isObject(v: Json | undefined): v is JsonObject {
 
 /** Parameters we cannot honour: refused when set to anything but their "off" value. */
 const UNSUPPORTED: ReadonlyArray<readonly [string, (v: Json) => boolean]> = [
-  ["logprobs", (v) => v === false || v === 0],
-  ["top_logprobs", (v) => v === 0],
-  ["echo", (v) => v === false],
   ["suffix", (v) => v === ""],
   ["best_of", (v) => v === 1],
-  ["tools", (v) => Array.isArray(v) && v.length === 0],
   ["functions", (v) => Array.isArray(v) && v.length === 0],
-  ["tool_choice", (v) => v === "none"],
   ["function_call", (v) => v === "none"],
-  ["response_format", (v) => isObject(v) && v.type === "text"],
   ["audio", () => false],
   ["prediction", () => false],
 ];
@@ -150,8 +149,7 @@ function parseCommon(body: JsonObject, kind: GenerationRequest["kind"], limits: 
   checkUnsupported(body);
   if (!given(body, "model")) throw invalidParam("model", "you must provide a model parameter", "missing_required_parameter");
   if (typeof body.model !== "string") throw invalidParam("model", `model must be a string, got ${typeName(body.model)}`, "invalid_type");
-  const n = int(body, "n", 1, Number.MAX_SAFE_INTEGER);
-  if (n !== undefined && n !== 1) throw invalidParam("n", `n must be 1 (one choice per request), got ${n}`);
+  const extras = parseExtras(body, kind);
   const stream = bool(body, "stream") ?? false;
   let includeUsage = false;
   if (given(body, "stream_options")) {
@@ -182,7 +180,7 @@ function parseCommon(body: JsonObject, kind: GenerationRequest["kind"], limits: 
     penaltyDecay: limits.penaltyDecay,
     logitBias: parseLogitBias(body, limits.vocabSize),
   };
-  return { model: body.model, stream, includeUsage, maxTokens, sampler, penalties, seed, stop: parseStop(body) };
+  return { model: body.model, stream, includeUsage, maxTokens, sampler, penalties, seed, stop: parseStop(body), extras };
 }
 
 const ROLES: Readonly<Record<string, ChatRole>> = { system: "system", developer: "system", user: "user", assistant: "assistant" };
@@ -210,15 +208,28 @@ export function parseChatRequest(body: JsonObject, limits: Limits): ChatRequest 
   const list = body.messages;
   if (!Array.isArray(list)) throw invalidParam("messages", given(body, "messages") ? "messages must be an array" : "you must provide a messages parameter", given(body, "messages") ? "invalid_type" : "missing_required_parameter");
   if (list.length === 0) throw invalidParam("messages", "messages must contain at least one message");
+  const tools = parseTools(body);
+  if (tools && common.extras.constraint) throw invalidParam("response_format", "response_format together with tools is not supported");
+  const known = tools ? new Set(tools.tools.map((t) => t.name)) : null;
   const messages = list.map((m, i): ChatMessage => {
     if (!isObject(m)) throw invalidParam(`messages[${i}]`, `messages[${i}] must be an object`, "invalid_type");
+    // Tool results are rendered as user turns (tools.ts has the template).
+    if (m.role === "tool") return { role: "user", content: renderToolResult(contentText(m.content, `messages[${i}].content`, "user")) };
     const role = typeof m.role === "string" ? ROLES[m.role] : undefined;
     if (role === undefined) {
-      throw invalidParam(`messages[${i}].role`, `messages[${i}].role must be one of system, developer, user, assistant; got ${JSON.stringify(m.role ?? null)}`);
+      throw invalidParam(`messages[${i}].role`, `messages[${i}].role must be one of system, developer, user, assistant, tool; got ${JSON.stringify(m.role ?? null)}`);
     }
-    return { role, content: contentText(m.content, `messages[${i}].content`, role) };
+    const content = contentText(m.content, `messages[${i}].content`, role);
+    if (role !== "assistant" || m.tool_calls === undefined || m.tool_calls === null) return { role, content };
+    const calls = renderAssistantToolCalls(m.tool_calls, `messages[${i}].tool_calls`, known);
+    return { role, content: content === "" ? calls : `${content}\n${calls}` };
   });
-  return { ...common, kind: "chat", messages };
+  if (tools) {
+    const section = renderToolsSection(tools.tools);
+    if (messages[0].role === "system") messages[0] = { role: "system", content: `${messages[0].content}\n${section}` };
+    else messages.unshift({ role: "system", content: section });
+  }
+  return { ...common, kind: "chat", messages, tools };
 }
 
 export function parseCompletionRequest(body: JsonObject, limits: Limits): CompletionRequest {

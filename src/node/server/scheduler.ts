@@ -1,5 +1,5 @@
 import { setImmediate as nextTurn } from "node:timers/promises";
-import type { Decoding, FinishReason } from "../../core/decoding.js";
+import type { DecodeStep, Decoding, FinishReason } from "../../core/decoding.js";
 import type { Model } from "../../core/model/model.js";
 import type { State } from "../../core/model/state.js";
 import { DEFAULT_CHUNK_LEN } from "../../core/generate.js";
@@ -48,6 +48,8 @@ export interface JobSpec {
   readonly decoding: Decoding;
   /** Receives each piece of text as soon as it is safe to show (called synchronously inside a turn). */
   readonly onText?: (text: string) => void;
+  /** Receives every sampled token's step (its logprobs), before its text goes to onText. */
+  readonly onToken?: (step: DecodeStep) => void;
   /**
    * The token sequence the NEXT request of this conversation will start with, given this one's
    * output (prompt + reply + separator for chat); the state after it is cached. Null: cache the
@@ -81,7 +83,8 @@ export interface JobResult {
 /** Generated tokens the continuation may add past what was fed (normally the "\n\n" separator): bounds the extra work at the end. */
 const MAX_CONTINUATION_EXTRA_TOKENS = 32;
 
-type Phase = "queued" | "prefill" | "decode" | "done";
+/** "forked": admitted with a group's first request, waiting for its prompt state (see submitForked). */
+type Phase = "queued" | "forked" | "prefill" | "decode" | "done";
 
 export class Job {
   phase: Phase = "queued";
@@ -100,6 +103,8 @@ export class Job {
   /** Every token behind `state`: prompt, then the fed part of the reply. */
   readonly fed: number[];
   cancelReason: CancelReason | null = null;
+  /** Requests with the same prompt that start from a copy of this one's state after the prompt. */
+  readonly followers: Job[] = [];
   /** performance.now() when queued, given a slot, and when its first text went out (for logs). */
   readonly submittedAt = performance.now();
   admittedAt = 0;
@@ -193,6 +198,24 @@ export class Scheduler {
     return job;
   }
 
+  /**
+   * Queues requests that share one prompt (n > 1): the prompt is prefilled once, by the first;
+   * the others start decoding from a copy of its state and logits, and all are decoded together
+   * in the batch. Admitted together, so at most `slots` of them.
+   */
+  submitForked(specs: readonly JobSpec[]): Job[] {
+    if (specs.length > this.options.slots) {
+      throw new ApiError(HTTP.badRequest, `n must be at most ${this.options.slots} (the server's slots)`, "invalid_request_error", "n", "invalid_value");
+    }
+    const leader = this.submit(specs[0]);
+    for (const spec of specs.slice(1)) {
+      if (spec.prompt.length !== specs[0].prompt.length || spec.prompt.some((t, i) => t !== specs[0].prompt[i])) throw new RangeError("forked requests must share their prompt");
+      leader.followers.push(new Job(spec, this));
+      this.metrics.requestsStarted++;
+    }
+    return [leader, ...leader.followers];
+  }
+
   /** Drops a request from its slot or the queue at once and settles it as cancelled. */
   cancel(job: Job, reason: CancelReason): void {
     if (job.phase === "done") return;
@@ -201,6 +224,8 @@ export class Scheduler {
     this.remove(job);
     this.metrics.requestsCancelled++;
     job.settle(this.result(job, "cancelled"));
+    // Followers still waiting for this prompt would never get it.
+    for (const f of job.followers) if (f.phase === "queued" || f.phase === "forked") this.cancel(f, reason);
     this.wake(); // a freed slot can admit a queued request
     this.checkIdle();
   }
@@ -272,7 +297,7 @@ export class Scheduler {
   }
 
   private admit(): void {
-    while (this.active.length < this.options.slots && this.waiting.length > 0) {
+    while (this.waiting.length > 0 && this.active.length + 1 + this.waiting[0].followers.length <= this.options.slots) {
       const job = this.waiting.shift()!;
       const prompt = job.spec.prompt;
       const hit = this.guard([job], () => this.cache?.lookup(prompt) ?? null);
@@ -284,6 +309,11 @@ export class Scheduler {
       this.metrics.promptTokens += prompt.length;
       this.metrics.promptTokensCached += job.cachedTokens;
       this.active.push(job);
+      for (const f of job.followers) {
+        f.phase = "forked";
+        f.admittedAt = job.admittedAt;
+        this.active.push(f);
+      }
       if (hit && hit.length === prompt.length) {
         this.promptDone(job, hit.logits);
       } else {
@@ -314,6 +344,14 @@ export class Scheduler {
   private promptDone(job: Job, logits: Float32Array): void {
     job.phase = "decode";
     job.logits = logits;
+    for (const f of job.followers) {
+      if (f.phase !== "forked") continue;
+      f.phase = "decode";
+      f.state = job.state!.clone();
+      f.logits = logits;
+      f.cachedTokens = job.cachedTokens;
+      f.prefillPos = job.prefillPos;
+    }
     // A retried request, or one sharing this exact prompt, starts here.
     if (job.spec.cachePrompt) this.cache?.store(job.spec.prompt, job.state!, logits);
     else if (this.cache && job.spec.continuation) job.afterPrompt = { state: job.state!.clone(), logits };
@@ -342,6 +380,7 @@ export class Scheduler {
       // Sampling and handing out text belong to this request alone: a failure fails only it.
       const step = this.guard([job], () => {
         const s = job.spec.decoding.next(logits);
+        if (s.token !== null) job.spec.onToken?.(s);
         if (s.text) {
           if (job.firstTextAt === 0) job.firstTextAt = performance.now();
           job.spec.onText?.(s.text);
@@ -404,7 +443,7 @@ export class Scheduler {
     try {
       return f();
     } catch (e) {
-      for (const job of jobs) {
+      for (const job of [...jobs, ...jobs.flatMap((j) => j.followers.filter((f) => f.phase === "forked" || f.phase === "queued"))]) {
         this.remove(job);
         this.metrics.requestsFailed++;
         job.settle(null, e);

@@ -1,18 +1,16 @@
-import { createHash, randomBytes, randomInt, timingSafeEqual } from "node:crypto";
+import { createHash, timingSafeEqual } from "node:crypto";
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from "node:http";
 import type { AddressInfo } from "node:net";
-import { RwkvInputError } from "../../core/errors.js";
-import { END_OF_TEXT_TOKEN, TURN_SEPARATOR } from "../../core/chat.js";
-import { Decoding } from "../../core/decoding.js";
+import { END_OF_TEXT_TOKEN } from "../../core/chat.js";
 import type { Model } from "../../core/model/model.js";
 import type { Tokenizer } from "../../core/tokenizer/types.js";
-import { type ChatNames, DEFAULT_CHAT_NAMES, renderChatPrompt, replyContinuation, trimReplyStart } from "./chat-format.js";
-import { ApiError, HTTP, invalidParam, sendError, sendJson } from "./errors.js";
+import { type ChatNames, DEFAULT_CHAT_NAMES } from "./chat-format.js";
+import { ApiError, HTTP, sendError, sendJson } from "./errors.js";
 import { type CorsOptions, handleCors } from "./cors.js";
 import { embeddingsResponse, parseEmbeddingRequest } from "./embeddings.js";
 import { type GenerationRequest, type JsonObject, type Limits, parseChatRequest, parseCompletionRequest, parseJsonBody } from "./params.js";
-import { type JobResult, Scheduler } from "./scheduler.js";
-import { endEventStream, sendEvent, startEventStream } from "./sse.js";
+import { GrammarCache, runCompletion } from "./completion.js";
+import { Scheduler } from "./scheduler.js";
 
 /*
  * The OpenAI-compatible HTTP API over node:http: GET /v1/models, POST /v1/completions,
@@ -64,9 +62,6 @@ export const SERVER_DEFAULTS = {
 const MIB = 1024 * 1024;
 /** OpenAI's `created` is in whole seconds. */
 const MS_PER_S = 1000;
-const ID_BYTES = 12;
-/** Seeds drawn for requests without one: below crypto.randomInt's 2^48 range limit. */
-const RANDOM_SEED_LIMIT = 2 ** 47;
 /** How long an oversized upload may go on being discarded after its 413 before the socket is cut. */
 const OVERSIZE_LINGER_MS = 1000;
 
@@ -90,6 +85,7 @@ export class RwkvServer {
   private readonly choosable: number;
   private readonly created = Math.floor(Date.now() / MS_PER_S);
   private draining = false;
+  private readonly grammars = new GrammarCache();
 
   constructor(private readonly options: ServerOptions) {
     const d = SERVER_DEFAULTS;
@@ -234,93 +230,11 @@ export class RwkvServer {
   }
 
   private async generate(request: GenerationRequest, req: IncomingMessage, res: ServerResponse): Promise<void> {
-    const { tokenizer } = this.options;
-    const chat = request.kind === "chat";
-    const source = chat ? renderChatPrompt(request.messages, this.names) : request.prompt;
-    const promptText = typeof source === "string" ? source : null;
-    const prompt = typeof source === "string" ? tokenizer.encode(source) : [...source];
-    if (prompt.length === 0) throw invalidParam(chat ? "messages" : "prompt", "the prompt is empty (no tokens)");
-    if (prompt.length > this.limits.maxPromptTokens) {
-      throw invalidParam(chat ? "messages" : "prompt", `the prompt has ${prompt.length} tokens; this server accepts at most ${this.limits.maxPromptTokens}`,
-        "context_length_exceeded");
-    }
-    const maxTokens = request.maxTokens ?? this.limits.maxTokensLimit;
-    const seed = request.seed ?? randomInt(0, RANDOM_SEED_LIMIT); // no seed: a fresh random stream, as OpenAI does
-    let decoding: Decoding;
-    try {
-      decoding = new Decoding(tokenizer, this.choosable, {
-        maxTokens, sampler: request.sampler, penalties: request.penalties, seed,
-        // Chat replies end where the model starts a new turn ("\n\n"), as in the official chat.
-        stop: chat ? [TURN_SEPARATOR, ...request.stop] : request.stop, stopTokens: this.stopTokens,
-      });
-    } catch (e) {
-      if (e instanceof RwkvInputError) throw invalidParam(e.subject, e.message);
-      throw e;
-    }
-
-    const id = (chat ? "chatcmpl-" : "cmpl-") + randomBytes(ID_BYTES).toString("hex");
-    const created = Math.floor(Date.now() / MS_PER_S);
-    const base = { id, object: chat ? "chat.completion.chunk" : "text_completion", created, model: this.options.modelName, system_fingerprint: this.options.model.fingerprint };
-    const stream = request.stream;
-    let started = !chat; // chat: the leading space after "Assistant:" is not part of the reply
-    const onText = (text: string): void => {
-      if (!stream) return;
-      if (!started) {
-        text = trimReplyStart(text);
-        if (text === "") return;
-        started = true;
-      }
-      const choice = chat ? { index: 0, delta: { content: text }, logprobs: null, finish_reason: null } : { text, index: 0, logprobs: null, finish_reason: null };
-      sendEvent(res, { ...base, choices: [choice] });
-    };
-    // For chat: the next turn's prompt will start with this prompt + " {reply}\n\n" (chat-format.ts).
-    const continuation = chat && promptText !== null
-      ? (output: string) => tokenizer.encode(promptText + replyContinuation(trimReplyStart(output)))
-      : undefined;
-
-    const job = this.scheduler.submit({ prompt, decoding, onText, continuation, cachePrompt: !chat });
-    res.setHeader("X-Request-Id", id); // before the first turn of the loop can write anything (scheduler.ts)
-    const t0 = Date.now();
-    // A client that goes away cancels its generation and frees its slot at once.
-    res.on("close", () => { if (!res.writableFinished) job.cancel("client"); });
-    if (stream) {
-      startEventStream(res);
-      if (chat) sendEvent(res, { ...base, choices: [{ index: 0, delta: { role: "assistant", content: "" }, logprobs: null, finish_reason: null }] });
-    }
-    let result: JobResult;
-    try {
-      result = await job.done;
-    } catch (e) {
-      if (!stream) throw e;
-      sendEvent(res, internalError(e).toBody());
-      return endEventStream(res);
-    }
-    this.options.log?.(`${req.method} ${req.url} ${id} prompt=${result.promptTokens} cached=${result.cachedTokens} ` +
-      `completion=${result.completionTokens} finish=${result.finishReason}${result.cancelReason ? `(${result.cancelReason})` : ""} ` +
-      `wait=${result.waitMs.toFixed(0)}ms first_text=${result.firstTextMs.toFixed(0)}ms total=${Date.now() - t0}ms`);
-    if (result.finishReason === "cancelled") {
-      if (result.cancelReason === "client") return; // nobody to answer
-      const error = new ApiError(HTTP.unavailable, "the server shut down before the request finished", "server_error", null, "shutting_down");
-      if (!stream) throw error;
-      sendEvent(res, error.toBody());
-      return endEventStream(res);
-    }
-    const finishReason = result.finishReason === "length" ? "length" : "stop";
-    const usage = {
-      prompt_tokens: result.promptTokens, completion_tokens: result.completionTokens, total_tokens: result.promptTokens + result.completionTokens,
-      prompt_tokens_details: { cached_tokens: result.cachedTokens },
-    };
-    if (stream) {
-      const last = chat ? { index: 0, delta: {}, logprobs: null, finish_reason: finishReason } : { text: "", index: 0, logprobs: null, finish_reason: finishReason };
-      sendEvent(res, { ...base, choices: [last] });
-      if (request.includeUsage) sendEvent(res, { ...base, choices: [], usage });
-      return endEventStream(res);
-    }
-    const text = chat ? trimReplyStart(result.text) : result.text;
-    const choice = chat
-      ? { index: 0, message: { role: "assistant", content: text, refusal: null }, logprobs: null, finish_reason: finishReason }
-      : { text, index: 0, logprobs: null, finish_reason: finishReason };
-    sendJson(res, HTTP.ok, { ...base, object: chat ? "chat.completion" : "text_completion", choices: [choice], usage });
+    const { model, tokenizer, modelName, log } = this.options;
+    await runCompletion({
+      model, tokenizer, modelName, log, scheduler: this.scheduler, limits: this.limits, names: this.names,
+      stopTokens: this.stopTokens, choosable: this.choosable, grammars: this.grammars,
+    }, request, req, res);
   }
 
   private async embeddings(body: JsonObject, res: ServerResponse): Promise<void> {
