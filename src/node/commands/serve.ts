@@ -3,6 +3,7 @@ import { type CliIO, numberIn, parse, positiveInt, str, UsageError, type Values,
 import { loadModel } from "../load.js";
 import { type ChatNames, DEFAULT_CHAT_NAMES } from "../server/chat-format.js";
 import { RwkvServer, SERVER_DEFAULTS } from "../server/server.js";
+import { STATE_STORE_OPTIONS, STATE_STORE_USAGE, stateStoreFromFlags } from "../state-store/cli.js";
 import { tokenizerFor } from "./generate.js";
 
 const D = SERVER_DEFAULTS;
@@ -21,7 +22,8 @@ export const SERVE_USAGE = `serve MODEL                  OpenAI-compatible HTTP 
       --max-prompt-tokens N (${D.maxPromptTokens})  --max-tokens-limit N (${D.maxTokensLimit})  --body-limit BYTES (${D.bodyLimit})
       --user-name U --assistant-name A --system-name S  chat speaker names (User, Assistant, System)
       --penalty-decay D (${D.penaltyDecay})  --prefill-chunk N (${D.prefillChunk})  --shutdown-grace S (${DEFAULT_GRACE_S})  --log-requests
-      --tokenizer PATH  --tokenizer-kind world|20b|bytes  --backend NAME`;
+      --tokenizer PATH  --tokenizer-kind world|20b|bytes  --backend NAME
+${STATE_STORE_USAGE}`;
 
 /** An integer in [min, max] (positiveInt refuses 0, which --port and --queue allow). */
 function intIn(values: Values, name: string, dflt: number, min: number, max: number): number {
@@ -45,6 +47,7 @@ export async function serveCommand(args: string[], io: CliIO): Promise<number> {
     "user-name": { type: "string" }, "assistant-name": { type: "string" }, "system-name": { type: "string" },
     "penalty-decay": { type: "string" }, "prefill-chunk": { type: "string" }, "shutdown-grace": { type: "string" },
     "log-requests": { type: "boolean" }, tokenizer: { type: "string" }, "tokenizer-kind": { type: "string" }, ...MODEL_OPTIONS,
+    ...STATE_STORE_OPTIONS,
   }, ["MODEL"]);
   const modelPath = positionals[0];
   const names: ChatNames = {
@@ -69,10 +72,12 @@ export async function serveCommand(args: string[], io: CliIO): Promise<number> {
   };
   const graceMs = numberIn(values, "shutdown-grace", DEFAULT_GRACE_S, 0, Number.MAX_SAFE_INTEGER / MS_PER_S) * MS_PER_S;
 
-  const model = loadModel(modelPath, modelLoadOptions(values));
+  const loadOptions = modelLoadOptions(values);
+  const model = loadModel(modelPath, loadOptions);
   const tokenizer = tokenizerFor(values, model.config.vocabSize, modelPath);
+  const stateStore = await stateStoreFromFlags(values, model, { matrices: loadOptions.matrices ?? "compact" }, settings.cacheBytes, io);
   const server = new RwkvServer({
-    ...settings, model, tokenizer, modelName, apiKey: apiKey || undefined, chatNames: names,
+    ...settings, model, tokenizer, modelName, apiKey: apiKey || undefined, chatNames: names, stateStore: stateStore ?? undefined,
     log: values["log-requests"] === true ? (line) => io.stderr(`${line}\n`) : undefined,
   });
   const { host, port } = await server.listen();
@@ -96,7 +101,7 @@ export async function serveCommand(args: string[], io: CliIO): Promise<number> {
         process.off("SIGTERM", onSignal);
         process.off("SIGINT", onSignal);
         io.stderr(`rwkv serve: stopped${cancelled ? ` (${cancelled} requests cancelled after the grace period)` : ""}\n`);
-        resolve();
+        void (stateStore?.close() ?? Promise.resolve()).then(() => resolve());
       });
     };
     process.on("SIGTERM", onSignal);

@@ -9,6 +9,7 @@ import type { Tokenizer } from "../../core/tokenizer/types.js";
 import { type ChatNames, DEFAULT_CHAT_NAMES, renderChatPrompt, replyContinuation, trimReplyStart } from "./chat-format.js";
 import { ApiError, HTTP, invalidParam, sendError, sendJson } from "./errors.js";
 import { type GenerationRequest, type Limits, parseChatRequest, parseCompletionRequest, parseJsonBody } from "./params.js";
+import type { PrefixStore } from "../../core/prefix-cache.js";
 import { type JobResult, Scheduler } from "./scheduler.js";
 import { endEventStream, sendEvent, startEventStream } from "./sse.js";
 
@@ -40,6 +41,8 @@ export interface ServerOptions {
   readonly prefillChunk?: number;
   /** One line per finished request, when given. */
   readonly log?: (line: string) => void;
+  /** A second prefix-cache level shared between replicas (rwkv serve --state-store). */
+  readonly stateStore?: PrefixStore;
 }
 
 export const SERVER_DEFAULTS = {
@@ -92,6 +95,7 @@ export class RwkvServer {
     this.scheduler = new Scheduler(model, {
       slots: options.slots ?? d.slots, queue: options.queue ?? d.queue,
       cacheBytes: options.cacheBytes ?? d.cacheMb * MIB, prefillChunk: options.prefillChunk ?? d.prefillChunk,
+      stateStore: options.stateStore,
     });
     this.choosable = Math.min(tokenizer.vocabSize, model.config.vocabSize);
     this.limits = {
@@ -215,6 +219,7 @@ export class RwkvServer {
       prefill_chunks_total: m.prefillChunks, decode_batch_max: m.largestBatch, prefix_cache_entries: s.cache?.size ?? 0, prefix_cache_bytes: s.cache?.bytes ?? 0,
       prefix_cache_hits_total: s.cache?.hits ?? 0, prefix_cache_misses_total: s.cache?.misses ?? 0,
       chat_continuations_cached_total: m.continuationsCached, chat_continuations_missed_total: m.continuationsMissed,
+      ...s.cache?.secondLevel?.metrics(),
       ...memory(),
     };
     if (json) return sendJson(res, HTTP.ok, values);
@@ -271,6 +276,7 @@ export class RwkvServer {
       ? (output: string) => tokenizer.encode(promptText + replyContinuation(trimReplyStart(output)))
       : undefined;
 
+    await this.scheduler.cache?.prefetch(prompt); // another replica may have computed a longer prefix (--state-store)
     const job = this.scheduler.submit({ prompt, decoding, onText, continuation, cachePrompt: !chat });
     res.setHeader("X-Request-Id", id); // before the first turn of the loop can write anything (scheduler.ts)
     const t0 = Date.now();
