@@ -89,7 +89,8 @@ export class RedisStateStore implements PrefixStore {
     });
     // A lost connection is an outage even before a command notices (commands are skipped meanwhile).
     this.redis.on("error", (e: Error) => this.failed(e));
-    this.redis.on("close", () => this.failed(new Error("the connection closed")));
+    // Each failed reconnect also closes: counted once, through its "error".
+    this.redis.on("close", () => this.failed(new Error("the connection closed"), false));
     this.redis.on("ready", () => this.succeeded());
   }
 
@@ -116,6 +117,7 @@ export class RedisStateStore implements PrefixStore {
       state_store_up: this.usable() ? 1 : 0,
       state_store_hits_total: c.hits, state_store_misses_total: c.misses, state_store_writes_total: c.writes,
       state_store_bytes_written_total: c.bytesWritten, state_store_bytes_read_total: c.bytesRead,
+      // errors: failed or timed-out commands and failed connection attempts; skipped: operations not tried during an outage.
       state_store_errors_total: c.errors, state_store_skipped_total: c.skipped,
     };
   }
@@ -200,9 +202,9 @@ export class RedisStateStore implements PrefixStore {
     this.options.log(`state store ${this.where}: reachable again`);
   }
 
-  private failed(e: unknown): void {
+  private failed(e: unknown, count = true): void {
     if (this.closed) return;
-    this.counters.errors++;
+    if (count) this.counters.errors++;
     this.downUntil = performance.now() + (this.options.retryAfterMs ?? STATE_STORE_DEFAULTS.retryAfterMs);
     if (this.outage) return;
     this.outage = true;
