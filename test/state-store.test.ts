@@ -180,7 +180,7 @@ test("two replicas sharing Redis continue each other's conversation; Redis hangi
   // The size bound and eviction as the docs recommend: maxmemory with LRU over all keys.
   const redis = await startProcess(redisBin, ["--port", String(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
     "--maxmemory", "32mb", "--maxmemory-policy", "allkeys-lru"], /Ready to accept connections/);
-  const storeFlags = ["--state-store", `redis://127.0.0.1:${port}/0`, "--state-store-timeout", "1500"]; // generous: a slow CI machine must not turn hits into timeouts;
+  const storeFlags = ["--state-store", `redis://127.0.0.1:${port}/0`, "--state-store-timeout", "1500"]; // generous: a slow CI machine must not turn hits into timeouts
   const [a, b, single] = await Promise.all([serve(storeFlags), serve(storeFlags), serve([])]);
   const replicas = [a, b];
 
