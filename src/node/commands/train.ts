@@ -57,7 +57,7 @@ export const TRAIN_USAGE = [
   sub("--max-seconds S", "stop (checkpoint, export) after S seconds of training"),
   sub("--threads N", "threads of the training kernels (default: every core)"),
   sub("--kernels wasm|reference", "WebAssembly SIMD f32 (default) or the plain TypeScript reference"),
-  sub("--export rwkv-lm (only --out DIR)", "write DIR/rwkv-lm/ for RWKV-LM's GPU trainer (docs/scale-out.md)"),
+  sub("--out DIR --export rwkv-lm", "DIR/rwkv-lm/ for RWKV-LM's GPU trainer"),
 ].join("\n");
 
 /** Everything that defines a run; stored in its checkpoint. */
