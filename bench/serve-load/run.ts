@@ -1,4 +1,5 @@
 import { type ChildProcessWithoutNullStreams, spawn } from "node:child_process";
+import { randomBytes } from "node:crypto";
 import { setMaxListeners } from "node:events";
 import { appendFileSync, writeFileSync } from "node:fs";
 import { Agent, request } from "node:http";
@@ -61,8 +62,12 @@ if (!REPLICAS.every((r) => Number.isSafeInteger(r) && r >= 1)) {
   process.stderr.write(`--replicas must be positive integers, got "${values.replicas}"\n`);
   process.exit(2);
 }
-/** Each run's conversations differ (another seed), so states a shared store kept from an earlier run never match. */
+/**
+ * Each run's conversations differ (another seed), and each invocation's system messages carry a random
+ * tag of fixed length, so states a shared store kept from an earlier run or invocation never match.
+ */
 const RUN_SEED_STRIDE = 100_003;
+const SESSION_TAG = randomBytes(3).toString("hex");
 const MAX_TOKENS = Number(values["max-tokens"]);
 const TURNS = Number(values.turns);
 const MODEL_NAME = "bench";
@@ -138,7 +143,7 @@ async function client(id: number, nextPort: () => number, signal: AbortSignal, s
   const pick = () => WORDS[Math.floor(rnd() * WORDS.length)];
   const topic = () => Array.from({ length: 1 + Math.floor(rnd() * 3) }, pick).join(" ");
   while (!signal.aborted) {
-    const messages: Message[] = [{ role: "system", content: `Storyteller ${id}.` }];
+    const messages: Message[] = [{ role: "system", content: `Storyteller ${id}, session ${SESSION_TAG}.` }];
     for (let turn = 0; turn < TURNS && !signal.aborted; turn++) {
       messages.push({ role: "user", content: `About ${topic()}?` });
       const body = { model: MODEL_NAME, messages, stream: true, max_tokens: Math.ceil(MAX_TOKENS / 3) + Math.floor(rnd() * (MAX_TOKENS - Math.ceil(MAX_TOKENS / 3) + 1)), seed: id * 1000 + turn, ...SAMPLING };

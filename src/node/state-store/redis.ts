@@ -184,10 +184,16 @@ export class RedisStateStore implements PrefixStore {
       if (getErr) throw getErr;
       if (!(value instanceof Buffer)) continue; // evicted since the check
       this.counters.bytesRead += value.length;
-      const file = decodeStateFile(new Uint8Array(value.buffer, value.byteOffset, value.byteLength), `${this.where} ${keys[i]}`);
-      checkStateBelongs(file, o.model, keys[i]);
-      if (file.tokens !== lengths[i] || !file.logits) throw new Error(`${keys[i]} holds ${file.tokens} tokens${file.logits ? "" : " without logits"}, expected ${lengths[i]}`);
-      return { length: lengths[i], state: file.state, logits: file.logits };
+      try {
+        const file = decodeStateFile(new Uint8Array(value.buffer, value.byteOffset, value.byteLength), `${this.where} ${keys[i]}`);
+        checkStateBelongs(file, o.model, keys[i]);
+        if (file.tokens !== lengths[i] || !file.logits) throw new Error(`holds ${file.tokens} tokens${file.logits ? "" : " without logits"}, expected ${lengths[i]}`);
+        return { length: lengths[i], state: file.state, logits: file.logits };
+      } catch {
+        // A value that is not a state of this model (another writer, a format change): not an outage.
+        this.counters.errors++;
+        this.redis.del(keys[i]).catch(() => {});
+      }
     }
     return null;
   }
