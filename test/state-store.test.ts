@@ -6,8 +6,9 @@ import { after, test, type TestContext } from "node:test";
 import OpenAI from "openai";
 import { State } from "../src/core/model/state.js";
 import { PrefixCache, type PrefixStore } from "../src/core/prefix-cache.js";
-import { prefixDigests, storeNamespace } from "../src/node/state-store/keys.js";
-import { parseStateStoreUrl } from "../src/node/state-store/redis.js";
+import { loadModel } from "../src/node/load.js";
+import { lengthsKey, prefixDigests, stateKey, storeModelId, storeNamespace } from "../src/node/state-store/keys.js";
+import { parseStateStoreUrl, RedisStateStore } from "../src/node/state-store/redis.js";
 import { runCaptured } from "./run-cli.js";
 
 /*
@@ -217,4 +218,52 @@ test("two replicas sharing Redis continue each other's conversation; Redis hangi
   // b was the replica asked while Redis hung (turn 4): its lookup timed out and was counted.
   assert.ok(mb.state_store_errors_total >= 1, JSON.stringify(mb));
   assert.ok(ma.state_store_hits_total >= 1 && mb.state_store_hits_total >= 1, `${JSON.stringify(ma)} ${JSON.stringify(mb)}`);
+});
+
+test("RedisStateStore: exact round trip of state and logits; a foreign value is a miss, counted and deleted", async (t) => {
+  const redisBin = redisServerPath(t);
+  if (!redisBin) return;
+  const port = await freePort();
+  const redis = await startProcess(redisBin, ["--port", String(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"], /Ready to accept connections/);
+  const model = loadModel(MODEL);
+  const modelId = storeModelId(model, { matrices: "compact" });
+  const lines: string[] = [];
+  const store = new RedisStateStore({ url: `redis://127.0.0.1:${port}`, model, modelId, ttlSeconds: 60, timeoutMs: 2000, log: (l) => lines.push(l) });
+  try {
+    assert.equal(await store.connect(), true);
+    const tokens = [...Buffer.from("To be, or not")];
+    const state = model.initState();
+    const logits = model.forward(tokens, state);
+    store.put(tokens, state, logits);
+    const want = state.clone();
+    model.forward([32], state); // the caller goes on advancing its state: the stored copy must not move
+    const prompt = [...tokens, 32, 116, 111];
+    let got = null;
+    for (let i = 0; i < 50 && !got; i++) { got = await store.fetch(prompt, 0); if (!got) await new Promise((r) => setTimeout(r, 10)); }
+    assert.ok(got, JSON.stringify(store.metrics()));
+    assert.equal(got.length, tokens.length);
+    assert.deepEqual(got.logits, logits);
+    got.state.layers.forEach((l, i) => { for (const [k, v] of Object.entries(l)) assert.deepEqual(v, want.layers[i][k], `layer ${i} ${k}`); });
+    // Nothing longer than what the caller already holds: a miss without transfer.
+    assert.equal(await store.fetch(prompt, tokens.length), null);
+    assert.equal(await store.fetch(prompt.slice(0, tokens.length - 1), 0), null);
+    // Another writer's bytes under our key: ignored (recompute), counted, removed; no outage logged.
+    const { Redis } = await import("ioredis");
+    const raw = new Redis(`redis://127.0.0.1:${port}`);
+    const ns = storeNamespace(modelId);
+    const key = stateKey(ns, prefixDigests(tokens, [tokens.length]).get(tokens.length)!);
+    await raw.set(key, "not a state");
+    assert.equal(await store.fetch(prompt, 0), null);
+    const m = store.metrics();
+    assert.equal(m.state_store_errors_total, 1);
+    assert.equal(m.state_store_hits_total, 1);
+    await new Promise((r) => setTimeout(r, 50));
+    assert.equal(await raw.exists(key), 0);
+    assert.ok((await raw.ttl(lengthsKey(ns))) > 0, "the lengths set expires too");
+    await raw.quit();
+    assert.deepEqual(lines, []);
+  } finally {
+    await store.close();
+    redis.child.kill("SIGKILL");
+  }
 });
