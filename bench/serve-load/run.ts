@@ -1,4 +1,5 @@
 import { type ChildProcessWithoutNullStreams, spawn } from "node:child_process";
+import { randomBytes } from "node:crypto";
 import { setMaxListeners } from "node:events";
 import { appendFileSync, writeFileSync } from "node:fs";
 import { Agent, request } from "node:http";
@@ -18,7 +19,14 @@ import { parseArgs } from "node:util";
  *   - server RSS, sampled every second from /metrics: start (end of warm-up), end, max;
  * and the throughput speed-up of each --slots value over the first one (1 = one at a time).
  *
+ * Scale-out: --replicas 1,2 starts that many servers per run and sends each request to the next
+ * replica in turn (a round-robin balancer without session affinity, built into the clients), so
+ * consecutive turns of a conversation land on different replicas; with --state-store URL every
+ * replica gets `--state-store URL` and continues the others' conversations from Redis. Counters
+ * are summed over the replicas; the state store's hit rate is reported beside the prompt share.
+ *
  *   node dist/bench/serve-load/run.js MODEL [--clients 64] [--seconds 60] [--warmup 30] [--slots 1,16,64]
+ *     [--replicas 1,2] [--state-store redis://127.0.0.1:6379]
  */
 
 const { values, positionals } = parseArgs({
@@ -28,6 +36,8 @@ const { values, positionals } = parseArgs({
     seconds: { type: "string", default: "60" },
     warmup: { type: "string", default: "30" },
     slots: { type: "string", default: "1,16,64" },
+    replicas: { type: "string", default: "1" },
+    "state-store": { type: "string" },
     "cache-mb": { type: "string", default: "64" },
     "max-tokens": { type: "string", default: "96" },
     turns: { type: "string", default: "4" },
@@ -39,7 +49,7 @@ const { values, positionals } = parseArgs({
   },
 });
 if (positionals.length !== 1) {
-  process.stderr.write("usage: node dist/bench/serve-load/run.js MODEL [--clients 64] [--seconds 60] [--warmup 30] [--slots 1,16,64] [--cache-mb 64] [--max-tokens 96] [--turns 4] [--json OUT]\n");
+  process.stderr.write("usage: node dist/bench/serve-load/run.js MODEL [--clients 64] [--seconds 60] [--warmup 30] [--slots 1,16,64] [--cache-mb 64] [--max-tokens 96] [--turns 4] [--replicas 1,2] [--state-store URL] [--json OUT]\n");
   process.exit(2);
 }
 const MODEL = positionals[0];
@@ -47,6 +57,17 @@ const CLIENTS = Number(values.clients);
 const SECONDS = Number(values.seconds);
 const WARMUP_S = Number(values.warmup);
 const SLOTS = values.slots!.split(",").map(Number);
+const REPLICAS = values.replicas!.split(",").map(Number);
+if (!REPLICAS.every((r) => Number.isSafeInteger(r) && r >= 1)) {
+  process.stderr.write(`--replicas must be positive integers, got "${values.replicas}"\n`);
+  process.exit(2);
+}
+/**
+ * Each run's conversations differ (another seed), and each invocation's system messages carry a random
+ * tag of fixed length, so states a shared store kept from an earlier run or invocation never match.
+ */
+const RUN_SEED_STRIDE = 100_003;
+const SESSION_TAG = randomBytes(3).toString("hex");
 const MAX_TOKENS = Number(values["max-tokens"]);
 const TURNS = Number(values.turns);
 const MODEL_NAME = "bench";
@@ -117,17 +138,17 @@ function streamChat(port: number, body: object, signal: AbortSignal): Promise<{ 
 }
 
 /** A client: conversations of TURNS turns, back to back, until the signal fires. */
-async function client(id: number, port: number, signal: AbortSignal, stats: Stats, measuring: () => boolean): Promise<void> {
-  const rnd = lcg(id + 1);
+async function client(id: number, nextPort: () => number, signal: AbortSignal, stats: Stats, measuring: () => boolean, runSeed: number): Promise<void> {
+  const rnd = lcg(id + 1 + runSeed);
   const pick = () => WORDS[Math.floor(rnd() * WORDS.length)];
   const topic = () => Array.from({ length: 1 + Math.floor(rnd() * 3) }, pick).join(" ");
   while (!signal.aborted) {
-    const messages: Message[] = [{ role: "system", content: `Storyteller ${id}.` }];
+    const messages: Message[] = [{ role: "system", content: `Storyteller ${id}, session ${SESSION_TAG}.` }];
     for (let turn = 0; turn < TURNS && !signal.aborted; turn++) {
       messages.push({ role: "user", content: `About ${topic()}?` });
       const body = { model: MODEL_NAME, messages, stream: true, max_tokens: Math.ceil(MAX_TOKENS / 3) + Math.floor(rnd() * (MAX_TOKENS - Math.ceil(MAX_TOKENS / 3) + 1)), seed: id * 1000 + turn, ...SAMPLING };
       try {
-        const { ttftMs, reply } = await streamChat(port, body, signal);
+        const { ttftMs, reply } = await streamChat(nextPort(), body, signal);
         if (measuring()) { stats.requests++; stats.ttftMs.push(ttftMs); }
         messages.push({ role: "assistant", content: reply });
       } catch (e) {
@@ -146,8 +167,9 @@ async function getJson(port: number, path: string): Promise<Record<string, numbe
 }
 
 function startServer(slots: number): Promise<{ child: ChildProcessWithoutNullStreams; port: number; exited: Promise<number | null> }> {
+  const store = values["state-store"] ? ["--state-store", values["state-store"]] : [];
   const child = spawn(process.execPath, [BIN, "serve", MODEL, "--port", "0", "--model-name", MODEL_NAME, "--slots", String(slots),
-    "--queue", String(CLIENTS), "--cache-mb", values["cache-mb"]!, "--shutdown-grace", "5", ...values["server-args"]!.split(" ").filter(Boolean)]);
+    "--queue", String(CLIENTS), "--cache-mb", values["cache-mb"]!, "--shutdown-grace", "5", ...store, ...values["server-args"]!.split(" ").filter(Boolean)]);
   if (values["server-log"]) child.stderr.on("data", (d: Buffer) => appendFileSync(values["server-log"]!, d));
   const exited = new Promise<number | null>((resolve) => child.once("exit", (code) => resolve(code)));
   let log = "";
@@ -167,17 +189,29 @@ function percentile(sorted: number[], p: number): number {
 }
 
 interface RunResult {
-  slots: number; requests: number; errors: number; tokensPerS: number; promptTokensPerS: number; ttftP50Ms: number; ttftP99Ms: number;
+  slots: number; replicas: number; stateStoreHitRate: number | null; requests: number; errors: number; tokensPerS: number; promptTokensPerS: number; ttftP50Ms: number; ttftP99Ms: number;
   meanBatch: number; cachedPromptShare: number; rssStartMiB: number; rssEndMiB: number; rssMaxMiB: number; rssOk: boolean; exitCode: number | null;
   errorSamples: string[];
   /** The server's /metrics at the end of the window. */
   metrics: Record<string, number>;
 }
 
-async function run(slots: number): Promise<RunResult> {
-  const { child, port, exited } = await startServer(slots);
+/** /metrics of every replica, counters and RSS summed. */
+async function summedMetrics(ports: readonly number[]): Promise<Record<string, number>> {
+  const all = await Promise.all(ports.map((p) => getJson(p, "/metrics?format=json")));
+  const sum: Record<string, number> = {};
+  for (const m of all) for (const [k, v] of Object.entries(m)) sum[k] = (sum[k] ?? 0) + v;
+  return sum;
+}
+
+async function run(slots: number, replicas: number, runIndex: number): Promise<RunResult> {
+  const servers = await Promise.all(Array.from({ length: replicas }, () => startServer(slots)));
+  const ports = servers.map((s) => s.port);
+  const port = ports[0];
+  let turn = 0;
+  const nextPort = () => ports[turn++ % ports.length];
   const health = (await (await fetch(`http://127.0.0.1:${port}/health`)).json()) as { backend: string };
-  if (slots === SLOTS[0]) process.stdout.write(`backend: ${health.backend}\n`);
+  if (runIndex === 0) process.stdout.write(`backend: ${health.backend}\n`);
   const stats: Stats = { requests: 0, errors: 0, aborted: 0, ttftMs: [], errorSamples: [] };
   const stop = new AbortController();
   setMaxListeners(CLIENTS * 2, stop.signal); // every in-flight request listens to it
@@ -185,28 +219,31 @@ async function run(slots: number): Promise<RunResult> {
   const warmupEnd = t0 + WARMUP_S * MS_PER_S;
   const end = warmupEnd + SECONDS * MS_PER_S;
   const measuring = () => performance.now() >= warmupEnd;
-  const clients = Array.from({ length: CLIENTS }, (_, i) => client(i, port, stop.signal, stats, measuring));
+  const clients = Array.from({ length: CLIENTS }, (_, i) => client(i, nextPort, stop.signal, stats, measuring, runIndex * RUN_SEED_STRIDE));
   const rss: Array<{ t: number; mib: number }> = [];
   let atWarmup: Record<string, number> | null = null;
   while (performance.now() < end) {
     await new Promise((r) => setTimeout(r, RSS_SAMPLE_MS));
-    const m = await getJson(port, "/metrics?format=json");
+    const m = await summedMetrics(ports);
     rss.push({ t: (performance.now() - t0) / MS_PER_S, mib: m.process_resident_memory_bytes / MIB });
     if (!atWarmup && measuring()) atWarmup = m;
   }
-  const last = await getJson(port, "/metrics?format=json");
+  const last = await summedMetrics(ports);
   const window = (performance.now() - warmupEnd) / MS_PER_S;
   stop.abort();
   await Promise.all(clients);
-  child.kill("SIGTERM");
-  const exitCode = await exited;
+  for (const s of servers) s.child.kill("SIGTERM");
+  const codes = await Promise.all(servers.map((s) => s.exited));
+  const exitCode = codes.find((c) => c !== 0) ?? 0;
   const first = atWarmup ?? last;
   const after = rss.filter((s) => s.t >= WARMUP_S);
   const rssStart = after[0]?.mib ?? NaN, rssEnd = after[after.length - 1]?.mib ?? NaN;
   const ttft = [...stats.ttftMs].sort((a, b) => a - b);
   const promptDelta = last.prompt_tokens_total - first.prompt_tokens_total;
+  const storeHits = (last.state_store_hits_total ?? 0) - (first.state_store_hits_total ?? 0);
+  const storeLookups = storeHits + (last.state_store_misses_total ?? 0) - (first.state_store_misses_total ?? 0);
   return {
-    slots, requests: stats.requests, errors: stats.errors, errorSamples: stats.errorSamples,
+    slots, replicas, stateStoreHitRate: values["state-store"] ? (storeLookups > 0 ? storeHits / storeLookups : 0) : null, requests: stats.requests, errors: stats.errors, errorSamples: stats.errorSamples,
     tokensPerS: (last.completion_tokens_total - first.completion_tokens_total) / window,
     promptTokensPerS: (last.prompt_tokens_processed_total - first.prompt_tokens_processed_total) / window,
     ttftP50Ms: percentile(ttft, 50), ttftP99Ms: percentile(ttft, 99),
@@ -218,21 +255,23 @@ async function run(slots: number): Promise<RunResult> {
 }
 
 const results: RunResult[] = [];
-process.stdout.write(`serve-load: ${MODEL}, ${CLIENTS} streaming chat clients, ${WARMUP_S} s warm-up + ${SECONDS} s measured per run, slots ${SLOTS.join(", ")}\n`);
-for (const slots of SLOTS) {
-  const r = await run(slots);
+process.stdout.write(`serve-load: ${MODEL}, ${CLIENTS} streaming chat clients, ${WARMUP_S} s warm-up + ${SECONDS} s measured per run, slots ${SLOTS.join(", ")}, ` +
+  `replicas ${REPLICAS.join(", ")}${values["state-store"] ? `, state store ${values["state-store"]}` : ""}\n`);
+for (const replicas of REPLICAS) for (const slots of SLOTS) {
+  const r = await run(slots, replicas, results.length);
   results.push(r);
   const f = (x: number, d = 1) => x.toFixed(d);
-  process.stdout.write(`--slots ${slots}: ${r.requests} requests, ${r.errors} errors, ${f(r.tokensPerS)} tokens/s (+ ${f(r.promptTokensPerS)} prompt tokens/s prefilled), TTFT p50 ${f(r.ttftP50Ms, 0)} ms p99 ${f(r.ttftP99Ms, 0)} ms, ` +
-    `mean batch ${f(r.meanBatch)}, prompt tokens cached ${f(100 * r.cachedPromptShare)}%, RSS ${f(r.rssStartMiB)} → ${f(r.rssEndMiB)} MiB ` +
+  const store = r.stateStoreHitRate === null ? "" : `, state store hit rate ${f(100 * r.stateStoreHitRate)}%`;
+  process.stdout.write(`--replicas ${replicas} --slots ${slots}: ${r.requests} requests, ${r.errors} errors, ${f(r.tokensPerS)} tokens/s (+ ${f(r.promptTokensPerS)} prompt tokens/s prefilled), TTFT p50 ${f(r.ttftP50Ms, 0)} ms p99 ${f(r.ttftP99Ms, 0)} ms, ` +
+    `mean batch ${f(r.meanBatch)}, prompt tokens cached ${f(100 * r.cachedPromptShare)}%${store}, RSS ${f(r.rssStartMiB)} → ${f(r.rssEndMiB)} MiB ` +
     `(max ${f(r.rssMaxMiB)}; ${r.rssOk ? "within" : "NOT within"} ${RSS_TOLERANCE * 100}%), exit ${r.exitCode}\n`);
   for (const e of r.errorSamples) process.stdout.write(`    error: ${e}\n`);
 }
 const base = results[0];
 for (const r of results.slice(1)) {
-  process.stdout.write(`speed-up --slots ${r.slots} over --slots ${base.slots}: ${(r.tokensPerS / base.tokensPerS).toFixed(2)}x\n`);
+  process.stdout.write(`speed-up --replicas ${r.replicas} --slots ${r.slots} over --replicas ${base.replicas} --slots ${base.slots}: ${(r.tokensPerS / base.tokensPerS).toFixed(2)}x\n`);
 }
-if (values.json) writeFileSync(values.json, JSON.stringify({ model: MODEL, clients: CLIENTS, seconds: SECONDS, warmup: WARMUP_S, results }, null, 2));
+if (values.json) writeFileSync(values.json, JSON.stringify({ model: MODEL, clients: CLIENTS, seconds: SECONDS, warmup: WARMUP_S, stateStore: values["state-store"] ?? null, results }, null, 2));
 const ok = results.every((r) => r.errors === 0 && r.rssOk && r.exitCode === 0);
 process.stdout.write(ok ? "OK: zero errors, RSS steady, clean exits\n" : "FAILED: see above\n");
 agent.destroy();

@@ -5,6 +5,7 @@ import { type CliConfig, modelPathFor } from "../model-arg.js";
 import { type ChatNames, DEFAULT_CHAT_NAMES } from "../server/chat-format.js";
 import { type CorsOptions, parseCorsOrigins } from "../server/cors.js";
 import { RwkvServer, SERVER_DEFAULTS } from "../server/server.js";
+import { STATE_STORE_OPTIONS, STATE_STORE_USAGE, stateStoreFromFlags } from "../state-store/cli.js";
 import { tokenizerFor } from "./generate.js";
 
 const D = SERVER_DEFAULTS;
@@ -25,7 +26,8 @@ export const SERVE_USAGE = `serve [MODEL]                OpenAI-compatible HTTP 
       --penalty-decay D (${D.penaltyDecay})  --prefill-chunk N (${D.prefillChunk})  --shutdown-grace S (${DEFAULT_GRACE_S})  --log-requests
       --cors ORIGIN[,ORIGIN...]  let web pages from these origins call the API ("*": any; off by default;
                             --api-key is still required from them)
-      --tokenizer PATH  --tokenizer-kind world|20b|bytes  --backend NAME`;
+      --tokenizer PATH  --tokenizer-kind world|20b|bytes  --backend NAME
+${STATE_STORE_USAGE}`;
 
 /** An integer in [min, max] (positiveInt refuses 0, which --port and --queue allow). */
 function intIn(values: Values, name: string, dflt: number, min: number, max: number): number {
@@ -49,6 +51,7 @@ export async function serveCommand(args: string[], io: CliIO, config: CliConfig)
     "user-name": { type: "string" }, "assistant-name": { type: "string" }, "system-name": { type: "string" },
     "penalty-decay": { type: "string" }, "prefill-chunk": { type: "string" }, "shutdown-grace": { type: "string" },
     "log-requests": { type: "boolean" }, cors: { type: "string" }, tokenizer: { type: "string" }, "tokenizer-kind": { type: "string" }, ...MODEL_OPTIONS,
+    ...STATE_STORE_OPTIONS,
   }, ["[MODEL]"]);
   const modelPath = modelPathFor(positionals[0], config);
   const names: ChatNames = {
@@ -80,10 +83,12 @@ export async function serveCommand(args: string[], io: CliIO, config: CliConfig)
   }
   const graceMs = numberIn(values, "shutdown-grace", DEFAULT_GRACE_S, 0, Number.MAX_SAFE_INTEGER / MS_PER_S) * MS_PER_S;
 
-  const model = loadModel(modelPath, modelLoadOptions(values));
+  const loadOptions = modelLoadOptions(values);
+  const model = loadModel(modelPath, loadOptions);
   const tokenizer = tokenizerFor(values, model.config.vocabSize, modelPath);
+  const stateStore = await stateStoreFromFlags(values, model, { matrices: loadOptions.matrices ?? "compact" }, settings.cacheBytes, io);
   const server = new RwkvServer({
-    ...settings, model, tokenizer, modelName, apiKey: apiKey || undefined, chatNames: names, cors,
+    ...settings, model, tokenizer, modelName, apiKey: apiKey || undefined, chatNames: names, cors, stateStore: stateStore ?? undefined,
     log: values["log-requests"] === true ? (line) => io.stderr(`${line}\n`) : undefined,
   });
   const { host, port } = await server.listen();
@@ -107,7 +112,7 @@ export async function serveCommand(args: string[], io: CliIO, config: CliConfig)
         process.off("SIGTERM", onSignal);
         process.off("SIGINT", onSignal);
         io.stderr(`rwkv serve: stopped${cancelled ? ` (${cancelled} requests cancelled after the grace period)` : ""}\n`);
-        resolve();
+        void (stateStore?.close() ?? Promise.resolve()).then(() => resolve());
       });
     };
     process.on("SIGTERM", onSignal);

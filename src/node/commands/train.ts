@@ -21,6 +21,7 @@ import { type CheckpointHeader, loadCheckpointFile, saveCheckpoint, type TrainHi
 import { listDataFiles, loadTokens, sampleBatch, splitData, validationBatches } from "../train/data.js";
 import { type ExportDType, exportPth, exportSafetensors } from "../train/export.js";
 import { lossCurveSvg } from "../train/plot.js";
+import { exportRunCommand, paramsFromRwkvLm } from "../train/rwkv-lm-cli.js";
 import { defaultTrainThreads, type TrainKernelKind, trainKernels } from "../threads/train-pool.js";
 
 /*
@@ -40,6 +41,7 @@ export const TRAIN_USAGE = [
   head("train --data PATH --out DIR", "train an RWKV model (GPT mode) on text files or a directory"),
   sub("--version 7|4|5.2|6", "from scratch (default 7), with --layers --embd --head-size --vocab"),
   sub("--model FILE", "fine-tune a checkpoint instead (any loadable format)"),
+  sub("--init-from FILE", "as --model, for RWKV-LM checkpoints (rwkv-N.pth; checked)"),
   sub("--resume", "continue DIR/checkpoint.rwkvtrain exactly (--steps may be raised)"),
   sub("--ctx T --batch B --steps S", "window length, windows per step, optimizer steps (64, 12, 2000)"),
   sub("--lr X --lr-final Y --warmup N", "AdamW schedule (6e-4 -> 6e-5, 10 warmup steps)"),
@@ -55,6 +57,7 @@ export const TRAIN_USAGE = [
   sub("--max-seconds S", "stop (checkpoint, export) after S seconds of training"),
   sub("--threads N", "threads of the training kernels (default: every core)"),
   sub("--kernels wasm|reference", "WebAssembly SIMD f32 (default) or the plain TypeScript reference"),
+  sub("--out DIR --export rwkv-lm", "DIR/rwkv-lm/ for RWKV-LM's GPU trainer"),
 ].join("\n");
 
 /** Everything that defines a run; stored in its checkpoint. */
@@ -63,7 +66,7 @@ export interface RunOptions {
   readonly tokenizerKind: TokenizerKind;
   readonly tokenizerPath: string | null;
   /** A new model's shape, or the model file fine-tuned. */
-  readonly init: { readonly scratch: NewModelSpec } | { readonly model: string };
+  readonly init: { readonly scratch: NewModelSpec } | { readonly model: string; readonly rwkvLm?: boolean };
   readonly ctx: number;
   readonly batch: number;
   readonly steps: number;
@@ -112,7 +115,7 @@ const OPTIONS = {
   "grad-clip": { type: "string" }, "no-l2wrap": { type: "boolean" }, "tokenizer-kind": { type: "string" }, tokenizer: { type: "string" },
   seed: { type: "string" }, "val-fraction": { type: "string" }, "val-every": { type: "string" }, "save-every": { type: "string" },
   "export-dtype": { type: "string" }, "max-seconds": { type: "string" }, "peak-gflops": { type: "string" },
-  threads: { type: "string" }, kernels: { type: "string" },
+  threads: { type: "string" }, kernels: { type: "string" }, export: { type: "string" }, "init-from": { type: "string" },
 } as const;
 
 function nonNegInt(values: Values, name: string, dflt: number): number {
@@ -126,7 +129,8 @@ function nonNegInt(values: Values, name: string, dflt: number): number {
 function runOptionsFromFlags(values: Values): Omit<RunOptions, "tokenizerKind"> & { tokenizerKind: TokenizerKind | null } {
   const data = values.data as string[] | undefined;
   if (!data || data.length === 0) throw new UsageError("--data PATH is required (a text file or a directory; repeat for more)");
-  const model = str(values, "model");
+  if (values.model !== undefined && values["init-from"] !== undefined) throw new UsageError("give --model FILE or --init-from FILE, not both");
+  const model = str(values, "model") ?? str(values, "init-from");
   const kindText = str(values, "tokenizer-kind");
   if (kindText !== undefined && !["bytes", "world", "20b"].includes(kindText)) throw new UsageError(`--tokenizer-kind must be bytes, world or 20b, got "${kindText}"`);
   const decay = str(values, "decay") ?? "cosine";
@@ -137,9 +141,9 @@ function runOptionsFromFlags(values: Values): Omit<RunOptions, "tokenizerKind"> 
   let tokenizerKind = kindText as TokenizerKind | undefined;
   if (model !== undefined) {
     for (const f of ["version", "layers", "embd", "head-size", "ffn", "vocab"]) {
-      if (values[f] !== undefined) throw new UsageError(`--${f} describes a new model; it cannot be combined with --model (the checkpoint defines the architecture)`);
+      if (values[f] !== undefined) throw new UsageError(`--${f} describes a new model; it cannot be combined with --${values.model !== undefined ? "model" : "init-from"} (the checkpoint defines the architecture)`);
     }
-    init = { model: resolve(model) };
+    init = { model: resolve(model), ...(values["init-from"] !== undefined ? { rwkvLm: true } : {}) };
   } else {
     const version = str(values, "version") ?? DEFAULTS.version;
     if (!(VERSIONS as readonly string[]).includes(version)) throw new UsageError(`--version must be one of ${VERSIONS.join(", ")}, got "${version}"`);
@@ -247,6 +251,7 @@ export async function trainCommand(args: string[], io: CliIO): Promise<number> {
   const outText = str(values, "out");
   if (outText === undefined) throw new UsageError("--out DIR is required (checkpoints, plots and the trained model go there)");
   const out = resolve(outText);
+  if (values.export !== undefined) return await exportRunCommand(values, out, CHECKPOINT_FILE, tokenizerId, io);
   const ckptPath = join(out, CHECKPOINT_FILE);
   const kind = str(values, "kernels") ?? "wasm";
   if (kind !== "wasm" && kind !== "reference") throw new UsageError(`--kernels must be wasm or reference, got "${kind}"`);
@@ -289,6 +294,8 @@ export async function trainCommand(args: string[], io: CliIO): Promise<number> {
       validateSpec(spec);
       params = initModel({ ...spec, lrInit: run.lr }, rng, "f32");
       run = { ...run, init: { scratch: spec } };
+    } else if (run.init.rwkvLm) {
+      params = paramsFromRwkvLm(run.init.model);
     } else {
       const { checkpoint, close } = loadCheckpoint(run.init.model);
       try { params = ParamStore.fromCheckpoint(checkpoint, "f32"); } finally { close(); }

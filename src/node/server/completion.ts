@@ -181,6 +181,7 @@ export async function runCompletion(ctx: CompletionContext, request: GenerationR
     ? (output: string) => tokenizer.encode(promptText + replyContinuation(trimReplyStart(output)))
     : undefined;
   const specs: JobSpec[] = choices.map((c, i) => ({ prompt, decoding: decodings[i], onText: onText(c), onToken: onToken(c), continuation, cachePrompt: !chat }));
+  await ctx.scheduler.cache?.prefetch(prompt); // another replica may have computed a longer prefix (--state-store)
   const jobs = n === 1 ? [ctx.scheduler.submit(specs[0])] : ctx.scheduler.submitForked(specs);
   jobs.forEach((job, i) => { choices[i].job = job; });
   res.setHeader("X-Request-Id", id); // before the first turn of the loop can write anything (scheduler.ts)

@@ -3,7 +3,7 @@ import type { DecodeStep, Decoding, FinishReason } from "../../core/decoding.js"
 import type { Model } from "../../core/model/model.js";
 import type { State } from "../../core/model/state.js";
 import { DEFAULT_CHUNK_LEN } from "../../core/generate.js";
-import { PrefixCache } from "../../core/prefix-cache.js";
+import { PrefixCache, type PrefixStore } from "../../core/prefix-cache.js";
 import { ApiError, HTTP } from "./errors.js";
 
 /*
@@ -41,6 +41,8 @@ export interface SchedulerOptions {
   readonly cacheBytes: number;
   /** Prompt tokens prefilled per loop turn while other requests decode. */
   readonly prefillChunk: number;
+  /** The prefix cache's second level shared with other replicas (e.g. Redis); needs cacheBytes > 0. */
+  readonly stateStore?: PrefixStore | null;
 }
 
 export interface JobSpec {
@@ -172,7 +174,7 @@ export class Scheduler {
       if (!Number.isSafeInteger(v) || v < 1) throw new RangeError(`${k} must be a positive integer, got ${v}`);
     }
     if (!Number.isSafeInteger(options.queue) || options.queue < 0) throw new RangeError(`queue must be an integer >= 0, got ${options.queue}`);
-    this.cache = options.cacheBytes > 0 ? new PrefixCache(options.cacheBytes) : null;
+    this.cache = options.cacheBytes > 0 ? new PrefixCache(options.cacheBytes, options.stateStore ?? null) : null;
   }
 
   get activeCount(): number { return this.active.length; }

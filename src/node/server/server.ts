@@ -11,6 +11,7 @@ import { embeddingsResponse, parseEmbeddingRequest } from "./embeddings.js";
 import { type GenerationRequest, type JsonObject, type Limits, parseChatRequest, parseCompletionRequest, parseJsonBody } from "./params.js";
 import { GrammarCache, runCompletion } from "./completion.js";
 import { Scheduler } from "./scheduler.js";
+import type { PrefixStore } from "../../core/prefix-cache.js";
 
 /*
  * The OpenAI-compatible HTTP API over node:http: GET /v1/models, POST /v1/completions,
@@ -42,6 +43,8 @@ export interface ServerOptions {
   readonly log?: (line: string) => void;
   /** Browser origins allowed to call the API (CORS); none when absent. */
   readonly cors?: CorsOptions;
+  /** A second prefix-cache level shared between replicas (rwkv serve --state-store). */
+  readonly stateStore?: PrefixStore;
 }
 
 export const SERVER_DEFAULTS = {
@@ -93,6 +96,7 @@ export class RwkvServer {
     this.scheduler = new Scheduler(model, {
       slots: options.slots ?? d.slots, queue: options.queue ?? d.queue,
       cacheBytes: options.cacheBytes ?? d.cacheMb * MIB, prefillChunk: options.prefillChunk ?? d.prefillChunk,
+      stateStore: options.stateStore,
     });
     this.choosable = Math.min(tokenizer.vocabSize, model.config.vocabSize);
     this.limits = {
@@ -218,6 +222,7 @@ export class RwkvServer {
       prefill_chunks_total: m.prefillChunks, decode_batch_max: m.largestBatch, prefix_cache_entries: s.cache?.size ?? 0, prefix_cache_bytes: s.cache?.bytes ?? 0,
       prefix_cache_hits_total: s.cache?.hits ?? 0, prefix_cache_misses_total: s.cache?.misses ?? 0,
       chat_continuations_cached_total: m.continuationsCached, chat_continuations_missed_total: m.continuationsMissed,
+      ...s.cache?.secondLevel?.metrics(),
       ...memory(),
     };
     if (json) return sendJson(res, HTTP.ok, values);
