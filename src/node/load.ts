@@ -4,6 +4,8 @@ import type { Checkpoint } from "../core/formats/checkpoint.js";
 import { openCheckpoint } from "../core/formats/open.js";
 import { architectureFor, detectVersion } from "../core/model/detect.js";
 import { buildModel, type Model } from "../core/model/model.js";
+import { mergeAdapters } from "../core/adapters/merge.js";
+import { type AdapterSpec, openAdapter } from "./adapters.js";
 import { FileSource } from "./file-source.js";
 import "./threads/pool.js"; // registers the threaded wasm backend
 
@@ -17,6 +19,13 @@ export interface LoadOptions {
   readonly matrices?: "compact" | "f32" | "int8";
   /** Threads for the kernels (wasm backend), the calling one included; default: all cores. */
   readonly threads?: number;
+  /**
+   * LoRA / PiSSA / DiSHA / state-tuning / full-tensor adapters merged at load, in order, into the
+   * matrices' stored type (re-quantized when the base is block-quantized; `onNote` says so).
+   */
+  readonly adapters?: readonly AdapterSpec[];
+  /** Remarks about the load (e.g. re-quantized merged matrices). */
+  readonly onNote?: (text: string) => void;
 }
 
 /** Opens a checkpoint file of any supported format (chosen by content) and reads its tensor index. */
@@ -33,11 +42,23 @@ export function loadCheckpoint(path: string): { checkpoint: Checkpoint; close():
 /** Loads an RWKV model: format from content, version from tensor names, sizes from shapes. */
 export function loadModel(path: string, options: LoadOptions = {}): Model {
   const backend: Backend = selectBackend(options.backend, { threads: options.threads });
-  const { checkpoint, close } = loadCheckpoint(path);
+  const base = loadCheckpoint(path);
+  const closers = [base.close];
   try {
+    let checkpoint = base.checkpoint;
+    if (options.adapters?.length) {
+      const adapters = options.adapters.map((spec) => {
+        const a = openAdapter(spec);
+        closers.push(a.close);
+        return a.adapter;
+      });
+      const merged = mergeAdapters(checkpoint, adapters);
+      for (const n of merged.notes) options.onNote?.(n);
+      checkpoint = merged.checkpoint;
+    }
     const version = detectVersion(checkpoint);
     return buildModel(checkpoint, architectureFor(version, path), version, backend, { matrices: options.matrices });
   } finally {
-    close();
+    for (const c of closers) c();
   }
 }

@@ -19,7 +19,8 @@ export const GENERATE_USAGE = `generate [MODEL] (--prompt TEXT | --prompt-file F
       --state-in FILE       start from a saved state, or a v6/v7 state-tuning checkpoint (time_state)
       --state-out FILE      save the state after the output (continue later with --state-in)
       --tokenizer PATH  --tokenizer-kind world|20b|bytes  --chunk-len N (256)
-      --backend NAME  --threads N (all cores)  --int8 (quantize matrices to int8 at load)`;
+      --backend NAME  --threads N (all cores)  --int8 (quantize matrices to int8 at load)
+      --lora PATH[:ALPHA]  --pissa PATH:INIT  --disha PATH   merge adapters at load (repeatable, in order)`;
 
 /** Options shared by the commands that sample (generate, chat). */
 export const SAMPLING_OPTIONS: Options = {
@@ -119,7 +120,7 @@ export async function generateCommand(args: string[], io: CliIO): Promise<number
   if (prompt === "" && stateIn === undefined) throw new UsageError(`${promptFile !== undefined ? `--prompt-file ${promptFile}` : "--prompt"} is empty`);
 
   const modelPath = positionals[0] ?? defaultModelPath();
-  const model = loadModel(modelPath, modelLoadOptions(values));
+  const model = loadModel(modelPath, { ...modelLoadOptions(values, args), onNote: (t) => io.stderr(`note: ${t}\n`) });
   const tokenizer = tokenizerFor(values, model.config.vocabSize, modelPath);
   const input: { prompt: number[]; state?: State; logits?: Float32Array } = { prompt: tokenizer.encode(prompt ?? "") };
   let rng = new Rng(settings.seed);

@@ -69,7 +69,7 @@ export async function serveCommand(args: string[], io: CliIO): Promise<number> {
   };
   const graceMs = numberIn(values, "shutdown-grace", DEFAULT_GRACE_S, 0, Number.MAX_SAFE_INTEGER / MS_PER_S) * MS_PER_S;
 
-  const model = loadModel(modelPath, modelLoadOptions(values));
+  const model = loadModel(modelPath, { ...modelLoadOptions(values, args), onNote: (t) => io.stderr(`note: ${t}\n`) });
   const tokenizer = tokenizerFor(values, model.config.vocabSize, modelPath);
   const server = new RwkvServer({
     ...settings, model, tokenizer, modelName, apiKey: apiKey || undefined, chatNames: names,
