@@ -166,6 +166,12 @@ const BLOCKS: Record<TrainVersion, TrainBlocks> = { "4": v4Blocks, "5.2": v5Bloc
 
 export interface TrainModelOptions {
   readonly kernels?: TrainKernels;
+  /**
+   * Parameter-efficient tuning: only these parameters get gradients and updates; the rest is the
+   * frozen base. A weight with `<prefix>.lora_A/B` in the store is used as W + loraScale · B A.
+   */
+  readonly trainable?: ReadonlySet<string>;
+  readonly loraScale?: number;
 }
 
 export class TrainModel {
@@ -176,7 +182,19 @@ export class TrainModel {
   constructor(readonly params: ParamStore, options: TrainModelOptions = {}) {
     this.config = inferTrainConfig(params);
     this.kernels = options.kernels ?? referenceTrainKernels;
+    this.trainable = options.trainable ?? null;
+    this.loraScale = options.loraScale ?? 1;
     this.kernels.placeParams?.(params);
+  }
+
+  private readonly trainable: ReadonlySet<string> | null;
+  private readonly loraScale: number;
+
+  /** Parameters the optimizer must leave alone: unused ones and, when tuning adapters, the base. */
+  frozenParams(): ReadonlySet<string> {
+    const frozen = new Set(this.unusedParams());
+    if (this.trainable) for (const p of this.params.list) if (!this.trainable.has(p.name)) frozen.add(p.name);
+    return frozen;
   }
 
   get dtype(): TrainDType {
@@ -198,12 +216,20 @@ export class TrainModel {
     if (tokens.length !== B * T) throw new RwkvInputError("train", `${tokens.length} tokens for a batch of ${B} x ${T}`);
     for (const t of tokens) if (t < 0 || t >= V) throw new RwkvInputError("train", `token id ${t} is outside the vocabulary 0..${V - 1}`);
     const vars = new Map<string, Var>();
+    const leaf = (name: string): Var => {
+      const p = this.params.get(name);
+      const [rows, cols] = matrixShape(name, p.shape);
+      return g.leaf(p.data, rows, cols, this.trainable && !this.trainable.has(name) ? null : p.grad);
+    };
     const P: ParamVar = (name) => {
       let v = vars.get(name);
       if (!v) {
-        const p = this.params.get(name);
-        const [rows, cols] = matrixShape(name, p.shape);
-        v = g.leaf(p.data, rows, cols, p.grad);
+        v = leaf(name);
+        const prefix = name.endsWith(".weight") ? name.slice(0, -".weight".length) : null;
+        if (prefix !== null && this.params.has(prefix + ".lora_A")) {
+          // W + s · B A: B (out, r) projected by A (r, in) gives the (out, in) update.
+          v = g.add(v, g.scale(g.project(leaf(prefix + ".lora_B"), leaf(prefix + ".lora_A")), this.loraScale));
+        }
         vars.set(name, v);
       }
       return v;
