@@ -4,6 +4,7 @@ import { loadModel } from "../load.js";
 import { type ChatNames, DEFAULT_CHAT_NAMES } from "../server/chat-format.js";
 import { RwkvServer, SERVER_DEFAULTS } from "../server/server.js";
 import { tokenizerFor } from "./generate.js";
+import { loadServedAdapters } from "../server/adapter-loading.js";
 
 const D = SERVER_DEFAULTS;
 /** Seconds in-flight requests get to finish after SIGTERM/SIGINT before they are cancelled. */
@@ -21,7 +22,8 @@ export const SERVE_USAGE = `serve MODEL                  OpenAI-compatible HTTP 
       --max-prompt-tokens N (${D.maxPromptTokens})  --max-tokens-limit N (${D.maxTokensLimit})  --body-limit BYTES (${D.bodyLimit})
       --user-name U --assistant-name A --system-name S  chat speaker names (User, Assistant, System)
       --penalty-decay D (${D.penaltyDecay})  --prefill-chunk N (${D.prefillChunk})  --shutdown-grace S (${DEFAULT_GRACE_S})  --log-requests
-      --tokenizer PATH  --tokenizer-kind world|20b|bytes  --backend NAME`;
+      --tokenizer PATH  --tokenizer-kind world|20b|bytes  --backend NAME
+      --adapter NAME=PATH[:ALPHA]  serve MODEL with an adapter too, as model "<model-name>+NAME" (repeatable)`;
 
 /** An integer in [min, max] (positiveInt refuses 0, which --port and --queue allow). */
 function intIn(values: Values, name: string, dflt: number, min: number, max: number): number {
@@ -45,6 +47,7 @@ export async function serveCommand(args: string[], io: CliIO): Promise<number> {
     "user-name": { type: "string" }, "assistant-name": { type: "string" }, "system-name": { type: "string" },
     "penalty-decay": { type: "string" }, "prefill-chunk": { type: "string" }, "shutdown-grace": { type: "string" },
     "log-requests": { type: "boolean" }, tokenizer: { type: "string" }, "tokenizer-kind": { type: "string" }, ...MODEL_OPTIONS,
+    adapter: { type: "string", multiple: true },
   }, ["MODEL"]);
   const modelPath = positionals[0];
   const names: ChatNames = {
@@ -69,10 +72,12 @@ export async function serveCommand(args: string[], io: CliIO): Promise<number> {
   };
   const graceMs = numberIn(values, "shutdown-grace", DEFAULT_GRACE_S, 0, Number.MAX_SAFE_INTEGER / MS_PER_S) * MS_PER_S;
 
-  const model = loadModel(modelPath, { ...modelLoadOptions(values, args), onNote: (t) => io.stderr(`note: ${t}\n`) });
+  const loadOptions = { ...modelLoadOptions(values, args), onNote: (t: string) => io.stderr(`note: ${t}\n`) };
+  const model = loadModel(modelPath, loadOptions);
+  const adapters = loadServedAdapters(modelPath, loadOptions, (values.adapter as string[] | undefined) ?? []);
   const tokenizer = tokenizerFor(values, model.config.vocabSize, modelPath);
   const server = new RwkvServer({
-    ...settings, model, tokenizer, modelName, apiKey: apiKey || undefined, chatNames: names,
+    ...settings, model, adapters, tokenizer, modelName, apiKey: apiKey || undefined, chatNames: names,
     log: values["log-requests"] === true ? (line) => io.stderr(`${line}\n`) : undefined,
   });
   const { host, port } = await server.listen();

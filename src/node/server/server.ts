@@ -10,6 +10,7 @@ import { type ChatNames, DEFAULT_CHAT_NAMES, renderChatPrompt, replyContinuation
 import { ApiError, HTTP, invalidParam, sendError, sendJson } from "./errors.js";
 import { type GenerationRequest, type Limits, parseChatRequest, parseCompletionRequest, parseJsonBody } from "./params.js";
 import { type JobResult, Scheduler } from "./scheduler.js";
+import { AdapterRoutes } from "./adapters.js";
 import { endEventStream, sendEvent, startEventStream } from "./sse.js";
 
 /*
@@ -38,6 +39,8 @@ export interface ServerOptions {
   readonly chatNames?: ChatNames;
   readonly penaltyDecay?: number;
   readonly prefillChunk?: number;
+  /** Adapters by name, each the base with it merged: requests select one with `model: "<modelName>+<name>"`. */
+  readonly adapters?: ReadonlyMap<string, Model>;
   /** One line per finished request, when given. */
   readonly log?: (line: string) => void;
 }
@@ -85,14 +88,19 @@ export class RwkvServer {
   private readonly choosable: number;
   private readonly created = Math.floor(Date.now() / MS_PER_S);
   private draining = false;
+  private readonly adapters: AdapterRoutes;
 
   constructor(private readonly options: ServerOptions) {
     const d = SERVER_DEFAULTS;
     const { model, tokenizer } = options;
-    this.scheduler = new Scheduler(model, {
+    // Every served model (base and each adapter) gets its own scheduler and an equal share of the cache.
+    const shares = 1 + (options.adapters?.size ?? 0);
+    const schedulerFor = (m: Model) => new Scheduler(m, {
       slots: options.slots ?? d.slots, queue: options.queue ?? d.queue,
-      cacheBytes: options.cacheBytes ?? d.cacheMb * MIB, prefillChunk: options.prefillChunk ?? d.prefillChunk,
+      cacheBytes: Math.floor((options.cacheBytes ?? d.cacheMb * MIB) / shares), prefillChunk: options.prefillChunk ?? d.prefillChunk,
     });
+    this.scheduler = schedulerFor(model);
+    this.adapters = new AdapterRoutes(options.modelName, options.adapters ?? new Map(), schedulerFor);
     this.choosable = Math.min(tokenizer.vocabSize, model.config.vocabSize);
     this.limits = {
       maxPromptTokens: options.maxPromptTokens ?? d.maxPromptTokens, maxTokensLimit: options.maxTokensLimit ?? d.maxTokensLimit,
@@ -132,11 +140,13 @@ export class RwkvServer {
   async shutdown(graceMs: number): Promise<{ cancelled: number }> {
     this.draining = true;
     this.scheduler.stopAccepting();
+    for (const a of this.adapters.all()) a.scheduler.stopAccepting();
     const closed = new Promise<void>((resolve) => this.http.close(() => resolve()));
     this.http.closeIdleConnections();
-    const finished = await this.scheduler.whenIdle(graceMs);
-    const cancelled = finished ? 0 : this.scheduler.activeCount + this.scheduler.queuedCount;
-    if (!finished) this.scheduler.cancelAll("shutdown");
+    const all = [this.scheduler, ...this.adapters.all().map((a) => a.scheduler)];
+    const finished = (await Promise.all(all.map((s) => s.whenIdle(graceMs)))).every((f) => f);
+    const cancelled = finished ? 0 : all.reduce((n, s) => n + s.activeCount + s.queuedCount, 0);
+    if (!finished) for (const s of all) s.cancelAll("shutdown");
     // Let the handlers of the cancelled requests write their replies before connections go.
     await new Promise<void>((resolve) => setImmediate(resolve));
     this.http.closeAllConnections();
@@ -159,16 +169,16 @@ export class RwkvServer {
     if (path === "/health") return this.health(res);
     this.authorize(req);
     if (path === "/metrics") return this.metrics(res, url.searchParams.get("format") === "json");
-    if (path === "/v1/models") return sendJson(res, HTTP.ok, { object: "list", data: [this.modelObject()] });
+    if (path === "/v1/models") return sendJson(res, HTTP.ok, { object: "list", data: [this.modelObject(), ...this.adapters.all().map((a) => this.modelObject(a.id))] });
     if (modelPath) {
-      this.checkModel(decodePathPart(modelPath.slice("/v1/models/".length)));
-      return sendJson(res, HTTP.ok, this.modelObject());
+      const id = decodePathPart(modelPath.slice("/v1/models/".length));
+      this.checkModel(id);
+      return sendJson(res, HTTP.ok, this.modelObject(id));
     }
     const body = parseJsonBody(await readBody(req, this.bodyLimit));
     if (this.draining) throw new ApiError(HTTP.unavailable, "the server is shutting down", "server_error", null, "shutting_down");
     const request = path === "/v1/chat/completions" ? parseChatRequest(body, this.limits) : parseCompletionRequest(body, this.limits);
-    this.checkModel(request.model);
-    await this.generate(request, req, res);
+    await this.generate(request, req, res, this.checkModel(request.model));
   }
 
   private authorize(req: IncomingMessage): void {
@@ -183,15 +193,18 @@ export class RwkvServer {
     }
   }
 
-  private checkModel(name: string): void {
-    if (name !== this.options.modelName) {
-      throw new ApiError(HTTP.notFound, `The model \`${name}\` does not exist (this server serves \`${this.options.modelName}\`).`,
-        "invalid_request_error", "model", "model_not_found");
-    }
+  /** The model and scheduler serving `name`: the base, or an adapter ("base+NAME"); 404 otherwise. */
+  private checkModel(name: string): { model: Model; scheduler: Scheduler } {
+    if (name === this.options.modelName) return { model: this.options.model, scheduler: this.scheduler };
+    const adapter = this.adapters.get(name);
+    if (adapter) return adapter;
+    const served = [this.options.modelName, ...this.adapters.all().map((a) => a.id)].map((n) => `\`${n}\``).join(", ");
+    throw new ApiError(HTTP.notFound, `The model \`${name}\` does not exist (this server serves ${served}).`,
+      "invalid_request_error", "model", "model_not_found");
   }
 
-  private modelObject() {
-    return { id: this.options.modelName, object: "model", created: this.created, owned_by: "rwkv-ts" };
+  private modelObject(id = this.options.modelName) {
+    return { id, object: "model", created: this.created, owned_by: "rwkv-ts" };
   }
 
   private health(res: ServerResponse): void {
@@ -226,7 +239,8 @@ export class RwkvServer {
     res.end(text);
   }
 
-  private async generate(request: GenerationRequest, req: IncomingMessage, res: ServerResponse): Promise<void> {
+  private async generate(request: GenerationRequest, req: IncomingMessage, res: ServerResponse,
+    served: { model: Model; scheduler: Scheduler } = { model: this.options.model, scheduler: this.scheduler }): Promise<void> {
     const { tokenizer } = this.options;
     const chat = request.kind === "chat";
     const source = chat ? renderChatPrompt(request.messages, this.names) : request.prompt;
@@ -253,7 +267,7 @@ export class RwkvServer {
 
     const id = (chat ? "chatcmpl-" : "cmpl-") + randomBytes(ID_BYTES).toString("hex");
     const created = Math.floor(Date.now() / MS_PER_S);
-    const base = { id, object: chat ? "chat.completion.chunk" : "text_completion", created, model: this.options.modelName, system_fingerprint: this.options.model.fingerprint };
+    const base = { id, object: chat ? "chat.completion.chunk" : "text_completion", created, model: request.model, system_fingerprint: served.model.fingerprint };
     const stream = request.stream;
     let started = !chat; // chat: the leading space after "Assistant:" is not part of the reply
     const onText = (text: string): void => {
@@ -271,7 +285,7 @@ export class RwkvServer {
       ? (output: string) => tokenizer.encode(promptText + replyContinuation(trimReplyStart(output)))
       : undefined;
 
-    const job = this.scheduler.submit({ prompt, decoding, onText, continuation, cachePrompt: !chat });
+    const job = served.scheduler.submit({ prompt, decoding, onText, continuation, cachePrompt: !chat });
     res.setHeader("X-Request-Id", id); // before the first turn of the loop can write anything (scheduler.ts)
     const t0 = Date.now();
     // A client that goes away cancels its generation and frees its slot at once.
