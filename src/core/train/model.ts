@@ -29,6 +29,8 @@ interface Ctx {
   readonly B: number;
   readonly T: number;
   vFirst: Var | null;
+  /** Whether the store has a parameter (e.g. a trained time_state). */
+  readonly has: (name: string) => boolean;
 }
 
 type ParamVar = (name: string) => Var;
@@ -147,7 +149,8 @@ const v7Blocks: TrainBlocks = {
     const gate = g.project(g.act("sigmoid", g.project(xg, P(a + "g1"))), P(a + "g2")); // (R, C)
     const kk = g.l2Normalize(g.mul(k, P(a + "k_k")), N); // (R, C)
     const k2 = g.keyUpdate(k, iclr, P(a + "k_a")); // (R, C)
-    const y = g.wkv7(B, T, H, N, r, wraw, k2, v, g.scale(kk, -1), g.mul(kk, iclr)); // (R, C)
+    const s0 = ctx.has(a + "time_state") ? P(a + "time_state") : undefined; // (H, N, N) state tuning
+    const y = g.wkv7(B, T, H, N, r, wraw, k2, v, g.scale(kk, -1), g.mul(kk, iclr), s0); // (R, C)
     const yn = g.groupNorm(y, H, N, P(a + "ln_x.weight"), P(a + "ln_x.bias"), GROUP_NORM_EPS); // (R, C)
     const out = g.add(yn, g.bonus(r, k2, v, P(a + "r_k"), H, N)); // (R, C)
     return g.linear(g.mul(out, gate), P(a + "output.weight")); // (R, C)
@@ -235,7 +238,7 @@ export class TrainModel {
       return v;
     };
     const blocks = BLOCKS[this.config.version];
-    const ctx: Ctx = { B, T, vFirst: null };
+    const ctx: Ctx = { B, T, vFirst: null, has: (n) => this.params.has(n) };
     let x = g.layerNorm(g.embedding(P("emb.weight"), tokens), P("blocks.0.ln0.weight"), P("blocks.0.ln0.bias"), LAYER_NORM_EPS); // (R, C)
     for (let i = 0; i < L; i++) {
       const b = `blocks.${i}.`;

@@ -22,7 +22,8 @@ import { type CheckpointHeader, loadCheckpointFile, saveCheckpoint, type TrainHi
 import { listDataFiles, loadTokens, sampleBatch, splitData, validationBatches } from "../train/data.js";
 import { type ExportDType, exportPth, exportSafetensors } from "../train/export.js";
 import { lossCurveSvg } from "../train/plot.js";
-import { exportLora } from "../train/adapter-export.js";
+import { exportLora, exportTimeState } from "../train/adapter-export.js";
+import { addTimeStateParams, timeStateNames } from "../../core/train/state-tune.js";
 import { DEFAULT_LORA_ALPHA } from "../../core/adapters/adapter.js";
 import { defaultTrainThreads, type TrainKernelKind, trainKernels } from "../threads/train-pool.js";
 
@@ -46,6 +47,7 @@ export const TRAIN_USAGE = [
   sub("--resume", "continue DIR/checkpoint.rwkvtrain exactly (--steps may be raised)"),
   sub("--lora R [--lora-alpha A]", `with --model: train only a rank-R LoRA (alpha ${DEFAULT_LORA_ALPHA}); exports adapter.pth + adapter/`),
   sub("--lora-targets LIST", "comma-separated modules (att.receptance,att.key,...: all att/ffn Linears)"),
+  sub("--state-tune", "with an RWKV-7 --model: train only the initial state (time_state); exports state.pth"),
   sub("--ctx T --batch B --steps S", "window length, windows per step, optimizer steps (64, 12, 2000)"),
   sub("--lr X --lr-final Y --warmup N", "AdamW schedule (6e-4 -> 6e-5, 10 warmup steps)"),
   sub("--decay cosine|linear", "learning-rate decay after warmup (cosine)"),
@@ -89,6 +91,8 @@ export interface RunOptions {
   readonly exportDtype: ExportDType;
   /** LoRA tuning of a frozen --model (absent: every weight trains). */
   readonly lora?: LoraSpec;
+  /** State tuning of a frozen --model: only blocks.i.att.time_state trains. */
+  readonly stateTune?: boolean;
 }
 
 export const CHECKPOINT_FILE = "checkpoint.rwkvtrain";
@@ -120,7 +124,7 @@ const OPTIONS = {
   seed: { type: "string" }, "val-fraction": { type: "string" }, "val-every": { type: "string" }, "save-every": { type: "string" },
   "export-dtype": { type: "string" }, "max-seconds": { type: "string" }, "peak-gflops": { type: "string" },
   threads: { type: "string" }, kernels: { type: "string" },
-  lora: { type: "string" }, "lora-alpha": { type: "string" }, "lora-targets": { type: "string" },
+  lora: { type: "string" }, "lora-alpha": { type: "string" }, "lora-targets": { type: "string" }, "state-tune": { type: "boolean" },
 } as const;
 
 function nonNegInt(values: Values, name: string, dflt: number): number {
@@ -170,8 +174,12 @@ function runOptionsFromFlags(values: Values): Omit<RunOptions, "tokenizerKind"> 
   } else if (values["lora-alpha"] !== undefined || values["lora-targets"] !== undefined) {
     throw new UsageError("--lora-alpha and --lora-targets need --lora R");
   }
+  const stateTune = values["state-tune"] === true;
+  if (stateTune && model === undefined) throw new UsageError("--state-tune tunes an existing model: give it with --model FILE");
+  if (stateTune && lora) throw new UsageError("--state-tune and --lora are separate runs: choose one");
   return {
     ...(lora ? { lora } : {}),
+    ...(stateTune ? { stateTune } : {}),
     data: data.map((d) => resolve(d)), tokenizerKind: tokenizerKind ?? null,
     tokenizerPath: str(values, "tokenizer") !== undefined ? resolve(str(values, "tokenizer")!) : null,
     init, ctx: positiveInt(values, "ctx", DEFAULTS.ctx), batch: positiveInt(values, "batch", DEFAULTS.batch),
@@ -197,7 +205,7 @@ function flagValues(run: RunOptions, config: ModelConfig): Record<string, string
     "grad-clip": String(run.gradClip), "no-l2wrap": String(!run.l2wrap), "tokenizer-kind": run.tokenizerKind, seed: String(run.seed),
     "val-fraction": String(run.valFraction), "val-every": String(run.valEvery), "save-every": String(run.saveEvery), "export-dtype": run.exportDtype,
     lora: run.lora ? String(run.lora.rank) : undefined, "lora-alpha": run.lora ? String(run.lora.alpha) : undefined,
-    "lora-targets": run.lora ? run.lora.targets.join(",") : undefined,
+    "lora-targets": run.lora ? run.lora.targets.join(",") : undefined, "state-tune": run.stateTune ? "true" : "false",
   };
 }
 
@@ -313,6 +321,7 @@ export async function trainCommand(args: string[], io: CliIO): Promise<number> {
       const { checkpoint, close } = loadCheckpoint(run.init.model);
       try { params = ParamStore.fromCheckpoint(checkpoint, "f32"); } finally { close(); }
       if (run.lora) addLoraParams(params, run.lora, rng);
+      if (run.stateTune) addTimeStateParams(params, run.init.model);
     }
     const model = new TrainModel(params, { kernels, ...tuning(run, params) });
     const full: RunOptions = { ...run, tokenizerKind: run.tokenizerKind ?? tokenizerKindForVocab(model.config.vocabSize) };
@@ -323,7 +332,8 @@ export async function trainCommand(args: string[], io: CliIO): Promise<number> {
 }
 
 /** What a LoRA run trains and how its adapters scale (nothing for a full fine-tune). */
-function tuning(run: Pick<RunOptions, "lora">, params: ParamStore): { trainable?: ReadonlySet<string>; loraScale?: number } {
+function tuning(run: Pick<RunOptions, "lora" | "stateTune">, params: ParamStore): { trainable?: ReadonlySet<string>; loraScale?: number } {
+  if (run.stateTune) return { trainable: new Set(timeStateNames(params)) };
   if (!run.lora) return {};
   return { trainable: new Set(loraParamNames(params)), loraScale: run.lora.alpha / run.lora.rank };
 }
@@ -424,6 +434,12 @@ async function runTraining(s: Session, values: Values, io: CliIO): Promise<numbe
   }
   line(status());
   const dtype = run.exportDtype;
+  if (run.stateTune) {
+    const file = await exportTimeState(model.params, out, dtype);
+    io.stdout(`trained ${s.step} steps (${s.tokensSeen.toLocaleString("en-US")} tokens, ${s.seconds.toFixed(1)} s): initial state ${file} ` +
+      `(${dtype}; load with --state-in, or as an adapter), loss curve ${join(out, "loss.svg")}\n`);
+    return 0;
+  }
   if (run.lora) {
     const files = await exportLora(model.params, loraParamNames(model.params), out, run.lora, dtype);
     io.stdout(`trained ${s.step} steps (${s.tokensSeen.toLocaleString("en-US")} tokens, ${s.seconds.toFixed(1)} s): LoRA r ${run.lora.rank} alpha ${run.lora.alpha} ` +

@@ -4,6 +4,7 @@ import { safetensorsF32 } from "../../core/adapters/write.js";
 import { type PthDType, pthChunks } from "../../core/formats/pth-writer.js";
 import { toBf16Bytes, toF32Bytes } from "../../core/formats/quantize.js";
 import type { LoraSpec } from "../../core/train/lora.js";
+import { timeStateNames } from "../../core/train/state-tune.js";
 import type { ParamStore } from "../../core/train/params.js";
 import { writeFileAtomic } from "../atomic-write.js";
 import { PEFT_CONFIG, PEFT_WEIGHTS } from "../adapters.js";
@@ -35,4 +36,15 @@ export async function exportLora(params: ParamStore, names: readonly string[], o
   const st = safetensorsF32(list.map((p) => ({ name: "base_model.model." + p.name + ".weight", shape: p.shape, data: p.data })));
   await writeFileAtomic(join(dir, PEFT_WEIGHTS), [st]);
   return { pth, dir };
+}
+
+export const STATE_PTH = "state.pth";
+
+/** A trained initial state as RWKV-PEFT saves one: only the blocks.i.att.time_state tensors. */
+export async function exportTimeState(params: ParamStore, out: string, dtype: ExportDType): Promise<string> {
+  const list = timeStateNames(params).map((n) => params.get(n));
+  const bytes = (d: ArrayLike<number>) => (dtype === "f32" ? toF32Bytes(Float32Array.from(d)) : toBf16Bytes(Float32Array.from(d)));
+  const path = join(out, STATE_PTH);
+  await writeFileAtomic(path, pthChunks(list.map((p) => ({ name: p.name, shape: p.shape, dtype: dtype as PthDType, data: () => bytes(p.data) })), { archiveName: "state" }));
+  return path;
 }
