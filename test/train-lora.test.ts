@@ -124,6 +124,9 @@ test("rwkv train --lora: kill -9 after a checkpoint, --resume gives a bit-identi
     for (const f of ["adapter.pth", join("adapter", "adapter_model.safetensors")]) {
       assert.ok(readFileSync(join(s.dir, "straight", f)).equals(readFileSync(join(s.dir, "killed", f))), `${f} differs after kill and resume`);
     }
+    // The checkpoint holds the LoRA tensors only, not the frozen base.
+    const saved = loadCheckpointFile(join(s.dir, "killed", "checkpoint.rwkvtrain")).params;
+    assert.ok(saved.list.length === 48 && saved.list.every((p) => /\.lora_[AB]$/.test(p.name)), saved.list.map((p) => p.name).join(","));
     // Resuming with another rank is refused by name.
     const bad = await cli(["train", "--out", join(s.dir, "killed"), "--resume", "--lora", "8"]);
     assert.equal(bad.code, 2);
@@ -151,6 +154,17 @@ test("rwkv train --lora: bad flags get one-line errors", async () => {
       assert.match(r.err, re);
       assert.equal(r.err.trim().split("\n").filter((l) => l.startsWith("rwkv:")).length, 1, r.err);
     }
+    // The checkpoint does not hold the base: a --model file changed since is refused on --resume.
+    const copy = join(dir, "base.safetensors");
+    writeFileSync(copy, readFileSync(BASE));
+    let r = await cli(["train", "--data", data, "--out", join(dir, "run"), "--model", copy, "--lora", "2", "--steps", "1", "--batch", "1", "--ctx", "16", "--val-fraction", "0"]);
+    assert.equal(r.code, 0, r.err);
+    const bytes = readFileSync(copy);
+    bytes[bytes.length - 1] ^= 0x40; // the last weight of the last tensor
+    writeFileSync(copy, bytes);
+    r = await cli(["train", "--out", join(dir, "run"), "--resume", "--steps", "2"]);
+    assert.equal(r.code, 1);
+    assert.match(r.err, /base\.safetensors: this base model is not the one the adapter run started from/);
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }

@@ -106,8 +106,12 @@ test("rwkv train --state-tune: validation loss below the base's, state.pth loads
     const names = [...checkpoint.tensors.keys()];
     close();
     assert.deepEqual(names, [0, 1, 2, 3].map((i) => `blocks.${i}.att.time_state`));
+    // The run's checkpoint holds only what it trains (the base is reloaded from --model on resume).
     const trained = loadCheckpointFile(join(dir, "tuned", "checkpoint.rwkvtrain")).params;
-    const direct = buildModel(storeCheckpoint(trained), rwkv7, "7", referenceBackend);
+    assert.deepEqual(trained.list.map((p) => p.name), names);
+    const baseCk = loadCheckpoint(BASE);
+    const direct = buildModel({ ...baseCk.checkpoint, tensors: new Map([...baseCk.checkpoint.tensors, ...storeCheckpoint(trained).tensors]) }, rwkv7, "7", referenceBackend);
+    baseCk.close();
     const tokens = Array.from(new TextEncoder().encode("KING RICHARD:"));
     const want = direct.forward(tokens, direct.initState(), { allLogits: true });
     const viaAdapter = loadModel(BASE, { backend: "reference", adapters: [{ path: file }] });

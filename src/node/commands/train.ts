@@ -23,6 +23,7 @@ import { listDataFiles, loadTokens, sampleBatch, splitData, validationBatches } 
 import { type ExportDType, exportPth, exportSafetensors } from "../train/export.js";
 import { lossCurveSvg } from "../train/plot.js";
 import { exportLora, exportTimeState } from "../train/adapter-export.js";
+import { restoreTuned, storeFingerprint, trainedSubset } from "../train/tuning-checkpoint.js";
 import { addTimeStateParams, timeStateNames } from "../../core/train/state-tune.js";
 import { DEFAULT_LORA_ALPHA } from "../../core/adapters/adapter.js";
 import { defaultTrainThreads, type TrainKernelKind, trainKernels } from "../threads/train-pool.js";
@@ -93,6 +94,8 @@ export interface RunOptions {
   readonly lora?: LoraSpec;
   /** State tuning of a frozen --model: only blocks.i.att.time_state trains. */
   readonly stateTune?: boolean;
+  /** Adapter runs: the frozen base's fingerprint (their checkpoints hold only the trained tensors). */
+  readonly baseFingerprint?: string;
 }
 
 export const CHECKPOINT_FILE = "checkpoint.rwkvtrain";
@@ -285,10 +288,13 @@ export async function trainCommand(args: string[], io: CliIO): Promise<number> {
   if (values.resume === true) {
     const loaded = loadCheckpointFile<RunOptions>(ckptPath);
     const h = loaded.header;
-    const model = new TrainModel(loaded.params, { kernels, ...tuning(h.run, loaded.params) });
+    const params = h.run.baseFingerprint !== undefined && "model" in h.run.init
+      ? restoreTuned(loaded.params, h.run.init.model, h.run.baseFingerprint, (base) => addTuning(h.run, base, null))
+      : loaded.params;
+    const model = new TrainModel(params, { kernels, ...tuning(h.run, params) });
     checkResumeFlags(values, h.run, model.config, ckptPath);
     const run: RunOptions = { ...h.run, steps: values.steps !== undefined ? positiveInt(values, "steps", h.run.steps) : h.run.steps };
-    const opt = new AdamW(loaded.params, model.config.version, { beta1: run.beta1, beta2: run.beta2, eps: run.adamEps, weightDecay: run.weightDecay }, model.frozenParams(), loaded.optimizer, model.kernels);
+    const opt = new AdamW(params, model.config.version, { beta1: run.beta1, beta2: run.beta2, eps: run.adamEps, weightDecay: run.weightDecay }, model.frozenParams(), loaded.optimizer, model.kernels);
     session = {
       run, out, model, opt, rng: TrainRng.fromState(h.rng), step: h.step, tokensSeen: h.tokensSeen, seconds: h.seconds,
       history: { train: [...h.history.train], val: [...h.history.val] }, dataChecksum: h.dataChecksum,
@@ -320,8 +326,10 @@ export async function trainCommand(args: string[], io: CliIO): Promise<number> {
     } else {
       const { checkpoint, close } = loadCheckpoint(run.init.model);
       try { params = ParamStore.fromCheckpoint(checkpoint, "f32"); } finally { close(); }
-      if (run.lora) addLoraParams(params, run.lora, rng);
-      if (run.stateTune) addTimeStateParams(params, run.init.model);
+      if (run.lora || run.stateTune) {
+        run = { ...run, baseFingerprint: storeFingerprint(params) };
+        addTuning(run, params, rng);
+      }
     }
     const model = new TrainModel(params, { kernels, ...tuning(run, params) });
     const full: RunOptions = { ...run, tokenizerKind: run.tokenizerKind ?? tokenizerKindForVocab(model.config.vocabSize) };
@@ -329,6 +337,12 @@ export async function trainCommand(args: string[], io: CliIO): Promise<number> {
     session = { run: full, out, model, opt, rng, step: 0, tokensSeen: 0, seconds: 0, history: { train: [], val: [] }, dataChecksum: "" };
   }
   return await runTraining(session, values, io);
+}
+
+/** Adds an adapter run's trainable tensors to the base (LoRA A from `rng`; on resume their values are overwritten). */
+function addTuning(run: Pick<RunOptions, "lora" | "stateTune" | "init">, params: ParamStore, rng: TrainRng | null): void {
+  if (run.lora) addLoraParams(params, run.lora, rng ?? new TrainRng(0));
+  if (run.stateTune) addTimeStateParams(params, "model" in run.init ? run.init.model : "model");
 }
 
 /** What a LoRA run trains and how its adapters scale (nothing for a full fine-tune). */
@@ -376,7 +390,8 @@ async function runTraining(s: Session, values: Values, io: CliIO): Promise<numbe
       config: cfg, run, step: s.step, tokensSeen: s.tokensSeen, seconds: s.seconds, rng: s.rng.state(), dataChecksum: s.dataChecksum, history: s.history,
       kernels: model.kernels.build,
     };
-    await saveCheckpoint(ckptPath, header, model.params, opt.state);
+    const trainable = tuning(run, model.params).trainable;
+    await saveCheckpoint(ckptPath, header, trainable ? trainedSubset(model.params, trainable) : model.params, opt.state);
     const title = `RWKV-${cfg.version} ${cfg.nLayer}x${cfg.nEmbd}, batch ${B}x${T}: step ${s.step}`;
     await writeFileAtomic(join(out, "loss.svg"), [new TextEncoder().encode(lossCurveSvg(s.history, title))]);
     await writeFileAtomic(join(out, "loss.csv"), [new TextEncoder().encode(csv(s.history))]);
