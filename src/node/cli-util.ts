@@ -1,4 +1,5 @@
 import { parseArgs, type ParseArgsConfig } from "node:util";
+import { type AdapterSpec, parseLoraFlag, parsePissaFlag } from "./adapters.js";
 import type { LoadOptions } from "./load.js";
 
 /** Where the CLI writes: the process's streams, or a buffer in tests. */
@@ -83,12 +84,39 @@ export function numberIn(values: Values, name: string, dflt: number, min: number
 }
 
 /** Options of every command that loads a model: kernels, threads, int8 matrices. */
-export const MODEL_OPTIONS: Options = { backend: { type: "string" }, threads: { type: "string" }, int8: { type: "boolean" }, "no-verify": { type: "boolean" } };
+export const MODEL_OPTIONS: Options = {
+  backend: { type: "string" }, threads: { type: "string" }, int8: { type: "boolean" }, "no-verify": { type: "boolean" },
+  lora: { type: "string", multiple: true }, pissa: { type: "string", multiple: true }, disha: { type: "string", multiple: true },
+};
 
 export const MODEL_OPTIONS_USAGE = "--backend NAME  --threads N (all cores)  --int8 (quantize matrices to int8 at load)  --no-verify (skip CRC/NaN checks)";
+export const ADAPTER_OPTIONS_USAGE = "--lora PATH[:ALPHA]  --pissa PATH:INIT  --disha PATH   merge adapters at load (repeatable)";
 
-export function modelLoadOptions(values: Values): LoadOptions {
+/** --lora / --pissa / --disha in the order given on the command line (merge order matters). */
+export function adapterSpecs(values: Values, args: readonly string[] = []): AdapterSpec[] {
+  const list = (name: string): string[] => {
+    const v = values[name];
+    return v === undefined ? [] : (Array.isArray(v) ? v : [v]).map(String);
+  };
+  const specs: Array<{ at: number; spec: AdapterSpec }> = [];
+  const place = (name: string, parse: (t: string) => AdapterSpec) => {
+    let from = 0;
+    for (const text of list(name)) {
+      const at = args.indexOf(`--${name}`, from);
+      from = at < 0 ? from : at + 1;
+      specs.push({ at: at < 0 ? specs.length : at, spec: parse(text) });
+    }
+  };
+  place("lora", parseLoraFlag);
+  place("pissa", parsePissaFlag);
+  place("disha", (path) => ({ path, kind: "disha" }));
+  return specs.sort((a, b) => a.at - b.at).map((s) => s.spec);
+}
+
+export function modelLoadOptions(values: Values, args?: readonly string[]): LoadOptions {
+  const adapters = adapterSpecs(values, args);
   return {
+    ...(adapters.length ? { adapters } : {}),
     backend: str(values, "backend"),
     threads: values.threads === undefined ? undefined : positiveInt(values, "threads", 1),
     matrices: values.int8 === true ? "int8" : undefined,

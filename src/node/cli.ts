@@ -8,6 +8,7 @@ import { evalCommand, EVAL_USAGE } from "./commands/eval.js";
 import { generateCommand, GENERATE_USAGE } from "./commands/generate.js";
 import { info, INFO_USAGE } from "./commands/info.js";
 import { pullCommand, PULL_USAGE } from "./commands/pull.js";
+import { mergeCommand, MERGE_USAGE } from "./commands/merge.js";
 import { serveCommand, SERVE_USAGE } from "./commands/serve.js";
 import { trainCommand, TRAIN_USAGE } from "./commands/train.js";
 import type { CliConfig } from "./model-arg.js";
@@ -24,6 +25,7 @@ const COMMANDS: Record<string, { run: Command; usage: string }> = {
   chat: { run: chatCommand, usage: CHAT_USAGE },
   eval: { run: evalCommand, usage: EVAL_USAGE },
   convert: { run: convertCommand, usage: CONVERT_USAGE },
+  merge: { run: mergeCommand, usage: MERGE_USAGE },
   serve: { run: serveCommand, usage: SERVE_USAGE },
   train: { run: trainCommand, usage: TRAIN_USAGE },
   bench: { run: benchCommand, usage: BENCH_USAGE },

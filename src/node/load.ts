@@ -6,6 +6,8 @@ import { checkingFinite, firstNonFinite } from "../core/formats/finite.js";
 import { openCheckpoint } from "../core/formats/open.js";
 import { architectureFor, detectVersion } from "../core/model/detect.js";
 import { buildModel, type Model } from "../core/model/model.js";
+import { mergeAdapters } from "../core/adapters/merge.js";
+import { type AdapterSpec, openAdapter } from "./adapters.js";
 import { FileSource } from "./file-source.js";
 import "./threads/pool.js"; // registers the threaded wasm backend
 
@@ -26,6 +28,13 @@ export interface LoadOptions {
   readonly verify?: boolean;
   /** Receives warnings about ignored, known-harmless tensors; default: printed to stderr. */
   readonly onWarning?: (message: string) => void;
+  /**
+   * LoRA / PiSSA / DiSHA / state-tuning / full-tensor adapters merged at load, in order, into the
+   * matrices' stored type (re-quantized when the base is block-quantized; `onNote` says so).
+   */
+  readonly adapters?: readonly AdapterSpec[];
+  /** Remarks about the load (e.g. re-quantized merged matrices). */
+  readonly onNote?: (text: string) => void;
 }
 
 /** Opens a checkpoint file of any supported format (chosen by content) and reads its tensor index. */
@@ -43,15 +52,27 @@ export function loadCheckpoint(path: string, options: Pick<LoadOptions, "verify"
 export function loadModel(path: string, options: LoadOptions = {}): Model {
   const backend: Backend = selectBackend(options.backend, { threads: options.threads });
   const verify = options.verify ?? true;
-  const { checkpoint, close } = loadCheckpoint(path, { verify });
+  const base = loadCheckpoint(path, { verify });
+  const closers = [base.close];
   try {
+    let checkpoint = base.checkpoint;
+    if (options.adapters?.length) {
+      const adapters = options.adapters.map((spec) => {
+        const a = openAdapter(spec);
+        closers.push(a.close);
+        return a.adapter;
+      });
+      const merged = mergeAdapters(checkpoint, adapters);
+      for (const n of merged.notes) options.onNote?.(n);
+      checkpoint = merged.checkpoint;
+    }
     const version = detectVersion(checkpoint);
     const onWarning = options.onWarning ?? ((m: string) => process.stderr.write(`warning: ${m}\n`));
     const model = buildModel(verify ? checkingFinite(checkpoint) : checkpoint, architectureFor(version, path), version, backend, { matrices: options.matrices, onWarning });
     if (verify) checkFirstStep(model, path);
     return model;
   } finally {
-    close();
+    for (const c of closers) c();
   }
 }
 

@@ -29,6 +29,8 @@ interface Ctx {
   readonly B: number;
   readonly T: number;
   vFirst: Var | null;
+  /** Whether the store has a parameter (e.g. a trained time_state). */
+  readonly has: (name: string) => boolean;
 }
 
 type ParamVar = (name: string) => Var;
@@ -147,7 +149,8 @@ const v7Blocks: TrainBlocks = {
     const gate = g.project(g.act("sigmoid", g.project(xg, P(a + "g1"))), P(a + "g2")); // (R, C)
     const kk = g.l2Normalize(g.mul(k, P(a + "k_k")), N); // (R, C)
     const k2 = g.keyUpdate(k, iclr, P(a + "k_a")); // (R, C)
-    const y = g.wkv7(B, T, H, N, r, wraw, k2, v, g.scale(kk, -1), g.mul(kk, iclr)); // (R, C)
+    const s0 = ctx.has(a + "time_state") ? P(a + "time_state") : undefined; // (H, N, N) state tuning
+    const y = g.wkv7(B, T, H, N, r, wraw, k2, v, g.scale(kk, -1), g.mul(kk, iclr), s0); // (R, C)
     const yn = g.groupNorm(y, H, N, P(a + "ln_x.weight"), P(a + "ln_x.bias"), GROUP_NORM_EPS); // (R, C)
     const out = g.add(yn, g.bonus(r, k2, v, P(a + "r_k"), H, N)); // (R, C)
     return g.linear(g.mul(out, gate), P(a + "output.weight")); // (R, C)
@@ -166,6 +169,12 @@ const BLOCKS: Record<TrainVersion, TrainBlocks> = { "4": v4Blocks, "5.2": v5Bloc
 
 export interface TrainModelOptions {
   readonly kernels?: TrainKernels;
+  /**
+   * Parameter-efficient tuning: only these parameters get gradients and updates; the rest is the
+   * frozen base. A weight with `<prefix>.lora_A/B` in the store is used as W + loraScale · B A.
+   */
+  readonly trainable?: ReadonlySet<string>;
+  readonly loraScale?: number;
 }
 
 export class TrainModel {
@@ -176,7 +185,19 @@ export class TrainModel {
   constructor(readonly params: ParamStore, options: TrainModelOptions = {}) {
     this.config = inferTrainConfig(params);
     this.kernels = options.kernels ?? referenceTrainKernels;
+    this.trainable = options.trainable ?? null;
+    this.loraScale = options.loraScale ?? 1;
     this.kernels.placeParams?.(params);
+  }
+
+  private readonly trainable: ReadonlySet<string> | null;
+  private readonly loraScale: number;
+
+  /** Parameters the optimizer must leave alone: unused ones and, when tuning adapters, the base. */
+  frozenParams(): ReadonlySet<string> {
+    const frozen = new Set(this.unusedParams());
+    if (this.trainable) for (const p of this.params.list) if (!this.trainable.has(p.name)) frozen.add(p.name);
+    return frozen;
   }
 
   get dtype(): TrainDType {
@@ -198,18 +219,26 @@ export class TrainModel {
     if (tokens.length !== B * T) throw new RwkvInputError("train", `${tokens.length} tokens for a batch of ${B} x ${T}`);
     for (const t of tokens) if (t < 0 || t >= V) throw new RwkvInputError("train", `token id ${t} is outside the vocabulary 0..${V - 1}`);
     const vars = new Map<string, Var>();
+    const leaf = (name: string): Var => {
+      const p = this.params.get(name);
+      const [rows, cols] = matrixShape(name, p.shape);
+      return g.leaf(p.data, rows, cols, this.trainable && !this.trainable.has(name) ? null : p.grad);
+    };
     const P: ParamVar = (name) => {
       let v = vars.get(name);
       if (!v) {
-        const p = this.params.get(name);
-        const [rows, cols] = matrixShape(name, p.shape);
-        v = g.leaf(p.data, rows, cols, p.grad);
+        v = leaf(name);
+        const prefix = name.endsWith(".weight") ? name.slice(0, -".weight".length) : null;
+        if (prefix !== null && this.params.has(prefix + ".lora_A")) {
+          // W + s · B A: B (out, r) projected by A (r, in) gives the (out, in) update.
+          v = g.add(v, g.scale(g.project(leaf(prefix + ".lora_B"), leaf(prefix + ".lora_A")), this.loraScale));
+        }
         vars.set(name, v);
       }
       return v;
     };
     const blocks = BLOCKS[this.config.version];
-    const ctx: Ctx = { B, T, vFirst: null };
+    const ctx: Ctx = { B, T, vFirst: null, has: (n) => this.params.has(n) };
     let x = g.layerNorm(g.embedding(P("emb.weight"), tokens), P("blocks.0.ln0.weight"), P("blocks.0.ln0.bias"), LAYER_NORM_EPS); // (R, C)
     for (let i = 0; i < L; i++) {
       const b = `blocks.${i}.`;

@@ -225,15 +225,17 @@ class V7Step {
 /**
  * RWKV-7 (SPEC §6, §7.3), per head with S[i=value][j=key]:
  *   sa = S a;  S <- S diag(d) + sa bᵀ + v kᵀ;  y = S r,   d = exp(-exp(wraw))
- * All inputs (B·T, C). `ckpt` (B·H·chunks·N·N) receives the state entering every chunk.
+ * All inputs (B·T, C). `ckpt` (B·H·chunks·N·N) receives the state entering every chunk. Every
+ * sequence starts from `s0` (H·N·N, a trained time_state) when given, else from zeros.
  */
 export function wkv7Forward(B: number, T: number, H: number, N: number, r: Buf, wraw: Buf, k: Buf, v: Buf, a: Buf, bb: Buf,
-  y: Buf, ckpt: Float64Array | null): void {
+  y: Buf, ckpt: Float64Array | null, s0: Buf | null = null): void {
   const C = H * N, chunks = wkvChunks(T);
   const S = new Float64Array(N * N), st = new V7Step(N), yv = new Float64Array(N), sa = new Float64Array(N);
   for (let b = 0; b < B; b++) {
     for (let h = 0; h < H; h++) {
-      S.fill(0);
+      if (s0) S.set(s0.subarray(h * N * N, (h + 1) * N * N));
+      else S.fill(0);
       for (let t = 0; t < T; t++) {
         if (ckpt && t % WKV_CHUNK === 0) ckpt.set(S, (((b * H + h) * chunks) + t / WKV_CHUNK) * N * N);
         const o = (b * T + t) * C + h * N;
@@ -286,7 +288,8 @@ function wkv7Step(S0: Float64Array, p0: number, S1: Float64Array, p1: number, N:
  * forward computed them.
  */
 export function wkv7Backward(B: number, T: number, H: number, N: number, r: Buf, wraw: Buf, k: Buf, v: Buf, a: Buf, bb: Buf,
-  ckpt: Float64Array, gy: Buf, gr: Buf | null, gw: Buf | null, gk: Buf | null, gv: Buf | null, ga: Buf | null, gb: Buf | null): void {
+  ckpt: Float64Array, gy: Buf, gr: Buf | null, gw: Buf | null, gk: Buf | null, gv: Buf | null, ga: Buf | null, gb: Buf | null,
+  gs0: Buf | null = null): void {
   const C = H * N, chunks = wkvChunks(T), NN = N * N;
   const states = new Float64Array((WKV_CHUNK + 1) * NN); // S_{t0-1}, S_{t0}, …, S_{t1-1}
   const sas = new Float64Array(WKV_CHUNK * N), yScratch = new Float64Array(N);
@@ -363,6 +366,8 @@ export function wkv7Backward(B: number, T: number, H: number, N: number, r: Buf,
           }
         }
       }
+      // dS is now dL/d(initial state) of this sequence and head.
+      if (gs0) for (let q = 0; q < NN; q++) gs0[h * NN + q] += dS[q];
     }
   }
 }

@@ -38,6 +38,8 @@ export interface ConvertOptions {
   /** World vocabulary file for GGUF output of a 65536-token model. */
   readonly tokenizerPath?: string;
   readonly fusedMultiplyAdd?: boolean;
+  /** Changes the checkpoint before it is written (rwkv merge applies adapters here). */
+  readonly transform?: (ckpt: Checkpoint) => Checkpoint;
   /** Where notes (dropped tensors, byte vocabularies) go. */
   readonly note?: (text: string) => void;
 }
@@ -116,7 +118,8 @@ export async function convertModel(input: string, output: string, options: Conve
   checkWritableTarget(output); // before reading a possibly huge input
   const src = new FileSource(input);
   try {
-    const ckpt = openCheckpoint(src);
+    const opened = openCheckpoint(src);
+    const ckpt = options.transform ? options.transform(opened) : opened;
     const { dtype, format } = options;
     let chunks: Iterable<Uint8Array>;
     switch (format) {
@@ -131,7 +134,7 @@ export async function convertModel(input: string, output: string, options: Conve
         break;
       case "rwkv.cpp": {
         // An rwkv.cpp input passes through record by record: no log/exp round trip of its decays.
-        const model = ckpt.format === "rwkv.cpp" ? rwkvCppModelFromFile(src) : rwkvCppModelFromCheckpoint(ckpt, detectVersion(ckpt));
+        const model = ckpt.format === "rwkv.cpp" && !options.transform ? rwkvCppModelFromFile(src) : rwkvCppModelFromCheckpoint(ckpt, detectVersion(ckpt));
         chunks = rwkvCppChunks(model, dtype as Exclude<ConvertDType, "bf16">, { fusedMultiplyAdd: options.fusedMultiplyAdd });
         break;
       }

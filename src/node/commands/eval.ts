@@ -166,7 +166,7 @@ export async function evalCommand(args: string[], io: CliIO, config: CliConfig):
   const limit = values.limit === undefined ? null : positiveInt(values, "limit", 0);
   checkFlagsFit(method, values, pieceLen);
   const kind = tokenizerKind(values);
-  const load: LoadOptions = { ...modelLoadOptions(values), backend: backendName(values) };
+  const load: LoadOptions = { ...modelLoadOptions(values, args), onNote: (t) => io.stderr(`note: ${t}\n`), backend: backendName(values) };
   const output = str(values, "output");
   const carryState = values["carry-state"] === true;
 

@@ -23,7 +23,8 @@ export const GENERATE_USAGE = `generate [MODEL] (--prompt TEXT | --prompt-file F
       --state-in FILE       start from a saved state, or a v6/v7 state-tuning checkpoint (time_state)
       --state-out FILE      save the state after the output (continue later with --state-in)
       --tokenizer PATH  --tokenizer-kind world|20b|bytes  --chunk-len N (256)
-      --backend NAME  --threads N (all cores)  --int8 (quantize matrices to int8 at load)  --no-verify (skip CRC/NaN checks)`;
+      --backend NAME  --threads N (all cores)  --int8 (quantize matrices to int8 at load)  --no-verify (skip CRC/NaN checks)
+      --lora PATH[:ALPHA]  --pissa PATH:INIT  --disha PATH   merge adapters at load (repeatable, in order)`;
 
 /** Options shared by the commands that sample (generate, chat). */
 export const SAMPLING_OPTIONS: Options = {
@@ -123,7 +124,7 @@ export async function generateCommand(args: string[], io: CliIO, config: CliConf
   if (prompt === "" && stateIn === undefined) throw new UsageError(`${promptFile !== undefined ? `--prompt-file ${promptFile}` : "--prompt"} is empty`);
 
   const modelPath = modelPathFor(positionals[0], config);
-  const model = loadModel(modelPath, modelLoadOptions(values));
+  const model = loadModel(modelPath, { ...modelLoadOptions(values, args), onNote: (t) => io.stderr(`note: ${t}\n`) });
   const tokenizer = tokenizerFor(values, model.config.vocabSize, modelPath);
   const grammar = constraintFromFiles(str(values, "json-schema"), str(values, "grammar"), tokenizer, Math.min(tokenizer.vocabSize, model.config.vocabSize));
   const input: { prompt: number[]; state?: State; logits?: Float32Array } = { prompt: tokenizer.encode(prompt ?? "") };

@@ -7,6 +7,7 @@ import { type CorsOptions, parseCorsOrigins } from "../server/cors.js";
 import { RwkvServer, SERVER_DEFAULTS } from "../server/server.js";
 import { STATE_STORE_OPTIONS, STATE_STORE_USAGE, stateStoreFromFlags } from "../state-store/cli.js";
 import { tokenizerFor } from "./generate.js";
+import { loadServedAdapters } from "../server/adapter-loading.js";
 
 const D = SERVER_DEFAULTS;
 /** Seconds in-flight requests get to finish after SIGTERM/SIGINT before they are cancelled. */
@@ -27,6 +28,7 @@ export const SERVE_USAGE = `serve [MODEL]                OpenAI-compatible HTTP 
       --cors ORIGIN[,ORIGIN...]  let web pages from these origins call the API ("*": any; off by default;
                             --api-key is still required from them)
       --tokenizer PATH  --tokenizer-kind world|20b|bytes  --backend NAME
+      --adapter NAME=PATH[:ALPHA]  serve MODEL with an adapter too, as model "<model-name>+NAME" (repeatable)
 ${STATE_STORE_USAGE}`;
 
 /** An integer in [min, max] (positiveInt refuses 0, which --port and --queue allow). */
@@ -51,7 +53,7 @@ export async function serveCommand(args: string[], io: CliIO, config: CliConfig)
     "user-name": { type: "string" }, "assistant-name": { type: "string" }, "system-name": { type: "string" },
     "penalty-decay": { type: "string" }, "prefill-chunk": { type: "string" }, "shutdown-grace": { type: "string" },
     "log-requests": { type: "boolean" }, cors: { type: "string" }, tokenizer: { type: "string" }, "tokenizer-kind": { type: "string" }, ...MODEL_OPTIONS,
-    ...STATE_STORE_OPTIONS,
+    ...STATE_STORE_OPTIONS, adapter: { type: "string", multiple: true },
   }, ["[MODEL]"]);
   const modelPath = modelPathFor(positionals[0], config);
   const names: ChatNames = {
@@ -83,12 +85,13 @@ export async function serveCommand(args: string[], io: CliIO, config: CliConfig)
   }
   const graceMs = numberIn(values, "shutdown-grace", DEFAULT_GRACE_S, 0, Number.MAX_SAFE_INTEGER / MS_PER_S) * MS_PER_S;
 
-  const loadOptions = modelLoadOptions(values);
+  const loadOptions = { ...modelLoadOptions(values, args), onNote: (t: string) => io.stderr(`note: ${t}\n`) };
   const model = loadModel(modelPath, loadOptions);
+  const adapters = loadServedAdapters(modelPath, loadOptions, (values.adapter as string[] | undefined) ?? []);
   const tokenizer = tokenizerFor(values, model.config.vocabSize, modelPath);
   const stateStore = await stateStoreFromFlags(values, model, { matrices: loadOptions.matrices ?? "compact" }, settings.cacheBytes, io);
   const server = new RwkvServer({
-    ...settings, model, tokenizer, modelName, apiKey: apiKey || undefined, chatNames: names, cors, stateStore: stateStore ?? undefined,
+    ...settings, model, adapters, tokenizer, modelName, apiKey: apiKey || undefined, chatNames: names, cors, stateStore: stateStore ?? undefined,
     log: values["log-requests"] === true ? (line) => io.stderr(`${line}\n`) : undefined,
   });
   const { host, port } = await server.listen();

@@ -6,6 +6,7 @@ import type { ModelConfig } from "../../core/model/model.js";
 import { initModel, type NewModelSpec, validateSpec } from "../../core/train/init.js";
 import type { TrainKernels } from "../../core/train/kernels.js";
 import { TrainModel, type TrainVersion } from "../../core/train/model.js";
+import { addLoraParams, DEFAULT_LORA_TARGETS, type LoraSpec, loraParamNames } from "../../core/train/lora.js";
 import { AdamW, type LrSchedule, learningRate } from "../../core/train/optim.js";
 import { ParamStore } from "../../core/train/params.js";
 import { TrainRng } from "../../core/train/rng.js";
@@ -22,6 +23,10 @@ import { listDataFiles, loadTokens, sampleBatch, splitData, validationBatches } 
 import { type ExportDType, exportPth, exportSafetensors } from "../train/export.js";
 import { lossCurveSvg } from "../train/plot.js";
 import { exportRunCommand, paramsFromRwkvLm } from "../train/rwkv-lm-cli.js";
+import { exportLora, exportTimeState } from "../train/adapter-export.js";
+import { restoreTuned, storeFingerprint, trainedSubset } from "../train/tuning-checkpoint.js";
+import { addTimeStateParams, timeStateNames } from "../../core/train/state-tune.js";
+import { DEFAULT_LORA_ALPHA } from "../../core/adapters/adapter.js";
 import { defaultTrainThreads, type TrainKernelKind, trainKernels } from "../threads/train-pool.js";
 
 /*
@@ -43,6 +48,9 @@ export const TRAIN_USAGE = [
   sub("--model FILE", "fine-tune a checkpoint instead (any loadable format)"),
   sub("--init-from FILE", "as --model, for RWKV-LM checkpoints (rwkv-N.pth; checked)"),
   sub("--resume", "continue DIR/checkpoint.rwkvtrain exactly (--steps may be raised)"),
+  sub("--lora R [--lora-alpha A]", `with --model: train only a rank-R LoRA (alpha ${DEFAULT_LORA_ALPHA}); exports adapter.pth + adapter/`),
+  sub("--lora-targets LIST", "comma-separated modules (att.receptance,att.key,...: all att/ffn Linears)"),
+  sub("--state-tune", "with an RWKV-7 --model: train only the initial state (time_state); exports state.pth"),
   sub("--ctx T --batch B --steps S", "window length, windows per step, optimizer steps (64, 12, 2000)"),
   sub("--lr X --lr-final Y --warmup N", "AdamW schedule (6e-4 -> 6e-5, 10 warmup steps)"),
   sub("--decay cosine|linear", "learning-rate decay after warmup (cosine)"),
@@ -85,6 +93,12 @@ export interface RunOptions {
   readonly valEvery: number;
   readonly saveEvery: number;
   readonly exportDtype: ExportDType;
+  /** LoRA tuning of a frozen --model (absent: every weight trains). */
+  readonly lora?: LoraSpec;
+  /** State tuning of a frozen --model: only blocks.i.att.time_state trains. */
+  readonly stateTune?: boolean;
+  /** Adapter runs: the frozen base's fingerprint (their checkpoints hold only the trained tensors). */
+  readonly baseFingerprint?: string;
 }
 
 export const CHECKPOINT_FILE = "checkpoint.rwkvtrain";
@@ -116,6 +130,7 @@ const OPTIONS = {
   seed: { type: "string" }, "val-fraction": { type: "string" }, "val-every": { type: "string" }, "save-every": { type: "string" },
   "export-dtype": { type: "string" }, "max-seconds": { type: "string" }, "peak-gflops": { type: "string" },
   threads: { type: "string" }, kernels: { type: "string" }, export: { type: "string" }, "init-from": { type: "string" },
+  lora: { type: "string" }, "lora-alpha": { type: "string" }, "lora-targets": { type: "string" }, "state-tune": { type: "boolean" },
 } as const;
 
 function nonNegInt(values: Values, name: string, dflt: number): number {
@@ -157,7 +172,21 @@ function runOptionsFromFlags(values: Values): Omit<RunOptions, "tokenizerKind"> 
     };
     init = { scratch: spec };
   }
+  let lora: LoraSpec | undefined;
+  if (values.lora !== undefined) {
+    if (model === undefined) throw new UsageError("--lora tunes an existing model: give it with --model FILE");
+    const targets = str(values, "lora-targets")?.split(",").map((t) => t.trim()).filter((t) => t !== "") ?? [...DEFAULT_LORA_TARGETS];
+    if (targets.length === 0) throw new UsageError("--lora-targets is empty");
+    lora = { rank: positiveInt(values, "lora", 0), alpha: numberIn(values, "lora-alpha", DEFAULT_LORA_ALPHA, Number.MIN_VALUE, 1e6), targets };
+  } else if (values["lora-alpha"] !== undefined || values["lora-targets"] !== undefined) {
+    throw new UsageError("--lora-alpha and --lora-targets need --lora R");
+  }
+  const stateTune = values["state-tune"] === true;
+  if (stateTune && model === undefined) throw new UsageError("--state-tune tunes an existing model: give it with --model FILE");
+  if (stateTune && lora) throw new UsageError("--state-tune and --lora are separate runs: choose one");
   return {
+    ...(lora ? { lora } : {}),
+    ...(stateTune ? { stateTune } : {}),
     data: data.map((d) => resolve(d)), tokenizerKind: tokenizerKind ?? null,
     tokenizerPath: str(values, "tokenizer") !== undefined ? resolve(str(values, "tokenizer")!) : null,
     init, ctx: positiveInt(values, "ctx", DEFAULTS.ctx), batch: positiveInt(values, "batch", DEFAULTS.batch),
@@ -182,6 +211,8 @@ function flagValues(run: RunOptions, config: ModelConfig): Record<string, string
     decay: run.decay, "weight-decay": String(run.weightDecay), beta1: String(run.beta1), beta2: String(run.beta2), "adam-eps": String(run.adamEps),
     "grad-clip": String(run.gradClip), "no-l2wrap": String(!run.l2wrap), "tokenizer-kind": run.tokenizerKind, seed: String(run.seed),
     "val-fraction": String(run.valFraction), "val-every": String(run.valEvery), "save-every": String(run.saveEvery), "export-dtype": run.exportDtype,
+    lora: run.lora ? String(run.lora.rank) : undefined, "lora-alpha": run.lora ? String(run.lora.alpha) : undefined,
+    "lora-targets": run.lora ? run.lora.targets.join(",") : undefined, "state-tune": run.stateTune ? "true" : "false",
   };
 }
 
@@ -262,10 +293,13 @@ export async function trainCommand(args: string[], io: CliIO): Promise<number> {
   if (values.resume === true) {
     const loaded = loadCheckpointFile<RunOptions>(ckptPath);
     const h = loaded.header;
-    const model = new TrainModel(loaded.params, { kernels });
+    const params = h.run.baseFingerprint !== undefined && "model" in h.run.init
+      ? restoreTuned(loaded.params, h.run.init.model, h.run.baseFingerprint, (base) => addTuning(h.run, base, null))
+      : loaded.params;
+    const model = new TrainModel(params, { kernels, ...tuning(h.run, params) });
     checkResumeFlags(values, h.run, model.config, ckptPath);
     const run: RunOptions = { ...h.run, steps: values.steps !== undefined ? positiveInt(values, "steps", h.run.steps) : h.run.steps };
-    const opt = new AdamW(loaded.params, model.config.version, { beta1: run.beta1, beta2: run.beta2, eps: run.adamEps, weightDecay: run.weightDecay }, model.unusedParams(), loaded.optimizer, model.kernels);
+    const opt = new AdamW(params, model.config.version, { beta1: run.beta1, beta2: run.beta2, eps: run.adamEps, weightDecay: run.weightDecay }, model.frozenParams(), loaded.optimizer, model.kernels);
     session = {
       run, out, model, opt, rng: TrainRng.fromState(h.rng), step: h.step, tokensSeen: h.tokensSeen, seconds: h.seconds,
       history: { train: [...h.history.train], val: [...h.history.val] }, dataChecksum: h.dataChecksum,
@@ -299,13 +333,30 @@ export async function trainCommand(args: string[], io: CliIO): Promise<number> {
     } else {
       const { checkpoint, close } = loadCheckpoint(run.init.model);
       try { params = ParamStore.fromCheckpoint(checkpoint, "f32"); } finally { close(); }
+      if (run.lora || run.stateTune) {
+        run = { ...run, baseFingerprint: storeFingerprint(params) };
+        addTuning(run, params, rng);
+      }
     }
-    const model = new TrainModel(params, { kernels });
+    const model = new TrainModel(params, { kernels, ...tuning(run, params) });
     const full: RunOptions = { ...run, tokenizerKind: run.tokenizerKind ?? tokenizerKindForVocab(model.config.vocabSize) };
-    const opt = new AdamW(params, model.config.version, { beta1: full.beta1, beta2: full.beta2, eps: full.adamEps, weightDecay: full.weightDecay }, model.unusedParams(), undefined, model.kernels);
+    const opt = new AdamW(params, model.config.version, { beta1: full.beta1, beta2: full.beta2, eps: full.adamEps, weightDecay: full.weightDecay }, model.frozenParams(), undefined, model.kernels);
     session = { run: full, out, model, opt, rng, step: 0, tokensSeen: 0, seconds: 0, history: { train: [], val: [] }, dataChecksum: "" };
   }
   return await runTraining(session, values, io);
+}
+
+/** Adds an adapter run's trainable tensors to the base (LoRA A from `rng`; on resume their values are overwritten). */
+function addTuning(run: Pick<RunOptions, "lora" | "stateTune" | "init">, params: ParamStore, rng: TrainRng | null): void {
+  if (run.lora) addLoraParams(params, run.lora, rng ?? new TrainRng(0));
+  if (run.stateTune) addTimeStateParams(params, "model" in run.init ? run.init.model : "model");
+}
+
+/** What a LoRA run trains and how its adapters scale (nothing for a full fine-tune). */
+function tuning(run: Pick<RunOptions, "lora" | "stateTune">, params: ParamStore): { trainable?: ReadonlySet<string>; loraScale?: number } {
+  if (run.stateTune) return { trainable: new Set(timeStateNames(params)) };
+  if (!run.lora) return {};
+  return { trainable: new Set(loraParamNames(params)), loraScale: run.lora.alpha / run.lora.rank };
 }
 
 async function runTraining(s: Session, values: Values, io: CliIO): Promise<number> {
@@ -346,7 +397,8 @@ async function runTraining(s: Session, values: Values, io: CliIO): Promise<numbe
       config: cfg, run, step: s.step, tokensSeen: s.tokensSeen, seconds: s.seconds, rng: s.rng.state(), dataChecksum: s.dataChecksum, history: s.history,
       kernels: model.kernels.build,
     };
-    await saveCheckpoint(ckptPath, header, model.params, opt.state);
+    const trainable = tuning(run, model.params).trainable;
+    await saveCheckpoint(ckptPath, header, trainable ? trainedSubset(model.params, trainable) : model.params, opt.state);
     const title = `RWKV-${cfg.version} ${cfg.nLayer}x${cfg.nEmbd}, batch ${B}x${T}: step ${s.step}`;
     await writeFileAtomic(join(out, "loss.svg"), [new TextEncoder().encode(lossCurveSvg(s.history, title))]);
     await writeFileAtomic(join(out, "loss.csv"), [new TextEncoder().encode(csv(s.history))]);
@@ -404,6 +456,18 @@ async function runTraining(s: Session, values: Values, io: CliIO): Promise<numbe
   }
   line(status());
   const dtype = run.exportDtype;
+  if (run.stateTune) {
+    const file = await exportTimeState(model.params, out, dtype);
+    io.stdout(`trained ${s.step} steps (${s.tokensSeen.toLocaleString("en-US")} tokens, ${s.seconds.toFixed(1)} s): initial state ${file} ` +
+      `(${dtype}; load with --state-in, or as an adapter), loss curve ${join(out, "loss.svg")}\n`);
+    return 0;
+  }
+  if (run.lora) {
+    const files = await exportLora(model.params, loraParamNames(model.params), out, run.lora, dtype);
+    io.stdout(`trained ${s.step} steps (${s.tokensSeen.toLocaleString("en-US")} tokens, ${s.seconds.toFixed(1)} s): LoRA r ${run.lora.rank} alpha ${run.lora.alpha} ` +
+      `${files.pth} (RWKV-PEFT, ${dtype}), ${files.dir}/ (peft), loss curve ${join(out, "loss.svg")}\n`);
+    return 0;
+  }
   await exportPth(model.params, join(out, "model.pth"), dtype);
   await exportSafetensors(model.params, join(out, "model.safetensors"), dtype, { step: String(s.step), tokens: String(s.tokensSeen) });
   io.stdout(`trained ${s.step} steps (${s.tokensSeen.toLocaleString("en-US")} tokens, ${s.seconds.toFixed(1)} s): ` +

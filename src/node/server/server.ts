@@ -11,6 +11,7 @@ import { embeddingsResponse, parseEmbeddingRequest } from "./embeddings.js";
 import { type GenerationRequest, type JsonObject, type Limits, parseChatRequest, parseCompletionRequest, parseJsonBody } from "./params.js";
 import { GrammarCache, runCompletion } from "./completion.js";
 import { Scheduler } from "./scheduler.js";
+import { AdapterRoutes } from "./adapters.js";
 import type { PrefixStore } from "../../core/prefix-cache.js";
 
 /*
@@ -39,6 +40,8 @@ export interface ServerOptions {
   readonly chatNames?: ChatNames;
   readonly penaltyDecay?: number;
   readonly prefillChunk?: number;
+  /** Adapters by name, each the base with it merged: requests select one with `model: "<modelName>+<name>"`. */
+  readonly adapters?: ReadonlyMap<string, Model>;
   /** One line per finished request, when given. */
   readonly log?: (line: string) => void;
   /** Browser origins allowed to call the API (CORS); none when absent. */
@@ -88,16 +91,23 @@ export class RwkvServer {
   private readonly choosable: number;
   private readonly created = Math.floor(Date.now() / MS_PER_S);
   private draining = false;
+  private readonly adapters: AdapterRoutes;
   private readonly grammars = new GrammarCache();
 
   constructor(private readonly options: ServerOptions) {
     const d = SERVER_DEFAULTS;
     const { model, tokenizer } = options;
-    this.scheduler = new Scheduler(model, {
+    // Every served model (base and each adapter) gets its own scheduler and an equal share of the cache.
+    // The shared store (--state-store) holds the base model's states only: an adapter's states would
+    // need a namespace of their own, so its prefix cache stays local.
+    const shares = 1 + (options.adapters?.size ?? 0);
+    const schedulerFor = (m: Model, stateStore?: PrefixStore) => new Scheduler(m, {
       slots: options.slots ?? d.slots, queue: options.queue ?? d.queue,
-      cacheBytes: options.cacheBytes ?? d.cacheMb * MIB, prefillChunk: options.prefillChunk ?? d.prefillChunk,
-      stateStore: options.stateStore,
+      cacheBytes: Math.floor((options.cacheBytes ?? d.cacheMb * MIB) / shares), prefillChunk: options.prefillChunk ?? d.prefillChunk,
+      stateStore,
     });
+    this.scheduler = schedulerFor(model, options.stateStore);
+    this.adapters = new AdapterRoutes(options.modelName, options.adapters ?? new Map(), (m) => schedulerFor(m));
     this.choosable = Math.min(tokenizer.vocabSize, model.config.vocabSize);
     this.limits = {
       maxPromptTokens: options.maxPromptTokens ?? d.maxPromptTokens, maxTokensLimit: options.maxTokensLimit ?? d.maxTokensLimit,
@@ -137,11 +147,13 @@ export class RwkvServer {
   async shutdown(graceMs: number): Promise<{ cancelled: number }> {
     this.draining = true;
     this.scheduler.stopAccepting();
+    for (const a of this.adapters.all()) a.scheduler.stopAccepting();
     const closed = new Promise<void>((resolve) => this.http.close(() => resolve()));
     this.http.closeIdleConnections();
-    const finished = await this.scheduler.whenIdle(graceMs);
-    const cancelled = finished ? 0 : this.scheduler.activeCount + this.scheduler.queuedCount;
-    if (!finished) this.scheduler.cancelAll("shutdown");
+    const all = [this.scheduler, ...this.adapters.all().map((a) => a.scheduler)];
+    const finished = (await Promise.all(all.map((s) => s.whenIdle(graceMs)))).every((f) => f);
+    const cancelled = finished ? 0 : all.reduce((n, s) => n + s.activeCount + s.queuedCount, 0);
+    if (!finished) for (const s of all) s.cancelAll("shutdown");
     // Let the handlers of the cancelled requests write their replies before connections go.
     await new Promise<void>((resolve) => setImmediate(resolve));
     this.http.closeAllConnections();
@@ -165,17 +177,17 @@ export class RwkvServer {
     if (path === "/health") return this.health(res);
     this.authorize(req);
     if (path === "/metrics") return this.metrics(res, url.searchParams.get("format") === "json");
-    if (path === "/v1/models") return sendJson(res, HTTP.ok, { object: "list", data: [this.modelObject()] });
+    if (path === "/v1/models") return sendJson(res, HTTP.ok, { object: "list", data: [this.modelObject(), ...this.adapters.all().map((a) => this.modelObject(a.id))] });
     if (modelPath) {
-      this.checkModel(decodePathPart(modelPath.slice("/v1/models/".length)));
-      return sendJson(res, HTTP.ok, this.modelObject());
+      const id = decodePathPart(modelPath.slice("/v1/models/".length));
+      this.checkModel(id);
+      return sendJson(res, HTTP.ok, this.modelObject(id));
     }
     const body = parseJsonBody(await readBody(req, this.bodyLimit));
     if (this.draining) throw new ApiError(HTTP.unavailable, "the server is shutting down", "server_error", null, "shutting_down");
     if (path === "/v1/embeddings") return this.embeddings(body, res);
     const request = path === "/v1/chat/completions" ? parseChatRequest(body, this.limits) : parseCompletionRequest(body, this.limits);
-    this.checkModel(request.model);
-    await this.generate(request, req, res);
+    await this.generate(request, req, res, this.checkModel(request.model));
   }
 
   private authorize(req: IncomingMessage): void {
@@ -190,15 +202,18 @@ export class RwkvServer {
     }
   }
 
-  private checkModel(name: string): void {
-    if (name !== this.options.modelName) {
-      throw new ApiError(HTTP.notFound, `The model \`${name}\` does not exist (this server serves \`${this.options.modelName}\`).`,
-        "invalid_request_error", "model", "model_not_found");
-    }
+  /** The model and scheduler serving `name`: the base, or an adapter ("base+NAME"); 404 otherwise. */
+  private checkModel(name: string): { model: Model; scheduler: Scheduler } {
+    if (name === this.options.modelName) return { model: this.options.model, scheduler: this.scheduler };
+    const adapter = this.adapters.get(name);
+    if (adapter) return adapter;
+    const served = [this.options.modelName, ...this.adapters.all().map((a) => a.id)].map((n) => `\`${n}\``).join(", ");
+    throw new ApiError(HTTP.notFound, `The model \`${name}\` does not exist (this server serves ${served}).`,
+      "invalid_request_error", "model", "model_not_found");
   }
 
-  private modelObject() {
-    return { id: this.options.modelName, object: "model", created: this.created, owned_by: "rwkv-ts" };
+  private modelObject(id = this.options.modelName) {
+    return { id, object: "model", created: this.created, owned_by: "rwkv-ts" };
   }
 
   private health(res: ServerResponse): void {
@@ -234,10 +249,11 @@ export class RwkvServer {
     res.end(text);
   }
 
-  private async generate(request: GenerationRequest, req: IncomingMessage, res: ServerResponse): Promise<void> {
-    const { model, tokenizer, modelName, log } = this.options;
+  private async generate(request: GenerationRequest, req: IncomingMessage, res: ServerResponse,
+    served: { model: Model; scheduler: Scheduler }): Promise<void> {
+    const { tokenizer, log } = this.options;
     await runCompletion({
-      model, tokenizer, modelName, log, scheduler: this.scheduler, limits: this.limits, names: this.names,
+      model: served.model, tokenizer, modelName: request.model, log, scheduler: served.scheduler, limits: this.limits, names: this.names,
       stopTokens: this.stopTokens, choosable: this.choosable, grammars: this.grammars,
     }, request, req, res);
   }
@@ -245,8 +261,8 @@ export class RwkvServer {
   private async embeddings(body: JsonObject, res: ServerResponse): Promise<void> {
     const { model, tokenizer, modelName } = this.options;
     const request = parseEmbeddingRequest(body, tokenizer, { maxInputTokens: this.limits.maxPromptTokens, vocabSize: this.choosable, dimensions: model.config.nEmbd });
-    this.checkModel(request.model);
-    sendJson(res, HTTP.ok, await embeddingsResponse(model, request, modelName));
+    const served = this.checkModel(request.model);
+    sendJson(res, HTTP.ok, await embeddingsResponse(served.model, request, request.model === modelName ? modelName : request.model));
   }
 
   /** Answers a failed request: its ApiError, or a 500 for anything else (a bug: logged). */

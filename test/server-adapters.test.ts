@@ -1,0 +1,82 @@
+import assert from "node:assert/strict";
+import { join } from "node:path";
+import { after, test } from "node:test";
+import type { Model } from "../src/core/model/model.js";
+import { loadModel } from "../src/node/load.js";
+import { RwkvServer } from "../src/node/server/server.js";
+import { loadTokenizer } from "../src/node/tokenizer.js";
+import { runCaptured } from "./run-cli.js";
+import { sharedPath } from "./shared.js";
+
+/*
+ * rwkv serve --adapter: requests name "base+NAME" and get exactly that adapter's outputs, also
+ * when requests for different adapters run at the same time (seeded sampling, compared with the
+ * same requests run one at a time, and with a server whose only model is the merged adapter).
+ */
+
+const FIXTURES = join(import.meta.dirname, "..", "..", "test", "fixtures", "adapters", "v6");
+const NAME = "golden";
+const servers: RwkvServer[] = [];
+after(async () => { for (const s of servers) await s.shutdown(0); });
+
+async function start(model: Model, adapters: Map<string, Model>): Promise<string> {
+  const server = new RwkvServer({ model, adapters, tokenizer: loadTokenizer({ kind: "bytes" }), modelName: NAME, port: 0, slots: 4 });
+  servers.push(server);
+  const { port } = await server.listen();
+  return `http://127.0.0.1:${port}`;
+}
+
+async function complete(url: string, model: string, seed: number): Promise<string> {
+  const r = await fetch(`${url}/v1/completions`, {
+    method: "POST", headers: { "Content-Type": "application/json" },
+    body: JSON.stringify({ model, prompt: "First Citizen:", max_tokens: 24, seed, temperature: 1.2, top_p: 1 }),
+  });
+  const body = await r.json() as { choices?: Array<{ text: string }>; model?: string; error?: { message: string } };
+  assert.equal(r.status, 200, JSON.stringify(body));
+  assert.equal(body.model, model);
+  return body.choices![0].text;
+}
+
+test("server: two adapters hot-swapped across concurrent requests give each request exactly its adapter's outputs", async (t) => {
+  const v6 = sharedPath(t, "golden", "v6", "model.safetensors");
+  if (!v6) return;
+  const lora = { path: join(FIXTURES, "lora.safetensors"), alpha: 24 }, bat = { path: join(FIXTURES, "disha_bat.safetensors") };
+  const mk = (a: Array<{ path: string; alpha?: number }>) => loadModel(v6, { backend: "reference", adapters: a });
+  const url = await start(loadModel(v6, { backend: "reference" }), new Map([["lora", mk([lora])], ["bat", mk([bat])]]));
+  const ids = [NAME, `${NAME}+lora`, `${NAME}+bat`];
+  const seeds = [1, 2, 3];
+  const single = new Map<string, string>();
+  for (const id of ids) for (const seed of seeds) single.set(`${id}/${seed}`, await complete(url, id, seed));
+  // The adapters change the outputs (else this test could not tell them apart).
+  for (const seed of seeds) assert.ok(new Set(ids.map((id) => single.get(`${id}/${seed}`))).size === 3, `seed ${seed}: outputs coincide`);
+  // All nine at once, interleaved, twice over.
+  const jobs = [...seeds, ...seeds].flatMap((seed) => ids.map((id) => ({ id, seed })));
+  const texts = await Promise.all(jobs.map((j) => complete(url, j.id, j.seed)));
+  jobs.forEach((j, i) => assert.equal(texts[i], single.get(`${j.id}/${j.seed}`), `${j.id} seed ${j.seed} under concurrency`));
+  // "golden+lora" is the LoRA-merged model: the same text as a server whose only model is that merge.
+  const alone = await start(mk([lora]), new Map());
+  assert.equal(await complete(alone, NAME, 2), single.get(`${NAME}+lora/2`));
+
+  const list = await (await fetch(`${url}/v1/models`)).json() as { data: Array<{ id: string }> };
+  assert.deepEqual(list.data.map((m) => m.id), ids);
+  const bad = await fetch(`${url}/v1/completions`, { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify({ model: `${NAME}+nope`, prompt: "a" }) });
+  assert.equal(bad.status, 404);
+  const err = await bad.json() as { error: { message: string; param: string } };
+  assert.equal(err.error.param, "model");
+  assert.match(err.error.message, /`golden\+nope` does not exist \(this server serves `golden`, `golden\+lora`, `golden\+bat`\)/);
+});
+
+test("rwkv serve --adapter: bad flags and adapters for another model stop with one line before listening", async (t) => {
+  const v7 = sharedPath(t, "golden", "v7", "model.safetensors");
+  if (!v7) return;
+  const cases: Array<[string, RegExp]> = [
+    ["noequals", /--adapter: expected NAME=PATH, got "noequals"/],
+    ["bad name=x", /--adapter: name "bad name" must be/],
+    [`a=${join(FIXTURES, "lora.safetensors")}`, /v6\/lora\.safetensors: tensor blocks\.0\.att\.receptance\.lora_A has shape \[4, 96\]/],
+  ];
+  for (const [flag, re] of cases) {
+    const r = await runCaptured(["serve", v7, "--port", "0", "--adapter", flag]);
+    assert.equal(r.code, 1, r.err);
+    assert.match(r.err, re);
+  }
+});

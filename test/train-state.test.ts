@@ -1,0 +1,148 @@
+import assert from "node:assert/strict";
+import { spawn } from "node:child_process";
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { test } from "node:test";
+import { referenceBackend } from "../src/core/backend/reference.js";
+import { buildModel } from "../src/core/model/model.js";
+import { rwkv7 } from "../src/core/model/v7.js";
+import { Graph } from "../src/core/train/graph.js";
+import { referenceTrainKernels } from "../src/core/train/kernels.js";
+import { TrainModel } from "../src/core/train/model.js";
+import { storeCheckpoint } from "../src/core/train/params.js";
+import { loadCheckpoint, loadModel } from "../src/node/load.js";
+import { loadCheckpointFile } from "../src/node/train/checkpoint.js";
+import { runCaptured as cli } from "./run-cli.js";
+import { compare, sharedPath } from "./shared.js";
+import { loadParams, nextTokenTargets, seeded } from "./train-helpers.js";
+
+/*
+ * State tuning (RWKV-7): the training scan from a trained initial state, its gradient (against
+ * central differences in f64), the same logits as the inference engine's time_state, and
+ * rwkv train --state-tune end to end on the bundled model.
+ */
+
+const ROOT = join(import.meta.dirname, "..", "..");
+const BASE = join(ROOT, "models", "rwkv7-shakespeare.safetensors");
+const BIN = join(import.meta.dirname, "..", "src", "node", "bin.js");
+const TOKENS = [3, 17, 200, 42, 5, 511, 0, 99, 7, 250];
+
+function withState(t: import("node:test").TestContext) {
+  const dir = sharedPath(t, "golden", "v7");
+  if (!dir) return null;
+  const params = loadParams(join(dir, "model.pth"), "f64");
+  const rnd = seeded(11);
+  const [H, N] = params.get("blocks.0.att.r_k").shape;
+  for (let i = 0; i < 3; i++) params.add(`blocks.${i}.att.time_state`, [H, N, N], Array.from({ length: H * N * N }, () => rnd(-0.5, 0.5)));
+  return params;
+}
+
+test("state tuning: the time_state gradient matches central differences (f64)", (t) => {
+  const params = withState(t);
+  if (!params) return;
+  const model = new TrainModel(params, { trainable: new Set(["blocks.0.att.time_state", "blocks.1.att.time_state", "blocks.2.att.time_state"]) });
+  const tokens = Int32Array.from(TOKENS), targets = nextTokenTargets(TOKENS);
+  const loss = (): number => new Graph("f64", referenceTrainKernels, false).crossEntropy(model.forward(new Graph("f64", referenceTrainKernels, false), tokens, 1, TOKENS.length), targets, false);
+  params.zeroGrad();
+  const g = new Graph("f64", referenceTrainKernels, true);
+  g.crossEntropy(model.forward(g, tokens, 1, TOKENS.length), targets, false);
+  g.backward();
+  assert.ok(params.get("blocks.0.att.key.weight").grad.every((x) => x === 0), "the frozen base got a gradient");
+  const EPS = 1e-5;
+  let checked = 0;
+  for (const layer of [0, 2]) {
+    const p = params.get(`blocks.${layer}.att.time_state`);
+    for (const idx of [0, 77, 64 * 64 + 5, p.data.length - 1]) {
+      const x = p.data[idx];
+      p.data[idx] = x + EPS; const up = loss();
+      p.data[idx] = x - EPS; const down = loss();
+      p.data[idx] = x;
+      const fd = (up - down) / (2 * EPS);
+      assert.ok(Math.abs(fd - p.grad[idx]) <= 1e-7 + 1e-5 * Math.abs(fd), `layer ${layer} [${idx}]: analytic ${p.grad[idx]} vs numeric ${fd}`);
+      if (Math.abs(fd) > 1e-6) checked++;
+    }
+  }
+  assert.ok(checked >= 4, `only ${checked} entries had a measurable gradient`);
+});
+
+test("state tuning: the training forward from time_state gives the inference engine's logits", (t) => {
+  const params = withState(t);
+  if (!params) return;
+  const model = new TrainModel(params);
+  const g = new Graph("f64", referenceTrainKernels, false);
+  const train = model.forward(g, Int32Array.from(TOKENS), 1, TOKENS.length).data;
+  const inf = buildModel(storeCheckpoint(params), rwkv7, "7", referenceBackend);
+  const logits = inf.forward(TOKENS, inf.initState(), { allLogits: true });
+  const c = compare(logits, train, 1e-4, 1e-4);
+  assert.ok(c.ok, `train vs inference from the same time_state: ${c.maxAbs}`);
+  // The state matters (else the comparison above would say nothing).
+  const checkpoint = storeCheckpoint(params);
+  const noState = new Map([...checkpoint.tensors].filter(([k]) => !k.endsWith("time_state")));
+  const plain = buildModel({ ...checkpoint, tensors: noState }, rwkv7, "7", referenceBackend);
+  assert.ok(compare(plain.forward(TOKENS, plain.initState(), { allLogits: true }), train, 1e-3, 0).maxAbs > 1e-2);
+});
+
+test("rwkv train --state-tune: validation loss below the base's, state.pth loads back (adapter or --state-in), kill and resume bit-identical", async (t) => {
+  const src = sharedPath(t, "data", "tinyshakespeare", "input.txt");
+  if (!src) return;
+  const dir = mkdtempSync(join(tmpdir(), "rwkv-state-"));
+  try {
+    const data = join(dir, "data.txt");
+    writeFileSync(data, readFileSync(src, "utf8").slice(0, 30_000));
+    const run = (out: string, lr: string, steps: string) => ["train", "--data", data, "--out", join(dir, out), "--model", BASE, "--state-tune",
+      "--batch", "4", "--ctx", "32", "--warmup", "0", "--threads", "1", "--steps", steps, "--val-every", steps, "--save-every", "10", "--lr", lr, "--lr-final", lr];
+    const val = async (out: string, lr: string) => {
+      const r = await cli(run(out, lr, "20"));
+      assert.equal(r.code, 0, r.err);
+      return loadCheckpointFile(join(dir, out, "checkpoint.rwkvtrain")).header.history.val[0][1];
+    };
+    const base = await val("frozen", "0"); // a zero state: the base model
+    const tuned = await val("tuned", "1e-2");
+    assert.ok(tuned < base, `validation loss ${tuned} is not below the base model's ${base}`);
+
+    const file = join(dir, "tuned", "state.pth");
+    const { checkpoint, close } = loadCheckpoint(file);
+    const names = [...checkpoint.tensors.keys()];
+    close();
+    assert.deepEqual(names, [0, 1, 2, 3].map((i) => `blocks.${i}.att.time_state`));
+    // The run's checkpoint holds only what it trains (the base is reloaded from --model on resume).
+    const trained = loadCheckpointFile(join(dir, "tuned", "checkpoint.rwkvtrain")).params;
+    assert.deepEqual(trained.list.map((p) => p.name), names);
+    const baseCk = loadCheckpoint(BASE);
+    const direct = buildModel({ ...baseCk.checkpoint, tensors: new Map([...baseCk.checkpoint.tensors, ...storeCheckpoint(trained).tensors]) }, rwkv7, "7", referenceBackend);
+    baseCk.close();
+    const tokens = Array.from(new TextEncoder().encode("KING RICHARD:"));
+    const want = direct.forward(tokens, direct.initState(), { allLogits: true });
+    const viaAdapter = loadModel(BASE, { backend: "reference", adapters: [{ path: file }] });
+    assert.deepEqual(viaAdapter.forward(tokens, viaAdapter.initState(), { allLogits: true }), want);
+    const viaStateIn = loadModel(BASE, { backend: "reference" });
+    viaStateIn.useTimeState(loadCheckpoint(file).checkpoint);
+    assert.deepEqual(viaStateIn.forward(tokens, viaStateIn.initState(), { allLogits: true }), want);
+
+    // kill -9 after the step-10 checkpoint of a 20-step run, then --resume
+    const child = spawn(process.execPath, [BIN, ...run("killed", "1e-2", "20")], { stdio: ["ignore", "ignore", "pipe"] });
+    let err = "";
+    child.stderr.setEncoding("utf8");
+    child.stderr.on("data", (d: string) => { err += d; if (err.includes("checkpoint step 10 ")) child.kill("SIGKILL"); });
+    const signal = await new Promise((res) => child.on("exit", (_c, s) => res(s)));
+    assert.equal(signal, "SIGKILL", err);
+    assert.ok(!existsSync(join(dir, "killed", "state.pth")));
+    const straight = spawn(process.execPath, [BIN, ...run("straight", "1e-2", "20")], { stdio: "ignore" });
+    assert.equal(await new Promise((res) => straight.on("exit", res)), 0);
+    const resumed = spawn(process.execPath, [BIN, "train", "--out", join(dir, "killed"), "--resume"], { stdio: "ignore" });
+    assert.equal(await new Promise((res) => resumed.on("exit", res)), 0);
+    assert.ok(readFileSync(join(dir, "straight", "state.pth")).equals(readFileSync(join(dir, "killed", "state.pth"))), "state differs after kill and resume");
+
+    const v6 = sharedPath(t, "golden", "v6", "model.safetensors");
+    if (v6) {
+      const r = await cli(["train", "--data", data, "--out", join(dir, "v6"), "--model", v6, "--state-tune"]);
+      assert.equal(r.code, 1);
+      assert.match(r.err, /--state-tune trains RWKV-7 models only/);
+    }
+    const both = await cli(["train", "--data", data, "--out", join(dir, "x"), "--model", BASE, "--state-tune", "--lora", "4"]);
+    assert.match(both.err, /--state-tune and --lora are separate runs/);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
