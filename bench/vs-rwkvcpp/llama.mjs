@@ -1,4 +1,4 @@
-/* global process, console */
+/* global process, console, performance */
 // Times llama.cpp (through node-llama-cpp, CPU) on one GGUF file the way `rwkv bench` times this
 // project: decode = llama.cpp's own generation loop (greedy), one token at a time, per-token median;
 // prefill = N prompt tokens from an empty sequence with the last token's logits returned, median of
