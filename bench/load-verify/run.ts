@@ -1,3 +1,4 @@
+import { execFileSync } from "node:child_process";
 import { closeSync, existsSync, openSync, readSync, renameSync, statSync, writeSync } from "node:fs";
 import { crc32 } from "../../src/core/crc32.js";
 import { pthChunks } from "../../src/core/formats/pth-writer.js";
@@ -7,7 +8,8 @@ import { loadModel } from "../../src/node/load.js";
 // node dist/bench/load-verify/run.js FILE.pth [RUNS]
 // What the load-time integrity checks cost (bench/fuzz/README.md): writes FILE.pth once (a
 // random RWKV-7, 12 layers x 768, vocabulary 65536, f32: 764 MB), then loads it RUNS times
-// (default 5) with checks on and off, alternating, and prints medians; plus CRC-32 alone over it.
+// (default 5) with checks on and off, alternating, each in a fresh process (the wasm backend's
+// memory is not returned between loads), and prints medians; plus CRC-32 alone over the file.
 
 const SPEC = { version: "7", nLayer: 12, nEmbd: 768, vocabSize: 65536, seed: 1 } as const;
 const CHUNK = 64 * 1024 * 1024;
@@ -46,7 +48,19 @@ function crcSeconds(path: string): number {
   return crcTime / 1000;
 }
 
+/** Seconds one load takes in a child process (default backend, 1 thread). */
+function timedLoad(path: string, verify: boolean): number {
+  const out = execFileSync(process.execPath, [process.argv[1], "--one", path, String(verify)], { encoding: "utf8" });
+  return Number(out.trim());
+}
+
 function main(): void {
+  if (process.argv[2] === "--one") {
+    const t = performance.now();
+    loadModel(process.argv[3], { verify: process.argv[4] === "true", threads: 1 });
+    process.stdout.write(`${(performance.now() - t) / 1000}\n`);
+    return;
+  }
   const [path, runsArg] = process.argv.slice(2);
   if (!path) { process.stderr.write("usage: node dist/bench/load-verify/run.js FILE.pth [RUNS]\n"); process.exit(2); }
   const runs = Number(runsArg ?? 5);
@@ -54,11 +68,7 @@ function main(): void {
   const mb = statSync(path).size / 1e6;
   const on: number[] = [], off: number[] = [], crc: number[] = [];
   for (let i = 0; i < runs; i++) {
-    for (const verify of i % 2 ? [false, true] : [true, false]) {
-      const t = performance.now();
-      loadModel(path, { verify, threads: 1 });
-      (verify ? on : off).push((performance.now() - t) / 1000);
-    }
+    for (const verify of i % 2 ? [false, true] : [true, false]) (verify ? on : off).push(timedLoad(path, verify));
     crc.push(crcSeconds(path));
   }
   const f = (x: number) => x.toFixed(2);

@@ -8,6 +8,18 @@ export function crc32(data: Uint8Array, previous = 0): number {
   const n = data.length;
   let i = 0;
   const t = CRC_TABLES;
+  // Buffers read from files start 4-byte aligned: two 32-bit loads per 8 bytes instead of eight.
+  if (data.byteOffset % 4 === 0 && LITTLE_ENDIAN) {
+    const words = new Uint32Array(data.buffer, data.byteOffset, n >>> 2);
+    const pairs = words.length >>> 1;
+    for (let w = 0; w < pairs; w++) {
+      const a = c ^ words[2 * w];
+      const b = words[2 * w + 1];
+      c = t[7 * 256 + (a & 0xff)] ^ t[6 * 256 + ((a >>> 8) & 0xff)] ^ t[5 * 256 + ((a >>> 16) & 0xff)] ^ t[4 * 256 + (a >>> 24)] ^
+        t[3 * 256 + (b & 0xff)] ^ t[2 * 256 + ((b >>> 8) & 0xff)] ^ t[256 + ((b >>> 16) & 0xff)] ^ t[b >>> 24];
+    }
+    i = pairs * 8;
+  }
   for (const end = n - (n % 8); i < end; i += 8) {
     const a = c ^ (data[i] | (data[i + 1] << 8) | (data[i + 2] << 16) | (data[i + 3] << 24));
     c = t[7 * 256 + (a & 0xff)] ^ t[6 * 256 + ((a >>> 8) & 0xff)] ^ t[5 * 256 + ((a >>> 16) & 0xff)] ^ t[4 * 256 + (a >>> 24)] ^
@@ -18,6 +30,7 @@ export function crc32(data: Uint8Array, previous = 0): number {
 }
 
 const CRC_MASK = 0xffffffff;
+const LITTLE_ENDIAN = new Uint8Array(new Uint32Array([1]).buffer)[0] === 1;
 const CRC_POLY = 0xedb88320;
 
 /** Table k maps a byte to its CRC after being followed by k zero bytes (table 0 is the classic one). */

@@ -60,8 +60,22 @@ export function firstNonFinite(v: Float32Array): number {
   return -1;
 }
 
+const F32_EXP = 0x7f800000, F16_EXP = 0x7c00, BF16_EXP = 0x7f80;
+
 /** Index of the first element (or, for block types, block) with an all-ones exponent; -1 if none. */
 export function firstNonFiniteRaw(b: Uint8Array, dtype: DType): number {
+  // Aligned buffers (all that files give) are scanned a word at a time.
+  if (dtype === "f32" && b.byteOffset % 4 === 0) {
+    const w = new Uint32Array(b.buffer, b.byteOffset, b.length >>> 2);
+    for (let i = 0; i < w.length; i++) if ((w[i] & F32_EXP) === F32_EXP) return i;
+    return -1;
+  }
+  if ((dtype === "f16" || dtype === "bf16") && b.byteOffset % 2 === 0) {
+    const exp = dtype === "f16" ? F16_EXP : BF16_EXP;
+    const h = new Uint16Array(b.buffer, b.byteOffset, b.length >>> 1);
+    for (let i = 0; i < h.length; i++) if ((h[i] & exp) === exp) return i;
+    return -1;
+  }
   switch (dtype) {
     case "f32":
       for (let i = 3; i < b.length; i += 4) if ((b[i] & 0x7f) === 0x7f && (b[i - 1] & 0x80)) return (i - 3) / 4;
