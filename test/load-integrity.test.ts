@@ -5,7 +5,8 @@ import { join } from "node:path";
 import { test } from "node:test";
 import { MemorySource } from "../src/core/bytes.js";
 import { referenceBackend } from "../src/core/backend/reference.js";
-import { crc32 } from "../src/core/crc32.js";
+import { crc32, crc32Portable, useNativeCrc32 } from "../src/core/crc32.js";
+import "../src/node/file-source.js"; // registers zlib's CRC-32 where Node has it
 import { FormatError } from "../src/core/errors.js";
 import type { Checkpoint } from "../src/core/formats/checkpoint.js";
 import { byteVocabMetadata, ggufFromCheckpoint, readGguf } from "../src/core/formats/gguf.js";
@@ -37,6 +38,17 @@ test("crc32: the standard check value, incremental use, and a 1-byte change", ()
   let c = 0xffffffff;
   for (const b of data) { c ^= b; for (let k = 0; k < 8; k++) c = c & 1 ? 0xedb88320 ^ (c >>> 1) : c >>> 1; }
   assert.equal(crc32(data), (c ^ 0xffffffff) >>> 0);
+  assert.equal(crc32Portable(data), (c ^ 0xffffffff) >>> 0);
+});
+
+test("crc32: the native CRC (zlib, registered by the Node layer) equals the portable one; a wrong one is refused", () => {
+  const data = Uint8Array.from({ length: 70_001 }, (_, i) => (i * 2654435761) >>> 13 & 0xff);
+  for (const [from, to, prev] of [[0, 70_001, 0], [1, 65_538, 0], [3, 4, 0xdeadbeef], [17, 40_000, 0x7fffffff]] as const) {
+    assert.equal(crc32(data.subarray(from, to), prev), crc32Portable(data.subarray(from, to), prev));
+  }
+  assert.equal(useNativeCrc32(() => 0), false);
+  assert.equal(useNativeCrc32((d, p) => crc32Portable(d, p) ^ (d.length === 9 ? 1 : 0)), false); // wrong on one length only
+  assert.equal(crc32(new TextEncoder().encode("123456789")), 0xcbf43926); // still the good implementation
 });
 
 // --- 1. shared storages -----------------------------------------------------------------------

@@ -1,6 +1,12 @@
 import { closeSync, fstatSync, openSync, readSync } from "node:fs";
+import * as zlib from "node:zlib";
 import { type ByteSource, checkRange } from "../core/bytes.js";
+import { useNativeCrc32 } from "../core/crc32.js";
 import { RwkvInputError } from "../core/errors.js";
+
+// zlib's CRC-32 (Node >= 20.15) runs ~5x the portable slice-by-8 here (2.2 vs 0.46 GB/s on a busy
+// VM), which keeps the .pth checksum check a small part of a load; older Nodes keep the portable one.
+if (typeof zlib.crc32 === "function") useNativeCrc32((data, previous) => zlib.crc32(data, previous));
 
 /**
  * A file read on demand through a descriptor: parsers pull headers and one tensor at a time, so
