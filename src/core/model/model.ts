@@ -130,18 +130,19 @@ export class RwkvModel implements Model {
     this.head = w.linear("head.weight", V, C);
     this.fingerprint = fingerprint(JSON.stringify(config), [emb, sampledRows(this.head)]);
     this.initial = new State(config.version, Array.from({ length: L }, () => arch.initLayerState(config)));
-    if (ckpt.tensors.has("blocks.0.att.time_state")) this.useTimeState(ckpt);
+    // Read through `w`, so the time_state tensors count as used by the unknown-tensor check.
+    if (ckpt.tensors.has("blocks.0.att.time_state")) this.useTimeState(ckpt, w);
   }
 
   initState(): State {
     return this.initial.clone();
   }
 
-  useTimeState(ckpt: Checkpoint): void {
+  useTimeState(ckpt: Checkpoint, weights?: Weights): void {
     const { nLayer: L, nHead: H, headSize: N } = this.config;
     const convert = this.arch.timeStateToKv;
     if (!convert) throw new RwkvInputError(ckpt.source, `${this.arch.name} has no trainable initial state (time_state)`);
-    const w = new Weights(ckpt, this.arch.name);
+    const w = weights ?? new Weights(ckpt, this.arch.name);
     const initial = this.initial.clone();
     let found = 0;
     for (let i = 0; i < L; i++) {
