@@ -23,7 +23,7 @@ const ckpt = randomCheckpoint({ version: "7", nLayer: 12, nEmbd: 768, vocabSize:
 const version = detectVersion(ckpt);
 const model = buildModel(ckpt, architectureFor(version, ckpt.source), version, selectBackend());
 const schema = { type: "object", properties: { name: { type: "string", maxLength: 40 }, age: { type: "integer" }, tags: { type: "array", items: { type: "string", maxLength: 12 }, maxItems: 4 }, kind: { enum: ["a", "b", "c"] } }, required: ["name", "age", "tags", "kind"] };
-let t = performance.now();
+const t = performance.now();
 const grammar = compileConstraint({ kind: "json_schema", schema }, world, 65536);
 const compileMs = performance.now() - t;
 
