@@ -154,7 +154,7 @@ const BITS = 32;
 
 /** A compiled grammar bound to one vocabulary: token masks, cached per matcher position. */
 export class TokenGrammar {
-  private readonly masks = new Map<string, Uint8Array>();
+  private readonly masks = new Map<string, Uint32Array>();
   readonly trie: TokenTrie;
 
   constructor(readonly compiled: CompiledGrammar, readonly tokenizer: Tokenizer, readonly choosable: number) {
