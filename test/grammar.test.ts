@@ -4,6 +4,8 @@ import { Decoding } from "../src/core/decoding.js";
 import { generate } from "../src/core/generate.js";
 import { compileConstraint, jsonSchemaToGbnf } from "../src/core/grammar/index.js";
 import { ByteTokenizer } from "../src/core/tokenizer/bytes.js";
+import { NeoxTokenizer } from "../src/core/tokenizer/neox.js";
+import type { Tokenizer } from "../src/core/tokenizer/types.js";
 import { parseWorldVocab, WorldTokenizer } from "../src/core/tokenizer/world.js";
 import { loadModel } from "../src/node/load.js";
 import { readFileSync } from "node:fs";
@@ -15,7 +17,7 @@ const bytes = new ByteTokenizer();
 function accepts(grammar: string, text: string): boolean {
   const m = compileConstraint({ kind: "gbnf", grammar }, bytes, 256).matcher();
   for (const b of new TextEncoder().encode(text)) {
-    if (m.allowed()[b] !== 1) return false;
+    if (!m.allows(b)) return false;
     m.accept(b);
   }
   return m.accepting;
@@ -130,13 +132,43 @@ test("JSON Schema: 200 seeded generations over 10 schemas by a barely trained by
   assert.equal(total, 200);
 });
 
+/** Steers a Decoding toward `want`'s tokens with a 0/10 logit vector: the mask must let each one through and end right after. */
+function steer(tokenizer: Tokenizer, schema: unknown, want: string, end: number[]): string {
+  const g = compileConstraint({ kind: "json_schema", schema }, tokenizer, tokenizer.vocabSize);
+  const dec = new Decoding(tokenizer, tokenizer.vocabSize, { grammar: g, sampler: { temperature: 0 }, stopTokens: end });
+  const logits = new Float32Array(tokenizer.vocabSize);
+  const ids = tokenizer.encode(want);
+  let i = 0;
+  for (;;) {
+    logits.fill(0);
+    logits[ids[i] ?? end[0]] = 10;
+    const s = dec.next(logits);
+    if (s.token !== null) { assert.equal(s.token, ids[i], `token ${i} of ${JSON.stringify(want)} was masked`); i++; }
+    if (!s.feed) { assert.equal(s.finish, "stop"); break; }
+  }
+  return dec.output;
+}
+
+test("20B vocabulary: BPE tokens (with their byte-level spaces) pass the mask exactly where the JSON allows them", (t) => {
+  const file = sharedPath(t, "tokenizers", "20B_tokenizer.json");
+  if (!file) return;
+  const neox = NeoxTokenizer.fromJson(readFileSync(file, "utf8"));
+  const schema = { type: "object", properties: { city: { type: "string" }, n: { type: "integer" } }, required: ["city", "n"] };
+  assert.equal(steer(neox, schema, "{\"city\": \"Zürich am See\", \"n\": -42}", [0]), "{\"city\": \"Zürich am See\", \"n\": -42}");
+  // A token the grammar cannot take is masked: "{" then a digit is not an object key.
+  const g = compileConstraint({ kind: "json_schema", schema }, neox, neox.vocabSize).matcher();
+  g.accept(neox.encode("{")[0]);
+  assert.equal(g.allows(neox.encode("7")[0]), false);
+  assert.equal(g.allows(neox.encode("\"")[0]), true);
+});
+
 test("World vocabulary: masks allow multi-byte tokens only where the grammar does, and generation ends when the grammar is complete", (t) => {
   const vocab = sharedPath(t, "tokenizers", "rwkv_vocab_v20230424.txt");
   if (!vocab) return;
   const world = new WorldTokenizer(parseWorldVocab(readFileSync(vocab, "utf8")));
   const g = compileConstraint({ kind: "json_schema", schema: { enum: ["hello world", "help"] } }, world, world.vocabSize);
   const m = g.matcher();
-  const allowed = [...m.allowed().keys()].filter((id) => m.allowed()[id] === 1).map((id) => world.decode([id]));
+  const allowed = Array.from({ length: world.vocabSize }, (_, id) => id).filter((id) => m.allows(id)).map((id) => world.decode([id]));
   // Every allowed token is a prefix of one of the two JSON strings, and the obvious first tokens are there.
   for (const s of allowed) assert.ok("\"hello world\"".startsWith(s) || "\"help\"".startsWith(s), `unexpected token ${JSON.stringify(s)}`);
   assert.ok(allowed.includes("\""), "the quote alone is allowed");

@@ -133,7 +133,7 @@ export class Decoding {
     const stopOk = this.matcher!.accepting;
     let any = false;
     for (let i = 0; i < work.length; i++) {
-      if (mask[i] === 1 || (stopOk && this.stopTokens.has(i))) { if (work[i] !== -Infinity) any = true; } else work[i] = -Infinity;
+      if (((mask[i >>> 5] >>> (i & 31)) & 1) === 1 || (stopOk && this.stopTokens.has(i))) { if (work[i] !== -Infinity) any = true; } else work[i] = -Infinity;
     }
     return any;
   }

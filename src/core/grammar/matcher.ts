@@ -148,12 +148,13 @@ interface Position {
   readonly min: number;
 }
 
-/** Masks beyond this many per grammar are dropped (oldest first) so a long-lived server's cache stays bounded. */
+/** Masks beyond this many per grammar are dropped (oldest first): with 65,536 tokens a mask is 8 KiB, so 4 MiB per grammar. */
 const MAX_CACHED_MASKS = 512;
+const BITS = 32;
 
 /** A compiled grammar bound to one vocabulary: token masks, cached per matcher position. */
 export class TokenGrammar {
-  private readonly masks = new Map<string, Uint8Array>();
+  private readonly masks = new Map<string, Uint32Array>();
   readonly trie: TokenTrie;
 
   constructor(readonly compiled: CompiledGrammar, readonly tokenizer: Tokenizer, readonly choosable: number) {
@@ -165,25 +166,25 @@ export class TokenGrammar {
     return new GrammarMatcher(this, { state: this.compiled.start, cp: 0, need: 0, min: 0 });
   }
 
-  /** @internal 1 for every token the grammar allows at `p`. */
-  mask(p: Position): Uint8Array {
+  /** @internal A bitset of the tokens the grammar allows at `p` (bit i of word i >>> 5). */
+  mask(p: Position): Uint32Array {
     const key = `${p.state.id}:${p.cp}:${p.need}:${p.min}`;
     const hit = this.masks.get(key);
     if (hit) return hit;
-    const mask = new Uint8Array(this.choosable);
+    const mask = new Uint32Array(Math.ceil(this.choosable / BITS));
     this.walk(0, p, mask);
     if (this.masks.size >= MAX_CACHED_MASKS) this.masks.delete(this.masks.keys().next().value!);
     this.masks.set(key, mask);
     return mask;
   }
 
-  private walk(node: number, p: Position, mask: Uint8Array): void {
+  private walk(node: number, p: Position, mask: Uint32Array): void {
     const g = this.compiled;
     for (const [b, child] of this.trie.children[node]) {
       const next = step(g, p, b);
       if (next === null) continue;
       if (next.need > 0 && !g.acceptsSomeIn(next.state, ...pendingRange(next))) continue;
-      for (const id of this.trie.ends[child]) mask[id] = 1;
+      for (const id of this.trie.ends[child]) mask[id >>> 5] |= 1 << (id & 31);
       this.walk(child, next, mask);
     }
   }
@@ -236,8 +237,10 @@ function pendingRange(p: Position): [number, number] {
 export class GrammarMatcher {
   constructor(private readonly tg: TokenGrammar, private pos: Position) {}
 
-  /** 1 for each token id the grammar allows next. */
-  allowed(): Uint8Array { return this.tg.mask(this.pos); }
+  /** The tokens the grammar allows next, as a bitset: token i is allowed when bit (i & 31) of word i >>> 5 is set. */
+  allowed(): Uint32Array { return this.tg.mask(this.pos); }
+  /** Whether the grammar allows `token` next. */
+  allows(token: number): boolean { return ((this.tg.mask(this.pos)[token >>> 5] >>> (token & 31)) & 1) === 1; }
   /** The text so far is a complete sentence of the grammar (a stop token may end it). */
   get accepting(): boolean { return this.pos.need === 0 && this.pos.state.accepting; }
   /** Complete, and nothing may follow: generation must end here. */
