@@ -8,6 +8,7 @@ import { generateCommand, GENERATE_USAGE } from "./commands/generate.js";
 import { info, INFO_USAGE } from "./commands/info.js";
 import { serveCommand, SERVE_USAGE } from "./commands/serve.js";
 import { trainCommand, TRAIN_USAGE } from "./commands/train.js";
+import { webCommand, WEB_USAGE } from "./commands/web.js";
 
 export type { CliIO } from "./cli-util.js";
 
@@ -23,6 +24,7 @@ const COMMANDS: Record<string, { run: Command; usage: string }> = {
   serve: { run: serveCommand, usage: SERVE_USAGE },
   train: { run: trainCommand, usage: TRAIN_USAGE },
   bench: { run: benchCommand, usage: BENCH_USAGE },
+  web: { run: webCommand, usage: WEB_USAGE },
 };
 
 const usage = () => `usage: rwkv <command> [options]
