@@ -22,7 +22,7 @@ export const DEFAULT_CHAT_SETTINGS: ChatSettings = {
   penalties: { presencePenalty: 0.2, frequencyPenalty: 0.2, penaltyDecay: 0.996 }, stop: [], stopTokens: [], chunkLen: 256,
 };
 
-interface Loaded { model: Model; tokenizer: Tokenizer; session: ChatSession; info: EngineInfo }
+interface Loaded { model: Model; session: ChatSession | null; info: EngineInfo }
 
 const MS_PER_S = 1000;
 
@@ -54,16 +54,47 @@ export class Engine {
     return this.loaded;
   }
 
+  /** The conversation, which needs a tokenizer. */
+  private chat(): { model: Model; session: ChatSession } {
+    const { model, session, info } = this.need();
+    if (!session) {
+      throw new RwkvInputError(info.name, `its vocabulary (${model.config.vocabSize}) fits no known tokenizer: load it with a tokenizer file or kind`);
+    }
+    return { model, session };
+  }
+
+  /**
+   * The tokenizer: the given file (its kind from the option or the vocabulary), or the byte
+   * tokenizer's; null when the vocabulary size names no tokenizer and none was given (the model
+   * still runs on token ids).
+   */
+  private async tokenizerFor(req: EngineLoad, vocabSize: number): Promise<Tokenizer | null> {
+    let kind = req.tokenizerKind;
+    if (kind === undefined) {
+      try {
+        kind = tokenizerKindForVocab(vocabSize);
+      } catch (e) {
+        if (req.tokenizer) throw e;
+        return null;
+      }
+    }
+    return loadTokenizer(req.tokenizer ?? null, { kind, vocabSize });
+  }
+
   private async run(id: number, req: Exclude<EngineRequest, { op: "stop" }>): Promise<EngineResults[typeof req.op]> {
     switch (req.op) {
       case "load": return this.load(req.load);
       case "logits": return this.logits(req.tokens, req.mode);
       case "send": return this.send(id, req.text, req.raw);
-      case "reset": { const l = this.need(); l.session.reset(); return l.session.history; }
-      case "set": { const l = this.need(); l.session.set(req.assignments); return describe(l.session.settings); }
+      case "reset": { const { session } = this.chat(); session.reset(); return session.history; }
+      case "set": { const { session } = this.chat(); session.set(req.assignments); return describe(session.settings); }
       case "save": return this.save();
       case "restore": return this.restore(req.bytes, req.name);
       case "bench": return this.bench(req.prompt, req.tokens);
+      case "kernelCalls": {
+        const calls = (this.need().model.backend as { calls?: { parallel: number; single: number } }).calls;
+        return { parallel: calls?.parallel ?? 0, single: calls?.single ?? 0 };
+      }
     }
   }
 
@@ -71,17 +102,16 @@ export class Engine {
     const t0 = performance.now();
     const threads = req.threads ?? maxThreads();
     const model = await loadModel(req.source, { backend: req.backend, threads, matrices: req.matrices, name: req.name });
-    const kind = req.tokenizerKind ?? tokenizerKindForVocab(model.config.vocabSize);
-    const tokenizer = await loadTokenizer(req.tokenizer ?? null, { kind, vocabSize: model.config.vocabSize });
-    const session = await ChatSession.start(model, tokenizer, { settings: DEFAULT_CHAT_SETTINGS });
-    const b = model.backend as { name: string; threads?: number };
+    const tokenizer = await this.tokenizerFor(req, model.config.vocabSize);
+    const session = tokenizer ? await ChatSession.start(model, tokenizer, { settings: DEFAULT_CHAT_SETTINGS }) : null;
+    const b = model.backend as { name: string; threads?: number; simd?: string };
     const info: EngineInfo = {
       name: req.name ?? (typeof req.source === "string" ? req.source : "model"), config: model.config, fingerprint: model.fingerprint,
-      backend: b.name, threads: b.threads ?? 1, tokenizer: tokenizer.name, loadMs: performance.now() - t0,
+      backend: b.name, threads: b.threads ?? 1, simd: b.simd ?? null, tokenizer: tokenizer?.name ?? null, loadMs: performance.now() - t0,
       crossOriginIsolated: (globalThis as { crossOriginIsolated?: boolean }).crossOriginIsolated === true,
     };
     // Replaced only once everything loaded: a bad file leaves the previous model working.
-    this.loaded = { model, tokenizer, session, info };
+    this.loaded = { model, session, info };
     return info;
   }
 
@@ -96,7 +126,7 @@ export class Engine {
   }
 
   private async send(id: number, text: string, raw: boolean): Promise<EngineResults["send"]> {
-    const { session } = this.need();
+    const { session } = this.chat();
     session.raw = raw;
     this.abort = new AbortController();
     let first = 0, last = 0, pieces = 0;
@@ -118,13 +148,13 @@ export class Engine {
   }
 
   private save(): Uint8Array {
-    const { model, session } = this.need();
+    const { model, session } = this.chat();
     const snap = session.snapshot();
     return encodeStateFile({ model: modelIdentity(model), state: snap.state, logits: snap.logits, tokens: snap.tokens, extra: snap.extra });
   }
 
   private restore(bytes: Uint8Array, name: string): string {
-    const { model, session } = this.need();
+    const { model, session } = this.chat();
     const file = decodeStateFile(bytes, name);
     checkStateBelongs(file, model, name);
     session.restore({ ...file, source: name });

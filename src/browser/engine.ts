@@ -1,4 +1,4 @@
-import type { BenchResult, EngineInfo, EngineLoad, EngineMessage, EngineRequest, EngineResults, TurnResult } from "./protocol.js";
+import type { BenchResult, KernelCalls, EngineInfo, EngineLoad, EngineMessage, EngineRequest, EngineResults, TurnResult } from "./protocol.js";
 import { getWorkerScript, ROLE_KEY, type WorkerRole } from "./threads.js";
 
 /*
@@ -96,6 +96,9 @@ export class RwkvEngine {
   restore(bytes: Uint8Array, name = "state"): Promise<string> { return this.call({ op: "restore", bytes, name }); }
   /** Greedy decoding speed: `tokens` steps after `prompt`. */
   bench(prompt: number[], tokens: number): Promise<BenchResult> { return this.call({ op: "bench", prompt, tokens }); }
+
+  /** How many kernel calls ran on all threads and on one (wasm backend), to see threads at work. */
+  kernelCalls(): Promise<KernelCalls> { return this.call({ op: "kernelCalls" }); }
 
   terminate(): void {
     this.worker.terminate();

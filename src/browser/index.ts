@@ -15,7 +15,7 @@ export { loadModel, loadTokenizer, type BrowserLoadOptions, type BrowserTokenize
 export { BlobSource, openSource, type Source } from "./sources.js";
 export { backendReady, browserWasmBackend, defaultThreads, maxThreads, setWorkerScript, threadsUnavailableReason } from "./threads.js";
 export { EngineError, RwkvEngine, type EngineOptions, type SendOptions, startEngine } from "./engine.js";
-export type { BenchResult, EngineInfo, EngineLoad, TurnResult } from "./protocol.js";
+export type { BenchResult, EngineInfo, EngineLoad, KernelCalls, TurnResult } from "./protocol.js";
 export { DEFAULT_CHAT_SETTINGS } from "./engine-worker.js";
 
 interface WorkerScope {

@@ -21,7 +21,10 @@ export interface EngineInfo {
   readonly fingerprint: string;
   readonly backend: string;
   readonly threads: number;
-  readonly tokenizer: TokenizerKind;
+  /** The wasm backend's build ("simd" or "relaxed-simd"), null for others. */
+  readonly simd: string | null;
+  /** Null when the vocabulary fits no known tokenizer and no file was given: chat is off, logits work. */
+  readonly tokenizer: TokenizerKind | null;
   /** From the load request to a model ready to run, in the Worker. */
   readonly loadMs: number;
   readonly crossOriginIsolated: boolean;
@@ -47,7 +50,8 @@ export type EngineRequest =
   | { op: "set"; assignments: string[] }
   | { op: "save" }
   | { op: "restore"; bytes: Uint8Array; name: string }
-  | { op: "bench"; prompt: number[]; tokens: number };
+  | { op: "bench"; prompt: number[]; tokens: number }
+  | { op: "kernelCalls" };
 
 /** What each op resolves to. */
 export interface EngineResults {
@@ -60,7 +64,11 @@ export interface EngineResults {
   save: Uint8Array;
   restore: string;
   bench: BenchResult;
+  kernelCalls: KernelCalls;
 }
+
+/** Kernel calls run by all threads / by the calling thread alone so far (wasm backend; zeros for others). */
+export interface KernelCalls { readonly parallel: number; readonly single: number }
 
 export type EngineMessage =
   | { id: number; ok: true; value: unknown }

@@ -68,7 +68,7 @@ async function act(work: () => Promise<void>): Promise<void> {
 
 function describe(m: EngineInfo): string {
   const c = m.config;
-  return `${m.name}: RWKV-${c.version}, ${c.nLayer} layers × ${c.nEmbd}, vocabulary ${c.vocabSize} (${m.tokenizer} tokenizer) · ` +
+  return `${m.name}: RWKV-${c.version}, ${c.nLayer} layers × ${c.nEmbd}, vocabulary ${c.vocabSize} (${m.tokenizer ?? "no"} tokenizer) · ` +
     `${m.backend} backend, ${m.threads} thread${m.threads === 1 ? "" : "s"}${m.crossOriginIsolated ? "" : " (page not cross-origin isolated)"} · ` +
     `loaded in ${Math.round(m.loadMs)} ms`;
 }
