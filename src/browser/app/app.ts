@@ -28,7 +28,7 @@ const errorBox = el("error");
 const stats = el("stats");
 const info = el("model-info");
 const stateInfo = el("state-info");
-const controls = ["send", "reset", "apply-settings", "save-file", "save-browser", "load-browser"].map((id) => el<HTMLButtonElement>(id));
+const controls = ["send", "reset", "apply-settings", "save-file", "load-file-button", "save-browser", "load-browser"].map((id) => el<HTMLButtonElement>(id));
 const stopButton = el<HTMLButtonElement>("stop");
 
 let engine: RwkvEngine = startEngine({ workerUrl: new URL("rwkv.js", location.href) });
@@ -183,6 +183,7 @@ function wire(): void {
     stateInfo.textContent = `Saved as ${STATE_FILE_NAME}.`;
   }));
   const loadFile = el<HTMLInputElement>("load-file");
+  el("load-file-button").addEventListener("click", () => loadFile.click());
   loadFile.addEventListener("change", () => void act(async () => {
     const f = await fileBytes(loadFile);
     loadFile.value = "";
