@@ -58,6 +58,7 @@ interface PageEngine {
   load(o: object): Promise<{ backend: string; threads: number; crossOriginIsolated: boolean }>;
   logits(t: number[], m: string): Promise<Float32Array>;
   kernelCalls(): Promise<{ parallel: number; single: number }>;
+  send(text: string): Promise<unknown>;
   terminate(): void;
 }
 interface PageLib {
@@ -166,6 +167,7 @@ test("browser: golden models, tokenizers and bad input in Chromium", { timeout: 
           missing: await msg(engine.load({ source: "/golden/v7/nope.safetensors" })),
           tooSmall: await msg(engine.load({ source: new Uint8Array(3), name: "tiny.bin" })),
           mainThreads: await msg(lib.loadModel(new Uint8Array(await good.arrayBuffer()), { threads: 2 })),
+          chatWithoutTokenizer: await msg(engine.send("Hello")),
           after: [] as number[], before,
         };
         out.after = [...await engine.logits([1, 2, 3], "rnn")];
@@ -177,6 +179,7 @@ test("browser: golden models, tokenizers and bad input in Chromium", { timeout: 
       assert.match(r.missing, /^RwkvInputError: \/golden\/v7\/nope\.safetensors: HTTP 404/);
       assert.match(r.tooSmall, /^RwkvInputError: tiny\.bin: truncated: 3 bytes/);
       assert.match(r.mainThreads, /^RwkvInputError: threads: 2 threads need shared memory between workers: a page's main thread may not wait/);
+      assert.equal(r.chatWithoutTokenizer, "RwkvInputError: v7.safetensors: its vocabulary (512) fits no known tokenizer: load it with a tokenizer file and kind");
       assert.equal(r.before.length, 3 * 512);
       assert.deepEqual(r.after, r.before);
     });

@@ -4,6 +4,7 @@ import { argmax } from "../core/generate.js";
 import type { Model } from "../core/model/model.js";
 import { checkStateBelongs, decodeStateFile, encodeStateFile, modelIdentity } from "../core/state-file.js";
 import { tokenizerKindForVocab } from "../core/tokenizer/choose.js";
+import { TOKENIZER_FILES } from "../core/tokenizer/index.js";
 import type { Tokenizer } from "../core/tokenizer/types.js";
 import { loadModel, loadTokenizer } from "./load.js";
 import type { EngineInfo, EngineLoad, EngineMessage, EngineRequest, EngineResults } from "./protocol.js";
@@ -57,11 +58,11 @@ export class Engine {
   /** The conversation, which needs a tokenizer. */
   private chat(): { model: Model; session: ChatSession } {
     const { model, session, info } = this.need();
-    if (!session) {
-      throw new RwkvInputError(info.name, `its vocabulary (${model.config.vocabSize}) fits no known tokenizer: load it with a tokenizer file or kind`);
-    }
+    if (!session) throw new RwkvInputError(info.name, this.noTokenizer);
     return { model, session };
   }
+  /** Why the loaded model has no tokenizer (when it has none). */
+  private noTokenizer = "";
 
   /**
    * The tokenizer: the given file (its kind from the option or the vocabulary), or the byte
@@ -75,8 +76,14 @@ export class Engine {
         kind = tokenizerKindForVocab(vocabSize);
       } catch (e) {
         if (req.tokenizer) throw e;
+        this.noTokenizer = `its vocabulary (${vocabSize}) fits no known tokenizer: load it with a tokenizer file and kind`;
         return null;
       }
+    }
+    const file = TOKENIZER_FILES[kind];
+    if (!req.tokenizer && file !== null) {
+      this.noTokenizer = `its ${kind} tokenizer needs ${file}: load the model again with that tokenizer file`;
+      return null;
     }
     return loadTokenizer(req.tokenizer ?? null, { kind, vocabSize });
   }
