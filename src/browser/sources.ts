@@ -35,7 +35,12 @@ export class BlobSource implements ByteSource {
 
   read(offset: number, length: number): Uint8Array {
     checkRange(this, offset, length);
-    return new Uint8Array(this.reader.readAsArrayBuffer(this.blob.slice(offset, offset + length)));
+    try {
+      return new Uint8Array(this.reader.readAsArrayBuffer(this.blob.slice(offset, offset + length)));
+    } catch (e) {
+      // A picked file that was changed or deleted on disk since (NotReadableError).
+      throw new RwkvInputError(this.name, `cannot be read any more (${e instanceof Error ? e.name : String(e)}): was it changed or removed?`);
+    }
   }
 }
 
