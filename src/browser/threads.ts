@@ -59,16 +59,20 @@ export function threadsUnavailableReason(): string | null {
   return null;
 }
 
+/** How long a load waits for a kernel worker to start before going on without it. */
+const WORKER_START_TIMEOUT_MS = 10_000;
+
 /** Kernel workers that have joined, counted per backend so a caller can wait for them. */
 const pending = new WeakMap<WasmBackend, Promise<void>>();
 
 function spawner(started: Array<Promise<void>>) {
   return (init: WasmWorkerInit): void => {
     const w = new g.Worker!(workerScript, { type: "module", name: "rwkv-kernels" });
-    started.push(new Promise<void>((resolve, reject) => {
+    started.push(new Promise<void>((resolve) => {
       w.addEventListener("message", (e) => { if ((e.data as { ready?: boolean })?.ready) resolve(); });
-      // A worker that fails only loses its help (the others claim its chunks), but say so.
-      w.addEventListener("error", (e) => reject(new Error(`wasm kernel worker failed to start: ${e.message ?? "unknown error"}`)));
+      // A worker that fails or never starts only loses its help (the others claim its chunks): say so, do not wait for it.
+      w.addEventListener("error", (e) => { console.warn(`rwkv: a wasm kernel worker failed: ${e.message ?? "unknown error"}`); resolve(); });
+      setTimeout(() => resolve(), WORKER_START_TIMEOUT_MS);
     }));
     w.postMessage({ [ROLE_KEY]: "kernel" satisfies WorkerRole, init });
   };
