@@ -1,9 +1,13 @@
 import assert from "node:assert/strict";
+import { readFileSync } from "node:fs";
+import { join } from "node:path";
 import { setFlagsFromString } from "node:v8";
 import { test } from "node:test";
 import { WasmBackend, type WasmSimd } from "../src/core/backend/wasm.js";
 import { architectureFor, detectVersion } from "../src/core/model/detect.js";
-import { buildModel } from "../src/core/model/model.js";
+import { buildModel, type Model } from "../src/core/model/model.js";
+import { evaluateDocuments } from "../src/core/eval.js";
+import { ByteTokenizer } from "../src/core/tokenizer/bytes.js";
 import { startWebServer, type WebServer } from "../src/node/commands/web.js";
 import { loadCheckpoint } from "../src/node/load.js";
 import { type Chromium, launchChromium } from "./chromium.js";
@@ -17,23 +21,29 @@ setFlagsFromString("--experimental-wasm-relaxed-simd");
 const ATOL = 1e-4, RTOL = 1e-4;
 const VERSIONS = ["v4", "v5", "v6", "v7"];
 const PAGE_TIMEOUT_MS = 60_000;
+const BUNDLED = join(import.meta.dirname, "..", "..", "models", "rwkv7-shakespeare.safetensors");
+const EVAL_TEXT = "First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\nSpeak, speak.\n";
 
 interface Golden { tokens: number[]; rnn: { logits: number[][] }; seq: { logits: number[][] } }
 interface Logits { rnn: number[]; seq: number[] }
 interface PageRun extends Logits { backend: string; simd: string | null; threads: number }
 
 /** Node's logits for a golden model: wasm backend on one thread, the given build. */
-function nodeLogits(path: string, tokens: number[], simd: WasmSimd): Logits {
+function nodeModel(path: string, simd: WasmSimd): Model {
   const { checkpoint, close } = loadCheckpoint(path);
   try {
     const version = detectVersion(checkpoint);
-    const model = buildModel(checkpoint, architectureFor(version, path), version, new WasmBackend({ simd }));
-    const s = model.initState();
-    const rnn = tokens.flatMap((tok) => [...model.step(tok, s)]);
-    return { rnn, seq: [...model.forward(tokens, model.initState(), { allLogits: true })] };
+    return buildModel(checkpoint, architectureFor(version, path), version, new WasmBackend({ simd }));
   } finally {
     close();
   }
+}
+
+function nodeLogits(path: string, tokens: number[], simd: WasmSimd): Logits {
+  const model = nodeModel(path, simd);
+  const s = model.initState();
+  const rnn = tokens.flatMap((tok) => [...model.step(tok, s)]);
+  return { rnn, seq: [...model.forward(tokens, model.initState(), { allLogits: true })] };
 }
 
 function checkGolden(got: Logits, g: Golden, what: string): void {
@@ -62,8 +72,9 @@ interface PageEngine {
   terminate(): void;
 }
 interface PageLib {
+  evaluateDocuments(m: PageModel, t: unknown, docs: string[]): Promise<{ sumNll: number; scoredTokens: number; bitsPerByte: number }>;
   loadModel(src: unknown, o: object): Promise<PageModel>;
-  loadTokenizer(src: unknown, o: object): Promise<{ encode(s: string): number[]; decode(ids: number[]): string; vocabSize: number }>;
+  loadTokenizer(src: unknown, o: object | undefined): Promise<{ encode(s: string): number[]; decode(ids: number[]): string; vocabSize: number }>;
   startEngine(): PageEngine;
 }
 
@@ -75,7 +86,7 @@ test("browser: golden models, tokenizers and bad input in Chromium", { timeout: 
   if (!chromium) return;
   const servers: WebServer[] = [];
   try {
-    const mounts = { "/golden/": golden, "/tokenizers/": tokenizers };
+    const mounts = { "/golden/": golden, "/tokenizers/": tokenizers, "/m/": join(import.meta.dirname, "..", "..", "models") };
     const isolated = await startWebServer({ modelPath: null, port: 0, mounts });
     servers.push(isolated);
     const { page, errors } = await chromium.page();
@@ -131,6 +142,50 @@ test("browser: golden models, tokenizers and bad input in Chromium", { timeout: 
         assert.deepEqual(run.rnn, single.get(ver)!.rnn, `${ver}: 2 threads differ from 1`);
         assert.deepEqual(run.seq, single.get(ver)!.seq, `${ver}: 2 threads differ from 1`);
       }
+    });
+
+    await t.test("a Blob in a Worker is read in slices, never whole: the largest read is one tensor", async () => {
+      const file = `${golden}/v7/model.safetensors`;
+      const bytes = readFileSync(file);
+      const headerLen = Number(bytes.readBigUInt64LE(0));
+      const header = JSON.parse(bytes.subarray(8, 8 + headerLen).toString("utf8")) as Record<string, { data_offsets?: [number, number] }>;
+      const largest = Math.max(...Object.values(header).map((e) => (e.data_offsets ? e.data_offsets[1] - e.data_offsets[0] : 0)));
+      // A module Worker of our own that imports rwkv.js (as a library, not as an engine) and watches Blob.slice.
+      const r = await page.evaluate<{ sizes: number[]; layers: number; size: number }>(`(async () => {
+        const src = \`import { loadModel } from "\${location.origin}/rwkv.js";
+          onmessage = async (e) => {
+            const blob = e.data; const sizes = []; const slice = blob.slice.bind(blob);
+            blob.slice = (a, b) => { sizes.push(b - a); return slice(a, b); };
+            const model = await loadModel(blob, { threads: 1, name: "v7" });
+            postMessage({ sizes, layers: model.config.nLayer, size: blob.size });
+          };\`;
+        const w = new Worker(URL.createObjectURL(new Blob([src], { type: "text/javascript" })), { type: "module" });
+        const blob = await (await fetch("/golden/v7/model.safetensors")).blob();
+        return new Promise((resolve, reject) => {
+          w.onmessage = (e) => { w.terminate(); resolve(e.data); };
+          w.onerror = (e) => reject(new Error(e.message));
+          w.postMessage(blob);
+        });
+      })()`);
+      assert.equal(r.layers, 3);
+      assert.equal(r.size, bytes.length);
+      assert.ok(r.sizes.length > 10, `${r.sizes.length} reads`);
+      assert.equal(Math.max(...r.sizes), largest, "the largest read is the largest tensor");
+      assert.ok(largest < bytes.length / 4);
+    });
+
+    await t.test("eval in the page: the bundled model's NLL of a text equals Node's exactly", async () => {
+      const got = await page.evaluate(async (text) => {
+        const lib = (await import("/rwkv.js" as string)) as PageLib;
+        const model = await lib.loadModel(await (await fetch("/m/rwkv7-shakespeare.safetensors")).arrayBuffer(), { threads: 1 });
+        const r = await lib.evaluateDocuments(model, await lib.loadTokenizer(null, { kind: "bytes" }), [text]);
+        return { sumNll: r.sumNll, scoredTokens: r.scoredTokens, bitsPerByte: r.bitsPerByte, simd: model.backend.simd as WasmSimd };
+      }, EVAL_TEXT);
+      const node = await evaluateDocuments(nodeModel(BUNDLED, got.simd), new ByteTokenizer(), [EVAL_TEXT]);
+      assert.equal(got.scoredTokens, node.scoredTokens);
+      assert.ok(node.bitsPerByte > 0.5 && node.bitsPerByte < 5, `bits per byte ${node.bitsPerByte}`);
+      assert.equal(got.sumNll, node.sumNll);
+      assert.equal(got.bitsPerByte, node.bitsPerByte);
     });
 
     await t.test("tokenizers in the page: World and GPT-NeoX 20B golden cases", async () => {
