@@ -139,7 +139,7 @@ test("rwkv web page: chat with the bundled model, stop, save/restore, bad files,
       await page.locator("#mode-chat").check();
     });
 
-    await t.test("bad files: a clear message, and the page keeps working with its model", async () => {
+    await t.test("bad files and URLs: a clear message, the page keeps working; a model by URL loads", async () => {
       await page.locator("#model-file").setInputFiles({ name: "notes.txt", mimeType: "text/plain", buffer: Buffer.from("Just some notes, not a model.\n".repeat(20)) });
       await page.waitForFunction("document.getElementById('error').textContent !== ''");
       assert.equal(await text(page, "#error"), "notes.txt: unknown file format (not .pth zip, safetensors, rwkv.cpp .bin or GGUF)");
@@ -151,6 +151,15 @@ test("rwkv web page: chat with the bundled model, stop, save/restore, bad files,
       await page.waitForFunction("/^junk\\.rwkvstate: /.test(document.getElementById('error').textContent)");
       assert.equal(await text(page, "#error"), "junk.rwkvstate: not an RWKV state file (bad magic)");
       assert.match(await text(page, "#model-info"), /^rwkv7-shakespeare\.safetensors: RWKV-7/);
+      await page.locator("#model-url").fill("/no-such-model.pth");
+      await page.locator("#load-url").click();
+      await page.waitForFunction("/404/.test(document.getElementById('error').textContent)");
+      assert.match(await text(page, "#error"), /^http:\/\/127\.0\.0\.1:\d+\/no-such-model\.pth: HTTP 404 Not Found$/);
+      // A model by URL (the served one, under its URL): loaded afresh, the conversation starts over.
+      await page.locator("#model-url").fill("/model");
+      await page.locator("#load-url").click();
+      await page.waitForFunction("/^\\/model: RWKV-7, 4 layers/.test(document.getElementById('model-info').textContent)");
+      assert.equal(await text(page, "#error"), "");
       const r = await chat(page, "Are you still there?");
       assert.ok(r.reply.trim().length > 0);
     });
