@@ -57,9 +57,22 @@ export class WasmBuilds {
   /** Whether WebAssembly SIMD with shared memory works here at all. */
   available(): boolean {
     try {
-      return WA !== undefined && WA.validate(this.bytes("simd")) && typeof SharedArrayBuffer === "function";
+      return WA !== undefined && WA.validate(this.bytes("simd")) && sharedMemoryWorks(WA);
     } catch {
       return false;
     }
+  }
+}
+
+/**
+ * Whether a shared WebAssembly memory can be made. Asked of the memory itself, not of the
+ * SharedArrayBuffer global: a browser page that is not cross-origin isolated hides that global but
+ * still makes shared memories (the kernels then run on one thread, as no worker can be handed one).
+ */
+function sharedMemoryWorks(wa: WasmApi): boolean {
+  try {
+    return wa.Memory !== undefined && new wa.Memory({ initial: 1, maximum: 1, shared: true }).buffer.byteLength > 0;
+  } catch {
+    return false;
   }
 }

@@ -13,6 +13,7 @@ import { serveCommand, SERVE_USAGE } from "./commands/serve.js";
 import { trainCommand, TRAIN_USAGE } from "./commands/train.js";
 import type { CliConfig } from "./model-arg.js";
 import { modelHomeFromEnv } from "./pull/home.js";
+import { webCommand, WEB_USAGE } from "./commands/web.js";
 
 export type { CliIO } from "./cli-util.js";
 
@@ -31,6 +32,7 @@ const COMMANDS: Record<string, { run: Command; usage: string }> = {
   bench: { run: benchCommand, usage: BENCH_USAGE },
   pull: { run: pullCommand, usage: PULL_USAGE },
   embed: { run: embedCommand, usage: EMBED_USAGE },
+  web: { run: webCommand, usage: WEB_USAGE },
 };
 
 const usage = () => `usage: rwkv <command> [options]
