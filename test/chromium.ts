@@ -17,6 +17,9 @@ export const CHROMIUM_ARGS = [
   "--disable-component-update", "--disable-sync",
 ];
 
+/** How long a launch may take on a busy 2-core machine. */
+const LAUNCH_TIMEOUT_MS = 60_000;
+
 export interface Chromium {
   readonly context: BrowserContext;
   /** A new tab that records console errors and uncaught page errors in `errors`. */
@@ -33,7 +36,7 @@ export async function launchChromium(t: TestContext): Promise<Chromium | null> {
   }
   const profile = mkdtempSync(join(tmpdir(), "rwkv-chromium-"));
   const context = await chromium.launchPersistentContext(profile, {
-    executablePath: CHROMIUM_PATH, headless: true, args: CHROMIUM_ARGS, acceptDownloads: true,
+    executablePath: CHROMIUM_PATH, headless: true, args: CHROMIUM_ARGS, acceptDownloads: true, timeout: LAUNCH_TIMEOUT_MS,
   });
   return {
     context,

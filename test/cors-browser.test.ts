@@ -7,7 +7,7 @@ import type { Tokenizer } from "../src/core/tokenizer/types.js";
 import { loadModel } from "../src/node/load.js";
 import { RwkvServer, type ServerOptions } from "../src/node/server/server.js";
 import { loadTokenizer } from "../src/node/tokenizer.js";
-import { type BrowserSession, launchBrowser } from "./browser.js";
+import { type Chromium, launchChromium } from "./chromium.js";
 import { sharedPath } from "./shared.js";
 
 /*
@@ -23,7 +23,7 @@ let model: Model;
 let tok: Tokenizer;
 const servers: RwkvServer[] = [];
 let pageServer: Server | null = null;
-let browser: BrowserSession | null = null;
+let browser: Chromium | null = null;
 
 after(async () => {
   await browser?.close();
@@ -51,8 +51,8 @@ async function appOrigin(): Promise<string> {
 interface PageResult { ok: boolean; status?: number; text?: string; error?: string }
 
 /** Runs in the page: POSTs a streaming chat completion and reads the event stream as it arrives. */
-async function streamFromPage(b: BrowserSession, origin: string, apiUrl: string, key: string | null): Promise<PageResult> {
-  const page = await b.page();
+async function streamFromPage(b: Chromium, origin: string, apiUrl: string, key: string | null): Promise<PageResult> {
+  const { page } = await b.page();
   try {
     await page.goto(origin);
     return await page.evaluate(async ({ apiUrl, key, name }) => {
@@ -93,12 +93,12 @@ function content(sse: string): string {
   return out;
 }
 
-async function setup(t: TestContext): Promise<BrowserSession | null> {
+async function setup(t: TestContext): Promise<Chromium | null> {
   const p = sharedPath(t, "rwkv.cpp", "tiny-rwkv-7v0-834K-FP32.bin");
   if (!p) return null;
   model = loadModel(p);
   tok = loadTokenizer({ kind: "bytes" });
-  browser = await launchBrowser(t);
+  browser = await launchChromium(t);
   return browser;
 }
 
