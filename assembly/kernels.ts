@@ -15,6 +15,7 @@
  * the first I - I%4 columns; then (l0 + l2) + (l1 + l3); then the I%4 tail columns in order.
  */
 
+import { GLUE_FIRST, runGlueJob } from "./glue";
 import { arg, C_ARGS, dispatchJob, runWorker, splitHi, splitLo, stopAll } from "./threads";
 
 // Weight type ids; keep in sync with WASM_TYPE_IDS in src/core/backend/wasm.ts.
@@ -89,6 +90,8 @@ export function runJob(ctrl: usize, job: i32, part: i32, nparts: i32): void {
     wkv7(arg(a, 0), arg(a, 1), arg(a, 2), arg(a, 3), arg(a, 4), arg(a, 5), arg(a, 6), arg(a, 7), arg(a, 8), arg(a, 9), arg(a, 10), part, nparts);
   } else if (job == JOB_ACTIVATE) {
     activate(arg(a, 0), arg(a, 1), arg(a, 2), load<f64>(a, 16), arg(a, 3), arg(a, 6), part, nparts);
+  } else if (job >= GLUE_FIRST) {
+    runGlueJob(a, job, part, nparts); // the element-wise kernels (glue.ts)
   }
 }
 

@@ -49,6 +49,14 @@ export interface Backend {
   readonly name: string;
 
   /**
+   * The kernel table over tensors that live in this backend's memory: what the models' forward
+   * runs on (one fixed sequence of these calls per token, no JavaScript arrays in between). The
+   * Float32Array methods below are the older calling convention, kept for training, tools and
+   * tests: each call copies its inputs in and its outputs out.
+   */
+  readonly tensors: TensorKernels;
+
+  /**
    * Takes a weight matrix at load time and returns the form to pass to matmul: the reference
    * keeps it as is; a WebAssembly backend copies (or packs) it into its own memory once.
    */
@@ -96,4 +104,128 @@ export interface Backend {
    */
   wkv7(T: number, H: number, N: number, r: Float32Array, decay: Float32Array, k: Float32Array, v: Float32Array,
     a: Float32Array, b: Float32Array, S: Float32Array): Float32Array;
+}
+
+// ---- backend-resident tensors -----------------------------------------------------------------
+
+/**
+ * A (rows, cols) row-major f32 tensor owned by one backend: a Float32Array for the reference, a
+ * region of WebAssembly memory for the wasm backend (a GPU buffer for a GPU backend). Only its
+ * backend's kernels read or write it; `TensorKernels.read` copies it out to JavaScript. Arena
+ * tensors are reused between calls, and their shape is that of the latest request.
+ */
+export interface Tensor {
+  readonly rows: number;
+  readonly cols: number;
+  readonly dtype: "f32";
+}
+
+/**
+ * Per-model scratch for the activations of a forward, reused between tokens. Requests are served
+ * in order from slots: after rewind(m), the i-th request after m gets the same slot (and the same
+ * Tensor object) as last time, grown only when it asks for more elements than the slot had. So a
+ * forward that repeats the same sequence of requests allocates nothing after its first run, and a
+ * model's scratch is the largest a single layer needs, not the sum over layers (each layer's
+ * temporaries are rewound). Freed with the arena (no per-token finalizers; see `dispose`).
+ */
+export interface Arena {
+  /** A (rows, cols) tensor, contents undefined. */
+  take(rows: number, cols: number): Tensor;
+  /** The current position, to rewind to. */
+  mark(): number;
+  /** Makes every slot taken after `mark` available again, in the same order. */
+  rewind(mark: number): void;
+  /** Backing allocations made so far: constant once a forward's shapes have all been seen. */
+  readonly allocations: number;
+  /** Frees the backing memory now (later use is an error); otherwise it goes with the arena object. */
+  dispose(): void;
+}
+
+/**
+ * The kernels the models are written against, over backend-resident tensors. The plain
+ * TypeScript implementation (reference.ts) is the specification; every backend implements all of
+ * them and passes the conformance suite (test/backend-conformance.test.ts) against it.
+ * Outputs are the first argument(s) and are written, never allocated. Element-wise formulas are
+ * evaluated in f64 and rounded to f32 once, as the JavaScript reference does, so a backend that
+ * does the same matches it bit for bit.
+ *
+ * Per-sequence kernels (shift, the WKV scans) take `row0, T`: rows row0 … row0+T-1 of their
+ * (R, ·) inputs are one sequence, whose recurrent state is the given state tensor(s).
+ */
+export interface TensorKernels {
+  /** A new arena for one model's activations. */
+  arena(): Arena;
+  /**
+   * A constant (rows, cols) tensor with `data`'s values (a model's parameter vectors, norms'
+   * weights), copied once into backend memory and freed with the returned object.
+   */
+  constant(data: Float32Array, rows?: number): Tensor;
+  /**
+   * A recurrent state array (State.layers[i][name]) as a tensor kernels update in place. When the
+   * backend can keep `a` itself as its memory (the reference; the wasm backend for the arrays
+   * residentArray made) no copy is made and the tensor is the same object each call; otherwise the
+   * values are copied into an arena slot and `unbindState` must copy them back after the forward.
+   */
+  bindState(a: Float32Array, arena: Arena): Tensor;
+  /** Copies a bound state's values back into `a` where bindState had to copy them in. */
+  unbindState(a: Float32Array, t: Tensor): void;
+  /** t[dst + i] = src[from + i] for i < n (element offsets): inputs from JavaScript. */
+  write(t: Tensor, dst: number, src: Float32Array, from: number, n: number): void;
+  /**
+   * The first `rows` rows of t (default all) copied out to JavaScript: into `out` at element `at`
+   * when given, else into a new Float32Array. Returns the array written.
+   */
+  read(t: Tensor, rows?: number, out?: Float32Array, at?: number): Float32Array;
+  /** dst rows [d0, d0+n) = src rows [s0, s0+n) (same cols). */
+  copyRows(dst: Tensor, d0: number, src: Tensor, s0: number, n: number): void;
+  /** dst (R, n) = columns [c0, c0+n) of src (R, W). */
+  columns(dst: Tensor, src: Tensor, c0: number): void;
+
+  /** y (R, O) = x (R, I) Wᵀ. */
+  matmul(y: Tensor, x: Tensor, W: Matrix): void;
+  /** In place, x <- f(scale · x) (the Activation formulas; scale default 1). */
+  activate(f: Activation, x: Tensor, scale?: number): void;
+  /** y (R, C) = layer norm of each row of x, then · weight + bias (both (1, C)); biased variance. */
+  layerNorm(y: Tensor, x: Tensor, weight: Tensor, bias: Tensor, eps: number): void;
+  /** y (R, H·N) = layer norm of each head's N values, then per-channel · weight + bias. */
+  groupNorm(y: Tensor, x: Tensor, H: number, weight: Tensor, bias: Tensor, eps: number): void;
+
+  /** x += d (same shape). */
+  add(x: Tensor, d: Tensor): void;
+  /** x ⊙= d (same shape). */
+  mul(x: Tensor, d: Tensor): void;
+  /** x[r] += bias for every row (bias (1, C)). */
+  addRow(x: Tensor, bias: Tensor): void;
+  /** y = a - b (same shape). */
+  sub(y: Tensor, a: Tensor, b: Tensor): void;
+
+  /**
+   * Token shift of one sequence (rows row0 … row0+T-1): sx[row0] = prev, sx[row0+t] = xx[row0+t-1],
+   * then prev = xx[row0+T-1]. xx, sx (R, C); prev (1, C) the carried state.
+   */
+  shift(sx: Tensor, xx: Tensor, prev: Tensor, row0: number, T: number): void;
+  /** v6/v7 interpolation for each pair: outs[f] = xx + (sx - xx) ⊙ ms[f] (ms (1, C)). */
+  lerp(outs: readonly Tensor[], xx: Tensor, sx: Tensor, ms: readonly Tensor[]): void;
+  /** v4/v5 interpolation for each pair: outs[f] = xx ⊙ ms[f] + sx ⊙ (1 - ms[f]). */
+  mix(outs: readonly Tensor[], xx: Tensor, sx: Tensor, ms: readonly Tensor[]): void;
+  /** v6 data-dependent interpolation: y = xx + d ⊙ (m + dyn) (m (1, C); dyn (R, C), or m alone when null). */
+  lerpBy(y: Tensor, xx: Tensor, d: Tensor, m: Tensor, dyn: Tensor | null): void;
+
+  /**
+   * RWKV-7 per head of N (in place on k and v; writes a and b of the WKV): with kk = normalize(k ⊙ k_k),
+   *   a_out = -kk;  b_out = kk ⊙ iclr;  k <- k ⊙ (1 + (iclr - 1) ⊙ k_a);
+   *   v <- v + (vFirst - v) ⊙ vGate   (when vGate is not null).
+   * k_k, k_a (1, C); the rest (R, C).
+   */
+  v7Keys(aOut: Tensor, bOut: Tensor, k: Tensor, v: Tensor, iclr: Tensor, kK: Tensor, kA: Tensor,
+    vGate: Tensor | null, vFirst: Tensor | null, N: number): void;
+  /** RWKV-7 per head of N: out <- (out + (Σ_j r_j k_j rK_j) v) ⊙ g; rK (1, C). */
+  v7Bonus(out: Tensor, r: Tensor, k: Tensor, v: Tensor, g: Tensor, rK: Tensor, N: number): void;
+
+  /** Backend.wkv4 over rows row0 … row0+T-1 of k, v and y; w, u (1, C); aa, bb, pp (1, C) state. */
+  wkv4(y: Tensor, w: Tensor, u: Tensor, k: Tensor, v: Tensor, aa: Tensor, bb: Tensor, pp: Tensor, row0: number, T: number): void;
+  /** Backend.wkv5 over rows row0 …; decay (1, C) constant or (R, C) per token; S (1, H·N·N). */
+  wkv5(y: Tensor, r: Tensor, k: Tensor, v: Tensor, decay: Tensor, u: Tensor, S: Tensor, H: number, row0: number, T: number): void;
+  /** Backend.wkv7 over rows row0 …; S (1, H·N·N). */
+  wkv7(y: Tensor, r: Tensor, decay: Tensor, k: Tensor, v: Tensor, a: Tensor, b: Tensor, S: Tensor, H: number, row0: number, T: number): void;
 }

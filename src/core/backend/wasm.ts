@@ -1,4 +1,5 @@
 import type { Activation, Backend, Matrix, WeightType, Wkv4State } from "./backend.js";
+import { WasmTensorKernels } from "./wasm-tensors.js";
 import { referenceBackend } from "./reference.js";
 import { WASM_RELAXED_SIMD, WASM_SIMD } from "./wasm-binary.js";
 import { decodeMatrix, F16S_SCALE } from "./weight-rows.js";
@@ -71,12 +72,12 @@ const FLOAT_TYPES: ReadonlySet<WeightType> = new Set<WeightType>(["f32", "f16", 
 const RESIDENT_STATE_BYTES = 256 << 20;
 
 /** Job ids of assembly/kernels.ts. */
-const JOB = { matmulFloat: 1, matmulInt: 2, quantize: 3, norm: 4, wkv4: 5, wkv5: 6, wkv7: 7, activate: 8 } as const;
+export const JOB = { matmulFloat: 1, matmulInt: 2, quantize: 3, norm: 4, wkv4: 5, wkv5: 6, wkv7: 7, activate: 8 } as const;
 
 /** Activation ids of assembly/kernels.ts. */
-const ACTIVATION_IDS: Readonly<Record<Activation, number>> = { sigmoid: 0, tanh: 1, silu: 2, relu2: 3, exp: 4 };
+export const ACTIVATION_IDS: Readonly<Record<Activation, number>> = { sigmoid: 0, tanh: 1, silu: 2, relu2: 3, exp: 4 };
 /** Work units of one activated element (f64 exp: ~30 operations), against PARALLEL_MIN_WORK. */
-const ACTIVATE_WORK = 32;
+export const ACTIVATE_WORK = 32;
 /** Byte offset in the argument slots of activate's f64 scale, slots 4-5 (8-aligned: the control block is). */
 const ARG_F64_OFFSET = 16;
 
@@ -92,7 +93,7 @@ const CTRL_ARGS = 32;
  * leaves only part of its share for the others to wait on; few, because each chunk restarts the
  * hardware prefetch streams (measured int8 decode, 2 threads: 2 per thread 120 tok/s, 4: 107).
  */
-const CHUNKS_PER_THREAD = 2;
+export const CHUNKS_PER_THREAD = 2;
 const HALF_TABLE_BYTES = 65536 * 4;
 /** Bytes a weight block may be read past its end (partial i8 activation blocks read a whole 32). */
 const WEIGHT_SLACK = 64;
@@ -113,7 +114,7 @@ const PARALLEL_MIN_WORK = 1 << 17;
  */
 const SPIN_ITERATIONS = 1 << 18;
 
-interface Adopted { readonly ptr: number; readonly bytes: number; readonly type: WeightType }
+export interface Adopted { readonly ptr: number; readonly bytes: number; readonly type: WeightType }
 
 interface Exports {
   heapBase(): number;
@@ -147,9 +148,12 @@ export class WasmBackend implements Backend {
   /** f16 -> f32 of every bit pattern: block scales convert with one load. */
   private readonly halfTable: number;
   /** The activations' f64x2 constants (see kernels.ts). */
-  private readonly activationTable: number;
-  private f32: Float32Array<ArrayBufferLike> = new Float32Array(0);
-  private u8: Uint8Array<ArrayBufferLike> = new Uint8Array(0);
+  readonly activationTable: number;
+  /** The kernels over tensors in this memory (the models' forward). */
+  readonly tensors: WasmTensorKernels;
+  /** Views of the whole memory, renewed when it grows (for wasm-tensors.ts too). */
+  f32: Float32Array<ArrayBufferLike> = new Float32Array(0);
+  u8: Uint8Array<ArrayBufferLike> = new Uint8Array(0);
   private i32: Int32Array<ArrayBufferLike> = new Int32Array(0);
   private f64: Float64Array<ArrayBufferLike> = new Float64Array(0);
   /** Free blocks [offset, size], sorted by offset, adjacent ones merged. */
@@ -186,6 +190,7 @@ export class WasmBackend implements Backend {
     this.x.fillHalfTable(this.halfTable);
     this.activationTable = this.alloc(this.x.activationTableBytes());
     this.x.fillActivationTable(this.activationTable);
+    this.tensors = new WasmTensorKernels(this);
     for (let p = 1; p < this.threads; p++) options.spawn!({ module, memory: this.memory, ctrl: this.ctrl, spin: SPIN_ITERATIONS });
   }
 
@@ -213,7 +218,8 @@ export class WasmBackend implements Backend {
     }
   }
 
-  private alloc(size: number): number {
+  /** A 64-byte aligned block of `size` bytes (JS-side first-fit allocator; grows the memory). */
+  alloc(size: number): number {
     const need = align(size);
     for (let i = 0; i < this.free.length; i++) {
       const [off, sz] = this.free[i];
@@ -236,7 +242,7 @@ export class WasmBackend implements Backend {
     return off;
   }
 
-  private release(ptr: number, size: number): void {
+  release(ptr: number, size: number): void {
     const sz = align(size);
     let i = 0;
     while (i < this.free.length && this.free[i][0] < ptr) i++;
@@ -253,7 +259,7 @@ export class WasmBackend implements Backend {
   }
 
   /** A scratch block of at least `bytes` (contents undefined), valid until the next call. */
-  private scratch(bytes: number): number {
+  scratch(bytes: number): number {
     if (bytes > this.scratchBytes) {
       if (this.scratchBytes > 0) this.release(this.scratchPtr, this.scratchBytes);
       this.scratchBytes = align(Math.max(bytes, this.scratchBytes * 2));
@@ -272,7 +278,7 @@ export class WasmBackend implements Backend {
   }
 
   /** Runs a job: i32 args in the slots, then `eps` (f32) after them, or `scale` (f64) over slots 4-5. */
-  private run(job: number, work: number, args: readonly number[], eps?: number, scale?: number): void {
+  run(job: number, work: number, args: readonly number[], eps?: number, scale?: number): void {
     const a = (this.ctrl + CTRL_ARGS) >>> 2;
     for (let i = 0; i < args.length; i++) this.i32[a + i] = args[i];
     if (eps !== undefined) this.f32[a + args.length] = eps;
@@ -336,42 +342,72 @@ export class WasmBackend implements Backend {
     return view;
   }
 
-  private isResident(a: Float32Array): boolean {
+  isResident(a: Float32Array): boolean {
     return this.residentBuffers.has(a.buffer);
+  }
+
+  /** The adopted form of W, or undefined when another backend adopted it. */
+  adoptedInfo(W: Matrix): Adopted | undefined {
+    return this.adopted.get(W);
   }
 
   matmul(x: Float32Array, T: number, W: Matrix): Float32Array {
     const info = this.adopted.get(W);
     if (!info) return referenceBackend.matmul(x, T, W); // adopted elsewhere: still correct
     const { rows: O, cols: I } = W;
-    const float = FLOAT_TYPES.has(info.type);
-    const nb = Math.ceil(I / QK);
-    const perRow = 4 * (I + O) + (float ? 0 : 2 * nb * QK + 8 * nb);
-    const rows = Math.max(1, Math.min(T, Math.floor(SCRATCH_CHUNK_BYTES / perRow)));
-    let y: Float32Array | null = null; // (T, O), allocated here only when T is split into chunks
+    const rows = Math.max(1, Math.min(T, Math.floor(SCRATCH_CHUNK_BYTES / (4 * (I + O)))));
+    const y = new Float32Array(T * O); // (T, O)
+    const io = this.ioScratch(4 * rows * (I + O));
     for (let t0 = 0; t0 < T; t0 += rows) {
       const n = Math.min(rows, T - t0);
-      const panel = float && n > 1 ? align(2 * 4 * I) : 0; // two dequantized f16/bf16 rows per chunk
-      const xb = align(4 * n * I), yb = align(4 * n * O);
-      const qb = float ? 0 : align(2 * n * nb * QK), sb = float ? 0 : align(4 * n * nb); // i16 activations
-      const base = this.scratch(xb + yb + qb + 2 * sb + panel * this.threads * CHUNKS_PER_THREAD); // a panel per chunk
-      const xp = base, yp = base + xb;
-      this.put(xp, n === T ? x : x.subarray(t0 * I, (t0 + n) * I));
-      const work = Math.max(n * O * I, info.bytes);
-      if (float) {
-        this.run(JOB.matmulFloat, work, [info.ptr, WASM_TYPE_IDS[info.type], O, I, n, xp, yp, yp + yb, panel]);
-      } else {
-        const qp = yp + yb, dp = qp + qb, sp = dp + sb;
-        this.run(JOB.quantize, n * I * 4, [xp, n, I, qp, dp, sp]);
-        const scales = info.type === "i8" ? info.ptr + O * I : 0;
-        this.run(JOB.matmulInt, work, [info.ptr, WASM_TYPE_IDS[info.type], O, I, n, qp, dp, sp, yp, scales, this.halfTable]);
-      }
-      if (n === T) return this.take(yp, T * O);
-      y ??= new Float32Array(T * O);
+      const xp = io, yp = io + align(4 * n * I);
+      this.put(xp, x.subarray(t0 * I, (t0 + n) * I));
+      this.matmulAt(xp, yp, n, W, info);
       y.set(this.f32.subarray(yp >>> 2, (yp >>> 2) + n * O), t0 * O);
     }
-    return y!;
+    return y;
   }
+
+  /**
+   * y (T, O) at yp = x (T, I) at xp · Wᵀ, both in this memory; scratch only for the quantized
+   * activations and f16/bf16 panels, in row chunks under SCRATCH_CHUNK_BYTES.
+   */
+  matmulAt(xp: number, yp: number, T: number, W: Matrix, info: Adopted): void {
+    const { rows: O, cols: I } = W;
+    const float = FLOAT_TYPES.has(info.type);
+    const nb = Math.ceil(I / QK);
+    const perRow = float ? 4 * I : 2 * nb * QK + 8 * nb;
+    const rows = Math.max(1, Math.min(T, Math.floor(SCRATCH_CHUNK_BYTES / perRow)));
+    for (let t0 = 0; t0 < T; t0 += rows) {
+      const n = Math.min(rows, T - t0);
+      const x0 = xp + 4 * t0 * I, y0 = yp + 4 * t0 * O;
+      const work = Math.max(n * O * I, info.bytes);
+      if (float) {
+        const panel = n > 1 ? align(2 * 4 * I) : 0; // two dequantized f16/bf16 rows per chunk
+        const base = this.scratch(panel * this.threads * CHUNKS_PER_THREAD + ALIGN);
+        this.run(JOB.matmulFloat, work, [info.ptr, WASM_TYPE_IDS[info.type], O, I, n, x0, y0, base, panel]);
+      } else {
+        const qb = align(2 * n * nb * QK), sb = align(4 * n * nb); // i16 activations
+        const qp = this.scratch(qb + 2 * sb), dp = qp + qb, sp = dp + sb;
+        this.run(JOB.quantize, n * I * 4, [x0, n, I, qp, dp, sp]);
+        const scales = info.type === "i8" ? info.ptr + O * I : 0;
+        this.run(JOB.matmulInt, work, [info.ptr, WASM_TYPE_IDS[info.type], O, I, n, qp, dp, sp, y0, scales, this.halfTable]);
+      }
+    }
+  }
+
+  /** A second scratch block, for the Float32Array methods' inputs and outputs (valid until the next call). */
+  private ioScratch(bytes: number): number {
+    if (bytes > this.ioBytes) {
+      if (this.ioBytes > 0) this.release(this.ioPtr, this.ioBytes);
+      this.ioBytes = align(Math.max(bytes, this.ioBytes * 2));
+      this.ioPtr = this.alloc(this.ioBytes);
+    }
+    this.views();
+    return this.ioPtr;
+  }
+  private ioPtr = 0;
+  private ioBytes = 0;
 
   activate(f: Activation, x: Float32Array, scale = 1): Float32Array {
     const chunk = SCRATCH_CHUNK_BYTES >>> 2;
@@ -465,7 +501,7 @@ export class WasmBackend implements Backend {
   }
 }
 
-function align(n: number): number {
+export function align(n: number): number {
   return Math.ceil(n / ALIGN) * ALIGN;
 }
 

@@ -1,4 +1,4 @@
-import type { Backend, Matrix } from "../backend/backend.js";
+import type { Arena, Backend, Matrix, Tensor, TensorKernels } from "../backend/backend.js";
 import { RwkvInputError } from "../errors.js";
 import type { Checkpoint } from "../formats/checkpoint.js";
 import { checkUnreadTensors } from "./unknown-tensors.js";
@@ -68,21 +68,32 @@ export interface Model {
   hidden?(tokens: readonly number[], state: State, options?: ForwardOptions): Float32Array;
 }
 
-/** Per-forward scratch shared between layers (v7 passes layer 0's v to later layers). */
-export type SequenceContext = Record<string, Float32Array>;
-
 /** One layer's part of a State. */
 export type LayerState = Record<string, Float32Array>;
 
+/** One layer's state arrays bound as backend tensors, updated in place by the kernels. */
+export type LayerTensors = Record<string, Tensor>;
+
 /**
- * One block's two mixers. Inputs are the layer-normed activations of B = states.length independent
- * sequences of T tokens each, rows b·T … b·T+T-1 belonging to states[b]; outputs are residual
- * deltas. B = 1 is one sequence (prefill, step); B > 1 with T = 1 decodes many sequences in one
+ * What one forward gives a block besides its input: the arena its temporaries come from (rewound
+ * by the model after each mixer, so return values are valid until the model has added them) and
+ * the tensors the version keeps across the layers of one forward (Architecture.sequenceTensors).
+ */
+export interface ForwardContext {
+  readonly arena: Arena;
+  readonly shared: Readonly<Record<string, Tensor>>;
+}
+
+/**
+ * One block's two mixers as fixed sequences of kernel calls. Inputs are the layer-normed
+ * activations xx (B·T, C) of B = states.length independent sequences of T tokens each, rows
+ * b·T … b·T+T-1 belonging to states[b]; outputs are residual deltas (B·T, C) taken from the
+ * arena. B = 1 is one sequence (prefill, step); B > 1 with T = 1 decodes many sequences in one
  * matrix-matrix product per projection.
  */
 export interface Block {
-  timeMix(xx: Float32Array, T: number, states: LayerState[], ctx: SequenceContext): Float32Array; // (B·T, C) -> (B·T, C)
-  channelMix(xx: Float32Array, T: number, states: LayerState[]): Float32Array; // (B·T, C) -> (B·T, C)
+  timeMix(xx: Tensor, T: number, states: readonly LayerTensors[], ctx: ForwardContext): Tensor; // (B·T, C) -> (B·T, C)
+  channelMix(xx: Tensor, T: number, states: readonly LayerTensors[], ctx: ForwardContext): Tensor; // (B·T, C) -> (B·T, C)
 }
 
 /** What a version file provides. */
@@ -92,6 +103,11 @@ export interface Architecture {
   /** Hyper-parameters inferred from tensor shapes. */
   inferConfig(w: Weights, version: Version): ModelConfig;
   block(w: Weights, layer: number, cfg: ModelConfig, be: Backend): Block;
+  /**
+   * Tensors of `cols` columns (per row of the forward) that live across the layers of one
+   * forward, e.g. RWKV-7's v_first: ForwardContext.shared.
+   */
+  sequenceTensors?(cfg: ModelConfig): Readonly<Record<string, number>>;
   /** Zero state of one layer. */
   initLayerState(cfg: ModelConfig): Record<string, Float32Array>;
   /**
@@ -104,7 +120,14 @@ export interface Architecture {
 /** LayerNorm eps of every `ln*` in all versions. */
 export const LAYER_NORM_EPS = 1e-5;
 
-interface Norm { weight: Float32Array; bias: Float32Array }
+interface Norm { weight: Tensor; bias: Tensor } // (1, C) each
+
+/**
+ * Most tokens of one sequence run through the layers at once: a longer prompt goes in chunks with
+ * the state carried (the same results: every kernel's rows are independent of T, and the scans
+ * are sequential), so the arena stays near this many rows however long the prompt.
+ */
+const SEQUENCE_CHUNK = 256;
 
 export class RwkvModel implements Model {
   private readonly emb: Float32Array; // (V, C), ln0 already applied
@@ -113,15 +136,18 @@ export class RwkvModel implements Model {
   private readonly head: Matrix; // (V, C)
   readonly fingerprint: string;
   private initial: State;
+  /** The activations of every forward: allocated by the first calls, then reused. */
+  private readonly arena: Arena;
 
   constructor(readonly config: ModelConfig, private readonly arch: Architecture, w: Weights, readonly backend: Backend) {
     const ckpt = w.ckpt;
     const { nLayer: L, nEmbd: C, vocabSize: V } = config;
-    const norm = (p: string): Norm => ({ weight: w.vec(`${p}.weight`, C), bias: w.vec(`${p}.bias`, C) });
-    const ln0 = norm("blocks.0.ln0");
+    const K = backend.tensors;
+    const norm = (p: string): Norm => ({ weight: K.constant(w.vec(`${p}.weight`, C)), bias: K.constant(w.vec(`${p}.bias`, C)) });
     const emb = w.dense("emb.weight", V, C); // (V, C)
     // Precompute ln0 over the whole embedding as the official inference code does (SPEC gotcha 8).
-    this.emb = backend.layerNorm(emb, V, C, ln0.weight, ln0.bias, LAYER_NORM_EPS); // (V, C)
+    this.emb = backend.layerNorm(emb, V, C, w.vec("blocks.0.ln0.weight", C), w.vec("blocks.0.ln0.bias", C), LAYER_NORM_EPS); // (V, C)
+    this.arena = K.arena();
     this.blocks = [];
     for (let i = 0; i < L; i++) {
       this.blocks.push({ ln1: norm(`blocks.${i}.ln1`), ln2: norm(`blocks.${i}.ln2`), mix: arch.block(w, i, config, backend) });
@@ -188,35 +214,87 @@ export class RwkvModel implements Model {
         throw new RwkvInputError("state", `belongs to RWKV-${state.version} with ${state.layers.length} layers, not this RWKV-${this.config.version} model with ${L}`);
       }
     }
-    const be = this.backend;
+    const be = this.backend, K = be.tensors, A = this.arena;
     if (be.residentArray) {
       for (const st of states) for (const l of st.layers) for (const name in l) l[name] = be.residentArray(l[name]);
     }
-    const R = B * T;
-    const x = new Float32Array(R * C); // (B·T, C)
-    for (let n = 0; n < R; n++) {
-      const tok = tokens[n];
+    for (const tok of tokens) {
       if (!Number.isInteger(tok) || tok < 0 || tok >= V) throw new RwkvInputError("forward", `token id ${tok} is outside the vocabulary 0..${V - 1}`);
-      x.set(this.emb.subarray(tok * C, tok * C + C), n * C);
     }
-    const ctx: SequenceContext = {};
+    A.rewind(0);
+    const bound = states.map((st) => st.layers.map((l) => bindLayer(K, l, A)));
+    const width = out === "hidden" ? C : V;
+    const chunk = B === 1 ? Math.min(T, SEQUENCE_CHUNK) : T;
+    // One chunk (every step): the read is the returned array itself, the only one made per token.
+    let result: Float32Array | null = null; // (rows, width)
+    for (let t0 = 0; t0 < T; t0 += chunk) {
+      const n = Math.min(chunk, T - t0), last = t0 + n === T;
+      const m = A.mark();
+      const x = this.layers(tokens, T, t0, n, bound); // (B·n, C)
+      if (which === "all" || last) {
+        const rows = which === "all" ? B * n : B;
+        const y = this.project(x, rows, out, which === "all" ? 1 : n); // (rows, width)
+        if (chunk === T) result = K.read(y, rows);
+        else K.read(y, rows, (result ??= new Float32Array((which === "all" ? B * T : B) * width)), which === "all" ? t0 * width : 0);
+      }
+      A.rewind(m);
+    }
+    states.forEach((st, b) => st.layers.forEach((l, i) => { for (const name in l) K.unbindState(l[name], bound[b][i][name]); }));
+    return result!;
+  }
+
+  /** x (B·n, C) after every layer for tokens t0 … t0+n-1 of each sequence. */
+  private layers(tokens: readonly number[], T: number, t0: number, n: number, bound: LayerTensors[][]): Tensor {
+    const { nEmbd: C, nLayer: L } = this.config;
+    const K = this.backend.tensors, A = this.arena;
+    const B = bound.length, R = B * n;
+    const x = A.take(R, C); // (B·n, C)
+    for (let b = 0; b < B; b++) for (let t = 0; t < n; t++) K.write(x, (b * n + t) * C, this.emb, tokens[b * T + t0 + t] * C, C);
+    const shared: Record<string, Tensor> = {};
+    for (const [name, cols] of Object.entries(this.arch.sequenceTensors?.(this.config) ?? {})) shared[name] = A.take(R, cols); // (B·n, cols)
+    const ctx: ForwardContext = { arena: A, shared };
+    const base = A.mark();
     for (let i = 0; i < L; i++) {
       const { ln1, ln2, mix } = this.blocks[i];
-      const s = states.map((st) => st.layers[i]);
-      addInPlace(x, mix.timeMix(be.layerNorm(x, R, C, ln1.weight, ln1.bias, LAYER_NORM_EPS), T, s, ctx)); // (B·T, C)
-      addInPlace(x, mix.channelMix(be.layerNorm(x, R, C, ln2.weight, ln2.bias, LAYER_NORM_EPS), T, s)); // (B·T, C)
+      const s = bound.map((layers) => layers[i]);
+      let xx = A.take(R, C); // (B·n, C)
+      K.layerNorm(xx, x, ln1.weight, ln1.bias, LAYER_NORM_EPS);
+      K.add(x, mix.timeMix(xx, n, s, ctx)); // (B·n, C)
+      A.rewind(base);
+      xx = A.take(R, C); // (B·n, C)
+      K.layerNorm(xx, x, ln2.weight, ln2.bias, LAYER_NORM_EPS);
+      K.add(x, mix.channelMix(xx, n, s, ctx)); // (B·n, C)
+      A.rewind(base);
     }
-    let h: Float32Array; // (rows, C)
-    if (which === "all") {
-      h = x;
-    } else {
-      h = new Float32Array(B * C);
-      for (let b = 0; b < B; b++) h.set(x.subarray(((b + 1) * T - 1) * C, (b + 1) * T * C), b * C);
-    }
-    const rows = h.length / C;
-    const normed = be.layerNorm(h, rows, C, this.lnOut.weight, this.lnOut.bias, LAYER_NORM_EPS); // (rows, C)
-    return out === "hidden" ? normed : be.matmul(normed, rows, this.head); // (rows, C) or (rows, V)
+    return x;
   }
+
+  /**
+   * Logits (V) or the normed hidden state (C) of `rows` rows: every row of x, or with `seqLen` the
+   * last row of each sequence of seqLen rows. An arena tensor (rows, V or C).
+   */
+  private project(x: Tensor, rows: number, out: "logits" | "hidden", seqLen: number): Tensor {
+    const { nEmbd: C, vocabSize: V } = this.config;
+    const K = this.backend.tensors, A = this.arena;
+    let h = x; // (rows, C)
+    if (seqLen > 1) {
+      h = A.take(rows, C);
+      for (let b = 0; b < rows; b++) K.copyRows(h, b, x, (b + 1) * seqLen - 1, 1);
+    }
+    const normed = A.take(rows, C); // (rows, C)
+    K.layerNorm(normed, h, this.lnOut.weight, this.lnOut.bias, LAYER_NORM_EPS);
+    if (out === "hidden") return normed;
+    const logits = A.take(rows, V); // (rows, V)
+    K.matmul(logits, normed, this.head);
+    return logits;
+  }
+}
+
+/** A layer's state arrays as tensors (in place where the backend can). */
+function bindLayer(K: TensorKernels, l: LayerState, arena: Arena): LayerTensors {
+  const out: LayerTensors = {};
+  for (const name in l) out[name] = K.bindState(l[name], arena);
+  return out;
 }
 
 /** Elements hashed per tensor: enough to tell trained models apart, cheap for billions of weights. */
@@ -248,34 +326,9 @@ function fingerprint(text: string, arrays: Float32Array[]): string {
   return a.toString(16).padStart(8, "0") + b.toString(16).padStart(8, "0");
 }
 
-export function addInPlace(x: Float32Array, d: Float32Array): void {
-  for (let i = 0; i < x.length; i++) x[i] += d[i];
-}
-
-/**
- * Token shift: the previous position's layer-normed input for each row, (B·T, C); each sequence's
- * first row takes its carried `prevs[b]` (C), which then becomes its last row. (SPEC gotcha 1.)
- */
-export function tokenShift(xx: Float32Array, T: number, C: number, prevs: Float32Array[]): Float32Array {
-  const sx = new Float32Array(xx.length); // (B·T, C)
-  prevs.forEach((prev, b) => {
-    const o = b * T * C;
-    sx.set(prev, o);
-    sx.set(xx.subarray(o, o + (T - 1) * C), o + C);
-    prev.set(xx.subarray(o + (T - 1) * C, o + T * C));
-  });
-  return sx;
-}
-
-/**
- * Runs a per-sequence kernel (a WKV scan over its own state) for each of B sequences of T rows and
- * concatenates the results (B·T, W). `rows(x)` is sequence b's slice of a (B·T, W) input.
- */
-export function bySequence(B: number, T: number, W: number, f: (b: number, rows: (x: Float32Array) => Float32Array) => Float32Array): Float32Array {
-  if (B === 1) return f(0, (x) => x);
-  const out = new Float32Array(B * T * W); // (B·T, W)
-  for (let b = 0; b < B; b++) out.set(f(b, (x) => x.subarray(b * T * W, (b + 1) * T * W)), b * T * W);
-  return out;
+/** Runs `f(b, row0)` for each of B sequences of T rows: a per-sequence kernel (shift, WKV scan). */
+export function eachSequence(B: number, T: number, f: (b: number, row0: number) => void): void {
+  for (let b = 0; b < B; b++) f(b, b * T);
 }
 
 export interface BuildOptions extends Pick<WeightOptions, "matrices"> {

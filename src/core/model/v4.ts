@@ -1,5 +1,5 @@
-import type { Backend } from "../backend/backend.js";
-import { type Architecture, type Block, type ModelConfig, bySequence, tokenShift, type Version } from "./model.js";
+import type { Backend, Tensor } from "../backend/backend.js";
+import { type Architecture, type Block, eachSequence, type ModelConfig, type Version } from "./model.js";
 import type { Weights } from "./weights.js";
 
 /*
@@ -39,25 +39,33 @@ export const rwkv4: Architecture = {
   block(w: Weights, i: number, cfg: ModelConfig, be: Backend): Block {
     const { nEmbd: C, dimAtt: A } = cfg;
     const a = `blocks.${i}.att.`;
+    const K = be.tensors;
+    const vec = (name: string, n = C): Tensor => K.constant(w.vec(name, n)); // (1, n)
     const att = {
-      mixK: w.vec(a + "time_mix_k", C), mixV: w.vec(a + "time_mix_v", C), mixR: w.vec(a + "time_mix_r", C),
-      w: w.vec(a + "time_decay", A).map((d) => -Math.exp(d)), // (A) log-space decay
-      u: w.vec(a + "time_first", A), // (A) log-space bonus
+      mixK: vec(a + "time_mix_k"), mixV: vec(a + "time_mix_v"), mixR: vec(a + "time_mix_r"),
+      w: K.constant(w.vec(a + "time_decay", A).map((d) => -Math.exp(d))), // (1, A) log-space decay
+      u: vec(a + "time_first", A), // (1, A) log-space bonus
       key: w.linear(a + "key.weight", A, C), value: w.linear(a + "value.weight", A, C),
       receptance: w.linear(a + "receptance.weight", A, C), output: w.linear(a + "output.weight", C, A),
     };
     return {
-      timeMix(xx, T, s) {
-        const R = xx.length / C; // B·T rows
-        const sx = tokenShift(xx, T, C, s.map((l) => l.att_xx)); // (B·T, C)
-        const k = be.matmul(mix(xx, sx, att.mixK, C), R, att.key); // (B·T, A)
-        const v = be.matmul(mix(xx, sx, att.mixV, C), R, att.value); // (B·T, A)
-        const r = be.matmul(mix(xx, sx, att.mixR, C), R, att.receptance); // (B·T, A)
-        const wkv = bySequence(s.length, T, A, (b, rows) =>
-          be.wkv4(T, A, att.w, att.u, rows(k), rows(v), { aa: s[b].att_aa, bb: s[b].att_bb, pp: s[b].att_pp })); // (B·T, A)
-        be.activate("sigmoid", r); // (B·T, A)
-        for (let n = 0; n < wkv.length; n++) wkv[n] *= r[n];
-        return be.matmul(wkv, R, att.output); // (B·T, C)
+      timeMix(xx, T, s, { arena: Ar }) {
+        const R = xx.rows; // B·T rows
+        const sx = Ar.take(R, C); // (B·T, C)
+        eachSequence(s.length, T, (b, row0) => K.shift(sx, xx, s[b].att_xx, row0, T));
+        const xk = Ar.take(R, C), xv = Ar.take(R, C), xr = Ar.take(R, C); // (B·T, C) each
+        K.mix([xk, xv, xr], xx, sx, [att.mixK, att.mixV, att.mixR]);
+        const k = Ar.take(R, A), v = Ar.take(R, A), r = Ar.take(R, A); // (B·T, A) each
+        K.matmul(k, xk, att.key);
+        K.matmul(v, xv, att.value);
+        K.matmul(r, xr, att.receptance);
+        const wkv = Ar.take(R, A); // (B·T, A)
+        eachSequence(s.length, T, (b, row0) => K.wkv4(wkv, att.w, att.u, k, v, s[b].att_aa, s[b].att_bb, s[b].att_pp, row0, T));
+        K.activate("sigmoid", r);
+        K.mul(wkv, r);
+        const o = Ar.take(R, C); // (B·T, C)
+        K.matmul(o, wkv, att.output);
+        return o;
       },
       channelMix: channelMixV4(w, i, cfg, be, "ffn_xx"),
     };
@@ -70,31 +78,29 @@ export const rwkv4: Architecture = {
  */
 export function channelMixV4(w: Weights, i: number, cfg: ModelConfig, be: Backend, prevKey: string): Block["channelMix"] {
   const { nEmbd: C, dimFfn: F } = cfg;
+  const K = be.tensors;
   const f = `blocks.${i}.ffn.`;
   const ffn = {
-    mixK: w.vec(f + "time_mix_k", C), mixR: w.vec(f + "time_mix_r", C),
+    mixK: K.constant(w.vec(f + "time_mix_k", C)), mixR: K.constant(w.vec(f + "time_mix_r", C)),
     key: w.linear(f + "key.weight", F, C), receptance: w.linear(f + "receptance.weight", C, C),
     value: w.linear(f + "value.weight", C, F),
   };
-  return (xx, T, s) => {
-    const R = xx.length / C; // B·T rows
-    const sx = tokenShift(xx, T, C, s.map((l) => l[prevKey])); // (B·T, C)
-    const k = be.matmul(mix(xx, sx, ffn.mixK, C), R, ffn.key); // (B·T, F)
-    const kv = be.matmul(be.activate("relu2", k), R, ffn.value); // (B·T, C)
-    const r = be.activate("sigmoid", be.matmul(mix(xx, sx, ffn.mixR, C), R, ffn.receptance)); // (B·T, C)
-    for (let n = 0; n < kv.length; n++) kv[n] *= r[n];
+  return (xx, T, s, { arena: Ar }) => {
+    const R = xx.rows; // B·T rows
+    const sx = Ar.take(R, C); // (B·T, C)
+    eachSequence(s.length, T, (b, row0) => K.shift(sx, xx, s[b][prevKey], row0, T));
+    const xk = Ar.take(R, C), xr = Ar.take(R, C); // (B·T, C)
+    K.mix([xk, xr], xx, sx, [ffn.mixK, ffn.mixR]);
+    const k = Ar.take(R, F); // (B·T, F)
+    K.matmul(k, xk, ffn.key);
+    K.activate("relu2", k);
+    const kv = Ar.take(R, C), r = Ar.take(R, C); // (B·T, C)
+    K.matmul(kv, k, ffn.value);
+    K.matmul(r, xr, ffn.receptance);
+    K.activate("sigmoid", r);
+    K.mul(kv, r);
     return kv;
   };
-}
-
-/** v4/v5 token-shift interpolation: xx·m + sx·(1-m), per channel. (T, C) */
-export function mix(xx: Float32Array, sx: Float32Array, m: Float32Array, C: number): Float32Array {
-  const out = new Float32Array(xx.length); // (T, C)
-  for (let n = 0; n < xx.length; n++) {
-    const c = n % C;
-    out[n] = xx[n] * m[c] + sx[n] * (1 - m[c]);
-  }
-  return out;
 }
 
 /** L = 1 + max i over `blocks.i.*`. */

@@ -1,9 +1,9 @@
-import type { Backend } from "../backend/backend.js";
+import type { Backend, Tensor } from "../backend/backend.js";
 import { FormatError } from "../errors.js";
 import type { CheckpointFormat } from "../formats/checkpoint.js";
 import { numel } from "../tensor.js";
-import { type Architecture, type Block, type ModelConfig, bySequence, tokenShift, type Version } from "./model.js";
-import { channelMixV4, countLayers, mix } from "./v4.js";
+import { type Architecture, type Block, eachSequence, type ModelConfig, type Version } from "./model.js";
+import { channelMixV4, countLayers } from "./v4.js";
 import type { Weights } from "./weights.js";
 
 /*
@@ -52,31 +52,43 @@ export const rwkv5: Architecture = {
     const a = `blocks.${i}.att.`;
     const realFirst = w.has(a + "time_faaaa"); // 5.2: u used as is; 5.1: time_first, u = exp(time_first)
     const gated = w.has(a + "gate.weight");
+    const K = be.tensors;
+    const vec = (name: string, n = C): Tensor => K.constant(w.vec(name, n)); // (1, n)
     const att = {
-      mixK: w.vec(a + "time_mix_k", C), mixV: w.vec(a + "time_mix_v", C), mixR: w.vec(a + "time_mix_r", C),
-      decay: headOrChannel(w, a + "time_decay", H, N).map((d) => Math.exp(-Math.exp(d))), // (A) multiplicative
-      u: realFirst ? headOrChannel(w, a + "time_faaaa", H, N) : headOrChannel(w, a + "time_first", H, N).map(Math.exp), // (A)
+      mixK: vec(a + "time_mix_k"), mixV: vec(a + "time_mix_v"), mixR: vec(a + "time_mix_r"),
+      decay: K.constant(headOrChannel(w, a + "time_decay", H, N).map((d) => Math.exp(-Math.exp(d)))), // (1, A) multiplicative
+      u: K.constant(realFirst ? headOrChannel(w, a + "time_faaaa", H, N) : headOrChannel(w, a + "time_first", H, N).map(Math.exp)), // (1, A)
       key: w.linear(a + "key.weight", A, C), value: w.linear(a + "value.weight", A, C),
       receptance: w.linear(a + "receptance.weight", A, C), output: w.linear(a + "output.weight", C, A),
-      gate: gated ? { mixG: w.vec(a + "time_mix_g", C), weight: w.linear(a + "gate.weight", A, C) } : null,
-      lnX: { weight: w.vec(a + "ln_x.weight", A), bias: w.vec(a + "ln_x.bias", A) },
+      gate: gated ? { mixG: vec(a + "time_mix_g"), weight: w.linear(a + "gate.weight", A, C) } : null,
+      lnX: { weight: vec(a + "ln_x.weight", A), bias: vec(a + "ln_x.bias", A) },
       eps: v5GroupNormEps(cfg.version, w.ckpt.format),
     };
     return {
-      timeMix(xx, T, s) {
-        const R = xx.length / C; // B·T rows
-        const sx = tokenShift(xx, T, C, s.map((l) => l.att_x_prev)); // (B·T, C)
-        const r = be.matmul(mix(xx, sx, att.mixR, C), R, att.receptance); // (B·T, A)
-        const k = be.matmul(mix(xx, sx, att.mixK, C), R, att.key); // (B·T, A)
-        const v = be.matmul(mix(xx, sx, att.mixV, C), R, att.value); // (B·T, A)
-        const out = bySequence(s.length, T, A, (b, rows) => be.wkv5(T, H, N, rows(r), rows(k), rows(v), att.decay, att.u, s[b].att_kv)); // (B·T, A)
-        const y = be.groupNorm(out, R, H, N, att.lnX.weight, att.lnX.bias, att.eps); // (B·T, A)
+      timeMix(xx, T, s, { arena: Ar }) {
+        const R = xx.rows; // B·T rows
+        const sx = Ar.take(R, C); // (B·T, C)
+        eachSequence(s.length, T, (b, row0) => K.shift(sx, xx, s[b].att_x_prev, row0, T));
+        const xr = Ar.take(R, C), xk = Ar.take(R, C), xv = Ar.take(R, C); // (B·T, C) each
+        K.mix([xr, xk, xv], xx, sx, [att.mixR, att.mixK, att.mixV]);
+        const r = Ar.take(R, A), k = Ar.take(R, A), v = Ar.take(R, A); // (B·T, A) each
+        K.matmul(r, xr, att.receptance);
+        K.matmul(k, xk, att.key);
+        K.matmul(v, xv, att.value);
+        const out = Ar.take(R, A); // (B·T, A)
+        eachSequence(s.length, T, (b, row0) => K.wkv5(out, r, k, v, att.decay, att.u, s[b].att_kv, H, row0, T));
+        const y = Ar.take(R, A); // (B·T, A)
+        K.groupNorm(y, out, H, att.lnX.weight, att.lnX.bias, att.eps);
         if (att.gate) {
-          const g = be.matmul(mix(xx, sx, att.gate.mixG, C), R, att.gate.weight); // (B·T, A)
-          be.activate("silu", g); // (B·T, A)
-          for (let n = 0; n < R * A; n++) y[n] *= g[n];
+          const g = Ar.take(R, A); // (B·T, A)
+          K.mix([xr], xx, sx, [att.gate.mixG]); // xr is free again: the gate's input
+          K.matmul(g, xr, att.gate.weight);
+          K.activate("silu", g);
+          K.mul(y, g);
         }
-        return be.matmul(y, R, att.output); // (B·T, C)
+        const o = Ar.take(R, C); // (B·T, C)
+        K.matmul(o, y, att.output);
+        return o;
       },
       channelMix: channelMixV4(w, i, cfg, be, "ffn_x_prev"),
     };

@@ -1,6 +1,7 @@
 import type { Backend } from "../backend/backend.js";
 import { FormatError } from "../errors.js";
-import { type Architecture, type Block, type ModelConfig, bySequence, tokenShift, type Version } from "./model.js";
+import type { Tensor } from "../backend/backend.js";
+import { type Architecture, type Block, eachSequence, type ModelConfig, type Version } from "./model.js";
 import { GROUP_NORM_EPS, headedConfig, headedLayerState } from "./v5.js";
 import { transpose, type Weights } from "./weights.js";
 
@@ -43,75 +44,88 @@ export const rwkv6: Architecture = {
     const a = `blocks.${i}.att.`, f = `blocks.${i}.ffn.`;
     const Dm = w.shape(a + "time_maa_w1")[1] / 5, Dd = w.shape(a + "time_decay_w1")[1];
     if (!Number.isInteger(Dm)) throw new FormatError(w.ckpt.source, `tensor ${a}time_maa_w1 has shape [${w.shape(a + "time_maa_w1")}]: width not a multiple of 5`);
+    const K = be.tensors;
+    const vec = (name: string, n = C): Tensor => K.constant(w.vec(name, n)); // (1, n)
     const att = {
-      maaX: w.vec(a + "time_maa_x", C),
+      maaX: vec(a + "time_maa_x"),
       // Static part of each mix, in time_maa_w1's block order w,k,v,r,g.
-      maa: ["w", "k", "v", "r", "g"].map((n) => w.vec(a + "time_maa_" + n, C)),
+      maa: ["w", "k", "v", "r", "g"].map((n) => vec(a + "time_maa_" + n)),
       maaW1: w.projection(a + "time_maa_w1", C, 5 * Dm), // (5·Dm, C)
       maaW2: w.projections(a + "time_maa_w2", 5, Dm, C), // 5 × (C, Dm)
-      decay: w.vec(a + "time_decay", A), // (A) log-log decay base
+      decay: vec(a + "time_decay", A), // (1, A) log-log decay base
       decayW1: w.projection(a + "time_decay_w1", C, Dd), // (Dd, C)
       decayW2: w.projection(a + "time_decay_w2", Dd, A), // (A, Dd)
-      u: w.heads(a + "time_faaaa", H, N), // (A) bonus, used as is
+      u: K.constant(w.heads(a + "time_faaaa", H, N)), // (1, A) bonus, used as is
       key: w.linear(a + "key.weight", A, C), value: w.linear(a + "value.weight", A, C),
       receptance: w.linear(a + "receptance.weight", A, C), gate: w.linear(a + "gate.weight", A, C),
       output: w.linear(a + "output.weight", C, A),
-      lnX: { weight: w.vec(a + "ln_x.weight", A), bias: w.vec(a + "ln_x.bias", A) },
+      lnX: { weight: vec(a + "ln_x.weight", A), bias: vec(a + "ln_x.bias", A) },
     };
     const ffn = {
-      maaK: w.vec(f + "time_maa_k", C), maaR: w.vec(f + "time_maa_r", C),
+      maaK: vec(f + "time_maa_k"), maaR: vec(f + "time_maa_r"),
       key: w.linear(f + "key.weight", F, C), receptance: w.linear(f + "receptance.weight", C, C),
       value: w.linear(f + "value.weight", C, F),
     };
     return {
-      timeMix(xx, T, s) {
-        const R = xx.length / C; // B·T rows
-        const d = tokenShift(xx, T, C, s.map((l) => l.att_x_prev)); // (B·T, C) previous xx ...
-        for (let n = 0; n < R * C; n++) d[n] -= xx[n]; // (B·T, C) ... minus xx
-        const m = be.activate("tanh", be.matmul(lerp(xx, d, att.maaX, C), R, att.maaW1)); // (B·T, 5·Dm)
+      timeMix(xx, T, s, { arena: Ar }) {
+        const R = xx.rows; // B·T rows
+        const d = Ar.take(R, C); // (B·T, C) previous xx ...
+        eachSequence(s.length, T, (b, row0) => K.shift(d, xx, s[b].att_x_prev, row0, T));
+        K.sub(d, d, xx); // (B·T, C) ... minus xx
+        const xm = Ar.take(R, C); // (B·T, C)
+        K.lerpBy(xm, xx, d, att.maaX, null);
+        const m = Ar.take(R, 5 * Dm); // (B·T, 5·Dm)
+        K.matmul(m, xm, att.maaW1);
+        K.activate("tanh", m);
+        const mb = Ar.take(R, Dm), dyn = Ar.take(R, C); // (B·T, Dm), (B·T, C)
         const [wx, kx, vx, rx, gx] = att.maa.map((maa, b) => {
-          const mb = be.matmul(columns(m, R, 5 * Dm, b * Dm, Dm), R, att.maaW2[b]); // (B·T, C)
-          for (let n = 0; n < R * C; n++) mb[n] = xx[n] + d[n] * (maa[n % C] + mb[n]);
-          return mb; // (B·T, C)
+          const out = Ar.take(R, C); // (B·T, C)
+          K.columns(mb, m, b * Dm);
+          K.matmul(dyn, mb, att.maaW2[b]);
+          K.lerpBy(out, xx, d, maa, dyn);
+          return out;
         });
-        const r = be.matmul(rx, R, att.receptance); // (B·T, A)
-        const k = be.matmul(kx, R, att.key); // (B·T, A)
-        const v = be.matmul(vx, R, att.value); // (B·T, A)
-        const g = be.matmul(gx, R, att.gate); // (B·T, A)
-        const lw = be.activate("tanh", be.matmul(wx, R, att.decayW1)); // (B·T, Dd)
-        const decay = be.matmul(lw, R, att.decayW2); // (B·T, A)
-        for (let n = 0; n < R * A; n++) decay[n] += att.decay[n % A];
-        be.activate("exp", be.activate("exp", decay), -1); // (B·T, A) exp(-exp(w))
-        const out = bySequence(s.length, T, A, (b, rows) => be.wkv5(T, H, N, rows(r), rows(k), rows(v), rows(decay), att.u, s[b].att_kv)); // (B·T, A)
-        const y = be.groupNorm(out, R, H, N, att.lnX.weight, att.lnX.bias, GROUP_NORM_EPS); // (B·T, A)
-        be.activate("silu", g); // (B·T, A)
-        for (let n = 0; n < R * A; n++) y[n] *= g[n];
-        return be.matmul(y, R, att.output); // (B·T, C)
+        const r = Ar.take(R, A), k = Ar.take(R, A), v = Ar.take(R, A), g = Ar.take(R, A); // (B·T, A) each
+        K.matmul(r, rx, att.receptance);
+        K.matmul(k, kx, att.key);
+        K.matmul(v, vx, att.value);
+        K.matmul(g, gx, att.gate);
+        const lw = Ar.take(R, Dd); // (B·T, Dd)
+        K.matmul(lw, wx, att.decayW1);
+        K.activate("tanh", lw);
+        const decay = Ar.take(R, A); // (B·T, A)
+        K.matmul(decay, lw, att.decayW2);
+        K.addRow(decay, att.decay);
+        K.activate("exp", decay);
+        K.activate("exp", decay, -1); // exp(-exp(w))
+        const out = Ar.take(R, A); // (B·T, A)
+        eachSequence(s.length, T, (b, row0) => K.wkv5(out, r, k, v, decay, att.u, s[b].att_kv, H, row0, T));
+        const y = Ar.take(R, A); // (B·T, A)
+        K.groupNorm(y, out, H, att.lnX.weight, att.lnX.bias, GROUP_NORM_EPS);
+        K.activate("silu", g);
+        K.mul(y, g);
+        const o = Ar.take(R, C); // (B·T, C)
+        K.matmul(o, y, att.output);
+        return o;
       },
-      channelMix(xx, T, s) {
-        const R = xx.length / C; // B·T rows
-        const d = tokenShift(xx, T, C, s.map((l) => l.ffn_x_prev)); // (B·T, C)
-        for (let n = 0; n < R * C; n++) d[n] -= xx[n]; // (B·T, C)
-        const k = be.matmul(lerp(xx, d, ffn.maaK, C), R, ffn.key); // (B·T, F)
-        const kv = be.matmul(be.activate("relu2", k), R, ffn.value); // (B·T, C)
-        const r = be.activate("sigmoid", be.matmul(lerp(xx, d, ffn.maaR, C), R, ffn.receptance)); // (B·T, C)
-        for (let n = 0; n < R * C; n++) kv[n] *= r[n];
+      channelMix(xx, T, s, { arena: Ar }) {
+        const R = xx.rows; // B·T rows
+        const d = Ar.take(R, C); // (B·T, C)
+        eachSequence(s.length, T, (b, row0) => K.shift(d, xx, s[b].ffn_x_prev, row0, T));
+        K.sub(d, d, xx);
+        const xk = Ar.take(R, C), xr = Ar.take(R, C); // (B·T, C)
+        K.lerpBy(xk, xx, d, ffn.maaK, null);
+        K.lerpBy(xr, xx, d, ffn.maaR, null);
+        const k = Ar.take(R, F); // (B·T, F)
+        K.matmul(k, xk, ffn.key);
+        K.activate("relu2", k);
+        const kv = Ar.take(R, C), r = Ar.take(R, C); // (B·T, C)
+        K.matmul(kv, k, ffn.value);
+        K.matmul(r, xr, ffn.receptance);
+        K.activate("sigmoid", r);
+        K.mul(kv, r);
         return kv;
       },
     };
   },
 };
-
-/** v6/v7 token-shift interpolation: xx + d·m with d = previous xx - xx, per channel. (T, C) */
-export function lerp(xx: Float32Array, d: Float32Array, m: Float32Array, C: number): Float32Array {
-  const out = new Float32Array(xx.length); // (T, C)
-  for (let n = 0; n < xx.length; n++) out[n] = xx[n] + d[n] * m[n % C];
-  return out;
-}
-
-/** Columns [c0, c0+n) of a (T, W) matrix as (T, n). */
-function columns(x: Float32Array, T: number, W: number, c0: number, n: number): Float32Array {
-  const out = new Float32Array(T * n); // (T, n)
-  for (let t = 0; t < T; t++) out.set(x.subarray(t * W + c0, t * W + c0 + n), t * n);
-  return out;
-}

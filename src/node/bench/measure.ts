@@ -1,5 +1,5 @@
 import { readFileSync } from "node:fs";
-import type { Activation, Backend, Matrix, Wkv4State } from "../../core/backend/backend.js";
+import type { Activation, Backend, Matrix, TensorKernels, Wkv4State } from "../../core/backend/backend.js";
 import type { Checkpoint } from "../../core/formats/checkpoint.js";
 import { type MatrixDType, retypeMatrices } from "../../core/formats/retype.js";
 import { architectureFor, detectVersion } from "../../core/model/detect.js";
@@ -54,7 +54,17 @@ export function benchModel(source: ModelSource, dtype: BenchDType, backend: Back
 export class CountingBackend implements Backend {
   counting = false;
   weightBytes = 0;
-  constructor(readonly inner: Backend) {}
+  /** The inner backend's tensor kernels, matmul counted (the rest inherited as they are). */
+  readonly tensors: TensorKernels;
+  constructor(readonly inner: Backend) {
+    const kernels = inner.tensors;
+    this.tensors = Object.assign(Object.create(kernels) as TensorKernels, {
+      matmul: (y: Parameters<TensorKernels["matmul"]>[0], x: Parameters<TensorKernels["matmul"]>[1], W: Matrix): void => {
+        if (this.counting) this.weightBytes += W.data.byteLength;
+        kernels.matmul(y, x, W);
+      },
+    });
+  }
   get name(): string { return this.inner.name; }
   adopt(m: Matrix): Matrix { return this.inner.adopt(m); }
   get residentArray(): ((a: Float32Array) => Float32Array) | undefined {

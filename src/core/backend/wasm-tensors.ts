@@ -1,0 +1,239 @@
+import type { Activation, Arena, Matrix, Tensor, TensorKernels } from "./backend.js";
+import { referenceTensors } from "./reference.js";
+import { ACTIVATE_WORK, ACTIVATION_IDS, align, CHUNKS_PER_THREAD, JOB, type WasmBackend } from "./wasm.js";
+
+/*
+ * The wasm backend's tensor kernels (TensorKernels): tensors are regions of the backend's one
+ * WebAssembly memory, named by byte offset, so a forward runs as a sequence of jobs over them with
+ * nothing copied between kernels. Only `write` (token embeddings) and `read` (logits, hidden
+ * states) cross to JavaScript. The element-wise glue is assembly/glue.ts; copies of whole rows are
+ * memory moves done here (copyWithin on the memory's bytes).
+ */
+
+/** Job ids of assembly/glue.ts. */
+const GLUE = { add: 20, mul: 21, sub: 22, addRow: 23, lerp: 24, mix: 25, lerpBy: 26, v7Keys: 27, v7Bonus: 28 } as const;
+/** Work units per element of a glue job (against the backend's parallel threshold): a few f64 operations. */
+const GLUE_WORK = 4;
+/** Work units per element of the per-head RWKV-7 kernels (several passes over each head). */
+const HEAD_WORK = 12;
+/** The most (output, mix) pairs of one lerp/mix job (glue.ts MAX_PAIRS). */
+const MAX_PAIRS = 6;
+
+/** A tensor in wasm memory: `ptr` is its byte offset. */
+export class WasmTensor implements Tensor {
+  readonly dtype = "f32";
+  constructor(public rows: number, public cols: number, readonly ptr: number) {}
+}
+
+function p(t: Tensor): number {
+  if (!(t instanceof WasmTensor)) throw new Error("a tensor of another backend was passed to the wasm kernels");
+  return t.ptr;
+}
+
+/** Slots in wasm memory, reused in request order; freed by dispose() or when the arena is collected. */
+class WasmArena implements Arena {
+  private readonly slots: Array<{ t: WasmTensor; bytes: number }> = [];
+  /** [ptr, bytes] of every live slot, for the finalizer (which must not hold the arena). */
+  private readonly blocks: Array<[number, number]>;
+  private next = 0;
+  allocations = 0;
+  constructor(private readonly be: WasmBackend, registry: FinalizationRegistry<Array<[number, number]>>) {
+    this.blocks = [];
+    registry.register(this, this.blocks, this);
+    this.registry = registry;
+  }
+  private readonly registry: FinalizationRegistry<Array<[number, number]>>;
+
+  take(rows: number, cols: number): Tensor {
+    const bytes = align(4 * rows * cols);
+    let s = this.slots[this.next];
+    if (!s || s.bytes < bytes) {
+      if (s) this.free(s.t.ptr);
+      const ptr = this.be.alloc(bytes);
+      this.blocks.push([ptr, bytes]);
+      s = { t: new WasmTensor(rows, cols, ptr), bytes };
+      this.slots[this.next] = s;
+      this.allocations++;
+    }
+    s.t.rows = rows;
+    s.t.cols = cols;
+    this.next++;
+    return s.t;
+  }
+  mark(): number { return this.next; }
+  rewind(mark: number): void { this.next = mark; }
+  dispose(): void {
+    this.registry.unregister(this);
+    for (const [ptr, bytes] of this.blocks) this.be.release(ptr, bytes);
+    this.blocks.length = 0;
+    this.slots.length = 0;
+    this.next = 0;
+  }
+  private free(ptr: number): void {
+    const i = this.blocks.findIndex((b) => b[0] === ptr);
+    this.be.release(ptr, this.blocks[i][1]);
+    this.blocks.splice(i, 1);
+  }
+}
+
+export class WasmTensorKernels implements TensorKernels {
+  /** Tensors for the backend's resident state arrays: made once per array. */
+  private readonly states = new WeakMap<Float32Array, WasmTensor>();
+  private readonly arenas: FinalizationRegistry<Array<[number, number]>>;
+  private readonly constants: FinalizationRegistry<[number, number]>;
+  /** A 16-byte tail buffer per chunk of a parallel activation (kernels.ts activate). */
+  private readonly tails: number;
+
+  constructor(private readonly be: WasmBackend) {
+    this.arenas = new FinalizationRegistry((blocks) => { for (const [ptr, bytes] of blocks) be.release(ptr, bytes); });
+    this.constants = new FinalizationRegistry(([ptr, bytes]) => be.release(ptr, bytes));
+    this.tails = be.alloc(16 * 64 * CHUNKS_PER_THREAD); // room for 64 threads
+  }
+
+  arena(): Arena {
+    return new WasmArena(this.be, this.arenas);
+  }
+
+  constant(data: Float32Array, rows = 1): Tensor {
+    const bytes = align(4 * Math.max(1, data.length));
+    const ptr = this.be.alloc(bytes);
+    this.be.f32.set(data, ptr >>> 2);
+    const t = new WasmTensor(rows, data.length / rows, ptr);
+    this.constants.register(t, [ptr, bytes]);
+    return t;
+  }
+
+  bindState(a: Float32Array, arena: Arena): Tensor {
+    if (this.be.isResident(a)) {
+      let t = this.states.get(a);
+      if (!t) this.states.set(a, (t = new WasmTensor(1, a.length, a.byteOffset)));
+      return t;
+    }
+    const t = arena.take(1, a.length); // (1, n) a copy, written back by unbindState
+    this.be.f32.set(a, p(t) >>> 2);
+    return t;
+  }
+
+  unbindState(a: Float32Array, t: Tensor): void {
+    if (this.be.isResident(a) && p(t) === a.byteOffset) return;
+    a.set(this.be.f32.subarray(p(t) >>> 2, (p(t) >>> 2) + a.length));
+  }
+
+  write(t: Tensor, dst: number, src: Float32Array, from: number, n: number): void {
+    const f = this.be.f32, o = (p(t) >>> 2) + dst;
+    for (let i = 0; i < n; i++) f[o + i] = src[from + i];
+  }
+
+  read(t: Tensor, rows = t.rows, out?: Float32Array, at = 0): Float32Array {
+    const o = p(t) >>> 2, n = rows * t.cols;
+    if (!out) return this.be.f32.slice(o, o + n);
+    out.set(this.be.f32.subarray(o, o + n), at);
+    return out;
+  }
+
+  copyRows(dst: Tensor, d0: number, src: Tensor, s0: number, n: number): void {
+    const C = src.cols;
+    const s = p(src) + 4 * s0 * C;
+    this.be.u8.copyWithin(p(dst) + 4 * d0 * C, s, s + 4 * n * C);
+  }
+
+  columns(dst: Tensor, src: Tensor, c0: number): void {
+    const n = dst.cols, W = src.cols, u8 = this.be.u8;
+    for (let t = 0; t < src.rows; t++) {
+      const s = p(src) + 4 * (t * W + c0);
+      u8.copyWithin(p(dst) + 4 * t * n, s, s + 4 * n);
+    }
+  }
+
+  matmul(y: Tensor, x: Tensor, W: Matrix): void {
+    const info = this.be.adoptedInfo(W);
+    if (!info) { // adopted by another backend: correct, through JavaScript
+      const out = referenceTensors.arena().take(x.rows, W.rows);
+      referenceTensors.matmul(out, referenceTensors.constant(this.read(x), x.rows), W);
+      this.write(y, 0, referenceTensors.read(out), 0, x.rows * W.rows);
+      return;
+    }
+    this.be.matmulAt(p(x), p(y), x.rows, W, info);
+  }
+
+  activate(f: Activation, x: Tensor, scale = 1): void {
+    const n = x.rows * x.cols;
+    this.be.run(JOB.activate, n * ACTIVATE_WORK, [p(x), n, ACTIVATION_IDS[f], this.tails, 0, 0, this.be.activationTable], undefined, scale);
+  }
+
+  layerNorm(y: Tensor, x: Tensor, weight: Tensor, bias: Tensor, eps: number): void {
+    this.be.run(JOB.norm, x.rows * x.cols * 4, [p(x), x.rows, 1, x.cols, p(weight), p(bias), p(y)], eps);
+  }
+
+  groupNorm(y: Tensor, x: Tensor, H: number, weight: Tensor, bias: Tensor, eps: number): void {
+    this.be.run(JOB.norm, x.rows * x.cols * 4, [p(x), x.rows, H, x.cols / H, p(weight), p(bias), p(y)], eps);
+  }
+
+  add(x: Tensor, d: Tensor): void { this.elementwise(GLUE.add, [p(x), p(d)], x); }
+  mul(x: Tensor, d: Tensor): void { this.elementwise(GLUE.mul, [p(x), p(d)], x); }
+  sub(y: Tensor, a: Tensor, b: Tensor): void { this.elementwise(GLUE.sub, [p(y), p(a), p(b)], a); }
+  addRow(x: Tensor, bias: Tensor): void {
+    this.be.run(GLUE.addRow, x.rows * x.cols, [p(x), p(bias), x.rows, x.cols]);
+  }
+
+  shift(sx: Tensor, xx: Tensor, prev: Tensor, row0: number, T: number): void {
+    const C = xx.cols, rb = 4 * C, u8 = this.be.u8;
+    const s = p(sx) + row0 * rb, x = p(xx) + row0 * rb, pr = p(prev);
+    u8.copyWithin(s + rb, x, x + (T - 1) * rb);
+    u8.copyWithin(s, pr, pr + rb);
+    u8.copyWithin(pr, x + (T - 1) * rb, x + T * rb);
+  }
+
+  lerp(outs: readonly Tensor[], xx: Tensor, sx: Tensor, ms: readonly Tensor[]): void {
+    this.interpolate(GLUE.lerp, outs, xx, sx, ms);
+  }
+
+  mix(outs: readonly Tensor[], xx: Tensor, sx: Tensor, ms: readonly Tensor[]): void {
+    this.interpolate(GLUE.mix, outs, xx, sx, ms);
+  }
+
+  lerpBy(y: Tensor, xx: Tensor, d: Tensor, m: Tensor, dyn: Tensor | null): void {
+    this.be.run(GLUE.lerpBy, xx.rows * xx.cols * GLUE_WORK, [p(y), p(xx), p(d), p(m), dyn ? p(dyn) : 0, xx.rows, xx.cols]);
+  }
+
+  v7Keys(aOut: Tensor, bOut: Tensor, k: Tensor, v: Tensor, iclr: Tensor, kK: Tensor, kA: Tensor,
+    vGate: Tensor | null, vFirst: Tensor | null, N: number): void {
+    this.be.run(GLUE.v7Keys, k.rows * k.cols * HEAD_WORK, [p(aOut), p(bOut), p(k), p(v), p(iclr), p(kK), p(kA),
+      vGate && vFirst ? p(vGate) : 0, vGate && vFirst ? p(vFirst) : 0, k.rows, k.cols, N]);
+  }
+
+  v7Bonus(out: Tensor, r: Tensor, k: Tensor, v: Tensor, g: Tensor, rK: Tensor, N: number): void {
+    this.be.run(GLUE.v7Bonus, out.rows * out.cols * HEAD_WORK, [p(out), p(r), p(k), p(v), p(g), p(rK), out.rows, out.cols, N]);
+  }
+
+  wkv4(y: Tensor, w: Tensor, u: Tensor, k: Tensor, v: Tensor, aa: Tensor, bb: Tensor, pp: Tensor, row0: number, T: number): void {
+    const C = k.cols, o = 4 * row0 * C;
+    this.be.run(JOB.wkv4, T * C * 16, [T, C, p(w), p(u), p(k) + o, p(v) + o, p(aa), p(bb), p(pp), p(y) + o]);
+  }
+
+  wkv5(y: Tensor, r: Tensor, k: Tensor, v: Tensor, decay: Tensor, u: Tensor, S: Tensor, H: number, row0: number, T: number): void {
+    const C = k.cols, N = C / H, o = 4 * row0 * C;
+    const perToken = decay.rows > 1 ? 1 : 0;
+    this.be.run(JOB.wkv5, T * H * N * N, [T, H, N, p(r) + o, p(k) + o, p(v) + o, p(decay) + perToken * o, perToken, p(u), p(S), p(y) + o]);
+  }
+
+  wkv7(y: Tensor, r: Tensor, decay: Tensor, k: Tensor, v: Tensor, a: Tensor, b: Tensor, S: Tensor, H: number, row0: number, T: number): void {
+    const C = k.cols, N = C / H, o = 4 * row0 * C;
+    this.be.run(JOB.wkv7, T * H * N * N * 4, [T, H, N, p(r) + o, p(decay) + o, p(k) + o, p(v) + o, p(a) + o, p(b) + o, p(S), p(y) + o]);
+  }
+
+  private elementwise(job: number, ptrs: number[], shape: Tensor): void {
+    const n = shape.rows * shape.cols;
+    this.be.run(job, n, [...ptrs, n]);
+  }
+
+  private interpolate(job: number, outs: readonly Tensor[], xx: Tensor, sx: Tensor, ms: readonly Tensor[]): void {
+    for (let f0 = 0; f0 < outs.length; f0 += MAX_PAIRS) {
+      const n = Math.min(MAX_PAIRS, outs.length - f0);
+      const args = [p(xx), p(sx), xx.rows, xx.cols, n];
+      for (let f = 0; f < n; f++) args.push(p(outs[f0 + f]));
+      for (let f = 0; f < n; f++) args.push(p(ms[f0 + f]));
+      this.be.run(job, n * xx.rows * xx.cols * GLUE_WORK, args);
+    }
+  }
+}
