@@ -2,7 +2,7 @@ import assert from "node:assert/strict";
 import { spawnSync } from "node:child_process";
 import { test } from "node:test";
 import { fileURLToPath } from "node:url";
-import type { Activation, Backend, Matrix, WeightType } from "../src/core/backend/backend.js";
+import type { Activation, Backend, Matrix, Tensor, TensorKernels, WeightType } from "../src/core/backend/backend.js";
 import { quantizeInt8 } from "../src/core/backend/int8.js";
 import { referenceBackend as ref } from "../src/core/backend/reference.js";
 import { availableBackends, selectBackend } from "../src/core/backend/registry.js";
@@ -393,3 +393,184 @@ test("relaxed-SIMD build passes this suite in a child process with --experimenta
   assert.ok(passed >= 12, `only ${passed} relaxed-SIMD conformance tests passed:\n${r.stdout}`);
   t.diagnostic(`${passed} relaxed-SIMD conformance tests passed in the child`);
 });
+
+// ---- tensor kernels (TensorKernels): the forward's table --------------------------------------
+
+/** Runs `f` on `be`'s tensor kernels with inputs written from JS arrays; returns every tensor read back. */
+function onTensors(be: Backend, inputs: Record<string, [Float32Array, number]>, f: (K: TensorKernels, t: Record<string, Tensor>) => void): Record<string, Float32Array> {
+  const K = be.tensors, A = K.arena();
+  const t: Record<string, Tensor> = {};
+  for (const [name, [data, rows]] of Object.entries(inputs)) {
+    t[name] = A.take(rows, data.length / rows);
+    K.write(t[name], 0, data, 0, data.length);
+  }
+  f(K, t);
+  const out = Object.fromEntries(Object.entries(t).map(([name, x]) => [name, K.read(x)]));
+  A.dispose();
+  return out;
+}
+
+/**
+ * Element-wise shapes (R, C): single elements, tails of 2/4-lane vectors, a model's width, a
+ * prefill, and one large enough (> 2^17 elements) that 2 threads split it.
+ */
+const GLUE_SHAPES: Array<[number, number]> = [[1, 1], [1, 5], [3, 7], [17, 13], [2, 768], [64, 33], [257, 515]];
+/** Per-head shapes (R, H, N): odd head sizes, RWKV-7's 64, several rows, one that 2 threads split. */
+const HEAD_SHAPES: Array<[number, number, number]> = [[1, 1, 4], [3, 2, 5], [17, 3, 16], [2, 12, 64], [5, 1, 7], [200, 2, 33]];
+
+/** Kernel calls a wasm backend ran on several threads so far (0 for others). */
+const parallelCalls = (be: Backend): number => (be instanceof WasmBackend ? be.calls.parallel : 0);
+
+for (const c of candidates()) {
+  const backends = [c.backend, ...(c.single ? [c.single] : [])];
+
+  test(`conformance ${c.label}: tensor glue kernels equal the reference bit for bit (add, mul, sub, addRow, shift, lerp, mix, lerpBy, copyRows, columns)`, () => {
+    const r = rng(29);
+    const parallel = parallelCalls(c.backend);
+    for (const [R, C] of GLUE_SHAPES) {
+      const vec = (n: number) => Float32Array.from({ length: n }, () => 3 * r());
+      const mixes = () => Float32Array.from({ length: C }, () => Math.abs(r()));
+      const inputs: Record<string, [Float32Array, number]> = {
+        a: [vec(R * C), R], b: [vec(R * C), R], y: [new Float32Array(R * C), R], bias: [vec(C), 1], prev: [vec(C), 1],
+        sx: [new Float32Array(R * C), R], m1: [mixes(), 1], m2: [mixes(), 1], o1: [new Float32Array(R * C), R], o2: [new Float32Array(R * C), R],
+        dyn: [vec(R * C), R], half: [new Float32Array(R * Math.ceil(C / 2)), R],
+      };
+      const ops = (K: TensorKernels, t: Record<string, Tensor>) => {
+        K.sub(t.y, t.a, t.b);
+        K.add(t.a, t.y);
+        K.mul(t.b, t.y);
+        K.addRow(t.y, t.bias);
+        K.shift(t.sx, t.a, t.prev, 0, R);
+        K.lerp([t.o1, t.o2], t.a, t.sx, [t.m1, t.m2]);
+        K.mix([t.dyn], t.o1, t.sx, [t.m2]);
+        K.lerpBy(t.o2, t.a, t.b, t.m1, t.dyn);
+        K.lerpBy(t.o1, t.o2, t.b, t.m2, null);
+        K.columns(t.half, t.o1, Math.floor(C / 3));
+        if (R > 1) K.copyRows(t.b, 0, t.a, R - 1, 1);
+      };
+      const want = onTensors(ref, inputs, ops);
+      for (const be of backends) {
+        const got = onTensors(be, inputs, ops);
+        for (const name of Object.keys(want)) assert.deepEqual(got[name], want[name], `R=${R} C=${C} ${name} on ${be.name}`);
+      }
+    }
+    if (c.single) assert.ok(parallelCalls(c.backend) > parallel, "the large shape ran on 2 threads");
+  });
+
+  test(`conformance ${c.label}: shift over two sequences of a batch, state carried`, () => {
+    const r = rng(31);
+    const [T, C] = [3, 9];
+    const vec = (n: number) => Float32Array.from({ length: n }, () => r());
+    const inputs: Record<string, [Float32Array, number]> = { xx: [vec(2 * T * C), 2 * T], sx: [new Float32Array(2 * T * C), 2 * T], p0: [vec(C), 1], p1: [vec(C), 1] };
+    const ops = (K: TensorKernels, t: Record<string, Tensor>) => { K.shift(t.sx, t.xx, t.p0, 0, T); K.shift(t.sx, t.xx, t.p1, T, T); };
+    const want = onTensors(ref, inputs, ops);
+    // The specification, by hand: each sequence's first row is its carried state, which becomes its last row.
+    assert.deepEqual([...want.sx.subarray(0, C)], [...inputs.p0[0]]);
+    assert.deepEqual([...want.sx.subarray(T * C, T * C + C)], [...inputs.p1[0]]);
+    assert.deepEqual([...want.sx.subarray(C, 2 * C)], [...inputs.xx[0].subarray(0, C)]);
+    assert.deepEqual([...want.p1], [...inputs.xx[0].subarray((2 * T - 1) * C)]);
+    for (const be of backends) {
+      const got = onTensors(be, inputs, ops);
+      for (const name of Object.keys(want)) assert.deepEqual(got[name], want[name], `${name} on ${be.name}`);
+    }
+  });
+
+  test(`conformance ${c.label}: RWKV-7 v7Keys and v7Bonus equal the reference bit for bit`, () => {
+    const r = rng(37);
+    const parallel = parallelCalls(c.backend);
+    for (const [R, H, N] of HEAD_SHAPES) {
+      const C = H * N;
+      const vec = (n: number, s = 1) => Float32Array.from({ length: n }, () => s * r());
+      const pos = (n: number) => Float32Array.from({ length: n }, () => Math.abs(r()));
+      for (const gated of [false, true]) {
+        const inputs: Record<string, [Float32Array, number]> = {
+          aOut: [new Float32Array(R * C), R], bOut: [new Float32Array(R * C), R], k: [vec(R * C, 3), R], v: [vec(R * C, 2), R],
+          iclr: [pos(R * C), R], kK: [vec(C), 1], kA: [vec(C), 1], vGate: [pos(R * C), R], vFirst: [vec(R * C), R],
+          out: [vec(R * C), R], rr: [vec(R * C), R], g: [pos(R * C), R], rK: [vec(C), 1],
+        };
+        if (R === 1 && H === 1) inputs.k[0].fill(0); // a zero key: F.normalize's eps, no division by zero
+        const ops = (K: TensorKernels, t: Record<string, Tensor>) => {
+          K.v7Keys(t.aOut, t.bOut, t.k, t.v, t.iclr, t.kK, t.kA, gated ? t.vGate : null, gated ? t.vFirst : null, N);
+          K.v7Bonus(t.out, t.rr, t.k, t.v, t.g, t.rK, N);
+        };
+        const want = onTensors(ref, inputs, ops);
+        for (const x of Object.values(want)) for (const e of x) assert.ok(Number.isFinite(e), `R=${R} H=${H} N=${N}: finite`);
+        for (const be of backends) {
+          const got = onTensors(be, inputs, ops);
+          for (const name of Object.keys(want)) assert.deepEqual(got[name], want[name], `R=${R} H=${H} N=${N} gated=${gated} ${name} on ${be.name}`);
+        }
+      }
+    }
+    if (c.single) assert.ok(parallelCalls(c.backend) > parallel, "the large shape ran on 2 threads");
+  });
+
+  test(`conformance ${c.label}: tensor matmul, norms, activations and WKV scans equal the same backend's array kernels`, () => {
+    const r = rng(41);
+    const be = c.backend;
+    for (const [R, H, N] of HEAD_SHAPES) {
+      const C = H * N;
+      const vec = (n: number) => Float32Array.from({ length: n }, () => r());
+      const W0 = randomMatrix(R % 2 ? "q8_0" : "f16", 3 + R, 32 * Math.ceil(C / 32), r);
+      const W = be.adopt(W0);
+      const I = W.cols;
+      const x = vec(R * I), w = vec(C), bias = vec(C), k = vec(R * C), v = vec(R * C), rr = vec(R * C);
+      const decay = Float32Array.from({ length: R * C }, () => 0.55 + 0.45 * Math.abs(r()));
+      const kk = vec(R * C).map((z) => z / Math.sqrt(N)), a = kk.map((z) => -z), b = kk.map((z) => z * 0.5);
+      const S7 = vec(H * N * N).map((z) => z / 4), S5 = S7.slice(), u = vec(C);
+      const st4 = { aa: vec(C), bb: vec(C).map(Math.abs), pp: vec(C) };
+      const inputs: Record<string, [Float32Array, number]> = {
+        x: [x, R], y: [new Float32Array(R * W.rows), R], ln: [new Float32Array(R * C), R], gn: [new Float32Array(R * C), R], w: [w, 1], bias: [bias, 1],
+        k: [k, R], v: [v, R], rr: [rr, R], decay: [decay, R], a: [a, R], b: [b, R], S7: [S7.slice(), 1], S5: [S5.slice(), 1], u: [u, 1],
+        y7: [new Float32Array(R * C), R], y5: [new Float32Array(R * C), R], y4: [new Float32Array(R * C), R], act: [k.slice(), R],
+        aa: [st4.aa.slice(), 1], bb: [st4.bb.slice(), 1], pp: [st4.pp.slice(), 1], wd: [w.map((z) => -Math.exp(z)), 1],
+      };
+      const got = onTensors(be, inputs, (K, t) => {
+        K.matmul(t.y, t.x, W);
+        K.layerNorm(t.ln, t.k, t.w, t.bias, 1e-5);
+        K.groupNorm(t.gn, t.k, H, t.w, t.bias, 64e-5);
+        K.activate("sigmoid", t.act, -0.5);
+        K.wkv7(t.y7, t.rr, t.decay, t.k, t.v, t.a, t.b, t.S7, H, 0, R);
+        K.wkv5(t.y5, t.rr, t.k, t.v, t.decay, t.u, t.S5, H, 0, R);
+        K.wkv4(t.y4, t.wd, t.u, t.k, t.v, t.aa, t.bb, t.pp, 0, R);
+      });
+      const what = `R=${R} H=${H} N=${N}`;
+      assert.deepEqual(got.y, be.matmul(x, R, W), `${what} matmul`);
+      assert.deepEqual(got.ln, be.layerNorm(k, R, C, w, bias, 1e-5), `${what} layerNorm`);
+      assert.deepEqual(got.gn, be.groupNorm(k, R, H, N, w, bias, 64e-5), `${what} groupNorm`);
+      assert.deepEqual(got.act, be.activate("sigmoid", k.slice(), -0.5), `${what} activate`);
+      const S7a = S7.slice(), S5a = S5.slice(), s4 = { aa: st4.aa.slice(), bb: st4.bb.slice(), pp: st4.pp.slice() };
+      assert.deepEqual(got.y7, be.wkv7(R, H, N, rr, decay, k, v, a, b, S7a), `${what} wkv7`);
+      assert.deepEqual(got.S7, S7a, `${what} wkv7 state`);
+      assert.deepEqual(got.y5, be.wkv5(R, H, N, rr, k, v, decay, u, S5a), `${what} wkv5 per-token decay`);
+      assert.deepEqual(got.S5, S5a, `${what} wkv5 state`);
+      assert.deepEqual(got.y4, be.wkv4(R, C, inputs.wd[0], u, k, v, s4), `${what} wkv4`);
+      for (const f of ["aa", "bb", "pp"] as const) assert.deepEqual(got[f], s4[f], `${what} wkv4 state ${f}`);
+      if (c.single) {
+        const one = onTensors(c.single, inputs, (K, t) => {
+          K.matmul(t.y, t.x, c.single!.adopt(W0));
+          K.wkv7(t.y7, t.rr, t.decay, t.k, t.v, t.a, t.b, t.S7, H, 0, R);
+        });
+        assert.deepEqual(one.y, got.y, `${what} matmul: 2 threads differ from 1`);
+        assert.deepEqual(one.y7, got.y7, `${what} wkv7: 2 threads differ from 1`);
+      }
+    }
+  });
+
+  test(`conformance ${c.label}: the arena reuses its slots (no allocation once a forward's shapes are known)`, () => {
+    const A = c.backend.tensors.arena();
+    const first = [A.take(3, 5), A.take(1, 7)];
+    const m = A.mark();
+    A.take(2, 2);
+    const n = A.allocations;
+    A.rewind(m);
+    A.take(1, 4); // fits in the slot of (2, 2)
+    A.rewind(0);
+    const again = [A.take(3, 5), A.take(1, 7)];
+    assert.equal(A.allocations, n, "no new allocation for shapes seen before");
+    assert.equal(again[0], first[0], "the same tensor object per slot");
+    assert.equal(again[1].rows * again[1].cols, 7);
+    A.take(100, 100); // larger than any slot
+    assert.equal(A.allocations, n + 1, "a larger request grows one slot");
+    A.dispose();
+  });
+}
