@@ -1,0 +1,79 @@
+import assert from "node:assert/strict";
+import { test } from "node:test";
+import type { Backend } from "../src/core/backend/backend.js";
+import { referenceBackend } from "../src/core/backend/reference.js";
+import { WasmBackend, wasmAvailable } from "../src/core/backend/wasm.js";
+import type { Version } from "../src/core/model/model.js";
+import { benchModel } from "../src/node/bench/measure.js";
+
+/*
+ * The engine's allocation contract (backend.ts Arena): once the first tokens have shaped the
+ * arena, decoding allocates no JavaScript typed array per token except the logits it returns.
+ * Counted by wrapping every typed-array constructor and every method that makes a new array or
+ * view (slice, subarray, map, filter, from, of) while the tokens run.
+ */
+
+const TYPED = [Float32Array, Float64Array, Int8Array, Uint8Array, Uint8ClampedArray, Int16Array, Uint16Array, Int32Array, Uint32Array] as const;
+const METHODS = ["slice", "subarray", "map", "filter"] as const;
+
+/** Runs f with every typed-array creation counted; returns the count. */
+function countTypedArrays(f: () => void): number {
+  let count = 0;
+  const g = globalThis as unknown as Record<string, unknown>;
+  const restore: Array<() => void> = [];
+  for (const C of TYPED) {
+    const name = C.name;
+    const original = g[name];
+    g[name] = new Proxy(C, {
+      construct(target, args, newTarget) { count++; return Reflect.construct(target, args, newTarget === g[name] ? target : newTarget); },
+    });
+    restore.push(() => { g[name] = original; });
+    const proto = C.prototype as unknown as Record<string, (...a: unknown[]) => unknown>;
+    for (const m of METHODS) {
+      const fn = proto[m];
+      proto[m] = function (this: unknown, ...a: unknown[]) { count++; return fn.apply(this, a); };
+      restore.push(() => { proto[m] = fn; });
+    }
+    for (const m of ["from", "of"] as const) {
+      const stat = C as unknown as Record<string, (...a: unknown[]) => unknown>;
+      const fn = stat[m];
+      stat[m] = function (this: unknown, ...a: unknown[]) { count++; return fn.apply(this, a); };
+      restore.push(() => { stat[m] = fn; });
+    }
+  }
+  try {
+    f();
+  } finally {
+    for (const r of restore) r();
+  }
+  return count;
+}
+
+const TOKENS = 1000;
+
+const backends: Array<[string, () => Backend | null]> = [
+  ["reference", () => referenceBackend],
+  ["wasm", () => (wasmAvailable() ? new WasmBackend() : null)],
+];
+
+for (const [label, make] of backends) {
+  for (const version of ["7", "6", "5.2", "4"] as Version[]) {
+    test(`decoding ${TOKENS} tokens allocates one typed array per token, the logits [RWKV-${version}, ${label}]`, (t) => {
+      const be = make();
+      if (!be) return t.skip("no WebAssembly SIMD here");
+      const V = 97;
+      const model = benchModel({ random: { version, nLayer: 2, nEmbd: 64, vocabSize: V, seed: 3 } }, "f32", be);
+      const state = model.initState();
+      for (let i = 0; i < 3; i++) model.step(i, state); // the arena takes its shapes
+      const kept: Float32Array[] = [];
+      const n = countTypedArrays(() => {
+        for (let i = 0; i < TOKENS; i++) kept.push(model.step((i * 31) % V, state));
+      });
+      assert.equal(kept.length, TOKENS);
+      assert.ok(kept.every((l) => l.length === V && Number.isFinite(l[0])), "real logits");
+      assert.equal(n, TOKENS, `${n} typed arrays for ${TOKENS} tokens: only the returned logits may be new`);
+      // A counter that counts: one extra array in the loop shows.
+      assert.equal(countTypedArrays(() => { new Float32Array(1).subarray(0); }), 2);
+    });
+  }
+}
