@@ -16,14 +16,17 @@ import { WA, WasmBuilds, type WasmMemory, type WasmSimd, type WasmWorkerSpawner 
  *   weights                  one block per adopted matrix in its compact type (f32, f16, bf16,
  *                            ggml blocks, i8 + row scales), 64-byte aligned; freed when the
  *                            Matrix object is garbage-collected
- *   scratch                  one growing block for the activations of the current call
+ *   arenas, constants        each model's activation slots and parameter vectors (wasm-tensors.ts)
+ *   scratch                  growing blocks for quantized activations and the array methods' copies
  * The JS side owns the allocator (first fit over a free list; memory grows in pages as needed).
  *
- * Activations cross as Float32Array: each call copies its inputs in and its outputs out (the
- * Backend interface takes and returns Float32Array). Large calls are chunked over rows so scratch
- * stays bounded (SCRATCH_CHUNK_BYTES) however long the sequence. Recurrent states are the
- * exception: residentArray gives them a home in this memory (views of it, up to
- * RESIDENT_STATE_BYTES), and the WKV scans update such a state in place.
+ * The models' forward runs on the tensor kernels (wasm-tensors.ts): activations live in per-model
+ * arenas in this memory, so only token embeddings go in and logits come out. The Float32Array
+ * methods (training, tools) copy their inputs in and outputs out through scratch, chunked over
+ * rows so scratch stays bounded (SCRATCH_CHUNK_BYTES) however long the sequence. Recurrent
+ * states get a home in this memory through residentArray (views of it, up to
+ * RESIDENT_STATE_BYTES, freed by finalizers as states are collected); the scans update them in
+ * place, and past the cap a forward copies them into its arena and back.
  *
  * Kernels (assembly/kernels.ts): matmul over f32/f16/bf16 weights in f32 (T = 1: four rows at a
  * time converting on the fly; T > 1: 4x2 register tiles, f16/bf16 rows converted once into a panel

@@ -4,8 +4,10 @@ import { FormatError } from "../errors.js";
  * The recurrent state: per layer, named f32 arrays in the official (pip) layout —
  * v4: att_xx, att_aa, att_bb, att_pp, ffn_xx; v5/v6/v7: att_x_prev, att_kv, ffn_x_prev.
  * It is the whole context of the model: fixed size, whatever the number of tokens seen.
- * A forward may move the arrays into the backend's memory (Backend.residentArray), same values:
- * read them through `layers` after a call, not through references kept from before it.
+ * Between calls it lives on the backend: a forward may move the arrays into the backend's memory
+ * (Backend.residentArray, same values), where the kernels update them in place (TensorKernels
+ * bindState); at the API boundary they stay plain Float32Arrays (serialize, clone, prefix cache).
+ * Read them through `layers` after a call, not through references kept from before it.
  */
 export class State {
   constructor(
