@@ -1,4 +1,4 @@
-import type { Backend, Tensor } from "../backend/backend.js";
+import type { Arena, Backend, Matrix, Tensor, TensorKernels } from "../backend/backend.js";
 import { type Architecture, type Block, eachSequence, type ModelConfig, type Version } from "./model.js";
 import type { Weights } from "./weights.js";
 
@@ -91,16 +91,22 @@ export function channelMixV4(w: Weights, i: number, cfg: ModelConfig, be: Backen
     eachSequence(s.length, T, (b, row0) => K.shift(sx, xx, s[b][prevKey], row0, T));
     const xk = Ar.take(R, C), xr = Ar.take(R, C); // (B·T, C)
     K.mix([xk, xr], xx, sx, [ffn.mixK, ffn.mixR]);
-    const k = Ar.take(R, F); // (B·T, F)
-    K.matmul(k, xk, ffn.key);
-    K.activate("relu2", k);
-    const kv = Ar.take(R, C), r = Ar.take(R, C); // (B·T, C)
-    K.matmul(kv, k, ffn.value);
-    K.matmul(r, xr, ffn.receptance);
-    K.activate("sigmoid", r);
-    K.mul(kv, r);
-    return kv;
+    return receptanceFfn(K, Ar, xk, xr, ffn);
   };
+}
+
+/** σ(W_r xr) ⊙ W_v relu²(W_k xk), the v4/v5/v6 channel mix after its interpolations. (R, C) -> (R, C) */
+export function receptanceFfn(K: TensorKernels, Ar: Arena, xk: Tensor, xr: Tensor, ffn: Record<"key" | "value" | "receptance", Matrix>): Tensor {
+  const R = xk.rows, C = xk.cols;
+  const k = Ar.take(R, ffn.key.rows); // (R, F)
+  K.matmul(k, xk, ffn.key);
+  K.activate("relu2", k);
+  const kv = Ar.take(R, C), r = Ar.take(R, C); // (R, C)
+  K.matmul(kv, k, ffn.value);
+  K.matmul(r, xr, ffn.receptance);
+  K.activate("sigmoid", r);
+  K.mul(kv, r);
+  return kv;
 }
 
 /** L = 1 + max i over `blocks.i.*`. */

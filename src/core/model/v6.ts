@@ -2,6 +2,7 @@ import type { Backend } from "../backend/backend.js";
 import { FormatError } from "../errors.js";
 import type { Tensor } from "../backend/backend.js";
 import { type Architecture, type Block, eachSequence, type ModelConfig, type Version } from "./model.js";
+import { receptanceFfn } from "./v4.js";
 import { GROUP_NORM_EPS, headedConfig, headedLayerState } from "./v5.js";
 import { transpose, type Weights } from "./weights.js";
 
@@ -116,15 +117,7 @@ export const rwkv6: Architecture = {
         const xk = Ar.take(R, C), xr = Ar.take(R, C); // (B·T, C)
         K.lerpBy(xk, xx, d, ffn.maaK, null);
         K.lerpBy(xr, xx, d, ffn.maaR, null);
-        const k = Ar.take(R, F); // (B·T, F)
-        K.matmul(k, xk, ffn.key);
-        K.activate("relu2", k);
-        const kv = Ar.take(R, C), r = Ar.take(R, C); // (B·T, C)
-        K.matmul(kv, k, ffn.value);
-        K.matmul(r, xr, ffn.receptance);
-        K.activate("sigmoid", r);
-        K.mul(kv, r);
-        return kv;
+        return receptanceFfn(K, Ar, xk, xr, ffn);
       },
     };
   },
