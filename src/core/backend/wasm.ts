@@ -1,5 +1,5 @@
 import type { Activation, Backend, Matrix, WeightType, Wkv4State } from "./backend.js";
-import { WasmTensorKernels } from "./wasm-tensors.js";
+import { WasmTensor, WasmTensorKernels } from "./wasm-tensors.js";
 import { referenceBackend } from "./reference.js";
 import { WASM_RELAXED_SIMD, WASM_SIMD } from "./wasm-binary.js";
 import { decodeMatrix, F16S_SCALE } from "./weight-rows.js";
@@ -162,8 +162,8 @@ export class WasmBackend implements Backend {
   /** Free blocks [offset, size], sorted by offset, adjacent ones merged. */
   private readonly free: Array<[number, number]> = [];
   private top: number;
-  private scratchPtr = 0;
-  private scratchBytes = 0;
+  private readonly scratchBlock = { ptr: 0, bytes: 0 };
+  private readonly ioBlock = { ptr: 0, bytes: 0 };
   private readonly adopted = new WeakMap<Matrix, Adopted>();
   /** Kernel calls run by all threads / by the calling thread alone (tests, tuning). */
   readonly calls = { parallel: 0, single: 0 };
@@ -263,21 +263,27 @@ export class WasmBackend implements Backend {
 
   /** A scratch block of at least `bytes` (contents undefined), valid until the next call. */
   scratch(bytes: number): number {
-    if (bytes > this.scratchBytes) {
-      if (this.scratchBytes > 0) this.release(this.scratchPtr, this.scratchBytes);
-      this.scratchBytes = align(Math.max(bytes, this.scratchBytes * 2));
-      this.scratchPtr = this.alloc(this.scratchBytes);
+    return this.grown(this.scratchBlock, bytes);
+  }
+
+  /** A second scratch block, for the Float32Array methods' inputs and outputs (valid until the next call). */
+  private ioScratch(bytes: number): number {
+    return this.grown(this.ioBlock, bytes);
+  }
+
+  /** `block` grown (doubling, contents lost) to at least `bytes`; its offset. */
+  private grown(block: { ptr: number; bytes: number }, bytes: number): number {
+    if (bytes > block.bytes) {
+      if (block.bytes > 0) this.release(block.ptr, block.bytes);
+      block.bytes = align(Math.max(bytes, block.bytes * 2));
+      block.ptr = this.alloc(block.bytes);
     }
     this.views();
-    return this.scratchPtr;
+    return block.ptr;
   }
 
   private put(ptr: number, a: Float32Array): void {
     if (a.length > 0) this.f32.set(a, ptr >>> 2);
-  }
-
-  private take(ptr: number, n: number): Float32Array {
-    return this.f32.slice(ptr >>> 2, (ptr >>> 2) + n);
   }
 
   /** Runs a job: i32 args in the slots, then `eps` (f32) after them, or `scale` (f64) over slots 4-5. */
@@ -399,29 +405,17 @@ export class WasmBackend implements Backend {
     }
   }
 
-  /** A second scratch block, for the Float32Array methods' inputs and outputs (valid until the next call). */
-  private ioScratch(bytes: number): number {
-    if (bytes > this.ioBytes) {
-      if (this.ioBytes > 0) this.release(this.ioPtr, this.ioBytes);
-      this.ioBytes = align(Math.max(bytes, this.ioBytes * 2));
-      this.ioPtr = this.alloc(this.ioBytes);
-    }
-    this.views();
-    return this.ioPtr;
-  }
-  private ioPtr = 0;
-  private ioBytes = 0;
+
+  // The Float32Array methods: their arrays copied into io scratch as tensors, the tensor kernel
+  // run over them, the outputs (and states not resident here) copied back.
 
   activate(f: Activation, x: Float32Array, scale = 1): Float32Array {
     const chunk = SCRATCH_CHUNK_BYTES >>> 2;
-    const tmp = align(16 * this.threads * CHUNKS_PER_THREAD); // a 4-float tail buffer per chunk
     for (let i0 = 0; i0 < x.length; i0 += chunk) {
-      const n = Math.min(chunk, x.length - i0);
-      const xb = align(4 * n);
-      const xp = this.scratch(xb + tmp);
-      this.put(xp, x.subarray(i0, i0 + n));
-      this.run(JOB.activate, n * ACTIVATE_WORK, [xp, n, ACTIVATION_IDS[f], xp + xb, 0, 0, this.activationTable], undefined, scale);
-      x.set(this.f32.subarray(xp >>> 2, (xp >>> 2) + n), i0);
+      const part = x.subarray(i0, Math.min(x.length, i0 + chunk));
+      const [t] = this.stage([[part, 1]]);
+      this.tensors.activate(f, t, scale);
+      this.copyOut(t, part);
     }
     return x;
   }
@@ -440,67 +434,74 @@ export class WasmBackend implements Backend {
     const rows = Math.max(1, Math.min(T, Math.floor(SCRATCH_CHUNK_BYTES / (8 * C))));
     for (let t0 = 0; t0 < T; t0 += rows) {
       const n = Math.min(rows, T - t0);
-      const cb = align(4 * C), xb = align(4 * n * C);
-      const wp = this.scratch(2 * cb + 2 * xb);
-      const bp = wp + cb, xp = bp + cb, yp = xp + xb;
-      this.put(wp, weight.subarray(0, C));
-      this.put(bp, bias.subarray(0, C));
-      this.put(xp, x.subarray(t0 * C, (t0 + n) * C));
-      this.run(JOB.norm, n * C * 4, [xp, n, G, N, wp, bp, yp], eps);
-      y.set(this.f32.subarray(yp >>> 2, (yp >>> 2) + n * C), t0 * C);
+      const [xt, yt, wt, bt] = this.stage([[x.subarray(t0 * C, (t0 + n) * C), n], [n * C, n], [weight.subarray(0, C), 1], [bias.subarray(0, C), 1]]);
+      this.tensors.groupNorm(yt, xt, G, wt, bt, eps);
+      this.copyOut(yt, y.subarray(t0 * C, (t0 + n) * C));
     }
     return y;
   }
 
   wkv4(T: number, C: number, w: Float32Array, u: Float32Array, k: Float32Array, v: Float32Array, st: Wkv4State): Float32Array {
-    const resident = this.isResident(st.aa) && this.isResident(st.bb) && this.isResident(st.pp); // updated in place
-    const cb = align(4 * C), tb = align(4 * T * C);
-    const base = this.scratch(5 * cb + 3 * tb);
-    const [wp, up, ap, bp, pp] = [0, 1, 2, 3, 4].map((i) => base + i * cb);
-    const [sa, sb, sp] = resident ? [st.aa.byteOffset, st.bb.byteOffset, st.pp.byteOffset] : [ap, bp, pp];
-    const kp = base + 5 * cb, vp = kp + tb, yp = vp + tb;
-    this.put(wp, w); this.put(up, u);
-    if (!resident) { this.put(sa, st.aa); this.put(sb, st.bb); this.put(sp, st.pp); }
-    this.put(kp, k.subarray(0, T * C)); this.put(vp, v.subarray(0, T * C));
-    this.run(JOB.wkv4, T * C * 16, [T, C, wp, up, kp, vp, sa, sb, sp, yp]);
-    if (!resident) {
-      st.aa.set(this.f32.subarray(sa >>> 2, (sa >>> 2) + C));
-      st.bb.set(this.f32.subarray(sb >>> 2, (sb >>> 2) + C));
-      st.pp.set(this.f32.subarray(sp >>> 2, (sp >>> 2) + C));
-    }
-    return this.take(yp, T * C);
+    const [wt, ut, kt, vt, yt, aa, bb, pp] = this.stage([[w, 1], [u, 1], [k.subarray(0, T * C), T], [v.subarray(0, T * C), T], [T * C, T],
+      this.stateArg(st.aa), this.stateArg(st.bb), this.stateArg(st.pp)]);
+    this.tensors.wkv4(yt, wt, ut, kt, vt, aa, bb, pp, 0, T);
+    this.stateBack(st.aa, aa); this.stateBack(st.bb, bb); this.stateBack(st.pp, pp);
+    return this.copyOut(yt, new Float32Array(T * C));
   }
 
   wkv5(T: number, H: number, N: number, r: Float32Array, k: Float32Array, v: Float32Array,
     decay: Float32Array, u: Float32Array, S: Float32Array): Float32Array {
     const C = H * N;
-    const perToken = decay.length === T * C && T > 1 ? 1 : 0;
-    const resident = this.isResident(S); // updated in place, no copies
-    const tb = align(4 * T * C), cb = align(4 * C), db = perToken ? tb : cb, sb = resident ? 0 : align(4 * H * N * N);
-    const base = this.scratch(4 * tb + db + cb + sb);
-    const rp = base, kp = rp + tb, vp = kp + tb, yp = vp + tb, dp = yp + tb, up = dp + db;
-    const sp = resident ? S.byteOffset : up + cb;
-    this.put(rp, r.subarray(0, T * C)); this.put(kp, k.subarray(0, T * C)); this.put(vp, v.subarray(0, T * C));
-    this.put(dp, decay.subarray(0, perToken ? T * C : C)); this.put(up, u.subarray(0, C));
-    if (!resident) this.put(sp, S);
-    this.run(JOB.wkv5, T * H * N * N, [T, H, N, rp, kp, vp, dp, perToken, up, sp, yp]);
-    if (!resident) S.set(this.f32.subarray(sp >>> 2, (sp >>> 2) + H * N * N));
-    return this.take(yp, T * C);
+    const perToken = decay.length === T * C && T > 1;
+    const seq = (a: Float32Array): [Float32Array, number] => [a.subarray(0, T * C), T];
+    const [rt, kt, vt, dt, ut, St, yt] = this.stage([seq(r), seq(k), seq(v), perToken ? seq(decay) : [decay.subarray(0, C), 1],
+      [u.subarray(0, C), 1], this.stateArg(S), [T * C, T]]);
+    this.tensors.wkv5(yt, rt, kt, vt, dt, ut, St, H, 0, T);
+    this.stateBack(S, St);
+    return this.copyOut(yt, new Float32Array(T * C));
   }
 
   wkv7(T: number, H: number, N: number, r: Float32Array, decay: Float32Array, k: Float32Array, v: Float32Array,
     a: Float32Array, b: Float32Array, S: Float32Array): Float32Array {
     const C = H * N;
-    const resident = this.isResident(S); // updated in place, no copies
-    const tb = align(4 * T * C), sb = resident ? 0 : align(4 * H * N * N);
-    const base = this.scratch(7 * tb + sb);
-    const [rp, dp, kp, vp, ap, bp, yp] = [0, 1, 2, 3, 4, 5, 6].map((i) => base + i * tb);
-    const sp = resident ? S.byteOffset : base + 7 * tb;
-    for (const [p, arr] of [[rp, r], [dp, decay], [kp, k], [vp, v], [ap, a], [bp, b]] as const) this.put(p, arr.subarray(0, T * C));
-    if (!resident) this.put(sp, S);
-    this.run(JOB.wkv7, T * H * N * N * 4, [T, H, N, rp, dp, kp, vp, ap, bp, sp, yp]);
-    if (!resident) S.set(this.f32.subarray(sp >>> 2, (sp >>> 2) + H * N * N));
-    return this.take(yp, T * C);
+    const seq = (x: Float32Array): [Float32Array, number] => [x.subarray(0, T * C), T];
+    const [rt, dt, kt, vt, at, bt, St, yt] = this.stage([seq(r), seq(decay), seq(k), seq(v), seq(a), seq(b), this.stateArg(S), [T * C, T]]);
+    this.tensors.wkv7(yt, rt, dt, kt, vt, at, bt, St, H, 0, T);
+    this.stateBack(S, St);
+    return this.copyOut(yt, new Float32Array(T * C));
+  }
+
+  /**
+   * Tensors in io scratch for `[data or element count, rows]` each (a count: an output, contents
+   * undefined), data copied in; a resident state passes through as its own memory.
+   */
+  private stage(specs: ReadonlyArray<[Float32Array | number, number] | WasmTensor>): WasmTensor[] {
+    const len = (s: [Float32Array | number, number]) => (typeof s[0] === "number" ? s[0] : s[0].length);
+    let bytes = 0;
+    for (const s of specs) if (!(s instanceof WasmTensor)) bytes += align(4 * len(s));
+    let ptr = this.ioScratch(bytes);
+    return specs.map((s) => {
+      if (s instanceof WasmTensor) return s;
+      const n = len(s), t = new WasmTensor(s[1], n / s[1], ptr);
+      if (typeof s[0] !== "number") this.put(ptr, s[0]);
+      ptr += align(4 * n);
+      return t;
+    });
+  }
+
+  /** A state array for stage(): its own memory when resident (updated in place), else a copy. */
+  private stateArg(a: Float32Array): [Float32Array, number] | WasmTensor {
+    return this.isResident(a) ? new WasmTensor(1, a.length, a.byteOffset) : [a, 1];
+  }
+
+  /** Copies a staged state back unless it was the resident array itself. */
+  private stateBack(a: Float32Array, t: WasmTensor): void {
+    if (!(this.isResident(a) && t.ptr === a.byteOffset)) this.copyOut(t, a);
+  }
+
+  private copyOut(t: WasmTensor, out: Float32Array): Float32Array {
+    out.set(this.f32.subarray(t.ptr >>> 2, (t.ptr >>> 2) + out.length));
+    return out;
   }
 }
 
