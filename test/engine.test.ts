@@ -7,8 +7,11 @@ import type { Version } from "../src/core/model/model.js";
 import { benchModel } from "../src/node/bench/measure.js";
 
 /*
- * The engine's allocation contract (backend.ts Arena): once the first tokens have shaped the
- * arena, decoding allocates no JavaScript typed array per token except the logits it returns.
+ * The engine over backend-resident tensors (model.ts, backend.ts TensorKernels). Long prompts run
+ * in chunks with the state carried and must equal token-by-token stepping bit for bit; states
+ * the wasm backend cannot keep resident go through the arena and back.
+ *
+ * The allocation contract (backend.ts Arena): once the first tokens have shaped the arena, decoding allocates no JavaScript typed array per token except the logits it returns.
  * Counted by wrapping every typed-array constructor and every method that makes a new array or
  * view (slice, subarray, map, filter, from, of) while the tokens run.
  */
@@ -77,3 +80,42 @@ for (const [label, make] of backends) {
     });
   }
 }
+
+for (const [label, make] of backends) {
+  test(`a prompt longer than one chunk (600 tokens) gives every step's logits and state bit for bit, all or last rows, hidden too [${label}]`, (t) => {
+    const be = make();
+    if (!be) return t.skip("no WebAssembly SIMD here");
+    const V = 97, C = 64;
+    const model = benchModel({ random: { version: "7", nLayer: 2, nEmbd: C, vocabSize: V, seed: 5 } }, "f32", be);
+    const toks = Array.from({ length: 600 }, (_, i) => (i * 37 + 11) % V);
+    const stepped = model.initState();
+    const steps = toks.map((tok) => model.step(tok, stepped));
+    const s1 = model.initState();
+    const all = model.forward(toks, s1, { allLogits: true });
+    assert.equal(all.length, toks.length * V);
+    toks.forEach((_, i) => assert.deepEqual(all.subarray(i * V, (i + 1) * V), steps[i], `logits at ${i}`));
+    const s2 = model.initState();
+    assert.deepEqual(model.forward(toks, s2), steps[steps.length - 1], "last logits");
+    for (const st of [s1, s2]) {
+      st.layers.forEach((l, i) => { for (const name in l) assert.deepEqual([...l[name]], [...stepped.layers[i][name]], `state ${name} layer ${i}`); });
+    }
+    const h = model.hidden!(toks, model.initState(), { allLogits: true });
+    assert.equal(h.length, toks.length * C);
+    assert.deepEqual(model.hidden!(toks, model.initState()), h.subarray((toks.length - 1) * C), "last hidden row");
+  });
+}
+
+test("wasm: states beyond the resident cap are copied into the arena and back, with the resident results", (t) => {
+  if (!wasmAvailable()) return t.skip("no WebAssembly SIMD here");
+  const spec = { random: { version: "7" as Version, nLayer: 2, nEmbd: 64, vocabSize: 50, seed: 7 } };
+  const resident = benchModel(spec, "f32", new WasmBackend());
+  const capped = new WasmBackend({ residentStateBytes: 0 });
+  const copied = benchModel(spec, "f32", capped);
+  const [a, b, c] = [resident.initState(), copied.initState(), copied.initState()];
+  for (let i = 0; i < 5; i++) {
+    assert.deepEqual(copied.step(i, b), resident.step(i, a), `step ${i}`);
+    assert.ok(b.layers.every((l) => !capped.isResident(l.att_kv)), "the capped backend kept no state");
+  }
+  assert.deepEqual(copied.stepBatch([3, 4], [b, c]).subarray(0, 50), resident.step(3, a), "stepBatch");
+  b.layers.forEach((l, i) => { for (const name in l) assert.deepEqual([...l[name]], [...a.layers[i][name]], `state ${name} layer ${i}`); });
+});
