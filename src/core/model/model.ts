@@ -136,7 +136,11 @@ export class RwkvModel implements Model {
   private readonly head: Matrix; // (V, C)
   readonly fingerprint: string;
   private initial: State;
-  /** The activations of every forward: allocated by the first calls, then reused. */
+  /**
+   * The activations of every forward: allocated by the first calls, then reused. One forward at a
+   * time per model: calls that could interleave (an asynchronous backend) must be serialized per
+   * model, or given an arena each.
+   */
   private readonly arena: Arena;
 
   constructor(readonly config: ModelConfig, private readonly arch: Architecture, w: Weights, readonly backend: Backend) {
