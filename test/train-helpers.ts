@@ -1,8 +1,12 @@
-import { readFileSync } from "node:fs";
+import { spawn } from "node:child_process";
+import { readFileSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
+import type { TestContext } from "node:test";
 import { loadCheckpoint } from "../src/node/load.js";
 import type { TrainDType } from "../src/core/train/kernels.js";
 import { IGNORE_TARGET } from "../src/core/train/ops.js";
 import { ParamStore } from "../src/core/train/params.js";
+import { sharedPath } from "./shared.js";
 
 /** Shared by the train-*.test.ts files: golden model loading and an exact f64 safetensors reader. */
 
@@ -69,4 +73,27 @@ export function seeded(seed: number): (lo?: number, hi?: number) => number {
     s = (Math.imul(s, 1664525) + 1013904223) >>> 0;
     return lo + ((s >>> 8) / 2 ** 24) * (hi - lo);
   };
+}
+
+const BIN = join(import.meta.dirname, "..", "src", "node", "bin.js");
+
+/** `chars` of tiny Shakespeare from ../shared written to DIR/data.txt (null, test skipped, without it). */
+export function shakespeareFile(t: TestContext, dir: string, chars: number): string | null {
+  const src = sharedPath(t, "data", "tinyshakespeare", "input.txt");
+  if (!src) return null;
+  const p = join(dir, "data.txt");
+  writeFileSync(p, readFileSync(src, "utf8").slice(0, chars));
+  return p;
+}
+
+/** Runs `rwkv ARGV` in a child process (the only way to SIGKILL a run), killed once its stderr contains `killAfter`. */
+export async function runBin(argv: string[], killAfter?: string): Promise<{ code: number | null; signal: NodeJS.Signals | null; err: string }> {
+  const c = spawn(process.execPath, [BIN, ...argv], { stdio: ["ignore", "ignore", "pipe"] });
+  let err = "";
+  c.stderr.setEncoding("utf8");
+  c.stderr.on("data", (d: string) => {
+    err += d;
+    if (killAfter !== undefined && err.includes(killAfter)) c.kill("SIGKILL");
+  });
+  return await new Promise((res) => c.on("exit", (code, signal) => res({ code, signal, err })));
 }

@@ -1,5 +1,5 @@
+import "./relaxed-simd.js"; // first: in-process runs must round as the bin.js child does
 import assert from "node:assert/strict";
-import { spawn } from "node:child_process";
 import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -10,9 +10,12 @@ import { buildModel } from "../src/core/model/model.js";
 import { rwkv7 } from "../src/core/model/v7.js";
 import type { TensorEntry } from "../src/core/tensor.js";
 import { loadCheckpoint, loadModel } from "../src/node/load.js";
+import { DEFAULT_LORA_TARGETS } from "../src/core/train/lora.js";
 import { loadCheckpointFile } from "../src/node/train/checkpoint.js";
+import { TrainingRun } from "../src/node/train/run.js";
 import { runCaptured as cli } from "./run-cli.js";
-import { compare, sharedPath } from "./shared.js";
+import { compare } from "./shared.js";
+import { runBin, shakespeareFile } from "./train-helpers.js";
 
 /*
  * rwkv train --lora on the bundled RWKV-7 (trained on tiny Shakespeare): the validation loss drops
@@ -22,30 +25,15 @@ import { compare, sharedPath } from "./shared.js";
 
 const ROOT = join(import.meta.dirname, "..", "..");
 const BASE = join(ROOT, "models", "rwkv7-shakespeare.safetensors");
-const BIN = join(import.meta.dirname, "..", "src", "node", "bin.js");
 const RANK = 4, ALPHA = 32;
 
 function setup(t: import("node:test").TestContext): { dir: string; data: string } | null {
-  const src = sharedPath(t, "data", "tinyshakespeare", "input.txt");
-  if (!src) return null;
   const dir = mkdtempSync(join(tmpdir(), "rwkv-lora-"));
-  const data = join(dir, "data.txt");
-  writeFileSync(data, readFileSync(src, "utf8").slice(0, 30_000));
-  return { dir, data };
+  const data = shakespeareFile(t, dir, 30_000);
+  return data ? { dir, data } : null;
 }
 
 const RUN = ["--model", BASE, "--lora", String(RANK), "--batch", "4", "--ctx", "32", "--warmup", "0", "--threads", "1"];
-
-async function runBin(argv: string[], killAfter?: string): Promise<{ code: number | null; signal: NodeJS.Signals | null; err: string }> {
-  const c = spawn(process.execPath, [BIN, ...argv], { stdio: ["ignore", "ignore", "pipe"] });
-  let err = "";
-  c.stderr.setEncoding("utf8");
-  c.stderr.on("data", (d: string) => {
-    err += d;
-    if (killAfter !== undefined && err.includes(killAfter)) c.kill("SIGKILL");
-  });
-  return await new Promise((res) => c.on("exit", (code, signal) => res({ code, signal, err })));
-}
 
 /** The base with W + (alpha/r)·B A for every trained pair, summed in f64 here (independently of the merge code). */
 function mergedByHand(base: Checkpoint, lora: Checkpoint): Checkpoint {
@@ -66,17 +54,17 @@ function mergedByHand(base: Checkpoint, lora: Checkpoint): Checkpoint {
   return { ...base, tensors };
 }
 
-test("rwkv train --lora: validation loss below the base model's; adapter.pth and the peft directory load back with the trained logits", async (t) => {
+test("LoRA training run: validation loss below the base model's; adapter.pth and the peft directory load back with the trained logits", async (t) => {
   const s = setup(t);
   if (!s) return;
   try {
-    const val = async (out: string, lr: string) => {
-      const r = await cli(["train", "--data", s.data, "--out", join(s.dir, out), ...RUN, "--steps", "30", "--val-every", "30", "--lr", lr, "--lr-final", lr]);
-      assert.equal(r.code, 0, r.err);
-      return loadCheckpointFile(join(s.dir, out, "checkpoint.rwkvtrain")).header.history.val[0][1];
-    };
-    const base = await val("frozen", "0"); // B starts at zero: with no updates the model is the base
-    const tuned = await val("tuned", "1e-3");
+    const run = await TrainingRun.create(join(s.dir, "tuned"), {
+      data: [s.data], init: { model: BASE }, lora: { rank: RANK, alpha: ALPHA, targets: [...DEFAULT_LORA_TARGETS] },
+      batch: 4, ctx: 32, warmup: 0, steps: 30, valEvery: 30, lr: 1e-3, lrFinal: 1e-3,
+    }, { threads: 1 });
+    const base = run.validationLoss(); // B starts at zero: before any step the model is the base
+    await run.run();
+    const tuned = run.history.val[0][1];
     assert.ok(tuned < base - 1e-3, `validation loss ${tuned} is not below the base model's ${base}`);
 
     const out = join(s.dir, "tuned");
@@ -113,12 +101,12 @@ test("rwkv train --lora: kill -9 after a checkpoint, --resume gives a bit-identi
   if (!s) return;
   try {
     const args = (out: string) => ["train", "--data", s.data, "--out", join(s.dir, out), ...RUN, "--steps", "12", "--save-every", "6", "--val-every", "0", "--lr", "1e-3"];
-    const straight = await runBin(args("straight"));
+    const straight = await cli(args("straight")); // in this process; only the killed run needs a child
     assert.equal(straight.code, 0, straight.err);
     const killed = await runBin(args("killed"), "checkpoint step 6 ");
     assert.equal(killed.signal, "SIGKILL", killed.err);
     assert.ok(!existsSync(join(s.dir, "killed", "adapter.pth")));
-    const resumed = await runBin(["train", "--out", join(s.dir, "killed"), "--resume"]);
+    const resumed = await cli(["train", "--out", join(s.dir, "killed"), "--resume"]);
     assert.equal(resumed.code, 0, resumed.err);
     assert.match(resumed.err, /resuming .* at step 6\/12/);
     for (const f of ["adapter.pth", join("adapter", "adapter_model.safetensors")]) {

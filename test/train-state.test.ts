@@ -1,5 +1,5 @@
+import "./relaxed-simd.js"; // first: in-process runs must round as the bin.js child does
 import assert from "node:assert/strict";
-import { spawn } from "node:child_process";
 import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -13,9 +13,10 @@ import { TrainModel } from "../src/core/train/model.js";
 import { storeCheckpoint } from "../src/core/train/params.js";
 import { loadCheckpoint, loadModel } from "../src/node/load.js";
 import { loadCheckpointFile } from "../src/node/train/checkpoint.js";
+import { TrainingRun } from "../src/node/train/run.js";
 import { runCaptured as cli } from "./run-cli.js";
 import { compare, sharedPath } from "./shared.js";
-import { loadParams, nextTokenTargets, seeded } from "./train-helpers.js";
+import { loadParams, nextTokenTargets, runBin, seeded } from "./train-helpers.js";
 
 /*
  * State tuning (RWKV-7): the training scan from a trained initial state, its gradient (against
@@ -25,7 +26,6 @@ import { loadParams, nextTokenTargets, seeded } from "./train-helpers.js";
 
 const ROOT = join(import.meta.dirname, "..", "..");
 const BASE = join(ROOT, "models", "rwkv7-shakespeare.safetensors");
-const BIN = join(import.meta.dirname, "..", "src", "node", "bin.js");
 const TOKENS = [3, 17, 200, 42, 5, 511, 0, 99, 7, 250];
 
 function withState(t: import("node:test").TestContext) {
@@ -92,13 +92,12 @@ test("rwkv train --state-tune: validation loss below the base's, state.pth loads
     writeFileSync(data, readFileSync(src, "utf8").slice(0, 30_000));
     const run = (out: string, lr: string, steps: string) => ["train", "--data", data, "--out", join(dir, out), "--model", BASE, "--state-tune",
       "--batch", "4", "--ctx", "32", "--warmup", "0", "--threads", "1", "--steps", steps, "--val-every", steps, "--save-every", "10", "--lr", lr, "--lr-final", lr];
-    const val = async (out: string, lr: string) => {
-      const r = await cli(run(out, lr, "20"));
-      assert.equal(r.code, 0, r.err);
-      return loadCheckpointFile(join(dir, out, "checkpoint.rwkvtrain")).header.history.val[0][1];
-    };
-    const base = await val("frozen", "0"); // a zero state: the base model
-    const tuned = await val("tuned", "1e-2");
+    const tunedRun = await TrainingRun.create(join(dir, "tuned"), {
+      data: [data], init: { model: BASE }, stateTune: true, batch: 4, ctx: 32, warmup: 0, steps: 20, valEvery: 20, saveEvery: 10, lr: 1e-2, lrFinal: 1e-2,
+    }, { threads: 1 });
+    const base = tunedRun.validationLoss(); // a zero state: the base model
+    await tunedRun.run();
+    const tuned = tunedRun.history.val[0][1];
     assert.ok(tuned < base, `validation loss ${tuned} is not below the base model's ${base}`);
 
     const file = join(dir, "tuned", "state.pth");
@@ -120,19 +119,14 @@ test("rwkv train --state-tune: validation loss below the base's, state.pth loads
     viaStateIn.useTimeState(loadCheckpoint(file).checkpoint);
     assert.deepEqual(viaStateIn.forward(tokens, viaStateIn.initState(), { allLogits: true }), want);
 
-    // kill -9 after the step-10 checkpoint of a 20-step run, then --resume
-    const child = spawn(process.execPath, [BIN, ...run("killed", "1e-2", "20")], { stdio: ["ignore", "ignore", "pipe"] });
-    let err = "";
-    child.stderr.setEncoding("utf8");
-    child.stderr.on("data", (d: string) => { err += d; if (err.includes("checkpoint step 10 ")) child.kill("SIGKILL"); });
-    const signal = await new Promise((res) => child.on("exit", (_c, s) => res(s)));
-    assert.equal(signal, "SIGKILL", err);
+    // The same run as `tuned` through the CLI in a child, kill -9 after its step-10 checkpoint, then --resume (in this process).
+    const killed = await runBin(run("killed", "1e-2", "20"), "checkpoint step 10 ");
+    assert.equal(killed.signal, "SIGKILL", killed.err);
     assert.ok(!existsSync(join(dir, "killed", "state.pth")));
-    const straight = spawn(process.execPath, [BIN, ...run("straight", "1e-2", "20")], { stdio: "ignore" });
-    assert.equal(await new Promise((res) => straight.on("exit", res)), 0);
-    const resumed = spawn(process.execPath, [BIN, "train", "--out", join(dir, "killed"), "--resume"], { stdio: "ignore" });
-    assert.equal(await new Promise((res) => resumed.on("exit", res)), 0);
-    assert.ok(readFileSync(join(dir, "straight", "state.pth")).equals(readFileSync(join(dir, "killed", "state.pth"))), "state differs after kill and resume");
+    const resumed = await cli(["train", "--out", join(dir, "killed"), "--resume"]);
+    assert.equal(resumed.code, 0, resumed.err);
+    assert.match(resumed.err, /resuming .* at step 10\/20/);
+    assert.ok(readFileSync(file).equals(readFileSync(join(dir, "killed", "state.pth"))), "state differs after kill and resume");
 
     const v6 = sharedPath(t, "golden", "v6", "model.safetensors");
     if (v6) {

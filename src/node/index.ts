@@ -8,3 +8,11 @@ export { loadStartState, saveStateFile, type LoadedStart } from "./state-io.js";
 export { modelHomeFromEnv, type ModelHome, resolveModelArg } from "./pull/home.js";
 export { pullModel, type PullOptions, type PullResult } from "./pull/pull.js";
 export { CATALOG, type CatalogEntry } from "./pull/catalog.js";
+export {
+  type DoneEvent, type ExportEvent, type ResumeOptions, type RunControl, type TrainCompute, TrainingDivergedError, type TrainingEvent, TrainingRun,
+} from "./train/run.js";
+export { CHECKPOINT_FILE, type NewTrainRun, TRAIN_DEFAULTS, type TrainRunOptions } from "./train/run-options.js";
+export { exportRwkvLmRun, type RwkvLmRunExport } from "./train/rwkv-lm-run.js";
+export type { TrainHistory } from "../core/train/loop.js";
+export type { NewModelSpec } from "../core/train/init.js";
+export type { LoraSpec } from "../core/train/lora.js";

@@ -1,33 +1,18 @@
-import { createHash } from "node:crypto";
-import { existsSync, mkdirSync, readdirSync, readFileSync, statSync, unlinkSync } from "node:fs";
 import { join, resolve } from "node:path";
 import { RwkvInputError } from "../../core/errors.js";
 import type { ModelConfig } from "../../core/model/model.js";
-import { initModel, type NewModelSpec, validateSpec } from "../../core/train/init.js";
+import type { NewModelSpec } from "../../core/train/init.js";
 import type { TrainKernels } from "../../core/train/kernels.js";
-import { TrainModel, type TrainVersion } from "../../core/train/model.js";
-import { addLoraParams, DEFAULT_LORA_TARGETS, type LoraSpec, loraParamNames } from "../../core/train/lora.js";
-import { AdamW, type LrSchedule, learningRate } from "../../core/train/optim.js";
-import { ParamStore } from "../../core/train/params.js";
-import { TrainRng } from "../../core/train/rng.js";
-import { evalLossSum, trainFlopsPerToken, trainStep } from "../../core/train/trainer.js";
-import { tokenizerKindForVocab } from "../../core/tokenizer/choose.js";
+import type { TrainVersion } from "../../core/train/model.js";
+import { DEFAULT_LORA_TARGETS, type LoraSpec } from "../../core/train/lora.js";
 import type { TokenizerKind } from "../../core/tokenizer/types.js";
-import { writeFileAtomic } from "../atomic-write.js";
 import { type CliIO, numberIn, parse, positiveInt, str, UsageError, type Values } from "../cli-util.js";
-import { loadCheckpoint } from "../load.js";
 import { formatDuration } from "../progress.js";
-import { findTokenizerFile, loadTokenizer } from "../tokenizer.js";
-import { type CheckpointHeader, loadCheckpointFile, saveCheckpoint, type TrainHistory } from "../train/checkpoint.js";
-import { listDataFiles, loadTokens, sampleBatch, splitData, validationBatches } from "../train/data.js";
-import { type ExportDType, exportPth, exportSafetensors } from "../train/export.js";
-import { lossCurveSvg } from "../train/plot.js";
-import { exportRunCommand, paramsFromRwkvLm } from "../train/rwkv-lm-cli.js";
-import { exportLora, exportTimeState } from "../train/adapter-export.js";
-import { restoreTuned, storeFingerprint, trainedSubset } from "../train/tuning-checkpoint.js";
-import { addTimeStateParams, timeStateNames } from "../../core/train/state-tune.js";
+import { exportRwkvLmRun } from "../train/rwkv-lm-run.js";
+import { CHECKPOINT_FILE, type NewTrainRun, TRAIN_DEFAULTS, type TrainRunOptions } from "../train/run-options.js";
+import { type TrainingEvent, TrainingRun } from "../train/run.js";
 import { DEFAULT_LORA_ALPHA } from "../../core/adapters/adapter.js";
-import { defaultTrainThreads, type TrainKernelKind, trainKernels } from "../threads/train-pool.js";
+import { defaultTrainThreads, type TrainKernelKind } from "../threads/train-pool.js";
 
 /*
  * rwkv train: GPT-mode training of an RWKV model on text, from scratch or from a checkpoint, with
@@ -68,49 +53,14 @@ export const TRAIN_USAGE = [
   sub("--out DIR --export rwkv-lm", "DIR/rwkv-lm/ for RWKV-LM's GPU trainer"),
 ].join("\n");
 
-/** Everything that defines a run; stored in its checkpoint. */
-export interface RunOptions {
-  readonly data: string[];
-  readonly tokenizerKind: TokenizerKind;
-  readonly tokenizerPath: string | null;
-  /** A new model's shape, or the model file fine-tuned. */
-  readonly init: { readonly scratch: NewModelSpec } | { readonly model: string; readonly rwkvLm?: boolean };
-  readonly ctx: number;
-  readonly batch: number;
-  readonly steps: number;
-  readonly lr: number;
-  readonly lrFinal: number;
-  readonly warmup: number;
-  readonly decay: "cosine" | "linear";
-  readonly weightDecay: number;
-  readonly beta1: number;
-  readonly beta2: number;
-  readonly adamEps: number;
-  readonly gradClip: number;
-  readonly l2wrap: boolean;
-  readonly seed: number;
-  readonly valFraction: number;
-  readonly valEvery: number;
-  readonly saveEvery: number;
-  readonly exportDtype: ExportDType;
-  /** LoRA tuning of a frozen --model (absent: every weight trains). */
-  readonly lora?: LoraSpec;
-  /** State tuning of a frozen --model: only blocks.i.att.time_state trains. */
-  readonly stateTune?: boolean;
-  /** Adapter runs: the frozen base's fingerprint (their checkpoints hold only the trained tensors). */
-  readonly baseFingerprint?: string;
-}
-
-export const CHECKPOINT_FILE = "checkpoint.rwkvtrain";
-const DEFAULTS = {
-  version: "7", headSize: 64, ctx: 64, batch: 12, steps: 2000, lr: 6e-4, lrFinal: 6e-5, warmup: 10,
-  weightDecay: 0.001, beta1: 0.9, beta2: 0.99, adamEps: 1e-8, gradClip: 1.0, seed: 1, valFraction: 0.1,
-  valEvery: 200, saveEvery: 100,
-} as const;
+const DEFAULTS = { ...TRAIN_DEFAULTS, version: "7", headSize: 64 } as const;
 const VERSIONS: readonly TrainVersion[] = ["4", "5.2", "6", "7"];
 /** Options a resumed run may change: they extend or bound the run, not its math so far. */
 const RESUME_OVERRIDABLE = new Set(["steps", "max-seconds", "peak-gflops", "out", "resume", "threads", "kernels"]);
 const MS_PER_S = 1000;
+const EXPORT_FORMATS = ["rwkv-lm"] as const;
+/** --export converts a finished run: only these flags apply. */
+const EXPORT_ONLY_FLAGS = new Set(["export", "out", "threads", "kernels"]);
 /** Plain (non-terminal) progress lines at most this often. */
 const PLAIN_PROGRESS_MS = 10_000;
 const TTY_REDRAW_MS = 200;
@@ -141,7 +91,7 @@ function nonNegInt(values: Values, name: string, dflt: number): number {
 }
 
 /** The run options from flags (a fresh run); the tokenizer kind of a fine-tune is resolved from its vocabulary later. */
-function runOptionsFromFlags(values: Values): Omit<RunOptions, "tokenizerKind"> & { tokenizerKind: TokenizerKind | null } {
+function runOptionsFromFlags(values: Values): NewTrainRun {
   const data = values.data as string[] | undefined;
   if (!data || data.length === 0) throw new UsageError("--data PATH is required (a text file or a directory; repeat for more)");
   if (values.model !== undefined && values["init-from"] !== undefined) throw new UsageError("give --model FILE or --init-from FILE, not both");
@@ -152,7 +102,7 @@ function runOptionsFromFlags(values: Values): Omit<RunOptions, "tokenizerKind"> 
   if (decay !== "cosine" && decay !== "linear") throw new UsageError(`--decay must be cosine or linear, got "${decay}"`);
   const exportDtype = str(values, "export-dtype") ?? "f32";
   if (exportDtype !== "f32" && exportDtype !== "bf16") throw new UsageError(`--export-dtype must be f32 or bf16, got "${exportDtype}"`);
-  let init: RunOptions["init"];
+  let init: TrainRunOptions["init"];
   let tokenizerKind = kindText as TokenizerKind | undefined;
   if (model !== undefined) {
     for (const f of ["version", "layers", "embd", "head-size", "ffn", "vocab"]) {
@@ -203,7 +153,7 @@ function runOptionsFromFlags(values: Values): Omit<RunOptions, "tokenizerKind"> 
 }
 
 /** The flag values a run's options correspond to, for checking flags given with --resume. */
-function flagValues(run: RunOptions, config: ModelConfig): Record<string, string | undefined> {
+function flagValues(run: TrainRunOptions, config: ModelConfig): Record<string, string | undefined> {
   return {
     version: config.version, layers: String(config.nLayer), embd: String(config.nEmbd),
     "head-size": config.version === "4" ? undefined : String(config.headSize), ffn: String(config.dimFfn), vocab: String(config.vocabSize),
@@ -219,7 +169,7 @@ function flagValues(run: RunOptions, config: ModelConfig): Record<string, string
 const ARCH_FLAGS = new Set(["version", "layers", "embd", "head-size", "ffn", "vocab"]);
 
 /** --resume: any other flag given must describe the same run as the checkpoint. */
-function checkResumeFlags(values: Values, saved: RunOptions, config: ModelConfig, ckptPath: string): void {
+function checkResumeFlags(values: Values, saved: TrainRunOptions, config: ModelConfig, ckptPath: string): void {
   const want = flagValues(saved, config);
   for (const k of Object.keys(values)) {
     const v = values[k];
@@ -236,23 +186,6 @@ function checkResumeFlags(values: Values, saved: RunOptions, config: ModelConfig
   }
 }
 
-interface Session {
-  readonly run: RunOptions;
-  readonly out: string;
-  readonly model: TrainModel;
-  readonly opt: AdamW;
-  readonly rng: TrainRng;
-  step: number;
-  tokensSeen: number;
-  seconds: number;
-  readonly history: TrainHistory;
-  dataChecksum: string;
-}
-
-function tokenizerId(kind: TokenizerKind, file: string | null): string {
-  return file === null ? kind : `${kind}:${createHash("sha256").update(readFileSync(file)).digest("hex").slice(0, 16)}`;
-}
-
 /** Estimated peak GFLOP/s of the matmul kernel on this machine (for model FLOP utilisation). */
 function measurePeakGflops(k: TrainKernels): number {
   const n = PEAK_PROBE_SIZE;
@@ -267,210 +200,111 @@ function measurePeakGflops(k: TrainKernels): number {
   return (2 * n * n * n) / (best / MS_PER_S) / 1e9;
 }
 
-function csv(h: TrainHistory): string {
-  const val = new Map(h.val.map(([s, l, sec]) => [s, [l, sec]]));
-  const rows = ["step,train_loss,val_loss,train_seconds"];
-  for (const [s, l] of h.train) {
-    const v = val.get(s);
-    rows.push(`${s},${l},${v ? v[0] : ""},${v ? v[1].toFixed(3) : ""}`);
-  }
-  return rows.join("\n") + "\n";
-}
-
 export async function trainCommand(args: string[], io: CliIO): Promise<number> {
   const { values } = parse(args, OPTIONS, []);
   const outText = str(values, "out");
   if (outText === undefined) throw new UsageError("--out DIR is required (checkpoints, plots and the trained model go there)");
   const out = resolve(outText);
-  if (values.export !== undefined) return await exportRunCommand(values, out, CHECKPOINT_FILE, tokenizerId, io);
-  const ckptPath = join(out, CHECKPOINT_FILE);
+  if (values.export !== undefined) return await exportCommand(values, out, io);
   const kind = str(values, "kernels") ?? "wasm";
   if (kind !== "wasm" && kind !== "reference") throw new UsageError(`--kernels must be wasm or reference, got "${kind}"`);
-  // How a run computes is not part of the run: a resumed run may use other threads or kernels.
-  const kernels = trainKernels(kind as TrainKernelKind, positiveInt(values, "threads", defaultTrainThreads()));
+  const compute = { kernels: kind as TrainKernelKind, threads: positiveInt(values, "threads", defaultTrainThreads()) };
 
-  let session: Session;
+  let run: TrainingRun;
   if (values.resume === true) {
-    const loaded = loadCheckpointFile<RunOptions>(ckptPath);
-    const h = loaded.header;
-    const params = h.run.baseFingerprint !== undefined && "model" in h.run.init
-      ? restoreTuned(loaded.params, h.run.init.model, h.run.baseFingerprint, (base) => addTuning(h.run, base, null))
-      : loaded.params;
-    const model = new TrainModel(params, { kernels, ...tuning(h.run, params) });
-    checkResumeFlags(values, h.run, model.config, ckptPath);
-    const run: RunOptions = { ...h.run, steps: values.steps !== undefined ? positiveInt(values, "steps", h.run.steps) : h.run.steps };
-    const opt = new AdamW(params, model.config.version, { beta1: run.beta1, beta2: run.beta2, eps: run.adamEps, weightDecay: run.weightDecay }, model.frozenParams(), loaded.optimizer, model.kernels);
-    session = {
-      run, out, model, opt, rng: TrainRng.fromState(h.rng), step: h.step, tokensSeen: h.tokensSeen, seconds: h.seconds,
-      history: { train: [...h.history.train], val: [...h.history.val] }, dataChecksum: h.dataChecksum,
-    };
-    // A SIGKILL during a save can leave the writer's temporary file behind: it is garbage.
-    for (const f of readdirSync(out)) if (f.startsWith(`.${CHECKPOINT_FILE}.`) && f.endsWith(".tmp")) unlinkSync(join(out, f));
-    io.stderr(`resuming ${ckptPath} at step ${h.step}/${run.steps}\n`);
-    if (h.kernels !== undefined && h.kernels !== kernels.build) {
-      io.stderr(`note: the checkpoint's steps ran on the ${h.kernels} kernels, these run on ${kernels.build}, which round ` +
+    const steps = values.steps !== undefined ? positiveInt(values, "steps", 1) : undefined;
+    run = await TrainingRun.resume(out, { ...compute, steps, accept: (saved, config) => checkResumeFlags(values, saved, config, join(out, CHECKPOINT_FILE)) });
+    const from = run.resumedFrom!;
+    io.stderr(`resuming ${run.checkpointPath} at step ${from.step}/${run.options.steps}\n`);
+    if (from.kernels !== undefined && from.kernels !== run.kernels.build) {
+      io.stderr(`note: the checkpoint's steps ran on the ${from.kernels} kernels, these run on ${run.kernels.build}, which round ` +
         "differently: the run continues correctly but will not be bit-identical to an uninterrupted one\n");
     }
   } else {
-    let run = runOptionsFromFlags(values);
-    if (run.data.some((d) => resolve(d) === out)) throw new UsageError("--out must not be one of the --data paths");
-    if (existsSync(ckptPath)) throw new RwkvInputError(ckptPath, "a training checkpoint already exists here: use --resume to continue it, or another --out");
-    if (existsSync(out) && !statSync(out).isDirectory()) throw new RwkvInputError(out, "--out is not a directory");
-    mkdirSync(out, { recursive: true });
-    const rng = new TrainRng(run.seed);
-    let params: ParamStore;
-    if ("scratch" in run.init) {
-      const kind = run.tokenizerKind ?? "bytes";
-      const tok = loadTokenizer({ kind, path: run.tokenizerPath ?? undefined });
-      // The spec is stored with its vocabulary resolved, so a resumed run rebuilds the same model.
-      const spec: NewModelSpec = { ...run.init.scratch, vocabSize: run.init.scratch.vocabSize || tok.vocabSize };
-      if (spec.vocabSize < tok.vocabSize) throw new RwkvInputError(`--vocab ${spec.vocabSize}`, `the ${kind} tokenizer emits ids up to ${tok.vocabSize - 1}`);
-      validateSpec(spec);
-      params = initModel({ ...spec, lrInit: run.lr }, rng, "f32");
-      run = { ...run, init: { scratch: spec } };
-    } else if (run.init.rwkvLm) {
-      params = paramsFromRwkvLm(run.init.model);
-    } else {
-      const { checkpoint, close } = loadCheckpoint(run.init.model);
-      try { params = ParamStore.fromCheckpoint(checkpoint, "f32"); } finally { close(); }
-      if (run.lora || run.stateTune) {
-        run = { ...run, baseFingerprint: storeFingerprint(params) };
-        addTuning(run, params, rng);
-      }
-    }
-    const model = new TrainModel(params, { kernels, ...tuning(run, params) });
-    const full: RunOptions = { ...run, tokenizerKind: run.tokenizerKind ?? tokenizerKindForVocab(model.config.vocabSize) };
-    const opt = new AdamW(params, model.config.version, { beta1: full.beta1, beta2: full.beta2, eps: full.adamEps, weightDecay: full.weightDecay }, model.frozenParams(), undefined, model.kernels);
-    session = { run: full, out, model, opt, rng, step: 0, tokensSeen: 0, seconds: 0, history: { train: [], val: [] }, dataChecksum: "" };
+    const spec = runOptionsFromFlags(values);
+    if (spec.data.some((d) => resolve(d) === out)) throw new UsageError("--out must not be one of the --data paths");
+    run = await TrainingRun.create(out, spec, compute);
   }
-  return await runTraining(session, values, io);
-}
-
-/** Adds an adapter run's trainable tensors to the base (LoRA A from `rng`; on resume their values are overwritten). */
-function addTuning(run: Pick<RunOptions, "lora" | "stateTune" | "init">, params: ParamStore, rng: TrainRng | null): void {
-  if (run.lora) addLoraParams(params, run.lora, rng ?? new TrainRng(0));
-  if (run.stateTune) addTimeStateParams(params, "model" in run.init ? run.init.model : "model");
-}
-
-/** What a LoRA run trains and how its adapters scale (nothing for a full fine-tune). */
-function tuning(run: Pick<RunOptions, "lora" | "stateTune">, params: ParamStore): { trainable?: ReadonlySet<string>; loraScale?: number } {
-  if (run.stateTune) return { trainable: new Set(timeStateNames(params)) };
-  if (!run.lora) return {};
-  return { trainable: new Set(loraParamNames(params)), loraScale: run.lora.alpha / run.lora.rank };
-}
-
-async function runTraining(s: Session, values: Values, io: CliIO): Promise<number> {
-  const { run, model, opt, out } = s;
-  const ckptPath = join(out, CHECKPOINT_FILE);
-  const cfg = model.config;
-  const modelPath = "model" in run.init ? run.init.model : undefined;
-  const tokFile = run.tokenizerKind === "bytes" ? null : findTokenizerFile(run.tokenizerKind, { path: run.tokenizerPath ?? undefined, modelPath });
-  const tokenizer = loadTokenizer({ kind: run.tokenizerKind, path: tokFile ?? undefined, vocabSize: cfg.vocabSize });
-  const files = listDataFiles(run.data).filter((f) => !f.startsWith(out + "/")); // never train on our own outputs
-  const data = await loadTokens(files, tokenizer, tokenizerId(run.tokenizerKind, tokFile), out);
-  if (s.dataChecksum && s.dataChecksum !== data.checksum) {
-    throw new RwkvInputError(run.data.join(", "), "the data changed since the checkpoint was written (its tokens differ); resume needs the same data");
-  }
-  s.dataChecksum = data.checksum;
-  const { train, val } = splitData(data.tokens, run.valFraction, run.ctx, run.data.join(", "));
-  const B = run.batch, T = run.ctx;
   const maxSeconds = numberIn(values, "max-seconds", 0, 0, 1e9);
-  const peak = values["peak-gflops"] !== undefined ? numberIn(values, "peak-gflops", 1, 1e-3, 1e9) : measurePeakGflops(model.kernels);
-  const flopsPerToken = trainFlopsPerToken(model);
-  const sched: LrSchedule = { lrInit: run.lr, lrFinal: run.lrFinal, warmupSteps: run.warmup, totalSteps: run.steps, decay: run.decay };
-  const tty = process.stderr.isTTY === true;
-  io.stderr(`RWKV-${cfg.version} ${cfg.nLayer} x ${cfg.nEmbd} (head ${cfg.headSize}, ffn ${cfg.dimFfn}, vocab ${cfg.vocabSize}), ${model.params.count().toLocaleString("en-US")} parameters; ` +
-    `data ${data.tokens.length.toLocaleString("en-US")} tokens (${run.tokenizerKind}${data.cached ? ", cached" : ""}): ${train.length.toLocaleString("en-US")} train, ${val.length.toLocaleString("en-US")} validation; ` +
-    `batch ${B} x ${T}, ${run.steps} steps; kernels ${model.kernels.name}; MFU is relative to this machine's measured matmul peak, ${peak.toFixed(2)} GFLOP/s\n`);
-
-  const validate = (): number => {
-    if (val.length < 2) return NaN;
-    let sum = 0, count = 0;
-    for (const vb of validationBatches(val, B, T)) {
-      const r = evalLossSum(model, vb.inputs, vb.targets, vb.B, T);
-      sum += r.sum; count += r.count;
-    }
-    return sum / count;
-  };
-  const save = async () => {
-    const header: Omit<CheckpointHeader<RunOptions>, "formatVersion" | "params" | "optimizerStep"> = {
-      config: cfg, run, step: s.step, tokensSeen: s.tokensSeen, seconds: s.seconds, rng: s.rng.state(), dataChecksum: s.dataChecksum, history: s.history,
-      kernels: model.kernels.build,
-    };
-    const trainable = tuning(run, model.params).trainable;
-    await saveCheckpoint(ckptPath, header, trainable ? trainedSubset(model.params, trainable) : model.params, opt.state);
-    const title = `RWKV-${cfg.version} ${cfg.nLayer}x${cfg.nEmbd}, batch ${B}x${T}: step ${s.step}`;
-    await writeFileAtomic(join(out, "loss.svg"), [new TextEncoder().encode(lossCurveSvg(s.history, title))]);
-    await writeFileAtomic(join(out, "loss.csv"), [new TextEncoder().encode(csv(s.history))]);
-  };
-
-  let lastDraw = -Infinity, lastLoss = NaN, lastVal = s.history.val.length ? s.history.val[s.history.val.length - 1][1] : NaN;
-  const sessionStart = { seconds: s.seconds, tokens: s.tokensSeen };
-  const status = (): string => {
-    const dt = s.seconds - sessionStart.seconds, tok = s.tokensSeen - sessionStart.tokens;
-    const tps = dt > 0 ? tok / dt : NaN, gflops = (tps * flopsPerToken) / 1e9;
-    const eta = tps > 0 ? ((run.steps - s.step) * B * T) / tps : NaN;
-    const pct = ((s.step / run.steps) * 100).toFixed(0).padStart(3);
-    return `train ${pct}% step ${s.step}/${run.steps} loss ${lastLoss.toFixed(4)}${Number.isFinite(lastVal) ? ` val ${lastVal.toFixed(4)}` : ""} | ` +
-      `${Number.isFinite(tps) ? tps.toFixed(0) : "?"} tok/s ${gflops.toFixed(2)} GFLOP/s MFU ${((gflops / peak) * 100).toFixed(0)}% | ` +
-      `${formatDuration(s.seconds)} ETA ${formatDuration(eta)}`;
-  };
-  const line = (text: string) => { io.stderr((tty ? CLEAR_LINE : "") + text + "\n"); lastDraw = performance.now(); };
-  const draw = () => {
-    const now = performance.now();
-    if (tty && now - lastDraw >= TTY_REDRAW_MS) { io.stderr(CLEAR_LINE + status().slice(0, (process.stderr.columns || 120) - 1)); lastDraw = now; }
-    else if (!tty && now - lastDraw >= PLAIN_PROGRESS_MS) line(status());
-  };
-  lastDraw = tty ? -Infinity : performance.now();
-
-  let stoppedByTime = false;
-  while (s.step < run.steps) {
-    const t0 = performance.now();
-    const lr = learningRate(sched, s.step);
-    const { inputs, targets } = sampleBatch(train, B, T, s.rng);
-    const r = trainStep(model, opt, inputs, targets, B, T, { lr, gradClip: run.gradClip, l2wrap: run.l2wrap });
-    if (!Number.isFinite(r.loss) || !Number.isFinite(r.gradNorm)) {
-      if (tty) io.stderr(CLEAR_LINE);
-      const lastGood = existsSync(ckptPath) ? `the last good checkpoint (${ckptPath}) is intact` : "no checkpoint had been written yet";
-      throw new RwkvInputError("training", `diverged at step ${s.step + 1}: loss ${r.loss}, gradient norm ${r.gradNorm} at learning rate ${lr.toPrecision(3)}; ` +
-        `nothing was saved from this step and ${lastGood}. Lower --lr (or --grad-clip) and start again or --resume.`);
-    }
-    s.step++;
-    s.tokensSeen += B * T;
-    s.seconds += (performance.now() - t0) / MS_PER_S;
-    lastLoss = r.loss;
-    s.history.train.push([s.step, r.loss]);
-    stoppedByTime = maxSeconds > 0 && s.seconds >= maxSeconds;
-    const last = s.step === run.steps || stoppedByTime;
-    if (run.valEvery > 0 && (s.step % run.valEvery === 0 || last)) {
-      lastVal = validate();
-      s.history.val.push([s.step, lastVal, s.seconds]);
-      line(`step ${s.step}: validation loss ${lastVal.toFixed(4)} (${(lastVal / Math.LN2).toFixed(4)} bits/token) after ${s.seconds.toFixed(1)} s`);
-    }
-    if ((run.saveEvery > 0 && s.step % run.saveEvery === 0) || last) {
-      await save();
-      line(`checkpoint step ${s.step} -> ${ckptPath}`);
-    }
-    draw();
-    if (stoppedByTime) break;
-  }
-  line(status());
-  const dtype = run.exportDtype;
-  if (run.stateTune) {
-    const file = await exportTimeState(model.params, out, dtype);
-    io.stdout(`trained ${s.step} steps (${s.tokensSeen.toLocaleString("en-US")} tokens, ${s.seconds.toFixed(1)} s): initial state ${file} ` +
-      `(${dtype}; load with --state-in, or as an adapter), loss curve ${join(out, "loss.svg")}\n`);
-    return 0;
-  }
-  if (run.lora) {
-    const files = await exportLora(model.params, loraParamNames(model.params), out, run.lora, dtype);
-    io.stdout(`trained ${s.step} steps (${s.tokensSeen.toLocaleString("en-US")} tokens, ${s.seconds.toFixed(1)} s): LoRA r ${run.lora.rank} alpha ${run.lora.alpha} ` +
-      `${files.pth} (RWKV-PEFT, ${dtype}), ${files.dir}/ (peft), loss curve ${join(out, "loss.svg")}\n`);
-    return 0;
-  }
-  await exportPth(model.params, join(out, "model.pth"), dtype);
-  await exportSafetensors(model.params, join(out, "model.safetensors"), dtype, { step: String(s.step), tokens: String(s.tokensSeen) });
-  io.stdout(`trained ${s.step} steps (${s.tokensSeen.toLocaleString("en-US")} tokens, ${s.seconds.toFixed(1)} s): ` +
-    `${join(out, "model.pth")}, ${join(out, "model.safetensors")} (${dtype}), loss curve ${join(out, "loss.svg")}\n`);
+  const peak = values["peak-gflops"] !== undefined ? numberIn(values, "peak-gflops", 1, 1e-3, 1e9) : measurePeakGflops(run.kernels);
+  const progress = new Progress(run, peak, io);
+  const done = await run.run({ maxSeconds, onEvent: (e) => progress.render(e) });
+  const o = run.options, [first, second] = done.exported.files, dtype = done.exported.dtype;
+  const trained = `trained ${done.step} steps (${done.tokensSeen.toLocaleString("en-US")} tokens, ${done.seconds.toFixed(1)} s): `;
+  const curve = `loss curve ${join(out, "loss.svg")}`;
+  if (done.exported.what === "state") io.stdout(trained + `initial state ${first} (${dtype}; load with --state-in, or as an adapter), ${curve}\n`);
+  else if (done.exported.what === "lora") io.stdout(trained + `LoRA r ${o.lora!.rank} alpha ${o.lora!.alpha} ${first} (RWKV-PEFT, ${dtype}), ${second}/ (peft), ${curve}\n`);
+  else io.stdout(trained + `${first}, ${second} (${dtype}), ${curve}\n`);
   return 0;
+}
+
+/** `--export rwkv-lm`: converts the run in --out; no other option applies. */
+async function exportCommand(values: Values, out: string, io: CliIO): Promise<number> {
+  const format = str(values, "export");
+  if (!(EXPORT_FORMATS as readonly string[]).includes(format ?? "")) throw new UsageError(`--export must be ${EXPORT_FORMATS.join(" or ")}, got "${format}"`);
+  for (const k of Object.keys(values)) {
+    if (values[k] !== undefined && !EXPORT_ONLY_FLAGS.has(k)) throw new UsageError(`--export rwkv-lm converts the run in --out DIR; --${k} does not apply`);
+  }
+  const r = await exportRwkvLmRun(out);
+  io.stdout(`RWKV-LM export of step ${r.step} (RWKV-${r.config.version} ${r.config.nLayer} x ${r.config.nEmbd}, ${r.trainTokens.toLocaleString("en-US")} training tokens):\n` +
+    r.files.map((f) => `  ${f}\n`).join("") + `continue on GPUs with (see docs/scale-out.md):\n${r.command}`);
+  return 0;
+}
+
+/** Renders a run's events on stderr: one line per validation and checkpoint, a status line redrawn (terminal) or every 10 s. */
+class Progress {
+  private readonly tty = process.stderr.isTTY === true;
+  private lastDraw: number;
+  private lastLoss = NaN;
+  private lastVal: number;
+  private readonly start: { seconds: number; tokens: number };
+  private readonly flopsPerToken: number;
+
+  constructor(private readonly run: TrainingRun, private readonly peak: number, private readonly io: CliIO) {
+    const cfg = run.config, o = run.options, d = run.data, n = (x: number) => x.toLocaleString("en-US");
+    const val = run.history.val;
+    this.lastVal = val.length ? val[val.length - 1][1] : NaN;
+    this.start = { seconds: run.seconds, tokens: run.tokensSeen };
+    this.flopsPerToken = run.flopsPerToken;
+    io.stderr(`RWKV-${cfg.version} ${cfg.nLayer} x ${cfg.nEmbd} (head ${cfg.headSize}, ffn ${cfg.dimFfn}, vocab ${cfg.vocabSize}), ${n(run.parameterCount)} parameters; ` +
+      `data ${n(d.tokens)} tokens (${o.tokenizerKind}${d.cached ? ", cached" : ""}): ${n(d.train)} train, ${n(d.val)} validation; ` +
+      `batch ${o.batch} x ${o.ctx}, ${o.steps} steps; kernels ${run.kernels.name}; MFU is relative to this machine's measured matmul peak, ${peak.toFixed(2)} GFLOP/s\n`);
+    this.lastDraw = this.tty ? -Infinity : performance.now();
+  }
+
+  render(e: TrainingEvent): void {
+    switch (e.type) {
+      case "step": this.lastLoss = e.loss; this.draw(); break;
+      case "validation":
+        this.lastVal = e.loss;
+        this.line(`step ${e.step}: validation loss ${e.loss.toFixed(4)} (${(e.loss / Math.LN2).toFixed(4)} bits/token) after ${e.seconds.toFixed(1)} s`);
+        break;
+      case "checkpoint": this.line(`checkpoint step ${e.step} -> ${e.path}`); break;
+      case "diverged": if (this.tty) this.io.stderr(CLEAR_LINE); break;
+      case "export": this.line(this.status()); break;
+      case "done": break;
+    }
+  }
+
+  private status(): string {
+    const r = this.run, steps = r.options.steps, B = r.options.batch, T = r.options.ctx;
+    const dt = r.seconds - this.start.seconds, tok = r.tokensSeen - this.start.tokens;
+    const tps = dt > 0 ? tok / dt : NaN, gflops = (tps * this.flopsPerToken) / 1e9;
+    const eta = tps > 0 ? ((steps - r.step) * B * T) / tps : NaN;
+    const pct = ((r.step / steps) * 100).toFixed(0).padStart(3);
+    return `train ${pct}% step ${r.step}/${steps} loss ${this.lastLoss.toFixed(4)}${Number.isFinite(this.lastVal) ? ` val ${this.lastVal.toFixed(4)}` : ""} | ` +
+      `${Number.isFinite(tps) ? tps.toFixed(0) : "?"} tok/s ${gflops.toFixed(2)} GFLOP/s MFU ${((gflops / this.peak) * 100).toFixed(0)}% | ` +
+      `${formatDuration(r.seconds)} ETA ${formatDuration(eta)}`;
+  }
+
+  private line(text: string): void {
+    this.io.stderr((this.tty ? CLEAR_LINE : "") + text + "\n");
+    this.lastDraw = performance.now();
+  }
+
+  private draw(): void {
+    const now = performance.now();
+    if (this.tty && now - this.lastDraw >= TTY_REDRAW_MS) { this.io.stderr(CLEAR_LINE + this.status().slice(0, (process.stderr.columns || 120) - 1)); this.lastDraw = now; }
+    else if (!this.tty && now - this.lastDraw >= PLAIN_PROGRESS_MS) this.line(this.status());
+  }
 }

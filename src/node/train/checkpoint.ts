@@ -3,6 +3,7 @@ import { readFileSync } from "node:fs";
 import { RwkvInputError } from "../../core/errors.js";
 import type { ModelConfig } from "../../core/model/model.js";
 import type { Buf } from "../../core/train/kernels.js";
+import type { TrainHistory } from "../../core/train/loop.js";
 import type { OptimizerState } from "../../core/train/optim.js";
 import { ParamStore } from "../../core/train/params.js";
 import type { RngState } from "../../core/train/rng.js";
@@ -26,13 +27,6 @@ const F32_BYTES = 4;
 export const CHECKPOINT_FORMAT_VERSION = 1;
 /** Headers are small JSON; anything larger is not a checkpoint of ours. */
 const MAX_HEADER_BYTES = 64 * 1024 * 1024;
-
-export interface TrainHistory {
-  /** [step (1-based), train loss] per step. */
-  readonly train: Array<[number, number]>;
-  /** [step, validation loss, seconds of training so far]. */
-  readonly val: Array<[number, number, number]>;
-}
 
 export interface CheckpointHeader<RunOptions> {
   readonly formatVersion: number;

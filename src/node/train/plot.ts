@@ -1,5 +1,5 @@
 import { escapeXml, niceTicks } from "../svg-chart.js";
-import type { TrainHistory } from "./checkpoint.js";
+import type { TrainHistory } from "../../core/train/loop.js";
 
 /*
  * The loss curve as a self-contained SVG: training loss per step (faint) with its moving average,
