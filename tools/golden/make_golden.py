@@ -305,8 +305,12 @@ def write_notes(tmp):
               "patched file (shape head64).", ""]
     for gen, name in GENERATIONS.items():
         original, text = patched_source(name, f"<tmp>/{gen}-head64", SHAPES["head64"]["C"], SHAPES["head64"]["N"])
-        diff = difflib.unified_diff(original.splitlines(), text.splitlines(), f"reference/rwkv-lm/{name}", f"patched/{name}", lineterm="", n=1)
-        lines += [f"## {name}", "", "```diff", *diff, "```", ""]
+        cut = re.search(r"\n#+\n#\n# The testing code", original)
+        kept = original[: cut.start() + 1]  # the driver section is dropped whole: shown as one line, not its diff
+        diff = difflib.unified_diff(kept.splitlines(), text.splitlines(), f"reference/rwkv-lm/{name}", f"patched/{name}", lineterm="", n=1)
+        cut_line = kept.count("\n") + 1
+        total = original.count("\n") + 1
+        lines += [f"## {name}", "", f"Lines {cut_line}-{total} (the testing code) dropped; the rest:", "", "```diff", *diff, "```", ""]
     with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "NOTES.md"), "w") as f:
         f.write("\n".join(lines))
 
