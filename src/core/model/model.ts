@@ -17,7 +17,8 @@ import { type WeightOptions, Weights } from "./weights.js";
  * Letters: T tokens, C = n_embd, V vocabulary.
  */
 
-export type Version = "4" | "5.1" | "5.2" | "6" | "7";
+/** "7a", "7b", "8" and "8-hybrid": the generations after RWKV-7 (DeepEmbed, DeepEmbedAttention, RWKV-8 rc00). */
+export type Version = "4" | "5.1" | "5.2" | "6" | "7" | "7a" | "7b" | "8" | "8-hybrid";
 
 export interface ModelConfig {
   readonly version: Version;
@@ -82,6 +83,13 @@ export type LayerTensors = Record<string, Tensor>;
 export interface ForwardContext {
   readonly arena: Arena;
   readonly shared: Readonly<Record<string, Tensor>>;
+  /** The token id of every row (B·T), for versions that read per-token tables (DeepEmbed). */
+  readonly tokens: readonly number[];
+  /**
+   * The states of the B sequences themselves, for the arrays of Architecture.growingState, which
+   * stay in JavaScript (they change length) and which a block replaces in `layers[i]` as they grow.
+   */
+  readonly states: readonly State[];
 }
 
 /**
@@ -92,6 +100,11 @@ export interface ForwardContext {
  * matrix-matrix product per projection.
  */
 export interface Block {
+  /**
+   * Optional (RWKV-7b, the RWKV-8 hybrid): a term computed from the block's input x itself (not
+   * LN1(x)) and added to the residual together with the time mix: x += TimeMix(LN1(x)) + this.
+   */
+  attention?(x: Tensor, T: number, states: readonly LayerTensors[], ctx: ForwardContext): Tensor; // (B·T, C) -> (B·T, C)
   timeMix(xx: Tensor, T: number, states: readonly LayerTensors[], ctx: ForwardContext): Tensor; // (B·T, C) -> (B·T, C)
   channelMix(xx: Tensor, T: number, states: readonly LayerTensors[], ctx: ForwardContext): Tensor; // (B·T, C) -> (B·T, C)
 }
@@ -115,6 +128,13 @@ export interface Architecture {
    * version's `att_kv` layout. Absent for versions without state tuning.
    */
   timeStateToKv?(cfg: ModelConfig, timeState: Float32Array): Float32Array;
+  /**
+   * Layer state arrays that grow with every token (RWKV-7b's KV cache and token ids): never bound
+   * as backend tensors; the blocks read and replace them through ForwardContext.states.
+   */
+  readonly growingState?: readonly string[];
+  /** False when the embedding is used as is (the RWKV-8 hybrid has no blocks.0.ln0). Default true. */
+  readonly embeddingNorm?: boolean;
 }
 
 /** LayerNorm eps of every `ln*` in all versions. */
@@ -150,7 +170,7 @@ export class RwkvModel implements Model {
     const norm = (p: string): Norm => ({ weight: K.constant(w.vec(`${p}.weight`, C)), bias: K.constant(w.vec(`${p}.bias`, C)) });
     const emb = w.dense("emb.weight", V, C); // (V, C)
     // Precompute ln0 over the whole embedding as the official inference code does (SPEC gotcha 8).
-    this.emb = backend.layerNorm(emb, V, C, w.vec("blocks.0.ln0.weight", C), w.vec("blocks.0.ln0.bias", C), LAYER_NORM_EPS); // (V, C)
+    this.emb = arch.embeddingNorm === false ? emb : lnZeroEmbedding(w, backend, config); // (V, C)
     this.arena = K.arena();
     this.blocks = [];
     for (let i = 0; i < L; i++) {
@@ -219,14 +239,15 @@ export class RwkvModel implements Model {
       }
     }
     const be = this.backend, K = be.tensors, A = this.arena;
+    const growing = new Set(this.arch.growingState ?? []);
     if (be.residentArray) {
-      for (const st of states) for (const l of st.layers) for (const name in l) l[name] = be.residentArray(l[name]);
+      for (const st of states) for (const l of st.layers) for (const name in l) if (!growing.has(name)) l[name] = be.residentArray(l[name]);
     }
     for (const tok of tokens) {
       if (!Number.isInteger(tok) || tok < 0 || tok >= V) throw new RwkvInputError("forward", `token id ${tok} is outside the vocabulary 0..${V - 1}`);
     }
     A.rewind(0);
-    const bound = states.map((st) => st.layers.map((l) => bindLayer(K, l, A)));
+    const bound = states.map((st) => st.layers.map((l) => bindLayer(K, l, A, growing)));
     const width = out === "hidden" ? C : V;
     const chunk = B === 1 ? Math.min(T, SEQUENCE_CHUNK) : T;
     // One chunk (every step): the read is the returned array itself, the only one made per token.
@@ -234,7 +255,7 @@ export class RwkvModel implements Model {
     for (let t0 = 0; t0 < T; t0 += chunk) {
       const n = Math.min(chunk, T - t0), last = t0 + n === T;
       const m = A.mark();
-      const x = this.layers(tokens, T, t0, n, bound); // (B·n, C)
+      const x = this.layers(tokens, T, t0, n, bound, states); // (B·n, C)
       if (which === "all" || last) {
         const rows = which === "all" ? B * n : B;
         const y = this.project(x, rows, out, which === "all" ? 1 : n); // (rows, width)
@@ -243,27 +264,31 @@ export class RwkvModel implements Model {
       }
       A.rewind(m);
     }
-    states.forEach((st, b) => st.layers.forEach((l, i) => { for (const name in l) K.unbindState(l[name], bound[b][i][name]); }));
+    states.forEach((st, b) => st.layers.forEach((l, i) => { for (const name in l) if (!growing.has(name)) K.unbindState(l[name], bound[b][i][name]); }));
     return result!;
   }
 
   /** x (B·n, C) after every layer for tokens t0 … t0+n-1 of each sequence. */
-  private layers(tokens: readonly number[], T: number, t0: number, n: number, bound: LayerTensors[][]): Tensor {
+  private layers(tokens: readonly number[], T: number, t0: number, n: number, bound: LayerTensors[][], states: readonly State[]): Tensor {
     const { nEmbd: C, nLayer: L } = this.config;
     const K = this.backend.tensors, A = this.arena;
     const B = bound.length, R = B * n;
     const x = A.take(R, C); // (B·n, C)
-    for (let b = 0; b < B; b++) for (let t = 0; t < n; t++) K.write(x, (b * n + t) * C, this.emb, tokens[b * T + t0 + t] * C, C);
+    const ids: number[] = []; // (B·n) the token of each row
+    for (let b = 0; b < B; b++) for (let t = 0; t < n; t++) ids.push(tokens[b * T + t0 + t]);
+    ids.forEach((tok, row) => K.write(x, row * C, this.emb, tok * C, C));
     const shared: Record<string, Tensor> = {};
     for (const [name, cols] of Object.entries(this.arch.sequenceTensors?.(this.config) ?? {})) shared[name] = A.take(R, cols); // (B·n, cols)
-    const ctx: ForwardContext = { arena: A, shared };
+    const ctx: ForwardContext = { arena: A, shared, tokens: ids, states };
     const base = A.mark();
     for (let i = 0; i < L; i++) {
       const { ln1, ln2, mix } = this.blocks[i];
       const s = bound.map((layers) => layers[i]);
+      const att = mix.attention?.(x, n, s, ctx) ?? null; // (B·n, C)
       let xx = A.take(R, C); // (B·n, C)
       K.layerNorm(xx, x, ln1.weight, ln1.bias, LAYER_NORM_EPS);
       K.add(x, mix.timeMix(xx, n, s, ctx)); // (B·n, C)
+      if (att) K.add(x, att); // x + TimeMix + attention, in the official order
       A.rewind(base);
       xx = A.take(R, C); // (B·n, C)
       K.layerNorm(xx, x, ln2.weight, ln2.bias, LAYER_NORM_EPS);
@@ -295,11 +320,24 @@ export class RwkvModel implements Model {
 }
 
 /** A layer's state arrays as tensors (in place where the backend can). */
-function bindLayer(K: TensorKernels, l: LayerState, arena: Arena): LayerTensors {
+function bindLayer(K: TensorKernels, l: LayerState, arena: Arena, growing: ReadonlySet<string>): LayerTensors {
   const out: LayerTensors = {};
-  for (const name in l) out[name] = K.bindState(l[name], arena);
+  for (const name in l) if (!growing.has(name)) out[name] = K.bindState(l[name], arena);
   return out;
 }
+
+/** LN(emb; blocks.0.ln0) of the whole vocabulary, (V, C): computed once per Weights (DeepEmbed's load-time folds read it too). */
+export function lnZeroEmbedding(w: Weights, backend: Backend, cfg: Pick<ModelConfig, "vocabSize" | "nEmbd">): Float32Array {
+  const { vocabSize: V, nEmbd: C } = cfg;
+  let e = LN0_CACHE.get(w);
+  if (!e) {
+    e = backend.layerNorm(w.dense("emb.weight", V, C), V, C, w.vec("blocks.0.ln0.weight", C), w.vec("blocks.0.ln0.bias", C), LAYER_NORM_EPS); // (V, C)
+    LN0_CACHE.set(w, e);
+  }
+  return e;
+}
+
+const LN0_CACHE = new WeakMap<Weights, Float32Array>();
 
 /** Elements hashed per tensor: enough to tell trained models apart, cheap for billions of weights. */
 const FINGERPRINT_SAMPLES = 1 << 16;
