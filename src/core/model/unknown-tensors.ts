@@ -4,13 +4,17 @@ import type { Version } from "./model.js";
 
 /** Part of the released RWKV-7 layout but unused: layer 0 takes v from its own values (the reference ignores these). */
 const UNUSED_BY_DESIGN = /^blocks\.0\.att\.v[012]$/;
+/** The versions built on RWKV-7's time mix, which share that layout. */
+const V7_FAMILY: ReadonlySet<Version> = new Set<Version>(["7", "7a", "7b", "8", "8-hybrid"]);
+/** The RWKV-8 hybrid's code never applies blocks.0.ln0 (a checkpoint may still carry it). */
+const UNUSED_BY_HYBRID = /^blocks\.0\.ln0\.(weight|bias)$/;
 /** Leftovers of training that do not change what the model computes: listed in a warning only. */
 const HARMLESS_LEFTOVERS = /(^|\.)(num_batches_tracked|exp_avg|exp_avg_sq|step)$|^(optimizer|lr_scheduler|scheduler)\./;
-/** Tensors of RWKV variants this engine does not implement, which would otherwise load as plain RWKV-7. */
-const KNOWN_VARIANTS: ReadonlyArray<{ pattern: RegExp; name: string }> = [
-  { pattern: /^blocks\.\d+\.qkv\./, name: "RWKV-7b (its qkv.* attention tensors)" },
-  { pattern: /^blocks\.\d+\.ffn\.(s_emb|s_emb_x|s0|s1|s2)(\.weight)?$/, name: "RWKV-7a (DeepEmbed: ffn.s_emb, s0, s1, s2)" },
-];
+/**
+ * Tensors of RWKV variants this engine does not implement, which would otherwise load as another
+ * version (7a, 7b, 8 and the 8 hybrid are detected by their tensors and implemented: none left now).
+ */
+const KNOWN_VARIANTS: ReadonlyArray<{ pattern: RegExp; name: string }> = [];
 const MAX_NAMES_SHOWN = 8;
 
 /**
@@ -22,7 +26,8 @@ export function checkUnreadTensors(ckpt: Checkpoint, version: Version, unread: r
   const leftovers: string[] = [];
   const unknown: string[] = [];
   for (const n of unread) {
-    if (version === "7" && UNUSED_BY_DESIGN.test(n)) continue;
+    if (V7_FAMILY.has(version) && UNUSED_BY_DESIGN.test(n)) continue;
+    if (version === "8-hybrid" && UNUSED_BY_HYBRID.test(n)) continue;
     (HARMLESS_LEFTOVERS.test(n) ? leftovers : unknown).push(n);
   }
   if (unknown.length) {
