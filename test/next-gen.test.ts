@@ -1,0 +1,120 @@
+import assert from "node:assert/strict";
+import { readFileSync } from "node:fs";
+import { join } from "node:path";
+import { test } from "node:test";
+import { availableBackends } from "../src/core/backend/registry.js";
+import type { Model } from "../src/core/model/model.js";
+import { State } from "../src/core/model/state.js";
+import { loadCheckpoint, loadModel } from "../src/node/load.js";
+import { detectVersion } from "../src/core/model/detect.js";
+import { compare } from "./shared.js";
+
+/*
+ * RWKV-7a, 7b, 8 rc00 and the 8 rc00 hybrid against the golden data of the official demo files
+ * (test/fixtures/golden, made by tools/golden/make_golden.py): logits after every token (one
+ * token per call), of the whole sequence and of two chunks, and the final states, on every backend.
+ */
+
+// The demo paths agree with each other to ~2e-6 in fp32 (golden.json max_abs_diff); the issue's bound.
+const ATOL = 1e-4, RTOL = 1e-4;
+const FIXTURES = join(import.meta.dirname, "..", "..", "test", "fixtures", "golden");
+const BACKENDS = availableBackends();
+const GENERATIONS = [
+  { dir: "v7a", version: "7a" }, { dir: "v7b", version: "7b" }, { dir: "v8", version: "8" }, { dir: "v8-hybrid", version: "8-hybrid" },
+] as const;
+const SHAPES = ["head64", "head32"] as const;
+/** The state arrays the official state list holds, per layer (7b/hybrid: also the growing caches). */
+const STATE_FIELDS = ["att_x_prev", "att_kv", "ffn_x_prev", "k_cache", "v_cache", "q_prev"];
+
+interface GoldenMeta { tokens: number[]; split: number; config: { vocab_size: number; n_layer: number } }
+
+/** The F32 tensors of a safetensors file by name (the golden outputs). */
+function readGolden(path: string): Map<string, Float32Array> {
+  const bytes = readFileSync(path);
+  const n = Number(bytes.readBigUInt64LE(0));
+  const header = JSON.parse(bytes.subarray(8, 8 + n).toString("utf8")) as Record<string, { dtype: string; data_offsets: [number, number] }>;
+  const out = new Map<string, Float32Array>();
+  for (const [name, e] of Object.entries(header)) {
+    if (name === "__metadata__") continue;
+    assert.equal(e.dtype, "F32", name);
+    const [a, b] = e.data_offsets;
+    out.set(name, new Float32Array(bytes.buffer.slice(bytes.byteOffset + 8 + n + a, bytes.byteOffset + 8 + n + b)));
+  }
+  return out;
+}
+
+function fixture(dir: string, shape: string) {
+  const d = join(FIXTURES, dir, shape);
+  const meta = JSON.parse(readFileSync(join(d, "golden.json"), "utf8")) as GoldenMeta;
+  return { path: join(d, "model.safetensors"), meta, golden: readGolden(join(d, "golden.safetensors")) };
+}
+
+function assertClose(got: ArrayLike<number>, want: ArrayLike<number>, what: string): number {
+  const c = compare(got, want, ATOL, RTOL);
+  assert.ok(c.ok, `${what}: max |diff| ${c.maxAbs} (first bad element ${c.worst})`);
+  return c.maxAbs;
+}
+
+function assertState(state: State, golden: Map<string, Float32Array>, path: string, L: number, tokens: readonly number[]): void {
+  for (let i = 0; i < L; i++) {
+    for (const name of STATE_FIELDS) {
+      const want = golden.get(`${path}.L${i}.${name}`);
+      if (!want) continue; // a field this generation does not have
+      assert.ok(state.layers[i][name], `layer ${i} has ${name}`);
+      assertClose(state.layers[i][name], want, `${path} state layer ${i} ${name}`);
+    }
+    if (golden.has(`${path}.L${i}.k_cache`)) assert.deepEqual([...state.layers[i].ctx_tokens], tokens, `layer ${i} ctx_tokens`);
+  }
+}
+
+// The fixtures are F16 files of f16-exact values; the official code ran them upcast to f32, so the
+// models load with matrices "f32" (the DeepEmbed folds are then kept in f32 as the golden run did).
+const load = (path: string, backend: string): Model => loadModel(path, { backend, matrices: "f32" });
+
+for (const { dir, version } of GENERATIONS) {
+  test(`next-gen ${dir}: detected as RWKV-${version}`, () => {
+    for (const shape of SHAPES) {
+      const { checkpoint, close } = loadCheckpoint(fixture(dir, shape).path);
+      assert.equal(detectVersion(checkpoint), version);
+      close();
+    }
+  });
+
+  for (const backend of BACKENDS) {
+    for (const shape of SHAPES) {
+      test(`next-gen ${dir} ${shape} [${backend}]: step, sequence and chunked logits and states match the official code`, () => {
+        const { path, meta, golden } = fixture(dir, shape);
+        const model = load(path, backend);
+        const { tokens, split } = meta;
+        const V = meta.config.vocab_size, L = meta.config.n_layer;
+        assert.equal(model.config.version, version);
+
+        const s = model.initState();
+        tokens.forEach((tok, t) => assertClose(model.step(tok, s), golden.get("rnn.logits")!.subarray(t * V, (t + 1) * V), `step logits t=${t}`));
+        assertState(s, golden, "rnn", L, tokens);
+
+        const seq = model.initState();
+        assertClose(model.forward(tokens, seq, { allLogits: true }), golden.get("seq.logits")!, "sequence logits");
+        assertState(seq, golden, "seq", L, tokens);
+
+        const ch = model.initState();
+        const first = model.forward(tokens.slice(0, split), ch, { allLogits: true });
+        const rest = model.forward(tokens.slice(split), ch, { allLogits: true });
+        const all = new Float32Array(tokens.length * V);
+        all.set(first);
+        all.set(rest, split * V);
+        assertClose(all, golden.get("chunked.logits")!, "chunked logits");
+        assertState(ch, golden, "chunked", L, tokens);
+
+        // Batched decoding: two sequences at different positions equal their own steps.
+        const a = model.initState(), b = model.initState();
+        model.forward(tokens.slice(0, 5), a);
+        model.forward(tokens.slice(0, 2), b);
+        const a1 = a.clone(), b1 = b.clone();
+        const batch = model.stepBatch([tokens[5], tokens[2]], [a, b]);
+        assertClose(batch.subarray(0, V), model.step(tokens[5], a1), "stepBatch row 0");
+        assertClose(batch.subarray(V), model.step(tokens[2], b1), "stepBatch row 1");
+      });
+    }
+  }
+}
