@@ -5,8 +5,11 @@ import { test } from "node:test";
 import { availableBackends } from "../src/core/backend/registry.js";
 import type { Model } from "../src/core/model/model.js";
 import { State } from "../src/core/model/state.js";
-import { loadCheckpoint, loadModel } from "../src/node/load.js";
 import { detectVersion } from "../src/core/model/detect.js";
+import { PrefixCache } from "../src/core/prefix-cache.js";
+import { checkStateBelongs, decodeStateFile, encodeStateFile, modelIdentity } from "../src/core/state-file.js";
+import { describeCheckpoint } from "../src/node/inspect.js";
+import { loadCheckpoint, loadModel } from "../src/node/load.js";
 import { compare } from "./shared.js";
 
 /*
@@ -118,3 +121,70 @@ for (const { dir, version } of GENERATIONS) {
     }
   }
 }
+
+// ---- the growing state of 7b and the hybrid -------------------------------------------------
+
+for (const dir of ["v7b", "v8-hybrid"] as const) {
+  for (const backend of BACKENDS) {
+    test(`next-gen ${dir} [${backend}]: the state grows per token; a saved and restored state continues identically`, () => {
+      const { path, meta, golden } = fixture(dir, "head32");
+      const model = load(path, backend);
+      const { tokens, split } = meta;
+      const V = meta.config.vocab_size, L = meta.config.n_layer;
+      // Per layer and token: 32 floats of k, 32 of v, one token id (the official cache layout).
+      const perToken = L * (2 * 32 + 1);
+      const s = model.initState();
+      const fresh = s.size;
+      const logits = model.forward(tokens.slice(0, split), s);
+      assert.equal(s.size, fresh + split * perToken);
+
+      const file = encodeStateFile({ model: modelIdentity(model), state: s, logits, tokens: split, extra: null });
+      const back = decodeStateFile(file, "7b.state");
+      checkStateBelongs(back, model, "7b.state");
+      assert.deepEqual([...back.logits!], [...logits]);
+      const want = model.forward(tokens.slice(split), s, { allLogits: true });
+      const got = model.forward(tokens.slice(split), back.state, { allLogits: true });
+      assert.deepEqual([...got], [...want], "the restored state continues bit for bit");
+      assertClose(got, golden.get("chunked.logits")!.subarray(split * V), "restored state against the golden chunk");
+
+      // A cache cut short (or from another model) is refused by name, not computed with.
+      const bad = back.state.clone();
+      bad.layers[1].k_cache = bad.layers[1].k_cache.subarray(0, 32 * 3);
+      assert.throws(() => checkStateBelongs({ ...back, state: bad }, model, "cut.state"), /cut\.state.*layer 1: k_cache has 96 values but v_cache/);
+    });
+
+    test(`next-gen ${dir} [${backend}]: the prefix cache stores and restores the growing state`, () => {
+      const { path, meta, golden } = fixture(dir, "head64");
+      const model = load(path, backend);
+      const { tokens, split } = meta;
+      const V = meta.config.vocab_size;
+      const cache = new PrefixCache(1 << 24);
+      const s = model.initState();
+      const logits = model.forward(tokens.slice(0, split), s);
+      cache.store(tokens.slice(0, split), s, logits);
+      assert.equal(cache.bytes, 4 * (s.size + V) + 8 * split, "the entry is accounted at its grown size");
+      s.layers[0].k_cache.fill(0); // the cache holds a copy
+
+      const hit = cache.lookup(tokens);
+      assert.ok(hit);
+      assert.equal(hit.length, split);
+      assert.deepEqual([...hit.state.layers[2].ctx_tokens], tokens.slice(0, split));
+      const rest = model.forward(tokens.slice(split), hit.state, { allLogits: true });
+      assertClose(rest, golden.get("chunked.logits")!.subarray(split * V), "continued from the prefix cache");
+      assertState(hit.state, golden, "chunked", meta.config.n_layer, tokens);
+    });
+  }
+}
+
+test("next-gen: rwkv info reports a growing state for 7b and the hybrid, a fixed one for 7a and 8", () => {
+  for (const { dir } of GENERATIONS) {
+    const { checkpoint, close } = loadCheckpoint(fixture(dir, "head64").path);
+    const d = describeCheckpoint(checkpoint);
+    close();
+    const L = 3, C = 64, N = 64;
+    const fixed = L * (C + (C / N) * N * N + C); // att_x_prev, att_kv, ffn_x_prev
+    if (dir === "v7b") assert.deepEqual(d.state, { fixed: fixed + L * 256, perToken: L * 65 }); // + q_prev (256) per layer
+    else if (dir === "v8-hybrid") assert.deepEqual(d.state, { fixed, perToken: L * 65 });
+    else assert.deepEqual(d.state, { fixed, perToken: 0 });
+  }
+});

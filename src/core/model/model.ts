@@ -67,6 +67,12 @@ export interface Model {
    * Optional so that wrappers and test doubles of Model need not provide it; RwkvModel does.
    */
   hidden?(tokens: readonly number[], state: State, options?: ForwardOptions): Float32Array;
+  /**
+   * Why `state` (e.g. read from a file) cannot continue in this model, or null when it can: its
+   * layers and arrays must be this model's, fixed-size arrays of their exact size and growing
+   * ones (RWKV-7b's cache) consistent with each other.
+   */
+  checkState?(state: State): string | null;
 }
 
 /** One layer's part of a State. */
@@ -135,6 +141,13 @@ export interface Architecture {
   readonly growingState?: readonly string[];
   /** False when the embedding is used as is (the RWKV-8 hybrid has no blocks.0.ln0). Default true. */
   readonly embeddingNorm?: boolean;
+  /** Why one layer's growing arrays are inconsistent (e.g. a truncated cache), or null. */
+  checkGrowingState?(cfg: ModelConfig, layer: LayerState): string | null;
+  /**
+   * Floats the state gains per token (growingState versions), from the tensor shapes: what `rwkv
+   * info` reports.
+   */
+  stateFloatsPerToken?(w: Weights, cfg: ModelConfig): number;
 }
 
 /** LayerNorm eps of every `ln*` in all versions. */
@@ -207,6 +220,25 @@ export class RwkvModel implements Model {
 
   step(token: number, state: State): Float32Array {
     return this.forward([token], state);
+  }
+
+  checkState(state: State): string | null {
+    const fresh = this.initial;
+    if (state.version !== this.config.version) return `it is an RWKV-${state.version} state, this model is RWKV-${this.config.version}`;
+    if (state.layers.length !== fresh.layers.length) return `${state.layers.length} layers, this model has ${fresh.layers.length}`;
+    const growing = new Set(this.arch.growingState ?? []);
+    for (let i = 0; i < fresh.layers.length; i++) {
+      const got = state.layers[i], want = fresh.layers[i];
+      const names = Object.keys(want);
+      if (Object.keys(got).length !== names.length) return `layer ${i} has arrays ${Object.keys(got).join(", ")}, expected ${names.join(", ")}`;
+      for (const name of names) {
+        if (!got[name]) return `layer ${i} lacks ${name}`;
+        if (!growing.has(name) && got[name].length !== want[name].length) return `layer ${i} ${name} has ${got[name].length} values, expected ${want[name].length}`;
+      }
+      const problem = this.arch.checkGrowingState?.(this.config, got);
+      if (problem) return `layer ${i}: ${problem}`;
+    }
+    return null;
   }
 
   forward(tokens: readonly number[], state: State, options: ForwardOptions = {}): Float32Array {

@@ -1,5 +1,5 @@
 import type { Backend, Matrix, Tensor } from "../../backend/backend.js";
-import { type Block, eachSequence, LAYER_NORM_EPS, type ModelConfig } from "../model.js";
+import { type Block, eachSequence, LAYER_NORM_EPS, type LayerState, type ModelConfig } from "../model.js";
 import { foldedTable, gatherRows } from "../v7a/deep-embed.js";
 import type { Weights } from "../weights.js";
 
@@ -28,6 +28,23 @@ export const ATTENTION_WIDTH = 256;
 export const CACHE_FIELDS = ["k_cache", "v_cache", "ctx_tokens"] as const;
 
 interface Norm { weight: Tensor; bias: Tensor } // (1, n) each
+
+/**
+ * A layer's cache must hold the same number of tokens in k_cache, v_cache (E floats each per
+ * token) and ctx_tokens (valid ids): anything else is a damaged or foreign state.
+ */
+export function checkCache(cfg: ModelConfig, l: LayerState): string | null {
+  const n = l.ctx_tokens.length;
+  if (l.k_cache.length !== l.v_cache.length) return `k_cache has ${l.k_cache.length} values but v_cache ${l.v_cache.length}`;
+  if (n === 0 ? l.k_cache.length !== 0 : l.k_cache.length % n !== 0) return `k_cache has ${l.k_cache.length} values for ${n} tokens`;
+  for (const id of l.ctx_tokens) if (!Number.isInteger(id) || id < 0 || id >= cfg.vocabSize) return `ctx_tokens holds ${id}, not a token id`;
+  return null;
+}
+
+/** Floats per token a layer's cache gains: E of k, E of v, one token id. */
+export function cacheFloatsPerToken(E: number, cfg: ModelConfig): number {
+  return cfg.nLayer * (2 * E + 1);
+}
 
 /** One layer's attention parameters in a form both variants share. */
 interface Parts {

@@ -1,7 +1,7 @@
 import type { Architecture } from "../model.js";
 import { rwkv7, v7TimeMix } from "../v7.js";
 import { deepEmbedChannelMix } from "../v7a/deep-embed.js";
-import { ATTENTION_WIDTH, CACHE_FIELDS, deepEmbedAttention } from "./attention.js";
+import { ATTENTION_WIDTH, CACHE_FIELDS, cacheFloatsPerToken, checkCache, deepEmbedAttention } from "./attention.js";
 
 /**
  * RWKV-7b = RWKV-7a + DeepEmbedAttention (../shared/reference/rwkv-lm/rwkv_v7b_demo.py): per block
@@ -17,6 +17,8 @@ export const rwkv7b: Architecture = {
     k_cache: new Float32Array(0), v_cache: new Float32Array(0), ctx_tokens: new Float32Array(0),
   }),
   growingState: CACHE_FIELDS,
+  checkGrowingState: checkCache,
+  stateFloatsPerToken: (w, cfg) => cacheFloatsPerToken(w.shape("blocks.0.qkv.k1")[1], cfg),
   block(w, i, cfg, be) {
     return { attention: deepEmbedAttention(w, i, cfg, be), timeMix: v7TimeMix(w, i, cfg, be), channelMix: deepEmbedChannelMix(w, i, cfg, be) };
   },

@@ -1,6 +1,6 @@
 import type { Architecture } from "../model.js";
 import { rwkv7, v7TimeMix } from "../v7.js";
-import { CACHE_FIELDS, hybridAttention } from "../v7b/attention.js";
+import { CACHE_FIELDS, cacheFloatsPerToken, checkCache, hybridAttention } from "../v7b/attention.js";
 import { ennChannelMix } from "./index.js";
 
 /**
@@ -17,6 +17,8 @@ export const rwkv8Hybrid: Architecture = {
     k_cache: new Float32Array(0), v_cache: new Float32Array(0), ctx_tokens: new Float32Array(0),
   }),
   growingState: CACHE_FIELDS,
+  checkGrowingState: checkCache,
+  stateFloatsPerToken: (w, cfg) => cacheFloatsPerToken(w.shape("blocks.0.qkv.kk.weight")[0], cfg),
   block(w, i, cfg, be) {
     return { attention: hybridAttention(w, i, cfg, be), timeMix: v7TimeMix(w, i, cfg, be), channelMix: ennChannelMix(w, i, cfg, be) };
   },
