@@ -5,7 +5,10 @@ import { test } from "node:test";
 import { availableBackends } from "../src/core/backend/registry.js";
 import type { Model } from "../src/core/model/model.js";
 import { State } from "../src/core/model/state.js";
-import { detectVersion } from "../src/core/model/detect.js";
+import { referenceBackend } from "../src/core/backend/reference.js";
+import { architectureFor, detectVersion } from "../src/core/model/detect.js";
+import { buildModel } from "../src/core/model/model.js";
+import { randomCheckpoint } from "../src/core/model/random.js";
 import { PrefixCache } from "../src/core/prefix-cache.js";
 import { checkStateBelongs, decodeStateFile, encodeStateFile, modelIdentity } from "../src/core/state-file.js";
 import { describeCheckpoint } from "../src/node/inspect.js";
@@ -188,3 +191,38 @@ test("next-gen: rwkv info reports a growing state for 7b and the hybrid, a fixed
     else assert.deepEqual(d.state, { fixed, perToken: 0 });
   }
 });
+
+// ---- storage types and random models --------------------------------------------------------
+
+test("next-gen: compact storage keeps the per-token tables in the file's f16 (the official fp16 fold), int8 quantizes them", () => {
+  for (const { dir } of GENERATIONS) {
+    const { path, meta } = fixture(dir, "head64");
+    const run = (matrices: "f32" | "compact" | "int8") => {
+      const m = loadModel(path, { backend: "reference", matrices });
+      return m.forward(meta.tokens, m.initState(), { allLogits: true });
+    };
+    const f32 = run("f32"), compact = run("compact"), int8 = run("int8");
+    const diff = (a: Float32Array) => a.reduce((mx, x, i) => Math.max(mx, Math.abs(x - f32[i])), 0);
+    if (dir === "v7a" || dir === "v7b") {
+      // The folded table s_emb + LN0(emb) s_emb_xᵀ is rounded to f16 as the official fp16 code rounds it.
+      assert.ok(diff(compact) > 1e-6 && diff(compact) < 5e-3, `${dir} compact: ${diff(compact)}`);
+    } else {
+      assert.equal(diff(compact), 0, `${dir}: f16-exact weights in f16 give the f32 results`);
+    }
+    assert.ok(diff(int8) > 1e-4 && diff(int8) < 0.2, `${dir} int8: ${diff(int8)}`);
+  }
+});
+
+for (const version of ["7a", "7b", "8", "8-hybrid"] as const) {
+  test(`next-gen: a random RWKV-${version} (rwkv bench --random ${version}) loads; its sequence equals its steps`, () => {
+    const ckpt = randomCheckpoint({ version, nLayer: 2, nEmbd: 64, vocabSize: 40, seed: 3 });
+    assert.equal(detectVersion(ckpt), version);
+    const model = buildModel(ckpt, architectureFor(version, ckpt.source), version, referenceBackend);
+    const tokens = [1, 7, 39, 7, 0, 22];
+    const seq = model.forward(tokens, model.initState(), { allLogits: true });
+    const s = model.initState();
+    tokens.forEach((tok, t) => assertClose(model.step(tok, s), seq.subarray(t * 40, (t + 1) * 40), `step ${t}`));
+    assert.ok(seq.every(Number.isFinite));
+    assert.ok(Math.max(...seq) - Math.min(...seq) > 0.1, "logits are not flat");
+  });
+}

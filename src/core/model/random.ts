@@ -133,10 +133,56 @@ const v6Layout: Layout = ({ nLayer: L, nEmbd: C, vocabSize: V }) => skeleton(L, 
   ];
 });
 
-const LAYOUTS: Partial<Record<Version, Layout>> = { "4": v4Layout, "5.2": v5Layout, "6": v6Layout, "7": v7Layout };
+/** DeepEmbed's gate width and the attention's widths, as the official 7a/7b/8 files hard-code them. */
+const GATE = 32, ATTENTION_WIDTH = 256, CACHE_WIDTH = 32;
+
+/** RWKV-7a: RWKV-7 plus DeepEmbed's per-layer (V, 32·32) table, its fold matrix and the gate's s0/s1/s2. */
+const deepEmbedTensors = (i: number, C: number, V: number): TensorSpec[] => {
+  const f = `blocks.${i}.ffn.`, F = 4 * C;
+  return [
+    centred(f + "s_emb.weight", [V, GATE * GATE], 0.1), linear(f + "s_emb_x.weight", [GATE * GATE, C], 10 * C), // a small fold
+    linear(f + "s1", [C, GATE], C), linear(f + "s2", [GATE, F], 4 * GATE), uniform(f + "s0", [1, 1, F], 0.8, 1.2), // the gate stays near 1
+  ];
+};
+const v7aLayout: Layout = (spec) => [...v7Layout(spec), ...perLayer(spec, (i) => deepEmbedTensors(i, spec.nEmbd, spec.vocabSize))];
+
+/** RWKV-7b: 7a plus DeepEmbedAttention's qkv.* tensors. */
+const v7bLayout: Layout = (spec) => [...v7aLayout(spec), ...perLayer(spec, (i) => {
+  const q = `blocks.${i}.qkv.`, C = spec.nEmbd, V = spec.vocabSize, D = ATTENTION_WIDTH, E = CACHE_WIDTH;
+  return [
+    linear(q + "qq.weight", [D, C], C), linear(q + "k1", [C, E], C), linear(q + "k2", [E, D], E), linear(q + "v1", [C, E], C), linear(q + "v2", [E, C], E),
+    uniform(q + "k_emb.weight", [V, D], 0.8, 1.2), linear(q + "k_emb_x.weight", [D, C], 10 * C),
+    uniform(q + "v_emb.weight", [V, C], 0.8, 1.2), linear(q + "v_emb_x.weight", [C, C], 10 * C),
+    uniform(q + "x_q", [1, 1, D], 0, 1), uniform(q + "x_k", [1, 1, D], 0, 1), uniform(q + "x_v", [1, 1, C], 0, 1),
+    ...norm(q + "lnq", D), ...norm(q + "lnk", D), ...norm(q + "lnv", C),
+  ];
+})];
+
+/** RWKV-8 rc00: RWKV-7 plus the channel mix's per-token output scale ffn.enn (V, C). */
+const v8Layout: Layout = (spec) => [...v7Layout(spec), ...perLayer(spec, (i) => [uniform(`blocks.${i}.ffn.enn.weight`, [spec.vocabSize, spec.nEmbd], 0.8, 1.2)])];
+
+/** The RWKV-8 rc00 hybrid: RWKV-8 rc00 without ln0, plus its attention's qkv.* tensors. */
+const v8HybridLayout: Layout = (spec) => [...v8Layout(spec).filter((t) => !t.name.startsWith("blocks.0.ln0.")), ...perLayer(spec, (i) => {
+  const q = `blocks.${i}.qkv.`, C = spec.nEmbd, V = spec.vocabSize, D = ATTENTION_WIDTH, E = CACHE_WIDTH;
+  return [
+    linear(q + "qq.weight", [D, C], C), linear(q + "kk.weight", [E, C], C), linear(q + "kkup.weight", [D, E], E),
+    linear(q + "vv.weight", [E, C], C), linear(q + "vvup.weight", [C, E], E),
+    uniform(q + "ennk.weight", [V, D], 0.8, 1.2), uniform(q + "emm.weight", [V, C], 0.8, 1.2),
+    ...norm(q + "lnq", D), ...norm(q + "lnk", D), ...norm(q + "lnv", C),
+  ];
+})];
+
+/** `layer(i)` for every layer, concatenated. */
+function perLayer({ nLayer: L }: RandomModelSpec, layer: (i: number) => TensorSpec[]): TensorSpec[] {
+  return Array.from({ length: L }, (_, i) => layer(i)).flat();
+}
+
+const LAYOUTS: Partial<Record<Version, Layout>> = {
+  "4": v4Layout, "5.2": v5Layout, "6": v6Layout, "7": v7Layout, "7a": v7aLayout, "7b": v7bLayout, "8": v8Layout, "8-hybrid": v8HybridLayout,
+};
 
 /** Versions randomCheckpoint can build. */
-export const RANDOM_MODEL_VERSIONS: readonly Version[] = (["4", "5.2", "6", "7"] as const).filter((v) => LAYOUTS[v]);
+export const RANDOM_MODEL_VERSIONS: readonly Version[] = (["4", "5.2", "6", "7", "7a", "7b", "8", "8-hybrid"] as const).filter((v) => LAYOUTS[v]);
 
 /** Checks a spec; every problem is an RwkvInputError naming the option. */
 export function checkRandomSpec(spec: RandomModelSpec): void {

@@ -13,8 +13,11 @@ import { type CliConfig, modelPathFor } from "../model-arg.js";
 import { Progress } from "../progress.js";
 import { defaultThreads } from "../threads/pool.js";
 
-/** The newest version random models exist for: the default of --context and the example in messages. */
-const RANDOM_DEFAULT = RANDOM_MODEL_VERSIONS[RANDOM_MODEL_VERSIONS.length - 1];
+/**
+ * The default of --context and the example in messages: RWKV-7, the newest constant-memory release
+ * (7b and the RWKV-8 hybrid grow their state; 7a/7b/8 carry (V, ·) tables per layer).
+ */
+const RANDOM_DEFAULT: Version = "7";
 
 export const BENCH_USAGE = `bench [MODEL] [--random ${RANDOM_DEFAULT}]   speed: decode and prefill tok/s, peak RSS, bandwidth (a table; --json)
       MODEL                 default: the bundled model (when --random is not given either)
@@ -37,7 +40,7 @@ const OPTIONS: Options = {
   json: { type: "boolean" }, context: { type: "boolean" }, tokens: { type: "string" }, out: { type: "string" },
 };
 
-const VERSIONS: readonly Version[] = ["4", "5.1", "5.2", "6", "7"];
+const VERSIONS: readonly Version[] = ["4", "5.1", "5.2", "6", "7", "7a", "7b", "8", "8-hybrid"];
 const BENCH_DTYPES: readonly BenchDType[] = [...MATRIX_DTYPES, "int8", "stored"];
 /** The issue's reference model (RWKV-7 0.1B shape) for speed; a tiny one for the 100k-token context run. */
 const SPEED_SHAPE = { nLayer: 12, nEmbd: 768, vocabSize: 65536 };
