@@ -265,7 +265,7 @@ function assertWellFormed(xml: string): void {
 
 test("rwkv bench: bad input and bad usage give one clear line and a non-zero exit", async () => {
   const cases: Array<[string[], number, RegExp]> = [
-    [["bench", "--random", "9"], 2, /--random must be an RWKV version \(4, 5\.1, 5\.2, 6, 7\), got "9"/],
+    [["bench", "--random", "9"], 2, /--random must be an RWKV version \(4, 5\.1, 5\.2, 6, 7, 7a, 7b, 8, 8-hybrid\), got "9"/],
     [["bench", "--random", "5.1"], 1, /RWKV-5\.1 is not available \(random models: RWKV-4, RWKV-5\.2, RWKV-6, RWKV-7\)/],
     [["bench", ...TINY, "--dtype", "q9"], 2, /--dtype: unknown type "q9"/],
     [["bench", "--random", "7", "--layers", "0"], 2, /--layers must be a positive integer, got "0"/],
