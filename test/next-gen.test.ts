@@ -1,5 +1,6 @@
 import assert from "node:assert/strict";
-import { readFileSync } from "node:fs";
+import { mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { test } from "node:test";
 import { availableBackends } from "../src/core/backend/registry.js";
@@ -13,6 +14,7 @@ import { PrefixCache } from "../src/core/prefix-cache.js";
 import { checkStateBelongs, decodeStateFile, encodeStateFile, modelIdentity } from "../src/core/state-file.js";
 import { describeCheckpoint } from "../src/node/inspect.js";
 import { loadCheckpoint, loadModel } from "../src/node/load.js";
+import { runCaptured } from "./run-cli.js";
 import { compare } from "./shared.js";
 
 /*
@@ -226,3 +228,23 @@ for (const version of ["7a", "7b", "8", "8-hybrid"] as const) {
     assert.ok(Math.max(...seq) - Math.min(...seq) > 0.1, "logits are not flat");
   });
 }
+
+test("next-gen: rwkv convert re-saves 7a/7b/8/hybrid as safetensors and pth (f32) with identical logits", async () => {
+  const dir = mkdtempSync(join(tmpdir(), "rwkv-next-gen-"));
+  try {
+    for (const { dir: gen } of GENERATIONS) {
+      const { path, meta } = fixture(gen, "head32");
+      const want = load(path, "reference").forward(meta.tokens, load(path, "reference").initState(), { allLogits: true });
+      for (const ext of ["safetensors", "pth"]) {
+        const out = join(dir, `${gen}.${ext}`);
+        const r = await runCaptured(["convert", path, out]);
+        assert.equal(r.code, 0, r.err);
+        const m = load(out, "reference");
+        assert.equal(m.config.version, load(path, "reference").config.version);
+        assert.deepEqual([...m.forward(meta.tokens, m.initState(), { allLogits: true })], [...want], `${gen} via ${ext}`);
+      }
+    }
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
