@@ -3,7 +3,7 @@ import { mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { test } from "node:test";
-import { availableBackends } from "../src/core/backend/registry.js";
+import { availableBackends, selectBackend } from "../src/core/backend/registry.js";
 import type { Model } from "../src/core/model/model.js";
 import { State } from "../src/core/model/state.js";
 import { referenceBackend } from "../src/core/backend/reference.js";
@@ -248,3 +248,22 @@ test("next-gen: rwkv convert re-saves 7a/7b/8/hybrid as safetensors and pth (f32
     rmSync(dir, { recursive: true, force: true });
   }
 });
+
+for (const version of ["7b", "8-hybrid"] as const) {
+  for (const backend of BACKENDS) {
+    test(`next-gen: a 300-token RWKV-${version} prompt (two chunks) equals stepping token by token bit for bit [${backend}]`, () => {
+      const ckpt = randomCheckpoint({ version, nLayer: 2, nEmbd: 64, vocabSize: 40, seed: 5 });
+      const model = buildModel(ckpt, architectureFor(version, ckpt.source), version, selectBackend(backend));
+      const tokens = Array.from({ length: 300 }, (_, t) => (t * 7 + (t >> 3)) % 40);
+      const seq = model.initState();
+      const all = model.forward(tokens, seq, { allLogits: true });
+      const step = model.initState();
+      tokens.forEach((tok, t) => {
+        const l = model.step(tok, step);
+        if (t % 37 === 0 || t === 299) assert.deepEqual([...l], [...all.subarray(t * 40, (t + 1) * 40)], `t=${t}`);
+      });
+      for (let i = 0; i < 2; i++) for (const name of Object.keys(seq.layers[i])) assert.deepEqual([...step.layers[i][name]], [...seq.layers[i][name]], `layer ${i} ${name}`);
+      assert.equal(seq.layers[1].ctx_tokens.length, 300);
+    });
+  }
+}
