@@ -229,13 +229,13 @@ for (const version of ["7a", "7b", "8", "8-hybrid"] as const) {
   });
 }
 
-test("next-gen: rwkv convert re-saves 7a/7b/8/hybrid as safetensors and pth (f32) with identical logits", async () => {
+test("next-gen: rwkv convert re-saves 7a/7b/8/hybrid as safetensors, pth and rwkv.cpp (f32) with identical logits", async () => {
   const dir = mkdtempSync(join(tmpdir(), "rwkv-next-gen-"));
   try {
     for (const { dir: gen } of GENERATIONS) {
       const { path, meta } = fixture(gen, "head32");
       const want = load(path, "reference").forward(meta.tokens, load(path, "reference").initState(), { allLogits: true });
-      for (const ext of ["safetensors", "pth"]) {
+      for (const ext of ["safetensors", "pth", "bin"]) { // bin: rwkv.cpp's layout of RWKV-7 (its block types apply)
         const out = join(dir, `${gen}.${ext}`);
         const r = await runCaptured(["convert", path, out]);
         assert.equal(r.code, 0, r.err);

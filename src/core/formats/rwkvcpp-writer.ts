@@ -102,12 +102,18 @@ export function rwkvCppModelFromFile(src: ByteSource): RwkvCppModel {
   };
 }
 
+/** Versions stored in RWKV-7's rwkv.cpp layout. */
+const V7_LAYOUT: ReadonlySet<Version> = new Set<Version>(["7", "7a", "7b", "8", "8-hybrid"]);
+
 /**
  * An official checkpoint in rwkv.cpp's stored form (what convert_pytorch_to_ggml.py writes):
  * `.time_*` squeezed, decays re-parameterised, v6/v7 matrices transposed, v7 lerps concatenated.
  * Values are computed in float64 and rounded once to f32.
  */
-export function rwkvCppModelFromCheckpoint(ckpt: Checkpoint, version: Version): RwkvCppModel {
+export function rwkvCppModelFromCheckpoint(ckpt: Checkpoint, detected: Version): RwkvCppModel {
+  // The generations after RWKV-7 keep its layout and add tensors stored as is: written (and read
+  // back, by readRwkvCpp's detection from att.r_k) with RWKV-7's transforms.
+  const version: Version = V7_LAYOUT.has(detected) ? "7" : detected;
   const emb = ckpt.tensors.get("emb.weight");
   if (!emb || emb.shape.length !== 2) throw new RwkvInputError(ckpt.source, "missing or malformed emb.weight");
   let nLayer = 0;
