@@ -1,4 +1,4 @@
-import type { Backend, Matrix, Tensor } from "../../backend/backend.js";
+import type { Arena, Backend, Matrix, Tensor } from "../../backend/backend.js";
 import { type Block, eachSequence, LAYER_NORM_EPS, type LayerState, type ModelConfig } from "../model.js";
 import { foldedTable, gatherRows } from "../v7a/deep-embed.js";
 import type { Weights } from "../weights.js";
@@ -19,7 +19,10 @@ import type { Weights } from "../weights.js";
  * 7b: shift_q is the token shift with the state q_prev (lerp by x_q); shift_k, shift_v shift along
  * the context from a zero row (lerp by x_k, x_v); kEmb, vEmb are folded with LN0(emb) at load like
  * DeepEmbed's table. The hybrid: no shifts, no fold. The state grows: E floats of k and of v and one
- * token id per token per layer (k and v are recomputed from them each call, as the official code does).
+ * token id per token per layer. The official code recomputes k and v over the whole context from
+ * them each call; here each sequence's normalized k and v rows are also kept in backend memory
+ * between calls (Derived), so a step computes its own rows only (a state met for the first time,
+ * e.g. a clone or a restored file, is recomputed in full once).
  */
 
 /** The q/k width the official files hard-code (LayerNorm over 256). */
@@ -93,11 +96,29 @@ export function hybridAttention(w: Weights, i: number, cfg: ModelConfig, be: Bac
   }, i, cfg, be);
 }
 
+/**
+ * One sequence's normalized keys (Tk, D) and values (Tk, C) in backend memory, kept between calls
+ * so a step computes only its own rows (each row depends on its cache rows, token ids and, through
+ * the shift, the previous row only). Derived from the state, never saved: valid while the state's
+ * k_cache is still the array this was computed from (the forward replaces, never edits, it).
+ */
+interface Derived {
+  rows: number; // Tk filled
+  cache: Float32Array; // the k_cache array they were computed from
+  arena: Arena; // holds k, v and the shifts' carried rows; replaced (and disposed) when it grows
+  k: Tensor; v: Tensor; // (capacity, D), (capacity, C)
+  kPrev: Tensor; vPrev: Tensor; // (1, D), (1, C): the last row before LN (the shift's carry)
+}
+
+/** Rows of the first Derived allocation; it doubles when full. */
+const DERIVED_MIN_ROWS = 64;
+
 function contextAttention(m: Parts, i: number, cfg: ModelConfig, be: Backend): NonNullable<Block["attention"]> {
   const { nEmbd: C } = cfg;
   const K = be.tensors;
   const D = m.q.rows, E = m.kDown.rows;
   const rowK = new Float32Array(D), rowV = new Float32Array(C), zeros = new Float32Array(Math.max(D, C));
+  const derived = new WeakMap<LayerState, Derived>(); // per state layer, for this layer of this model
 
   return (x, T, s, { arena: A, tokens, states }) => {
     const R = x.rows, B = s.length;
@@ -120,48 +141,81 @@ function contextAttention(m: Parts, i: number, cfg: ModelConfig, be: Backend): N
     for (let b = 0; b < B; b++) {
       const l = states[b].layers[i];
       const P = l.ctx_tokens.length, Tk = P + T;
+      const known = derived.get(l);
+      const d = known && known.rows === P && known.cache === l.k_cache ? known : fresh(known);
+      const from = d.rows; // P, or 0 for a state seen for the first time (a clone, a restored file)
       l.k_cache = appended(l.k_cache, newK.subarray(b * T * E, (b + 1) * T * E)); // (Tk, E)
       l.v_cache = appended(l.v_cache, newV.subarray(b * T * E, (b + 1) * T * E)); // (Tk, E)
       l.ctx_tokens = appended(l.ctx_tokens, Float32Array.from(tokens.slice(b * T, (b + 1) * T))); // (Tk)
+      reserve(d, Tk);
       const mark = A.mark();
-      const k = keysOrValues(l.k_cache, m.kUp, null, m.kTable, l.ctx_tokens, rowK, m.shift?.k ?? null, m.lnk, Tk); // (Tk, D)
-      const v = keysOrValues(l.v_cache, m.vUp, "tanh", m.vTable, l.ctx_tokens, rowV, m.shift?.v ?? null, m.lnv, Tk); // (Tk, C)
+      extend(d.k, d.kPrev, l.k_cache, m.kUp, null, m.kTable, l.ctx_tokens, rowK, m.shift?.k ?? null, m.lnk, from, Tk);
+      extend(d.v, d.vPrev, l.v_cache, m.vUp, "tanh", m.vTable, l.ctx_tokens, rowV, m.shift?.v ?? null, m.lnv, from, Tk);
+      d.rows = Tk;
+      d.cache = l.k_cache;
+      derived.set(l, d);
+      // The kernel reads keys 0 … P+t only: the tensors' spare capacity rows are never touched.
       if (B === 1) {
-        K.softcapAttention(y, qn, k, v, m.cap, m.scale, P);
+        K.softcapAttention(y, qn, d.k, d.v, m.cap, m.scale, P);
       } else {
         const qb = A.take(T, D), yb = A.take(T, C); // this sequence's rows
         K.copyRows(qb, 0, qn, b * T, T);
-        K.softcapAttention(yb, qb, k, v, m.cap, m.scale, P);
+        K.softcapAttention(yb, qb, d.k, d.v, m.cap, m.scale, P);
         K.copyRows(y, b * T, yb, 0, T);
       }
       A.rewind(mark);
     }
     return y;
 
-    /** LN(shift(act(cache W_up) ⊙ table[ids])) over the whole context, (Tk, width). */
-    function keysOrValues(cache: Float32Array, up: Matrix, act: "tanh" | null, table: Matrix, ids: Float32Array, row: Float32Array,
-      mix: Tensor | null, ln: Norm, Tk: number): Tensor {
-      const W = up.rows;
-      const c = A.take(Tk, E); // (Tk, E)
-      K.write(c, 0, cache, 0, Tk * E);
-      let h = A.take(Tk, W); // (Tk, W)
+    /**
+     * Rows from … Tk-1 of LN(shift(act(cache W_up) ⊙ table[ids])) into `out` (capacity, W); `prev`
+     * carries the shift's last row across calls.
+     */
+    function extend(out: Tensor, prev: Tensor, cache: Float32Array, up: Matrix, act: "tanh" | null, table: Matrix, ids: Float32Array,
+      row: Float32Array, mix: Tensor | null, ln: Norm, from: number, Tk: number): void {
+      const W = up.rows, n = Tk - from;
+      const c = A.take(n, E); // (n, E)
+      K.write(c, 0, cache, from * E, n * E);
+      let h = A.take(n, W); // (n, W)
       K.matmul(h, c, up);
       if (act) K.activate(act, h);
-      const e = A.take(Tk, W); // (Tk, W) the tokens' table rows
-      gatherRows(K, e, table, ids, row);
+      const e = A.take(n, W); // (n, W) the tokens' table rows
+      gatherRows(K, e, table, ids.subarray(from, Tk), row);
       K.mul(h, e);
       if (mix) {
-        const sh = A.take(Tk, W), first = A.take(1, W), out = A.take(Tk, W);
-        K.write(first, 0, zeros, 0, W); // the context's first key has a zero predecessor
-        K.shift(sh, h, first, 0, Tk);
-        K.lerp([out], h, sh, [mix]);
-        h = out;
+        const sh = A.take(n, W), mixed = A.take(n, W); // (n, W)
+        K.shift(sh, h, prev, 0, n); // the context's first row has a zero predecessor (prev starts at zero)
+        K.lerp([mixed], h, sh, [mix]);
+        h = mixed;
       }
-      const n = A.take(Tk, W); // (Tk, W)
-      K.layerNorm(n, h, ln.weight, ln.bias, LAYER_NORM_EPS);
-      return n;
+      const normed = A.take(n, W); // (n, W)
+      K.layerNorm(normed, h, ln.weight, ln.bias, LAYER_NORM_EPS);
+      K.copyRows(out, from, normed, 0, n);
     }
   };
+
+  /** Empty derived rows (the previous ones' memory released). */
+  function fresh(old: Derived | undefined): Derived {
+    old?.arena.dispose();
+    const arena = K.arena();
+    const d: Derived = { rows: 0, cache: new Float32Array(0), arena, k: arena.take(DERIVED_MIN_ROWS, D), v: arena.take(DERIVED_MIN_ROWS, C), kPrev: arena.take(1, D), vPrev: arena.take(1, C) };
+    K.write(d.kPrev, 0, zeros, 0, D);
+    K.write(d.vPrev, 0, zeros, 0, C);
+    return d;
+  }
+
+  /** Room for Tk rows: a larger arena (doubling), the filled rows and carries copied over. */
+  function reserve(d: Derived, Tk: number): void {
+    if (Tk <= d.k.rows) return;
+    const rows = Math.max(Tk, 2 * d.k.rows);
+    const arena = K.arena();
+    const k = arena.take(rows, D), v = arena.take(rows, C), kPrev = arena.take(1, D), vPrev = arena.take(1, C);
+    if (d.rows) { K.copyRows(k, 0, d.k, 0, d.rows); K.copyRows(v, 0, d.v, 0, d.rows); }
+    K.copyRows(kPrev, 0, d.kPrev, 0, 1);
+    K.copyRows(vPrev, 0, d.vPrev, 0, 1);
+    d.arena.dispose();
+    Object.assign(d, { arena, k, v, kPrev, vPrev });
+  }
 }
 
 /** a followed by b, in a new array. */
