@@ -183,7 +183,7 @@ export class RwkvModel implements Model {
     const norm = (p: string): Norm => ({ weight: K.constant(w.vec(`${p}.weight`, C)), bias: K.constant(w.vec(`${p}.bias`, C)) });
     const emb = w.dense("emb.weight", V, C); // (V, C)
     // Precompute ln0 over the whole embedding as the official inference code does (SPEC gotcha 8).
-    this.emb = arch.embeddingNorm === false ? emb : lnZeroEmbedding(w, backend, config); // (V, C)
+    this.emb = arch.embeddingNorm === false ? emb : lnZeroEmbedding(w, backend, config, emb); // (V, C)
     this.arena = K.arena();
     this.blocks = [];
     for (let i = 0; i < L; i++) {
@@ -358,12 +358,16 @@ function bindLayer(K: TensorKernels, l: LayerState, arena: Arena, growing: Reado
   return out;
 }
 
-/** LN(emb; blocks.0.ln0) of the whole vocabulary, (V, C): computed once per Weights (DeepEmbed's load-time folds read it too). */
-export function lnZeroEmbedding(w: Weights, backend: Backend, cfg: Pick<ModelConfig, "vocabSize" | "nEmbd">): Float32Array {
+/**
+ * LN(emb; blocks.0.ln0) of the whole vocabulary, (V, C): computed once per Weights (DeepEmbed's
+ * load-time folds read it too).
+ */
+export function lnZeroEmbedding(w: Weights, backend: Backend, cfg: Pick<ModelConfig, "vocabSize" | "nEmbd">, emb?: Float32Array): Float32Array {
   const { vocabSize: V, nEmbd: C } = cfg;
   let e = LN0_CACHE.get(w);
   if (!e) {
-    e = backend.layerNorm(w.dense("emb.weight", V, C), V, C, w.vec("blocks.0.ln0.weight", C), w.vec("blocks.0.ln0.bias", C), LAYER_NORM_EPS); // (V, C)
+    // `emb`: the raw embedding when the caller already read it (each tensor is read once per load).
+    e = backend.layerNorm(emb ?? w.dense("emb.weight", V, C), V, C, w.vec("blocks.0.ln0.weight", C), w.vec("blocks.0.ln0.bias", C), LAYER_NORM_EPS); // (V, C)
     LN0_CACHE.set(w, e);
   }
   return e;
