@@ -485,7 +485,7 @@ export function readGgufCheckpoint(src: ByteSource): GgufCheckpoint {
 
   const metadata: Record<string, string> = { "gguf.version": String(file.version), "gguf.tensors": String(file.tensors.length) };
   for (const [k, v] of file.metadata) metadata[k] = describeValue(v);
-  return { format: "gguf", source: src.name, tensors, metadata, versionHint: version, gguf: file };
+  return { format: "gguf", source: src.name, tensors, metadata, gguf: file };
 }
 
 function scaled(raw: () => Float32Array, factor: number): () => Float32Array {

@@ -17,6 +17,7 @@ const FILE_VERSIONS = [100, 101];
 const QUANTIZED_MIN_VERSION = 101;
 const X_RWKVAG_PARTS = ["x_r", "x_w", "x_k", "x_v", "x_a", "x_g"];
 const V7_TRANSPOSED = /\.att\.[wavg][12]$/;
+const RWKVCPP_V5_GROUP_NORM_EPS = 1e-5;
 
 export type RwkvCppVersion = "4" | "5.1" | "5.2" | "6" | "7";
 
@@ -146,7 +147,10 @@ export function readRwkvCpp(src: ByteSource): Checkpoint {
     data_type_name: typeName(header.dataType),
     version: version,
   };
-  return { format: "rwkv.cpp", source: src.name, tensors, metadata, versionHint: version };
+  // rwkv.cpp's graph computes every v5 group norm with torch's default eps (its reference outputs
+  // for the tiny 5.1 and 5.2 models only match with it), not pip 5.2's 64e-5.
+  const numerics = version === "5.1" || version === "5.2" ? { groupNormEps: RWKVCPP_V5_GROUP_NORM_EPS } : undefined;
+  return { format: "rwkv.cpp", source: src.name, tensors, metadata, ...(numerics ? { numerics } : {}) };
 }
 
 type Values = () => Float32Array;
