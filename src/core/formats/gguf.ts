@@ -233,10 +233,10 @@ export function readGguf(src: ByteSource): GgufFile {
   const c = new Cursor(src);
   const magic = c.u32("magic");
   if (magic !== GGUF_MAGIC) throw new FormatError(src.name, `bad magic 0x${magic.toString(16)} (GGUF files start with "GGUF")`);
-  const version = c.u32("version");
-  if (version !== GGUF_VERSION) {
-    const hint = version > 0xffff ? " (a big-endian GGUF file?)" : version < GGUF_VERSION ? " (an old GGUF; re-convert it with a current llama.cpp)" : "";
-    throw new FormatError(src.name, `unsupported GGUF version ${version}${hint}; only version ${GGUF_VERSION} is supported`);
+  const fileVersion = c.u32("version");
+  if (fileVersion !== GGUF_VERSION) {
+    const hint = fileVersion > 0xffff ? " (a big-endian GGUF file?)" : fileVersion < GGUF_VERSION ? " (an old GGUF; re-convert it with a current llama.cpp)" : "";
+    throw new FormatError(src.name, `unsupported GGUF version ${fileVersion}${hint}; only version ${GGUF_VERSION} is supported`);
   }
   const tensorCount = c.u64("tensor count");
   const kvCount = c.u64("metadata count");
@@ -284,7 +284,7 @@ export function readGguf(src: ByteSource): GgufFile {
     return { name: t.name, ne: t.ne, type: t.type, dataOffset: dataStart + t.offset, byteLength };
   });
   checkPacking(src, tensors, dataStart, alignment);
-  return { version, metadata, tensors, alignment, dataStart };
+  return { version: fileVersion, metadata, tensors, alignment, dataStart };
 }
 
 /**

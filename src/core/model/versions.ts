@@ -1,4 +1,5 @@
 import { FormatError, RwkvInputError } from "../errors.js";
+import type { FormatTable } from "../formats/tensor-map.js";
 import type { TrainSupport } from "../train/version.js";
 import type { Architecture, ModelConfig, Version } from "./model.js";
 import type { TensorLayout, TensorShapes } from "./shapes.js";
@@ -74,6 +75,8 @@ export interface VersionModule {
   readonly train?: TrainSupport;
   /** Continuing runs on RWKV-LM. */
   readonly rwkvLm?: RwkvLmSupport;
+  /** This version's rwkv.cpp tensor table (reader and writer). */
+  readonly rwkvcpp: FormatTable;
 }
 
 /** Every supported version, newest first: detection asks them in this order. */

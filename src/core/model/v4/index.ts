@@ -1,6 +1,7 @@
 import type { ModelConfig } from "../model.js";
 import { countLayers, skeletonLayout, type TensorLayout, type TensorShapes } from "../shapes.js";
 import type { VersionModule } from "../versions.js";
+import { RWKVCPP } from "./formats.js";
 import { channelMixTimeMix, timeParamGroup } from "../../train/version.js";
 import { rwkv4 } from "./infer.js";
 import { initLayerV4, timeMixV4 } from "./train.js";
@@ -54,6 +55,7 @@ export const v4: VersionModule = {
   inferConfig,
   heads: false,
   defaultDimFfn: (C) => 4 * C,
+  rwkvcpp: RWKVCPP,
   architecture: rwkv4,
   layout,
   randomRange,

@@ -2,6 +2,7 @@ import type { ModelConfig } from "../model.js";
 import { LOG_DECAY } from "../random-ranges.js";
 import { headedConfig, skeletonLayout, type TensorLayout } from "../shapes.js";
 import type { VersionModule } from "../versions.js";
+import { RWKVCPP_51, RWKVCPP_52 } from "./formats.js";
 import { EMB_INIT, channelMixTimeMix, timeParamGroup } from "../../train/version.js";
 import { rwkv5 } from "./infer.js";
 import { ffnWidth, GROUP_NORM_EPS_51, GROUP_NORM_EPS_52 } from "./sizes.js";
@@ -45,6 +46,7 @@ export const v52: VersionModule = {
   defaultDimFfn: ffnWidth,
   groupNormEps: GROUP_NORM_EPS_52,
   architecture: rwkv5(GROUP_NORM_EPS_52),
+  rwkvcpp: RWKVCPP_52,
   layout,
   randomRange,
   train: {
@@ -65,4 +67,5 @@ export const v51: VersionModule = {
   defaultDimFfn: ffnWidth,
   groupNormEps: GROUP_NORM_EPS_51,
   architecture: rwkv5(GROUP_NORM_EPS_51),
+  rwkvcpp: RWKVCPP_51,
 };

@@ -2,6 +2,7 @@ import type { ModelConfig } from "../model.js";
 import { LOG_DECAY, linearRange } from "../random-ranges.js";
 import { headedConfig, skeletonLayout, type TensorLayout } from "../shapes.js";
 import type { VersionModule } from "../versions.js";
+import { RWKVCPP } from "./formats.js";
 import { EMB_INIT, timeParamGroup } from "../../train/version.js";
 import { rwkv6 } from "./infer.js";
 import { ffnWidth } from "../v5/sizes.js";
@@ -48,6 +49,7 @@ export const v6: VersionModule = {
   heads: true,
   defaultDimFfn: ffnWidth,
   groupNormEps: GROUP_NORM_EPS,
+  rwkvcpp: RWKVCPP,
   architecture: rwkv6,
   layout,
   randomRange,

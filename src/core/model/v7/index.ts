@@ -5,6 +5,7 @@ import { GROUP_NORM_EPS, loraWidths, MIX_NAMES } from "./sizes.js";
 import { countLayers, DEFAULT_HEAD_SIZE, skeletonLayout, type TensorLayout, type TensorShapes } from "../shapes.js";
 import { linearRange } from "../random-ranges.js";
 import type { VersionModule } from "../versions.js";
+import { RWKVCPP } from "./formats.js";
 import { EMB_INIT, LR_2X } from "../../train/version.js";
 
 /*
@@ -66,6 +67,7 @@ export const v7: VersionModule = {
   heads: true,
   defaultDimFfn: (C) => 4 * C,
   groupNormEps: GROUP_NORM_EPS,
+  rwkvcpp: RWKVCPP,
   architecture: rwkv7,
   layout,
   randomRange,
