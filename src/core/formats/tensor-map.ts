@@ -14,6 +14,11 @@ import type { CheckpointNumerics } from "./checkpoint.js";
  * A group stores several official vectors as one tensor (e.g. RWKV-7's six token-shift mixes).
  */
 
+/** What a file states that a row may need to restore a shape (e.g. GGUF's wkv.head_size). */
+export interface ReadContext {
+  readonly headSize?: number;
+}
+
 /** A stored shape a row cannot hold: the reader reports it with the tensor's name. */
 export class ShapeProblem extends Error {}
 
@@ -26,8 +31,8 @@ export interface TensorRow {
   officialName?(stored: string): string | null;
   /** Stored shape of an official shape (`cfg` for layouts that depend on heads). Throws ShapeProblem. */
   toStored(shape: readonly number[], cfg: ModelConfig): readonly number[];
-  /** Official shape of a stored shape. Throws ShapeProblem. */
-  toOfficial(stored: readonly number[]): readonly number[];
+  /** Official shape of a stored shape (`ctx`: what the file states besides shapes). Throws ShapeProblem. */
+  toOfficial(stored: readonly number[], ctx?: ReadContext): readonly number[];
   /** Reorders official values (official shape) into the stored order, and back (stored shape). */
   readonly layout?: {
     toStored(values: Float32Array, shape: readonly number[]): Float32Array;
@@ -173,4 +178,39 @@ export function headColumnRow(official: RegExp): TensorRow {
 /** The row with an element-wise value map added. */
 export function mapped(row: TensorRow, toStored: (x: number) => number, toOfficial: (x: number) => number): TensorRow {
   return { ...row, values: { toStored, toOfficial } };
+}
+
+// ---------------------------------------------------------------- per-layer tables (GGUF)
+
+/** One per-layer tensor of a format that renames everything: `<stored>` of layer i <-> blocks.i.<official>. */
+export interface LayerEntry {
+  /** The format's per-layer name, e.g. "time_mix_w1". */
+  readonly stored: string;
+  /** The official suffix after "blocks.i.", e.g. "att.time_maa_w1". */
+  readonly official: string;
+  readonly row: TensorRow;
+  /** Read from older files only; never written. */
+  readonly readOnly?: boolean;
+  /** The format wants a placeholder at layer 0, written from this official suffix and ignored on reading. */
+  readonly layer0From?: string;
+}
+
+/** Several official per-layer vectors stored as one tensor of (parts, 1, 1, C). */
+export interface LayerGroup {
+  readonly stored: string;
+  /** Official suffixes, in stored order. */
+  readonly parts: readonly string[];
+}
+
+/** A version's per-layer table for such a format, in the order the writer emits. */
+export interface LayerTable {
+  /** The format's name of the architecture (e.g. GGUF general.architecture "rwkv7"). */
+  readonly arch: string;
+  readonly layer: ReadonlyArray<LayerEntry | LayerGroup>;
+  /** The version's own u32 metadata (key without the arch prefix) of a model. */
+  metadata(cfg: ModelConfig, shape: (official: string) => readonly number[]): Array<[string, number]>;
+}
+
+export function isLayerGroup(e: LayerEntry | LayerGroup): e is LayerGroup {
+  return (e as LayerGroup).parts !== undefined;
 }

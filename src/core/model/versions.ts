@@ -1,5 +1,5 @@
 import { FormatError, RwkvInputError } from "../errors.js";
-import type { FormatTable } from "../formats/tensor-map.js";
+import type { FormatTable, LayerTable } from "../formats/tensor-map.js";
 import type { TrainSupport } from "../train/version.js";
 import type { Architecture, ModelConfig, Version } from "./model.js";
 import type { TensorLayout, TensorShapes } from "./shapes.js";
@@ -77,6 +77,8 @@ export interface VersionModule {
   readonly rwkvLm?: RwkvLmSupport;
   /** This version's rwkv.cpp tensor table (reader and writer). */
   readonly rwkvcpp: FormatTable;
+  /** This version's GGUF table (absent: llama.cpp has no architecture for it). */
+  readonly gguf?: LayerTable;
 }
 
 /** Every supported version, newest first: detection asks them in this order. */
@@ -90,7 +92,7 @@ export function versionModule(id: Version): VersionModule {
 }
 
 /** The ids of the modules that have `feature`, oldest first (for messages and option lists). */
-export function versionsWith(feature: "train" | "randomRange" | "rwkvLm"): Version[] {
+export function versionsWith(feature: "train" | "randomRange" | "rwkvLm" | "gguf"): Version[] {
   return VERSIONS.filter((v) => v[feature] !== undefined).map((v) => v.id).reverse();
 }
 

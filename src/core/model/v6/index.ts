@@ -2,7 +2,7 @@ import type { ModelConfig } from "../model.js";
 import { LOG_DECAY, linearRange } from "../random-ranges.js";
 import { headedConfig, skeletonLayout, type TensorLayout } from "../shapes.js";
 import type { VersionModule } from "../versions.js";
-import { RWKVCPP } from "./formats.js";
+import { GGUF, RWKVCPP } from "./formats.js";
 import { EMB_INIT, timeParamGroup } from "../../train/version.js";
 import { rwkv6 } from "./infer.js";
 import { ffnWidth } from "../v5/sizes.js";
@@ -50,6 +50,7 @@ export const v6: VersionModule = {
   defaultDimFfn: ffnWidth,
   groupNormEps: GROUP_NORM_EPS,
   rwkvcpp: RWKVCPP,
+  gguf: GGUF,
   architecture: rwkv6,
   layout,
   randomRange,

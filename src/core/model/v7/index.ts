@@ -5,7 +5,7 @@ import { GROUP_NORM_EPS, loraWidths, MIX_NAMES } from "./sizes.js";
 import { countLayers, DEFAULT_HEAD_SIZE, skeletonLayout, type TensorLayout, type TensorShapes } from "../shapes.js";
 import { linearRange } from "../random-ranges.js";
 import type { VersionModule } from "../versions.js";
-import { RWKVCPP } from "./formats.js";
+import { GGUF, RWKVCPP } from "./formats.js";
 import { EMB_INIT, LR_2X } from "../../train/version.js";
 
 /*
@@ -68,6 +68,7 @@ export const v7: VersionModule = {
   defaultDimFfn: (C) => 4 * C,
   groupNormEps: GROUP_NORM_EPS,
   rwkvcpp: RWKVCPP,
+  gguf: GGUF,
   architecture: rwkv7,
   layout,
   randomRange,
