@@ -1,7 +1,9 @@
 /* RWKV-7's constants and sizes, used by inference, training and the version module. Letters: C = n_embd. */
 
-/** GroupNorm eps of `ln_x` (= 1e-5 · head_size_divisor² with divisor 8 in the training code). */
-export const GROUP_NORM_EPS = 64e-5;
+import { TRAINED_GROUP_NORM_EPS } from "../norms.js";
+
+/** GroupNorm eps of `ln_x`: the trained models' (norms.ts). */
+export const GROUP_NORM_EPS = TRAINED_GROUP_NORM_EPS;
 /** The LoRA widths' multiple and minimum (train_temp rounds to 32). */
 const LORA_MULTIPLE = 32;
 /** train_temp's "suggestion" factors k of each LoRA width k·√C: decay, in-context rate, value, gate. */
