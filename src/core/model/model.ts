@@ -12,9 +12,9 @@ import { type WeightOptions, Weights } from "./weights.js";
  * The skeleton shared by every RWKV version (SPEC §1):
  *   x = LN(emb[token]; ln0);  for each block: x += TimeMix(LN1(x)); x += ChannelMix(LN2(x));
  *   logits = head · LN(x; ln_out)
- * A version module (v4/ ... v7/, registered in versions.ts) supplies the two mixers and its state layout. Every mixer works
- * on a whole sequence: the one-token step is the T = 1 case of the same code, so the recurrent and
- * the parallel form cannot drift apart.
+ * A version module (v4/ ... v7/, registered in versions.ts) supplies the two mixers and its state
+ * layout. Every mixer works on a whole sequence: the one-token step is the T = 1 case of the same
+ * code, so the recurrent and the parallel form cannot drift apart.
  *
  * Letters: T tokens, C = n_embd, V vocabulary.
  */
