@@ -7,9 +7,9 @@ import { selectBackend } from "../src/core/backend/registry.js";
 import { MemorySource } from "../src/core/bytes.js";
 import { FormatError } from "../src/core/errors.js";
 import type { Checkpoint } from "../src/core/formats/checkpoint.js";
-import {
-  byteVocabMetadata, escapeRwkvToken, type GgufDType, ggufFromCheckpoint, ggufVocab, isGgufCheckpoint, readGguf, unescapeRwkvToken, worldVocabMetadata,
-} from "../src/core/formats/gguf.js";
+import { isGgufCheckpoint, readGguf } from "../src/core/formats/gguf.js";
+import { type GgufDType, ggufFromCheckpoint } from "../src/core/formats/gguf-rwkv.js";
+import { byteVocabMetadata, escapeRwkvToken, ggufVocab, unescapeRwkvToken, worldVocabMetadata } from "../src/core/formats/gguf-vocab.js";
 import { openCheckpoint } from "../src/core/formats/open.js";
 import { readRwkvCppRecords } from "../src/core/formats/rwkvcpp.js";
 import { architectureFor, detectVersion } from "../src/core/model/detect.js";

@@ -9,7 +9,9 @@ import { crc32, crc32Portable, useNativeCrc32 } from "../src/core/crc32.js";
 import "../src/node/file-source.js"; // registers zlib's CRC-32 where Node has it
 import { FormatError } from "../src/core/errors.js";
 import type { Checkpoint } from "../src/core/formats/checkpoint.js";
-import { byteVocabMetadata, ggufFromCheckpoint, readGguf } from "../src/core/formats/gguf.js";
+import { readGguf } from "../src/core/formats/gguf.js";
+import { ggufFromCheckpoint } from "../src/core/formats/gguf-rwkv.js";
+import { byteVocabMetadata } from "../src/core/formats/gguf-vocab.js";
 import { openCheckpoint } from "../src/core/formats/open.js";
 import { PTH_SHARED_SLACK_BYTES } from "../src/core/formats/pth.js";
 import { readSafetensors, writeSafetensors } from "../src/core/formats/safetensors.js";

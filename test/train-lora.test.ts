@@ -7,7 +7,7 @@ import { test } from "node:test";
 import type { Checkpoint } from "../src/core/formats/checkpoint.js";
 import { referenceBackend } from "../src/core/backend/reference.js";
 import { buildModel } from "../src/core/model/model.js";
-import { rwkv7 } from "../src/core/model/v7.js";
+import { rwkv7 } from "../src/core/model/v7/infer.js";
 import type { TensorEntry } from "../src/core/tensor.js";
 import { loadCheckpoint, loadModel } from "../src/node/load.js";
 import { DEFAULT_LORA_TARGETS } from "../src/core/train/lora.js";

@@ -6,7 +6,7 @@ import { test, type TestContext } from "node:test";
 import { referenceBackend } from "../src/core/backend/reference.js";
 import { RwkvInputError } from "../src/core/errors.js";
 import { buildModel } from "../src/core/model/model.js";
-import { rwkv7 } from "../src/core/model/v7.js";
+import { rwkv7 } from "../src/core/model/v7/infer.js";
 import { storeCheckpoint } from "../src/core/train/params.js";
 import { loadCheckpoint, loadModel } from "../src/node/load.js";
 import { loadCheckpointFile } from "../src/node/train/checkpoint.js";

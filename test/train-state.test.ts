@@ -6,7 +6,7 @@ import { join } from "node:path";
 import { test } from "node:test";
 import { referenceBackend } from "../src/core/backend/reference.js";
 import { buildModel } from "../src/core/model/model.js";
-import { rwkv7 } from "../src/core/model/v7.js";
+import { rwkv7 } from "../src/core/model/v7/infer.js";
 import { Graph } from "../src/core/train/graph.js";
 import { referenceTrainKernels } from "../src/core/train/kernels.js";
 import { TrainModel } from "../src/core/train/model.js";

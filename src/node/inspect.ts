@@ -1,7 +1,8 @@
 import type { Checkpoint } from "../core/formats/checkpoint.js";
-import { architectureFor, detectVersion } from "../core/model/detect.js";
+import { detectVersion } from "../core/model/detect.js";
 import type { ModelConfig } from "../core/model/model.js";
-import { Weights } from "../core/model/weights.js";
+import { checkpointShapes } from "../core/model/shapes.js";
+import { versionModule } from "../core/model/versions.js";
 import { numel } from "../core/tensor.js";
 
 export interface ModelInfo {
@@ -17,8 +18,7 @@ export interface ModelInfo {
 /** Everything `rwkv info` reports, from the tensor index alone: no weight is decoded. */
 export function describeCheckpoint(ckpt: Checkpoint): ModelInfo {
   const version = detectVersion(ckpt);
-  const arch = architectureFor(version, ckpt.source);
-  const config = arch.inferConfig(new Weights(ckpt, arch.name), version);
+  const config = versionModule(version).inferConfig(checkpointShapes(ckpt));
   let parameters = 0;
   const dtypes: Record<string, number> = {};
   for (const t of ckpt.tensors.values()) {

@@ -1,7 +1,9 @@
 import type { Arena, Backend, Matrix, Tensor, TensorKernels } from "../backend/backend.js";
 import { RwkvInputError } from "../errors.js";
 import type { Checkpoint } from "../formats/checkpoint.js";
+import { checkpointShapes } from "./shapes.js";
 import { checkUnreadTensors } from "./unknown-tensors.js";
+import { versionModule } from "./versions.js";
 import { State } from "./state.js";
 import { decodeWeightRow } from "../backend/weight-rows.js";
 import { type WeightOptions, Weights } from "./weights.js";
@@ -10,9 +12,9 @@ import { type WeightOptions, Weights } from "./weights.js";
  * The skeleton shared by every RWKV version (SPEC §1):
  *   x = LN(emb[token]; ln0);  for each block: x += TimeMix(LN1(x)); x += ChannelMix(LN2(x));
  *   logits = head · LN(x; ln_out)
- * A version file (v4.ts ... v7.ts) supplies the two mixers and its state layout. Every mixer works
- * on a whole sequence: the one-token step is the T = 1 case of the same code, so the recurrent and
- * the parallel form cannot drift apart.
+ * A version module (v4/ ... v7/, registered in versions.ts) supplies the two mixers and its state
+ * layout. Every mixer works on a whole sequence: the one-token step is the T = 1 case of the same
+ * code, so the recurrent and the parallel form cannot drift apart.
  *
  * Letters: T tokens, C = n_embd, V vocabulary.
  */
@@ -100,8 +102,8 @@ export interface Block {
 export interface Architecture {
   /** Display name used in messages, e.g. "RWKV-7". */
   readonly name: string;
-  /** Hyper-parameters inferred from tensor shapes. */
-  inferConfig(w: Weights, version: Version): ModelConfig;
+  /** Tensors of the released layout that the model never reads (not an unknown-tensor error). */
+  readonly unusedByDesign?: RegExp;
   block(w: Weights, layer: number, cfg: ModelConfig, be: Backend): Block;
   /**
    * Tensors of `cols` columns (per row of the forward) that live across the layers of one
@@ -214,7 +216,8 @@ export class RwkvModel implements Model {
     const { nEmbd: C, vocabSize: V, nLayer: L } = this.config;
     const B = states.length;
     for (const state of states) {
-      if (state.version !== this.config.version || state.layers.length !== L) {
+      const own = this.config.version;
+      if (own !== state.version || state.layers.length !== L) {
         throw new RwkvInputError("state", `belongs to RWKV-${state.version} with ${state.layers.length} layers, not this RWKV-${this.config.version} model with ${L}`);
       }
     }
@@ -343,9 +346,9 @@ export interface BuildOptions extends Pick<WeightOptions, "matrices"> {
 /** Refuses checkpoints with tensors no supported version uses (see checkUnreadTensors). */
 export function buildModel(ckpt: Checkpoint, arch: Architecture, version: Version, backend: Backend, options: BuildOptions = {}): RwkvModel {
   const w = new Weights(ckpt, arch.name, { matrices: options.matrices, backend });
-  const cfg = arch.inferConfig(w, version);
+  const cfg = versionModule(version).inferConfig(checkpointShapes(ckpt));
   const model = new RwkvModel(cfg, arch, w, backend);
-  const leftovers = checkUnreadTensors(ckpt, version, w.unread());
+  const leftovers = checkUnreadTensors(ckpt, version, arch, w.unread());
   if (leftovers.length) options.onWarning?.(`${ckpt.source}: ignoring ${leftovers.length} tensor(s) left over from training: ${leftovers.slice(0, 8).join(", ")}${leftovers.length > 8 ? ", ..." : ""}`);
   return model;
 }

@@ -1,9 +1,7 @@
 import { FormatError } from "../errors.js";
 import type { Checkpoint } from "../formats/checkpoint.js";
-import type { Version } from "./model.js";
+import type { Architecture, Version } from "./model.js";
 
-/** Part of the released RWKV-7 layout but unused: layer 0 takes v from its own values (the reference ignores these). */
-const UNUSED_BY_DESIGN = /^blocks\.0\.att\.v[012]$/;
 /** Leftovers of training that do not change what the model computes: listed in a warning only. */
 const HARMLESS_LEFTOVERS = /(^|\.)(num_batches_tracked|exp_avg|exp_avg_sq|step)$|^(optimizer|lr_scheduler|scheduler)\./;
 /** Tensors of RWKV variants this engine does not implement, which would otherwise load as plain RWKV-7. */
@@ -18,11 +16,11 @@ const MAX_NAMES_SHOWN = 8;
  * variant the engine does not know, and computing without them gives wrong logits silently. Those
  * are refused by name; known training leftovers are returned for a warning.
  */
-export function checkUnreadTensors(ckpt: Checkpoint, version: Version, unread: readonly string[]): string[] {
+export function checkUnreadTensors(ckpt: Checkpoint, version: Version, arch: Pick<Architecture, "unusedByDesign">, unread: readonly string[]): string[] {
   const leftovers: string[] = [];
   const unknown: string[] = [];
   for (const n of unread) {
-    if (version === "7" && UNUSED_BY_DESIGN.test(n)) continue;
+    if (arch.unusedByDesign?.test(n)) continue;
     (HARMLESS_LEFTOVERS.test(n) ? leftovers : unknown).push(n);
   }
   if (unknown.length) {

@@ -3,6 +3,7 @@ import { parseArgs } from "node:util";
 import { availableBackends, selectBackend } from "../../core/backend/registry.js";
 import { MATRIX_DTYPES } from "../../core/formats/retype.js";
 import type { Version } from "../../core/model/model.js";
+import { VERSIONS as VERSION_MODULES } from "../../core/model/versions.js";
 import { checkRandomSpec, RANDOM_MODEL_VERSIONS, type RandomModelSpec } from "../../core/model/random.js";
 import { checkWritableTarget, writeFileAtomic } from "../atomic-write.js";
 import { contextSvg, runContext } from "../bench/context.js";
@@ -37,7 +38,7 @@ const OPTIONS: Options = {
   json: { type: "boolean" }, context: { type: "boolean" }, tokens: { type: "string" }, out: { type: "string" },
 };
 
-const VERSIONS: readonly Version[] = ["4", "5.1", "5.2", "6", "7"];
+const VERSIONS: readonly Version[] = VERSION_MODULES.map((m) => m.id).reverse(); // oldest first, as users list them
 const BENCH_DTYPES: readonly BenchDType[] = [...MATRIX_DTYPES, "int8", "stored"];
 /** The reference model (RWKV-7 0.1B shape) for speed; a tiny one for the 100k-token context run. */
 const SPEED_SHAPE = { nLayer: 12, nEmbd: 768, vocabSize: 65536 };
