@@ -39,11 +39,12 @@ function nodeModel(path: string, simd: WasmSimd): Model {
   }
 }
 
-function nodeLogits(path: string, tokens: number[], simd: WasmSimd): Logits {
-  const model = nodeModel(path, simd);
+async function nodeLogits(path: string, tokens: number[], simd: WasmSimd): Promise<Logits> {
+  const model = await nodeModel(path, simd);
   const s = model.initState();
-  const rnn = tokens.flatMap((tok) => [...model.step(tok, s)]);
-  return { rnn, seq: [...model.forward(tokens, model.initState(), { allLogits: true })] };
+  const rnn: number[] = [];
+  for (const tok of tokens) rnn.push(...await model.step(tok, s));
+  return { rnn, seq: [...await model.forward(tokens, model.initState(), { allLogits: true })] };
 }
 
 function checkGolden(got: Logits, g: Golden, what: string): void {
@@ -112,7 +113,7 @@ test("browser: golden models, tokenizers and bad input in Chromium", { timeout: 
         assert.equal(run.backend, "wasm");
         assert.equal(run.threads, 1);
         checkGolden(run, g, `${ver} page`);
-        const node = nodeLogits(`${golden}/${ver}/model.safetensors`, g.tokens, run.simd as WasmSimd);
+        const node = await nodeLogits(`${golden}/${ver}/model.safetensors`, g.tokens, run.simd as WasmSimd);
         assert.deepEqual(run.rnn, node.rnn, `${ver}: page and Node rnn logits differ (${run.simd})`);
         assert.deepEqual(run.seq, node.seq, `${ver}: page and Node seq logits differ (${run.simd})`);
         single.set(ver, run);

@@ -50,7 +50,7 @@ async function start(options: Partial<ConstructorParameters<typeof RwkvServer>[0
 
 before(async () => {
   try {
-    model = loadModel(MODEL_PATH);
+    model = await loadModel(MODEL_PATH);
   } catch {
     if (process.env.CI === "true") throw new Error(`missing fixture ${MODEL_PATH}`);
     return;

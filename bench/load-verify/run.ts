@@ -78,4 +78,4 @@ async function main(): Promise<void> {
   process.stdout.write(`  CRC-32 alone over the file:                       ${f(median(crc))} s (${(mb / median(crc)).toFixed(0)} MB/s)\n`);
 }
 
-main();
+await main();

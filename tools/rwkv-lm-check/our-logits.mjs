@@ -11,5 +11,6 @@ if (!file || !list) {
 const tokens = list.split(",").map(Number);
 const model = await loadModel(file);
 const state = model.initState();
-const rows = tokens.map((t) => Array.from(await model.forward([t], state)));
+const rows = [];
+for (const t of tokens) rows.push(Array.from(await model.forward([t], state)));
 process.stdout.write(JSON.stringify({ backend: model.backend.name, logits: rows }));
