@@ -90,7 +90,7 @@ test("embedTokens: mean over tokens of the hidden state, unit length, determinis
   assert.equal(e.length, WIDTH);
   for (let c = 0; c < WIDTH; c++) assert.ok(Math.abs(e[c] - mean[c] / n) < 1e-6, `component ${c}: ${e[c]} vs ${mean[c] / n}`);
   assert.ok(Math.abs(norm(e) - 1) < 1e-6);
-  assert.deepEqual(embedTokens(model, tokens), e, "same input, same bits");
+  assert.deepEqual(await embedTokens(model, tokens), e, "same input, same bits");
   const chunked = await embedTokens(model, tokens, { chunkLen: 7 });
   for (let c = 0; c < WIDTH; c++) assert.ok(Math.abs(chunked[c] - e[c]) < 1e-5, `chunked component ${c}`);
   const raw = await embedTokens(model, tokens, { normalize: false });

@@ -19,8 +19,8 @@ import { benchModel } from "../src/node/bench/measure.js";
 const TYPED = [Float32Array, Float64Array, Int8Array, Uint8Array, Uint8ClampedArray, Int16Array, Uint16Array, Int32Array, Uint32Array] as const;
 const METHODS = ["slice", "subarray", "map", "filter"] as const;
 
-/** Runs f with every typed-array creation counted; returns the count. */
-function countTypedArrays(f: () => void): number {
+/** Runs f (to its end, when it is asynchronous) with every typed-array creation counted; returns the count. */
+async function countTypedArrays(f: () => void | Promise<void>): Promise<number> {
   let count = 0;
   const g = globalThis as unknown as Record<string, unknown>;
   const restore: Array<() => void> = [];
@@ -45,7 +45,7 @@ function countTypedArrays(f: () => void): number {
     }
   }
   try {
-    f();
+    await f();
   } finally {
     for (const r of restore) r();
   }
@@ -69,14 +69,14 @@ for (const [label, make] of backends) {
       const state = model.initState();
       for (let i = 0; i < 3; i++) await model.step(i, state); // the arena takes its shapes
       const kept: Float32Array[] = [];
-      const n = countTypedArrays(async () => {
+      const n = await countTypedArrays(async () => {
         for (let i = 0; i < TOKENS; i++) kept.push(await model.step((i * 31) % V, state));
       });
       assert.equal(kept.length, TOKENS);
       assert.ok(kept.every((l) => l.length === V && Number.isFinite(l[0])), "real logits");
       assert.equal(n, TOKENS, `${n} typed arrays for ${TOKENS} tokens: only the returned logits may be new`);
       // A counter that counts: one extra array in the loop shows.
-      assert.equal(countTypedArrays(() => { new Float32Array(1).subarray(0); }), 2);
+      assert.equal(await countTypedArrays(() => { new Float32Array(1).subarray(0); }), 2);
     });
   }
 }
@@ -102,7 +102,7 @@ for (const [label, make] of backends) {
     }
     const h = await model.hidden!(toks, model.initState(), { allLogits: true });
     assert.equal(h.length, toks.length * C);
-    assert.deepEqual(model.hidden!(toks, model.initState()), h.subarray((toks.length - 1) * C), "last hidden row");
+    assert.deepEqual(await model.hidden!(toks, model.initState()), h.subarray((toks.length - 1) * C), "last hidden row");
   });
 }
 
