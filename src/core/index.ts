@@ -24,3 +24,4 @@ export { ggufVocab, readGgufCheckpoint } from "./formats/gguf.js";
 export { readPth } from "./formats/pth.js";
 export { readRwkvCpp } from "./formats/rwkvcpp.js";
 export { DEFAULT_POOLING, embedTexts, embedTokens, type EmbedOptions, HiddenPool, type Pooling } from "./embedding.js";
+export { yieldToEventLoop } from "./yield.js";
