@@ -5,10 +5,10 @@
 // per piece, and turns each logits row into a log-probability with a float64 log-softmax: the
 // model computes in float32, but summing thousands of per-token log-probabilities (and exp/log of
 // values near the largest logit) in float32 would lose digits the figures are reported with.
-import { yieldToEventLoop } from "./yield.js";
 import type { Model } from "./model/model.js";
 import type { State } from "./model/state.js";
 import type { Tokenizer } from "./tokenizer/types.js";
+import { yieldToEventLoop } from "./yield.js";
 
 /**
  * RWKV's document separator: the official training data puts token 0 (`<|endoftext|>` in the 20B
