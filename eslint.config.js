@@ -29,6 +29,8 @@ export default tseslint.config(
       // A Promise where a value is tested or spread (`if (load())`) is a forgotten await too;
       // async callbacks given to event emitters and test runners are fine.
       "@typescript-eslint/no-misused-promises": ["error", { checksVoidReturn: false }],
+      // The converse slip: `await` on a value that is not a promise (a synchronous call mistaken for a model call).
+      "@typescript-eslint/await-thenable": "error",
     },
   },
   {

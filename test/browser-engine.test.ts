@@ -40,7 +40,7 @@ function nodeModel(path: string, simd: WasmSimd): Model {
 }
 
 async function nodeLogits(path: string, tokens: number[], simd: WasmSimd): Promise<Logits> {
-  const model = await nodeModel(path, simd);
+  const model = nodeModel(path, simd);
   const s = model.initState();
   const rnn: number[] = [];
   for (const tok of tokens) rnn.push(...await model.step(tok, s));
