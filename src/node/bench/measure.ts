@@ -10,8 +10,9 @@ import { loadCheckpoint } from "../load.js";
 /*
  * The pieces of `rwkv bench`: building the model a row measures, timing decode and prefill with a
  * guard against other processes on the CPU, counting the weight bytes a token reads, and the
- * bandwidth probe. Everything here is synchronous: the wasm backend's threads are workers over
- * shared memory, so a timed call is exactly the work of that call.
+ * bandwidth probe. The model calls are awaited (the Model API is asynchronous) but nothing else
+ * runs meanwhile: the CPU backends finish the work inside the call (the wasm backend's threads are
+ * workers over shared memory), so a timed run is exactly the work of its calls.
  */
 
 /** Where a benchmark's weights come from: a model file, or a random model built in memory. */
