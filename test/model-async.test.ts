@@ -10,6 +10,8 @@ import { benchModel } from "../src/node/bench/measure.js";
  * The asynchronous Model API: calls on one model made without waiting run one at a time in the
  * order they were made (the per-model arena serves one forward), so their results equal the same
  * calls made one after another; a call that fails does not block the ones queued behind it.
+ * The CPU backends finish each call inside one microtask, so here the order holds even without
+ * the model's queue; these tests pin the contract an asynchronous backend must keep.
  */
 
 const V = 97;
