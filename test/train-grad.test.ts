@@ -255,23 +255,23 @@ for (const v of GOLDEN_VERSIONS) {
   }
 }
 
-test("training logits equal the inference engine's sequence logits (golden models, B = 2)", (t) => {
+test("training logits equal the inference engine's sequence logits (golden models, B = 2)", async (t) => {
   for (const v of GOLDEN_VERSIONS) {
     const dir = sharedPath(t, "golden", v);
     if (!dir) return;
     const gold = readJson<GoldenModel>(join(dir, "golden.json"));
     const model = new TrainModel(loadParams(join(dir, "model.pth"), "f32"));
-    const inf = loadModel(join(dir, "model.pth"), { backend: "reference", matrices: "f32" });
+    const inf = await loadModel(join(dir, "model.pth"), { backend: "reference", matrices: "f32" });
     // Two different sequences in one batch: each must equal its own inference run from a zero state.
     const seqs = [gold.tokens, [...gold.tokens].reverse()];
     const Tn = gold.tokens.length;
     const got = model.forward(new Graph("f32", referenceTrainKernels, false), Int32Array.from(seqs.flat()), seqs.length, Tn).data;
     const V = model.config.vocabSize;
-    seqs.forEach((s, b) => {
-      const want = inf.forward(s, inf.initState(), { allLogits: true });
+    for (const [b, s] of seqs.entries()) {
+      const want = await inf.forward(s, inf.initState(), { allLogits: true });
       const e = relErr(got.subarray(b * Tn * V, (b + 1) * Tn * V), want);
       // Same f32 math in a different association (f64 states here, f32 states there): ~1e-6.
       assert.ok(e.abs < 1e-5, `${v} sequence ${b}: max |diff| ${e.abs}`);
-    });
+    }
   }
 });

@@ -77,11 +77,11 @@ test("LoRA training run: validation loss below the base model's; adapter.pth and
       assert.deepEqual(lora.checkpoint.tensors.get("blocks.0.att.key.lora_A")!.shape, [RANK, 128]);
       const tokens = Array.from(new TextEncoder().encode("ROMEO:\nWhat light"));
       const ref = buildModel(mergedByHand(baseCk.checkpoint, lora.checkpoint), rwkv7, "7", referenceBackend);
-      const want = ref.forward(tokens, ref.initState(), { allLogits: true });
-      const viaPth = loadModel(BASE, { backend: "reference", adapters: [{ path: join(out, "adapter.pth"), kind: "lora", alpha: ALPHA }] });
-      const viaPeft = loadModel(BASE, { backend: "reference", adapters: [{ path: join(out, "adapter") }] });
-      const a = viaPth.forward(tokens, viaPth.initState(), { allLogits: true });
-      const b = viaPeft.forward(tokens, viaPeft.initState(), { allLogits: true });
+      const want = await ref.forward(tokens, ref.initState(), { allLogits: true });
+      const viaPth = await loadModel(BASE, { backend: "reference", adapters: [{ path: join(out, "adapter.pth"), kind: "lora", alpha: ALPHA }] });
+      const viaPeft = await loadModel(BASE, { backend: "reference", adapters: [{ path: join(out, "adapter") }] });
+      const a = await viaPth.forward(tokens, viaPth.initState(), { allLogits: true });
+      const b = await viaPeft.forward(tokens, viaPeft.initState(), { allLogits: true });
       assert.deepEqual(a, b, "adapter.pth and the peft directory give different logits");
       const c = compare(a, want, 1e-5, 1e-5);
       assert.ok(c.ok, `loaded adapter vs trained weights: ${c.maxAbs}`);

@@ -371,7 +371,7 @@ export class ChatSession {
     const counts = penalties.toJSON();
     if (bytesEqual(generated, endedAtSeparator ? withSeparator : utf8(res.text))) {
       // The model's tokens spell exactly that text: keep them (chat.py feeds its own tokens too).
-      const logits = res.unfed.length > 0 ? this.model.forward(res.unfed, res.state) : res.logits;
+      const logits = res.unfed.length > 0 ? await this.model.forward(res.unfed, res.state) : res.logits;
       this.now = { state: res.state, logits, tokens: pre.tokens + res.tokens.length, history, pending: "", penalties: counts };
     } else {
       // The tokens say more (or other) than the transcript: go back to `pre` and owe the text.

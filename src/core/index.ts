@@ -25,3 +25,4 @@ export { ggufVocab } from "./formats/gguf-vocab.js";
 export { readPth } from "./formats/pth.js";
 export { readRwkvCpp } from "./formats/rwkvcpp.js";
 export { DEFAULT_POOLING, embedTexts, embedTokens, type EmbedOptions, HiddenPool, type Pooling } from "./embedding.js";
+export { yieldToEventLoop } from "./yield.js";

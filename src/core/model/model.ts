@@ -38,6 +38,13 @@ export interface ForwardOptions {
   readonly allLogits?: boolean;
 }
 
+/**
+ * A loaded model. The forward methods are asynchronous so that every backend can serve them (a GPU
+ * reads logits back asynchronously, a worker answers with a message); the CPU backends finish the
+ * work inside the call. Calls on one model run one at a time, in the order they were made (the
+ * activations live in one arena per model), so concurrent callers need no lock of their own. A
+ * State passed in must not be touched until its call settles; it is plain data before and after.
+ */
 export interface Model {
   readonly config: ModelConfig;
   readonly backend: Backend;
@@ -54,20 +61,20 @@ export interface Model {
    */
   useTimeState(ckpt: Checkpoint): void;
   /** Logits (V) after `token`; advances `state`. */
-  step(token: number, state: State): Float32Array;
+  step(token: number, state: State): Promise<Float32Array>;
   /** Runs `tokens` as one sequence from `state` (advancing it): last logits (V) or all (T, V). */
-  forward(tokens: readonly number[], state: State, options?: ForwardOptions): Float32Array;
+  forward(tokens: readonly number[], state: State, options?: ForwardOptions): Promise<Float32Array>;
   /**
    * One token for each of several independent sequences (batched decoding): tokens[b] advances
    * states[b]. Returns logits (B, V), equal to B separate step() calls.
    */
-  stepBatch(tokens: readonly number[], states: readonly State[]): Float32Array;
+  stepBatch(tokens: readonly number[], states: readonly State[]): Promise<Float32Array>;
   /**
    * Like forward(), but returns the final hidden state, LN(x; ln_out) — what the head multiplies
    * into logits — for the last position (C) or all (T, C); advances `state` the same way.
    * Optional so that wrappers and test doubles of Model need not provide it; RwkvModel does.
    */
-  hidden?(tokens: readonly number[], state: State, options?: ForwardOptions): Float32Array;
+  hidden?(tokens: readonly number[], state: State, options?: ForwardOptions): Promise<Float32Array>;
 }
 
 /** One layer's part of a State. */
@@ -140,10 +147,11 @@ export class RwkvModel implements Model {
   private initial: State;
   /**
    * The activations of every forward: allocated by the first calls, then reused. One forward at a
-   * time per model: calls that could interleave (an asynchronous backend) must be serialized per
-   * model, or given an arena each.
+   * time per model: every call goes through `serial`, which runs it after the previous one settled.
    */
   private readonly arena: Arena;
+  /** Settles when the last queued call has (never rejects: one failed call does not block the next). */
+  private queue: Promise<unknown> = Promise.resolve();
 
   constructor(readonly config: ModelConfig, private readonly arch: Architecture, w: Weights, readonly backend: Backend) {
     const ckpt = w.ckpt;
@@ -187,25 +195,39 @@ export class RwkvModel implements Model {
     this.initial = initial;
   }
 
-  step(token: number, state: State): Float32Array {
+  step(token: number, state: State): Promise<Float32Array> {
     return this.forward([token], state);
   }
 
-  forward(tokens: readonly number[], state: State, options: ForwardOptions = {}): Float32Array {
-    if (tokens.length === 0) throw new RwkvInputError("forward", "empty token sequence");
-    return this.run(tokens, tokens.length, [state], options.allLogits ? "all" : "last", "logits");
+  forward(tokens: readonly number[], state: State, options: ForwardOptions = {}): Promise<Float32Array> {
+    if (tokens.length === 0) return Promise.reject(new RwkvInputError("forward", "empty token sequence"));
+    const ids = [...tokens]; // the caller may reuse its array before the call runs
+    return this.serial(() => this.run(ids, ids.length, [state], options.allLogits ? "all" : "last", "logits"));
   }
 
-  hidden(tokens: readonly number[], state: State, options: ForwardOptions = {}): Float32Array {
-    if (tokens.length === 0) throw new RwkvInputError("hidden", "empty token sequence");
-    return this.run(tokens, tokens.length, [state], options.allLogits ? "all" : "last", "hidden");
+  hidden(tokens: readonly number[], state: State, options: ForwardOptions = {}): Promise<Float32Array> {
+    if (tokens.length === 0) return Promise.reject(new RwkvInputError("hidden", "empty token sequence"));
+    const ids = [...tokens];
+    return this.serial(() => this.run(ids, ids.length, [state], options.allLogits ? "all" : "last", "hidden"));
   }
 
-  stepBatch(tokens: readonly number[], states: readonly State[]): Float32Array {
-    if (tokens.length !== states.length) throw new RwkvInputError("stepBatch", `${tokens.length} tokens for ${states.length} states`);
-    if (tokens.length === 0) return new Float32Array(0);
-    if (new Set(states).size !== states.length) throw new RwkvInputError("stepBatch", "the same state appears twice in one batch");
-    return this.run(tokens, 1, states, "all", "logits");
+  stepBatch(tokens: readonly number[], states: readonly State[]): Promise<Float32Array> {
+    if (tokens.length !== states.length) return Promise.reject(new RwkvInputError("stepBatch", `${tokens.length} tokens for ${states.length} states`));
+    if (tokens.length === 0) return Promise.resolve(new Float32Array(0));
+    if (new Set(states).size !== states.length) return Promise.reject(new RwkvInputError("stepBatch", "the same state appears twice in one batch"));
+    const ids = [...tokens], sts = [...states];
+    return this.serial(() => this.run(ids, 1, sts, "all", "logits"));
+  }
+
+  /**
+   * Runs `f` once every call made before it has settled, so two callers never share the arena or
+   * see each other's half-updated state. The CPU backends make `f` synchronous; an asynchronous
+   * backend's `f` returns a promise and the next call waits for it.
+   */
+  private serial<R>(f: () => R | Promise<R>): Promise<R> {
+    const result = this.queue.then(f);
+    this.queue = result.catch(() => undefined);
+    return result;
   }
 
   /**

@@ -279,7 +279,7 @@ async function benchContext(io: CliIO, source: ModelSource, dtype: BenchDType, t
   const be = selectBackend(backend, { threads });
   const model = benchModel(source, dtype, be);
   const progress = new Progress({ label: "bench --context", unit: "tok", write: (t) => io.stderr(t), tty: process.stderr.isTTY === true, columns: process.stderr.columns });
-  const r = runContext(model, { tokens, seed, onProgress: (d, n) => progress.update(d, n) });
+  const r = await runContext(model, { tokens, seed, onProgress: (d, n) => progress.update(d, n) });
   progress.finish();
   const c = model.config;
   const what = `${describeSource(source)}, ${dtype}, ${be.name} backend, ${threads} thread${threads > 1 ? "s" : ""}`;
