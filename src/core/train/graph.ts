@@ -1,4 +1,5 @@
-import { type Buf, linearBackward, linearForward, projectBackward, projectForward, type TrainDType, type TrainKernels } from "./kernels.js";
+import type { Buf, TrainDType } from "./buffers.js";
+import { linearBackward, linearForward, projectBackward, projectForward, type TrainKernels } from "./kernels.js";
 import * as op from "./ops.js";
 import { wkv4Backward, wkv4Forward, wkv5Backward, wkv5Forward, wkv7Backward, wkv7Forward, wkvChunks } from "./wkv.js";
 

@@ -1,31 +1,23 @@
+import { alloc, type Buf, dtypeOf, type TrainDType } from "./buffers.js";
 import { referenceOps, type TrainOps } from "./ops.js";
 import type { ParamStore } from "./params.js";
 import { wkv7Backward, wkv7Forward, wkvChunks } from "./wkv.js";
 
+// The storage primitives, re-exported for callers that import them with the kernels.
+export { alloc, type Buf, dtypeOf, type TrainDType };
+
 /*
- * Storage and the kernels training is written against.
+ * The kernels training is written against.
  *
  * The reference kernels (plain TypeScript) are the specification: f32 storage (Float32Array) with
- * every dot product and WKV state in a JS number (f64), as the reference inference kernels do. The
- * same code runs on Float64Array storage: the tests use that to check gradients against the fp64
- * goldens to ~1e-12 instead of ~1e-6.
+ * every dot product and WKV state in a JS number (f64), as the reference inference kernels do; the
+ * same code runs on Float64Array storage (buffers.ts).
  *
  * A fast implementation (wasm-kernels.ts: WebAssembly SIMD, threads) provides the same methods and
  * may keep tensors in its own memory: the graph allocates every tensor through `alloc`, and a
  * training step releases what it allocated with `mark`/`release`, so nothing is copied per call
  * and nothing waits for the garbage collector.
  */
-
-export type Buf = Float32Array | Float64Array;
-export type TrainDType = "f32" | "f64";
-
-export function alloc(dtype: TrainDType, n: number): Buf {
-  return dtype === "f32" ? new Float32Array(n) : new Float64Array(n);
-}
-
-export function dtypeOf(b: Buf): TrainDType {
-  return b instanceof Float32Array ? "f32" : "f64";
-}
 
 export interface TrainKernels {
   readonly name: string;

@@ -1,4 +1,4 @@
-import type { Buf } from "./kernels.js";
+import type { Buf } from "./buffers.js";
 
 /*
  * The element-wise and normalisation ops of RWKV training, each forward beside its backward with

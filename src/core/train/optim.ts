@@ -1,4 +1,5 @@
-import { type Buf, referenceTrainKernels, type TrainKernels } from "./kernels.js";
+import type { Buf } from "./buffers.js";
+import { referenceTrainKernels, type TrainKernels } from "./kernels.js";
 import type { TrainVersion } from "./model.js";
 import type { Param, ParamStore } from "./params.js";
 

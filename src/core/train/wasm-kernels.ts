@@ -1,4 +1,5 @@
-import { alloc as jsAlloc, type Buf, referenceTrainKernels, type TrainDType, type TrainKernels } from "./kernels.js";
+import { alloc as jsAlloc, type Buf, type TrainDType } from "./buffers.js";
+import { referenceTrainKernels, type TrainKernels } from "./kernels.js";
 import { type Activation, NORMALIZE_EPS, referenceOps, type TrainOps } from "./ops.js";
 import type { ParamStore } from "./params.js";
 import { TRAIN_WASM_RELAXED_SIMD, TRAIN_WASM_SIMD } from "./wasm-train-binary.js";
