@@ -1,7 +1,7 @@
 import type { Buf, TrainDType } from "./buffers.js";
 import { linearBackward, linearForward, projectBackward, projectForward, type TrainKernels } from "./kernels.js";
 import * as op from "./ops.js";
-import { wkv4Backward, wkv4Forward, wkv5Backward, wkv5Forward, wkv7Backward, wkv7Forward, wkvChunks } from "./wkv.js";
+import { wkv7Backward, wkv7Forward, wkvChunks } from "./wkv.js";
 
 /*
  * A forward pass that remembers how to run itself backwards. Every method runs one op of ops.ts /
@@ -225,17 +225,18 @@ export class Graph {
   wkv4(B: number, T: number, timeDecay: Var, timeFirst: Var, k: Var, v: Var): Var {
     const C = k.cols;
     const y = this.out(k.rows, C, timeDecay, timeFirst, k, v); // (B·T, C)
-    wkv4Forward(B, T, C, timeDecay.data, timeFirst.data, k.data, v.data, y.data);
-    this.record(y, (gy) => wkv4Backward(B, T, C, timeDecay.data, timeFirst.data, k.data, v.data, y.data, gy, timeDecay.g(), timeFirst.g(), k.g(), v.g()));
+    const K = this.kernels;
+    K.wkv4Forward(B, T, C, timeDecay.data, timeFirst.data, k.data, v.data, y.data);
+    this.record(y, (gy) => K.wkv4Backward(B, T, C, timeDecay.data, timeFirst.data, k.data, v.data, y.data, gy, timeDecay.g(), timeFirst.g(), k.g(), v.g()));
     return y;
   }
 
   /** v5.2 (wraw (C), the time_decay parameter) and v6 (wraw (B·T, C)). */
   wkv5(B: number, T: number, H: number, N: number, r: Var, k: Var, v: Var, wraw: Var, u: Var): Var {
     const y = this.out(r.rows, r.cols, r, k, v, wraw, u); // (B·T, C)
-    const ckpt = y.requiresGrad ? new Float64Array(B * H * wkvChunks(T) * N * N) : null;
-    wkv5Forward(B, T, H, N, r.data, k.data, v.data, wraw.data, u.data, y.data, ckpt);
-    this.record(y, (gy) => wkv5Backward(B, T, H, N, r.data, k.data, v.data, wraw.data, u.data, ckpt!, gy, r.g(), k.g(), v.g(), wraw.g(), u.g()));
+    const K = this.kernels;
+    const ckpt = K.wkv5Forward(B, T, H, N, r.data, k.data, v.data, wraw.data, u.data, y.data, y.requiresGrad); // state checkpoints
+    this.record(y, (gy) => K.wkv5Backward(B, T, H, N, r.data, k.data, v.data, wraw.data, u.data, ckpt!, gy, r.g(), k.g(), v.g(), wraw.g(), u.g()));
     return y;
   }
 

@@ -1,7 +1,7 @@
 import { alloc, type Buf, dtypeOf, type TrainDType } from "./buffers.js";
 import { referenceOps, type TrainOps } from "./ops.js";
 import type { ParamStore } from "./params.js";
-import { wkv7Backward, wkv7Forward, wkvChunks } from "./wkv.js";
+import { wkv4Backward, wkv4Forward, wkv5Backward, wkv5Forward, wkv7Backward, wkv7Forward, wkvChunks } from "./wkv.js";
 
 // The storage primitives, re-exported for callers that import them with the kernels.
 export { alloc, type Buf, dtypeOf, type TrainDType };
@@ -50,6 +50,20 @@ export interface TrainKernels {
    * The reference sums in f64 whatever the storage type.
    */
   gemm(transA: boolean, transB: boolean, M: number, N: number, K: number, A: Buf, B: Buf, C: Buf, accumulate: boolean): void;
+  /** RWKV-4 WKV over B sequences of T steps (wkv.ts wkv4Forward): y (B·T, C). */
+  wkv4Forward(B: number, T: number, C: number, timeDecay: Buf, timeFirst: Buf, k: Buf, v: Buf, y: Buf): void;
+  /** The WKV4 backward (wkv.ts wkv4Backward) from the forward's y: gradients accumulate (+=); null ones are skipped. */
+  wkv4Backward(B: number, T: number, C: number, timeDecay: Buf, timeFirst: Buf, k: Buf, v: Buf, y: Buf, gy: Buf,
+    gTimeDecay: Buf | null, gTimeFirst: Buf | null, gk: Buf | null, gv: Buf | null): void;
+  /**
+   * RWKV-5.2 / 6 WKV over B sequences of T steps (wkv.ts wkv5Forward): wraw (C) is a constant
+   * decay (v5.2), (B·T, C) a per-token one (v6); y (B·T, H·N). With `save`, returns the state
+   * checkpoints wkv5Backward needs (in the kernels' own layout and type).
+   */
+  wkv5Forward(B: number, T: number, H: number, N: number, r: Buf, k: Buf, v: Buf, wraw: Buf, u: Buf, y: Buf, save: boolean): Buf | null;
+  /** The WKV5 backward (wkv.ts wkv5Backward): gradients accumulate (+=); gw has wraw's shape; null ones are skipped. */
+  wkv5Backward(B: number, T: number, H: number, N: number, r: Buf, k: Buf, v: Buf, wraw: Buf, u: Buf, ckpt: Buf, gy: Buf,
+    gr: Buf | null, gk: Buf | null, gv: Buf | null, gw: Buf | null, gu: Buf | null): void;
   /**
    * RWKV-7 WKV over B sequences of T steps (wkv.ts wkv7Forward): y (B·T, H·N). With `save`,
    * returns the state checkpoints wkv7Backward needs (in the kernels' own layout and type).
@@ -107,6 +121,17 @@ export const referenceTrainKernels: TrainKernels = {
     const a = transA ? transposeBuf(A, K, M) : A; // (M, K)
     const b = transB ? B : transposeBuf(B, K, N); // (N, K)
     referenceGemmNT(a, M, K, b, N, C, accumulate);
+  },
+  wkv4Forward: wkv4Forward,
+  wkv4Backward: wkv4Backward,
+  wkv5Forward(B, T, H, N, r, k, v, wraw, u, y, save) {
+    const ckpt = save ? new Float64Array(B * H * wkvChunks(T) * N * N) : null; // f64 states, as the recurrence
+    wkv5Forward(B, T, H, N, r, k, v, wraw, u, y, ckpt);
+    return ckpt;
+  },
+  wkv5Backward(B, T, H, N, r, k, v, wraw, u, ckpt, gy, gr, gk, gv, gw, gu) {
+    if (!(ckpt instanceof Float64Array)) throw new Error("reference wkv5Backward: checkpoints of another kernel");
+    wkv5Backward(B, T, H, N, r, k, v, wraw, u, ckpt, gy, gr, gk, gv, gw, gu);
   },
   wkv7Forward(B, T, H, N, r, wraw, k, v, a, b, y, save) {
     const ckpt = save ? new Float64Array(B * H * wkvChunks(T) * N * N) : null; // f64 states, as the recurrence

@@ -42,7 +42,7 @@ export interface WasmTrainKernelOptions {
 }
 
 /** Job ids of assembly/train.ts. */
-const JOB = { gemm: 1, wkv7Forward: 2, wkv7Backward: 3 } as const;
+const JOB = { gemm: 1, wkv7Forward: 2, wkv7Backward: 3, wkv4Forward: 4, wkv4Backward: 5, wkv5Forward: 6, wkv5Backward: 7 } as const;
 
 const PAGE = 65536;
 const MAX_PAGES = 65536;
@@ -68,6 +68,9 @@ const PARALLEL_MIN_WORK = 1 << 16;
  */
 const SPIN_ITERATIONS = 1 << 14;
 
+/** Rough multiply-add equivalents per element and step of the v4 scan (four exponentials, a division): sizes its parallel split. */
+const V4_WORK_PER_ELEMENT = 64;
+
 /** Activation ids of assembly/train.ts (silu, unused by v7, stays in TypeScript). */
 const ACT: Partial<Record<Activation, number>> = { sigmoid: 0, tanh: 1, relu2: 2, v7decay: 3 };
 
@@ -92,6 +95,7 @@ interface Exports {
   l2nB(x: number, groups: number, N: number, norm: number, gy: number, gx: number, eps: number): void;
   bonusF(r: number, k: number, v: number, rk: number, R: number, H: number, N: number, y: number): void;
   bonusB(r: number, k: number, v: number, rk: number, R: number, H: number, N: number, gy: number, gr: number, gk: number, gv: number, grk: number): void;
+  sumRows(dst: number, src: number, R: number, C: number): void;
   adamw(p: number, g: number, m: number, v: number, n: number, rate: number, wd: number, b1: number, b2: number, eps: number, bc1: number, bc2: number): void;
   runJob(ctrl: number, job: number, part: number, nparts: number): void;
   dispatch(ctrl: number, job: number, nchunks: number, spin: number): void;
@@ -412,6 +416,104 @@ export class WasmTrainKernels implements TrainKernels {
   /** The fast WKV path takes f32 tensors and head sizes that are multiples of the SIMD width. */
   private wkvFast(N: number, bufs: ReadonlyArray<Buf | null>): boolean {
     return N % 4 === 0 && bufs.every((b) => b === null || b instanceof Float32Array);
+  }
+
+  /**
+   * Zeroed (B, C) call scratch for per-sequence partials of a parameter gradient (see sumRows in
+   * assembly/train.ts), or 0 when that gradient is not asked for.
+   */
+  private partials(g: Buf | null, B: number, C: number): number {
+    if (!g) return 0;
+    const p = this.bump(B * C * F32);
+    this.x.zero(p, B * C * F32);
+    return p;
+  }
+
+  wkv4Forward(B: number, T: number, C: number, timeDecay: Buf, timeFirst: Buf, k: Buf, v: Buf, y: Buf): void {
+    if (!this.wkvFast(C, [timeDecay, timeFirst, k, v, y])) { referenceTrainKernels.wkv4Forward(B, T, C, timeDecay, timeFirst, k, v, y); return; }
+    const n = B * T * C, mark = this.top;
+    try {
+      const back: CopyBack[] = [];
+      const ins = [this.input(timeDecay, C), this.input(timeFirst, C), this.input(k, n), this.input(v, n)];
+      const py = this.output(y, n, false, back);
+      this.run(JOB.wkv4Forward, [B, T, C, ...ins, py], this.chunksFor(n * V4_WORK_PER_ELEMENT, B * C / 4));
+      this.copyBack(back);
+    } finally {
+      this.top = mark;
+    }
+  }
+
+  wkv4Backward(B: number, T: number, C: number, timeDecay: Buf, timeFirst: Buf, k: Buf, v: Buf, y: Buf, gy: Buf,
+    gTimeDecay: Buf | null, gTimeFirst: Buf | null, gk: Buf | null, gv: Buf | null): void {
+    if (!this.wkvFast(C, [timeDecay, timeFirst, k, v, y, gy, gTimeDecay, gTimeFirst, gk, gv])) {
+      referenceTrainKernels.wkv4Backward(B, T, C, timeDecay, timeFirst, k, v, y, gy, gTimeDecay, gTimeFirst, gk, gv);
+      return;
+    }
+    const n = B * T * C, mark = this.top;
+    try {
+      const back: CopyBack[] = [];
+      const ins = [this.input(timeDecay, C), this.input(timeFirst, C), this.input(k, n), this.input(v, n), this.input(y, n), this.input(gy, n)];
+      const [ptd, ptf] = [this.output(gTimeDecay, C, true, back), this.output(gTimeFirst, C, true, back)];
+      const [pk, pv] = [this.output(gk, n, true, back), this.output(gv, n, true, back)];
+      const [partTd, partTf] = [this.partials(gTimeDecay, B, C), this.partials(gTimeFirst, B, C)];
+      const chunks = this.chunksFor(n * 2 * V4_WORK_PER_ELEMENT, B * C / 4);
+      const stride = align(F32 * 2 * 4 * T); // q and r, 4 channels per step
+      const ws = this.bump(stride * chunks);
+      this.run(JOB.wkv4Backward, [B, T, C, ...ins, partTd, partTf, pk, pv, ws, stride], chunks);
+      if (partTd) this.x.sumRows(ptd, partTd, B, C);
+      if (partTf) this.x.sumRows(ptf, partTf, B, C);
+      this.copyBack(back);
+    } finally {
+      this.top = mark;
+    }
+  }
+
+  wkv5Forward(B: number, T: number, H: number, N: number, r: Buf, k: Buf, v: Buf, wraw: Buf, u: Buf, y: Buf, save: boolean): Buf | null {
+    if (!this.wkvFast(N, [r, k, v, wraw, u, y])) return referenceTrainKernels.wkv5Forward(B, T, H, N, r, k, v, wraw, u, y, save);
+    const C = H * N, NN = N * N, n = B * T * C, perToken = wraw.length !== C;
+    const ckpt = save ? this.alloc("f32", B * H * wkvChunks(T) * NN, true) : null; // every chunk written; lives with the step, for the backward
+    const mark = this.top;
+    try {
+      const back: CopyBack[] = [];
+      const ins = [this.input(r, n), this.input(k, n), this.input(v, n), this.input(wraw, perToken ? n : C), this.input(u, C)];
+      const py = this.output(y, n, false, back);
+      const chunks = this.chunksFor(B * T * H * NN * 3, B * H);
+      const stride = align(F32 * (NN + 2 * N));
+      const ws = this.bump(stride * chunks);
+      this.run(JOB.wkv5Forward, [B, T, H, N, ...ins, perToken ? 1 : 0, py, ckpt ? ckpt.byteOffset : 0, ws, stride], chunks);
+      this.copyBack(back);
+    } finally {
+      this.top = mark;
+    }
+    return ckpt;
+  }
+
+  wkv5Backward(B: number, T: number, H: number, N: number, r: Buf, k: Buf, v: Buf, wraw: Buf, u: Buf, ckpt: Buf, gy: Buf,
+    gr: Buf | null, gk: Buf | null, gv: Buf | null, gw: Buf | null, gu: Buf | null): void {
+    if (!this.owns(ckpt) || !this.wkvFast(N, [gr, gk, gv, gw, gu])) {
+      referenceTrainKernels.wkv5Backward(B, T, H, N, r, k, v, wraw, u, ckpt, gy, gr, gk, gv, gw, gu);
+      return;
+    }
+    const C = H * N, NN = N * N, n = B * T * C, perToken = wraw.length !== C, nw = perToken ? n : C;
+    const mark = this.top;
+    try {
+      const back: CopyBack[] = [];
+      const ins = [this.input(r, n), this.input(k, n), this.input(v, n), this.input(wraw, nw), this.input(u, C)];
+      const pg = this.input(gy, n);
+      const [pr, pk, pv, pw, pu] = [this.output(gr, n, true, back), this.output(gk, n, true, back), this.output(gv, n, true, back),
+        this.output(gw, nw, true, back), this.output(gu, C, true, back)];
+      // u's gradient, and a constant decay's, sum over sequences: per-sequence partials, added in order after the job.
+      const partU = this.partials(gu, B, C), partW = perToken ? 0 : this.partials(gw, B, C);
+      const chunks = this.chunksFor(B * T * H * NN * 8, B * H);
+      const stride = align(F32 * ((WKV_CHUNK + 2) * NN + 3 * N));
+      const ws = this.bump(stride * chunks);
+      this.run(JOB.wkv5Backward, [B, T, H, N, ...ins, perToken ? 1 : 0, ckpt.byteOffset, pg, pr, pk, pv, perToken ? pw : partW, partU, ws, stride], chunks);
+      if (partU) this.x.sumRows(pu, partU, B, C);
+      if (partW) this.x.sumRows(pw, partW, B, C);
+      this.copyBack(back);
+    } finally {
+      this.top = mark;
+    }
   }
 
   wkv7Forward(B: number, T: number, H: number, N: number, r: Buf, wraw: Buf, k: Buf, v: Buf, a: Buf, b: Buf, y: Buf, save: boolean): Buf | null {
