@@ -650,6 +650,98 @@ export function lerpB(x: usize, sx: usize, m: usize, R: i32, C: i32, gy: usize, 
   }
 }
 
+/** v4/v5 mix: y = x·m + sx·(1 - m), m (C). */
+export function mixF(x: usize, sx: usize, m: usize, R: i32, C: i32, y: usize): void {
+  const one = f32x4.splat(1);
+  for (let o = 0; o < R * C; o += C) {
+    for (let c = 0; c < C; c += 4) { const mc = ld(m, c); st(y, o + c, fma4(f32x4.mul(ld(x, o + c), mc), ld(sx, o + c), f32x4.sub(one, mc))); }
+  }
+}
+
+/** gx += gy·m;  gsx += gy·(1 - m);  gm += Σ_rows gy·(x - sx). */
+export function mixB(x: usize, sx: usize, m: usize, R: i32, C: i32, gy: usize, gx: usize, gsx: usize, gm: usize): void {
+  const one = f32x4.splat(1);
+  for (let o = 0; o < R * C; o += C) {
+    for (let c = 0; c < C; c += 4) {
+      const g = ld(gy, o + c), mc = ld(m, c);
+      if (gx != 0) addTo(gx, o + c, f32x4.mul(g, mc));
+      if (gsx != 0) addTo(gsx, o + c, f32x4.mul(g, f32x4.sub(one, mc)));
+      if (gm != 0) addTo(gm, c, f32x4.mul(g, f32x4.sub(ld(x, o + c), ld(sx, o + c))));
+    }
+  }
+}
+
+/** v6 data-dependent mix: y = x + d·(m + dm), m (C), x, d, dm (R, C). */
+export function lerpDynF(x: usize, d: usize, m: usize, dm: usize, R: i32, C: i32, y: usize): void {
+  for (let o = 0; o < R * C; o += C) {
+    for (let c = 0; c < C; c += 4) st(y, o + c, fma4(ld(x, o + c), ld(d, o + c), f32x4.add(ld(m, c), ld(dm, o + c))));
+  }
+}
+
+/** gx += gy;  gd += gy·(m + dm);  gm += Σ_rows gy·d;  gdm += gy·d. */
+export function lerpDynB(d: usize, m: usize, dm: usize, R: i32, C: i32, gy: usize, gx: usize, gd: usize, gm: usize, gdm: usize): void {
+  for (let o = 0; o < R * C; o += C) {
+    for (let c = 0; c < C; c += 4) {
+      const g = ld(gy, o + c), gdv = f32x4.mul(g, ld(d, o + c));
+      if (gx != 0) addTo(gx, o + c, g);
+      if (gd != 0) addTo(gd, o + c, f32x4.mul(g, f32x4.add(ld(m, c), ld(dm, o + c))));
+      if (gm != 0) addTo(gm, c, gdv);
+      if (gdm != 0) addTo(gdm, o + c, gdv);
+    }
+  }
+}
+
+/** y = a - b, both n. */
+export function subF(a: usize, b: usize, n: i32, y: usize): void {
+  for (let i = 0; i < n; i += 4) st(y, i, f32x4.sub(ld(a, i), ld(b, i)));
+}
+
+/** ga += gy;  gb -= gy. */
+export function subB(n: i32, gy: usize, ga: usize, gb: usize): void {
+  if (ga != 0) for (let i = 0; i < n; i += 4) addTo(ga, i, ld(gy, i));
+  if (gb != 0) for (let i = 0; i < n; i += 4) st(gb, i, f32x4.sub(ld(gb, i), ld(gy, i)));
+}
+
+/** y = s·a. */
+export function scaleF(a: usize, s: f32, n: i32, y: usize): void {
+  const sv = f32x4.splat(s);
+  for (let i = 0; i < n; i += 4) st(y, i, f32x4.mul(ld(a, i), sv));
+}
+
+/** ga += gy·s. */
+export function scaleB(s: f32, n: i32, gy: usize, ga: usize): void {
+  const sv = f32x4.splat(s);
+  for (let i = 0; i < n; i += 4) addTo(ga, i, f32x4.mul(ld(gy, i), sv));
+}
+
+/** GPT-mode token shift over B sequences of T rows of C: y[b,t] = x[b,t-1], y[b,0] = 0. */
+export function shiftF(x: usize, Bn: i32, T: i32, C: i32, y: usize): void {
+  const rowBytes = <usize>C << 2;
+  for (let b = 0; b < Bn; b++) {
+    const o = <usize>(b * T * C) << 2;
+    memory.fill(y + o, 0, rowBytes);
+    if (T > 1) memory.copy(y + o + rowBytes, x + o, <usize>(T - 1) * rowBytes);
+  }
+}
+
+/** gx[b,t-1] += gy[b,t]. */
+export function shiftB(Bn: i32, T: i32, C: i32, gy: usize, gx: usize): void {
+  for (let b = 0; b < Bn; b++) {
+    const o = b * T * C;
+    for (let i = 0; i < (T - 1) * C; i += 4) addTo(gx, o + i, ld(gy, o + C + i));
+  }
+}
+
+/** y (R, n) = columns c0 … c0+n of x (R, W). */
+export function sliceF(x: usize, R: i32, W: i32, c0: i32, n: i32, y: usize): void {
+  for (let r = 0; r < R; r++) memory.copy(y + (<usize>(r * n) << 2), x + (<usize>(r * W + c0) << 2), <usize>n << 2);
+}
+
+/** gx[:, c0 … c0+n] += gy (n a multiple of 4). */
+export function sliceB(R: i32, W: i32, c0: i32, n: i32, gy: usize, gx: usize): void {
+  for (let r = 0; r < R; r++) for (let j = 0; j < n; j += 4) addTo(gx, r * W + c0 + j, ld(gy, r * n + j));
+}
+
 /** y = a + b (b (n), or with C > 0 a row vector (C) broadcast over the n / C rows). */
 export function addF(a: usize, b: usize, n: i32, C: i32, y: usize): void {
   if (C == 0) { for (let i = 0; i < n; i += 4) st(y, i, f32x4.add(ld(a, i), ld(b, i))); return; }
@@ -743,7 +835,8 @@ function log4(x0: v128): v128 {
 // Activation ids; keep in sync with ACT in src/core/train/wasm-kernels.ts.
 const ACT_SIGMOID: i32 = 0;
 const ACT_TANH: i32 = 1;
-const ACT_RELU2: i32 = 2; // and 3: the v7 decay clamp (the remaining branch below)
+const ACT_RELU2: i32 = 2;
+const ACT_SILU: i32 = 4; // and 3: the v7 decay clamp (the remaining branch below)
 
 /** y = f(x) over n elements (ops.ts activationForward). */
 export function actF(f: i32, x: usize, n: i32, y: usize): void {
@@ -757,6 +850,7 @@ export function actF(f: i32, x: usize, n: i32, y: usize): void {
       const a = f32x4.div(f32x4.sub(one, t), f32x4.add(one, t));
       r = v128.or(a, v128.and(v, i32x4.splat(0x80000000)));
     } else if (f == ACT_RELU2) { const p = f32x4.max(v, zero); r = f32x4.mul(p, p); }
+    else if (f == ACT_SILU) r = f32x4.mul(v, sigmoid4(v));
     else { // -softplus(-x) - 1/2 with softplus(u) = max(u, 0) + log(1 + e^{-|u|})
       const sp = f32x4.add(f32x4.max(f32x4.neg(v), zero), log4(f32x4.add(one, exp4(f32x4.neg(f32x4.abs(v))))));
       r = f32x4.sub(f32x4.neg(sp), f32x4.splat(0.5));
@@ -774,6 +868,7 @@ export function actB(f: i32, x: usize, y: usize, n: i32, gy: usize, gx: usize): 
     if (f == ACT_SIGMOID) { const s = ld(y, i); d = f32x4.mul(s, f32x4.sub(one, s)); }
     else if (f == ACT_TANH) { const t = ld(y, i); d = f32x4.sub(one, f32x4.mul(t, t)); }
     else if (f == ACT_RELU2) d = f32x4.mul(f32x4.splat(2), f32x4.max(ld(x, i), zero));
+    else if (f == ACT_SILU) { const xv = ld(x, i), s = sigmoid4(xv); d = f32x4.mul(s, fma4(one, xv, f32x4.sub(one, s))); }
     else d = sigmoid4(f32x4.neg(ld(x, i)));
     addTo(gx, i, f32x4.mul(g, d));
   }

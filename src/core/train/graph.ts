@@ -1,13 +1,13 @@
 import type { Buf, TrainDType } from "./buffers.js";
 import { linearBackward, linearForward, projectBackward, projectForward, type TrainKernels } from "./kernels.js";
-import * as op from "./ops.js";
+import type { Activation } from "./ops.js";
 import { wkv7Backward, wkv7Forward, wkvChunks } from "./wkv.js";
 
 /*
- * A forward pass that remembers how to run itself backwards. Every method runs one op of ops.ts /
- * wkv.ts / kernels.ts on Vars and, when recording, pushes the matching backward call onto a tape;
- * backward() replays the tape in reverse. There is no automatic differentiation: each op's
- * gradient is the hand-written one beside its forward.
+ * A forward pass that remembers how to run itself backwards. Every method runs one op of its
+ * kernels (their `ops` table, products, WKV scans) on Vars and, when recording, pushes the matching
+ * backward call onto a tape; backward() replays the tape in reverse. There is no automatic
+ * differentiation: each op's gradient is the hand-written one beside its forward.
  *
  * A Var is a (rows, cols) row-major tensor. Parameters wrap the parameter's storage and its
  * persistent gradient buffer, so backward accumulates straight into the parameter gradients.
@@ -66,8 +66,8 @@ export class Graph {
   embedding(E: Var, tokens: Int32Array): Var {
     const C = E.cols;
     const y = this.out(tokens.length, C, E); // (R, C)
-    op.embeddingForward(E.data, C, tokens, y.data);
-    this.record(y, (gy) => op.embeddingBackward(E.data, C, tokens, gy, E.g()!));
+    this.kernels.ops.embeddingForward(E.data, C, tokens, y.data);
+    this.record(y, (gy) => this.kernels.ops.embeddingBackward(E.data, C, tokens, gy, E.g()!));
     return y;
   }
 
@@ -89,8 +89,8 @@ export class Graph {
   tokenShift(x: Var, B: number, T: number): Var {
     const C = x.cols;
     const y = this.out(x.rows, C, x); // (B·T, C)
-    op.tokenShiftForward(x.data, B, T, C, y.data);
-    this.record(y, (gy) => op.tokenShiftBackward(x.data, B, T, C, gy, x.g()!));
+    this.kernels.ops.tokenShiftForward(x.data, B, T, C, y.data);
+    this.record(y, (gy) => this.kernels.ops.tokenShiftBackward(x.data, B, T, C, gy, x.g()!));
     return y;
   }
 
@@ -98,8 +98,8 @@ export class Graph {
   mix(x: Var, sx: Var, m: Var): Var {
     const C = x.cols;
     const y = this.out(x.rows, C, x, sx, m); // (R, C)
-    op.mixForward(x.data, sx.data, m.data, C, y.data);
-    this.record(y, (gy) => op.mixBackward(x.data, sx.data, m.data, C, gy, x.g(), sx.g(), m.g()));
+    this.kernels.ops.mixForward(x.data, sx.data, m.data, C, y.data);
+    this.record(y, (gy) => this.kernels.ops.mixBackward(x.data, sx.data, m.data, C, gy, x.g(), sx.g(), m.g()));
     return y;
   }
 
@@ -116,8 +116,8 @@ export class Graph {
   lerpDyn(x: Var, d: Var, m: Var, dm: Var): Var {
     const C = x.cols;
     const y = this.out(x.rows, C, x, d, m, dm); // (R, C)
-    op.lerpDynForward(x.data, d.data, m.data, dm.data, C, y.data);
-    this.record(y, (gy) => op.lerpDynBackward(x.data, d.data, m.data, dm.data, C, gy, x.g(), d.g(), m.g(), dm.g()));
+    this.kernels.ops.lerpDynForward(x.data, d.data, m.data, dm.data, C, y.data);
+    this.record(y, (gy) => this.kernels.ops.lerpDynBackward(x.data, d.data, m.data, dm.data, C, gy, x.g(), d.g(), m.g(), dm.g()));
     return y;
   }
 
@@ -147,7 +147,7 @@ export class Graph {
     return y;
   }
 
-  act(f: op.Activation, x: Var): Var {
+  act(f: Activation, x: Var): Var {
     const y = this.out(x.rows, x.cols, x);
     this.kernels.ops.activationForward(f, x.data, y.data);
     this.record(y, (gy) => this.kernels.ops.activationBackward(f, x.data, y.data, gy, x.g()!));
@@ -174,15 +174,15 @@ export class Graph {
 
   sub(a: Var, b: Var): Var {
     const y = this.out(a.rows, a.cols, a, b);
-    op.subForward(a.data, b.data, y.data);
-    this.record(y, (gy) => op.subBackward(a.data, b.data, gy, a.g(), b.g()));
+    this.kernels.ops.subForward(a.data, b.data, y.data);
+    this.record(y, (gy) => this.kernels.ops.subBackward(a.data, b.data, gy, a.g(), b.g()));
     return y;
   }
 
   scale(a: Var, s: number): Var {
     const y = this.out(a.rows, a.cols, a);
-    op.scaleForward(a.data, s, y.data);
-    this.record(y, (gy) => op.scaleBackward(a.data, s, gy, a.g()!));
+    this.kernels.ops.scaleForward(a.data, s, y.data);
+    this.record(y, (gy) => this.kernels.ops.scaleBackward(a.data, s, gy, a.g()!));
     return y;
   }
 
@@ -217,8 +217,8 @@ export class Graph {
   sliceCols(x: Var, c0: number, n: number): Var {
     const R = x.rows, W = x.cols;
     const y = this.out(R, n, x);
-    op.sliceColsForward(x.data, R, W, c0, n, y.data);
-    this.record(y, (gy) => op.sliceColsBackward(x.data, R, W, c0, n, gy, x.g()!));
+    this.kernels.ops.sliceColsForward(x.data, R, W, c0, n, y.data);
+    this.record(y, (gy) => this.kernels.ops.sliceColsBackward(x.data, R, W, c0, n, gy, x.g()!));
     return y;
   }
 
@@ -268,9 +268,9 @@ export class Graph {
   crossEntropy(logits: Var, targets: Int32Array, l2wrap: boolean): number {
     const R = logits.rows, V = logits.cols;
     const lse = new Float64Array(R);
-    const loss = op.crossEntropyForward(logits.data, R, V, targets, lse);
+    const loss = this.kernels.ops.crossEntropyForward(logits.data, R, V, targets, lse);
     // Pushed last, so it runs first in backward(): it creates the gradient everything else consumes.
-    if (logits.requiresGrad) this.tape.push(() => op.crossEntropyBackward(logits.data, R, V, targets, lse, 1, l2wrap, logits.g()!));
+    if (logits.requiresGrad) this.tape.push(() => this.kernels.ops.crossEntropyBackward(logits.data, R, V, targets, lse, 1, l2wrap, logits.g()!));
     return loss;
   }
 }

@@ -382,10 +382,27 @@ export function crossEntropyBackward(logits: Buf, R: number, V: number, targets:
 // ---------------------------------------------------------------- replaceable ops
 
 /**
- * The element-wise ops a kernel set may replace with faster ones of the same signature and
- * meaning (TrainKernels.ops); the functions above are the specification.
+ * The ops of the training graph other than products and WKV scans: a kernel set replaces them with
+ * faster ones of the same signature and meaning (TrainKernels.ops), or keeps these, which are the
+ * specification. Graph calls every one of them through its kernels' table.
  */
 export interface TrainOps {
+  readonly embeddingForward: typeof embeddingForward;
+  readonly embeddingBackward: typeof embeddingBackward;
+  readonly tokenShiftForward: typeof tokenShiftForward;
+  readonly tokenShiftBackward: typeof tokenShiftBackward;
+  readonly mixForward: typeof mixForward;
+  readonly mixBackward: typeof mixBackward;
+  readonly lerpDynForward: typeof lerpDynForward;
+  readonly lerpDynBackward: typeof lerpDynBackward;
+  readonly subForward: typeof subForward;
+  readonly subBackward: typeof subBackward;
+  readonly scaleForward: typeof scaleForward;
+  readonly scaleBackward: typeof scaleBackward;
+  readonly sliceColsForward: typeof sliceColsForward;
+  readonly sliceColsBackward: typeof sliceColsBackward;
+  readonly crossEntropyForward: typeof crossEntropyForward;
+  readonly crossEntropyBackward: typeof crossEntropyBackward;
   readonly lerpForward: typeof lerpForward;
   readonly lerpBackward: typeof lerpBackward;
   readonly addForward: typeof addForward;
@@ -407,6 +424,9 @@ export interface TrainOps {
 }
 
 export const referenceOps: TrainOps = {
+  embeddingForward, embeddingBackward, tokenShiftForward, tokenShiftBackward, mixForward, mixBackward,
+  lerpDynForward, lerpDynBackward, subForward, subBackward, scaleForward, scaleBackward,
+  sliceColsForward, sliceColsBackward, crossEntropyForward, crossEntropyBackward,
   lerpForward, lerpBackward, addForward, addBackward, mulForward, mulBackward,
   activationForward, activationBackward, groupNormForward, groupNormBackward,
   residualMixForward, residualMixBackward, keyUpdateForward, keyUpdateBackward,

@@ -71,14 +71,26 @@ const SPIN_ITERATIONS = 1 << 14;
 /** Rough multiply-add equivalents per element and step of the v4 scan (four exponentials, a division): sizes its parallel split. */
 const V4_WORK_PER_ELEMENT = 64;
 
-/** Activation ids of assembly/train.ts (silu, unused by v7, stays in TypeScript). */
-const ACT: Partial<Record<Activation, number>> = { sigmoid: 0, tanh: 1, relu2: 2, v7decay: 3 };
+/** Activation ids of assembly/train.ts. */
+const ACT: Record<Activation, number> = { sigmoid: 0, tanh: 1, relu2: 2, v7decay: 3, silu: 4 };
 
 interface Exports {
   heapBase(): number;
   zero(p: number, bytes: number): void;
   lerpF(x: number, sx: number, m: number, R: number, C: number, y: number): void;
   lerpB(x: number, sx: number, m: number, R: number, C: number, gy: number, gx: number, gsx: number, gm: number): void;
+  mixF(x: number, sx: number, m: number, R: number, C: number, y: number): void;
+  mixB(x: number, sx: number, m: number, R: number, C: number, gy: number, gx: number, gsx: number, gm: number): void;
+  lerpDynF(x: number, d: number, m: number, dm: number, R: number, C: number, y: number): void;
+  lerpDynB(d: number, m: number, dm: number, R: number, C: number, gy: number, gx: number, gd: number, gm: number, gdm: number): void;
+  subF(a: number, b: number, n: number, y: number): void;
+  subB(n: number, gy: number, ga: number, gb: number): void;
+  scaleF(a: number, s: number, n: number, y: number): void;
+  scaleB(s: number, n: number, gy: number, ga: number): void;
+  shiftF(x: number, B: number, T: number, C: number, y: number): void;
+  shiftB(B: number, T: number, C: number, gy: number, gx: number): void;
+  sliceF(x: number, R: number, W: number, c0: number, n: number, y: number): void;
+  sliceB(R: number, W: number, c0: number, n: number, gy: number, gx: number): void;
   addF(a: number, b: number, n: number, C: number, y: number): void;
   addB(n: number, C: number, gy: number, ga: number, gb: number): void;
   mulF(a: number, b: number, n: number, C: number, y: number): void;
@@ -287,6 +299,59 @@ export class WasmTrainKernels implements TrainKernels {
     /** The row-vector width of a broadcast operand: 0 when b is as long as a. */
     const bcast = (a: Buf, b: Buf, C: number) => (b.length === a.length ? 0 : C);
     return {
+      // A gather by token ids and the loss over the logits: few operations per element, left to the reference.
+      embeddingForward: ref.embeddingForward,
+      embeddingBackward: ref.embeddingBackward,
+      crossEntropyForward: ref.crossEntropyForward,
+      crossEntropyBackward: ref.crossEntropyBackward,
+      tokenShiftForward: (xx, B, T, C, y) => {
+        const p = this.offsets(xx, y);
+        if (p) x.shiftF(p[0], B, T, C, p[1]); else ref.tokenShiftForward(xx, B, T, C, y);
+      },
+      tokenShiftBackward: (xx, B, T, C, gy, gx) => {
+        const p = by4(C) ? this.offsets(gy, gx) : null;
+        if (p) x.shiftB(B, T, C, p[0], p[1]); else ref.tokenShiftBackward(xx, B, T, C, gy, gx);
+      },
+      mixForward: (xx, sx, m, C, y) => {
+        const p = by4(C) ? this.offsets(xx, sx, m, y) : null;
+        if (p) x.mixF(p[0], p[1], p[2], xx.length / C, C, p[3]); else ref.mixForward(xx, sx, m, C, y);
+      },
+      mixBackward: (xx, sx, m, C, gy, gx, gsx, gm) => {
+        const p = by4(C) ? this.offsets(xx, sx, m, gy, gx, gsx, gm) : null;
+        if (p) x.mixB(p[0], p[1], p[2], xx.length / C, C, p[3], p[4], p[5], p[6]); else ref.mixBackward(xx, sx, m, C, gy, gx, gsx, gm);
+      },
+      lerpDynForward: (xx, d, m, dm, C, y) => {
+        const p = by4(C) ? this.offsets(xx, d, m, dm, y) : null;
+        if (p) x.lerpDynF(p[0], p[1], p[2], p[3], xx.length / C, C, p[4]); else ref.lerpDynForward(xx, d, m, dm, C, y);
+      },
+      lerpDynBackward: (xx, d, m, dm, C, gy, gx, gd, gm, gdm) => {
+        const p = by4(C) ? this.offsets(d, m, dm, gy, gx, gd, gm, gdm) : null;
+        if (p) x.lerpDynB(p[0], p[1], p[2], d.length / C, C, p[3], p[4], p[5], p[6], p[7]); else ref.lerpDynBackward(xx, d, m, dm, C, gy, gx, gd, gm, gdm);
+      },
+      subForward: (a, b, y) => {
+        const p = by4(a.length) ? this.offsets(a, b, y) : null;
+        if (p) x.subF(p[0], p[1], a.length, p[2]); else ref.subForward(a, b, y);
+      },
+      subBackward: (a, b, gy, ga, gb) => {
+        const p = by4(gy.length) ? this.offsets(gy, ga, gb) : null;
+        if (p) x.subB(gy.length, p[0], p[1], p[2]); else ref.subBackward(a, b, gy, ga, gb);
+      },
+      scaleForward: (a, s, y) => {
+        const p = by4(a.length) ? this.offsets(a, y) : null;
+        if (p) x.scaleF(p[0], s, a.length, p[1]); else ref.scaleForward(a, s, y);
+      },
+      scaleBackward: (a, s, gy, ga) => {
+        const p = by4(gy.length) ? this.offsets(gy, ga) : null;
+        if (p) x.scaleB(s, gy.length, p[0], p[1]); else ref.scaleBackward(a, s, gy, ga);
+      },
+      sliceColsForward: (xx, R, W, c0, n, y) => {
+        const p = this.offsets(xx, y);
+        if (p) x.sliceF(p[0], R, W, c0, n, p[1]); else ref.sliceColsForward(xx, R, W, c0, n, y);
+      },
+      sliceColsBackward: (xx, R, W, c0, n, gy, gx) => {
+        const p = by4(n) ? this.offsets(gy, gx) : null;
+        if (p) x.sliceB(R, W, c0, n, p[0], p[1]); else ref.sliceColsBackward(xx, R, W, c0, n, gy, gx);
+      },
       lerpForward: (xx, sx, m, C, y) => {
         const p = by4(C) ? this.offsets(xx, sx, m, y) : null;
         if (p) x.lerpF(p[0], p[1], p[2], xx.length / C, C, p[3]); else ref.lerpForward(xx, sx, m, C, y);
@@ -312,12 +377,12 @@ export class WasmTrainKernels implements TrainKernels {
         if (p) x.mulB(p[0], p[1], a.length, bcast(a, b, C), p[2], p[3], p[4]); else ref.mulBackward(a, b, C, gy, ga, gb);
       },
       activationForward: (f, xx, y) => {
-        const id = ACT[f], p = id !== undefined && by4(xx.length) ? this.offsets(xx, y) : null;
-        if (p) x.actF(id!, p[0], xx.length, p[1]); else ref.activationForward(f, xx, y);
+        const id = ACT[f], p = by4(xx.length) ? this.offsets(xx, y) : null;
+        if (p) x.actF(id, p[0], xx.length, p[1]); else ref.activationForward(f, xx, y);
       },
       activationBackward: (f, xx, y, gy, gx) => {
-        const id = ACT[f], p = id !== undefined && by4(xx.length) ? this.offsets(xx, y, gy, gx) : null;
-        if (p) x.actB(id!, p[0], p[1], xx.length, p[2], p[3]); else ref.activationBackward(f, xx, y, gy, gx);
+        const id = ACT[f], p = by4(xx.length) ? this.offsets(xx, y, gy, gx) : null;
+        if (p) x.actB(id, p[0], p[1], xx.length, p[2], p[3]); else ref.activationBackward(f, xx, y, gy, gx);
       },
       groupNormForward: (xx, R, H, N, w, b, eps, y, mean, rstd) => {
         const p = by4(N) ? this.offsets(xx, w, b, y) : null;
