@@ -60,3 +60,12 @@ test("src/core/train has no import cycle (type imports included)", () => {
   const cycle = findCycle(graph);
   assert.equal(cycle, null, `import cycle: ${cycle?.join(" -> ")}`);
 });
+
+test("one worker spawner: under src/node, only threads/spawn.ts starts kernel workers (inference and training alike)", () => {
+  const threads = join(import.meta.dirname, "..", "..", "src", "node", "threads");
+  const starters = readdirSync(threads).filter((f) => f.endsWith(".ts") && /new Worker\(/.test(readFileSync(join(threads, f), "utf8")));
+  assert.deepEqual(starters, ["spawn.ts"]);
+  for (const f of ["pool.ts", "train-pool.ts"]) {
+    assert.match(readFileSync(join(threads, f), "utf8"), /spawn: spawnKernelWorker/, `${f} does not start its workers through spawn.ts`);
+  }
+});
