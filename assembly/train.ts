@@ -650,27 +650,6 @@ export function lerpB(x: usize, sx: usize, m: usize, R: i32, C: i32, gy: usize, 
   }
 }
 
-/** v4/v5 mix: y = x·m + sx·(1 - m), m (C). */
-export function mixF(x: usize, sx: usize, m: usize, R: i32, C: i32, y: usize): void {
-  const one = f32x4.splat(1);
-  for (let o = 0; o < R * C; o += C) {
-    for (let c = 0; c < C; c += 4) { const mc = ld(m, c); st(y, o + c, fma4(f32x4.mul(ld(x, o + c), mc), ld(sx, o + c), f32x4.sub(one, mc))); }
-  }
-}
-
-/** gx += gy·m;  gsx += gy·(1 - m);  gm += Σ_rows gy·(x - sx). */
-export function mixB(x: usize, sx: usize, m: usize, R: i32, C: i32, gy: usize, gx: usize, gsx: usize, gm: usize): void {
-  const one = f32x4.splat(1);
-  for (let o = 0; o < R * C; o += C) {
-    for (let c = 0; c < C; c += 4) {
-      const g = ld(gy, o + c), mc = ld(m, c);
-      if (gx != 0) addTo(gx, o + c, f32x4.mul(g, mc));
-      if (gsx != 0) addTo(gsx, o + c, f32x4.mul(g, f32x4.sub(one, mc)));
-      if (gm != 0) addTo(gm, c, f32x4.mul(g, f32x4.sub(ld(x, o + c), ld(sx, o + c))));
-    }
-  }
-}
-
 /** v6 data-dependent mix: y = x + d·(m + dm), m (C), x, d, dm (R, C). */
 export function lerpDynF(x: usize, d: usize, m: usize, dm: usize, R: i32, C: i32, y: usize): void {
   for (let o = 0; o < R * C; o += C) {

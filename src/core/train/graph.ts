@@ -94,13 +94,9 @@ export class Graph {
     return y;
   }
 
-  /** v4/v5: x·m + sx·(1-m). */
+  /** v4/v5: x·m + sx·(1-m) = sx + (x - sx)·m, the lerp from sx to x. */
   mix(x: Var, sx: Var, m: Var): Var {
-    const C = x.cols;
-    const y = this.out(x.rows, C, x, sx, m); // (R, C)
-    this.kernels.ops.mixForward(x.data, sx.data, m.data, C, y.data);
-    this.record(y, (gy) => this.kernels.ops.mixBackward(x.data, sx.data, m.data, C, gy, x.g(), sx.g(), m.g()));
-    return y;
+    return this.lerp(sx, x, m);
   }
 
   /** v6/v7: x + (sx - x)·m. */

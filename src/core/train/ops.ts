@@ -95,22 +95,7 @@ export function tokenShiftBackward(_x: Buf, B: number, T: number, C: number, gy:
  * time outside the matrix and WKV kernels.
  */
 
-/** v4/v5 mix: y = x·m + sx·(1-m), m (C). */
-export function mixForward(x: Buf, sx: Buf, m: Buf, C: number, y: Buf): void {
-  for (let o = 0; o < x.length; o += C) {
-    for (let c = 0; c < C; c++) { const mc = m[c]; y[o + c] = x[o + c] * mc + sx[o + c] * (1 - mc); }
-  }
-}
-
-export function mixBackward(x: Buf, sx: Buf, m: Buf, C: number, gy: Buf, gx: Buf | null, gsx: Buf | null, gm: Buf | null): void {
-  for (let o = 0; o < x.length; o += C) {
-    if (gx) for (let c = 0; c < C; c++) gx[o + c] += gy[o + c] * m[c];
-    if (gsx) for (let c = 0; c < C; c++) gsx[o + c] += gy[o + c] * (1 - m[c]);
-    if (gm) for (let c = 0; c < C; c++) gm[c] += gy[o + c] * (x[o + c] - sx[o + c]);
-  }
-}
-
-/** v6/v7 lerp: y = x + (sx - x)·m, m (C). */
+/** Lerp: y = x + (sx - x)·m, m (C) (v6/v7; v4/v5's mix x·m + sx·(1-m) is the lerp from sx to x). */
 export function lerpForward(x: Buf, sx: Buf, m: Buf, C: number, y: Buf): void {
   for (let o = 0; o < x.length; o += C) {
     for (let c = 0; c < C; c++) y[o + c] = x[o + c] + (sx[o + c] - x[o + c]) * m[c];
@@ -391,8 +376,6 @@ export interface TrainOps {
   readonly embeddingBackward: typeof embeddingBackward;
   readonly tokenShiftForward: typeof tokenShiftForward;
   readonly tokenShiftBackward: typeof tokenShiftBackward;
-  readonly mixForward: typeof mixForward;
-  readonly mixBackward: typeof mixBackward;
   readonly lerpDynForward: typeof lerpDynForward;
   readonly lerpDynBackward: typeof lerpDynBackward;
   readonly subForward: typeof subForward;
@@ -424,7 +407,7 @@ export interface TrainOps {
 }
 
 export const referenceOps: TrainOps = {
-  embeddingForward, embeddingBackward, tokenShiftForward, tokenShiftBackward, mixForward, mixBackward,
+  embeddingForward, embeddingBackward, tokenShiftForward, tokenShiftBackward,
   lerpDynForward, lerpDynBackward, subForward, subBackward, scaleForward, scaleBackward,
   sliceColsForward, sliceColsBackward, crossEntropyForward, crossEntropyBackward,
   lerpForward, lerpBackward, addForward, addBackward, mulForward, mulBackward,

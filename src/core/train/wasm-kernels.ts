@@ -79,8 +79,6 @@ interface Exports {
   zero(p: number, bytes: number): void;
   lerpF(x: number, sx: number, m: number, R: number, C: number, y: number): void;
   lerpB(x: number, sx: number, m: number, R: number, C: number, gy: number, gx: number, gsx: number, gm: number): void;
-  mixF(x: number, sx: number, m: number, R: number, C: number, y: number): void;
-  mixB(x: number, sx: number, m: number, R: number, C: number, gy: number, gx: number, gsx: number, gm: number): void;
   lerpDynF(x: number, d: number, m: number, dm: number, R: number, C: number, y: number): void;
   lerpDynB(d: number, m: number, dm: number, R: number, C: number, gy: number, gx: number, gd: number, gm: number, gdm: number): void;
   subF(a: number, b: number, n: number, y: number): void;
@@ -311,14 +309,6 @@ export class WasmTrainKernels implements TrainKernels {
       tokenShiftBackward: (xx, B, T, C, gy, gx) => {
         const p = by4(C) ? this.offsets(gy, gx) : null;
         if (p) x.shiftB(B, T, C, p[0], p[1]); else ref.tokenShiftBackward(xx, B, T, C, gy, gx);
-      },
-      mixForward: (xx, sx, m, C, y) => {
-        const p = by4(C) ? this.offsets(xx, sx, m, y) : null;
-        if (p) x.mixF(p[0], p[1], p[2], xx.length / C, C, p[3]); else ref.mixForward(xx, sx, m, C, y);
-      },
-      mixBackward: (xx, sx, m, C, gy, gx, gsx, gm) => {
-        const p = by4(C) ? this.offsets(xx, sx, m, gy, gx, gsx, gm) : null;
-        if (p) x.mixB(p[0], p[1], p[2], xx.length / C, C, p[3], p[4], p[5], p[6]); else ref.mixBackward(xx, sx, m, C, gy, gx, gsx, gm);
       },
       lerpDynForward: (xx, d, m, dm, C, y) => {
         const p = by4(C) ? this.offsets(xx, d, m, dm, y) : null;
