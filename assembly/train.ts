@@ -60,10 +60,11 @@ export function runJob(ctrl: usize, job: i32, part: i32, nparts: i32): void {
       <usize>arg(a, 10) + <usize>part * <usize>arg(a, 11), part, nparts);
   } else if (job == JOB_WKV7_FORWARD) {
     wkv7Forward(arg(a, 0), arg(a, 1), arg(a, 2), arg(a, 3), arg(a, 4), arg(a, 5), arg(a, 6), arg(a, 7), arg(a, 8), arg(a, 9), arg(a, 10), arg(a, 11),
-      <usize>arg(a, 12) + <usize>part * <usize>arg(a, 13), part, nparts);
+      arg(a, 12), <usize>arg(a, 13) + <usize>part * <usize>arg(a, 14), part, nparts);
   } else if (job == JOB_WKV7_BACKWARD) {
     wkv7Backward(arg(a, 0), arg(a, 1), arg(a, 2), arg(a, 3), arg(a, 4), arg(a, 5), arg(a, 6), arg(a, 7), arg(a, 8), arg(a, 9), arg(a, 10),
-      arg(a, 11), arg(a, 12), arg(a, 13), arg(a, 14), arg(a, 15), arg(a, 16), arg(a, 17), <usize>arg(a, 18) + <usize>part * <usize>arg(a, 19), part, nparts);
+      arg(a, 11), arg(a, 12), arg(a, 13), arg(a, 14), arg(a, 15), arg(a, 16), arg(a, 17), arg(a, 18), <usize>arg(a, 19) + <usize>part * <usize>arg(a, 20),
+      part, nparts);
   } else if (job == JOB_WKV4_FORWARD) {
     wkv4Forward(arg(a, 0), arg(a, 1), arg(a, 2), arg(a, 3), arg(a, 4), arg(a, 5), arg(a, 6), arg(a, 7), part, nparts);
   } else if (job == JOB_WKV4_BACKWARD) {
@@ -250,7 +251,7 @@ function micro4x8(a: usize, b: usize, kc: i32, c: usize, ldc: i32, add: bool): v
 }
 
 // ---------------------------------------------------------------------------------------------
-// RWKV-7 WKV (SPEC §6, §7.3) over B sequences of T steps from a zero state, per head with
+// RWKV-7 WKV (SPEC §6, §7.3) over B sequences of T steps, per head with
 // S[i=value][j=key]:  sa = S a;  S <- S diag(d) + sa bᵀ + v kᵀ;  y = S r,  d = exp(-exp(wraw)).
 // Inputs (B·T, C) with C = H·N, N a multiple of 4; parts split the B·H (sequence, head) pairs.
 // The forward stores the state entering every WKV_CHUNK steps in ckpt (B·H·chunks·N·N) when
@@ -285,15 +286,16 @@ function v7Step(S0: usize, S1: usize, N: i32, r: usize, d: usize, k: usize, v: u
   }
 }
 
-/** Part scratch: S (N·N), d (N). */
+/** Every sequence starts from s0 (H·N·N, a trained time_state) when s0 != 0, else from zeros. Part scratch: S (N·N), d (N). */
 function wkv7Forward(Bn: i32, T: i32, H: i32, N: i32, r: usize, w: usize, k: usize, v: usize, a: usize, b: usize, y: usize, ckpt: usize,
-  ws: usize, part: i32, nparts: i32): void {
+  s0: usize, ws: usize, part: i32, nparts: i32): void {
   const lo = splitLo(Bn * H, part, nparts, 1), hi = splitHi(Bn * H, part, nparts, 1);
   const C = H * N, NN = N * N, chunks = (T + WKV_CHUNK - 1) / WKV_CHUNK;
   const S = ws, d = ws + (<usize>NN << 2);
   for (let pair = lo; pair < hi; pair++) {
     const bb = pair / H, h = pair % H;
-    memory.fill(S, 0, <usize>NN << 2);
+    if (s0 != 0) memory.copy(S, s0 + (<usize>(h * NN) << 2), <usize>NN << 2);
+    else memory.fill(S, 0, <usize>NN << 2);
     for (let t = 0; t < T; t++) {
       if (ckpt != 0 && t % WKV_CHUNK == 0) memory.copy(ckpt + (<usize>((pair * chunks + t / WKV_CHUNK) * NN) << 2), S, <usize>NN << 2);
       const o = <usize>((bb * T + t) * C + h * N) << 2;
@@ -307,12 +309,14 @@ function wkv7Forward(Bn: i32, T: i32, H: i32, N: i32, r: usize, w: usize, k: usi
  * SPEC §7.3, t = T-1 … 0 with dS = dL/dS_t (the reference's wkv7Backward, vectorized over j):
  *   dS += gy rᵀ;  g_r = S_tᵀ gy;  g_k = dSᵀ v;  g_v = dS k;  g_b = dSᵀ sa;  e = dS b;  g_a = S_{t-1}ᵀ e
  *   g_wraw[j] = -exp(wraw[j]) d[j] Σ_i dS[i,j] S_{t-1}[i,j];  dS <- dS diag(d) + e aᵀ
- * Gradients accumulate (+=); a zero pointer skips that gradient.
+ * Gradients accumulate (+=); a zero pointer skips that gradient. The gradient of the initial state
+ * (state tuning), dS at t = -1, is written per sequence into gs0 (B·H·N·N partials, which the
+ * caller sums over sequences in order) when gs0 != 0.
  * Part scratch: states ((WKV_CHUNK+1)·N·N), dS (N·N), sas (WKV_CHUNK·N), then N each: d, ew, y,
  * gv, e, accR, accK, accB, accA, accW.
  */
 function wkv7Backward(Bn: i32, T: i32, H: i32, N: i32, r: usize, w: usize, k: usize, v: usize, a: usize, b: usize, ckpt: usize, gy: usize,
-  gr: usize, gw: usize, gk: usize, gv: usize, ga: usize, gb: usize, ws: usize, part: i32, nparts: i32): void {
+  gr: usize, gw: usize, gk: usize, gv: usize, ga: usize, gb: usize, gs0: usize, ws: usize, part: i32, nparts: i32): void {
   const lo = splitLo(Bn * H, part, nparts, 1), hi = splitHi(Bn * H, part, nparts, 1);
   const C = H * N, NN = N * N, chunks = (T + WKV_CHUNK - 1) / WKV_CHUNK;
   const nnBytes = <usize>NN << 2, nBytes = <usize>N << 2;
@@ -387,6 +391,7 @@ function wkv7Backward(Bn: i32, T: i32, H: i32, N: i32, r: usize, w: usize, k: us
         }
       }
     }
+    if (gs0 != 0) memory.copy(gs0 + <usize>pair * nnBytes, dS, nnBytes);
   }
 }
 

@@ -12,7 +12,8 @@ import { relErr, seeded } from "./train-helpers.js";
  * reference kernels (wkv.ts, the specification), forward and backward, on random shapes with odd
  * sizes (T not a multiple of the 16-step state chunk, channel and head counts that are not powers
  * of two), operands inside and outside the wasm memory, both builds (plain and relaxed SIMD), and
- * 2 threads against 1 bit for bit. (wkv7 is covered by train-wasm.test.ts.)
+ * 2 threads against 1 bit for bit; and wkv7 from a trained initial state (state tuning; wkv7 from
+ * zeros is covered by train-wasm.test.ts).
  */
 
 const skip = !wasmTrainAvailable();
@@ -126,6 +127,41 @@ for (const simd of BUILDS) {
     }
     // Forward and backward of each of the three scans split over both threads.
     assert.ok(k2.calls.parallel >= before + 6, `only ${k2.calls.parallel - before} WKV calls ran on 2 threads`);
+  });
+}
+
+interface V7Case { B: number; T: number; H: number; N: number }
+const V7_NAMES = ["y", "r", "w", "k", "v", "a", "b", "s0"];
+
+/** wkv7 from a trained initial state s0 (state tuning), with the gradient of s0; a = -kk, b = kk·iclr as the model feeds them. */
+function wkv7StateCase(k: TrainKernels, c: V7Case, seed: number, inPlace: boolean): Float32Array[] {
+  const { B, T, H, N } = c, n = B * T * H * N, rnd = seeded(seed);
+  const kk = rand(n, rnd), iclr = rand(n, rnd, 0, 1);
+  for (let g = 0; g < n / N; g++) {
+    const s = Math.hypot(...kk.subarray(g * N, (g + 1) * N));
+    for (let j = 0; j < N; j++) kk[g * N + j] /= s;
+  }
+  const inputs = [rand(n, rnd), rand(n, rnd, -3, -0.6), rand(n, rnd), rand(n, rnd), kk.map((x) => -x), kk.map((x, i) => x * iclr[i]),
+    rand(H * N * N, rnd, -0.5, 0.5), rand(n, rnd)]; // r, wraw, k, v, a, b, s0, gy
+  return runCase(k, inPlace, inputs, n, [n, n, n, n, n, n, H * N * N],
+    ([r, w, kx, v, a, b, s0], y) => k.wkv7Forward(B, T, H, N, r, w, kx, v, a, b, y, true, s0),
+    ([r, w, kx, v, a, b, _s0, gy], _y, ckpt, [gr, gw, gk, gv, ga, gb, gs0]) =>
+      k.wkv7Backward(B, T, H, N, r, w, kx, v, a, b, ckpt as Float32Array, gy, gr, gw, gk, gv, ga, gb, gs0));
+}
+
+for (const simd of BUILDS) {
+  test(`wkv7 from a trained initial state (${simd}): output and every gradient, the state's included, match the reference; 2 threads equal 1`, { skip }, () => {
+    const cases: V7Case[] = [{ B: 2, T: 37, H: 3, N: 8 }, { B: 3, T: 16, H: 1, N: 4 }, { B: 1, T: 20, H: 2, N: 64 }];
+    cases.forEach((c, i) => {
+      const want = wkv7StateCase(referenceTrainKernels, c, 80 + i, false);
+      for (const inPlace of [false, true]) {
+        assertClose(`B ${c.B} T ${c.T} H ${c.H} N ${c.N}${inPlace ? " in place" : ""}`, V7_NAMES, wkv7StateCase(one(simd), c, 80 + i, inPlace), want);
+      }
+    });
+    const k2 = two(simd), before = k2.calls.parallel, c: V7Case = { B: 3, T: 40, H: 4, N: 16 };
+    const a = wkv7StateCase(one(simd), c, 7, true), b = wkv7StateCase(k2, c, 7, true);
+    b.forEach((g, j) => assert.deepEqual(g, a[j], V7_NAMES[j]));
+    assert.ok(k2.calls.parallel >= before + 2, "the scans did not run on 2 threads");
   });
 }
 

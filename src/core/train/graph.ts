@@ -1,7 +1,6 @@
 import type { Buf, TrainDType } from "./buffers.js";
 import { linearBackward, linearForward, projectBackward, projectForward, type TrainKernels } from "./kernels.js";
 import type { Activation } from "./ops.js";
-import { wkv7Backward, wkv7Forward, wkvChunks } from "./wkv.js";
 
 /*
  * A forward pass that remembers how to run itself backwards. Every method runs one op of its
@@ -236,24 +235,14 @@ export class Graph {
     return y;
   }
 
+  /** s0: a trained initial state (H·N·N, state tuning) every sequence starts from, with its gradient. */
   wkv7(B: number, T: number, H: number, N: number, r: Var, wraw: Var, k: Var, v: Var, a: Var, b: Var, s0?: Var): Var {
-    if (s0) return this.wkv7FromState(B, T, H, N, r, wraw, k, v, a, b, s0);
-    const y = this.out(r.rows, r.cols, r, wraw, k, v, a, b); // (B·T, C)
+    const inputs = s0 ? [r, wraw, k, v, a, b, s0] : [r, wraw, k, v, a, b];
+    const y = this.out(r.rows, r.cols, ...inputs); // (B·T, C)
     const K = this.kernels;
-    const ckpt = K.wkv7Forward(B, T, H, N, r.data, wraw.data, k.data, v.data, a.data, b.data, y.data, y.requiresGrad); // state checkpoints
-    this.record(y, (gy) => K.wkv7Backward(B, T, H, N, r.data, wraw.data, k.data, v.data, a.data, b.data, ckpt!, gy, r.g(), wraw.g(), k.g(), v.g(), a.g(), b.g()));
-    return y;
-  }
-
-  /**
-   * WKV7 from a trained initial state s0 (H·N·N, state tuning), with its gradient: the reference
-   * scan, whatever the kernels (their fast scans start from zeros).
-   */
-  private wkv7FromState(B: number, T: number, H: number, N: number, r: Var, wraw: Var, k: Var, v: Var, a: Var, b: Var, s0: Var): Var {
-    const y = this.out(r.rows, r.cols, r, wraw, k, v, a, b, s0); // (B·T, C)
-    const ckpt = y.requiresGrad ? new Float64Array(B * H * wkvChunks(T) * N * N) : null;
-    wkv7Forward(B, T, H, N, r.data, wraw.data, k.data, v.data, a.data, b.data, y.data, ckpt, s0.data);
-    this.record(y, (gy) => wkv7Backward(B, T, H, N, r.data, wraw.data, k.data, v.data, a.data, b.data, ckpt!, gy, r.g(), wraw.g(), k.g(), v.g(), a.g(), b.g(), s0.g()));
+    const ckpt = K.wkv7Forward(B, T, H, N, r.data, wraw.data, k.data, v.data, a.data, b.data, y.data, y.requiresGrad, s0?.data); // state checkpoints
+    this.record(y, (gy) => K.wkv7Backward(B, T, H, N, r.data, wraw.data, k.data, v.data, a.data, b.data, ckpt!, gy,
+      r.g(), wraw.g(), k.g(), v.g(), a.g(), b.g(), s0?.g()));
     return y;
   }
 

@@ -65,13 +65,14 @@ export interface TrainKernels {
   wkv5Backward(B: number, T: number, H: number, N: number, r: Buf, k: Buf, v: Buf, wraw: Buf, u: Buf, ckpt: Buf, gy: Buf,
     gr: Buf | null, gk: Buf | null, gv: Buf | null, gw: Buf | null, gu: Buf | null): void;
   /**
-   * RWKV-7 WKV over B sequences of T steps (wkv.ts wkv7Forward): y (B·T, H·N). With `save`,
+   * RWKV-7 WKV over B sequences of T steps (wkv.ts wkv7Forward): y (B·T, H·N), every sequence
+   * starting from s0 (H·N·N, a trained time_state) when given, else from zeros. With `save`,
    * returns the state checkpoints wkv7Backward needs (in the kernels' own layout and type).
    */
-  wkv7Forward(B: number, T: number, H: number, N: number, r: Buf, wraw: Buf, k: Buf, v: Buf, a: Buf, b: Buf, y: Buf, save: boolean): Buf | null;
-  /** The WKV7 backward (wkv.ts wkv7Backward): gradients accumulate (+=); null ones are skipped. */
+  wkv7Forward(B: number, T: number, H: number, N: number, r: Buf, wraw: Buf, k: Buf, v: Buf, a: Buf, b: Buf, y: Buf, save: boolean, s0?: Buf | null): Buf | null;
+  /** The WKV7 backward (wkv.ts wkv7Backward), gs0 the initial state's: gradients accumulate (+=); null ones are skipped. */
   wkv7Backward(B: number, T: number, H: number, N: number, r: Buf, wraw: Buf, k: Buf, v: Buf, a: Buf, b: Buf, ckpt: Buf, gy: Buf,
-    gr: Buf | null, gw: Buf | null, gk: Buf | null, gv: Buf | null, ga: Buf | null, gb: Buf | null): void;
+    gr: Buf | null, gw: Buf | null, gk: Buf | null, gv: Buf | null, ga: Buf | null, gb: Buf | null, gs0?: Buf | null): void;
 }
 
 /**
@@ -133,14 +134,14 @@ export const referenceTrainKernels: TrainKernels = {
     if (!(ckpt instanceof Float64Array)) throw new Error("reference wkv5Backward: checkpoints of another kernel");
     wkv5Backward(B, T, H, N, r, k, v, wraw, u, ckpt, gy, gr, gk, gv, gw, gu);
   },
-  wkv7Forward(B, T, H, N, r, wraw, k, v, a, b, y, save) {
+  wkv7Forward(B, T, H, N, r, wraw, k, v, a, b, y, save, s0) {
     const ckpt = save ? new Float64Array(B * H * wkvChunks(T) * N * N) : null; // f64 states, as the recurrence
-    wkv7Forward(B, T, H, N, r, wraw, k, v, a, b, y, ckpt);
+    wkv7Forward(B, T, H, N, r, wraw, k, v, a, b, y, ckpt, s0);
     return ckpt;
   },
-  wkv7Backward(B, T, H, N, r, wraw, k, v, a, b, ckpt, gy, gr, gw, gk, gv, ga, gb) {
+  wkv7Backward(B, T, H, N, r, wraw, k, v, a, b, ckpt, gy, gr, gw, gk, gv, ga, gb, gs0) {
     if (!(ckpt instanceof Float64Array)) throw new Error("reference wkv7Backward: checkpoints of another kernel");
-    wkv7Backward(B, T, H, N, r, wraw, k, v, a, b, ckpt, gy, gr, gw, gk, gv, ga, gb);
+    wkv7Backward(B, T, H, N, r, wraw, k, v, a, b, ckpt, gy, gr, gw, gk, gv, ga, gb, gs0);
   },
 };
 

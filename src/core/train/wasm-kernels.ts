@@ -571,8 +571,9 @@ export class WasmTrainKernels implements TrainKernels {
     }
   }
 
-  wkv7Forward(B: number, T: number, H: number, N: number, r: Buf, wraw: Buf, k: Buf, v: Buf, a: Buf, b: Buf, y: Buf, save: boolean): Buf | null {
-    if (!this.wkvFast(N, [r, wraw, k, v, a, b, y])) return referenceTrainKernels.wkv7Forward(B, T, H, N, r, wraw, k, v, a, b, y, save);
+  wkv7Forward(B: number, T: number, H: number, N: number, r: Buf, wraw: Buf, k: Buf, v: Buf, a: Buf, b: Buf, y: Buf, save: boolean,
+    s0: Buf | null = null): Buf | null {
+    if (!this.wkvFast(N, [r, wraw, k, v, a, b, y, s0])) return referenceTrainKernels.wkv7Forward(B, T, H, N, r, wraw, k, v, a, b, y, save, s0);
     const NN = N * N, n = B * T * H * N;
     const ckpt = save ? this.alloc("f32", B * H * wkvChunks(T) * NN, true) : null; // every chunk written; lives with the step, for the backward
     const mark = this.top;
@@ -580,10 +581,11 @@ export class WasmTrainKernels implements TrainKernels {
       const back: CopyBack[] = [];
       const ins = [r, wraw, k, v, a, b].map((t) => this.input(t, n));
       const py = this.output(y, n, false, back);
+      const ps0 = s0 ? this.input(s0, H * NN) : 0;
       const chunks = this.chunksFor(B * T * H * NN * 4, B * H);
       const stride = align(F32 * (NN + N));
       const ws = this.bump(stride * chunks);
-      this.run(JOB.wkv7Forward, [B, T, H, N, ...ins, py, ckpt ? ckpt.byteOffset : 0, ws, stride], chunks);
+      this.run(JOB.wkv7Forward, [B, T, H, N, ...ins, py, ckpt ? ckpt.byteOffset : 0, ps0, ws, stride], chunks);
       this.copyBack(back);
     } finally {
       this.top = mark;
@@ -592,9 +594,9 @@ export class WasmTrainKernels implements TrainKernels {
   }
 
   wkv7Backward(B: number, T: number, H: number, N: number, r: Buf, wraw: Buf, k: Buf, v: Buf, a: Buf, b: Buf, ckpt: Buf, gy: Buf,
-    gr: Buf | null, gw: Buf | null, gk: Buf | null, gv: Buf | null, ga: Buf | null, gb: Buf | null): void {
-    if (!this.owns(ckpt)) {
-      referenceTrainKernels.wkv7Backward(B, T, H, N, r, wraw, k, v, a, b, ckpt, gy, gr, gw, gk, gv, ga, gb);
+    gr: Buf | null, gw: Buf | null, gk: Buf | null, gv: Buf | null, ga: Buf | null, gb: Buf | null, gs0: Buf | null = null): void {
+    if (!this.owns(ckpt) || !this.wkvFast(N, [gr, gw, gk, gv, ga, gb, gs0])) {
+      referenceTrainKernels.wkv7Backward(B, T, H, N, r, wraw, k, v, a, b, ckpt, gy, gr, gw, gk, gv, ga, gb, gs0);
       return;
     }
     const NN = N * N, n = B * T * H * N;
@@ -604,10 +606,13 @@ export class WasmTrainKernels implements TrainKernels {
       const ins = [r, wraw, k, v, a, b].map((t) => this.input(t, n));
       const pg = this.input(gy, n);
       const outs = [gr, gw, gk, gv, ga, gb].map((t) => this.output(t, n, true, back));
+      // The initial state's gradient sums over sequences: per-sequence partials, added in order after the job.
+      const pgs0 = this.output(gs0, H * NN, true, back), partS0 = this.partials(gs0, B, H * NN);
       const chunks = this.chunksFor(B * T * H * NN * 12, B * H);
       const stride = align(F32 * ((WKV_CHUNK + 1) * NN + NN + WKV_CHUNK * N + 10 * N));
       const ws = this.bump(stride * chunks);
-      this.run(JOB.wkv7Backward, [B, T, H, N, ...ins, ckpt.byteOffset, pg, ...outs, ws, stride], chunks);
+      this.run(JOB.wkv7Backward, [B, T, H, N, ...ins, ckpt.byteOffset, pg, ...outs, partS0, ws, stride], chunks);
+      if (partS0) this.x.sumRows(pgs0, partS0, B, H * NN);
       this.copyBack(back);
     } finally {
       this.top = mark;
