@@ -9,7 +9,8 @@
  * runs on the main thread and in every worker.
  *
  * Every kernel is a "job" taking (part, nparts) and computing its own slice of the outputs (tiles
- * of a matrix product, (sequence, head) pairs of a WKV scan) with per-part scratch. An output is
+ * of a matrix product, (sequence, head) or (sequence, channels) items of a WKV scan) with per-part
+ * scratch. An output is
  * computed by the same instructions whatever the split, so 1 and N threads give bit-identical
  * results. All arithmetic is f32 (the reference kernels sum in f64; the fast path does not).
  */

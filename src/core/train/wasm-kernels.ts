@@ -24,9 +24,12 @@ import { WA, WasmBuilds, type WasmMemory, type WasmSimd, type WasmWorkerSpawner 
  *
  * Threads: workers (started by a WasmWorkerSpawner, e.g. Node's worker_threads) instantiate the
  * same module over the same memory and sit in workerLoop. A kernel call is published as a ticket
- * of chunks (tiles of a product's rows or columns, (sequence, head) pairs of a WKV scan); every
- * thread, the caller included, claims chunks until none is left. Each output is computed by the same
- * code whoever claims it, so any thread count gives bit-identical results.
+ * of chunks (tiles of a product's rows or columns, (sequence, head) pairs of a v5/v6/v7 WKV scan,
+ * (sequence, 4 channels) items of a v4 one); every thread, the caller included, claims chunks until
+ * none is left. Each output is computed by the same code whoever claims it, so any thread count
+ * gives bit-identical results; a parameter gradient that sums over sequences (time_decay,
+ * time_first, u, a trained initial state) is written per sequence into call scratch and summed in
+ * sequence order after the job, never added to by two threads.
  */
 
 const BUILDS = new WasmBuilds({ "simd": TRAIN_WASM_SIMD, "relaxed-simd": TRAIN_WASM_RELAXED_SIMD });
