@@ -1,4 +1,5 @@
-import { type Buf, referenceTrainKernels, type TrainKernels } from "./kernels.js";
+import type { Buf } from "./buffers.js";
+import { referenceTrainKernels, type TrainKernels } from "./kernels.js";
 import type { Version } from "../model/model.js";
 import { versionModule } from "../model/versions.js";
 import type { ParamGroup } from "./version.js";

@@ -13,7 +13,8 @@ import { exportRwkvLmRun } from "../train/rwkv-lm-run.js";
 import { CHECKPOINT_FILE, type NewTrainRun, TRAIN_DEFAULTS, type TrainRunOptions } from "../train/run-options.js";
 import { type TrainingEvent, TrainingRun } from "../train/run.js";
 import { DEFAULT_LORA_ALPHA } from "../../core/adapters/adapter.js";
-import { defaultTrainThreads, type TrainKernelKind } from "../threads/train-pool.js";
+import { defaultThreads } from "../threads/spawn.js";
+import type { TrainKernelKind } from "../threads/train-pool.js";
 
 /*
  * rwkv train: GPT-mode training of an RWKV model on text, from scratch or from a checkpoint, with
@@ -209,7 +210,7 @@ export async function trainCommand(args: string[], io: CliIO): Promise<number> {
   if (values.export !== undefined) return await exportCommand(values, out, io);
   const kind = str(values, "kernels") ?? "wasm";
   if (kind !== "wasm" && kind !== "reference") throw new UsageError(`--kernels must be wasm or reference, got "${kind}"`);
-  const compute = { kernels: kind as TrainKernelKind, threads: positiveInt(values, "threads", defaultTrainThreads()) };
+  const compute = { kernels: kind as TrainKernelKind, threads: positiveInt(values, "threads", defaultThreads()) };
 
   let run: TrainingRun;
   if (values.resume === true) {
