@@ -9,7 +9,8 @@
  * runs on the main thread and in every worker.
  *
  * Every kernel is a "job" taking (part, nparts) and computing its own slice of the outputs (tiles
- * of a matrix product, (sequence, head) pairs of a WKV scan) with per-part scratch. An output is
+ * of a matrix product, (sequence, head) or (sequence, channels) items of a WKV scan) with per-part
+ * scratch. An output is
  * computed by the same instructions whatever the split, so 1 and N threads give bit-identical
  * results. All arithmetic is f32 (the reference kernels sum in f64; the fast path does not).
  */
@@ -20,6 +21,10 @@ import { arg, C_ARGS, dispatchJob, runWorker, splitHi, splitLo, stopAll } from "
 const JOB_GEMM: i32 = 1;
 const JOB_WKV7_FORWARD: i32 = 2;
 const JOB_WKV7_BACKWARD: i32 = 3;
+const JOB_WKV4_FORWARD: i32 = 4;
+const JOB_WKV4_BACKWARD: i32 = 5;
+const JOB_WKV5_FORWARD: i32 = 6;
+const JOB_WKV5_BACKWARD: i32 = 7;
 
 /** Steps between stored WKV states (the reference's WKV_CHUNK, the v7 CUDA kernel's CHUNK_LEN). */
 const WKV_CHUNK: i32 = 16;
@@ -56,10 +61,22 @@ export function runJob(ctrl: usize, job: i32, part: i32, nparts: i32): void {
       <usize>arg(a, 10) + <usize>part * <usize>arg(a, 11), part, nparts);
   } else if (job == JOB_WKV7_FORWARD) {
     wkv7Forward(arg(a, 0), arg(a, 1), arg(a, 2), arg(a, 3), arg(a, 4), arg(a, 5), arg(a, 6), arg(a, 7), arg(a, 8), arg(a, 9), arg(a, 10), arg(a, 11),
-      <usize>arg(a, 12) + <usize>part * <usize>arg(a, 13), part, nparts);
+      arg(a, 12), <usize>arg(a, 13) + <usize>part * <usize>arg(a, 14), part, nparts);
   } else if (job == JOB_WKV7_BACKWARD) {
     wkv7Backward(arg(a, 0), arg(a, 1), arg(a, 2), arg(a, 3), arg(a, 4), arg(a, 5), arg(a, 6), arg(a, 7), arg(a, 8), arg(a, 9), arg(a, 10),
-      arg(a, 11), arg(a, 12), arg(a, 13), arg(a, 14), arg(a, 15), arg(a, 16), arg(a, 17), <usize>arg(a, 18) + <usize>part * <usize>arg(a, 19), part, nparts);
+      arg(a, 11), arg(a, 12), arg(a, 13), arg(a, 14), arg(a, 15), arg(a, 16), arg(a, 17), arg(a, 18), <usize>arg(a, 19) + <usize>part * <usize>arg(a, 20),
+      part, nparts);
+  } else if (job == JOB_WKV4_FORWARD) {
+    wkv4Forward(arg(a, 0), arg(a, 1), arg(a, 2), arg(a, 3), arg(a, 4), arg(a, 5), arg(a, 6), arg(a, 7), part, nparts);
+  } else if (job == JOB_WKV4_BACKWARD) {
+    wkv4Backward(arg(a, 0), arg(a, 1), arg(a, 2), arg(a, 3), arg(a, 4), arg(a, 5), arg(a, 6), arg(a, 7), arg(a, 8), arg(a, 9), arg(a, 10),
+      arg(a, 11), arg(a, 12), <usize>arg(a, 13) + <usize>part * <usize>arg(a, 14), part, nparts);
+  } else if (job == JOB_WKV5_FORWARD) {
+    wkv5Forward(arg(a, 0), arg(a, 1), arg(a, 2), arg(a, 3), arg(a, 4), arg(a, 5), arg(a, 6), arg(a, 7), arg(a, 8), arg(a, 9), arg(a, 10), arg(a, 11),
+      <usize>arg(a, 12) + <usize>part * <usize>arg(a, 13), part, nparts);
+  } else if (job == JOB_WKV5_BACKWARD) {
+    wkv5Backward(arg(a, 0), arg(a, 1), arg(a, 2), arg(a, 3), arg(a, 4), arg(a, 5), arg(a, 6), arg(a, 7), arg(a, 8), arg(a, 9), arg(a, 10),
+      arg(a, 11), arg(a, 12), arg(a, 13), arg(a, 14), arg(a, 15), arg(a, 16), <usize>arg(a, 17) + <usize>part * <usize>arg(a, 18), part, nparts);
   }
 }
 
@@ -235,7 +252,7 @@ function micro4x8(a: usize, b: usize, kc: i32, c: usize, ldc: i32, add: bool): v
 }
 
 // ---------------------------------------------------------------------------------------------
-// RWKV-7 WKV (SPEC §6, §7.3) over B sequences of T steps from a zero state, per head with
+// RWKV-7 WKV (SPEC §6, §7.3) over B sequences of T steps, per head with
 // S[i=value][j=key]:  sa = S a;  S <- S diag(d) + sa bᵀ + v kᵀ;  y = S r,  d = exp(-exp(wraw)).
 // Inputs (B·T, C) with C = H·N, N a multiple of 4; parts split the B·H (sequence, head) pairs.
 // The forward stores the state entering every WKV_CHUNK steps in ckpt (B·H·chunks·N·N) when
@@ -270,15 +287,16 @@ function v7Step(S0: usize, S1: usize, N: i32, r: usize, d: usize, k: usize, v: u
   }
 }
 
-/** Part scratch: S (N·N), d (N). */
+/** Every sequence starts from s0 (H·N·N, a trained time_state) when s0 != 0, else from zeros. Part scratch: S (N·N), d (N). */
 function wkv7Forward(Bn: i32, T: i32, H: i32, N: i32, r: usize, w: usize, k: usize, v: usize, a: usize, b: usize, y: usize, ckpt: usize,
-  ws: usize, part: i32, nparts: i32): void {
+  s0: usize, ws: usize, part: i32, nparts: i32): void {
   const lo = splitLo(Bn * H, part, nparts, 1), hi = splitHi(Bn * H, part, nparts, 1);
   const C = H * N, NN = N * N, chunks = (T + WKV_CHUNK - 1) / WKV_CHUNK;
   const S = ws, d = ws + (<usize>NN << 2);
   for (let pair = lo; pair < hi; pair++) {
     const bb = pair / H, h = pair % H;
-    memory.fill(S, 0, <usize>NN << 2);
+    if (s0 != 0) memory.copy(S, s0 + (<usize>(h * NN) << 2), <usize>NN << 2);
+    else memory.fill(S, 0, <usize>NN << 2);
     for (let t = 0; t < T; t++) {
       if (ckpt != 0 && t % WKV_CHUNK == 0) memory.copy(ckpt + (<usize>((pair * chunks + t / WKV_CHUNK) * NN) << 2), S, <usize>NN << 2);
       const o = <usize>((bb * T + t) * C + h * N) << 2;
@@ -292,12 +310,14 @@ function wkv7Forward(Bn: i32, T: i32, H: i32, N: i32, r: usize, w: usize, k: usi
  * SPEC §7.3, t = T-1 … 0 with dS = dL/dS_t (the reference's wkv7Backward, vectorized over j):
  *   dS += gy rᵀ;  g_r = S_tᵀ gy;  g_k = dSᵀ v;  g_v = dS k;  g_b = dSᵀ sa;  e = dS b;  g_a = S_{t-1}ᵀ e
  *   g_wraw[j] = -exp(wraw[j]) d[j] Σ_i dS[i,j] S_{t-1}[i,j];  dS <- dS diag(d) + e aᵀ
- * Gradients accumulate (+=); a zero pointer skips that gradient.
+ * Gradients accumulate (+=); a zero pointer skips that gradient. The gradient of the initial state
+ * (state tuning), dS at t = -1, is written per sequence into gs0 (B·H·N·N partials, which the
+ * caller sums over sequences in order) when gs0 != 0.
  * Part scratch: states ((WKV_CHUNK+1)·N·N), dS (N·N), sas (WKV_CHUNK·N), then N each: d, ew, y,
  * gv, e, accR, accK, accB, accA, accW.
  */
 function wkv7Backward(Bn: i32, T: i32, H: i32, N: i32, r: usize, w: usize, k: usize, v: usize, a: usize, b: usize, ckpt: usize, gy: usize,
-  gr: usize, gw: usize, gk: usize, gv: usize, ga: usize, gb: usize, ws: usize, part: i32, nparts: i32): void {
+  gr: usize, gw: usize, gk: usize, gv: usize, ga: usize, gb: usize, gs0: usize, ws: usize, part: i32, nparts: i32): void {
   const lo = splitLo(Bn * H, part, nparts, 1), hi = splitHi(Bn * H, part, nparts, 1);
   const C = H * N, NN = N * N, chunks = (T + WKV_CHUNK - 1) / WKV_CHUNK;
   const nnBytes = <usize>NN << 2, nBytes = <usize>N << 2;
@@ -372,6 +392,228 @@ function wkv7Backward(Bn: i32, T: i32, H: i32, N: i32, r: usize, w: usize, k: us
         }
       }
     }
+    if (gs0 != 0) memory.copy(gs0 + <usize>pair * nnBytes, dS, nnBytes);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// RWKV-4 WKV (SPEC §3, §7.1; the reference's wkv4Forward/wkv4Backward, the CUDA kernel's
+// running-max form) over B sequences of T steps, f32x4 over 4 adjacent channels (C a multiple
+// of 4) with w = -exp(time_decay), u = time_first (C). Parts split the B·C/4 (sequence, 4 channels)
+// items. The gradients of time_decay and time_first are written per sequence into (B, C)
+// partials (gtd, gtf; zero pointer: skipped) that the caller sums over sequences in order
+// (sumRows), so no two parts ever add to the same element.
+
+/** The v4 kernel's initial running maximum: e^{pp - p} vanishes at the first step. */
+const V4_MIN_EXPONENT: f32 = -1e38;
+
+function wkv4Forward(Bn: i32, T: i32, C: i32, td: usize, tf: usize, k: usize, v: usize, y: usize, part: i32, nparts: i32): void {
+  const groups = C >> 2, lo = splitLo(Bn * groups, part, nparts, 1), hi = splitHi(Bn * groups, part, nparts, 1);
+  for (let item = lo; item < hi; item++) {
+    const bb = item / groups, c = (item % groups) << 2;
+    const w = f32x4.neg(exp4(ld(td, c))), u = ld(tf, c);
+    let aa = f32x4.splat(0), bs = f32x4.splat(0), pp = f32x4.splat(V4_MIN_EXPONENT);
+    for (let t = 0; t < T; t++) {
+      const n = (bb * T + t) * C + c, kk = ld(k, n), vv = ld(v, n);
+      let ww = f32x4.add(u, kk);
+      let p = f32x4.max(pp, ww);
+      let e1 = exp4(f32x4.sub(pp, p)), e2 = exp4(f32x4.sub(ww, p));
+      st(y, n, f32x4.div(fma4(f32x4.mul(e1, aa), e2, vv), fma4(e2, e1, bs)));
+      ww = f32x4.add(w, pp);
+      p = f32x4.max(ww, kk);
+      e1 = exp4(f32x4.sub(ww, p));
+      e2 = exp4(f32x4.sub(kk, p));
+      aa = fma4(f32x4.mul(e1, aa), e2, vv);
+      bs = fma4(e2, e1, bs);
+      pp = p;
+    }
+  }
+}
+
+/**
+ * A forward sweep stores q_t = gy_t/D_t and r_t = u + k_t - p_t and accumulates g_w, g_u; a
+ * reverse sweep keeps Σ_{s>t} q_s e^{(s-t-1)w} and -Σ q_s e^{…} y_s with their own running
+ * maximum. y is the forward's output; gk, gv (B·T, C) accumulate (+=).
+ * Part scratch: q, r (T·4 each).
+ */
+function wkv4Backward(Bn: i32, T: i32, C: i32, td: usize, tf: usize, k: usize, v: usize, y: usize, gy: usize,
+  gtd: usize, gtf: usize, gk: usize, gv: usize, ws: usize, part: i32, nparts: i32): void {
+  const groups = C >> 2, lo = splitLo(Bn * groups, part, nparts, 1), hi = splitHi(Bn * groups, part, nparts, 1);
+  const qs = ws, rs = ws + (<usize>T << 4);
+  for (let item = lo; item < hi; item++) {
+    const bb = item / groups, c = (item % groups) << 2;
+    const w = f32x4.neg(exp4(ld(td, c))), u = ld(tf, c);
+    let gw = f32x4.splat(0), gu = f32x4.splat(0), aa = f32x4.splat(0), bs = f32x4.splat(0);
+    let ga = f32x4.splat(0), gb = f32x4.splat(0), pp = f32x4.splat(V4_MIN_EXPONENT);
+    for (let t = 0; t < T; t++) {
+      const n = (bb * T + t) * C + c, kk = ld(k, n), vv = ld(v, n), yy = ld(y, n);
+      let ww = f32x4.add(u, kk);
+      let p = f32x4.max(pp, ww);
+      let e1 = exp4(f32x4.sub(pp, p)), e2 = exp4(f32x4.sub(ww, p));
+      const qq = f32x4.div(ld(gy, n), fma4(e2, e1, bs));
+      gw = fma4(gw, f32x4.mul(f32x4.sub(ga, f32x4.mul(gb, yy)), e1), qq);
+      gu = fma4(gu, f32x4.mul(f32x4.sub(vv, yy), e2), qq);
+      st(qs, t << 2, qq);
+      st(rs, t << 2, f32x4.sub(ww, p));
+      ww = f32x4.add(w, pp);
+      p = f32x4.max(ww, kk);
+      e1 = exp4(f32x4.sub(ww, p));
+      e2 = exp4(f32x4.sub(kk, p));
+      ga = f32x4.mul(e1, f32x4.add(aa, ga));
+      gb = f32x4.mul(e1, f32x4.add(bs, gb));
+      aa = fma4(f32x4.mul(e1, aa), e2, vv);
+      bs = fma4(e2, e1, bs);
+      pp = p;
+    }
+    // Chain rule through w = -exp(time_decay): dw/d(time_decay) = w.
+    if (gtd != 0) st(gtd, bb * C + c, f32x4.mul(gw, w));
+    if (gtf != 0) st(gtf, bb * C + c, gu);
+    aa = f32x4.splat(0); bs = f32x4.splat(0); pp = f32x4.splat(V4_MIN_EXPONENT);
+    for (let t = T - 1; t >= 0; t--) {
+      const n = (bb * T + t) * C + c, kk = ld(k, n), vv = ld(v, n), yy = ld(y, n), qq = ld(qs, t << 2), rr = ld(rs, t << 2);
+      let e1 = f32x4.mul(qq, exp4(rr));
+      let e2 = exp4(f32x4.add(kk, pp));
+      if (gk != 0) addTo(gk, n, fma4(f32x4.mul(e1, f32x4.sub(vv, yy)), e2, fma4(bs, aa, vv)));
+      if (gv != 0) addTo(gv, n, fma4(e1, e2, aa));
+      const ww = f32x4.add(w, pp), www = f32x4.sub(f32x4.sub(rr, u), kk);
+      const p = f32x4.max(ww, www);
+      e1 = exp4(f32x4.sub(ww, p));
+      e2 = f32x4.mul(qq, exp4(f32x4.sub(www, p)));
+      aa = fma4(e2, e1, aa);
+      bs = f32x4.sub(f32x4.mul(e1, bs), f32x4.mul(yy, e2));
+      pp = p;
+    }
+  }
+}
+
+/** dst (C) += Σ_r src (R, C), row by row in order (the per-sequence partials of a parameter gradient). */
+export function sumRows(dst: usize, src: usize, R: i32, C: i32): void {
+  for (let r = 0; r < R; r++) for (let c = 0; c < C; c += 4) addTo(dst, c, ld(src, r * C + c));
+}
+
+// ---------------------------------------------------------------------------------------------
+// RWKV-5.2 / 6 WKV (SPEC §4, §5, §7.2; the reference's wkv5Forward/wkv5Backward) per head with
+// S[j=key][i=value], f32x4 over the value index i (N a multiple of 4):
+//   y[i] = Σ_j r[j] (u[j] k[j] v[i] + S[j,i]);   S[j,i] <- k[j] v[i] + d[j] S[j,i],  d = exp(-exp(wraw))
+// wraw is (C) constant (v5.2, perToken = 0) or (B·T, C) per token (v6, perToken = 1); u (C).
+// Parts split the B·H (sequence, head) pairs; checkpoints as wkv7's. The gradients of u, and of a
+// constant wraw, are written per sequence into (B, C) partials that the caller sums in order.
+
+/** The next state element k[j]·v[i] + d[j]·S[j,i]: one definition, so the backward's recomputation equals the forward. */
+/* @inline */ function v5Next(s: v128, kj: v128, vi: v128, dj: v128): v128 {
+  return fma4(f32x4.mul(kj, vi), dj, s);
+}
+
+/** One step from the state at S0 into S1 (may be the same); with acc != 0 also acc (N) = Σ_j r[j] S0[j,:]. */
+function v5Step(S0: usize, S1: usize, N: i32, r: usize, k: usize, v: usize, d: usize, acc: usize): void {
+  const rowBytes = <usize>N << 2;
+  if (acc != 0) memory.fill(acc, 0, rowBytes);
+  for (let j = 0; j < N; j++) {
+    const row0 = S0 + <usize>j * rowBytes, row1 = S1 + <usize>j * rowBytes;
+    const kj = f32x4.splat(load<f32>(at(k, j))), dj = f32x4.splat(load<f32>(at(d, j)));
+    if (acc != 0) {
+      const rj = f32x4.splat(load<f32>(at(r, j)));
+      for (let i = 0; i < N; i += 4) {
+        const s = ld(row0, i);
+        st(acc, i, fma4(ld(acc, i), rj, s));
+        st(row1, i, v5Next(s, kj, ld(v, i), dj));
+      }
+    } else {
+      for (let i = 0; i < N; i += 4) st(row1, i, v5Next(ld(row0, i), kj, ld(v, i), dj));
+    }
+  }
+}
+
+/** Σ_j a[j] b[j] c[j] over N (a multiple of 4). */
+function dot3(a: usize, b: usize, c: usize, N: i32): f32 {
+  let s = f32x4.splat(0);
+  for (let j = 0; j < N; j += 4) s = fma4(s, f32x4.mul(ld(a, j), ld(b, j)), ld(c, j));
+  return hsum(s);
+}
+
+/** Part scratch: S (N·N), d (N), acc (N). */
+function wkv5Forward(Bn: i32, T: i32, H: i32, N: i32, r: usize, k: usize, v: usize, w: usize, u: usize, perToken: i32, y: usize, ckpt: usize,
+  ws: usize, part: i32, nparts: i32): void {
+  const lo = splitLo(Bn * H, part, nparts, 1), hi = splitHi(Bn * H, part, nparts, 1);
+  const C = H * N, NN = N * N, chunks = (T + WKV_CHUNK - 1) / WKV_CHUNK;
+  const S = ws, d = ws + (<usize>NN << 2), acc = d + (<usize>N << 2);
+  for (let pair = lo; pair < hi; pair++) {
+    const bb = pair / H, h = pair % H, uh = u + (<usize>(h * N) << 2);
+    memory.fill(S, 0, <usize>NN << 2);
+    for (let t = 0; t < T; t++) {
+      if (ckpt != 0 && t % WKV_CHUNK == 0) memory.copy(ckpt + (<usize>((pair * chunks + t / WKV_CHUNK) * NN) << 2), S, <usize>NN << 2);
+      const o = <usize>((bb * T + t) * C + h * N) << 2, wo = perToken != 0 ? o : <usize>(h * N) << 2;
+      decays(w + wo, N, d, 0);
+      const ruk = f32x4.splat(dot3(r + o, uh, k + o, N));
+      v5Step(S, S, N, r + o, k + o, v + o, d, acc);
+      for (let i = 0; i < N; i += 4) st(y + o, i, fma4(ld(acc, i), ld(v + o, i), ruk));
+    }
+  }
+}
+
+/**
+ * SPEC §7.2 with Z_t = dL/dS_t run backwards (Z_{t-1} = r_t gy_tᵀ + diag(d_t) Z_t):
+ *   g_r[j] = Σ_i gy[i](u[j]k[j]v[i] + S_{t-1}[j,i]);   g_k[j] = Σ_i v[i](u[j]r[j]gy[i] + Z_t[j,i])
+ *   g_v[i] = Σ_j k[j](u[j]r[j]gy[i] + Z_t[j,i]);         g_u[j] = Σ_t r[j]k[j] Σ_i v[i]gy[i]
+ *   g_wraw[j] = -exp(wraw[j]) d[j] Σ_i S_{t-1}[j,i] Z_t[j,i]
+ * gr, gk, gv, and gw when per token, accumulate (+=) in place; gu, and gw when constant, into the
+ * (B, C) partials. One pass over each row j of Z_t computes its sums and then Z_{t-1}.
+ * Part scratch: states ((WKV_CHUNK+1)·N·N), Z (N·N), then N each: d, ew, gv.
+ */
+function wkv5Backward(Bn: i32, T: i32, H: i32, N: i32, r: usize, k: usize, v: usize, w: usize, u: usize, perToken: i32, ckpt: usize, gy: usize,
+  gr: usize, gk: usize, gv: usize, gw: usize, gu: usize, ws: usize, part: i32, nparts: i32): void {
+  const lo = splitLo(Bn * H, part, nparts, 1), hi = splitHi(Bn * H, part, nparts, 1);
+  const C = H * N, NN = N * N, chunks = (T + WKV_CHUNK - 1) / WKV_CHUNK;
+  const nnBytes = <usize>NN << 2, nBytes = <usize>N << 2;
+  const states = ws, Z = states + <usize>(WKV_CHUNK + 1) * nnBytes;
+  const d = Z + nnBytes, ew = d + nBytes, gvAcc = ew + nBytes;
+  for (let pair = lo; pair < hi; pair++) {
+    const bb = pair / H, h = pair % H, uh = u + (<usize>(h * N) << 2);
+    const part0 = <usize>(bb * C + h * N) << 2; // this pair's row of the (B, C) partials
+    memory.fill(Z, 0, nnBytes);
+    for (let ch = chunks - 1; ch >= 0; ch--) {
+      const t0 = ch * WKV_CHUNK, t1 = min(T, t0 + WKV_CHUNK);
+      memory.copy(states, ckpt + <usize>(pair * chunks + ch) * nnBytes, nnBytes);
+      for (let t = t0; t < t1; t++) { // recompute the chunk's states exactly as the forward did
+        const o = <usize>((bb * T + t) * C + h * N) << 2, wo = perToken != 0 ? o : <usize>(h * N) << 2;
+        decays(w + wo, N, d, 0);
+        const s = states + <usize>(t - t0) * nnBytes;
+        v5Step(s, s + nnBytes, N, r + o, k + o, v + o, d, 0);
+      }
+      for (let t = t1 - 1; t >= t0; t--) {
+        const o = <usize>((bb * T + t) * C + h * N) << 2, wo = perToken != 0 ? o : <usize>(h * N) << 2;
+        const sp = states + <usize>(t - t0) * nnBytes;
+        const rv = r + o, kv = k + o, vv = v + o, g = gy + o;
+        const gwRow: usize = gw == 0 ? <usize>0 : perToken != 0 ? gw + o : gw + part0;
+        decays(w + wo, N, d, ew);
+        let gyv4 = f32x4.splat(0);
+        for (let i = 0; i < N; i += 4) gyv4 = fma4(gyv4, ld(g, i), ld(vv, i));
+        const gyv = hsum(gyv4), kur = dot3(kv, uh, rv, N);
+        memory.fill(gvAcc, 0, nBytes);
+        for (let j = 0; j < N; j++) {
+          const zr = Z + <usize>j * nBytes, sr = sp + <usize>j * nBytes;
+          const uj = load<f32>(at(uh, j)), rj = load<f32>(at(rv, j)), kj = load<f32>(at(kv, j));
+          const rjv = f32x4.splat(rj), kjv = f32x4.splat(kj), djv = f32x4.splat(load<f32>(at(d, j)));
+          let sGyS = f32x4.splat(0), sVZ = f32x4.splat(0), sSZ = f32x4.splat(0);
+          for (let i = 0; i < N; i += 4) {
+            const z = ld(zr, i), s = ld(sr, i), gi = ld(g, i);
+            sGyS = fma4(sGyS, gi, s);
+            sVZ = fma4(sVZ, ld(vv, i), z);
+            sSZ = fma4(sSZ, s, z);
+            st(gvAcc, i, fma4(ld(gvAcc, i), kjv, z));
+            st(zr, i, fma4(f32x4.mul(rjv, gi), djv, z)); // Z_t -> Z_{t-1}
+          }
+          if (gr != 0) store<f32>(at(gr + o, j), load<f32>(at(gr + o, j)) + (uj * kj * gyv + hsum(sGyS)));
+          if (gk != 0) store<f32>(at(gk + o, j), load<f32>(at(gk + o, j)) + (uj * rj * gyv + hsum(sVZ)));
+          if (gu != 0) store<f32>(at(gu + part0, j), load<f32>(at(gu + part0, j)) + rj * kj * gyv);
+          if (gwRow != 0) store<f32>(at(gwRow, j), load<f32>(at(gwRow, j)) - load<f32>(at(ew, j)) * load<f32>(at(d, j)) * hsum(sSZ));
+        }
+        if (gv != 0) {
+          const kurv = f32x4.splat(kur);
+          for (let i = 0; i < N; i += 4) addTo(gv + o, i, fma4(ld(gvAcc, i), ld(g, i), kurv));
+        }
+      }
+    }
   }
 }
 
@@ -412,6 +654,77 @@ export function lerpB(x: usize, sx: usize, m: usize, R: i32, C: i32, gy: usize, 
       if (gm != 0) addTo(gm, c, f32x4.mul(g, f32x4.sub(ld(sx, o + c), ld(x, o + c))));
     }
   }
+}
+
+/** v6 data-dependent mix: y = x + d·(m + dm), m (C), x, d, dm (R, C). */
+export function lerpDynF(x: usize, d: usize, m: usize, dm: usize, R: i32, C: i32, y: usize): void {
+  for (let o = 0; o < R * C; o += C) {
+    for (let c = 0; c < C; c += 4) st(y, o + c, fma4(ld(x, o + c), ld(d, o + c), f32x4.add(ld(m, c), ld(dm, o + c))));
+  }
+}
+
+/** gx += gy;  gd += gy·(m + dm);  gm += Σ_rows gy·d;  gdm += gy·d. */
+export function lerpDynB(d: usize, m: usize, dm: usize, R: i32, C: i32, gy: usize, gx: usize, gd: usize, gm: usize, gdm: usize): void {
+  for (let o = 0; o < R * C; o += C) {
+    for (let c = 0; c < C; c += 4) {
+      const g = ld(gy, o + c), gdv = f32x4.mul(g, ld(d, o + c));
+      if (gx != 0) addTo(gx, o + c, g);
+      if (gd != 0) addTo(gd, o + c, f32x4.mul(g, f32x4.add(ld(m, c), ld(dm, o + c))));
+      if (gm != 0) addTo(gm, c, gdv);
+      if (gdm != 0) addTo(gdm, o + c, gdv);
+    }
+  }
+}
+
+/** y = a - b, both n. */
+export function subF(a: usize, b: usize, n: i32, y: usize): void {
+  for (let i = 0; i < n; i += 4) st(y, i, f32x4.sub(ld(a, i), ld(b, i)));
+}
+
+/** ga += gy;  gb -= gy. */
+export function subB(n: i32, gy: usize, ga: usize, gb: usize): void {
+  if (ga != 0) for (let i = 0; i < n; i += 4) addTo(ga, i, ld(gy, i));
+  if (gb != 0) for (let i = 0; i < n; i += 4) st(gb, i, f32x4.sub(ld(gb, i), ld(gy, i)));
+}
+
+/** y = s·a. */
+export function scaleF(a: usize, s: f32, n: i32, y: usize): void {
+  const sv = f32x4.splat(s);
+  for (let i = 0; i < n; i += 4) st(y, i, f32x4.mul(ld(a, i), sv));
+}
+
+/** ga += gy·s. */
+export function scaleB(s: f32, n: i32, gy: usize, ga: usize): void {
+  const sv = f32x4.splat(s);
+  for (let i = 0; i < n; i += 4) addTo(ga, i, f32x4.mul(ld(gy, i), sv));
+}
+
+/** GPT-mode token shift over B sequences of T rows of C: y[b,t] = x[b,t-1], y[b,0] = 0. */
+export function shiftF(x: usize, Bn: i32, T: i32, C: i32, y: usize): void {
+  const rowBytes = <usize>C << 2;
+  for (let b = 0; b < Bn; b++) {
+    const o = <usize>(b * T * C) << 2;
+    memory.fill(y + o, 0, rowBytes);
+    if (T > 1) memory.copy(y + o + rowBytes, x + o, <usize>(T - 1) * rowBytes);
+  }
+}
+
+/** gx[b,t-1] += gy[b,t]. */
+export function shiftB(Bn: i32, T: i32, C: i32, gy: usize, gx: usize): void {
+  for (let b = 0; b < Bn; b++) {
+    const o = b * T * C;
+    for (let i = 0; i < (T - 1) * C; i += 4) addTo(gx, o + i, ld(gy, o + C + i));
+  }
+}
+
+/** y (R, n) = columns c0 … c0+n of x (R, W). */
+export function sliceF(x: usize, R: i32, W: i32, c0: i32, n: i32, y: usize): void {
+  for (let r = 0; r < R; r++) memory.copy(y + (<usize>(r * n) << 2), x + (<usize>(r * W + c0) << 2), <usize>n << 2);
+}
+
+/** gx[:, c0 … c0+n] += gy (n a multiple of 4). */
+export function sliceB(R: i32, W: i32, c0: i32, n: i32, gy: usize, gx: usize): void {
+  for (let r = 0; r < R; r++) for (let j = 0; j < n; j += 4) addTo(gx, r * W + c0 + j, ld(gy, r * n + j));
 }
 
 /** y = a + b (b (n), or with C > 0 a row vector (C) broadcast over the n / C rows). */
@@ -507,7 +820,8 @@ function log4(x0: v128): v128 {
 // Activation ids; keep in sync with ACT in src/core/train/wasm-kernels.ts.
 const ACT_SIGMOID: i32 = 0;
 const ACT_TANH: i32 = 1;
-const ACT_RELU2: i32 = 2; // and 3: the v7 decay clamp (the remaining branch below)
+const ACT_RELU2: i32 = 2;
+const ACT_SILU: i32 = 4; // and 3: the v7 decay clamp (the remaining branch below)
 
 /** y = f(x) over n elements (ops.ts activationForward). */
 export function actF(f: i32, x: usize, n: i32, y: usize): void {
@@ -521,6 +835,7 @@ export function actF(f: i32, x: usize, n: i32, y: usize): void {
       const a = f32x4.div(f32x4.sub(one, t), f32x4.add(one, t));
       r = v128.or(a, v128.and(v, i32x4.splat(0x80000000)));
     } else if (f == ACT_RELU2) { const p = f32x4.max(v, zero); r = f32x4.mul(p, p); }
+    else if (f == ACT_SILU) r = f32x4.mul(v, sigmoid4(v));
     else { // -softplus(-x) - 1/2 with softplus(u) = max(u, 0) + log(1 + e^{-|u|})
       const sp = f32x4.add(f32x4.max(f32x4.neg(v), zero), log4(f32x4.add(one, exp4(f32x4.neg(f32x4.abs(v))))));
       r = f32x4.sub(f32x4.neg(sp), f32x4.splat(0.5));
@@ -538,6 +853,7 @@ export function actB(f: i32, x: usize, y: usize, n: i32, gy: usize, gx: usize): 
     if (f == ACT_SIGMOID) { const s = ld(y, i); d = f32x4.mul(s, f32x4.sub(one, s)); }
     else if (f == ACT_TANH) { const t = ld(y, i); d = f32x4.sub(one, f32x4.mul(t, t)); }
     else if (f == ACT_RELU2) d = f32x4.mul(f32x4.splat(2), f32x4.max(ld(x, i), zero));
+    else if (f == ACT_SILU) { const xv = ld(x, i), s = sigmoid4(xv); d = f32x4.mul(s, fma4(one, xv, f32x4.sub(one, s))); }
     else d = sigmoid4(f32x4.neg(ld(x, i)));
     addTo(gx, i, f32x4.mul(g, d));
   }

@@ -87,12 +87,12 @@ for (const version of ["v6", "v7"]) {
     }
   });
 
-  test(`adapters ${version}: loadModel with adapters gives the logits of the golden merged weights`, (t) => {
+  test(`adapters ${version}: loadModel with adapters gives the logits of the golden merged weights`, async (t) => {
     const modelPath = sharedPath(t, "golden", version, "model.safetensors");
     if (!modelPath) return;
     const dir = join(FIXTURES, version);
     const specs = KINDS.map(([, s]) => s(dir));
-    const merged = loadModel(modelPath, { backend: "reference", adapters: specs });
+    const merged = await loadModel(modelPath, { backend: "reference", adapters: specs });
     const want = new Map<string, Float32Array>();
     for (const [kind] of KINDS) for (const [k, v] of expectedFor(version, kind)) want.set(k, v);
     const base = loadCheckpoint(modelPath);
@@ -100,24 +100,24 @@ for (const version of ["v6", "v7"]) {
       const ref = withOverrides(base.checkpoint, want);
       const v = detectVersion(ref);
       const golden = buildModel(ref, architectureFor(v, modelPath), v, selectBackend("reference"));
-      const plain = loadModel(modelPath, { backend: "reference" });
-      const a = merged.forward(TOKENS, merged.initState(), { allLogits: true });
-      const b = golden.forward(TOKENS, golden.initState(), { allLogits: true });
+      const plain = await loadModel(modelPath, { backend: "reference" });
+      const a = await merged.forward(TOKENS, merged.initState(), { allLogits: true });
+      const b = await golden.forward(TOKENS, golden.initState(), { allLogits: true });
       const c = compare(a, b, 1e-5, 1e-5);
       assert.ok(c.ok, `logits differ by ${c.maxAbs}`);
-      assert.ok(compare(a, plain.forward(TOKENS, plain.initState(), { allLogits: true }), 1e-3, 0).maxAbs > 1e-3, "adapters left the logits unchanged");
+      assert.ok(compare(a, await plain.forward(TOKENS, plain.initState(), { allLogits: true }), 1e-3, 0).maxAbs > 1e-3, "adapters left the logits unchanged");
     } finally {
       base.close();
     }
   });
 }
 
-test("adapters: a v6 adapter on the v7 model is refused, naming the adapter, the tensor and the model", (t) => {
+test("adapters: a v6 adapter on the v7 model is refused, naming the adapter, the tensor and the model", async (t) => {
   const v7 = sharedPath(t, "golden", "v7", "model.safetensors");
   if (!v7) return;
   for (const [kind, spec] of KINDS) {
     const s = spec(join(FIXTURES, "v6"));
-    assert.throws(() => loadModel(v7, { backend: "reference", adapters: [s] }), (e: Error) => {
+    await assert.rejects(() => loadModel(v7, { backend: "reference", adapters: [s] }), (e: Error) => {
       assert.match(e.message, new RegExp(s.path.replace(/[.*+?^${}()|[\]\\]/g, "\\$&")), `${kind}: ${e.message}`);
       assert.match(e.message, /v7\/model\.safetensors/, `${kind}: ${e.message}`);
       assert.match(e.message, /shape|does not have/, `${kind}: ${e.message}`);
@@ -126,7 +126,7 @@ test("adapters: a v6 adapter on the v7 model is refused, naming the adapter, the
   }
 });
 
-test("adapters: bad adapter files get one clear error each", (t) => {
+test("adapters: bad adapter files get one clear error each", async (t) => {
   const v6 = sharedPath(t, "golden", "v6", "model.safetensors");
   if (!v6) return;
   const dir = mkdtempSync(join(tmpdir(), "rwkv-adapters-"));
@@ -152,11 +152,11 @@ test("adapters: bad adapter files get one clear error each", (t) => {
       [{ path: join(dir, "missing.pth") }, /missing\.pth: no such file/],
       [{ path: dir }, /adapter_config\.json/],
     ];
-    for (const [spec, re] of cases) assert.throws(() => loadModel(v6, { backend: "reference", adapters: [spec] }), re);
+    for (const [spec, re] of cases) await assert.rejects(() => loadModel(v6, { backend: "reference", adapters: [spec] }), re);
     mkdirSync(join(dir, "peft"));
     writeFileSync(join(dir, "peft", "adapter_config.json"), JSON.stringify({ peft_type: "LORA", r: 0, lora_alpha: 8 }));
     writeFileSync(join(dir, "peft", "adapter_model.safetensors"), safetensorsF32([]));
-    assert.throws(() => loadModel(v6, { adapters: [{ path: join(dir, "peft") }] }), /"r" must be a positive integer, got 0/);
+    await assert.rejects(() => loadModel(v6, { adapters: [{ path: join(dir, "peft") }] }), /"r" must be a positive integer, got 0/);
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }
@@ -193,11 +193,11 @@ test("rwkv merge writes a checkpoint equal to loading with the adapters; bad usa
       "--pissa", `${join(fx, "pissa.safetensors")}:${join(fx, "pissa_init.safetensors")}`]);
     assert.equal(r.code, 0, r.err);
     assert.match(r.out, /merged .*lora\.safetensors \(LoRA, full tensors\).*disha_bat\.safetensors \(DiSHA\).*pissa\.safetensors \(PiSSA\)/);
-    const merged = loadModel(out, { backend: "reference" });
-    const loaded = loadModel(v7, { backend: "reference", adapters: [
+    const merged = await loadModel(out, { backend: "reference" });
+    const loaded = await loadModel(v7, { backend: "reference", adapters: [
       { path: join(fx, "lora.safetensors"), alpha: LORA_ALPHA }, { path: join(fx, "disha_bat.safetensors") },
       { path: join(fx, "pissa.safetensors"), kind: "pissa", init: join(fx, "pissa_init.safetensors") }] });
-    const c = compare(merged.forward(TOKENS, merged.initState()), loaded.forward(TOKENS, loaded.initState()), 1e-6, 0);
+    const c = compare(await merged.forward(TOKENS, merged.initState()), await loaded.forward(TOKENS, loaded.initState()), 1e-6, 0);
     assert.ok(c.ok, `merged file vs merged at load: ${c.maxAbs}`);
     const bad = await runCaptured(["merge", v7, join(FIXTURES, "v6", "lora.safetensors"), join(dir, "x.safetensors")]);
     assert.equal(bad.code, 1);

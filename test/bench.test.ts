@@ -75,7 +75,7 @@ test("random RWKV-7: a release's tensor names and shapes, deterministic values, 
   assert.deepEqual({ ...model.config }, { version: "7", nLayer: 2, nEmbd: 128, vocabSize: 256, dimAtt: 128, nHead: 2, headSize: 64, dimFfn: 512 });
 });
 
-test("random RWKV-4, 5.2 and 6: detected as their version, the configs of released shapes, wasm equal to the reference", (t) => {
+test("random RWKV-4, 5.2 and 6: detected as their version, the configs of released shapes, wasm equal to the reference", async (t) => {
   const want: Record<string, { nHead: number; headSize: number; dimFfn: number }> = {
     "4": { nHead: 1, headSize: 128, dimFfn: 512 }, "5.2": { nHead: 2, headSize: 64, dimFfn: 448 }, "6": { nHead: 2, headSize: 64, dimFfn: 448 },
   };
@@ -87,11 +87,11 @@ test("random RWKV-4, 5.2 and 6: detected as their version, the configs of releas
     const ref = benchModel({ random: spec }, "f32", referenceBackend);
     assert.deepEqual({ ...ref.config }, { version, nLayer: 2, nEmbd: 128, vocabSize: 256, dimAtt: 128, ...want[version] });
     const tokens = [1, 50, 200, 7, 99, 255, 0];
-    const logits = ref.forward(tokens, ref.initState());
+    const logits = await ref.forward(tokens, ref.initState());
     assert.ok(logits.every(Number.isFinite) && Math.max(...logits) - Math.min(...logits) > 0.1, `${version}: logits spread over the vocabulary`);
     if (!wasmAvailable()) continue;
     const wasm = benchModel({ random: spec }, "f32", wasmBackend(2)!);
-    const r = compare(wasm.forward(tokens, wasm.initState()), logits, 1e-5, 1e-5);
+    const r = compare(await wasm.forward(tokens, wasm.initState()), logits, 1e-5, 1e-5);
     assert.ok(r.ok, `${version}: max |wasm - reference| ${r.maxAbs}`);
   }
   // The full 0.1B-like shapes are free to build (values are made when read).
@@ -101,14 +101,14 @@ test("random RWKV-4, 5.2 and 6: detected as their version, the configs of releas
   if (!wasmAvailable()) t.diagnostic("no WebAssembly SIMD here: reference only");
 });
 
-test("random model: wasm logits match the reference backend's; re-typed matrices are rwkv.cpp's encoding", (t) => {
+test("random model: wasm logits match the reference backend's; re-typed matrices are rwkv.cpp's encoding", async (t) => {
   const ref = benchModel({ random: TINY_SPEC }, "f32", referenceBackend);
   const tokens = [1, 50, 200, 7, 99, 255, 0];
-  const want = ref.forward(tokens, ref.initState());
+  const want = await ref.forward(tokens, ref.initState());
   assert.ok(want.every(Number.isFinite) && Math.max(...want) - Math.min(...want) > 0.1, "logits spread over the vocabulary");
   if (wasmAvailable()) {
     const wasm = benchModel({ random: TINY_SPEC }, "f32", wasmBackend(2)!);
-    const got = wasm.forward(tokens, wasm.initState());
+    const got = await wasm.forward(tokens, wasm.initState());
     const r = compare(got, want, 1e-5, 1e-5);
     assert.ok(r.ok, `max |wasm - reference| ${r.maxAbs}`);
   } else {

@@ -39,11 +39,12 @@ function nodeModel(path: string, simd: WasmSimd): Model {
   }
 }
 
-function nodeLogits(path: string, tokens: number[], simd: WasmSimd): Logits {
+async function nodeLogits(path: string, tokens: number[], simd: WasmSimd): Promise<Logits> {
   const model = nodeModel(path, simd);
   const s = model.initState();
-  const rnn = tokens.flatMap((tok) => [...model.step(tok, s)]);
-  return { rnn, seq: [...model.forward(tokens, model.initState(), { allLogits: true })] };
+  const rnn: number[] = [];
+  for (const tok of tokens) rnn.push(...await model.step(tok, s));
+  return { rnn, seq: [...await model.forward(tokens, model.initState(), { allLogits: true })] };
 }
 
 function checkGolden(got: Logits, g: Golden, what: string): void {
@@ -61,8 +62,8 @@ interface PageModel {
   backend: { name: string; simd?: string; threads?: number };
   config: { vocabSize: number };
   initState(): unknown;
-  step(t: number, s: unknown): Float32Array;
-  forward(t: number[], s: unknown, o: { allLogits: boolean }): Float32Array;
+  step(t: number, s: unknown): Promise<Float32Array>;
+  forward(t: number[], s: unknown, o: { allLogits: boolean }): Promise<Float32Array>;
 }
 interface PageEngine {
   load(o: object): Promise<{ backend: string; threads: number; crossOriginIsolated: boolean }>;
@@ -105,14 +106,15 @@ test("browser: golden models, tokenizers and bad input in Chromium", { timeout: 
           const bytes = new Uint8Array(await (await fetch(`/golden/${ver}/model.safetensors`)).arrayBuffer());
           const model = await lib.loadModel(bytes, { backend: "wasm", threads: 1, name: ver });
           const s = model.initState();
-          const rnn = tokens.flatMap((tok) => [...model.step(tok, s)]);
-          const seq = [...model.forward(tokens, model.initState(), { allLogits: true })];
+          const rnn: number[] = [];
+          for (const tok of tokens) rnn.push(...await model.step(tok, s));
+          const seq = [...await model.forward(tokens, model.initState(), { allLogits: true })];
           return { backend: model.backend.name, simd: model.backend.simd ?? null, threads: model.backend.threads ?? 1, rnn, seq };
         }, { ver, tokens: g.tokens });
         assert.equal(run.backend, "wasm");
         assert.equal(run.threads, 1);
         checkGolden(run, g, `${ver} page`);
-        const node = nodeLogits(`${golden}/${ver}/model.safetensors`, g.tokens, run.simd as WasmSimd);
+        const node = await nodeLogits(`${golden}/${ver}/model.safetensors`, g.tokens, run.simd as WasmSimd);
         assert.deepEqual(run.rnn, node.rnn, `${ver}: page and Node rnn logits differ (${run.simd})`);
         assert.deepEqual(run.seq, node.seq, `${ver}: page and Node seq logits differ (${run.simd})`);
         single.set(ver, run);

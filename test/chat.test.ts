@@ -27,19 +27,19 @@ function settings(over: Partial<ChatSettings> = {}): ChatSettings {
 }
 const GREEDY: Partial<ChatSettings> = { sampler: { temperature: 0, topK: 1 }, penalties: { presencePenalty: 0, frequencyPenalty: 0 } };
 
-function tiny(t: TestContext): { path: string; model: Model; tok: Tokenizer } | null {
+async function tiny(t: TestContext): Promise<{ path: string; model: Model; tok: Tokenizer } | null> {
   const path = sharedPath(t, "rwkv.cpp", "tiny-rwkv-7v0-834K-FP32.bin");
   if (!path) return null;
-  return { path, model: loadModel(path), tok: loadTokenizer({ kind: "bytes" }) };
+  return { path, model: await loadModel(path), tok: loadTokenizer({ kind: "bytes" }) };
 }
 
 /** The same model, recording every token it is fed (prefill and steps alike), in order. */
 function spy(model: Model): { model: Model; fed: number[] } {
   const fed: number[] = [];
   const recording: Partial<Model> = {
-    step: (token, state) => { fed.push(token); return model.step(token, state); },
-    forward: (tokens, state, o) => { fed.push(...tokens); return model.forward(tokens, state, o); },
-    stepBatch: (tokens, states) => { fed.push(...tokens); return model.stepBatch(tokens, states); },
+    step: async (token, state) => { fed.push(token); return await model.step(token, state); },
+    forward: async (tokens, state, o) => { fed.push(...tokens); return await model.forward(tokens, state, o); },
+    stepBatch: async (tokens, states) => { fed.push(...tokens); return await model.stepBatch(tokens, states); },
   };
   // A proxy passes every other member through, so the spy keeps up with the Model interface.
   return {
@@ -55,9 +55,9 @@ function spy(model: Model): { model: Model; fed: number[] } {
 }
 
 /** The session's logits equal those of a fresh model fed the transcript (minus unfed text) in one forward. */
-function assertStateIsTranscript(s: ChatSession, model: Model, tok: Tokenizer, what: string): void {
+async function assertStateIsTranscript(s: ChatSession, model: Model, tok: Tokenizer, what: string): Promise<void> {
   const fedText = s.history.slice(0, s.history.length - s.pending.length);
-  const fresh = model.forward(tok.encode(fedText), model.initState());
+  const fresh = await model.forward(tok.encode(fedText), model.initState());
   const c = compare(s.logits!, fresh, LOGIT_TOL, LOGIT_TOL);
   assert.ok(c.ok, `${what}: logits differ from a fresh forward of the transcript (max ${c.maxAbs})`);
 }
@@ -79,7 +79,7 @@ test("message cleaning and the official World/G1 format", () => {
 });
 
 test("two turns with a system line: the fed token stream is encode(official transcript), logits match one forward", async (t) => {
-  const m = tiny(t);
+  const m = await tiny(t);
   if (!m) return;
   const finishes = new Set<string>();
   // With a mild push towards "\n" (byte 10) the replies end at "\n\n"; without it they run to max tokens.
@@ -97,7 +97,7 @@ test("two turns with a system line: the fed token stream is encode(official tran
     assert.equal(s.history, want);
     assert.equal(s.pending, "");
     assert.deepEqual(fed, m.tok.encode(want), `bias ${bias}: the tokens fed are exactly the transcript, each once`);
-    assertStateIsTranscript(s, m.model, m.tok, `bias ${bias}`);
+    await assertStateIsTranscript(s, m.model, m.tok, `bias ${bias}`);
   }
   assert.deepEqual([...finishes].sort(), ["length", "stop"], "both ways a reply ends were exercised");
 });
@@ -124,9 +124,9 @@ function scriptedModel(tok: Tokenizer, replies: number[][], onStep?: (token: num
     backend: referenceBackend, fingerprint: "scripted",
     initState: () => new State("7", [{ tokens: new Float32Array(SCRIPT_CAPACITY) }]),
     useTimeState: () => { throw new Error("scripted model has no time_state"); },
-    step: (token, s) => { push(s, token); onStep?.(token); return predict(s); },
-    forward: (tokens, s) => { for (const x of tokens) push(s, x); return predict(s); },
-    stepBatch: (tokens, states) => {
+    step: async (token, s) => { push(s, token); onStep?.(token); return predict(s); },
+    forward: async (tokens, s) => { for (const x of tokens) push(s, x); return predict(s); },
+    stepBatch: async (tokens, states) => {
       const out = new Float32Array(tokens.length * tok.vocabSize);
       tokens.forEach((x, b) => { push(states[b], x); out.set(predict(states[b]), b * tok.vocabSize); });
       return out;
@@ -184,7 +184,7 @@ test("World tokens between turns: \\n\\n kept, an overshooting token re-fed as t
 });
 
 test("/regen: a new reply from the state before the last one; greedy repeats it, sampling continues the random stream", async (t) => {
-  const m = tiny(t);
+  const m = await tiny(t);
   if (!m) return;
   const g = await ChatSession.start(m.model, m.tok, { settings: settings({ ...GREEDY, maxTokens: 20 }) });
   await assert.rejects(g.regenerate(), /\/regen: no reply to regenerate yet/);
@@ -193,7 +193,7 @@ test("/regen: a new reply from the state before the last one; greedy repeats it,
   const again = await g.regenerate();
   assert.equal(again.text, first!.text, "greedy: same reply");
   assert.equal(g.history, before);
-  assertStateIsTranscript(g, m.model, m.tok, "greedy regen");
+  await assertStateIsTranscript(g, m.model, m.tok, "greedy regen");
 
   const runs = [];
   for (let k = 0; k < 2; k++) {
@@ -202,7 +202,7 @@ test("/regen: a new reply from the state before the last one; greedy repeats it,
     const r2 = await s.regenerate();
     const r3 = await s.regenerate();
     assert.equal(s.history, "System: Hi.\n\nUser: Tell me a story.\n\nAssistant:" + r3.text + (r3.finishReason === "stop" ? SEP : ""));
-    assertStateIsTranscript(s, m.model, m.tok, "sampled regen");
+    await assertStateIsTranscript(s, m.model, m.tok, "sampled regen");
     const r4 = await s.send("More.");
     assert.ok(s.history.includes(r3.text + SEP + "User: More.\n\nAssistant:" + r4!.text), "the discarded replies are gone");
     runs.push([r1.text, r2.text, r3.text, r4!.text]);
@@ -213,7 +213,7 @@ test("/regen: a new reply from the state before the last one; greedy repeats it,
 });
 
 test("/set changes sampling settings all or nothing; bad values print one line and keep the old ones", async (t) => {
-  const m = tiny(t);
+  const m = await tiny(t);
   if (!m) return;
   const s = await ChatSession.start(m.model, m.tok, { settings: settings() });
   const { repl, take } = await replPair(s);
@@ -254,7 +254,7 @@ test("/set changes sampling settings all or nothing; bad values print one line a
 });
 
 test("/save + /load continue exactly (chat and raw mode); foreign, missing and non-state files are refused", async (t) => {
-  const m = tiny(t);
+  const m = await tiny(t);
   if (!m) return;
   const file = join(tmp, "conv.state");
   for (const raw of [false, true]) {
@@ -277,13 +277,13 @@ test("/save + /load continue exactly (chat and raw mode); foreign, missing and n
     const got = (await b.send(next))!.text;
     assert.equal(got, want, `${raw ? "raw" : "chat"}: same reply after save + load`);
     assert.equal(b.history, wantHistory);
-    assertStateIsTranscript(b, m.model, m.tok, "after load");
+    await assertStateIsTranscript(b, m.model, m.tok, "after load");
   }
 
   // A state of another model (v6 tiny, same vocabulary) is refused; the session goes on unchanged.
   const v6path = sharedPath(t, "rwkv.cpp", "tiny-rwkv-6v0-1m-FP32.bin");
   if (!v6path) return;
-  const v6 = await ChatSession.start(loadModel(v6path), m.tok, { settings: settings({ maxTokens: 5 }) });
+  const v6 = await ChatSession.start(await loadModel(v6path), m.tok, { settings: settings({ maxTokens: 5 }) });
   await v6.send("Hi");
   const foreign = join(tmp, "v6.state");
   await new ChatRepl(v6, () => {}).handleLine(`/save ${foreign}`);
@@ -315,7 +315,7 @@ test("/save + /load continue exactly (chat and raw mode); foreign, missing and n
 });
 
 test("raw mode appends text verbatim; /reset returns to the system line; Ctrl-C (interrupt) keeps what was shown", async (t) => {
-  const m = tiny(t);
+  const m = await tiny(t);
   if (!m) return;
   const { model, fed } = spy(m.model);
   const s = await ChatSession.start(model, m.tok, { settings: settings({ maxTokens: 15 }), system: "Sys." });
@@ -336,7 +336,7 @@ test("raw mode appends text verbatim; /reset returns to the system line; Ctrl-C 
   assert.equal(take().split("\n").at(-2), "(back to the start)");
   assert.equal(s.history, "System: Sys.\n\n");
   assert.equal(await s.regenerate().catch((e: Error) => e.message), "/regen: no reply to regenerate yet");
-  assertStateIsTranscript(s, m.model, m.tok, "after reset");
+  await assertStateIsTranscript(s, m.model, m.tok, "after reset");
 
   // Ctrl-C: the reply stops once some text has streamed; the session keeps exactly what was shown.
   s.set(["max_tokens=100000"]);
@@ -349,7 +349,7 @@ test("raw mode appends text verbatim; /reset returns to the system line; Ctrl-C 
   const reply = shown.slice("Assistant:".length, shown.lastIndexOf("\n[reply stopped]"));
   assert.equal(s.history, "System: Sys.\n\nUser: Tell me everything.\n\nAssistant:" + reply);
   assert.equal(stopping.busy, false);
-  assertStateIsTranscript(s, m.model, m.tok, "after Ctrl-C");
+  await assertStateIsTranscript(s, m.model, m.tok, "after Ctrl-C");
   s.set(["max_tokens=5"]);
   const after = await s.send("Ok.");
   assert.ok(s.history.endsWith(reply + "\n\nUser: Ok.\n\nAssistant:" + after!.text));

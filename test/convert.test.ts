@@ -155,8 +155,8 @@ for (const ver of ["v4", "v5", "v6", "v7"]) {
       // rwkv.cpp computes v5's GroupNorm with eps 1e-5 and the model follows it for .bin files
       // (model/v5.ts), while the golden (pip) logits use 64e-5: v5 logits are not comparable.
       if (ver === "v5") continue;
-      const model = loadModel(out);
-      const logits = model.forward(g.tokens, model.initState(), { allLogits: true });
+      const model = await loadModel(out);
+      const logits = await model.forward(g.tokens, model.initState(), { allLogits: true });
       const c = compare(logits, g.rnn.logits.flat(), dtype === "f32" ? 1e-4 : 0.05, dtype === "f32" ? 1e-4 : 0.02);
       assert.ok(c.ok, `${dtype}: max |diff| ${c.maxAbs}`);
       t.diagnostic(`${dtype}: max |logit diff| vs golden ${c.maxAbs.toExponential(2)}`);
@@ -171,7 +171,7 @@ for (const ver of ["v4", "v5", "v6", "v7"]) {
     const src = sharedPath(t, "golden", ver, "model.pth");
     if (!src) return;
     const tokens = readJson<Golden>(sharedPath(t, "golden", ver, "golden.json")!).tokens;
-    const ref = loadModel(src).forward(tokens, loadModel(src).initState(), { allLogits: true });
+    const ref = await (await loadModel(src)).forward(tokens, (await loadModel(src)).initState(), { allLogits: true });
     for (const ext of ["pth", "safetensors"]) {
       const out = join(TMP, `rt-${ver}.${ext}`);
       const r = await run(["convert", src, out]);
@@ -186,8 +186,8 @@ for (const ver of ["v4", "v5", "v6", "v7"]) {
           assert.ok(bitsEqual(o.toFloat32(), e.toFloat32()), `${name} differs`);
         }
       }));
-      const m = loadModel(out);
-      assert.ok(bitsEqual(m.forward(tokens, m.initState(), { allLogits: true }), ref), `${ext}: logits differ`);
+      const m = await loadModel(out);
+      assert.ok(bitsEqual(await m.forward(tokens, m.initState(), { allLogits: true }), ref), `${ext}: logits differ`);
     }
   });
 }

@@ -96,7 +96,7 @@ function content(sse: string): string {
 async function setup(t: TestContext): Promise<Chromium | null> {
   const p = sharedPath(t, "rwkv.cpp", "tiny-rwkv-7v0-834K-FP32.bin");
   if (!p) return null;
-  model = loadModel(p);
+  model = await loadModel(p);
   tok = loadTokenizer({ kind: "bytes" });
   browser = await launchChromium(t);
   return browser;

@@ -18,7 +18,7 @@ after(async () => { await Promise.all(servers.map((s) => s.shutdown(0))); });
 async function start(t: TestContext, origins: string[] | null): Promise<string | null> {
   const p = sharedPath(t, "rwkv.cpp", "tiny-rwkv-7v0-834K-FP32.bin");
   if (!p) return null;
-  const server = new RwkvServer({ model: loadModel(p), tokenizer: loadTokenizer({ kind: "bytes" }), modelName: "tiny", port: 0, apiKey: KEY,
+  const server = new RwkvServer({ model: await loadModel(p), tokenizer: loadTokenizer({ kind: "bytes" }), modelName: "tiny", port: 0, apiKey: KEY,
     cors: origins ? { origins } : undefined });
   servers.push(server);
   return `http://127.0.0.1:${(await server.listen()).port}`;

@@ -13,8 +13,8 @@ import { runCaptured as run } from "./run-cli.js";
  * when no MODEL is given: it must be there, be the documented RWKV-7, and have learned its text.
  */
 
-test("the bundled model is the documented byte-level RWKV-7 (4 x 128)", () => {
-  const model = loadModel(defaultModelPath());
+test("the bundled model is the documented byte-level RWKV-7 (4 x 128)", async () => {
+  const model = await loadModel(defaultModelPath());
   const c = model.config;
   assert.deepEqual([c.version, c.nLayer, c.nEmbd, c.vocabSize, c.headSize], ["7", 4, 128, 256, 64]);
   const readme = readFileSync(join(import.meta.dirname, "..", "..", "models", "README.md"), "utf8");
@@ -35,15 +35,15 @@ test("rwkv generate without MODEL uses the bundled model: same seed, same Shakes
   assert.notEqual(other.out, a.out, "another seed, another text");
 });
 
-test("the bundled model predicts held-out Shakespeare at under 1.7 nats per byte", (t) => {
+test("the bundled model predicts held-out Shakespeare at under 1.7 nats per byte", async (t) => {
   const file = sharedPath(t, "data", "tinyshakespeare", "input.txt");
   if (!file) return;
   const bytes = readFileSync(file);
   // The last 10% was the validation split: never trained on. Score its first 4000 bytes.
   const start = Math.floor(bytes.length * 0.9);
   const tokens = [...bytes.subarray(start, start + 4000)];
-  const model = loadModel(defaultModelPath());
-  const logits = model.forward(tokens, model.initState(), { allLogits: true }); // (T, V)
+  const model = await loadModel(defaultModelPath());
+  const logits = await model.forward(tokens, model.initState(), { allLogits: true }); // (T, V)
   let nll = 0;
   for (let i = 0; i + 1 < tokens.length; i++) nll -= logProbAt(logits, i * 256, 256, tokens[i + 1]).logProb;
   const perByte = nll / (tokens.length - 1);

@@ -28,18 +28,18 @@ let server: RwkvServer | null = null;
 let client: OpenAI;
 let url: string;
 
-function fixture(t: TestContext): boolean {
+async function fixture(t: TestContext): Promise<boolean> {
   const p = sharedPath(t, "rwkv.cpp", "tiny-rwkv-7v0-834K-FP32.bin");
   if (!p) return false;
   modelPath = p;
-  model ??= loadModel(p);
+  model ??= await loadModel(p);
   tok ??= loadTokenizer({ kind: "bytes" });
   return true;
 }
 
 /** The server is started by the first test that needs it (the fixture check needs a TestContext). */
 async function startServer(t: TestContext): Promise<boolean> {
-  if (!fixture(t)) return false;
+  if (!(await fixture(t))) return false;
   if (!server) {
     server = new RwkvServer({ model, tokenizer: tok, modelName: "tiny", port: 0, maxPromptTokens: 500 });
     const { port } = await server.listen();
@@ -55,14 +55,14 @@ after(async () => {
 
 const norm = (v: ArrayLike<number>) => Math.sqrt(Array.from(v).reduce((s, x) => s + x * x, 0));
 
-test("Model.hidden is the vector the head turns into the logits (head · hidden = forward's logits)", (t) => {
-  if (!fixture(t)) return;
+test("Model.hidden is the vector the head turns into the logits (head · hidden = forward's logits)", async (t) => {
+  if (!(await fixture(t))) return;
   const { checkpoint, close } = loadCheckpoint(modelPath);
   const head = checkpoint.tensors.get("head.weight")!.toFloat32(); // (V, C)
   close();
   const tokens = tok.encode("hello world");
-  const h = model.hidden!(tokens, model.initState(), { allLogits: true }); // (T, C)
-  const logits = model.forward(tokens, model.initState(), { allLogits: true }); // (T, V)
+  const h = await model.hidden!(tokens, model.initState(), { allLogits: true }); // (T, C)
+  const logits = await model.forward(tokens, model.initState(), { allLogits: true }); // (T, V)
   assert.equal(h.length, tokens.length * WIDTH);
   const V = 256;
   let worst = 0;
@@ -75,36 +75,36 @@ test("Model.hidden is the vector the head turns into the logits (head · hidden 
   }
   assert.ok(worst < 1e-4, `max |head·h - logits| = ${worst}`);
   // Without allLogits: the last position's row only.
-  const last = model.hidden!(tokens, model.initState());
+  const last = await model.hidden!(tokens, model.initState());
   assert.deepEqual(Array.from(last), Array.from(h.subarray((tokens.length - 1) * WIDTH)));
 });
 
-test("embedTokens: mean over tokens of the hidden state, unit length, deterministic, chunk-independent", (t) => {
-  if (!fixture(t)) return;
+test("embedTokens: mean over tokens of the hidden state, unit length, deterministic, chunk-independent", async (t) => {
+  if (!(await fixture(t))) return;
   const tokens = tok.encode(TEXTS[3]);
-  const h = model.hidden!(tokens, model.initState(), { allLogits: true });
+  const h = await model.hidden!(tokens, model.initState(), { allLogits: true });
   const mean = new Float64Array(WIDTH);
   for (let i = 0; i < tokens.length; i++) for (let c = 0; c < WIDTH; c++) mean[c] += h[i * WIDTH + c] / tokens.length;
   const n = norm(mean);
-  const e = embedTokens(model, tokens);
+  const e = await embedTokens(model, tokens);
   assert.equal(e.length, WIDTH);
   for (let c = 0; c < WIDTH; c++) assert.ok(Math.abs(e[c] - mean[c] / n) < 1e-6, `component ${c}: ${e[c]} vs ${mean[c] / n}`);
   assert.ok(Math.abs(norm(e) - 1) < 1e-6);
-  assert.deepEqual(embedTokens(model, tokens), e, "same input, same bits");
-  const chunked = embedTokens(model, tokens, { chunkLen: 7 });
+  assert.deepEqual(await embedTokens(model, tokens), e, "same input, same bits");
+  const chunked = await embedTokens(model, tokens, { chunkLen: 7 });
   for (let c = 0; c < WIDTH; c++) assert.ok(Math.abs(chunked[c] - e[c]) < 1e-5, `chunked component ${c}`);
-  const raw = embedTokens(model, tokens, { normalize: false });
+  const raw = await embedTokens(model, tokens, { normalize: false });
   assert.ok(Math.abs(norm(raw) - n) < 1e-4, "unnormalized keeps the mean's length");
-  const last = embedTokens(model, tokens, { pooling: "last" });
+  const last = await embedTokens(model, tokens, { pooling: "last" });
   const lastRow = h.subarray((tokens.length - 1) * WIDTH);
   const ln = norm(lastRow);
   for (let c = 0; c < WIDTH; c++) assert.ok(Math.abs(last[c] - lastRow[c] / ln) < 1e-6);
   // Different texts, different vectors; a batch equals its items one by one.
-  const batch = embedTexts(model, tok, TEXTS);
+  const batch = await embedTexts(model, tok, TEXTS);
   assert.deepEqual(batch[3], e);
   assert.notDeepEqual(batch[0], batch[1]);
-  assert.throws(() => embedTokens(model, []), /no tokens/);
-  assert.throws(() => embedTexts(model, tok, ["x", ""]), /input\[1\]: encodes to no tokens/);
+  await assert.rejects(() => embedTokens(model, []), /no tokens/);
+  await assert.rejects(() => embedTexts(model, tok, ["x", ""]), /input\[1\]: encodes to no tokens/);
 });
 
 test("/v1/embeddings with the openai client: documented dimension, deterministic, batched == single, float == base64", async (t) => {
@@ -117,7 +117,7 @@ test("/v1/embeddings with the openai client: documented dimension, deterministic
   assert.equal(single.usage.prompt_tokens, tok.encode(TEXTS[1]).length);
   assert.ok(Math.abs(norm(single.data[0].embedding) - 1) < 1e-6);
   // The server's vector is the library's, bit for bit (float32 through base64).
-  assert.deepEqual(single.data[0].embedding, Array.from(embedTokens(model, tok.encode(TEXTS[1]))));
+  assert.deepEqual(single.data[0].embedding, Array.from(await embedTokens(model, tok.encode(TEXTS[1]))));
 
   const batch = await client.embeddings.create({ model: "tiny", input: TEXTS });
   assert.deepEqual(batch.data.map((d) => d.index), [0, 1, 2, 3]);
@@ -164,21 +164,21 @@ test("/v1/embeddings: bad input is a 400 naming the parameter", async (t) => {
 });
 
 test("rwkv embed: one JSON line per input, the library's vector; bad usage is one line", async (t) => {
-  if (!fixture(t)) return;
+  if (!(await fixture(t))) return;
   const { code, out, err } = await run(["embed", modelPath, "--text", TEXTS[0], "--text", TEXTS[3]]);
   assert.equal(code, 0, err);
   const lines = out.trim().split("\n").map((l) => JSON.parse(l) as { index: number; tokens: number; dimension: number; embedding: number[] });
   assert.equal(lines.length, 2);
   assert.equal(lines[1].dimension, WIDTH);
   assert.equal(lines[1].tokens, TEXTS[3].length);
-  assert.deepEqual(lines[1].embedding, Array.from(embedTokens(model, tok.encode(TEXTS[3]))));
+  assert.deepEqual(lines[1].embedding, Array.from(await embedTokens(model, tok.encode(TEXTS[3]))));
   const dir = mkdtempSync(join(tmpdir(), "rwkv-embed-"));
   const file = join(dir, "in.txt");
   writeFileSync(file, `${TEXTS[0]}\n\n${TEXTS[3]}\n`);
   const fromFile = await run(["embed", modelPath, "--input-file", file, "--pooling", "last"]);
   assert.equal(fromFile.code, 0, fromFile.err);
   const last = fromFile.out.trim().split("\n").map((l) => JSON.parse(l) as { embedding: number[] });
-  assert.deepEqual(last[1].embedding, Array.from(embedTokens(model, tok.encode(TEXTS[3]), { pooling: "last" })));
+  assert.deepEqual(last[1].embedding, Array.from(await embedTokens(model, tok.encode(TEXTS[3]), { pooling: "last" })));
   for (const [argv, re] of [
     [["embed", modelPath], /--text TEXT \(or --input-file F\) is required/],
     [["embed", modelPath, "--text", "x", "--pooling", "max"], /--pooling must be mean or last, got "max"/],

@@ -19,8 +19,8 @@ import { benchModel } from "../src/node/bench/measure.js";
 const TYPED = [Float32Array, Float64Array, Int8Array, Uint8Array, Uint8ClampedArray, Int16Array, Uint16Array, Int32Array, Uint32Array] as const;
 const METHODS = ["slice", "subarray", "map", "filter"] as const;
 
-/** Runs f with every typed-array creation counted; returns the count. */
-function countTypedArrays(f: () => void): number {
+/** Runs f (to its end, when it is asynchronous) with every typed-array creation counted; returns the count. */
+async function countTypedArrays(f: () => void | Promise<void>): Promise<number> {
   let count = 0;
   const g = globalThis as unknown as Record<string, unknown>;
   const restore: Array<() => void> = [];
@@ -45,7 +45,7 @@ function countTypedArrays(f: () => void): number {
     }
   }
   try {
-    f();
+    await f();
   } finally {
     for (const r of restore) r();
   }
@@ -61,51 +61,52 @@ const backends: Array<[string, () => Backend | null]> = [
 
 for (const [label, make] of backends) {
   for (const version of ["7", "6", "5.2", "4"] as Version[]) {
-    test(`decoding ${TOKENS} tokens allocates one typed array per token, the logits [RWKV-${version}, ${label}]`, (t) => {
+    test(`decoding ${TOKENS} tokens allocates one typed array per token, the logits [RWKV-${version}, ${label}]`, async (t) => {
       const be = make();
       if (!be) return t.skip("no WebAssembly SIMD here");
       const V = 97;
       const model = benchModel({ random: { version, nLayer: 2, nEmbd: 64, vocabSize: V, seed: 3 } }, "f32", be);
       const state = model.initState();
-      for (let i = 0; i < 3; i++) model.step(i, state); // the arena takes its shapes
+      for (let i = 0; i < 3; i++) await model.step(i, state); // the arena takes its shapes
       const kept: Float32Array[] = [];
-      const n = countTypedArrays(() => {
-        for (let i = 0; i < TOKENS; i++) kept.push(model.step((i * 31) % V, state));
+      const n = await countTypedArrays(async () => {
+        for (let i = 0; i < TOKENS; i++) kept.push(await model.step((i * 31) % V, state));
       });
       assert.equal(kept.length, TOKENS);
       assert.ok(kept.every((l) => l.length === V && Number.isFinite(l[0])), "real logits");
       assert.equal(n, TOKENS, `${n} typed arrays for ${TOKENS} tokens: only the returned logits may be new`);
       // A counter that counts: one extra array in the loop shows.
-      assert.equal(countTypedArrays(() => { new Float32Array(1).subarray(0); }), 2);
+      assert.equal(await countTypedArrays(() => { new Float32Array(1).subarray(0); }), 2);
     });
   }
 }
 
 for (const [label, make] of backends) {
-  test(`a prompt longer than one chunk (600 tokens) gives every step's logits and state bit for bit, all or last rows, hidden too [${label}]`, (t) => {
+  test(`a prompt longer than one chunk (600 tokens) gives every step's logits and state bit for bit, all or last rows, hidden too [${label}]`, async (t) => {
     const be = make();
     if (!be) return t.skip("no WebAssembly SIMD here");
     const V = 97, C = 64;
     const model = benchModel({ random: { version: "7", nLayer: 2, nEmbd: C, vocabSize: V, seed: 5 } }, "f32", be);
     const toks = Array.from({ length: 600 }, (_, i) => (i * 37 + 11) % V);
     const stepped = model.initState();
-    const steps = toks.map((tok) => model.step(tok, stepped));
+    const steps: Float32Array[] = [];
+    for (const tok of toks) steps.push(await model.step(tok, stepped));
     const s1 = model.initState();
-    const all = model.forward(toks, s1, { allLogits: true });
+    const all = await model.forward(toks, s1, { allLogits: true });
     assert.equal(all.length, toks.length * V);
     toks.forEach((_, i) => assert.deepEqual(all.subarray(i * V, (i + 1) * V), steps[i], `logits at ${i}`));
     const s2 = model.initState();
-    assert.deepEqual(model.forward(toks, s2), steps[steps.length - 1], "last logits");
+    assert.deepEqual(await model.forward(toks, s2), steps[steps.length - 1], "last logits");
     for (const st of [s1, s2]) {
       st.layers.forEach((l, i) => { for (const name in l) assert.deepEqual([...l[name]], [...stepped.layers[i][name]], `state ${name} layer ${i}`); });
     }
-    const h = model.hidden!(toks, model.initState(), { allLogits: true });
+    const h = await model.hidden!(toks, model.initState(), { allLogits: true });
     assert.equal(h.length, toks.length * C);
-    assert.deepEqual(model.hidden!(toks, model.initState()), h.subarray((toks.length - 1) * C), "last hidden row");
+    assert.deepEqual(await model.hidden!(toks, model.initState()), h.subarray((toks.length - 1) * C), "last hidden row");
   });
 }
 
-test("wasm: states beyond the resident cap are copied into the arena and back, with the resident results", (t) => {
+test("wasm: states beyond the resident cap are copied into the arena and back, with the resident results", async (t) => {
   if (!wasmAvailable()) return t.skip("no WebAssembly SIMD here");
   const spec = { random: { version: "7" as Version, nLayer: 2, nEmbd: 64, vocabSize: 50, seed: 7 } };
   const resident = benchModel(spec, "f32", new WasmBackend());
@@ -113,9 +114,9 @@ test("wasm: states beyond the resident cap are copied into the arena and back, w
   const copied = benchModel(spec, "f32", capped);
   const [a, b, c] = [resident.initState(), copied.initState(), copied.initState()];
   for (let i = 0; i < 5; i++) {
-    assert.deepEqual(copied.step(i, b), resident.step(i, a), `step ${i}`);
+    assert.deepEqual(await copied.step(i, b), await resident.step(i, a), `step ${i}`);
     assert.ok(b.layers.every((l) => !capped.isResident(l.att_kv)), "the capped backend kept no state");
   }
-  assert.deepEqual(copied.stepBatch([3, 4], [b, c]).subarray(0, 50), resident.step(3, a), "stepBatch");
+  assert.deepEqual((await copied.stepBatch([3, 4], [b, c])).subarray(0, 50), await resident.step(3, a), "stepBatch");
   b.layers.forEach((l, i) => { for (const name in l) assert.deepEqual([...l[name]], [...a.layers[i][name]], `state ${name} layer ${i}`); });
 });

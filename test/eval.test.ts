@@ -59,10 +59,10 @@ function independentLogProb(logits: Float32Array, target: number): { logProb: nu
 }
 
 /** Feeds `seq` token by token from `state`; the sum of -ln p(seq[i+1] | seq[..i]). */
-function stepNll(model: Model, state: State, seq: readonly number[]): number {
+async function stepNll(model: Model, state: State, seq: readonly number[]): Promise<number> {
   let nll = 0;
   for (let i = 0; i < seq.length; i++) {
-    const logits = model.step(seq[i], state);
+    const logits = await model.step(seq[i], state);
     if (i + 1 < seq.length) nll -= independentLogProb(logits, seq[i + 1]).logProb;
   }
   return nll;
@@ -110,9 +110,9 @@ test("eval --text: sum NLL, bits per byte and per char match a token-by-token co
   // A piece length that does not divide the length: the state is carried across uneven pieces.
   const r = await evalJson([modelPath, "--text", file, "--piece-len", "100"]);
 
-  const model = loadModel(modelPath);
+  const model = await loadModel(modelPath);
   const bytes = utf8(text);
-  const nll = stepNll(model, model.initState(), [SEPARATOR, ...bytes]);
+  const nll = await stepNll(model, model.initState(), [SEPARATOR, ...bytes]);
   assertClose(num(r, "sumNll"), nll, "sumNll");
   assertClose(num(r, "bitsPerByte"), nll / Math.LN2 / bytes.length, "bitsPerByte");
   assertClose(num(r, "bitsPerChar"), nll / Math.LN2 / codePoints(text), "bitsPerChar");
@@ -134,8 +134,9 @@ test("eval --json: two documents, each from a fresh state or carried, match toke
   const r = await evalJson([modelPath, "--json", file, "--piece-len", "16", "--output", out]);
   assert.deepEqual(JSON.parse(readFileSync(out, "utf8")).perDocument, r.perDocument, "--output holds the same result");
 
-  const model = loadModel(modelPath);
-  const fresh = docs.map((d) => stepNll(model, model.initState(), [SEPARATOR, ...utf8(d)]));
+  const model = await loadModel(modelPath);
+  const fresh: number[] = [];
+  for (const d of docs) fresh.push(await stepNll(model, model.initState(), [SEPARATOR, ...utf8(d)]));
   const per = r.perDocument as Array<{ nll: number; scoredTokens: number; chars: number }>;
   assert.equal(per.length, 2);
   docs.forEach((d, i) => {
@@ -150,7 +151,8 @@ test("eval --json: two documents, each from a fresh state or carried, match toke
   // --carry-state: the second document continues from the state the first left.
   const c = await evalJson([modelPath, "--json", file, "--carry-state"]);
   const state = model.initState();
-  const carried = docs.map((d) => stepNll(model, state, [SEPARATOR, ...utf8(d)]));
+  const carried: number[] = [];
+  for (const d of docs) carried.push(await stepNll(model, state, [SEPARATOR, ...utf8(d)]));
   const cper = c.perDocument as Array<{ nll: number }>;
   assertClose(cper[0].nll, carried[0], "carried document 0");
   assertClose(cper[1].nll, carried[1], "carried document 1");
@@ -167,11 +169,11 @@ test("eval --uncheatable on a real file: fresh state per piece, first token of e
   const doc = (JSON.parse(readFileSync(data, "utf8")) as string[])[0];
   const ids = utf8(doc);
   assert.ok(ids.length > 3 * PIECE, "the document spans several pieces");
-  const model = loadModel(modelPath);
+  const model = await loadModel(modelPath);
   let nll = 0, scored = 0;
   for (let begin = 0; begin < ids.length; begin += PIECE) {
     const piece = ids.slice(begin, begin + PIECE);
-    nll += stepNll(model, model.initState(), piece);
+    nll += await stepNll(model, model.initState(), piece);
     scored += piece.length - 1;
   }
   assert.equal(r.method, "uncheatable");
@@ -238,7 +240,7 @@ test("eval bad input: one-line messages naming the file, exit 1 (2 for flags), n
 test("evaluation can be cancelled: an AbortSignal, and Ctrl-C in the CLI (exit 130)", async (t) => {
   const modelPath = tinyModel(t);
   if (!modelPath) return;
-  const model = loadModel(modelPath);
+  const model = await loadModel(modelPath);
   const controller = new AbortController();
   const reason = new Error("stop");
   let calls = 0;
@@ -321,16 +323,16 @@ test("eval --lambada: a tiny trained model end to end, one item checked token by
   const words = texts[k].split(" ");
   const src = [SEPARATOR, ...utf8(words.slice(0, -1).join(" "))];
   const dst = utf8(" " + words[words.length - 1]);
-  const model = loadModel(modelPath);
+  const model = await loadModel(modelPath);
   const state = model.initState();
   let logits: Float32Array = new Float32Array(0);
-  for (const tok of src) logits = model.step(tok, state);
+  for (const tok of src) logits = await model.step(tok, state);
   let logProb = 0, hit = true;
   for (const tok of dst) {
     const p = independentLogProb(logits, tok);
     logProb += p.logProb;
     if (p.best !== tok) hit = false;
-    logits = model.step(tok, state);
+    logits = await model.step(tok, state);
   }
   assertClose(items[k].logProb, logProb, `item ${k} log-prob`);
   assert.equal(items[k].hit, hit, `item ${k} hit`);

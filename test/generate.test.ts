@@ -18,16 +18,16 @@ async function run(model: Model, tok: Tokenizer, input: GenerateInput, options: 
   }
 }
 
-function tiny(t: import("node:test").TestContext) {
+async function tiny(t: import("node:test").TestContext) {
   const p = sharedPath(t, "rwkv.cpp", "tiny-rwkv-7v0-834K-FP32.bin");
   if (!p) return null;
-  return { model: loadModel(p), tok: loadTokenizer({ kind: "bytes" }) };
+  return { model: await loadModel(p), tok: loadTokenizer({ kind: "bytes" }) };
 }
 
 const SAMPLED = { sampler: { temperature: 1, topP: 0.9 }, maxTokens: 40 };
 
 test("same seed gives the same text three times; different seeds differ", async (t) => {
-  const m = tiny(t);
+  const m = await tiny(t);
   if (!m) return;
   const outs = [];
   for (let i = 0; i < 3; i++) outs.push((await run(m.model, m.tok, { prompt: "Once upon" }, { ...SAMPLED, seed: 7 })).result.text);
@@ -39,7 +39,7 @@ test("same seed gives the same text three times; different seeds differ", async 
 });
 
 test("pieces concatenate to the result; logprobs are log-probabilities", async (t) => {
-  const m = tiny(t);
+  const m = await tiny(t);
   if (!m) return;
   const it = generate(m.model, m.tok, { prompt: "The king" }, { ...SAMPLED, seed: 1 });
   let text = "";
@@ -52,7 +52,7 @@ test("pieces concatenate to the result; logprobs are log-probabilities", async (
 });
 
 test("prefill in chunks gives exactly the same generation as one chunk", async (t) => {
-  const m = tiny(t);
+  const m = await tiny(t);
   if (!m) return;
   const prompt = "First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\nSpeak, speak.\n";
   const a = await run(m.model, m.tok, { prompt }, { ...SAMPLED, seed: 3, chunkLen: 256 });
@@ -61,7 +61,7 @@ test("prefill in chunks gives exactly the same generation as one chunk", async (
 });
 
 test("stop strings end generation before the string, even when it spans tokens; stop tokens too", async (t) => {
-  const m = tiny(t);
+  const m = await tiny(t);
   if (!m) return;
   const greedy = { sampler: { temperature: 0, topK: 1 }, maxTokens: 30 };
   const free = await run(m.model, m.tok, { prompt: "The " }, greedy);
@@ -77,7 +77,7 @@ test("stop strings end generation before the string, even when it spans tokens; 
 });
 
 test("prefix cache: the next turn runs only its new tokens and gives the same output", async (t) => {
-  const m = tiny(t);
+  const m = await tiny(t);
   if (!m) return;
   const cache = new PrefixCache(64 * 1024 * 1024);
   const turn1 = "User: tell me about the king\n\nAssistant:";
@@ -98,10 +98,10 @@ test("prefix cache: the next turn runs only its new tokens and gives the same ou
 });
 
 test("prefix cache is bounded by its byte budget and evicts the least recently used", async (t) => {
-  const m = tiny(t);
+  const m = await tiny(t);
   if (!m) return;
   const s = m.model.initState();
-  const logits = m.model.forward([1, 2, 3], s);
+  const logits = await m.model.forward([1, 2, 3], s);
   const entry = 4 * (s.size + logits.length) + 8 * 3;
   const cache = new PrefixCache(2 * entry + 100);
   cache.store([1, 2, 3], s, logits);
@@ -115,7 +115,7 @@ test("prefix cache is bounded by its byte budget and evicts the least recently u
 });
 
 test("an aborted signal cancels generation promptly", async (t) => {
-  const m = tiny(t);
+  const m = await tiny(t);
   if (!m) return;
   const ac = new AbortController();
   const it = generate(m.model, m.tok, { prompt: "The " }, { ...SAMPLED, maxTokens: 10_000, signal: ac.signal });
@@ -129,7 +129,7 @@ test("an aborted signal cancels generation promptly", async (t) => {
 });
 
 test("continuing from a result's state, rng and penalties equals one uninterrupted run", async (t) => {
-  const m = tiny(t);
+  const m = await tiny(t);
   if (!m) return;
   const whole = await run(m.model, m.tok, { prompt: "The " }, { ...SAMPLED, seed: 11, maxTokens: 30 });
   const first = await run(m.model, m.tok, { prompt: "The " }, { ...SAMPLED, seed: 11, maxTokens: 12 });

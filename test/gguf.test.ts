@@ -7,9 +7,9 @@ import { selectBackend } from "../src/core/backend/registry.js";
 import { MemorySource } from "../src/core/bytes.js";
 import { FormatError } from "../src/core/errors.js";
 import type { Checkpoint } from "../src/core/formats/checkpoint.js";
-import {
-  byteVocabMetadata, escapeRwkvToken, type GgufDType, ggufFromCheckpoint, ggufVocab, isGgufCheckpoint, readGguf, unescapeRwkvToken, worldVocabMetadata,
-} from "../src/core/formats/gguf.js";
+import { isGgufCheckpoint, readGguf } from "../src/core/formats/gguf.js";
+import { type GgufDType, ggufFromCheckpoint } from "../src/core/formats/gguf-rwkv.js";
+import { byteVocabMetadata, escapeRwkvToken, ggufVocab, unescapeRwkvToken, worldVocabMetadata } from "../src/core/formats/gguf-vocab.js";
 import { openCheckpoint } from "../src/core/formats/open.js";
 import { readRwkvCppRecords } from "../src/core/formats/rwkvcpp.js";
 import { architectureFor, detectVersion } from "../src/core/model/detect.js";
@@ -42,7 +42,7 @@ interface Golden { tokens: number[]; rnn: { logits: number[][] } }
 // ---------------------------------------------------------------- golden v6 / v7
 
 for (const ver of ["v6", "v7"]) {
-  test(`golden ${ver} -> GGUF F32 -> official tensors bit-identical and logits within 1e-4 of the golden ones`, (t) => {
+  test(`golden ${ver} -> GGUF F32 -> official tensors bit-identical and logits within 1e-4 of the golden ones`, async (t) => {
     const path = sharedPath(t, "golden", ver, "model.safetensors"), gj = sharedPath(t, "golden", ver, "golden.json");
     if (!path || !gj) return;
     const src = open(path);
@@ -60,12 +60,12 @@ for (const ver of ["v6", "v7"]) {
     }
     const g = readJson<Golden>(gj);
     const m = model(back);
-    const c = compare(m.forward(g.tokens, m.initState(), { allLogits: true }), g.rnn.logits.flat(), 1e-4, 1e-4);
+    const c = compare(await m.forward(g.tokens, m.initState(), { allLogits: true }), g.rnn.logits.flat(), 1e-4, 1e-4);
     assert.ok(c.ok, `max |diff| ${c.maxAbs}`);
     t.diagnostic(`F32 GGUF logits vs golden: max |diff| ${c.maxAbs.toExponential(2)}`);
   });
 
-  test(`golden ${ver} -> GGUF Q8_0, F16, BF16: types follow llama.cpp's rules, models load and stay close`, (t) => {
+  test(`golden ${ver} -> GGUF Q8_0, F16, BF16: types follow llama.cpp's rules, models load and stay close`, async (t) => {
     const path = sharedPath(t, "golden", ver, "model.safetensors"), gj = sharedPath(t, "golden", ver, "golden.json");
     if (!path || !gj) return;
     const src = open(path);
@@ -86,7 +86,7 @@ for (const ver of ["v6", "v7"]) {
       assert.equal(type("output.weight"), dtype.startsWith("q") ? "Q8_0" : big, dtype);
       for (const n of ["blk.1.time_mix_lerp_fused.weight", "blk.1.time_mix_w1.weight", "blk.1.time_mix_w2.weight", "blk.1.attn_norm.weight"]) assert.equal(type(n), "F32", `${dtype} ${n}`);
       const m = model(openCheckpoint(new MemorySource("q.gguf", bytes)));
-      const c = compare(m.forward(g.tokens, m.initState(), { allLogits: true }), want, bound * scale, 0);
+      const c = compare(await m.forward(g.tokens, m.initState(), { allLogits: true }), want, bound * scale, 0);
       assert.ok(c.ok, `${dtype}: max |diff| ${c.maxAbs} (largest logit ${scale})`);
       t.diagnostic(`${dtype}: ${bytes.length} bytes, max |logit diff| vs golden ${c.maxAbs.toFixed(4)} (largest logit ${scale.toFixed(2)})`);
     }
@@ -120,13 +120,13 @@ test("v6 GGUF with rescale_every_n_layers: the divided att.output / ffn.value we
 const f32 = (path: string) => { const b = readFileSync(path); return new Float32Array(b.buffer, b.byteOffset, b.length / 4); };
 
 for (const m of ["6v0-1m", "7v0-834K"]) {
-  test(`rwkv.cpp ${m} FP32 -> GGUF: same tensors, rwkv.cpp's expected logits, byte vocabulary`, (t) => {
+  test(`rwkv.cpp ${m} FP32 -> GGUF: same tensors, rwkv.cpp's expected logits, byte vocabulary`, async (t) => {
     const path = sharedPath(t, "rwkv.cpp", `tiny-rwkv-${m}-FP32.bin`), exp = sharedPath(t, "rwkv.cpp", `expected-logits-${m}.bin`);
     if (!path || !exp) return;
     const src = open(path);
     const back = openCheckpoint(new MemorySource("m.gguf", toGguf(src, "f32")));
     for (const [n, e] of back.tensors) assert.ok(bitsEqual(e.toFloat32(), src.tensors.get(n)!.toFloat32()), n);
-    const logits = model(back).forward([34, 105, 110], model(back).initState());
+    const logits = await model(back).forward([34, 105, 110], model(back).initState());
     const c = compare(logits, f32(exp), 1e-4, 0);
     assert.ok(c.ok, `max |diff| ${c.maxAbs}`);
     const vocab = ggufVocab(back)!;
@@ -136,7 +136,7 @@ for (const m of ["6v0-1m", "7v0-834K"]) {
   });
 }
 
-test("rwkv.cpp 6v0/7v0 -> GGUF in every type: loads, and logits stay close to the FP32 model's", (t) => {
+test("rwkv.cpp 6v0/7v0 -> GGUF in every type: loads, and logits stay close to the FP32 model's", async (t) => {
   // Bounds relative to the largest logit (measured: q8_0 <= 0.8%, q5 <= 6%, q4 <= 8.4% on 6v0, whose
   // logits reach 16; these weights are bf16-exact, so f16/bf16 change nothing).
   const bounds: Record<string, number> = { f16: 0.001, bf16: 0.001, q8_0: 0.02, q5_1: 0.1, q5_0: 0.1, q4_1: 0.15, q4_0: 0.15 };
@@ -145,12 +145,12 @@ test("rwkv.cpp 6v0/7v0 -> GGUF in every type: loads, and logits stay close to th
     const path = sharedPath(t, "rwkv.cpp", `tiny-rwkv-${m}-FP32.bin`);
     if (!path) return;
     const src = open(path);
-    const ref = model(src).forward(tokens, model(src).initState(), { allLogits: true });
+    const ref = await model(src).forward(tokens, model(src).initState(), { allLogits: true });
     const scale = ref.reduce((a, x) => Math.max(a, Math.abs(x)), 0);
     for (const [dtype, bound] of Object.entries(bounds)) {
       const back = openCheckpoint(new MemorySource("q.gguf", toGguf(src, dtype as GgufDType)));
       const mm = model(back);
-      const c = compare(mm.forward(tokens, mm.initState(), { allLogits: true }), ref, bound * scale, 0);
+      const c = compare(await mm.forward(tokens, mm.initState(), { allLogits: true }), ref, bound * scale, 0);
       assert.ok(c.ok, `${m} ${dtype}: max |diff| ${c.maxAbs} (largest logit ${scale})`);
       t.diagnostic(`${m} ${dtype}: max |logit diff| vs FP32 ${c.maxAbs.toFixed(4)} (largest logit ${scale.toFixed(2)})`);
     }

@@ -43,29 +43,29 @@ function stateDiff(state: State, golden: GoldenLayer[]): number {
 for (const backend of BACKENDS) {
 for (const ver of ["v4", "v5", "v6", "v7"]) {
   for (const file of ["model.safetensors", "model.pth"]) {
-    test(`golden ${ver} ${file} [${backend}]: RNN, sequence and chunked logits and states`, (t) => {
+    test(`golden ${ver} ${file} [${backend}]: RNN, sequence and chunked logits and states`, async (t) => {
       const dir = sharedPath(t, "golden", ver);
       if (!dir) return;
       const g = readJson<Golden>(`${dir}/golden.json`);
-      const model = loadModel(`${dir}/${file}`, { backend });
+      const model = await loadModel(`${dir}/${file}`, { backend });
       const toks = g.tokens;
       const report: Record<string, number> = {};
 
       // RNN: logits after every token, state after the first and the last token.
       const s = model.initState();
       let rnnMax = 0;
-      toks.forEach((tok, i) => {
-        const c = compare(model.step(tok, s), g.rnn.logits[i], ATOL, RTOL);
+      for (const [i, tok] of toks.entries()) {
+        const c = compare(await model.step(tok, s), g.rnn.logits[i], ATOL, RTOL);
         assert.ok(c.ok, `rnn logits at t=${i}: max |diff| ${c.maxAbs}`);
         rnnMax = Math.max(rnnMax, c.maxAbs);
         if (i === 0) report.state_first = stateDiff(s, g.rnn.state_after_first_token);
-      });
+      }
       report.rnn = rnnMax;
       report.state_final = stateDiff(s, g.rnn.final_state);
 
       // Sequence: all logits in one forward.
       const s2 = model.initState();
-      const all = model.forward(toks, s2, { allLogits: true });
+      const all = await model.forward(toks, s2, { allLogits: true });
       const cs = compare(all, flat(g.seq.logits), ATOL, RTOL);
       assert.ok(cs.ok, `seq logits: max |diff| ${cs.maxAbs}`);
       report.seq = cs.maxAbs;
@@ -74,8 +74,8 @@ for (const ver of ["v4", "v5", "v6", "v7"]) {
       // Chunked: first 9 tokens, then the rest from the carried state.
       const s3 = model.initState();
       const split = g.seq_chunked.split;
-      const first = model.forward(toks.slice(0, split), s3, { allLogits: true });
-      const rest = model.forward(toks.slice(split), s3, { allLogits: true });
+      const first = await model.forward(toks.slice(0, split), s3, { allLogits: true });
+      const rest = await model.forward(toks.slice(split), s3, { allLogits: true });
       const cc = compare([...first, ...rest], flat(g.seq_chunked.logits), ATOL, RTOL);
       assert.ok(cc.ok, `chunked logits: max |diff| ${cc.maxAbs}`);
       report.chunked = cc.maxAbs;
@@ -101,17 +101,17 @@ function roundedToBf16(ckpt: Checkpoint): Checkpoint {
 for (const backend of BACKENDS) {
 for (const ver of ["v4", "v5", "v6", "v7"]) {
   for (const file of ["model_bf16.safetensors", "model_bf16.pth"]) {
-    test(`golden ${ver} ${file} [${backend}]: equals the fp32 model with bf16-rounded weights`, (t) => {
+    test(`golden ${ver} ${file} [${backend}]: equals the fp32 model with bf16-rounded weights`, async (t) => {
       const dir = sharedPath(t, "golden", ver);
       if (!dir) return;
       const g = readJson<Golden>(`${dir}/golden.json`);
-      const bf = loadModel(`${dir}/${file}`, { backend });
+      const bf = await loadModel(`${dir}/${file}`, { backend });
       const { checkpoint, close } = loadCheckpoint(`${dir}/model.safetensors`);
       const version = detectVersion(checkpoint);
       const rounded = buildModel(roundedToBf16(checkpoint), architectureFor(version, dir), version, selectBackend(backend));
       close();
-      const got = bf.forward(g.tokens, bf.initState(), { allLogits: true });
-      const want = rounded.forward(g.tokens, rounded.initState(), { allLogits: true });
+      const got = await bf.forward(g.tokens, bf.initState(), { allLogits: true });
+      const want = await rounded.forward(g.tokens, rounded.initState(), { allLogits: true });
       const c = compare(got, want, ATOL, RTOL);
       assert.ok(c.ok, `bf16 file vs bf16-rounded fp32: max |diff| ${c.maxAbs}`);
       const vsGolden = compare(got, flat(g.seq.logits), BF16_VS_FP32_BOUND, 0);
@@ -123,26 +123,27 @@ for (const ver of ["v4", "v5", "v6", "v7"]) {
 }
 
 for (const backend of BACKENDS) {
-test(`stepBatch over several states equals separate step() calls, for every version [${backend}]`, (t) => {
+test(`stepBatch over several states equals separate step() calls, for every version [${backend}]`, async (t) => {
   for (const ver of ["v4", "v5", "v6", "v7"]) {
     const dir = sharedPath(t, "golden", ver);
     if (!dir) return;
-    const model = loadModel(`${dir}/model.safetensors`, { backend });
+    const model = await loadModel(`${dir}/model.safetensors`, { backend });
     // Three conversations at different points: empty, after 3 tokens, after 7 tokens.
     const histories = [[], [5, 6, 7], [1, 2, 3, 4, 9, 8, 7]];
-    const batch = histories.map((h) => { const s = model.initState(); if (h.length) model.forward(h, s); return s; });
+    const batch: State[] = [];
+    for (const h of histories) { const s = model.initState(); if (h.length) await model.forward(h, s); batch.push(s); }
     const alone = batch.map((s) => s.clone());
     const next = [11, 22, 33];
     for (let round = 0; round < 3; round++) {
-      const got = model.stepBatch(next, batch); // (B, V)
-      next.forEach((tok, b) => {
-        const want = model.step(tok, alone[b]);
+      const got = await model.stepBatch(next, batch); // (B, V)
+      for (const [b, tok] of next.entries()) {
+        const want = await model.step(tok, alone[b]);
         const c = compare(got.subarray(b * want.length, (b + 1) * want.length), want, 1e-5, 1e-5);
         assert.ok(c.ok, `${ver} round ${round} sequence ${b}: max |diff| ${c.maxAbs}`);
-      });
+      }
       next.forEach((_, b) => { next[b] = (next[b] * 7 + round) % 512; });
     }
-    assert.throws(() => model.stepBatch([1, 2], [batch[0], batch[0]]), /same state appears twice/);
+    await assert.rejects(() => model.stepBatch([1, 2], [batch[0], batch[0]]), /same state appears twice/);
   }
 });
 }

@@ -114,7 +114,7 @@ export const SCHEMAS: Array<Record<string, unknown>> = [
 test("JSON Schema: 200 seeded generations over 10 schemas by a barely trained byte-level model all parse and validate", async (t) => {
   const file = sharedPath(t, "rwkv.cpp", "tiny-rwkv-7v0-834K-FP32.bin");
   if (!file) return;
-  const model = loadModel(file);
+  const model = await loadModel(file);
   let total = 0;
   for (const [i, schema] of SCHEMAS.entries()) {
     const grammar = compileConstraint({ kind: "json_schema", schema }, bytes, 256);

@@ -79,7 +79,7 @@ function assertState(state: State, golden: Map<string, Float32Array>, path: stri
 
 // The fixtures are F16 files of f16-exact values; the official code ran them upcast to f32, so the
 // models load with matrices "f32" (the DeepEmbed folds are then kept in f32 as the golden run did).
-const load = (path: string, backend: string): Model => loadModel(path, { backend, matrices: "f32" });
+const load = (path: string, backend: string): Promise<Model> => loadModel(path, { backend, matrices: "f32" });
 
 for (const { dir, version } of GENERATIONS) {
   test(`next-gen ${dir}: detected as RWKV-${version}`, () => {
@@ -92,24 +92,24 @@ for (const { dir, version } of GENERATIONS) {
 
   for (const backend of BACKENDS) {
     for (const shape of SHAPES) {
-      test(`next-gen ${dir} ${shape} [${backend}]: step, sequence and chunked logits and states match the official code`, () => {
+      test(`next-gen ${dir} ${shape} [${backend}]: step, sequence and chunked logits and states match the official code`, async () => {
         const { path, meta, golden } = fixture(dir, shape);
-        const model = load(path, backend);
+        const model = await load(path, backend);
         const { tokens, split } = meta;
         const V = meta.config.vocab_size, L = meta.config.n_layer;
         assert.equal(model.config.version, version);
 
         const s = model.initState();
-        tokens.forEach((tok, t) => assertClose(model.step(tok, s), golden.get("rnn.logits")!.subarray(t * V, (t + 1) * V), `step logits t=${t}`));
+        for (const [t, tok] of tokens.entries()) assertClose(await model.step(tok, s), golden.get("rnn.logits")!.subarray(t * V, (t + 1) * V), `step logits t=${t}`);
         assertState(s, golden, "rnn", L, tokens);
 
         const seq = model.initState();
-        assertClose(model.forward(tokens, seq, { allLogits: true }), golden.get("seq.logits")!, "sequence logits");
+        assertClose(await model.forward(tokens, seq, { allLogits: true }), golden.get("seq.logits")!, "sequence logits");
         assertState(seq, golden, "seq", L, tokens);
 
         const ch = model.initState();
-        const first = model.forward(tokens.slice(0, split), ch, { allLogits: true });
-        const rest = model.forward(tokens.slice(split), ch, { allLogits: true });
+        const first = await model.forward(tokens.slice(0, split), ch, { allLogits: true });
+        const rest = await model.forward(tokens.slice(split), ch, { allLogits: true });
         const all = new Float32Array(tokens.length * V);
         all.set(first);
         all.set(rest, split * V);
@@ -118,12 +118,12 @@ for (const { dir, version } of GENERATIONS) {
 
         // Batched decoding: two sequences at different positions equal their own steps.
         const a = model.initState(), b = model.initState();
-        model.forward(tokens.slice(0, 5), a);
-        model.forward(tokens.slice(0, 2), b);
+        await model.forward(tokens.slice(0, 5), a);
+        await model.forward(tokens.slice(0, 2), b);
         const a1 = a.clone(), b1 = b.clone();
-        const batch = model.stepBatch([tokens[5], tokens[2]], [a, b]);
-        assertClose(batch.subarray(0, V), model.step(tokens[5], a1), "stepBatch row 0");
-        assertClose(batch.subarray(V), model.step(tokens[2], b1), "stepBatch row 1");
+        const batch = await model.stepBatch([tokens[5], tokens[2]], [a, b]);
+        assertClose(batch.subarray(0, V), await model.step(tokens[5], a1), "stepBatch row 0");
+        assertClose(batch.subarray(V), await model.step(tokens[2], b1), "stepBatch row 1");
       });
     }
   }
@@ -133,24 +133,24 @@ for (const { dir, version } of GENERATIONS) {
 
 for (const dir of ["v7b", "v8-hybrid"] as const) {
   for (const backend of BACKENDS) {
-    test(`next-gen ${dir} [${backend}]: the state grows per token; a saved and restored state continues identically`, () => {
+    test(`next-gen ${dir} [${backend}]: the state grows per token; a saved and restored state continues identically`, async () => {
       const { path, meta, golden } = fixture(dir, "head32");
-      const model = load(path, backend);
+      const model = await load(path, backend);
       const { tokens, split } = meta;
       const V = meta.config.vocab_size, L = meta.config.n_layer;
       // Per layer and token: 32 floats of k, 32 of v, one token id (the official cache layout).
       const perToken = L * (2 * 32 + 1);
       const s = model.initState();
       const fresh = s.size;
-      const logits = model.forward(tokens.slice(0, split), s);
+      const logits = await model.forward(tokens.slice(0, split), s);
       assert.equal(s.size, fresh + split * perToken);
 
       const file = encodeStateFile({ model: modelIdentity(model), state: s, logits, tokens: split, extra: null });
       const back = decodeStateFile(file, "7b.state");
       checkStateBelongs(back, model, "7b.state");
       assert.deepEqual([...back.logits!], [...logits]);
-      const want = model.forward(tokens.slice(split), s, { allLogits: true });
-      const got = model.forward(tokens.slice(split), back.state, { allLogits: true });
+      const want = await model.forward(tokens.slice(split), s, { allLogits: true });
+      const got = await model.forward(tokens.slice(split), back.state, { allLogits: true });
       assert.deepEqual([...got], [...want], "the restored state continues bit for bit");
       assertClose(got, golden.get("chunked.logits")!.subarray(split * V), "restored state against the golden chunk");
 
@@ -160,14 +160,14 @@ for (const dir of ["v7b", "v8-hybrid"] as const) {
       assert.throws(() => checkStateBelongs({ ...back, state: bad }, model, "cut.state"), /cut\.state.*layer 1: k_cache has 96 values but v_cache/);
     });
 
-    test(`next-gen ${dir} [${backend}]: the prefix cache stores and restores the growing state`, () => {
+    test(`next-gen ${dir} [${backend}]: the prefix cache stores and restores the growing state`, async () => {
       const { path, meta, golden } = fixture(dir, "head64");
-      const model = load(path, backend);
+      const model = await load(path, backend);
       const { tokens, split } = meta;
       const V = meta.config.vocab_size;
       const cache = new PrefixCache(1 << 24);
       const s = model.initState();
-      const logits = model.forward(tokens.slice(0, split), s);
+      const logits = await model.forward(tokens.slice(0, split), s);
       cache.store(tokens.slice(0, split), s, logits);
       assert.equal(cache.bytes, 4 * (s.size + V) + 8 * split, "the entry is accounted at its grown size");
       s.layers[0].k_cache.fill(0); // the cache holds a copy
@@ -176,7 +176,7 @@ for (const dir of ["v7b", "v8-hybrid"] as const) {
       assert.ok(hit);
       assert.equal(hit.length, split);
       assert.deepEqual([...hit.state.layers[2].ctx_tokens], tokens.slice(0, split));
-      const rest = model.forward(tokens.slice(split), hit.state, { allLogits: true });
+      const rest = await model.forward(tokens.slice(split), hit.state, { allLogits: true });
       assertClose(rest, golden.get("chunked.logits")!.subarray(split * V), "continued from the prefix cache");
       assertState(hit.state, golden, "chunked", meta.config.n_layer, tokens);
     });
@@ -198,14 +198,14 @@ test("next-gen: rwkv info reports a growing state for 7b and the hybrid, a fixed
 
 // ---- storage types and random models --------------------------------------------------------
 
-test("next-gen: compact storage keeps the per-token tables in the file's f16 (the official fp16 fold), int8 quantizes them", () => {
+test("next-gen: compact storage keeps the per-token tables in the file's f16 (the official fp16 fold), int8 quantizes them", async () => {
   for (const { dir } of GENERATIONS) {
     const { path, meta } = fixture(dir, "head64");
-    const run = (matrices: "f32" | "compact" | "int8") => {
-      const m = loadModel(path, { backend: "reference", matrices });
+    const run = async (matrices: "f32" | "compact" | "int8") => {
+      const m = await loadModel(path, { backend: "reference", matrices });
       return m.forward(meta.tokens, m.initState(), { allLogits: true });
     };
-    const f32 = run("f32"), compact = run("compact"), int8 = run("int8");
+    const f32 = await run("f32"), compact = await run("compact"), int8 = await run("int8");
     const diff = (a: Float32Array) => a.reduce((mx, x, i) => Math.max(mx, Math.abs(x - f32[i])), 0);
     if (dir === "v7a" || dir === "v7b") {
       // The folded table s_emb + LN0(emb) s_emb_xᵀ is rounded to f16 as the official fp16 code rounds it.
@@ -218,14 +218,14 @@ test("next-gen: compact storage keeps the per-token tables in the file's f16 (th
 });
 
 for (const version of ["7a", "7b", "8", "8-hybrid"] as const) {
-  test(`next-gen: a random RWKV-${version} (rwkv bench --random ${version}) loads; its sequence equals its steps`, () => {
+  test(`next-gen: a random RWKV-${version} (rwkv bench --random ${version}) loads; its sequence equals its steps`, async () => {
     const ckpt = randomCheckpoint({ version, nLayer: 2, nEmbd: 64, vocabSize: 40, seed: 3 });
     assert.equal(detectVersion(ckpt), version);
     const model = buildModel(ckpt, architectureFor(version, ckpt.source), version, referenceBackend);
     const tokens = [1, 7, 39, 7, 0, 22];
-    const seq = model.forward(tokens, model.initState(), { allLogits: true });
+    const seq = await model.forward(tokens, model.initState(), { allLogits: true });
     const s = model.initState();
-    tokens.forEach((tok, t) => assertClose(model.step(tok, s), seq.subarray(t * 40, (t + 1) * 40), `step ${t}`));
+    for (const [t, tok] of tokens.entries()) assertClose(await model.step(tok, s), seq.subarray(t * 40, (t + 1) * 40), `step ${t}`);
     assert.ok(seq.every(Number.isFinite));
     assert.ok(Math.max(...seq) - Math.min(...seq) > 0.1, "logits are not flat");
   });
@@ -236,14 +236,15 @@ test("next-gen: rwkv convert re-saves 7a/7b/8/hybrid as safetensors, pth and rwk
   try {
     for (const { dir: gen } of GENERATIONS) {
       const { path, meta } = fixture(gen, "head32");
-      const want = load(path, "reference").forward(meta.tokens, load(path, "reference").initState(), { allLogits: true });
+      const original = await load(path, "reference");
+      const want = await original.forward(meta.tokens, original.initState(), { allLogits: true });
       for (const ext of ["safetensors", "pth", "bin"]) { // bin: rwkv.cpp's layout of RWKV-7 (its block types apply)
         const out = join(dir, `${gen}.${ext}`);
         const r = await runCaptured(["convert", path, out]);
         assert.equal(r.code, 0, r.err);
-        const m = load(out, "reference");
-        assert.equal(m.config.version, load(path, "reference").config.version);
-        assert.deepEqual([...m.forward(meta.tokens, m.initState(), { allLogits: true })], [...want], `${gen} via ${ext}`);
+        const m = await load(out, "reference");
+        assert.equal(m.config.version, original.config.version);
+        assert.deepEqual([...await m.forward(meta.tokens, m.initState(), { allLogits: true })], [...want], `${gen} via ${ext}`);
       }
     }
   } finally {
@@ -253,17 +254,17 @@ test("next-gen: rwkv convert re-saves 7a/7b/8/hybrid as safetensors, pth and rwk
 
 for (const version of ["7b", "8-hybrid"] as const) {
   for (const backend of BACKENDS) {
-    test(`next-gen: a 300-token RWKV-${version} prompt (two chunks) equals stepping token by token bit for bit [${backend}]`, () => {
+    test(`next-gen: a 300-token RWKV-${version} prompt (two chunks) equals stepping token by token bit for bit [${backend}]`, async () => {
       const ckpt = randomCheckpoint({ version, nLayer: 2, nEmbd: 64, vocabSize: 40, seed: 5 });
       const model = buildModel(ckpt, architectureFor(version, ckpt.source), version, selectBackend(backend));
       const tokens = Array.from({ length: 300 }, (_, t) => (t * 7 + (t >> 3)) % 40);
       const seq = model.initState();
-      const all = model.forward(tokens, seq, { allLogits: true });
+      const all = await model.forward(tokens, seq, { allLogits: true });
       const step = model.initState();
-      tokens.forEach((tok, t) => {
-        const l = model.step(tok, step);
+      for (const [t, tok] of tokens.entries()) {
+        const l = await model.step(tok, step);
         if (t % 37 === 0 || t === 299) assert.deepEqual([...l], [...all.subarray(t * 40, (t + 1) * 40)], `t=${t}`);
-      });
+      }
       for (let i = 0; i < 2; i++) for (const name of Object.keys(seq.layers[i])) assert.deepEqual([...step.layers[i][name]], [...seq.layers[i][name]], `layer ${i} ${name}`);
       assert.equal(seq.layers[1].ctx_tokens.length, 300);
     });
@@ -290,12 +291,12 @@ test("next-gen: the server decodes RWKV-7b requests concurrently (stepBatch over
     for (const p of prompts) alone.push(await complete(p));
     // Greedy decoding by hand, token by token: what the server must reproduce.
     const s = model.initState();
-    let logits = model.forward(tok.encode(prompts[1]), s);
+    let logits = await model.forward(tok.encode(prompts[1]), s);
     const ids: number[] = [];
     for (let n = 0; n < 12; n++) {
       const next = logits.indexOf(Math.max(...logits));
       ids.push(next);
-      logits = model.step(next, s);
+      logits = await model.step(next, s);
     }
     assert.equal(alone[1], tok.decode(ids));
     const together = await Promise.all(prompts.map(complete)); // batched, and prompts[2] extends a cached prefix

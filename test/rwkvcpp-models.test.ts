@@ -32,18 +32,18 @@ function toRwkvCppLayout(s: State): Float32Array {
 
 for (const backend of BACKENDS) {
 for (const m of MODELS) {
-  test(`rwkv.cpp ${m} FP32 [${backend}]: logits after "in match expected-logits, state matches rwkv.cpp's`, (t) => {
+  test(`rwkv.cpp ${m} FP32 [${backend}]: logits after "in match expected-logits, state matches rwkv.cpp's`, async (t) => {
     const file = sharedPath(t, "rwkv.cpp", `tiny-rwkv-${m}-FP32.bin`);
     if (!file) return;
-    const model = loadModel(file, { backend });
+    const model = await loadModel(file, { backend });
     const state = model.initState();
-    const logits = model.forward(TOKENS, state);
+    const logits = await model.forward(TOKENS, state);
     const c = compare(logits, f32(sharedPath(t, "rwkv.cpp", `expected-logits-${m}.bin`)!), 1e-4, 0);
     assert.ok(c.ok, `logits max |diff| ${c.maxAbs}`);
     // The same tokens one at a time (the recurrent form) land on the same logits.
     const s2 = model.initState();
     let last: Float32Array = new Float32Array(0);
-    for (const tok of TOKENS) last = model.step(tok, s2);
+    for (const tok of TOKENS) last = await model.step(tok, s2);
     const cs = compare(last, logits, 1e-5, 1e-5);
     assert.ok(cs.ok, `step vs sequence max |diff| ${cs.maxAbs}`);
     const refState = WITH_STATE.has(m) ? sharedPath(t, "rwkv.cpp", "reference", `tiny-rwkv-${m}-FP32.p1.state.f32`) : null;
@@ -80,11 +80,11 @@ const QUANTIZED = [
 
 for (const backend of BACKENDS) {
 for (const { m, q, file, ref } of QUANTIZED) {
-  test(`rwkv.cpp ${file} [${backend}]: logits within the ${q} bound${ref ? " and closer to rwkv.cpp's own than quantization moves them" : ""}`, (t) => {
+  test(`rwkv.cpp ${file} [${backend}]: logits within the ${q} bound${ref ? " and closer to rwkv.cpp's own than quantization moves them" : ""}`, async (t) => {
     const path = sharedPath(t, "rwkv.cpp", file);
     if (!path) return;
-    const model = loadModel(path, { backend });
-    const logits = model.forward(TOKENS, model.initState());
+    const model = await loadModel(path, { backend });
+    const logits = await model.forward(TOKENS, model.initState());
     const fp32 = f32(sharedPath(t, "rwkv.cpp", `expected-logits-${m}.bin`)!);
     const vsFp32 = compare(logits, fp32, FORMAT_BOUND[q], 0);
     assert.ok(vsFp32.ok, `vs FP32 max |diff| ${vsFp32.maxAbs} > ${FORMAT_BOUND[q]}`);
@@ -109,7 +109,7 @@ for (const { m, q, file, ref } of QUANTIZED) {
 const INT_ACTIVATION_BOUND = 0.3;
 
 for (const backend of BACKENDS) {
-test(`compact matrices (f16, bf16, block-quantized kept as stored) give the f32-upcast logits [${backend}]`, (t) => {
+test(`compact matrices (f16, bf16, block-quantized kept as stored) give the f32-upcast logits [${backend}]`, async (t) => {
   const files = [
     ["rwkv.cpp", "tiny-rwkv-7v0-834K-FP16.bin"], ["rwkv.cpp", "tiny-rwkv-6v0-1m-Q5_1.bin"],
     ["rwkv.cpp", "tiny-rwkv-5v2-730K-FP32-to-Q4_0.bin"], ["rwkv.cpp", "tiny-rwkv-5v2-730K-FP32-to-Q8_0.bin"],
@@ -118,10 +118,10 @@ test(`compact matrices (f16, bf16, block-quantized kept as stored) give the f32-
   for (const parts of files) {
     const p = sharedPath(t, ...parts);
     if (!p) return;
-    const compact = loadModel(p, { backend }), upcast = loadModel(p, { backend, matrices: "f32" });
+    const compact = await loadModel(p, { backend }), upcast = await loadModel(p, { backend, matrices: "f32" });
     const toks = [34, 105, 110, 32, 116, 104, 101];
-    const got = compact.forward(toks, compact.initState(), { allLogits: true });
-    const want = upcast.forward(toks, upcast.initState(), { allLogits: true });
+    const got = await compact.forward(toks, compact.initState(), { allLogits: true });
+    const want = await upcast.forward(toks, upcast.initState(), { allLogits: true });
     if (backend === "reference" || !/Q\d_\d/.test(p)) assert.deepEqual(got, want, parts.join("/"));
     else assert.ok(compare(got, want, INT_ACTIVATION_BOUND, 0).ok, `${parts.join("/")}: max |diff| ${compare(got, want, 0, 0).maxAbs}`);
     assert.equal(compact.fingerprint, upcast.fingerprint);

@@ -42,7 +42,7 @@ test("server: two adapters hot-swapped across concurrent requests give each requ
   if (!v6) return;
   const lora = { path: join(FIXTURES, "lora.safetensors"), alpha: 24 }, bat = { path: join(FIXTURES, "disha_bat.safetensors") };
   const mk = (a: Array<{ path: string; alpha?: number }>) => loadModel(v6, { backend: "reference", adapters: a });
-  const url = await start(loadModel(v6, { backend: "reference" }), new Map([["lora", mk([lora])], ["bat", mk([bat])]]));
+  const url = await start(await loadModel(v6, { backend: "reference" }), new Map([["lora", await mk([lora])], ["bat", await mk([bat])]]));
   const ids = [NAME, `${NAME}+lora`, `${NAME}+bat`];
   const seeds = [1, 2, 3];
   const single = new Map<string, string>();
@@ -54,7 +54,7 @@ test("server: two adapters hot-swapped across concurrent requests give each requ
   const texts = await Promise.all(jobs.map((j) => complete(url, j.id, j.seed)));
   jobs.forEach((j, i) => assert.equal(texts[i], single.get(`${j.id}/${j.seed}`), `${j.id} seed ${j.seed} under concurrency`));
   // "golden+lora" is the LoRA-merged model: the same text as a server whose only model is that merge.
-  const alone = await start(mk([lora]), new Map());
+  const alone = await start(await mk([lora]), new Map());
   assert.equal(await complete(alone, NAME, 2), single.get(`${NAME}+lora/2`));
 
   const list = await (await fetch(`${url}/v1/models`)).json() as { data: Array<{ id: string }> };

@@ -26,7 +26,7 @@ let client: OpenAI;
 let url = "";
 
 before(async () => {
-  try { model = loadModel(MODEL_PATH); } catch {
+  try { model = await loadModel(MODEL_PATH); } catch {
     if (process.env.CI === "true") throw new Error(`missing fixture ${MODEL_PATH}`);
     return;
   }
@@ -64,7 +64,7 @@ test("logprobs: each token's logprob and top_logprobs equal the log-softmax of t
   assert.equal(lp.tokens!.length, 12);
   // Replay: the prompt, then each generated token, through the model; compare every step.
   const state = model!.initState();
-  let logits = model!.forward(tok.encode(prompt), state);
+  let logits = await model!.forward(tok.encode(prompt), state);
   const text = res.choices[0].text;
   const ids = tok.encode(text);
   assert.equal(ids.length, 12, "byte tokens of the text are the generated tokens");
@@ -78,7 +78,7 @@ test("logprobs: each token's logprob and top_logprobs equal the log-softmax of t
       const key = tok.decode([id]);
       assert.ok(Math.abs(got[key] - ls[id]) < 1e-5, `top ${key}: ${got[key]} vs ${ls[id]}`);
     }
-    logits = model!.step(ids[i], state);
+    logits = await model!.step(ids[i], state);
   }
   // Chat, streaming and not, same seed: the same tokens and logprobs, with bytes.
   const chatBody = { model: NAME, messages: [{ role: "user" as const, content: "hi" }], max_tokens: 10, seed: 9, logprobs: true, top_logprobs: 2 };

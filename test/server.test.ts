@@ -50,7 +50,7 @@ async function start(options: Partial<ConstructorParameters<typeof RwkvServer>[0
 
 before(async () => {
   try {
-    model = loadModel(MODEL_PATH);
+    model = await loadModel(MODEL_PATH);
   } catch {
     if (process.env.CI === "true") throw new Error(`missing fixture ${MODEL_PATH}`);
     return;
@@ -414,9 +414,10 @@ test("rwkv serve: SIGTERM lets in-flight requests finish, refuses new ones, exit
       return { finish, tokens };
     })();
     await gotFirst;
-    return all;
+    return { all }; // wrapped: an async function returning the promise itself would wait for it
   });
-  const pending = await Promise.all(requests);
+  // Both streams have started (and are still running): now the signal.
+  const pending = (await Promise.all(requests)).map((r) => r.all);
   child.kill("SIGTERM");
   await until("draining", async () => /SIGTERM/.test(log));
   await assert.rejects(fetch(`http://127.0.0.1:${port}/health`), "no new connections while draining");

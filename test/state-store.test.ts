@@ -225,7 +225,7 @@ test("RedisStateStore: exact round trip of state and logits; a foreign value is 
   if (!redisBin) return;
   const port = await freePort();
   const redis = await startProcess(redisBin, ["--port", String(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"], /Ready to accept connections/);
-  const model = loadModel(MODEL);
+  const model = await loadModel(MODEL);
   const modelId = storeModelId(model, { matrices: "compact" });
   const lines: string[] = [];
   const store = new RedisStateStore({ url: `redis://127.0.0.1:${port}`, model, modelId, ttlSeconds: 60, timeoutMs: 2000, log: (l) => lines.push(l) });
@@ -233,10 +233,10 @@ test("RedisStateStore: exact round trip of state and logits; a foreign value is 
     assert.equal(await store.connect(), true);
     const tokens = [...Buffer.from("To be, or not")];
     const state = model.initState();
-    const logits = model.forward(tokens, state);
+    const logits = await model.forward(tokens, state);
     store.put(tokens, state, logits);
     const want = state.clone();
-    model.forward([32], state); // the caller goes on advancing its state: the stored copy must not move
+    await model.forward([32], state); // the caller goes on advancing its state: the stored copy must not move
     const prompt = [...tokens, 32, 116, 111];
     let got = null;
     for (let i = 0; i < 50 && !got; i++) { got = await store.fetch(prompt, 0); if (!got) await new Promise((r) => setTimeout(r, 10)); }

@@ -105,14 +105,14 @@ function stateTuningFile(name: string, L: number, H: number, N: number, seed: nu
   return { path, tensors };
 }
 
-test("state-tuned time_state becomes the initial state (v7 as is, v6 transposed to [h][key][value])", (t) => {
+test("state-tuned time_state becomes the initial state (v7 as is, v6 transposed to [h][key][value])", async (t) => {
   for (const ver of ["v6", "v7"]) {
     const p = sharedPath(t, "golden", ver, "model.safetensors");
     if (!p) return;
-    const model = loadModel(p);
+    const model = await loadModel(p);
     const { nLayer: L, nHead: H, headSize: N } = model.config;
     const { path, tensors } = stateTuningFile(`${ver}-tuned.safetensors`, L, H, N, 42);
-    const plain = loadModel(p);
+    const plain = await loadModel(p);
     const manual = plain.initState();
     for (let i = 0; i < L; i++) {
       const kv = manual.layers[i].att_kv;
@@ -126,15 +126,15 @@ test("state-tuned time_state becomes the initial state (v7 as is, v6 transposed 
     close();
     assert.deepEqual(model.initState().layers.map((l) => l.att_kv), manual.layers.map((l) => l.att_kv));
     const toks = [1, 2, 3, 4, 5];
-    assert.deepEqual(model.forward(toks, model.initState()), plain.forward(toks, manual));
-    assert.notDeepEqual(model.forward(toks, model.initState()), plain.forward(toks, plain.initState()));
+    assert.deepEqual(await model.forward(toks, model.initState()), await plain.forward(toks, manual));
+    assert.notDeepEqual(await model.forward(toks, model.initState()), await plain.forward(toks, plain.initState()));
   }
 });
 
-test("--state-in accepts a state-tuning checkpoint; a file without time_state is refused", (t) => {
+test("--state-in accepts a state-tuning checkpoint; a file without time_state is refused", async (t) => {
   const p = sharedPath(t, "rwkv.cpp", "tiny-rwkv-7v0-834K-FP32.bin");
   if (!p) return;
-  const { nLayer: L, nHead: H, headSize: N } = loadModel(p).config;
+  const { nLayer: L, nHead: H, headSize: N } = (await loadModel(p)).config;
   const { path } = stateTuningFile("v7-cli-tuned.safetensors", L, H, N, 7, 20);
   const base = ["generate", p, "--prompt", "The ", "--max-tokens", "12", "--seed", "1", "--top-k", "3"];
   const tuned = cli(...base, "--state-in", path);

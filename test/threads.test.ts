@@ -15,25 +15,25 @@ const FILES = [["golden", "v7", "model.safetensors"], ["golden", "v5", "model_bf
 const TOKENS = [34, 105, 110, 32, 116, 104, 101, 32, 113, 117, 105, 99, 107, 32, 98, 114, 111, 119, 110, 32, 102, 111, 120];
 
 for (const parts of FILES) {
-  test(`2 threads equal 1 thread exactly: ${parts.join("/")} forward, step, stepBatch and states`, (t) => {
+  test(`2 threads equal 1 thread exactly: ${parts.join("/")} forward, step, stepBatch and states`, async (t) => {
     if (!wasmAvailable()) return t.skip("no WebAssembly SIMD here");
     const path = sharedPath(t, ...parts);
     if (!path) return;
-    const one = loadModel(path, { backend: "wasm", threads: 1 });
-    const two = loadModel(path, { backend: "wasm", threads: 2 });
+    const one = await loadModel(path, { backend: "wasm", threads: 1 });
+    const two = await loadModel(path, { backend: "wasm", threads: 2 });
     const be2 = two.backend as WasmBackend;
     assert.equal((one.backend as WasmBackend).threads, 1);
     assert.equal(be2.threads, 2);
     const before = be2.calls.parallel;
-    const run = (m: typeof one) => {
+    const run = async (m: typeof one) => {
       const s = m.initState();
-      const all = m.forward(TOKENS, s, { allLogits: true }); // prefill: matrix-matrix kernels
-      const step = m.step(7, s); // decode: matrix-vector kernels
+      const all = await m.forward(TOKENS, s, { allLogits: true }); // prefill: matrix-matrix kernels
+      const step = await m.step(7, s); // decode: matrix-vector kernels
       const batch = [m.initState(), s.clone(), s.clone()];
-      const b = m.stepBatch([1, 2, 3], batch);
+      const b = await m.stepBatch([1, 2, 3], batch);
       return { all, step, b, state: s.serialize(), batch: batch.map((x) => x.serialize()) };
     };
-    const a = run(one), b = run(two);
+    const a = await run(one), b = await run(two);
     assert.ok(be2.calls.parallel > before, "the 2-thread backend never ran a kernel in parallel");
     assert.deepEqual(b.all, a.all, "forward logits");
     assert.deepEqual(b.step, a.step, "step logits");
@@ -43,13 +43,13 @@ for (const parts of FILES) {
   });
 }
 
-test("the default wasm backend uses every core; --threads picks another count", (t) => {
+test("the default wasm backend uses every core; --threads picks another count", async (t) => {
   if (!wasmAvailable()) return t.skip("no WebAssembly SIMD here");
   const path = sharedPath(t, "rwkv.cpp", "tiny-rwkv-7v0-834K-FP32.bin");
   if (!path) return;
-  const m = loadModel(path);
+  const m = await loadModel(path);
   assert.equal(m.backend.name, "wasm");
   assert.ok((m.backend as WasmBackend).threads >= 1);
-  assert.throws(() => loadModel(path, { threads: 0 }), /threads must be a positive integer/);
-  assert.equal(loadModel(path, { backend: "reference", threads: 2 }).backend.name, "reference");
+  await assert.rejects(() => loadModel(path, { threads: 0 }), /threads must be a positive integer/);
+  assert.equal((await loadModel(path, { backend: "reference", threads: 2 })).backend.name, "reference");
 });

@@ -5,6 +5,7 @@ import { Graph, Var } from "../src/core/train/graph.js";
 import { referenceTrainKernels, type TrainDType } from "../src/core/train/kernels.js";
 import { TrainModel } from "../src/core/train/model.js";
 import { type Activation, IGNORE_TARGET, L2WRAP_SCALE } from "../src/core/train/ops.js";
+import { WasmTrainKernels, wasmTrainAvailable } from "../src/core/train/wasm-kernels.js";
 import { wkv4Backward, wkv4Forward, wkv5Backward, wkv5Forward, wkv7Backward, wkv7Forward, wkvChunks } from "../src/core/train/wkv.js";
 import { loadModel } from "../src/node/load.js";
 import { readJson, sharedPath } from "./shared.js";
@@ -15,7 +16,8 @@ import { GOLDEN_VERSIONS, type GoldenModel, loadParams, nextTokenTargets, readF6
  *  - every op's backward against central finite differences (float64);
  *  - the WKV backward of each version against ../shared/golden/wkv_kernels (fp64 autograd);
  *  - every parameter gradient of each golden model against grads_fp64.safetensors (fp64: 1e-9,
- *    fp32: 1e-4 of the tensor's max |gradient|) and the loss against loss_fp64;
+ *    fp32: 1e-4 of the tensor's max |gradient|) and the loss against loss_fp64, with the reference
+ *    kernels and (fp32) with the wasm kernels;
  *  - training logits against the inference engine's sequence logits.
  */
 
@@ -216,20 +218,25 @@ const FP32_REL_TOL = 1e-4;
 /** fp32 loss vs the fp64 golden (observed ~1e-7; the official fp32 run is 1.2e-6 off). */
 const FP32_LOSS_TOL = 1e-5;
 
-/** Worst relative gradient error per golden version, printed for the report. */
-const worstRel: Record<string, Record<TrainDType, number>> = {};
+/** The kernels each golden runs on: the reference in f64 and f32, and the wasm kernels (f32 only) where they can run. */
+const GOLDEN_RUNS: ReadonlyArray<{ dtype: TrainDType; kernels: "reference" | "wasm" }> = [
+  { dtype: "f64", kernels: "reference" }, { dtype: "f32", kernels: "reference" }, { dtype: "f32", kernels: "wasm" },
+];
 
 for (const v of GOLDEN_VERSIONS) {
-  for (const dtype of ["f64", "f32"] as const) {
-    test(`golden ${v} (${dtype}): loss and every parameter gradient match grads_fp64.safetensors`, (t) => {
+  for (const { dtype, kernels: kind } of GOLDEN_RUNS) {
+    const skip = kind === "wasm" && !wasmTrainAvailable() ? "WebAssembly SIMD with shared memory is not available" : false;
+    test(`golden ${v} (${dtype}, ${kind} kernels): loss and every parameter gradient match grads_fp64.safetensors`, { skip }, (t) => {
       const dir = sharedPath(t, "golden", v);
       if (!dir) return;
+      const kernels = kind === "wasm" ? new WasmTrainKernels({ threads: 1 }) : referenceTrainKernels;
       const gold = readJson<GoldenModel>(join(dir, "golden.json"));
       // The goldens are the plain mean cross entropy over tokens[1:] (no L2Wrap): check that it says so.
       assert.match(gold.train_gpt.desc, /no L2Wrap/);
       const params = loadParams(join(dir, "model.pth"), dtype);
-      const model = new TrainModel(params);
-      const g = new Graph(dtype, referenceTrainKernels, true);
+      const model = new TrainModel(params, { kernels });
+      if (kind === "wasm") assert.ok((kernels as WasmTrainKernels).owns(params.list[0].data), "parameters were not placed in the wasm memory");
+      const g = new Graph(dtype, kernels, true);
       const logits = model.forward(g, Int32Array.from(gold.tokens), 1, gold.tokens.length);
       const loss = g.crossEntropy(logits, nextTokenTargets(gold.tokens), false);
       g.backward();
@@ -249,29 +256,28 @@ for (const v of GOLDEN_VERSIONS) {
         worst = Math.max(worst, e.rel);
         assert.ok(e.rel <= tol, `${name}: max |diff| ${e.abs} = ${e.rel} of max |grad| ${e.max}`);
       }
-      (worstRel[v] ??= { f32: NaN, f64: NaN })[dtype] = worst;
-      t.diagnostic(`${v} ${dtype}: loss ${loss}, worst gradient error ${worst.toExponential(2)} of tensor max`);
+      t.diagnostic(`${v} ${dtype} ${kind}: loss ${loss}, worst gradient error ${worst.toExponential(2)} of tensor max`);
     });
   }
 }
 
-test("training logits equal the inference engine's sequence logits (golden models, B = 2)", (t) => {
+test("training logits equal the inference engine's sequence logits (golden models, B = 2)", async (t) => {
   for (const v of GOLDEN_VERSIONS) {
     const dir = sharedPath(t, "golden", v);
     if (!dir) return;
     const gold = readJson<GoldenModel>(join(dir, "golden.json"));
     const model = new TrainModel(loadParams(join(dir, "model.pth"), "f32"));
-    const inf = loadModel(join(dir, "model.pth"), { backend: "reference", matrices: "f32" });
+    const inf = await loadModel(join(dir, "model.pth"), { backend: "reference", matrices: "f32" });
     // Two different sequences in one batch: each must equal its own inference run from a zero state.
     const seqs = [gold.tokens, [...gold.tokens].reverse()];
     const Tn = gold.tokens.length;
     const got = model.forward(new Graph("f32", referenceTrainKernels, false), Int32Array.from(seqs.flat()), seqs.length, Tn).data;
     const V = model.config.vocabSize;
-    seqs.forEach((s, b) => {
-      const want = inf.forward(s, inf.initState(), { allLogits: true });
+    for (const [b, s] of seqs.entries()) {
+      const want = await inf.forward(s, inf.initState(), { allLogits: true });
       const e = relErr(got.subarray(b * Tn * V, (b + 1) * Tn * V), want);
       // Same f32 math in a different association (f64 states here, f32 states there): ~1e-6.
       assert.ok(e.abs < 1e-5, `${v} sequence ${b}: max |diff| ${e.abs}`);
-    });
+    }
   }
 });

@@ -1,7 +1,8 @@
 import assert from "node:assert/strict";
 import { test } from "node:test";
 import { Graph } from "../src/core/train/graph.js";
-import { initModel, type NewModelSpec, v7LoraDim } from "../src/core/train/init.js";
+import { initModel, type NewModelSpec } from "../src/core/train/init.js";
+import { loraWidths } from "../src/core/model/v7/sizes.js";
 import { referenceTrainKernels } from "../src/core/train/kernels.js";
 import { TrainModel, type TrainVersion } from "../src/core/train/model.js";
 import { AdamW, clipGradNorm, gradNorm, learningRate, type LrSchedule, paramGroup } from "../src/core/train/optim.js";
@@ -109,7 +110,9 @@ test("initialisation: RWKV-LM's names, shapes, order and formulas; orthogonal ma
     assert.deepEqual(p.list.map((x) => x.name), names);
   }
   // LoRA widths: max(32, round(k·sqrt(C)/32)·32); the released 0.1B (C = 768) has 64/64/32/128.
-  assert.deepEqual([2.5, 2.5, 1.7, 5].map((k) => v7LoraDim(k, 768)), [64, 64, 32, 128]);
+  assert.deepEqual(loraWidths(768), { w: 64, a: 64, v: 32, g: 128 });
+  // train_temp's formula at C = 2048 (Python rounding: 2.5·√2048/32 = 3.54 -> 4, 5·√2048/32 = 7.07 -> 7).
+  assert.deepEqual(loraWidths(2048), { w: 128, a: 128, v: 64, g: 224 });
   assert.deepEqual(p.get("blocks.0.att.w1").shape, [128, 32]);
   assert.deepEqual(p.get("blocks.0.att.g2").shape, [64, 128]);
   assert.deepEqual(p.get("blocks.1.att.r_k").shape, [2, 64]);

@@ -6,7 +6,7 @@ import { test, type TestContext } from "node:test";
 import { referenceBackend } from "../src/core/backend/reference.js";
 import { RwkvInputError } from "../src/core/errors.js";
 import { buildModel } from "../src/core/model/model.js";
-import { rwkv7 } from "../src/core/model/v7.js";
+import { rwkv7 } from "../src/core/model/v7/infer.js";
 import { storeCheckpoint } from "../src/core/train/params.js";
 import { loadCheckpoint, loadModel } from "../src/node/load.js";
 import { loadCheckpointFile } from "../src/node/train/checkpoint.js";
@@ -125,10 +125,10 @@ test("exported .pth and .safetensors load back through loadModel with the traine
     const trained = loadCheckpointFile(join(out, "checkpoint.rwkvtrain")).params;
     const direct = buildModel(storeCheckpoint(trained), rwkv7, "7", referenceBackend, { matrices: "f32" });
     const tokens = Array.from(new TextEncoder().encode("First Citizen:\nBefore we proceed"));
-    const want = direct.forward(tokens, direct.initState(), { allLogits: true });
+    const want = await direct.forward(tokens, direct.initState(), { allLogits: true });
     for (const file of ["model.pth", "model.safetensors"]) {
-      const m = loadModel(join(out, file), { backend: "reference", matrices: "f32" });
-      const got = m.forward(tokens, m.initState(), { allLogits: true });
+      const m = await loadModel(join(out, file), { backend: "reference", matrices: "f32" });
+      const got = await m.forward(tokens, m.initState(), { allLogits: true });
       if (exportDtype === "f32") assert.ok(bitsEqual(got, want), `${exportDtype} ${file}: logits differ`);
       else assert.ok(relErr(got, want).rel < 0.05, `${exportDtype} ${file}: ${relErr(got, want).rel}`);
     }
@@ -165,7 +165,7 @@ test("fine-tune from a checkpoint in any loadable format; resume raises the step
     const { checkpoint, close } = loadCheckpoint(model);
     const names = [...checkpoint.tensors.keys()];
     close();
-    const m = loadModel(join(out, "model.pth"), { backend: "reference" });
+    const m = await loadModel(join(out, "model.pth"), { backend: "reference" });
     assert.equal(m.config.vocabSize, 512);
     const exported = loadCheckpoint(join(out, "model.pth"));
     assert.deepEqual([...exported.checkpoint.tensors.keys()], names);

@@ -6,7 +6,7 @@ import { join } from "node:path";
 import { test } from "node:test";
 import { referenceBackend } from "../src/core/backend/reference.js";
 import { buildModel } from "../src/core/model/model.js";
-import { rwkv7 } from "../src/core/model/v7.js";
+import { rwkv7 } from "../src/core/model/v7/infer.js";
 import { Graph } from "../src/core/train/graph.js";
 import { referenceTrainKernels } from "../src/core/train/kernels.js";
 import { TrainModel } from "../src/core/train/model.js";
@@ -66,21 +66,21 @@ test("state tuning: the time_state gradient matches central differences (f64)", 
   assert.ok(checked >= 4, `only ${checked} entries had a measurable gradient`);
 });
 
-test("state tuning: the training forward from time_state gives the inference engine's logits", (t) => {
+test("state tuning: the training forward from time_state gives the inference engine's logits", async (t) => {
   const params = withState(t);
   if (!params) return;
   const model = new TrainModel(params);
   const g = new Graph("f64", referenceTrainKernels, false);
   const train = model.forward(g, Int32Array.from(TOKENS), 1, TOKENS.length).data;
   const inf = buildModel(storeCheckpoint(params), rwkv7, "7", referenceBackend);
-  const logits = inf.forward(TOKENS, inf.initState(), { allLogits: true });
+  const logits = await inf.forward(TOKENS, inf.initState(), { allLogits: true });
   const c = compare(logits, train, 1e-4, 1e-4);
   assert.ok(c.ok, `train vs inference from the same time_state: ${c.maxAbs}`);
   // The state matters (else the comparison above would say nothing).
   const checkpoint = storeCheckpoint(params);
   const noState = new Map([...checkpoint.tensors].filter(([k]) => !k.endsWith("time_state")));
   const plain = buildModel({ ...checkpoint, tensors: noState }, rwkv7, "7", referenceBackend);
-  assert.ok(compare(plain.forward(TOKENS, plain.initState(), { allLogits: true }), train, 1e-3, 0).maxAbs > 1e-2);
+  assert.ok(compare(await plain.forward(TOKENS, plain.initState(), { allLogits: true }), train, 1e-3, 0).maxAbs > 1e-2);
 });
 
 test("rwkv train --state-tune: validation loss below the base's, state.pth loads back (adapter or --state-in), kill and resume bit-identical", async (t) => {
@@ -112,12 +112,12 @@ test("rwkv train --state-tune: validation loss below the base's, state.pth loads
     const direct = buildModel({ ...baseCk.checkpoint, tensors: new Map([...baseCk.checkpoint.tensors, ...storeCheckpoint(trained).tensors]) }, rwkv7, "7", referenceBackend);
     baseCk.close();
     const tokens = Array.from(new TextEncoder().encode("KING RICHARD:"));
-    const want = direct.forward(tokens, direct.initState(), { allLogits: true });
-    const viaAdapter = loadModel(BASE, { backend: "reference", adapters: [{ path: file }] });
-    assert.deepEqual(viaAdapter.forward(tokens, viaAdapter.initState(), { allLogits: true }), want);
-    const viaStateIn = loadModel(BASE, { backend: "reference" });
+    const want = await direct.forward(tokens, direct.initState(), { allLogits: true });
+    const viaAdapter = await loadModel(BASE, { backend: "reference", adapters: [{ path: file }] });
+    assert.deepEqual(await viaAdapter.forward(tokens, viaAdapter.initState(), { allLogits: true }), want);
+    const viaStateIn = await loadModel(BASE, { backend: "reference" });
     viaStateIn.useTimeState(loadCheckpoint(file).checkpoint);
-    assert.deepEqual(viaStateIn.forward(tokens, viaStateIn.initState(), { allLogits: true }), want);
+    assert.deepEqual(await viaStateIn.forward(tokens, viaStateIn.initState(), { allLogits: true }), want);
 
     // The same run as `tuned` through the CLI in a child, kill -9 after its step-10 checkpoint, then --resume (in this process).
     const killed = await runBin(run("killed", "1e-2", "20"), "checkpoint step 10 ");

@@ -4,7 +4,7 @@ import { Graph } from "../src/core/train/graph.js";
 import { initModel } from "../src/core/train/init.js";
 import { type Buf, referenceTrainKernels, type TrainKernels } from "../src/core/train/kernels.js";
 import { referenceOps } from "../src/core/train/ops.js";
-import { TrainModel } from "../src/core/train/model.js";
+import { TrainModel, type TrainVersion } from "../src/core/train/model.js";
 import { AdamW } from "../src/core/train/optim.js";
 import { TrainRng } from "../src/core/train/rng.js";
 import { trainStep } from "../src/core/train/trainer.js";
@@ -159,7 +159,7 @@ test("wkv7 head sizes that are not a multiple of 4, and f64 storage, run the ref
   assert.deepEqual([...C], [7, 10, 15, 22]);
 });
 
-test("element-wise ops (lerp, add, mul, activations, norms, v7 key update, L2 normalize, bonus, value residual) match the reference ops", { skip }, () => {
+test("element-wise ops (token shift, lerp, dynamic lerp, add, sub, mul, scale, column slices, activations, norms, v7 key update, L2 normalize, bonus, value residual) match the reference ops", { skip }, () => {
   const k = one!, ref = referenceTrainKernels.ops, fast = k.ops, rnd = seeded(21);
   const R = 7, C = 12, H = 3, N = 4, n = R * C;
   const check = (what: string, got: ArrayLike<number>, want: ArrayLike<number>, tol = 2e-6) => {
@@ -176,6 +176,20 @@ test("element-wise ops (lerp, add, mul, activations, norms, v7 key update, L2 no
     k.release(mark);
   };
   const r = (len: number, lo = -2, hi = 2) => Float32Array.from({ length: len }, () => rnd(lo, hi));
+  const B = 2, T = 3; // token shift: B sequences of T rows (B·T < R: the rows past B·T stay as they were)
+  both("token shift", [r(n), r(n)], (o, [x, y]) => o.tokenShiftForward(x, B, T, C, y));
+  both("token shift backward", [r(n), r(n), r(n)], (o, [x, gy, gx]) => o.tokenShiftBackward(x, B, T, C, gy, gx));
+  both("dynamic lerp", [r(n), r(n), r(C), r(n), new Float32Array(n)], (o, [x, d, m, dm, y]) => o.lerpDynForward(x, d, m, dm, C, y));
+  both("dynamic lerp backward", [r(n), r(n), r(C), r(n), r(n), r(n), r(n), r(C), r(n)],
+    (o, [x, d, m, dm, gy, gx, gd, gm, gdm]) => o.lerpDynBackward(x, d, m, dm, C, gy, gx, gd, gm, gdm));
+  both("sub", [r(n), r(n), new Float32Array(n)], (o, [a, b, y]) => o.subForward(a, b, y));
+  both("sub backward", [r(n), r(n), r(n), r(n), r(n)], (o, [a, b, gy, ga, gb]) => o.subBackward(a, b, gy, ga, gb));
+  both("scale", [r(n), new Float32Array(n)], (o, [a, y]) => o.scaleForward(a, -1.5, y));
+  both("scale backward", [r(n), r(n), r(n)], (o, [a, gy, ga]) => o.scaleBackward(a, -1.5, gy, ga));
+  for (const [c0, w] of [[4, 8], [3, 5]]) { // aligned, and unaligned (odd width: the reference backward)
+    both(`column slice ${c0}+${w}`, [r(n), new Float32Array(R * w)], (o, [x, y]) => o.sliceColsForward(x, R, C, c0, w, y));
+    both(`column slice ${c0}+${w} backward`, [r(n), r(R * w), r(n)], (o, [x, gy, gx]) => o.sliceColsBackward(x, R, C, c0, w, gy, gx));
+  }
   both("lerp", [r(n), r(n), r(C), new Float32Array(n)], (o, [x, sx, m, y]) => o.lerpForward(x, sx, m, C, y));
   both("lerp backward", [r(n), r(n), r(C), r(n), r(n), r(n), r(C)], (o, [x, sx, m, gy, gx, gsx, gm]) => o.lerpBackward(x, sx, m, C, gy, gx, gsx, gm));
   for (const rowVector of [false, true]) {
@@ -185,7 +199,7 @@ test("element-wise ops (lerp, add, mul, activations, norms, v7 key update, L2 no
     both("mul" + tag, [r(n), r(bl), new Float32Array(n)], (o, [a, b, y]) => o.mulForward(a, b, C, y));
     both("mul backward" + tag, [r(n), r(bl), r(n), r(n), r(bl)], (o, [a, b, gy, ga, gb]) => o.mulBackward(a, b, C, gy, ga, gb));
   }
-  for (const f of ["sigmoid", "tanh", "relu2", "v7decay"] as const) {
+  for (const f of ["sigmoid", "tanh", "relu2", "silu", "v7decay"] as const) {
     // Inputs over the range the model sees and beyond, where exp over/underflows.
     const xs = Float32Array.from({ length: 4 * n }, (_, i) => (i % 3 === 0 ? rnd(-100, 100) : rnd(-6, 6)));
     both(f, [xs, new Float32Array(4 * n)], (o, [x, y]) => o.activationForward(f, x, y));
@@ -238,12 +252,12 @@ test("AdamW's wasm update matches the reference loop", { skip }, () => {
   k.release(mark);
 });
 
-/** Losses of `steps` AdamW steps of a small v7 on fixed random batches, and the final parameters. */
-function trainLosses(kernels: TrainKernels, steps: number): { losses: number[]; params: Buf[] } {
+/** Losses of `steps` AdamW steps of a small model on fixed random batches, and the final parameters. */
+function trainLosses(kernels: TrainKernels, steps: number, version: TrainVersion): { losses: number[]; params: Buf[] } {
   const rng = new TrainRng(5);
-  const params = initModel({ version: "7", nLayer: 2, nEmbd: 64, vocabSize: 97, headSize: 16 }, rng, "f32");
+  const params = initModel({ version, nLayer: 2, nEmbd: 64, vocabSize: 97, headSize: 16 }, rng, "f32");
   const model = new TrainModel(params, { kernels });
-  const opt = new AdamW(params, "7", undefined, model.unusedParams(), undefined, kernels);
+  const opt = new AdamW(params, version, undefined, model.unusedParams(), undefined, kernels);
   const B = 3, T = 24, rnd = seeded(9);
   // One batch with a learnable rule (target = a function of the input token), so the loss falls.
   const inputs = Int32Array.from({ length: B * T }, () => Math.floor(rnd(0, 97)));
@@ -255,21 +269,23 @@ function trainLosses(kernels: TrainKernels, steps: number): { losses: number[]; 
   return { losses, params: params.list.map((p) => Float32Array.from(p.data)) };
 }
 
-test("training steps with the wasm kernels follow the reference kernels' losses; 2 threads equal 1", { skip }, () => {
-  const STEPS = 6;
-  const ref = trainLosses(referenceTrainKernels, STEPS);
-  const k1 = new WasmTrainKernels({ threads: 1 });
-  const w1 = trainLosses(k1, STEPS);
-  ref.losses.forEach((l, i) => assert.ok(Math.abs(w1.losses[i] - l) / l < 1e-4, `step ${i}: wasm ${w1.losses[i]} vs reference ${l}`));
-  assert.ok(ref.losses[STEPS - 1] < ref.losses[0], "the model did not learn");
-  const k2 = trainKernels("wasm", 2) as WasmTrainKernels;
-  const before = k2.calls.parallel;
-  const w2 = trainLosses(k2, STEPS);
-  assert.ok(k2.calls.parallel > before);
-  assert.deepEqual(w2.losses, w1.losses);
-  w2.params.forEach((p, i) => assert.deepEqual(p, w1.params[i], `parameter ${i}`));
-  k2.close();
-});
+for (const version of ["4", "5.2", "6", "7"] as const) {
+  test(`v${version}: training steps with the wasm kernels follow the reference kernels' losses; 2 threads equal 1`, { skip }, () => {
+    const STEPS = 6;
+    const ref = trainLosses(referenceTrainKernels, STEPS, version);
+    const k1 = new WasmTrainKernels({ threads: 1 });
+    const w1 = trainLosses(k1, STEPS, version);
+    ref.losses.forEach((l, i) => assert.ok(Math.abs(w1.losses[i] - l) / l < 1e-4, `step ${i}: wasm ${w1.losses[i]} vs reference ${l}`));
+    assert.ok(ref.losses[STEPS - 1] < ref.losses[0], "the model did not learn");
+    const k2 = trainKernels("wasm", 2) as WasmTrainKernels;
+    const before = k2.calls.parallel;
+    const w2 = trainLosses(k2, STEPS, version);
+    assert.ok(k2.calls.parallel > before);
+    assert.deepEqual(w2.losses, w1.losses);
+    w2.params.forEach((p, i) => assert.deepEqual(p, w1.params[i], `parameter ${i}`));
+    k2.close();
+  });
+}
 
 test("a training step releases everything it allocated: memory stays flat from step to step", { skip }, () => {
   const k = new WasmTrainKernels({ threads: 1 });

@@ -39,13 +39,13 @@ writeFileSync(randomPath, Buffer.concat(writeSafetensors(tensors)));
 const MODELS = [{ name: "bundled (v7 L4 C128, 1M)", path: BUNDLED, url: "/model", tokens: SMALL },
   { name: "random v7 0.1B (L12 C768 V65536, f32)", path: randomPath, url: "/bench/random-v7-0.1b.safetensors", tokens: LARGE }];
 
-function nodeTps(path: string, threads: number, tokens: number): number {
-  const model = loadModel(path, { backend: "wasm", threads });
+async function nodeTps(path: string, threads: number, tokens: number): Promise<number> {
+  const model = await loadModel(path, { backend: "wasm", threads });
   const state = model.initState();
-  let logits = model.forward(PROMPT, state);
-  for (let i = 0; i < WARMUP; i++) logits = model.step(argmax(logits), state);
+  let logits = await model.forward(PROMPT, state);
+  for (let i = 0; i < WARMUP; i++) logits = await model.step(argmax(logits), state);
   const t0 = performance.now();
-  for (let i = 0; i < tokens; i++) logits = model.step(argmax(logits), state);
+  for (let i = 0; i < tokens; i++) logits = await model.step(argmax(logits), state);
   return (tokens * 1000) / (performance.now() - t0);
 }
 
@@ -64,7 +64,7 @@ try {
     add("page load ms", await page.evaluate<number>("window.rwkvPage.ready.then(() => performance.now())"));
     for (const m of MODELS) {
       for (const threads of [1, 2]) {
-        add(`${m.name}|node|${threads}`, nodeTps(m.path, threads, m.tokens));
+        add(`${m.name}|node|${threads}`, await nodeTps(m.path, threads, m.tokens));
         const tps = await page.evaluate(async ({ url, threads, tokens, prompt, warmup }) => {
           const lib = (await import("/rwkv.js" as string)) as {
             startEngine(): { load(o: object): Promise<unknown>; bench(p: number[], n: number): Promise<{ tokensPerSecond: number }>; terminate(): void };

@@ -12,11 +12,11 @@ export interface Answer { readonly id: number; readonly outcome: Outcome; readon
 /** Tokens fed before comparing logits: a few steps so every layer's state matters. */
 const PROBE_TOKENS = [1, 17, 42, 3, 100];
 
-function logitsOf(path: string): Float32Array {
-  const model = loadModel(path, { backend: "reference", onWarning: () => {} });
+async function logitsOf(path: string): Promise<Float32Array> {
+  const model = await loadModel(path, { backend: "reference", onWarning: () => {} });
   const state = model.initState();
   const V = model.config.vocabSize;
-  return model.forward(PROBE_TOKENS.map((t) => t % V), state).slice();
+  return (await model.forward(PROBE_TOKENS.map((t) => t % V), state)).slice();
 }
 
 function same(a: Float32Array, b: Float32Array): boolean {
@@ -27,14 +27,14 @@ function same(a: Float32Array, b: Float32Array): boolean {
 
 const seedLogits = new Map<string, Float32Array>();
 
-function run(job: Job): Omit<Answer, "id" | "maxRssMb"> {
+async function run(job: Job): Promise<Omit<Answer, "id" | "maxRssMb">> {
   let want = seedLogits.get(job.seed);
   if (!want) {
-    want = logitsOf(job.seed);
+    want = await logitsOf(job.seed);
     seedLogits.set(job.seed, want);
   }
   try {
-    const got = logitsOf(job.path);
+    const got = await logitsOf(job.path);
     return same(got, want) ? { outcome: "same", message: "" } : { outcome: "different", message: describeDiff(got, want) };
   } catch (e) {
     if (e instanceof RwkvInputError) return { outcome: "error", message: e.message };
@@ -58,8 +58,8 @@ function describeDiff(got: Float32Array, want: Float32Array): string {
 }
 
 if (process.send) {
-  process.on("message", (job: Job) => {
-    const answer = run(job);
+  process.on("message", async (job: Job) => {
+    const answer = await run(job);
     const maxRssMb = process.resourceUsage().maxRSS / 1024;
     process.send!({ id: job.id, maxRssMb, ...answer } satisfies Answer);
   });

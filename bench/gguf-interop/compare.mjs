@@ -21,9 +21,9 @@ const tokens = JSON.parse(readFileSync(tokensFile, "utf8"));
 const llama = await getLlama({ gpu: false, build: "never", logLevel: LlamaLogLevel.error });
 const results = [];
 for (const path of models) {
-  const ours = loadModel(path);
+  const ours = await loadModel(path);
   const V = ours.config.vocabSize;
-  const mine = ours.forward(tokens, ours.initState(), { allLogits: true });
+  const mine = await ours.forward(tokens, ours.initState(), { allLogits: true });
 
   const model = await llama.loadModel({ modelPath: path });
   const context = await model.createContext({ contextSize: Math.max(64, tokens.length + 1), batchSize: tokens.length });

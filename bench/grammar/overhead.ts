@@ -28,9 +28,9 @@ const grammar = compileConstraint({ kind: "json_schema", schema }, world, 65536)
 const compileMs = performance.now() - t;
 
 /** ms per token in all (step + sampling) and in Decoding.next alone (sampling, and the mask when constrained). */
-function run(constrained: boolean, seed: number): { msPerToken: number; sampleMsPerToken: number; n: number } {
+async function run(constrained: boolean, seed: number): Promise<{ msPerToken: number; sampleMsPerToken: number; n: number }> {
   const state = model.initState();
-  let logits = model.forward(world.encode("User: give me JSON\n\nAssistant:"), state);
+  let logits = await model.forward(world.encode("User: give me JSON\n\nAssistant:"), state);
   const dec = new Decoding(world, 65536, { maxTokens: tokens, seed, sampler: { temperature: 1, topP: 0.9 }, stopTokens: [0], grammar: constrained ? grammar : undefined });
   let n = 0, sampleMs = 0;
   const t0 = performance.now();
@@ -40,19 +40,20 @@ function run(constrained: boolean, seed: number): { msPerToken: number; sampleMs
     sampleMs += performance.now() - ts;
     if (s.token !== null) n++;
     if (!s.feed) break;
-    logits = model.step(s.token!, state);
+    logits = await model.step(s.token!, state);
   }
   return { msPerToken: (performance.now() - t0) / Math.max(n, 1), sampleMsPerToken: sampleMs / Math.max(n, 1), n };
 }
 
 const median = (a: number[]) => [...a].sort((x, y) => x - y)[Math.floor(a.length / 2)];
-const plain: Array<ReturnType<typeof run>> = [], constrained: Array<ReturnType<typeof run>> = [];
+type Row = Awaited<ReturnType<typeof run>>;
+const plain: Row[] = [], constrained: Row[] = [];
 for (let r = 0; r < rounds; r++) { // rows take turns so both see the same machine load
-  plain.push(run(false, r));
-  constrained.push(run(true, r));
+  plain.push(await run(false, r));
+  constrained.push(await run(true, r));
 }
 const f = (x: number) => +x.toFixed(2);
-const med = (rows: Array<ReturnType<typeof run>>, k: "msPerToken" | "sampleMsPerToken") => f(median(rows.map((r) => r[k])));
+const med = (rows: Row[], k: "msPerToken" | "sampleMsPerToken") => f(median(rows.map((r) => r[k])));
 console.log(JSON.stringify({
   tokensPerRun: tokens, rounds, compileAndTrieMs: f(compileMs),
   plain: { msPerToken: med(plain, "msPerToken"), sampleMsPerToken: med(plain, "sampleMsPerToken") },

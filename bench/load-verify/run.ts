@@ -54,10 +54,10 @@ function timedLoad(path: string, verify: boolean): number {
   return Number(out.trim());
 }
 
-function main(): void {
+async function main(): Promise<void> {
   if (process.argv[2] === "--one") {
     const t = performance.now();
-    loadModel(process.argv[3], { verify: process.argv[4] === "true", threads: 1 });
+    await loadModel(process.argv[3], { verify: process.argv[4] === "true", threads: 1 });
     process.stdout.write(`${(performance.now() - t) / 1000}\n`);
     return;
   }
@@ -78,4 +78,4 @@ function main(): void {
   process.stdout.write(`  CRC-32 alone over the file:                       ${f(median(crc))} s (${(mb / median(crc)).toFixed(0)} MB/s)\n`);
 }
 
-main();
+await main();

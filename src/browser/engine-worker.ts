@@ -122,13 +122,13 @@ export class Engine {
     return info;
   }
 
-  private logits(tokens: number[], mode: "rnn" | "seq"): Float32Array {
+  private async logits(tokens: number[], mode: "rnn" | "seq"): Promise<Float32Array> {
     const { model } = this.need();
     const state = model.initState();
-    if (mode === "seq") return model.forward(tokens, state, { allLogits: true });
+    if (mode === "seq") return await model.forward(tokens, state, { allLogits: true });
     const V = model.config.vocabSize;
     const out = new Float32Array(tokens.length * V);
-    tokens.forEach((t, i) => out.set(model.step(t, state), i * V));
+    for (const [i, t] of tokens.entries()) out.set(await model.step(t, state), i * V);
     return out;
   }
 
@@ -169,13 +169,13 @@ export class Engine {
   }
 
   /** Decoding speed alone: `tokens` greedy steps after `prompt`, timed in the Worker. */
-  private bench(prompt: number[], tokens: number): EngineResults["bench"] {
+  private async bench(prompt: number[], tokens: number): Promise<EngineResults["bench"]> {
     const { model } = this.need();
     if (!Number.isSafeInteger(tokens) || tokens < 1) throw new RwkvInputError("tokens", `must be a positive integer, got ${tokens}`);
     const state = model.initState();
-    let logits = model.forward(prompt.length ? prompt : [0], state);
+    let logits = await model.forward(prompt.length ? prompt : [0], state);
     const t0 = performance.now();
-    for (let i = 0; i < tokens; i++) logits = model.step(argmax(logits), state);
+    for (let i = 0; i < tokens; i++) logits = await model.step(argmax(logits), state);
     const ms = performance.now() - t0;
     return { tokens, ms, tokensPerSecond: (tokens * MS_PER_S) / ms };
   }

@@ -2,6 +2,7 @@ import type { Backend } from "../core/backend/backend.js";
 import { registerBackend, WASM_PRIORITY } from "../core/backend/registry.js";
 import { WasmBackend, type WasmWorkerInit, wasmAvailable } from "../core/backend/wasm.js";
 import { RwkvInputError } from "../core/errors.js";
+import { joinKernelWorker } from "../core/wasm-runtime.js";
 
 /*
  * The browser's wasm backends: the core's kernels with Web Workers over the shared WebAssembly
@@ -109,11 +110,7 @@ export function backendReady(backend: Backend): Promise<void> {
 
 /** The kernel side: what a worker started by spawner() runs; it never returns from workerLoop. */
 export function runKernelWorker(init: WasmWorkerInit, post: (m: unknown) => void): void {
-  interface Exports { workerLoop(ctrl: number, spin: number): void }
-  const wa = (globalThis as unknown as { WebAssembly: { Instance: new (m: unknown, i: object) => { exports: unknown } } }).WebAssembly;
-  const exports = new wa.Instance(init.module, { env: { memory: init.memory } }).exports as Exports;
-  post({ ready: true });
-  exports.workerLoop(init.ctrl, init.spin);
+  joinKernelWorker(init, () => post({ ready: true }));
 }
 
 /** Default thread count: all cores where threads can run, else 1. */

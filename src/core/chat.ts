@@ -162,12 +162,12 @@ export function parseChatExtra(extra: unknown, source: string): ChatExtra["chat"
   if (typeof c !== "object" || c === null || !("version" in c) || !("history" in c) || !("pending" in c) || !("raw" in c)) {
     throw new RwkvInputError(source, "malformed conversation in state file");
   }
-  const { version, history, pending, raw } = c;
-  if (version !== CHAT_EXTRA_VERSION) throw new RwkvInputError(source, `conversation format ${String(version)} is not supported (this build reads ${CHAT_EXTRA_VERSION})`);
+  const { version: formatVersion, history, pending, raw } = c;
+  if (formatVersion !== CHAT_EXTRA_VERSION) throw new RwkvInputError(source, `conversation format ${String(formatVersion)} is not supported (this build reads ${CHAT_EXTRA_VERSION})`);
   if (typeof history !== "string" || typeof pending !== "string" || typeof raw !== "boolean" || !history.endsWith(pending)) {
     throw new RwkvInputError(source, "malformed conversation in state file");
   }
-  return { version, history, pending, raw };
+  return { version: formatVersion, history, pending, raw };
 }
 
 /** The saved random stream, if any (Rng.fromJSON checks it). */
@@ -371,7 +371,7 @@ export class ChatSession {
     const counts = penalties.toJSON();
     if (bytesEqual(generated, endedAtSeparator ? withSeparator : utf8(res.text))) {
       // The model's tokens spell exactly that text: keep them (chat.py feeds its own tokens too).
-      const logits = res.unfed.length > 0 ? this.model.forward(res.unfed, res.state) : res.logits;
+      const logits = res.unfed.length > 0 ? await this.model.forward(res.unfed, res.state) : res.logits;
       this.now = { state: res.state, logits, tokens: pre.tokens + res.tokens.length, history, pending: "", penalties: counts };
     } else {
       // The tokens say more (or other) than the transcript: go back to `pre` and owe the text.

@@ -12,6 +12,9 @@ import type { Tokenizer } from "./tokenizer/types.js";
 
 export type FinishReason = "length" | "stop" | "cancelled";
 
+/** Emitted characters moved out of the searched text at a time: large enough to move rarely, small enough to slice cheaply. */
+const SETTLE_CHUNK = 256;
+
 /** One alternative of top_logprobs. */
 export interface TokenLogprob { readonly token: number; readonly logprob: number }
 
@@ -62,9 +65,18 @@ export class Decoding {
   private readonly stops: string[];
   private readonly stopTokens: Set<number>;
   private readonly decoder: StreamDecoder;
-  /** Everything decoded so far, and how much of it has been handed out. */
+  /**
+   * Everything decoded so far is settled.join("") + text; `emitted` of it (counted from the start)
+   * has been handed out. Only `text` is sliced and searched per token: it keeps the unemitted part
+   * and the last `keepEmitted` emitted characters (a stop string's start may lie there), and the
+   * rest moves to `settled` in pieces, so a token costs the same at the 100,000th as at the first
+   * (slicing one ever-growing string copies all of it every token).
+   */
+  private readonly settled: string[] = [];
+  private settledLength = 0;
   private text = "";
   private emitted = 0;
+  private readonly keepEmitted: number;
   private finished: FinishReason | null = null;
   private readonly matcher: GrammarMatcher | null;
 
@@ -74,6 +86,7 @@ export class Decoding {
     if (!Number.isSafeInteger(this.maxTokens) || this.maxTokens < 0) throw new RwkvInputError("max_tokens", `must be a non-negative integer, got ${this.maxTokens}`);
     validateSamplerOptions(options.sampler ?? {});
     this.stops = (options.stop ?? []).filter((s) => s.length > 0);
+    this.keepEmitted = Math.max(0, ...this.stops.map((s) => s.length));
     this.stopTokens = new Set(options.stopTokens ?? []);
     this.rng = options.rng ?? new Rng(options.seed ?? 0);
     this.penalties = options.penaltyState ?? new Penalties(options.penalties, (ids) => tokenizer.decode(ids));
@@ -89,7 +102,10 @@ export class Decoding {
 
   get finishReason(): FinishReason | null { return this.finished; }
   /** The final text: everything handed out, minus a stop string and what followed it. */
-  get output(): string { return this.text.slice(0, this.emitted); }
+  get output(): string {
+    if (this.settled.length > 1) this.settled.splice(0, this.settled.length, this.settled.join(""));
+    return (this.settled[0] ?? "") + this.text.slice(0, this.emitted - this.settledLength);
+  }
 
   /** Samples the next token from `logits` (the model's output after everything fed so far). */
   next(logits: Float32Array): DecodeStep {
@@ -101,14 +117,14 @@ export class Decoding {
       // The text is complete and nothing may follow: end as a stop token would.
       if (this.matcher.finished) {
         this.text += this.decoder.flush();
-        return this.end("stop", null, null, this.text.length);
+        return this.end("stop", null, null, this.end0());
       }
       if (!this.constrain(work)) throw new RwkvInputError("grammar", "no token of the vocabulary can continue the text here");
     }
     const token = sampleLogits(work, this.options.sampler, this.rng);
     if (this.stopTokens.has(token)) {
       this.text += this.decoder.flush();
-      return this.end("stop", null, null, this.text.length);
+      return this.end("stop", null, null, this.end0());
     }
     const logprob = logProb(raw, token);
     const top = this.options.topLogprobs ? topLogprobs(raw, this.options.topLogprobs) : [];
@@ -117,14 +133,30 @@ export class Decoding {
     this.generated.push(token);
     const last = this.generated.length >= this.maxTokens;
     this.text += this.decoder.push(token) + (last ? this.decoder.flush() : "");
-    const hit = firstStop(this.text, this.stops, this.emitted);
-    if (hit >= 0) return this.end("stop", token, logprob, hit, top);
-    if (last) return this.end("length", token, logprob, this.text.length, top);
+    const base = this.settledLength;
+    const hit = firstStop(this.text, this.stops, this.emitted - base);
+    if (hit >= 0) return this.end("stop", token, logprob, base + hit, top);
+    if (last) return this.end("length", token, logprob, this.end0(), top);
     // Hold back a tail that may turn out to be the start of a stop string.
-    const safe = this.text.length - pendingStopPrefix(this.text, this.stops, this.emitted);
-    const text = this.text.slice(this.emitted, safe);
-    this.emitted = safe;
+    const safe = this.text.length - pendingStopPrefix(this.text, this.stops, this.emitted - base);
+    const text = this.text.slice(this.emitted - base, safe);
+    this.emitted = base + safe;
+    this.settle();
     return { token, logprob, top, text, finish: null, feed: true };
+  }
+
+  /** Where the decoded text ends, counted from its start. */
+  private end0(): number {
+    return this.settledLength + this.text.length;
+  }
+
+  /** Moves emitted text that no stop string can reach any more from `text` to `settled`. */
+  private settle(): void {
+    const drop = this.emitted - this.settledLength - this.keepEmitted;
+    if (drop < SETTLE_CHUNK) return;
+    this.settled.push(this.text.slice(0, drop));
+    this.text = this.text.slice(drop);
+    this.settledLength += drop;
   }
 
   /** Sets the logits of tokens the grammar forbids to -Infinity; false when none is left. */
@@ -143,8 +175,10 @@ export class Decoding {
     if (!this.finished) this.finished = "cancelled";
   }
 
+  /** `upTo`: where the output ends, counted from the start of the text (at least settledLength). */
   private end(reason: FinishReason, token: number | null, logprob: number | null, upTo: number, top: readonly TokenLogprob[] = []): DecodeStep {
-    const text = this.text.slice(this.emitted, upTo);
+    const base = this.settledLength;
+    const text = this.text.slice(this.emitted - base, upTo - base);
     this.emitted = upTo;
     this.finished = reason;
     return { token, logprob, top, text, finish: reason, feed: false };

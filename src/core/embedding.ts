@@ -71,22 +71,24 @@ export function hiddenOf(model: Model): NonNullable<Model["hidden"]> {
 }
 
 /** The embedding (C) of one token sequence, from the model's initial state. */
-export function embedTokens(model: Model, tokens: readonly number[], options: EmbedOptions = {}): Float32Array {
+export async function embedTokens(model: Model, tokens: readonly number[], options: EmbedOptions = {}): Promise<Float32Array> {
   if (tokens.length === 0) throw new RwkvInputError("embedding", "the input has no tokens");
   const chunk = options.chunkLen ?? DEFAULT_EMBED_CHUNK;
   if (!Number.isSafeInteger(chunk) || chunk <= 0) throw new RwkvInputError("chunkLen", `must be a positive integer, got ${chunk}`);
   const hidden = hiddenOf(model);
   const pool = new HiddenPool(model.config.nEmbd, options.pooling);
   const state = model.initState();
-  for (let i = 0; i < tokens.length; i += chunk) pool.add(hidden(tokens.slice(i, i + chunk), state, { allLogits: true }));
+  for (let i = 0; i < tokens.length; i += chunk) pool.add(await hidden(tokens.slice(i, i + chunk), state, { allLogits: true }));
   return pool.result(options.normalize ?? true);
 }
 
 /** Embeddings of several texts, each on its own (the result for a text does not depend on the others). */
-export function embedTexts(model: Model, tokenizer: Tokenizer, texts: readonly string[], options: EmbedOptions = {}): Float32Array[] {
-  return texts.map((text, i) => {
+export async function embedTexts(model: Model, tokenizer: Tokenizer, texts: readonly string[], options: EmbedOptions = {}): Promise<Float32Array[]> {
+  const out: Float32Array[] = [];
+  for (const [i, text] of texts.entries()) {
     const tokens = tokenizer.encode(text);
     if (tokens.length === 0) throw new RwkvInputError(texts.length === 1 ? "input" : `input[${i}]`, "encodes to no tokens");
-    return embedTokens(model, tokens, options);
-  });
+    out.push(await embedTokens(model, tokens, options));
+  }
+  return out;
 }

@@ -8,6 +8,7 @@
 import type { Model } from "./model/model.js";
 import type { State } from "./model/state.js";
 import type { Tokenizer } from "./tokenizer/types.js";
+import { yieldToEventLoop } from "./yield.js";
 
 /**
  * RWKV's document separator: the official training data puts token 0 (`<|endoftext|>` in the 20B
@@ -28,9 +29,8 @@ export interface EvalCallbacks {
   /** Called after every forward with tokens fed so far and the total to feed. */
   readonly onProgress?: (done: number, total: number) => void;
   /**
-   * Cancels between forward calls (the signal's reason is thrown). When a signal is given the
-   * evaluation also yields to the event loop between calls, so that timers and signal handlers
-   * which abort it get a chance to run while the synchronous kernels are busy.
+   * Cancels between forward calls (the signal's reason is thrown). The evaluation yields to the
+   * event loop between calls, so timers and signal handlers which abort it get a chance to run.
    */
   readonly signal?: AbortSignal;
 }
@@ -131,17 +131,11 @@ function checkPieceLen(pieceLen: number): number {
   return pieceLen;
 }
 
-/** A macrotask boundary: lets abort timers and signal handlers run between synchronous forwards. */
-function yieldToEventLoop(): Promise<void> {
-  return new Promise((resolve) => setTimeout(resolve, 0));
-}
-
-/** Runs before every forward: cancellation point, and a yield so that cancellation can arrive. */
+/** Runs before every forward: a turn of the event loop (a server stays responsive, cancellation can arrive), then the cancellation point. */
 async function checkpoint(signal: AbortSignal | undefined): Promise<void> {
-  if (signal === undefined) return;
-  signal.throwIfAborted();
+  signal?.throwIfAborted();
   await yieldToEventLoop();
-  signal.throwIfAborted();
+  signal?.throwIfAborted();
 }
 
 /** Rows of an allLogits result: (T, V) with V taken from the result so padded vocabularies work. */
@@ -188,7 +182,7 @@ export async function evaluateDocuments(model: Model, tokenizer: Tokenizer, docs
       for (let begin = 0; begin < seq.length; begin += pieceLen) {
         await checkpoint(options.signal);
         const piece = seq.slice(begin, begin + pieceLen);
-        const logits = model.forward(piece, state, { allLogits: true }); // (T, V)
+        const logits = await model.forward(piece, state, { allLogits: true }); // (T, V)
         const V = rowWidth(logits, piece.length);
         // Row r predicts seq[begin + r + 1]; the last row of a piece predicts the first token of
         // the next one, so piece boundaries lose nothing.
@@ -235,7 +229,7 @@ export async function evaluateUncheatable(model: Model, tokenizer: Tokenizer, do
       const piece = ids.slice(begin, begin + pieceLen);
       if (piece.length < 2) continue;
       await checkpoint(options.signal);
-      const logits = model.forward(piece, model.initState(), { allLogits: true }); // (T, V)
+      const logits = await model.forward(piece, model.initState(), { allLogits: true }); // (T, V)
       const V = rowWidth(logits, piece.length);
       for (let r = 0; r + 1 < piece.length; r++) nll -= logProbAt(logits, r * V, V, piece[r + 1]).logProb;
       scored += piece.length - 1;
@@ -271,7 +265,7 @@ export async function evaluateLambada(model: Model, tokenizer: Tokenizer, items:
   for (const { src, dst } of encoded) {
     await checkpoint(options.signal);
     const seq = [...src, ...dst];
-    const logits = model.forward(seq, model.initState(), { allLogits: true }); // (T, V)
+    const logits = await model.forward(seq, model.initState(), { allLogits: true }); // (T, V)
     const V = rowWidth(logits, seq.length);
     let logProb = 0, hit = true;
     for (let i = 0; i < dst.length; i++) {

@@ -5,6 +5,7 @@ import type { PrefixCache } from "./prefix-cache.js";
 import { Decoding, type DecodingOptions, type FinishReason } from "./decoding.js";
 import type { Penalties, Rng } from "./sampling.js";
 import type { Tokenizer } from "./tokenizer/types.js";
+import { yieldToEventLoop } from "./yield.js";
 
 /*
  * Text generation: prefill the prompt with the parallel form in chunks, then sample one token at a
@@ -13,8 +14,6 @@ import type { Tokenizer } from "./tokenizer/types.js";
 
 /** The official PIPELINE's prefill chunk: long prompts run as forward() calls of this many tokens. */
 export const DEFAULT_CHUNK_LEN = 256;
-/** Give the event loop a turn this often so an AbortSignal (Ctrl-C, a closed socket) is seen. */
-const YIELD_EVERY_MS = 15;
 
 export interface GenerateOptions extends DecodingOptions {
   readonly signal?: AbortSignal;
@@ -74,13 +73,11 @@ export async function prefill(model: Model, tokens: readonly number[], state: St
   let logits: Float32Array | null = null;
   for (let i = 0; i < tokens.length; i += chunkLen) {
     if (signal?.aborted) return null;
-    logits = model.forward(tokens.slice(i, i + chunkLen), state);
+    logits = await model.forward(tokens.slice(i, i + chunkLen), state);
     if (i + chunkLen < tokens.length) await yieldToEventLoop();
   }
   return logits;
 }
-
-const yieldToEventLoop = () => new Promise<void>((resolve) => setTimeout(resolve, 0));
 
 export async function* generate(model: Model, tokenizer: Tokenizer, input: GenerateInput, options: GenerateOptions = {}): AsyncGenerator<GenerationPiece, GenerationResult, void> {
   // Built first so bad sampling options fail before any prompt is processed.
@@ -118,15 +115,15 @@ export async function* generate(model: Model, tokenizer: Tokenizer, input: Gener
     if (options.signal?.aborted) return done("cancelled");
     throw new RwkvInputError("prompt", "is empty and no next-token logits were given");
   }
-  let lastYield = Date.now();
   while (!dec.finishReason) {
     if (options.signal?.aborted) { dec.cancel(); break; }
     const step = dec.next(logits);
     if (step.token !== null || step.text) yield { text: step.text, token: step.token, logprob: step.logprob };
     if (!step.feed) break;
-    logits = model.step(step.token!, state);
+    logits = await model.step(step.token!, state);
     fed.push(step.token!);
-    if (Date.now() - lastYield > YIELD_EVERY_MS) { await yieldToEventLoop(); lastYield = Date.now(); }
+    // Every token, so an AbortSignal (Ctrl-C, a closed socket), timers and other requests get a turn.
+    await yieldToEventLoop();
   }
   return done(dec.finishReason ?? "cancelled");
 }

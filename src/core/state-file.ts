@@ -72,7 +72,8 @@ export function decodeStateFile(bytes: Uint8Array, source: string): StateFile {
     throw new FormatError(source, "state file header is not valid JSON");
   }
   if (h.format !== "rwkv-ts-state" || typeof h.model !== "object" || h.model === null) throw new FormatError(source, "not an rwkv-ts state file");
-  if (h.version !== FORMAT_VERSION) throw new FormatError(source, `state file version ${String(h.version)} is not supported (this build reads ${FORMAT_VERSION})`);
+  const fileVersion = h.version; // the file layout's version, not the model's
+  if (fileVersion !== FORMAT_VERSION) throw new FormatError(source, `state file version ${String(fileVersion)} is not supported (this build reads ${FORMAT_VERSION})`);
   const head = 12 + jl;
   const start = head + ((4 - (head % 4)) % 4);
   const V = Number(h.model.vocabSize);

@@ -30,6 +30,21 @@ export interface WasmWorkerInit {
 /** Starts one worker thread (Node: worker_threads; browsers: a Worker). */
 export type WasmWorkerSpawner = (init: WasmWorkerInit) => void;
 
+/** What both modules export for their workers (assembly/threads.ts runWorker with the module's jobs). */
+interface WorkerExports { workerLoop(ctrl: number, spin: number): void }
+
+/**
+ * The worker's side of the protocol, for either module: instantiates `init.module` over the shared
+ * memory, calls `ready` (if given), then runs the module's workerLoop, which returns only when the
+ * kernels are closed (stopWorkers).
+ */
+export function joinKernelWorker(init: WasmWorkerInit, ready?: () => void): void {
+  if (!WA) throw new Error("WebAssembly is not available in this worker");
+  const exports = new WA.Instance(init.module, { env: { memory: init.memory } }).exports as unknown as WorkerExports;
+  ready?.();
+  exports.workerLoop(init.ctrl, init.spin);
+}
+
 export type WasmSimd = "simd" | "relaxed-simd";
 
 /** The two builds of one module, decoded once each on first use. */

@@ -1,7 +1,8 @@
 import type { Checkpoint } from "../core/formats/checkpoint.js";
-import { architectureFor, detectVersion } from "../core/model/detect.js";
+import { detectVersion } from "../core/model/detect.js";
 import type { ModelConfig } from "../core/model/model.js";
-import { Weights } from "../core/model/weights.js";
+import { checkpointShapes } from "../core/model/shapes.js";
+import { versionModule } from "../core/model/versions.js";
 import { numel } from "../core/tensor.js";
 
 export interface ModelInfo {
@@ -22,12 +23,11 @@ export interface ModelInfo {
 /** Everything `rwkv info` reports, from the tensor index alone: no weight is decoded. */
 export function describeCheckpoint(ckpt: Checkpoint): ModelInfo {
   const version = detectVersion(ckpt);
-  const arch = architectureFor(version, ckpt.source);
-  const w = new Weights(ckpt, arch.name);
-  const config = arch.inferConfig(w, version);
-  const layer = arch.initLayerState(config);
+  const m = versionModule(version), shapes = checkpointShapes(ckpt);
+  const config = m.inferConfig(shapes);
+  const layer = m.architecture.initLayerState(config);
   const fixed = config.nLayer * Object.values(layer).reduce((n, a) => n + a.length, 0);
-  const state = { fixed, perToken: arch.stateFloatsPerToken?.(w, config) ?? 0 };
+  const state = { fixed, perToken: m.architecture.stateFloatsPerToken?.(shapes, config) ?? 0 };
   let parameters = 0;
   const dtypes: Record<string, number> = {};
   for (const t of ckpt.tensors.values()) {

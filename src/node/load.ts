@@ -49,7 +49,7 @@ export function loadCheckpoint(path: string, options: Pick<LoadOptions, "verify"
 }
 
 /** Loads an RWKV model: format from content, version from tensor names, sizes from shapes. */
-export function loadModel(path: string, options: LoadOptions = {}): Model {
+export async function loadModel(path: string, options: LoadOptions = {}): Promise<Model> {
   const backend: Backend = selectBackend(options.backend, { threads: options.threads });
   const verify = options.verify ?? true;
   const base = loadCheckpoint(path, { verify });
@@ -69,7 +69,7 @@ export function loadModel(path: string, options: LoadOptions = {}): Model {
     const version = detectVersion(checkpoint);
     const onWarning = options.onWarning ?? ((m: string) => process.stderr.write(`warning: ${m}\n`));
     const model = buildModel(verify ? checkingFinite(checkpoint) : checkpoint, architectureFor(version, path), version, backend, { matrices: options.matrices, onWarning });
-    if (verify) checkFirstStep(model, path);
+    if (verify) await checkFirstStep(model, path);
     return model;
   } finally {
     for (const c of closers) c();
@@ -80,8 +80,8 @@ export function loadModel(path: string, options: LoadOptions = {}): Model {
  * Finite weights can still overflow (a corrupted exponent making one weight 1e38): one token
  * through the model, and non-finite logits mean a corrupt file rather than NaN answers later.
  */
-function checkFirstStep(model: Model, path: string): void {
-  const logits = model.step(0, model.initState());
+async function checkFirstStep(model: Model, path: string): Promise<void> {
+  const logits = await model.step(0, model.initState());
   const i = firstNonFinite(logits);
   if (i >= 0) {
     throw new FormatError(path, `the model's logits are non-finite (${logits[i]} for token ${i}) after one step although every weight is finite: extreme values in the file (corrupt?); --no-verify loads it anyway`);

@@ -1,7 +1,8 @@
 import { closeSync, existsSync, openSync, readFileSync, readSync, statSync } from "node:fs";
 import { dirname, join } from "node:path";
 import { RwkvInputError } from "../core/errors.js";
-import { ggufVocab, isGguf } from "../core/formats/gguf.js";
+import { isGguf } from "../core/formats/gguf.js";
+import { ggufVocab } from "../core/formats/gguf-vocab.js";
 import { createTokenizer, TOKENIZER_FILES, WORLD_VOCAB_SIZE, WorldTokenizer } from "../core/tokenizer/index.js";
 import { tokenizerKindForVocab } from "../core/tokenizer/choose.js";
 import type { Tokenizer, TokenizerKind } from "../core/tokenizer/types.js";

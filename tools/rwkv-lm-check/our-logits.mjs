@@ -9,7 +9,8 @@ if (!file || !list) {
   process.exit(2);
 }
 const tokens = list.split(",").map(Number);
-const model = loadModel(file);
+const model = await loadModel(file);
 const state = model.initState();
-const rows = tokens.map((t) => Array.from(model.forward([t], state)));
+const rows = [];
+for (const t of tokens) rows.push(Array.from(await model.forward([t], state)));
 process.stdout.write(JSON.stringify({ backend: model.backend.name, logits: rows }));

@@ -14,8 +14,14 @@ export interface Checkpoint {
   readonly tensors: ReadonlyMap<string, TensorEntry>;
   /** Free-form string metadata (safetensors `__metadata__`, rwkv.cpp header fields...). */
   readonly metadata: Readonly<Record<string, string>>;
-  /** rwkv.cpp files state the architecture version from which tensor names alone cannot tell 5.1 apart. */
-  readonly versionHint?: string;
+  /** How the file's own engine computes, where that differs from the official code (set by its reader). */
+  readonly numerics?: CheckpointNumerics;
+}
+
+/** Numerics a file format fixes for the model it holds (each absent field: the version's default). */
+export interface CheckpointNumerics {
+  /** eps of the ln_x GroupNorm. */
+  readonly groupNormEps?: number;
 }
 
 /** Refuse shapes that could trigger a giant allocation before a single byte is read. */

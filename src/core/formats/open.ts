@@ -1,7 +1,8 @@
 import type { ByteSource } from "../bytes.js";
 import { FormatError } from "../errors.js";
 import type { Checkpoint } from "./checkpoint.js";
-import { isGguf, readGgufCheckpoint } from "./gguf.js";
+import { isGguf } from "./gguf.js";
+import { readGgufCheckpoint } from "./gguf-rwkv.js";
 import { readPth } from "./pth.js";
 import { isRwkvCpp, readRwkvCpp } from "./rwkvcpp.js";
 import { isSafetensors, readSafetensors } from "./safetensors.js";

@@ -1,11 +1,14 @@
 import type { ByteSource } from "../bytes.js";
 import { RwkvInputError } from "../errors.js";
 import type { Version } from "../model/model.js";
-import { numel, transposeLast2 } from "../tensor.js";
+import { checkpointShapes } from "../model/shapes.js";
+import { versionModule } from "../model/versions.js";
+import { numel } from "../tensor.js";
 import type { Checkpoint } from "./checkpoint.js";
 import { QK } from "./ggml-quants.js";
 import { type QuantDType, quantize, type QuantizeOptions, toF16Bytes, toF32Bytes } from "./quantize.js";
 import { decodeRecord, readRwkvCppRecords, RWKVCPP_MAGIC } from "./rwkvcpp.js";
+import { encodeValues, groupOf, rowFor, ShapeProblem } from "./tensor-map.js";
 
 /*
  * rwkv.cpp .bin writer (format: shared/README "rwkv.cpp file format"). Two sources of records:
@@ -44,8 +47,6 @@ export const RWKVCPP_TYPE_IDS: Readonly<Record<RwkvCppDType, number>> = { f32: 0
 const FP16_KEEPS_F32 = [".time_", ".k_k", ".k_a", ".r_k", ".x_rwkvag", ".x_k", ".w0", ".a0", ".v0"];
 /** Never quantized by rwkv.cpp: embedding and head (perplexity), v7 LoRA factors and r_k. */
 const NEVER_QUANTIZED = /^(emb\.weight|head\.weight)$|\.att\.([wavg][12]|r_k)$/;
-const V7_TRANSPOSED = /\.att\.[wavg][12]$/;
-const X_RWKVAG_PARTS = ["x_r", "x_w", "x_k", "x_v", "x_a", "x_g"];
 const HEADER_FIELDS = 6;
 const U32 = 4;
 
@@ -102,97 +103,44 @@ export function rwkvCppModelFromFile(src: ByteSource): RwkvCppModel {
   };
 }
 
-/** Versions stored in RWKV-7's rwkv.cpp layout. */
-const V7_LAYOUT: ReadonlySet<Version> = new Set<Version>(["7", "7a", "7b", "8", "8-hybrid"]);
-
 /**
- * An official checkpoint in rwkv.cpp's stored form (what convert_pytorch_to_ggml.py writes):
- * `.time_*` squeezed, decays re-parameterised, v6/v7 matrices transposed, v7 lerps concatenated.
- * Values are computed in float64 and rounded once to f32.
+ * An official checkpoint in rwkv.cpp's stored form (what convert_pytorch_to_ggml.py writes), by
+ * the version's rwkv.cpp table (model/vN/formats.ts): `.time_*` squeezed, decays
+ * re-parameterised, v6/v7 matrices transposed, v7 lerps concatenated. Values are computed in
+ * float64 and rounded once to f32.
  */
-export function rwkvCppModelFromCheckpoint(ckpt: Checkpoint, detected: Version): RwkvCppModel {
-  // The generations after RWKV-7 keep its layout and add tensors stored as is: written (and read
-  // back, by readRwkvCpp's detection from att.r_k) with RWKV-7's transforms.
-  const version: Version = V7_LAYOUT.has(detected) ? "7" : detected;
+export function rwkvCppModelFromCheckpoint(ckpt: Checkpoint, version: Version): RwkvCppModel {
   const emb = ckpt.tensors.get("emb.weight");
   if (!emb || emb.shape.length !== 2) throw new RwkvInputError(ckpt.source, "missing or malformed emb.weight");
-  let nLayer = 0;
-  for (const name of ckpt.tensors.keys()) {
-    const m = /^blocks\.(\d+)\./.exec(name);
-    if (m) nLayer = Math.max(nLayer, Number(m[1]) + 1);
-  }
-  const nHead = version === "6" ? ckpt.tensors.get("blocks.0.att.time_faaaa")?.shape[0] : undefined;
+  const module = versionModule(version);
+  const table = module.rwkvcpp;
+  const cfg = module.inferConfig(checkpointShapes(ckpt));
   const records: StoredRecord[] = [];
   for (const [name, t] of ckpt.tensors) {
-    const shape = t.shape;
-    const raw = () => t.toFloat32();
-    const add = (s: readonly number[], values: () => Float32Array) =>
-      records.push({ name, ne: [...s].reverse(), sourceType: "f32", values });
-    if (version === "7") {
-      const part = X_RWKVAG_PARTS.findIndex((p) => name.endsWith(`.att.${p}`));
-      if (part > 0) continue; // written with x_r as one concatenated record
-      if (part === 0) {
-        const prefix = name.slice(0, -"x_r".length);
-        const parts = X_RWKVAG_PARTS.map((p) => {
-          const e = ckpt.tensors.get(prefix + p);
-          if (!e) throw new RwkvInputError(ckpt.source, `missing tensor ${prefix + p}`);
-          return e;
-        });
-        const c = numel(shape);
-        records.push({
-          name: prefix + "x_rwkvag", ne: [c, 1, X_RWKVAG_PARTS.length], sourceType: "f32",
-          values: () => { const out = new Float32Array(c * parts.length); parts.forEach((e, i) => out.set(e.toFloat32(), i * c)); return out; },
-        });
-        continue;
-      }
-      if (V7_TRANSPOSED.test(name)) { add(transposedShape(ckpt, name, shape), () => transpose2(raw(), shape)); continue; }
-      add(shape, raw);
+    const group = groupOf(table, name);
+    if (group) {
+      if (group.index > 0) continue; // written with the first part as one record
+      const parts = group.group.parts.map((p) => {
+        const e = ckpt.tensors.get(group.prefix + p);
+        if (!e) throw new RwkvInputError(ckpt.source, `missing tensor ${group.prefix + p}`);
+        return e;
+      });
+      const c = numel(t.shape);
+      records.push({
+        name: group.prefix + group.group.stored, ne: [...group.group.storedShape(c)].reverse(), sourceType: "f32",
+        values: () => { const out = new Float32Array(c * parts.length); parts.forEach((e, i) => out.set(e.toFloat32(), i * c)); return out; },
+      });
       continue;
     }
-    // v4-v6: the converter squeezes every `.time_*` tensor first.
-    const s = name.includes(".time_") ? shape.filter((d) => d !== 1) : shape;
-    if (version === "6") {
-      if (/\.(time_maa_w1|time_decay_w1|time_decay_w2)$/.test(name)) { add(transposedShape(ckpt, name, s), () => transpose2(raw(), s)); continue; }
-      if (name.endsWith(".time_maa_w2")) {
-        if (s.length !== 3) throw new RwkvInputError(ckpt.source, `tensor ${name}: expected 3 dimensions, got [${shape}]`);
-        add([s[0], s[2], s[1]], () => transposeLast2(raw(), s[0], s[1], s[2]));
-        continue;
-      }
-      if (name.endsWith(".time_decay") && nHead) { add([nHead, numel(s) / nHead, 1], raw); continue; }
-      if (name.endsWith(".time_faaaa")) { add([...s, 1], raw); continue; }
-      add(s, raw);
-      continue;
+    const row = rowFor(table, name);
+    let stored: readonly number[];
+    try {
+      stored = row.toStored(t.shape, cfg);
+    } catch (e) {
+      if (e instanceof ShapeProblem) throw new RwkvInputError(ckpt.source, `tensor ${name}: ${e.message}`);
+      throw e;
     }
-    if (version === "5.2" || version === "5.1") {
-      if (name.endsWith(".time_decay")) {
-        const f = (w: number) => Math.exp(-Math.exp(w));
-        add(version === "5.2" ? [...s, 1] : [numel(s), 1, 1], mapped(raw, f));
-        continue;
-      }
-      if (name.endsWith(".time_first")) { add([numel(s), 1, 1], mapped(raw, Math.exp)); continue; }
-      if (name.endsWith(".time_faaaa")) { add([...s, 1], raw); continue; }
-      add(s, raw);
-      continue;
-    }
-    if (name.endsWith(".time_decay")) { add(s, mapped(raw, (w) => -Math.exp(w))); continue; }
-    add(s, raw);
+    records.push({ name: row.storedName?.(name) ?? name, ne: [...stored].reverse(), sourceType: "f32", values: () => encodeValues(row, t.toFloat32(), t.shape) });
   }
-  return { nVocab: emb.shape[0], nEmbed: emb.shape[1], nLayer, records };
-}
-
-function transposedShape(ckpt: Checkpoint, name: string, s: readonly number[]): number[] {
-  if (s.length !== 2) throw new RwkvInputError(ckpt.source, `tensor ${name}: expected a matrix, got [${s}]`);
-  return [s[1], s[0]];
-}
-
-function mapped(raw: () => Float32Array, f: (x: number) => number): () => Float32Array {
-  return () => {
-    const v = raw();
-    for (let i = 0; i < v.length; i++) v[i] = f(v[i]);
-    return v;
-  };
-}
-
-function transpose2(m: Float32Array, s: readonly number[]): Float32Array {
-  return transposeLast2(m, 1, s[0], s[1]);
+  return { nVocab: emb.shape[0], nEmbed: emb.shape[1], nLayer: cfg.nLayer, records };
 }

@@ -1,7 +1,9 @@
 import { type ByteSource, checkRange, Reader } from "../bytes.js";
 import { FormatError } from "../errors.js";
-import { numel, type TensorEntry, transposeLast2 } from "../tensor.js";
+import { detectFromNames } from "../model/versions.js";
+import { numel, type TensorEntry } from "../tensor.js";
 import { type Checkpoint, MAX_TENSOR_ELEMENTS } from "./checkpoint.js";
+import { decodeValues, type FormatTable, rowForStored, ShapeProblem, storedGroup } from "./tensor-map.js";
 import { GGML_TYPES, type GgmlType, ggmlBytes, ggmlToFloat32, isQuantized, OBSOLETE_GGML_TYPES, QK } from "./ggml-quants.js";
 
 // rwkv.cpp .bin (shared/README "rwkv.cpp file format"): six u32 header fields, then records
@@ -15,10 +17,6 @@ const MAX_KEY_BYTES = 1024;
 /** Version 100 predates ggml's May 2023 quantization format change; its quantized blocks differ. */
 const FILE_VERSIONS = [100, 101];
 const QUANTIZED_MIN_VERSION = 101;
-const X_RWKVAG_PARTS = ["x_r", "x_w", "x_k", "x_v", "x_a", "x_g"];
-const V7_TRANSPOSED = /\.att\.[wavg][12]$/;
-
-export type RwkvCppVersion = "4" | "5.1" | "5.2" | "6" | "7";
 
 export interface RwkvCppHeader {
   readonly fileVersion: number;
@@ -114,29 +112,24 @@ export function decodeRecord(src: ByteSource, rec: RwkvCppRecord): Float32Array 
   return ggmlToFloat32(rec.type, src.read(rec.dataOffset, rec.byteLength), numel(rec.ne));
 }
 
-/** shared/README's rule, from names alone (v5.1 vs 5.2 by the presence of a gate). */
-export function detectRwkvCppVersion(names: ReadonlySet<string> | ReadonlyMap<string, unknown>): RwkvCppVersion {
-  if (names.has("blocks.0.att.r_k")) return "7";
-  if (names.has("blocks.0.att.time_maa_x")) return "6";
-  if (names.has("blocks.0.att.ln_x.weight")) return names.has("blocks.0.att.gate.weight") ? "5.2" : "5.1";
-  return "4";
-}
-
 /**
  * Reads an rwkv.cpp file as a checkpoint in the official RWKV-LM names and shapes: the
  * converter's transforms (decay re-parameterisations, transposes, the v7 x_rwkvag concatenation,
- * squeezed (1,1,C) vectors) are undone in toFloat32(), in float64 before rounding to f32.
- * Quantized tensors keep their stored dtype and are dequantized on read.
+ * squeezed (1,1,C) vectors), listed in each version's rwkv.cpp table (model/vN/formats.ts), are
+ * undone in toFloat32(), in float64 before rounding to f32. Quantized tensors keep their stored
+ * dtype and are dequantized on read.
  */
 export function readRwkvCpp(src: ByteSource): Checkpoint {
   const { header, records } = readRwkvCppRecords(src);
-  const version = detectRwkvCppVersion(new Set(records.map((r) => r.name)));
+  const names = new Set(records.map((r) => r.name));
+  const module = detectFromNames((n) => names.has(n), src.name);
+  const table = module.rwkvcpp;
   const tensors = new Map<string, TensorEntry>();
   const add = (e: TensorEntry) => {
     if (tensors.has(e.name)) throw new FormatError(src.name, `tensor ${e.name} appears twice`);
     tensors.set(e.name, e);
   };
-  for (const rec of records) for (const e of officialEntries(src, rec, version)) add(e);
+  for (const rec of records) for (const e of officialEntries(src, rec, table)) add(e);
   const metadata: Record<string, string> = {
     file_version: String(header.fileVersion),
     n_vocab: String(header.nVocab),
@@ -144,92 +137,35 @@ export function readRwkvCpp(src: ByteSource): Checkpoint {
     n_layer: String(header.nLayer),
     data_type: String(header.dataType),
     data_type_name: typeName(header.dataType),
-    version: version,
+    version: module.id,
   };
-  return { format: "rwkv.cpp", source: src.name, tensors, metadata, versionHint: version };
-}
-
-type Values = () => Float32Array;
-
-function entry(rec: RwkvCppRecord, name: string, shape: readonly number[], values: Values): TensorEntry {
-  return { name, dtype: rec.type.dtype, shape, toFloat32: values };
-}
-
-/** An untransformed record: its stored bytes are the official tensor as is. */
-function plain(src: ByteSource, rec: RwkvCppRecord, name: string, shape: readonly number[], values: Values): TensorEntry {
-  return { ...entry(rec, name, shape, values), raw: () => src.read(rec.dataOffset, rec.byteLength) };
+  return { format: "rwkv.cpp", source: src.name, tensors, metadata, ...(table.numerics ? { numerics: table.numerics } : {}) };
 }
 
 /** The official tensor(s) one stored record stands for. */
-function officialEntries(src: ByteSource, rec: RwkvCppRecord, version: RwkvCppVersion): TensorEntry[] {
-  const raw: Values = () => decodeRecord(src, rec);
+function officialEntries(src: ByteSource, rec: RwkvCppRecord, table: FormatTable): TensorEntry[] {
+  const raw = () => decodeRecord(src, rec);
   const { name, shape } = rec;
+  const entry = (official: string, s: readonly number[], values: () => Float32Array): TensorEntry => ({ name: official, dtype: rec.type.dtype, shape: s, toFloat32: values });
   const bad = (problem: string): never => { throw new FormatError(src.name, `tensor ${name}: ${problem}`); };
-  const squeezed = shape.filter((d) => d !== 1);
-  const count = numel(shape);
-  const asVector = () => (squeezed.length <= 1 ? [count] : bad(`expected a vector, stored shape is [${shape}]`));
-  const mixVector = () => entry(rec, name, [1, 1, ...asVector()], raw);
-
-  if (version === "7") {
-    if (name.endsWith(".att.x_rwkvag")) {
-      const c = shape[shape.length - 1];
-      if (count !== X_RWKVAG_PARTS.length * c) bad(`expected ${X_RWKVAG_PARTS.length} x C values, stored shape is [${shape}]`);
-      const prefix = name.slice(0, -"x_rwkvag".length);
-      return X_RWKVAG_PARTS.map((part, i) => entry(rec, prefix + part, [1, 1, c], () => raw().slice(i * c, (i + 1) * c)));
-    }
-    if (V7_TRANSPOSED.test(name)) return [transposed(rec, raw, bad)];
-    return [plain(src, rec, name, shape, raw)];
+  const group = storedGroup(table, name);
+  if (group) {
+    const { parts } = group.group;
+    const c = shape[shape.length - 1];
+    if (numel(shape) !== parts.length * c) bad(`expected ${parts.length} x C values, stored shape is [${shape}]`);
+    return parts.map((part, i) => entry(group.prefix + part, [1, 1, c], () => raw().slice(i * c, (i + 1) * c)));
   }
-
-  if (version === "6") {
-    if (/\.time_maa_[xwkvrg]$/.test(name)) return [mixVector()];
-    if (/\.(time_maa_w1|time_decay_w1|time_decay_w2)$/.test(name)) return [transposed(rec, raw, bad)];
-    if (name.endsWith(".time_maa_w2")) {
-      if (shape.length !== 3) bad(`expected 3 dimensions, stored shape is [${shape}]`);
-      const [a, r, k] = shape;
-      return [entry(rec, name, [a, k, r], () => transposeLast2(raw(), a, r, k))];
-    }
-    if (name.endsWith(".time_decay")) return [entry(rec, name, [1, 1, count], raw)]; // kept raw, reshaped (H,N,1)
-    if (name.endsWith(".time_faaaa")) return [headMatrix(rec, raw, bad)];
-    if (name.endsWith(".time_state")) return [entry(rec, name, shape.length === 2 ? [1, ...shape] : shape, raw)];
-    return [plain(src, rec, name, shape, raw)];
+  const { row, name: official } = rowForStored(table, name);
+  let officialShape: readonly number[] = shape;
+  try {
+    officialShape = row.toOfficial(shape);
+  } catch (e) {
+    if (e instanceof ShapeProblem) bad(e.message);
+    throw e;
   }
-
-  if (version === "5.2" || version === "5.1") {
-    if (/\.time_mix_[kvrg]$/.test(name)) return [mixVector()];
-    if (name.endsWith(".time_decay")) {
-      const w = mapped(raw, (x) => Math.log(-Math.log(x))); // stored exp(-exp(w))
-      return [version === "5.2" ? { ...headMatrix(rec, raw, bad), toFloat32: w } : entry(rec, name, asVector(), w)];
-    }
-    if (name.endsWith(".time_first")) return [entry(rec, name, asVector(), mapped(raw, Math.log))]; // stored exp(u)
-    if (name.endsWith(".time_faaaa")) return [headMatrix(rec, raw, bad)];
-    return [plain(src, rec, name, shape, raw)];
+  if (!row.layout && !row.values && officialShape.join() === shape.join()) {
+    // The stored bytes are the official tensor as is.
+    return [{ ...entry(official, shape, raw), raw: () => src.read(rec.dataOffset, rec.byteLength) }];
   }
-
-  // v4
-  if (/\.time_mix_[kvr]$/.test(name)) return [mixVector()];
-  if (name.endsWith(".time_decay")) return [entry(rec, name, shape, mapped(raw, (x) => Math.log(-x)))]; // stored -exp(w)
-  return [plain(src, rec, name, shape, raw)];
-}
-
-/** Element-wise inverse transform, computed in float64 and rounded once to f32. */
-function mapped(raw: Values, f: (x: number) => number): Values {
-  return () => {
-    const v = raw();
-    for (let i = 0; i < v.length; i++) v[i] = f(v[i]);
-    return v;
-  };
-}
-
-/** (H, N, 1) as the converter stores per-head vectors -> the official (H, N). */
-function headMatrix(rec: RwkvCppRecord, raw: Values, bad: (p: string) => never): TensorEntry {
-  const s = rec.shape;
-  if (s.length !== 3 || s[2] !== 1) bad(`expected stored shape [H, N, 1], got [${s}]`);
-  return entry(rec, rec.name, [s[0], s[1]], raw);
-}
-
-function transposed(rec: RwkvCppRecord, raw: Values, bad: (p: string) => never): TensorEntry {
-  if (rec.shape.length !== 2) bad(`expected a matrix, stored shape is [${rec.shape}]`);
-  const [r, k] = rec.shape;
-  return entry(rec, rec.name, [k, r], () => transposeLast2(raw(), 1, r, k));
+  return [entry(official, officialShape, () => decodeValues(row, raw(), shape))];
 }

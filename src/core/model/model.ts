@@ -1,7 +1,9 @@
 import type { Arena, Backend, Matrix, Tensor, TensorKernels } from "../backend/backend.js";
 import { RwkvInputError } from "../errors.js";
 import type { Checkpoint } from "../formats/checkpoint.js";
+import { checkpointShapes, type TensorShapes } from "./shapes.js";
 import { checkUnreadTensors } from "./unknown-tensors.js";
+import { versionModule } from "./versions.js";
 import { State } from "./state.js";
 import { decodeWeightRow } from "../backend/weight-rows.js";
 import { type WeightOptions, Weights } from "./weights.js";
@@ -10,9 +12,9 @@ import { type WeightOptions, Weights } from "./weights.js";
  * The skeleton shared by every RWKV version (SPEC §1):
  *   x = LN(emb[token]; ln0);  for each block: x += TimeMix(LN1(x)); x += ChannelMix(LN2(x));
  *   logits = head · LN(x; ln_out)
- * A version file (v4.ts ... v7.ts) supplies the two mixers and its state layout. Every mixer works
- * on a whole sequence: the one-token step is the T = 1 case of the same code, so the recurrent and
- * the parallel form cannot drift apart.
+ * A version module (v4/ ... v7/, registered in versions.ts) supplies the two mixers and its state
+ * layout. Every mixer works on a whole sequence: the one-token step is the T = 1 case of the same
+ * code, so the recurrent and the parallel form cannot drift apart.
  *
  * Letters: T tokens, C = n_embd, V vocabulary.
  */
@@ -37,6 +39,13 @@ export interface ForwardOptions {
   readonly allLogits?: boolean;
 }
 
+/**
+ * A loaded model. The forward methods are asynchronous so that every backend can serve them (a GPU
+ * reads logits back asynchronously, a worker answers with a message); the CPU backends finish the
+ * work inside the call. Calls on one model run one at a time, in the order they were made (the
+ * activations live in one arena per model), so concurrent callers need no lock of their own. A
+ * State passed in must not be touched until its call settles; it is plain data before and after.
+ */
 export interface Model {
   readonly config: ModelConfig;
   readonly backend: Backend;
@@ -53,20 +62,20 @@ export interface Model {
    */
   useTimeState(ckpt: Checkpoint): void;
   /** Logits (V) after `token`; advances `state`. */
-  step(token: number, state: State): Float32Array;
+  step(token: number, state: State): Promise<Float32Array>;
   /** Runs `tokens` as one sequence from `state` (advancing it): last logits (V) or all (T, V). */
-  forward(tokens: readonly number[], state: State, options?: ForwardOptions): Float32Array;
+  forward(tokens: readonly number[], state: State, options?: ForwardOptions): Promise<Float32Array>;
   /**
    * One token for each of several independent sequences (batched decoding): tokens[b] advances
    * states[b]. Returns logits (B, V), equal to B separate step() calls.
    */
-  stepBatch(tokens: readonly number[], states: readonly State[]): Float32Array;
+  stepBatch(tokens: readonly number[], states: readonly State[]): Promise<Float32Array>;
   /**
    * Like forward(), but returns the final hidden state, LN(x; ln_out) — what the head multiplies
    * into logits — for the last position (C) or all (T, C); advances `state` the same way.
    * Optional so that wrappers and test doubles of Model need not provide it; RwkvModel does.
    */
-  hidden?(tokens: readonly number[], state: State, options?: ForwardOptions): Float32Array;
+  hidden?(tokens: readonly number[], state: State, options?: ForwardOptions): Promise<Float32Array>;
   /**
    * Why `state` (e.g. read from a file) cannot continue in this model, or null when it can: its
    * layers and arrays must be this model's, fixed-size arrays of their exact size and growing
@@ -119,8 +128,8 @@ export interface Block {
 export interface Architecture {
   /** Display name used in messages, e.g. "RWKV-7". */
   readonly name: string;
-  /** Hyper-parameters inferred from tensor shapes. */
-  inferConfig(w: Weights, version: Version): ModelConfig;
+  /** Tensors of the released layout that the model never reads (not an unknown-tensor error). */
+  readonly unusedByDesign?: RegExp;
   block(w: Weights, layer: number, cfg: ModelConfig, be: Backend): Block;
   /**
    * Tensors of `cols` columns (per row of the forward) that live across the layers of one
@@ -147,7 +156,7 @@ export interface Architecture {
    * Floats the state gains per token (growingState versions), from the tensor shapes: what `rwkv
    * info` reports.
    */
-  stateFloatsPerToken?(w: Weights, cfg: ModelConfig): number;
+  stateFloatsPerToken?(t: Pick<TensorShapes, "shape">, cfg: ModelConfig): number;
 }
 
 /** LayerNorm eps of every `ln*` in all versions. */
@@ -171,10 +180,11 @@ export class RwkvModel implements Model {
   private initial: State;
   /**
    * The activations of every forward: allocated by the first calls, then reused. One forward at a
-   * time per model: calls that could interleave (an asynchronous backend) must be serialized per
-   * model, or given an arena each.
+   * time per model: every call goes through `serial`, which runs it after the previous one settled.
    */
   private readonly arena: Arena;
+  /** Settles when the last queued call has (never rejects: one failed call does not block the next). */
+  private queue: Promise<unknown> = Promise.resolve();
 
   constructor(readonly config: ModelConfig, private readonly arch: Architecture, w: Weights, readonly backend: Backend) {
     const ckpt = w.ckpt;
@@ -218,13 +228,14 @@ export class RwkvModel implements Model {
     this.initial = initial;
   }
 
-  step(token: number, state: State): Float32Array {
+  step(token: number, state: State): Promise<Float32Array> {
     return this.forward([token], state);
   }
 
   checkState(state: State): string | null {
     const fresh = this.initial;
-    if (state.version !== this.config.version) return `it is an RWKV-${state.version} state, this model is RWKV-${this.config.version}`;
+    const stateOf = state.version; // an identity check, not version knowledge
+    if (stateOf !== this.config.version) return `it is an RWKV-${stateOf} state, this model is RWKV-${this.config.version}`;
     if (state.layers.length !== fresh.layers.length) return `${state.layers.length} layers, this model has ${fresh.layers.length}`;
     const growing = new Set(this.arch.growingState ?? []);
     for (let i = 0; i < fresh.layers.length; i++) {
@@ -241,21 +252,35 @@ export class RwkvModel implements Model {
     return null;
   }
 
-  forward(tokens: readonly number[], state: State, options: ForwardOptions = {}): Float32Array {
-    if (tokens.length === 0) throw new RwkvInputError("forward", "empty token sequence");
-    return this.run(tokens, tokens.length, [state], options.allLogits ? "all" : "last", "logits");
+  forward(tokens: readonly number[], state: State, options: ForwardOptions = {}): Promise<Float32Array> {
+    if (tokens.length === 0) return Promise.reject(new RwkvInputError("forward", "empty token sequence"));
+    const ids = [...tokens]; // the caller may reuse its array before the call runs
+    return this.serial(() => this.run(ids, ids.length, [state], options.allLogits ? "all" : "last", "logits"));
   }
 
-  hidden(tokens: readonly number[], state: State, options: ForwardOptions = {}): Float32Array {
-    if (tokens.length === 0) throw new RwkvInputError("hidden", "empty token sequence");
-    return this.run(tokens, tokens.length, [state], options.allLogits ? "all" : "last", "hidden");
+  hidden(tokens: readonly number[], state: State, options: ForwardOptions = {}): Promise<Float32Array> {
+    if (tokens.length === 0) return Promise.reject(new RwkvInputError("hidden", "empty token sequence"));
+    const ids = [...tokens];
+    return this.serial(() => this.run(ids, ids.length, [state], options.allLogits ? "all" : "last", "hidden"));
   }
 
-  stepBatch(tokens: readonly number[], states: readonly State[]): Float32Array {
-    if (tokens.length !== states.length) throw new RwkvInputError("stepBatch", `${tokens.length} tokens for ${states.length} states`);
-    if (tokens.length === 0) return new Float32Array(0);
-    if (new Set(states).size !== states.length) throw new RwkvInputError("stepBatch", "the same state appears twice in one batch");
-    return this.run(tokens, 1, states, "all", "logits");
+  stepBatch(tokens: readonly number[], states: readonly State[]): Promise<Float32Array> {
+    if (tokens.length !== states.length) return Promise.reject(new RwkvInputError("stepBatch", `${tokens.length} tokens for ${states.length} states`));
+    if (tokens.length === 0) return Promise.resolve(new Float32Array(0));
+    if (new Set(states).size !== states.length) return Promise.reject(new RwkvInputError("stepBatch", "the same state appears twice in one batch"));
+    const ids = [...tokens], sts = [...states];
+    return this.serial(() => this.run(ids, 1, sts, "all", "logits"));
+  }
+
+  /**
+   * Runs `f` once every call made before it has settled, so two callers never share the arena or
+   * see each other's half-updated state. The CPU backends make `f` synchronous; an asynchronous
+   * backend's `f` returns a promise and the next call waits for it.
+   */
+  private serial<R>(f: () => R | Promise<R>): Promise<R> {
+    const result = this.queue.then(f);
+    this.queue = result.catch(() => undefined);
+    return result;
   }
 
   /**
@@ -266,7 +291,8 @@ export class RwkvModel implements Model {
     const { nEmbd: C, vocabSize: V, nLayer: L } = this.config;
     const B = states.length;
     for (const state of states) {
-      if (state.version !== this.config.version || state.layers.length !== L) {
+      const own = this.config.version;
+      if (own !== state.version || state.layers.length !== L) {
         throw new RwkvInputError("state", `belongs to RWKV-${state.version} with ${state.layers.length} layers, not this RWKV-${this.config.version} model with ${L}`);
       }
     }
@@ -417,9 +443,9 @@ export interface BuildOptions extends Pick<WeightOptions, "matrices"> {
 /** Refuses checkpoints with tensors no supported version uses (see checkUnreadTensors). */
 export function buildModel(ckpt: Checkpoint, arch: Architecture, version: Version, backend: Backend, options: BuildOptions = {}): RwkvModel {
   const w = new Weights(ckpt, arch.name, { matrices: options.matrices, backend });
-  const cfg = arch.inferConfig(w, version);
+  const cfg = versionModule(version).inferConfig(checkpointShapes(ckpt));
   const model = new RwkvModel(cfg, arch, w, backend);
-  const leftovers = checkUnreadTensors(ckpt, version, w.unread());
+  const leftovers = checkUnreadTensors(ckpt, version, arch, w.unread());
   if (leftovers.length) options.onWarning?.(`${ckpt.source}: ignoring ${leftovers.length} tensor(s) left over from training: ${leftovers.slice(0, 8).join(", ")}${leftovers.length > 8 ? ", ..." : ""}`);
   return model;
 }

@@ -1,13 +1,7 @@
 import { FormatError } from "../errors.js";
 import type { Checkpoint } from "../formats/checkpoint.js";
-import type { Version } from "./model.js";
+import type { Architecture, Version } from "./model.js";
 
-/** Part of the released RWKV-7 layout but unused: layer 0 takes v from its own values (the reference ignores these). */
-const UNUSED_BY_DESIGN = /^blocks\.0\.att\.v[012]$/;
-/** The versions built on RWKV-7's time mix, which share that layout. */
-const V7_FAMILY: ReadonlySet<Version> = new Set<Version>(["7", "7a", "7b", "8", "8-hybrid"]);
-/** The RWKV-8 hybrid's code never applies blocks.0.ln0 (a checkpoint may still carry it). */
-const UNUSED_BY_HYBRID = /^blocks\.0\.ln0\.(weight|bias)$/;
 /** Leftovers of training that do not change what the model computes: listed in a warning only. */
 const HARMLESS_LEFTOVERS = /(^|\.)(num_batches_tracked|exp_avg|exp_avg_sq|step)$|^(optimizer|lr_scheduler|scheduler)\./;
 /**
@@ -22,12 +16,11 @@ const MAX_NAMES_SHOWN = 8;
  * variant the engine does not know, and computing without them gives wrong logits silently. Those
  * are refused by name; known training leftovers are returned for a warning.
  */
-export function checkUnreadTensors(ckpt: Checkpoint, version: Version, unread: readonly string[]): string[] {
+export function checkUnreadTensors(ckpt: Checkpoint, version: Version, arch: Pick<Architecture, "unusedByDesign">, unread: readonly string[]): string[] {
   const leftovers: string[] = [];
   const unknown: string[] = [];
   for (const n of unread) {
-    if (V7_FAMILY.has(version) && UNUSED_BY_DESIGN.test(n)) continue;
-    if (version === "8-hybrid" && UNUSED_BY_HYBRID.test(n)) continue;
+    if (arch.unusedByDesign?.test(n)) continue;
     (HARMLESS_LEFTOVERS.test(n) ? leftovers : unknown).push(n);
   }
   if (unknown.length) {

@@ -1,12 +1,12 @@
-import { type Buf, linearBackward, linearForward, projectBackward, projectForward, type TrainDType, type TrainKernels } from "./kernels.js";
-import * as op from "./ops.js";
-import { wkv4Backward, wkv4Forward, wkv5Backward, wkv5Forward, wkv7Backward, wkv7Forward, wkvChunks } from "./wkv.js";
+import type { Buf, TrainDType } from "./buffers.js";
+import { linearBackward, linearForward, projectBackward, projectForward, type TrainKernels } from "./kernels.js";
+import type { Activation } from "./ops.js";
 
 /*
- * A forward pass that remembers how to run itself backwards. Every method runs one op of ops.ts /
- * wkv.ts / kernels.ts on Vars and, when recording, pushes the matching backward call onto a tape;
- * backward() replays the tape in reverse. There is no automatic differentiation: each op's
- * gradient is the hand-written one beside its forward.
+ * A forward pass that remembers how to run itself backwards. Every method runs one op of its
+ * kernels (their `ops` table, products, WKV scans) on Vars and, when recording, pushes the matching
+ * backward call onto a tape; backward() replays the tape in reverse. There is no automatic
+ * differentiation: each op's gradient is the hand-written one beside its forward.
  *
  * A Var is a (rows, cols) row-major tensor. Parameters wrap the parameter's storage and its
  * persistent gradient buffer, so backward accumulates straight into the parameter gradients.
@@ -65,8 +65,8 @@ export class Graph {
   embedding(E: Var, tokens: Int32Array): Var {
     const C = E.cols;
     const y = this.out(tokens.length, C, E); // (R, C)
-    op.embeddingForward(E.data, C, tokens, y.data);
-    this.record(y, (gy) => op.embeddingBackward(E.data, C, tokens, gy, E.g()!));
+    this.kernels.ops.embeddingForward(E.data, C, tokens, y.data);
+    this.record(y, (gy) => this.kernels.ops.embeddingBackward(E.data, C, tokens, gy, E.g()!));
     return y;
   }
 
@@ -88,18 +88,14 @@ export class Graph {
   tokenShift(x: Var, B: number, T: number): Var {
     const C = x.cols;
     const y = this.out(x.rows, C, x); // (B·T, C)
-    op.tokenShiftForward(x.data, B, T, C, y.data);
-    this.record(y, (gy) => op.tokenShiftBackward(x.data, B, T, C, gy, x.g()!));
+    this.kernels.ops.tokenShiftForward(x.data, B, T, C, y.data);
+    this.record(y, (gy) => this.kernels.ops.tokenShiftBackward(x.data, B, T, C, gy, x.g()!));
     return y;
   }
 
-  /** v4/v5: x·m + sx·(1-m). */
+  /** v4/v5: x·m + sx·(1-m) = sx + (x - sx)·m, the lerp from sx to x. */
   mix(x: Var, sx: Var, m: Var): Var {
-    const C = x.cols;
-    const y = this.out(x.rows, C, x, sx, m); // (R, C)
-    op.mixForward(x.data, sx.data, m.data, C, y.data);
-    this.record(y, (gy) => op.mixBackward(x.data, sx.data, m.data, C, gy, x.g(), sx.g(), m.g()));
-    return y;
+    return this.lerp(sx, x, m);
   }
 
   /** v6/v7: x + (sx - x)·m. */
@@ -115,8 +111,8 @@ export class Graph {
   lerpDyn(x: Var, d: Var, m: Var, dm: Var): Var {
     const C = x.cols;
     const y = this.out(x.rows, C, x, d, m, dm); // (R, C)
-    op.lerpDynForward(x.data, d.data, m.data, dm.data, C, y.data);
-    this.record(y, (gy) => op.lerpDynBackward(x.data, d.data, m.data, dm.data, C, gy, x.g(), d.g(), m.g(), dm.g()));
+    this.kernels.ops.lerpDynForward(x.data, d.data, m.data, dm.data, C, y.data);
+    this.record(y, (gy) => this.kernels.ops.lerpDynBackward(x.data, d.data, m.data, dm.data, C, gy, x.g(), d.g(), m.g(), dm.g()));
     return y;
   }
 
@@ -146,7 +142,7 @@ export class Graph {
     return y;
   }
 
-  act(f: op.Activation, x: Var): Var {
+  act(f: Activation, x: Var): Var {
     const y = this.out(x.rows, x.cols, x);
     this.kernels.ops.activationForward(f, x.data, y.data);
     this.record(y, (gy) => this.kernels.ops.activationBackward(f, x.data, y.data, gy, x.g()!));
@@ -173,15 +169,15 @@ export class Graph {
 
   sub(a: Var, b: Var): Var {
     const y = this.out(a.rows, a.cols, a, b);
-    op.subForward(a.data, b.data, y.data);
-    this.record(y, (gy) => op.subBackward(a.data, b.data, gy, a.g(), b.g()));
+    this.kernels.ops.subForward(a.data, b.data, y.data);
+    this.record(y, (gy) => this.kernels.ops.subBackward(a.data, b.data, gy, a.g(), b.g()));
     return y;
   }
 
   scale(a: Var, s: number): Var {
     const y = this.out(a.rows, a.cols, a);
-    op.scaleForward(a.data, s, y.data);
-    this.record(y, (gy) => op.scaleBackward(a.data, s, gy, a.g()!));
+    this.kernels.ops.scaleForward(a.data, s, y.data);
+    this.record(y, (gy) => this.kernels.ops.scaleBackward(a.data, s, gy, a.g()!));
     return y;
   }
 
@@ -216,46 +212,37 @@ export class Graph {
   sliceCols(x: Var, c0: number, n: number): Var {
     const R = x.rows, W = x.cols;
     const y = this.out(R, n, x);
-    op.sliceColsForward(x.data, R, W, c0, n, y.data);
-    this.record(y, (gy) => op.sliceColsBackward(x.data, R, W, c0, n, gy, x.g()!));
+    this.kernels.ops.sliceColsForward(x.data, R, W, c0, n, y.data);
+    this.record(y, (gy) => this.kernels.ops.sliceColsBackward(x.data, R, W, c0, n, gy, x.g()!));
     return y;
   }
 
   wkv4(B: number, T: number, timeDecay: Var, timeFirst: Var, k: Var, v: Var): Var {
     const C = k.cols;
     const y = this.out(k.rows, C, timeDecay, timeFirst, k, v); // (B·T, C)
-    wkv4Forward(B, T, C, timeDecay.data, timeFirst.data, k.data, v.data, y.data);
-    this.record(y, (gy) => wkv4Backward(B, T, C, timeDecay.data, timeFirst.data, k.data, v.data, y.data, gy, timeDecay.g(), timeFirst.g(), k.g(), v.g()));
+    const K = this.kernels;
+    K.wkv4Forward(B, T, C, timeDecay.data, timeFirst.data, k.data, v.data, y.data);
+    this.record(y, (gy) => K.wkv4Backward(B, T, C, timeDecay.data, timeFirst.data, k.data, v.data, y.data, gy, timeDecay.g(), timeFirst.g(), k.g(), v.g()));
     return y;
   }
 
   /** v5.2 (wraw (C), the time_decay parameter) and v6 (wraw (B·T, C)). */
   wkv5(B: number, T: number, H: number, N: number, r: Var, k: Var, v: Var, wraw: Var, u: Var): Var {
     const y = this.out(r.rows, r.cols, r, k, v, wraw, u); // (B·T, C)
-    const ckpt = y.requiresGrad ? new Float64Array(B * H * wkvChunks(T) * N * N) : null;
-    wkv5Forward(B, T, H, N, r.data, k.data, v.data, wraw.data, u.data, y.data, ckpt);
-    this.record(y, (gy) => wkv5Backward(B, T, H, N, r.data, k.data, v.data, wraw.data, u.data, ckpt!, gy, r.g(), k.g(), v.g(), wraw.g(), u.g()));
-    return y;
-  }
-
-  wkv7(B: number, T: number, H: number, N: number, r: Var, wraw: Var, k: Var, v: Var, a: Var, b: Var, s0?: Var): Var {
-    if (s0) return this.wkv7FromState(B, T, H, N, r, wraw, k, v, a, b, s0);
-    const y = this.out(r.rows, r.cols, r, wraw, k, v, a, b); // (B·T, C)
     const K = this.kernels;
-    const ckpt = K.wkv7Forward(B, T, H, N, r.data, wraw.data, k.data, v.data, a.data, b.data, y.data, y.requiresGrad); // state checkpoints
-    this.record(y, (gy) => K.wkv7Backward(B, T, H, N, r.data, wraw.data, k.data, v.data, a.data, b.data, ckpt!, gy, r.g(), wraw.g(), k.g(), v.g(), a.g(), b.g()));
+    const ckpt = K.wkv5Forward(B, T, H, N, r.data, k.data, v.data, wraw.data, u.data, y.data, y.requiresGrad); // state checkpoints
+    this.record(y, (gy) => K.wkv5Backward(B, T, H, N, r.data, k.data, v.data, wraw.data, u.data, ckpt!, gy, r.g(), k.g(), v.g(), wraw.g(), u.g()));
     return y;
   }
 
-  /**
-   * WKV7 from a trained initial state s0 (H·N·N, state tuning), with its gradient: the reference
-   * scan, whatever the kernels (their fast scans start from zeros).
-   */
-  private wkv7FromState(B: number, T: number, H: number, N: number, r: Var, wraw: Var, k: Var, v: Var, a: Var, b: Var, s0: Var): Var {
-    const y = this.out(r.rows, r.cols, r, wraw, k, v, a, b, s0); // (B·T, C)
-    const ckpt = y.requiresGrad ? new Float64Array(B * H * wkvChunks(T) * N * N) : null;
-    wkv7Forward(B, T, H, N, r.data, wraw.data, k.data, v.data, a.data, b.data, y.data, ckpt, s0.data);
-    this.record(y, (gy) => wkv7Backward(B, T, H, N, r.data, wraw.data, k.data, v.data, a.data, b.data, ckpt!, gy, r.g(), wraw.g(), k.g(), v.g(), a.g(), b.g(), s0.g()));
+  /** s0: a trained initial state (H·N·N, state tuning) every sequence starts from, with its gradient. */
+  wkv7(B: number, T: number, H: number, N: number, r: Var, wraw: Var, k: Var, v: Var, a: Var, b: Var, s0?: Var): Var {
+    const inputs = s0 ? [r, wraw, k, v, a, b, s0] : [r, wraw, k, v, a, b];
+    const y = this.out(r.rows, r.cols, ...inputs); // (B·T, C)
+    const K = this.kernels;
+    const ckpt = K.wkv7Forward(B, T, H, N, r.data, wraw.data, k.data, v.data, a.data, b.data, y.data, y.requiresGrad, s0?.data); // state checkpoints
+    this.record(y, (gy) => K.wkv7Backward(B, T, H, N, r.data, wraw.data, k.data, v.data, a.data, b.data, ckpt!, gy,
+      r.g(), wraw.g(), k.g(), v.g(), a.g(), b.g(), s0?.g()));
     return y;
   }
 
@@ -266,9 +253,9 @@ export class Graph {
   crossEntropy(logits: Var, targets: Int32Array, l2wrap: boolean): number {
     const R = logits.rows, V = logits.cols;
     const lse = new Float64Array(R);
-    const loss = op.crossEntropyForward(logits.data, R, V, targets, lse);
+    const loss = this.kernels.ops.crossEntropyForward(logits.data, R, V, targets, lse);
     // Pushed last, so it runs first in backward(): it creates the gradient everything else consumes.
-    if (logits.requiresGrad) this.tape.push(() => op.crossEntropyBackward(logits.data, R, V, targets, lse, 1, l2wrap, logits.g()!));
+    if (logits.requiresGrad) this.tape.push(() => this.kernels.ops.crossEntropyBackward(logits.data, R, V, targets, lse, 1, l2wrap, logits.g()!));
     return loss;
   }
 }

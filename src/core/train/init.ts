@@ -1,8 +1,11 @@
 import { RwkvInputError } from "../errors.js";
+import type { Version } from "../model/model.js";
+import { DEFAULT_HEAD_SIZE } from "../model/shapes.js";
+import { versionModule, versionsWith } from "../model/versions.js";
 import type { TrainDType } from "./kernels.js";
-import type { TrainVersion } from "./model.js";
 import { ParamStore } from "./params.js";
 import type { TrainRng } from "./rng.js";
+import type { InitContext } from "./version.js";
 
 /*
  * A new model initialised as RWKV-LM does (SPEC §7.4): each block's `__init__` "fancy" per-channel
@@ -15,13 +18,14 @@ import type { TrainRng } from "./rng.js";
  *   v4 (RWKV-v4neo/src/model.py): emb U(±lr_init); Linear weights orthogonal with gain
  *     sqrt(rows/cols) (if rows > cols) times 0 for att.key/receptance/output, ffn.value/receptance,
  *     0.5 for head, 1 otherwise.
+ * Each version's part is its module's TrainSupport.initLayer (src/core/model/vN/train.ts).
  * Parameters appear in the official state-dict order, so an exported file lists them as torch does.
  * Orthogonal matrices come from a seeded normal matrix made orthonormal (Gram-Schmidt = QR with
  * positive diagonal, torch's sign convention); the values differ from torch's (another RNG).
  */
 
 export interface NewModelSpec {
-  readonly version: TrainVersion;
+  readonly version: Version;
   readonly nLayer: number;
   readonly nEmbd: number;
   readonly vocabSize: number;
@@ -33,37 +37,20 @@ export interface NewModelSpec {
   readonly lrInit?: number;
 }
 
-const DEFAULT_HEAD_SIZE = 64;
-const V4_DEFAULT_LR_INIT = 6e-4;
 /** RWKV-LM asserts n_embd, dim_att, dim_ffn % 32 == 0 (its kernels' tiling); we keep the rule for exported files. */
 const DIM_MULTIPLE = 32;
-/** v6 LoRA widths fixed in RWKV_Tmix_x060. */
-const V6_MIX_LORA = 32, V6_DECAY_LORA = 64;
-const EMB_INIT = 1e-4;
-const LORA_INIT_SCALE = 0.1;
-const V6_W2_INIT = 0.01;
+/** Gain of att.key/att.gate in the v5+ Linear rule. */
+const KEY_GATE_GAIN = 0.1;
 const LN_X_EXPONENT = 0.7;
-
-/** Python's round(): halves go to the even neighbour. */
-function pyRound(x: number): number {
-  const r = Math.round(x);
-  return Math.abs(x % 1) === 0.5 && r % 2 !== 0 ? r - 1 : r;
-}
-
-/** v7's suggested LoRA width: max(32, round(k·sqrt(C)/32)·32). */
-export function v7LoraDim(factor: number, C: number): number {
-  return Math.max(DIM_MULTIPLE, pyRound((factor * Math.sqrt(C)) / DIM_MULTIPLE) * DIM_MULTIPLE);
-}
-
-/** v7 LoRA factors of train_temp: decay 2.5, in-context rate 2.5, value 1.7, gate 5. */
-const V7_LORA_FACTORS = { w: 2.5, a: 2.5, v: 1.7, g: 5 } as const;
 
 export function validateSpec(s: NewModelSpec): void {
   const bad = (what: string) => { throw new RwkvInputError("model", what); };
+  const m = versionModule(s.version);
+  if (!m.train) bad(`${m.name} cannot be trained (training supports ${versionsWith("train").map((v) => `RWKV-${v}`).join(", ")})`);
   if (!(Number.isInteger(s.nLayer) && s.nLayer >= 1)) bad(`--layers must be a positive integer, got ${s.nLayer}`);
   if (!(Number.isInteger(s.nEmbd) && s.nEmbd >= DIM_MULTIPLE && s.nEmbd % DIM_MULTIPLE === 0)) bad(`--embd must be a positive multiple of ${DIM_MULTIPLE}, got ${s.nEmbd}`);
   if (!(Number.isInteger(s.vocabSize) && s.vocabSize >= 2)) bad(`--vocab must be at least 2, got ${s.vocabSize}`);
-  if (s.version !== "4") {
+  if (m.heads) {
     const N = s.headSize ?? DEFAULT_HEAD_SIZE;
     if (!(Number.isInteger(N) && N > 0 && s.nEmbd % N === 0)) bad(`--head-size ${N} must divide --embd ${s.nEmbd}`);
   }
@@ -73,136 +60,41 @@ export function validateSpec(s: NewModelSpec): void {
 /** A freshly initialised model. */
 export function initModel(spec: NewModelSpec, rng: TrainRng, dtype: TrainDType = "f32"): ParamStore {
   validateSpec(spec);
-  const { version: ver, nLayer: L, nEmbd: C, vocabSize: V } = spec;
-  const N = ver === "4" ? C : spec.headSize ?? DEFAULT_HEAD_SIZE;
+  const m = versionModule(spec.version), train = m.train!;
+  const { nLayer: L, nEmbd: C, vocabSize: V } = spec;
+  const N = m.heads ? spec.headSize ?? DEFAULT_HEAD_SIZE : C;
   const H = C / N;
-  const F = spec.dimFfn ?? (ver === "4" || ver === "7" ? 4 * C : Math.floor((C * 3.5) / DIM_MULTIPLE) * DIM_MULTIPLE);
+  const F = spec.dimFfn ?? m.defaultDimFfn(C);
   const store = new ParamStore(dtype);
-  const vec = (name: string, f: (c: number) => number, shape: number[] = [1, 1, C]) => {
-    const n = shape.reduce((a, b) => a * b, 1);
-    store.add(name, shape, Float64Array.from({ length: n }, (_, c) => f(c)));
-  };
-  const ones = (name: string) => vec(name, () => 1, [C]);
+  const count = (shape: number[]) => shape.reduce((a, b) => a * b, 1);
   const zeros = (name: string, shape: number[]) => store.add(name, shape);
   const ortho = (name: string, rows: number, cols: number, gain: number) => store.add(name, [rows, cols], orthogonal(rng, rows, cols, gain));
-  const uniform = (name: string, shape: number[], a: number) => store.add(name, shape, Float64Array.from({ length: shape.reduce((x, y) => x * y, 1) }, () => (2 * rng.uniform() - 1) * a));
-  /** v5/v6/v7 generate_init_weight rule for a Linear weight. */
-  const linear = (name: string, rows: number, cols: number) => {
-    if (/\.att\.output\.|\.ffn\.value\.|\.ffn\.receptance\./.test(name)) return zeros(name, [rows, cols]);
-    return ortho(name, rows, cols, /\.att\.(key|gate)\./.test(name) ? LORA_INIT_SCALE : 1);
+  const ctx: InitContext = {
+    L, C, H, N, F,
+    vec: (name, f, shape = [1, 1, C]) => store.add(name, shape, Float64Array.from({ length: count(shape) }, (_, c) => f(c))),
+    zeros,
+    ortho,
+    uniform: (name, shape, a) => store.add(name, shape, Float64Array.from({ length: count(shape) }, () => (2 * rng.uniform() - 1) * a)),
+    linear: (name, rows, cols) => {
+      if (/\.att\.output\.|\.ffn\.value\.|\.ffn\.receptance\./.test(name)) return zeros(name, [rows, cols]);
+      return ortho(name, rows, cols, /\.att\.(key|gate)\./.test(name) ? KEY_GATE_GAIN : 1);
+    },
+    lnX: (a, i) => { ctx.vec(a + "ln_x.weight", () => Math.pow((1 + i) / L, LN_X_EXPONENT), [C]); zeros(a + "ln_x.bias", [C]); },
   };
-  /** v4neo generate_init_weight rule. */
-  const linearV4 = (name: string, rows: number, cols: number) => {
-    if (/\.att\.(key|receptance|output)\.|\.ffn\.(value|receptance)\./.test(name)) return zeros(name, [rows, cols]);
-    return ortho(name, rows, cols, rows > cols ? Math.sqrt(rows / cols) : 1);
-  };
-  const pow = Math.pow;
+  const ones = (name: string) => ctx.vec(name, () => 1, [C]);
 
-  if (ver === "4") uniform("emb.weight", [V, C], spec.lrInit ?? V4_DEFAULT_LR_INIT);
-  else uniform("emb.weight", [V, C], EMB_INIT);
-
+  ctx.uniform("emb.weight", [V, C], train.embInit(spec.lrInit));
   for (let i = 0; i < L; i++) {
-    const b = `blocks.${i}.`, a = b + "att.", f = b + "ffn.";
-    const r01 = L > 1 ? i / (L - 1) : 0; // "ratio_0_to_1" (RWKV-LM divides by zero for L = 1)
-    const r1 = 1 - i / L; // "ratio_1_to_almost0"
-    const ddd = (c: number) => c / C;
+    const b = `blocks.${i}.`;
     ones(b + "ln1.weight"); zeros(b + "ln1.bias", [C]);
     ones(b + "ln2.weight"); zeros(b + "ln2.bias", [C]);
     if (i === 0) { ones(b + "ln0.weight"); zeros(b + "ln0.bias", [C]); }
-    const zig3 = (n: number) => ((n + 1) % 3) - 1;
-    const lnx = () => { vec(a + "ln_x.weight", () => pow((1 + i) / L, LN_X_EXPONENT), [C]); zeros(a + "ln_x.bias", [C]); };
-
-    switch (ver) {
-      case "4": {
-        vec(a + "time_decay", (h) => -5 + 8 * pow(h / (C - 1), 0.7 + 1.3 * r01), [C]);
-        vec(a + "time_first", (h) => Math.log(0.3) + zig3(h) * 0.5, [C]);
-        vec(a + "time_mix_k", (c) => pow(ddd(c), r1));
-        vec(a + "time_mix_v", (c) => pow(ddd(c), r1) + 0.3 * r01);
-        vec(a + "time_mix_r", (c) => pow(ddd(c), 0.5 * r1));
-        for (const m of ["key", "value", "receptance"]) linearV4(`${a}${m}.weight`, C, C);
-        linearV4(a + "output.weight", C, C);
-        vec(f + "time_mix_k", (c) => pow(ddd(c), r1));
-        vec(f + "time_mix_r", (c) => pow(ddd(c), r1));
-        linearV4(f + "key.weight", F, C);
-        linearV4(f + "receptance.weight", C, C);
-        linearV4(f + "value.weight", C, F);
-        break;
-      }
-      case "5.2": {
-        vec(a + "time_mix_k", (c) => pow(ddd(c), r1));
-        vec(a + "time_mix_v", (c) => pow(ddd(c), r1) + 0.3 * r01);
-        vec(a + "time_mix_r", (c) => pow(ddd(c), 0.5 * r1));
-        vec(a + "time_mix_g", (c) => pow(ddd(c), 0.5 * r1));
-        vec(a + "time_decay", (n) => -6 + 5 * pow(n / (C - 1), 0.7 + 1.3 * r01), [H, N]);
-        vec(a + "time_faaaa", (n) => r01 * (1 - n / (C - 1)) + zig3(n) * 0.1, [H, N]);
-        for (const m of ["receptance", "key", "value", "output", "gate"]) linear(`${a}${m}.weight`, C, C);
-        lnx();
-        vec(f + "time_mix_k", (c) => pow(ddd(c), r1));
-        vec(f + "time_mix_r", (c) => pow(ddd(c), r1));
-        linear(f + "key.weight", F, C);
-        linear(f + "receptance.weight", C, C);
-        linear(f + "value.weight", C, F);
-        break;
-      }
-      case "6": {
-        vec(a + "time_maa_x", (c) => 1 - pow(ddd(c), r1));
-        vec(a + "time_maa_w", (c) => 1 - pow(ddd(c), r1));
-        vec(a + "time_maa_k", (c) => 1 - pow(ddd(c), r1));
-        vec(a + "time_maa_v", (c) => 1 - (pow(ddd(c), r1) + 0.3 * r01));
-        vec(a + "time_maa_r", (c) => 1 - pow(ddd(c), 0.5 * r1));
-        vec(a + "time_maa_g", (c) => 1 - pow(ddd(c), 0.5 * r1));
-        zeros(a + "time_maa_w1", [C, 5 * V6_MIX_LORA]);
-        uniform(a + "time_maa_w2", [5, V6_MIX_LORA, C], V6_W2_INIT);
-        vec(a + "time_decay", (n) => -6 + 5 * pow(n / (C - 1), 0.7 + 1.3 * r01));
-        zeros(a + "time_decay_w1", [C, V6_DECAY_LORA]);
-        uniform(a + "time_decay_w2", [V6_DECAY_LORA, C], V6_W2_INIT);
-        vec(a + "time_faaaa", (n) => r01 * (1 - n / (C - 1)) + zig3(n) * 0.1, [H, N]);
-        for (const m of ["receptance", "key", "value", "output", "gate"]) linear(`${a}${m}.weight`, C, C);
-        lnx();
-        vec(f + "time_maa_k", (c) => 1 - pow(ddd(c), r1));
-        vec(f + "time_maa_r", (c) => 1 - pow(ddd(c), r1));
-        linear(f + "key.weight", F, C);
-        linear(f + "receptance.weight", C, C);
-        linear(f + "value.weight", C, F);
-        break;
-      }
-      case "7": {
-        const lin = (n: number) => n / (C - 1) - 0.5;
-        const zig = (n: number) => { const z = ((n % N) - (N - 1) / 2) / ((N - 1) / 2); return z * Math.abs(z); };
-        const www = (n: number) => -6 + 6 * pow(n / (C - 1), 1 + pow(r01, 0.3));
-        vec(a + "x_r", (c) => 1 - pow(ddd(c), 0.2 * r1));
-        vec(a + "x_w", (c) => 1 - pow(ddd(c), 0.9 * r1));
-        vec(a + "x_k", (c) => 1 - pow(ddd(c), 0.7 * r1));
-        vec(a + "x_v", (c) => 1 - pow(ddd(c), 0.7 * r1));
-        vec(a + "x_a", (c) => 1 - pow(ddd(c), 0.9 * r1));
-        vec(a + "x_g", (c) => 1 - pow(ddd(c), 0.2 * r1));
-        /** ortho_init(zeros(D, C), 0.1): gain sqrt(D/C) when D > C. */
-        const lora = (p: string, D: number) => {
-          zeros(a + p + "1", [C, D]);
-          ortho(a + p + "2", D, C, (D > C ? Math.sqrt(D / C) : 1) * LORA_INIT_SCALE);
-        };
-        lora("w", v7LoraDim(V7_LORA_FACTORS.w, C));
-        vec(a + "w0", (n) => www(n) + 0.5 + zig(n) * 2.5);
-        lora("a", v7LoraDim(V7_LORA_FACTORS.a, C));
-        vec(a + "a0", (n) => -0.19 + zig(n) * 0.3 + lin(n) * 0.4);
-        lora("v", v7LoraDim(V7_LORA_FACTORS.v, C));
-        vec(a + "v0", (n) => 0.73 - lin(n) * 0.4);
-        lora("g", v7LoraDim(V7_LORA_FACTORS.g, C));
-        vec(a + "k_k", (n) => 0.71 - lin(n) * 0.1);
-        vec(a + "k_a", () => 1.02);
-        vec(a + "r_k", () => -0.04, [H, N]);
-        for (const m of ["receptance", "key", "value", "output"]) linear(`${a}${m}.weight`, C, C);
-        lnx();
-        vec(f + "x_k", (c) => 1 - pow(ddd(c), pow(r1, 4)));
-        linear(f + "key.weight", F, C);
-        linear(f + "value.weight", C, F);
-        break;
-      }
-    }
+    // "ratio_0_to_1" (RWKV-LM divides by zero for L = 1) and "ratio_1_to_almost0".
+    train.initLayer(ctx, { i, a: b + "att.", f: b + "ffn.", r01: L > 1 ? i / (L - 1) : 0, r1: 1 - i / L });
   }
   ones("ln_out.weight"); zeros("ln_out.bias", [C]);
-  const headGain = ver === "4" ? 0.5 * (V > C ? Math.sqrt(V / C) : 1) : V > C ? 0.5 * Math.sqrt(V / C) : 0.5;
-  ortho("head.weight", V, C, headGain);
+  // Every trainer: orthogonal with gain 0.5·sqrt(V/C) when V > C, else 0.5.
+  ortho("head.weight", V, C, V > C ? 0.5 * Math.sqrt(V / C) : 0.5);
   return store;
 }
 

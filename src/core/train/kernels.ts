@@ -1,31 +1,23 @@
+import { alloc, type Buf, dtypeOf, type TrainDType } from "./buffers.js";
 import { referenceOps, type TrainOps } from "./ops.js";
 import type { ParamStore } from "./params.js";
-import { wkv7Backward, wkv7Forward, wkvChunks } from "./wkv.js";
+import { wkv4Backward, wkv4Forward, wkv5Backward, wkv5Forward, wkv7Backward, wkv7Forward, wkvChunks } from "./wkv.js";
+
+// The storage primitives, re-exported for callers that import them with the kernels.
+export { alloc, type Buf, dtypeOf, type TrainDType };
 
 /*
- * Storage and the kernels training is written against.
+ * The kernels training is written against.
  *
  * The reference kernels (plain TypeScript) are the specification: f32 storage (Float32Array) with
- * every dot product and WKV state in a JS number (f64), as the reference inference kernels do. The
- * same code runs on Float64Array storage: the tests use that to check gradients against the fp64
- * goldens to ~1e-12 instead of ~1e-6.
+ * every dot product and WKV state in a JS number (f64), as the reference inference kernels do; the
+ * same code runs on Float64Array storage (buffers.ts).
  *
  * A fast implementation (wasm-kernels.ts: WebAssembly SIMD, threads) provides the same methods and
  * may keep tensors in its own memory: the graph allocates every tensor through `alloc`, and a
  * training step releases what it allocated with `mark`/`release`, so nothing is copied per call
  * and nothing waits for the garbage collector.
  */
-
-export type Buf = Float32Array | Float64Array;
-export type TrainDType = "f32" | "f64";
-
-export function alloc(dtype: TrainDType, n: number): Buf {
-  return dtype === "f32" ? new Float32Array(n) : new Float64Array(n);
-}
-
-export function dtypeOf(b: Buf): TrainDType {
-  return b instanceof Float32Array ? "f32" : "f64";
-}
 
 export interface TrainKernels {
   readonly name: string;
@@ -58,14 +50,29 @@ export interface TrainKernels {
    * The reference sums in f64 whatever the storage type.
    */
   gemm(transA: boolean, transB: boolean, M: number, N: number, K: number, A: Buf, B: Buf, C: Buf, accumulate: boolean): void;
+  /** RWKV-4 WKV over B sequences of T steps (wkv.ts wkv4Forward): y (B·T, C). */
+  wkv4Forward(B: number, T: number, C: number, timeDecay: Buf, timeFirst: Buf, k: Buf, v: Buf, y: Buf): void;
+  /** The WKV4 backward (wkv.ts wkv4Backward) from the forward's y: gradients accumulate (+=); null ones are skipped. */
+  wkv4Backward(B: number, T: number, C: number, timeDecay: Buf, timeFirst: Buf, k: Buf, v: Buf, y: Buf, gy: Buf,
+    gTimeDecay: Buf | null, gTimeFirst: Buf | null, gk: Buf | null, gv: Buf | null): void;
   /**
-   * RWKV-7 WKV over B sequences of T steps (wkv.ts wkv7Forward): y (B·T, H·N). With `save`,
+   * RWKV-5.2 / 6 WKV over B sequences of T steps (wkv.ts wkv5Forward): wraw (C) is a constant
+   * decay (v5.2), (B·T, C) a per-token one (v6); y (B·T, H·N). With `save`, returns the state
+   * checkpoints wkv5Backward needs (in the kernels' own layout and type).
+   */
+  wkv5Forward(B: number, T: number, H: number, N: number, r: Buf, k: Buf, v: Buf, wraw: Buf, u: Buf, y: Buf, save: boolean): Buf | null;
+  /** The WKV5 backward (wkv.ts wkv5Backward): gradients accumulate (+=); gw has wraw's shape; null ones are skipped. */
+  wkv5Backward(B: number, T: number, H: number, N: number, r: Buf, k: Buf, v: Buf, wraw: Buf, u: Buf, ckpt: Buf, gy: Buf,
+    gr: Buf | null, gk: Buf | null, gv: Buf | null, gw: Buf | null, gu: Buf | null): void;
+  /**
+   * RWKV-7 WKV over B sequences of T steps (wkv.ts wkv7Forward): y (B·T, H·N), every sequence
+   * starting from s0 (H·N·N, a trained time_state) when given, else from zeros. With `save`,
    * returns the state checkpoints wkv7Backward needs (in the kernels' own layout and type).
    */
-  wkv7Forward(B: number, T: number, H: number, N: number, r: Buf, wraw: Buf, k: Buf, v: Buf, a: Buf, b: Buf, y: Buf, save: boolean): Buf | null;
-  /** The WKV7 backward (wkv.ts wkv7Backward): gradients accumulate (+=); null ones are skipped. */
+  wkv7Forward(B: number, T: number, H: number, N: number, r: Buf, wraw: Buf, k: Buf, v: Buf, a: Buf, b: Buf, y: Buf, save: boolean, s0?: Buf | null): Buf | null;
+  /** The WKV7 backward (wkv.ts wkv7Backward), gs0 the initial state's: gradients accumulate (+=); null ones are skipped. */
   wkv7Backward(B: number, T: number, H: number, N: number, r: Buf, wraw: Buf, k: Buf, v: Buf, a: Buf, b: Buf, ckpt: Buf, gy: Buf,
-    gr: Buf | null, gw: Buf | null, gk: Buf | null, gv: Buf | null, ga: Buf | null, gb: Buf | null): void;
+    gr: Buf | null, gw: Buf | null, gk: Buf | null, gv: Buf | null, ga: Buf | null, gb: Buf | null, gs0?: Buf | null): void;
 }
 
 /**
@@ -116,14 +123,25 @@ export const referenceTrainKernels: TrainKernels = {
     const b = transB ? B : transposeBuf(B, K, N); // (N, K)
     referenceGemmNT(a, M, K, b, N, C, accumulate);
   },
-  wkv7Forward(B, T, H, N, r, wraw, k, v, a, b, y, save) {
+  wkv4Forward: wkv4Forward,
+  wkv4Backward: wkv4Backward,
+  wkv5Forward(B, T, H, N, r, k, v, wraw, u, y, save) {
     const ckpt = save ? new Float64Array(B * H * wkvChunks(T) * N * N) : null; // f64 states, as the recurrence
-    wkv7Forward(B, T, H, N, r, wraw, k, v, a, b, y, ckpt);
+    wkv5Forward(B, T, H, N, r, k, v, wraw, u, y, ckpt);
     return ckpt;
   },
-  wkv7Backward(B, T, H, N, r, wraw, k, v, a, b, ckpt, gy, gr, gw, gk, gv, ga, gb) {
+  wkv5Backward(B, T, H, N, r, k, v, wraw, u, ckpt, gy, gr, gk, gv, gw, gu) {
+    if (!(ckpt instanceof Float64Array)) throw new Error("reference wkv5Backward: checkpoints of another kernel");
+    wkv5Backward(B, T, H, N, r, k, v, wraw, u, ckpt, gy, gr, gk, gv, gw, gu);
+  },
+  wkv7Forward(B, T, H, N, r, wraw, k, v, a, b, y, save, s0) {
+    const ckpt = save ? new Float64Array(B * H * wkvChunks(T) * N * N) : null; // f64 states, as the recurrence
+    wkv7Forward(B, T, H, N, r, wraw, k, v, a, b, y, ckpt, s0);
+    return ckpt;
+  },
+  wkv7Backward(B, T, H, N, r, wraw, k, v, a, b, ckpt, gy, gr, gw, gk, gv, ga, gb, gs0) {
     if (!(ckpt instanceof Float64Array)) throw new Error("reference wkv7Backward: checkpoints of another kernel");
-    wkv7Backward(B, T, H, N, r, wraw, k, v, a, b, ckpt, gy, gr, gw, gk, gv, ga, gb);
+    wkv7Backward(B, T, H, N, r, wraw, k, v, a, b, ckpt, gy, gr, gw, gk, gv, ga, gb, gs0);
   },
 };
 

@@ -1,4 +1,4 @@
-import type { Buf } from "./kernels.js";
+import type { Buf } from "./buffers.js";
 
 /*
  * The element-wise and normalisation ops of RWKV training, each forward beside its backward with
@@ -95,22 +95,7 @@ export function tokenShiftBackward(_x: Buf, B: number, T: number, C: number, gy:
  * time outside the matrix and WKV kernels.
  */
 
-/** v4/v5 mix: y = x·m + sx·(1-m), m (C). */
-export function mixForward(x: Buf, sx: Buf, m: Buf, C: number, y: Buf): void {
-  for (let o = 0; o < x.length; o += C) {
-    for (let c = 0; c < C; c++) { const mc = m[c]; y[o + c] = x[o + c] * mc + sx[o + c] * (1 - mc); }
-  }
-}
-
-export function mixBackward(x: Buf, sx: Buf, m: Buf, C: number, gy: Buf, gx: Buf | null, gsx: Buf | null, gm: Buf | null): void {
-  for (let o = 0; o < x.length; o += C) {
-    if (gx) for (let c = 0; c < C; c++) gx[o + c] += gy[o + c] * m[c];
-    if (gsx) for (let c = 0; c < C; c++) gsx[o + c] += gy[o + c] * (1 - m[c]);
-    if (gm) for (let c = 0; c < C; c++) gm[c] += gy[o + c] * (x[o + c] - sx[o + c]);
-  }
-}
-
-/** v6/v7 lerp: y = x + (sx - x)·m, m (C). */
+/** Lerp: y = x + (sx - x)·m, m (C) (v6/v7; v4/v5's mix x·m + sx·(1-m) is the lerp from sx to x). */
 export function lerpForward(x: Buf, sx: Buf, m: Buf, C: number, y: Buf): void {
   for (let o = 0; o < x.length; o += C) {
     for (let c = 0; c < C; c++) y[o + c] = x[o + c] + (sx[o + c] - x[o + c]) * m[c];
@@ -382,10 +367,25 @@ export function crossEntropyBackward(logits: Buf, R: number, V: number, targets:
 // ---------------------------------------------------------------- replaceable ops
 
 /**
- * The element-wise ops a kernel set may replace with faster ones of the same signature and
- * meaning (TrainKernels.ops); the functions above are the specification.
+ * The ops of the training graph other than products and WKV scans: a kernel set replaces them with
+ * faster ones of the same signature and meaning (TrainKernels.ops), or keeps these, which are the
+ * specification. Graph calls every one of them through its kernels' table.
  */
 export interface TrainOps {
+  readonly embeddingForward: typeof embeddingForward;
+  readonly embeddingBackward: typeof embeddingBackward;
+  readonly tokenShiftForward: typeof tokenShiftForward;
+  readonly tokenShiftBackward: typeof tokenShiftBackward;
+  readonly lerpDynForward: typeof lerpDynForward;
+  readonly lerpDynBackward: typeof lerpDynBackward;
+  readonly subForward: typeof subForward;
+  readonly subBackward: typeof subBackward;
+  readonly scaleForward: typeof scaleForward;
+  readonly scaleBackward: typeof scaleBackward;
+  readonly sliceColsForward: typeof sliceColsForward;
+  readonly sliceColsBackward: typeof sliceColsBackward;
+  readonly crossEntropyForward: typeof crossEntropyForward;
+  readonly crossEntropyBackward: typeof crossEntropyBackward;
   readonly lerpForward: typeof lerpForward;
   readonly lerpBackward: typeof lerpBackward;
   readonly addForward: typeof addForward;
@@ -407,6 +407,9 @@ export interface TrainOps {
 }
 
 export const referenceOps: TrainOps = {
+  embeddingForward, embeddingBackward, tokenShiftForward, tokenShiftBackward,
+  lerpDynForward, lerpDynBackward, subForward, subBackward, scaleForward, scaleBackward,
+  sliceColsForward, sliceColsBackward, crossEntropyForward, crossEntropyBackward,
   lerpForward, lerpBackward, addForward, addBackward, mulForward, mulBackward,
   activationForward, activationBackward, groupNormForward, groupNormBackward,
   residualMixForward, residualMixBackward, keyUpdateForward, keyUpdateBackward,

@@ -1,5 +1,8 @@
-import { type Buf, referenceTrainKernels, type TrainKernels } from "./kernels.js";
-import type { TrainVersion } from "./model.js";
+import type { Buf } from "./buffers.js";
+import { referenceTrainKernels, type TrainKernels } from "./kernels.js";
+import type { Version } from "../model/model.js";
+import { versionModule } from "../model/versions.js";
+import type { ParamGroup } from "./version.js";
 import type { Param, ParamStore } from "./params.js";
 
 /*
@@ -7,34 +10,17 @@ import type { Param, ParamStore } from "./params.js";
  * groups, learning-rate schedule and global-norm gradient clipping (Lightning gradient_clip_val).
  */
 
-/** A parameter's optimizer group (RWKV-LM configure_optimizers, layerwise_lr on). */
-export interface ParamGroup {
-  /** Multiplier of the scheduled learning rate ("my_lr_scale"). */
-  readonly lrScale: number;
-  /** Whether weight decay applies: only ≥2-D `.weight` tensors. */
-  readonly decay: boolean;
-}
-
-const LR_2X = 2, LR_3X = 3;
+export type { ParamGroup } from "./version.js";
 
 /**
- * v7 (train_temp): att.w0 2×; ≥2-D ".weight" decayed; the rest 1×.
- * v4/v5/v6: *_w1/*_w2 1×; time_mix/time_maa 1×; time_decay 2×; time_faaaa 1×; time_first 3×;
- * then ≥2-D ".weight" decayed; the rest 1×.
+ * A parameter's group: the version's own rule (its module's TrainSupport.paramGroup, e.g. v7's
+ * att.w0 2×, v4-v6's time_* groups), else ≥2-D ".weight" decayed and the rest 1×.
  */
-export function paramGroup(name: string, shape: readonly number[], version: TrainVersion): ParamGroup {
+export function paramGroup(name: string, shape: readonly number[], version: Version): ParamGroup {
+  const own = versionModule(version).train?.paramGroup(name);
+  if (own) return own;
   const squeezedDims = shape.filter((d) => d !== 1).length;
-  const decayable = squeezedDims >= 2 && name.includes(".weight");
-  if (version === "7") {
-    if (name.includes("att.w0")) return { lrScale: LR_2X, decay: false };
-  } else {
-    if (name.includes("_w1") || name.includes("_w2")) return { lrScale: 1, decay: false };
-    if (name.includes("time_mix") || name.includes("time_maa")) return { lrScale: 1, decay: false };
-    if (name.includes("time_decay") || name.includes("time_daaaa")) return { lrScale: LR_2X, decay: false };
-    if (name.includes("time_faaaa")) return { lrScale: 1, decay: false };
-    if (name.includes("time_first")) return { lrScale: LR_3X, decay: false };
-  }
-  return { lrScale: 1, decay: decayable };
+  return { lrScale: 1, decay: squeezedDims >= 2 && name.includes(".weight") };
 }
 
 export interface AdamWOptions {
@@ -64,7 +50,7 @@ export class AdamW {
    * `kernels`: the model's; the moments live in their storage (a given state is copied there) and
    * their update runs there when they can.
    */
-  constructor(readonly params: ParamStore, readonly version: TrainVersion, readonly options: AdamWOptions = DEFAULT_ADAMW,
+  constructor(readonly params: ParamStore, readonly version: Version, readonly options: AdamWOptions = DEFAULT_ADAMW,
     readonly frozen: ReadonlySet<string> = new Set(), state?: OptimizerState, private readonly kernels: TrainKernels = referenceTrainKernels) {
     this.groups = new Map(params.list.map((p) => [p.name, paramGroup(p.name, p.shape, version)]));
     const moment = (p: Param, from?: Buf): Buf => {

@@ -4,7 +4,7 @@ import type { ParamStore } from "./params.js";
 /*
  * State tuning (RWKV-PEFT's "state" mode): the frozen model's WKV scans start from a trained
  * initial state `blocks.i.att.time_state` (H, N, N) instead of zeros; nothing else changes. The
- * training scan for it exists for RWKV-7 (graph.ts wkv7FromState).
+ * training scan for it exists for RWKV-7 (TrainKernels.wkv7Forward's s0, wkv7Backward's gs0).
  */
 
 export const TIME_STATE_SUFFIX = ".att.time_state";

@@ -1,3 +1,4 @@
+import { versionModule } from "../model/versions.js";
 import { Graph } from "./graph.js";
 import type { TrainModel } from "./model.js";
 import { IGNORE_TARGET } from "./ops.js";
@@ -65,7 +66,7 @@ export function evalLossSum(model: TrainModel, inputs: Int32Array, targets: Int3
  * backward's recomputation of states ≈ 3 × the forward's multiply-adds).
  */
 export function trainFlopsPerToken(model: TrainModel): number {
-  const { version, nLayer: L, dimAtt: A, headSize: N } = model.config;
+  const { version, nLayer: L, dimAtt: A } = model.config;
   let weights = 0;
   for (const p of model.params.list) {
     if (p.name === "emb.weight" || model.unusedParams().has(p.name)) continue;
@@ -73,8 +74,8 @@ export function trainFlopsPerToken(model: TrainModel): number {
     const matrix = dims >= 2 && !/\.(r_k|time_decay|time_faaaa)$/.test(p.name);
     if (matrix) weights += p.data.length;
   }
-  /** Multiply-adds per channel and step of each WKV forward (v4: a handful of scalar ops; v5/6: 2N; v7: 4N). */
-  const wkvMacsPerChannel = version === "4" ? 4 : version === "7" ? 4 * N : 2 * N;
+  /** Multiply-adds per channel and step of each WKV forward (the version's; e.g. v5/6: 2N; v7: 4N). */
+  const wkvMacsPerChannel = versionModule(version).train!.wkvMacsPerChannel(model.config);
   const WKV_PASSES = 3;
   return 6 * weights + L * A * wkvMacsPerChannel * 2 * WKV_PASSES;
 }

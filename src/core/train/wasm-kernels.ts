@@ -1,4 +1,5 @@
-import { alloc as jsAlloc, type Buf, referenceTrainKernels, type TrainDType, type TrainKernels } from "./kernels.js";
+import { alloc as jsAlloc, type Buf, type TrainDType } from "./buffers.js";
+import { referenceTrainKernels, type TrainKernels } from "./kernels.js";
 import { type Activation, NORMALIZE_EPS, referenceOps, type TrainOps } from "./ops.js";
 import type { ParamStore } from "./params.js";
 import { TRAIN_WASM_RELAXED_SIMD, TRAIN_WASM_SIMD } from "./wasm-train-binary.js";
@@ -23,9 +24,12 @@ import { WA, WasmBuilds, type WasmMemory, type WasmSimd, type WasmWorkerSpawner 
  *
  * Threads: workers (started by a WasmWorkerSpawner, e.g. Node's worker_threads) instantiate the
  * same module over the same memory and sit in workerLoop. A kernel call is published as a ticket
- * of chunks (tiles of a product's rows or columns, (sequence, head) pairs of a WKV scan); every
- * thread, the caller included, claims chunks until none is left. Each output is computed by the same
- * code whoever claims it, so any thread count gives bit-identical results.
+ * of chunks (tiles of a product's rows or columns, (sequence, head) pairs of a v5/v6/v7 WKV scan,
+ * (sequence, 4 channels) items of a v4 one); every thread, the caller included, claims chunks until
+ * none is left. Each output is computed by the same code whoever claims it, so any thread count
+ * gives bit-identical results; a parameter gradient that sums over sequences (time_decay,
+ * time_first, u, a trained initial state) is written per sequence into call scratch and summed in
+ * sequence order after the job, never added to by two threads.
  */
 
 const BUILDS = new WasmBuilds({ "simd": TRAIN_WASM_SIMD, "relaxed-simd": TRAIN_WASM_RELAXED_SIMD });
@@ -41,7 +45,7 @@ export interface WasmTrainKernelOptions {
 }
 
 /** Job ids of assembly/train.ts. */
-const JOB = { gemm: 1, wkv7Forward: 2, wkv7Backward: 3 } as const;
+const JOB = { gemm: 1, wkv7Forward: 2, wkv7Backward: 3, wkv4Forward: 4, wkv4Backward: 5, wkv5Forward: 6, wkv5Backward: 7 } as const;
 
 const PAGE = 65536;
 const MAX_PAGES = 65536;
@@ -67,14 +71,27 @@ const PARALLEL_MIN_WORK = 1 << 16;
  */
 const SPIN_ITERATIONS = 1 << 14;
 
-/** Activation ids of assembly/train.ts (silu, unused by v7, stays in TypeScript). */
-const ACT: Partial<Record<Activation, number>> = { sigmoid: 0, tanh: 1, relu2: 2, v7decay: 3 };
+/** Rough multiply-add equivalents per element and step of the v4 scan (four exponentials, a division): sizes its parallel split. */
+const V4_WORK_PER_ELEMENT = 64;
+
+/** Activation ids of assembly/train.ts. */
+const ACT: Record<Activation, number> = { sigmoid: 0, tanh: 1, relu2: 2, v7decay: 3, silu: 4 };
 
 interface Exports {
   heapBase(): number;
   zero(p: number, bytes: number): void;
   lerpF(x: number, sx: number, m: number, R: number, C: number, y: number): void;
   lerpB(x: number, sx: number, m: number, R: number, C: number, gy: number, gx: number, gsx: number, gm: number): void;
+  lerpDynF(x: number, d: number, m: number, dm: number, R: number, C: number, y: number): void;
+  lerpDynB(d: number, m: number, dm: number, R: number, C: number, gy: number, gx: number, gd: number, gm: number, gdm: number): void;
+  subF(a: number, b: number, n: number, y: number): void;
+  subB(n: number, gy: number, ga: number, gb: number): void;
+  scaleF(a: number, s: number, n: number, y: number): void;
+  scaleB(s: number, n: number, gy: number, ga: number): void;
+  shiftF(x: number, B: number, T: number, C: number, y: number): void;
+  shiftB(B: number, T: number, C: number, gy: number, gx: number): void;
+  sliceF(x: number, R: number, W: number, c0: number, n: number, y: number): void;
+  sliceB(R: number, W: number, c0: number, n: number, gy: number, gx: number): void;
   addF(a: number, b: number, n: number, C: number, y: number): void;
   addB(n: number, C: number, gy: number, ga: number, gb: number): void;
   mulF(a: number, b: number, n: number, C: number, y: number): void;
@@ -91,6 +108,7 @@ interface Exports {
   l2nB(x: number, groups: number, N: number, norm: number, gy: number, gx: number, eps: number): void;
   bonusF(r: number, k: number, v: number, rk: number, R: number, H: number, N: number, y: number): void;
   bonusB(r: number, k: number, v: number, rk: number, R: number, H: number, N: number, gy: number, gr: number, gk: number, gv: number, grk: number): void;
+  sumRows(dst: number, src: number, R: number, C: number): void;
   adamw(p: number, g: number, m: number, v: number, n: number, rate: number, wd: number, b1: number, b2: number, eps: number, bc1: number, bc2: number): void;
   runJob(ctrl: number, job: number, part: number, nparts: number): void;
   dispatch(ctrl: number, job: number, nchunks: number, spin: number): void;
@@ -282,6 +300,51 @@ export class WasmTrainKernels implements TrainKernels {
     /** The row-vector width of a broadcast operand: 0 when b is as long as a. */
     const bcast = (a: Buf, b: Buf, C: number) => (b.length === a.length ? 0 : C);
     return {
+      // A gather by token ids and the loss over the logits: few operations per element, left to the reference.
+      embeddingForward: ref.embeddingForward,
+      embeddingBackward: ref.embeddingBackward,
+      crossEntropyForward: ref.crossEntropyForward,
+      crossEntropyBackward: ref.crossEntropyBackward,
+      tokenShiftForward: (xx, B, T, C, y) => {
+        const p = this.offsets(xx, y);
+        if (p) x.shiftF(p[0], B, T, C, p[1]); else ref.tokenShiftForward(xx, B, T, C, y);
+      },
+      tokenShiftBackward: (xx, B, T, C, gy, gx) => {
+        const p = by4(C) ? this.offsets(gy, gx) : null;
+        if (p) x.shiftB(B, T, C, p[0], p[1]); else ref.tokenShiftBackward(xx, B, T, C, gy, gx);
+      },
+      lerpDynForward: (xx, d, m, dm, C, y) => {
+        const p = by4(C) ? this.offsets(xx, d, m, dm, y) : null;
+        if (p) x.lerpDynF(p[0], p[1], p[2], p[3], xx.length / C, C, p[4]); else ref.lerpDynForward(xx, d, m, dm, C, y);
+      },
+      lerpDynBackward: (xx, d, m, dm, C, gy, gx, gd, gm, gdm) => {
+        const p = by4(C) ? this.offsets(d, m, dm, gy, gx, gd, gm, gdm) : null;
+        if (p) x.lerpDynB(p[0], p[1], p[2], d.length / C, C, p[3], p[4], p[5], p[6], p[7]); else ref.lerpDynBackward(xx, d, m, dm, C, gy, gx, gd, gm, gdm);
+      },
+      subForward: (a, b, y) => {
+        const p = by4(a.length) ? this.offsets(a, b, y) : null;
+        if (p) x.subF(p[0], p[1], a.length, p[2]); else ref.subForward(a, b, y);
+      },
+      subBackward: (a, b, gy, ga, gb) => {
+        const p = by4(gy.length) ? this.offsets(gy, ga, gb) : null;
+        if (p) x.subB(gy.length, p[0], p[1], p[2]); else ref.subBackward(a, b, gy, ga, gb);
+      },
+      scaleForward: (a, s, y) => {
+        const p = by4(a.length) ? this.offsets(a, y) : null;
+        if (p) x.scaleF(p[0], s, a.length, p[1]); else ref.scaleForward(a, s, y);
+      },
+      scaleBackward: (a, s, gy, ga) => {
+        const p = by4(gy.length) ? this.offsets(gy, ga) : null;
+        if (p) x.scaleB(s, gy.length, p[0], p[1]); else ref.scaleBackward(a, s, gy, ga);
+      },
+      sliceColsForward: (xx, R, W, c0, n, y) => {
+        const p = this.offsets(xx, y);
+        if (p) x.sliceF(p[0], R, W, c0, n, p[1]); else ref.sliceColsForward(xx, R, W, c0, n, y);
+      },
+      sliceColsBackward: (xx, R, W, c0, n, gy, gx) => {
+        const p = by4(n) ? this.offsets(gy, gx) : null;
+        if (p) x.sliceB(R, W, c0, n, p[0], p[1]); else ref.sliceColsBackward(xx, R, W, c0, n, gy, gx);
+      },
       lerpForward: (xx, sx, m, C, y) => {
         const p = by4(C) ? this.offsets(xx, sx, m, y) : null;
         if (p) x.lerpF(p[0], p[1], p[2], xx.length / C, C, p[3]); else ref.lerpForward(xx, sx, m, C, y);
@@ -307,12 +370,12 @@ export class WasmTrainKernels implements TrainKernels {
         if (p) x.mulB(p[0], p[1], a.length, bcast(a, b, C), p[2], p[3], p[4]); else ref.mulBackward(a, b, C, gy, ga, gb);
       },
       activationForward: (f, xx, y) => {
-        const id = ACT[f], p = id !== undefined && by4(xx.length) ? this.offsets(xx, y) : null;
-        if (p) x.actF(id!, p[0], xx.length, p[1]); else ref.activationForward(f, xx, y);
+        const id = ACT[f], p = by4(xx.length) ? this.offsets(xx, y) : null;
+        if (p) x.actF(id, p[0], xx.length, p[1]); else ref.activationForward(f, xx, y);
       },
       activationBackward: (f, xx, y, gy, gx) => {
-        const id = ACT[f], p = id !== undefined && by4(xx.length) ? this.offsets(xx, y, gy, gx) : null;
-        if (p) x.actB(id!, p[0], p[1], xx.length, p[2], p[3]); else ref.activationBackward(f, xx, y, gy, gx);
+        const id = ACT[f], p = by4(xx.length) ? this.offsets(xx, y, gy, gx) : null;
+        if (p) x.actB(id, p[0], p[1], xx.length, p[2], p[3]); else ref.activationBackward(f, xx, y, gy, gx);
       },
       groupNormForward: (xx, R, H, N, w, b, eps, y, mean, rstd) => {
         const p = by4(N) ? this.offsets(xx, w, b, y) : null;
@@ -413,8 +476,107 @@ export class WasmTrainKernels implements TrainKernels {
     return N % 4 === 0 && bufs.every((b) => b === null || b instanceof Float32Array);
   }
 
-  wkv7Forward(B: number, T: number, H: number, N: number, r: Buf, wraw: Buf, k: Buf, v: Buf, a: Buf, b: Buf, y: Buf, save: boolean): Buf | null {
-    if (!this.wkvFast(N, [r, wraw, k, v, a, b, y])) return referenceTrainKernels.wkv7Forward(B, T, H, N, r, wraw, k, v, a, b, y, save);
+  /**
+   * Zeroed (B, C) call scratch for per-sequence partials of a parameter gradient (see sumRows in
+   * assembly/train.ts), or 0 when that gradient is not asked for.
+   */
+  private partials(g: Buf | null, B: number, C: number): number {
+    if (!g) return 0;
+    const p = this.bump(B * C * F32);
+    this.x.zero(p, B * C * F32);
+    return p;
+  }
+
+  wkv4Forward(B: number, T: number, C: number, timeDecay: Buf, timeFirst: Buf, k: Buf, v: Buf, y: Buf): void {
+    if (!this.wkvFast(C, [timeDecay, timeFirst, k, v, y])) { referenceTrainKernels.wkv4Forward(B, T, C, timeDecay, timeFirst, k, v, y); return; }
+    const n = B * T * C, mark = this.top;
+    try {
+      const back: CopyBack[] = [];
+      const ins = [this.input(timeDecay, C), this.input(timeFirst, C), this.input(k, n), this.input(v, n)];
+      const py = this.output(y, n, false, back);
+      this.run(JOB.wkv4Forward, [B, T, C, ...ins, py], this.chunksFor(n * V4_WORK_PER_ELEMENT, B * C / 4));
+      this.copyBack(back);
+    } finally {
+      this.top = mark;
+    }
+  }
+
+  wkv4Backward(B: number, T: number, C: number, timeDecay: Buf, timeFirst: Buf, k: Buf, v: Buf, y: Buf, gy: Buf,
+    gTimeDecay: Buf | null, gTimeFirst: Buf | null, gk: Buf | null, gv: Buf | null): void {
+    if (!this.wkvFast(C, [timeDecay, timeFirst, k, v, y, gy, gTimeDecay, gTimeFirst, gk, gv])) {
+      referenceTrainKernels.wkv4Backward(B, T, C, timeDecay, timeFirst, k, v, y, gy, gTimeDecay, gTimeFirst, gk, gv);
+      return;
+    }
+    const n = B * T * C, mark = this.top;
+    try {
+      const back: CopyBack[] = [];
+      const ins = [this.input(timeDecay, C), this.input(timeFirst, C), this.input(k, n), this.input(v, n), this.input(y, n), this.input(gy, n)];
+      const [ptd, ptf] = [this.output(gTimeDecay, C, true, back), this.output(gTimeFirst, C, true, back)];
+      const [pk, pv] = [this.output(gk, n, true, back), this.output(gv, n, true, back)];
+      const [partTd, partTf] = [this.partials(gTimeDecay, B, C), this.partials(gTimeFirst, B, C)];
+      const chunks = this.chunksFor(n * 2 * V4_WORK_PER_ELEMENT, B * C / 4);
+      const stride = align(F32 * 2 * 4 * T); // q and r, 4 channels per step
+      const ws = this.bump(stride * chunks);
+      this.run(JOB.wkv4Backward, [B, T, C, ...ins, partTd, partTf, pk, pv, ws, stride], chunks);
+      if (partTd) this.x.sumRows(ptd, partTd, B, C);
+      if (partTf) this.x.sumRows(ptf, partTf, B, C);
+      this.copyBack(back);
+    } finally {
+      this.top = mark;
+    }
+  }
+
+  wkv5Forward(B: number, T: number, H: number, N: number, r: Buf, k: Buf, v: Buf, wraw: Buf, u: Buf, y: Buf, save: boolean): Buf | null {
+    if (!this.wkvFast(N, [r, k, v, wraw, u, y])) return referenceTrainKernels.wkv5Forward(B, T, H, N, r, k, v, wraw, u, y, save);
+    const C = H * N, NN = N * N, n = B * T * C, perToken = wraw.length !== C;
+    const ckpt = save ? this.alloc("f32", B * H * wkvChunks(T) * NN, true) : null; // every chunk written; lives with the step, for the backward
+    const mark = this.top;
+    try {
+      const back: CopyBack[] = [];
+      const ins = [this.input(r, n), this.input(k, n), this.input(v, n), this.input(wraw, perToken ? n : C), this.input(u, C)];
+      const py = this.output(y, n, false, back);
+      const chunks = this.chunksFor(B * T * H * NN * 3, B * H);
+      const stride = align(F32 * (NN + 2 * N));
+      const ws = this.bump(stride * chunks);
+      this.run(JOB.wkv5Forward, [B, T, H, N, ...ins, perToken ? 1 : 0, py, ckpt ? ckpt.byteOffset : 0, ws, stride], chunks);
+      this.copyBack(back);
+    } finally {
+      this.top = mark;
+    }
+    return ckpt;
+  }
+
+  wkv5Backward(B: number, T: number, H: number, N: number, r: Buf, k: Buf, v: Buf, wraw: Buf, u: Buf, ckpt: Buf, gy: Buf,
+    gr: Buf | null, gk: Buf | null, gv: Buf | null, gw: Buf | null, gu: Buf | null): void {
+    if (!this.owns(ckpt) || !this.wkvFast(N, [gr, gk, gv, gw, gu])) {
+      referenceTrainKernels.wkv5Backward(B, T, H, N, r, k, v, wraw, u, ckpt, gy, gr, gk, gv, gw, gu);
+      return;
+    }
+    const C = H * N, NN = N * N, n = B * T * C, perToken = wraw.length !== C, nw = perToken ? n : C;
+    const mark = this.top;
+    try {
+      const back: CopyBack[] = [];
+      const ins = [this.input(r, n), this.input(k, n), this.input(v, n), this.input(wraw, nw), this.input(u, C)];
+      const pg = this.input(gy, n);
+      const [pr, pk, pv, pw, pu] = [this.output(gr, n, true, back), this.output(gk, n, true, back), this.output(gv, n, true, back),
+        this.output(gw, nw, true, back), this.output(gu, C, true, back)];
+      // u's gradient, and a constant decay's, sum over sequences: per-sequence partials, added in order after the job.
+      const partU = this.partials(gu, B, C), partW = perToken ? 0 : this.partials(gw, B, C);
+      const chunks = this.chunksFor(B * T * H * NN * 8, B * H);
+      const stride = align(F32 * ((WKV_CHUNK + 2) * NN + 3 * N));
+      const ws = this.bump(stride * chunks);
+      this.run(JOB.wkv5Backward, [B, T, H, N, ...ins, perToken ? 1 : 0, ckpt.byteOffset, pg, pr, pk, pv, perToken ? pw : partW, partU, ws, stride], chunks);
+      if (partU) this.x.sumRows(pu, partU, B, C);
+      if (partW) this.x.sumRows(pw, partW, B, C);
+      this.copyBack(back);
+    } finally {
+      this.top = mark;
+    }
+  }
+
+  wkv7Forward(B: number, T: number, H: number, N: number, r: Buf, wraw: Buf, k: Buf, v: Buf, a: Buf, b: Buf, y: Buf, save: boolean,
+    s0: Buf | null = null): Buf | null {
+    if (!this.wkvFast(N, [r, wraw, k, v, a, b, y, s0])) return referenceTrainKernels.wkv7Forward(B, T, H, N, r, wraw, k, v, a, b, y, save, s0);
     const NN = N * N, n = B * T * H * N;
     const ckpt = save ? this.alloc("f32", B * H * wkvChunks(T) * NN, true) : null; // every chunk written; lives with the step, for the backward
     const mark = this.top;
@@ -422,10 +584,11 @@ export class WasmTrainKernels implements TrainKernels {
       const back: CopyBack[] = [];
       const ins = [r, wraw, k, v, a, b].map((t) => this.input(t, n));
       const py = this.output(y, n, false, back);
+      const ps0 = s0 ? this.input(s0, H * NN) : 0;
       const chunks = this.chunksFor(B * T * H * NN * 4, B * H);
       const stride = align(F32 * (NN + N));
       const ws = this.bump(stride * chunks);
-      this.run(JOB.wkv7Forward, [B, T, H, N, ...ins, py, ckpt ? ckpt.byteOffset : 0, ws, stride], chunks);
+      this.run(JOB.wkv7Forward, [B, T, H, N, ...ins, py, ckpt ? ckpt.byteOffset : 0, ps0, ws, stride], chunks);
       this.copyBack(back);
     } finally {
       this.top = mark;
@@ -434,9 +597,9 @@ export class WasmTrainKernels implements TrainKernels {
   }
 
   wkv7Backward(B: number, T: number, H: number, N: number, r: Buf, wraw: Buf, k: Buf, v: Buf, a: Buf, b: Buf, ckpt: Buf, gy: Buf,
-    gr: Buf | null, gw: Buf | null, gk: Buf | null, gv: Buf | null, ga: Buf | null, gb: Buf | null): void {
-    if (!this.owns(ckpt)) {
-      referenceTrainKernels.wkv7Backward(B, T, H, N, r, wraw, k, v, a, b, ckpt, gy, gr, gw, gk, gv, ga, gb);
+    gr: Buf | null, gw: Buf | null, gk: Buf | null, gv: Buf | null, ga: Buf | null, gb: Buf | null, gs0: Buf | null = null): void {
+    if (!this.owns(ckpt) || !this.wkvFast(N, [gr, gw, gk, gv, ga, gb, gs0])) {
+      referenceTrainKernels.wkv7Backward(B, T, H, N, r, wraw, k, v, a, b, ckpt, gy, gr, gw, gk, gv, ga, gb, gs0);
       return;
     }
     const NN = N * N, n = B * T * H * N;
@@ -446,10 +609,13 @@ export class WasmTrainKernels implements TrainKernels {
       const ins = [r, wraw, k, v, a, b].map((t) => this.input(t, n));
       const pg = this.input(gy, n);
       const outs = [gr, gw, gk, gv, ga, gb].map((t) => this.output(t, n, true, back));
+      // The initial state's gradient sums over sequences: per-sequence partials, added in order after the job.
+      const pgs0 = this.output(gs0, H * NN, true, back), partS0 = this.partials(gs0, B, H * NN);
       const chunks = this.chunksFor(B * T * H * NN * 12, B * H);
       const stride = align(F32 * ((WKV_CHUNK + 1) * NN + NN + WKV_CHUNK * N + 10 * N));
       const ws = this.bump(stride * chunks);
-      this.run(JOB.wkv7Backward, [B, T, H, N, ...ins, ckpt.byteOffset, pg, ...outs, ws, stride], chunks);
+      this.run(JOB.wkv7Backward, [B, T, H, N, ...ins, ckpt.byteOffset, pg, ...outs, partS0, ws, stride], chunks);
+      if (partS0) this.x.sumRows(pgs0, partS0, B, H * NN);
       this.copyBack(back);
     } finally {
       this.top = mark;

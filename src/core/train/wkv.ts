@@ -1,4 +1,4 @@
-import type { Buf } from "./kernels.js";
+import type { Buf } from "./buffers.js";
 
 /*
  * The WKV recurrences of every RWKV version in GPT mode over B sequences of T steps, forward and

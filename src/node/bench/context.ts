@@ -60,7 +60,7 @@ export function contextMarks(n: number): number[] {
   return [...marks, n];
 }
 
-export function runContext(model: Model, o: ContextOptions): ContextResult {
+export async function runContext(model: Model, o: ContextOptions): Promise<ContextResult> {
   const n = o.tokens;
   const rng = new Rng(o.seed);
   const state = model.initState();
@@ -69,14 +69,14 @@ export function runContext(model: Model, o: ContextOptions): ContextResult {
   const progressEvery = Math.max(1, Math.floor(n / 100));
   const elapsed = new Float64Array(n + 1); // ms after token i
   const warm = model.initState();
-  for (let i = 0; i < WARMUP_STEPS; i++) model.step(i % model.config.vocabSize, warm);
+  for (let i = 0; i < WARMUP_STEPS; i++) await model.step(i % model.config.vocabSize, warm);
   const rss: Array<[number, number]> = [[0, process.memoryUsage.rss()]];
   // Token 0 starts the sequence, as a byte-level model's first byte would; each token sampled
   // (the official sampler's defaults, temperature 1, top-p 0.85) is fed back: one generation.
   let token = 0;
   const t0 = performance.now();
   for (let i = 1; i <= n; i++) {
-    const logits = model.step(token, state);
+    const logits = await model.step(token, state);
     token = sampleLogits(logits, undefined, rng);
     elapsed[i] = performance.now() - t0;
     if (i % rssEvery === 0 || marks.has(i)) rss.push([i, process.memoryUsage.rss()]);

@@ -10,8 +10,9 @@ import { loadCheckpoint } from "../load.js";
 /*
  * The pieces of `rwkv bench`: building the model a row measures, timing decode and prefill with a
  * guard against other processes on the CPU, counting the weight bytes a token reads, and the
- * bandwidth probe. Everything here is synchronous: the wasm backend's threads are workers over
- * shared memory, so a timed call is exactly the work of that call.
+ * bandwidth probe. The model calls are awaited (the Model API is asynchronous) but nothing else
+ * runs meanwhile: the CPU backends finish the work inside the call (the wasm backend's threads are
+ * workers over shared memory), so a timed run is exactly the work of its calls.
  */
 
 /** Where a benchmark's weights come from: a model file, or a random model built in memory. */
@@ -146,11 +147,11 @@ export interface Timed {
  * of MIN_JUDGED_MS or more), pauses and runs it again, up to RETRIES times. The last run is
  * returned with what it saw.
  */
-export function timeQuietly(fn: () => void, guard: boolean): Timed {
+export async function timeQuietly(fn: () => void | Promise<void>, guard: boolean): Promise<Timed> {
   for (let attempt = 0; ; attempt++) {
     const busy0 = guard ? machineBusyMs() : null, own0 = ownCpuMs();
     const t0 = performance.now();
-    fn();
+    await fn();
     const wallMs = performance.now() - t0;
     const busy1 = busy0 === null ? null : machineBusyMs();
     const otherCores = busy0 === null || busy1 === null || wallMs < MIN_JUDGED_MS ? null
@@ -212,33 +213,33 @@ function tokenSequence(n: number, vocab: number, offset: number): number[] {
  * Prefill: model.forward over a fresh state. Runs interleave (decode, then each prefill length) so
  * a passing disturbance spreads over all of them rather than spoiling one; warm-up first.
  */
-export function measureSpeed(model: Model, counter: CountingBackend, o: SpeedOptions): SpeedResult {
+export async function measureSpeed(model: Model, counter: CountingBackend, o: SpeedOptions): Promise<SpeedResult> {
   const V = model.config.vocabSize;
   const state = model.initState();
   const decodeTokens = tokenSequence(o.decodeTokens, V, 1);
   const prompts = o.prefill.map((n) => tokenSequence(n, V, 0));
-  const decodeRun = () => { for (const t of decodeTokens) model.step(t, state); };
-  const prefillRun = (p: number[]) => () => { model.forward(p, model.initState()); };
+  const decodeRun = async () => { for (const t of decodeTokens) await model.step(t, state); };
+  const prefillRun = (p: number[]) => async () => { await model.forward(p, model.initState()); };
   // Warm-up: whole runs until warmupSeconds have passed (at least one). V8 optimizes the JavaScript
   // between the kernels only after many calls: measured on the int8 0.1B model (2 threads), the
   // first decode run after 4 warm-up steps was 20% slower than the later ones.
   const warmupEnd = performance.now() + o.warmupSeconds * MS_PER_S;
   do {
-    decodeRun();
-    prompts.forEach((p) => prefillRun(p)());
+    await decodeRun();
+    for (const p of prompts) await prefillRun(p)();
   } while (performance.now() < warmupEnd);
 
   counter.weightBytes = 0;
   counter.counting = true;
-  model.step(decodeTokens[0], state);
+  await model.step(decodeTokens[0], state);
   counter.counting = false;
   const weightBytesPerToken = counter.weightBytes;
 
   const dec: Timed[] = [];
   const pre: Timed[][] = prompts.map(() => []);
   for (let r = 0; r < o.runs; r++) {
-    dec.push(timeQuietly(decodeRun, o.quiet));
-    prompts.forEach((p, i) => pre[i].push(timeQuietly(prefillRun(p), o.quiet)));
+    dec.push(await timeQuietly(decodeRun, o.quiet));
+    for (const [i, p] of prompts.entries()) pre[i].push(await timeQuietly(prefillRun(p), o.quiet));
   }
   return {
     decode: rateStat(o.decodeTokens, dec),
@@ -274,7 +275,7 @@ export interface ProbeResult {
  * least arithmetic per byte of all weight types, so it is about the rate the weight streaming of
  * any type can approach; not a hard bound (other shapes, cache reuse between matrices).
  */
-export function probeBandwidth(backend: Backend, cols: number, mib: number, runs: number, quiet: boolean): ProbeResult {
+export async function probeBandwidth(backend: Backend, cols: number, mib: number, runs: number, quiet: boolean): Promise<ProbeResult> {
   const rows = Math.max(1, Math.round((mib * 2 ** 20) / (4 * cols)));
   const data = new Float32Array(rows * cols); // (rows, cols)
   for (let i = 0; i < data.length; i++) data[i] = ((i * 2654435761) >>> 0) / 2 ** 32 - 0.5; // any finite values
@@ -290,7 +291,8 @@ export function probeBandwidth(backend: Backend, cols: number, mib: number, runs
   // judge; a small one (tests) stays short.
   const passes = Math.min(PROBE_MAX_PASSES, Math.max(1, Math.ceil(PROBE_RUN_MS / Math.max(passMs, 1e-3))));
   const bytes = data.byteLength;
-  const timed = Array.from({ length: runs }, () => timeQuietly(() => { for (let p = 0; p < passes; p++) backend.matmul(x, 1, W); }, quiet));
+  const timed: Timed[] = [];
+  for (let r = 0; r < runs; r++) timed.push(await timeQuietly(() => { for (let p = 0; p < passes; p++) backend.matmul(x, 1, W); }, quiet));
   const rates = timed.map((t) => (passes * bytes) / t.seconds);
   return { bytes, cols, bytesPerSecond: median(rates), runs: rates, otherCores: timed.map((t) => t.otherCores) };
 }

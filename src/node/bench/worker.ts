@@ -25,15 +25,15 @@ function backendFor(threads: number): Backend {
   return selectBackend(job.backend, { threads });
 }
 
-function runRow(row: BenchJob): RowResult {
+async function runRow(row: BenchJob): Promise<RowResult> {
   const inner = backendFor(row.threads);
   const counter = new CountingBackend(inner);
   const t0 = performance.now();
   const model = benchModel(row.source, row.dtype, counter);
   const buildSeconds = (performance.now() - t0) / MS_PER_S;
-  const speed = measureSpeed(model, counter, row.speed);
+  const speed = await measureSpeed(model, counter, row.speed);
   const peakRssBytes = process.resourceUsage().maxRSS * KIB; // before the probe's big matrix
-  const probe = probeBandwidth(inner, model.config.nEmbd, row.probeMib, PROBE_RUNS, row.speed.quiet);
+  const probe = await probeBandwidth(inner, model.config.nEmbd, row.probeMib, PROBE_RUNS, row.speed.quiet);
   const simd = "simd" in inner ? String(inner.simd) : undefined;
   return {
     dtype: row.dtype, threads: row.threads, backend: inner.name, ...(simd ? { simd } : {}), config: model.config, buildSeconds,
@@ -41,10 +41,10 @@ function runRow(row: BenchJob): RowResult {
   };
 }
 
-function main(): void {
+async function main(): Promise<void> {
   let out: RowResult | InputErrorResult;
   try {
-    out = runRow(job);
+    out = await runRow(job);
   } catch (e) {
     if (!(e instanceof RwkvInputError)) throw e; // a bug: the stack trace goes to stderr
     out = { inputError: { subject: e.subject, message: e.message } };
@@ -52,4 +52,4 @@ function main(): void {
   process.stdout.write(JSON.stringify(out) + "\n"); // the kernel workers are unref'd: the process ends here
 }
 
-main();
+await main();

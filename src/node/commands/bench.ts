@@ -3,6 +3,7 @@ import { parseArgs } from "node:util";
 import { availableBackends, selectBackend } from "../../core/backend/registry.js";
 import { MATRIX_DTYPES } from "../../core/formats/retype.js";
 import type { Version } from "../../core/model/model.js";
+import { VERSIONS as VERSION_MODULES, versionModule } from "../../core/model/versions.js";
 import { checkRandomSpec, RANDOM_MODEL_VERSIONS, type RandomModelSpec } from "../../core/model/random.js";
 import { checkWritableTarget, writeFileAtomic } from "../atomic-write.js";
 import { contextSvg, runContext } from "../bench/context.js";
@@ -14,10 +15,10 @@ import { Progress } from "../progress.js";
 import { defaultThreads } from "../threads/pool.js";
 
 /**
- * The default of --context and the example in messages: RWKV-7, the newest constant-memory release
- * (7b and the RWKV-8 hybrid grow their state; 7a/7b/8 carry (V, ·) tables per layer).
+ * The newest released version random models exist for: the default of --context and the example in
+ * messages (research previews such as 7b grow their state and carry (V, ·) tables per layer).
  */
-const RANDOM_DEFAULT: Version = "7";
+const RANDOM_DEFAULT = RANDOM_MODEL_VERSIONS.filter((v) => !versionModule(v).preview).at(-1)!;
 
 export const BENCH_USAGE = `bench [MODEL] [--random ${RANDOM_DEFAULT}]   speed: decode and prefill tok/s, peak RSS, bandwidth (a table; --json)
       MODEL                 default: the bundled model (when --random is not given either)
@@ -40,7 +41,7 @@ const OPTIONS: Options = {
   json: { type: "boolean" }, context: { type: "boolean" }, tokens: { type: "string" }, out: { type: "string" },
 };
 
-const VERSIONS: readonly Version[] = ["4", "5.1", "5.2", "6", "7", "7a", "7b", "8", "8-hybrid"];
+const VERSIONS: readonly Version[] = VERSION_MODULES.map((m) => m.id).reverse(); // oldest first, as users list them
 const BENCH_DTYPES: readonly BenchDType[] = [...MATRIX_DTYPES, "int8", "stored"];
 /** The issue's reference model (RWKV-7 0.1B shape) for speed; a tiny one for the 100k-token context run. */
 const SPEED_SHAPE = { nLayer: 12, nEmbd: 768, vocabSize: 65536 };
@@ -281,7 +282,7 @@ async function benchContext(io: CliIO, source: ModelSource, dtype: BenchDType, t
   const be = selectBackend(backend, { threads });
   const model = benchModel(source, dtype, be);
   const progress = new Progress({ label: "bench --context", unit: "tok", write: (t) => io.stderr(t), tty: process.stderr.isTTY === true, columns: process.stderr.columns });
-  const r = runContext(model, { tokens, seed, onProgress: (d, n) => progress.update(d, n) });
+  const r = await runContext(model, { tokens, seed, onProgress: (d, n) => progress.update(d, n) });
   progress.finish();
   const c = model.config;
   const what = `${describeSource(source)}, ${dtype}, ${be.name} backend, ${threads} thread${threads > 1 ? "s" : ""}`;

@@ -176,7 +176,7 @@ export async function chatCommand(args: string[], io: CliIO, config: CliConfig):
   const system = str(values, "system");
   if (system !== undefined && cleanMessage(system) === "") throw new UsageError("--system is empty");
   const modelPath = modelPathFor(positionals[0], config);
-  const model = loadModel(modelPath, { ...modelLoadOptions(values, args), onNote: (t) => io.stderr(`note: ${t}\n`) });
+  const model = await loadModel(modelPath, { ...modelLoadOptions(values, args), onNote: (t) => io.stderr(`note: ${t}\n`) });
   const tokenizer = tokenizerFor(values, model.config.vocabSize, modelPath);
   const stateIn = str(values, "state-in");
   let from: ChatStart | undefined;

@@ -1,7 +1,9 @@
 import { readFileSync, realpathSync } from "node:fs";
 import { basename, extname, resolve } from "node:path";
 import type { Checkpoint } from "../../core/formats/checkpoint.js";
-import { byteVocabMetadata, ggufFromCheckpoint, ggufTokenizerMetadata, type GgufValue, worldVocabMetadata } from "../../core/formats/gguf.js";
+import type { GgufValue } from "../../core/formats/gguf.js";
+import { ggufFromCheckpoint } from "../../core/formats/gguf-rwkv.js";
+import { byteVocabMetadata, ggufTokenizerMetadata, worldVocabMetadata } from "../../core/formats/gguf-vocab.js";
 import { openCheckpoint } from "../../core/formats/open.js";
 import { type PthDType, pthChunks } from "../../core/formats/pth-writer.js";
 import { toBf16Bytes, toF16Bytes, toF32Bytes } from "../../core/formats/quantize.js";

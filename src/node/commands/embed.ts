@@ -10,7 +10,7 @@ export const EMBED_USAGE = `embed [MODEL] (--text TEXT ... | --input-file F)   t
       --unnormalized (keep the pooled length)  --chunk-len N (${DEFAULT_EMBED_CHUNK})
       --tokenizer PATH  --tokenizer-kind world|20b|bytes  --backend NAME  --threads N  --int8`;
 
-export function embedCommand(args: string[], io: CliIO, config: CliConfig): number {
+export async function embedCommand(args: string[], io: CliIO, config: CliConfig): Promise<number> {
   const { values, positionals } = parse(args, {
     text: { type: "string", multiple: true }, "input-file": { type: "string" }, pooling: { type: "string" }, unnormalized: { type: "boolean" },
     "chunk-len": { type: "string" }, tokenizer: { type: "string" }, "tokenizer-kind": { type: "string" }, ...MODEL_OPTIONS,
@@ -25,7 +25,7 @@ export function embedCommand(args: string[], io: CliIO, config: CliConfig): numb
   const chunkLen = positiveInt(values, "chunk-len", DEFAULT_EMBED_CHUNK);
 
   const modelPath = modelPathFor(positionals[0], config);
-  const model = loadModel(modelPath, modelLoadOptions(values));
+  const model = await loadModel(modelPath, modelLoadOptions(values));
   const tokenizer = tokenizerFor(values, model.config.vocabSize, modelPath);
   // Every input is checked before the first is embedded: a bad line fails fast, with nothing printed.
   const encoded = inputs.map((text, i) => {
@@ -34,7 +34,7 @@ export function embedCommand(args: string[], io: CliIO, config: CliConfig): numb
     return tokens;
   });
   for (const [index, tokens] of encoded.entries()) {
-    const v = embedTokens(model, tokens, { pooling: pooling as Pooling, normalize: values.unnormalized !== true, chunkLen });
+    const v = await embedTokens(model, tokens, { pooling: pooling as Pooling, normalize: values.unnormalized !== true, chunkLen });
     io.stdout(JSON.stringify({ index, tokens: tokens.length, dimension: v.length, embedding: Array.from(v) }) + "\n");
   }
   return 0;

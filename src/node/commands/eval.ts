@@ -222,7 +222,7 @@ interface EvalJob {
 async function evaluate(io: CliIO, job: EvalJob, alsoWrite: (json: string) => void): Promise<number> {
   const { method, file, docs, modelPath, tokenizerPath, kind, load, pieceLen, carryState, limit } = job;
 
-  const model = loadModel(modelPath, load);
+  const model = await loadModel(modelPath, load);
   const tokenizer = loadTokenizer({ kind, vocabSize: model.config.vocabSize, path: tokenizerPath, modelPath });
 
   const progress = new Progress({ label: `eval ${method}`, unit: PROGRESS_UNIT, write: (t) => io.stderr(t), tty: process.stderr.isTTY === true, columns: process.stderr.columns });

@@ -124,7 +124,7 @@ export async function generateCommand(args: string[], io: CliIO, config: CliConf
   if (prompt === "" && stateIn === undefined) throw new UsageError(`${promptFile !== undefined ? `--prompt-file ${promptFile}` : "--prompt"} is empty`);
 
   const modelPath = modelPathFor(positionals[0], config);
-  const model = loadModel(modelPath, { ...modelLoadOptions(values, args), onNote: (t) => io.stderr(`note: ${t}\n`) });
+  const model = await loadModel(modelPath, { ...modelLoadOptions(values, args), onNote: (t) => io.stderr(`note: ${t}\n`) });
   const tokenizer = tokenizerFor(values, model.config.vocabSize, modelPath);
   const grammar = constraintFromFiles(str(values, "json-schema"), str(values, "grammar"), tokenizer, Math.min(tokenizer.vocabSize, model.config.vocabSize));
   const input: { prompt: number[]; state?: State; logits?: Float32Array } = { prompt: tokenizer.encode(prompt ?? "") };
@@ -160,7 +160,7 @@ export async function generateCommand(args: string[], io: CliIO, config: CliConf
       const res = r.value;
       // Feed the last sampled token too, so the saved state covers all the output.
       const state = res.state;
-      const logits = res.unfed.length ? model.forward(res.unfed, state) : res.logits;
+      const logits = res.unfed.length ? await model.forward(res.unfed, state) : res.logits;
       const extra: GenerationExtra = { rng: res.rng.toJSON(), penalties: res.penalties.toJSON() };
       saveStateFile(stateOut, model, state, logits, seen + res.promptTokens + res.tokens.length, extra);
     }

@@ -86,8 +86,8 @@ export async function serveCommand(args: string[], io: CliIO, config: CliConfig)
   const graceMs = numberIn(values, "shutdown-grace", DEFAULT_GRACE_S, 0, Number.MAX_SAFE_INTEGER / MS_PER_S) * MS_PER_S;
 
   const loadOptions = { ...modelLoadOptions(values, args), onNote: (t: string) => io.stderr(`note: ${t}\n`) };
-  const model = loadModel(modelPath, loadOptions);
-  const adapters = loadServedAdapters(modelPath, loadOptions, (values.adapter as string[] | undefined) ?? []);
+  const model = await loadModel(modelPath, loadOptions);
+  const adapters = await loadServedAdapters(modelPath, loadOptions, (values.adapter as string[] | undefined) ?? []);
   const tokenizer = tokenizerFor(values, model.config.vocabSize, modelPath);
   const stateStore = await stateStoreFromFlags(values, model, { matrices: loadOptions.matrices ?? "compact" }, settings.cacheBytes, io);
   const server = new RwkvServer({

@@ -3,7 +3,8 @@ import { RwkvInputError } from "../../core/errors.js";
 import type { ModelConfig } from "../../core/model/model.js";
 import type { NewModelSpec } from "../../core/train/init.js";
 import type { TrainKernels } from "../../core/train/kernels.js";
-import type { TrainVersion } from "../../core/train/model.js";
+import { type Version } from "../../core/model/model.js";
+import { versionModule, versionsWith } from "../../core/model/versions.js";
 import { DEFAULT_LORA_TARGETS, type LoraSpec } from "../../core/train/lora.js";
 import type { TokenizerKind } from "../../core/tokenizer/types.js";
 import { type CliIO, numberIn, parse, positiveInt, str, UsageError, type Values } from "../cli-util.js";
@@ -12,7 +13,8 @@ import { exportRwkvLmRun } from "../train/rwkv-lm-run.js";
 import { CHECKPOINT_FILE, type NewTrainRun, TRAIN_DEFAULTS, type TrainRunOptions } from "../train/run-options.js";
 import { type TrainingEvent, TrainingRun } from "../train/run.js";
 import { DEFAULT_LORA_ALPHA } from "../../core/adapters/adapter.js";
-import { defaultTrainThreads, type TrainKernelKind } from "../threads/train-pool.js";
+import { defaultThreads } from "../threads/spawn.js";
+import type { TrainKernelKind } from "../threads/train-pool.js";
 
 /*
  * rwkv train: GPT-mode training of an RWKV model on text, from scratch or from a checkpoint, with
@@ -54,7 +56,7 @@ export const TRAIN_USAGE = [
 ].join("\n");
 
 const DEFAULTS = { ...TRAIN_DEFAULTS, version: "7", headSize: 64 } as const;
-const VERSIONS: readonly TrainVersion[] = ["4", "5.2", "6", "7"];
+const VERSIONS: readonly Version[] = versionsWith("train");
 /** Options a resumed run may change: they extend or bound the run, not its math so far. */
 const RESUME_OVERRIDABLE = new Set(["steps", "max-seconds", "peak-gflops", "out", "resume", "threads", "kernels"]);
 const MS_PER_S = 1000;
@@ -115,9 +117,9 @@ function runOptionsFromFlags(values: Values): NewTrainRun {
     if (values.layers === undefined || values.embd === undefined) throw new UsageError("a new model needs --layers N and --embd C (or --model FILE to fine-tune)");
     tokenizerKind ??= "bytes";
     const spec: NewModelSpec = {
-      version: version as TrainVersion, nLayer: positiveInt(values, "layers", 0), nEmbd: positiveInt(values, "embd", 0),
+      version: version as Version, nLayer: positiveInt(values, "layers", 0), nEmbd: positiveInt(values, "embd", 0),
       vocabSize: values.vocab !== undefined ? positiveInt(values, "vocab", 0) : 0, // 0: the tokenizer's
-      ...(version !== "4" ? { headSize: positiveInt(values, "head-size", DEFAULTS.headSize) } : {}),
+      ...(versionModule(version as Version).heads ? { headSize: positiveInt(values, "head-size", DEFAULTS.headSize) } : {}),
       ...(values.ffn !== undefined ? { dimFfn: positiveInt(values, "ffn", 0) } : {}),
     };
     init = { scratch: spec };
@@ -156,7 +158,7 @@ function runOptionsFromFlags(values: Values): NewTrainRun {
 function flagValues(run: TrainRunOptions, config: ModelConfig): Record<string, string | undefined> {
   return {
     version: config.version, layers: String(config.nLayer), embd: String(config.nEmbd),
-    "head-size": config.version === "4" ? undefined : String(config.headSize), ffn: String(config.dimFfn), vocab: String(config.vocabSize),
+    "head-size": versionModule(config.version).heads ? String(config.headSize) : undefined, ffn: String(config.dimFfn), vocab: String(config.vocabSize),
     ctx: String(run.ctx), batch: String(run.batch), lr: String(run.lr), "lr-final": String(run.lrFinal), warmup: String(run.warmup),
     decay: run.decay, "weight-decay": String(run.weightDecay), beta1: String(run.beta1), beta2: String(run.beta2), "adam-eps": String(run.adamEps),
     "grad-clip": String(run.gradClip), "no-l2wrap": String(!run.l2wrap), "tokenizer-kind": run.tokenizerKind, seed: String(run.seed),
@@ -208,7 +210,7 @@ export async function trainCommand(args: string[], io: CliIO): Promise<number> {
   if (values.export !== undefined) return await exportCommand(values, out, io);
   const kind = str(values, "kernels") ?? "wasm";
   if (kind !== "wasm" && kind !== "reference") throw new UsageError(`--kernels must be wasm or reference, got "${kind}"`);
-  const compute = { kernels: kind as TrainKernelKind, threads: positiveInt(values, "threads", defaultTrainThreads()) };
+  const compute = { kernels: kind as TrainKernelKind, threads: positiveInt(values, "threads", defaultThreads()) };
 
   let run: TrainingRun;
   if (values.resume === true) {

@@ -2,6 +2,7 @@ import { DEFAULT_EMBED_CHUNK, hiddenOf, HiddenPool } from "../../core/embedding.
 import type { Model } from "../../core/model/model.js";
 import type { Tokenizer } from "../../core/tokenizer/types.js";
 import { invalidParam } from "./errors.js";
+import { yieldToEventLoop } from "../../core/yield.js";
 import type { Json, JsonObject } from "./params.js";
 
 /*
@@ -72,8 +73,6 @@ export function parseEmbeddingRequest(body: JsonObject, tokenizer: Tokenizer, li
   return { model, inputs, encoding: enc };
 }
 
-const nextTurn = () => new Promise<void>((resolve) => setImmediate(resolve));
-
 /** Runs the model over each input and builds the OpenAI response body. */
 export async function embeddingsResponse(model: Model, request: EmbeddingRequest, modelName: string): Promise<object> {
   const hidden = hiddenOf(model);
@@ -83,8 +82,8 @@ export async function embeddingsResponse(model: Model, request: EmbeddingRequest
     const pool = new HiddenPool(model.config.nEmbd);
     const state = model.initState();
     for (let i = 0; i < ids.length; i += DEFAULT_EMBED_CHUNK) {
-      if (i > 0 || index > 0) await nextTurn();
-      pool.add(hidden(ids.slice(i, i + DEFAULT_EMBED_CHUNK), state, { allLogits: true }));
+      if (i > 0 || index > 0) await yieldToEventLoop();
+      pool.add(await hidden(ids.slice(i, i + DEFAULT_EMBED_CHUNK), state, { allLogits: true }));
     }
     const v = pool.result();
     tokens += ids.length;

@@ -22,8 +22,10 @@ import { ApiError, HTTP } from "./errors.js";
  *      its own RNG, penalties and stop strings), hands out its text, retires finished requests;
  *   5. yields to the event loop (setImmediate), so sockets flush, new requests arrive and closed
  *      connections cancel before the next turn.
- * A turn is synchronous from 1 to 4, so cancel() (a socket's close handler) never sees a request
- * half-way through a step: it can drop the request from its slot at once.
+ * The model calls of steps 2 and 3 are awaited (Model is asynchronous). cancel() (a socket's close
+ * handler) may run while one is in flight: it drops the request from its slot at once, and the turn
+ * ignores what the call returns for a request that is done by then. The work a finished request
+ * leaves for the prefix cache (remember) runs at the end of the turn, before the next admits.
  *
  * Determinism: a request's tokens depend only on its prompt, its options and its seed. Its Decoding
  * sees only its own logits row, and every kernel computes each row with the same operations in the
@@ -168,6 +170,8 @@ export class Scheduler {
   private running = false;
   private accepting = true;
   private idleWaiters: Array<() => void> = [];
+  /** Requests finished this turn whose state the turn still offers the prefix cache (remember). */
+  private readonly finished: Array<[Job, FinishReason]> = [];
 
   constructor(private readonly model: Model, readonly options: SchedulerOptions) {
     for (const [k, v] of [["slots", options.slots], ["prefillChunk", options.prefillChunk]] as const) {
@@ -276,7 +280,7 @@ export class Scheduler {
       await nextTurn();
       while (!this.idle) {
         try {
-          this.turn();
+          await this.turn();
         } catch (e) {
           // Model work is guarded per request; anything else is a bug. Fail what is active rather
           // than leave its clients hanging, and keep serving the queue.
@@ -290,12 +294,13 @@ export class Scheduler {
     }
   }
 
-  /** One turn: admit, prefill, one batched step, sample. Synchronous (see the header comment). */
-  private turn(): void {
+  /** One turn: admit, prefill, one batched step, sample, then what finished requests leave for the cache. */
+  private async turn(): Promise<void> {
     this.admit();
-    this.prefill();
-    this.step();
+    await this.prefill();
+    await this.step();
     this.sample();
+    for (const [job, reason] of this.finished.splice(0)) await this.guardModel([], () => this.remember(job, reason));
   }
 
   private admit(): void {
@@ -324,7 +329,7 @@ export class Scheduler {
     }
   }
 
-  private prefill(): void {
+  private async prefill(): Promise<void> {
     const someoneDecodes = this.active.some((j) => j.phase === "decode");
     let budget = someoneDecodes ? this.options.prefillChunk : Math.max(this.options.prefillChunk, DEFAULT_CHUNK_LEN);
     for (const job of [...this.active]) {
@@ -332,8 +337,8 @@ export class Scheduler {
       if (job.phase !== "prefill") continue;
       const prompt = job.spec.prompt;
       const n = Math.min(budget, prompt.length - job.prefillPos);
-      const logits = this.guard([job], () => this.model.forward(prompt.slice(job.prefillPos, job.prefillPos + n), job.state!));
-      if (!logits) continue;
+      const logits = await this.guardModel([job], () => this.model.forward(prompt.slice(job.prefillPos, job.prefillPos + n), job.state!));
+      if (!logits || job.phase !== "prefill") continue; // failed, or cancelled while the forward ran
       job.prefillPos += n;
       budget -= n;
       this.metrics.promptTokensProcessed += n;
@@ -359,13 +364,14 @@ export class Scheduler {
     else if (this.cache && job.spec.continuation) job.afterPrompt = { state: job.state!.clone(), logits };
   }
 
-  private step(): void {
+  private async step(): Promise<void> {
     const jobs = this.active.filter((j) => j.pending !== null);
     if (jobs.length === 0) return;
-    const out = this.guard(jobs, () => this.model.stepBatch(jobs.map((j) => j.pending!), jobs.map((j) => j.state!)));
+    const out = await this.guardModel(jobs, () => this.model.stepBatch(jobs.map((j) => j.pending!), jobs.map((j) => j.state!)));
     if (!out) return;
     const V = out.length / jobs.length;
     jobs.forEach((job, b) => {
+      if (job.phase === "done") return; // cancelled while the step ran
       job.fed.push(job.pending!);
       job.pending = null;
       job.logits = out.slice(b * V, (b + 1) * V);
@@ -402,8 +408,8 @@ export class Scheduler {
     this.remove(job);
     this.metrics.requestsFinished++;
     job.settle(this.result(job, reason));
-    this.guard([], () => this.remember(job, reason));
-    this.checkIdle();
+    // The loop reports idle only after the turn has run it (so a waiter sees the cache updated).
+    this.finished.push([job, reason]);
   }
 
   /**
@@ -415,13 +421,13 @@ export class Scheduler {
    * state after the prompt is cached instead: the next turn then prefills the reply and its new
    * messages, never the older history. Without a continuation, the state after what was fed is.
    */
-  private remember(job: Job, reason: FinishReason): void {
+  private async remember(job: Job, reason: FinishReason): Promise<void> {
     const cache = this.cache;
     if (!cache || !job.state || !job.stateLogits) return;
     const target = job.spec.continuation?.(job.spec.decoding.output, reason) ?? null;
     const extra = target ? target.length - job.fed.length : -1;
     if (target && extra >= 0 && extra <= MAX_CONTINUATION_EXTRA_TOKENS && job.fed.every((t, i) => t === target[i])) {
-      const logits = extra > 0 ? this.model.forward(target.slice(job.fed.length), job.state) : job.stateLogits;
+      const logits = extra > 0 ? await this.model.forward(target.slice(job.fed.length), job.state) : job.stateLogits;
       cache.store(target, job.state, logits);
       this.metrics.continuationsCached++;
     } else if (job.afterPrompt) {
@@ -440,18 +446,34 @@ export class Scheduler {
     };
   }
 
-  /** Runs model work for `jobs`; an exception fails those requests (not the server) and returns null. */
+  /** Runs work for `jobs`; an exception fails those requests (not the server) and returns null. */
   private guard<T>(jobs: Job[], f: () => T): T | null {
     try {
       return f();
     } catch (e) {
-      for (const job of [...jobs, ...jobs.flatMap((j) => j.followers.filter((f) => f.phase === "forked" || f.phase === "queued"))]) {
-        this.remove(job);
-        this.metrics.requestsFailed++;
-        job.settle(null, e);
-      }
-      this.checkIdle();
+      this.fail(jobs, e);
       return null;
     }
+  }
+
+  /** guard() for model calls: a rejection fails those requests and gives null. */
+  private async guardModel<T>(jobs: Job[], f: () => Promise<T>): Promise<T | null> {
+    try {
+      return await f();
+    } catch (e) {
+      this.fail(jobs, e);
+      return null;
+    }
+  }
+
+  /** Fails `jobs` (those not already done, e.g. cancelled while a call ran) and their waiting followers. */
+  private fail(jobs: Job[], e: unknown): void {
+    for (const job of [...jobs, ...jobs.flatMap((j) => j.followers.filter((f) => f.phase === "forked" || f.phase === "queued"))]) {
+      if (job.phase === "done") continue;
+      this.remove(job);
+      this.metrics.requestsFailed++;
+      job.settle(null, e);
+    }
+    this.checkIdle();
   }
 }

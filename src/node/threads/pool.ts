@@ -1,26 +1,15 @@
-import { availableParallelism } from "node:os";
-import { Worker } from "node:worker_threads";
 import { type Backend } from "../../core/backend/backend.js";
 import { registerBackend, WASM_PRIORITY } from "../../core/backend/registry.js";
-import { WasmBackend, type WasmSimd, type WasmWorkerInit, wasmAvailable } from "../../core/backend/wasm.js";
+import { WasmBackend, type WasmSimd, wasmAvailable } from "../../core/backend/wasm.js";
+import { defaultThreads, spawnKernelWorker } from "./spawn.js";
+
+export { defaultThreads };
 
 /**
- * Node's wasm backends: the core's kernels with worker_threads over the shared WebAssembly memory.
- * One backend (memory + workers) per thread count, created on first use and kept for the process;
- * the workers are unref'd so they never keep the process alive.
+ * Node's wasm backends: the core's kernels with worker_threads (spawn.ts) over the shared
+ * WebAssembly memory. One backend (memory + workers) per thread count, created on first use and
+ * kept for the process.
  */
-
-/** Default thread count: every core this process may use. */
-export function defaultThreads(): number {
-  return availableParallelism();
-}
-
-function spawnWorker(init: WasmWorkerInit): void {
-  const w = new Worker(new URL("./worker.js", import.meta.url), { workerData: init });
-  // A worker that dies only loses its help: the other threads claim every chunk themselves.
-  w.on("error", (e) => process.emitWarning(`wasm kernel worker stopped: ${e instanceof Error ? e.message : String(e)}`));
-  w.unref();
-}
 
 const backends = new Map<string, WasmBackend>();
 
@@ -31,7 +20,7 @@ export function wasmBackend(threads: number = defaultThreads(), simd?: WasmSimd)
   const key = `${threads}/${simd ?? "auto"}`;
   let b = backends.get(key);
   if (!b) {
-    b = new WasmBackend({ threads, simd, spawn: spawnWorker });
+    b = new WasmBackend({ threads, simd, spawn: spawnKernelWorker });
     backends.set(key, b);
   }
   return b;

@@ -15,7 +15,8 @@ import { addTimeStateParams, timeStateNames } from "../../core/train/state-tune.
 import { trainFlopsPerToken } from "../../core/train/trainer.js";
 import { writeFileAtomic } from "../atomic-write.js";
 import { loadCheckpoint } from "../load.js";
-import { defaultTrainThreads, type TrainKernelKind, trainKernels } from "../threads/train-pool.js";
+import { defaultThreads } from "../threads/spawn.js";
+import { type TrainKernelKind, trainKernels } from "../threads/train-pool.js";
 import { loadTokenizer } from "../tokenizer.js";
 import { exportLora, exportTimeState } from "./adapter-export.js";
 import { type CheckpointHeader, loadCheckpointFile, saveCheckpoint } from "./checkpoint.js";
@@ -261,7 +262,7 @@ export class TrainingRun {
 }
 
 function computeKernels(c: TrainCompute): TrainKernels {
-  return trainKernels(c.kernels ?? "wasm", c.threads ?? defaultTrainThreads());
+  return trainKernels(c.kernels ?? "wasm", c.threads ?? defaultThreads());
 }
 
 function adamW(run: TrainRunOptions) {

@@ -5,7 +5,7 @@ import type { Checkpoint } from "../../core/formats/checkpoint.js";
 import { pthChunks } from "../../core/formats/pth-writer.js";
 import { toBf16Bytes } from "../../core/formats/quantize.js";
 import type { ModelConfig } from "../../core/model/model.js";
-import { v7LoraDim } from "../../core/train/init.js";
+import { type RwkvLmSupport, versionModule, versionsWith } from "../../core/model/versions.js";
 import type { ParamStore } from "../../core/train/params.js";
 import { numel, type TensorEntry } from "../../core/tensor.js";
 import { writeFileAtomic } from "../atomic-write.js";
@@ -29,9 +29,6 @@ import { writeFileAtomic } from "../atomic-write.js";
 const SAMPLES_PER_MINI_EPOCH = 40320;
 /** train.py's dim_ffn default for x060 (3.5·C rounded down to 32) and its divisibility asserts. */
 const DIM_MULTIPLE = 32;
-const V6_MIX_LORA = 32, V6_DECAY_LORA = 64;
-const V7_HEAD_SIZE = 64;
-const V7_LORA_FACTORS = { w: 2.5, a: 2.5, v: 1.7, g: 5 } as const;
 /** train.py: "try 10 if you load a model". */
 const RESUME_WARMUP_STEPS = 10;
 /** A DeepSpeed-wrapped module's state dict prefixes every key with this (train.py strips it too). */
@@ -40,45 +37,27 @@ const DEEPSPEED_PREFIX = "_forward_module.";
 const BINIDX_UINT16 = 8, BINIDX_INT32 = 4;
 const BINIDX_MAGIC = Uint8Array.from([0x4d, 0x4d, 0x49, 0x44, 0x49, 0x44, 0x58, 0x00, 0x00]); // "MMIDIDX\0\0"
 
-/** The (name, shape) list RWKV-LM's model.state_dict() has for this config, in its order; null when RWKV-LM cannot train it. */
+/** The (name, shape) list RWKV-LM's model.state_dict() has for this config, in its order (the version's layout). */
 export function rwkvLmLayout(config: ModelConfig): Array<[string, number[]]> {
-  const { version, nLayer: L, nEmbd: C, vocabSize: V, dimFfn: F, nHead: H, headSize: N } = config;
-  const out: Array<[string, number[]]> = [["emb.weight", [V, C]]];
-  const v = [1, 1, C];
-  for (let i = 0; i < L; i++) {
-    const b = `blocks.${i}.`, a = `${b}att.`, f = `${b}ffn.`;
-    out.push([`${b}ln1.weight`, [C]], [`${b}ln1.bias`, [C]], [`${b}ln2.weight`, [C]], [`${b}ln2.bias`, [C]]);
-    if (i === 0) out.push([`${b}ln0.weight`, [C]], [`${b}ln0.bias`, [C]]);
-    if (version === "7") {
-      const dw = v7LoraDim(V7_LORA_FACTORS.w, C), da = v7LoraDim(V7_LORA_FACTORS.a, C), dv = v7LoraDim(V7_LORA_FACTORS.v, C), dg = v7LoraDim(V7_LORA_FACTORS.g, C);
-      for (const x of ["x_r", "x_w", "x_k", "x_v", "x_a", "x_g"]) out.push([a + x, v]);
-      // RWKV_Tmix_x070.__init__ registers each LoRA's matrices before its bias vector.
-      out.push([a + "w1", [C, dw]], [a + "w2", [dw, C]], [a + "w0", v], [a + "a1", [C, da]], [a + "a2", [da, C]], [a + "a0", v],
-        [a + "v1", [C, dv]], [a + "v2", [dv, C]], [a + "v0", v], [a + "g1", [C, dg]], [a + "g2", [dg, C]],
-        [a + "k_k", v], [a + "k_a", v], [a + "r_k", [H, N]]);
-      for (const m of ["receptance", "key", "value", "output"]) out.push([`${a}${m}.weight`, [C, C]]);
-      out.push([a + "ln_x.weight", [C]], [a + "ln_x.bias", [C]], [f + "x_k", v], [f + "key.weight", [F, C]], [f + "value.weight", [C, F]]);
-    } else {
-      for (const x of ["x", "w", "k", "v", "r", "g"]) out.push([`${a}time_maa_${x}`, v]);
-      out.push([a + "time_maa_w1", [C, 5 * V6_MIX_LORA]], [a + "time_maa_w2", [5, V6_MIX_LORA, C]], [a + "time_decay", [1, 1, C]],
-        [a + "time_decay_w1", [C, V6_DECAY_LORA]], [a + "time_decay_w2", [V6_DECAY_LORA, C]], [a + "time_faaaa", [H, N]]);
-      for (const m of ["receptance", "key", "value", "output", "gate"]) out.push([`${a}${m}.weight`, [C, C]]);
-      out.push([a + "ln_x.weight", [C]], [a + "ln_x.bias", [C]], [f + "time_maa_k", v], [f + "time_maa_r", v],
-        [f + "key.weight", [F, C]], [f + "receptance.weight", [C, C]], [f + "value.weight", [C, F]]);
-    }
-  }
-  out.push(["ln_out.weight", [C]], ["ln_out.bias", [C]], ["head.weight", [V, C]]);
-  return out;
+  return (versionModule(config.version).layout?.(config) ?? []).map(({ name, shape }) => [name, [...shape]]);
+}
+
+/** The version's RWKV-LM trainer, or null when RWKV-LM has none for it. */
+function rwkvLmOf(config: ModelConfig): RwkvLmSupport | null {
+  return versionModule(config.version).rwkvLm ?? null;
 }
 
 /** Why RWKV-LM's trainer cannot take this model as is (empty: it can). */
 export function rwkvLmProblems(config: ModelConfig, tensors: ReadonlyMap<string, { readonly shape: readonly number[] }>): string[] {
-  const { version, nEmbd: C, dimFfn: F, headSize: N } = config;
-  if (version !== "7" && version !== "6") return [`RWKV-${version} is not supported (RWKV-LM's current trainers are for RWKV-7 (train_temp) and RWKV-6 (RWKV-v5, x060))`];
+  const { nEmbd: C, dimFfn: F } = config;
+  const lm = rwkvLmOf(config);
+  if (!lm) {
+    const trainers = versionsWith("rwkvLm").map((v) => { const m = versionModule(v); return `${m.name} (${m.rwkvLm!.folder}, ${m.rwkvLm!.myTesting})`; });
+    return [`RWKV-${config.version} is not supported (RWKV-LM's current trainers are for ${trainers.join(" and ")})`];
+  }
   const problems: string[] = [];
   if (C % DIM_MULTIPLE !== 0 || F % DIM_MULTIPLE !== 0) problems.push(`n_embd ${C} and dim_ffn ${F} must be multiples of ${DIM_MULTIPLE}`);
-  if (version === "7" && N !== V7_HEAD_SIZE) problems.push(`head size ${N}: RWKV-LM's RWKV-7 kernels are built for ${V7_HEAD_SIZE}`);
-  if (version === "7" && F !== 4 * C) problems.push(`dim_ffn ${F}: RWKV-LM's RWKV-7 channel mix is fixed at 4·n_embd = ${4 * C}`);
+  problems.push(...lm.problems(config));
   const want = rwkvLmLayout(config);
   const names = new Set(want.map(([n]) => n));
   const missing = want.filter(([n]) => !tensors.has(n)).map(([n]) => n);
@@ -170,11 +149,12 @@ export async function exportRwkvLm(params: ParamStore, config: ModelConfig, trai
 
 /** The train.py command that continues from DIR on N_NODE × GPU_PER_NODE GPUs (DeepSpeed stage 2, bf16). */
 function trainCommandLine(config: ModelConfig, run: RwkvLmRun, dir: string, prime: number): string {
-  const v7 = config.version === "7";
+  const lm = rwkvLmOf(config);
+  if (!lm) throw new RwkvInputError("rwkv-lm", `RWKV-LM has no trainer for RWKV-${config.version}`);
   const lines = [
     "#!/bin/sh",
-    `# Continue this run on RWKV-LM (BlinkDL/RWKV-LM ${v7 ? "RWKV-v7/train_temp" : "RWKV-v5 (x060)"}): run from that folder, e.g.`,
-    `#   cd RWKV-LM/${v7 ? "RWKV-v7/train_temp" : "RWKV-v5"} && N_NODE=1 GPU_PER_NODE=8 M_BSZ=${run.batch} sh ${join(dir, "train.sh")}`,
+    `# Continue this run on RWKV-LM (BlinkDL/RWKV-LM ${lm.folder} (${lm.myTesting})): run from that folder, e.g.`,
+    `#   cd RWKV-LM/${lm.folder} && N_NODE=1 GPU_PER_NODE=8 M_BSZ=${run.batch} sh ${join(dir, "train.sh")}`,
     `# M_BSZ is per GPU; N_NODE x GPU_PER_NODE x M_BSZ must divide ${SAMPLES_PER_MINI_EPOCH} (RWKV-LM's mini-epoch).`,
     "# --train_stage 3 loads the newest rwkv-N.pth (at first rwkv-init.pth) from --proj_dir and saves",
     "# rwkv-N.pth every EPOCH_SAVE mini-epochs and rwkv-final.pth after one pass over the data",
@@ -186,14 +166,14 @@ function trainCommandLine(config: ModelConfig, run: RwkvLmRun, dir: string, prim
     'EPOCH_SAVE="${EPOCH_SAVE:-1}"',
     [
       "python train.py --load_model \"0\" --wandb \"\" --proj_dir \"$PROJ_DIR\"",
-      `--my_testing ${v7 ? "x070" : "x060"} --ctx_len ${run.ctx} --train_stage 3 --epoch_count 999999 --epoch_begin 0`,
+      `--my_testing ${lm.myTesting} --ctx_len ${run.ctx} --train_stage 3 --epoch_count 999999 --epoch_begin 0`,
       `--data_file "$PROJ_DIR/data/train" --data_type binidx --vocab_size ${config.vocabSize}`,
       `--my_exit_tokens ${prime * run.ctx} --magic_prime ${prime}`,
       `--n_layer ${config.nLayer} --n_embd ${config.nEmbd} --dim_ffn ${config.dimFfn} --head_size ${config.headSize}`,
       `--lr_init ${Number(run.lrNow.toPrecision(6))} --lr_final ${run.lrFinal} --warmup_steps ${RESUME_WARMUP_STEPS}`,
       `--beta1 ${run.beta1} --beta2 ${run.beta2} --adam_eps ${run.adamEps} --weight_decay ${run.weightDecay} --grad_clip ${run.gradClip}`,
       "--epoch_save \"$EPOCH_SAVE\" --micro_bsz \"$M_BSZ\" --num_nodes \"$N_NODE\" --devices \"$GPU_PER_NODE\"",
-      `--accelerator gpu --precision bf16 --strategy deepspeed_stage_2 --grad_cp 1${v7 ? " --head_chunk 0" : ""} --enable_progress_bar True`,
+      `--accelerator gpu --precision bf16 --strategy deepspeed_stage_2 --grad_cp 1${lm.extraFlags.map((f) => " " + f).join("")} --enable_progress_bar True`,
     ].join(" \\\n  "),
   ];
   return lines.join("\n") + "\n";

@@ -27,6 +27,8 @@ import type { Weights } from "../weights.js";
 
 /** The q/k width the official files hard-code (LayerNorm over 256). */
 export const ATTENTION_WIDTH = 256;
+/** The cached width of k and v (k1/k2, v1/v2 and the hybrid's kk/vv), as the official files hard-code it. */
+export const CACHE_WIDTH = 32;
 /** The state arrays that grow by a row per token. */
 export const CACHE_FIELDS = ["k_cache", "v_cache", "ctx_tokens"] as const;
 
@@ -47,6 +49,13 @@ export function checkCache(cfg: ModelConfig, l: LayerState): string | null {
 /** Floats per token a layer's cache gains: E of k, E of v, one token id. */
 export function cacheFloatsPerToken(E: number, cfg: ModelConfig): number {
   return cfg.nLayer * (2 * E + 1);
+}
+
+/** Random-model ranges of the attention's LayerNorms (lnq, lnk, lnv): weights near 1, biases near 0. */
+export function attentionNormRandom(name: string): readonly [number, number] | undefined {
+  if (/\.qkv\.ln[qkv]\.weight$/.test(name)) return [0.8, 1.2];
+  if (/\.qkv\.ln[qkv]\.bias$/.test(name)) return [-0.1, 0.1];
+  return undefined;
 }
 
 /** One layer's attention parameters in a form both variants share. */

@@ -1,7 +1,10 @@
 import type { Backend } from "../../backend/backend.js";
 import { gatherRows } from "../v7a/deep-embed.js";
 import { type Architecture, type Block, eachSequence, type ModelConfig } from "../model.js";
-import { rwkv7, v7TimeMix } from "../v7.js";
+import { rwkv7, v7TimeMix } from "../v7/infer.js";
+import type { TensorLayout } from "../shapes.js";
+import { v7Successor } from "../v7/index.js";
+import type { VersionModule } from "../versions.js";
 import type { Weights } from "../weights.js";
 
 /*
@@ -46,3 +49,22 @@ export const rwkv8: Architecture = {
     return { timeMix: v7TimeMix(w, i, cfg, be), channelMix: ennChannelMix(w, i, cfg, be) };
   },
 };
+
+/** RWKV-8 rc00's tensor of layer i beyond RWKV-7's: the channel mix's per-token scale ffn.enn (V, C). */
+export function ennLayout(i: number, cfg: ModelConfig): TensorLayout[] {
+  return [{ name: `blocks.${i}.ffn.enn.weight`, shape: [cfg.vocabSize, cfg.nEmbd] }];
+}
+
+/** Random enn rows near 1 (they scale the channel mix's output). */
+export function ennRandom(name: string): readonly [number, number] | undefined {
+  return /\.ffn\.enn\.weight$/.test(name) ? [0.8, 1.2] : undefined;
+}
+
+export const v8: VersionModule = v7Successor({
+  id: "8",
+  name: "RWKV-8 rc00",
+  marker: "blocks.0.ffn.enn.weight",
+  architecture: rwkv8,
+  extraLayer: ennLayout,
+  randomOverride: ennRandom,
+});

@@ -1,6 +1,6 @@
-import type { Arena, Backend, Matrix, Tensor, TensorKernels } from "../backend/backend.js";
-import { type Architecture, type Block, eachSequence, type ModelConfig, type Version } from "./model.js";
-import type { Weights } from "./weights.js";
+import type { Arena, Backend, Matrix, Tensor, TensorKernels } from "../../backend/backend.js";
+import { type Architecture, type Block, eachSequence, type ModelConfig } from "../model.js";
+import type { Weights } from "../weights.js";
 
 /*
  * RWKV-4 (the paper's model; SPEC §3).  Letters: T tokens, C = n_embd, A = dim_att, F = dim_ffn.
@@ -17,16 +17,6 @@ const PP_INIT = -1e30;
 
 export const rwkv4: Architecture = {
   name: "RWKV-4",
-
-  inferConfig(w: Weights, version: Version): ModelConfig {
-    const [V, C] = w.shape("emb.weight");
-    const A = w.shape("blocks.0.att.key.weight")[0];
-    return {
-      version, nLayer: countLayers(w), nEmbd: C, vocabSize: V, dimAtt: A,
-      dimFfn: w.shape("blocks.0.ffn.key.weight")[0],
-      nHead: 1, headSize: A, // v4 has no heads: one "head" spanning all channels
-    };
-  },
 
   initLayerState(cfg: ModelConfig) {
     const { nEmbd: C, dimAtt: A } = cfg;
@@ -107,14 +97,4 @@ export function receptanceFfn(K: TensorKernels, Ar: Arena, xk: Tensor, xr: Tenso
   K.activate("sigmoid", r);
   K.mul(kv, r);
   return kv;
-}
-
-/** L = 1 + max i over `blocks.i.*`. */
-export function countLayers(w: Weights): number {
-  let L = 0;
-  for (const name of w.ckpt.tensors.keys()) {
-    const m = /^blocks\.(\d+)\./.exec(name);
-    if (m) L = Math.max(L, Number(m[1]) + 1);
-  }
-  return L;
 }

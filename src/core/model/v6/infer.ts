@@ -1,10 +1,10 @@
-import type { Backend } from "../backend/backend.js";
-import { FormatError } from "../errors.js";
-import type { Tensor } from "../backend/backend.js";
-import { type Architecture, type Block, eachSequence, type ModelConfig, type Version } from "./model.js";
-import { receptanceFfn } from "./v4.js";
-import { GROUP_NORM_EPS, headedConfig, headedLayerState } from "./v5.js";
-import { transpose, type Weights } from "./weights.js";
+import type { Backend, Tensor } from "../../backend/backend.js";
+import { FormatError } from "../../errors.js";
+import { type Architecture, type Block, eachSequence, type ModelConfig } from "../model.js";
+import { receptanceFfn } from "../v4/infer.js";
+import { headedLayerState } from "../v5/infer.js";
+import { transpose, type Weights } from "../weights.js";
+import { GROUP_NORM_EPS } from "./sizes.js";
 
 /*
  * RWKV-6 "Finch" (SPEC §5).  Letters: T tokens, C = n_embd, A = dim_att, F = dim_ffn, H heads,
@@ -29,7 +29,6 @@ import { transpose, type Weights } from "./weights.js";
 export const rwkv6: Architecture = {
   name: "RWKV-6",
 
-  inferConfig: (w: Weights, version: Version) => headedConfig(w, version, "blocks.0.att.time_faaaa"), // (H,N)
   initLayerState: headedLayerState,
 
   timeStateToKv(cfg: ModelConfig, st: Float32Array): Float32Array {
@@ -62,6 +61,8 @@ export const rwkv6: Architecture = {
       output: w.linear(a + "output.weight", C, A),
       lnX: { weight: vec(a + "ln_x.weight", A), bias: vec(a + "ln_x.bias", A) },
     };
+    // The checkpoint's numerics where its format states them, else the official eps.
+    const eps = w.ckpt.numerics?.groupNormEps ?? GROUP_NORM_EPS;
     const ffn = {
       maaK: vec(f + "time_maa_k"), maaR: vec(f + "time_maa_r"),
       key: w.linear(f + "key.weight", F, C), receptance: w.linear(f + "receptance.weight", C, C),
@@ -102,7 +103,7 @@ export const rwkv6: Architecture = {
         const out = Ar.take(R, A); // (B·T, A)
         eachSequence(s.length, T, (b, row0) => K.wkv5(out, r, k, v, decay, att.u, s[b].att_kv, H, row0, T));
         const y = Ar.take(R, A); // (B·T, A)
-        K.groupNorm(y, out, H, att.lnX.weight, att.lnX.bias, GROUP_NORM_EPS);
+        K.groupNorm(y, out, H, att.lnX.weight, att.lnX.bias, eps);
         K.activate("silu", g);
         K.mul(y, g);
         const o = Ar.take(R, C); // (B·T, C)

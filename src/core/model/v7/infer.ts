@@ -1,8 +1,8 @@
-import type { Activation, Arena, Backend, Matrix, Tensor, TensorKernels } from "../backend/backend.js";
-import { type Architecture, type Block, eachSequence, type ModelConfig, type Version } from "./model.js";
-import { countLayers } from "./v4.js";
-import { headedLayerState } from "./v5.js";
-import type { Weights } from "./weights.js";
+import type { Activation, Arena, Backend, Matrix, Tensor, TensorKernels } from "../../backend/backend.js";
+import { type Architecture, type Block, eachSequence, type ModelConfig } from "../model.js";
+import { headedLayerState } from "../v5/infer.js";
+import type { Weights } from "../weights.js";
+import { GROUP_NORM_EPS, MIX_NAMES } from "./sizes.js";
 
 /*
  * RWKV-7 "Goose" (SPEC §6).  Letters: T tokens, C = n_embd, H heads, N head size (C = H·N),
@@ -21,23 +21,14 @@ import type { Weights } from "./weights.js";
  * Channel mix: out = W_v relu²(W_k (xx + d ⊙ x_k)), no receptance.
  */
 
-/** GroupNorm eps of `ln_x` (= 1e-5 · head_size_divisor² with divisor 8 in the training code). */
-const GROUP_NORM_EPS = 64e-5;
 /** The decay bound: decay = exp(-e^{-0.5} σ(·)) keeps every channel's decay in (exp(-e^{-0.5}), 1). */
 const DECAY_SCALE = Math.exp(-0.5);
 
 export const rwkv7: Architecture = {
   name: "RWKV-7",
 
-  inferConfig(w: Weights, version: Version): ModelConfig {
-    const [V, C] = w.shape("emb.weight");
-    const rk = w.shape("blocks.0.att.r_k");
-    const [H, N] = rk.length === 2 ? rk : [C / 64, 64]; // r_k is (H, N); flattened copies would assume N = 64
-    return {
-      version, nLayer: countLayers(w), nEmbd: C, vocabSize: V, dimAtt: C, nHead: H, headSize: N,
-      dimFfn: w.shape("blocks.0.ffn.key.weight")[0],
-    };
-  },
+  // Part of the released layout but unused: layer 0 takes v from its own values (the reference ignores these).
+  unusedByDesign: /^blocks\.0\.att\.v[012]$/,
 
   initLayerState: headedLayerState,
 
@@ -64,7 +55,7 @@ export function v7TimeMix(w: Weights, i: number, cfg: ModelConfig, be: Backend):
   };
   const att = {
     // The six token-shift mixes, in the order of lerp's outputs r, w, k, v, a, g.
-    shift: ["x_r", "x_w", "x_k", "x_v", "x_a", "x_g"].map((n) => vec(a + n)),
+    shift: MIX_NAMES.map((n) => vec(a + n)),
     w0: vec(a + "w0"), wLora: lora("w1", "w2"),
     a0: vec(a + "a0"), aLora: lora("a1", "a2"),
     // Layer 0 carries v0/v1/v2 in checkpoints but never uses them (its v *is* v_first).
@@ -75,6 +66,8 @@ export function v7TimeMix(w: Weights, i: number, cfg: ModelConfig, be: Backend):
     value: w.linear(a + "value.weight", C, C), output: w.linear(a + "output.weight", C, C),
     lnW: vec(a + "ln_x.weight"), lnB: vec(a + "ln_x.bias"),
   };
+  // The checkpoint's numerics where its format states them (e.g. rwkv.cpp's graph), else the official eps.
+  const eps = w.ckpt.numerics?.groupNormEps ?? GROUP_NORM_EPS;
   return (xx, T, s, { arena: A, shared }) => {
     const R = xx.rows; // B·T rows
     const sx = A.take(R, C); // (B·T, C) the previous token's xx
@@ -105,7 +98,7 @@ export function v7TimeMix(w: Weights, i: number, cfg: ModelConfig, be: Backend):
     const y = A.take(R, C); // (B·T, C)
     eachSequence(s.length, T, (b, row0) => K.wkv7(y, r, decay, k, v, kkNeg, kkA, s[b].att_kv, H, row0, T));
     const out = A.take(R, C); // (B·T, C)
-    K.groupNorm(out, y, H, att.lnW, att.lnB, GROUP_NORM_EPS);
+    K.groupNorm(out, y, H, att.lnW, att.lnB, eps);
     K.v7Bonus(out, r, k, v, g, att.r_k, N);
     const o = A.take(R, C); // (B·T, C)
     K.matmul(o, out, att.output);
