@@ -252,6 +252,19 @@ test("next-gen: rwkv convert re-saves 7a/7b/8/hybrid as safetensors, pth and rwk
   }
 });
 
+test("next-gen: rwkv convert to GGUF refuses 7a/7b/8/hybrid by name (llama.cpp has no architecture for them)", async () => {
+  const dir = mkdtempSync(join(tmpdir(), "rwkv-next-gen-gguf-"));
+  try {
+    for (const [gen, name] of [["v7a", "RWKV-7a"], ["v7b", "RWKV-7b"], ["v8", "RWKV-8 rc00"], ["v8-hybrid", "RWKV-8 rc00 hybrid"]] as const) {
+      const r = await runCaptured(["convert", fixture(gen, "head32").path, join(dir, `${gen}.gguf`)]);
+      assert.notEqual(r.code, 0);
+      assert.match(r.err, new RegExp(`llama\\.cpp has no GGUF architecture for ${name} \\(only RWKV-7 "rwkv7" and RWKV-6 "rwkv6"\\)`));
+    }
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
 for (const version of ["7b", "8-hybrid"] as const) {
   for (const backend of BACKENDS) {
     test(`next-gen: a 300-token RWKV-${version} prompt (two chunks) equals stepping token by token bit for bit [${backend}]`, async () => {
