@@ -24,9 +24,13 @@ export type { TensorLayout, TensorShapes } from "./shapes.js";
  *   2. write src/core/model/vX/index.ts exporting a VersionModule: detection, config inference,
  *      tensor layout, eps, the inference Architecture (vX/infer.ts) and, where it applies, training
  *      (TrainSupport), random models and its rwkv.cpp / GGUF table rows (formats/tensor-map.ts);
+ *      A generation that keeps RWKV-7's layout and adds tensors is built by v7Successor (v7/index.ts).
+ *      A state that grows with the context (a KV cache) names its arrays in Architecture.growingState
+ *      and checks them in checkGrowingState (see v7b/);
  *   3. put it in VERSIONS below, before any older generation whose tensors it also has (detection
  *      asks the modules in order, first match wins);
- *   4. add its golden model to test/versions.test.ts's detection table.
+ *   4. add its golden model to test/versions.test.ts's detection table (shared/golden, or the
+ *      repository's test/fixtures/golden for the generations after RWKV-7).
  */
 
 /** The hyper-parameters a new model is made from (the rest follows from the version's rules). */
