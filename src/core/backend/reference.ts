@@ -1,5 +1,6 @@
 import type { Activation, Arena, Backend, Matrix, Tensor, TensorKernels, Wkv4State } from "./backend.js";
 import { decodeWeightRow } from "./weight-rows.js";
+import { wkv4Channel } from "./wkv4-scan.js";
 
 /*
  * Plain TypeScript kernels: the specification every other backend is tested against. Arithmetic
@@ -200,24 +201,11 @@ export const referenceTensors: TensorKernels = {
   wkv4(yt, wt, ut, kt, vt, aat, bbt, ppt, row0, T) {
     const C = kt.cols, o = row0 * C;
     const y = d(yt), w = d(wt), u = d(ut), k = d(kt), v = d(vt), sa = d(aat), sb = d(bbt), sp = d(ppt);
+    const s = new Float64Array(3); // [aa, bb, pp] of one channel
     for (let c = 0; c < C; c++) {
-      let aa = sa[c], bb = sb[c], pp = sp[c];
-      for (let t = 0; t < T; t++) {
-        const n = o + t * C + c;
-        const kn = k[n], vn = v[n];
-        let ww = u[c] + kn;
-        let p = Math.max(pp, ww);
-        let e1 = Math.exp(pp - p), e2 = Math.exp(ww - p);
-        y[n] = (e1 * aa + e2 * vn) / (e1 * bb + e2);
-        ww = w[c] + pp;
-        p = Math.max(ww, kn);
-        e1 = Math.exp(ww - p);
-        e2 = Math.exp(kn - p);
-        aa = e1 * aa + e2 * vn;
-        bb = e1 * bb + e2;
-        pp = p;
-      }
-      sa[c] = aa; sb[c] = bb; sp[c] = pp;
+      s[0] = sa[c]; s[1] = sb[c]; s[2] = sp[c];
+      wkv4Channel(w[c], u[c], k, v, y, o + c, C, T, s);
+      sa[c] = s[0]; sb[c] = s[1]; sp[c] = s[2];
     }
   },
 
