@@ -46,6 +46,13 @@ const QK: i32 = 32;
 const F16_TO_F32_SCALE: f32 = 5.192296858534828e33;
 /** 2^102 = 2^112 · 2^-10: the same for "f16s" bits, which hold w·2^10. */
 const F16S_TO_F32_SCALE: f32 = 5.070602400912918e30;
+/**
+ * Below this max|x| a matvec over f16s weights multiplies x by F16S_TO_F32_SCALE once instead of
+ * every weight: |x|·2^102 stays finite (f32 max < 2^128), so w·x is the same real product.
+ */
+const F16S_PRESCALE_MAX_X: f32 = 33554432.0; // 2^25
+/** Keeps an f16s element's sign (bit 31) and its exponent and mantissa (bits 13-27) after shr_s 3. */
+const F16S_MASK: i32 = 0x8fffe000;
 
 export function heapBase(): usize {
   return __heap_base;
@@ -75,7 +82,7 @@ export function stopWorkers(ctrl: usize): void {
 export function runJob(ctrl: usize, job: i32, part: i32, nparts: i32): void {
   const a = ctrl + C_ARGS;
   if (job == JOB_MATMUL_FLOAT) {
-    matmulFloat(arg(a, 0), arg(a, 1), arg(a, 2), arg(a, 3), arg(a, 4), arg(a, 5), arg(a, 6), <usize>arg(a, 7) + <usize>part * <usize>arg(a, 8), part, nparts);
+    matmulFloat(arg(a, 0), arg(a, 1), arg(a, 2), arg(a, 3), arg(a, 4), arg(a, 5), arg(a, 6), <usize>arg(a, 7) + <usize>part * <usize>arg(a, 8), arg(a, 9), part, nparts);
   } else if (job == JOB_MATMUL_INT) {
     matmulInt(arg(a, 0), arg(a, 1), arg(a, 2), arg(a, 3), arg(a, 4), arg(a, 5), arg(a, 6), arg(a, 7), arg(a, 8), arg(a, 9), arg(a, 10), part, nparts);
   } else if (job == JOB_QUANTIZE) {
@@ -142,6 +149,19 @@ export function runJob(ctrl: usize, job: i32, part: i32, nparts: i32): void {
   const m = v128.and(i32x4.shl(v, 13), i32x4.splat(0x8fffffff));
   return f32x4.mul(m, f32x4.splat(scale));
 }
+/**
+ * f16s groups of 8 are stored [c0, c4, c1, c5, c2, c6, c3, c7] (weight-rows.ts toF16s), so i32
+ * lane l holds column l in its low half and l + 4 in its high half: each half reaches f32 position
+ * by one arithmetic shift (the sign fills bits 28-31) and one mask, no widening. The result is the
+ * f32 bits of w·2^-102, a normal float for every f16s value (the smallest, 2^-14·2^-10 = w for the
+ * smallest f16 subnormal, lands on 2^-126): exact, multiplied by 2^102 or met by a prescaled x.
+ */
+/* @inline */ function f16sLo(h: v128, mask: v128): v128 {
+  return v128.and(i32x4.shr_s(i32x4.shl(h, 16), 3), mask);
+}
+/* @inline */ function f16sHi(h: v128, mask: v128): v128 {
+  return v128.and(i32x4.shr_s(h, 3), mask);
+}
 /* @inline */ function halfScale(kind: i32): f32 {
   return kind == T_F16S ? F16S_TO_F32_SCALE : F16_TO_F32_SCALE;
 }
@@ -166,15 +186,21 @@ export function runJob(ctrl: usize, job: i32, part: i32, nparts: i32): void {
  * panel is worth building). Each row's accumulator follows the canonical order. The four rows are
  * a quarter of the range apart, so the reads are four long sequential streams: four adjacent rows
  * (four streams restarting every row) read 16-20 GB/s on one thread here, quarters 35 GB/s
- * (measured with a C probe of both orders).
+ * (measured with a C probe of both orders). f16s: x is multiplied by 2^102 as it is loaded, once
+ * for four rows, so the weights need no multiply (see f16sLo); the products are the same reals, so
+ * the results are bit for bit those of dotRow, which multiplies the weights (callers check that
+ * x·2^102 is finite). The f16s constants come from the table `tab` in memory: V8 rebuilds a
+ * v128.const at each use inside the loop (three instructions), which made this kernel slower than
+ * the plain f16 one it replaces.
  */
-/* @inline */ function matvecRows(kind: i32, w: usize, I: i32, x: usize, y: usize, lo: i32, hi: i32): void {
+/* @inline */ function matvecRows(kind: i32, w: usize, I: i32, x: usize, y: usize, lo: i32, hi: i32, tab: usize): void {
   const esz: usize = kind == T_F32 ? 4 : 2;
   const rs = <usize>I * esz;
   const I4 = I & ~3;
   const I8 = I & ~7;
   const Q = (hi - lo) >> 2;
   const qs = <usize>Q * rs;
+  const mask = kc(tab, K_F16S_MASK), s102 = kc(tab, K_F16S_SCALE);
   for (let o = lo; o < lo + Q; o++) {
     const r0 = w + <usize>o * rs, r1 = r0 + qs, r2 = r1 + qs, r3 = r2 + qs;
     let a0 = f32x4.splat(0), a1 = f32x4.splat(0), a2 = f32x4.splat(0), a3 = f32x4.splat(0);
@@ -188,13 +214,23 @@ export function runJob(ctrl: usize, job: i32, part: i32, nparts: i32): void {
         a2 = fma4(a2, v128.load(r2 + xo), xv);
         a3 = fma4(a3, v128.load(r3 + xo), xv);
       }
+    } else if (kind == T_F16S) {
+      for (; c < I8; c += 8) {
+        const xo = <usize>c << 2, wo = <usize>c << 1;
+        const x0 = f32x4.mul(v128.load(x + xo), s102), x1 = f32x4.mul(v128.load(x + xo, 16), s102);
+        const h0 = v128.load(r0 + wo), h1 = v128.load(r1 + wo), h2 = v128.load(r2 + wo), h3 = v128.load(r3 + wo);
+        a0 = fma4(fma4(a0, f16sLo(h0, mask), x0), f16sHi(h0, mask), x1);
+        a1 = fma4(fma4(a1, f16sLo(h1, mask), x0), f16sHi(h1, mask), x1);
+        a2 = fma4(fma4(a2, f16sLo(h2, mask), x0), f16sHi(h2, mask), x1);
+        a3 = fma4(fma4(a3, f16sLo(h3, mask), x0), f16sHi(h3, mask), x1);
+      }
     } else {
       for (; c < I8; c += 8) {
         const xo = <usize>c << 2, wo = <usize>c << 1;
         const x0 = v128.load(x + xo), x1 = v128.load(x + xo, 16);
         const h0 = v128.load(r0 + wo), h1 = v128.load(r1 + wo), h2 = v128.load(r2 + wo), h3 = v128.load(r3 + wo);
-        if (kind == T_F16 || kind == T_F16S) {
-          const sc = halfScale(kind);
+        if (kind == T_F16) {
+          const sc = F16_TO_F32_SCALE;
           a0 = fma4(fma4(a0, f16lo(h0, sc), x0), f16hi(h0, sc), x1);
           a1 = fma4(fma4(a1, f16lo(h1, sc), x0), f16hi(h1, sc), x1);
           a2 = fma4(fma4(a2, f16lo(h2, sc), x0), f16hi(h2, sc), x1);
@@ -206,7 +242,9 @@ export function runJob(ctrl: usize, job: i32, part: i32, nparts: i32): void {
           a3 = fma4(fma4(a3, bf16lo(h3), x0), bf16hi(h3), x1);
         }
       }
-      for (; c < I4; c += 4) { // a last group of 4 when I % 8 >= 4
+    }
+    if (kind != T_F32) {
+      for (; c < I4; c += 4) { // a last group of 4 when I % 8 >= 4 (stored in plain order)
         const xv = v128.load(x + (<usize>c << 2));
         const wo = <usize>c << 1;
         a0 = fma4(a0, halfs4(kind, r0 + wo), xv);
@@ -227,17 +265,29 @@ export function runJob(ctrl: usize, job: i32, part: i32, nparts: i32): void {
     store<f32>(yo + 2 * yq, hsum(a2) + t2);
     store<f32>(yo + 3 * yq, hsum(a3) + t3);
   }
-  for (let o = lo + 4 * Q; o < hi; o++) {
-    const r0 = w + <usize>o * rs;
-    let a0 = f32x4.splat(0);
-    for (let c = 0; c < I4; c += 4) {
-      const xv = v128.load(x + (<usize>c << 2));
-      a0 = fma4(a0, kind == T_F32 ? v128.load(r0 + (<usize>c << 2)) : halfs4(kind, r0 + (<usize>c << 1)), xv);
+  for (let o = lo + 4 * Q; o < hi; o++) store<f32>(y + (<usize>o << 2), dotRow(kind, w + <usize>o * rs, I, x, tab));
+}
+
+/** One weight row (f32, f16, bf16 or f16s) against x, in the canonical order. */
+function dotRow(kind: i32, r0: usize, I: i32, x: usize, tab: usize): f32 {
+  const I4 = I & ~3;
+  let a0 = f32x4.splat(0);
+  let c = 0;
+  if (kind == T_F16S) {
+    const mask = kc(tab, K_F16S_MASK), s102 = kc(tab, K_F16S_SCALE);
+    for (; c < (I & ~7); c += 8) {
+      const h = v128.load(r0 + (<usize>c << 1));
+      const xo = x + (<usize>c << 2);
+      a0 = fma4(fma4(a0, f32x4.mul(f16sLo(h, mask), s102), v128.load(xo)), f32x4.mul(f16sHi(h, mask), s102), v128.load(xo, 16));
     }
-    let t0: f32 = 0;
-    for (let k = I4; k < I; k++) t0 += wElem(kind, r0, k) * load<f32>(x + (<usize>k << 2));
-    store<f32>(y + (<usize>o << 2), hsum(a0) + t0);
   }
+  for (; c < I4; c += 4) {
+    const xv = v128.load(x + (<usize>c << 2));
+    a0 = fma4(a0, kind == T_F32 ? v128.load(r0 + (<usize>c << 2)) : halfs4(kind, r0 + (<usize>c << 1)), xv);
+  }
+  let t0: f32 = 0;
+  for (let k = I4; k < I; k++) t0 += wElem(kind, r0, k) * load<f32>(x + (<usize>k << 2));
+  return hsum(a0) + t0;
 }
 
 /** 4 f16/bf16 at p as f32x4. */
@@ -247,8 +297,9 @@ export function runJob(ctrl: usize, job: i32, part: i32, nparts: i32): void {
 }
 
 /** Rows [o, o+n) of a f16/bf16 matrix converted to f32 into `panel` (n rows of I floats). */
-function dequantPanel(kind: i32, w: usize, I: i32, o: i32, n: i32, panel: usize): void {
+function dequantPanel(kind: i32, w: usize, I: i32, o: i32, n: i32, panel: usize, tab: usize): void {
   const rs = <usize>I << 1;
+  const mask = kc(tab, K_F16S_MASK), s102 = kc(tab, K_F16S_SCALE);
   for (let k = 0; k < n; k++) {
     const r = w + <usize>(o + k) * rs;
     const dst = panel + <usize>k * (<usize>I << 2);
@@ -256,7 +307,9 @@ function dequantPanel(kind: i32, w: usize, I: i32, o: i32, n: i32, panel: usize)
     for (; c + 8 <= I; c += 8) {
       const h = v128.load(r + (<usize>c << 1));
       const d = dst + (<usize>c << 2);
-      if (kind != T_BF16) { v128.store(d, f16lo(h, halfScale(kind))); v128.store(d, f16hi(h, halfScale(kind)), 16); }
+      if (kind == T_F16S) {
+        v128.store(d, f32x4.mul(f16sLo(h, mask), s102)); v128.store(d, f32x4.mul(f16sHi(h, mask), s102), 16);
+      } else if (kind == T_F16) { v128.store(d, f16lo(h, F16_TO_F32_SCALE)); v128.store(d, f16hi(h, F16_TO_F32_SCALE), 16); }
       else { v128.store(d, bf16lo(h)); v128.store(d, bf16hi(h), 16); }
     }
     for (; c < I; c++) store<f32>(dst + (<usize>c << 2), wElem(kind, r, c));
@@ -326,14 +379,29 @@ function matmulPanel(x: usize, T: i32, I: i32, r0: usize, r1: usize, two: bool, 
   }
 }
 
-function matmulFloat(w: usize, kind: i32, O: i32, I: i32, T: i32, x: usize, y: usize, panel: usize, part: i32, nparts: i32): void {
+/** max |x_i| over n floats (NaN if any is NaN). */
+function absMax(x: usize, n: i32): f32 {
+  let m = f32x4.splat(0);
+  let i = 0;
+  for (; i + 4 <= n; i += 4) m = f32x4.max(m, f32x4.abs(v128.load(x + (<usize>i << 2))));
+  let s = max(max(f32x4.extract_lane(m, 0), f32x4.extract_lane(m, 1)), max(f32x4.extract_lane(m, 2), f32x4.extract_lane(m, 3)));
+  for (; i < n; i++) s = max(s, abs(load<f32>(x + (<usize>i << 2))));
+  return s;
+}
+
+function matmulFloat(w: usize, kind: i32, O: i32, I: i32, T: i32, x: usize, y: usize, panel: usize, tab: usize, part: i32, nparts: i32): void {
   const lo = splitLo(O, part, nparts, 16), hi = splitHi(O, part, nparts, 16);
   if (lo >= hi) return;
   if (T == 1) {
-    if (kind == T_F32) matvecRows(T_F32, w, I, x, y, lo, hi);
-    else if (kind == T_F16) matvecRows(T_F16, w, I, x, y, lo, hi);
-    else if (kind == T_F16S) matvecRows(T_F16S, w, I, x, y, lo, hi);
-    else matvecRows(T_BF16, w, I, x, y, lo, hi);
+    if (kind == T_F32) matvecRows(T_F32, w, I, x, y, lo, hi, tab);
+    else if (kind == T_F16) matvecRows(T_F16, w, I, x, y, lo, hi, tab);
+    else if (kind == T_F16S) {
+      if (absMax(x, I) < F16S_PRESCALE_MAX_X) matvecRows(T_F16S, w, I, x, y, lo, hi, tab);
+      else { // x·2^102 could overflow (or x has a NaN): row by row, multiplying the weights
+        const rs = <usize>I << 1;
+        for (let o = lo; o < hi; o++) store<f32>(y + (<usize>o << 2), dotRow(T_F16S, w + <usize>o * rs, I, x, tab));
+      }
+    } else matvecRows(T_BF16, w, I, x, y, lo, hi, tab);
     return;
   }
   const rowBytes = <usize>I << 2;
@@ -344,7 +412,7 @@ function matmulFloat(w: usize, kind: i32, O: i32, I: i32, T: i32, x: usize, y: u
       r0 = w + <usize>o * rowBytes;
       r1 = r0 + rowBytes;
     } else {
-      dequantPanel(kind, w, I, o, two ? 2 : 1, panel);
+      dequantPanel(kind, w, I, o, two ? 2 : 1, panel, tab);
       r0 = panel;
       r1 = panel + rowBytes;
     }
@@ -804,14 +872,16 @@ const ROUND_SHIFTER: f64 = 6755399441055744.0;
 /** Below this |z|, tanh z = z - z³/3 to 1e-13 relative; the e^2z form would cancel there. */
 const TANH_SMALL: f64 = 1e-3;
 
-// The activations' f64x2 constants live in a table in memory (fillActivationTable): V8 builds
+// The activations' f64x2 constants (and the f16s kernels' two) live in a table in memory (fillActivationTable): V8 builds
 // every v128 constant in the code from a 64-bit immediate with three instructions, at each use;
 // a load from the table is one, so the polynomial runs at half the instructions.
 const K_LOG2E = 0, K_SHIFTER = 1, K_LN2_HI = 2, K_LN2_LO = 3, K_EXP_MAX = 4, K_EXP_MIN = 5;
 const K_ONE = 6, K_TWO = 7, K_THREE = 8, K_TANH_SMALL = 9, K_SIGN = 10, K_ZERO = 11, K_INF = 12;
 /** 1/i! for i = 2..11 at K_FACT + i - 2 (the Taylor coefficients of e^r). */
 const K_FACT = 13;
-const K_COUNT = 23;
+/** The f16s kernels' mask (i32x4 F16S_MASK) and scale (f32x4 F16S_TO_F32_SCALE). */
+const K_F16S_MASK = 23, K_F16S_SCALE = 24;
+const K_COUNT = 25;
 
 /** Writes the constant table (K_COUNT f64x2) at `tab`. */
 export function fillActivationTable(tab: usize): void {
@@ -822,6 +892,8 @@ export function fillActivationTable(tab: usize): void {
   putK(tab, K_TANH_SMALL, TANH_SMALL); putK(tab, K_SIGN, -0.0); putK(tab, K_ZERO, 0); putK(tab, K_INF, Infinity);
   let fact: f64 = 1;
   for (let i = 2; i <= 11; i++) { fact *= <f64>i; putK(tab, K_FACT + i - 2, 1 / fact); }
+  v128.store(tab + (<usize>K_F16S_MASK << 4), i32x4.splat(F16S_MASK));
+  v128.store(tab + (<usize>K_F16S_SCALE << 4), f32x4.splat(F16S_TO_F32_SCALE));
 }
 
 function putK(tab: usize, i: i32, v: f64): void {

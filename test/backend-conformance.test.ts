@@ -7,7 +7,7 @@ import { quantizeInt8 } from "../src/core/backend/int8.js";
 import { referenceBackend as ref } from "../src/core/backend/reference.js";
 import { availableBackends, selectBackend } from "../src/core/backend/registry.js";
 import { relaxedSimdAvailable, WasmBackend, type WasmSimd, wasmAvailable } from "../src/core/backend/wasm.js";
-import { decodeWeightRow } from "../src/core/backend/weight-rows.js";
+import { decodeMatrix, decodeWeightRow, f16sPosition } from "../src/core/backend/weight-rows.js";
 import { f32ToBf16, f32ToF16 } from "../src/core/tensor.js";
 import { wasmBackend } from "../src/node/threads/pool.js";
 
@@ -212,6 +212,27 @@ for (const c of candidates()) {
     }
   });
 
+  test(`conformance ${c.label}: f16 weights give the products of their exact f32 values, bit for bit (reordered f16s, prescaled x)`, () => {
+    if (!c.label.startsWith("wasm")) return;
+    // The f16s conversion is exact and keeps the canonical summation order, so an f16 matrix must
+    // give exactly what the same backend gives for its decoded f32 values: for every tail of the
+    // 8-column groups, T = 1 (the matvec, x prescaled or, past 2^25, not) and T > 1 (panels).
+    const r = rng(23);
+    for (const [O, I] of [[1, 8], [7, 13], [9, 16], [16, 44], [21, 161], [64, 768]] as const) {
+      const bits = Uint16Array.from({ length: O * I }, (_, n) => (n % 7 === 0 ? (n & 0x8000) | (n % 1023) + 1 : f32ToF16(r() * 4)));
+      const W: Matrix = { rows: O, cols: I, type: "f16", data: bits };
+      const A = c.backend.adopt(W);
+      assert.equal(A.type, "f16s");
+      const F = c.backend.adopt({ rows: O, cols: I, type: "f32", data: decodeMatrix(W) });
+      for (const T of [1, 3]) {
+        for (const big of [1, 1e9]) {
+          const x = Float32Array.from({ length: T * I }, (_, i) => r() * (i === 5 ? big : 1));
+          assert.deepEqual(c.backend.matmul(x, T, A), c.backend.matmul(x, T, F), `O=${O} I=${I} T=${T} max|x|≈${big}`);
+        }
+      }
+    }
+  });
+
   test(`conformance ${c.label}: activations within 1 ulp of the reference, edges included`, (t) => {
     const r = rng(19);
     let same = 0, total = 0;
@@ -317,6 +338,16 @@ for (const c of candidates()) {
     }
   });
 }
+
+test("f16sPosition permutes each full group of 8 so lane l holds columns l and l + 4; tails stay", () => {
+  assert.deepEqual(Array.from({ length: 8 }, (_, c) => f16sPosition(c, 8)), [0, 2, 4, 6, 1, 3, 5, 7]);
+  assert.deepEqual(Array.from({ length: 13 }, (_, c) => f16sPosition(c, 13)), [0, 2, 4, 6, 1, 3, 5, 7, 8, 9, 10, 11, 12]);
+  for (const I of [1, 7, 16, 37]) {
+    const seen = new Set(Array.from({ length: I }, (_, c) => f16sPosition(c, I)));
+    assert.equal(seen.size, I, `I=${I}: a permutation`);
+    assert.ok([...seen].every((p) => p >= 0 && p < I));
+  }
+});
 
 test("wasm backend: resident states give the copying path's results bit for bit (wkv4, wkv5, wkv7), also after the memory grows", (t) => {
   if (!wasmAvailable() || ONLY) return t.skip("no WebAssembly SIMD here");

@@ -2,7 +2,7 @@ import type { Activation, Backend, Matrix, WeightType, Wkv4State } from "./backe
 import { WasmTensor, WasmTensorKernels } from "./wasm-tensors.js";
 import { referenceBackend } from "./reference.js";
 import { WASM_RELAXED_SIMD, WASM_SIMD } from "./wasm-binary.js";
-import { decodeMatrix, F16S_SCALE } from "./weight-rows.js";
+import { decodeMatrix, toF16s } from "./weight-rows.js";
 import { WA, WasmBuilds, type WasmMemory, type WasmSimd, type WasmWorkerSpawner } from "../wasm-runtime.js";
 
 /*
@@ -313,7 +313,7 @@ export class WasmBackend implements Backend {
       type = "f32";
       src = new Uint8Array(f.buffer);
     } else if (type === "f16") {
-      const s = toF16s(m.data as Uint16Array);
+      const s = toF16s(m.data as Uint16Array, m.cols);
       if (s) {
         type = "f16s";
         src = new Uint8Array(s.buffer);
@@ -394,7 +394,7 @@ export class WasmBackend implements Backend {
       if (float) {
         const panel = n > 1 ? align(2 * 4 * I) : 0; // two dequantized f16/bf16 rows per chunk
         const base = this.scratch(panel * this.threads * CHUNKS_PER_THREAD + ALIGN);
-        this.run(JOB.matmulFloat, work, [info.ptr, WASM_TYPE_IDS[info.type], O, I, n, x0, y0, base, panel]);
+        this.run(JOB.matmulFloat, work, [info.ptr, WASM_TYPE_IDS[info.type], O, I, n, x0, y0, base, panel, this.activationTable]);
       } else {
         const qb = align(2 * n * nb * QK), sb = align(4 * n * nb); // i16 activations
         const qp = this.scratch(qb + 2 * sb), dp = qp + qb, sp = dp + sb;
@@ -507,29 +507,6 @@ export class WasmBackend implements Backend {
 
 export function align(n: number): number {
   return Math.ceil(n / ALIGN) * ALIGN;
-}
-
-/**
- * f16 bits -> f16s bits (f16 of w·2^10, exactly): subnormals become normals, normals gain 10 in
- * the exponent. Null when some |w|·2^10 would overflow f16 (|w| >= 64): such a matrix stays f16.
- */
-function toF16s(bits: Uint16Array): Uint16Array | null {
-  const out = new Uint16Array(bits.length);
-  const SHIFT = Math.log2(F16S_SCALE); // 10
-  const MAX_EXP = 30;
-  for (let i = 0; i < bits.length; i++) {
-    const h = bits[i], sign = h & 0x8000, e = (h >> 10) & 0x1f, m = h & 0x3ff;
-    if (e === 0) {
-      if (m === 0) { out[i] = h; continue; }
-      // m·2^-24 · 2^10 = m·2^-14: normalize the mantissa, whose top bit p gives exponent p + 1.
-      const p = 31 - Math.clz32(m);
-      out[i] = sign | ((p + 1) << 10) | ((m << (10 - p)) & 0x3ff);
-    } else {
-      if (e + SHIFT > MAX_EXP) return null;
-      out[i] = sign | ((e + SHIFT) << 10) | m;
-    }
-  }
-  return out;
 }
 
 function hasF16InfNaN(bits: Uint16Array): boolean {
