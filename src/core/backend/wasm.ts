@@ -66,6 +66,11 @@ const WASM_TYPE_IDS: Readonly<Record<WeightType, number>> = {
   f32: 0, f16: 1, bf16: 2, q8_0: 3, q5_0: 4, q5_1: 5, q4_0: 6, q4_1: 7, i8: 8, f16s: 9,
 };
 const FLOAT_TYPES: ReadonlySet<WeightType> = new Set<WeightType>(["f32", "f16", "bf16", "f16s"]);
+/**
+ * Types the relaxed build multiplies with i32x4.relaxed_dot_i8x16_i7x16_add_s (their weights decode
+ * to 0..31, the 7-bit operand; see kernels.ts); q8_0 and i8 weights are full signed bytes.
+ */
+const I7_TYPES: ReadonlySet<WeightType> = new Set<WeightType>(["q4_0", "q4_1", "q5_0", "q5_1"]);
 
 /**
  * Most bytes of state arrays kept in wasm memory (residentArray); past it states stay in JS memory
@@ -127,6 +132,7 @@ interface Exports {
   runJob(ctrl: number, job: number, part: number, nparts: number): void;
   dispatch(ctrl: number, job: number, nchunks: number, spin: number): void;
   stopWorkers(ctrl: number): void;
+  relaxedDotOk(): number;
 }
 
 /** Whether this runtime can run the relaxed-SIMD build (Node 20 needs --experimental-wasm-relaxed-simd). */
@@ -165,6 +171,11 @@ export class WasmBackend implements Backend {
   private readonly scratchBlock = { ptr: 0, bytes: 0 };
   private readonly ioBlock = { ptr: 0, bytes: 0 };
   private readonly adopted = new WeakMap<Matrix, Adopted>();
+  /**
+   * Whether the q4/q5 matmuls run the i8·i7 kernels: the relaxed build, on an engine whose
+   * relaxed_dot_i8x16_i7x16_add_s gives the specified sums (kernels.ts relaxedDotOk; not Node 20).
+   */
+  readonly i7: boolean;
   /** Kernel calls run by all threads / by the calling thread alone (tests, tuning). */
   readonly calls = { parallel: 0, single: 0 };
   private readonly finalizer = new FinalizationRegistry<[number, number]>(([ptr, bytes]) => this.release(ptr, bytes));
@@ -187,6 +198,7 @@ export class WasmBackend implements Backend {
     const module = new WA.Module(BUILDS.bytes(this.simd));
     this.memory = new WA.Memory({ initial: 1, maximum: MAX_PAGES, shared: true });
     this.x = new WA.Instance(module, { env: { memory: this.memory } }).exports as unknown as Exports;
+    this.i7 = this.x.relaxedDotOk() === 1;
     this.top = align(this.x.heapBase());
     this.ctrl = this.alloc(CTRL_BYTES);
     this.halfTable = this.alloc(HALF_TABLE_BYTES);
@@ -396,11 +408,13 @@ export class WasmBackend implements Backend {
         const base = this.scratch(panel * this.threads * CHUNKS_PER_THREAD + ALIGN);
         this.run(JOB.matmulFloat, work, [info.ptr, WASM_TYPE_IDS[info.type], O, I, n, x0, y0, base, panel, this.activationTable]);
       } else {
-        const qb = align(2 * n * nb * QK), sb = align(4 * n * nb); // i16 activations
-        const qp = this.scratch(qb + 2 * sb), dp = qp + qb, sp = dp + sb;
-        this.run(JOB.quantize, n * I * 4, [x0, n, I, qp, dp, sp]);
+        // i16 activations, or for the i8·i7 kernels i8 ones and 16 bytes of lane sums per block.
+        const i7 = this.i7 && I7_TYPES.has(info.type);
+        const qb = align((i7 ? 1 : 2) * n * nb * QK), sb = align(4 * n * nb), lb = i7 ? align(16 * n * nb) : 0;
+        const qp = this.scratch(qb + 2 * sb + lb), dp = qp + qb, sp = dp + sb, lp = i7 ? sp + sb : 0;
+        this.run(JOB.quantize, n * I * 4, [x0, n, I, qp, dp, sp, lp]);
         const scales = info.type === "i8" ? info.ptr + O * I : 0;
-        this.run(JOB.matmulInt, work, [info.ptr, WASM_TYPE_IDS[info.type], O, I, n, qp, dp, sp, y0, scales, this.halfTable]);
+        this.run(JOB.matmulInt, work, [info.ptr, WASM_TYPE_IDS[info.type], O, I, n, qp, dp, sp, y0, scales, this.halfTable, lp, this.activationTable]);
       }
     }
   }
