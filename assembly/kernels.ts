@@ -693,10 +693,6 @@ export function relaxedDotOk(): i32 {
   return 0;
 }
 
-/** Whether `kind` has an i8·i7 form (only called under ASC_FEATURE_RELAXED_SIMD). */
-/* @inline */ function i7Kind(kind: i32): bool {
-  return kind == T_Q4_0 || kind == T_Q4_1 || kind == T_Q5_0 || kind == T_Q5_1;
-}
 /** log2 of the offset of the _0 types' unsigned weights (0: none). */
 /* @inline */ function i7Shift(kind: i32): i32 {
   return kind == T_Q4_0 ? 3 : kind == T_Q5_0 ? 4 : 0;
