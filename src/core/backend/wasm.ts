@@ -324,16 +324,13 @@ export class WasmBackend implements Backend {
       const f = decodeMatrix(m); // exact
       type = "f32";
       src = new Uint8Array(f.buffer);
-    } else if (type === "f16") {
-      const s = toF16s(m.data as Uint16Array, m.cols);
-      if (s) {
-        type = "f16s";
-        src = new Uint8Array(s.buffer);
-      }
     }
     const bytes = src.byteLength;
     const ptr = this.alloc(bytes + WEIGHT_SLACK);
-    this.u8.set(src, ptr);
+    // f16 is rewritten as f16s straight into this memory (no second copy in JS); a matrix with
+    // weights too large for f16s keeps its f16 bits.
+    if (type === "f16" && toF16s(m.data as Uint16Array, m.cols, new Uint16Array(this.memory.buffer, ptr, bytes >>> 1))) type = "f16s";
+    else this.u8.set(src, ptr);
     this.u8.fill(0, ptr + bytes, ptr + bytes + WEIGHT_SLACK);
     const view = type === "f32" ? new Float32Array(this.memory.buffer, ptr, bytes >>> 2)
       : type === "f16" || type === "bf16" || type === "f16s" ? new Uint16Array(this.memory.buffer, ptr, bytes >>> 1)

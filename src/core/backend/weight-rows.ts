@@ -59,12 +59,12 @@ export function f16sPosition(c: number, cols: number): number {
 }
 
 /**
- * f16 bits (O, I) -> f16s bits (f16 of w·2^10, exactly; subnormals become normals, normals gain
- * 10 in the exponent), each row in f16sPosition order. Null when some |w|·2^10 would overflow f16
- * (|w| >= 64) or a weight is Inf/NaN: such a matrix stays f16.
+ * f16 bits (O, I) -> f16s bits in `out` (f16 of w·2^10, exactly; subnormals become normals,
+ * normals gain 10 in the exponent), each row in f16sPosition order. False, with `out` partly
+ * written, when some |w|·2^10 would overflow f16 (|w| >= 64) or a weight is Inf/NaN: such a
+ * matrix stays f16.
  */
-export function toF16s(bits: Uint16Array, cols: number): Uint16Array | null {
-  const out = new Uint16Array(bits.length);
+export function toF16s(bits: Uint16Array, cols: number, out: Uint16Array): boolean {
   const SHIFT = Math.log2(F16S_SCALE); // 10
   const MAX_EXP = 30; // the largest finite f16 biased exponent
   const rows = bits.length / cols;
@@ -82,13 +82,13 @@ export function toF16s(bits: Uint16Array, cols: number): Uint16Array | null {
           v = sign | ((p + 1) << 10) | ((m << (10 - p)) & 0x3ff);
         }
       } else {
-        if (e + SHIFT > MAX_EXP) return null;
+        if (e + SHIFT > MAX_EXP) return false;
         v = sign | ((e + SHIFT) << 10) | m;
       }
       out[base + pos[c]] = v;
     }
   }
-  return out;
+  return true;
 }
 
 /** The whole matrix as f32 (O, I). */
