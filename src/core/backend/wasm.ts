@@ -29,10 +29,12 @@ import { WA, WasmBuilds, type WasmMemory, type WasmSimd, type WasmWorkerSpawner 
  * place, and past the cap a forward copies them into its arena and back.
  *
  * Kernels (assembly/kernels.ts): matmul over f32/f16/bf16 weights in f32 (T = 1: four rows at a
- * time converting on the fly; T > 1: 4x2 register tiles, f16/bf16 rows converted once into a panel
- * and reused for every activation row); over ggml blocks and i8 with activations quantized per
- * block of 32 to int8 and integer dot products (as rwkv.cpp; T = 1: rows in pairs half a chunk
- * apart, two long memory streams); WKV v4 (f64, like the reference),
+ * time converting on the fly, f16 kept as "f16s" in a layout converted by a shift and a mask; T > 1:
+ * 4x2 register tiles, f16/bf16 rows converted into a panel and reused for a tile of activation rows
+ * that stays in L2); over ggml blocks and i8 with activations quantized per block of 32 to int8 and
+ * integer dot products (as rwkv.cpp; T = 1: rows in pairs half a chunk apart, two long memory
+ * streams; q4/q5 on relaxed_dot_i8x16_i7x16_add_s where the engine computes it as specified);
+ * WKV v4 (f64, like the reference),
  * v5/v6 and v7 scans; layer/group norm (f64 statistics, equal to the reference); the activations
  * in f64 (equal to the reference after rounding to f32).
  *
