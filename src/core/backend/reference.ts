@@ -1,5 +1,7 @@
-import type { Activation, Arena, Backend, Matrix, Tensor, TensorKernels, Wkv4State } from "./backend.js";
+import type { Activation, Backend, Matrix, Tensor, TensorKernels, Wkv4State } from "./backend.js";
+import { SlotArena } from "./slot-arena.js";
 import { decodeWeightRow } from "./weight-rows.js";
+import { wkv4Channel } from "./wkv4-scan.js";
 
 /*
  * Plain TypeScript kernels: the specification every other backend is tested against. Arithmetic
@@ -29,31 +31,17 @@ function d(t: Tensor): Float32Array {
   return t.data;
 }
 
-/** Slots of host tensors, reused in request order (Arena). */
-class HostArena implements Arena {
-  private readonly slots: HostTensor[] = [];
-  private next = 0;
-  allocations = 0;
-  take(rows: number, cols: number): Tensor {
-    const n = rows * cols;
-    let t = this.slots[this.next];
-    if (!t || t.data.length < n) {
-      t = new HostTensor(rows, cols, new Float32Array(n)); // (rows, cols)
-      this.slots[this.next] = t;
-      this.allocations++;
-    }
-    t.rows = rows;
-    t.cols = cols;
-    this.next++;
-    return t;
-  }
-  mark(): number { return this.next; }
-  rewind(mark: number): void { this.next = mark; }
-  dispose(): void { this.slots.length = 0; this.next = 0; }
+/** Slots of host tensors (SlotArena); the garbage collector frees replaced ones. */
+class HostArena extends SlotArena<HostTensor> {
+  protected make(rows: number, cols: number): HostTensor { return new HostTensor(rows, cols, new Float32Array(rows * cols)); }
+  protected holds(t: HostTensor, n: number): boolean { return t.data.length >= n; }
 }
 
 /** A reusable row buffer for dequantizing weight rows. */
 let rowBuffer = new Float32Array(0);
+
+/** [aa, bb, pp] of the channel wkv4 is scanning (reused: the decode path allocates nothing). */
+const wkv4Carry = new Float64Array(3);
 
 /** State arrays wrapped once: the same tensor object every call. */
 const bound = new WeakMap<Float32Array, HostTensor>();
@@ -235,24 +223,11 @@ export const referenceTensors: TensorKernels = {
   wkv4(yt, wt, ut, kt, vt, aat, bbt, ppt, row0, T) {
     const C = kt.cols, o = row0 * C;
     const y = d(yt), w = d(wt), u = d(ut), k = d(kt), v = d(vt), sa = d(aat), sb = d(bbt), sp = d(ppt);
+    const s = wkv4Carry;
     for (let c = 0; c < C; c++) {
-      let aa = sa[c], bb = sb[c], pp = sp[c];
-      for (let t = 0; t < T; t++) {
-        const n = o + t * C + c;
-        const kn = k[n], vn = v[n];
-        let ww = u[c] + kn;
-        let p = Math.max(pp, ww);
-        let e1 = Math.exp(pp - p), e2 = Math.exp(ww - p);
-        y[n] = (e1 * aa + e2 * vn) / (e1 * bb + e2);
-        ww = w[c] + pp;
-        p = Math.max(ww, kn);
-        e1 = Math.exp(ww - p);
-        e2 = Math.exp(kn - p);
-        aa = e1 * aa + e2 * vn;
-        bb = e1 * bb + e2;
-        pp = p;
-      }
-      sa[c] = aa; sb[c] = bb; sp[c] = pp;
+      s[0] = sa[c]; s[1] = sb[c]; s[2] = sp[c];
+      wkv4Channel(w[c], u[c], k, v, y, o + c, C, T, s);
+      sa[c] = s[0]; sb[c] = s[1]; sp[c] = s[2];
     }
   },
 

@@ -1,5 +1,6 @@
 import type { Activation, Arena, Matrix, Tensor, TensorKernels } from "./backend.js";
 import { referenceTensors } from "./reference.js";
+import { SlotArena } from "./slot-arena.js";
 import { ACTIVATE_WORK, ACTIVATION_IDS, align, CHUNKS_PER_THREAD, JOB, type WasmBackend } from "./wasm.js";
 
 /*
@@ -19,10 +20,10 @@ const HEAD_WORK = 12;
 /** The most (output, mix) pairs of one lerp/mix job (glue.ts MAX_PAIRS). */
 const MAX_PAIRS = 6;
 
-/** A tensor in wasm memory: `ptr` is its byte offset. */
+/** A tensor in wasm memory: `ptr` is its byte offset, `bytes` the size of its allocation. */
 export class WasmTensor implements Tensor {
   readonly dtype = "f32";
-  constructor(public rows: number, public cols: number, readonly ptr: number) {}
+  constructor(public rows: number, public cols: number, readonly ptr: number, readonly bytes = 4 * rows * cols) {}
 }
 
 /** A number's f32 bits as an i32 job argument (the glue reinterprets it). */
@@ -37,49 +38,31 @@ function p(t: Tensor): number {
   return t.ptr;
 }
 
-/** Slots in wasm memory, reused in request order; freed by dispose() or when the arena is collected. */
-class WasmArena implements Arena {
-  private readonly slots: Array<{ t: WasmTensor; bytes: number }> = [];
+/** Slots in wasm memory (SlotArena); freed by dispose() or when the arena is collected. */
+class WasmArena extends SlotArena<WasmTensor> {
   /** [ptr, bytes] of every live slot, for the finalizer (which must not hold the arena). */
-  private readonly blocks: Array<[number, number]>;
-  private next = 0;
-  allocations = 0;
-  constructor(private readonly be: WasmBackend, registry: FinalizationRegistry<Array<[number, number]>>) {
-    this.blocks = [];
+  private readonly blocks: Array<[number, number]> = [];
+  constructor(private readonly be: WasmBackend, private readonly registry: FinalizationRegistry<Array<[number, number]>>) {
+    super();
     registry.register(this, this.blocks, this);
-    this.registry = registry;
   }
-  private readonly registry: FinalizationRegistry<Array<[number, number]>>;
-
-  take(rows: number, cols: number): Tensor {
+  protected make(rows: number, cols: number): WasmTensor {
     const bytes = align(4 * rows * cols);
-    let s = this.slots[this.next];
-    if (!s || s.bytes < bytes) {
-      if (s) this.free(s.t.ptr);
-      const ptr = this.be.alloc(bytes);
-      this.blocks.push([ptr, bytes]);
-      s = { t: new WasmTensor(rows, cols, ptr), bytes };
-      this.slots[this.next] = s;
-      this.allocations++;
-    }
-    s.t.rows = rows;
-    s.t.cols = cols;
-    this.next++;
-    return s.t;
+    const ptr = this.be.alloc(bytes);
+    this.blocks.push([ptr, bytes]);
+    return new WasmTensor(rows, cols, ptr, bytes);
   }
-  mark(): number { return this.next; }
-  rewind(mark: number): void { this.next = mark; }
-  dispose(): void {
+  protected holds(t: WasmTensor, n: number): boolean { return t.bytes >= 4 * n; }
+  protected override drop(t: WasmTensor): void {
+    const i = this.blocks.findIndex((b) => b[0] === t.ptr);
+    this.be.release(t.ptr, this.blocks[i][1]);
+    this.blocks.splice(i, 1);
+  }
+  override dispose(): void {
     this.registry.unregister(this);
     for (const [ptr, bytes] of this.blocks) this.be.release(ptr, bytes);
     this.blocks.length = 0;
-    this.slots.length = 0;
-    this.next = 0;
-  }
-  private free(ptr: number): void {
-    const i = this.blocks.findIndex((b) => b[0] === ptr);
-    this.be.release(ptr, this.blocks[i][1]);
-    this.blocks.splice(i, 1);
+    super.dispose();
   }
 }
 

@@ -1,3 +1,4 @@
+import { wkv4Channel } from "../backend/wkv4-scan.js";
 import type { Buf } from "./buffers.js";
 
 /*
@@ -28,24 +29,11 @@ export function wkvChunks(T: number): number {
  * k, v, y (B·T, C); timeDecay, timeFirst (C).
  */
 export function wkv4Forward(B: number, T: number, C: number, timeDecay: Buf, timeFirst: Buf, k: Buf, v: Buf, y: Buf): void {
+  const s = new Float64Array(3); // [aa, bb, pp] of one channel
   for (let b = 0; b < B; b++) {
     for (let c = 0; c < C; c++) {
-      const w = -Math.exp(timeDecay[c]), u = timeFirst[c];
-      let aa = 0, bb = 0, pp = V4_MIN_EXPONENT;
-      for (let t = 0; t < T; t++) {
-        const n = (b * T + t) * C + c, kk = k[n], vv = v[n];
-        let ww = u + kk;
-        let p = Math.max(pp, ww);
-        let e1 = Math.exp(pp - p), e2 = Math.exp(ww - p);
-        y[n] = (e1 * aa + e2 * vv) / (e1 * bb + e2);
-        ww = w + pp;
-        p = Math.max(ww, kk);
-        e1 = Math.exp(ww - p);
-        e2 = Math.exp(kk - p);
-        aa = e1 * aa + e2 * vv;
-        bb = e1 * bb + e2;
-        pp = p;
-      }
+      s[0] = 0; s[1] = 0; s[2] = V4_MIN_EXPONENT;
+      wkv4Channel(-Math.exp(timeDecay[c]), timeFirst[c], k, v, y, b * T * C + c, C, T, s);
     }
   }
 }
