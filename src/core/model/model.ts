@@ -392,14 +392,24 @@ export function lnZeroEmbedding(w: Weights, backend: Backend, cfg: Pick<ModelCon
   const { vocabSize: V, nEmbd: C } = cfg;
   let e = LN0_CACHE.get(w);
   if (!e) {
-    // `emb`: the raw embedding when the caller already read it (each tensor is read once per load).
-    e = backend.layerNorm(emb ?? w.dense("emb.weight", V, C), V, C, w.vec("blocks.0.ln0.weight", C), w.vec("blocks.0.ln0.bias", C), LAYER_NORM_EPS); // (V, C)
+    // `emb`: the raw embedding when the caller already read it (each tensor is read once per load);
+    // it is normed in place (its caller keeps only the normed one), LN0_ROWS rows at a time, so the
+    // vocabulary's (V, C) table never exists twice.
+    e = emb ?? w.dense("emb.weight", V, C); // (V, C)
+    const weight = w.vec("blocks.0.ln0.weight", C), bias = w.vec("blocks.0.ln0.bias", C);
+    for (let r = 0; r < V; r += LN0_ROWS) {
+      const rows = Math.min(LN0_ROWS, V - r);
+      const part = e.subarray(r * C, (r + rows) * C); // (rows, C)
+      part.set(backend.layerNorm(part, rows, C, weight, bias, LAYER_NORM_EPS));
+    }
     LN0_CACHE.set(w, e);
   }
   return e;
 }
 
 const LN0_CACHE = new WeakMap<Weights, Float32Array>();
+/** Rows layer-normed per call at load: each row is normed alone, so any chunk gives the same bits. */
+const LN0_ROWS = 4096;
 
 /** Elements hashed per tensor: enough to tell trained models apart, cheap for billions of weights. */
 const FINGERPRINT_SAMPLES = 1 << 16;

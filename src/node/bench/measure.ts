@@ -68,6 +68,7 @@ export class CountingBackend implements Backend {
   }
   get name(): string { return this.inner.name; }
   adopt(m: Matrix): Matrix { return this.inner.adopt(m); }
+  get adoptFrom(): Backend["adoptFrom"] { return this.inner.adoptFrom?.bind(this.inner); }
   get residentArray(): ((a: Float32Array) => Float32Array) | undefined {
     return this.inner.residentArray?.bind(this.inner);
   }
