@@ -4,7 +4,7 @@ import { referenceBackend } from "../backend/reference.js";
 import { FormatError } from "../errors.js";
 import type { Checkpoint } from "../formats/checkpoint.js";
 import { GGML_TYPES, ggmlBytes } from "../formats/ggml-quants.js";
-import { f32ToBf16, f32ToF16, numel, transposeLast2 } from "../tensor.js";
+import { bf16ToF32, f16ToF32, f32ToBf16, f32ToF16, numel, transposeLast2 } from "../tensor.js";
 
 /**
  * Typed access to a checkpoint's tensors for model construction: every lookup states the shape it
@@ -100,6 +100,17 @@ export class Weights {
       // plus its copy would briefly hold it twice. (Little-endian bytes, as every wasm/JS host here.)
       const out = new Float32Array(rows * cols);
       e.rawInto(new Uint8Array(out.buffer));
+      return out;
+    }
+    if ((e.dtype === "f16" || e.dtype === "bf16") && e.rawInto) {
+      // The 16-bit values read into the upper half of the result, then widened front to back in
+      // place: element n's 4 bytes only cover 16-bit elements at or before n, already read.
+      const n = rows * cols;
+      const out = new Float32Array(n);
+      const half = new Uint16Array(out.buffer, 2 * n, n);
+      e.rawInto(new Uint8Array(half.buffer, half.byteOffset, 2 * n));
+      const widen = e.dtype === "f16" ? f16ToF32 : (h: number) => bf16ToF32(h);
+      for (let i = 0; i < n; i++) out[i] = widen(half[i]);
       return out;
     }
     return e.toFloat32();
