@@ -117,6 +117,21 @@ export class Weights {
   }
 
   /**
+   * A (rows, cols) tensor kept in the file's compact type (f16, bf16, block-quantized), for tables
+   * of which a forward reads a few rows (the embedding); null when the file stores it otherwise or
+   * matrices are upcast to f32.
+   */
+  storedTable(name: string, rows: number, cols: number): Matrix | null {
+    this.expectShape(name, [rows, cols]);
+    const e = this.entry(name);
+    const blocks = BLOCK_TYPES.has(e.dtype as WeightType);
+    if (!this.compact || !e.raw || !COMPACT_TYPES.has(e.dtype) || (blocks && cols % BLOCK !== 0)) return null;
+    const bytes = e.raw();
+    const own = bytes.byteOffset % 4 === 0 ? bytes : bytes.slice();
+    return { rows, cols, type: e.dtype as WeightType, data: blocks ? own : new Uint16Array(own.buffer, own.byteOffset, rows * cols) };
+  }
+
+  /**
    * A per-token table (rows, cols) of which a forward reads only its tokens' rows (DeepEmbed's
    * V x 1024 per layer): kept on the JavaScript side, never adopted by the kernels, in a compact
    * type (the file's f16/bf16; f16 for block-quantized files; i8 with matrices "int8"; f32 for f32
