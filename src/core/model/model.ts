@@ -440,7 +440,7 @@ export function lnZeroEmbedding(w: Weights, backend: Backend, cfg: Pick<ModelCon
 
 const LN0_CACHE = new WeakMap<Weights, Float32Array>();
 /** Rows layer-normed per call at load: each row is normed alone, so any chunk gives the same bits. */
-const LN0_ROWS = 4096;
+const LN0_ROWS = 512;
 
 /** Elements hashed per tensor: enough to tell trained models apart, cheap for billions of weights. */
 const FINGERPRINT_SAMPLES = 1 << 16;
