@@ -7,6 +7,8 @@ import { versionModule } from "./versions.js";
 import { State } from "./state.js";
 import { decodeWeightRow } from "../backend/weight-rows.js";
 import { type WeightOptions, Weights } from "./weights.js";
+import type { Adapter } from "../adapters/adapter.js";
+import { UnmergedAdapters } from "../adapters/unmerged.js";
 
 /*
  * The skeleton shared by every RWKV version (SPEC §1):
@@ -75,6 +77,12 @@ export interface Model {
    * Optional so that wrappers and test doubles of Model need not provide it; RwkvModel does.
    */
   hidden?(tokens: readonly number[], state: State, options?: ForwardOptions): Promise<Float32Array>;
+  /**
+   * Keeps a LoRA/PiSSA adapter unmerged under `name` (hot-swap): a State whose `adapter` is `name`
+   * runs with it, others with the base or their own adapter, in the same batch. DiSHA, state-tuning
+   * and full-tensor adapters are refused (merge them at load). Optional, as hidden().
+   */
+  loadAdapter?(name: string, adapter: Adapter): void;
 }
 
 /** One layer's part of a State. */
@@ -152,19 +160,23 @@ export class RwkvModel implements Model {
   private readonly arena: Arena;
   /** Settles when the last queued call has (never rejects: one failed call does not block the next). */
   private queue: Promise<unknown> = Promise.resolve();
+  /** Adapters kept unmerged; the blocks' matmuls go through it (a no-op while no state uses one). */
+  private readonly adapters: UnmergedAdapters;
 
   constructor(readonly config: ModelConfig, private readonly arch: Architecture, w: Weights, readonly backend: Backend) {
     const ckpt = w.ckpt;
     const { nLayer: L, nEmbd: C, vocabSize: V } = config;
     const K = backend.tensors;
-    const norm = (p: string): Norm => ({ weight: K.constant(w.vec(`${p}.weight`, C)), bias: K.constant(w.vec(`${p}.bias`, C)) });
+    this.adapters = new UnmergedAdapters(backend, w.linears, ckpt.source);
+    const vector = (name: string) => { const t = K.constant(w.vec(name, C)); this.adapters.register(name, t); return t; }; // (1, C)
+    const norm = (p: string): Norm => ({ weight: vector(`${p}.weight`), bias: vector(`${p}.bias`) });
     const emb = w.dense("emb.weight", V, C); // (V, C)
     // Precompute ln0 over the whole embedding as the official inference code does (SPEC gotcha 8).
     this.emb = backend.layerNorm(emb, V, C, w.vec("blocks.0.ln0.weight", C), w.vec("blocks.0.ln0.bias", C), LAYER_NORM_EPS); // (V, C)
     this.arena = K.arena();
     this.blocks = [];
     for (let i = 0; i < L; i++) {
-      this.blocks.push({ ln1: norm(`blocks.${i}.ln1`), ln2: norm(`blocks.${i}.ln2`), mix: arch.block(w, i, config, backend) });
+      this.blocks.push({ ln1: norm(`blocks.${i}.ln1`), ln2: norm(`blocks.${i}.ln2`), mix: arch.block(w, i, config, this.adapters.backend) });
     }
     this.lnOut = norm("ln_out");
     this.head = w.linear("head.weight", V, C);
@@ -193,6 +205,10 @@ export class RwkvModel implements Model {
     }
     if (found === 0) throw new RwkvInputError(ckpt.source, "no blocks.i.att.time_state tensors: not a state-tuning file");
     this.initial = initial;
+  }
+
+  loadAdapter(name: string, adapter: Adapter): void {
+    this.adapters.add(name, adapter);
   }
 
   step(token: number, state: State): Promise<Float32Array> {
@@ -242,7 +258,12 @@ export class RwkvModel implements Model {
       if (own !== state.version || state.layers.length !== L) {
         throw new RwkvInputError("state", `belongs to RWKV-${state.version} with ${state.layers.length} layers, not this RWKV-${this.config.version} model with ${L}`);
       }
+      if (state.adapter !== undefined && !this.adapters.has(state.adapter)) {
+        const known = this.adapters.names;
+        throw new RwkvInputError("state", `uses adapter "${state.adapter}", which this model has not loaded (${known.length ? `loaded: ${known.join(", ")}` : "none loaded"})`);
+      }
     }
+    const adapterOf = states.map((st) => st.adapter);
     const be = this.backend, K = be.tensors, A = this.arena;
     if (be.residentArray) {
       for (const st of states) for (const l of st.layers) for (const name in l) l[name] = be.residentArray(l[name]);
@@ -259,15 +280,18 @@ export class RwkvModel implements Model {
     for (let t0 = 0; t0 < T; t0 += chunk) {
       const n = Math.min(chunk, T - t0), last = t0 + n === T;
       const m = A.mark();
+      this.adapters.select(adapterOf, n);
       const x = this.layers(tokens, T, t0, n, bound); // (B·n, C)
       if (which === "all" || last) {
         const rows = which === "all" ? B * n : B;
+        this.adapters.select(adapterOf, which === "all" ? n : 1);
         const y = this.project(x, rows, out, which === "all" ? 1 : n); // (rows, width)
         if (chunk === T) result = K.read(y, rows);
         else K.read(y, rows, (result ??= new Float32Array((which === "all" ? B * T : B) * width)), which === "all" ? t0 * width : 0);
       }
       A.rewind(m);
     }
+    this.adapters.select([], 0);
     states.forEach((st, b) => st.layers.forEach((l, i) => { for (const name in l) K.unbindState(l[name], bound[b][i][name]); }));
     return result!;
   }
@@ -275,7 +299,7 @@ export class RwkvModel implements Model {
   /** x (B·n, C) after every layer for tokens t0 … t0+n-1 of each sequence. */
   private layers(tokens: readonly number[], T: number, t0: number, n: number, bound: LayerTensors[][]): Tensor {
     const { nEmbd: C, nLayer: L } = this.config;
-    const K = this.backend.tensors, A = this.arena;
+    const K = this.adapters.backend.tensors, A = this.arena; // with the selected adapters' norms
     const B = bound.length, R = B * n;
     const x = A.take(R, C); // (B·n, C)
     for (let b = 0; b < B; b++) for (let t = 0; t < n; t++) K.write(x, (b * n + t) * C, this.emb, tokens[b * T + t0 + t] * C, C);
@@ -304,7 +328,7 @@ export class RwkvModel implements Model {
    */
   private project(x: Tensor, rows: number, out: "logits" | "hidden", seqLen: number): Tensor {
     const { nEmbd: C, vocabSize: V } = this.config;
-    const K = this.backend.tensors, A = this.arena;
+    const K = this.adapters.backend.tensors, A = this.arena; // with the selected adapters' ln_out and head LoRA
     let h = x; // (rows, C)
     if (seqLen > 1) {
       h = A.take(rows, C);

@@ -1,0 +1,120 @@
+import assert from "node:assert/strict";
+import { join } from "node:path";
+import { test } from "node:test";
+import type { Model } from "../src/core/model/model.js";
+import { State } from "../src/core/model/state.js";
+import { type AdapterSpec, openAdapter } from "../src/node/adapters.js";
+import { loadModel } from "../src/node/load.js";
+import { compare, sharedPath } from "./shared.js";
+
+/*
+ * Adapters kept unmerged (Model.loadAdapter): one base model, each adapter only its low-rank
+ * factors, chosen per State. Their logits must equal the model with the same adapter merged at
+ * load (the fixtures of adapters.test.ts: random RWKV-PEFT LoRA/PiSSA adapters and a peft
+ * directory for the golden v6/v7 models), and a batch mixing adapters must equal separate runs.
+ */
+
+const FIXTURES = join(import.meta.dirname, "..", "..", "test", "fixtures", "adapters");
+const LORA_ALPHA = 24;
+/** The issue's bound: W x + B'(A' x) against (W + B'A') x differ only by f32 rounding. */
+const TOL = 1e-5;
+const TOKENS = [1, 17, 300, 42, 5, 511, 0, 99];
+
+const KINDS: ReadonlyArray<readonly [string, (dir: string) => AdapterSpec]> = [
+  ["lora", (d) => ({ path: join(d, "lora.safetensors"), kind: "lora", alpha: LORA_ALPHA })],
+  ["pissa", (d) => ({ path: join(d, "pissa.safetensors"), kind: "pissa", init: join(d, "pissa_init.safetensors") })],
+  ["peft", (d) => ({ path: join(d, "peft") })],
+];
+
+function loadUnmerged(model: Model, name: string, spec: AdapterSpec): void {
+  const a = openAdapter(spec);
+  try {
+    model.loadAdapter!(name, a.adapter);
+  } finally {
+    a.close();
+  }
+}
+
+function close(got: Float32Array, want: Float32Array, what: string): void {
+  assert.equal(got.length, want.length, what);
+  const c = compare(got, want, TOL, 0);
+  assert.ok(c.ok, `${what}: max |diff| ${c.maxAbs} at ${c.worst}`);
+}
+
+for (const version of ["v6", "v7"]) {
+  for (const backend of ["reference", "wasm"]) {
+    test(`unmerged adapters ${version} ${backend}: logits equal the merged model's (step and sequence)`, async (t) => {
+      const modelPath = sharedPath(t, "golden", version, "model.safetensors");
+      if (!modelPath) return;
+      const base = await loadModel(modelPath, { backend });
+      for (const [kind, spec] of KINDS) loadUnmerged(base, kind, spec(join(FIXTURES, version)));
+      const plain = base.initState();
+      const baseLogits = await base.forward(TOKENS, plain, { allLogits: true });
+      for (const [kind, spec] of KINDS) {
+        const merged = await loadModel(modelPath, { backend, adapters: [spec(join(FIXTURES, version))] });
+        // Sequence: every position's logits.
+        const s = base.initState();
+        s.adapter = kind;
+        const want = await merged.forward(TOKENS, merged.initState(), { allLogits: true });
+        const got = await base.forward(TOKENS, s, { allLogits: true });
+        close(got, want, `${version} ${backend} ${kind} forward`);
+        // The adapter matters: its logits are far from the base's.
+        assert.ok(compare(got, baseLogits, 1e-2, 0).maxAbs > 1e-2, `${kind} did not change the logits`);
+        // Step by step, states carried.
+        const sm = merged.initState(), su = base.initState();
+        su.adapter = kind;
+        for (const tok of TOKENS) close(await base.step(tok, su), await merged.step(tok, sm), `${version} ${backend} ${kind} step ${tok}`);
+        close(su.layers[1].att_kv, sm.layers[1].att_kv, `${version} ${backend} ${kind} state`);
+      }
+      // The base itself is untouched by the adapters loaded next to it.
+      const fresh = await loadModel(modelPath, { backend });
+      assert.deepEqual(baseLogits, await fresh.forward(TOKENS, fresh.initState(), { allLogits: true }));
+    });
+
+    test(`unmerged adapters ${version} ${backend}: stepBatch over states of different adapters equals separate runs`, async (t) => {
+      const modelPath = sharedPath(t, "golden", version, "model.safetensors");
+      if (!modelPath) return;
+      const model = await loadModel(modelPath, { backend });
+      for (const [kind, spec] of KINDS) loadUnmerged(model, kind, spec(join(FIXTURES, version)));
+      // Runs of equal adapters, the base in between, and one adapter twice apart.
+      const which = ["lora", "lora", undefined, "pissa", "peft", undefined, "lora"];
+      const prompts = which.map((_, b) => [3 + b, 40 + 7 * b, 200 - b]);
+      const start = async () => Promise.all(which.map(async (a, b) => {
+        const s = model.initState();
+        s.adapter = a;
+        await model.forward(prompts[b], s);
+        return s;
+      }));
+      const batched = await start(), alone = await start();
+      const V = model.config.vocabSize;
+      for (let i = 0; i < 4; i++) {
+        const toks = which.map((_, b) => (11 * i + 5 * b) % V);
+        const out = await model.stepBatch(toks, batched);
+        for (let b = 0; b < which.length; b++) {
+          const one = await model.step(toks[b], alone[b]);
+          assert.deepEqual(out.subarray(b * V, (b + 1) * V), one, `step ${i}, row ${b} (${which[b] ?? "base"})`);
+        }
+      }
+    });
+  }
+}
+
+test("unmerged adapters: refused clearly for DiSHA, another model's shape, unknown names; states keep their adapter", async (t) => {
+  const v6 = sharedPath(t, "golden", "v6", "model.safetensors"), v7 = sharedPath(t, "golden", "v7", "model.safetensors");
+  if (!v6 || !v7) return;
+  const model = await loadModel(v7, { backend: "reference" });
+  assert.throws(() => loadUnmerged(model, "bat", { path: join(FIXTURES, "v7", "disha_bat.safetensors"), kind: "disha" }),
+    /disha_bat\.safetensors: blocks\.\d+\.\S+ is a DiSHA tensor; adapters kept unmerged may hold only LoRA\/PiSSA factors and ln1\/ln2\/ln_out vectors/);
+  assert.throws(() => loadUnmerged(model, "v6", { path: join(FIXTURES, "v6", "lora.safetensors"), kind: "lora" }),
+    /v6\/lora\.safetensors: tensor blocks\.0\.att\.receptance\.lora_A has shape \[4, 96\] but blocks\.0\.att\.receptance\.weight is \[\d+, \d+\].*\(model .*v7\/model\.safetensors\)/);
+  loadUnmerged(model, "lora", { path: join(FIXTURES, "v7", "lora.safetensors"), kind: "lora" });
+  assert.throws(() => loadUnmerged(model, "lora", { path: join(FIXTURES, "v7", "lora.safetensors"), kind: "lora" }), /an adapter named "lora" is already loaded/);
+  const s = model.initState();
+  s.adapter = "nope";
+  await assert.rejects(() => model.step(1, s), /state: uses adapter "nope", which this model has not loaded \(loaded: lora\)/);
+  s.adapter = "lora";
+  const round = State.deserialize(s.serialize());
+  assert.equal(round.adapter, "lora");
+  assert.equal(s.clone().adapter, "lora");
+  assert.equal(State.deserialize(model.initState().serialize()).adapter, undefined);
+});
