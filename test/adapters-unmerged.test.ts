@@ -86,13 +86,22 @@ for (const version of ["v6", "v7"]) {
         return s;
       }));
       const batched = await start(), alone = await start();
+      // And each row against the model with its adapter merged (the base for undefined).
+      const mergedFor = new Map<string | undefined, Model>([[undefined, await loadModel(modelPath, { backend })]]);
+      for (const [kind, spec] of KINDS) mergedFor.set(kind, await loadModel(modelPath, { backend, adapters: [spec(join(FIXTURES, version))] }));
+      const merged = await Promise.all(which.map(async (a, b) => {
+        const s = mergedFor.get(a)!.initState();
+        await mergedFor.get(a)!.forward(prompts[b], s);
+        return s;
+      }));
       const V = model.config.vocabSize;
       for (let i = 0; i < 4; i++) {
         const toks = which.map((_, b) => (11 * i + 5 * b) % V);
         const out = await model.stepBatch(toks, batched);
         for (let b = 0; b < which.length; b++) {
-          const one = await model.step(toks[b], alone[b]);
-          assert.deepEqual(out.subarray(b * V, (b + 1) * V), one, `step ${i}, row ${b} (${which[b] ?? "base"})`);
+          const row = out.subarray(b * V, (b + 1) * V), what = `step ${i}, row ${b} (${which[b] ?? "base"})`;
+          assert.deepEqual(row, await model.step(toks[b], alone[b]), what);
+          close(row, await mergedFor.get(which[b])!.step(toks[b], merged[b]), `${what} vs merged`);
         }
       }
     });
