@@ -87,7 +87,7 @@ export async function serveCommand(args: string[], io: CliIO, config: CliConfig)
 
   const loadOptions = { ...modelLoadOptions(values, args), onNote: (t: string) => io.stderr(`note: ${t}\n`) };
   const model = await loadModel(modelPath, loadOptions);
-  const adapters = await loadServedAdapters(modelPath, loadOptions, (values.adapter as string[] | undefined) ?? []);
+  const adapters = await loadServedAdapters(model, modelPath, loadOptions, (values.adapter as string[] | undefined) ?? [], loadOptions.onNote);
   const tokenizer = tokenizerFor(values, model.config.vocabSize, modelPath);
   const stateStore = await stateStoreFromFlags(values, model, { matrices: loadOptions.matrices ?? "compact" }, settings.cacheBytes, io);
   const server = new RwkvServer({
