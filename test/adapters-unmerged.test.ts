@@ -3,7 +3,7 @@ import { join } from "node:path";
 import { test } from "node:test";
 import type { Model } from "../src/core/model/model.js";
 import { State } from "../src/core/model/state.js";
-import { type AdapterSpec, openAdapter } from "../src/node/adapters.js";
+import { type AdapterSpec, loadAdapterUnmerged } from "../src/node/adapters.js";
 import { loadModel } from "../src/node/load.js";
 import { compare, sharedPath } from "./shared.js";
 
@@ -26,14 +26,7 @@ const KINDS: ReadonlyArray<readonly [string, (dir: string) => AdapterSpec]> = [
   ["peft", (d) => ({ path: join(d, "peft") })],
 ];
 
-function loadUnmerged(model: Model, name: string, spec: AdapterSpec): void {
-  const a = openAdapter(spec);
-  try {
-    model.loadAdapter!(name, a.adapter);
-  } finally {
-    a.close();
-  }
-}
+const loadUnmerged = loadAdapterUnmerged;
 
 function close(got: Float32Array, want: Float32Array, what: string): void {
   assert.equal(got.length, want.length, what);

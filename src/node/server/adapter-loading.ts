@@ -1,7 +1,7 @@
 import type { Model } from "../../core/model/model.js";
 import { UnmergedUnsupportedError } from "../../core/adapters/unmerged.js";
 import { RwkvInputError } from "../../core/errors.js";
-import { openAdapter, parseLoraFlag } from "../adapters.js";
+import { loadAdapterUnmerged, parseLoraFlag } from "../adapters.js";
 import { type LoadOptions, loadModel } from "../load.js";
 import { parseAdapterFlag, type ServedAdapter, UNMERGED } from "./adapters.js";
 
@@ -21,16 +21,13 @@ export async function loadServedAdapters(model: Model, modelPath: string, base: 
     const { path: file, alpha } = parseLoraFlag(path);
     const spec = { path: file, ...(alpha !== undefined ? { alpha } : {}) };
     if (model.loadAdapter) {
-      const opened = openAdapter(spec);
       try {
-        model.loadAdapter(name, opened.adapter);
+        loadAdapterUnmerged(model, name, spec);
         out.set(name, UNMERGED);
         continue;
       } catch (e) {
         if (!(e instanceof UnmergedUnsupportedError)) throw e;
         onNote?.(`adapter ${name}: ${e.message}; serving it as a merged copy of the model`);
-      } finally {
-        opened.close();
       }
     }
     out.set(name, await loadModel(modelPath, { ...base, adapters: [...(base.adapters ?? []), spec] }));
