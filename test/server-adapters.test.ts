@@ -9,7 +9,7 @@ import { type ServedAdapter, UNMERGED } from "../src/node/server/adapters.js";
 import { openAdapter } from "../src/node/adapters.js";
 import { loadTokenizer } from "../src/node/tokenizer.js";
 import { runCaptured } from "./run-cli.js";
-import { sharedPath } from "./shared.js";
+import { compare, sharedPath } from "./shared.js";
 
 /*
  * rwkv serve --adapter: requests name "base+NAME" and get exactly that adapter's outputs, also
@@ -105,6 +105,15 @@ test("server: adapters kept unmerged in one base model are hot-swapped per reque
   assert.equal(await complete(merged, NAME, 5), single.get(`${NAME}+lora/5`));
   const mergedPissa = await start(await loadModel(v6, { backend: "reference", adapters: [{ path: join(FIXTURES, "pissa.safetensors"), kind: "pissa", init: join(FIXTURES, "pissa_init.safetensors") }] }), new Map());
   assert.equal(await complete(mergedPissa, NAME, 4), single.get(`${NAME}+pissa/4`));
+  // Embeddings run with the adapter too (the base model's hidden state under its factors).
+  const embed = async (u: string, model: string) => {
+    const r = await fetch(`${u}/v1/embeddings`, { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify({ model, input: "First Citizen:" }) });
+    assert.equal(r.status, 200);
+    return ((await r.json()) as { data: Array<{ embedding: number[] }> }).data[0].embedding;
+  };
+  const eLora = await embed(url, `${NAME}+lora`), eMerged = await embed(merged, NAME), eBase = await embed(url, NAME);
+  assert.ok(compare(eLora, eMerged, 1e-5, 0).ok, "unmerged LoRA embedding differs from the merged model's");
+  assert.ok(!compare(eLora, eBase, 1e-3, 0).ok, "the LoRA did not change the embedding");
   // A repeated prompt hits its own adapter's prefix cache, never another's.
   const usage = async (model: string) => {
     const r = await fetch(`${url}/v1/completions`, { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify({ model, prompt: "Second Citizen: we", max_tokens: 1, seed: 1 }) });
