@@ -46,6 +46,13 @@ const QK: i32 = 32;
 const F16_TO_F32_SCALE: f32 = 5.192296858534828e33;
 /** 2^102 = 2^112 · 2^-10: the same for "f16s" bits, which hold w·2^10. */
 const F16S_TO_F32_SCALE: f32 = 5.070602400912918e30;
+/**
+ * Below this max|x| a matvec over f16s weights multiplies x by F16S_TO_F32_SCALE once instead of
+ * every weight: |x|·2^102 stays finite (f32 max < 2^128), so w·x is the same real product.
+ */
+const F16S_PRESCALE_MAX_X: f32 = 33554432.0; // 2^25
+/** Keeps an f16s element's sign (bit 31) and its exponent and mantissa (bits 13-27) after shr_s 3. */
+const F16S_MASK: i32 = 0x8fffe000;
 
 export function heapBase(): usize {
   return __heap_base;
@@ -75,11 +82,11 @@ export function stopWorkers(ctrl: usize): void {
 export function runJob(ctrl: usize, job: i32, part: i32, nparts: i32): void {
   const a = ctrl + C_ARGS;
   if (job == JOB_MATMUL_FLOAT) {
-    matmulFloat(arg(a, 0), arg(a, 1), arg(a, 2), arg(a, 3), arg(a, 4), arg(a, 5), arg(a, 6), <usize>arg(a, 7) + <usize>part * <usize>arg(a, 8), part, nparts);
+    matmulFloat(arg(a, 0), arg(a, 1), arg(a, 2), arg(a, 3), arg(a, 4), arg(a, 5), arg(a, 6), <usize>arg(a, 7) + <usize>part * <usize>arg(a, 8), arg(a, 9), part, nparts);
   } else if (job == JOB_MATMUL_INT) {
-    matmulInt(arg(a, 0), arg(a, 1), arg(a, 2), arg(a, 3), arg(a, 4), arg(a, 5), arg(a, 6), arg(a, 7), arg(a, 8), arg(a, 9), arg(a, 10), part, nparts);
+    matmulInt(arg(a, 0), arg(a, 1), arg(a, 2), arg(a, 3), arg(a, 4), arg(a, 5), arg(a, 6), arg(a, 7), arg(a, 8), arg(a, 9), arg(a, 10), arg(a, 11), arg(a, 12), part, nparts);
   } else if (job == JOB_QUANTIZE) {
-    quantizeRows(arg(a, 0), arg(a, 1), arg(a, 2), arg(a, 3), arg(a, 4), arg(a, 5), part, nparts);
+    quantizeRows(arg(a, 0), arg(a, 1), arg(a, 2), arg(a, 3), arg(a, 4), arg(a, 5), arg(a, 6), part, nparts);
   } else if (job == JOB_LAYER_NORM) {
     layerNorm(arg(a, 0), arg(a, 1), arg(a, 2), arg(a, 3), arg(a, 4), arg(a, 5), arg(a, 6), load<f32>(a, 28), part, nparts);
   } else if (job == JOB_WKV4) {
@@ -142,6 +149,19 @@ export function runJob(ctrl: usize, job: i32, part: i32, nparts: i32): void {
   const m = v128.and(i32x4.shl(v, 13), i32x4.splat(0x8fffffff));
   return f32x4.mul(m, f32x4.splat(scale));
 }
+/**
+ * f16s groups of 8 are stored [c0, c4, c1, c5, c2, c6, c3, c7] (weight-rows.ts toF16s), so i32
+ * lane l holds column l in its low half and l + 4 in its high half: each half reaches f32 position
+ * by one arithmetic shift (the sign fills bits 28-31) and one mask, no widening. The result is the
+ * f32 bits of w·2^-102, a normal float for every f16s value (the smallest, 2^-14·2^-10 = w for the
+ * smallest f16 subnormal, lands on 2^-126): exact, multiplied by 2^102 or met by a prescaled x.
+ */
+/* @inline */ function f16sLo(h: v128, mask: v128): v128 {
+  return v128.and(i32x4.shr_s(i32x4.shl(h, 16), 3), mask);
+}
+/* @inline */ function f16sHi(h: v128, mask: v128): v128 {
+  return v128.and(i32x4.shr_s(h, 3), mask);
+}
 /* @inline */ function halfScale(kind: i32): f32 {
   return kind == T_F16S ? F16S_TO_F32_SCALE : F16_TO_F32_SCALE;
 }
@@ -166,15 +186,21 @@ export function runJob(ctrl: usize, job: i32, part: i32, nparts: i32): void {
  * panel is worth building). Each row's accumulator follows the canonical order. The four rows are
  * a quarter of the range apart, so the reads are four long sequential streams: four adjacent rows
  * (four streams restarting every row) read 16-20 GB/s on one thread here, quarters 35 GB/s
- * (measured with a C probe of both orders).
+ * (measured with a C probe of both orders). f16s: x is multiplied by 2^102 as it is loaded, once
+ * for four rows, so the weights need no multiply (see f16sLo); the products are the same reals, so
+ * the results are bit for bit those of dotRow, which multiplies the weights (callers check that
+ * x·2^102 is finite). The f16s constants come from the table `tab` in memory: V8 rebuilds a
+ * v128.const at each use inside the loop (three instructions), which made this kernel slower than
+ * the plain f16 one it replaces.
  */
-/* @inline */ function matvecRows(kind: i32, w: usize, I: i32, x: usize, y: usize, lo: i32, hi: i32): void {
+/* @inline */ function matvecRows(kind: i32, w: usize, I: i32, x: usize, y: usize, lo: i32, hi: i32, tab: usize): void {
   const esz: usize = kind == T_F32 ? 4 : 2;
   const rs = <usize>I * esz;
   const I4 = I & ~3;
   const I8 = I & ~7;
   const Q = (hi - lo) >> 2;
   const qs = <usize>Q * rs;
+  const mask = kc(tab, K_F16S_MASK), s102 = kc(tab, K_F16S_SCALE);
   for (let o = lo; o < lo + Q; o++) {
     const r0 = w + <usize>o * rs, r1 = r0 + qs, r2 = r1 + qs, r3 = r2 + qs;
     let a0 = f32x4.splat(0), a1 = f32x4.splat(0), a2 = f32x4.splat(0), a3 = f32x4.splat(0);
@@ -188,13 +214,23 @@ export function runJob(ctrl: usize, job: i32, part: i32, nparts: i32): void {
         a2 = fma4(a2, v128.load(r2 + xo), xv);
         a3 = fma4(a3, v128.load(r3 + xo), xv);
       }
+    } else if (kind == T_F16S) {
+      for (; c < I8; c += 8) {
+        const xo = <usize>c << 2, wo = <usize>c << 1;
+        const x0 = f32x4.mul(v128.load(x + xo), s102), x1 = f32x4.mul(v128.load(x + xo, 16), s102);
+        const h0 = v128.load(r0 + wo), h1 = v128.load(r1 + wo), h2 = v128.load(r2 + wo), h3 = v128.load(r3 + wo);
+        a0 = fma4(fma4(a0, f16sLo(h0, mask), x0), f16sHi(h0, mask), x1);
+        a1 = fma4(fma4(a1, f16sLo(h1, mask), x0), f16sHi(h1, mask), x1);
+        a2 = fma4(fma4(a2, f16sLo(h2, mask), x0), f16sHi(h2, mask), x1);
+        a3 = fma4(fma4(a3, f16sLo(h3, mask), x0), f16sHi(h3, mask), x1);
+      }
     } else {
       for (; c < I8; c += 8) {
         const xo = <usize>c << 2, wo = <usize>c << 1;
         const x0 = v128.load(x + xo), x1 = v128.load(x + xo, 16);
         const h0 = v128.load(r0 + wo), h1 = v128.load(r1 + wo), h2 = v128.load(r2 + wo), h3 = v128.load(r3 + wo);
-        if (kind == T_F16 || kind == T_F16S) {
-          const sc = halfScale(kind);
+        if (kind == T_F16) {
+          const sc = F16_TO_F32_SCALE;
           a0 = fma4(fma4(a0, f16lo(h0, sc), x0), f16hi(h0, sc), x1);
           a1 = fma4(fma4(a1, f16lo(h1, sc), x0), f16hi(h1, sc), x1);
           a2 = fma4(fma4(a2, f16lo(h2, sc), x0), f16hi(h2, sc), x1);
@@ -206,7 +242,9 @@ export function runJob(ctrl: usize, job: i32, part: i32, nparts: i32): void {
           a3 = fma4(fma4(a3, bf16lo(h3), x0), bf16hi(h3), x1);
         }
       }
-      for (; c < I4; c += 4) { // a last group of 4 when I % 8 >= 4
+    }
+    if (kind != T_F32) {
+      for (; c < I4; c += 4) { // a last group of 4 when I % 8 >= 4 (stored in plain order)
         const xv = v128.load(x + (<usize>c << 2));
         const wo = <usize>c << 1;
         a0 = fma4(a0, halfs4(kind, r0 + wo), xv);
@@ -227,17 +265,29 @@ export function runJob(ctrl: usize, job: i32, part: i32, nparts: i32): void {
     store<f32>(yo + 2 * yq, hsum(a2) + t2);
     store<f32>(yo + 3 * yq, hsum(a3) + t3);
   }
-  for (let o = lo + 4 * Q; o < hi; o++) {
-    const r0 = w + <usize>o * rs;
-    let a0 = f32x4.splat(0);
-    for (let c = 0; c < I4; c += 4) {
-      const xv = v128.load(x + (<usize>c << 2));
-      a0 = fma4(a0, kind == T_F32 ? v128.load(r0 + (<usize>c << 2)) : halfs4(kind, r0 + (<usize>c << 1)), xv);
+  for (let o = lo + 4 * Q; o < hi; o++) store<f32>(y + (<usize>o << 2), dotRow(kind, w + <usize>o * rs, I, x, tab));
+}
+
+/** One weight row (f32, f16, bf16 or f16s) against x, in the canonical order. */
+function dotRow(kind: i32, r0: usize, I: i32, x: usize, tab: usize): f32 {
+  const I4 = I & ~3;
+  let a0 = f32x4.splat(0);
+  let c = 0;
+  if (kind == T_F16S) {
+    const mask = kc(tab, K_F16S_MASK), s102 = kc(tab, K_F16S_SCALE);
+    for (; c < (I & ~7); c += 8) {
+      const h = v128.load(r0 + (<usize>c << 1));
+      const xo = x + (<usize>c << 2);
+      a0 = fma4(fma4(a0, f32x4.mul(f16sLo(h, mask), s102), v128.load(xo)), f32x4.mul(f16sHi(h, mask), s102), v128.load(xo, 16));
     }
-    let t0: f32 = 0;
-    for (let k = I4; k < I; k++) t0 += wElem(kind, r0, k) * load<f32>(x + (<usize>k << 2));
-    store<f32>(y + (<usize>o << 2), hsum(a0) + t0);
   }
+  for (; c < I4; c += 4) {
+    const xv = v128.load(x + (<usize>c << 2));
+    a0 = fma4(a0, kind == T_F32 ? v128.load(r0 + (<usize>c << 2)) : halfs4(kind, r0 + (<usize>c << 1)), xv);
+  }
+  let t0: f32 = 0;
+  for (let k = I4; k < I; k++) t0 += wElem(kind, r0, k) * load<f32>(x + (<usize>k << 2));
+  return hsum(a0) + t0;
 }
 
 /** 4 f16/bf16 at p as f32x4. */
@@ -247,8 +297,9 @@ export function runJob(ctrl: usize, job: i32, part: i32, nparts: i32): void {
 }
 
 /** Rows [o, o+n) of a f16/bf16 matrix converted to f32 into `panel` (n rows of I floats). */
-function dequantPanel(kind: i32, w: usize, I: i32, o: i32, n: i32, panel: usize): void {
+function dequantPanel(kind: i32, w: usize, I: i32, o: i32, n: i32, panel: usize, tab: usize): void {
   const rs = <usize>I << 1;
+  const mask = kc(tab, K_F16S_MASK), s102 = kc(tab, K_F16S_SCALE);
   for (let k = 0; k < n; k++) {
     const r = w + <usize>(o + k) * rs;
     const dst = panel + <usize>k * (<usize>I << 2);
@@ -256,7 +307,9 @@ function dequantPanel(kind: i32, w: usize, I: i32, o: i32, n: i32, panel: usize)
     for (; c + 8 <= I; c += 8) {
       const h = v128.load(r + (<usize>c << 1));
       const d = dst + (<usize>c << 2);
-      if (kind != T_BF16) { v128.store(d, f16lo(h, halfScale(kind))); v128.store(d, f16hi(h, halfScale(kind)), 16); }
+      if (kind == T_F16S) {
+        v128.store(d, f32x4.mul(f16sLo(h, mask), s102)); v128.store(d, f32x4.mul(f16sHi(h, mask), s102), 16);
+      } else if (kind == T_F16) { v128.store(d, f16lo(h, F16_TO_F32_SCALE)); v128.store(d, f16hi(h, F16_TO_F32_SCALE), 16); }
       else { v128.store(d, bf16lo(h)); v128.store(d, bf16hi(h), 16); }
     }
     for (; c < I; c++) store<f32>(dst + (<usize>c << 2), wElem(kind, r, c));
@@ -326,29 +379,49 @@ function matmulPanel(x: usize, T: i32, I: i32, r0: usize, r1: usize, two: bool, 
   }
 }
 
-function matmulFloat(w: usize, kind: i32, O: i32, I: i32, T: i32, x: usize, y: usize, panel: usize, part: i32, nparts: i32): void {
+/** max |x_i| over n floats (NaN if any is NaN). */
+function absMax(x: usize, n: i32): f32 {
+  let m = f32x4.splat(0);
+  let i = 0;
+  for (; i + 4 <= n; i += 4) m = f32x4.max(m, f32x4.abs(v128.load(x + (<usize>i << 2))));
+  let s = max(max(f32x4.extract_lane(m, 0), f32x4.extract_lane(m, 1)), max(f32x4.extract_lane(m, 2), f32x4.extract_lane(m, 3)));
+  for (; i < n; i++) s = max(s, abs(load<f32>(x + (<usize>i << 2))));
+  return s;
+}
+
+function matmulFloat(w: usize, kind: i32, O: i32, I: i32, T: i32, x: usize, y: usize, panel: usize, tab: usize, part: i32, nparts: i32): void {
   const lo = splitLo(O, part, nparts, 16), hi = splitHi(O, part, nparts, 16);
   if (lo >= hi) return;
   if (T == 1) {
-    if (kind == T_F32) matvecRows(T_F32, w, I, x, y, lo, hi);
-    else if (kind == T_F16) matvecRows(T_F16, w, I, x, y, lo, hi);
-    else if (kind == T_F16S) matvecRows(T_F16S, w, I, x, y, lo, hi);
-    else matvecRows(T_BF16, w, I, x, y, lo, hi);
+    if (kind == T_F32) matvecRows(T_F32, w, I, x, y, lo, hi, tab);
+    else if (kind == T_F16) matvecRows(T_F16, w, I, x, y, lo, hi, tab);
+    else if (kind == T_F16S) {
+      if (absMax(x, I) < F16S_PRESCALE_MAX_X) matvecRows(T_F16S, w, I, x, y, lo, hi, tab);
+      else { // x·2^102 could overflow (or x has a NaN): row by row, multiplying the weights
+        const rs = <usize>I << 1;
+        for (let o = lo; o < hi; o++) store<f32>(y + (<usize>o << 2), dotRow(T_F16S, w + <usize>o * rs, I, x, tab));
+      }
+    } else matvecRows(T_BF16, w, I, x, y, lo, hi, tab);
     return;
   }
   const rowBytes = <usize>I << 2;
-  for (let o = lo; o < hi; o += 2) {
-    const two = o + 1 < hi;
-    let r0: usize, r1: usize;
-    if (kind == T_F32) {
-      r0 = w + <usize>o * rowBytes;
-      r1 = r0 + rowBytes;
-    } else {
-      dequantPanel(kind, w, I, o, two ? 2 : 1, panel);
-      r0 = panel;
-      r1 = panel + rowBytes;
+  const tile = tileRows(I << 2); // f16/bf16 rows are converted again for each tile: I per 2·I·tile products
+  for (let t0 = 0; t0 < T; t0 += tile) {
+    const n = min(T - t0, tile);
+    const xt = x + <usize>t0 * rowBytes, yt = y + <usize>t0 * (<usize>O << 2);
+    for (let o = lo; o < hi; o += 2) {
+      const two = o + 1 < hi;
+      let r0: usize, r1: usize;
+      if (kind == T_F32) {
+        r0 = w + <usize>o * rowBytes;
+        r1 = r0 + rowBytes;
+      } else {
+        dequantPanel(kind, w, I, o, two ? 2 : 1, panel, tab);
+        r0 = panel;
+        r1 = panel + rowBytes;
+      }
+      matmulPanel(xt, n, I, r0, r1, two, yt, O, o);
     }
-    matmulPanel(x, T, I, r0, r1, two, y, O, o);
   }
 }
 
@@ -360,13 +433,20 @@ function matmulFloat(w: usize, kind: i32, O: i32, I: i32, T: i32, x: usize, y: u
 /**
  * Rows [lo, hi) of x (T, I) f32 -> xq (T, Ipad) int8 values stored as i16, dx (T, nb) f32 scales, sx (T, nb) f32 block
  * sums of x (for the _1 types' minimum term). Ipad = nb * 32; the padding is zero.
+ * With `ls` (not 0), the layout of the i8·i7 kernels instead: xq (T, Ipad) as i8, and at ls (T, nb)
+ * the negated sums of each block's i32 lanes of a relaxed dot (lane l: elements 4l..4l+3 and
+ * 16+4l..19+4l), for the offset of the _0 types' unsigned weights.
  */
-function quantizeRows(x: usize, T: i32, I: i32, xq: usize, dx: usize, sx: usize, part: i32, nparts: i32): void {
+function quantizeRows(x: usize, T: i32, I: i32, xq: usize, dx: usize, sx: usize, ls: usize, part: i32, nparts: i32): void {
   const nb = (I + QK - 1) / QK;
   const lo = splitLo(T, part, nparts, 1), hi = splitHi(T, part, nparts, 1);
   for (let t = lo; t < hi; t++) {
     const xr = x + <usize>t * (<usize>I << 2);
     const qr = xq + <usize>t * <usize>(nb * QK * 2);
+    if (ls != 0) {
+      quantizeRowI8(xr, I, nb, xq + <usize>t * <usize>(nb * QK), dx + (<usize>(t * nb) << 2), sx + (<usize>(t * nb) << 2), ls + (<usize>(t * nb) << 4));
+      continue;
+    }
     for (let b = 0; b < nb; b++) {
       const c0 = b * QK;
       const n = min(QK, I - c0);
@@ -400,6 +480,45 @@ function quantizeRows(x: usize, T: i32, I: i32, xq: usize, dx: usize, sx: usize,
       store<f32>(dx + (<usize>(t * nb + b) << 2), d);
       store<f32>(sx + (<usize>(t * nb + b) << 2), sum);
     }
+  }
+}
+
+/** quantizeRows' i8 layout for one row: the same values as the i16 one, narrowed, with the lane sums. */
+function quantizeRowI8(xr: usize, I: i32, nb: i32, qr: usize, dx: usize, sx: usize, ls: usize): void {
+  for (let b = 0; b < nb; b++) {
+    const c0 = b * QK;
+    const n = min(QK, I - c0);
+    const xb = xr + (<usize>c0 << 2);
+    let amax: f32 = 0, sum: f32 = 0;
+    for (let i = 0; i < n; i++) {
+      const v = load<f32>(xb + (<usize>i << 2));
+      amax = max(amax, abs(v));
+      sum += v;
+    }
+    const d: f32 = amax / 127;
+    const id: f32 = amax > 0 ? <f32>127 / amax : 0;
+    const qb = qr + <usize>c0;
+    if (n == QK) {
+      const s = f32x4.splat(id);
+      for (let i = 0; i < QK; i += 16) {
+        const p = xb + (<usize>i << 2);
+        const q0 = i32x4.trunc_sat_f32x4_s(f32x4.nearest(f32x4.mul(v128.load(p), s)));
+        const q1 = i32x4.trunc_sat_f32x4_s(f32x4.nearest(f32x4.mul(v128.load(p, 16), s)));
+        const q2 = i32x4.trunc_sat_f32x4_s(f32x4.nearest(f32x4.mul(v128.load(p, 32), s)));
+        const q3 = i32x4.trunc_sat_f32x4_s(f32x4.nearest(f32x4.mul(v128.load(p, 48), s)));
+        v128.store(qb + <usize>i, i8x16.narrow_i16x8_s(i16x8.narrow_i32x4_s(q0, q1), i16x8.narrow_i32x4_s(q2, q3)));
+      }
+    } else {
+      for (let i = 0; i < QK; i++) {
+        const v: f32 = i < n ? nearest(load<f32>(xb + (<usize>i << 2)) * id) : 0;
+        store<i8>(qb + <usize>i, <i8><i32>v);
+      }
+    }
+    const lanes = i32x4.add(i32x4.extadd_pairwise_i16x8_s(i16x8.extadd_pairwise_i8x16_s(v128.load(qb))),
+      i32x4.extadd_pairwise_i16x8_s(i16x8.extadd_pairwise_i8x16_s(v128.load(qb, 16))));
+    v128.store(ls + (<usize>b << 4), i32x4.neg(lanes));
+    store<f32>(dx + (<usize>b << 2), d);
+    store<f32>(sx + (<usize>b << 2), sum);
   }
 }
 
@@ -548,6 +667,154 @@ function quantizeRows(x: usize, T: i32, I: i32, xq: usize, dx: usize, sx: usize,
   store<f32>(yt + (<usize>o1 << 2), hsum(a1) + m1);
 }
 
+// ---- The i8·i7 path (relaxed SIMD): i32x4.relaxed_dot_i8x16_i7x16_add_s multiplies signed bytes
+// by bytes whose top bit is clear; where that bit is set, engines differ (signed or unsigned), and
+// its i16 pair sums may saturate on some. The q4/q5 weights decode to unsigned 0..31 (the _0 types
+// without their offset: w = d·(u - 8) for q4_0, d·(u - 16) for q5_0), the 7-bit operand, and the
+// activations stay the signed int8 operand (-127..127), so a pair sums to at most 2·127·31 and
+// every engine computes the same exact integers. The offset comes back as -8 (or -16) times the
+// activations' lane sums, precomputed per block (quantizeRowI8), as the dot's initial value.
+// q8_0 and i8 weights are signed bytes and keep the i16 path.
+
+/**
+ * 1 when this engine's relaxed_dot_i8x16_i7x16_add_s computes the specified sums (signed bytes
+ * times 7-bit bytes, four products per i32 lane, plus c), else 0 (also in the plain build). Node
+ * 20's V8 validates the instruction but returns other values (8·a·b per lane here, c ignored), so
+ * the JS side runs the i8·i7 kernels only where this probe passes.
+ */
+export function relaxedDotOk(): i32 {
+  if (ASC_FEATURE_RELAXED_SIMD) {
+    // Signed bytes (-128 included) times bytes 0..127, plus c; the sums worked out by hand.
+    const a = i8x16(-128, 127, -1, 5, 100, -100, 0, 7, -3, 64, -64, 1, 2, -2, 99, -99);
+    const b = i8x16(127, 1, 0, 31, 2, 3, 126, 64, 15, 8, 9, 0, 127, 127, 1, 2);
+    const r = i32x4.relaxed_dot_i8x16_i7x16_add_s(a, b, i32x4(1000, -7, 0, 123456));
+    return i32(i32x4.all_true(i32x4.eq(r, i32x4(-14974, 341, -109, 123357))));
+  }
+  return 0;
+}
+
+/** log2 of the offset of the _0 types' unsigned weights (0: none). */
+/* @inline */ function i7Shift(kind: i32): i32 {
+  return kind == T_Q4_0 ? 3 : kind == T_Q5_0 ? 4 : 0;
+}
+/** Elements 0-15 and 16-31 of a q4/q5 block as unsigned bytes (0..15 or 0..31). */
+/* @inline */ function blockLoU(kind: i32, p: usize, lowNibble: v128, fifth: v128): v128 {
+  if (kind == T_Q4_0) return v128.and(v128.load(p, 2), lowNibble);
+  if (kind == T_Q4_1) return v128.and(v128.load(p, 4), lowNibble);
+  if (kind == T_Q5_0) return v128.or(v128.and(v128.load(p, 6), lowNibble), v128.and(highMask(load<u32>(p, 2), false), fifth));
+  return v128.or(v128.and(v128.load(p, 8), lowNibble), v128.and(highMask(load<u32>(p, 4), false), fifth));
+}
+/* @inline */ function blockHiU(kind: i32, p: usize, fifth: v128): v128 {
+  if (kind == T_Q4_0) return i8x16.shr_u(v128.load(p, 2), 4);
+  if (kind == T_Q4_1) return i8x16.shr_u(v128.load(p, 4), 4);
+  if (kind == T_Q5_0) return v128.or(i8x16.shr_u(v128.load(p, 6), 4), v128.and(highMask(load<u32>(p, 2), true), fifth));
+  return v128.or(i8x16.shr_u(v128.load(p, 8), 4), v128.and(highMask(load<u32>(p, 4), true), fifth));
+}
+
+/** One block's exact integer dot (i32x4 lanes) of unsigned weights u0, u1 with the i8 activations at q. */
+/* @inline */ function i7dot(kind: i32, u0: v128, u1: v128, q: usize, nls: usize): v128 {
+  if (ASC_FEATURE_RELAXED_SIMD) {
+    const c = i7Shift(kind) != 0 ? i32x4.shl(v128.load(nls), i7Shift(kind)) : i32x4.splat(0);
+    return i32x4.relaxed_dot_i8x16_i7x16_add_s(v128.load(q, 16), u1, i32x4.relaxed_dot_i8x16_i7x16_add_s(v128.load(q), u0, c));
+  }
+  return i32x4.splat(0); // never called without relaxed SIMD
+}
+
+/** intRow for the i8·i7 layout: output row `o` against `mt` (1 or 4) activation rows from `t`. */
+/* @inline */ function intRowI7(kind: i32, mt: i32, wr: usize, nb: i32, xq: usize, dx: usize, sx: usize, ls: usize, t: i32, y: usize, O: i32, o: i32, tab: usize, ktab: usize): void {
+  const bb = blockBytes(kind);
+  const qs = <usize>nb * QK, ds = <usize>nb << 2, ns = <usize>nb << 4;
+  const q0 = xq + <usize>t * qs, d0 = dx + <usize>t * ds, s0 = sx + <usize>t * ds, l0 = ls + <usize>t * ns;
+  const lowNibble = kc(ktab, K_LOW_NIBBLE), fifth = kc(ktab, K_FIFTH_BIT);
+  let a0 = f32x4.splat(0), a1 = f32x4.splat(0), a2 = f32x4.splat(0), a3 = f32x4.splat(0);
+  let m0: f32 = 0, m1: f32 = 0, m2: f32 = 0, m3: f32 = 0;
+  for (let b = 0; b < nb; b++) {
+    const p = wr + <usize>b * bb;
+    const u0 = blockLoU(kind, p, lowNibble, fifth), u1 = blockHiU(kind, p, fifth);
+    const d = ht(tab, load<u16>(p)), m = blockM(kind, p, tab);
+    const qb = <usize>b * QK, db = <usize>b << 2, lb = <usize>b << 4;
+    a0 = fma4(a0, f32x4.convert_i32x4_s(i7dot(kind, u0, u1, q0 + qb, l0 + lb)), f32x4.splat(d * load<f32>(d0 + db)));
+    if (kind == T_Q4_1 || kind == T_Q5_1) m0 += m * load<f32>(s0 + db);
+    if (mt == 4) {
+      a1 = fma4(a1, f32x4.convert_i32x4_s(i7dot(kind, u0, u1, q0 + qs + qb, l0 + ns + lb)), f32x4.splat(d * load<f32>(d0 + ds + db)));
+      a2 = fma4(a2, f32x4.convert_i32x4_s(i7dot(kind, u0, u1, q0 + 2 * qs + qb, l0 + 2 * ns + lb)), f32x4.splat(d * load<f32>(d0 + 2 * ds + db)));
+      a3 = fma4(a3, f32x4.convert_i32x4_s(i7dot(kind, u0, u1, q0 + 3 * qs + qb, l0 + 3 * ns + lb)), f32x4.splat(d * load<f32>(d0 + 3 * ds + db)));
+      if (kind == T_Q4_1 || kind == T_Q5_1) {
+        m1 += m * load<f32>(s0 + ds + db);
+        m2 += m * load<f32>(s0 + 2 * ds + db);
+        m3 += m * load<f32>(s0 + 3 * ds + db);
+      }
+    }
+  }
+  const ys = <usize>O << 2;
+  const yo = y + <usize>t * ys + (<usize>o << 2);
+  store<f32>(yo, hsum(a0) + m0);
+  if (mt == 4) {
+    store<f32>(yo + ys, hsum(a1) + m1);
+    store<f32>(yo + 2 * ys, hsum(a2) + m2);
+    store<f32>(yo + 3 * ys, hsum(a3) + m3);
+  }
+}
+
+/** intRowPair for the i8·i7 layout (T = 1): rows o and o1 = the row `gap` bytes further. */
+/* @inline */ function intRowPairI7(kind: i32, wr: usize, gap: usize, nb: i32, xq: usize, dx: usize, sx: usize, ls: usize, y: usize, o: i32, o1: i32, tab: usize, ktab: usize): void {
+  const bb = blockBytes(kind);
+  const lowNibble = kc(ktab, K_LOW_NIBBLE), fifth = kc(ktab, K_FIFTH_BIT);
+  let a0 = f32x4.splat(0), a1 = f32x4.splat(0);
+  let m0: f32 = 0, m1: f32 = 0;
+  for (let b = 0; b < nb; b++) {
+    const p = wr + <usize>b * bb, p1 = p + gap;
+    const qb = xq + <usize>b * QK, db = <usize>b << 2, lb = ls + (<usize>b << 4);
+    const dxb = load<f32>(dx + db);
+    const iu = i7dot(kind, blockLoU(kind, p, lowNibble, fifth), blockHiU(kind, p, fifth), qb, lb);
+    const iv = i7dot(kind, blockLoU(kind, p1, lowNibble, fifth), blockHiU(kind, p1, fifth), qb, lb);
+    a0 = fma4(a0, f32x4.convert_i32x4_s(iu), f32x4.splat(ht(tab, load<u16>(p)) * dxb));
+    a1 = fma4(a1, f32x4.convert_i32x4_s(iv), f32x4.splat(ht(tab, load<u16>(p1)) * dxb));
+    if (kind == T_Q4_1 || kind == T_Q5_1) {
+      const sxb = load<f32>(sx + db);
+      m0 += blockM(kind, p, tab) * sxb;
+      m1 += blockM(kind, p1, tab) * sxb;
+    }
+  }
+  store<f32>(y + (<usize>o << 2), hsum(a0) + m0);
+  store<f32>(y + (<usize>o1 << 2), hsum(a1) + m1);
+}
+
+/**
+ * Activation rows per tile of a T > 1 product: each output row runs over one tile of activation
+ * rows before the next row, so the tile (about this many bytes) stays in L2 while the weights
+ * stream through once per tile; a whole long prompt's activations (512 x 3072 as i16: 3 MiB)
+ * would leave L2 between two output rows and come from L3 or memory for each.
+ */
+const ACTIVATION_TILE_BYTES: i32 = 192 << 10;
+
+/** Rows of a tile for activation rows of `rowBytes` (a multiple of 4, at least 4). */
+/* @inline */ function tileRows(rowBytes: i32): i32 {
+  return max(4, (ACTIVATION_TILE_BYTES / rowBytes) & ~3);
+}
+
+/* @inline */ function intRowsI7(kind: i32, w: usize, O: i32, I: i32, T: i32, xq: usize, dx: usize, sx: usize, ls: usize, y: usize, lo: i32, hi: i32, tab: usize, ktab: usize): void {
+  const nb = (I + QK - 1) / QK;
+  const rs: usize = <usize>(I / QK) * blockBytes(kind);
+  let o = lo;
+  if (T == 1) {
+    const half = (hi - lo) >> 1;
+    for (; o < lo + half; o++) intRowPairI7(kind, w + <usize>o * rs, <usize>half * rs, nb, xq, dx, sx, ls, y, o, o + half, tab, ktab);
+    for (o = lo + 2 * half; o < hi; o++) intRowI7(kind, 1, w + <usize>o * rs, nb, xq, dx, sx, ls, 0, y, O, o, tab, ktab);
+    return;
+  }
+  const tile = tileRows(nb * (QK + 24));
+  for (let t0 = 0; t0 < T; t0 += tile) {
+    const t1 = min(T, t0 + tile);
+    for (o = lo; o < hi; o++) {
+      const wr = w + <usize>o * rs;
+      let t = t0;
+      for (; t + 4 <= t1; t += 4) intRowI7(kind, 4, wr, nb, xq, dx, sx, ls, t, y, O, o, tab, ktab);
+      for (; t < t1; t++) intRowI7(kind, 1, wr, nb, xq, dx, sx, ls, t, y, O, o, tab, ktab);
+    }
+  }
+}
+
 /* @inline */ function intRows(kind: i32, w: usize, scales: usize, O: i32, I: i32, T: i32, xq: usize, dx: usize, sx: usize, y: usize, lo: i32, hi: i32, tab: usize): void {
   const nb = (I + QK - 1) / QK;
   const rs: usize = kind == T_I8 ? <usize>I : <usize>(I / QK) * blockBytes(kind);
@@ -562,18 +829,35 @@ function quantizeRows(x: usize, T: i32, I: i32, xq: usize, dx: usize, sx: usize,
     }
     o = lo + 2 * half;
   }
-  for (; o < hi; o++) {
-    const wr = w + <usize>o * rs;
-    const rowScale: f32 = kind == T_I8 ? load<f32>(scales + (<usize>o << 2)) : 1;
-    let t = 0;
-    for (; t + 4 <= T; t += 4) intRow(kind, 4, wr, nb, rowScale, xq, dx, sx, t, y, O, o, tab);
-    for (; t < T; t++) intRow(kind, 1, wr, nb, rowScale, xq, dx, sx, t, y, O, o, tab);
+  const tile = T == 1 ? 1 : tileRows(nb * (2 * QK + 8));
+  for (let t0 = 0; t0 < T; t0 += tile) {
+    const t1 = min(T, t0 + tile);
+    for (let r = o; r < hi; r++) {
+      const wr = w + <usize>r * rs;
+      const rowScale: f32 = kind == T_I8 ? load<f32>(scales + (<usize>r << 2)) : 1;
+      let t = t0;
+      for (; t + 4 <= t1; t += 4) intRow(kind, 4, wr, nb, rowScale, xq, dx, sx, t, y, O, r, tab);
+      for (; t < t1; t++) intRow(kind, 1, wr, nb, rowScale, xq, dx, sx, t, y, O, r, tab);
+    }
   }
 }
 
-function matmulInt(w: usize, kind: i32, O: i32, I: i32, T: i32, xq: usize, dx: usize, sx: usize, y: usize, scales: usize, tab: usize, part: i32, nparts: i32): void {
+/**
+ * `ls` not 0: the activations are in quantizeRows' i8 layout and the i8·i7 kernels run (relaxed
+ * build, q4/q5 types). `tab`: the f16 table; `ktab`: the constant table (fillActivationTable).
+ */
+function matmulInt(w: usize, kind: i32, O: i32, I: i32, T: i32, xq: usize, dx: usize, sx: usize, y: usize, scales: usize, tab: usize, ls: usize, ktab: usize, part: i32, nparts: i32): void {
   const lo = splitLo(O, part, nparts, 16), hi = splitHi(O, part, nparts, 16);
   if (lo >= hi) return;
+  if (ASC_FEATURE_RELAXED_SIMD) {
+    if (ls != 0) {
+      if (kind == T_Q4_0) intRowsI7(T_Q4_0, w, O, I, T, xq, dx, sx, ls, y, lo, hi, tab, ktab);
+      else if (kind == T_Q4_1) intRowsI7(T_Q4_1, w, O, I, T, xq, dx, sx, ls, y, lo, hi, tab, ktab);
+      else if (kind == T_Q5_0) intRowsI7(T_Q5_0, w, O, I, T, xq, dx, sx, ls, y, lo, hi, tab, ktab);
+      else if (kind == T_Q5_1) intRowsI7(T_Q5_1, w, O, I, T, xq, dx, sx, ls, y, lo, hi, tab, ktab);
+      return;
+    }
+  }
   if (kind == T_Q8_0) intRows(T_Q8_0, w, scales, O, I, T, xq, dx, sx, y, lo, hi, tab);
   else if (kind == T_Q4_0) intRows(T_Q4_0, w, scales, O, I, T, xq, dx, sx, y, lo, hi, tab);
   else if (kind == T_Q4_1) intRows(T_Q4_1, w, scales, O, I, T, xq, dx, sx, y, lo, hi, tab);
@@ -804,14 +1088,18 @@ const ROUND_SHIFTER: f64 = 6755399441055744.0;
 /** Below this |z|, tanh z = z - z³/3 to 1e-13 relative; the e^2z form would cancel there. */
 const TANH_SMALL: f64 = 1e-3;
 
-// The activations' f64x2 constants live in a table in memory (fillActivationTable): V8 builds
+// The activations' f64x2 constants (and the f16s kernels' two) live in a table in memory (fillActivationTable): V8 builds
 // every v128 constant in the code from a 64-bit immediate with three instructions, at each use;
 // a load from the table is one, so the polynomial runs at half the instructions.
 const K_LOG2E = 0, K_SHIFTER = 1, K_LN2_HI = 2, K_LN2_LO = 3, K_EXP_MAX = 4, K_EXP_MIN = 5;
 const K_ONE = 6, K_TWO = 7, K_THREE = 8, K_TANH_SMALL = 9, K_SIGN = 10, K_ZERO = 11, K_INF = 12;
 /** 1/i! for i = 2..11 at K_FACT + i - 2 (the Taylor coefficients of e^r). */
 const K_FACT = 13;
-const K_COUNT = 23;
+/** The f16s kernels' mask (i32x4 F16S_MASK) and scale (f32x4 F16S_TO_F32_SCALE). */
+const K_F16S_MASK = 23, K_F16S_SCALE = 24;
+/** The i8·i7 kernels' byte masks: the low nibble (0x0f) and a q5 weight's fifth bit (0x10). */
+const K_LOW_NIBBLE = 25, K_FIFTH_BIT = 26;
+const K_COUNT = 27;
 
 /** Writes the constant table (K_COUNT f64x2) at `tab`. */
 export function fillActivationTable(tab: usize): void {
@@ -822,6 +1110,10 @@ export function fillActivationTable(tab: usize): void {
   putK(tab, K_TANH_SMALL, TANH_SMALL); putK(tab, K_SIGN, -0.0); putK(tab, K_ZERO, 0); putK(tab, K_INF, Infinity);
   let fact: f64 = 1;
   for (let i = 2; i <= 11; i++) { fact *= <f64>i; putK(tab, K_FACT + i - 2, 1 / fact); }
+  v128.store(tab + (<usize>K_F16S_MASK << 4), i32x4.splat(F16S_MASK));
+  v128.store(tab + (<usize>K_F16S_SCALE << 4), f32x4.splat(F16S_TO_F32_SCALE));
+  v128.store(tab + (<usize>K_LOW_NIBBLE << 4), i8x16.splat(0x0f));
+  v128.store(tab + (<usize>K_FIFTH_BIT << 4), i8x16.splat(0x10));
 }
 
 function putK(tab: usize, i: i32, v: f64): void {

@@ -3,12 +3,12 @@ import { spawnSync } from "node:child_process";
 import { test } from "node:test";
 import { fileURLToPath } from "node:url";
 import type { Activation, Backend, Matrix, Tensor, TensorKernels, WeightType } from "../src/core/backend/backend.js";
-import { quantizeInt8 } from "../src/core/backend/int8.js";
 import { referenceBackend as ref } from "../src/core/backend/reference.js";
 import { availableBackends, selectBackend } from "../src/core/backend/registry.js";
 import { relaxedSimdAvailable, WasmBackend, type WasmSimd, wasmAvailable } from "../src/core/backend/wasm.js";
-import { decodeWeightRow } from "../src/core/backend/weight-rows.js";
-import { f32ToBf16, f32ToF16 } from "../src/core/tensor.js";
+import { decodeMatrix, decodeWeightRow, f16sPosition } from "../src/core/backend/weight-rows.js";
+import { assertWithin, BLOCK_BYTES, matmulBounds, randomMatrix, rng } from "./matmul-check.js";
+import { f32ToF16 } from "../src/core/tensor.js";
 import { wasmBackend } from "../src/node/threads/pool.js";
 
 /*
@@ -33,17 +33,7 @@ import { wasmBackend } from "../src/node/threads/pool.js";
  * a child process with that flag runs this suite on it (RWKV_CONFORMANCE=relaxed-simd).
  */
 
-const U = 2 ** -24;
 const ONLY = process.env.RWKV_CONFORMANCE as WasmSimd | undefined;
-
-/** Deterministic uniform [-1, 1). */
-function rng(seed: number): () => number {
-  let s = seed >>> 0;
-  return () => {
-    s = (Math.imul(s, 1664525) + 1013904223) >>> 0;
-    return s / 2 ** 31 - 1;
-  };
-}
 
 interface Candidate { readonly label: string; readonly backend: Backend; readonly single?: Backend }
 
@@ -63,64 +53,6 @@ function candidates(): Candidate[] {
     }
   }
   return out;
-}
-
-const BLOCK_BYTES: Partial<Record<WeightType, number>> = { q8_0: 34, q5_0: 22, q5_1: 24, q4_0: 18, q4_1: 20 };
-const INT_TYPES: ReadonlySet<WeightType> = new Set<WeightType>(["q8_0", "q5_0", "q5_1", "q4_0", "q4_1", "i8"]);
-
-/** A random (O, I) matrix of `type`: float types from random values, block types from random bytes (every bit pattern) with sane scales. */
-function randomMatrix(type: WeightType, O: number, I: number, r: () => number): Matrix {
-  const f = Float32Array.from({ length: O * I }, () => r());
-  if (type === "f32") return { rows: O, cols: I, type, data: f };
-  if (type === "f16") return { rows: O, cols: I, type, data: Uint16Array.from(f, f32ToF16) };
-  if (type === "bf16") return { rows: O, cols: I, type, data: Uint16Array.from(f, f32ToBf16) };
-  if (type === "i8") return quantizeInt8(f, O, I);
-  const bb = BLOCK_BYTES[type]!;
-  const data = Uint8Array.from({ length: (O * I / 32) * bb }, () => Math.floor((r() + 1) * 128) & 0xff);
-  const dv = new DataView(data.buffer);
-  for (let p = 0; p < data.length; p += bb) {
-    dv.setUint16(p, f32ToF16(0.02 * r()), true); // d
-    if (type === "q4_1" || type === "q5_1") dv.setUint16(p + 2, f32ToF16(0.1 * r()), true); // m
-  }
-  return { rows: O, cols: I, type, data };
-}
-
-/** Per-output error bounds for matmul (see the header). */
-function matmulBounds(x: Float32Array, T: number, W: Matrix): Float32Array {
-  const { rows: O, cols: I } = W;
-  const nb = Math.ceil(I / 32);
-  const d = new Float64Array(T * nb); // activation quantization step per block
-  for (let t = 0; t < T; t++) {
-    for (let b = 0; b < nb; b++) {
-      let m = 0;
-      for (let i = b * 32; i < Math.min(I, b * 32 + 32); i++) m = Math.max(m, Math.abs(x[t * I + i]));
-      d[t * nb + b] = m / 127;
-    }
-  }
-  const integer = INT_TYPES.has(W.type);
-  const bound = new Float32Array(T * O);
-  const row = new Float32Array(I);
-  for (let o = 0; o < O; o++) {
-    decodeWeightRow(W, o, row);
-    for (let t = 0; t < T; t++) {
-      let abs = 0, quant = 0;
-      for (let i = 0; i < I; i++) {
-        const db = integer ? d[t * nb + (i >> 5)] : 0;
-        abs += Math.abs(row[i]) * (Math.abs(x[t * I + i]) + db);
-        quant += Math.abs(row[i]) * 0.501 * db;
-      }
-      bound[t * O + o] = (I + 2 + (integer ? 4 : 0)) * U * abs + quant + 1e-30;
-    }
-  }
-  return bound;
-}
-
-function assertWithin(got: Float32Array, want: Float32Array, bound: (i: number) => number, what: string): void {
-  assert.equal(got.length, want.length, `${what}: length`);
-  for (let i = 0; i < got.length; i++) {
-    const e = Math.abs(got[i] - want[i]);
-    if (!(e <= bound(i))) assert.fail(`${what}: element ${i}: got ${got[i]}, reference ${want[i]}, |diff| ${e} > bound ${bound(i)}`);
-  }
 }
 
 /** The WKV tolerance: 2e-5 of the array's largest magnitude. */
@@ -176,13 +108,16 @@ for (const c of candidates()) {
 
   test(`conformance ${c.label}: matmul rows are independent of T (step = one row of a sequence)`, () => {
     const r = rng(11);
+    // 3072 columns x 41 rows: more activation rows than the kernels' L2 tile (16 float rows, 28 of
+    // i16, 36 of i8 here), so rows in the second tile, and its 4-row groups and remainders, are checked.
     for (const type of TYPES) {
-      const I = 96, O = 24, T = 17;
-      const A = c.backend.adopt(randomMatrix(type, O, I, r));
-      const x = Float32Array.from({ length: T * I }, () => r());
-      const all = c.backend.matmul(x, T, A);
-      for (const t of [0, 5, 16]) {
-        assert.deepEqual(c.backend.matmul(x.subarray(t * I, (t + 1) * I), 1, A), all.subarray(t * O, (t + 1) * O), `${type} row ${t}`);
+      for (const [I, O, T, rows] of [[96, 24, 17, [0, 5, 16]], [3072, 5, 41, [0, 15, 16, 27, 28, 35, 36, 40]]] as const) {
+        const A = c.backend.adopt(randomMatrix(type, O, I, r));
+        const x = Float32Array.from({ length: T * I }, () => r());
+        const all = c.backend.matmul(x, T, A);
+        for (const t of rows) {
+          assert.deepEqual(c.backend.matmul(x.subarray(t * I, (t + 1) * I), 1, A), all.subarray(t * O, (t + 1) * O), `${type} I=${I} row ${t}`);
+        }
       }
     }
   });
@@ -209,6 +144,27 @@ for (const c of candidates()) {
       }
       const a = new Float32Array(I), b = new Float32Array(I);
       for (let o = 0; o < O; o++) assert.deepEqual(decodeWeightRow(A, o, a), decodeWeightRow(W, o, b), `f16 big=${big} row ${o}`);
+    }
+  });
+
+  test(`conformance ${c.label}: f16 weights give the products of their exact f32 values, bit for bit (reordered f16s, prescaled x)`, () => {
+    if (!c.label.startsWith("wasm")) return;
+    // The f16s conversion is exact and keeps the canonical summation order, so an f16 matrix must
+    // give exactly what the same backend gives for its decoded f32 values: for every tail of the
+    // 8-column groups, T = 1 (the matvec, x prescaled or, past 2^25, not) and T > 1 (panels).
+    const r = rng(23);
+    for (const [O, I] of [[1, 8], [7, 13], [9, 16], [16, 44], [21, 161], [64, 768]] as const) {
+      const bits = Uint16Array.from({ length: O * I }, (_, n) => (n % 7 === 0 ? (n & 0x8000) | (n % 1023) + 1 : f32ToF16(r() * 4)));
+      const W: Matrix = { rows: O, cols: I, type: "f16", data: bits };
+      const A = c.backend.adopt(W);
+      assert.equal(A.type, "f16s");
+      const F = c.backend.adopt({ rows: O, cols: I, type: "f32", data: decodeMatrix(W) });
+      for (const T of [1, 3]) {
+        for (const big of [1, 1e9]) {
+          const x = Float32Array.from({ length: T * I }, (_, i) => r() * (i === 5 ? big : 1));
+          assert.deepEqual(c.backend.matmul(x, T, A), c.backend.matmul(x, T, F), `O=${O} I=${I} T=${T} max|x|≈${big}`);
+        }
+      }
     }
   });
 
@@ -317,6 +273,16 @@ for (const c of candidates()) {
     }
   });
 }
+
+test("f16sPosition permutes each full group of 8 so lane l holds columns l and l + 4; tails stay", () => {
+  assert.deepEqual(Array.from({ length: 8 }, (_, c) => f16sPosition(c, 8)), [0, 2, 4, 6, 1, 3, 5, 7]);
+  assert.deepEqual(Array.from({ length: 13 }, (_, c) => f16sPosition(c, 13)), [0, 2, 4, 6, 1, 3, 5, 7, 8, 9, 10, 11, 12]);
+  for (const I of [1, 7, 16, 37]) {
+    const seen = new Set(Array.from({ length: I }, (_, c) => f16sPosition(c, I)));
+    assert.equal(seen.size, I, `I=${I}: a permutation`);
+    assert.ok([...seen].every((p) => p >= 0 && p < I));
+  }
+});
 
 test("wasm backend: resident states give the copying path's results bit for bit (wkv4, wkv5, wkv7), also after the memory grows", (t) => {
   if (!wasmAvailable() || ONLY) return t.skip("no WebAssembly SIMD here");

@@ -14,7 +14,8 @@
  * "i8" is symmetric int8 with one scale per row, made at load time (int8.ts): data is a Uint8Array
  * of O·I signed bytes (row-major, any I) followed by O little-endian f32 scales; w[o][i] = q·scale[o].
  * "f16s" is how the wasm backend keeps f16 weights: Uint16Array of the f16 bits of w·2^10 (the
- * same values, none of them an f16 subnormal, which x86 multiplies slowly); w = f16(bits)·2^-10.
+ * same values, none of them an f16 subnormal, which x86 multiplies slowly); w = f16(bits)·2^-10,
+ * each row's full groups of 8 columns stored in the order of weight-rows.ts f16sPosition.
  */
 export type WeightType = "f32" | "f16" | "bf16" | "q8_0" | "q5_0" | "q5_1" | "q4_0" | "q4_1" | "i8" | "f16s";
 

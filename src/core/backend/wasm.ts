@@ -2,7 +2,7 @@ import type { Activation, Backend, Matrix, WeightType, Wkv4State } from "./backe
 import { WasmTensor, WasmTensorKernels } from "./wasm-tensors.js";
 import { referenceBackend } from "./reference.js";
 import { WASM_RELAXED_SIMD, WASM_SIMD } from "./wasm-binary.js";
-import { decodeMatrix, F16S_SCALE } from "./weight-rows.js";
+import { decodeMatrix, toF16s } from "./weight-rows.js";
 import { WA, WasmBuilds, type WasmMemory, type WasmSimd, type WasmWorkerSpawner } from "../wasm-runtime.js";
 
 /*
@@ -29,10 +29,12 @@ import { WA, WasmBuilds, type WasmMemory, type WasmSimd, type WasmWorkerSpawner 
  * place, and past the cap a forward copies them into its arena and back.
  *
  * Kernels (assembly/kernels.ts): matmul over f32/f16/bf16 weights in f32 (T = 1: four rows at a
- * time converting on the fly; T > 1: 4x2 register tiles, f16/bf16 rows converted once into a panel
- * and reused for every activation row); over ggml blocks and i8 with activations quantized per
- * block of 32 to int8 and integer dot products (as rwkv.cpp; T = 1: rows in pairs half a chunk
- * apart, two long memory streams); WKV v4 (f64, like the reference),
+ * time converting on the fly, f16 kept as "f16s" in a layout converted by a shift and a mask; T > 1:
+ * 4x2 register tiles, f16/bf16 rows converted into a panel and reused for a tile of activation rows
+ * that stays in L2); over ggml blocks and i8 with activations quantized per block of 32 to int8 and
+ * integer dot products (as rwkv.cpp; T = 1: rows in pairs half a chunk apart, two long memory
+ * streams; q4/q5 on relaxed_dot_i8x16_i7x16_add_s where the engine computes it as specified);
+ * WKV v4 (f64, like the reference),
  * v5/v6 and v7 scans; layer/group norm (f64 statistics, equal to the reference); the activations
  * in f64 (equal to the reference after rounding to f32).
  *
@@ -66,6 +68,11 @@ const WASM_TYPE_IDS: Readonly<Record<WeightType, number>> = {
   f32: 0, f16: 1, bf16: 2, q8_0: 3, q5_0: 4, q5_1: 5, q4_0: 6, q4_1: 7, i8: 8, f16s: 9,
 };
 const FLOAT_TYPES: ReadonlySet<WeightType> = new Set<WeightType>(["f32", "f16", "bf16", "f16s"]);
+/**
+ * Types the relaxed build multiplies with i32x4.relaxed_dot_i8x16_i7x16_add_s (their weights decode
+ * to 0..31, the 7-bit operand; see kernels.ts); q8_0 and i8 weights are full signed bytes.
+ */
+const I7_TYPES: ReadonlySet<WeightType> = new Set<WeightType>(["q4_0", "q4_1", "q5_0", "q5_1"]);
 
 /**
  * Most bytes of state arrays kept in wasm memory (residentArray); past it states stay in JS memory
@@ -127,6 +134,7 @@ interface Exports {
   runJob(ctrl: number, job: number, part: number, nparts: number): void;
   dispatch(ctrl: number, job: number, nchunks: number, spin: number): void;
   stopWorkers(ctrl: number): void;
+  relaxedDotOk(): number;
 }
 
 /** Whether this runtime can run the relaxed-SIMD build (Node 20 needs --experimental-wasm-relaxed-simd). */
@@ -165,6 +173,11 @@ export class WasmBackend implements Backend {
   private readonly scratchBlock = { ptr: 0, bytes: 0 };
   private readonly ioBlock = { ptr: 0, bytes: 0 };
   private readonly adopted = new WeakMap<Matrix, Adopted>();
+  /**
+   * Whether the q4/q5 matmuls run the i8·i7 kernels: the relaxed build, on an engine whose
+   * relaxed_dot_i8x16_i7x16_add_s gives the specified sums (kernels.ts relaxedDotOk; not Node 20).
+   */
+  readonly i7: boolean;
   /** Kernel calls run by all threads / by the calling thread alone (tests, tuning). */
   readonly calls = { parallel: 0, single: 0 };
   private readonly finalizer = new FinalizationRegistry<[number, number]>(([ptr, bytes]) => this.release(ptr, bytes));
@@ -187,6 +200,7 @@ export class WasmBackend implements Backend {
     const module = new WA.Module(BUILDS.bytes(this.simd));
     this.memory = new WA.Memory({ initial: 1, maximum: MAX_PAGES, shared: true });
     this.x = new WA.Instance(module, { env: { memory: this.memory } }).exports as unknown as Exports;
+    this.i7 = this.x.relaxedDotOk() === 1;
     this.top = align(this.x.heapBase());
     this.ctrl = this.alloc(CTRL_BYTES);
     this.halfTable = this.alloc(HALF_TABLE_BYTES);
@@ -312,16 +326,13 @@ export class WasmBackend implements Backend {
       const f = decodeMatrix(m); // exact
       type = "f32";
       src = new Uint8Array(f.buffer);
-    } else if (type === "f16") {
-      const s = toF16s(m.data as Uint16Array);
-      if (s) {
-        type = "f16s";
-        src = new Uint8Array(s.buffer);
-      }
     }
     const bytes = src.byteLength;
     const ptr = this.alloc(bytes + WEIGHT_SLACK);
-    this.u8.set(src, ptr);
+    // f16 is rewritten as f16s straight into this memory (no second copy in JS); a matrix with
+    // weights too large for f16s keeps its f16 bits.
+    if (type === "f16" && toF16s(m.data as Uint16Array, m.cols, new Uint16Array(this.memory.buffer, ptr, bytes >>> 1))) type = "f16s";
+    else this.u8.set(src, ptr);
     this.u8.fill(0, ptr + bytes, ptr + bytes + WEIGHT_SLACK);
     const view = type === "f32" ? new Float32Array(this.memory.buffer, ptr, bytes >>> 2)
       : type === "f16" || type === "bf16" || type === "f16s" ? new Uint16Array(this.memory.buffer, ptr, bytes >>> 1)
@@ -394,13 +405,15 @@ export class WasmBackend implements Backend {
       if (float) {
         const panel = n > 1 ? align(2 * 4 * I) : 0; // two dequantized f16/bf16 rows per chunk
         const base = this.scratch(panel * this.threads * CHUNKS_PER_THREAD + ALIGN);
-        this.run(JOB.matmulFloat, work, [info.ptr, WASM_TYPE_IDS[info.type], O, I, n, x0, y0, base, panel]);
+        this.run(JOB.matmulFloat, work, [info.ptr, WASM_TYPE_IDS[info.type], O, I, n, x0, y0, base, panel, this.activationTable]);
       } else {
-        const qb = align(2 * n * nb * QK), sb = align(4 * n * nb); // i16 activations
-        const qp = this.scratch(qb + 2 * sb), dp = qp + qb, sp = dp + sb;
-        this.run(JOB.quantize, n * I * 4, [x0, n, I, qp, dp, sp]);
+        // i16 activations, or for the i8·i7 kernels i8 ones and 16 bytes of lane sums per block.
+        const i7 = this.i7 && I7_TYPES.has(info.type);
+        const qb = align((i7 ? 1 : 2) * n * nb * QK), sb = align(4 * n * nb), lb = i7 ? align(16 * n * nb) : 0;
+        const qp = this.scratch(qb + 2 * sb + lb), dp = qp + qb, sp = dp + sb, lp = i7 ? sp + sb : 0;
+        this.run(JOB.quantize, n * I * 4, [x0, n, I, qp, dp, sp, lp]);
         const scales = info.type === "i8" ? info.ptr + O * I : 0;
-        this.run(JOB.matmulInt, work, [info.ptr, WASM_TYPE_IDS[info.type], O, I, n, qp, dp, sp, y0, scales, this.halfTable]);
+        this.run(JOB.matmulInt, work, [info.ptr, WASM_TYPE_IDS[info.type], O, I, n, qp, dp, sp, y0, scales, this.halfTable, lp, this.activationTable]);
       }
     }
   }
@@ -507,29 +520,6 @@ export class WasmBackend implements Backend {
 
 export function align(n: number): number {
   return Math.ceil(n / ALIGN) * ALIGN;
-}
-
-/**
- * f16 bits -> f16s bits (f16 of w·2^10, exactly): subnormals become normals, normals gain 10 in
- * the exponent. Null when some |w|·2^10 would overflow f16 (|w| >= 64): such a matrix stays f16.
- */
-function toF16s(bits: Uint16Array): Uint16Array | null {
-  const out = new Uint16Array(bits.length);
-  const SHIFT = Math.log2(F16S_SCALE); // 10
-  const MAX_EXP = 30;
-  for (let i = 0; i < bits.length; i++) {
-    const h = bits[i], sign = h & 0x8000, e = (h >> 10) & 0x1f, m = h & 0x3ff;
-    if (e === 0) {
-      if (m === 0) { out[i] = h; continue; }
-      // m·2^-24 · 2^10 = m·2^-14: normalize the mantissa, whose top bit p gives exponent p + 1.
-      const p = 31 - Math.clz32(m);
-      out[i] = sign | ((p + 1) << 10) | ((m << (10 - p)) & 0x3ff);
-    } else {
-      if (e + SHIFT > MAX_EXP) return null;
-      out[i] = sign | ((e + SHIFT) << 10) | m;
-    }
-  }
-  return out;
 }
 
 function hasF16InfNaN(bits: Uint16Array): boolean {

@@ -15,9 +15,14 @@ export function rowBytes(t: WeightType, cols: number): number {
 export function decodeWeightRow(W: Matrix, r: number, out: Float32Array): Float32Array {
   const I = W.cols;
   if (W.type === "f32") { out.set((W.data as Float32Array).subarray(r * I, (r + 1) * I)); return out; }
-  if (W.type === "f16" || W.type === "bf16" || W.type === "f16s") {
+  if (W.type === "f16s") {
     const bits = W.data as Uint16Array;
-    const conv = W.type === "f16" ? f16ToF32 : W.type === "f16s" ? f16sToF32 : bf16ToF32;
+    for (let i = 0; i < I; i++) out[i] = f16sToF32(bits[r * I + f16sPosition(i, I)]);
+    return out;
+  }
+  if (W.type === "f16" || W.type === "bf16") {
+    const bits = W.data as Uint16Array;
+    const conv = W.type === "f16" ? f16ToF32 : bf16ToF32;
     for (let i = 0; i < I; i++) out[i] = conv(bits[r * I + i]);
     return out;
   }
@@ -36,6 +41,55 @@ export function decodeWeightRow(W: Matrix, r: number, out: Float32Array): Float3
 export const F16S_SCALE = 1024;
 /** f16s bits (f16 of w·2^10) -> w, exact. */
 const f16sToF32 = (h: number): number => f16ToF32(h) / F16S_SCALE;
+
+/** Columns per f16s group: one v128 of halves, reordered so the kernel converts it without widening. */
+const F16S_GROUP = 8;
+
+/**
+ * Where column `c` of a row of `cols` f16s weights is stored in the row: in each full group of 8,
+ * columns [0, 1, 2, 3, 4, 5, 6, 7] sit at [0, 2, 4, 6, 1, 3, 5, 7] (column j < 4 at 2j, j >= 4 at
+ * 2(j - 4) + 1), so 32-bit lane l of the group holds columns l and l + 4 (see f16sLo in
+ * assembly/kernels.ts); the last cols % 8 columns keep their places.
+ */
+export function f16sPosition(c: number, cols: number): number {
+  const g = c - (c % F16S_GROUP);
+  if (g + F16S_GROUP > cols) return c;
+  const j = c - g;
+  return g + (j < 4 ? 2 * j : 2 * (j - 4) + 1);
+}
+
+/**
+ * f16 bits (O, I) -> f16s bits in `out` (f16 of w·2^10, exactly; subnormals become normals,
+ * normals gain 10 in the exponent), each row in f16sPosition order. False, with `out` partly
+ * written, when some |w|·2^10 would overflow f16 (|w| >= 64) or a weight is Inf/NaN: such a
+ * matrix stays f16.
+ */
+export function toF16s(bits: Uint16Array, cols: number, out: Uint16Array): boolean {
+  const SHIFT = Math.log2(F16S_SCALE); // 10
+  const MAX_EXP = 30; // the largest finite f16 biased exponent
+  const rows = bits.length / cols;
+  const pos = Int32Array.from({ length: cols }, (_, c) => f16sPosition(c, cols));
+  for (let r = 0; r < rows; r++) {
+    const base = r * cols;
+    for (let c = 0; c < cols; c++) {
+      const h = bits[base + c], sign = h & 0x8000, e = (h >> 10) & 0x1f, m = h & 0x3ff;
+      let v: number;
+      if (e === 0) {
+        if (m === 0) v = h;
+        else {
+          // m·2^-24 · 2^10 = m·2^-14: normalize the mantissa, whose top bit p gives exponent p + 1.
+          const p = 31 - Math.clz32(m);
+          v = sign | ((p + 1) << 10) | ((m << (10 - p)) & 0x3ff);
+        }
+      } else {
+        if (e + SHIFT > MAX_EXP) return false;
+        v = sign | ((e + SHIFT) << 10) | m;
+      }
+      out[base + pos[c]] = v;
+    }
+  }
+  return true;
+}
 
 /** The whole matrix as f32 (O, I). */
 export function decodeMatrix(W: Matrix): Float32Array {

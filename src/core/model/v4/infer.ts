@@ -1,5 +1,5 @@
 import type { Arena, Backend, Matrix, Tensor, TensorKernels } from "../../backend/backend.js";
-import { type Architecture, type Block, eachSequence, type ModelConfig } from "../model.js";
+import { type Architecture, type Block, eachSequence, type LayerTensors, type ModelConfig } from "../model.js";
 import type { Weights } from "../weights.js";
 
 /*
@@ -41,14 +41,8 @@ export const rwkv4: Architecture = {
     return {
       timeMix(xx, T, s, { arena: Ar }) {
         const R = xx.rows; // B·T rows
-        const sx = Ar.take(R, C); // (B·T, C)
-        eachSequence(s.length, T, (b, row0) => K.shift(sx, xx, s[b].att_xx, row0, T));
-        const xk = Ar.take(R, C), xv = Ar.take(R, C), xr = Ar.take(R, C); // (B·T, C) each
-        K.mix([xk, xv, xr], xx, sx, [att.mixK, att.mixV, att.mixR]);
-        const k = Ar.take(R, A), v = Ar.take(R, A), r = Ar.take(R, A); // (B·T, A) each
-        K.matmul(k, xk, att.key);
-        K.matmul(v, xv, att.value);
-        K.matmul(r, xr, att.receptance);
+        const { xs } = shiftMix(K, Ar, xx, T, s, "att_xx", [att.mixK, att.mixV, att.mixR]); // (B·T, C) each
+        const [k, v, r] = project(K, Ar, xs, [att.key, att.value, att.receptance]); // (B·T, A) each
         const wkv = Ar.take(R, A); // (B·T, A)
         eachSequence(s.length, T, (b, row0) => K.wkv4(wkv, att.w, att.u, k, v, s[b].att_aa, s[b].att_bb, s[b].att_pp, row0, T));
         K.activate("sigmoid", r);
@@ -76,13 +70,33 @@ export function channelMixV4(w: Weights, i: number, cfg: ModelConfig, be: Backen
     value: w.linear(f + "value.weight", C, F),
   };
   return (xx, T, s, { arena: Ar }) => {
-    const R = xx.rows; // B·T rows
-    const sx = Ar.take(R, C); // (B·T, C)
-    eachSequence(s.length, T, (b, row0) => K.shift(sx, xx, s[b][prevKey], row0, T));
-    const xk = Ar.take(R, C), xr = Ar.take(R, C); // (B·T, C)
-    K.mix([xk, xr], xx, sx, [ffn.mixK, ffn.mixR]);
+    const { xs: [xk, xr] } = shiftMix(K, Ar, xx, T, s, prevKey, [ffn.mixK, ffn.mixR]); // (B·T, C) each
     return receptanceFfn(K, Ar, xk, xr, ffn);
   };
+}
+
+/**
+ * The token shift and the interpolations of v4/v5 (v6 and v7 reuse the shift): sx (B·T, C) is the
+ * previous token's xx (from the layer state `prevKey` for each sequence's first row), and
+ * xs[i] = mix(xx, sx; mixes[i]). Arena tensors, valid until the block's arena is rewound.
+ */
+export function shiftMix(K: TensorKernels, Ar: Arena, xx: Tensor, T: number, s: readonly LayerTensors[], prevKey: string,
+  mixes: readonly Tensor[]): { sx: Tensor; xs: Tensor[] } {
+  const R = xx.rows, C = xx.cols; // B·T rows
+  const sx = Ar.take(R, C); // (B·T, C)
+  eachSequence(s.length, T, (b, row0) => K.shift(sx, xx, s[b][prevKey], row0, T));
+  const xs = mixes.map(() => Ar.take(R, C)); // (B·T, C) each
+  K.mix(xs, xx, sx, mixes);
+  return { sx, xs };
+}
+
+/** ys[i] (R, O_i) = xs[i] W_iᵀ: a block's projections of its interpolated inputs. */
+export function project(K: TensorKernels, Ar: Arena, xs: readonly Tensor[], Ws: readonly Matrix[]): Tensor[] {
+  return Ws.map((W, i) => {
+    const y = Ar.take(xs[i].rows, W.rows); // (R, O)
+    K.matmul(y, xs[i], W);
+    return y;
+  });
 }
 
 /** σ(W_r xr) ⊙ W_v relu²(W_k xk), the v4/v5/v6 channel mix after its interpolations. (R, C) -> (R, C) */

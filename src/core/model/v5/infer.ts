@@ -2,7 +2,7 @@ import type { Backend, Tensor } from "../../backend/backend.js";
 import { FormatError } from "../../errors.js";
 import { numel } from "../../tensor.js";
 import { type Architecture, type Block, eachSequence, type ModelConfig } from "../model.js";
-import { channelMixV4 } from "../v4/infer.js";
+import { channelMixV4, project, shiftMix } from "../v4/infer.js";
 import type { Weights } from "../weights.js";
 
 /*
@@ -52,14 +52,8 @@ export function rwkv5(defaultEps: number): Architecture {
       return {
         timeMix(xx, T, s, { arena: Ar }) {
           const R = xx.rows; // B·T rows
-          const sx = Ar.take(R, C); // (B·T, C)
-          eachSequence(s.length, T, (b, row0) => K.shift(sx, xx, s[b].att_x_prev, row0, T));
-          const xr = Ar.take(R, C), xk = Ar.take(R, C), xv = Ar.take(R, C); // (B·T, C) each
-          K.mix([xr, xk, xv], xx, sx, [att.mixR, att.mixK, att.mixV]);
-          const r = Ar.take(R, A), k = Ar.take(R, A), v = Ar.take(R, A); // (B·T, A) each
-          K.matmul(r, xr, att.receptance);
-          K.matmul(k, xk, att.key);
-          K.matmul(v, xv, att.value);
+          const { sx, xs: [xr, xk, xv] } = shiftMix(K, Ar, xx, T, s, "att_x_prev", [att.mixR, att.mixK, att.mixV]); // (B·T, C) each
+          const [r, k, v] = project(K, Ar, [xr, xk, xv], [att.receptance, att.key, att.value]); // (B·T, A) each
           const out = Ar.take(R, A); // (B·T, A)
           eachSequence(s.length, T, (b, row0) => K.wkv5(out, r, k, v, att.decay, att.u, s[b].att_kv, H, row0, T));
           const y = Ar.take(R, A); // (B·T, A)

@@ -1,0 +1,97 @@
+import type { Matrix, WeightType } from "../../src/core/backend/backend.js";
+import { quantizeInt8 } from "../../src/core/backend/int8.js";
+import { relaxedSimdAvailable, WasmBackend, type WasmSimd } from "../../src/core/backend/wasm.js";
+import { f32ToBf16, f32ToF16 } from "../../src/core/tensor.js";
+
+/*
+ * Times the wasm backend's matmul kernels per weight type on one thread: y (T, O) = x (T, I) Wᵀ for
+ * the 0.1B v7 shapes (768 -> 768 and 768 -> 3072, 3072 -> 768), T = 1 (decode), 64 and 512
+ * (prefill, per token), in the plain-SIMD build and, where this Node validates it, the relaxed one.
+ * "f16 (mul)" is an f16 matrix the backend cannot store as f16s (one weight >= 64), so it runs the
+ * older conversion (widen, shift, mask, multiply every weight): the f16s kernel's baseline.
+ *
+ * Usage: npm run build && node --experimental-wasm-relaxed-simd dist/bench/kernels/matmul.js [ROUNDS] [TYPES] [TS]
+ * (TYPES, TS: comma-separated subsets, e.g. f16,q4_0 1,4096). Figures are the fastest of ROUNDS
+ * (default 5) timings of 0.2 s of CPU time each; GFLOP/s counts 2·O·I·T; one thread, so the
+ * kernels' thread split is not timed. In Node 20 the relaxed build
+ * runs q4/q5 on the i16 kernels (its relaxed dot fails the probe; see kernels.ts relaxedDotOk).
+ */
+
+const rounds = Number(process.argv[2] ?? 5);
+const SHAPES: ReadonlyArray<readonly [number, number]> = [[768, 768], [3072, 768], [768, 3072]]; // (O, I)
+type Kind = WeightType | "f16 (mul)";
+const ALL_TYPES: readonly Kind[] = ["f32", "f16 (mul)", "f16", "bf16", "i8", "q8_0", "q5_1", "q5_0", "q4_1", "q4_0"];
+const TYPES = process.argv[3] ? ALL_TYPES.filter((t) => process.argv[3].split(",").includes(t)) : ALL_TYPES;
+const TS = process.argv[4] ? process.argv[4].split(",").map(Number) : [1, 64, 512];
+const BLOCK_BYTES: Partial<Record<WeightType, number>> = { q8_0: 34, q5_0: 22, q5_1: 24, q4_0: 18, q4_1: 20 };
+
+function rng(seed: number): () => number {
+  let s = seed >>> 0;
+  return () => {
+    s = (Math.imul(s, 1664525) + 1013904223) >>> 0;
+    return s / 2 ** 31 - 1;
+  };
+}
+
+function matrix(type: Kind, O: number, I: number, r: () => number): Matrix {
+  const f = Float32Array.from({ length: O * I }, () => 0.05 * r());
+  if (type === "f32") return { rows: O, cols: I, type, data: f };
+  if (type === "f16 (mul)") f[0] = 100; // |w| >= 64: no f16s form
+  if (type === "f16" || type === "f16 (mul)") return { rows: O, cols: I, type: "f16", data: Uint16Array.from(f, f32ToF16) };
+  if (type === "bf16") return { rows: O, cols: I, type, data: Uint16Array.from(f, f32ToBf16) };
+  if (type === "i8") return quantizeInt8(f, O, I);
+  const bb = BLOCK_BYTES[type]!;
+  const data = Uint8Array.from({ length: (O * I / 32) * bb }, () => Math.floor((r() + 1) * 128) & 0xff);
+  const dv = new DataView(data.buffer);
+  for (let p = 0; p < data.length; p += bb) {
+    dv.setUint16(p, f32ToF16(0.002 * r()), true);
+    if (type === "q4_1" || type === "q5_1") dv.setUint16(p + 2, f32ToF16(0.01 * r()), true);
+  }
+  return { rows: O, cols: I, type, data };
+}
+
+/** CPU microseconds of one round (user time: on a shared machine, less disturbed than wall time). */
+const ROUND_US = 200_000;
+
+/**
+ * Fastest seconds of one matmul over `rounds` timings, in this thread's user CPU time (other
+ * processes on the machine stretch wall time; the fastest round is the least disturbed one).
+ */
+function time(be: WasmBackend, W: Matrix, T: number, x: Float32Array): number {
+  const info = be.adoptedInfo(W)!;
+  const { rows: O, cols: I } = W;
+  const xp = be.alloc(4 * T * I), yp = be.alloc(4 * T * O);
+  be.f32.set(x, xp >>> 2);
+  be.matmulAt(xp, yp, T, W, info); // warm-up
+  let best = Infinity;
+  for (let k = 0; k < rounds; k++) {
+    let n = 0;
+    const c0 = process.cpuUsage();
+    do { be.matmulAt(xp, yp, T, W, info); n++; } while (process.cpuUsage(c0).user < ROUND_US);
+    best = Math.min(best, process.cpuUsage(c0).user / 1e6 / n);
+  }
+  be.release(xp, 4 * T * I); be.release(yp, 4 * T * O);
+  return best;
+}
+
+const builds: WasmSimd[] = ["simd", ...(relaxedSimdAvailable() ? ["relaxed-simd" as const] : [])];
+const backends = builds.map((simd) => new WasmBackend({ simd }));
+console.log(`# matmul kernels, 1 thread, GFLOP/s (2·O·I·T per call, CPU time), fastest of ${rounds}; builds: ${builds.join(", ")}`);
+console.log(`| type | O x I | ${TS.map((T) => builds.map((b) => `T=${T} ${b}`).join(" | ")).join(" | ")} |`);
+console.log(`|---|---|${TS.map(() => builds.map(() => "---").join("|")).join("|")}|`);
+const r = rng(1);
+for (const type of TYPES) {
+  for (const [O, I] of SHAPES) {
+    const M = matrix(type, O, I, r);
+    const cells: string[] = [];
+    for (const T of TS) {
+      const x = Float32Array.from({ length: T * I }, () => r());
+      for (const be of backends) {
+        const W = be.adopt(M);
+        cells.push((2 * O * I * T / time(be, W, T, x) / 1e9).toFixed(1));
+      }
+    }
+    console.log(`| ${type} | ${O} x ${I} | ${cells.join(" | ")} |`);
+  }
+}
+for (const be of backends) be.close();
