@@ -1,7 +1,10 @@
 import assert from "node:assert/strict";
 import { join } from "node:path";
 import { test } from "node:test";
+import type { Adapter } from "../src/core/adapters/adapter.js";
+import { UnmergedUnsupportedError } from "../src/core/adapters/unmerged.js";
 import type { Model } from "../src/core/model/model.js";
+import type { TensorEntry } from "../src/core/tensor.js";
 import { State } from "../src/core/model/state.js";
 import { type AdapterSpec, loadAdapterUnmerged } from "../src/node/adapters.js";
 import { loadModel } from "../src/node/load.js";
@@ -109,6 +112,15 @@ test("unmerged adapters: refused clearly for DiSHA, another model's shape, unkno
     /disha_bat\.safetensors: blocks\.\d+\.\S+ is a DiSHA tensor; adapters kept unmerged may hold only LoRA\/PiSSA factors and ln1\/ln2\/ln_out vectors/);
   assert.throws(() => loadUnmerged(model, "v6", { path: join(FIXTURES, "v6", "lora.safetensors"), kind: "lora" }),
     /v6\/lora\.safetensors: tensor blocks\.0\.att\.receptance\.lora_A has shape \[4, 96\] but blocks\.0\.att\.receptance\.weight is \[\d+, \d+\].*\(model .*v7\/model\.safetensors\)/);
+  // A LoRA of the embedding (a lookup table, not a Linear) is for merging; so is a replaced ln0 (baked into it).
+  const C = model.config.nEmbd, V = model.config.vocabSize;
+  const entry = (name: string, shape: number[]): TensorEntry => ({ name, dtype: "f32", shape, toFloat32: () => new Float32Array(shape.reduce((p, d) => p * d, 1)) });
+  const embLora: Adapter = { source: "emb-lora", tensors: new Map([["emb.lora_A", entry("emb.lora_A", [2, C])], ["emb.lora_B", entry("emb.lora_B", [V, 2])]]) };
+  assert.throws(() => model.loadAdapter!("emb", embLora), (e: Error) => e instanceof UnmergedUnsupportedError && /emb-lora: emb\.lora_A adapts emb\.weight, which is not a Linear weight/.test(e.message));
+  const ln0: Adapter = { source: "ln0", tensors: new Map([["blocks.0.ln0.weight", entry("blocks.0.ln0.weight", [C])]]) };
+  assert.throws(() => model.loadAdapter!("ln0", ln0), (e: Error) => e instanceof UnmergedUnsupportedError && /blocks\.0\.ln0\.weight is a full-tensor tensor/.test(e.message));
+  assert.throws(() => model.loadAdapter!("ln", { source: "ln", tensors: new Map([["ln_out.weight", entry("ln_out.weight", [C + 1])]]) }),
+    /ln: tensor ln_out\.weight has shape \[\d+\] but the model's is \[\d+\]/);
   loadUnmerged(model, "lora", { path: join(FIXTURES, "v7", "lora.safetensors"), kind: "lora" });
   assert.throws(() => loadUnmerged(model, "lora", { path: join(FIXTURES, "v7", "lora.safetensors"), kind: "lora" }), /an adapter named "lora" is already loaded/);
   const s = model.initState();

@@ -105,7 +105,8 @@ export class UnmergedAdapters {
       }
       const prefix = tName.slice(0, -LORA_A.length), key = prefix + ".weight", bName = prefix + LORA_B;
       const W = this.linears.get(key);
-      if (!W) throw wrong(tName, `adapts ${key}, which the model has no Linear weight for`);
+      // emb is a lookup table, not a Linear (merging handles it, or names the tensor the model lacks).
+      if (!W) throw new UnmergedUnsupportedError(a.source, `${tName} adapts ${key}, which is not a Linear weight of the model; only Linear weights can be adapted unmerged (merge this one at load)`);
       const B = a.tensors.get(bName);
       if (!B) throw new FormatError(a.source, `${tName} has no matching ${bName}`);
       const O = W.rows, I = W.cols, r = A.shape[0];

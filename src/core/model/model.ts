@@ -79,8 +79,9 @@ export interface Model {
   hidden?(tokens: readonly number[], state: State, options?: ForwardOptions): Promise<Float32Array>;
   /**
    * Keeps a LoRA/PiSSA adapter unmerged under `name` (hot-swap): a State whose `adapter` is `name`
-   * runs with it, others with the base or their own adapter, in the same batch. DiSHA, state-tuning
-   * and full-tensor adapters are refused (merge them at load). Optional, as hidden().
+   * runs with it, others with the base or their own adapter, in the same batch. Besides the factors
+   * it may replace ln1/ln2/ln_out; DiSHA, state tuning and other full tensors are refused with
+   * UnmergedUnsupportedError (merge those at load). Optional, as hidden().
    */
   loadAdapter?(name: string, adapter: Adapter): void;
 }
