@@ -23,6 +23,8 @@ const J_MIX: i32 = 25;
 const J_LERP_BY: i32 = 26;
 const J_V7_KEYS: i32 = 27;
 const J_V7_BONUS: i32 = 28;
+const J_ROW_MAT_VEC: i32 = 29;
+const J_SOFTCAP_ATTENTION: i32 = 30;
 
 /** Most (output, mix) pairs of one lerp/mix job (RWKV-7's six token-shift mixes). */
 const MAX_PAIRS: i32 = 6;
@@ -35,6 +37,8 @@ export function runGlueJob(a: usize, job: i32, part: i32, nparts: i32): void {
   else if (job == J_LERP_BY) lerpBy(arg(a, 0), arg(a, 1), arg(a, 2), arg(a, 3), arg(a, 4), arg(a, 5), arg(a, 6), part, nparts);
   else if (job == J_V7_KEYS) v7Keys(a, part, nparts);
   else if (job == J_V7_BONUS) v7Bonus(a, part, nparts);
+  else if (job == J_ROW_MAT_VEC) rowMatVec(a, part, nparts);
+  else if (job == J_SOFTCAP_ATTENTION) softcapAttention(a, part, nparts);
 }
 
 // f32x4 <-> two f64x2
@@ -171,4 +175,57 @@ function v7Bonus(a: usize, part: i32, nparts: i32): void {
     for (let j = 0; j < N; j++) dot += ld(r, o + j) * ld(k, o + j) * ld(rK, c0 + j);
     for (let j = 0; j < N; j++) st(out, o + j, (ld(out, o + j) + dot * ld(v, o + j)) * ld(g, o + j));
   }
+}
+
+/** DeepEmbed's per-row matrix (args y, x, m, R, I, J): y[r][j] = Σ_i x[r][i]·m[r][i·J + j], f64 in i order. */
+function rowMatVec(a: usize, part: i32, nparts: i32): void {
+  const y: usize = arg(a, 0), x: usize = arg(a, 1), m: usize = arg(a, 2), R = arg(a, 3), I = arg(a, 4), J = arg(a, 5);
+  const lo = splitLo(R, part, nparts, 1), hi = splitHi(R, part, nparts, 1);
+  for (let r = lo; r < hi; r++) {
+    const mo = r * I * J;
+    for (let j = 0; j < J; j++) {
+      let acc: f64 = 0;
+      for (let i = 0; i < I; i++) acc += ld(x, r * I + i) * ld(m, mo + i * J + j);
+      st(y, r * J + j, acc);
+    }
+  }
+}
+
+/**
+ * Soft-capped causal attention (args y, q, k, v, n, D, Cv, pos0, cap and scale as f32 bits, work):
+ * query t sees keys 0 … pos0+t; s_j = cap·tanh(scale·q·k_j); y[t] = Σ_j e^{s_j - max} v_j / Σ_j e^{s_j - max},
+ * all in f64 in the reference's order. Two passes over the keys (the max, then the sums) recompute
+ * the dot products instead of storing scores; `work` holds Cv f64 accumulators per query.
+ */
+function softcapAttention(a: usize, part: i32, nparts: i32): void {
+  const y: usize = arg(a, 0), q: usize = arg(a, 1), k: usize = arg(a, 2), v: usize = arg(a, 3);
+  const n = arg(a, 4), D = arg(a, 5), Cv = arg(a, 6), pos0 = arg(a, 7);
+  const cap = <f64>reinterpret<f32>(arg(a, 8)), scale = <f64>reinterpret<f32>(arg(a, 9)), work: usize = arg(a, 10);
+  const lo = splitLo(n, part, nparts, 1), hi = splitHi(n, part, nparts, 1);
+  for (let t = lo; t < hi; t++) {
+    const keys = pos0 + t + 1, acc = work + (<usize>(t * Cv) << 3);
+    let max: f64 = -Infinity;
+    for (let j = 0; j < keys; j++) {
+      const s = cap * Math.tanh(scale * dot(q, t * D, k, j * D, D));
+      if (s > max) max = s;
+    }
+    for (let c = 0; c < Cv; c++) store<f64>(acc + (<usize>c << 3), 0);
+    let sum: f64 = 0;
+    for (let j = 0; j < keys; j++) {
+      const e = Math.exp(cap * Math.tanh(scale * dot(q, t * D, k, j * D, D)) - max);
+      sum += e;
+      for (let c = 0; c < Cv; c++) {
+        const p = acc + (<usize>c << 3);
+        store<f64>(p, load<f64>(p) + e * ld(v, j * Cv + c));
+      }
+    }
+    for (let c = 0; c < Cv; c++) st(y, t * Cv + c, load<f64>(acc + (<usize>c << 3)) / sum);
+  }
+}
+
+/** Σ_i a[ao + i]·b[bo + i] in f64, in i order. */
+function dot(a: usize, ao: i32, b: usize, bo: i32, n: i32): f64 {
+  let s: f64 = 0;
+  for (let i = 0; i < n; i++) s += ld(a, ao + i) * ld(b, bo + i);
+  return s;
 }

@@ -7,7 +7,7 @@ import { referenceBackend as ref } from "../src/core/backend/reference.js";
 import { availableBackends, selectBackend } from "../src/core/backend/registry.js";
 import { relaxedSimdAvailable, WasmBackend, type WasmSimd, wasmAvailable } from "../src/core/backend/wasm.js";
 import { decodeMatrix, decodeWeightRow, f16sPosition } from "../src/core/backend/weight-rows.js";
-import { assertWithin, BLOCK_BYTES, matmulBounds, randomMatrix, rng } from "./matmul-check.js";
+import { assertWithin, BLOCK_BYTES, matmulBounds, randomMatrix, rng, U } from "./matmul-check.js";
 import { f32ToF16 } from "../src/core/tensor.js";
 import { wasmBackend } from "../src/node/threads/pool.js";
 
@@ -468,6 +468,40 @@ for (const c of candidates()) {
       }
     }
     if (c.single) assert.ok(parallelCalls(c.backend) > parallel, "the large shape ran on 2 threads");
+  });
+
+  test(`conformance ${c.label}: DeepEmbed rowMatVec equals the reference bit for bit; softcapAttention within f64 transcendental ulps`, () => {
+    const r = rng(43);
+    const parallel = parallelCalls(c.backend);
+    // rowMatVec (R, I, J): DeepEmbed's (32, 32), odd sizes, and enough rows for 2 threads.
+    for (const [R, I, J] of [[1, 32, 32], [3, 5, 7], [1, 1, 1], [600, 32, 32]] as Array<[number, number, number]>) {
+      const vec = (n: number) => Float32Array.from({ length: n }, () => r());
+      const inputs: Record<string, [Float32Array, number]> = { y: [new Float32Array(R * J), R], x: [vec(R * I), R], m: [vec(R * I * J), R] };
+      const ops = (K: TensorKernels, t: Record<string, Tensor>) => K.rowMatVec(t.y, t.x, t.m);
+      const want = onTensors(ref, inputs, ops);
+      // The specification by hand for one element: y[r][j] = Σ_i x[r][i] m[r][i·J + j].
+      const [r0, j0] = [R - 1, J - 1];
+      let dot = 0;
+      for (let i = 0; i < I; i++) dot += inputs.x[0][r0 * I + i] * inputs.m[0][r0 * I * J + i * J + j0];
+      assert.equal(want.y[r0 * J + j0], Math.fround(dot));
+      for (const be of backends) assert.deepEqual(onTensors(be, inputs, ops).y, want.y, `rowMatVec R=${R} I=${I} J=${J} on ${be.name}`);
+    }
+    // softcapAttention (n queries after P keys, D, Cv): one decode step, a prefill, a continued chunk.
+    for (const [n, P, D, Cv, cap, scale] of [[1, 0, 4, 3, 64, 1 / 1024], [1, 9, 256, 64, 64, 1 / 1024], [7, 0, 16, 5, 32, 1 / 512], [5, 11, 8, 9, 4, 0.5], [300, 0, 8, 8, 64, 1 / 1024]] as Array<[number, number, number, number, number, number]>) {
+      const Tk = P + n;
+      const vec = (len: number, sc = 1) => Float32Array.from({ length: len }, () => sc * r());
+      const inputs: Record<string, [Float32Array, number]> = { y: [new Float32Array(n * Cv), n], q: [vec(n * D, 8), n], k: [vec(Tk * D, 8), Tk], v: [vec(Tk * Cv), Tk] };
+      const ops = (K: TensorKernels, t: Record<string, Tensor>) => K.softcapAttention(t.y, t.q, t.k, t.v, cap, scale, P);
+      const want = onTensors(ref, inputs, ops);
+      // By hand: the first query sees keys 0 … P only; with one key its output is that key's value.
+      if (P === 0) assert.deepEqual([...want.y.subarray(0, Cv)], [...inputs.v[0].subarray(0, Cv)]);
+      for (const be of backends) {
+        const got = onTensors(be, inputs, ops).y;
+        // exp/tanh are the runtime's (V8's vs AssemblyScript's f64 libm): the f32 results may differ by an ulp.
+        for (let i = 0; i < got.length; i++) assert.ok(Math.abs(got[i] - want.y[i]) <= 4 * U * Math.max(1, Math.abs(want.y[i])), `softcapAttention n=${n} P=${P} [${i}] ${got[i]} vs ${want.y[i]} on ${be.name}`);
+      }
+    }
+    if (c.single) assert.ok(parallelCalls(c.backend) > parallel, "the large shapes ran on 2 threads");
   });
 
   test(`conformance ${c.label}: tensor matmul, norms, activations and WKV scans equal the same backend's array kernels`, () => {

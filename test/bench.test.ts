@@ -265,8 +265,8 @@ function assertWellFormed(xml: string): void {
 
 test("rwkv bench: bad input and bad usage give one clear line and a non-zero exit", async () => {
   const cases: Array<[string[], number, RegExp]> = [
-    [["bench", "--random", "9"], 2, /--random must be an RWKV version \(4, 5\.1, 5\.2, 6, 7\), got "9"/],
-    [["bench", "--random", "5.1"], 1, /RWKV-5\.1 is not available \(random models: RWKV-4, RWKV-5\.2, RWKV-6, RWKV-7\)/],
+    [["bench", "--random", "9"], 2, /--random must be an RWKV version \(4, 5\.1, 5\.2, 6, 7, 7a, 7b, 8, 8-hybrid\), got "9"/],
+    [["bench", "--random", "5.1"], 1, /RWKV-5\.1 is not available \(random models: RWKV-4, RWKV-5\.2, RWKV-6, RWKV-7, RWKV-7a, RWKV-7b, RWKV-8, RWKV-8-hybrid\)/],
     [["bench", ...TINY, "--dtype", "q9"], 2, /--dtype: unknown type "q9"/],
     [["bench", "--random", "7", "--layers", "0"], 2, /--layers must be a positive integer, got "0"/],
     [["bench", "--random", "7", "--embd", "100"], 1, /width 100 is not a multiple of 64 \(the head size/],

@@ -6,6 +6,7 @@ import { openCheckpoint } from "../src/core/formats/open.js";
 import type { ModelConfig } from "../src/core/model/model.js";
 import { checkpointShapes } from "../src/core/model/shapes.js";
 import { detectFromNames, VERSIONS, versionModule } from "../src/core/model/versions.js";
+import { loadCheckpoint } from "../src/node/load.js";
 import { FileSource } from "../src/node/file-source.js";
 import { readJson, sharedPath } from "./shared.js";
 
@@ -58,7 +59,7 @@ test("the grep finds what it is meant to find (it is not vacuous)", () => {
 test("registry: ids unique, every module's detection claims only its own kind of names", () => {
   const ids = VERSIONS.map((v) => v.id);
   assert.deepEqual([...new Set(ids)], ids);
-  assert.deepEqual([...ids].sort(), ["4", "5.1", "5.2", "6", "7"]);
+  assert.deepEqual([...ids].sort(), ["4", "5.1", "5.2", "6", "7", "7a", "7b", "8", "8-hybrid"]);
   for (const v of VERSIONS) assert.equal(versionModule(v.id), v);
   // A module's own layout is detected as that module (the newest-first order resolves overlaps).
   for (const v of VERSIONS) {
@@ -109,3 +110,52 @@ for (const ver of ["v4", "v5", "v6", "v7"]) {
     }
   });
 }
+
+/** The generations after RWKV-7, from the official demo files (test/fixtures/golden, in the repository). */
+const NEXT_GEN_FIXTURES = join(import.meta.dirname, "..", "..", "test", "fixtures", "golden");
+/** The id each fixture's `generation` means. */
+const NEXT_GEN_VERSION: Record<string, string> = { v7a: "7a", v7b: "7b", v8: "8", "v8-hybrid": "8-hybrid" };
+
+interface NextGenManifest {
+  generation: string;
+  config: { n_layer: number; n_embd: number; dim_ffn: number; vocab_size: number; head_size: number; n_head: number };
+}
+
+test("every golden fixture of test/fixtures/golden is detected by the registry as its generation, with the manifest's config and the module's layout", () => {
+  const dirs = readdirSync(NEXT_GEN_FIXTURES).filter((d) => statSync(join(NEXT_GEN_FIXTURES, d)).isDirectory());
+  assert.deepEqual(dirs.sort(), Object.keys(NEXT_GEN_VERSION).sort(), "a fixture without an expected version (or one missing)");
+  let checked = 0;
+  for (const gen of dirs) {
+    for (const shape of readdirSync(join(NEXT_GEN_FIXTURES, gen))) {
+      const dir = join(NEXT_GEN_FIXTURES, gen, shape);
+      const g = readJson<NextGenManifest>(join(dir, "golden.json"));
+      assert.equal(g.generation, gen);
+      const { checkpoint: ckpt, close } = loadCheckpoint(join(dir, "model.safetensors"));
+      try {
+        const m = detectFromNames((n) => ckpt.tensors.has(n), ckpt.source);
+        assert.equal(m.id, NEXT_GEN_VERSION[gen], `${gen}/${shape}`);
+        assert.equal(m.preview, true, `${gen} is a research preview`);
+        const cfg = m.inferConfig(checkpointShapes(ckpt));
+        const c = g.config;
+        assert.deepEqual(cfg, {
+          version: m.id, nLayer: c.n_layer, nEmbd: c.n_embd, vocabSize: c.vocab_size, dimAtt: c.n_embd, dimFfn: c.dim_ffn, nHead: c.n_head, headSize: c.head_size,
+        });
+        // The layout has the file's tensors, shapes included (but RWKV-7's LoRA widths, which the demo picks);
+        // as a set: the fixtures were saved with ln0 first, RWKV-LM's state dict (the layout's order) after ln1/ln2.
+        const layout = new Map(m.layout!(cfg).map((x) => [x.name, x.shape]));
+        assert.deepEqual([...layout.keys()].sort(), [...ckpt.tensors.keys()].sort(), `${gen}/${shape} tensor names`);
+        for (const [name, t] of ckpt.tensors) {
+          if (/\.att\.[wavg][12]$/.test(name)) continue;
+          assert.deepEqual([...layout.get(name)!], [...t.shape], `${gen}/${shape} ${name}`);
+        }
+        // Random models of it are built from that layout (rwkv bench --random goes through the registry).
+        assert.ok(m.randomRange && m.randomOverride, `${gen}: random models`);
+        assert.equal(m.gguf, undefined, `${gen}: no GGUF architecture (refused by name)`);
+        checked++;
+      } finally {
+        close();
+      }
+    }
+  }
+  assert.equal(checked, 8);
+});

@@ -3,7 +3,9 @@ import type { Model, ModelConfig } from "./model/model.js";
 import { State } from "./model/state.js";
 
 /*
- * The state file: RWKV's whole context in a fixed number of bytes, saved to resume later.
+ * The state file: RWKV's whole context, saved to resume later — a fixed number of bytes, except for
+ * the versions with attention (RWKV-7b, the RWKV-8 hybrid), whose state holds a KV cache and the
+ * token ids and so grows with every token.
  *
  *   bytes 0..7   magic "RWKVSTF1"
  *   u32          length J of the JSON header (UTF-8)
@@ -89,6 +91,11 @@ export function checkStateBelongs(f: StateFile, model: Model, source: string): v
     if (f.model[k] !== want[k]) {
       throw new RwkvInputError(source, `state belongs to another model (${k} ${String(f.model[k])}, this model has ${String(want[k])})`);
     }
+  }
+  if (model.checkState) {
+    const problem = model.checkState(f.state);
+    if (problem) throw new RwkvInputError(source, `state layout does not match this model: ${problem}`);
+    return;
   }
   const fresh = model.initState();
   const ok = f.state.layers.length === fresh.layers.length && fresh.layers.every((l, i) =>

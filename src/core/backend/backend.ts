@@ -223,6 +223,19 @@ export interface TensorKernels {
   /** RWKV-7 per head of N: out <- (out + (Σ_j r_j k_j rK_j) v) ⊙ g; rK (1, C). */
   v7Bonus(out: Tensor, r: Tensor, k: Tensor, v: Tensor, g: Tensor, rK: Tensor, N: number): void;
 
+  /**
+   * DeepEmbed's per-token matrix (RWKV-7a): y[r] = x[r] M_r with M_r the row m[r] read as (I, J):
+   *   y[r][j] = Σ_i x[r][i] m[r][i·J + j].   y (R, J), x (R, I), m (R, I·J).
+   */
+  rowMatVec(y: Tensor, x: Tensor, m: Tensor): void;
+  /**
+   * Causal softmax attention with a tanh soft-cap (RWKV-7b DeepEmbedAttention, the RWKV-8 hybrid),
+   * for n queries at positions pos0 … pos0+n-1 of a context of k.rows keys:
+   *   s_j = cap · tanh(scale · q·k_j) for j ≤ pos0 + t;  y[t] = Σ_j softmax(s)_j v_j.
+   * y (n, Cv), q (n, D), k (Tk, D), v (Tk, Cv).
+   */
+  softcapAttention(y: Tensor, q: Tensor, k: Tensor, v: Tensor, cap: number, scale: number, pos0: number): void;
+
   /** Backend.wkv4 over rows row0 … row0+T-1 of k, v and y; w, u (1, C); aa, bb, pp (1, C) state. */
   wkv4(y: Tensor, w: Tensor, u: Tensor, k: Tensor, v: Tensor, aa: Tensor, bb: Tensor, pp: Tensor, row0: number, T: number): void;
   /** Backend.wkv5 over rows row0 …; decay (1, C) constant or (R, C) per token; S (1, H·N·N). */

@@ -185,6 +185,41 @@ export const referenceTensors: TensorKernels = {
     }
   },
 
+  rowMatVec(yt, xt, mt) {
+    const y = d(yt), x = d(xt), m = d(mt), I = xt.cols, J = yt.cols;
+    for (let r = 0; r < xt.rows; r++) {
+      const mo = r * I * J;
+      for (let j = 0; j < J; j++) {
+        let s = 0;
+        for (let i = 0; i < I; i++) s += x[r * I + i] * m[mo + i * J + j];
+        y[r * J + j] = s;
+      }
+    }
+  },
+
+  softcapAttention(yt, qt, kt, vt, capIn, scaleIn, pos0) {
+    const cap = Math.fround(capIn), scale = Math.fround(scaleIn); // f32 parameters, as the wasm jobs take them
+    const y = d(yt), q = d(qt), k = d(kt), v = d(vt), D = qt.cols, Cv = vt.cols;
+    const s = new Float64Array(kt.rows); // the scores of one query
+    for (let t = 0; t < qt.rows; t++) {
+      const n = pos0 + t + 1; // causal: keys 0 … pos0+t
+      let max = -Infinity;
+      for (let j = 0; j < n; j++) {
+        let dot = 0;
+        for (let i = 0; i < D; i++) dot += q[t * D + i] * k[j * D + i];
+        s[j] = cap * Math.tanh(scale * dot);
+        if (s[j] > max) max = s[j];
+      }
+      let sum = 0;
+      for (let j = 0; j < n; j++) sum += (s[j] = Math.exp(s[j] - max));
+      for (let c = 0; c < Cv; c++) {
+        let acc = 0;
+        for (let j = 0; j < n; j++) acc += s[j] * v[j * Cv + c];
+        y[t * Cv + c] = acc / sum;
+      }
+    }
+  },
+
   wkv4(yt, wt, ut, kt, vt, aat, bbt, ppt, row0, T) {
     const C = kt.cols, o = row0 * C;
     const y = d(yt), w = d(wt), u = d(ut), k = d(kt), v = d(vt), sa = d(aat), sb = d(bbt), sp = d(ppt);

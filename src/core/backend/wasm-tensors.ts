@@ -12,7 +12,7 @@ import { ACTIVATE_WORK, ACTIVATION_IDS, align, CHUNKS_PER_THREAD, JOB, type Wasm
  */
 
 /** Job ids of assembly/glue.ts. */
-const GLUE = { add: 20, mul: 21, sub: 22, addRow: 23, lerp: 24, mix: 25, lerpBy: 26, v7Keys: 27, v7Bonus: 28 } as const;
+const GLUE = { add: 20, mul: 21, sub: 22, addRow: 23, lerp: 24, mix: 25, lerpBy: 26, v7Keys: 27, v7Bonus: 28, rowMatVec: 29, softcapAttention: 30 } as const;
 /** Work units per element of a glue job (against the backend's parallel threshold): a few f64 operations. */
 const GLUE_WORK = 4;
 /** Work units per element of the per-head RWKV-7 kernels (several passes over each head). */
@@ -25,6 +25,13 @@ export class WasmTensor implements Tensor {
   readonly dtype = "f32";
   constructor(public rows: number, public cols: number, readonly ptr: number, readonly bytes = 4 * rows * cols) {}
 }
+
+/** A number's f32 bits as an i32 job argument (the glue reinterprets it). */
+function f32Bits(x: number): number {
+  F32_BITS[0] = x;
+  return I32_BITS[0];
+}
+const F32_BITS = new Float32Array(1), I32_BITS = new Int32Array(F32_BITS.buffer);
 
 function p(t: Tensor): number {
   if (!(t instanceof WasmTensor)) throw new Error("a tensor of another backend was passed to the wasm kernels");
@@ -66,6 +73,8 @@ export class WasmTensorKernels implements TensorKernels {
   private readonly constants: FinalizationRegistry<[number, number]>;
   /** A 16-byte tail buffer per chunk of a parallel activation (kernels.ts activate). */
   private readonly tails: number;
+  /** softcapAttention's f64 accumulators, grown to the largest call. */
+  private attentionWork = { ptr: 0, bytes: 0 };
 
   constructor(private readonly be: WasmBackend) {
     this.arenas = new FinalizationRegistry((blocks) => { for (const [ptr, bytes] of blocks) be.release(ptr, bytes); });
@@ -187,6 +196,21 @@ export class WasmTensorKernels implements TensorKernels {
 
   v7Bonus(out: Tensor, r: Tensor, k: Tensor, v: Tensor, g: Tensor, rK: Tensor, N: number): void {
     this.be.run(GLUE.v7Bonus, out.rows * out.cols * HEAD_WORK, [p(out), p(r), p(k), p(v), p(g), p(rK), out.rows, out.cols, N]);
+  }
+
+  rowMatVec(y: Tensor, x: Tensor, m: Tensor): void {
+    this.be.run(GLUE.rowMatVec, x.rows * x.cols * y.cols, [p(y), p(x), p(m), x.rows, x.cols, y.cols]);
+  }
+
+  softcapAttention(y: Tensor, q: Tensor, k: Tensor, v: Tensor, cap: number, scale: number, pos0: number): void {
+    const n = q.rows, Cv = v.cols, bytes = align(8 * n * Cv);
+    if (this.attentionWork.bytes < bytes) { // f64 accumulators per query, kept for the next call
+      if (this.attentionWork.bytes) this.be.release(this.attentionWork.ptr, this.attentionWork.bytes);
+      this.attentionWork = { ptr: this.be.alloc(bytes), bytes };
+    }
+    const keys = n * (pos0 + (n + 1) / 2); // the causal triangle
+    this.be.run(GLUE.softcapAttention, keys * (2 * q.cols + Cv) * 2, [p(y), p(q), p(k), p(v), n, q.cols, Cv, pos0,
+      f32Bits(cap), f32Bits(scale), this.attentionWork.ptr]);
   }
 
   wkv4(y: Tensor, w: Tensor, u: Tensor, k: Tensor, v: Tensor, aa: Tensor, bb: Tensor, pp: Tensor, row0: number, T: number): void {

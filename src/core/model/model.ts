@@ -1,7 +1,7 @@
 import type { Arena, Backend, Matrix, Tensor, TensorKernels } from "../backend/backend.js";
 import { RwkvInputError } from "../errors.js";
 import type { Checkpoint } from "../formats/checkpoint.js";
-import { checkpointShapes } from "./shapes.js";
+import { checkpointShapes, type TensorShapes } from "./shapes.js";
 import { checkUnreadTensors } from "./unknown-tensors.js";
 import { versionModule } from "./versions.js";
 import { State } from "./state.js";
@@ -21,7 +21,8 @@ import { UnmergedAdapters } from "../adapters/unmerged.js";
  * Letters: T tokens, C = n_embd, V vocabulary.
  */
 
-export type Version = "4" | "5.1" | "5.2" | "6" | "7";
+/** "7a", "7b", "8" and "8-hybrid": the generations after RWKV-7 (DeepEmbed, DeepEmbedAttention, RWKV-8 rc00). */
+export type Version = "4" | "5.1" | "5.2" | "6" | "7" | "7a" | "7b" | "8" | "8-hybrid";
 
 export interface ModelConfig {
   readonly version: Version;
@@ -84,6 +85,12 @@ export interface Model {
    * UnmergedUnsupportedError (merge those at load). Optional, as hidden().
    */
   loadAdapter?(name: string, adapter: Adapter): void;
+  /**
+   * Why `state` (e.g. read from a file) cannot continue in this model, or null when it can: its
+   * layers and arrays must be this model's, fixed-size arrays of their exact size and growing
+   * ones (RWKV-7b's cache) consistent with each other.
+   */
+  checkState?(state: State): string | null;
 }
 
 /** One layer's part of a State. */
@@ -100,6 +107,13 @@ export type LayerTensors = Record<string, Tensor>;
 export interface ForwardContext {
   readonly arena: Arena;
   readonly shared: Readonly<Record<string, Tensor>>;
+  /** The token id of every row (B·T), for versions that read per-token tables (DeepEmbed). */
+  readonly tokens: readonly number[];
+  /**
+   * The states of the B sequences themselves, for the arrays of Architecture.growingState, which
+   * stay in JavaScript (they change length) and which a block replaces in `layers[i]` as they grow.
+   */
+  readonly states: readonly State[];
 }
 
 /**
@@ -110,6 +124,11 @@ export interface ForwardContext {
  * matrix-matrix product per projection.
  */
 export interface Block {
+  /**
+   * Optional (RWKV-7b, the RWKV-8 hybrid): a term computed from the block's input x itself (not
+   * LN1(x)) and added to the residual together with the time mix: x += TimeMix(LN1(x)) + this.
+   */
+  attention?(x: Tensor, T: number, states: readonly LayerTensors[], ctx: ForwardContext): Tensor; // (B·T, C) -> (B·T, C)
   timeMix(xx: Tensor, T: number, states: readonly LayerTensors[], ctx: ForwardContext): Tensor; // (B·T, C) -> (B·T, C)
   channelMix(xx: Tensor, T: number, states: readonly LayerTensors[], ctx: ForwardContext): Tensor; // (B·T, C) -> (B·T, C)
 }
@@ -133,6 +152,20 @@ export interface Architecture {
    * version's `att_kv` layout. Absent for versions without state tuning.
    */
   timeStateToKv?(cfg: ModelConfig, timeState: Float32Array): Float32Array;
+  /**
+   * Layer state arrays that grow with every token (RWKV-7b's KV cache and token ids): never bound
+   * as backend tensors; the blocks read and replace them through ForwardContext.states.
+   */
+  readonly growingState?: readonly string[];
+  /** False when the embedding is used as is (the RWKV-8 hybrid has no blocks.0.ln0). Default true. */
+  readonly embeddingNorm?: boolean;
+  /** Why one layer's growing arrays are inconsistent (e.g. a truncated cache), or null. */
+  checkGrowingState?(cfg: ModelConfig, layer: LayerState): string | null;
+  /**
+   * Floats the state gains per token (growingState versions), from the tensor shapes: what `rwkv
+   * info` reports.
+   */
+  stateFloatsPerToken?(t: Pick<TensorShapes, "shape">, cfg: ModelConfig): number;
 }
 
 /** LayerNorm eps of every `ln*` in all versions. */
@@ -173,7 +206,7 @@ export class RwkvModel implements Model {
     const norm = (p: string): Norm => ({ weight: vector(`${p}.weight`), bias: vector(`${p}.bias`) });
     const emb = w.dense("emb.weight", V, C); // (V, C)
     // Precompute ln0 over the whole embedding as the official inference code does (SPEC gotcha 8).
-    this.emb = backend.layerNorm(emb, V, C, w.vec("blocks.0.ln0.weight", C), w.vec("blocks.0.ln0.bias", C), LAYER_NORM_EPS); // (V, C)
+    this.emb = arch.embeddingNorm === false ? emb : lnZeroEmbedding(w, backend, config, emb); // (V, C)
     this.arena = K.arena();
     this.blocks = [];
     for (let i = 0; i < L; i++) {
@@ -214,6 +247,26 @@ export class RwkvModel implements Model {
 
   step(token: number, state: State): Promise<Float32Array> {
     return this.forward([token], state);
+  }
+
+  checkState(state: State): string | null {
+    const fresh = this.initial;
+    const stateOf = state.version; // an identity check, not version knowledge
+    if (stateOf !== this.config.version) return `it is an RWKV-${stateOf} state, this model is RWKV-${this.config.version}`;
+    if (state.layers.length !== fresh.layers.length) return `${state.layers.length} layers, this model has ${fresh.layers.length}`;
+    const growing = new Set(this.arch.growingState ?? []);
+    for (let i = 0; i < fresh.layers.length; i++) {
+      const got = state.layers[i], want = fresh.layers[i];
+      const names = Object.keys(want);
+      if (Object.keys(got).length !== names.length) return `layer ${i} has arrays ${Object.keys(got).join(", ")}, expected ${names.join(", ")}`;
+      for (const name of names) {
+        if (!got[name]) return `layer ${i} lacks ${name}`;
+        if (!growing.has(name) && got[name].length !== want[name].length) return `layer ${i} ${name} has ${got[name].length} values, expected ${want[name].length}`;
+      }
+      const problem = this.arch.checkGrowingState?.(this.config, got);
+      if (problem) return `layer ${i}: ${problem}`;
+    }
+    return null;
   }
 
   forward(tokens: readonly number[], state: State, options: ForwardOptions = {}): Promise<Float32Array> {
@@ -266,14 +319,15 @@ export class RwkvModel implements Model {
     }
     const adapterOf = states.map((st) => st.adapter);
     const be = this.backend, K = be.tensors, A = this.arena;
+    const growing = new Set(this.arch.growingState ?? []);
     if (be.residentArray) {
-      for (const st of states) for (const l of st.layers) for (const name in l) l[name] = be.residentArray(l[name]);
+      for (const st of states) for (const l of st.layers) for (const name in l) if (!growing.has(name)) l[name] = be.residentArray(l[name]);
     }
     for (const tok of tokens) {
       if (!Number.isInteger(tok) || tok < 0 || tok >= V) throw new RwkvInputError("forward", `token id ${tok} is outside the vocabulary 0..${V - 1}`);
     }
     A.rewind(0);
-    const bound = states.map((st) => st.layers.map((l) => bindLayer(K, l, A)));
+    const bound = states.map((st) => st.layers.map((l) => bindLayer(K, l, A, growing)));
     const width = out === "hidden" ? C : V;
     const chunk = B === 1 ? Math.min(T, SEQUENCE_CHUNK) : T;
     // One chunk (every step): the read is the returned array itself, the only one made per token.
@@ -282,7 +336,7 @@ export class RwkvModel implements Model {
       const n = Math.min(chunk, T - t0), last = t0 + n === T;
       const m = A.mark();
       this.adapters.select(adapterOf, n);
-      const x = this.layers(tokens, T, t0, n, bound); // (B·n, C)
+      const x = this.layers(tokens, T, t0, n, bound, states); // (B·n, C)
       if (which === "all" || last) {
         const rows = which === "all" ? B * n : B;
         this.adapters.select(adapterOf, which === "all" ? n : 1);
@@ -293,27 +347,31 @@ export class RwkvModel implements Model {
       A.rewind(m);
     }
     this.adapters.select([], 0);
-    states.forEach((st, b) => st.layers.forEach((l, i) => { for (const name in l) K.unbindState(l[name], bound[b][i][name]); }));
+    states.forEach((st, b) => st.layers.forEach((l, i) => { for (const name in l) if (!growing.has(name)) K.unbindState(l[name], bound[b][i][name]); }));
     return result!;
   }
 
   /** x (B·n, C) after every layer for tokens t0 … t0+n-1 of each sequence. */
-  private layers(tokens: readonly number[], T: number, t0: number, n: number, bound: LayerTensors[][]): Tensor {
+  private layers(tokens: readonly number[], T: number, t0: number, n: number, bound: LayerTensors[][], states: readonly State[]): Tensor {
     const { nEmbd: C, nLayer: L } = this.config;
     const K = this.adapters.backend.tensors, A = this.arena; // with the selected adapters' norms
     const B = bound.length, R = B * n;
     const x = A.take(R, C); // (B·n, C)
-    for (let b = 0; b < B; b++) for (let t = 0; t < n; t++) K.write(x, (b * n + t) * C, this.emb, tokens[b * T + t0 + t] * C, C);
+    const ids: number[] = []; // (B·n) the token of each row
+    for (let b = 0; b < B; b++) for (let t = 0; t < n; t++) ids.push(tokens[b * T + t0 + t]);
+    ids.forEach((tok, row) => K.write(x, row * C, this.emb, tok * C, C));
     const shared: Record<string, Tensor> = {};
     for (const [name, cols] of Object.entries(this.arch.sequenceTensors?.(this.config) ?? {})) shared[name] = A.take(R, cols); // (B·n, cols)
-    const ctx: ForwardContext = { arena: A, shared };
+    const ctx: ForwardContext = { arena: A, shared, tokens: ids, states };
     const base = A.mark();
     for (let i = 0; i < L; i++) {
       const { ln1, ln2, mix } = this.blocks[i];
       const s = bound.map((layers) => layers[i]);
+      const att = mix.attention?.(x, n, s, ctx) ?? null; // (B·n, C)
       let xx = A.take(R, C); // (B·n, C)
       K.layerNorm(xx, x, ln1.weight, ln1.bias, LAYER_NORM_EPS);
       K.add(x, mix.timeMix(xx, n, s, ctx)); // (B·n, C)
+      if (att) K.add(x, att); // x + TimeMix + attention, in the official order
       A.rewind(base);
       xx = A.take(R, C); // (B·n, C)
       K.layerNorm(xx, x, ln2.weight, ln2.bias, LAYER_NORM_EPS);
@@ -345,11 +403,28 @@ export class RwkvModel implements Model {
 }
 
 /** A layer's state arrays as tensors (in place where the backend can). */
-function bindLayer(K: TensorKernels, l: LayerState, arena: Arena): LayerTensors {
+function bindLayer(K: TensorKernels, l: LayerState, arena: Arena, growing: ReadonlySet<string>): LayerTensors {
   const out: LayerTensors = {};
-  for (const name in l) out[name] = K.bindState(l[name], arena);
+  for (const name in l) if (!growing.has(name)) out[name] = K.bindState(l[name], arena);
   return out;
 }
+
+/**
+ * LN(emb; blocks.0.ln0) of the whole vocabulary, (V, C): computed once per Weights (DeepEmbed's
+ * load-time folds read it too).
+ */
+export function lnZeroEmbedding(w: Weights, backend: Backend, cfg: Pick<ModelConfig, "vocabSize" | "nEmbd">, emb?: Float32Array): Float32Array {
+  const { vocabSize: V, nEmbd: C } = cfg;
+  let e = LN0_CACHE.get(w);
+  if (!e) {
+    // `emb`: the raw embedding when the caller already read it (each tensor is read once per load).
+    e = backend.layerNorm(emb ?? w.dense("emb.weight", V, C), V, C, w.vec("blocks.0.ln0.weight", C), w.vec("blocks.0.ln0.bias", C), LAYER_NORM_EPS); // (V, C)
+    LN0_CACHE.set(w, e);
+  }
+  return e;
+}
+
+const LN0_CACHE = new WeakMap<Weights, Float32Array>();
 
 /** Elements hashed per tensor: enough to tell trained models apart, cheap for billions of weights. */
 const FINGERPRINT_SAMPLES = 1 << 16;

@@ -52,14 +52,19 @@ function randomTensors(spec: RandomModelSpec): TensorSpec[] {
     version: spec.version, nLayer, nEmbd: C, vocabSize, dimAtt: C, dimFfn: m.defaultDimFfn(C), nHead: H, headSize: C / H,
   };
   return m.layout!(cfg).map(({ name, shape }) => {
-    let range: readonly [number, number];
-    if (name === "emb.weight") range = EMB_RANGE;
-    else if (/(^|\.)ln(0|1|2|_out|_x)\.weight$/.test(name)) range = NORM_WEIGHT;
-    else if (/(^|\.)ln(0|1|2|_out|_x)\.bias$/.test(name)) range = NORM_BIAS;
-    else if (name.endsWith(".weight") && shape.length === 2) range = linearRange(shape[1]); // Linear (out, in)
-    else range = m.randomRange!(name, shape);
+    // The version's own kinds first (e.g. per-token tables stored as .weight), then the common ones.
+    const range = m.randomOverride?.(name, shape) ?? commonRange(name, shape) ?? m.randomRange!(name, shape);
     return { name, shape, lo: range[0], hi: range[1] };
   });
+}
+
+/** The range of a tensor of a kind every version has (embedding, norms, Linear weights), else undefined. */
+function commonRange(name: string, shape: readonly number[]): readonly [number, number] | undefined {
+  if (name === "emb.weight") return EMB_RANGE;
+  if (/(^|\.)ln(0|1|2|_out|_x)\.weight$/.test(name)) return NORM_WEIGHT;
+  if (/(^|\.)ln(0|1|2|_out|_x)\.bias$/.test(name)) return NORM_BIAS;
+  if (name.endsWith(".weight") && shape.length === 2) return linearRange(shape[1]); // Linear (out, in)
+  return undefined;
 }
 
 /** Checks a spec; every problem is an RwkvInputError naming the option. */

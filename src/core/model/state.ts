@@ -2,8 +2,11 @@ import { FormatError } from "../errors.js";
 
 /**
  * The recurrent state: per layer, named f32 arrays in the official (pip) layout —
- * v4: att_xx, att_aa, att_bb, att_pp, ffn_xx; v5/v6/v7: att_x_prev, att_kv, ffn_x_prev.
- * It is the whole context of the model: fixed size, whatever the number of tokens seen.
+ * v4: att_xx, att_aa, att_bb, att_pp, ffn_xx; v5/v6/v7 (and 7a, 8): att_x_prev, att_kv, ffn_x_prev;
+ * 7b adds q_prev (the token shift of its attention's q).
+ * It is the whole context of the model: fixed size, whatever the number of tokens seen — except for
+ * RWKV-7b and the RWKV-8 hybrid, whose layers also hold k_cache, v_cache and ctx_tokens, arrays that
+ * grow by a row per token (Architecture.growingState; they stay in JavaScript, replaced as they grow).
  * Between calls it lives on the backend: a forward may move the arrays into the backend's memory
  * (Backend.residentArray, same values), where the kernels update them in place (TensorKernels
  * bindState); at the API boundary they stay plain Float32Arrays (serialize, clone, prefix cache).

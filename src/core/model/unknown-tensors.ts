@@ -4,11 +4,11 @@ import type { Architecture, Version } from "./model.js";
 
 /** Leftovers of training that do not change what the model computes: listed in a warning only. */
 const HARMLESS_LEFTOVERS = /(^|\.)(num_batches_tracked|exp_avg|exp_avg_sq|step)$|^(optimizer|lr_scheduler|scheduler)\./;
-/** Tensors of RWKV variants this engine does not implement, which would otherwise load as plain RWKV-7. */
-const KNOWN_VARIANTS: ReadonlyArray<{ pattern: RegExp; name: string }> = [
-  { pattern: /^blocks\.\d+\.qkv\./, name: "RWKV-7b (its qkv.* attention tensors)" },
-  { pattern: /^blocks\.\d+\.ffn\.(s_emb|s_emb_x|s0|s1|s2)(\.weight)?$/, name: "RWKV-7a (DeepEmbed: ffn.s_emb, s0, s1, s2)" },
-];
+/**
+ * Tensors of RWKV variants this engine does not implement, which would otherwise load as another
+ * version (7a, 7b, 8 and the 8 hybrid are detected by their tensors and implemented: none left now).
+ */
+const KNOWN_VARIANTS: ReadonlyArray<{ pattern: RegExp; name: string }> = [];
 const MAX_NAMES_SHOWN = 8;
 
 /**

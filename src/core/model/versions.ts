@@ -7,6 +7,10 @@ import { v4 } from "./v4/index.js";
 import { v51, v52 } from "./v5/index.js";
 import { v6 } from "./v6/index.js";
 import { v7 } from "./v7/index.js";
+import { v7a } from "./v7a/index.js";
+import { v7b } from "./v7b/index.js";
+import { v8 } from "./v8/index.js";
+import { v8Hybrid } from "./v8/hybrid.js";
 
 export type { TensorLayout, TensorShapes } from "./shapes.js";
 
@@ -20,9 +24,13 @@ export type { TensorLayout, TensorShapes } from "./shapes.js";
  *   2. write src/core/model/vX/index.ts exporting a VersionModule: detection, config inference,
  *      tensor layout, eps, the inference Architecture (vX/infer.ts) and, where it applies, training
  *      (TrainSupport), random models and its rwkv.cpp / GGUF table rows (formats/tensor-map.ts);
+ *      A generation that keeps RWKV-7's layout and adds tensors is built by v7Successor (v7/index.ts).
+ *      A state that grows with the context (a KV cache) names its arrays in Architecture.growingState
+ *      and checks them in checkGrowingState (see v7b/);
  *   3. put it in VERSIONS below, before any older generation whose tensors it also has (detection
  *      asks the modules in order, first match wins);
- *   4. add its golden model to test/versions.test.ts's detection table.
+ *   4. add its golden model to test/versions.test.ts's detection table (shared/golden, or the
+ *      repository's test/fixtures/golden for the generations after RWKV-7).
  */
 
 /** The hyper-parameters a new model is made from (the rest follows from the version's rules). */
@@ -71,6 +79,16 @@ export interface VersionModule {
    * Linear weights): uniform on [lo, hi]. Present when random models of this version can be built.
    */
   randomRange?(name: string, shape: readonly number[]): readonly [number, number];
+  /**
+   * Ranges that take precedence over the common kinds: per-token tables stored as `.weight` that
+   * are not Linear layers (a random model's table rows act as scales near 1, not as weights).
+   */
+  randomOverride?(name: string, shape: readonly number[]): readonly [number, number] | undefined;
+  /**
+   * A research preview (official demo code, no released checkpoints, e.g. RWKV-7a/7b/8 rc00): it
+   * loads and runs, but is nobody's default (e.g. `rwkv bench --random` without a version).
+   */
+  readonly preview?: boolean;
   /** Training: blocks, initialisation, optimizer groups, FLOPs. */
   readonly train?: TrainSupport;
   /** Continuing runs on RWKV-LM. */
@@ -82,7 +100,14 @@ export interface VersionModule {
 }
 
 /** Every supported version, newest first: detection asks them in this order. */
-export const VERSIONS: readonly VersionModule[] = [v7, v6, v52, v51, v4];
+export const VERSIONS: readonly VersionModule[] = [
+  v8Hybrid, // has RWKV-8's ffn.enn too
+  v8,
+  v7b, // has 7a's DeepEmbed too
+  v7a,
+  v7, // matches every generation above
+  v6, v52, v51, v4,
+];
 
 /** The module of a version id. */
 export function versionModule(id: Version): VersionModule {

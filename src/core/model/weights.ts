@@ -3,7 +3,7 @@ import { quantizeInt8 } from "../backend/int8.js";
 import { referenceBackend } from "../backend/reference.js";
 import { FormatError } from "../errors.js";
 import type { Checkpoint } from "../formats/checkpoint.js";
-import { numel, transposeLast2 } from "../tensor.js";
+import { f32ToBf16, f32ToF16, numel, transposeLast2 } from "../tensor.js";
 
 /**
  * Typed access to a checkpoint's tensors for model construction: every lookup states the shape it
@@ -95,6 +95,26 @@ export class Weights {
   dense(name: string, rows: number, cols: number): Float32Array {
     this.expectShape(name, [rows, cols]);
     return this.entry(name).toFloat32();
+  }
+
+  /**
+   * A per-token table (rows, cols) of which a forward reads only its tokens' rows (DeepEmbed's
+   * V x 1024 per layer): kept on the JavaScript side, never adopted by the kernels, in a compact
+   * type (the file's f16/bf16; f16 for block-quantized files; i8 with matrices "int8"; f32 for f32
+   * files or matrices "f32"). `add` (rows, cols), when given, is added in f32 first: a load-time fold.
+   */
+  table(name: string, rows: number, cols: number, add?: Float32Array): Matrix {
+    this.expectShape(name, [rows, cols]);
+    const e = this.entry(name);
+    const t = e.toFloat32(); // (rows, cols)
+    if (add) for (let n = 0; n < t.length; n++) t[n] += add[n];
+    if (this.int8) return quantizeInt8(t, rows, cols);
+    const type = !this.compact || e.dtype === "f32" ? "f32" : e.dtype === "bf16" ? "bf16" : "f16";
+    if (type === "f32") return { rows, cols, type, data: t };
+    const bits = new Uint16Array(t.length);
+    const enc = type === "f16" ? f32ToF16 : f32ToBf16;
+    for (let n = 0; n < t.length; n++) bits[n] = enc(t[n]);
+    return { rows, cols, type, data: bits };
   }
 
   /**

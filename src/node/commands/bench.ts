@@ -3,7 +3,7 @@ import { parseArgs } from "node:util";
 import { availableBackends, selectBackend } from "../../core/backend/registry.js";
 import { MATRIX_DTYPES } from "../../core/formats/retype.js";
 import type { Version } from "../../core/model/model.js";
-import { VERSIONS as VERSION_MODULES } from "../../core/model/versions.js";
+import { VERSIONS as VERSION_MODULES, versionModule } from "../../core/model/versions.js";
 import { checkRandomSpec, RANDOM_MODEL_VERSIONS, type RandomModelSpec } from "../../core/model/random.js";
 import { checkWritableTarget, writeFileAtomic } from "../atomic-write.js";
 import { contextSvg, runContext } from "../bench/context.js";
@@ -14,8 +14,11 @@ import { type CliConfig, modelPathFor } from "../model-arg.js";
 import { Progress } from "../progress.js";
 import { defaultThreads } from "../threads/pool.js";
 
-/** The newest version random models exist for: the default of --context and the example in messages. */
-const RANDOM_DEFAULT = RANDOM_MODEL_VERSIONS[RANDOM_MODEL_VERSIONS.length - 1];
+/**
+ * The newest released version random models exist for: the default of --context and the example in
+ * messages (research previews such as 7b grow their state and carry (V, ·) tables per layer).
+ */
+const RANDOM_DEFAULT = RANDOM_MODEL_VERSIONS.filter((v) => !versionModule(v).preview).at(-1)!;
 
 export const BENCH_USAGE = `bench [MODEL] [--random ${RANDOM_DEFAULT}]   speed: decode and prefill tok/s, peak RSS, bandwidth (a table; --json)
       MODEL                 default: the bundled model (when --random is not given either)

@@ -25,6 +25,9 @@ export function info(args: string[], io: CliIO, config: CliConfig): number {
       `heads       ${c.nHead} x ${c.headSize}`,
       `vocab       ${c.vocabSize}`,
       `parameters  ${d.parameters.toLocaleString("en-US")}`,
+      d.state.perToken
+        ? `state       grows: ${(4 * d.state.fixed).toLocaleString("en-US")} bytes + ${(4 * d.state.perToken).toLocaleString("en-US")} bytes per token (KV cache and token ids)`
+        : `state       ${(4 * d.state.fixed).toLocaleString("en-US")} bytes, whatever the context length`,
       `tensors     ${d.tensors} (${Object.entries(d.dtypes).map(([k, n]) => `${k}: ${n}`).join(", ")})`,
     ];
     for (const [k, v] of Object.entries(d.metadata)) lines.push(`meta        ${k} = ${v}`);

@@ -89,3 +89,51 @@ export const v7: VersionModule = {
     ],
   },
 };
+
+/** What a generation built on RWKV-7's time mix (7a, 7b, RWKV-8 rc00 and its hybrid) changes. */
+export interface V7Successor {
+  readonly id: VersionModule["id"];
+  readonly name: string;
+  /** A tensor only this generation (and none asked after it in VERSIONS) has. */
+  readonly marker: string;
+  readonly architecture: VersionModule["architecture"];
+  /** Layer i's tensors beyond RWKV-7's, in the official demo's order. */
+  extraLayer(i: number, cfg: ModelConfig): TensorLayout[];
+  /** RWKV-7 tensors the generation dropped (e.g. the hybrid's blocks.0.ln0). */
+  readonly dropped?: RegExp;
+  /** Random-model ranges of its own tensors: they take precedence over the common kinds. */
+  randomOverride(name: string, shape: readonly number[]): readonly [number, number] | undefined;
+}
+
+/**
+ * The module of a generation that keeps RWKV-7's layout, rwkv.cpp table (its extra tensors are
+ * stored as they are; a .bin file reads back as RWKV-7's names, detected again by the marker) and
+ * state, and adds tensors. No GGUF (llama.cpp has no architecture for them), no training, no
+ * RWKV-LM trainer: the official code for them is inference demos.
+ */
+export function v7Successor(s: V7Successor): VersionModule {
+  return {
+    id: s.id,
+    name: s.name,
+    preview: true,
+    detect: (has) => v7.detect(has) && has(s.marker),
+    inferConfig: (t) => ({ ...inferConfig(t), version: s.id }),
+    heads: true,
+    defaultDimFfn: (C) => v7.defaultDimFfn(C),
+    groupNormEps: GROUP_NORM_EPS,
+    rwkvcpp: RWKVCPP,
+    architecture: s.architecture,
+    layout(cfg) {
+      const out: TensorLayout[] = [];
+      for (const t of layout(cfg)) {
+        if (s.dropped?.test(t.name)) continue;
+        out.push(t);
+        const m = /^blocks\.(\d+)\.ffn\.value\.weight$/.exec(t.name); // the last tensor of each RWKV-7 layer
+        if (m) out.push(...s.extraLayer(Number(m[1]), cfg));
+      }
+      return out;
+    },
+    randomRange: (name, shape) => s.randomOverride(name, shape) ?? randomRange(name, shape),
+    randomOverride: s.randomOverride,
+  };
+}

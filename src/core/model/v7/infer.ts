@@ -39,84 +39,92 @@ export const rwkv7: Architecture = {
   sequenceTensors: (cfg: ModelConfig) => ({ v_first: cfg.nEmbd }),
 
   block(w: Weights, i: number, cfg: ModelConfig, be: Backend): Block {
-    const { nEmbd: C, nHead: H, headSize: N, dimFfn: F } = cfg;
-    const K = be.tensors;
-    const a = `blocks.${i}.att.`, f = `blocks.${i}.ffn.`;
-    const vec = (name: string, n = C): Tensor => K.constant(w.vec(name, n)); // (1, n)
-    const lora = (n1: string, n2: string): [Matrix, Matrix] => {
-      const D = w.shape(a + n1)[1];
-      return [w.projection(a + n1, C, D), w.projection(a + n2, D, C)];
-    };
-    const att = {
-      // The six token-shift mixes, in the order of lerp's outputs r, w, k, v, a, g.
-      shift: MIX_NAMES.map((n) => vec(a + n)),
-      w0: vec(a + "w0"), wLora: lora("w1", "w2"),
-      a0: vec(a + "a0"), aLora: lora("a1", "a2"),
-      // Layer 0 carries v0/v1/v2 in checkpoints but never uses them (its v *is* v_first).
-      v0: i > 0 ? vec(a + "v0") : null, vLora: i > 0 ? lora("v1", "v2") : null,
-      gLora: lora("g1", "g2"),
-      k_k: vec(a + "k_k"), k_a: vec(a + "k_a"), r_k: K.constant(w.heads(a + "r_k", H, N)),
-      receptance: w.linear(a + "receptance.weight", C, C), key: w.linear(a + "key.weight", C, C),
-      value: w.linear(a + "value.weight", C, C), output: w.linear(a + "output.weight", C, C),
-      lnW: vec(a + "ln_x.weight"), lnB: vec(a + "ln_x.bias"),
-    };
-    // The checkpoint's numerics where its format states them (e.g. rwkv.cpp's graph), else the official eps.
-    const eps = w.ckpt.numerics?.groupNormEps ?? GROUP_NORM_EPS;
-    const ffn = { x_k: vec(f + "x_k"), key: w.linear(f + "key.weight", F, C), value: w.linear(f + "value.weight", C, F) };
-
-    return {
-      timeMix(xx, T, s, { arena: A, shared }) {
-        const R = xx.rows; // B·T rows
-        const sx = A.take(R, C); // (B·T, C) the previous token's xx
-        eachSequence(s.length, T, (b, row0) => K.shift(sx, xx, s[b].att_x_prev, row0, T));
-        const [xr, xw, xk, xv, xa, xg] = att.shift.map(() => A.take(R, C)); // (B·T, C) each
-        K.lerp([xr, xw, xk, xv, xa, xg], xx, sx, att.shift);
-
-        const r = A.take(R, C), k = A.take(R, C), v = A.take(R, C); // (B·T, C) each
-        K.matmul(r, xr, att.receptance);
-        K.matmul(k, xk, att.key);
-        K.matmul(v, xv, att.value);
-        const decay = loraApply(K, A, xw, att.wLora, "tanh", att.w0); // (B·T, C)
-        K.activate("sigmoid", decay);
-        K.activate("exp", decay, -DECAY_SCALE);
-        const iclr = loraApply(K, A, xa, att.aLora, null, att.a0); // (B·T, C) the rate a
-        K.activate("sigmoid", iclr);
-        const g = loraApply(K, A, xg, att.gLora, "sigmoid", null); // (B·T, C)
-        let vGate: Tensor | null = null; // (B·T, C)
-        if (i === 0) {
-          K.copyRows(shared.v_first, 0, v, 0, R);
-        } else {
-          vGate = loraApply(K, A, xv, att.vLora!, null, att.v0!);
-          K.activate("sigmoid", vGate);
-        }
-        const kkNeg = xr, kkA = xw; // (B·T, C), reusing tensors no longer needed
-        K.v7Keys(kkNeg, kkA, k, v, iclr, att.k_k, att.k_a, vGate, vGate ? shared.v_first : null, N);
-
-        const y = A.take(R, C); // (B·T, C)
-        eachSequence(s.length, T, (b, row0) => K.wkv7(y, r, decay, k, v, kkNeg, kkA, s[b].att_kv, H, row0, T));
-        const out = A.take(R, C); // (B·T, C)
-        K.groupNorm(out, y, H, att.lnW, att.lnB, eps);
-        K.v7Bonus(out, r, k, v, g, att.r_k, N);
-        const o = A.take(R, C); // (B·T, C)
-        K.matmul(o, out, att.output);
-        return o;
-      },
-
-      channelMix(xx, T, s, { arena: A }) {
-        const R = xx.rows; // B·T rows
-        const sx = A.take(R, C), xk = A.take(R, C); // (B·T, C)
-        eachSequence(s.length, T, (b, row0) => K.shift(sx, xx, s[b].ffn_x_prev, row0, T));
-        K.lerp([xk], xx, sx, [ffn.x_k]);
-        const k = A.take(R, F); // (B·T, F)
-        K.matmul(k, xk, ffn.key);
-        K.activate("relu2", k);
-        const out = A.take(R, C); // (B·T, C)
-        K.matmul(out, k, ffn.value);
-        return out;
-      },
-    };
+    return { timeMix: v7TimeMix(w, i, cfg, be), channelMix: v7ChannelMix(w, i, cfg, be) };
   },
 };
+
+/** The RWKV-7 time mix of layer i (also the time mix of 7a, 7b and RWKV-8 rc00). */
+export function v7TimeMix(w: Weights, i: number, cfg: ModelConfig, be: Backend): Block["timeMix"] {
+  const { nEmbd: C, nHead: H, headSize: N } = cfg;
+  const K = be.tensors;
+  const a = `blocks.${i}.att.`;
+  const vec = (name: string, n = C): Tensor => K.constant(w.vec(name, n)); // (1, n)
+  const lora = (n1: string, n2: string): [Matrix, Matrix] => {
+    const D = w.shape(a + n1)[1];
+    return [w.projection(a + n1, C, D), w.projection(a + n2, D, C)];
+  };
+  const att = {
+    // The six token-shift mixes, in the order of lerp's outputs r, w, k, v, a, g.
+    shift: MIX_NAMES.map((n) => vec(a + n)),
+    w0: vec(a + "w0"), wLora: lora("w1", "w2"),
+    a0: vec(a + "a0"), aLora: lora("a1", "a2"),
+    // Layer 0 carries v0/v1/v2 in checkpoints but never uses them (its v *is* v_first).
+    v0: i > 0 ? vec(a + "v0") : null, vLora: i > 0 ? lora("v1", "v2") : null,
+    gLora: lora("g1", "g2"),
+    k_k: vec(a + "k_k"), k_a: vec(a + "k_a"), r_k: K.constant(w.heads(a + "r_k", H, N)),
+    receptance: w.linear(a + "receptance.weight", C, C), key: w.linear(a + "key.weight", C, C),
+    value: w.linear(a + "value.weight", C, C), output: w.linear(a + "output.weight", C, C),
+    lnW: vec(a + "ln_x.weight"), lnB: vec(a + "ln_x.bias"),
+  };
+  // The checkpoint's numerics where its format states them (e.g. rwkv.cpp's graph), else the official eps.
+  const eps = w.ckpt.numerics?.groupNormEps ?? GROUP_NORM_EPS;
+  return (xx, T, s, { arena: A, shared }) => {
+    const R = xx.rows; // B·T rows
+    const sx = A.take(R, C); // (B·T, C) the previous token's xx
+    eachSequence(s.length, T, (b, row0) => K.shift(sx, xx, s[b].att_x_prev, row0, T));
+    const [xr, xw, xk, xv, xa, xg] = att.shift.map(() => A.take(R, C)); // (B·T, C) each
+    K.lerp([xr, xw, xk, xv, xa, xg], xx, sx, att.shift);
+
+    const r = A.take(R, C), k = A.take(R, C), v = A.take(R, C); // (B·T, C) each
+    K.matmul(r, xr, att.receptance);
+    K.matmul(k, xk, att.key);
+    K.matmul(v, xv, att.value);
+    const decay = loraApply(K, A, xw, att.wLora, "tanh", att.w0); // (B·T, C)
+    K.activate("sigmoid", decay);
+    K.activate("exp", decay, -DECAY_SCALE);
+    const iclr = loraApply(K, A, xa, att.aLora, null, att.a0); // (B·T, C) the rate a
+    K.activate("sigmoid", iclr);
+    const g = loraApply(K, A, xg, att.gLora, "sigmoid", null); // (B·T, C)
+    let vGate: Tensor | null = null; // (B·T, C)
+    if (i === 0) {
+      K.copyRows(shared.v_first, 0, v, 0, R);
+    } else {
+      vGate = loraApply(K, A, xv, att.vLora!, null, att.v0!);
+      K.activate("sigmoid", vGate);
+    }
+    const kkNeg = xr, kkA = xw; // (B·T, C), reusing tensors no longer needed
+    K.v7Keys(kkNeg, kkA, k, v, iclr, att.k_k, att.k_a, vGate, vGate ? shared.v_first : null, N);
+
+    const y = A.take(R, C); // (B·T, C)
+    eachSequence(s.length, T, (b, row0) => K.wkv7(y, r, decay, k, v, kkNeg, kkA, s[b].att_kv, H, row0, T));
+    const out = A.take(R, C); // (B·T, C)
+    K.groupNorm(out, y, H, att.lnW, att.lnB, eps);
+    K.v7Bonus(out, r, k, v, g, att.r_k, N);
+    const o = A.take(R, C); // (B·T, C)
+    K.matmul(o, out, att.output);
+    return o;
+  };
+}
+
+/** The RWKV-7 channel mix of layer i: W_v relu²(W_k (xx + d ⊙ x_k)). */
+export function v7ChannelMix(w: Weights, i: number, cfg: ModelConfig, be: Backend): Block["channelMix"] {
+  const { nEmbd: C, dimFfn: F } = cfg;
+  const K = be.tensors;
+  const f = `blocks.${i}.ffn.`;
+  const ffn = { x_k: K.constant(w.vec(f + "x_k", C)), key: w.linear(f + "key.weight", F, C), value: w.linear(f + "value.weight", C, F) };
+  return (xx, T, s, { arena: A }) => {
+    const R = xx.rows; // B·T rows
+    const sx = A.take(R, C), xk = A.take(R, C); // (B·T, C)
+    eachSequence(s.length, T, (b, row0) => K.shift(sx, xx, s[b].ffn_x_prev, row0, T));
+    K.lerp([xk], xx, sx, [ffn.x_k]);
+    const k = A.take(R, F); // (B·T, F)
+    K.matmul(k, xk, ffn.key);
+    K.activate("relu2", k);
+    const out = A.take(R, C); // (B·T, C)
+    K.matmul(out, k, ffn.value);
+    return out;
+  };
+}
 
 /** bias + act(x M1) M2 for a low-rank pair; `act` applies between the factors. (T, C) -> (T, C) */
 function loraApply(K: TensorKernels, A: Arena, x: Tensor, [m1, m2]: [Matrix, Matrix], act: Activation | null, bias: Tensor | null): Tensor {
