@@ -125,7 +125,8 @@ export class UnmergedAdapters {
         a2 = stacked;
         b2 = concatColumns(B.toFloat32(), 1, B0.toFloat32(), -1, O, r);
       } else {
-        b2 = B.toFloat32().map((v) => v * ((a.alpha ?? DEFAULT_LORA_ALPHA) / r));
+        const s = (a.alpha ?? DEFAULT_LORA_ALPHA) / r;
+        b2 = B.toFloat32().map((v) => v * s);
       }
       const rr = a2.length / I;
       terms.set(W, {
