@@ -1,4 +1,6 @@
 import assert from "node:assert/strict";
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { test } from "node:test";
 import type { Adapter } from "../src/core/adapters/adapter.js";
@@ -6,7 +8,8 @@ import { UnmergedUnsupportedError } from "../src/core/adapters/unmerged.js";
 import type { Model } from "../src/core/model/model.js";
 import type { TensorEntry } from "../src/core/tensor.js";
 import { State } from "../src/core/model/state.js";
-import { type AdapterSpec, loadAdapterUnmerged } from "../src/node/adapters.js";
+import { type AdapterSpec, loadAdapterUnmerged, openAdapter } from "../src/node/adapters.js";
+import { safetensorsF32 } from "../src/core/adapters/write.js";
 import { loadModel } from "../src/node/load.js";
 import { compare, sharedPath } from "./shared.js";
 
@@ -104,12 +107,54 @@ for (const version of ["v6", "v7"]) {
   }
 }
 
+for (const version of ["v6", "v7"]) {
+  test(`unmerged adapters ${version}: a state-tuning adapter (with a LoRA) starts its states from its time_state, equal to merging it`, async (t) => {
+    const modelPath = sharedPath(t, "golden", version, "model.safetensors");
+    if (!modelPath) return;
+    const model = await loadModel(modelPath, { backend: "reference" });
+    const { nLayer: L, nHead: H, headSize: N } = model.config;
+    // Random time_state for every layer (seeded LCG), written as RWKV-PEFT's state file, plus the LoRA fixture.
+    let seed = 12345;
+    const rand = () => ((seed = (Math.imul(seed, 1103515245) + 12345) >>> 0) / 2 ** 32 - 0.5);
+    const dir = mkdtempSync(join(tmpdir(), "rwkv-unmerged-state-"));
+    t.after(() => rmSync(dir, { recursive: true, force: true }));
+    const file = join(dir, "state.safetensors");
+    writeFileSync(file, safetensorsF32(Array.from({ length: L }, (_, i) => ({ name: `blocks.${i}.att.time_state`, shape: [H, N, N], data: Array.from({ length: H * N * N }, rand) }))));
+    const lora = { path: join(FIXTURES, version, "lora.safetensors"), kind: "lora" as const, alpha: LORA_ALPHA };
+    loadAdapterUnmerged(model, "state", { path: file });
+    const both = openAdapter(lora), st = openAdapter({ path: file });
+    model.loadAdapter!("both", { ...both.adapter, tensors: new Map([...both.adapter.tensors, ...st.adapter.tensors]) });
+    both.close();
+    st.close();
+    const plain = await loadModel(modelPath, { backend: "reference" });
+    const cases: Array<[string | undefined, Model]> = [
+      [undefined, plain],
+      ["state", await loadModel(modelPath, { backend: "reference", adapters: [{ path: file }] })],
+      ["both", await loadModel(modelPath, { backend: "reference", adapters: [lora, { path: file }] })],
+    ];
+    const results: Float32Array[] = [];
+    for (const [name, merged] of cases) {
+      const s = model.initState(name);
+      assert.equal(s.adapter, name);
+      const got = await model.forward(TOKENS, s, { allLogits: true });
+      close(got, await merged.forward(TOKENS, merged.initState(), { allLogits: true }), `${version} ${name ?? "base"}`);
+      results.push(got);
+    }
+    assert.ok(compare(results[1], results[0], 1e-2, 0).maxAbs > 1e-2, "the time_state did not change the logits");
+    // Batched together from their own starting states, each row as its own run.
+    const states = cases.map(([name]) => model.initState(name)), V = model.config.vocabSize;
+    const out = await model.stepBatch([7, 7, 7], states);
+    for (const [b, [name]] of cases.entries()) assert.deepEqual(out.subarray(b * V, (b + 1) * V), await model.step(7, model.initState(name)), `row ${b}`);
+    assert.throws(() => model.initState("nope"), /initState: adapter "nope" is not loaded/);
+  });
+}
+
 test("unmerged adapters: refused clearly for DiSHA, another model's shape, unknown names; states keep their adapter", async (t) => {
   const v6 = sharedPath(t, "golden", "v6", "model.safetensors"), v7 = sharedPath(t, "golden", "v7", "model.safetensors");
   if (!v6 || !v7) return;
   const model = await loadModel(v7, { backend: "reference" });
   assert.throws(() => loadUnmerged(model, "bat", { path: join(FIXTURES, "v7", "disha_bat.safetensors"), kind: "disha" }),
-    /disha_bat\.safetensors: blocks\.\d+\.\S+ is a DiSHA tensor; adapters kept unmerged may hold only LoRA\/PiSSA factors and ln1\/ln2\/ln_out vectors/);
+    /disha_bat\.safetensors: blocks\.\d+\.\S+ is a DiSHA tensor; adapters kept unmerged may hold only LoRA\/PiSSA factors, ln1\/ln2\/ln_out vectors and time_state/);
   assert.throws(() => loadUnmerged(model, "v6", { path: join(FIXTURES, "v6", "lora.safetensors"), kind: "lora" }),
     /v6\/lora\.safetensors: tensor blocks\.0\.att\.receptance\.lora_A has shape \[4, 96\] but blocks\.0\.att\.receptance\.weight is \[\d+, \d+\].*\(model .*v7\/model\.safetensors\)/);
   // A LoRA of the embedding (a lookup table, not a Linear) is for merging; so is a replaced ln0 (baked into it).

@@ -18,8 +18,9 @@ import { type Adapter, BONE, DEFAULT_LORA_ALPHA, DISHA, INIT_LORA_A, INIT_LORA_B
  * wrapped layerNorm recomputes the rows of an adapter that replaces them with its vectors (a row's
  * norm depends on that row alone, so this equals the merged model exactly). Other full-tensor
  * replacements (emb and ln0, baked into the embedding at load; head; the versions' own vectors
- * such as time_* and ln_x), DiSHA and state tuning are refused with UnmergedUnsupportedError, and
- * such adapters are merged at load instead.
+ * such as time_* and ln_x) and DiSHA are refused with UnmergedUnsupportedError, and such adapters
+ * are merged at load instead. A trained time_state (state tuning) is no weight at all: the model
+ * keeps it as the adapter's starting state (RwkvModel.loadAdapter) before the rest comes here.
  *
  * Letters: R rows of a pass, O/I a matrix's output/input width, r' the stacked rank.
  */
@@ -36,7 +37,7 @@ interface Loaded {
   readonly vectors: Map<Tensor, Tensor>;
 }
 
-/** An adapter that cannot be kept unmerged (DiSHA, state tuning, most full tensors): merge it at load. */
+/** An adapter that cannot be kept unmerged (DiSHA, most full tensors): merge it at load. */
 export class UnmergedUnsupportedError extends RwkvInputError {}
 
 const fmt = (s: readonly number[]) => `[${s.join(", ")}]`;
@@ -97,7 +98,7 @@ export class UnmergedAdapters {
         const base = this.norms.get(tName);
         if (!base) {
           const kind = tName.endsWith(DISHA) || tName.endsWith(BONE) ? "DiSHA" : tName.endsWith(TIME_STATE) ? "state-tuning" : "full-tensor";
-          throw new UnmergedUnsupportedError(a.source, `${tName} is a ${kind} tensor; adapters kept unmerged may hold only LoRA/PiSSA factors and ln1/ln2/ln_out vectors (merge this one at load)`);
+          throw new UnmergedUnsupportedError(a.source, `${tName} is a ${kind} tensor; adapters kept unmerged may hold only LoRA/PiSSA factors, ln1/ln2/ln_out vectors and time_state (merge this one at load)`);
         }
         if (A.shape.reduce((p, d) => p * d, 1) !== base.cols) throw wrong(tName, `has shape ${fmt(A.shape)} but the model's is [${base.cols}]`);
         vectors.set(base, this.inner.constant(A.toFloat32()));

@@ -7,7 +7,7 @@ import { versionModule } from "./versions.js";
 import { State } from "./state.js";
 import { decodeWeightRow } from "../backend/weight-rows.js";
 import { type WeightOptions, Weights } from "./weights.js";
-import type { Adapter } from "../adapters/adapter.js";
+import { type Adapter, TIME_STATE } from "../adapters/adapter.js";
 import { UnmergedAdapters } from "../adapters/unmerged.js";
 
 /*
@@ -56,8 +56,12 @@ export interface Model {
    * the embedding and head. Saved states record it so they are never loaded into another model.
    */
   readonly fingerprint: string;
-  /** The starting state: zeros, or the trained `time_state` of a state-tuned checkpoint. */
-  initState(): State;
+  /**
+   * The starting state: zeros, or the trained `time_state` of a state-tuned checkpoint; with
+   * `adapter` (one loaded by loadAdapter), that adapter's (its own time_state, if it has one),
+   * marked with it (State.adapter).
+   */
+  initState(adapter?: string): State;
   /**
    * Makes the `blocks.i.att.time_state` tensors of `ckpt` (this model's own file or a separate
    * state-tuning file) the starting state returned by initState().
@@ -81,8 +85,9 @@ export interface Model {
   /**
    * Keeps a LoRA/PiSSA adapter unmerged under `name` (hot-swap): a State whose `adapter` is `name`
    * runs with it, others with the base or their own adapter, in the same batch. Besides the factors
-   * it may replace ln1/ln2/ln_out; DiSHA, state tuning and other full tensors are refused with
-   * UnmergedUnsupportedError (merge those at load). Optional, as hidden().
+   * it may replace ln1/ln2/ln_out and carry a time_state (initState(name) starts from it); DiSHA
+   * and other full tensors are refused with UnmergedUnsupportedError (merge those at load).
+   * Optional, as hidden().
    */
   loadAdapter?(name: string, adapter: Adapter): void;
   /**
@@ -196,6 +201,8 @@ export class RwkvModel implements Model {
   private queue: Promise<unknown> = Promise.resolve();
   /** Adapters kept unmerged; the blocks' matmuls go through it (a no-op while no state uses one). */
   private readonly adapters: UnmergedAdapters;
+  /** The starting state of each unmerged adapter that carries a trained time_state. */
+  private readonly adapterInitial = new Map<string, State>();
 
   constructor(readonly config: ModelConfig, private readonly arch: Architecture, w: Weights, readonly backend: Backend) {
     const ckpt = w.ckpt;
@@ -220,11 +227,19 @@ export class RwkvModel implements Model {
     if (ckpt.tensors.has("blocks.0.att.time_state")) this.useTimeState(ckpt, w);
   }
 
-  initState(): State {
-    return this.initial.clone();
+  initState(adapter?: string): State {
+    if (adapter !== undefined && !this.adapters.has(adapter)) throw new RwkvInputError("initState", `adapter "${adapter}" is not loaded in this model`);
+    const s = ((adapter !== undefined ? this.adapterInitial.get(adapter) : undefined) ?? this.initial).clone();
+    s.adapter = adapter;
+    return s;
   }
 
   useTimeState(ckpt: Checkpoint, weights?: Weights): void {
+    this.initial = this.withTimeState(ckpt, weights);
+  }
+
+  /** The base's starting state with the `time_state` tensors of `ckpt` in place of its att_kv. */
+  private withTimeState(ckpt: Checkpoint, weights?: Weights): State {
     const { nLayer: L, nHead: H, headSize: N } = this.config;
     const convert = this.arch.timeStateToKv;
     if (!convert) throw new RwkvInputError(ckpt.source, `${this.arch.name} has no trainable initial state (time_state)`);
@@ -238,11 +253,16 @@ export class RwkvModel implements Model {
       found++;
     }
     if (found === 0) throw new RwkvInputError(ckpt.source, "no blocks.i.att.time_state tensors: not a state-tuning file");
-    this.initial = initial;
+    return initial;
   }
 
   loadAdapter(name: string, adapter: Adapter): void {
-    this.adapters.add(name, adapter);
+    // Its trained time_state (state tuning) is its own starting state; the rest changes the weights.
+    const isState = (n: string) => n.endsWith(TIME_STATE);
+    const states = new Map([...adapter.tensors].filter(([n]) => isState(n)));
+    const initial = states.size ? this.withTimeState({ format: "safetensors", source: adapter.source, tensors: states, metadata: {} }) : null;
+    this.adapters.add(name, { ...adapter, tensors: new Map([...adapter.tensors].filter(([n]) => !isState(n))) });
+    if (initial) this.adapterInitial.set(name, initial);
   }
 
   step(token: number, state: State): Promise<Float32Array> {

@@ -29,7 +29,7 @@ export const SERVE_USAGE = `serve [MODEL]                OpenAI-compatible HTTP 
                             --api-key is still required from them)
       --tokenizer PATH  --tokenizer-kind world|20b|bytes  --backend NAME
       --adapter NAME=PATH[:ALPHA]  serve MODEL with an adapter too, as model "<model-name>+NAME" (repeatable;
-                                   LoRA/PiSSA kept unmerged in the one model, others merged)
+                                   LoRA and state tuning kept unmerged in the one model, others merged)
 ${STATE_STORE_USAGE}`;
 
 /** An integer in [min, max] (positiveInt refuses 0, which --port and --queue allow). */

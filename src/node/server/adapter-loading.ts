@@ -7,8 +7,8 @@ import { parseAdapterFlag, type ServedAdapter, UNMERGED } from "./adapters.js";
 
 /**
  * The adapters of `rwkv serve --adapter NAME=PATH[:ALPHA]`, on top of the base `model` (loaded from
- * modelPath with `base`, any --lora/--pissa/--disha merged). A LoRA/PiSSA adapter is kept unmerged
- * in `model` (its factors only: UNMERGED); one that cannot be (DiSHA, state tuning, full tensors
+ * modelPath with `base`, any --lora/--pissa/--disha merged). A LoRA/PiSSA or state-tuning adapter is
+ * kept unmerged in `model` (its factors and state only: UNMERGED); one that cannot be (DiSHA, full tensors
  * other than ln1/ln2/ln_out) is loaded as a merged model of its own, a full copy of the weights,
  * and `onNote` says so.
  */

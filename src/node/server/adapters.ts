@@ -6,11 +6,11 @@ import type { Scheduler } from "./scheduler.js";
 /*
  * Adapters served next to the base model: a request names `"<base>+<adapter>"` in `model` and runs
  * on that adapter's weights. Two ways (adapter-loading.ts picks):
- *   - kept unmerged (UNMERGED; LoRA/PiSSA): the adapter's factors live in the base model
+ *   - kept unmerged (UNMERGED; LoRA/PiSSA, state tuning): the adapter's factors live in the base model
  *     (Model.loadAdapter) and its requests go to the base's scheduler with JobSpec.adapter set, so
  *     they share its slots and batches with the base and the other adapters; the scheduler keeps a
  *     prefix cache per adapter. Memory: one base model plus the small factors.
- *   - merged (DiSHA, state tuning, full tensors other than ln1/ln2/ln_out): a model of its own, the
+ *   - merged (DiSHA, full tensors other than ln1/ln2/ln_out): a model of its own, the
  *     base with the adapter merged at load, with its own scheduler and cache.
  */
 
@@ -64,7 +64,7 @@ export function withAdapter(base: Model, adapter: string): Model {
   const hidden = base.hidden;
   return {
     config: base.config, backend: base.backend, fingerprint: base.fingerprint,
-    initState: () => { const s = base.initState(); s.adapter = adapter; return s; },
+    initState: () => base.initState(adapter),
     useTimeState: (c) => base.useTimeState(c),
     step: (t, s) => base.step(t, s),
     forward: (t, s, o) => base.forward(t, s, o),

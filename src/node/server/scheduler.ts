@@ -327,7 +327,7 @@ export class Scheduler {
       const prompt = job.spec.prompt;
       const hit = this.guard([job], () => this.cacheOf(job)?.lookup(prompt) ?? null);
       if (job.phase === "done") continue; // the lookup failed: the request got its error
-      job.state = hit ? hit.state : this.model.initState();
+      job.state = hit ? hit.state : this.model.initState(job.spec.adapter);
       job.state.adapter = job.spec.adapter;
       job.cachedTokens = hit ? hit.length : 0;
       job.admittedAt = performance.now();
