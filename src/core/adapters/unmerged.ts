@@ -57,18 +57,19 @@ export class UnmergedAdapters {
   private rowsPerSeq = 0;
   private arena: Arena | null = null;
 
-  constructor(base: Backend, private readonly linears: ReadonlyMap<string, Matrix>, private readonly modelSource: string) {
+  constructor(private readonly base: Backend, private readonly linears: ReadonlyMap<string, Matrix>, private readonly modelSource: string) {
     const inner = this.inner = base.tensors;
-    const kernels: TensorKernels = Object.create(inner) as TensorKernels;
-    kernels.matmul = (y, x, W) => {
-      inner.matmul(y, x, W);
-      if (this.active.length) this.addDeltas(y, x, W);
-    };
-    kernels.layerNorm = (y, x, weight, bias, eps) => {
-      inner.layerNorm(y, x, weight, bias, eps);
-      if (this.active.length) this.renorm(y, x, weight, bias, eps);
-    };
-    this.backend = Object.create(base, { tensors: { value: kernels } }) as Backend;
+    const kernels = withMethods(inner, {
+      matmul: (y, x, W) => {
+        inner.matmul(y, x, W);
+        if (this.active.length) this.addDeltas(y, x, W);
+      },
+      layerNorm: (y, x, weight, bias, eps) => {
+        inner.layerNorm(y, x, weight, bias, eps);
+        if (this.active.length) this.renorm(y, x, weight, bias, eps);
+      },
+    });
+    this.backend = withMethods(base, { tensors: kernels });
   }
 
   /** A layer-norm vector (`ln1.weight`...) of the model, which an adapter may replace. */
@@ -131,8 +132,8 @@ export class UnmergedAdapters {
       }
       const rr = a2.length / I;
       terms.set(W, {
-        a: this.backendOf().adopt({ rows: rr, cols: I, type: "f32", data: a2 }),
-        b: this.backendOf().adopt({ rows: O, cols: rr, type: "f32", data: b2 }),
+        a: this.base.adopt({ rows: rr, cols: I, type: "f32", data: a2 }),
+        b: this.base.adopt({ rows: O, cols: rr, type: "f32", data: b2 }),
       });
     }
     for (const n of a.tensors.keys()) {
@@ -202,9 +203,26 @@ export class UnmergedAdapters {
     });
   }
 
-  private backendOf(): Backend {
-    return Object.getPrototypeOf(this.backend) as Backend;
+}
+
+/**
+ * `target` with some members replaced: a plain object whose other methods are target's, bound to
+ * it (a backend's methods keep state on `this`, e.g. the wasm allocator's top, so an object derived
+ * from it by prototype would fork that state), and whose other properties read target's live.
+ * Built once: a kernel call through it costs one bound call, no lookup or allocation.
+ */
+function withMethods<T extends object>(target: T, overrides: Partial<T>): T {
+  const out: Record<PropertyKey, unknown> = {};
+  for (let o: object | null = target; o !== null && o !== Object.prototype; o = Object.getPrototypeOf(o) as object | null) {
+    for (const key of Reflect.ownKeys(o)) {
+      if (key === "constructor" || key in out || Object.prototype.hasOwnProperty.call(overrides, key)) continue;
+      const d = Object.getOwnPropertyDescriptor(o, key)!;
+      if (typeof d.value === "function") out[key] = (d.value as (...args: unknown[]) => unknown).bind(target);
+      else Object.defineProperty(out, key, { get: () => Reflect.get(target, key, target), enumerable: true });
+    }
   }
+  for (const key of Reflect.ownKeys(overrides)) Object.defineProperty(out, key, { value: (overrides as Record<PropertyKey, unknown>)[key], enumerable: true });
+  return out as T;
 }
 
 /** (O, 2r) = [sb·B, s0·B0] from two (O, r) matrices. */
