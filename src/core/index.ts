@@ -10,6 +10,8 @@ export { readSafetensors, writeSafetensors } from "./formats/safetensors.js";
 export { architectureFor, detectVersion } from "./model/detect.js";
 export { buildModel, type ForwardOptions, type Model, type ModelConfig, type Version } from "./model/model.js";
 export { State } from "./model/state.js";
+export type { Adapter } from "./adapters/adapter.js";
+export { UnmergedUnsupportedError } from "./adapters/unmerged.js";
 export type { DType, TensorEntry } from "./tensor.js";
 export * from "./tokenizer/index.js";
 export { argmax, DEFAULT_CHUNK_LEN, type FinishReason, generate, type GenerateInput, type GenerateOptions, type GenerationPiece, type GenerationResult, prefill } from "./generate.js";

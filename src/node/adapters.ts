@@ -2,6 +2,7 @@ import { existsSync, readFileSync, statSync } from "node:fs";
 import { join } from "node:path";
 import { type Adapter, BONE, DISHA, LORA_A } from "../core/adapters/adapter.js";
 import { RwkvInputError } from "../core/errors.js";
+import type { Model } from "../core/model/model.js";
 import type { TensorEntry } from "../core/tensor.js";
 import { loadCheckpoint } from "./load.js";
 
@@ -47,6 +48,20 @@ export function openAdapter(spec: AdapterSpec): { adapter: Adapter; close(): voi
   } catch (e) {
     close();
     throw e;
+  }
+}
+
+/**
+ * Keeps the adapter of `spec` unmerged in `model` under `name` (Model.loadAdapter: states whose
+ * `adapter` is `name` run with it). Throws UnmergedUnsupportedError for adapters that must be merged.
+ */
+export function loadAdapterUnmerged(model: Model, name: string, spec: AdapterSpec): void {
+  if (!model.loadAdapter) throw new RwkvInputError(spec.path, "this model cannot keep adapters unmerged (no loadAdapter)");
+  const { adapter, close } = openAdapter(spec);
+  try {
+    model.loadAdapter(name, adapter);
+  } finally {
+    close();
   }
 }
 

@@ -4,6 +4,7 @@ export { FileSource } from "./file-source.js";
 export { describeCheckpoint, type ModelInfo } from "./inspect.js";
 export { loadCheckpoint, loadModel, type LoadOptions } from "./load.js";
 export * from "./tokenizer.js";
+export { type AdapterSpec, loadAdapterUnmerged, openAdapter } from "./adapters.js";
 export { loadStartState, saveStateFile, type LoadedStart } from "./state-io.js";
 export { modelHomeFromEnv, type ModelHome, resolveModelArg } from "./pull/home.js";
 export { pullModel, type PullOptions, type PullResult } from "./pull/pull.js";

@@ -7,6 +7,8 @@ import { versionModule } from "./versions.js";
 import { State } from "./state.js";
 import { decodeWeightRow } from "../backend/weight-rows.js";
 import { type WeightOptions, Weights } from "./weights.js";
+import { type Adapter, TIME_STATE } from "../adapters/adapter.js";
+import { UnmergedAdapters } from "../adapters/unmerged.js";
 
 /*
  * The skeleton shared by every RWKV version (SPEC §1):
@@ -54,8 +56,12 @@ export interface Model {
    * the embedding and head. Saved states record it so they are never loaded into another model.
    */
   readonly fingerprint: string;
-  /** The starting state: zeros, or the trained `time_state` of a state-tuned checkpoint. */
-  initState(): State;
+  /**
+   * The starting state: zeros, or the trained `time_state` of a state-tuned checkpoint; with
+   * `adapter` (one loaded by loadAdapter), that adapter's (its own time_state, if it has one),
+   * marked with it (State.adapter).
+   */
+  initState(adapter?: string): State;
   /**
    * Makes the `blocks.i.att.time_state` tensors of `ckpt` (this model's own file or a separate
    * state-tuning file) the starting state returned by initState().
@@ -76,6 +82,14 @@ export interface Model {
    * Optional so that wrappers and test doubles of Model need not provide it; RwkvModel does.
    */
   hidden?(tokens: readonly number[], state: State, options?: ForwardOptions): Promise<Float32Array>;
+  /**
+   * Keeps a LoRA/PiSSA adapter unmerged under `name` (hot-swap): a State whose `adapter` is `name`
+   * runs with it, others with the base or their own adapter, in the same batch. Besides the factors
+   * it may replace ln1/ln2/ln_out and carry a time_state (initState(name) starts from it); DiSHA
+   * and other full tensors are refused with UnmergedUnsupportedError (merge those at load).
+   * Optional, as hidden().
+   */
+  loadAdapter?(name: string, adapter: Adapter): void;
   /**
    * Why `state` (e.g. read from a file) cannot continue in this model, or null when it can: its
    * layers and arrays must be this model's, fixed-size arrays of their exact size and growing
@@ -192,12 +206,18 @@ export class RwkvModel implements Model {
   private readonly arena: Arena;
   /** Settles when the last queued call has (never rejects: one failed call does not block the next). */
   private queue: Promise<unknown> = Promise.resolve();
+  /** Adapters kept unmerged; the blocks' matmuls go through it (a no-op while no state uses one). */
+  private readonly adapters: UnmergedAdapters;
+  /** The starting state of each unmerged adapter that carries a trained time_state. */
+  private readonly adapterInitial = new Map<string, State>();
 
   constructor(readonly config: ModelConfig, private readonly arch: Architecture, w: Weights, readonly backend: Backend) {
     const ckpt = w.ckpt;
     const { nLayer: L, nEmbd: C, vocabSize: V } = config;
     const K = backend.tensors;
-    const norm = (p: string): Norm => ({ weight: K.constant(w.vec(`${p}.weight`, C)), bias: K.constant(w.vec(`${p}.bias`, C)) });
+    this.adapters = new UnmergedAdapters(backend, w.linears, ckpt.source);
+    const vector = (name: string) => { const t = K.constant(w.vec(name, C)); this.adapters.register(name, t); return t; }; // (1, C)
+    const norm = (p: string): Norm => ({ weight: vector(`${p}.weight`), bias: vector(`${p}.bias`) });
     const table = arch.embeddingNorm === false ? null : w.storedTable("emb.weight", V, C); // (V, C)
     let embSample: Float32Array; // the raw embedding's elements that fingerprint() hashes
     if (table) {
@@ -220,7 +240,7 @@ export class RwkvModel implements Model {
     this.arena = K.arena();
     this.blocks = [];
     for (let i = 0; i < L; i++) {
-      this.blocks.push({ ln1: norm(`blocks.${i}.ln1`), ln2: norm(`blocks.${i}.ln2`), mix: arch.block(w, i, config, backend) });
+      this.blocks.push({ ln1: norm(`blocks.${i}.ln1`), ln2: norm(`blocks.${i}.ln2`), mix: arch.block(w, i, config, this.adapters.backend) });
     }
     this.lnOut = norm("ln_out");
     this.head = w.linear("head.weight", V, C);
@@ -230,11 +250,19 @@ export class RwkvModel implements Model {
     if (ckpt.tensors.has("blocks.0.att.time_state")) this.useTimeState(ckpt, w);
   }
 
-  initState(): State {
-    return this.initial.clone();
+  initState(adapter?: string): State {
+    if (adapter !== undefined && !this.adapters.has(adapter)) throw new RwkvInputError("initState", `adapter "${adapter}" is not loaded in this model`);
+    const s = ((adapter !== undefined ? this.adapterInitial.get(adapter) : undefined) ?? this.initial).clone();
+    s.adapter = adapter;
+    return s;
   }
 
   useTimeState(ckpt: Checkpoint, weights?: Weights): void {
+    this.initial = this.withTimeState(ckpt, weights);
+  }
+
+  /** The base's starting state with the `time_state` tensors of `ckpt` in place of its att_kv. */
+  private withTimeState(ckpt: Checkpoint, weights?: Weights): State {
     const { nLayer: L, nHead: H, headSize: N } = this.config;
     const convert = this.arch.timeStateToKv;
     if (!convert) throw new RwkvInputError(ckpt.source, `${this.arch.name} has no trainable initial state (time_state)`);
@@ -248,7 +276,16 @@ export class RwkvModel implements Model {
       found++;
     }
     if (found === 0) throw new RwkvInputError(ckpt.source, "no blocks.i.att.time_state tensors: not a state-tuning file");
-    this.initial = initial;
+    return initial;
+  }
+
+  loadAdapter(name: string, adapter: Adapter): void {
+    // Its trained time_state (state tuning) is its own starting state; the rest changes the weights.
+    const isState = (n: string) => n.endsWith(TIME_STATE);
+    const states = new Map([...adapter.tensors].filter(([n]) => isState(n)));
+    const initial = states.size ? this.withTimeState({ format: "safetensors", source: adapter.source, tensors: states, metadata: {} }) : null;
+    this.adapters.add(name, { ...adapter, tensors: new Map([...adapter.tensors].filter(([n]) => !isState(n))) });
+    if (initial) this.adapterInitial.set(name, initial);
   }
 
   step(token: number, state: State): Promise<Float32Array> {
@@ -318,7 +355,12 @@ export class RwkvModel implements Model {
       if (own !== state.version || state.layers.length !== L) {
         throw new RwkvInputError("state", `belongs to RWKV-${state.version} with ${state.layers.length} layers, not this RWKV-${this.config.version} model with ${L}`);
       }
+      if (state.adapter !== undefined && !this.adapters.has(state.adapter)) {
+        const known = this.adapters.names;
+        throw new RwkvInputError("state", `uses adapter "${state.adapter}", which this model has not loaded (${known.length ? `loaded: ${known.join(", ")}` : "none loaded"})`);
+      }
     }
+    const adapterOf = states.map((st) => st.adapter);
     const be = this.backend, K = be.tensors, A = this.arena;
     const growing = new Set(this.arch.growingState ?? []);
     if (be.residentArray) {
@@ -336,15 +378,18 @@ export class RwkvModel implements Model {
     for (let t0 = 0; t0 < T; t0 += chunk) {
       const n = Math.min(chunk, T - t0), last = t0 + n === T;
       const m = A.mark();
+      this.adapters.select(adapterOf, n);
       const x = this.layers(tokens, T, t0, n, bound, states); // (B·n, C)
       if (which === "all" || last) {
         const rows = which === "all" ? B * n : B;
+        this.adapters.select(adapterOf, which === "all" ? n : 1);
         const y = this.project(x, rows, out, which === "all" ? 1 : n); // (rows, width)
         if (chunk === T) result = K.read(y, rows);
         else K.read(y, rows, (result ??= new Float32Array((which === "all" ? B * T : B) * width)), which === "all" ? t0 * width : 0);
       }
       A.rewind(m);
     }
+    this.adapters.select([], 0);
     states.forEach((st, b) => st.layers.forEach((l, i) => { for (const name in l) if (!growing.has(name)) K.unbindState(l[name], bound[b][i][name]); }));
     return result!;
   }
@@ -352,7 +397,7 @@ export class RwkvModel implements Model {
   /** x (B·n, C) after every layer for tokens t0 … t0+n-1 of each sequence. */
   private layers(tokens: readonly number[], T: number, t0: number, n: number, bound: LayerTensors[][], states: readonly State[]): Tensor {
     const { nEmbd: C, nLayer: L } = this.config;
-    const K = this.backend.tensors, A = this.arena;
+    const K = this.adapters.backend.tensors, A = this.arena; // with the selected adapters' norms
     const B = bound.length, R = B * n;
     const x = A.take(R, C); // (B·n, C)
     const ids: number[] = []; // (B·n) the token of each row
@@ -393,7 +438,7 @@ export class RwkvModel implements Model {
    */
   private project(x: Tensor, rows: number, out: "logits" | "hidden", seqLen: number): Tensor {
     const { nEmbd: C, vocabSize: V } = this.config;
-    const K = this.backend.tensors, A = this.arena;
+    const K = this.adapters.backend.tensors, A = this.arena; // with the selected adapters' ln_out and head LoRA
     let h = x; // (rows, C)
     if (seqLen > 1) {
       h = A.take(rows, C);

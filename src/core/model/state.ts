@@ -17,10 +17,15 @@ export class State {
     /** The architecture version it belongs to (e.g. "7"). */
     readonly version: string,
     readonly layers: Array<Record<string, Float32Array>>,
+    /**
+     * The adapter (kept unmerged, Model.loadAdapter) every forward of this state runs with; absent:
+     * the base weights. Part of the state: the same numbers mean something else under another adapter.
+     */
+    public adapter?: string,
   ) {}
 
   clone(): State {
-    return new State(this.version, this.layers.map((l) => Object.fromEntries(Object.entries(l).map(([k, v]) => [k, v.slice()]))));
+    return new State(this.version, this.layers.map((l) => Object.fromEntries(Object.entries(l).map(([k, v]) => [k, v.slice()]))), this.adapter);
   }
 
   /** Total number of floats. */
@@ -31,11 +36,14 @@ export class State {
   }
 
   /**
-   * Bytes: magic "RWKVSTAT", u32 JSON length, JSON {version, layers: [[name, length]...]}, then the
+   * Bytes: magic "RWKVSTAT", u32 JSON length, JSON {version, layers: [[name, length]...], adapter?}, then the
    * f32 data in that order. (A file format with model identity is built on this by the state files.)
    */
   serialize(): Uint8Array {
-    const layout = { version: this.version, layers: this.layers.map((l) => Object.entries(l).map(([k, v]) => [k, v.length])) };
+    const layout = {
+      version: this.version, layers: this.layers.map((l) => Object.entries(l).map(([k, v]) => [k, v.length])),
+      ...(this.adapter !== undefined ? { adapter: this.adapter } : {}),
+    };
     const json = new TextEncoder().encode(JSON.stringify(layout));
     const head = 8 + 4 + json.length;
     const pad = (4 - (head % 4)) % 4;
@@ -56,7 +64,7 @@ export class State {
     const dv = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
     const jl = dv.getUint32(8, true);
     if (12 + jl > bytes.length) throw new FormatError(source, "truncated state header");
-    let layout: { version: string; layers: Array<Array<[string, number]>> };
+    let layout: { version: string; layers: Array<Array<[string, number]>>; adapter?: unknown };
     try {
       layout = JSON.parse(new TextDecoder().decode(bytes.subarray(12, 12 + jl)));
     } catch {
@@ -74,7 +82,8 @@ export class State {
       return l;
     });
     if (o !== bytes.length) throw new FormatError(source, `state has ${bytes.length - o} unexpected trailing bytes`);
-    return new State(String(layout.version), layers);
+    if (layout.adapter !== undefined && typeof layout.adapter !== "string") throw new FormatError(source, "state header's adapter is not a string");
+    return new State(String(layout.version), layers, layout.adapter);
   }
 }
 

@@ -30,6 +30,8 @@ export class Weights {
   private readonly compact: boolean;
   private readonly int8: boolean;
   private readonly used = new Set<string>();
+  /** Each Linear weight linear() made, by tensor name: where an unmerged adapter adds its delta. */
+  readonly linears = new Map<string, Matrix>();
 
   constructor(readonly ckpt: Checkpoint, readonly arch: string, options: WeightOptions = {}) {
     this.backend = options.backend ?? referenceBackend;
@@ -69,6 +71,12 @@ export class Weights {
 
   /** A Linear weight stored (out, in): used as y = W x. Kept in its stored type when it can be. */
   linear(name: string, out: number, inp: number): Matrix {
+    const m = this.readLinear(name, out, inp);
+    this.linears.set(name, m);
+    return m;
+  }
+
+  private readLinear(name: string, out: number, inp: number): Matrix {
     this.expectShape(name, [out, inp]);
     const e = this.entry(name);
     const blocks = BLOCK_TYPES.has(e.dtype as WeightType);

@@ -1,5 +1,5 @@
 import { readFileSync } from "node:fs";
-import type { Activation, Backend, Matrix, TensorKernels, Wkv4State } from "../../core/backend/backend.js";
+import type { Activation, Backend, Matrix, TensorKernels, WeightType, Wkv4State } from "../../core/backend/backend.js";
 import type { Checkpoint } from "../../core/formats/checkpoint.js";
 import { type MatrixDType, retypeMatrices } from "../../core/formats/retype.js";
 import { architectureFor, detectVersion } from "../../core/model/detect.js";
@@ -68,7 +68,14 @@ export class CountingBackend implements Backend {
   }
   get name(): string { return this.inner.name; }
   adopt(m: Matrix): Matrix { return this.inner.adopt(m); }
-  get adoptFrom(): Backend["adoptFrom"] { return this.inner.adoptFrom?.bind(this.inner); }
+  // A method, not a getter: wrappers (the model's unmerged-adapter backend) copy methods only.
+  adoptFrom(rows: number, cols: number, type: WeightType, bytes: number, fill: (dest: Uint8Array) => void): Matrix {
+    if (this.inner.adoptFrom) return this.inner.adoptFrom(rows, cols, type, bytes, fill);
+    const raw = new Uint8Array(bytes);
+    fill(raw);
+    const data = type === "f32" ? new Float32Array(raw.buffer) : type === "f16" || type === "bf16" ? new Uint16Array(raw.buffer) : raw;
+    return this.inner.adopt({ rows, cols, type, data });
+  }
   get residentArray(): ((a: Float32Array) => Float32Array) | undefined {
     return this.inner.residentArray?.bind(this.inner);
   }

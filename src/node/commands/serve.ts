@@ -28,7 +28,8 @@ export const SERVE_USAGE = `serve [MODEL]                OpenAI-compatible HTTP 
       --cors ORIGIN[,ORIGIN...]  let web pages from these origins call the API ("*": any; off by default;
                             --api-key is still required from them)
       --tokenizer PATH  --tokenizer-kind world|20b|bytes  --backend NAME
-      --adapter NAME=PATH[:ALPHA]  serve MODEL with an adapter too, as model "<model-name>+NAME" (repeatable)
+      --adapter NAME=PATH[:ALPHA]  serve MODEL with an adapter too, as model "<model-name>+NAME" (repeatable;
+                                   LoRA and state tuning kept unmerged in the one model, others merged)
 ${STATE_STORE_USAGE}`;
 
 /** An integer in [min, max] (positiveInt refuses 0, which --port and --queue allow). */
@@ -87,7 +88,7 @@ export async function serveCommand(args: string[], io: CliIO, config: CliConfig)
 
   const loadOptions = { ...modelLoadOptions(values, args), onNote: (t: string) => io.stderr(`note: ${t}\n`) };
   const model = await loadModel(modelPath, loadOptions);
-  const adapters = await loadServedAdapters(modelPath, loadOptions, (values.adapter as string[] | undefined) ?? []);
+  const adapters = await loadServedAdapters(model, modelPath, loadOptions, (values.adapter as string[] | undefined) ?? [], loadOptions.onNote);
   const tokenizer = tokenizerFor(values, model.config.vocabSize, modelPath);
   const stateStore = await stateStoreFromFlags(values, model, { matrices: loadOptions.matrices ?? "compact" }, settings.cacheBytes, io);
   const server = new RwkvServer({

@@ -24,6 +24,8 @@ export interface CompletionContext {
   readonly tokenizer: Tokenizer;
   readonly modelName: string;
   readonly scheduler: Scheduler;
+  /** The unmerged adapter the request named (its scheduler serves the base too). */
+  readonly adapter?: string;
   readonly limits: Limits;
   readonly names: ChatNames;
   readonly stopTokens: readonly number[];
@@ -180,8 +182,11 @@ export async function runCompletion(ctx: CompletionContext, request: GenerationR
   const continuation = chat && promptText !== null
     ? (output: string) => tokenizer.encode(promptText + replyContinuation(trimReplyStart(output)))
     : undefined;
-  const specs: JobSpec[] = choices.map((c, i) => ({ prompt, decoding: decodings[i], onText: onText(c), onToken: onToken(c), continuation, cachePrompt: !chat }));
-  await ctx.scheduler.cache?.prefetch(prompt); // another replica may have computed a longer prefix (--state-store)
+  const specs: JobSpec[] = choices.map((c, i) => ({
+    prompt, decoding: decodings[i], onText: onText(c), onToken: onToken(c), continuation, cachePrompt: !chat, ...(ctx.adapter !== undefined ? { adapter: ctx.adapter } : {}),
+  }));
+  // Another replica may have computed a longer prefix (--state-store, which holds base states only).
+  if (ctx.adapter === undefined) await ctx.scheduler.cache?.prefetch(prompt);
   const jobs = n === 1 ? [ctx.scheduler.submit(specs[0])] : ctx.scheduler.submitForked(specs);
   jobs.forEach((job, i) => { choices[i].job = job; });
   res.setHeader("X-Request-Id", id); // before the first turn of the loop can write anything (scheduler.ts)

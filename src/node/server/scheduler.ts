@@ -27,6 +27,10 @@ import { ApiError, HTTP } from "./errors.js";
  * ignores what the call returns for a request that is done by then. The work a finished request
  * leaves for the prefix cache (remember) runs at the end of the turn, before the next admits.
  *
+ * Adapters kept unmerged (Model.loadAdapter): a request's `adapter` goes on its State, so requests
+ * of different adapters and of the base share the slots and one stepBatch; each adapter has its
+ * own prefix cache (a state computed under one adapter is never resumed under another).
+ *
  * Determinism: a request's tokens depend only on its prompt, its options and its seed. Its Decoding
  * sees only its own logits row, and every kernel computes each row with the same operations in the
  * same order whatever else is in the batch (the reference matmul is one dot product per output;
@@ -45,10 +49,14 @@ export interface SchedulerOptions {
   readonly prefillChunk: number;
   /** The prefix cache's second level shared with other replicas (e.g. Redis); needs cacheBytes > 0. */
   readonly stateStore?: PrefixStore | null;
+  /** Adapters loaded unmerged into the model that requests may name (JobSpec.adapter); each gets a cacheBytes cache of its own. */
+  readonly adapters?: readonly string[];
 }
 
 export interface JobSpec {
   readonly prompt: readonly number[];
+  /** The adapter (loaded unmerged, SchedulerOptions.adapters) this request runs with; absent: the base. */
+  readonly adapter?: string;
   readonly decoding: Decoding;
   /** Receives each piece of text as soon as it is safe to show (called synchronously inside a turn). */
   readonly onText?: (text: string) => void;
@@ -159,7 +167,10 @@ export interface SchedulerMetrics {
 }
 
 export class Scheduler {
+  /** The base model's prefix cache. */
   readonly cache: PrefixCache | null;
+  /** Each unmerged adapter's (local only: the shared store holds base states). */
+  private readonly adapterCaches = new Map<string, PrefixCache | null>();
   readonly metrics: SchedulerMetrics = {
     requestsStarted: 0, requestsFinished: 0, requestsCancelled: 0, requestsFailed: 0, requestsRejected: 0,
     promptTokens: 0, promptTokensCached: 0, promptTokensProcessed: 0, completionTokens: 0,
@@ -179,6 +190,12 @@ export class Scheduler {
     }
     if (!Number.isSafeInteger(options.queue) || options.queue < 0) throw new RangeError(`queue must be an integer >= 0, got ${options.queue}`);
     this.cache = options.cacheBytes > 0 ? new PrefixCache(options.cacheBytes, options.stateStore ?? null) : null;
+    for (const a of options.adapters ?? []) this.adapterCaches.set(a, options.cacheBytes > 0 ? new PrefixCache(options.cacheBytes, null) : null);
+  }
+
+  /** The prefix cache of the job's adapter (the base's without one). */
+  private cacheOf(job: Job): PrefixCache | null {
+    return job.spec.adapter === undefined ? this.cache : this.adapterCaches.get(job.spec.adapter) ?? null;
   }
 
   get activeCount(): number { return this.active.length; }
@@ -191,6 +208,7 @@ export class Scheduler {
       this.metrics.requestsRejected++;
       throw new ApiError(HTTP.unavailable, "the server is shutting down", "server_error", null, "shutting_down");
     }
+    if (spec.adapter !== undefined && !this.adapterCaches.has(spec.adapter)) throw new RangeError(`adapter "${spec.adapter}" is not served by this scheduler`);
     if (spec.prompt.length === 0) throw new ApiError(HTTP.badRequest, "the prompt is empty", "invalid_request_error", "prompt", "invalid_value");
     if (this.active.length >= this.options.slots && this.waiting.length >= this.options.queue) {
       this.metrics.requestsRejected++;
@@ -307,9 +325,10 @@ export class Scheduler {
     while (this.waiting.length > 0 && this.active.length + 1 + this.waiting[0].followers.length <= this.options.slots) {
       const job = this.waiting.shift()!;
       const prompt = job.spec.prompt;
-      const hit = this.guard([job], () => this.cache?.lookup(prompt) ?? null);
+      const hit = this.guard([job], () => this.cacheOf(job)?.lookup(prompt) ?? null);
       if (job.phase === "done") continue; // the lookup failed: the request got its error
-      job.state = hit ? hit.state : this.model.initState();
+      job.state = hit ? hit.state : this.model.initState(job.spec.adapter);
+      job.state.adapter = job.spec.adapter;
       job.cachedTokens = hit ? hit.length : 0;
       job.admittedAt = performance.now();
       job.prefillPos = job.cachedTokens;
@@ -360,8 +379,8 @@ export class Scheduler {
       f.prefillPos = job.prefillPos;
     }
     // A retried request, or one sharing this exact prompt, starts here.
-    if (job.spec.cachePrompt) this.cache?.store(job.spec.prompt, job.state!, logits);
-    else if (this.cache && job.spec.continuation) job.afterPrompt = { state: job.state!.clone(), logits };
+    if (job.spec.cachePrompt) this.cacheOf(job)?.store(job.spec.prompt, job.state!, logits);
+    else if (this.cacheOf(job) && job.spec.continuation) job.afterPrompt = { state: job.state!.clone(), logits };
   }
 
   private async step(): Promise<void> {
@@ -422,7 +441,7 @@ export class Scheduler {
    * messages, never the older history. Without a continuation, the state after what was fed is.
    */
   private async remember(job: Job, reason: FinishReason): Promise<void> {
-    const cache = this.cache;
+    const cache = this.cacheOf(job);
     if (!cache || !job.state || !job.stateLogits) return;
     const target = job.spec.continuation?.(job.spec.decoding.output, reason) ?? null;
     const extra = target ? target.length - job.fed.length : -1;

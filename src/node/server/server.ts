@@ -11,7 +11,7 @@ import { embeddingsResponse, parseEmbeddingRequest } from "./embeddings.js";
 import { type GenerationRequest, type JsonObject, type Limits, parseChatRequest, parseCompletionRequest, parseJsonBody } from "./params.js";
 import { GrammarCache, runCompletion } from "./completion.js";
 import { Scheduler } from "./scheduler.js";
-import { AdapterRoutes } from "./adapters.js";
+import { AdapterRoutes, type ServedAdapter, UNMERGED } from "./adapters.js";
 import type { PrefixStore } from "../../core/prefix-cache.js";
 
 /*
@@ -40,8 +40,11 @@ export interface ServerOptions {
   readonly chatNames?: ChatNames;
   readonly penaltyDecay?: number;
   readonly prefillChunk?: number;
-  /** Adapters by name, each the base with it merged: requests select one with `model: "<modelName>+<name>"`. */
-  readonly adapters?: ReadonlyMap<string, Model>;
+  /**
+   * Adapters by name: requests select one with `model: "<modelName>+<name>"`. Each is the base with
+   * it merged, or UNMERGED: loaded into `model` with Model.loadAdapter under that name.
+   */
+  readonly adapters?: ReadonlyMap<string, ServedAdapter>;
   /** One line per finished request, when given. */
   readonly log?: (line: string) => void;
   /** Browser origins allowed to call the API (CORS); none when absent. */
@@ -97,17 +100,19 @@ export class RwkvServer {
   constructor(private readonly options: ServerOptions) {
     const d = SERVER_DEFAULTS;
     const { model, tokenizer } = options;
-    // Every served model (base and each adapter) gets its own scheduler and an equal share of the cache.
-    // The shared store (--state-store) holds the base model's states only: an adapter's states would
-    // need a namespace of their own, so its prefix cache stays local.
+    // The base and its unmerged adapters share one scheduler (one batch); a merged adapter gets one
+    // of its own. Every adapter and the base get an equal share of the prefix cache. The shared store
+    // (--state-store) holds the base model's states only: an adapter's states would need a namespace
+    // of their own, so its prefix cache stays local.
     const shares = 1 + (options.adapters?.size ?? 0);
-    const schedulerFor = (m: Model, stateStore?: PrefixStore) => new Scheduler(m, {
+    const unmerged = [...(options.adapters ?? new Map<string, ServedAdapter>())].filter(([, a]) => a === UNMERGED).map(([n]) => n);
+    const schedulerFor = (m: Model, stateStore?: PrefixStore, adapters?: string[]) => new Scheduler(m, {
       slots: options.slots ?? d.slots, queue: options.queue ?? d.queue,
       cacheBytes: Math.floor((options.cacheBytes ?? d.cacheMb * MIB) / shares), prefillChunk: options.prefillChunk ?? d.prefillChunk,
-      stateStore,
+      stateStore, adapters,
     });
-    this.scheduler = schedulerFor(model, options.stateStore);
-    this.adapters = new AdapterRoutes(options.modelName, options.adapters ?? new Map(), (m) => schedulerFor(m));
+    this.scheduler = schedulerFor(model, options.stateStore, unmerged);
+    this.adapters = new AdapterRoutes(options.modelName, options.adapters ?? new Map(), { model, scheduler: this.scheduler }, (m) => schedulerFor(m));
     this.choosable = Math.min(tokenizer.vocabSize, model.config.vocabSize);
     this.limits = {
       maxPromptTokens: options.maxPromptTokens ?? d.maxPromptTokens, maxTokensLimit: options.maxTokensLimit ?? d.maxTokensLimit,
@@ -147,10 +152,10 @@ export class RwkvServer {
   async shutdown(graceMs: number): Promise<{ cancelled: number }> {
     this.draining = true;
     this.scheduler.stopAccepting();
-    for (const a of this.adapters.all()) a.scheduler.stopAccepting();
+    for (const s of this.adapters.ownSchedulers()) s.stopAccepting();
     const closed = new Promise<void>((resolve) => this.http.close(() => resolve()));
     this.http.closeIdleConnections();
-    const all = [this.scheduler, ...this.adapters.all().map((a) => a.scheduler)];
+    const all = [this.scheduler, ...this.adapters.ownSchedulers()];
     const finished = (await Promise.all(all.map((s) => s.whenIdle(graceMs)))).every((f) => f);
     const cancelled = finished ? 0 : all.reduce((n, s) => n + s.activeCount + s.queuedCount, 0);
     if (!finished) for (const s of all) s.cancelAll("shutdown");
@@ -203,7 +208,7 @@ export class RwkvServer {
   }
 
   /** The model and scheduler serving `name`: the base, or an adapter ("base+NAME"); 404 otherwise. */
-  private checkModel(name: string): { model: Model; scheduler: Scheduler } {
+  private checkModel(name: string): { model: Model; scheduler: Scheduler; adapter?: string } {
     if (name === this.options.modelName) return { model: this.options.model, scheduler: this.scheduler };
     const adapter = this.adapters.get(name);
     if (adapter) return adapter;
@@ -250,10 +255,10 @@ export class RwkvServer {
   }
 
   private async generate(request: GenerationRequest, req: IncomingMessage, res: ServerResponse,
-    served: { model: Model; scheduler: Scheduler }): Promise<void> {
+    served: { model: Model; scheduler: Scheduler; adapter?: string }): Promise<void> {
     const { tokenizer, log } = this.options;
     await runCompletion({
-      model: served.model, tokenizer, modelName: request.model, log, scheduler: served.scheduler, limits: this.limits, names: this.names,
+      model: served.model, tokenizer, modelName: request.model, log, scheduler: served.scheduler, adapter: served.adapter, limits: this.limits, names: this.names,
       stopTokens: this.stopTokens, choosable: this.choosable, grammars: this.grammars,
     }, request, req, res);
   }

@@ -1,5 +1,5 @@
 import type { Activation, Arena, Backend, Matrix, Tensor, TensorKernels } from "../../backend/backend.js";
-import { type Architecture, type Block, eachSequence, type ModelConfig } from "../model.js";
+import { type Architecture, type Block, eachSequence, type LayerTensors, type ModelConfig } from "../model.js";
 import { headedLayerState } from "../v5/infer.js";
 import type { Weights } from "../weights.js";
 import { GROUP_NORM_EPS, MIX_NAMES } from "./sizes.js";
@@ -113,17 +113,26 @@ export function v7ChannelMix(w: Weights, i: number, cfg: ModelConfig, be: Backen
   const f = `blocks.${i}.ffn.`;
   const ffn = { x_k: K.constant(w.vec(f + "x_k", C)), key: w.linear(f + "key.weight", F, C), value: w.linear(f + "value.weight", C, F) };
   return (xx, T, s, { arena: A }) => {
-    const R = xx.rows; // B·T rows
-    const sx = A.take(R, C), xk = A.take(R, C); // (B·T, C)
-    eachSequence(s.length, T, (b, row0) => K.shift(sx, xx, s[b].ffn_x_prev, row0, T));
-    K.lerp([xk], xx, sx, [ffn.x_k]);
-    const k = A.take(R, F); // (B·T, F)
-    K.matmul(k, xk, ffn.key);
-    K.activate("relu2", k);
-    const out = A.take(R, C); // (B·T, C)
+    const k = v7FfnKey(K, A, xx, T, s, ffn.x_k, ffn.key); // (B·T, F)
+    const out = A.take(xx.rows, C); // (B·T, C)
     K.matmul(out, k, ffn.value);
     return out;
   };
+}
+
+/**
+ * The RWKV-7 channel mix up to its value projection, which 7a and 8 keep too:
+ * k = relu²(W_k lerp(xx, sx; x_k)) with sx the token shift from the state's ffn_x_prev. (B·T, C) -> (B·T, F)
+ */
+export function v7FfnKey(K: TensorKernels, A: Arena, xx: Tensor, T: number, s: readonly LayerTensors[], x_k: Tensor, key: Matrix): Tensor {
+  const R = xx.rows, C = xx.cols; // B·T rows
+  const sx = A.take(R, C), xk = A.take(R, C); // (B·T, C)
+  eachSequence(s.length, T, (b, row0) => K.shift(sx, xx, s[b].ffn_x_prev, row0, T));
+  K.lerp([xk], xx, sx, [x_k]);
+  const k = A.take(R, key.rows); // (B·T, F)
+  K.matmul(k, xk, key);
+  K.activate("relu2", k);
+  return k;
 }
 
 /** bias + act(x M1) M2 for a low-rank pair; `act` applies between the factors. (T, C) -> (T, C) */

@@ -1,6 +1,7 @@
 import type { Backend, Matrix, Tensor, TensorKernels } from "../../backend/backend.js";
 import { decodeWeightRow } from "../../backend/weight-rows.js";
-import { type Block, eachSequence, lnZeroEmbedding, type ModelConfig } from "../model.js";
+import { type Block, lnZeroEmbedding, type ModelConfig } from "../model.js";
+import { v7FfnKey } from "../v7/infer.js";
 import type { Weights } from "../weights.js";
 
 /*
@@ -51,12 +52,7 @@ export function deepEmbedChannelMix(w: Weights, i: number, cfg: ModelConfig, be:
 
   return (xx, T, s, { arena: A, tokens }) => {
     const R = xx.rows;
-    const sx = A.take(R, C), xk = A.take(R, C); // (R, C)
-    eachSequence(s.length, T, (b, row0) => K.shift(sx, xx, s[b].ffn_x_prev, row0, T));
-    K.lerp([xk], xx, sx, [x_k]);
-    const k = A.take(R, F); // (R, F)
-    K.matmul(k, xk, key);
-    K.activate("relu2", k);
+    const k = v7FfnKey(K, A, xx, T, s, x_k, key); // (R, F)
     const ss = A.take(R, GATE); // (R, E)
     K.matmul(ss, xx, s1);
     const m = A.take(R, GATE * GATE); // (R, E·E) each row's S[token]

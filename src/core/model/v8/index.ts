@@ -1,7 +1,7 @@
 import type { Backend } from "../../backend/backend.js";
 import { gatherRows } from "../v7a/deep-embed.js";
-import { type Architecture, type Block, eachSequence, type ModelConfig } from "../model.js";
-import { rwkv7, v7TimeMix } from "../v7/infer.js";
+import { type Architecture, type Block, type ModelConfig } from "../model.js";
+import { rwkv7, v7FfnKey, v7TimeMix } from "../v7/infer.js";
 import type { TensorLayout } from "../shapes.js";
 import { v7Successor } from "../v7/index.js";
 import type { VersionModule } from "../versions.js";
@@ -27,12 +27,7 @@ export function ennChannelMix(w: Weights, i: number, cfg: ModelConfig, be: Backe
 
   return (xx, T, s, { arena: A, tokens }) => {
     const R = xx.rows;
-    const sx = A.take(R, C), xk = A.take(R, C); // (R, C)
-    eachSequence(s.length, T, (b, row0) => K.shift(sx, xx, s[b].ffn_x_prev, row0, T));
-    K.lerp([xk], xx, sx, [x_k]);
-    const k = A.take(R, F); // (R, F)
-    K.matmul(k, xk, key);
-    K.activate("relu2", k);
+    const k = v7FfnKey(K, A, xx, T, s, x_k, key); // (R, F)
     const out = A.take(R, C); // (R, C)
     K.matmul(out, k, value);
     const e = A.take(R, C); // (R, C) enn[token] of each row
