@@ -93,7 +93,8 @@ const BF16_VS_FP32_BOUND = 0.2;
 
 function roundedToBf16(ckpt: Checkpoint): Checkpoint {
   const tensors = new Map([...ckpt.tensors].map(([name, e]) => [name, {
-    ...e, name, toFloat32: () => e.toFloat32().map((v) => bf16ToF32(f32ToBf16(v))),
+    // New values: the file's stored bytes (raw, rawInto) no longer describe the tensor.
+    ...e, name, raw: undefined, rawInto: undefined, toFloat32: () => e.toFloat32().map((v) => bf16ToF32(f32ToBf16(v))),
   }]));
   return { ...ckpt, tensors };
 }

@@ -1,4 +1,5 @@
 import { FormatError } from "./errors.js";
+import type { TensorEntry } from "./tensor.js";
 
 /**
  * Random-access, read-only bytes. Parsers take this instead of one big buffer so that a
@@ -11,6 +12,8 @@ export interface ByteSource {
   readonly size: number;
   /** Exactly `length` bytes at `offset`; throws FormatError when that runs past the end. */
   read(offset: number, length: number): Uint8Array;
+  /** Optional: `dest.length` bytes at `offset` written into `dest` (no buffer of its own). */
+  readInto?(offset: number, dest: Uint8Array): void;
 }
 
 export class MemorySource implements ByteSource {
@@ -21,6 +24,9 @@ export class MemorySource implements ByteSource {
   read(offset: number, length: number): Uint8Array {
     checkRange(this, offset, length);
     return this.bytes.subarray(offset, offset + length);
+  }
+  readInto(offset: number, dest: Uint8Array): void {
+    dest.set(this.read(offset, dest.length));
   }
 }
 
@@ -66,4 +72,18 @@ export class Reader {
     this.pos += n;
     return out;
   }
+}
+
+/** raw() and, where the source can, rawInto() over one stored byte range. */
+export function rawAccess(src: ByteSource, offset: number, length: number): Pick<TensorEntry, "raw" | "rawInto"> {
+  const readInto = src.readInto?.bind(src);
+  return {
+    raw: () => src.read(offset, length),
+    ...(readInto ? {
+      rawInto: (dest: Uint8Array) => {
+        if (dest.length !== length) throw new Error(`rawInto: destination holds ${dest.length} bytes, the tensor ${length}`);
+        readInto(offset, dest);
+      },
+    } : {}),
+  };
 }

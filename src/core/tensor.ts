@@ -19,6 +19,12 @@ export interface TensorEntry {
    * strides). Lets weight matrices stay in their compact type in memory.
    */
   raw?(): Uint8Array;
+  /**
+   * raw()'s bytes written straight into `dest` (exactly raw's length), e.g. a view of a backend's
+   * memory: a file-backed entry reads into it with no buffer of its own, so loading never holds a
+   * tensor twice. Present only with raw.
+   */
+  rawInto?(dest: Uint8Array): void;
 }
 
 export function numel(shape: readonly number[]): number {

@@ -8,6 +8,9 @@ import { RwkvInputError } from "../core/errors.js";
 // VM), which keeps the .pth checksum check a small part of a load; older Nodes keep the portable one.
 if (typeof zlib.crc32 === "function") useNativeCrc32((data, previous) => zlib.crc32(data, previous));
 
+/** Largest single read (bytes): Node's fs rejects a length of 2 GiB or more. */
+const MAX_READ = 2 ** 30;
+
 /**
  * A file read on demand through a descriptor: parsers pull headers and one tensor at a time, so
  * a checkpoint larger than memory's comfort (or than one 4 GiB buffer) is never held twice.
@@ -29,16 +32,22 @@ export class FileSource implements ByteSource {
   }
 
   read(offset: number, length: number): Uint8Array {
+    const buf = new Uint8Array(length);
+    this.readInto(offset, buf);
+    return buf;
+  }
+
+  readInto(offset: number, dest: Uint8Array): void {
+    const length = dest.length;
     checkRange(this, offset, length);
     if (this.fd === null) throw new Error(`${this.name}: read after close`);
-    const buf = new Uint8Array(length);
     let done = 0;
     while (done < length) {
-      const n = readSync(this.fd, buf, done, length - done, offset + done);
+      // At most MAX_READ per call: readSync refuses lengths over 2 GiB - 1.
+      const n = readSync(this.fd, dest, done, Math.min(length - done, MAX_READ), offset + done);
       if (n === 0) throw new RwkvInputError(this.name, "file shrank while reading");
       done += n;
     }
-    return buf;
   }
 
   close(): void {

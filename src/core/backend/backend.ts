@@ -64,6 +64,13 @@ export interface Backend {
   adopt(m: Matrix): Matrix;
 
   /**
+   * Optional: adopt() for a matrix whose stored bytes (`bytes` of them, in `type`'s layout) `fill`
+   * writes straight into the backend's own memory, e.g. read there from the file, so loading
+   * never holds a second copy of it. Same result as adopt() of those bytes.
+   */
+  adoptFrom?(rows: number, cols: number, type: WeightType, bytes: number, fill: (dest: Uint8Array) => void): Matrix;
+
+  /**
    * Optional: an array with a's values that this backend's kernels can update in place, for the
    * recurrent state, which every token reads and writes whole (the wasm backend: a view of its
    * memory, so a WKV scan copies nothing). Returns `a` itself when it already is one, or when the

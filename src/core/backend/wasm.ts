@@ -2,7 +2,7 @@ import type { Activation, Backend, Matrix, WeightType, Wkv4State } from "./backe
 import { WasmTensor, WasmTensorKernels } from "./wasm-tensors.js";
 import { referenceBackend } from "./reference.js";
 import { WASM_RELAXED_SIMD, WASM_SIMD } from "./wasm-binary.js";
-import { decodeMatrix, toF16s } from "./weight-rows.js";
+import { decodeMatrix, fitsF16s, toF16s } from "./weight-rows.js";
 import { WA, WasmBuilds, type WasmMemory, type WasmSimd, type WasmWorkerSpawner } from "../wasm-runtime.js";
 
 /*
@@ -334,10 +334,46 @@ export class WasmBackend implements Backend {
     if (type === "f16" && toF16s(m.data as Uint16Array, m.cols, new Uint16Array(this.memory.buffer, ptr, bytes >>> 1))) type = "f16s";
     else this.u8.set(src, ptr);
     this.u8.fill(0, ptr + bytes, ptr + bytes + WEIGHT_SLACK);
+    return this.adoptedAt(m.rows, m.cols, type, ptr, bytes);
+  }
+
+  adoptFrom(rows: number, cols: number, type: WeightType, bytes: number, fill: (dest: Uint8Array) => void): Matrix {
+    const ptr = this.alloc(bytes + WEIGHT_SLACK);
+    try {
+      fill(new Uint8Array(this.memory.buffer, ptr, bytes));
+    } catch (e) {
+      this.release(ptr, bytes + WEIGHT_SLACK);
+      throw e;
+    }
+    this.views();
+    let stored: WeightType = type;
+    if (type === "f16") {
+      const bits = new Uint16Array(this.memory.buffer, ptr, bytes >>> 1);
+      if (hasF16InfNaN(bits) || !fitsF16s(bits)) {
+        // The rare cases adopt() handles by copying (f32 for Inf/NaN, plain f16 bits when too large).
+        const copy = bits.slice();
+        this.release(ptr, bytes + WEIGHT_SLACK);
+        return this.adopt({ rows, cols, type, data: copy });
+      }
+      // f16 -> f16s in place, one row at a time through a row-sized buffer.
+      const row = new Uint16Array(cols);
+      for (let r = 0; r < rows; r++) {
+        const dst = bits.subarray(r * cols, (r + 1) * cols);
+        row.set(dst);
+        toF16s(row, cols, dst);
+      }
+      stored = "f16s";
+    }
+    this.u8.fill(0, ptr + bytes, ptr + bytes + WEIGHT_SLACK);
+    return this.adoptedAt(rows, cols, stored, ptr, bytes);
+  }
+
+  /** The Matrix for weights already in place at `ptr`, registered for matmul and for release. */
+  private adoptedAt(rows: number, cols: number, type: WeightType, ptr: number, bytes: number): Matrix {
     const view = type === "f32" ? new Float32Array(this.memory.buffer, ptr, bytes >>> 2)
       : type === "f16" || type === "bf16" || type === "f16s" ? new Uint16Array(this.memory.buffer, ptr, bytes >>> 1)
         : new Uint8Array(this.memory.buffer, ptr, bytes);
-    const out: Matrix = { rows: m.rows, cols: m.cols, type, data: view, handle: ptr };
+    const out: Matrix = { rows, cols, type, data: view, handle: ptr };
     this.adopted.set(out, { ptr, bytes: bytes + WEIGHT_SLACK, type });
     this.finalizer.register(out, [ptr, bytes + WEIGHT_SLACK]);
     return out;

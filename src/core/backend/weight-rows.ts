@@ -106,3 +106,10 @@ function ggmlType(t: WeightType): GgmlType {
   if (!g || !BLOCK_TYPES.has(t)) throw new Error(`no ggml block type for ${t}`);
   return g;
 }
+
+/** Whether toF16s can rewrite these f16 bits (no exponent that the f16s rescale would overflow). */
+export function fitsF16s(bits: Uint16Array): boolean {
+  const MAX_E = 30 - Math.log2(F16S_SCALE); // as in toF16s: the largest biased exponent that still fits
+  for (let i = 0; i < bits.length; i++) if (((bits[i] >> 10) & 0x1f) > MAX_E) return false;
+  return true;
+}

@@ -30,7 +30,11 @@ export function checkingFinite(ckpt: Checkpoint): Checkpoint {
     const fail = (what: string, index: number): never => {
       throw new FormatError(ckpt.source, `tensor ${name} holds a non-finite value (${what} at element ${index}): the file is corrupt (loading it would give NaN logits; --no-verify loads it anyway)`);
     };
-    const raw = e.raw;
+    const raw = e.raw, rawInto = e.rawInto;
+    const checkRaw = (b: Uint8Array) => {
+      const i = firstNonFiniteRaw(b, e.dtype);
+      if (i >= 0) fail(e.dtype in BLOCK_SCALES ? "a non-finite block scale" : "NaN or infinity", i);
+    };
     tensors.set(name, {
       ...e,
       toFloat32: () => {
@@ -42,11 +46,11 @@ export function checkingFinite(ckpt: Checkpoint): Checkpoint {
       ...(raw ? {
         raw: () => {
           const b = raw();
-          const i = firstNonFiniteRaw(b, e.dtype);
-          if (i >= 0) fail(e.dtype in BLOCK_SCALES ? "a non-finite block scale" : "NaN or infinity", i);
+          checkRaw(b);
           return b;
         },
       } : {}),
+      ...(rawInto ? { rawInto: (dest: Uint8Array) => { rawInto(dest); checkRaw(dest); } } : {}),
     });
   }
   return { ...ckpt, tensors };

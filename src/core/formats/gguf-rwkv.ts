@@ -1,4 +1,4 @@
-import type { ByteSource } from "../bytes.js";
+import { type ByteSource, rawAccess } from "../bytes.js";
 import { FormatError, RwkvInputError } from "../errors.js";
 import type { ModelConfig } from "../model/model.js";
 import { checkpointShapes } from "../model/shapes.js";
@@ -84,16 +84,19 @@ export function readGgufCheckpoint(src: ByteSource): GgufCheckpoint {
       if (e instanceof ShapeProblem) bad(t.name, e.message);
       throw e;
     }
-    add(entry(t, name, shape, () => {
+    const e = entry(t, name, shape, () => {
       const v = decodeValues(row, decodeGgufTensor(src, t), stored);
       if (factor !== 1) for (let i = 0; i < v.length; i++) v[i] *= factor;
       return v;
-    }));
+    });
+    // Stored exactly as the official tensor: matrices keep the file's (quantized) type in memory.
+    const asIs = !row.layout && !row.values && factor === 1 && shape.join() === stored.join();
+    add(asIs ? { ...e, ...rawAccess(src, t.dataOffset, t.byteLength) } : e);
   };
 
   for (const t of file.tensors) {
     const g = /^(token_embd|token_embd_norm|output_norm|output)\.(weight|bias)$/.exec(t.name);
-    if (g) { add(entry(t, `${TOP_LEVEL[g[1]]}.${g[2]}`, torchShape(t), () => decodeGgufTensor(src, t))); continue; }
+    if (g) { add({ ...entry(t, `${TOP_LEVEL[g[1]]}.${g[2]}`, torchShape(t), () => decodeGgufTensor(src, t)), ...rawAccess(src, t.dataOffset, t.byteLength) }); continue; }
     const m = /^blk\.(\d+)\.([a-z0-9_]+)\.(weight|bias)$/.exec(t.name);
     if (!m) bad(t.name, `not part of llama.cpp's ${arch} layout`);
     const layer = Number(m![1]), base = m![2], kind = m![3];

@@ -1,4 +1,4 @@
-import { type ByteSource, checkRange, Reader } from "../bytes.js";
+import { type ByteSource, checkRange, rawAccess, Reader } from "../bytes.js";
 import { FormatError } from "../errors.js";
 import { detectFromNames } from "../model/versions.js";
 import { numel, type TensorEntry } from "../tensor.js";
@@ -165,7 +165,7 @@ function officialEntries(src: ByteSource, rec: RwkvCppRecord, table: FormatTable
   }
   if (!row.layout && !row.values && officialShape.join() === shape.join()) {
     // The stored bytes are the official tensor as is.
-    return [{ ...entry(official, shape, raw), raw: () => src.read(rec.dataOffset, rec.byteLength) }];
+    return [{ ...entry(official, shape, raw), ...rawAccess(src, rec.dataOffset, rec.byteLength) }];
   }
   return [entry(official, officialShape, () => decodeValues(row, raw(), shape))];
 }

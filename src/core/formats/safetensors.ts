@@ -1,4 +1,4 @@
-import { type ByteSource, checkRange, Reader } from "../bytes.js";
+import { type ByteSource, checkRange, rawAccess, Reader } from "../bytes.js";
 import { FormatError } from "../errors.js";
 import { decodeFloats, DTYPE_BYTES, type DType, numel, type TensorEntry } from "../tensor.js";
 import { type Checkpoint, MAX_TENSOR_ELEMENTS } from "./checkpoint.js";
@@ -59,7 +59,7 @@ export function readSafetensors(src: ByteSource): Checkpoint {
     tensors.set(name, {
       name, dtype: dtype as DType, shape: shape as number[],
       toFloat32: () => decodeFloats(src.read(dataStart + begin, end - begin), dtype, count),
-      raw: () => src.read(dataStart + begin, end - begin),
+      ...rawAccess(src, dataStart + begin, end - begin),
     });
   }
   checkCoverage(src.name, ranges, src.size - dataStart);

@@ -186,7 +186,14 @@ interface Norm { weight: Tensor; bias: Tensor } // (1, C) each
 const SEQUENCE_CHUNK = 256;
 
 export class RwkvModel implements Model {
-  private readonly emb: Float32Array; // (V, C), ln0 already applied
+  /** (V, C) with ln0 applied, or null when the rows are normed as they are read from `embStored`. */
+  private readonly emb: Float32Array | null;
+  /**
+   * The embedding in the file's compact type (f16, bf16, block-quantized): its rows are widened and
+   * layer-normed per token, as rwkv.cpp does, instead of a (V, C) f32 table that for such files
+   * would be the largest part of the memory (the same values: each row is normed alone).
+   */
+  private readonly embStored: { table: Matrix; weight: Float32Array; bias: Float32Array } | null;
   private readonly blocks: Array<{ ln1: Norm; ln2: Norm; mix: Block }>;
   private readonly lnOut: Norm;
   private readonly head: Matrix; // (V, C)
@@ -211,9 +218,25 @@ export class RwkvModel implements Model {
     this.adapters = new UnmergedAdapters(backend, w.linears, ckpt.source);
     const vector = (name: string) => { const t = K.constant(w.vec(name, C)); this.adapters.register(name, t); return t; }; // (1, C)
     const norm = (p: string): Norm => ({ weight: vector(`${p}.weight`), bias: vector(`${p}.bias`) });
-    const emb = w.dense("emb.weight", V, C); // (V, C)
-    // Precompute ln0 over the whole embedding as the official inference code does (SPEC gotcha 8).
-    this.emb = arch.embeddingNorm === false ? emb : lnZeroEmbedding(w, backend, config, emb); // (V, C)
+    const table = arch.embeddingNorm === false ? null : w.storedTable("emb.weight", V, C); // (V, C)
+    let embSample: Float32Array; // the raw embedding's elements that fingerprint() hashes
+    if (table) {
+      const row = new Float32Array(C);
+      let decoded = -1;
+      embSample = fingerprintSample(V * C, (i) => {
+        const r = Math.floor(i / C);
+        if (r !== decoded) { decodeWeightRow(table, r, row); decoded = r; }
+        return row[i - r * C];
+      });
+      this.emb = null;
+      this.embStored = { table, weight: w.vec("blocks.0.ln0.weight", C), bias: w.vec("blocks.0.ln0.bias", C) };
+    } else {
+      const emb = w.dense("emb.weight", V, C); // (V, C)
+      embSample = fingerprintSample(emb.length, (i) => emb[i]); // before ln0, which works in place
+      // Precompute ln0 over the whole embedding as the official inference code does (SPEC gotcha 8).
+      this.emb = arch.embeddingNorm === false ? emb : lnZeroEmbedding(w, backend, config, emb); // (V, C)
+      this.embStored = null;
+    }
     this.arena = K.arena();
     this.blocks = [];
     for (let i = 0; i < L; i++) {
@@ -221,7 +244,7 @@ export class RwkvModel implements Model {
     }
     this.lnOut = norm("ln_out");
     this.head = w.linear("head.weight", V, C);
-    this.fingerprint = fingerprint(JSON.stringify(config), [emb, sampledRows(this.head)]);
+    this.fingerprint = fingerprint(JSON.stringify(config), [embSample, sampledRows(this.head)]);
     this.initial = new State(config.version, Array.from({ length: L }, () => arch.initLayerState(config)));
     // Read through `w`, so the time_state tensors count as used by the unknown-tensor check.
     if (ckpt.tensors.has("blocks.0.att.time_state")) this.useTimeState(ckpt, w);
@@ -379,7 +402,15 @@ export class RwkvModel implements Model {
     const x = A.take(R, C); // (B·n, C)
     const ids: number[] = []; // (B·n) the token of each row
     for (let b = 0; b < B; b++) for (let t = 0; t < n; t++) ids.push(tokens[b * T + t0 + t]);
-    ids.forEach((tok, row) => K.write(x, row * C, this.emb, tok * C, C));
+    if (this.emb) {
+      const emb = this.emb;
+      ids.forEach((tok, row) => K.write(x, row * C, emb, tok * C, C));
+    } else {
+      const { table, weight, bias } = this.embStored!;
+      const rows = new Float32Array(R * C); // (B·n, C)
+      ids.forEach((tok, row) => decodeWeightRow(table, tok, rows.subarray(row * C, (row + 1) * C)));
+      K.write(x, 0, this.backend.layerNorm(rows, R, C, weight, bias, LAYER_NORM_EPS), 0, R * C);
+    }
     const shared: Record<string, Tensor> = {};
     for (const [name, cols] of Object.entries(this.arch.sequenceTensors?.(this.config) ?? {})) shared[name] = A.take(R, cols); // (B·n, cols)
     const ctx: ForwardContext = { arena: A, shared, tokens: ids, states };
@@ -437,14 +468,24 @@ export function lnZeroEmbedding(w: Weights, backend: Backend, cfg: Pick<ModelCon
   const { vocabSize: V, nEmbd: C } = cfg;
   let e = LN0_CACHE.get(w);
   if (!e) {
-    // `emb`: the raw embedding when the caller already read it (each tensor is read once per load).
-    e = backend.layerNorm(emb ?? w.dense("emb.weight", V, C), V, C, w.vec("blocks.0.ln0.weight", C), w.vec("blocks.0.ln0.bias", C), LAYER_NORM_EPS); // (V, C)
+    // `emb`: the raw embedding when the caller already read it (each tensor is read once per load);
+    // it is normed in place (its caller keeps only the normed one), LN0_ROWS rows at a time, so the
+    // vocabulary's (V, C) table never exists twice.
+    e = emb ?? w.dense("emb.weight", V, C); // (V, C)
+    const weight = w.vec("blocks.0.ln0.weight", C), bias = w.vec("blocks.0.ln0.bias", C);
+    for (let r = 0; r < V; r += LN0_ROWS) {
+      const rows = Math.min(LN0_ROWS, V - r);
+      const part = e.subarray(r * C, (r + rows) * C); // (rows, C)
+      part.set(backend.layerNorm(part, rows, C, weight, bias, LAYER_NORM_EPS));
+    }
     LN0_CACHE.set(w, e);
   }
   return e;
 }
 
 const LN0_CACHE = new WeakMap<Weights, Float32Array>();
+/** Rows layer-normed per call at load: each row is normed alone, so any chunk gives the same bits. */
+const LN0_ROWS = 512;
 
 /** Elements hashed per tensor: enough to tell trained models apart, cheap for billions of weights. */
 const FINGERPRINT_SAMPLES = 1 << 16;
@@ -458,6 +499,17 @@ function sampledRows(m: Matrix): Float32Array {
 }
 
 const FINGERPRINT_ROWS = 64;
+
+/**
+ * The elements of an array of `length` that fingerprint() hashes (every step-th), gathered: hashed
+ * in turn they give the same fingerprint as the whole array, without keeping the whole array.
+ */
+function fingerprintSample(length: number, get: (i: number) => number): Float32Array {
+  const step = Math.max(1, Math.floor(length / FINGERPRINT_SAMPLES));
+  const out = new Float32Array(Math.ceil(length / step));
+  for (let i = 0, k = 0; i < length; i += step, k++) out[k] = get(i);
+  return out;
+}
 
 /** 64-bit FNV-1a (as two 32-bit lanes) over a string and a strided sample of each array's bits. */
 function fingerprint(text: string, arrays: Float32Array[]): string {

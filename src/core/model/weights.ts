@@ -3,7 +3,8 @@ import { quantizeInt8 } from "../backend/int8.js";
 import { referenceBackend } from "../backend/reference.js";
 import { FormatError } from "../errors.js";
 import type { Checkpoint } from "../formats/checkpoint.js";
-import { f32ToBf16, f32ToF16, numel, transposeLast2 } from "../tensor.js";
+import { GGML_TYPES, ggmlBytes } from "../formats/ggml-quants.js";
+import { bf16ToF32, f16ToF32, f32ToBf16, f32ToF16, numel, transposeLast2 } from "../tensor.js";
 
 /**
  * Typed access to a checkpoint's tensors for model construction: every lookup states the shape it
@@ -80,9 +81,16 @@ export class Weights {
     const e = this.entry(name);
     const blocks = BLOCK_TYPES.has(e.dtype as WeightType);
     if (this.int8 && !blocks) return this.backend.adopt(quantizeInt8(e.toFloat32(), out, inp));
-    if (this.compact && e.raw && COMPACT_TYPES.has(e.dtype) && (!blocks || inp % BLOCK === 0)) {
-      const bytes = e.raw();
+    const keep = e.dtype === "f32" || (this.compact && COMPACT_TYPES.has(e.dtype) && (!blocks || inp % BLOCK === 0));
+    const rawInto = e.rawInto, adoptFrom = this.backend.adoptFrom?.bind(this.backend);
+    if (keep && rawInto && adoptFrom) {
+      // From the file straight into the backend's memory: no copy of the matrix in JavaScript.
       const type = e.dtype as WeightType;
+      return adoptFrom(out, inp, type, weightBytes(type, out, inp), (dest) => rawInto(dest));
+    }
+    if (this.compact && e.raw && COMPACT_TYPES.has(e.dtype) && (!blocks || inp % BLOCK === 0)) {
+      const type = e.dtype as WeightType;
+      const bytes = e.raw();
       // Typed views need aligned, private storage: copy once (the source buffer is per-read anyway).
       const own = bytes.byteOffset % 4 === 0 ? bytes : bytes.slice();
       const data = blocks ? own : new Uint16Array(own.buffer, own.byteOffset, out * inp);
@@ -94,7 +102,41 @@ export class Weights {
   /** A (rows, cols) tensor as plain f32, e.g. the embedding, which is layer-normed at load. */
   dense(name: string, rows: number, cols: number): Float32Array {
     this.expectShape(name, [rows, cols]);
-    return this.entry(name).toFloat32();
+    const e = this.entry(name);
+    if (e.dtype === "f32" && e.rawInto) {
+      // Read into the result itself: an f32 embedding is the largest tensor, and a read buffer
+      // plus its copy would briefly hold it twice. (Little-endian bytes, as every wasm/JS host here.)
+      const out = new Float32Array(rows * cols);
+      e.rawInto(new Uint8Array(out.buffer));
+      return out;
+    }
+    if ((e.dtype === "f16" || e.dtype === "bf16") && e.rawInto) {
+      // The 16-bit values read into the upper half of the result, then widened front to back in
+      // place: element n's 4 bytes only cover 16-bit elements at or before n, already read.
+      const n = rows * cols;
+      const out = new Float32Array(n);
+      const half = new Uint16Array(out.buffer, 2 * n, n);
+      e.rawInto(new Uint8Array(half.buffer, half.byteOffset, 2 * n));
+      const widen = e.dtype === "f16" ? f16ToF32 : (h: number) => bf16ToF32(h);
+      for (let i = 0; i < n; i++) out[i] = widen(half[i]);
+      return out;
+    }
+    return e.toFloat32();
+  }
+
+  /**
+   * A (rows, cols) tensor kept in the file's compact type (f16, bf16, block-quantized), for tables
+   * of which a forward reads a few rows (the embedding); null when the file stores it otherwise or
+   * matrices are upcast to f32.
+   */
+  storedTable(name: string, rows: number, cols: number): Matrix | null {
+    this.expectShape(name, [rows, cols]);
+    const e = this.entry(name);
+    const blocks = BLOCK_TYPES.has(e.dtype as WeightType);
+    if (!this.compact || !e.raw || !COMPACT_TYPES.has(e.dtype) || (blocks && cols % BLOCK !== 0)) return null;
+    const bytes = e.raw();
+    const own = bytes.byteOffset % 4 === 0 ? bytes : bytes.slice();
+    return { rows, cols, type: e.dtype as WeightType, data: blocks ? own : new Uint16Array(own.buffer, own.byteOffset, rows * cols) };
   }
 
   /**
@@ -160,4 +202,13 @@ export class Weights {
 /** (R, K) row-major -> (K, R) row-major. */
 export function transpose(m: Float32Array, R: number, K: number): Float32Array {
   return transposeLast2(m, 1, R, K);
+}
+
+/** Bytes of a (rows, cols) matrix stored in `type` (block types: rows of 32-element blocks). */
+function weightBytes(type: WeightType, rows: number, cols: number): number {
+  if (type === "f32") return rows * cols * 4;
+  if (type === "f16" || type === "bf16") return rows * cols * 2;
+  const g = [...GGML_TYPES.values()].find((t) => t.dtype === type);
+  if (!g) throw new Error(`no stored size known for weight type ${type}`);
+  return rows * ggmlBytes(g, cols);
 }

@@ -1,5 +1,5 @@
 import { readFileSync } from "node:fs";
-import type { Activation, Backend, Matrix, TensorKernels, Wkv4State } from "../../core/backend/backend.js";
+import type { Activation, Backend, Matrix, TensorKernels, WeightType, Wkv4State } from "../../core/backend/backend.js";
 import type { Checkpoint } from "../../core/formats/checkpoint.js";
 import { type MatrixDType, retypeMatrices } from "../../core/formats/retype.js";
 import { architectureFor, detectVersion } from "../../core/model/detect.js";
@@ -68,6 +68,14 @@ export class CountingBackend implements Backend {
   }
   get name(): string { return this.inner.name; }
   adopt(m: Matrix): Matrix { return this.inner.adopt(m); }
+  // A method, not a getter: wrappers (the model's unmerged-adapter backend) copy methods only.
+  adoptFrom(rows: number, cols: number, type: WeightType, bytes: number, fill: (dest: Uint8Array) => void): Matrix {
+    if (this.inner.adoptFrom) return this.inner.adoptFrom(rows, cols, type, bytes, fill);
+    const raw = new Uint8Array(bytes);
+    fill(raw);
+    const data = type === "f32" ? new Float32Array(raw.buffer) : type === "f16" || type === "bf16" ? new Uint16Array(raw.buffer) : raw;
+    return this.inner.adopt({ rows, cols, type, data });
+  }
   get residentArray(): ((a: Float32Array) => Float32Array) | undefined {
     return this.inner.residentArray?.bind(this.inner);
   }
@@ -277,9 +285,13 @@ export interface ProbeResult {
  */
 export async function probeBandwidth(backend: Backend, cols: number, mib: number, runs: number, quiet: boolean): Promise<ProbeResult> {
   const rows = Math.max(1, Math.round((mib * 2 ** 20) / (4 * cols)));
-  const data = new Float32Array(rows * cols); // (rows, cols)
-  for (let i = 0; i < data.length; i++) data[i] = ((i * 2654435761) >>> 0) / 2 ** 32 - 0.5; // any finite values
-  const W = backend.adopt({ rows, cols, type: "f32", data });
+  const fill = (data: Float32Array) => { // (rows, cols)
+    for (let i = 0; i < data.length; i++) data[i] = ((i * 2654435761) >>> 0) / 2 ** 32 - 0.5; // any finite values
+  };
+  const bytes = rows * cols * 4;
+  // Written in the backend's memory where it can: the probe's matrix is not held twice either.
+  const W = backend.adoptFrom ? backend.adoptFrom(rows, cols, "f32", bytes, (d) => fill(new Float32Array(d.buffer, d.byteOffset, rows * cols)))
+    : backend.adopt({ rows, cols, type: "f32", data: (() => { const d = new Float32Array(rows * cols); fill(d); return d; })() });
   const x = new Float32Array(cols).fill(1 / cols); // (cols)
   let passMs = 0;
   for (let i = 0; i < PROBE_WARMUP; i++) {
@@ -290,7 +302,6 @@ export async function probeBandwidth(backend: Backend, cols: number, mib: number
   // Several passes a run, so that a run over a big matrix is long enough for the quiet guard to
   // judge; a small one (tests) stays short.
   const passes = Math.min(PROBE_MAX_PASSES, Math.max(1, Math.ceil(PROBE_RUN_MS / Math.max(passMs, 1e-3))));
-  const bytes = data.byteLength;
   const timed: Timed[] = [];
   for (let r = 0; r < runs; r++) timed.push(await timeQuietly(() => { for (let p = 0; p < passes; p++) backend.matmul(x, 1, W); }, quiet));
   const rates = timed.map((t) => (passes * bytes) / t.seconds);
