@@ -5,6 +5,8 @@ import { referenceBackend } from "../src/core/backend/reference.js";
 import { WasmBackend, wasmAvailable } from "../src/core/backend/wasm.js";
 import type { Version } from "../src/core/model/model.js";
 import { benchModel } from "../src/node/bench/measure.js";
+import { loadModel } from "../src/node/load.js";
+import { fileURLToPath } from "node:url";
 
 /*
  * The engine over backend-resident tensors (model.ts, backend.ts TensorKernels). Long prompts run
@@ -79,6 +81,23 @@ for (const [label, make] of backends) {
       assert.equal(await countTypedArrays(() => { new Float32Array(1).subarray(0); }), 2);
     });
   }
+}
+
+// A file whose embedding is stored in a compact type keeps it so (each token's row widened and
+// ln0-normed as it is read): that path must not allocate per token either. The committed RWKV-7a
+// golden model is stored in f16.
+for (const backend of ["reference", "wasm"]) {
+  test(`decoding ${TOKENS} tokens with an f16 embedding allocates only the logits [RWKV-7a file, ${backend}]`, async (t) => {
+    if (backend === "wasm" && !wasmAvailable()) return t.skip("no WebAssembly SIMD here");
+    const model = await loadModel(fileURLToPath(new URL("../../test/fixtures/golden/v7a/head64/model.safetensors", import.meta.url)), { backend, threads: 1 });
+    const V = model.config.vocabSize;
+    const state = model.initState();
+    for (let i = 0; i < 3; i++) await model.step(i, state);
+    const n = await countTypedArrays(async () => {
+      for (let i = 0; i < TOKENS; i++) await model.step((i * 7) % V, state);
+    });
+    assert.equal(n, TOKENS, `${n} typed arrays for ${TOKENS} tokens: only the returned logits may be new`);
+  });
 }
 
 for (const [label, make] of backends) {

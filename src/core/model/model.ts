@@ -193,7 +193,7 @@ export class RwkvModel implements Model {
    * layer-normed per token, as rwkv.cpp does, instead of a (V, C) f32 table that for such files
    * would be the largest part of the memory (the same values: each row is normed alone).
    */
-  private readonly embStored: { table: Matrix; weight: Float32Array; bias: Float32Array } | null;
+  private readonly embStored: { table: Matrix; weight: Tensor; bias: Tensor; row: Float32Array } | null;
   private readonly blocks: Array<{ ln1: Norm; ln2: Norm; mix: Block }>;
   private readonly lnOut: Norm;
   private readonly head: Matrix; // (V, C)
@@ -229,7 +229,10 @@ export class RwkvModel implements Model {
         return row[i - r * C];
       });
       this.emb = null;
-      this.embStored = { table, weight: w.vec("blocks.0.ln0.weight", C), bias: w.vec("blocks.0.ln0.bias", C) };
+      this.embStored = {
+        table, weight: K.constant(w.vec("blocks.0.ln0.weight", C)), bias: K.constant(w.vec("blocks.0.ln0.bias", C)), // (1, C)
+        row: new Float32Array(C), // one widened row, reused
+      };
     } else {
       const emb = w.dense("emb.weight", V, C); // (V, C)
       embSample = fingerprintSample(emb.length, (i) => emb[i]); // before ln0, which works in place
@@ -406,10 +409,10 @@ export class RwkvModel implements Model {
       const emb = this.emb;
       ids.forEach((tok, row) => K.write(x, row * C, emb, tok * C, C));
     } else {
-      const { table, weight, bias } = this.embStored!;
-      const rows = new Float32Array(R * C); // (B·n, C)
-      ids.forEach((tok, row) => decodeWeightRow(table, tok, rows.subarray(row * C, (row + 1) * C)));
-      K.write(x, 0, this.backend.layerNorm(rows, R, C, weight, bias, LAYER_NORM_EPS), 0, R * C);
+      const { table, weight, bias, row: buf } = this.embStored!;
+      const Kb = this.backend.tensors, raw = A.take(R, C); // (B·n, C) the rows as stored, widened
+      ids.forEach((tok, row) => { decodeWeightRow(table, tok, buf); Kb.write(raw, row * C, buf, 0, C); });
+      Kb.layerNorm(x, raw, weight, bias, LAYER_NORM_EPS); // ln0
     }
     const shared: Record<string, Tensor> = {};
     for (const [name, cols] of Object.entries(this.arch.sequenceTensors?.(this.config) ?? {})) shared[name] = A.take(R, cols); // (B·n, cols)
