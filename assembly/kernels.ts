@@ -125,6 +125,22 @@ export function runJob(ctrl: usize, job: i32, part: i32, nparts: i32): void {
   return (f32x4.extract_lane(v, 0) + f32x4.extract_lane(v, 2)) + (f32x4.extract_lane(v, 1) + f32x4.extract_lane(v, 3));
 }
 
+/**
+ * The integer kernels' epilogue: y[t + j][o] = Σ lanes of a_j + m_j for the mt (1 or 4) activation
+ * rows of one output row (m_j: the q4_1/q5_1 min terms, 0 otherwise).
+ */
+/* @inline */ function storeIntRows(y: usize, t: i32, O: i32, o: i32, mt: i32, a0: v128, a1: v128, a2: v128, a3: v128, m0: f32, m1: f32, m2: f32, m3: f32): void {
+  const ys = <usize>O << 2;
+  const yo = y + <usize>t * ys + (<usize>o << 2);
+  store<f32>(yo, hsum(a0) + m0);
+  if (mt == 4) {
+    store<f32>(yo + ys, hsum(a1) + m1);
+    store<f32>(yo + 2 * ys, hsum(a2) + m2);
+    store<f32>(yo + 3 * ys, hsum(a3) + m3);
+  }
+}
+
+
 // ---------------------------------------------------------------------------------------------
 // Float weights (f32, f16, bf16): y (T, O) = x (T, I) Wᵀ, x f32.
 
@@ -623,14 +639,7 @@ function quantizeRowI8(xr: usize, I: i32, nb: i32, qr: usize, dx: usize, sx: usi
       }
     }
   }
-  const ys = <usize>O << 2;
-  const yo = y + <usize>t * ys + (<usize>o << 2);
-  store<f32>(yo, hsum(a0) + m0);
-  if (mt == 4) {
-    store<f32>(yo + ys, hsum(a1) + m1);
-    store<f32>(yo + 2 * ys, hsum(a2) + m2);
-    store<f32>(yo + 3 * ys, hsum(a3) + m3);
-  }
+  storeIntRows(y, t, O, o, mt, a0, a1, a2, a3, m0, m1, m2, m3);
 }
 
 /**
@@ -746,14 +755,7 @@ export function relaxedDotOk(): i32 {
       }
     }
   }
-  const ys = <usize>O << 2;
-  const yo = y + <usize>t * ys + (<usize>o << 2);
-  store<f32>(yo, hsum(a0) + m0);
-  if (mt == 4) {
-    store<f32>(yo + ys, hsum(a1) + m1);
-    store<f32>(yo + 2 * ys, hsum(a2) + m2);
-    store<f32>(yo + 3 * ys, hsum(a3) + m3);
-  }
+  storeIntRows(y, t, O, o, mt, a0, a1, a2, a3, m0, m1, m2, m3);
 }
 
 /** intRowPair for the i8·i7 layout (T = 1): rows o and o1 = the row `gap` bytes further. */

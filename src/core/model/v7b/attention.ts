@@ -1,6 +1,7 @@
 import type { Arena, Backend, Matrix, Tensor } from "../../backend/backend.js";
-import { type Block, eachSequence, LAYER_NORM_EPS, type LayerState, type ModelConfig } from "../model.js";
+import { type Architecture, type Block, eachSequence, LAYER_NORM_EPS, type LayerState, type ModelConfig } from "../model.js";
 import { foldedTable, gatherRows } from "../v7a/deep-embed.js";
+import type { TensorShapes } from "../shapes.js";
 import type { Weights } from "../weights.js";
 
 /*
@@ -49,6 +50,23 @@ export function checkCache(cfg: ModelConfig, l: LayerState): string | null {
 /** Floats per token a layer's cache gains: E of k, E of v, one token id. */
 export function cacheFloatsPerToken(E: number, cfg: ModelConfig): number {
   return cfg.nLayer * (2 * E + 1);
+}
+
+/** A layer's cache arrays at the start: no tokens seen. */
+export function emptyCache(): LayerState {
+  return { k_cache: new Float32Array(0), v_cache: new Float32Array(0), ctx_tokens: new Float32Array(0) };
+}
+
+/**
+ * The Architecture fields of a state that grows by a KV cache (7b and the 8 hybrid), E (the cache
+ * width per token) read from the weights by `cacheWidth`.
+ */
+export function growingCache(cacheWidth: (w: Pick<TensorShapes, "shape">) => number): Pick<Architecture, "growingState" | "checkGrowingState" | "stateFloatsPerToken"> {
+  return {
+    growingState: CACHE_FIELDS,
+    checkGrowingState: checkCache,
+    stateFloatsPerToken: (w, cfg) => cacheFloatsPerToken(cacheWidth(w), cfg),
+  };
 }
 
 /** Random-model ranges of the attention's LayerNorms (lnq, lnk, lnv): weights near 1, biases near 0. */

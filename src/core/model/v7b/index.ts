@@ -6,7 +6,7 @@ import { deepEmbedLayout, deepEmbedRandom } from "../v7a/index.js";
 import type { VersionModule } from "../versions.js";
 import { rwkv7, v7TimeMix } from "../v7/infer.js";
 import { deepEmbedChannelMix } from "../v7a/deep-embed.js";
-import { ATTENTION_WIDTH, attentionNormRandom, CACHE_FIELDS, CACHE_WIDTH, cacheFloatsPerToken, checkCache, deepEmbedAttention } from "./attention.js";
+import { ATTENTION_WIDTH, attentionNormRandom, CACHE_WIDTH, emptyCache, growingCache, deepEmbedAttention } from "./attention.js";
 
 /**
  * RWKV-7b = RWKV-7a + DeepEmbedAttention (../shared/reference/rwkv-lm/rwkv_v7b_demo.py): per block
@@ -19,11 +19,9 @@ export const rwkv7b: Architecture = {
   initLayerState: (cfg) => ({
     ...rwkv7.initLayerState(cfg),
     q_prev: new Float32Array(ATTENTION_WIDTH), // the token shift of q
-    k_cache: new Float32Array(0), v_cache: new Float32Array(0), ctx_tokens: new Float32Array(0),
+    ...emptyCache(),
   }),
-  growingState: CACHE_FIELDS,
-  checkGrowingState: checkCache,
-  stateFloatsPerToken: (w, cfg) => cacheFloatsPerToken(w.shape("blocks.0.qkv.k1")[1], cfg),
+  ...growingCache((w) => w.shape("blocks.0.qkv.k1")[1]),
   block(w, i, cfg, be) {
     return { attention: deepEmbedAttention(w, i, cfg, be), timeMix: v7TimeMix(w, i, cfg, be), channelMix: deepEmbedChannelMix(w, i, cfg, be) };
   },

@@ -3,7 +3,7 @@ import type { TensorLayout } from "../shapes.js";
 import { v7Successor } from "../v7/index.js";
 import type { VersionModule } from "../versions.js";
 import { rwkv7, v7TimeMix } from "../v7/infer.js";
-import { ATTENTION_WIDTH, attentionNormRandom, CACHE_FIELDS, CACHE_WIDTH, cacheFloatsPerToken, checkCache, hybridAttention } from "../v7b/attention.js";
+import { ATTENTION_WIDTH, attentionNormRandom, CACHE_WIDTH, emptyCache, growingCache, hybridAttention } from "../v7b/attention.js";
 import { ennChannelMix, ennLayout, ennRandom } from "./index.js";
 
 /**
@@ -19,11 +19,9 @@ export const rwkv8Hybrid: Architecture = {
   unusedByDesign: /^blocks\.0\.(att\.v[012]|ln0\.(weight|bias))$/,
   initLayerState: (cfg) => ({
     ...rwkv7.initLayerState(cfg),
-    k_cache: new Float32Array(0), v_cache: new Float32Array(0), ctx_tokens: new Float32Array(0),
+    ...emptyCache(),
   }),
-  growingState: CACHE_FIELDS,
-  checkGrowingState: checkCache,
-  stateFloatsPerToken: (w, cfg) => cacheFloatsPerToken(w.shape("blocks.0.qkv.kk.weight")[0], cfg),
+  ...growingCache((w) => w.shape("blocks.0.qkv.kk.weight")[0]),
   block(w, i, cfg, be) {
     return { attention: hybridAttention(w, i, cfg, be), timeMix: v7TimeMix(w, i, cfg, be), channelMix: ennChannelMix(w, i, cfg, be) };
   },
