@@ -17,6 +17,12 @@ export const CHROMIUM_ARGS = [
   "--disable-component-update", "--disable-sync",
 ];
 
+/**
+ * WebGPU on the CPU: Chromium's SwiftShader adapter, behind the unsafe-WebGPU switch on Linux. It
+ * works with --disable-gpu (which only turns off the GPU process's hardware paths).
+ */
+export const WEBGPU_ARGS = ["--enable-unsafe-webgpu", "--use-webgpu-adapter=swiftshader"];
+
 /** How long a launch may take on a busy 2-core machine. */
 const LAUNCH_TIMEOUT_MS = 60_000;
 
@@ -28,7 +34,7 @@ export interface Chromium {
 }
 
 /** Starts Chromium with a fresh profile, or skips `t` (fails under CI) when it is not installed. */
-export async function launchChromium(t: TestContext): Promise<Chromium | null> {
+export async function launchChromium(t: TestContext, extraArgs: readonly string[] = []): Promise<Chromium | null> {
   if (!existsSync(CHROMIUM_PATH)) {
     if (process.env.CI === "true") throw new Error(`Chromium not found at ${CHROMIUM_PATH} (install Debian's chromium)`);
     t.skip(`Chromium not found at ${CHROMIUM_PATH}`);
@@ -36,7 +42,7 @@ export async function launchChromium(t: TestContext): Promise<Chromium | null> {
   }
   const profile = mkdtempSync(join(tmpdir(), "rwkv-chromium-"));
   const context = await chromium.launchPersistentContext(profile, {
-    executablePath: CHROMIUM_PATH, headless: true, args: CHROMIUM_ARGS, acceptDownloads: true, timeout: LAUNCH_TIMEOUT_MS,
+    executablePath: CHROMIUM_PATH, headless: true, args: [...CHROMIUM_ARGS, ...extraArgs], acceptDownloads: true, timeout: LAUNCH_TIMEOUT_MS,
   });
   return {
     context,

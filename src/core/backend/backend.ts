@@ -1,3 +1,5 @@
+import type { StateDevice } from "../model/state.js";
+
 /**
  * The small set of kernels the models are written against. The plain TypeScript implementation
  * (reference.ts) is the specification; faster backends (WebAssembly SIMD, WebGPU) implement the
@@ -184,6 +186,18 @@ export interface TensorKernels {
    * when given, else into a new Float32Array. Returns the array written.
    */
   read(t: Tensor, rows?: number, out?: Float32Array, at?: number): Float32Array;
+  /**
+   * read() for backends that cannot answer at once (a GPU): resolves with the values t has at this
+   * point of the sequence of kernel calls, whatever runs after it. What the model's forward uses;
+   * the CPU backends read at once and resolve immediately. A backend whose read() throws implements
+   * only this one.
+   */
+  readAsync(t: Tensor, rows?: number, out?: Float32Array, at?: number): Promise<Float32Array>;
+  /**
+   * Present where bound states keep their values in the backend's memory rather than in the arrays
+   * (a GPU): the model hands it to each State it advanced (State.sync, State.clone use it).
+   */
+  readonly stateDevice?: StateDevice;
   /** dst rows [d0, d0+n) = src rows [s0, s0+n) (same cols). */
   copyRows(dst: Tensor, d0: number, src: Tensor, s0: number, n: number): void;
   /** dst (R, n) = columns [c0, c0+n) of src (R, W). */

@@ -65,6 +65,9 @@ export const referenceTensors: TensorKernels = {
     for (let i = 0; i < n; i++) out[at + i] = x[i];
     return out;
   },
+  readAsync(t, rows, out, at) {
+    return Promise.resolve(referenceTensors.read(t, rows, out, at));
+  },
   copyRows(dst, d0, src, s0, n) {
     const C = src.cols;
     const y = d(dst), x = d(src);

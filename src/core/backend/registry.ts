@@ -2,6 +2,7 @@ import { RwkvInputError } from "../errors.js";
 import type { Backend } from "./backend.js";
 import { referenceBackend } from "./reference.js";
 import { defaultWasmBackend } from "./wasm.js";
+import { webGpuBackend, webGpuUnavailableReason } from "./webgpu/index.js";
 
 /**
  * Backends by name, in order of preference. A backend registers itself with a probe that says
@@ -16,34 +17,50 @@ export interface BackendOptions {
 }
 
 type Create = (options: BackendOptions) => Backend | null;
-interface Registration { readonly name: string; readonly priority: number; readonly create: Create }
+/** Why a backend cannot run here (asked when its probe returned null). */
+type Why = () => string;
+/** A cheap check that create would succeed, for listings that must not start a backend (absent: assumed). */
+type Present = () => boolean;
+interface Registration { readonly name: string; readonly priority: number; readonly create: Create; readonly why?: Why; readonly present?: Present }
 
 /** The WebAssembly SIMD kernels rank above the reference wherever they validate. */
 export const WASM_PRIORITY = 10;
+/** A GPU, once prepareWebGpu found one, ranks above the CPU kernels. */
+export const WEBGPU_PRIORITY = 20;
 
 const registrations: Registration[] = [
-  { name: "wasm", priority: WASM_PRIORITY, create: () => defaultWasmBackend() },
+  { name: "webgpu", priority: WEBGPU_PRIORITY, create: () => webGpuBackend(), why: () => webGpuUnavailableReason() ?? "", present: () => webGpuBackend() !== null },
+  { name: "wasm", priority: WASM_PRIORITY, create: () => defaultWasmBackend(), why: () => "this runtime does not validate the WebAssembly SIMD kernels" },
   { name: "reference", priority: 0, create: () => referenceBackend },
 ];
 
-export function registerBackend(name: string, priority: number, create: Create): void {
+export function registerBackend(name: string, priority: number, create: Create, why?: Why, present?: Present): void {
   const i = registrations.findIndex((r) => r.name === name);
   if (i >= 0) registrations.splice(i, 1);
-  registrations.push({ name, priority, create });
+  registrations.push({ name, priority, create, why, present });
   registrations.sort((a, b) => b.priority - a.priority);
 }
 
+/** Every registered backend, best first, with whether it can run here and if not why (`rwkv info --backends`). */
+export function backendAvailability(options: BackendOptions = {}): Array<{ name: string; available: boolean; reason: string }> {
+  return registrations.map((r) => {
+    const ok = r.create(options) !== null;
+    return { name: r.name, available: ok, reason: ok ? "" : r.why?.() || "its probe failed" };
+  });
+}
+
+/** The backends that can be selected here (the GPU one only once prepareWebGpu found a device). */
 export function availableBackends(): string[] {
-  return registrations.map((r) => r.name);
+  return registrations.filter((r) => r.present?.() ?? true).map((r) => r.name);
 }
 
 /** The named backend, or the best available one. Unknown names are an error, not a silent fallback. */
 export function selectBackend(name?: string, options: BackendOptions = {}): Backend {
   if (name !== undefined) {
     const r = registrations.find((x) => x.name === name);
-    if (!r) throw new RwkvInputError("--backend", `unknown backend "${name}" (available: ${availableBackends().join(", ")})`);
+    if (!r) throw new RwkvInputError("--backend", `unknown backend "${name}" (known: ${registrations.map((x) => x.name).join(", ")})`);
     const b = r.create(options);
-    if (!b) throw new RwkvInputError("--backend", `backend "${name}" cannot run in this environment`);
+    if (!b) throw new RwkvInputError("--backend", `backend "${name}" cannot run in this environment${r.why ? `: ${r.why()}` : ""}`);
     return b;
   }
   for (const r of registrations) {

@@ -123,6 +123,10 @@ export class WasmTensorKernels implements TensorKernels {
     return out;
   }
 
+  readAsync(t: Tensor, rows?: number, out?: Float32Array, at?: number): Promise<Float32Array> {
+    return Promise.resolve(this.read(t, rows, out, at));
+  }
+
   copyRows(dst: Tensor, d0: number, src: Tensor, s0: number, n: number): void {
     const C = src.cols;
     const s = p(src) + 4 * s0 * C;

@@ -350,7 +350,7 @@ export class RwkvModel implements Model {
    * B = states.length sequences of T tokens each (tokens row-major (B, T)); logits (or the normed
    * hidden state the head reads) of every row or each sequence's last.
    */
-  private run(tokens: readonly number[], T: number, states: readonly State[], which: "all" | "last", out: "logits" | "hidden"): Float32Array {
+  private async run(tokens: readonly number[], T: number, states: readonly State[], which: "all" | "last", out: "logits" | "hidden"): Promise<Float32Array> {
     const { nEmbd: C, vocabSize: V, nLayer: L } = this.config;
     const B = states.length;
     for (const state of states) {
@@ -377,7 +377,10 @@ export class RwkvModel implements Model {
     const width = out === "hidden" ? C : V;
     const chunk = B === 1 ? Math.min(T, SEQUENCE_CHUNK) : T;
     // One chunk (every step): the read is the returned array itself, the only one made per token.
+    // Reads are asynchronous (a GPU's come back after the commands run) and snapshot the tensor
+    // where they are made, so the arena can be reused by the next chunk before they resolve.
     let result: Float32Array | null = null; // (rows, width)
+    const reads: Array<Promise<Float32Array>> = [];
     for (let t0 = 0; t0 < T; t0 += chunk) {
       const n = Math.min(chunk, T - t0), last = t0 + n === T;
       const m = A.mark();
@@ -387,14 +390,16 @@ export class RwkvModel implements Model {
         const rows = which === "all" ? B * n : B;
         this.adapters.select(adapterOf, which === "all" ? n : 1);
         const y = this.project(x, rows, out, which === "all" ? 1 : n); // (rows, width)
-        if (chunk === T) result = K.read(y, rows);
-        else K.read(y, rows, (result ??= new Float32Array((which === "all" ? B * T : B) * width)), which === "all" ? t0 * width : 0);
+        if (chunk === T) reads.push(K.readAsync(y, rows));
+        else reads.push(K.readAsync(y, rows, (result ??= new Float32Array((which === "all" ? B * T : B) * width)), which === "all" ? t0 * width : 0));
       }
       A.rewind(m);
     }
     this.adapters.select([], 0);
     states.forEach((st, b) => st.layers.forEach((l, i) => { for (const name in l) if (!growing.has(name)) K.unbindState(l[name], bound[b][i][name]); }));
-    return result!;
+    if (K.stateDevice) for (const st of states) st.heldBy(K.stateDevice);
+    const got = await Promise.all(reads);
+    return result ?? got[0];
   }
 
   /** x (B·n, C) after every layer for tokens t0 … t0+n-1 of each sequence. */

@@ -1,4 +1,15 @@
-import { FormatError } from "../errors.js";
+import { FormatError, RwkvInputError } from "../errors.js";
+
+/**
+ * A backend that keeps state values in its own memory (a GPU, TensorKernels.stateDevice): after a
+ * forward the State's arrays are stale there until sync() reads them back.
+ */
+export interface StateDevice {
+  /** Reads the backend's values of these arrays into them (arrays it does not hold are left as they are). */
+  sync(arrays: readonly Float32Array[]): Promise<void>;
+  /** Gives each array of `to` a backend copy of the values of the same-index array of `from`, without a read-back. */
+  copy(from: readonly Float32Array[], to: readonly Float32Array[]): void;
+}
 
 /**
  * The recurrent state: per layer, named f32 arrays in the official (pip) layout —
@@ -11,6 +22,10 @@ import { FormatError } from "../errors.js";
  * (Backend.residentArray, same values), where the kernels update them in place (TensorKernels
  * bindState); at the API boundary they stay plain Float32Arrays (serialize, clone, prefix cache).
  * Read them through `layers` after a call, not through references kept from before it.
+ *
+ * On a GPU backend the values stay in GPU buffers between calls and the arrays go stale: `await
+ * state.sync()` brings them back (a no-op elsewhere), clone() copies on the GPU, and serialize()
+ * refuses a stale state rather than write old numbers.
  */
 export class State {
   constructor(
@@ -24,8 +39,40 @@ export class State {
     public adapter?: string,
   ) {}
 
+  /** The backend holding newer values than the arrays, set by the model after a forward; null when the arrays are current. */
+  private device: StateDevice | null = null;
+
+  /** Marks the arrays as stale: `device` has their values (called by the model after a forward). */
+  heldBy(device: StateDevice | null): void {
+    this.device = device;
+  }
+
+  /** Whether the arrays are behind the backend's copy (call sync() before reading them). */
+  get stale(): boolean {
+    return this.device !== null;
+  }
+
+  /** Brings the arrays up to date with the backend's copy (a GPU's); resolves at once when they are. */
+  async sync(): Promise<this> {
+    const device = this.device;
+    if (device) {
+      await device.sync(this.arrays());
+      if (this.device === device) this.device = null;
+    }
+    return this;
+  }
+
+  private arrays(): Float32Array[] {
+    return this.layers.flatMap((l) => Object.values(l));
+  }
+
   clone(): State {
-    return new State(this.version, this.layers.map((l) => Object.fromEntries(Object.entries(l).map(([k, v]) => [k, v.slice()]))), this.adapter);
+    const c = new State(this.version, this.layers.map((l) => Object.fromEntries(Object.entries(l).map(([k, v]) => [k, v.slice()]))), this.adapter);
+    if (this.device) {
+      this.device.copy(this.arrays(), c.arrays());
+      c.device = this.device;
+    }
+    return c;
   }
 
   /** Total number of floats. */
@@ -40,6 +87,7 @@ export class State {
    * f32 data in that order. (A file format with model identity is built on this by the state files.)
    */
   serialize(): Uint8Array {
+    if (this.device) throw new RwkvInputError("state", "its values are still on the GPU: await state.sync() before serializing it");
     const layout = {
       version: this.version, layers: this.layers.map((l) => Object.entries(l).map(([k, v]) => [k, v.length])),
       ...(this.adapter !== undefined ? { adapter: this.adapter } : {}),
