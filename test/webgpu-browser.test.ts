@@ -98,7 +98,7 @@ test("webgpu in Chromium (SwiftShader): every kernel against the reference, the 
         },
       });
     }
-    for (const gen of ["v7a", "v8"]) {
+    for (const gen of ["v7a", "v7b", "v8", "v8-hybrid"]) {
       for (const shape of ["head64", "head32"]) {
         const d = join(FIXTURES, gen, shape);
         const meta = readJson<{ tokens: number[]; split: number }>(join(d, "golden.json"));

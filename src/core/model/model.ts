@@ -119,6 +119,11 @@ export interface ForwardContext {
    * stay in JavaScript (they change length) and which a block replaces in `layers[i]` as they grow.
    */
   readonly states: readonly State[];
+  /**
+   * Work a block left to finish after its kernels, e.g. values read back asynchronously into a
+   * growing state array (RWKV-7b's cache rows): the forward resolves only once all of it has.
+   */
+  readonly pending: Array<Promise<unknown>>;
 }
 
 /**
@@ -381,11 +386,12 @@ export class RwkvModel implements Model {
     // where they are made, so the arena can be reused by the next chunk before they resolve.
     let result: Float32Array | null = null; // (rows, width)
     const reads: Array<Promise<Float32Array>> = [];
+    const pending: Array<Promise<unknown>> = [];
     for (let t0 = 0; t0 < T; t0 += chunk) {
       const n = Math.min(chunk, T - t0), last = t0 + n === T;
       const m = A.mark();
       this.adapters.select(adapterOf, n);
-      const x = this.layers(tokens, T, t0, n, bound, states); // (B·n, C)
+      const x = this.layers(tokens, T, t0, n, bound, states, pending); // (B·n, C)
       if (which === "all" || last) {
         const rows = which === "all" ? B * n : B;
         this.adapters.select(adapterOf, which === "all" ? n : 1);
@@ -399,11 +405,12 @@ export class RwkvModel implements Model {
     states.forEach((st, b) => st.layers.forEach((l, i) => { for (const name in l) if (!growing.has(name)) K.unbindState(l[name], bound[b][i][name]); }));
     if (K.stateDevice) for (const st of states) st.heldBy(K.stateDevice);
     const got = await Promise.all(reads);
+    await Promise.all(pending);
     return result ?? got[0];
   }
 
   /** x (B·n, C) after every layer for tokens t0 … t0+n-1 of each sequence. */
-  private layers(tokens: readonly number[], T: number, t0: number, n: number, bound: LayerTensors[][], states: readonly State[]): Tensor {
+  private layers(tokens: readonly number[], T: number, t0: number, n: number, bound: LayerTensors[][], states: readonly State[], pending: Array<Promise<unknown>>): Tensor {
     const { nEmbd: C, nLayer: L } = this.config;
     const K = this.adapters.backend.tensors, A = this.arena; // with the selected adapters' norms
     const B = bound.length, R = B * n;
@@ -421,7 +428,7 @@ export class RwkvModel implements Model {
     }
     const shared: Record<string, Tensor> = {};
     for (const [name, cols] of Object.entries(this.arch.sequenceTensors?.(this.config) ?? {})) shared[name] = A.take(R, cols); // (B·n, cols)
-    const ctx: ForwardContext = { arena: A, shared, tokens: ids, states };
+    const ctx: ForwardContext = { arena: A, shared, tokens: ids, states, pending };
     const base = A.mark();
     for (let i = 0; i < L; i++) {
       const { ln1, ln2, mix } = this.blocks[i];

@@ -147,7 +147,7 @@ function contextAttention(m: Parts, i: number, cfg: ModelConfig, be: Backend): N
   const rowK = new Float32Array(D), rowV = new Float32Array(C), zeros = new Float32Array(Math.max(D, C));
   const derived = new WeakMap<LayerState, Derived>(); // per state layer, for this layer of this model
 
-  return (x, T, s, { arena: A, tokens, states }) => {
+  return (x, T, s, { arena: A, tokens, states, pending }) => {
     const R = x.rows, B = s.length;
     let q = A.take(R, D); // (R, D)
     K.matmul(q, x, m.q);
@@ -162,7 +162,12 @@ function contextAttention(m: Parts, i: number, cfg: ModelConfig, be: Backend): N
     const kd = A.take(R, E), vd = A.take(R, E); // (R, E) this call's cache rows
     K.matmul(kd, x, m.kDown);
     K.matmul(vd, x, m.vDown);
-    const newK = K.read(kd), newV = K.read(vd);
+    // The new cache rows go to the state's arrays when read back (a GPU answers later): the arrays
+    // grow now, and the forward resolves once they are filled (ctx.pending). The kernels below take
+    // the new rows from kd, vd themselves, never from the arrays.
+    const newRows = Promise.all([K.readAsync(kd), K.readAsync(vd)]);
+    const fills: Array<(newK: Float32Array, newV: Float32Array) => void> = [];
+    pending.push(newRows.then(([newK, newV]) => { for (const fill of fills) fill(newK, newV); }));
 
     const y = A.take(R, C); // (R, C)
     for (let b = 0; b < B; b++) {
@@ -171,13 +176,17 @@ function contextAttention(m: Parts, i: number, cfg: ModelConfig, be: Backend): N
       const known = derived.get(l);
       const d = known && known.rows === P && known.cache === l.k_cache ? known : fresh(known);
       const from = d.rows; // P, or 0 for a state seen for the first time (a clone, a restored file)
-      l.k_cache = appended(l.k_cache, newK.subarray(b * T * E, (b + 1) * T * E)); // (Tk, E)
-      l.v_cache = appended(l.v_cache, newV.subarray(b * T * E, (b + 1) * T * E)); // (Tk, E)
+      l.k_cache = grown(l.k_cache, T * E); // (Tk, E): rows P … filled on read-back
+      l.v_cache = grown(l.v_cache, T * E);
+      fills.push((newK, newV) => { // into the arrays the state has then (a later chunk may have grown them again)
+        l.k_cache.set(newK.subarray(b * T * E, (b + 1) * T * E), P * E);
+        l.v_cache.set(newV.subarray(b * T * E, (b + 1) * T * E), P * E);
+      });
       l.ctx_tokens = appended(l.ctx_tokens, Float32Array.from(tokens.slice(b * T, (b + 1) * T))); // (Tk)
       reserve(d, Tk);
       const mark = A.mark();
-      extend(d.k, d.kPrev, l.k_cache, m.kUp, null, m.kTable, l.ctx_tokens, rowK, m.shift?.k ?? null, m.lnk, from, Tk);
-      extend(d.v, d.vPrev, l.v_cache, m.vUp, "tanh", m.vTable, l.ctx_tokens, rowV, m.shift?.v ?? null, m.lnv, from, Tk);
+      extend(d.k, d.kPrev, l.k_cache, kd, b * T, m.kUp, null, m.kTable, l.ctx_tokens, rowK, m.shift?.k ?? null, m.lnk, from, P, Tk);
+      extend(d.v, d.vPrev, l.v_cache, vd, b * T, m.vUp, "tanh", m.vTable, l.ctx_tokens, rowV, m.shift?.v ?? null, m.lnv, from, P, Tk);
       d.rows = Tk;
       d.cache = l.k_cache;
       derived.set(l, d);
@@ -196,13 +205,15 @@ function contextAttention(m: Parts, i: number, cfg: ModelConfig, be: Backend): N
 
     /**
      * Rows from … Tk-1 of LN(shift(act(cache W_up) ⊙ table[ids])) into `out` (capacity, W); `prev`
-     * carries the shift's last row across calls.
+     * carries the shift's last row across calls. Cache rows from … P-1 come from the state's
+     * array, rows P … Tk-1 (this call's) from rows row0 … of `fresh`.
      */
-    function extend(out: Tensor, prev: Tensor, cache: Float32Array, up: Matrix, act: "tanh" | null, table: Matrix, ids: Float32Array,
-      row: Float32Array, mix: Tensor | null, ln: Norm, from: number, Tk: number): void {
+    function extend(out: Tensor, prev: Tensor, cache: Float32Array, fresh: Tensor, row0: number, up: Matrix, act: "tanh" | null, table: Matrix,
+      ids: Float32Array, row: Float32Array, mix: Tensor | null, ln: Norm, from: number, P: number, Tk: number): void {
       const W = up.rows, n = Tk - from;
       const c = A.take(n, E); // (n, E)
-      K.write(c, 0, cache, from * E, n * E);
+      if (P > from) K.write(c, 0, cache, from * E, (P - from) * E);
+      K.copyRows(c, P - from, fresh, row0, Tk - P);
       let h = A.take(n, W); // (n, W)
       K.matmul(h, c, up);
       if (act) K.activate(act, h);
@@ -243,6 +254,13 @@ function contextAttention(m: Parts, i: number, cfg: ModelConfig, be: Backend): N
     d.arena.dispose();
     Object.assign(d, { arena, k, v, kPrev, vPrev });
   }
+}
+
+/** a followed by n zeros, in a new array. */
+function grown(a: Float32Array, n: number): Float32Array {
+  const out = new Float32Array(a.length + n);
+  out.set(a);
+  return out;
 }
 
 /** a followed by b, in a new array. */
