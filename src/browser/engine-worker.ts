@@ -154,9 +154,10 @@ export class Engine {
     }
   }
 
-  private save(): Uint8Array {
+  private async save(): Promise<Uint8Array> {
     const { model, session } = this.chat();
     const snap = session.snapshot();
+    await snap.state.sync(); // a GPU backend's values come back first
     return encodeStateFile({ model: modelIdentity(model), state: snap.state, logits: snap.logits, tokens: snap.tokens, extra: snap.extra });
   }
 

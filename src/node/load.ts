@@ -1,5 +1,6 @@
 import type { Backend } from "../core/backend/backend.js";
 import { selectBackend } from "../core/backend/registry.js";
+import { prepareNodeWebGpu } from "./webgpu.js";
 import type { Checkpoint } from "../core/formats/checkpoint.js";
 import { FormatError } from "../core/errors.js";
 import { checkingFinite, firstNonFinite } from "../core/formats/finite.js";
@@ -50,6 +51,7 @@ export function loadCheckpoint(path: string, options: Pick<LoadOptions, "verify"
 
 /** Loads an RWKV model: format from content, version from tensor names, sizes from shapes. */
 export async function loadModel(path: string, options: LoadOptions = {}): Promise<Model> {
+  if (options.backend === undefined || options.backend === "webgpu") await prepareNodeWebGpu(); // a GPU where the user installed `webgpu`
   const backend: Backend = selectBackend(options.backend, { threads: options.threads });
   const verify = options.verify ?? true;
   const base = loadCheckpoint(path, { verify });

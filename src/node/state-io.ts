@@ -38,8 +38,12 @@ export function loadStartState(path: string, model: Model): LoadedStart {
   return { kind: "time_state" };
 }
 
-/** Writes a state file atomically: a temporary file renamed into place, so a crash leaves no half file. */
-export function saveStateFile(path: string, model: Model, state: State, logits: Float32Array | null, tokens: number, extra: unknown): void {
+/**
+ * Writes a state file atomically: a temporary file renamed into place, so a crash leaves no half
+ * file. Asynchronous because a GPU backend's state values are read back first (State.sync).
+ */
+export async function saveStateFile(path: string, model: Model, state: State, logits: Float32Array | null, tokens: number, extra: unknown): Promise<void> {
+  await state.sync();
   const bytes = encodeStateFile({ model: modelIdentity(model), state, logits, tokens, extra });
   const tmp = `${path}.${process.pid}.tmp`;
   try {

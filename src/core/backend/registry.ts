@@ -49,6 +49,11 @@ export function backendAvailability(options: BackendOptions = {}): Array<{ name:
   });
 }
 
+/** Every registered backend's name, whether or not it can run here (for validating --backend). */
+export function knownBackends(): string[] {
+  return registrations.map((r) => r.name);
+}
+
 /** The backends that can be selected here (the GPU one only once prepareWebGpu found a device). */
 export function availableBackends(): string[] {
   return registrations.filter((r) => r.present?.() ?? true).map((r) => r.name);

@@ -200,6 +200,8 @@ export interface SpeedOptions {
   readonly quiet: boolean;
   /** Untimed whole runs first, for at least this long (at least one run). */
   readonly warmupSeconds: number;
+  /** Batch sizes of the batched-decode runs (model.stepBatch over that many states); none when absent. */
+  readonly batch?: readonly number[];
 }
 
 export interface SpeedResult {
@@ -208,6 +210,8 @@ export interface SpeedResult {
   readonly prefill: Record<string, RateStat>;
   /** Bytes of weight matrices one decode step reads (every matmul of a token, the head included). */
   readonly weightBytesPerToken: number;
+  /** Batched decode keyed by batch size: tokens per second over all sequences of the batch. */
+  readonly batchDecode?: Record<string, RateStat>;
 }
 
 /** Token ids spread over the vocabulary, the same for every run and dtype. */
@@ -228,6 +232,11 @@ export async function measureSpeed(model: Model, counter: CountingBackend, o: Sp
   const prompts = o.prefill.map((n) => tokenSequence(n, V, 0));
   const decodeRun = async () => { for (const t of decodeTokens) await model.step(t, state); };
   const prefillRun = (p: number[]) => async () => { await model.forward(p, model.initState()); };
+  // Batched decode: B states each fed decodeTokens tokens, one stepBatch call per token position.
+  const batches = (o.batch ?? []).map((B) => Array.from({ length: B }, () => model.initState()));
+  const batchRun = (states: ReturnType<Model["initState"]>[]) => async () => {
+    for (const [i, t] of decodeTokens.entries()) await model.stepBatch(states.map((_, b) => (t + b + i) % V), states);
+  };
   // Warm-up: whole runs until warmupSeconds have passed (at least one). V8 optimizes the JavaScript
   // between the kernels only after many calls: measured on the int8 0.1B model (2 threads), the
   // first decode run after 4 warm-up steps was 20% slower than the later ones.
@@ -235,6 +244,7 @@ export async function measureSpeed(model: Model, counter: CountingBackend, o: Sp
   do {
     await decodeRun();
     for (const p of prompts) await prefillRun(p)();
+    for (const b of batches) await batchRun(b)();
   } while (performance.now() < warmupEnd);
 
   counter.weightBytes = 0;
@@ -245,14 +255,17 @@ export async function measureSpeed(model: Model, counter: CountingBackend, o: Sp
 
   const dec: Timed[] = [];
   const pre: Timed[][] = prompts.map(() => []);
+  const bat: Timed[][] = batches.map(() => []);
   for (let r = 0; r < o.runs; r++) {
     dec.push(await timeQuietly(decodeRun, o.quiet));
     for (const [i, p] of prompts.entries()) pre[i].push(await timeQuietly(prefillRun(p), o.quiet));
+    for (const [i, b] of batches.entries()) bat[i].push(await timeQuietly(batchRun(b), o.quiet));
   }
   return {
     decode: rateStat(o.decodeTokens, dec),
     prefill: Object.fromEntries(o.prefill.map((n, i) => [String(n), rateStat(n, pre[i])])),
     weightBytesPerToken,
+    ...(batches.length ? { batchDecode: Object.fromEntries(batches.map((b, i) => [String(b.length), rateStat(b.length * o.decodeTokens, bat[i])])) } : {}),
   };
 }
 

@@ -26,6 +26,7 @@ function backendFor(threads: number): Backend {
 }
 
 async function runRow(row: BenchJob): Promise<RowResult> {
+  if (row.backend === "webgpu") await (await import("../webgpu.js")).prepareNodeWebGpu(); // the user-installed `webgpu` package
   const inner = backendFor(row.threads);
   const counter = new CountingBackend(inner);
   const t0 = performance.now();

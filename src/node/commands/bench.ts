@@ -1,6 +1,6 @@
 import { cpus, loadavg } from "node:os";
 import { parseArgs } from "node:util";
-import { availableBackends, selectBackend } from "../../core/backend/registry.js";
+import { knownBackends, selectBackend } from "../../core/backend/registry.js";
 import { MATRIX_DTYPES } from "../../core/formats/retype.js";
 import type { Version } from "../../core/model/model.js";
 import { VERSIONS as VERSION_MODULES, versionModule } from "../../core/model/versions.js";
@@ -29,6 +29,9 @@ export const BENCH_USAGE = `bench [MODEL] [--random ${RANDOM_DEFAULT}]   speed: 
       --rounds N (1)        the whole table N times, rows taking turns; medians over all N x runs
                             (a VM's speed changes within minutes: rounds spread each row over them)
       --prefill LIST (64,512)  --warmup S (2, untimed runs first)  --probe-mib N (256, bandwidth probe)
+      --batch LIST          also batched decode: model.stepBatch over that many states (tok/s of all of them)
+      --bandwidth GBS       the device's peak memory bandwidth in GB/s: adds decode's share of it (a GPU's:
+                            the probe measures the CPU runtime)
       --no-retry            keep runs that other processes disturbed (default: pause, run again, twice at most)
       --context             linear time, constant memory: one generation of --tokens N (100000),
                             per-token time and RSS at 1k, 10k, 100k, plot to --out FILE.svg
@@ -39,6 +42,7 @@ const OPTIONS: Options = {
   dtype: { type: "string" }, threads: { type: "string" }, backend: { type: "string" }, runs: { type: "string" }, rounds: { type: "string" },
   "decode-tokens": { type: "string" }, prefill: { type: "string" }, warmup: { type: "string" }, "probe-mib": { type: "string" }, "no-retry": { type: "boolean" },
   json: { type: "boolean" }, context: { type: "boolean" }, tokens: { type: "string" }, out: { type: "string" },
+  batch: { type: "string" }, bandwidth: { type: "string" },
 };
 
 const VERSIONS: readonly Version[] = VERSION_MODULES.map((m) => m.id).reverse(); // oldest first, as users list them
@@ -48,7 +52,7 @@ const SPEED_SHAPE = { nLayer: 12, nEmbd: 768, vocabSize: 65536 };
 const CONTEXT_SHAPE = { nLayer: 2, nEmbd: 128, vocabSize: 256 };
 const DEFAULTS = { runs: 5, rounds: 1, warmupSeconds: 2, decodeTokens: 32, prefill: [64, 512], probeMib: 256, contextTokens: 100_000, contextOut: "bench-context.svg" };
 /** Option groups that belong to one mode only: given in the other they are mistakes, not no-ops. */
-const SPEED_ONLY = ["runs", "rounds", "decode-tokens", "prefill", "warmup", "probe-mib", "no-retry"];
+const SPEED_ONLY = ["runs", "rounds", "decode-tokens", "prefill", "warmup", "probe-mib", "no-retry", "batch", "bandwidth"];
 const CONTEXT_ONLY = ["tokens", "out"];
 const RANDOM_ONLY = ["layers", "embd", "vocab"];
 
@@ -79,7 +83,7 @@ function dtypeList(values: Values, random: boolean): BenchDType[] {
 
 function backendName(values: Values): string | undefined {
   const name = str(values, "backend");
-  if (name !== undefined && !availableBackends().includes(name)) throw new UsageError(`--backend must be one of ${availableBackends().join(", ")}, got "${name}"`);
+  if (name !== undefined && !knownBackends().includes(name)) throw new UsageError(`--backend must be one of ${knownBackends().join(", ")}, got "${name}"`);
   return name;
 }
 
@@ -154,7 +158,11 @@ export interface SpeedReport {
   readonly decodeTokens: number;
   readonly prefill: number[];
   readonly probeMib: number;
-  readonly rows: Array<RowResult & { readonly gbPerSecond: number; readonly probeGbPerSecond: number; readonly probeFraction: number }>;
+  /** Batch sizes of the batched-decode columns (--batch). */
+  readonly batch?: number[];
+  /** The device's peak memory bandwidth given with --bandwidth, bytes per second. */
+  readonly peakBytesPerSecond?: number;
+  readonly rows: Array<RowResult & { readonly gbPerSecond: number; readonly probeGbPerSecond: number; readonly probeFraction: number; readonly peakFraction?: number }>;
   readonly disturbedRuns: { readonly count: number; readonly of: number; readonly thresholdCores: number };
 }
 
@@ -166,6 +174,8 @@ async function benchSpeed(io: CliIO, source: ModelSource, dtypes: BenchDType[], 
   const mib = positiveInt(values, "probe-mib", DEFAULTS.probeMib);
   const quiet = values["no-retry"] !== true;
   const warmupSeconds = numberIn(values, "warmup", DEFAULTS.warmupSeconds, 0, MAX_WARMUP_SECONDS);
+  const batch = intList(values, "batch", []);
+  const peak = values.bandwidth === undefined ? undefined : numberIn(values, "bandwidth", 0, Number.MIN_VALUE, Number.MAX_VALUE) * GB;
   const note = (line: string) => io.stderr(`bench: ${line}\n`);
   const start = loadavg()[0];
 
@@ -177,7 +187,7 @@ async function benchSpeed(io: CliIO, source: ModelSource, dtypes: BenchDType[], 
       for (const t of threads) {
         const of = rounds > 1 ? ` (round ${round + 1} of ${rounds})` : "";
         note(`${dtype}, ${t} thread${t > 1 ? "s" : ""}: building the model, ${runs} runs, then the bandwidth probe${of}`);
-        (perRow[i++] ??= []).push(await runJob({ source, dtype, threads: t, backend, simd, speed: { runs, decodeTokens, prefill, quiet, warmupSeconds }, probeMib: mib }, note));
+        (perRow[i++] ??= []).push(await runJob({ source, dtype, threads: t, backend, simd, speed: { runs, decodeTokens, prefill, quiet, warmupSeconds, batch }, probeMib: mib }, note));
       }
     }
   }
@@ -186,10 +196,13 @@ async function benchSpeed(io: CliIO, source: ModelSource, dtypes: BenchDType[], 
   const report: SpeedReport = {
     model: describeSource(source), source, node: process.version, cpu: cpus()[0]?.model ?? "unknown", cores: defaultThreads(),
     loadAverage: { start, end: loadavg()[0] }, runs, rounds, warmupSeconds, decodeTokens, prefill,
-    probeMib: mib,
+    probeMib: mib, ...(batch.length ? { batch } : {}), ...(peak !== undefined ? { peakBytesPerSecond: peak } : {}),
     rows: rows.map((r) => {
       const bytesPerSecond = r.weightBytesPerToken * r.decode.median;
-      return { ...r, gbPerSecond: bytesPerSecond / GB, probeGbPerSecond: r.probe.bytesPerSecond / GB, probeFraction: bytesPerSecond / r.probe.bytesPerSecond };
+      return {
+        ...r, gbPerSecond: bytesPerSecond / GB, probeGbPerSecond: r.probe.bytesPerSecond / GB, probeFraction: bytesPerSecond / r.probe.bytesPerSecond,
+        ...(peak !== undefined ? { peakFraction: bytesPerSecond / peak } : {}),
+      };
     }),
     disturbedRuns: { count: others.filter((c) => c !== null && c > DISTURBED_CORES).length, of: others.length, thresholdCores: DISTURBED_CORES },
   };
@@ -209,6 +222,7 @@ function mergeRounds(results: RowResult[]): RowResult {
   return {
     ...first,
     decode: rate(results.map((r) => r.decode)),
+    ...(first.batchDecode ? { batchDecode: Object.fromEntries(Object.keys(first.batchDecode).map((b) => [b, rate(results.map((r) => r.batchDecode![b]))])) } : {}),
     prefill: Object.fromEntries(Object.keys(first.prefill).map((n) => [n, rate(results.map((r) => r.prefill[n]))])),
     peakRssBytes: Math.max(...results.map((r) => r.peakRssBytes)),
     buildSeconds: median(results.map((r) => r.buildSeconds)),
@@ -218,7 +232,7 @@ function mergeRounds(results: RowResult[]): RowResult {
 
 /** What other processes used during each of a row's runs (the probe's included), in cores. */
 function rowOtherCores(r: RowResult): Array<number | null> {
-  return [r.decode, ...Object.values(r.prefill), r.probe].flatMap((s) => s.otherCores);
+  return [r.decode, ...Object.values(r.prefill), ...Object.values(r.batchDecode ?? {}), r.probe].flatMap((s) => s.otherCores);
 }
 
 /** The median of the measurable values, or null. */
@@ -251,11 +265,15 @@ export function speedTable(r: SpeedReport): string {
   // Speed-ups over f32 come from the same run, so they hold better than the absolute rates on a busy machine.
   const f32 = new Map(r.rows.filter((x) => x.dtype === "f32").map((x) => [x.threads, x.decode.median]));
   const ratio = f32.size > 0;
-  const header = ["dtype", "threads", "decode tok/s", ...(ratio ? ["vs f32"] : []), ...r.prefill.map((n) => `prefill${n} tok/s`), "peak RSS MiB", "weight MB/token", "GB/s", "probe GB/s", "% of probe", "others"];
+  const batch = r.batch ?? [];
+  const peak = r.peakBytesPerSecond !== undefined;
+  const header = ["dtype", "threads", "decode tok/s", ...(ratio ? ["vs f32"] : []), ...batch.map((b) => `batch${b} tok/s`), ...r.prefill.map((n) => `prefill${n} tok/s`),
+    "peak RSS MiB", "weight MB/token", "GB/s", ...(peak ? ["% of peak"] : []), "probe GB/s", "% of probe", "others"];
   const rows = r.rows.map((x) => [
     x.dtype, String(x.threads), fixed(x.decode.median, 1), ...(ratio ? [f32.has(x.threads) ? `x${fixed(x.decode.median / f32.get(x.threads)!, 2)}` : "-"] : []),
+    ...batch.map((b) => fixed(x.batchDecode?.[String(b)]?.median ?? NaN, 1)),
     ...r.prefill.map((n) => fixed(x.prefill[String(n)].median, 1)),
-    fixed(x.peakRssBytes / MIB, 0), fixed(x.weightBytesPerToken / MB, 1), fixed(x.gbPerSecond, 2),
+    fixed(x.peakRssBytes / MIB, 0), fixed(x.weightBytesPerToken / MB, 1), fixed(x.gbPerSecond, 2), ...(peak ? [fixed(100 * (x.peakFraction ?? NaN), 0)] : []),
     fixed(x.probeGbPerSecond, 2), fixed(100 * x.probeFraction, 0), coresText(medianOf(rowOtherCores(x))),
   ]);
   const foot = [
@@ -263,6 +281,8 @@ export function speedTable(r: SpeedReport): string {
     "peak RSS: the maximum resident set of the process that built and ran the row (one process per row).",
     "GB/s = weight MB/token x decode tok/s, the rate decode streams weights; % of probe = that over the probe's rate",
     "(the weight-streaming rate the runtime reaches on this machine at that moment; decode can exceed it a little).",
+    ...(peak ? [`% of peak: GB/s over the device's peak bandwidth given with --bandwidth (${fixed(r.peakBytesPerSecond! / GB, 0)} GB/s).`] : []),
+    ...(batch.length ? ["batchB: model.stepBatch over B states, tokens per second of all of them."] : []),
     "others: cores that other processes used during the runs (median; from /proc/stat): CPU time the benchmark could not have.",
     r.disturbedRuns.of && r.disturbedRuns.count
       ? `${r.disturbedRuns.count} of ${r.disturbedRuns.of} runs had other processes using > ${r.disturbedRuns.thresholdCores} core (after retries): numbers are noisy.`

@@ -107,7 +107,7 @@ export class ChatRepl {
       case "save": {
         if (arg === "") throw new RwkvInputError("/save", "needs a file name");
         const snap = session.snapshot();
-        saveStateFile(arg, model, snap.state, snap.logits, snap.tokens, snap.extra);
+        await saveStateFile(arg, model, snap.state, snap.logits, snap.tokens, snap.extra);
         this.write(`(saved ${snap.tokens} tokens of conversation to ${arg})\n`);
         break;
       }

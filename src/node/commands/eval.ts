@@ -1,6 +1,6 @@
 import { accessSync, constants, existsSync, readFileSync, statSync, writeFileSync } from "node:fs";
 import { dirname } from "node:path";
-import { availableBackends } from "../../core/backend/registry.js";
+import { knownBackends } from "../../core/backend/registry.js";
 import { RwkvInputError } from "../../core/errors.js";
 import { DEFAULT_PIECE_LEN, evaluateDocuments, evaluateLambada, evaluateUncheatable, type LambadaResult, type PerplexityResult } from "../../core/eval.js";
 import { type CliIO, MODEL_OPTIONS, modelLoadOptions, parse, positiveInt, str, UsageError, type Values } from "../cli-util.js";
@@ -141,8 +141,8 @@ function tokenizerKind(values: Values): TokenizerKind | undefined {
 function backendName(values: Values): string | undefined {
   const name = str(values, "backend");
   // Checked here: an unknown name is a usage mistake, not a bug worth a stack trace.
-  if (name !== undefined && !availableBackends().includes(name)) {
-    throw new UsageError(`--backend must be one of ${availableBackends().join(", ")}, got "${name}"`);
+  if (name !== undefined && !knownBackends().includes(name)) {
+    throw new UsageError(`--backend must be one of ${knownBackends().join(", ")}, got "${name}"`);
   }
   return name;
 }

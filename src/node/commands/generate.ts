@@ -162,7 +162,7 @@ export async function generateCommand(args: string[], io: CliIO, config: CliConf
       const state = res.state;
       const logits = res.unfed.length ? await model.forward(res.unfed, state) : res.logits;
       const extra: GenerationExtra = { rng: res.rng.toJSON(), penalties: res.penalties.toJSON() };
-      saveStateFile(stateOut, model, state, logits, seen + res.promptTokens + res.tokens.length, extra);
+      await saveStateFile(stateOut, model, state, logits, seen + res.promptTokens + res.tokens.length, extra);
     }
     return 0;
   }

@@ -1,12 +1,16 @@
-import { parse, type CliIO } from "../cli-util.js";
+import { backendAvailability } from "../../core/backend/registry.js";
+import { parse, type CliIO, UsageError } from "../cli-util.js";
 import { describeCheckpoint } from "../inspect.js";
 import { loadCheckpoint } from "../load.js";
 import { type CliConfig, modelPathFor } from "../model-arg.js";
+import { prepareNodeWebGpu } from "../webgpu.js";
 
-export const INFO_USAGE = "info [MODEL] [--json]                format, version, sizes, parameter count, tensor dtypes";
+export const INFO_USAGE = `info [MODEL] [--json]                format, version, sizes, parameter count, tensor dtypes
+  info --backends [--json]            the kernel backends, best first: which can run here, and why not`;
 
-export function info(args: string[], io: CliIO, config: CliConfig): number {
-  const { values, positionals } = parse(args, { json: { type: "boolean" } }, ["[MODEL]"]);
+export async function info(args: string[], io: CliIO, config: CliConfig): Promise<number> {
+  const { values, positionals } = parse(args, { json: { type: "boolean" }, backends: { type: "boolean" } }, ["[MODEL]"]);
+  if (values.backends) return backends(positionals, values.json === true, io);
   const path = modelPathFor(positionals[0], config);
   const { checkpoint, close } = loadCheckpoint(path);
   try {
@@ -36,4 +40,19 @@ export function info(args: string[], io: CliIO, config: CliConfig): number {
   } finally {
     close();
   }
+}
+
+/** `rwkv info --backends`: every registered backend, best first, available or why not (the GPU's adapter once found). */
+async function backends(positionals: string[], json: boolean, io: CliIO): Promise<number> {
+  if (positionals.length) throw new UsageError("--backends takes no MODEL");
+  const gpu = await prepareNodeWebGpu();
+  const list = backendAvailability().map((b) => ({ ...b, ...(b.name === "webgpu" && gpu ? { adapter: gpu.adapterName } : {}) }));
+  if (json) {
+    io.stdout(JSON.stringify(list, null, 2) + "\n");
+    return 0;
+  }
+  const width = Math.max(...list.map((b) => b.name.length));
+  const chosen = list.find((b) => b.available)?.name;
+  io.stdout(list.map((b) => `${b.name.padEnd(width)}  ${b.available ? `available${b.name === chosen ? " (the default)" : ""}${"adapter" in b ? `: ${b.adapter}` : ""}` : `not available: ${b.reason}`}`).join("\n") + "\n");
+  return 0;
 }

@@ -144,7 +144,14 @@ export class RedisStateStore implements PrefixStore {
     if (tokens.length === 0) return;
     if (!this.usable()) { this.counters.skipped++; return; }
     const o = this.options;
-    // Encoded now: the caller goes on advancing `state` after this returns.
+    // Encoded now: the caller goes on advancing `state` after this returns. A GPU backend's state
+    // is copied on the GPU now and encoded once read back.
+    if (state.stale) {
+      const copy = state.clone();
+      const ids = [...tokens], values = logits.slice();
+      void copy.sync().then(() => this.put(ids, copy, values), (e: unknown) => this.failed(e));
+      return;
+    }
     const bytes = encodeStateFile({ model: modelIdentity(o.model), state, logits, tokens: tokens.length, extra: null });
     const value = Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);
     const digest = prefixDigests(tokens, [tokens.length]).get(tokens.length)!;

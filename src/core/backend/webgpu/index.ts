@@ -22,6 +22,8 @@ import { WebGpuTensorKernels } from "./tensors.js";
 export interface WebGpuOptions {
   /** Test hook: a smaller largest storage binding than the device's, to exercise row chunking. */
   readonly maxBindingBytes?: number;
+  /** Why there is no WebGPU when `gpu` is null (default: this runtime has no navigator.gpu). */
+  readonly missing?: string;
 }
 
 export class WebGpuBackend implements Backend {
@@ -83,7 +85,7 @@ function describe(adapter: GpuAdapter): string {
 export async function prepareWebGpu(gpu: Gpu | null = navigatorGpu(), options: WebGpuOptions = {}): Promise<WebGpuBackend | null> {
   if (prepared.backend) return prepared.backend;
   if (!gpu) {
-    prepared = { backend: null, reason: "this runtime has no WebGPU (navigator.gpu is missing; browsers offer it only to secure contexts)" };
+    prepared = { backend: null, reason: options.missing ?? "this runtime has no WebGPU (navigator.gpu is missing; browsers offer it only to secure contexts)" };
     return null;
   }
   try {
