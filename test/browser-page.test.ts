@@ -5,7 +5,7 @@ import { join } from "node:path";
 import { test } from "node:test";
 import type { Page } from "playwright-core";
 import { startWebServer, type WebServer } from "../src/node/commands/web.js";
-import { type Chromium, launchChromium } from "./chromium.js";
+import { type Chromium, launchChromium, WEBGPU_ARGS } from "./chromium.js";
 
 /*
  * The page `rwkv web` serves, driven like a user would (keyboard, buttons, file pickers) with the
@@ -68,7 +68,8 @@ test("rwkv web page: chat with the bundled model, stop, save/restore, bad files,
     const cores = await page.evaluate<number>("navigator.hardwareConcurrency");
     assert.ok(info, "the page loaded the served model");
     assert.deepEqual({ ...info, backend: info.backend, threads: info.threads }, { ...info, backend: "wasm", threads: cores, crossOriginIsolated: true, tokenizer: "bytes" });
-    assert.match(await text(page, "#model-info"), /^rwkv7-shakespeare\.safetensors: RWKV-7, 4 layers × 128, vocabulary 256 \(bytes tokenizer\) · wasm backend, \d threads? · loaded in \d+ ms$/);
+    // This Chromium runs without WebGPU (no --enable-unsafe-webgpu): the page says why it is on wasm.
+    assert.match(await text(page, "#model-info"), /^rwkv7-shakespeare\.safetensors: RWKV-7, 4 layers × 128, vocabulary 256 \(bytes tokenizer\) · wasm backend, \d threads? · no WebGPU: [^·]+ · loaded in \d+ ms$/);
 
     await t.test("every control has a label", async () => {
       const unlabeled = await page.evaluate<string[]>(`[...document.querySelectorAll("input, textarea, select, button")]
@@ -170,5 +171,41 @@ test("rwkv web page: chat with the bundled model, stop, save/restore, bad files,
   } finally {
     await chromium.close();
     await web?.close();
+  }
+});
+
+test("rwkv web page on WebGPU: the page picks the GPU where the browser has one, says so, and chats; ?backend=wasm overrides", { timeout: 180_000 }, async (t) => {
+  const chromium = await launchChromium(t, WEBGPU_ARGS);
+  if (!chromium) return;
+  let web: WebServer | null = null;
+  try {
+    web = await startWebServer({ modelPath: MODEL, port: 0 });
+    const { page, errors } = await chromium.page();
+    page.setDefaultTimeout(TIMEOUT_MS);
+    await page.goto(web.url);
+    const info = await page.evaluate<{ backend: string; adapter: string | null } | null>("window.rwkvPage.ready");
+    assert.equal(info?.backend, "webgpu");
+    assert.match(info?.adapter ?? "", /swiftshader/);
+    assert.match(await text(page, "#model-info"), /· webgpu backend \(GPU: [^)]*swiftshader[^)]*\) · loaded in \d+ ms$/);
+    const turn = await chat(page, "Hello");
+    assert.ok(turn.reply.length > 0, "a reply streamed from the GPU model");
+    // The conversation's state lives on the GPU: saving reads it back (State.sync); the saved state
+    // continues on the GPU exactly as the live one does (greedy-free sampling is seeded per turn).
+    await page.locator("#save-browser").click();
+    await page.waitForFunction("/^Saved in /.test(document.getElementById('state-info').textContent)");
+    const before = await history(page);
+    const live = await chat(page, "Speak on.");
+    await page.locator("#load-browser").click();
+    await page.waitForFunction(`document.getElementById('transcript').dataset.history === ${JSON.stringify(before)}`);
+    const restored = await chat(page, "Speak on.");
+    assert.equal(restored.reply, live.reply, "the restored GPU state continues as the live one did");
+
+    await page.goto(`${web.url}?backend=wasm`);
+    const cpu = await page.evaluate<{ backend: string } | null>("window.rwkvPage.ready");
+    assert.equal(cpu?.backend, "wasm", "?backend=wasm overrides the GPU");
+    assert.deepEqual(errors, []);
+  } finally {
+    await web?.close();
+    await chromium.close();
   }
 });

@@ -7,6 +7,7 @@ import { tokenizerKindForVocab } from "../core/tokenizer/choose.js";
 import { TOKENIZER_FILES } from "../core/tokenizer/index.js";
 import type { Tokenizer } from "../core/tokenizer/types.js";
 import { loadModel, loadTokenizer } from "./load.js";
+import { webGpuUnavailableReason } from "../core/backend/webgpu/index.js";
 import type { EngineInfo, EngineLoad, EngineMessage, EngineRequest, EngineResults } from "./protocol.js";
 import { maxThreads } from "./threads.js";
 
@@ -111,10 +112,12 @@ export class Engine {
     const model = await loadModel(req.source, { backend: req.backend, threads, matrices: req.matrices, name: req.name });
     const tokenizer = await this.tokenizerFor(req, model.config.vocabSize);
     const session = tokenizer ? await ChatSession.start(model, tokenizer, { settings: DEFAULT_CHAT_SETTINGS }) : null;
-    const b = model.backend as { name: string; threads?: number; simd?: string };
+    const b = model.backend as { name: string; threads?: number; simd?: string; adapterName?: string };
+    const gpuMissing = webGpuUnavailableReason();
     const info: EngineInfo = {
       name: req.name ?? (typeof req.source === "string" ? req.source : "model"), config: model.config, fingerprint: model.fingerprint,
-      backend: b.name, threads: b.threads ?? 1, simd: b.simd ?? null, tokenizer: tokenizer?.name ?? null, loadMs: performance.now() - t0,
+      backend: b.name, threads: b.threads ?? 1, simd: b.simd ?? null, adapter: b.adapterName ?? null,
+      backendNote: req.backend === undefined && b.name !== "webgpu" && gpuMissing ? `no WebGPU: ${gpuMissing}` : null, tokenizer: tokenizer?.name ?? null, loadMs: performance.now() - t0,
       crossOriginIsolated: (globalThis as { crossOriginIsolated?: boolean }).crossOriginIsolated === true,
     };
     // Replaced only once everything loaded: a bad file leaves the previous model working.

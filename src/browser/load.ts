@@ -1,4 +1,5 @@
 import { selectBackend } from "../core/backend/registry.js";
+import { prepareWebGpu, webGpuUnavailableReason } from "../core/backend/webgpu/index.js";
 import { RwkvInputError } from "../core/errors.js";
 import { openCheckpoint } from "../core/formats/open.js";
 import { architectureFor, detectVersion } from "../core/model/detect.js";
@@ -14,7 +15,7 @@ import { backendReady } from "./threads.js";
  */
 
 export interface BrowserLoadOptions {
-  /** Backend name ("wasm", "reference", "webgpu" once registered); default: the best available. */
+  /** Backend name ("webgpu", "wasm", "reference"); default: the best available (WebGPU where the browser has an adapter). */
   readonly backend?: string;
   /** Kernel threads, the calling one included; more than 1 needs an isolated Worker. Default: all that can run. */
   readonly threads?: number;
@@ -27,6 +28,10 @@ export interface BrowserLoadOptions {
 /** Loads an RWKV model (.pth, safetensors, rwkv.cpp .bin, GGUF) into this thread. */
 export async function loadModel(source: Source, options: BrowserLoadOptions = {}): Promise<Model> {
   const name = options.name ?? sourceName(source, "model");
+  if (options.backend === undefined || options.backend === "webgpu") {
+    // The GPU where the browser offers one; otherwise the next backend, and the console says why.
+    if (!(await prepareWebGpu()) && options.backend === undefined) console.info(`rwkv: no WebGPU (${webGpuUnavailableReason()}): running on the CPU kernels`);
+  }
   const backend = selectBackend(options.backend, { threads: options.threads });
   const src = await openSource(source, name);
   const checkpoint = openCheckpoint(src);

@@ -21,6 +21,10 @@ export interface EngineInfo {
   readonly fingerprint: string;
   readonly backend: string;
   readonly threads: number;
+  /** The GPU adapter of the webgpu backend, null for others. */
+  readonly adapter: string | null;
+  /** Why the engine runs on another backend than asked or preferred (no WebGPU here...), or null. */
+  readonly backendNote: string | null;
   /** The wasm backend's build ("simd" or "relaxed-simd"), null for others. */
   readonly simd: string | null;
   /** Null when the vocabulary fits no known tokenizer and no file was given: chat is off, logits work. */

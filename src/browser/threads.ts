@@ -1,4 +1,5 @@
 import type { Backend } from "../core/backend/backend.js";
+import { WebGpuBackend } from "../core/backend/webgpu/index.js";
 import { registerBackend, WASM_PRIORITY } from "../core/backend/registry.js";
 import { WasmBackend, type WasmWorkerInit, wasmAvailable } from "../core/backend/wasm.js";
 import { RwkvInputError } from "../core/errors.js";
@@ -105,6 +106,7 @@ export function browserWasmBackend(threads: number): WasmBackend | null {
  * loop, so a caller that starts computing at once would run alone for the whole call.
  */
 export function backendReady(backend: Backend): Promise<void> {
+  if (backend instanceof WebGpuBackend) return backend.ready(); // weights uploaded, or the device's error
   return backend instanceof WasmBackend ? pending.get(backend) ?? Promise.resolve() : Promise.resolve();
 }
 

@@ -11,6 +11,8 @@ import { parseTranscript } from "./transcript.js";
 interface PageConfig {
   readonly model?: { readonly url: string; readonly name: string } | null;
   readonly tokenizer?: { readonly url: string } | null;
+  /** `rwkv web --backend`; the page's own ?backend= wins. */
+  readonly backend?: string;
 }
 
 const MS_PER_S = 1000;
@@ -69,7 +71,8 @@ async function act(work: () => Promise<void>): Promise<void> {
 function describe(m: EngineInfo): string {
   const c = m.config;
   return `${m.name}: RWKV-${c.version}, ${c.nLayer} layers × ${c.nEmbd}, vocabulary ${c.vocabSize} (${m.tokenizer ?? "no"} tokenizer) · ` +
-    `${m.backend} backend, ${m.threads} thread${m.threads === 1 ? "" : "s"}${m.crossOriginIsolated ? "" : " (page not cross-origin isolated)"} · ` +
+    (m.adapter ? `${m.backend} backend (GPU: ${m.adapter}) · ` : `${m.backend} backend, ${m.threads} thread${m.threads === 1 ? "" : "s"}${m.crossOriginIsolated ? "" : " (page not cross-origin isolated)"} · `) +
+    (m.backendNote ? `${m.backendNote} · ` : "") +
     `loaded in ${Math.round(m.loadMs)} ms`;
 }
 
@@ -217,6 +220,11 @@ function wire(): void {
   }));
 }
 
+/** The backend asked for: the page URL's ?backend=, else the server's, else the engine's choice (WebGPU where there is one). */
+function pageBackend(config: PageConfig): string | undefined {
+  return new URLSearchParams(location.search).get("backend") ?? config.backend;
+}
+
 async function start(): Promise<EngineInfo | null> {
   wire();
   let config: PageConfig = {};
@@ -233,7 +241,7 @@ async function start(): Promise<EngineInfo | null> {
   }
   const m = config.model;
   await act(() => loadModel({
-    source: new URL(m.url, location.href).href, name: m.name,
+    source: new URL(m.url, location.href).href, name: m.name, backend: pageBackend(config),
     tokenizer: config.tokenizer ? new URL(config.tokenizer.url, location.href).href : null,
   }));
   return model;

@@ -19,8 +19,11 @@ import { findTokenizerFile } from "../tokenizer.js";
  */
 
 export const WEB_USAGE = `web [MODEL]                  the chat/completion page in a browser, the model running there (default: the bundled model)
-      --host H (127.0.0.1)  --port N (8080, 0 = any free port)  --tokenizer PATH  --tokenizer-kind world|20b|bytes`;
+      --host H (127.0.0.1)  --port N (8080, 0 = any free port)  --tokenizer PATH  --tokenizer-kind world|20b|bytes
+      --backend webgpu|wasm|reference   the page's kernels (default: WebGPU where the browser has it, else wasm)`;
 
+/** The backends a browser page can run (the page checks which it has). */
+const PAGE_BACKENDS = ["webgpu", "wasm", "reference"];
 const DEFAULT_HOST = "127.0.0.1";
 const DEFAULT_PORT = 8080;
 const MAX_PORT = 65535;
@@ -54,6 +57,8 @@ export interface WebServerOptions {
   readonly mounts?: Readonly<Record<string, string>>;
   /** The page's files (default BROWSER_DIR). */
   readonly pageDir?: string;
+  /** The backend the page asks for (default: the best its browser has; a page URL's ?backend= overrides). */
+  readonly backend?: string;
 }
 
 export interface WebServer {
@@ -97,6 +102,7 @@ export async function startWebServer(options: WebServerOptions): Promise<WebServ
   const config = JSON.stringify({
     model: options.modelPath ? { url: "model", name: basename(options.modelPath) } : null,
     tokenizer: options.tokenizerPath ? { url: "tokenizer" } : null,
+    ...(options.backend ? { backend: options.backend } : {}),
   });
   const server = createServer((req, res) => {
     if (req.method !== "GET" && req.method !== "HEAD") { sendText(res, 405, "method not allowed", { ...headers, Allow: "GET, HEAD" }); return; }
@@ -148,13 +154,15 @@ function tokenizerForWeb(modelPath: string, kindOption: string | undefined, path
 
 export async function webCommand(args: string[], io: CliIO, config: CliConfig): Promise<number> {
   const { values, positionals } = parse(args, {
-    host: { type: "string" }, port: { type: "string" }, tokenizer: { type: "string" }, "tokenizer-kind": { type: "string" },
+    host: { type: "string" }, port: { type: "string" }, tokenizer: { type: "string" }, "tokenizer-kind": { type: "string" }, backend: { type: "string" },
   }, ["[MODEL]"]);
   const port = numberIn(values, "port", DEFAULT_PORT, 0, MAX_PORT);
   if (!Number.isSafeInteger(port)) throw new UsageError(`--port must be an integer, got "${String(values.port)}"`);
   const modelPath = modelPathFor(positionals[0], config);
   const tokenizerPath = tokenizerForWeb(modelPath, str(values, "tokenizer-kind"), str(values, "tokenizer"));
-  const web = await startWebServer({ modelPath, tokenizerPath, host: str(values, "host") ?? DEFAULT_HOST, port });
+  const backend = str(values, "backend");
+  if (backend !== undefined && !PAGE_BACKENDS.includes(backend)) throw new UsageError(`--backend must be one of ${PAGE_BACKENDS.join(", ")}, got "${backend}"`);
+  const web = await startWebServer({ modelPath, tokenizerPath, host: str(values, "host") ?? DEFAULT_HOST, port, backend });
   io.stderr(`rwkv web: open ${web.url} (model ${basename(modelPath)}; Ctrl-C stops)\n`);
   await new Promise<void>((done) => {
     const stop = () => { process.off("SIGINT", stop); process.off("SIGTERM", stop); void web.close().then(done); };
