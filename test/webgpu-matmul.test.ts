@@ -4,7 +4,7 @@ import { test } from "node:test";
 import { build } from "esbuild";
 import type { Matrix, WeightType } from "../src/core/backend/backend.js";
 import { referenceBackend as ref } from "../src/core/backend/reference.js";
-import { gpuRowWords, packForGpu } from "../src/core/backend/webgpu/matmul.js";
+import { gpuRowWords, matmulKernel, packForGpu } from "../src/core/backend/webgpu/matmul.js";
 import { decodeWeightRow } from "../src/core/backend/weight-rows.js";
 import { launchChromium } from "./chromium.js";
 import { randomMatrix, rng } from "./matmul-check.js";
@@ -167,6 +167,25 @@ test("packForGpu: compact rows of gpuRowWords words, and clear errors for what i
   assert.throws(() => packForGpu({ rows: 1, cols: 40, type: "q4_0", data: new Uint8Array(18) }, 0, 1), /multiple of 32 columns, got 40/);
   assert.throws(() => packForGpu({ rows: 2, cols: 32, type: "q8_0", data: new Uint8Array(34) }, 0, 1), /data has 34 bytes, needs 68/);
   assert.throws(() => packForGpu({ rows: 1, cols: 8, type: "f16s", data: new Uint16Array(8) }, 0, 1), /weight type f16s is not supported/);
+});
+
+test("matmulKernel: one kernel per type and variant, dispatches within the 65535 workgroups a dimension allows", () => {
+  const none = { shaderF16: false };
+  for (const type of TYPES) {
+    assert.equal(matmulKernel(type, 1, none), matmulKernel(type, 1, none), `${type}: the same kernel object again`);
+    assert.notEqual(matmulKernel(type, 1, none).code, matmulKernel(type, 64, none).code, `${type}: decode and tiled differ`);
+    for (const R of [1, 3, 8, 9, 64, 512, 100_000]) {
+      const k = matmulKernel(type, R, none);
+      assert.match(k.code, new RegExp(`@compute[^]*fn ${k.entryPoint}\\(`), `${type} R=${R}: the entry point`);
+      // A vocabulary head of 65536 rows, and a chunk of 2^20 rows of a long-and-thin matrix.
+      for (const O of [1, 37, 65536, 1 << 20]) {
+        const n = k.workgroups(R, O);
+        assert.ok(n.every((d) => Number.isInteger(d) && d >= 1 && d <= 65535), `${type} R=${R} O=${O}: ${n}`);
+      }
+    }
+  }
+  assert.throws(() => matmulKernel("f16s", 1, none), /weight type f16s is not supported/);
+  assert.throws(() => matmulKernel("f32", 0, none), /R must be a positive integer, got 0/);
 });
 
 test("WGSL matmul kernels in Chromium (SwiftShader): every weight type, decode and tiled, row chunks, within 1e-5 of Σ|x·w|", async (t) => {

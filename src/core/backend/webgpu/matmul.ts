@@ -439,7 +439,12 @@ ${range(4).map((a) => `    if (o0 + tx + ${S * a}u < p.O) { y[yb + ${S * a}u] = 
 
 const kernels = new Map<string, MatmulKernel>();
 
-/** The kernel for `type`; R lets it choose a decode (R small) or a tiled (prefill) variant. */
+/**
+ * The kernel for `type`; R lets it choose a decode (R small) or a tiled (prefill) variant. Either
+ * computes every R when dispatched with its own workgroups(R, O); the choice is only about speed.
+ * The same object is returned for the same type and variant (its code can key a pipeline cache).
+ * `features.shaderF16` is not used: f16 is read through unpack2x16float on every device.
+ */
 export function matmulKernel(type: WeightType, R: number, _features: { readonly shaderF16: boolean }): MatmulKernel {
   typeCode(type);
   if (!Number.isInteger(R) || R < 1) throw new Error(`matmulKernel: R must be a positive integer, got ${R}`);
