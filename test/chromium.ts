@@ -33,7 +33,10 @@ export interface Chromium {
   close(): Promise<void>;
 }
 
-/** Starts Chromium with a fresh profile, or skips `t` (fails under CI) when it is not installed. */
+/**
+ * Starts Chromium with a fresh profile, or skips `t` (fails under CI) when it is not installed.
+ * `extraArgs` go after CHROMIUM_ARGS (e.g. the flags that turn WebGPU on).
+ */
 export async function launchChromium(t: TestContext, extraArgs: readonly string[] = []): Promise<Chromium | null> {
   if (!existsSync(CHROMIUM_PATH)) {
     if (process.env.CI === "true") throw new Error(`Chromium not found at ${CHROMIUM_PATH} (install Debian's chromium)`);

@@ -130,21 +130,27 @@ test("webgpu in Chromium (SwiftShader): every kernel against the reference, the 
     const adapter = await call((api) => api.prepare());
     t.diagnostic(`adapter: ${adapter}`);
 
+    let t0 = performance.now();
     const results: CaseResult[] = await call((api) => api.conformance());
+    t.diagnostic(`conformance took ${Math.round(performance.now() - t0)} ms`);
     const bad = results.filter((r) => !r.ok);
     assert.deepEqual(bad, [], `kernels outside their tolerance:\n${bad.map((r) => `${r.name}: err ${r.err} > tol ${r.tol}`).join("\n")}`);
     const ratio = (r: CaseResult) => (r.tol > 0 ? r.err / r.tol : 0);
     const worst = results.reduce((w, r) => (ratio(r) > ratio(w) ? r : w), results[0]);
     t.diagnostic(`${results.length} kernel cases within tolerance; closest to its bound: ${worst.name} (${worst.err} of ${worst.tol})`);
 
+    t0 = performance.now();
     for (const { name, g, matrices } of goldens) {
       const run = await call((api, url: string, tokens: number[], split: number, m?: "f32") => api.runModel(url, tokens, split, m), `${ORIGIN}/${name}`, g.tokens, g.split, matrices);
       const report = g.check(run);
+      report.ms = Math.round(performance.now() - t0);
+      t0 = performance.now();
       assertClose(run.batch, run.alone, `${name} stepBatch vs separate steps`);
       t.diagnostic(`${name} (RWKV-${run.version}) max|diff| ${JSON.stringify(report)}`);
     }
 
     // Bad cases on a second page whose backend has a 4 KiB largest binding.
+    t0 = performance.now();
     const small = await chromium.page();
     const callSmall = await openPage(small.page, files);
     await callSmall((api) => api.prepare(4096));
@@ -153,9 +159,12 @@ test("webgpu in Chromium (SwiftShader): every kernel against the reference, the 
     assert.ok(split.maxErr <= split.bound, `split matmul error ${split.maxErr} > ${split.bound}`);
     assert.match(await callSmall((api) => api.oversizedRow(2000)), /a 2x2000 f32 matrix has rows of 8000 bytes on the GPU, more than this adapter's largest storage binding \(4096 bytes\)/);
 
+    t.diagnostic(`split matrices took ${Math.round(performance.now() - t0)} ms`);
+    t0 = performance.now();
     // A lost device: the next forward fails with the reason, it does not hang.
     const lost = await call((api, url: string) => api.loseDevice(url), `${ORIGIN}/v7.safetensors`);
     assert.match(lost, /the WebGPU device was lost \(destroyed/);
+    t.diagnostic(`lost device took ${Math.round(performance.now() - t0)} ms`);
     assert.deepEqual(errors.filter((e) => !/lost|destroyed/i.test(e)), []);
   } finally {
     await chromium.close();

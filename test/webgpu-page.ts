@@ -376,3 +376,4 @@ export async function loseDevice(url: string): Promise<string> {
     return (e as Error).message;
   }
 }
+

@@ -2,7 +2,7 @@ import type { Activation, Arena, Matrix, Tensor, TensorKernels } from "../backen
 import { SlotArena } from "../slot-arena.js";
 import type { StateDevice } from "../../model/state.js";
 import { BufferUsage, type GpuBuffer } from "./gpu.js";
-import { gpuRowWords, matmulKernel, packForGpu } from "./matmul-f32.js";
+import { gpuRowWords, matmulKernel, packForGpu } from "./matmul.js";
 import { SHADERS, WG } from "./shaders.js";
 import { f32, type GpuStream, type Param } from "./stream.js";
 
