@@ -263,6 +263,24 @@ function assertWellFormed(xml: string): void {
   assert.ok(covered > 0 && !/&(?!amp;|lt;|gt;|quot;)/.test(text), "an unescaped '&'");
 }
 
+test("rwkv bench --batch and --bandwidth: stepBatch decode per batch size, decode's share of a given peak", async (t) => {
+  if (!wasmAvailable()) return t.skip("no WebAssembly SIMD here");
+  const args = [...TINY, "--dtype", "f32", "--threads", "1", "--runs", "2", "--warmup", "0", "--decode-tokens", "2", "--prefill", "8", "--probe-mib", "1", "--no-retry", "--batch", "3,5", "--bandwidth", "50"];
+  const { code, out, err } = await run(["bench", ...args, "--json"]);
+  assert.equal(code, 0, err);
+  const r = JSON.parse(out) as Report & { batch: number[]; peakBytesPerSecond: number; rows: Array<{ batchDecode: Record<string, { runs: number[]; median: number }>; peakFraction: number; gbPerSecond: number }> };
+  assert.deepEqual(r.batch, [3, 5]);
+  assert.equal(r.peakBytesPerSecond, 50e9);
+  const x = r.rows[0];
+  assert.deepEqual(Object.keys(x.batchDecode), ["3", "5"]);
+  for (const s of Object.values(x.batchDecode)) assert.ok(s.runs.length === 2 && s.median > 0);
+  assert.ok(Math.abs(x.peakFraction - x.gbPerSecond / 50) < 1e-12, "share = GB/s over the peak");
+  const table = await run(["bench", ...args]);
+  assert.equal(table.code, 0, table.err);
+  assert.match(table.out, /batch3 tok\/s\s+batch5 tok\/s/);
+  assert.match(table.out, /% of peak: GB\/s over the device's peak bandwidth given with --bandwidth \(50 GB\/s\)/);
+});
+
 test("rwkv bench: bad input and bad usage give one clear line and a non-zero exit", async () => {
   const cases: Array<[string[], number, RegExp]> = [
     [["bench", "--random", "9"], 2, /--random must be an RWKV version \(4, 5\.1, 5\.2, 6, 7, 7a, 7b, 8, 8-hybrid\), got "9"/],
@@ -283,6 +301,9 @@ test("rwkv bench: bad input and bad usage give one clear line and a non-zero exi
     [["bench", ...TINY, "--rounds", "0"], 2, /--rounds must be a positive integer, got "0"/],
     [["bench", ...TINY, "--warmup=-1"], 2, /--warmup must be a number in \[0, 3600\]/],
     [["bench", "--context", "--out", "/nonexistent/dir/x.svg"], 1, /x\.svg/],
+    [["bench", "--context", "--batch", "4"], 2, /--batch does not apply to --context/],
+    [["bench", ...TINY, "--backend", "gpu"], 2, /--backend must be one of webgpu, wasm, reference, got "gpu"/],
+    [["bench", ...TINY, "--backend", "webgpu", "--runs", "1"], 1, /backend "webgpu" cannot run in this environment: the optional "webgpu" package/],
   ];
   for (const [argv, want, re] of cases) {
     const { code, err } = await run(argv);

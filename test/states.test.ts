@@ -6,6 +6,7 @@ import { join } from "node:path";
 import { test } from "node:test";
 import { type TensorToWrite, writeSafetensors } from "../src/core/formats/safetensors.js";
 import { loadCheckpoint, loadModel } from "../src/node/load.js";
+import { State, type StateDevice } from "../src/core/model/state.js";
 import { sharedPath } from "./shared.js";
 
 const BIN = join(import.meta.dirname, "..", "src", "node", "bin.js");
@@ -146,3 +147,27 @@ test("--state-in accepts a state-tuning checkpoint; a file without time_state is
   assert.match(notTuning.err, /no blocks\.i\.att\.time_state tensors: not a state-tuning file/);
 });
 
+
+test("a state held by a backend (a GPU's StateDevice): stale until sync(), cloned on the device, never serialized stale", async () => {
+  const s = new State("7", [{ att_kv: Float32Array.of(1, 2), ffn_x_prev: Float32Array.of(3) }]);
+  assert.equal(s.stale, false);
+  const device = new Map<Float32Array, Float32Array>(); // array -> the "GPU's" newer values
+  const calls: string[] = [];
+  const fake: StateDevice = {
+    async sync(arrays) { calls.push("sync"); for (const a of arrays) { const v = device.get(a); if (v) a.set(v); } },
+    copy(from, to) { calls.push("copy"); from.forEach((a, i) => { const v = device.get(a); if (v) device.set(to[i], v.slice()); }); },
+  };
+  device.set(s.layers[0].att_kv, Float32Array.of(10, 20));
+  s.heldBy(fake);
+  assert.equal(s.stale, true);
+  assert.throws(() => s.serialize(), /state: its values are still on the GPU: await state\.sync\(\) before serializing it/);
+  const c = s.clone();
+  assert.equal(c.stale, true, "a clone of a stale state is stale too, its values copied on the device");
+  assert.deepEqual(calls, ["copy"]);
+  assert.equal(await s.sync(), s);
+  assert.equal(s.stale, false);
+  assert.deepEqual([...s.layers[0].att_kv], [10, 20]);
+  await c.sync();
+  assert.deepEqual([...c.layers[0].att_kv], [10, 20], "the clone read its own device copy");
+  assert.deepEqual([...State.deserialize(s.serialize()).layers[0].att_kv], [10, 20]);
+});

@@ -1,6 +1,7 @@
 import { cpus, loadavg } from "node:os";
 import { parseArgs } from "node:util";
 import { knownBackends, selectBackend } from "../../core/backend/registry.js";
+import { prepareNodeWebGpu } from "../webgpu.js";
 import { MATRIX_DTYPES } from "../../core/formats/retype.js";
 import type { Version } from "../../core/model/model.js";
 import { VERSIONS as VERSION_MODULES, versionModule } from "../../core/model/versions.js";
@@ -135,6 +136,7 @@ export async function benchCommand(args: string[], io: CliIO, config: CliConfig)
   const backend = backendName(values);
   const threads = intList(values, "threads", context ? [1] : [...new Set([1, defaultThreads()])]);
   if (!random) openSource(source).close(); // a missing or corrupt MODEL fails now, before any worker starts
+  if (backend === "webgpu" && !(await prepareNodeWebGpu())) selectBackend(backend); // no GPU: its reason, before any worker starts
   if (context) {
     if (dtypes.length !== 1 || threads.length !== 1) throw new UsageError("--context runs one model: give one --dtype and one --threads value");
     return benchContext(io, source, dtypes[0], threads[0], backend, values);
