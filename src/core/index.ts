@@ -1,7 +1,9 @@
 // The browser-safe core: models, kernels, tokenizers and format parsers working on bytes.
 export type { Backend, Matrix } from "./backend/backend.js";
 export { referenceBackend } from "./backend/reference.js";
-export { availableBackends, registerBackend, selectBackend } from "./backend/registry.js";
+export { availableBackends, backendAvailability, knownBackends, registerBackend, selectBackend } from "./backend/registry.js";
+export { prepareWebGpu, WebGpuBackend, webGpuUnavailableReason } from "./backend/webgpu/index.js";
+export type { StateDevice } from "./model/state.js";
 export { type ByteSource, MemorySource } from "./bytes.js";
 export { FormatError, RwkvInputError } from "./errors.js";
 export type { Checkpoint, CheckpointFormat } from "./formats/checkpoint.js";

@@ -6,6 +6,7 @@ export { loadCheckpoint, loadModel, type LoadOptions } from "./load.js";
 export * from "./tokenizer.js";
 export { type AdapterSpec, loadAdapterUnmerged, openAdapter } from "./adapters.js";
 export { loadStartState, saveStateFile, type LoadedStart } from "./state-io.js";
+export { prepareNodeWebGpu } from "./webgpu.js";
 export { modelHomeFromEnv, type ModelHome, resolveModelArg } from "./pull/home.js";
 export { pullModel, type PullOptions, type PullResult } from "./pull/pull.js";
 export { CATALOG, type CatalogEntry } from "./pull/catalog.js";

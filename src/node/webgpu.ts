@@ -10,7 +10,8 @@ import type { Gpu } from "../core/backend/webgpu/gpu.js";
 /** The package, named in a variable so that TypeScript and bundlers leave the import to run time. */
 const PACKAGE = "webgpu";
 
-interface DawnModule { create(flags: string[]): Gpu }
+/** The package's entry: `create(flags)` makes the GPU object (an ES module, or CommonJS seen as its default export). */
+interface DawnModule { create?(flags: string[]): Gpu; default?: { create?(flags: string[]): Gpu } }
 
 let prepared: Promise<WebGpuBackend | null> | null = null;
 
@@ -23,7 +24,9 @@ export function prepareNodeWebGpu(): Promise<WebGpuBackend | null> {
     } catch {
       return prepareWebGpu(null, { missing: `the optional "${PACKAGE}" package (Dawn for Node) is not installed: npm install ${PACKAGE}` });
     }
-    return prepareWebGpu(mod.create([]));
+    const create = mod.create ?? mod.default?.create;
+    if (!create) return prepareWebGpu(null, { missing: `the "${PACKAGE}" package has no create() (not Dawn's Node binding?)` });
+    return prepareWebGpu(create([]));
   })();
   return prepared;
 }

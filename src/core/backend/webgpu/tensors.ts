@@ -17,6 +17,8 @@ import { f32, type GpuStream, type Param } from "./stream.js";
  * the numbers (a state file, a test), and `state.clone()` copies them buffer to buffer without a
  * read-back (the prefix cache, the server's slots). Once synced, the array is the truth again and
  * the next bind uploads it, so a state edited in JavaScript after sync() is honoured.
+ *
+ * Letters as in backend.ts: R rows, C channels, H heads, N head size, T tokens of one sequence.
  */
 
 /** A tensor in a GPU buffer (at least rows·cols f32; arena slots may be larger). */
@@ -266,7 +268,7 @@ export class WebGpuTensorKernels implements TensorKernels, StateDevice {
     const n = q.rows, Tk = pos0 + n; // the scores of query t: keys 0 … pos0+t
     if (!this.scores || this.scores.buffer.size < 4 * n * Tk) {
       if (this.scores) this.stream.retire(this.scores.buffer);
-      this.scores = new GpuTensor(n, Tk, this.buffer(Math.max(n * Tk, 2 * (this.scores?.size ?? 0))));
+      this.scores = new GpuTensor(n, Tk, this.buffer(Math.max(n * Tk, 2 * (this.scores?.size ?? 0)))); // (n, Tk), grown by doubling
     }
     this.perGroup(SHADERS.softcapAttention, [y, q, k, v, this.scores], [n, q.cols, v.cols, pos0, Tk, f32(cap), f32(scale)], n);
   }
