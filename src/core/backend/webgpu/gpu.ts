@@ -43,10 +43,18 @@ export type GpuBindGroup = object;
 export interface GpuBindGroupLayout { readonly __brand?: "layout" }
 export interface GpuComputePipeline { getBindGroupLayout(index: number): GpuBindGroupLayout }
 export type GpuShaderModule = object;
+export type GpuPipelineLayout = object;
+/** GPUShaderStage.COMPUTE. */
+export const SHADER_STAGE_COMPUTE = 0x4;
+export interface GpuBindGroupLayoutEntry {
+  binding: number;
+  visibility: number;
+  buffer: { type: "storage" | "read-only-storage" | "uniform"; hasDynamicOffset?: boolean };
+}
 
 export interface GpuComputePass {
   setPipeline(p: GpuComputePipeline): void;
-  setBindGroup(index: number, g: GpuBindGroup): void;
+  setBindGroup(index: number, g: GpuBindGroup, dynamicOffsets?: number[]): void;
   dispatchWorkgroups(x: number, y?: number, z?: number): void;
   end(): void;
 }
@@ -76,7 +84,9 @@ export interface GpuDevice {
   onuncapturederror: ((e: { error: GpuError }) => void) | null;
   createBuffer(d: { size: number; usage: number; mappedAtCreation?: boolean }): GpuBuffer;
   createShaderModule(d: { code: string }): GpuShaderModule;
-  createComputePipeline(d: { layout: "auto"; compute: { module: GpuShaderModule; entryPoint: string } }): GpuComputePipeline;
+  createComputePipeline(d: { layout: "auto" | GpuPipelineLayout; compute: { module: GpuShaderModule; entryPoint: string } }): GpuComputePipeline;
+  createBindGroupLayout(d: { entries: GpuBindGroupLayoutEntry[] }): GpuBindGroupLayout;
+  createPipelineLayout(d: { bindGroupLayouts: GpuBindGroupLayout[] }): GpuPipelineLayout;
   createBindGroup(d: { layout: GpuBindGroupLayout; entries: GpuBindGroupEntry[] }): GpuBindGroup;
   createCommandEncoder(): GpuCommandEncoder;
   pushErrorScope(filter: "validation" | "out-of-memory" | "internal"): void;

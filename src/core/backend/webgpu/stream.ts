@@ -1,4 +1,4 @@
-import { BufferUsage, type GpuBindGroupLayout, type GpuBuffer, type GpuCommandEncoder, type GpuComputePass, type GpuComputePipeline, type GpuDevice, MAP_READ } from "./gpu.js";
+import { BufferUsage, type GpuBindGroup, type GpuBindGroupEntry, type GpuBindGroupLayout, type GpuBuffer, type GpuCommandEncoder, type GpuComputePass, type GpuComputePipeline, type GpuDevice, MAP_READ, SHADER_STAGE_COMPUTE } from "./gpu.js";
 
 /*
  * The command stream of one WebGPU device: every kernel call is recorded into one command encoder
@@ -8,13 +8,20 @@ import { BufferUsage, type GpuBindGroupLayout, type GpuBuffer, type GpuCommandEn
  * Kernel parameters are small uniform structs; each dispatch gets a slot of a uniform ring buffer
  * whose bytes are gathered on the CPU and written with one writeBuffer just before the submit
  * (queue operations run in order, so they land before the commands that read them). A full ring
- * submits early and starts over.
+ * submits early and starts over. The slot is a dynamic offset, so a bind group depends only on the
+ * buffers bound: groups are cached by pipeline and buffers, and a forward that reuses its arena
+ * (every token after the first) creates none.
  */
 
 /** A uniform slot: WebGPU's largest minUniformBufferOffsetAlignment. */
 const SLOT_BYTES = 256;
 /** Dispatches per submission before the ring wraps (a 0.1B-model token needs ~500). */
 const RING_SLOTS = 4096;
+/**
+ * Cached bind groups kept at most (then the cache starts over): bounded, since new states and
+ * grown arena slots bring new buffers, and many times a model's own (a forward's few hundred).
+ */
+const MAX_BIND_GROUPS = 16384;
 
 /** A kernel parameter written as an f32 (the others are u32). */
 export interface F32 { readonly f32: number }
@@ -29,7 +36,16 @@ export class GpuLostError extends Error {
   }
 }
 
-interface Pipeline { readonly pipeline: GpuComputePipeline; readonly layout: GpuBindGroupLayout }
+interface Pipeline { readonly pipeline: GpuComputePipeline; readonly layout: GpuBindGroupLayout; readonly id: number }
+
+/** The bindings a shader declares, in binding order: how each is bound (explicit layouts, for the dynamic offset). */
+function bindingTypes(code: string): Array<"storage" | "read-only-storage" | "uniform"> {
+  const out: Array<"storage" | "read-only-storage" | "uniform"> = [];
+  for (const m of code.matchAll(/@binding\((\d+)\)\s*var<\s*(uniform|storage\s*(?:,\s*(read_write|read))?)\s*>/g)) {
+    out[Number(m[1])] = m[2] === "uniform" ? "uniform" : m[3] === "read_write" ? "storage" : "read-only-storage";
+  }
+  return out;
+}
 
 export class GpuStream {
   private encoder: GpuCommandEncoder | null = null;
@@ -38,6 +54,10 @@ export class GpuStream {
   private readonly params = new DataView(new ArrayBuffer(RING_SLOTS * SLOT_BYTES));
   private slots = 0;
   private readonly pipelines = new Map<string, Pipeline>();
+  private readonly groups = new Map<string, GpuBindGroup>();
+  /** A number per buffer, for the bind-group cache's keys. */
+  private readonly ids = new WeakMap<GpuBuffer, number>();
+  private nextId = 0;
   /** Buffers replaced during recording: destroyed once the commands using them are submitted. */
   private retired: GpuBuffer[] = [];
   /** Mappable buffers for read-back, free ones by size: reused, so decoding allocates none per token. */
@@ -66,8 +86,11 @@ export class GpuStream {
     let p = this.pipelines.get(key);
     if (!p) {
       const module = this.device.createShaderModule({ code });
-      const pipeline = this.device.createComputePipeline({ layout: "auto", compute: { module, entryPoint } });
-      p = { pipeline, layout: pipeline.getBindGroupLayout(0) };
+      const layout = this.device.createBindGroupLayout({
+        entries: bindingTypes(code).map((type, binding) => ({ binding, visibility: SHADER_STAGE_COMPUTE, buffer: { type, hasDynamicOffset: type === "uniform" } })),
+      });
+      const pipeline = this.device.createComputePipeline({ layout: this.device.createPipelineLayout({ bindGroupLayouts: [layout] }), compute: { module, entryPoint } });
+      p = { pipeline, layout, id: this.pipelines.size };
       this.pipelines.set(key, p);
     }
     return p;
@@ -83,13 +106,28 @@ export class GpuStream {
       if (typeof v === "number") this.params.setUint32(at + 4 * i, v, true);
       else this.params.setFloat32(at + 4 * i, v.f32, true);
     });
-    const entries = buffers.map((buffer, binding) => ({ binding, resource: { buffer } }));
-    entries.push({ binding: buffers.length, resource: { buffer: this.ring, offset: at, size: SLOT_BYTES } } as (typeof entries)[number]);
-    const group = this.device.createBindGroup({ layout: p.layout, entries });
     const pass = this.computePass();
     pass.setPipeline(p.pipeline);
-    pass.setBindGroup(0, group);
+    pass.setBindGroup(0, this.bindGroup(p, buffers), [at]);
     pass.dispatchWorkgroups(groups[0], groups[1], groups[2]);
+  }
+
+  /** The bind group of these buffers for p (the uniform ring last, at the dynamic offset), cached. */
+  private bindGroup(p: Pipeline, buffers: readonly GpuBuffer[]): GpuBindGroup {
+    let key = String(p.id);
+    for (const b of buffers) {
+      let id = this.ids.get(b);
+      if (id === undefined) this.ids.set(b, (id = this.nextId++));
+      key += "," + id;
+    }
+    let group = this.groups.get(key);
+    if (!group) {
+      if (this.groups.size >= MAX_BIND_GROUPS) this.groups.clear();
+      const entries: GpuBindGroupEntry[] = buffers.map((buffer, binding) => ({ binding, resource: { buffer } }));
+      entries.push({ binding: buffers.length, resource: { buffer: this.ring, offset: 0, size: SLOT_BYTES } });
+      this.groups.set(key, (group = this.device.createBindGroup({ layout: p.layout, entries })));
+    }
+    return group;
   }
 
   /** Records a copy of `bytes` bytes between two different buffers. */
