@@ -1,3 +1,5 @@
+import type { Matrix } from "../backend/backend.js";
+import { decodeWeightRow } from "../backend/weight-rows.js";
 import type { Buf, TrainDType } from "./buffers.js";
 import { linearBackward, linearForward, projectBackward, projectForward, type TrainKernels } from "./kernels.js";
 import type { Activation } from "./ops.js";
@@ -34,6 +36,36 @@ export class Var {
   }
 }
 
+/** Decodes a compact frozen matrix to f32 storage the kernels read (model.ts: one reused scratch, one matrix at a time). */
+export interface MatrixDecoder {
+  /** m's values (rows·cols, row-major), valid until the next decode. */
+  decode(m: Matrix): Buf;
+}
+
+const NO_DATA = new Float32Array(0);
+
+/**
+ * A frozen matrix of the base kept in its stored compact type (QLoRA): only linear, project and
+ * embedding read it, decoding it (whole, into the decoder's scratch) when they run and again in
+ * their backward, which computes the input's gradient with the same f32 product as an f32 base.
+ */
+export class CompactVar extends Var {
+  constructor(readonly matrix: Matrix, readonly decoder: MatrixDecoder) {
+    super(NO_DATA, matrix.rows, matrix.cols, false);
+  }
+}
+
+/**
+ * A Linear weight with a LoRA update, W + s·B A, which linear() applies in factored form:
+ * x Wᵀ + s·(x Aᵀ) Bᵀ, so the base W (frozen, possibly compact) is never added to nor differentiated.
+ */
+export class LoraVar extends Var {
+  /** A (r, in), B (out, r) as RWKV-PEFT stores them. */
+  constructor(readonly base: Var, readonly A: Var, readonly B: Var, readonly scale: number) {
+    super(NO_DATA, base.rows, base.cols, false);
+  }
+}
+
 export class Graph {
   private readonly tape: Array<() => void> = [];
 
@@ -53,6 +85,7 @@ export class Graph {
 
   /** A new output Var; every op writes all of its output, so its memory need not be zeroed. */
   private out(rows: number, cols: number, ...inputs: Var[]): Var {
+    for (const v of inputs) if (v instanceof CompactVar || v instanceof LoraVar) throw new Error(`a ${v.rows}x${v.cols} weight held as ${v.constructor.name} reached an op that reads plain values`);
     return new Var(this.kernels.alloc(this.dtype, rows * cols, true), rows, cols, this.recording && inputs.some((v) => v.requiresGrad), null, this.kernels);
   }
 
@@ -64,6 +97,12 @@ export class Graph {
 
   embedding(E: Var, tokens: Int32Array): Var {
     const C = E.cols;
+    if (E instanceof CompactVar) { // frozen: the rows of the batch's tokens, decoded; no gradient
+      const y = this.out(tokens.length, C); // (R, C)
+      const row = new Float32Array(C);
+      for (let t = 0; t < tokens.length; t++) y.data.set(decodeWeightRow(E.matrix, tokens[t], row), t * C);
+      return y;
+    }
     const y = this.out(tokens.length, C, E); // (R, C)
     this.kernels.ops.embeddingForward(E.data, C, tokens, y.data);
     this.record(y, (gy) => this.kernels.ops.embeddingBackward(E.data, C, tokens, gy, E.g()!));
@@ -126,7 +165,14 @@ export class Graph {
 
   /** y = x Wᵀ, W (O, I) (nn.Linear). */
   linear(x: Var, W: Var): Var {
+    if (W instanceof LoraVar) return this.add(this.linear(x, W.base), this.scale(this.linear(this.linear(x, W.A), W.B), W.scale)); // (R, O)
     const R = x.rows, I = x.cols, O = W.rows;
+    if (W instanceof CompactVar) {
+      const y = this.out(R, O, x); // (R, O)
+      linearForward(this.kernels, x.data, R, I, W.decoder.decode(W.matrix), O, y.data);
+      this.record(y, (gy) => linearBackward(this.kernels, x.data, R, I, W.decoder.decode(W.matrix), O, gy, x.g(), null));
+      return y;
+    }
     const y = this.out(R, O, x, W); // (R, O)
     linearForward(this.kernels, x.data, R, I, W.data, O, y.data);
     this.record(y, (gy) => linearBackward(this.kernels, x.data, R, I, W.data, O, gy, x.g(), W.g()));
@@ -136,6 +182,12 @@ export class Graph {
   /** y = x M, M (I, O) (LoRA factors). */
   project(x: Var, M: Var): Var {
     const R = x.rows, I = x.cols, O = M.cols;
+    if (M instanceof CompactVar) {
+      const y = this.out(R, O, x); // (R, O)
+      projectForward(this.kernels, x.data, R, I, M.decoder.decode(M.matrix), O, y.data);
+      this.record(y, (gy) => projectBackward(this.kernels, x.data, R, I, M.decoder.decode(M.matrix), O, gy, x.g(), null));
+      return y;
+    }
     const y = this.out(R, O, x, M); // (R, O)
     projectForward(this.kernels, x.data, R, I, M.data, O, y.data);
     this.record(y, (gy) => projectBackward(this.kernels, x.data, R, I, M.data, O, gy, x.g(), M.g()));

@@ -2,9 +2,11 @@ import { RwkvInputError } from "../errors.js";
 import { LAYER_NORM_EPS, type ModelConfig, type Version } from "../model/model.js";
 import { checkpointShapes } from "../model/shapes.js";
 import { detectFromNames, type VersionModule, versionsWith } from "../model/versions.js";
-import type { Graph, Var } from "./graph.js";
-import { type TrainDType, type TrainKernels, referenceTrainKernels } from "./kernels.js";
-import { type ParamStore, storeCheckpoint } from "./params.js";
+import type { Matrix } from "../backend/backend.js";
+import { decodeWeightRow } from "../backend/weight-rows.js";
+import { CompactVar, type Graph, LoraVar, type MatrixDecoder, type Var } from "./graph.js";
+import { type Buf, type TrainDType, type TrainKernels, referenceTrainKernels } from "./kernels.js";
+import { matrixShape, type ParamStore, storeCheckpoint } from "./params.js";
 import type { ParamVar, TrainCtx, TrainSupport } from "./version.js";
 
 /*
@@ -50,10 +52,20 @@ export class TrainModel {
     this.trainable = options.trainable ?? null;
     this.loraScale = options.loraScale ?? 1;
     this.kernels.placeParams?.(params);
+    let largest = 0;
+    for (const p of params.list) if (p.compact) largest = Math.max(largest, p.compact.rows * p.compact.cols);
+    this.decoder = largest > 0 ? new ScratchDecoder(this.kernels.alloc(params.dtype, largest)) : null;
   }
 
   private readonly trainable: ReadonlySet<string> | null;
   private readonly loraScale: number;
+  /** Decodes the compact frozen matrices (QLoRA), one at a time, into one scratch the size of the largest. */
+  private readonly decoder: ScratchDecoder | null;
+
+  /** Bytes of the decode scratch (0 without compact matrices). */
+  get scratchBytes(): number {
+    return this.decoder?.scratch.byteLength ?? 0;
+  }
 
   /** Parameters the optimizer must leave alone: unused ones and, when tuning adapters, the base. */
   frozenParams(): ReadonlySet<string> {
@@ -83,6 +95,7 @@ export class TrainModel {
     const vars = new Map<string, Var>();
     const leaf = (name: string): Var => {
       const p = this.params.get(name);
+      if (p.compact) return new CompactVar(p.compact, this.decoder!);
       const [rows, cols] = matrixShape(name, p.shape);
       return g.leaf(p.data, rows, cols, this.trainable && !this.trainable.has(name) ? null : p.grad);
     };
@@ -92,8 +105,8 @@ export class TrainModel {
         v = leaf(name);
         const prefix = name.endsWith(".weight") ? name.slice(0, -".weight".length) : null;
         if (prefix !== null && this.params.has(prefix + ".lora_A")) {
-          // W + s · B A: B (out, r) projected by A (r, in) gives the (out, in) update.
-          v = g.add(v, g.scale(g.project(leaf(prefix + ".lora_B"), leaf(prefix + ".lora_A")), this.loraScale));
+          // W + s · B A, applied by linear() as x Wᵀ + s · (x Aᵀ) Bᵀ.
+          v = new LoraVar(v, leaf(prefix + ".lora_A"), leaf(prefix + ".lora_B"), this.loraScale);
         }
         vars.set(name, v);
       }
@@ -111,17 +124,24 @@ export class TrainModel {
   }
 }
 
-/**
- * How the forward sees a parameter: matrices as (rows, cols) (Linear (out, in), LoRA (in, out),
- * v6's (5, Dm, C) stack as (5·Dm, C)); everything else — (1,1,C) mixes, (H,N) r_k / time_decay /
- * time_faaaa, norms — as one flat row vector (1, n) broadcast over rows.
- */
-function matrixShape(name: string, shape: readonly number[]): [number, number] {
-  const n = shape.reduce((a, b) => a * b, 1);
-  if (name.endsWith("time_maa_w2") && shape.length === 3) return [shape[0] * shape[1], shape[2]];
-  const vector = name.endsWith(".r_k") || /\.time_(decay|faaaa|first)$/.test(name);
-  if (shape.length === 2 && !vector) return [shape[0], shape[1]];
-  return [1, n];
+/** Decodes compact matrices into one reused scratch; the matrix decoded last is kept (a forward's last product is its backward's first). */
+class ScratchDecoder implements MatrixDecoder {
+  private last: Matrix | null = null;
+
+  constructor(readonly scratch: Buf) {}
+
+  decode(m: Matrix): Buf {
+    const I = m.cols, out = this.scratch.subarray(0, m.rows * I);
+    if (m === this.last) return out;
+    if (out instanceof Float32Array) {
+      for (let r = 0; r < m.rows; r++) decodeWeightRow(m, r, out.subarray(r * I, (r + 1) * I));
+    } else {
+      const row = new Float32Array(I);
+      for (let r = 0; r < m.rows; r++) out.set(decodeWeightRow(m, r, row), r * I);
+    }
+    this.last = m;
+    return out;
+  }
 }
 
 /** The version module of a store's model, which must be one that trains. */

@@ -1,4 +1,5 @@
 import { versionModule } from "../model/versions.js";
+import { numel } from "../tensor.js";
 import { Graph } from "./graph.js";
 import type { TrainModel } from "./model.js";
 import { IGNORE_TARGET } from "./ops.js";
@@ -72,7 +73,7 @@ export function trainFlopsPerToken(model: TrainModel): number {
     if (p.name === "emb.weight" || model.unusedParams().has(p.name)) continue;
     const dims = p.shape.filter((d) => d !== 1).length;
     const matrix = dims >= 2 && !/\.(r_k|time_decay|time_faaaa)$/.test(p.name);
-    if (matrix) weights += p.data.length;
+    if (matrix) weights += numel(p.shape);
   }
   /** Multiply-adds per channel and step of each WKV forward (the version's; e.g. v5/6: 2N; v7: 4N). */
   const wkvMacsPerChannel = versionModule(version).train!.wkvMacsPerChannel(model.config);
