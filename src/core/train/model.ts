@@ -35,7 +35,15 @@ export interface TrainModelOptions {
    */
   readonly trainable?: ReadonlySet<string>;
   readonly loraScale?: number;
+  /** Elements of the decode scratch of compact frozen matrices at most (default DECODE_LIMIT): larger ones are decoded in chunks of rows. */
+  readonly decodeLimit?: number;
 }
+
+/**
+ * 2^24 elements (64 MiB of f32): every Linear weight of the released models up to 1.5B decodes
+ * whole; a larger one (a 65536-token head) goes by chunks of rows, so the scratch never holds it.
+ */
+export const DECODE_LIMIT = 1 << 24;
 
 export class TrainModel {
   readonly config: ModelConfig;
@@ -52,9 +60,14 @@ export class TrainModel {
     this.trainable = options.trainable ?? null;
     this.loraScale = options.loraScale ?? 1;
     this.kernels.placeParams?.(params);
-    let largest = 0;
-    for (const p of params.list) if (p.compact) largest = Math.max(largest, p.compact.rows * p.compact.cols);
-    this.decoder = largest > 0 ? new ScratchDecoder(this.kernels.alloc(params.dtype, largest)) : null;
+    let largest = 0, widest = 0;
+    for (const p of params.list) {
+      if (!p.compact) continue;
+      largest = Math.max(largest, p.compact.rows * p.compact.cols);
+      widest = Math.max(widest, p.compact.cols);
+    }
+    const limit = Math.max(widest, options.decodeLimit ?? DECODE_LIMIT); // at least one row
+    this.decoder = largest > 0 ? new ScratchDecoder(this.kernels.alloc(params.dtype, Math.min(largest, limit))) : null;
   }
 
   private readonly trainable: ReadonlySet<string> | null;
@@ -124,22 +137,32 @@ export class TrainModel {
   }
 }
 
-/** Decodes compact matrices into one reused scratch; the matrix decoded last is kept (a forward's last product is its backward's first). */
+/**
+ * Decodes compact matrices into one reused scratch (at most `limit` elements; larger matrices go
+ * by chunks of rows); the chunk decoded last is kept (a forward's last product is its backward's first).
+ */
 class ScratchDecoder implements MatrixDecoder {
-  private last: Matrix | null = null;
+  private last: { m: Matrix; r0: number; n: number } | null = null;
 
   constructor(readonly scratch: Buf) {}
 
-  decode(m: Matrix): Buf {
-    const I = m.cols, out = this.scratch.subarray(0, m.rows * I);
-    if (m === this.last) return out;
+  chunkRows(m: Matrix): number {
+    return Math.max(1, Math.min(m.rows, Math.floor(this.scratch.length / m.cols)));
+  }
+
+  decode(m: Matrix, r0 = 0, n = m.rows): Buf {
+    const I = m.cols;
+    if (n * I > this.scratch.length) throw new Error(`a ${m.rows}x${I} compact matrix does not fit the ${this.scratch.length}-element decode scratch`);
+    const out = this.scratch.subarray(0, n * I);
+    const l = this.last;
+    if (l && l.m === m && l.r0 === r0 && l.n === n) return out;
     if (out instanceof Float32Array) {
-      for (let r = 0; r < m.rows; r++) decodeWeightRow(m, r, out.subarray(r * I, (r + 1) * I));
+      for (let r = 0; r < n; r++) decodeWeightRow(m, r0 + r, out.subarray(r * I, (r + 1) * I));
     } else {
       const row = new Float32Array(I);
-      for (let r = 0; r < m.rows; r++) out.set(decodeWeightRow(m, r, row), r * I);
+      for (let r = 0; r < n; r++) out.set(decodeWeightRow(m, r0 + r, row), r * I);
     }
-    this.last = m;
+    this.last = { m, r0, n };
     return out;
   }
 }
