@@ -39,7 +39,7 @@ const BASE = join(ROOT, "models", "rwkv7-shakespeare.safetensors");
 const RANK = 4, ALPHA = 32;
 
 /** Compact copies of the bundled model and f32 files of what each decodes to, made once per test file. */
-interface Copies { dir: string; q8bin: string; q8gguf: string; f16: string; q8binF32: string; q8ggufF32: string; f16F32: string }
+interface Copies { dir: string; q8bin: string; q8gguf: string; f16: string; bf16: string; q8binF32: string; q8ggufF32: string; f16F32: string; bf16F32: string }
 let copies: Promise<Copies> | null = null;
 
 function makeCopies(): Promise<Copies> {
@@ -53,8 +53,10 @@ function makeCopies(): Promise<Copies> {
     const q8bin = await conv(BASE, "q8.bin", "rwkv.cpp", "q8_0");
     const q8gguf = await conv(BASE, "q8.gguf", "gguf", "q8_0");
     const f16 = await conv(BASE, "f16.safetensors", "safetensors", "f16");
+    const bf16 = await conv(BASE, "bf16.safetensors", "safetensors", "bf16");
     return {
-      dir, q8bin, q8gguf, f16,
+      dir, q8bin, q8gguf, f16, bf16,
+      bf16F32: await conv(bf16, "bf16-f32.safetensors", "safetensors", "f32"),
       q8binF32: await conv(q8bin, "q8bin-f32.safetensors", "safetensors", "f32"),
       q8ggufF32: await conv(q8gguf, "q8gguf-f32.safetensors", "safetensors", "f32"),
       f16F32: await conv(f16, "f16-f32.safetensors", "safetensors", "f32"),
@@ -103,9 +105,9 @@ function loraGrads(store: ParamStore, kernels: TrainKernels, decodeLimit?: numbe
 }
 
 for (const kind of ["reference", "wasm"] as const) {
-  test(`QLoRA ${kind}: LoRA gradients on q8_0 (rwkv.cpp, GGUF) and f16 bases equal those on f32 bases of the decoded values`, async () => {
+  test(`QLoRA ${kind}: LoRA gradients on q8_0 (rwkv.cpp, GGUF), f16 and bf16 bases equal those on f32 bases of the decoded values`, async () => {
     const c = await makeCopies();
-    for (const [compact, dequantized, what] of [[c.q8bin, c.q8binF32, "rwkv.cpp q8_0"], [c.q8gguf, c.q8ggufF32, "GGUF q8_0"], [c.f16, c.f16F32, "f16"]] as const) {
+    for (const [compact, dequantized, what] of [[c.q8bin, c.q8binF32, "rwkv.cpp q8_0"], [c.q8gguf, c.q8ggufF32, "GGUF q8_0"], [c.f16, c.f16F32, "f16"], [c.bf16, c.bf16F32, "bf16"]] as const) {
       const kernels = kind === "wasm" ? new WasmTrainKernels() : referenceTrainKernels;
       try {
         const small = loraStore(compact, "compact");

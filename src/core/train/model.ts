@@ -4,6 +4,7 @@ import { checkpointShapes } from "../model/shapes.js";
 import { detectFromNames, type VersionModule, versionsWith } from "../model/versions.js";
 import type { Matrix } from "../backend/backend.js";
 import { decodeWeightRow } from "../backend/weight-rows.js";
+import { f16ToF32 } from "../tensor.js";
 import { CompactVar, type Graph, LoraVar, type MatrixDecoder, type Var } from "./graph.js";
 import { type Buf, type TrainDType, type TrainKernels, referenceTrainKernels } from "./kernels.js";
 import { matrixShape, type ParamStore, storeCheckpoint } from "./params.js";
@@ -156,7 +157,24 @@ class ScratchDecoder implements MatrixDecoder {
     const out = this.scratch.subarray(0, n * I);
     const l = this.last;
     if (l && l.m === m && l.r0 === r0 && l.n === n) return out;
-    if (out instanceof Float32Array) {
+    if (out instanceof Float32Array && (m.type === "f16" || m.type === "bf16")) {
+      // The common QLoRA bases, decoded a word at a time (decodeWeightRow's values exactly): f16 by table, bf16 by shift.
+      const bits = (m.data as Uint16Array).subarray(r0 * I, (r0 + n) * I);
+      if (m.type === "f16") {
+        const table = f16Table();
+        for (let i = 0; i < bits.length; i++) out[i] = table[bits[i]];
+      } else {
+        const words = new Uint32Array(out.buffer, out.byteOffset, bits.length);
+        for (let i = 0; i < bits.length; i++) words[i] = bits[i] << 16;
+      }
+    } else if (out instanceof Float32Array && m.type === "q8_0") {
+      // ggml's Q8_0 (ggml-quants.ts): blocks of an f16 scale d and 32 int8 q, w = q·d.
+      const table = f16Table(), bytes = m.data as Uint8Array, rowBytes = (I / Q8_BLOCK) * Q8_BLOCK_BYTES;
+      for (let b = r0 * rowBytes, end = (r0 + n) * rowBytes, o = 0; b < end; b += Q8_BLOCK_BYTES, o += Q8_BLOCK) {
+        const d = table[bytes[b] | (bytes[b + 1] << 8)];
+        for (let j = 0; j < Q8_BLOCK; j++) out[o + j] = ((bytes[b + 2 + j] << 24) >> 24) * d;
+      }
+    } else if (out instanceof Float32Array) {
       for (let r = 0; r < n; r++) decodeWeightRow(m, r0 + r, out.subarray(r * I, (r + 1) * I));
     } else {
       const row = new Float32Array(I);
@@ -165,6 +183,20 @@ class ScratchDecoder implements MatrixDecoder {
     this.last = { m, r0, n };
     return out;
   }
+}
+
+/** ggml's Q8_0 block: 32 weights, an f16 scale then 32 int8. */
+const Q8_BLOCK = 32, Q8_BLOCK_BYTES = 2 + Q8_BLOCK;
+
+let f16Values: Float32Array | null = null;
+
+/** Every f16 bit pattern's value (256 KiB, made on first use). */
+function f16Table(): Float32Array {
+  if (!f16Values) {
+    f16Values = new Float32Array(1 << 16);
+    for (let h = 0; h < f16Values.length; h++) f16Values[h] = f16ToF32(h);
+  }
+  return f16Values;
 }
 
 /** The version module of a store's model, which must be one that trains. */
