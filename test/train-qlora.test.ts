@@ -232,7 +232,7 @@ test("QLoRA training run on a q8_0 base: validation loss below the base's; the a
   }
 });
 
-test("QLoRA on f16 and --int8 bases lowers the validation loss", async (t) => {
+test("QLoRA on f16 and --int8 bases, and state tuning on a q8_0 base, lower the validation loss", async (t) => {
   const c = await makeCopies();
   const dir = mkdtempSync(join(tmpdir(), "rwkv-qlora-f16-"));
   try {
@@ -248,6 +248,12 @@ test("QLoRA on f16 and --int8 bases lowers the validation loss", async (t) => {
       const tuned = run.history.val[0][1];
       assert.ok(tuned < base - 1e-3, `${baseMatrices ?? "f16"}: validation loss ${tuned} is not below the base's ${base}`);
     }
+    const state = await TrainingRun.create(join(dir, "state-q8"), {
+      data: [data], init: { model: c.q8bin }, stateTune: true, batch: 4, ctx: 32, warmup: 0, steps: 20, valEvery: 20, lr: 1e-2, lrFinal: 1e-2,
+    }, { threads: 1 });
+    const before = state.validationLoss();
+    await state.run();
+    assert.ok(state.history.val[0][1] < before, `state tuning on q8_0: validation loss ${state.history.val[0][1]} is not below the base's ${before}`);
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }
