@@ -26,8 +26,8 @@ import { compare } from "./shared.js";
 import { runBin, shakespeareFile } from "./train-helpers.js";
 
 /*
- * QLoRA: `rwkv train --lora` on a compact base (rwkv.cpp q8_0, GGUF q8_0 whose head is quantized
- * too, f16 safetensors, --int8) keeps the frozen matrices in their stored type. Checked against an
+ * QLoRA: `rwkv train --lora` on a compact base (rwkv.cpp q8_0/q5_1, GGUF q8_0/q4_0 whose head is
+ * quantized too, f16/bf16 safetensors, --int8) keeps the frozen matrices in their stored type. Checked against an
  * f32 file holding the very values the compact one decodes to: the LoRA gradients agree (bit for
  * bit: both run the same f32 products on the same values), the trainer's buffers stay far below
  * the f32 base's size, training lowers the validation loss, the adapter loads back onto the
@@ -39,7 +39,10 @@ const BASE = join(ROOT, "models", "rwkv7-shakespeare.safetensors");
 const RANK = 4, ALPHA = 32;
 
 /** Compact copies of the bundled model and f32 files of what each decodes to, made once per test file. */
-interface Copies { dir: string; q8bin: string; q8gguf: string; f16: string; bf16: string; q8binF32: string; q8ggufF32: string; f16F32: string; bf16F32: string }
+interface Copies {
+  dir: string; q8bin: string; q8gguf: string; f16: string; bf16: string; q5bin: string; q4gguf: string;
+  q8binF32: string; q8ggufF32: string; f16F32: string; bf16F32: string; q5binF32: string; q4ggufF32: string;
+}
 let copies: Promise<Copies> | null = null;
 
 function makeCopies(): Promise<Copies> {
@@ -54,8 +57,11 @@ function makeCopies(): Promise<Copies> {
     const q8gguf = await conv(BASE, "q8.gguf", "gguf", "q8_0");
     const f16 = await conv(BASE, "f16.safetensors", "safetensors", "f16");
     const bf16 = await conv(BASE, "bf16.safetensors", "safetensors", "bf16");
+    const q5bin = await conv(BASE, "q5_1.bin", "rwkv.cpp", "q5_1"), q4gguf = await conv(BASE, "q4_0.gguf", "gguf", "q4_0");
     return {
-      dir, q8bin, q8gguf, f16, bf16,
+      dir, q8bin, q8gguf, f16, bf16, q5bin, q4gguf,
+      q5binF32: await conv(q5bin, "q5bin-f32.safetensors", "safetensors", "f32"),
+      q4ggufF32: await conv(q4gguf, "q4gguf-f32.safetensors", "safetensors", "f32"),
       bf16F32: await conv(bf16, "bf16-f32.safetensors", "safetensors", "f32"),
       q8binF32: await conv(q8bin, "q8bin-f32.safetensors", "safetensors", "f32"),
       q8ggufF32: await conv(q8gguf, "q8gguf-f32.safetensors", "safetensors", "f32"),
@@ -105,9 +111,10 @@ function loraGrads(store: ParamStore, kernels: TrainKernels, decodeLimit?: numbe
 }
 
 for (const kind of ["reference", "wasm"] as const) {
-  test(`QLoRA ${kind}: LoRA gradients on q8_0 (rwkv.cpp, GGUF), f16 and bf16 bases equal those on f32 bases of the decoded values`, async () => {
+  test(`QLoRA ${kind}: LoRA gradients on q8_0 (rwkv.cpp, GGUF), q5_1, q4_0, f16 and bf16 bases equal those on f32 bases of the decoded values`, async () => {
     const c = await makeCopies();
-    for (const [compact, dequantized, what] of [[c.q8bin, c.q8binF32, "rwkv.cpp q8_0"], [c.q8gguf, c.q8ggufF32, "GGUF q8_0"], [c.f16, c.f16F32, "f16"], [c.bf16, c.bf16F32, "bf16"]] as const) {
+    for (const [compact, dequantized, what] of [[c.q8bin, c.q8binF32, "rwkv.cpp q8_0"], [c.q8gguf, c.q8ggufF32, "GGUF q8_0"], [c.f16, c.f16F32, "f16"], [c.bf16, c.bf16F32, "bf16"],
+      [c.q5bin, c.q5binF32, "rwkv.cpp q5_1"], [c.q4gguf, c.q4ggufF32, "GGUF q4_0"]] as const) {
       const kernels = kind === "wasm" ? new WasmTrainKernels() : referenceTrainKernels;
       try {
         const small = loraStore(compact, "compact");
