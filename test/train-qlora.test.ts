@@ -164,6 +164,9 @@ test("QLoRA memory: the trainer holds the compact base, gradients and moments of
       // Values are held only for the tensors that are not compact (no f32 copy of a compact matrix) …
       const plain = store.list.filter((p) => !p.compact).reduce((s, p) => s + p.data.length, 0);
       assert.equal(held.values, 4 * plain, `${what}: f32 values beyond the non-compact tensors`);
+      for (const p of store.list) {
+        if (p.compact) assert.equal(p.compact.data.buffer.byteLength, p.compact.data.byteLength, `${what}: ${p.name} keeps a larger buffer alive`);
+      }
       const compactCount = store.list.filter((p) => p.compact).reduce((s, p) => s + p.compact!.rows * p.compact!.cols, 0);
       assert.ok(compactCount > 0.75 * baseCount, `${what}: only ${compactCount} of ${baseCount} base weights are compact`);
       // … so everything the trainer holds is below the f32 base alone (the f32 path also kept its gradient and moments: 16 bytes a weight).
