@@ -242,7 +242,7 @@ test("QLoRA training run on a q8_0 base: validation loss below the base's; the a
   }
 });
 
-test("QLoRA on f16 and --int8 bases, and state tuning on a q8_0 base, lower the validation loss", async (t) => {
+test("QLoRA on f16 and --int8 bases, and state tuning on a q8_0 base, lower the validation loss; the f16 adapter loads back unmerged onto the f16 base", async (t) => {
   const c = await makeCopies();
   const dir = mkdtempSync(join(tmpdir(), "rwkv-qlora-f16-"));
   try {
@@ -257,6 +257,20 @@ test("QLoRA on f16 and --int8 bases, and state tuning on a q8_0 base, lower the 
       await run.run();
       const tuned = run.history.val[0][1];
       assert.ok(tuned < base - 1e-3, `${baseMatrices ?? "f16"}: validation loss ${tuned} is not below the base's ${base}`);
+    }
+    // The f16-trained adapter kept unmerged on the f16 base: the trained weights' logits (f16 is decoded exactly).
+    const adapter = join(dir, "tuned-f16", "adapter.pth");
+    const lora = loadCheckpoint(adapter), f32 = loadCheckpoint(c.f16F32);
+    try {
+      const tokens = Array.from(new TextEncoder().encode("JULIET:\nO Romeo"));
+      const ref = buildModel(mergedByHand(f32.checkpoint, lora.checkpoint), rwkv7, "7", referenceBackend);
+      const onF16 = await loadModel(c.f16, { backend: "reference" });
+      loadAdapterUnmerged(onF16, "tuned", { path: adapter, kind: "lora", alpha: ALPHA });
+      const d = compare(await onF16.forward(tokens, onF16.initState("tuned"), { allLogits: true }), await ref.forward(tokens, ref.initState(), { allLogits: true }), 1e-5, 1e-5);
+      assert.ok(d.ok, `adapter unmerged on the f16 base vs the trained weights: ${d.maxAbs}`);
+    } finally {
+      lora.close();
+      f32.close();
     }
     const state = await TrainingRun.create(join(dir, "state-q8"), {
       data: [data], init: { model: c.q8bin }, stateTune: true, batch: 4, ctx: 32, warmup: 0, steps: 20, valEvery: 20, lr: 1e-2, lrFinal: 1e-2,
