@@ -207,7 +207,7 @@ class WasmHeap {
   readonly ioBlock = { ptr: 0, bytes: 0 };
 
   /** `grant(heap, to)` throws when growing `heap`'s top to `to` would take the memories past the backend's total limit. */
-  constructor(module: WasmModule, route: RunInMemory, private readonly grant: (heap: WasmHeap, to: number) => void) {
+  constructor(readonly index: number, module: WasmModule, route: RunInMemory, private readonly grant: (heap: WasmHeap, to: number) => void) {
     this.memory = new WA!.Memory({ initial: 1, maximum: MAX_PAGES, shared: true });
     this.x = new WA!.Instance(module, kernelImports(this.memory, route)).exports as unknown as Exports;
     this.top = align(this.x.heapBase());
@@ -395,7 +395,7 @@ export class WasmBackend implements Backend {
 
   /** A new memory with its instance (the first: memory 0). */
   private addHeap(): WasmHeap {
-    const h = new WasmHeap(this.module, this.route, this.grant);
+    const h = new WasmHeap(this.heaps.length, this.module, this.route, this.grant);
     this.heaps.push(h);
     return h;
   }
@@ -470,7 +470,7 @@ export class WasmBackend implements Backend {
       this.calls.parallel++;
       if (h !== this.home) {
         const a0 = (this.ctrl + CTRL_ARGS) >>> 2;
-        this.home.i32[a0] = this.heaps.indexOf(h);
+        this.home.i32[a0] = h.index;
         this.home.i32[a0 + 1] = job;
         job = JOB.inMemory;
       }
