@@ -240,6 +240,10 @@ test("WGSL matmul kernels in Chromium (SwiftShader): every weight type, decode a
       const W = randomMatrix(type, O, I, r);
       for (const R of [3, 17]) await run(W, R, [30, O - 30], 1, O + 3, `${type} O=${O} I=${I} R=${R} in chunks of 30 and ${O - 30} rows`);
     }
+    // f16 subnormals (|w| < 2^-14, a few in every thousand weights of a trained model) are exact
+    // in f32: unpack2x16float must not flush them.
+    const subnormal: Matrix = { rows: 5, cols: 67, type: "f16", data: Uint16Array.from({ length: 5 * 67 }, () => (r() > 0 ? 0x8000 : 0) | (1 + Math.floor((r() + 1) * 511))) };
+    for (const R of [1, 17]) await run(subnormal, R, [5], 0, 5, `f16 subnormal weights R=${R}`);
     assert.deepEqual(errors, []);
     t.diagnostic(`largest |y - y_ref| / Σ|x·w|: ${worst.toExponential(2)} (tolerance ${TOL})`);
   } finally {
