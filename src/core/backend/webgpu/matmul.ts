@@ -354,11 +354,17 @@ ${ks.map((k) => `      acc${k} += wi * x[xb${k} + i];`).join("\n")}
 `;
 }
 
-/** The tiled kernel: a TILE × TILE block of y per workgroup of 16 × 16 threads, 4 × 4 outputs each. */
+/**
+ * The tiled kernel: a TILE × TILE block of y per workgroup of 16 × 16 threads, each 4 outputs ×
+ * 4 rows of x, reading the slices from workgroup memory as vec4 (two loads for 16 multiply-adds).
+ */
 function tiledCode(type: WeightType): string {
   const c = typeCode(type), tail = !BLOCK_TYPES.has(type);
-  const T = TILE, S = T / 4; // S threads along each side, 4 outputs each
-  const store = (v: string, col: string) => range(4).map((j) => `ws[(${col} + ${j}u) * TILE + (oo ^ (${col} + ${j}u))] = ${v}[${j}];`).join(" ");
+  const S = TILE / 4; // threads along each side, and vec4 per slice row
+  // Column k of the W slice, outputs oo … oo+3 of a unit's 4 consecutive columns from k: the
+  // vec4 of output group oo / 4 is stored at column (oo / 4) ^ (k / 4) (see the arrays below).
+  const store = (v: string, col: string) =>
+    range(4).map((j) => `ws[(${col} + ${j}u) * S + ((oo >> 2u) ^ ((${col}) >> 2u))][oo & 3u] = ${v}[${j}];`).join("\n      ");
   const loadW = c.wide
     ? `var lo = vec4<f32>(0.0);
       var hi = vec4<f32>(0.0);
@@ -383,15 +389,19 @@ function tiledCode(type: WeightType): string {
       ${store("v", "kk")}`;
   return `${HEADER}
 ${c.fns}
-const TILE = ${T}u;
+const TILE = ${TILE}u;
+const S = ${S}u;
 const KC = ${KC}u;
 const UPB = ${c.upb}u;
 const THREADS = ${S * S}u;
-// The slice of x, (KC, TILE rows of x), and of W dequantized, (KC, TILE outputs); element (k, j)
-// at k·TILE + (j ^ k), so that both the stores (32 columns of one row) and the loads (one column,
-// 32 rows) of a 32-thread subgroup fall in distinct banks.
-var<workgroup> xs: array<f32, ${KC * T}>;
-var<workgroup> ws: array<f32, ${KC * T}>;
+// The slices of x, (KC, TILE rows of x), and of W dequantized, (KC, TILE outputs), as vec4 of 4
+// consecutive rows (outputs). Slice column k's vec4 j is stored at k·S + (j ^ (k % 8)) for x and
+// k·S + (j ^ (k / 4)) for W: a permutation within the column, chosen so that the stores of a
+// 32-thread subgroup (x: 8 columns × 4 rows; W: 8 units × 4 outputs, one column each) fall
+// in distinct banks (the 4- and 5-bit types' 4 units × 8 outputs: two to a bank); the loads
+// (16 vec4 of one column of W, and 2 of x) are a permutation either way.
+var<workgroup> xs: array<vec4<f32>, ${(KC * TILE) / 4}>;
+var<workgroup> ws: array<vec4<f32>, ${(KC * TILE) / 4}>;
 
 @compute @workgroup_size(${S}, ${S})
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
@@ -400,20 +410,22 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
   let o0 = (wg.y * nwg.x + wg.x) * TILE;
   if (o0 >= p.O) { return; } // the whole workgroup: a spread dispatch's spare groups
   let r0 = wg.z * TILE;
-  // Thread (tx, ty) owns outputs o0 + tx + ${S}a and rows r0 + ty + ${S}b, a, b < 4.
+  // Thread (tx, ty) owns outputs o0 + 4tx … o0 + 4tx + 3 and rows r0 + 4ty … r0 + 4ty + 3.
   let tx = lid.x;
   let ty = lid.y;
-${range(4).map((b) => `  var acc${b} = vec4<f32>(0.0); // row r0 + ty + ${S * b}, outputs o0 + tx + (0, ${S}, ${2 * S}, ${3 * S})`).join("\n")}
+${range(4).map((b) => `  var acc${b} = vec4<f32>(0.0); // row r0 + 4ty + ${b}`).join("\n")}
   for (var k0 = 0u; k0 < I; k0 += KC) {
-    for (var e = li; e < KC * TILE; e += THREADS) {
-      let rr = e / KC;
-      let kk = e % KC;
+    // x: pass j takes columns 8(j % 4) … + 7 of rows 32(j / 4) … + 31, each thread one.
+    for (var j = 0u; j < (KC * TILE) / THREADS; j++) {
+      let kk = 8u * (j & 3u) + (li & 7u);
+      let rr = 32u * (j >> 2u) + (li >> 3u);
       let r = r0 + rr;
       let i = k0 + kk;
       var v = 0.0;
       if (r < p.R && i < I) { v = x[r * I + i]; }
-      xs[kk * TILE + (rr ^ kk)] = v;
+      xs[kk * S + ((rr >> 2u) ^ (kk & 7u))][rr & 3u] = v;
     }
+    // W: TILE rows of UPB units, consecutive threads on consecutive words of a row.
     for (var e = li; e < UPB * TILE; e += THREADS) {
       let oo = e / UPB;
       let o = o0 + oo;
@@ -424,14 +436,16 @@ ${range(4).map((b) => `  var acc${b} = vec4<f32>(0.0); // row r0 + ty + ${S * b}
     }
     workgroupBarrier();
     for (var kk = 0u; kk < KC; kk++) {
-      let wv = vec4<f32>(${range(4).map((a) => `ws[kk * TILE + ((tx + ${S * a}u) ^ kk)]`).join(", ")});
-${range(4).map((b) => `      acc${b} += wv * xs[kk * TILE + ((ty + ${S * b}u) ^ kk)];`).join("\n")}
+      let wv = ws[kk * S + (tx ^ (kk >> 2u))]; // outputs o0 + 4tx …
+      let xv = xs[kk * S + (ty ^ (kk & 7u))]; // rows r0 + 4ty …
+${range(4).map((b) => `      acc${b} += wv * xv[${b}];`).join("\n")}
     }
     workgroupBarrier();
   }
-${range(4).map((b) => `  if (r0 + ty + ${S * b}u < p.R) {
-    let yb = (r0 + ty + ${S * b}u) * p.yStride + p.yCol0 + o0 + tx;
-${range(4).map((a) => `    if (o0 + tx + ${S * a}u < p.O) { y[yb + ${S * a}u] = acc${b}[${a}]; }`).join("\n")}
+  let oc = o0 + 4u * tx;
+${range(4).map((b) => `  if (r0 + 4u * ty + ${b}u < p.R) {
+    let yb = (r0 + 4u * ty + ${b}u) * p.yStride + p.yCol0 + oc;
+${range(4).map((a) => `    if (oc + ${a}u < p.O) { y[yb + ${a}u] = acc${b}[${a}]; }`).join("\n")}
   }`).join("\n")}
 }
 `;
