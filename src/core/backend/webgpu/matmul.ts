@@ -245,29 +245,31 @@ export function packForGpu(m: Matrix, row0: number, rows: number): Uint32Array {
     }
     return out;
   }
-  const nb = I / QK, bb = rowBytes(type, QK), quantBytes = type === "q8_0" ? QK : QK / 2;
+  const nb = I / QK, bb = rowBytes(type, QK), quantWords = (type === "q8_0" ? QK : QK / 2) / 4;
   const minimum = type === "q4_1" || type === "q5_1", fifth = type === "q5_0" || type === "q5_1";
+  // Word reads through a DataView (blocks are not 4-byte aligned in the file): a few times faster
+  // than copying subarrays, which matters for the billions of weights of a large model.
+  const dv = new DataView(src.buffer, src.byteOffset, src.byteLength);
   const halves = new Uint16Array(out.buffer);
   for (let r = 0; r < rows; r++) {
     const s = (row0 + r) * nb * bb, rb = r * rw;
     // Region starts (words): scales (d or d,m pairs), qh, quants.
-    const scaleWords = minimum ? nb : Math.ceil(nb / 2);
-    const qhAt = rb + scaleWords, qsAt = qhAt + (fifth ? nb : 0);
+    const qhAt = rb + (minimum ? nb : Math.ceil(nb / 2)), qsAt = qhAt + (fifth ? nb : 0);
     for (let b = 0; b < nb; b++) {
       const p = s + b * bb;
       let q = p + F16_BYTES;
       if (minimum) {
-        halves[2 * (rb + b)] = src[p] | (src[p + 1] << 8);
-        halves[2 * (rb + b) + 1] = src[q] | (src[q + 1] << 8);
+        out[rb + b] = dv.getUint32(p, true); // d low, m high, as in the file
         q += F16_BYTES;
       } else {
-        halves[2 * rb + b] = src[p] | (src[p + 1] << 8);
+        halves[2 * rb + b] = dv.getUint16(p, true);
       }
       if (fifth) {
-        dst.set(src.subarray(q, q + QH_BYTES), 4 * (qhAt + b));
+        out[qhAt + b] = dv.getUint32(q, true);
         q += QH_BYTES;
       }
-      dst.set(src.subarray(q, q + quantBytes), 4 * qsAt + b * quantBytes);
+      const at = qsAt + b * quantWords;
+      for (let j = 0; j < quantWords; j++) out[at + j] = dv.getUint32(q + 4 * j, true);
     }
   }
   return out;
