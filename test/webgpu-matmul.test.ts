@@ -14,7 +14,7 @@ import { randomMatrix, rng } from "./matmul-check.js";
  * adapter (SwiftShader), against the reference backend's matmul of the same Matrix. The page
  * loads matmul.ts bundled by esbuild, packs the matrix with packForGpu, uploads it, dispatches
  * the kernel matmulKernel picks with the workgroups it asks for, and reads y back, as the
- * WebGPU backend does.
+ * WebGPU backend does. Letters as in matmul.ts: R rows of x, O rows of W (outputs), I columns.
  *
  * Tolerance: |y - y_ref| ≤ TOL · Σ_i |x_i w_i| per output. Both sides dequantize each weight to
  * the same f32 (the 4 and 5-bit types' q·d + m rounds once on both sides), so the difference is
