@@ -289,7 +289,7 @@ const HEADER = `struct MatmulParams { R: u32, O: u32, I: u32, yCol0: u32, yStrid
 @group(0) @binding(3) var<uniform> p: MatmulParams;
 fn x4(a: u32) -> vec4<f32> { return vec4<f32>(x[a], x[a + 1u], x[a + 2u], x[a + 3u]); }`;
 
-/** n workgroups as (gx, gy) within the per-dimension limit; the kernel's flat index gy·gx + gx may pass n. */
+/** n workgroups as (gx, gy) within the per-dimension limit; the kernels number them wg.y · gx + wg.x, which may pass n (those do nothing). */
 function spread(n: number): [number, number] {
   if (n <= MAX_WORKGROUPS_PER_DIMENSION) return [n, 1];
   return [MAX_WORKGROUPS_PER_DIMENSION, Math.ceil(n / MAX_WORKGROUPS_PER_DIMENSION)];
