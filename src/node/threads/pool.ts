@@ -1,5 +1,5 @@
 import { type Backend } from "../../core/backend/backend.js";
-import { registerBackend, WASM_PRIORITY } from "../../core/backend/registry.js";
+import { type MemoryLimits, memoryLimitsKey, registerBackend, WASM_PRIORITY } from "../../core/backend/registry.js";
 import { WasmBackend, type WasmSimd, wasmAvailable } from "../../core/backend/wasm.js";
 import { defaultThreads, spawnKernelWorker } from "./spawn.js";
 
@@ -13,14 +13,17 @@ export { defaultThreads };
 
 const backends = new Map<string, WasmBackend>();
 
-/** The wasm backend with `threads` threads (default all cores), or null where wasm SIMD cannot run. */
-export function wasmBackend(threads: number = defaultThreads(), simd?: WasmSimd): WasmBackend | null {
+/**
+ * The wasm backend with `threads` threads (default all cores) and these memory limits (default
+ * none but 4 GiB per memory), or null where wasm SIMD cannot run.
+ */
+export function wasmBackend(threads: number = defaultThreads(), simd?: WasmSimd, memory?: MemoryLimits): WasmBackend | null {
   if (!Number.isInteger(threads) || threads < 1) throw new Error(`threads must be a positive integer, got ${threads}`);
   if (!wasmAvailable()) return null;
-  const key = `${threads}/${simd ?? "auto"}`;
+  const key = `${threads}/${simd ?? "auto"}${memoryLimitsKey(memory)}`;
   let b = backends.get(key);
   if (!b) {
-    b = new WasmBackend({ threads, simd, spawn: spawnKernelWorker });
+    b = new WasmBackend({ threads, simd, spawn: spawnKernelWorker, maxMemoryBytes: memory?.maxBytes, weightBytesPerMemory: memory?.weightBytesPerMemory });
     backends.set(key, b);
   }
   return b;
@@ -28,7 +31,7 @@ export function wasmBackend(threads: number = defaultThreads(), simd?: WasmSimd)
 
 /** Replaces the core's single-threaded "wasm" registration with the threaded one. */
 export function registerNodeBackends(): void {
-  registerBackend("wasm", WASM_PRIORITY, (o): Backend | null => wasmBackend(o.threads ?? defaultThreads()));
+  registerBackend("wasm", WASM_PRIORITY, (o): Backend | null => wasmBackend(o.threads ?? defaultThreads(), undefined, o.memory));
 }
 
 registerNodeBackends();
