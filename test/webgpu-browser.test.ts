@@ -125,6 +125,18 @@ test("webgpu in Chromium (SwiftShader): every kernel against the reference, the 
       }
     }
 
+    // Compact weights (f16, bf16, ggml blocks) in whole models: the GPU against the reference kernels on the same weights.
+    const compact: string[] = [];
+    const bf16 = sharedPath(t, "golden", "v7", "model_bf16.safetensors"), cpp = sharedPath(t, "rwkv.cpp");
+    if (!bf16 || !cpp) return;
+    files.set("v7-bf16.safetensors", bf16);
+    compact.push("v7-bf16.safetensors");
+    for (const f of ["tiny-rwkv-7v0-834K-FP16.bin", "tiny-rwkv-7v0-834K-Q5_1.bin", "tiny-rwkv-6v0-1m-Q5_0.bin", "tiny-rwkv-5v2-730K-FP32-to-Q8_0.bin",
+      "tiny-rwkv-5v2-730K-FP32-to-Q4_0.bin", "tiny-rwkv-5v2-730K-FP32-to-Q4_1.bin"]) {
+      files.set(f, join(cpp, f));
+      compact.push(f);
+    }
+
     const { page, errors } = await chromium.page();
     const call = await openPage(page, files);
     const adapter = await call((api) => api.prepare());
@@ -147,6 +159,16 @@ test("webgpu in Chromium (SwiftShader): every kernel against the reference, the 
       t0 = performance.now();
       assertClose(run.batch, run.alone, `${name} stepBatch vs separate steps`);
       t.diagnostic(`${name} (RWKV-${run.version}) max|diff| ${JSON.stringify(report)}`);
+    }
+
+    // Compact types: the kernels' f32 sums against the reference's f64 ones on the same weights, so the
+    // golden tolerance holds here too (what these types lose against f32 weights is the types' own rounding,
+    // the same on every backend: quantization.md).
+    const tokens = [1, 20, 33, 4, 50, 6, 17, 8, 9, 100, 11];
+    for (const f of compact) {
+      const r = await call((api, url: string, toks: number[]) => api.againstReference(url, toks), `${ORIGIN}/${f}`, tokens);
+      assert.ok(r.maxDiff <= ATOL + RTOL * r.scale, `${f}: GPU vs reference max |diff| ${r.maxDiff}`);
+      t.diagnostic(`${f} (RWKV-${r.version}, ${r.types.join("/")}): GPU vs reference max |diff| ${r.maxDiff} (logits up to ${r.scale.toFixed(1)})`);
     }
 
     // Bad cases on a second page whose backend has a 4 KiB largest binding.

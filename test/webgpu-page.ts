@@ -1,6 +1,6 @@
 import type { Activation, Matrix, Tensor, TensorKernels, WeightType } from "../src/core/backend/backend.js";
 import { quantizeInt8 } from "../src/core/backend/int8.js";
-import { referenceTensors as R } from "../src/core/backend/reference.js";
+import { referenceBackend, referenceTensors as R } from "../src/core/backend/reference.js";
 import { prepareWebGpu, type WebGpuBackend } from "../src/core/backend/webgpu/index.js";
 import { decodeWeightRow } from "../src/core/backend/weight-rows.js";
 import { MemorySource } from "../src/core/bytes.js";
@@ -377,3 +377,22 @@ export async function loseDevice(url: string): Promise<string> {
   }
 }
 
+
+/**
+ * A model file in its compact types (f16, bf16, ggml blocks) on the GPU and on the reference kernels
+ * (the same weights): the largest |difference| of the logits of a sequence and of steps after it.
+ */
+export async function againstReference(url: string, tokens: number[]): Promise<{ version: string; types: string[]; maxDiff: number; scale: number }> {
+  const bytes = new Uint8Array(await (await fetch(url)).arrayBuffer());
+  const ckpt = openCheckpoint(new MemorySource(url, bytes));
+  const version = detectVersion(ckpt);
+  const gpuModel = buildModel(ckpt, architectureFor(version, url), version, gpu());
+  const refModel = buildModel(ckpt, architectureFor(version, url), version, referenceBackend);
+  const types = [...new Set([...ckpt.tensors.values()].map((t) => t.dtype))];
+  const sg = gpuModel.initState(), sr = refModel.initState();
+  const got = [...await gpuModel.forward(tokens, sg, { allLogits: true })], want = [...await refModel.forward(tokens, sr, { allLogits: true })];
+  for (const tok of tokens.slice(0, 3)) { got.push(...await gpuModel.step(tok, sg)); want.push(...await refModel.step(tok, sr)); }
+  let maxDiff = 0, scale = 0;
+  for (let i = 0; i < want.length; i++) { maxDiff = Math.max(maxDiff, Math.abs(got[i] - want[i])); scale = Math.max(scale, Math.abs(want[i])); }
+  return { version, types, maxDiff, scale };
+}
