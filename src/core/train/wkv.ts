@@ -1,4 +1,4 @@
-import { wkv4Channel } from "../backend/wkv4-scan.js";
+import { wkv4Channel, wkv5Step, wkv7Step, WkvStep } from "../backend/wkv-scan.js";
 import type { Buf } from "./buffers.js";
 
 /*
@@ -104,24 +104,17 @@ export function wkv4Backward(B: number, T: number, C: number, timeDecay: Buf, ti
 export function wkv5Forward(B: number, T: number, H: number, N: number, r: Buf, k: Buf, v: Buf, wraw: Buf, u: Buf,
   y: Buf, ckpt: Float64Array | null): void {
   const C = H * N, perToken = wraw.length !== C, chunks = wkvChunks(T);
-  const S = new Float64Array(N * N), acc = new Float64Array(N), d = new Float64Array(N);
+  const S = new Float64Array(N * N), st = new WkvStep(N), yv = new Float64Array(N);
   for (let b = 0; b < B; b++) {
     for (let h = 0; h < H; h++) {
       S.fill(0);
       for (let t = 0; t < T; t++) {
         if (ckpt && t % WKV_CHUNK === 0) ckpt.set(S, (((b * H + h) * chunks) + t / WKV_CHUNK) * N * N);
-        const o = (b * T + t) * C + h * N, wo = perToken ? o : h * N;
-        for (let j = 0; j < N; j++) d[j] = Math.exp(-Math.exp(wraw[wo + j]));
-        acc.fill(0);
-        for (let j = 0; j < N; j++) {
-          const rj = r[o + j], kj = k[o + j], ukj = u[h * N + j] * kj, dj = d[j], row = j * N;
-          for (let i = 0; i < N; i++) {
-            const vi = v[o + i], s = S[row + i];
-            acc[i] += rj * (ukj * vi + s);
-            S[row + i] = kj * vi + dj * s;
-          }
-        }
-        for (let i = 0; i < N; i++) y[o + i] = acc[i];
+        const o = (b * T + t) * C + h * N;
+        st.rawDecay(N, wraw, perToken ? o : h * N);
+        st.load5(N, o, r, k, v, u, h * N);
+        wkv5Step(S, 0, S, 0, N, st, yv);
+        for (let i = 0; i < N; i++) y[o + i] = yv[i];
       }
     }
   }
@@ -137,21 +130,20 @@ export function wkv5Forward(B: number, T: number, H: number, N: number, r: Buf, 
 export function wkv5Backward(B: number, T: number, H: number, N: number, r: Buf, k: Buf, v: Buf, wraw: Buf, u: Buf,
   ckpt: Float64Array, gy: Buf, gr: Buf | null, gk: Buf | null, gv: Buf | null, gw: Buf | null, gu: Buf | null): void {
   const C = H * N, perToken = wraw.length !== C, chunks = wkvChunks(T), NN = N * N;
-  const states = new Float64Array(WKV_CHUNK * NN); // S_{t-1} for each t of the chunk
-  const S = new Float64Array(NN), Z = new Float64Array(NN), d = new Float64Array(N), ew = new Float64Array(N);
+  const states = new Float64Array((WKV_CHUNK + 1) * NN); // S_{t0-1}, S_{t0}, …, S_{t1-1}
+  const Z = new Float64Array(NN), d = new Float64Array(N), ew = new Float64Array(N);
+  const st = new WkvStep(N), yScratch = new Float64Array(N);
   for (let b = 0; b < B; b++) {
     for (let h = 0; h < H; h++) {
       Z.fill(0);
       for (let ch = chunks - 1; ch >= 0; ch--) {
         const t0 = ch * WKV_CHUNK, t1 = Math.min(T, t0 + WKV_CHUNK);
-        S.set(ckpt.subarray(((b * H + h) * chunks + ch) * NN, ((b * H + h) * chunks + ch + 1) * NN));
+        states.set(ckpt.subarray(((b * H + h) * chunks + ch) * NN, ((b * H + h) * chunks + ch + 1) * NN));
         for (let t = t0; t < t1; t++) { // recompute the chunk's states exactly as the forward did
-          states.set(S, (t - t0) * NN);
-          const o = (b * T + t) * C + h * N, wo = perToken ? o : h * N;
-          for (let j = 0; j < N; j++) {
-            const kj = k[o + j], dj = Math.exp(-Math.exp(wraw[wo + j])), row = j * N;
-            for (let i = 0; i < N; i++) S[row + i] = kj * v[o + i] + dj * S[row + i];
-          }
+          const o = (b * T + t) * C + h * N;
+          st.rawDecay(N, wraw, perToken ? o : h * N);
+          st.load5(N, o, r, k, v, u, h * N);
+          wkv5Step(states, (t - t0) * NN, states, (t - t0 + 1) * NN, N, st, yScratch);
         }
         for (let t = t1 - 1; t >= t0; t--) {
           const o = (b * T + t) * C + h * N, wo = perToken ? o : h * N, sp = (t - t0) * NN;
@@ -192,25 +184,6 @@ export function wkv5Backward(B: number, T: number, H: number, N: number, r: Buf,
 // ---------------------------------------------------------------- v7
 
 /**
- * One step's per-head vectors, copied out of the (B·T, C) inputs into f64 scratch once per step:
- * the inner loops then read monomorphic Float64Arrays and never index the big inputs.
- */
-class V7Step {
-  readonly r: Float64Array; readonly d: Float64Array; readonly ew: Float64Array; readonly k: Float64Array;
-  readonly v: Float64Array; readonly a: Float64Array; readonly b: Float64Array;
-  constructor(N: number) {
-    [this.r, this.d, this.ew, this.k, this.v, this.a, this.b] = Array.from({ length: 7 }, () => new Float64Array(N));
-  }
-  load(N: number, o: number, r: Buf, wraw: Buf, k: Buf, v: Buf, a: Buf, bb: Buf): void {
-    for (let j = 0; j < N; j++) {
-      const e = Math.exp(wraw[o + j]);
-      this.ew[j] = e; this.d[j] = Math.exp(-e);
-      this.r[j] = r[o + j]; this.k[j] = k[o + j]; this.v[j] = v[o + j]; this.a[j] = a[o + j]; this.b[j] = bb[o + j];
-    }
-  }
-}
-
-/**
  * RWKV-7 (SPEC §6, §7.3), per head with S[i=value][j=key]:
  *   sa = S a;  S <- S diag(d) + sa bᵀ + v kᵀ;  y = S r,   d = exp(-exp(wraw))
  * All inputs (B·T, C). `ckpt` (B·H·chunks·N·N) receives the state entering every chunk. Every
@@ -219,7 +192,7 @@ class V7Step {
 export function wkv7Forward(B: number, T: number, H: number, N: number, r: Buf, wraw: Buf, k: Buf, v: Buf, a: Buf, bb: Buf,
   y: Buf, ckpt: Float64Array | null, s0: Buf | null = null): void {
   const C = H * N, chunks = wkvChunks(T);
-  const S = new Float64Array(N * N), st = new V7Step(N), yv = new Float64Array(N), sa = new Float64Array(N);
+  const S = new Float64Array(N * N), st = new WkvStep(N), yv = new Float64Array(N), sa = new Float64Array(N);
   for (let b = 0; b < B; b++) {
     for (let h = 0; h < H; h++) {
       if (s0) S.set(s0.subarray(h * N * N, (h + 1) * N * N));
@@ -227,44 +200,12 @@ export function wkv7Forward(B: number, T: number, H: number, N: number, r: Buf, 
       for (let t = 0; t < T; t++) {
         if (ckpt && t % WKV_CHUNK === 0) ckpt.set(S, (((b * H + h) * chunks) + t / WKV_CHUNK) * N * N);
         const o = (b * T + t) * C + h * N;
-        st.load(N, o, r, wraw, k, v, a, bb);
+        st.rawDecay(N, wraw, o);
+        st.load7(N, o, r, k, v, a, bb);
         wkv7Step(S, 0, S, 0, N, st, yv, sa);
         for (let i = 0; i < N; i++) y[o + i] = yv[i];
       }
     }
-  }
-}
-
-/**
- * One v7 step from the state at S0[p0…] into S1[p1…] (the same array and offset: in place);
- * writes y (N) and sa (N). Two rows per pass share the loads of the step's vectors.
- */
-function wkv7Step(S0: Float64Array, p0: number, S1: Float64Array, p1: number, N: number, st: V7Step, y: Float64Array, sa: Float64Array): void {
-  const { r, d, k, v, a, b } = st;
-  let i = 0;
-  for (; i + 1 < N; i += 2) {
-    const r0 = p0 + i * N, r1 = r0 + N, w0 = p1 + i * N, w1 = w0 + N;
-    let s0 = 0, s1 = 0;
-    for (let j = 0; j < N; j++) { const aj = a[j]; s0 += S0[r0 + j] * aj; s1 += S0[r1 + j] * aj; }
-    sa[i] = s0; sa[i + 1] = s1;
-    const v0 = v[i], v1 = v[i + 1];
-    let y0 = 0, y1 = 0;
-    for (let j = 0; j < N; j++) {
-      const dj = d[j], bj = b[j], kj = k[j], rj = r[j];
-      const x0 = S0[r0 + j] * dj + s0 * bj + v0 * kj, x1 = S0[r1 + j] * dj + s1 * bj + v1 * kj;
-      S1[w0 + j] = x0; S1[w1 + j] = x1;
-      y0 += x0 * rj; y1 += x1 * rj;
-    }
-    y[i] = y0; y[i + 1] = y1;
-  }
-  for (; i < N; i++) {
-    const r0 = p0 + i * N, w0 = p1 + i * N;
-    let s0 = 0;
-    for (let j = 0; j < N; j++) s0 += S0[r0 + j] * a[j];
-    sa[i] = s0;
-    let y0 = 0;
-    for (let j = 0; j < N; j++) { const x0 = S0[r0 + j] * d[j] + s0 * b[j] + v[i] * k[j]; S1[w0 + j] = x0; y0 += x0 * r[j]; }
-    y[i] = y0;
   }
 }
 
@@ -283,7 +224,7 @@ export function wkv7Backward(B: number, T: number, H: number, N: number, r: Buf,
   const sas = new Float64Array(WKV_CHUNK * N), yScratch = new Float64Array(N);
   const dS = new Float64Array(NN), e = new Float64Array(N), g = new Float64Array(N), gvAcc = new Float64Array(N);
   const accR = new Float64Array(N), accK = new Float64Array(N), accB = new Float64Array(N), accA = new Float64Array(N), accW = new Float64Array(N);
-  const st = new V7Step(N);
+  const st = new WkvStep(N);
   for (let b = 0; b < B; b++) {
     for (let h = 0; h < H; h++) {
       dS.fill(0);
@@ -291,12 +232,15 @@ export function wkv7Backward(B: number, T: number, H: number, N: number, r: Buf,
         const t0 = ch * WKV_CHUNK, t1 = Math.min(T, t0 + WKV_CHUNK);
         states.set(ckpt.subarray(((b * H + h) * chunks + ch) * NN, ((b * H + h) * chunks + ch + 1) * NN));
         for (let t = t0; t < t1; t++) { // recompute the chunk's states exactly as the forward did
-          st.load(N, (b * T + t) * C + h * N, r, wraw, k, v, a, bb);
+          const o = (b * T + t) * C + h * N;
+          st.rawDecay(N, wraw, o);
+          st.load7(N, o, r, k, v, a, bb);
           wkv7Step(states, (t - t0) * NN, states, (t - t0 + 1) * NN, N, st, yScratch, sas.subarray((t - t0) * N, (t - t0 + 1) * N));
         }
         for (let t = t1 - 1; t >= t0; t--) {
           const o = (b * T + t) * C + h * N, sp = (t - t0) * NN, sn = sp + NN, sa = (t - t0) * N;
-          st.load(N, o, r, wraw, k, v, a, bb);
+          st.rawDecay(N, wraw, o);
+          st.load7(N, o, r, k, v, a, bb);
           const { r: rv, d, ew, k: kv, v: vv, a: av, b: bv } = st;
           for (let i = 0; i < N; i++) g[i] = gy[o + i];
           accR.fill(0); accK.fill(0); accB.fill(0); accA.fill(0); accW.fill(0);
