@@ -4,7 +4,7 @@
 // sources leaves the generated file byte-identical.
 //
 // AssemblyScript's `@inline` decorator on functions is not TypeScript syntax, which the project's
-// linter parses: the sources write it as a comment, `/* @inline */ function`, turned into the
+// linter parses: the sources write it as a comment, `/* @inline */ function` (or `export function`), turned into the
 // decorator here as the compiler reads them.
 import asc from "assemblyscript/asc";
 import { Buffer } from "node:buffer";
@@ -32,7 +32,7 @@ async function compile(extra, src = source) {
     readFile(name, baseDir) {
       let text;
       try { text = readFileSync(join(baseDir, name), "utf8"); } catch { return null; }
-      return name.startsWith("assembly") ? text.replaceAll("/* @inline */ function", "@inline function") : text;
+      return name.startsWith("assembly") ? text.replaceAll("/* @inline */ function", "@inline function").replaceAll("/* @inline */ export function", "@inline export function") : text;
     },
     writeFile(name, contents) {
       if (name.endsWith(".wasm")) binary = contents;

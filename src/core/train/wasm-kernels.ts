@@ -536,7 +536,7 @@ export class WasmTrainKernels implements TrainKernels {
       const ins = [this.input(r, n), this.input(k, n), this.input(v, n), this.input(wraw, perToken ? n : C), this.input(u, C)];
       const py = this.output(y, n, false, back);
       const chunks = this.chunksFor(B * T * H * NN * 3, B * H);
-      const stride = align(F32 * (NN + 2 * N));
+      const stride = align(F32 * (NN + N));
       const ws = this.bump(stride * chunks);
       this.run(JOB.wkv5Forward, [B, T, H, N, ...ins, perToken ? 1 : 0, py, ckpt ? ckpt.byteOffset : 0, ws, stride], chunks);
       this.copyBack(back);
