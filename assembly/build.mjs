@@ -1,6 +1,6 @@
 // Compiles assembly/kernels.ts twice (plain SIMD, relaxed SIMD) and writes the two binaries as
 // base64 into src/core/backend/wasm-binary.ts, so the browser-safe core gets them without any
-// file access; the same for the training kernels, assembly/train.ts -> src/core/train/wasm-train-binary.ts. Part of `npm run build`; the output is deterministic, so a rebuild of unchanged
+// file access; the same for the training kernels, assembly/train.ts -> src/core/backend/wasm-train-binary.ts. Part of `npm run build`; the output is deterministic, so a rebuild of unchanged
 // sources leaves the generated file byte-identical.
 //
 // AssemblyScript's `@inline` decorator on functions is not TypeScript syntax, which the project's
@@ -68,4 +68,4 @@ export const ${prefix}WASM_RELAXED_SIMD = "${relaxed.toString("base64")}";
 
 await emit(source, target, "", "kernels of the wasm backend");
 // The training kernels: their own module and generated file, same flags.
-await emit(join("assembly", "train.ts"), join(root, "src", "core", "train", "wasm-train-binary.ts"), "TRAIN_", "training kernels");
+await emit(join("assembly", "train.ts"), join(root, "src", "core", "backend", "wasm-train-binary.ts"), "TRAIN_", "training kernels");

@@ -1,9 +1,9 @@
 /*
  * WebAssembly SIMD kernels of training (AssemblyScript; built by assembly/build.mjs into
- * src/core/train/wasm-train-binary.ts, twice: plain SIMD and relaxed SIMD). Separate from the
+ * src/core/backend/wasm-train-binary.ts, twice: plain SIMD and relaxed SIMD). Separate from the
  * inference module (assembly/kernels.ts) so the two evolve independently.
  *
- * Memory: one shared WebAssembly memory owned by the JS side (src/core/train/wasm-kernels.ts),
+ * Memory: one shared WebAssembly memory owned by the JS side (src/core/backend/wasm-train.ts),
  * which keeps every training tensor in it (parameters, gradients, activations) and hands the
  * kernels pointers; this module allocates nothing and keeps no state, so the same instance code
  * runs on the main thread and in every worker.
@@ -19,7 +19,7 @@ import { fma4, hsum } from "./simd";
 import { arg, C_ARGS, dispatchJob, runWorker, splitHi, splitLo, stopAll } from "./threads";
 import { dot3, wkv5Out, wkv5Step, wkv7Step } from "./wkv";
 
-// Job ids; keep in sync with JOB in src/core/train/wasm-kernels.ts.
+// Job ids; keep in sync with JOB in src/core/backend/wasm-train.ts.
 const JOB_GEMM: i32 = 1;
 const JOB_WKV7_FORWARD: i32 = 2;
 const JOB_WKV7_BACKWARD: i32 = 3;
@@ -102,7 +102,7 @@ const MR: i32 = 4;
 const NR: i32 = 8;
 const KC: i32 = 256;
 
-/** Scratch bytes one part of a gemm needs (see wasm-kernels.ts: gemmScratchBytes). */
+/** Scratch bytes one part of a gemm needs (see src/core/backend/wasm-train.ts). */
 // A tile: KC·MR f32; C tile spill: MR·NR f32; B block: KC · (columns rounded up to NR) f32.
 
 function gemm(tA: i32, tB: i32, M: i32, N: i32, K: i32, A: usize, B: usize, C: usize, acc: i32, axis: i32, ws: usize, part: i32, nparts: i32): void {
@@ -758,7 +758,7 @@ function log4(x0: v128): v128 {
   return f32x4.div(one, f32x4.add(one, exp4(f32x4.neg(x))));
 }
 
-// Activation ids; keep in sync with ACT in src/core/train/wasm-kernels.ts.
+// Activation ids; keep in sync with ACT in src/core/backend/wasm-train.ts.
 const ACT_SIGMOID: i32 = 0;
 const ACT_TANH: i32 = 1;
 const ACT_RELU2: i32 = 2;

@@ -2,14 +2,14 @@ import assert from "node:assert/strict";
 import { test } from "node:test";
 import { Graph } from "../src/core/train/graph.js";
 import { initModel } from "../src/core/train/init.js";
-import { type Buf, referenceTrainKernels, type TrainKernels } from "../src/core/train/kernels.js";
-import { referenceOps } from "../src/core/train/ops.js";
+import { type Buf, referenceTrainKernels, type TrainKernels } from "../src/core/backend/train-kernels.js";
+import { referenceOps } from "../src/core/backend/train-ops.js";
 import { TrainModel, type TrainVersion } from "../src/core/train/model.js";
 import { AdamW } from "../src/core/train/optim.js";
 import { TrainRng } from "../src/core/train/rng.js";
 import { trainStep } from "../src/core/train/trainer.js";
-import { WasmTrainKernels, wasmTrainAvailable } from "../src/core/train/wasm-kernels.js";
-import { trainKernels } from "../src/node/threads/train-pool.js";
+import { WasmTrainKernels, wasmTrainAvailable } from "../src/core/backend/wasm-train.js";
+import { trainKernels } from "../src/node/threads/pool.js";
 import { relErr, seeded } from "./train-helpers.js";
 
 /*

@@ -1,10 +1,10 @@
 import "./relaxed-simd.js"; // first: both wasm builds must validate in this process
 import assert from "node:assert/strict";
 import { test } from "node:test";
-import { referenceTrainKernels, type TrainKernels } from "../src/core/train/kernels.js";
-import { trainRelaxedSimdAvailable, WasmTrainKernels, wasmTrainAvailable } from "../src/core/train/wasm-kernels.js";
+import { referenceTrainKernels, type TrainKernels } from "../src/core/backend/train-kernels.js";
+import { trainRelaxedSimdAvailable, WasmTrainKernels, wasmTrainAvailable } from "../src/core/backend/wasm-train.js";
 import type { WasmSimd } from "../src/core/wasm-runtime.js";
-import { trainKernels } from "../src/node/threads/train-pool.js";
+import { trainKernels } from "../src/node/threads/pool.js";
 import { relErr, seeded } from "./train-helpers.js";
 
 /*

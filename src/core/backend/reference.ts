@@ -1,4 +1,5 @@
-import type { Activation, Backend, Matrix, Tensor, TensorKernels, Wkv4State } from "./backend.js";
+import { type Activation, type Backend, isTrainingOp, type Matrix, type Tensor, type TensorKernels, type Wkv4State } from "./backend.js";
+import { referenceTrainKernels } from "./train-kernels.js";
 import { SlotArena } from "./slot-arena.js";
 import { decodeWeightRow } from "./weight-rows.js";
 import { wkv4Channel, wkv5Step, wkv7Step, WkvStep } from "./wkv-scan.js";
@@ -280,6 +281,9 @@ const host = (a: Float32Array, rows: number, cols: number) => new HostTensor(row
 export const referenceBackend: Backend = {
   name: "reference",
   tensors: referenceTensors,
+  /** The training half: train-kernels.ts (products, WKV) and train-ops.ts (the element-wise ops), in f32 or f64. */
+  trainKernels: () => referenceTrainKernels,
+  supports: (op, dtype) => (isTrainingOp(op) ? dtype === "f32" || dtype === "f64" : op === "matmul" ? dtype !== "f64" : dtype === "f32"),
 
   adopt: (m) => m,
 

@@ -1,4 +1,5 @@
-import type { Activation, Backend, Matrix, WeightType, Wkv4State } from "./backend.js";
+import { type Activation, type Backend, isTrainingOp, type KernelDType, type KernelOp, type Matrix, type TrainingOp, type WeightType, type Wkv4State } from "./backend.js";
+import type { TrainKernels } from "./train-kernels.js";
 import { WasmTensor, WasmTensorKernels } from "./wasm-tensors.js";
 import { referenceBackend } from "./reference.js";
 import { WASM_RELAXED_SIMD, WASM_SIMD } from "./wasm-binary.js";
@@ -61,6 +62,16 @@ export interface WasmBackendOptions {
   readonly maxMemoryBytes?: number;
   /** Cap on the state arrays kept in wasm memory (default RESIDENT_STATE_BYTES); past it they are copied per call. */
   readonly residentStateBytes?: number;
+  /**
+   * The training half of this backend's table (wasm-train.ts `wasmTraining`), given by the host
+   * that trains (src/node/threads/pool.ts) so that an inference-only bundle (the browser's) does
+   * not carry the training kernels: `create` makes a kernel set with this backend's build, thread
+   * count and spawner; `own` says which training ops it runs itself.
+   */
+  readonly training?: {
+    create(o: { threads: number; simd: WasmSimd; spawn?: WasmWorkerSpawner }): TrainKernels;
+    own(op: TrainingOp, dtype: KernelDType): boolean;
+  };
 }
 
 /** Weight type ids of assembly/kernels.ts. */
@@ -209,6 +220,19 @@ export class WasmBackend implements Backend {
     this.x.fillActivationTable(this.activationTable);
     this.tensors = new WasmTensorKernels(this);
     for (let p = 1; p < this.threads; p++) options.spawn!({ module, memory: this.memory, ctrl: this.ctrl, spin: SPIN_ITERATIONS });
+    const training = options.training, spawn = options.spawn;
+    if (training) this.trainKernels = () => training.create({ threads: this.threads, simd: this.simd, spawn });
+    this.trainingOwn = training?.own;
+  }
+
+  /** The training half of the table, where `options.training` gave one (see WasmBackendOptions). */
+  readonly trainKernels?: () => TrainKernels;
+  private readonly trainingOwn?: (op: TrainingOp, dtype: KernelDType) => boolean;
+
+  /** Every inference op on f32, matmul on every weight type; the training ops its training half runs itself. */
+  supports(op: KernelOp, dtype: KernelDType): boolean {
+    if (isTrainingOp(op)) return this.trainingOwn?.(op, dtype) ?? false;
+    return op === "matmul" ? dtype in WASM_TYPE_IDS : dtype === "f32";
   }
 
   /** Bytes of wasm memory in use by weights and scratch (its size never shrinks). */

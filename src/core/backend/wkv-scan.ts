@@ -1,7 +1,7 @@
 /**
  * The WKV recurrences of the reference backend, one per version, written once: the inference
  * scans (reference.ts: one sequence from a carried state) and the training forward and backward
- * (train/wkv.ts: B sequences from the empty or a trained state, with state checkpoints) all step
+ * (wkv-train.ts: B sequences from the empty or a trained state, with state checkpoints) all step
  * through these functions, so the two cannot drift apart. SPEC §3-§6.
  *
  * Letters: N head size, C channels. Sums are JS numbers (f64) whatever the arrays' type, rounded

@@ -1,6 +1,6 @@
-import type { Buf, TrainDType } from "./buffers.js";
-import { linearBackward, linearForward, projectBackward, projectForward, type TrainKernels } from "./kernels.js";
-import type { Activation } from "./ops.js";
+import type { Buf, TrainDType } from "../backend/buffers.js";
+import { linearBackward, linearForward, projectBackward, projectForward, type TrainKernels } from "../backend/train-kernels.js";
+import type { Activation } from "../backend/train-ops.js";
 
 /*
  * A forward pass that remembers how to run itself backwards. Every method runs one op of its

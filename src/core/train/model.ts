@@ -3,7 +3,7 @@ import { LAYER_NORM_EPS, type ModelConfig, type Version } from "../model/model.j
 import { checkpointShapes } from "../model/shapes.js";
 import { detectFromNames, type VersionModule, versionsWith } from "../model/versions.js";
 import type { Graph, Var } from "./graph.js";
-import { type TrainDType, type TrainKernels, referenceTrainKernels } from "./kernels.js";
+import { type TrainDType, type TrainKernels, referenceTrainKernels } from "../backend/train-kernels.js";
 import { type ParamStore, storeCheckpoint } from "./params.js";
 import type { ParamVar, TrainCtx, TrainSupport } from "./version.js";
 

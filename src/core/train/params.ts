@@ -1,7 +1,7 @@
 import { RwkvInputError } from "../errors.js";
 import type { Checkpoint } from "../formats/checkpoint.js";
 import { numel, type TensorEntry } from "../tensor.js";
-import { alloc, type Buf, type TrainDType } from "./buffers.js";
+import { alloc, type Buf, type TrainDType } from "../backend/buffers.js";
 
 /**
  * The trainable tensors of a model in the official RWKV-LM names, shapes and state-dict order

@@ -1,9 +1,9 @@
+import type { KernelDType, TrainingOp } from "./backend.js";
 import { alloc as jsAlloc, type Buf, type TrainDType } from "./buffers.js";
-import { referenceTrainKernels, type TrainKernels } from "./kernels.js";
-import { type Activation, NORMALIZE_EPS, referenceOps, type TrainOps } from "./ops.js";
-import type { ParamStore } from "./params.js";
+import { type ParamPlacement, referenceTrainKernels, type TrainKernels } from "./train-kernels.js";
+import { type Activation, NORMALIZE_EPS, referenceOps, type TrainOps } from "./train-ops.js";
 import { TRAIN_WASM_RELAXED_SIMD, TRAIN_WASM_SIMD } from "./wasm-train-binary.js";
-import { wkvChunks } from "./wkv.js";
+import { wkvChunks } from "./wkv-train.js";
 import { WA, WasmBuilds, type WasmMemory, type WasmSimd, type WasmWorkerSpawner } from "../wasm-runtime.js";
 
 /*
@@ -31,6 +31,17 @@ import { WA, WasmBuilds, type WasmMemory, type WasmSimd, type WasmWorkerSpawner 
  * time_first, u, a trained initial state) is written per sequence into call scratch and summed in
  * sequence order after the job, never added to by two threads.
  */
+
+/** Training ops these kernels leave to the reference's code: a gather by token ids and the loss, few operations per element. */
+export const WASM_TRAIN_REFERENCE_OPS: ReadonlySet<TrainingOp> = new Set<TrainingOp>(
+  ["embeddingForward", "embeddingBackward", "crossEntropyForward", "crossEntropyBackward"]);
+
+/** The training half of the wasm backend's table (WasmBackendOptions.training). */
+export const wasmTraining = {
+  create: (o: WasmTrainKernelOptions): TrainKernels => new WasmTrainKernels(o),
+  /** f32 storage, every op but WASM_TRAIN_REFERENCE_OPS; f64 storage runs the reference's code. */
+  own: (op: TrainingOp, dtype: KernelDType): boolean => dtype === "f32" && !WASM_TRAIN_REFERENCE_OPS.has(op),
+};
 
 const BUILDS = new WasmBuilds({ "simd": TRAIN_WASM_SIMD, "relaxed-simd": TRAIN_WASM_RELAXED_SIMD });
 
@@ -231,7 +242,7 @@ export class WasmTrainKernels implements TrainKernels {
     this.top = mark;
   }
 
-  placeParams(store: ParamStore): void {
+  placeParams(store: ParamPlacement): void {
     if (store.dtype !== "f32") return; // f64 stores run the reference kernels
     if (this.marks > 0) throw new Error("wasm training kernels: parameters must be placed outside a step");
     store.relocate((n) => this.alloc("f32", n));
@@ -300,7 +311,7 @@ export class WasmTrainKernels implements TrainKernels {
     /** The row-vector width of a broadcast operand: 0 when b is as long as a. */
     const bcast = (a: Buf, b: Buf, C: number) => (b.length === a.length ? 0 : C);
     return {
-      // A gather by token ids and the loss over the logits: few operations per element, left to the reference.
+      // WASM_TRAIN_REFERENCE_OPS: left to the reference.
       embeddingForward: ref.embeddingForward,
       embeddingBackward: ref.embeddingBackward,
       crossEntropyForward: ref.crossEntropyForward,

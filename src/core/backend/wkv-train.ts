@@ -1,4 +1,4 @@
-import { wkv4Channel, wkv5Step, wkv7Step, WkvStep } from "../backend/wkv-scan.js";
+import { wkv4Channel, wkv5Step, wkv7Step, WkvStep } from "./wkv-scan.js";
 import type { Buf } from "./buffers.js";
 
 /*
