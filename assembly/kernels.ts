@@ -18,7 +18,7 @@
 import { GLUE_FIRST, runGlueJob } from "./glue";
 import { fma4, hsum } from "./simd";
 import { arg, C_ARGS, dispatchJob, runWorker, splitHi, splitLo, stopAll } from "./threads";
-import { dot3, wkv5Out, wkv5Step, wkv7Step } from "./wkv";
+import { dot3, wkv4Aa, wkv4Bb, wkv4Pp, wkv4Scan, wkv4State, wkv5Out, wkv5Step, wkv7Step } from "./wkv";
 
 // Weight type ids; keep in sync with WASM_TYPE_IDS in src/core/backend/wasm.ts.
 const T_F32: i32 = 0;
@@ -893,29 +893,29 @@ function layerNorm(x: usize, R: i32, G: i32, N: i32, weight: usize, bias: usize,
 // ---------------------------------------------------------------------------------------------
 // WKV scans. States and outputs are f32; parts split channels (v4) or heads (v5, v7).
 
-/** RWKV-4, per channel in f64 exactly as the reference (so results equal it up to exp's last bit). */
+/** Four f32 at p, or (one) the f32 at p in every lane. */
+/* @inline */ function lanes(p: usize, one: bool): v128 {
+  return one ? f32x4.splat(load<f32>(p)) : v128.load(p);
+}
+
+/**
+ * RWKV-4 (wkv.ts wkv4Scan, the training forward's scan), four channels at a time and the C % 4
+ * tail channels one by one; aa, bb, pp (C) the carried state. Parts split channels in fours.
+ */
 function wkv4(T: i32, C: i32, w: usize, u: usize, k: usize, v: usize, aa: usize, bb: usize, pp: usize, y: usize, part: i32, nparts: i32): void {
   const lo = splitLo(C, part, nparts, 4), hi = splitHi(C, part, nparts, 4);
-  for (let c = lo; c < hi; c++) {
-    const co = <usize>c << 2;
-    let a = <f64>load<f32>(aa + co), b = <f64>load<f32>(bb + co), p = <f64>load<f32>(pp + co);
-    const wc = <f64>load<f32>(w + co), uc = <f64>load<f32>(u + co);
-    for (let t = 0; t < T; t++) {
-      const o = <usize>(t * C + c) << 2;
-      const kt = <f64>load<f32>(k + o), vt = <f64>load<f32>(v + o);
-      let ww = uc + kt;
-      let q = Math.max(p, ww);
-      let e1 = Math.exp(p - q), e2 = Math.exp(ww - q);
-      store<f32>(y + o, <f32>((e1 * a + e2 * vt) / (e1 * b + e2)));
-      ww = wc + p;
-      q = Math.max(ww, kt);
-      e1 = Math.exp(ww - q);
-      e2 = Math.exp(kt - q);
-      a = e1 * a + e2 * vt;
-      b = e1 * b + e2;
-      p = q;
+  const C4 = C & ~3;
+  for (let c = lo; c < hi;) {
+    const one = c >= C4, co = <usize>c << 2;
+    wkv4State(lanes(aa + co, one), lanes(bb + co, one), lanes(pp + co, one));
+    wkv4Scan(T, C, lanes(w + co, one), lanes(u + co, one), k + co, v + co, y + co, one);
+    const sa = wkv4Aa(), sb = wkv4Bb(), sp = wkv4Pp();
+    if (one) {
+      store<f32>(aa + co, f32x4.extract_lane(sa, 0)); store<f32>(bb + co, f32x4.extract_lane(sb, 0)); store<f32>(pp + co, f32x4.extract_lane(sp, 0));
+    } else {
+      v128.store(aa + co, sa); v128.store(bb + co, sb); v128.store(pp + co, sp);
     }
-    store<f32>(aa + co, <f32>a); store<f32>(bb + co, <f32>b); store<f32>(pp + co, <f32>p);
+    c += one ? 1 : 4;
   }
 }
 

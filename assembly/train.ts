@@ -15,9 +15,9 @@
  * results. All arithmetic is f32 (the reference kernels sum in f64; the fast path does not).
  */
 
-import { fma4, hsum } from "./simd";
+import { exp4, fma4, hsum, LN2_HI, LN2_LO } from "./simd";
 import { arg, C_ARGS, dispatchJob, runWorker, splitHi, splitLo, stopAll } from "./threads";
-import { dot3, wkv5Out, wkv5Step, wkv7Step } from "./wkv";
+import { dot3, wkv4Scan, wkv4State, wkv5Out, wkv5Step, wkv7Step } from "./wkv";
 
 // Job ids; keep in sync with JOB in src/core/backend/wasm-train.ts.
 const JOB_GEMM: i32 = 1;
@@ -383,23 +383,9 @@ const V4_MIN_EXPONENT: f32 = -1e38;
 function wkv4Forward(Bn: i32, T: i32, C: i32, td: usize, tf: usize, k: usize, v: usize, y: usize, part: i32, nparts: i32): void {
   const groups = C >> 2, lo = splitLo(Bn * groups, part, nparts, 1), hi = splitHi(Bn * groups, part, nparts, 1);
   for (let item = lo; item < hi; item++) {
-    const bb = item / groups, c = (item % groups) << 2;
-    const w = f32x4.neg(exp4(ld(td, c))), u = ld(tf, c);
-    let aa = f32x4.splat(0), bs = f32x4.splat(0), pp = f32x4.splat(V4_MIN_EXPONENT);
-    for (let t = 0; t < T; t++) {
-      const n = (bb * T + t) * C + c, kk = ld(k, n), vv = ld(v, n);
-      let ww = f32x4.add(u, kk);
-      let p = f32x4.max(pp, ww);
-      let e1 = exp4(f32x4.sub(pp, p)), e2 = exp4(f32x4.sub(ww, p));
-      st(y, n, f32x4.div(fma4(f32x4.mul(e1, aa), e2, vv), fma4(e2, e1, bs)));
-      ww = f32x4.add(w, pp);
-      p = f32x4.max(ww, kk);
-      e1 = exp4(f32x4.sub(ww, p));
-      e2 = exp4(f32x4.sub(kk, p));
-      aa = fma4(f32x4.mul(e1, aa), e2, vv);
-      bs = fma4(e2, e1, bs);
-      pp = p;
-    }
+    const bb = item / groups, c = (item % groups) << 2, o = <usize>(bb * T * C + c) << 2;
+    wkv4State(f32x4.splat(0), f32x4.splat(0), f32x4.splat(V4_MIN_EXPONENT));
+    wkv4Scan(T, C, f32x4.neg(exp4(ld(td, c))), ld(tf, c), k + o, v + o, y + o, false);
   }
 }
 
@@ -704,30 +690,8 @@ export function mulB(a: usize, b: usize, n: i32, C: i32, gy: usize, ga: usize, g
   }
 }
 
-// exp and log of four f32 (Cephes expf/logf polynomials, ~2 ulp): the activations' transcendental
-// functions, which cost more than everything else in those ops as scalar calls.
-const LOG2E: f32 = 1.4426950408889634;
-const LN2_HI: f32 = 0.693359375;
-const LN2_LO: f32 = -2.12194440e-4;
-/** Below this e^x would be an f32 subnormal (slow on x86, and 0 for our purposes is as good). */
-const EXP_MIN: f32 = -87.3;
-const EXP_MAX: f32 = 88.3;
-
-function exp4(x0: v128): v128 {
-  const x1 = f32x4.max(f32x4.min(x0, f32x4.splat(EXP_MAX)), f32x4.splat(EXP_MIN));
-  const fx = f32x4.floor(fma4(f32x4.splat(0.5), x1, f32x4.splat(LOG2E)));
-  let x = fma4(x1, fx, f32x4.splat(-LN2_HI));
-  x = fma4(x, fx, f32x4.splat(-LN2_LO));
-  let p = f32x4.splat(1.9875691500e-4);
-  p = fma4(f32x4.splat(1.3981999507e-3), p, x);
-  p = fma4(f32x4.splat(8.3334519073e-3), p, x);
-  p = fma4(f32x4.splat(4.1665795894e-2), p, x);
-  p = fma4(f32x4.splat(1.6666665459e-1), p, x);
-  p = fma4(f32x4.splat(5.0000001201e-1), p, x);
-  const y = fma4(f32x4.add(x, f32x4.splat(1)), p, f32x4.mul(x, x));
-  const pow2 = i32x4.shl(i32x4.add(i32x4.trunc_sat_f32x4_s(fx), i32x4.splat(127)), 23);
-  return f32x4.mul(y, pow2);
-}
+// log of four f32 (Cephes logf polynomial, ~2 ulp; exp4 is in simd.ts): the activations'
+// transcendental functions, which cost more than everything else in those ops as scalar calls.
 
 /** Natural log of four positive normal f32. */
 function log4(x0: v128): v128 {

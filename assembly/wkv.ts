@@ -4,12 +4,14 @@
  * its backward's recomputation (assembly/train.ts, B sequences with state checkpoints) all run
  * these, so the two agree bit for bit on the same inputs.
  *
- * One call is one step of one head: N its size (any; f32x4 over the first N & ~3 elements, the
- * rest one by one), S0 the state entering the step and S1 where the next one goes (the same
- * pointer: in place). Vectors are N f32 at the given pointers; d is the multiplicative decay.
+ * v5/v6, v7: one call is one step of one head: N its size (any; f32x4 over the first N & ~3
+ * elements, the rest one by one), S0 the state entering the step and S1 where the next one goes
+ * (the same pointer: in place). Vectors are N f32 at the given pointers; d is the multiplicative
+ * decay. v4: one call is the whole scan of four adjacent channels (or one, a tail), its state
+ * carried in and out through wkv4State/wkv4A/wkv4B/wkv4P.
  */
 
-import { fma4, hsum } from "./simd";
+import { exp4, fma4, hsum } from "./simd";
 
 /* @inline */ function at(p: usize, i: i32): usize {
   return p + (<usize>i << 2);
@@ -150,4 +152,50 @@ export function wkv5Out(y: usize, v: usize, ruk: f32, N: i32): void {
   let i = 0;
   for (; i < N4; i += 4) v128.store(at(y, i), fma4(v128.load(at(y, i)), v128.load(at(v, i)), rv));
   for (; i < N; i++) store<f32>(at(y, i), load<f32>(at(y, i)) + load<f32>(at(v, i)) * ruk);
+}
+
+// RWKV-4 (SPEC §3, the CUDA kernel's running-maximum form), f32x4 over four adjacent channels,
+// with w = -exp(time_decay), u = time_first. The carried state [aa, bb, pp] of the lanes goes in
+// and out through these globals (one set per instance, so per thread).
+let wkv4A: v128 = f32x4.splat(0);
+let wkv4B: v128 = f32x4.splat(0);
+let wkv4P: v128 = f32x4.splat(0);
+
+/** Sets the state the next wkv4Scan starts from. */
+export function wkv4State(aa: v128, bb: v128, pp: v128): void {
+  wkv4A = aa; wkv4B = bb; wkv4P = pp;
+}
+/** The state the latest wkv4Scan ended in. */
+export function wkv4Aa(): v128 { return wkv4A; }
+export function wkv4Bb(): v128 { return wkv4B; }
+export function wkv4Pp(): v128 { return wkv4P; }
+
+/**
+ * T steps at k, v, y (the lanes' first row) with rows `C` f32 apart:
+ *   y_t = (e^{pp-p} aa + e^{u+k-p} v) / (e^{pp-p} bb + e^{u+k-p}),  p = max(pp, u + k);
+ *   then aa, bb advance by the decay w and the key, keeping the running maximum pp.
+ * `one`: only lane 0 is a channel (a tail channel): its values are loaded and stored alone,
+ * computed by the same instructions as a lane of four.
+ */
+export function wkv4Scan(T: i32, C: i32, w: v128, u: v128, k: usize, v: usize, y: usize, one: bool): void {
+  let aa = wkv4A, bb = wkv4B, pp = wkv4P;
+  const row = <usize>C << 2;
+  for (let t = 0; t < T; t++) {
+    const o = <usize>t * row;
+    const kk = one ? f32x4.splat(load<f32>(k + o)) : v128.load(k + o);
+    const vv = one ? f32x4.splat(load<f32>(v + o)) : v128.load(v + o);
+    let ww = f32x4.add(u, kk);
+    let p = f32x4.max(pp, ww);
+    let e1 = exp4(f32x4.sub(pp, p)), e2 = exp4(f32x4.sub(ww, p));
+    const yy = f32x4.div(fma4(f32x4.mul(e1, aa), e2, vv), fma4(e2, e1, bb));
+    if (one) store<f32>(y + o, f32x4.extract_lane(yy, 0)); else v128.store(y + o, yy);
+    ww = f32x4.add(w, pp);
+    p = f32x4.max(ww, kk);
+    e1 = exp4(f32x4.sub(ww, p));
+    e2 = exp4(f32x4.sub(kk, p));
+    aa = fma4(f32x4.mul(e1, aa), e2, vv);
+    bb = fma4(e2, e1, bb);
+    pp = p;
+  }
+  wkv4A = aa; wkv4B = bb; wkv4P = pp;
 }

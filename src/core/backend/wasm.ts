@@ -35,9 +35,9 @@ import { WA, WasmBuilds, type WasmMemory, type WasmSimd, type WasmWorkerSpawner 
  * that stays in L2); over ggml blocks and i8 with activations quantized per block of 32 to int8 and
  * integer dot products (as rwkv.cpp; T = 1: rows in pairs half a chunk apart, two long memory
  * streams; q4/q5 on relaxed_dot_i8x16_i7x16_add_s where the engine computes it as specified);
- * WKV v4 (f64, like the reference),
- * v5/v6 and v7 scans; layer/group norm (f64 statistics, equal to the reference); the activations
- * in f64 (equal to the reference after rounding to f32).
+ * WKV v4, v5/v6 and v7 scans (assembly/wkv.ts, the same code as the training kernels' forward);
+ * layer/group norm (f64 statistics, equal to the reference); the activations in f64 (equal to the
+ * reference after rounding to f32).
  *
  * Threads: workers (started by a WasmWorkerSpawner, e.g. Node's worker_threads) instantiate the
  * same module over the same memory and sit in workerLoop. Each parallel kernel is published as a
