@@ -1,5 +1,6 @@
 import { type Activation, type Backend, isTrainingOp, type Matrix, type Tensor, type TensorKernels, type Wkv4State } from "./backend.js";
 import { referenceTrainKernels } from "./train-kernels.js";
+import { normalizeGroup } from "./train-ops.js";
 import { SlotArena } from "./slot-arena.js";
 import { decodeWeightRow } from "./weight-rows.js";
 import { wkv4Channel, wkv5Step, wkv7Step, WkvStep } from "./wkv-scan.js";
@@ -336,13 +337,9 @@ export const referenceBackend: Backend = {
   },
 };
 
-/** y[o..o+n) = LN(x[o..o+n)) * weight[wo..] + bias[wo..]; mean and biased variance in f64 like torch's accumulators. */
+/** y[o..o+n) = LN(x[o..o+n)) * weight[wo..] + bias[wo..] (train-ops.ts normalizeGroup; its statistics are not kept). */
 function normalizeInto(x: Float32Array, y: Float32Array, o: number, n: number, weight: Float32Array, bias: Float32Array, wo: number, eps: number): void {
-  let mean = 0;
-  for (let i = 0; i < n; i++) mean += x[o + i];
-  mean /= n;
-  let v = 0;
-  for (let i = 0; i < n; i++) { const e = x[o + i] - mean; v += e * e; }
-  const inv = 1 / Math.sqrt(v / n + eps);
-  for (let i = 0; i < n; i++) y[o + i] = (x[o + i] - mean) * inv * weight[wo + i] + bias[wo + i];
+  normalizeGroup(x, y, o, n, weight, bias, wo, eps, normStats, normStats, 0);
 }
+/** Where normalizeInto's group statistics go (unused; kept so the decode path allocates nothing). */
+const normStats = new Float64Array(1);

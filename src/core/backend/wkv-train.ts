@@ -21,6 +21,22 @@ export function wkvChunks(T: number): number {
   return Math.ceil(T / WKV_CHUNK);
 }
 
+/**
+ * The backward's walk over one (sequence, head) of a v5/v6/v7 scan: chunks from the last to the
+ * first; each chunk's states S_{t0-1} … S_{t1-1} recomputed into `states` ((WKV_CHUNK+1)·NN) from
+ * its checkpoint (ckpt at chunk index `first` + ch) by `recompute(t, t0)` for t = t0 … t1-1, exactly
+ * as the forward computed them; then `back(t, t0)` for t = t1-1 … t0.
+ */
+function backwardChunks(T: number, NN: number, ckpt: Float64Array, first: number, states: Float64Array,
+  recompute: (t: number, t0: number) => void, back: (t: number, t0: number) => void): void {
+  for (let ch = wkvChunks(T) - 1; ch >= 0; ch--) {
+    const t0 = ch * WKV_CHUNK, t1 = Math.min(T, t0 + WKV_CHUNK);
+    states.set(ckpt.subarray((first + ch) * NN, (first + ch + 1) * NN));
+    for (let t = t0; t < t1; t++) recompute(t, t0);
+    for (let t = t1 - 1; t >= t0; t--) back(t, t0);
+  }
+}
+
 // ---------------------------------------------------------------- v4
 
 /**
@@ -131,52 +147,47 @@ export function wkv5Backward(B: number, T: number, H: number, N: number, r: Buf,
   ckpt: Float64Array, gy: Buf, gr: Buf | null, gk: Buf | null, gv: Buf | null, gw: Buf | null, gu: Buf | null): void {
   const C = H * N, perToken = wraw.length !== C, chunks = wkvChunks(T), NN = N * N;
   const states = new Float64Array((WKV_CHUNK + 1) * NN); // S_{t0-1}, S_{t0}, …, S_{t1-1}
-  const Z = new Float64Array(NN), d = new Float64Array(N), ew = new Float64Array(N);
-  const st = new WkvStep(N), yScratch = new Float64Array(N);
+  const Z = new Float64Array(NN), st = new WkvStep(N), yScratch = new Float64Array(N);
   for (let b = 0; b < B; b++) {
     for (let h = 0; h < H; h++) {
       Z.fill(0);
-      for (let ch = chunks - 1; ch >= 0; ch--) {
-        const t0 = ch * WKV_CHUNK, t1 = Math.min(T, t0 + WKV_CHUNK);
-        states.set(ckpt.subarray(((b * H + h) * chunks + ch) * NN, ((b * H + h) * chunks + ch + 1) * NN));
-        for (let t = t0; t < t1; t++) { // recompute the chunk's states exactly as the forward did
-          const o = (b * T + t) * C + h * N;
-          st.rawDecay(N, wraw, perToken ? o : h * N);
-          st.load5(N, o, r, k, v, u, h * N);
-          wkv5Step(states, (t - t0) * NN, states, (t - t0 + 1) * NN, N, st, yScratch);
+      backwardChunks(T, NN, ckpt, (b * H + h) * chunks, states, (t, t0) => {
+        const o = (b * T + t) * C + h * N;
+        st.rawDecay(N, wraw, perToken ? o : h * N);
+        st.load5(N, o, r, k, v, u, h * N);
+        wkv5Step(states, (t - t0) * NN, states, (t - t0 + 1) * NN, N, st, yScratch);
+      }, (t, t0) => {
+        const o = (b * T + t) * C + h * N, wo = perToken ? o : h * N, sp = (t - t0) * NN;
+        st.rawDecay(N, wraw, wo);
+        const { d, ew } = st;
+        let gyv = 0, kur = 0;
+        for (let i = 0; i < N; i++) gyv += gy[o + i] * v[o + i];
+        for (let j = 0; j < N; j++) kur += k[o + j] * u[h * N + j] * r[o + j];
+        for (let j = 0; j < N; j++) {
+          const row = j * N, uj = u[h * N + j], rj = r[o + j], kj = k[o + j];
+          let sGyS = 0, sVZ = 0, sSZ = 0;
+          for (let i = 0; i < N; i++) {
+            sGyS += gy[o + i] * states[sp + row + i];
+            sVZ += v[o + i] * Z[row + i];
+            sSZ += states[sp + row + i] * Z[row + i];
+          }
+          if (gr) gr[o + j] += uj * kj * gyv + sGyS;
+          if (gk) gk[o + j] += uj * rj * gyv + sVZ;
+          if (gu) gu[h * N + j] += rj * kj * gyv;
+          if (gw) gw[wo + j] += -ew[j] * d[j] * sSZ;
         }
-        for (let t = t1 - 1; t >= t0; t--) {
-          const o = (b * T + t) * C + h * N, wo = perToken ? o : h * N, sp = (t - t0) * NN;
-          for (let j = 0; j < N; j++) { ew[j] = Math.exp(wraw[wo + j]); d[j] = Math.exp(-ew[j]); }
-          let gyv = 0, kur = 0;
-          for (let i = 0; i < N; i++) gyv += gy[o + i] * v[o + i];
-          for (let j = 0; j < N; j++) kur += k[o + j] * u[h * N + j] * r[o + j];
-          for (let j = 0; j < N; j++) {
-            const row = j * N, uj = u[h * N + j], rj = r[o + j], kj = k[o + j];
-            let sGyS = 0, sVZ = 0, sSZ = 0;
-            for (let i = 0; i < N; i++) {
-              sGyS += gy[o + i] * states[sp + row + i];
-              sVZ += v[o + i] * Z[row + i];
-              sSZ += states[sp + row + i] * Z[row + i];
-            }
-            if (gr) gr[o + j] += uj * kj * gyv + sGyS;
-            if (gk) gk[o + j] += uj * rj * gyv + sVZ;
-            if (gu) gu[h * N + j] += rj * kj * gyv;
-            if (gw) gw[wo + j] += -ew[j] * d[j] * sSZ;
-          }
-          if (gv) {
-            for (let i = 0; i < N; i++) {
-              let s = 0;
-              for (let j = 0; j < N; j++) s += k[o + j] * Z[j * N + i];
-              gv[o + i] += gy[o + i] * kur + s;
-            }
-          }
-          for (let j = 0; j < N; j++) { // Z_t -> Z_{t-1}
-            const row = j * N, rj = r[o + j], dj = d[j];
-            for (let i = 0; i < N; i++) Z[row + i] = rj * gy[o + i] + dj * Z[row + i];
+        if (gv) {
+          for (let i = 0; i < N; i++) {
+            let s = 0;
+            for (let j = 0; j < N; j++) s += k[o + j] * Z[j * N + i];
+            gv[o + i] += gy[o + i] * kur + s;
           }
         }
-      }
+        for (let j = 0; j < N; j++) { // Z_t -> Z_{t-1}
+          const row = j * N, rj = r[o + j], dj = d[j];
+          for (let i = 0; i < N; i++) Z[row + i] = rj * gy[o + i] + dj * Z[row + i];
+        }
+      });
     }
   }
 }
@@ -228,76 +239,71 @@ export function wkv7Backward(B: number, T: number, H: number, N: number, r: Buf,
   for (let b = 0; b < B; b++) {
     for (let h = 0; h < H; h++) {
       dS.fill(0);
-      for (let ch = chunks - 1; ch >= 0; ch--) {
-        const t0 = ch * WKV_CHUNK, t1 = Math.min(T, t0 + WKV_CHUNK);
-        states.set(ckpt.subarray(((b * H + h) * chunks + ch) * NN, ((b * H + h) * chunks + ch + 1) * NN));
-        for (let t = t0; t < t1; t++) { // recompute the chunk's states exactly as the forward did
-          const o = (b * T + t) * C + h * N;
-          st.rawDecay(N, wraw, o);
-          st.load7(N, o, r, k, v, a, bb);
-          wkv7Step(states, (t - t0) * NN, states, (t - t0 + 1) * NN, N, st, yScratch, sas.subarray((t - t0) * N, (t - t0 + 1) * N));
-        }
-        for (let t = t1 - 1; t >= t0; t--) {
-          const o = (b * T + t) * C + h * N, sp = (t - t0) * NN, sn = sp + NN, sa = (t - t0) * N;
-          st.rawDecay(N, wraw, o);
-          st.load7(N, o, r, k, v, a, bb);
-          const { r: rv, d, ew, k: kv, v: vv, a: av, b: bv } = st;
-          for (let i = 0; i < N; i++) g[i] = gy[o + i];
-          accR.fill(0); accK.fill(0); accB.fill(0); accA.fill(0); accW.fill(0);
-          // Pass 1, two rows at a time: dS += gy rᵀ, then the column sums and the row sums of dS.
-          let i = 0;
-          for (; i + 1 < N; i += 2) {
-            const q0 = i * N, q1 = q0 + N, g0 = g[i], g1 = g[i + 1], v0 = vv[i], v1 = vv[i + 1], a0 = sas[sa + i], a1 = sas[sa + i + 1];
-            let gv0 = 0, gv1 = 0, e0 = 0, e1 = 0;
-            for (let j = 0; j < N; j++) {
-              const rj = rv[j], x0 = dS[q0 + j] + g0 * rj, x1 = dS[q1 + j] + g1 * rj;
-              dS[q0 + j] = x0; dS[q1 + j] = x1;
-              accR[j] += states[sn + q0 + j] * g0 + states[sn + q1 + j] * g1;
-              accK[j] += x0 * v0 + x1 * v1;
-              accB[j] += x0 * a0 + x1 * a1;
-              accW[j] += x0 * states[sp + q0 + j] + x1 * states[sp + q1 + j];
-              const kj = kv[j], bj = bv[j];
-              gv0 += x0 * kj; gv1 += x1 * kj;
-              e0 += x0 * bj; e1 += x1 * bj;
-            }
-            gvAcc[i] = gv0; gvAcc[i + 1] = gv1; e[i] = e0; e[i + 1] = e1;
-          }
-          for (; i < N; i++) {
-            const q0 = i * N, g0 = g[i], v0 = vv[i], a0 = sas[sa + i];
-            let gv0 = 0, e0 = 0;
-            for (let j = 0; j < N; j++) {
-              const x0 = dS[q0 + j] + g0 * rv[j];
-              dS[q0 + j] = x0;
-              accR[j] += states[sn + q0 + j] * g0; accK[j] += x0 * v0; accB[j] += x0 * a0; accW[j] += x0 * states[sp + q0 + j];
-              gv0 += x0 * kv[j]; e0 += x0 * bv[j];
-            }
-            gvAcc[i] = gv0; e[i] = e0;
-          }
-          // Pass 2: g_a = S_{t-1}ᵀ e and dS -> dL/dS_{t-1}.
-          i = 0;
-          for (; i + 1 < N; i += 2) {
-            const q0 = i * N, q1 = q0 + N, e0 = e[i], e1 = e[i + 1];
-            for (let j = 0; j < N; j++) {
-              const dj = d[j], aj = av[j];
-              accA[j] += states[sp + q0 + j] * e0 + states[sp + q1 + j] * e1;
-              dS[q0 + j] = dS[q0 + j] * dj + e0 * aj;
-              dS[q1 + j] = dS[q1 + j] * dj + e1 * aj;
-            }
-          }
-          for (; i < N; i++) {
-            const q0 = i * N, e0 = e[i];
-            for (let j = 0; j < N; j++) { accA[j] += states[sp + q0 + j] * e0; dS[q0 + j] = dS[q0 + j] * d[j] + e0 * av[j]; }
-          }
+      backwardChunks(T, NN, ckpt, (b * H + h) * chunks, states, (t, t0) => {
+        const o = (b * T + t) * C + h * N;
+        st.rawDecay(N, wraw, o);
+        st.load7(N, o, r, k, v, a, bb);
+        wkv7Step(states, (t - t0) * NN, states, (t - t0 + 1) * NN, N, st, yScratch, sas.subarray((t - t0) * N, (t - t0 + 1) * N));
+      }, (t, t0) => {
+        const o = (b * T + t) * C + h * N, sp = (t - t0) * NN, sn = sp + NN, sa = (t - t0) * N;
+        st.rawDecay(N, wraw, o);
+        st.load7(N, o, r, k, v, a, bb);
+        const { r: rv, d, ew, k: kv, v: vv, a: av, b: bv } = st;
+        for (let i = 0; i < N; i++) g[i] = gy[o + i];
+        accR.fill(0); accK.fill(0); accB.fill(0); accA.fill(0); accW.fill(0);
+        // Pass 1, two rows at a time: dS += gy rᵀ, then the column sums and the row sums of dS.
+        let i = 0;
+        for (; i + 1 < N; i += 2) {
+          const q0 = i * N, q1 = q0 + N, g0 = g[i], g1 = g[i + 1], v0 = vv[i], v1 = vv[i + 1], a0 = sas[sa + i], a1 = sas[sa + i + 1];
+          let gv0 = 0, gv1 = 0, e0 = 0, e1 = 0;
           for (let j = 0; j < N; j++) {
-            if (gr) gr[o + j] += accR[j];
-            if (gk) gk[o + j] += accK[j];
-            if (gb) gb[o + j] += accB[j];
-            if (ga) ga[o + j] += accA[j];
-            if (gw) gw[o + j] += -ew[j] * d[j] * accW[j];
-            if (gv) gv[o + j] += gvAcc[j];
+            const rj = rv[j], x0 = dS[q0 + j] + g0 * rj, x1 = dS[q1 + j] + g1 * rj;
+            dS[q0 + j] = x0; dS[q1 + j] = x1;
+            accR[j] += states[sn + q0 + j] * g0 + states[sn + q1 + j] * g1;
+            accK[j] += x0 * v0 + x1 * v1;
+            accB[j] += x0 * a0 + x1 * a1;
+            accW[j] += x0 * states[sp + q0 + j] + x1 * states[sp + q1 + j];
+            const kj = kv[j], bj = bv[j];
+            gv0 += x0 * kj; gv1 += x1 * kj;
+            e0 += x0 * bj; e1 += x1 * bj;
+          }
+          gvAcc[i] = gv0; gvAcc[i + 1] = gv1; e[i] = e0; e[i + 1] = e1;
+        }
+        for (; i < N; i++) {
+          const q0 = i * N, g0 = g[i], v0 = vv[i], a0 = sas[sa + i];
+          let gv0 = 0, e0 = 0;
+          for (let j = 0; j < N; j++) {
+            const x0 = dS[q0 + j] + g0 * rv[j];
+            dS[q0 + j] = x0;
+            accR[j] += states[sn + q0 + j] * g0; accK[j] += x0 * v0; accB[j] += x0 * a0; accW[j] += x0 * states[sp + q0 + j];
+            gv0 += x0 * kv[j]; e0 += x0 * bv[j];
+          }
+          gvAcc[i] = gv0; e[i] = e0;
+        }
+        // Pass 2: g_a = S_{t-1}ᵀ e and dS -> dL/dS_{t-1}.
+        i = 0;
+        for (; i + 1 < N; i += 2) {
+          const q0 = i * N, q1 = q0 + N, e0 = e[i], e1 = e[i + 1];
+          for (let j = 0; j < N; j++) {
+            const dj = d[j], aj = av[j];
+            accA[j] += states[sp + q0 + j] * e0 + states[sp + q1 + j] * e1;
+            dS[q0 + j] = dS[q0 + j] * dj + e0 * aj;
+            dS[q1 + j] = dS[q1 + j] * dj + e1 * aj;
           }
         }
-      }
+        for (; i < N; i++) {
+          const q0 = i * N, e0 = e[i];
+          for (let j = 0; j < N; j++) { accA[j] += states[sp + q0 + j] * e0; dS[q0 + j] = dS[q0 + j] * d[j] + e0 * av[j]; }
+        }
+        for (let j = 0; j < N; j++) {
+          if (gr) gr[o + j] += accR[j];
+          if (gk) gk[o + j] += accK[j];
+          if (gb) gb[o + j] += accB[j];
+          if (ga) ga[o + j] += accA[j];
+          if (gw) gw[o + j] += -ew[j] * d[j] * accW[j];
+          if (gv) gv[o + j] += gvAcc[j];
+        }
+      });
       // dS is now dL/d(initial state) of this sequence and head.
       if (gs0) for (let q = 0; q < NN; q++) gs0[h * NN + q] += dS[q];
     }
