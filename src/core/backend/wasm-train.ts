@@ -302,6 +302,19 @@ export class WasmTrainKernels implements TrainKernels {
   }
 
   /**
+   * Runs `f` with f32 call scratch for the statistics `arrays` (n values each, one after another,
+   * at the offset `f` gets): the kernels keep them in f32, the graph in f64. With `load` they are
+   * copied in first (a backward reads them), else copied out after (a forward writes them).
+   */
+  private statistics(n: number, arrays: readonly Float64Array[], load: boolean, f: (p: number) => void): void {
+    const mark = this.top, p = this.bump(arrays.length * n * F32), at = p >>> 2;
+    if (load) arrays.forEach((a, i) => this.f32.set(a.subarray(0, n), at + i * n));
+    f(p);
+    if (!load) arrays.forEach((a, i) => a.set(this.f32.subarray(at + i * n, at + (i + 1) * n)));
+    this.top = mark;
+  }
+
+  /**
    * The wasm element-wise ops (f32x4, on the calling thread): each runs the reference when a
    * tensor lives outside this memory or a length is not a multiple of 4.
    */
@@ -391,20 +404,14 @@ export class WasmTrainKernels implements TrainKernels {
       groupNormForward: (xx, R, H, N, w, b, eps, y, mean, rstd) => {
         const p = by4(N) ? this.offsets(xx, w, b, y) : null;
         if (!p) { ref.groupNormForward(xx, R, H, N, w, b, eps, y, mean, rstd); return; }
-        const mark = this.top, G = R * H, sp = this.bump(2 * G * F32); // f32 statistics, kept by the graph as f64
-        x.normF(p[0], R, H, N, p[1], p[2], eps, p[3], sp, sp + G * F32);
-        mean.set(this.f32.subarray(sp >>> 2, (sp >>> 2) + G));
-        rstd.set(this.f32.subarray((sp >>> 2) + G, (sp >>> 2) + 2 * G));
-        this.top = mark;
+        const G = R * H;
+        this.statistics(G, [mean, rstd], false, (sp) => x.normF(p[0], R, H, N, p[1], p[2], eps, p[3], sp, sp + G * F32));
       },
       groupNormBackward: (xx, R, H, N, w, b, eps, mean, rstd, gy, gx, gw, gb) => {
         const p = by4(N) ? this.offsets(xx, w, gy, gx, gw, gb) : null;
         if (!p) { ref.groupNormBackward(xx, R, H, N, w, b, eps, mean, rstd, gy, gx, gw, gb); return; }
-        const mark = this.top, G = R * H, sp = this.bump(2 * G * F32);
-        this.f32.set(mean, sp >>> 2);
-        this.f32.set(rstd, (sp >>> 2) + G);
-        x.normB(p[0], R, H, N, p[1], sp, sp + G * F32, p[2], p[3], p[4], p[5]);
-        this.top = mark;
+        const G = R * H;
+        this.statistics(G, [mean, rstd], true, (sp) => x.normB(p[0], R, H, N, p[1], sp, sp + G * F32, p[2], p[3], p[4], p[5]));
       },
       residualMixForward: (v, vf, gate, y) => {
         const p = by4(v.length) ? this.offsets(v, vf, gate, y) : null;
@@ -425,18 +432,12 @@ export class WasmTrainKernels implements TrainKernels {
       l2NormalizeForward: (xx, groups, N, y, norm) => {
         const p = by4(N) ? this.offsets(xx, y) : null;
         if (!p) { ref.l2NormalizeForward(xx, groups, N, y, norm); return; }
-        const mark = this.top, sp = this.bump(groups * F32); // f32 norms, kept by the graph as f64
-        x.l2nF(p[0], groups, N, p[1], sp, NORMALIZE_EPS);
-        norm.set(this.f32.subarray(sp >>> 2, (sp >>> 2) + groups));
-        this.top = mark;
+        this.statistics(groups, [norm], false, (sp) => x.l2nF(p[0], groups, N, p[1], sp, NORMALIZE_EPS));
       },
       l2NormalizeBackward: (xx, groups, N, norm, gy, gx) => {
         const p = by4(N) ? this.offsets(xx, gy, gx) : null;
         if (!p) { ref.l2NormalizeBackward(xx, groups, N, norm, gy, gx); return; }
-        const mark = this.top, sp = this.bump(groups * F32);
-        this.f32.set(norm, sp >>> 2);
-        x.l2nB(p[0], groups, N, sp, p[1], p[2], NORMALIZE_EPS);
-        this.top = mark;
+        this.statistics(groups, [norm], true, (sp) => x.l2nB(p[0], groups, N, sp, p[1], p[2], NORMALIZE_EPS));
       },
       bonusForward: (r, k, v, rk, R, H, N, y) => {
         const p = by4(N) ? this.offsets(r, k, v, rk, y) : null;
