@@ -41,6 +41,19 @@ const JOB_WKV4: i32 = 5;
 const JOB_WKV5: i32 = 6;
 const JOB_WKV7: i32 = 7;
 const JOB_ACTIVATE: i32 = 8;
+/**
+ * A job of another memory's instance (weights spread over several memories, see wasm.ts): args
+ * (memory index, job id); that job's own arguments are in that memory's control block. The
+ * threads claim its chunks here, over the first memory's control block, and each runs its part
+ * through runInMemory, so one dispatch protocol serves every memory.
+ */
+const JOB_IN_MEMORY: i32 = 9;
+
+/**
+ * Runs `part` of `nparts` of `job` in memory `mem`'s instance: an import the host provides
+ * (AssemblyScript imports a bare declare from a module named after its file: "kernels"."runInMemory"; see wasm-runtime.ts kernelImports).
+ */
+declare function runInMemory(mem: i32, job: i32, part: i32, nparts: i32): void;
 
 /** Elements per quantization block (ggml's QK, also the activation blocks of the integer path). */
 const QK: i32 = 32;
@@ -99,6 +112,8 @@ export function runJob(ctrl: usize, job: i32, part: i32, nparts: i32): void {
     wkv7(arg(a, 0), arg(a, 1), arg(a, 2), arg(a, 3), arg(a, 4), arg(a, 5), arg(a, 6), arg(a, 7), arg(a, 8), arg(a, 9), arg(a, 10), part, nparts);
   } else if (job == JOB_ACTIVATE) {
     activate(arg(a, 0), arg(a, 1), arg(a, 2), load<f64>(a, 16), arg(a, 3), arg(a, 6), part, nparts);
+  } else if (job == JOB_IN_MEMORY) {
+    runInMemory(arg(a, 0), arg(a, 1), part, nparts);
   } else if (job >= GLUE_FIRST) {
     runGlueJob(a, job, part, nparts); // the element-wise kernels (glue.ts)
   }

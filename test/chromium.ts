@@ -27,8 +27,11 @@ export interface Chromium {
   close(): Promise<void>;
 }
 
-/** Starts Chromium with a fresh profile, or skips `t` (fails under CI) when it is not installed. */
-export async function launchChromium(t: TestContext): Promise<Chromium | null> {
+/**
+ * Starts Chromium with a fresh profile, or skips `t` (fails under CI) when it is not installed.
+ * `extraArgs` go after CHROMIUM_ARGS (e.g. the flags that turn WebGPU on).
+ */
+export async function launchChromium(t: TestContext, extraArgs: readonly string[] = []): Promise<Chromium | null> {
   if (!existsSync(CHROMIUM_PATH)) {
     if (process.env.CI === "true") throw new Error(`Chromium not found at ${CHROMIUM_PATH} (install Debian's chromium)`);
     t.skip(`Chromium not found at ${CHROMIUM_PATH}`);
@@ -36,7 +39,7 @@ export async function launchChromium(t: TestContext): Promise<Chromium | null> {
   }
   const profile = mkdtempSync(join(tmpdir(), "rwkv-chromium-"));
   const context = await chromium.launchPersistentContext(profile, {
-    executablePath: CHROMIUM_PATH, headless: true, args: CHROMIUM_ARGS, acceptDownloads: true, timeout: LAUNCH_TIMEOUT_MS,
+    executablePath: CHROMIUM_PATH, headless: true, args: [...CHROMIUM_ARGS, ...extraArgs], acceptDownloads: true, timeout: LAUNCH_TIMEOUT_MS,
   });
   return {
     context,

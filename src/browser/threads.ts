@@ -1,5 +1,5 @@
 import type { Backend } from "../core/backend/backend.js";
-import { registerBackend, WASM_PRIORITY } from "../core/backend/registry.js";
+import { type MemoryLimits, memoryLimitsKey, registerBackend, WASM_PRIORITY } from "../core/backend/registry.js";
 import { WasmBackend, type WasmWorkerInit, wasmAvailable } from "../core/backend/wasm.js";
 import { RwkvInputError } from "../core/errors.js";
 import { joinKernelWorker } from "../core/wasm-runtime.js";
@@ -79,22 +79,26 @@ function spawner(started: Array<Promise<void>>) {
   };
 }
 
-const backends = new Map<number, WasmBackend>();
+const backends = new Map<string, WasmBackend>();
 
-/** The wasm backend with `threads` threads, or null where WebAssembly SIMD cannot run. */
-export function browserWasmBackend(threads: number): WasmBackend | null {
+/** The wasm backend with `threads` threads and these memory limits, or null where WebAssembly SIMD cannot run. */
+export function browserWasmBackend(threads: number, memory?: MemoryLimits): WasmBackend | null {
   if (!Number.isInteger(threads) || threads < 1) throw new RwkvInputError("threads", `must be a positive integer, got ${threads}`);
   if (threads > 1) {
     const why = threadsUnavailableReason();
     if (why) throw new RwkvInputError("threads", `${threads} threads need shared memory between workers: ${why}`);
   }
   if (!wasmAvailable()) return null;
-  let b = backends.get(threads);
+  const key = `${threads}${memoryLimitsKey(memory)}`;
+  let b = backends.get(key);
   if (!b) {
+    // Workers started later (a model that needs a further memory restarts them) are not waited for.
     const started: Array<Promise<void>> = [];
-    b = new WasmBackend({ threads, spawn: threads > 1 ? spawner(started) : undefined });
+    b = new WasmBackend({
+      threads, spawn: threads > 1 ? spawner(started) : undefined, maxMemoryBytes: memory?.maxBytes, weightBytesPerMemory: memory?.weightBytesPerMemory,
+    });
     pending.set(b, Promise.all(started).then(() => undefined));
-    backends.set(threads, b);
+    backends.set(key, b);
   }
   return b;
 }
@@ -118,4 +122,4 @@ export function defaultThreads(): number {
   return maxThreads();
 }
 
-registerBackend("wasm", WASM_PRIORITY, (o): Backend | null => browserWasmBackend(o.threads ?? defaultThreads()));
+registerBackend("wasm", WASM_PRIORITY, (o): Backend | null => browserWasmBackend(o.threads ?? defaultThreads(), o.memory));

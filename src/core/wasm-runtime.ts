@@ -17,14 +17,28 @@ export interface WasmApi {
 export const WA: WasmApi | undefined = (globalThis as unknown as { WebAssembly?: WasmApi }).WebAssembly;
 
 /**
+ * A further memory of the inference kernels (weights past the first memory's 4 GiB, see
+ * backend/wasm.ts): the kernel module instantiated over it runs the jobs whose weights it holds,
+ * their arguments in its own control block at `ctrl`.
+ */
+export interface WasmExtraMemory {
+  readonly memory: WasmMemory;
+  readonly ctrl: number;
+}
+
+/**
  * What a worker needs to join: instantiate `module` over `memory` (imported as env.memory) and call
  * its workerLoop(ctrl, spin). Both modules export the same workerLoop, so one worker script serves both.
+ * `memories` (inference kernels only): the further memories, 1, 2, ... in order; the worker
+ * instantiates the module over each too and runs their jobs when the first memory's control
+ * block hands it one (kernels.ts JOB_IN_MEMORY).
  */
 export interface WasmWorkerInit {
   readonly module: WasmModule;
   readonly memory: WasmMemory;
   readonly ctrl: number;
   readonly spin: number;
+  readonly memories?: readonly WasmExtraMemory[];
 }
 
 /** Starts one worker thread (Node: worker_threads; browsers: a Worker). */
@@ -32,15 +46,42 @@ export type WasmWorkerSpawner = (init: WasmWorkerInit) => void;
 
 /** What both modules export for their workers (assembly/threads.ts runWorker with the module's jobs). */
 interface WorkerExports { workerLoop(ctrl: number, spin: number): void }
+/** What the inference module exports to run one part of a job in its memory. */
+interface JobExports { runJob(ctrl: number, job: number, part: number, nparts: number): void }
+
+/** kernels.ts's import: run `part` of `nparts` of `job` in memory `mem` (1, 2, ...). */
+export type RunInMemory = (mem: number, job: number, part: number, nparts: number) => void;
+
+/**
+ * The imports of a kernel instance over `memory`: the memory, and where its jobs of further
+ * memories go (the training module imports only the memory; extra imports are ignored).
+ */
+export function kernelImports(memory: WasmMemory, runInMemory: RunInMemory): Record<string, Record<string, unknown>> {
+  return { env: { memory }, kernels: { runInMemory } };
+}
+
+/** For an instance that has no further memories: a job routed elsewhere is a bug. */
+const NO_FURTHER_MEMORY: RunInMemory = (mem) => { throw noMemory(mem); };
+const noMemory = (mem: number) => new Error(`a kernel job for WebAssembly memory ${mem} reached a thread that does not have it`);
 
 /**
  * The worker's side of the protocol, for either module: instantiates `init.module` over the shared
- * memory, calls `ready` (if given), then runs the module's workerLoop, which returns only when the
- * kernels are closed (stopWorkers).
+ * memory (and over each further memory), calls `ready` (if given), then runs the module's
+ * workerLoop, which returns only when the kernels are closed (stopWorkers).
  */
 export function joinKernelWorker(init: WasmWorkerInit, ready?: () => void): void {
   if (!WA) throw new Error("WebAssembly is not available in this worker");
-  const exports = new WA.Instance(init.module, { env: { memory: init.memory } }).exports as unknown as WorkerExports;
+  const wa = WA;
+  const others = (init.memories ?? []).map((m) => ({
+    x: new wa.Instance(init.module, kernelImports(m.memory, NO_FURTHER_MEMORY)).exports as unknown as JobExports,
+    ctrl: m.ctrl,
+  }));
+  const route: RunInMemory = others.length === 0 ? NO_FURTHER_MEMORY : (mem, job, part, nparts) => {
+    const o = others[mem - 1];
+    if (!o) throw noMemory(mem);
+    o.x.runJob(o.ctrl, job, part, nparts);
+  };
+  const exports = new wa.Instance(init.module, kernelImports(init.memory, route)).exports as unknown as WorkerExports;
   ready?.();
   exports.workerLoop(init.ctrl, init.spin);
 }

@@ -1,7 +1,8 @@
 import type { Backend } from "../core/backend/backend.js";
-import { selectBackend } from "../core/backend/registry.js";
+import { type MemoryLimits, selectBackend } from "../core/backend/registry.js";
+import { WasmMemoryLimitError } from "../core/backend/wasm.js";
 import type { Checkpoint } from "../core/formats/checkpoint.js";
-import { FormatError } from "../core/errors.js";
+import { FormatError, RwkvInputError } from "../core/errors.js";
 import { checkingFinite, firstNonFinite } from "../core/formats/finite.js";
 import { openCheckpoint } from "../core/formats/open.js";
 import { architectureFor, detectVersion } from "../core/model/detect.js";
@@ -9,6 +10,7 @@ import { buildModel, type Model } from "../core/model/model.js";
 import { mergeAdapters } from "../core/adapters/merge.js";
 import { type AdapterSpec, openAdapter } from "./adapters.js";
 import { FileSource } from "./file-source.js";
+import { statSync } from "node:fs";
 import "./threads/pool.js"; // registers the threaded wasm backend
 
 export interface LoadOptions {
@@ -35,6 +37,11 @@ export interface LoadOptions {
   readonly adapters?: readonly AdapterSpec[];
   /** Remarks about the load (e.g. re-quantized merged matrices). */
   readonly onNote?: (text: string) => void;
+  /**
+   * Memory limits of the backend (the wasm backend: total bytes, weights per WebAssembly memory);
+   * a model past the total fails to load with an error naming the file and the sizes.
+   */
+  readonly memory?: MemoryLimits;
 }
 
 /** Opens a checkpoint file of any supported format (chosen by content) and reads its tensor index. */
@@ -50,7 +57,7 @@ export function loadCheckpoint(path: string, options: Pick<LoadOptions, "verify"
 
 /** Loads an RWKV model: format from content, version from tensor names, sizes from shapes. */
 export async function loadModel(path: string, options: LoadOptions = {}): Promise<Model> {
-  const backend: Backend = selectBackend(options.backend, { threads: options.threads });
+  const backend: Backend = selectBackend(options.backend, { threads: options.threads, memory: options.memory });
   const verify = options.verify ?? true;
   const base = loadCheckpoint(path, { verify });
   const closers = [base.close];
@@ -68,13 +75,22 @@ export async function loadModel(path: string, options: LoadOptions = {}): Promis
     }
     const version = detectVersion(checkpoint);
     const onWarning = options.onWarning ?? ((m: string) => process.stderr.write(`warning: ${m}\n`));
-    const model = buildModel(verify ? checkingFinite(checkpoint) : checkpoint, architectureFor(version, path), version, backend, { matrices: options.matrices, onWarning });
-    if (verify) await checkFirstStep(model, path);
-    return model;
+    try {
+      const model = buildModel(verify ? checkingFinite(checkpoint) : checkpoint, architectureFor(version, path), version, backend, { matrices: options.matrices, onWarning });
+      if (verify) await checkFirstStep(model, path);
+      return model;
+    } catch (e) {
+      if (!(e instanceof WasmMemoryLimitError)) throw e;
+      throw new RwkvInputError(path, `the model does not fit the memory allowed: a ${mib(statSync(path).size)} file, and loading it ` +
+        `would take ${mib(e.needed)} or more of WebAssembly memory, over the ${mib(e.limit)} limit ` +
+        "(a smaller weight type: --matrices int8, a quantized file; or --backend reference)");
+    }
   } finally {
     for (const c of closers) c();
   }
 }
+
+const mib = (n: number) => `${(n / 2 ** 20).toFixed(2)} MiB`;
 
 /**
  * Finite weights can still overflow (a corrupted exponent making one weight 1e38): one token

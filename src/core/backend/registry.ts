@@ -2,7 +2,7 @@ import { RwkvInputError } from "../errors.js";
 import { type Backend, isTrainingOp, type KernelDType, type KernelOp } from "./backend.js";
 import { referenceBackend } from "./reference.js";
 import { referenceTrainKernels, type TrainKernels } from "./train-kernels.js";
-import { defaultWasmBackend } from "./wasm.js";
+import { defaultWasmBackend, limitedWasmBackend } from "./wasm.js";
 
 /**
  * Backends by name, in order of preference. A backend registers itself with a probe that says
@@ -14,6 +14,24 @@ import { defaultWasmBackend } from "./wasm.js";
 export interface BackendOptions {
   /** Threads computing each kernel, the caller included; a backend's own default when absent. */
   readonly threads?: number;
+  /** Limits of a backend that keeps weights in memories of its own (the wasm backend). */
+  readonly memory?: MemoryLimits;
+}
+
+/**
+ * Memory limits of a backend with its own memories (the wasm backend's WebAssembly memories of
+ * at most 4 GiB each). Defaults: no total cap; the backend's own weights per memory.
+ */
+export interface MemoryLimits {
+  /** Most bytes of all its memories together; loading past it fails with an error naming the file and the sizes. */
+  readonly maxBytes?: number;
+  /** Most bytes of weights one memory takes before the next is used (tests split small models with it). */
+  readonly weightBytesPerMemory?: number;
+}
+
+/** A cache key for backends made with these limits ("" for the defaults). */
+export function memoryLimitsKey(m: MemoryLimits | undefined): string {
+  return m?.maxBytes === undefined && m?.weightBytesPerMemory === undefined ? "" : `/${m.maxBytes ?? ""}/${m.weightBytesPerMemory ?? ""}`;
 }
 
 type Create = (options: BackendOptions) => Backend | null;
@@ -23,7 +41,10 @@ interface Registration { readonly name: string; readonly priority: number; reado
 export const WASM_PRIORITY = 10;
 
 const registrations: Registration[] = [
-  { name: "wasm", priority: WASM_PRIORITY, create: () => defaultWasmBackend() },
+  {
+    name: "wasm", priority: WASM_PRIORITY,
+    create: (o) => (memoryLimitsKey(o.memory) === "" ? defaultWasmBackend() : limitedWasmBackend(o.memory!)),
+  },
   { name: "reference", priority: 0, create: () => referenceBackend },
 ];
 

@@ -4,13 +4,15 @@ import { WasmTensor, WasmTensorKernels } from "./wasm-tensors.js";
 import { referenceBackend } from "./reference.js";
 import { WASM_RELAXED_SIMD, WASM_SIMD } from "./wasm-binary.js";
 import { decodeMatrix, fitsF16s, toF16s } from "./weight-rows.js";
-import { WA, WasmBuilds, type WasmMemory, type WasmSimd, type WasmWorkerSpawner } from "../wasm-runtime.js";
+import {
+  kernelImports, type RunInMemory, WA, WasmBuilds, type WasmMemory, type WasmModule, type WasmSimd, type WasmWorkerSpawner,
+} from "../wasm-runtime.js";
 
 /*
- * The "wasm" backend: the kernels of assembly/kernels.ts (WebAssembly SIMD) over one shared
- * WebAssembly memory, optionally run by several threads.
+ * The "wasm" backend: the kernels of assembly/kernels.ts (WebAssembly SIMD) over shared
+ * WebAssembly memories, optionally run by several threads.
  *
- * Memory layout (one wasm32 memory, at most 4 GiB, shared so workers see the same bytes):
+ * Memory layout of memory 0 (wasm32, at most 4 GiB, shared so workers see the same bytes):
  *   [0, heapBase)            the module's own (empty) data area
  *   control block (256 B)    epoch / ticket / done counters and the argument slots of the current job
  *   f16 table (256 KiB)      f32 value of every f16 bit pattern, for the ggml block scales
@@ -20,6 +22,15 @@ import { WA, WasmBuilds, type WasmMemory, type WasmSimd, type WasmWorkerSpawner 
  *   arenas, constants        each model's activation slots and parameter vectors (wasm-tensors.ts)
  *   scratch                  growing blocks for quantized activations and the array methods' copies
  * The JS side owns the allocator (first fit over a free list; memory grows in pages as needed).
+ *
+ * Models larger than one memory: weights past weightBytesPerMemory (default 3.5 GiB) go to
+ * memory 1, 2, ..., each with its own instance of the module, control block, tables and
+ * scratch. A matmul runs in the memory that holds its weights: x is copied in and y out (a
+ * token's are KiB, the weights MiB); everything else (activations, states, constants) stays in
+ * memory 0. The threads wait on memory 0's control block only: a job of memory k is published
+ * there as JOB.inMemory (k, job) and each thread runs its chunks through k's instance
+ * (kernels.ts runInMemory), so one protocol serves all memories. Workers instantiate the module
+ * over every memory when they start; a new memory restarts them (during a load, once per memory).
  *
  * The models' forward runs on the tensor kernels (wasm-tensors.ts): activations live in per-model
  * arenas in this memory, so only token embeddings go in and logits come out. The Float32Array
@@ -48,7 +59,7 @@ import { WA, WasmBuilds, type WasmMemory, type WasmSimd, type WasmWorkerSpawner 
  * means the others run its chunks.
  */
 
-export type { WasmMemory, WasmModule, WasmSimd, WasmWorkerInit, WasmWorkerSpawner } from "../wasm-runtime.js";
+export type { WasmExtraMemory, WasmMemory, WasmModule, WasmSimd, WasmWorkerInit, WasmWorkerSpawner } from "../wasm-runtime.js";
 
 const BUILDS = new WasmBuilds({ "simd": WASM_SIMD, "relaxed-simd": WASM_RELAXED_SIMD });
 
@@ -58,8 +69,16 @@ export interface WasmBackendOptions {
   readonly spawn?: WasmWorkerSpawner;
   /** Which build: default the relaxed one where the runtime validates it, else plain SIMD. */
   readonly simd?: WasmSimd;
-  /** Cap on the WebAssembly memory (default and most: 4 GiB); adopt() fails clearly beyond it. */
+  /**
+   * Cap on the WebAssembly memories together (default: none but the machine's); adopt() and the
+   * arenas fail clearly (WasmMemoryLimitError) beyond it.
+   */
   readonly maxMemoryBytes?: number;
+  /**
+   * Most bytes of weights one memory takes before the next memory is used (default
+   * WEIGHTS_PER_MEMORY); a memory holds 4 GiB at most (wasm32). Tests split small models with it.
+   */
+  readonly weightBytesPerMemory?: number;
   /** Cap on the state arrays kept in wasm memory (default RESIDENT_STATE_BYTES); past it they are copied per call. */
   readonly residentStateBytes?: number;
   /**
@@ -93,7 +112,7 @@ const I7_TYPES: ReadonlySet<WeightType> = new Set<WeightType>(["q4_0", "q4_1", "
 const RESIDENT_STATE_BYTES = 256 << 20;
 
 /** Job ids of assembly/kernels.ts. */
-export const JOB = { matmulFloat: 1, matmulInt: 2, quantize: 3, norm: 4, wkv4: 5, wkv5: 6, wkv7: 7, activate: 8 } as const;
+export const JOB = { matmulFloat: 1, matmulInt: 2, quantize: 3, norm: 4, wkv4: 5, wkv5: 6, wkv7: 7, activate: 8, inMemory: 9 } as const;
 
 /** Activation ids of assembly/kernels.ts. */
 export const ACTIVATION_IDS: Readonly<Record<Activation, number>> = { sigmoid: 0, tanh: 1, silu: 2, relu2: 3, exp: 4 };
@@ -105,6 +124,12 @@ const ARG_F64_OFFSET = 16;
 const PAGE = 65536;
 /** wasm32: 65536 pages = 4 GiB. */
 const MAX_PAGES = 65536;
+/**
+ * Default bytes of weights per memory: wasm32's 4 GiB less 512 MiB that memory 0 keeps for what
+ * is not weights (arenas of long prompts, resident states up to RESIDENT_STATE_BYTES, scratch up
+ * to 2 x SCRATCH_CHUNK_BYTES); further memories keep the same margin for their scratch.
+ */
+const WEIGHTS_PER_MEMORY = MAX_PAGES * PAGE - (512 << 20);
 const ALIGN = 64;
 /** Control block: epoch, done, ticket, job, sleepers, exit, then 24 argument slots (see kernels.ts). */
 const CTRL_BYTES = 256;
@@ -135,7 +160,13 @@ const PARALLEL_MIN_WORK = 1 << 17;
  */
 const SPIN_ITERATIONS = 1 << 18;
 
-export interface Adopted { readonly ptr: number; readonly bytes: number; readonly type: WeightType }
+export interface Adopted {
+  readonly ptr: number;
+  readonly bytes: number;
+  readonly type: WeightType;
+  /** Which of the backend's memories holds the weights (0: the one with activations and states). */
+  readonly mem: number;
+}
 
 interface Exports {
   heapBase(): number;
@@ -148,108 +179,57 @@ interface Exports {
   relaxedDotOk(): number;
 }
 
-/** Whether this runtime can run the relaxed-SIMD build (Node 20 needs --experimental-wasm-relaxed-simd). */
-export function relaxedSimdAvailable(): boolean {
-  return BUILDS.relaxedAvailable();
+/** Memory going past a limit of the backend: what the allocation needed and the limit it hit. */
+export class WasmMemoryLimitError extends Error {
+  constructor(readonly needed: number, readonly limit: number) {
+    super(`the wasm backend would need ${gib(needed)} GiB of WebAssembly memory, over its ${gib(limit)} GiB limit: ` +
+      "use a smaller weight type (--matrices int8, a bf16/f16 or quantized file) or --backend reference");
+    this.name = "WasmMemoryLimitError";
+  }
 }
 
-/** Whether WebAssembly SIMD with shared memory works here at all. */
-export function wasmAvailable(): boolean {
-  return BUILDS.available();
-}
+const gib = (n: number) => (n / 2 ** 30).toFixed(2);
 
-export class WasmBackend implements Backend {
-  readonly name: string;
-  readonly threads: number;
-  readonly simd: WasmSimd;
-  private readonly memory: WasmMemory;
-  private readonly x: Exports;
-  private readonly ctrl: number;
-  private readonly maxBytes: number;
-  private readonly maxResidentBytes: number;
+/**
+ * One WebAssembly memory of the backend with the kernel instance over it: the allocator (first
+ * fit over a free list, growing in pages), its control block (job arguments), the tables the
+ * kernels read, and scratch blocks. Memory 0 holds everything but the weights that did not fit it.
+ */
+class WasmHeap {
+  readonly memory: WasmMemory;
+  readonly x: Exports;
+  readonly ctrl: number;
   /** f16 -> f32 of every bit pattern: block scales convert with one load. */
-  private readonly halfTable: number;
+  readonly halfTable: number;
   /** The activations' f64x2 constants (see kernels.ts). */
   readonly activationTable: number;
-  /** The kernels over tensors in this memory (the models' forward). */
-  readonly tensors: WasmTensorKernels;
-  /** Views of the whole memory, renewed when it grows (for wasm-tensors.ts too). */
+  /** Views of the whole memory, renewed when it grows. */
   f32: Float32Array<ArrayBufferLike> = new Float32Array(0);
   u8: Uint8Array<ArrayBufferLike> = new Uint8Array(0);
-  private i32: Int32Array<ArrayBufferLike> = new Int32Array(0);
-  private f64: Float64Array<ArrayBufferLike> = new Float64Array(0);
+  i32: Int32Array<ArrayBufferLike> = new Int32Array(0);
+  f64: Float64Array<ArrayBufferLike> = new Float64Array(0);
   /** Free blocks [offset, size], sorted by offset, adjacent ones merged. */
   private readonly free: Array<[number, number]> = [];
-  private top: number;
-  private readonly scratchBlock = { ptr: 0, bytes: 0 };
-  private readonly ioBlock = { ptr: 0, bytes: 0 };
-  private readonly adopted = new WeakMap<Matrix, Adopted>();
-  /**
-   * Whether the q4/q5 matmuls run the i8·i7 kernels: the relaxed build, on an engine whose
-   * relaxed_dot_i8x16_i7x16_add_s gives the specified sums (kernels.ts relaxedDotOk; not Node 20).
-   */
-  readonly i7: boolean;
-  /** Kernel calls run by all threads / by the calling thread alone (tests, tuning). */
-  readonly calls = { parallel: 0, single: 0 };
-  private readonly finalizer = new FinalizationRegistry<[number, number]>(([ptr, bytes]) => this.release(ptr, bytes));
-  /** Every buffer object resident arrays were made on (growing the memory gives a new one). */
-  private readonly residentBuffers = new WeakSet<ArrayBufferLike>();
-  private residentBytes = 0;
-  private readonly residentFinalizer = new FinalizationRegistry<[number, number]>(([ptr, bytes]) => {
-    this.release(ptr, bytes);
-    this.residentBytes -= bytes;
-  });
+  /** End of the allocated part: the memory's size is at least this. */
+  top: number;
+  /** Bytes of live weight blocks here (against the backend's weights-per-memory). */
+  weightBytes = 0;
+  readonly scratchBlock = { ptr: 0, bytes: 0 };
+  readonly ioBlock = { ptr: 0, bytes: 0 };
 
-  constructor(options: WasmBackendOptions = {}) {
-    if (!WA) throw new Error("WebAssembly is not available in this runtime");
-    this.threads = Math.max(1, Math.floor(options.threads ?? 1));
-    if (this.threads > 1 && !options.spawn) throw new Error("a wasm backend with several threads needs a worker spawner");
-    this.simd = options.simd ?? (relaxedSimdAvailable() ? "relaxed-simd" : "simd");
-    this.name = "wasm";
-    this.maxBytes = Math.min(MAX_PAGES * PAGE, options.maxMemoryBytes ?? Infinity);
-    this.maxResidentBytes = options.residentStateBytes ?? RESIDENT_STATE_BYTES;
-    const module = new WA.Module(BUILDS.bytes(this.simd));
-    this.memory = new WA.Memory({ initial: 1, maximum: MAX_PAGES, shared: true });
-    this.x = new WA.Instance(module, { env: { memory: this.memory } }).exports as unknown as Exports;
-    this.i7 = this.x.relaxedDotOk() === 1;
+  /** `grant(heap, to)` throws when growing `heap`'s top to `to` would take the memories past the backend's total limit. */
+  constructor(readonly index: number, module: WasmModule, route: RunInMemory, private readonly grant: (heap: WasmHeap, to: number) => void) {
+    this.memory = new WA!.Memory({ initial: 1, maximum: MAX_PAGES, shared: true });
+    this.x = new WA!.Instance(module, kernelImports(this.memory, route)).exports as unknown as Exports;
     this.top = align(this.x.heapBase());
     this.ctrl = this.alloc(CTRL_BYTES);
     this.halfTable = this.alloc(HALF_TABLE_BYTES);
     this.x.fillHalfTable(this.halfTable);
     this.activationTable = this.alloc(this.x.activationTableBytes());
     this.x.fillActivationTable(this.activationTable);
-    this.tensors = new WasmTensorKernels(this);
-    for (let p = 1; p < this.threads; p++) options.spawn!({ module, memory: this.memory, ctrl: this.ctrl, spin: SPIN_ITERATIONS });
-    const training = options.training, spawn = options.spawn;
-    if (training) this.trainKernels = () => training.create({ threads: this.threads, simd: this.simd, spawn });
-    this.trainingOwn = training?.own;
   }
 
-  /** The training half of the table, where `options.training` gave one (see WasmBackendOptions). */
-  readonly trainKernels?: () => TrainKernels;
-  private readonly trainingOwn?: (op: TrainingOp, dtype: KernelDType) => boolean;
-
-  /** Every inference op on f32, matmul on every weight type; the training ops its training half runs itself. */
-  supports(op: KernelOp, dtype: KernelDType): boolean {
-    if (isTrainingOp(op)) return this.trainingOwn?.(op, dtype) ?? false;
-    return op === "matmul" ? dtype in WASM_TYPE_IDS : dtype === "f32";
-  }
-
-  /** Bytes of wasm memory in use by weights and scratch (its size never shrinks). */
-  get memoryBytes(): number {
-    return this.memory.buffer.byteLength;
-  }
-
-  /** Stops the worker threads; the backend then runs on the calling thread only. */
-  close(): void {
-    if (this.threads > 1 && !this.closed) this.x.stopWorkers(this.ctrl);
-    this.closed = true;
-  }
-  private closed = false;
-
-  // ---- memory --------------------------------------------------------------------------------
-
-  private views(): void {
+  views(): void {
     const buf = this.memory.buffer;
     if (this.u8.buffer !== buf || this.u8.byteLength !== buf.byteLength) {
       this.f32 = new Float32Array(buf);
@@ -259,8 +239,8 @@ export class WasmBackend implements Backend {
     }
   }
 
-  /** A 64-byte aligned block of `size` bytes (JS-side first-fit allocator; grows the memory). */
-  alloc(size: number): number {
+  /** A 64-byte aligned block of `size` bytes, or -1 when it would take this memory past 4 GiB. */
+  tryAlloc(size: number): number {
     const need = align(size);
     for (let i = 0; i < this.free.length; i++) {
       const [off, sz] = this.free[i];
@@ -271,16 +251,19 @@ export class WasmBackend implements Backend {
     }
     const off = this.top;
     const end = off + need;
-    if (end > this.maxBytes) {
-      throw new Error(`the wasm backend would need ${(end / 2 ** 30).toFixed(2)} GiB of WebAssembly memory, over its ` +
-        `${(this.maxBytes / 2 ** 30).toFixed(2)} GiB limit (4 GiB at most for wasm32): ` +
-        "use a smaller weight type (--matrices int8, a bf16/f16 or quantized file) or --backend reference");
-    }
+    if (end > MAX_PAGES * PAGE) return -1;
+    this.grant(this, end);
     const have = this.memory.buffer.byteLength;
     if (end > have) this.memory.grow(Math.ceil((end - have) / PAGE));
     this.top = end;
     this.views();
     return off;
+  }
+
+  alloc(size: number): number {
+    const ptr = this.tryAlloc(size);
+    if (ptr < 0) throw new WasmMemoryLimitError(this.top + align(size), MAX_PAGES * PAGE);
+    return ptr;
   }
 
   release(ptr: number, size: number): void {
@@ -299,18 +282,8 @@ export class WasmBackend implements Backend {
     }
   }
 
-  /** A scratch block of at least `bytes` (contents undefined), valid until the next call. */
-  scratch(bytes: number): number {
-    return this.grown(this.scratchBlock, bytes);
-  }
-
-  /** A second scratch block, for the Float32Array methods' inputs and outputs (valid until the next call). */
-  private ioScratch(bytes: number): number {
-    return this.grown(this.ioBlock, bytes);
-  }
-
   /** `block` grown (doubling, contents lost) to at least `bytes`; its offset. */
-  private grown(block: { ptr: number; bytes: number }, bytes: number): number {
+  grown(block: { ptr: number; bytes: number }, bytes: number): number {
     if (bytes > block.bytes) {
       if (block.bytes > 0) this.release(block.ptr, block.bytes);
       block.bytes = align(Math.max(bytes, block.bytes * 2));
@@ -319,23 +292,216 @@ export class WasmBackend implements Backend {
     this.views();
     return block.ptr;
   }
+}
 
-  private put(ptr: number, a: Float32Array): void {
-    if (a.length > 0) this.f32.set(a, ptr >>> 2);
+/** Whether this runtime can run the relaxed-SIMD build (Node 20 needs --experimental-wasm-relaxed-simd). */
+export function relaxedSimdAvailable(): boolean {
+  return BUILDS.relaxedAvailable();
+}
+
+/** Whether WebAssembly SIMD with shared memory works here at all. */
+export function wasmAvailable(): boolean {
+  return BUILDS.available();
+}
+
+export class WasmBackend implements Backend {
+  readonly name: string;
+  readonly threads: number;
+  readonly simd: WasmSimd;
+  private readonly module: WasmModule;
+  private readonly spawn?: WasmWorkerSpawner;
+  /** Memory 0 (activations, states, constants, scratch, the first weights), then further memories of weights. */
+  private readonly heaps: WasmHeap[] = [];
+  private readonly home: WasmHeap;
+  /** Memory 0's control block the threads wait on (a new one each time they are restarted). */
+  private ctrl: number;
+  private readonly maxBytes: number;
+  private readonly weightsPerMemory: number;
+  private readonly maxResidentBytes: number;
+  /** The activations' f64x2 constants of memory 0 (see kernels.ts). */
+  readonly activationTable: number;
+  /** The kernels over tensors in memory 0 (the models' forward). */
+  readonly tensors: WasmTensorKernels;
+  private readonly adopted = new WeakMap<Matrix, Adopted>();
+  /**
+   * Whether the q4/q5 matmuls run the i8·i7 kernels: the relaxed build, on an engine whose
+   * relaxed_dot_i8x16_i7x16_add_s gives the specified sums (kernels.ts relaxedDotOk; not Node 20).
+   */
+  readonly i7: boolean;
+  /** Kernel calls run by all threads / by the calling thread alone (tests, tuning). */
+  readonly calls = { parallel: 0, single: 0 };
+  private readonly finalizer = new FinalizationRegistry<[number, number, number]>(([mem, ptr, bytes]) => {
+    this.heaps[mem].release(ptr, bytes);
+    this.heaps[mem].weightBytes -= bytes;
+  });
+  /** Every buffer object resident arrays were made on (growing the memory gives a new one). */
+  private readonly residentBuffers = new WeakSet<ArrayBufferLike>();
+  private residentBytes = 0;
+  private readonly residentFinalizer = new FinalizationRegistry<[number, number]>(([ptr, bytes]) => {
+    this.release(ptr, bytes);
+    this.residentBytes -= bytes;
+  });
+  /** The main thread's route for kernels.ts JOB_IN_MEMORY: the job in memory `mem`'s instance. */
+  private readonly route: RunInMemory = (mem, job, part, nparts) => {
+    const h = this.heaps[mem];
+    h.x.runJob(h.ctrl, job, part, nparts);
+  };
+
+  constructor(options: WasmBackendOptions = {}) {
+    if (!WA) throw new Error("WebAssembly is not available in this runtime");
+    this.threads = Math.max(1, Math.floor(options.threads ?? 1));
+    if (this.threads > 1 && !options.spawn) throw new Error("a wasm backend with several threads needs a worker spawner");
+    this.spawn = options.spawn;
+    this.simd = options.simd ?? (relaxedSimdAvailable() ? "relaxed-simd" : "simd");
+    this.name = "wasm";
+    this.maxBytes = options.maxMemoryBytes ?? Infinity;
+    this.weightsPerMemory = options.weightBytesPerMemory ?? WEIGHTS_PER_MEMORY;
+    if (!(this.maxBytes > 0) || !(this.weightsPerMemory > 0)) {
+      throw new Error(`wasm backend memory limits must be positive (maxMemoryBytes ${this.maxBytes}, weightBytesPerMemory ${this.weightsPerMemory})`);
+    }
+    this.maxResidentBytes = options.residentStateBytes ?? RESIDENT_STATE_BYTES;
+    this.module = new WA.Module(BUILDS.bytes(this.simd));
+    this.home = this.addHeap();
+    this.ctrl = this.home.ctrl;
+    this.i7 = this.home.x.relaxedDotOk() === 1;
+    this.activationTable = this.home.activationTable;
+    this.tensors = new WasmTensorKernels(this);
+    this.startWorkers();
+    const training = options.training, spawn = options.spawn;
+    if (training) this.trainKernels = () => training.create({ threads: this.threads, simd: this.simd, spawn });
+    this.trainingOwn = training?.own;
   }
 
-  /** Runs a job: i32 args in the slots, then `eps` (f32) after them, or `scale` (f64) over slots 4-5. */
-  run(job: number, work: number, args: readonly number[], eps?: number, scale?: number): void {
-    const a = (this.ctrl + CTRL_ARGS) >>> 2;
-    for (let i = 0; i < args.length; i++) this.i32[a + i] = args[i];
-    if (eps !== undefined) this.f32[a + args.length] = eps;
-    if (scale !== undefined) this.f64[(this.ctrl + CTRL_ARGS + ARG_F64_OFFSET) >>> 3] = scale;
+  /** The training half of the table, where `options.training` gave one (see WasmBackendOptions). */
+  readonly trainKernels?: () => TrainKernels;
+  private readonly trainingOwn?: (op: TrainingOp, dtype: KernelDType) => boolean;
+
+  /** Every inference op on f32, matmul on every weight type; the training ops its training half runs itself. */
+  supports(op: KernelOp, dtype: KernelDType): boolean {
+    if (isTrainingOp(op)) return this.trainingOwn?.(op, dtype) ?? false;
+    return op === "matmul" ? dtype in WASM_TYPE_IDS : dtype === "f32";
+  }
+
+  /** Bytes of WebAssembly memory in use by weights and scratch, all memories together (it never shrinks). */
+  get memoryBytes(): number {
+    return this.heaps.reduce((s, h) => s + h.memory.buffer.byteLength, 0);
+  }
+
+  /** Per memory, its size and the bytes of weights it holds (tests, tools). */
+  memories(): Array<{ bytes: number; weightBytes: number }> {
+    return this.heaps.map((h) => ({ bytes: h.memory.buffer.byteLength, weightBytes: h.weightBytes }));
+  }
+
+  /** Views of memory 0 (for wasm-tensors.ts). */
+  get f32(): Float32Array<ArrayBufferLike> { return this.home.f32; }
+  get u8(): Uint8Array<ArrayBufferLike> { return this.home.u8; }
+
+  /** Stops the worker threads; the backend then runs on the calling thread only. */
+  close(): void {
+    if (this.threads > 1 && !this.closed) this.home.x.stopWorkers(this.ctrl);
+    this.closed = true;
+  }
+  private closed = false;
+
+  /** Starts threads - 1 workers on memory 0's control block `ctrl`, each joining every memory there is now. */
+  private startWorkers(): void {
+    const memories = this.heaps.slice(1).map((h) => ({ memory: h.memory, ctrl: h.ctrl }));
+    for (let p = 1; p < this.threads; p++) {
+      this.spawn!({ module: this.module, memory: this.home.memory, ctrl: this.ctrl, spin: SPIN_ITERATIONS, memories });
+    }
+  }
+
+  /** Growth of any memory is checked here against the total limit. */
+  private readonly grant = (heap: WasmHeap, to: number): void => {
+    const total = this.heaps.reduce((s, h) => s + (h === heap ? 0 : h.top), to);
+    if (total > this.maxBytes) throw new WasmMemoryLimitError(total, this.maxBytes);
+  };
+
+  /** A new memory with its instance (the first: memory 0). */
+  private addHeap(): WasmHeap {
+    const h = new WasmHeap(this.heaps.length, this.module, this.route, this.grant);
+    this.heaps.push(h);
+    return h;
+  }
+
+  /**
+   * A block of `bytes` for weights: in the first memory whose weights stay under
+   * weightsPerMemory with it (an empty memory takes any matrix that fits its 4 GiB), else in a
+   * new memory. The workers then restart to join it: the old ones leave their control block
+   * (kept, never reused, so a late one reads its exit flag) and new ones get every memory.
+   */
+  private placeWeights(bytes: number): { mem: number; ptr: number } {
+    for (let mem = 0; mem < this.heaps.length; mem++) {
+      const h = this.heaps[mem];
+      if (h.weightBytes > 0 && h.weightBytes + bytes > this.weightsPerMemory) continue;
+      const ptr = h.tryAlloc(bytes);
+      if (ptr >= 0) return this.placed(mem, ptr, bytes);
+    }
+    const h = this.addHeap();
+    const mem = this.heaps.length - 1;
+    const ptr = h.alloc(bytes);
+    if (this.threads > 1 && !this.closed) {
+      this.home.x.stopWorkers(this.ctrl);
+      this.ctrl = this.home.alloc(CTRL_BYTES);
+      this.home.u8.fill(0, this.ctrl, this.ctrl + CTRL_BYTES);
+      this.startWorkers();
+    }
+    return this.placed(mem, ptr, bytes);
+  }
+
+  private placed(mem: number, ptr: number, bytes: number): { mem: number; ptr: number } {
+    this.heaps[mem].weightBytes += align(bytes);
+    return { mem, ptr };
+  }
+
+  // ---- memory 0 ------------------------------------------------------------------------------
+
+  /** A 64-byte aligned block of `size` bytes in memory 0 (grows it). */
+  alloc(size: number): number {
+    return this.home.alloc(size);
+  }
+
+  release(ptr: number, size: number): void {
+    this.home.release(ptr, size);
+  }
+
+  /** A scratch block of memory 0 of at least `bytes` (contents undefined), valid until the next call. */
+  scratch(bytes: number): number {
+    return this.home.grown(this.home.scratchBlock, bytes);
+  }
+
+  /** A second scratch block, for the Float32Array methods' inputs and outputs (valid until the next call). */
+  private ioScratch(bytes: number): number {
+    return this.home.grown(this.home.ioBlock, bytes);
+  }
+
+  private put(ptr: number, a: Float32Array): void {
+    if (a.length > 0) this.home.f32.set(a, ptr >>> 2);
+  }
+
+  /**
+   * Runs a job of memory `h` (default 0): i32 args in its slots, then `eps` (f32) after them, or
+   * `scale` (f64) over slots 4-5. In parallel a job of another memory is dispatched over memory
+   * 0's control block as JOB.inMemory, each thread running its chunks in that memory.
+   */
+  run(job: number, work: number, args: readonly number[], eps?: number, scale?: number, h: WasmHeap = this.home): void {
+    const ctrl = h === this.home ? this.ctrl : h.ctrl;
+    const a = (ctrl + CTRL_ARGS) >>> 2;
+    for (let i = 0; i < args.length; i++) h.i32[a + i] = args[i];
+    if (eps !== undefined) h.f32[a + args.length] = eps;
+    if (scale !== undefined) h.f64[(ctrl + CTRL_ARGS + ARG_F64_OFFSET) >>> 3] = scale;
     if (this.threads > 1 && !this.closed && work >= PARALLEL_MIN_WORK) {
       this.calls.parallel++;
-      this.x.dispatch(this.ctrl, job, this.threads * CHUNKS_PER_THREAD, SPIN_ITERATIONS);
+      if (h !== this.home) {
+        const a0 = (this.ctrl + CTRL_ARGS) >>> 2;
+        this.home.i32[a0] = h.index;
+        this.home.i32[a0 + 1] = job;
+        job = JOB.inMemory;
+      }
+      this.home.x.dispatch(this.ctrl, job, this.threads * CHUNKS_PER_THREAD, SPIN_ITERATIONS);
     } else {
       this.calls.single++;
-      this.x.runJob(this.ctrl, job, 0, 1);
+      h.x.runJob(ctrl, job, 0, 1);
     }
   }
 
@@ -352,31 +518,34 @@ export class WasmBackend implements Backend {
       src = new Uint8Array(f.buffer);
     }
     const bytes = src.byteLength;
-    const ptr = this.alloc(bytes + WEIGHT_SLACK);
+    const { mem, ptr } = this.placeWeights(bytes + WEIGHT_SLACK);
+    const h = this.heaps[mem];
     // f16 is rewritten as f16s straight into this memory (no second copy in JS); a matrix with
     // weights too large for f16s keeps its f16 bits.
-    if (type === "f16" && toF16s(m.data as Uint16Array, m.cols, new Uint16Array(this.memory.buffer, ptr, bytes >>> 1))) type = "f16s";
-    else this.u8.set(src, ptr);
-    this.u8.fill(0, ptr + bytes, ptr + bytes + WEIGHT_SLACK);
-    return this.adoptedAt(m.rows, m.cols, type, ptr, bytes);
+    if (type === "f16" && toF16s(m.data as Uint16Array, m.cols, new Uint16Array(h.memory.buffer, ptr, bytes >>> 1))) type = "f16s";
+    else h.u8.set(src, ptr);
+    h.u8.fill(0, ptr + bytes, ptr + bytes + WEIGHT_SLACK);
+    return this.adoptedAt(m.rows, m.cols, type, mem, ptr, bytes);
   }
 
   adoptFrom(rows: number, cols: number, type: WeightType, bytes: number, fill: (dest: Uint8Array) => void): Matrix {
-    const ptr = this.alloc(bytes + WEIGHT_SLACK);
+    const { mem, ptr } = this.placeWeights(bytes + WEIGHT_SLACK);
+    const h = this.heaps[mem];
+    const free = () => { h.release(ptr, bytes + WEIGHT_SLACK); h.weightBytes -= align(bytes + WEIGHT_SLACK); };
     try {
-      fill(new Uint8Array(this.memory.buffer, ptr, bytes));
+      fill(new Uint8Array(h.memory.buffer, ptr, bytes));
     } catch (e) {
-      this.release(ptr, bytes + WEIGHT_SLACK);
+      free();
       throw e;
     }
-    this.views();
+    h.views();
     let stored: WeightType = type;
     if (type === "f16") {
-      const bits = new Uint16Array(this.memory.buffer, ptr, bytes >>> 1);
+      const bits = new Uint16Array(h.memory.buffer, ptr, bytes >>> 1);
       if (hasF16InfNaN(bits) || !fitsF16s(bits)) {
         // The rare cases adopt() handles by copying (f32 for Inf/NaN, plain f16 bits when too large).
         const copy = bits.slice();
-        this.release(ptr, bytes + WEIGHT_SLACK);
+        free();
         return this.adopt({ rows, cols, type, data: copy });
       }
       // f16 -> f16s in place, one row at a time through a row-sized buffer.
@@ -388,18 +557,19 @@ export class WasmBackend implements Backend {
       }
       stored = "f16s";
     }
-    this.u8.fill(0, ptr + bytes, ptr + bytes + WEIGHT_SLACK);
-    return this.adoptedAt(rows, cols, stored, ptr, bytes);
+    h.u8.fill(0, ptr + bytes, ptr + bytes + WEIGHT_SLACK);
+    return this.adoptedAt(rows, cols, stored, mem, ptr, bytes);
   }
 
-  /** The Matrix for weights already in place at `ptr`, registered for matmul and for release. */
-  private adoptedAt(rows: number, cols: number, type: WeightType, ptr: number, bytes: number): Matrix {
-    const view = type === "f32" ? new Float32Array(this.memory.buffer, ptr, bytes >>> 2)
-      : type === "f16" || type === "bf16" || type === "f16s" ? new Uint16Array(this.memory.buffer, ptr, bytes >>> 1)
-        : new Uint8Array(this.memory.buffer, ptr, bytes);
+  /** The Matrix for weights already in place at `ptr` of memory `mem`, registered for matmul and for release. */
+  private adoptedAt(rows: number, cols: number, type: WeightType, mem: number, ptr: number, bytes: number): Matrix {
+    const buf = this.heaps[mem].memory.buffer;
+    const view = type === "f32" ? new Float32Array(buf, ptr, bytes >>> 2)
+      : type === "f16" || type === "bf16" || type === "f16s" ? new Uint16Array(buf, ptr, bytes >>> 1)
+        : new Uint8Array(buf, ptr, bytes);
     const out: Matrix = { rows, cols, type, data: view, handle: ptr };
-    this.adopted.set(out, { ptr, bytes: bytes + WEIGHT_SLACK, type });
-    this.finalizer.register(out, [ptr, bytes + WEIGHT_SLACK]);
+    this.adopted.set(out, { ptr, bytes: bytes + WEIGHT_SLACK, type, mem });
+    this.finalizer.register(out, [mem, ptr, align(bytes + WEIGHT_SLACK)]);
     return out;
   }
 
@@ -414,7 +584,7 @@ export class WasmBackend implements Backend {
       return a; // no room under the memory limit: the copying path still works
     }
     this.residentBytes += bytes;
-    const buf = this.memory.buffer;
+    const buf = this.home.memory.buffer;
     this.residentBuffers.add(buf);
     const view = new Float32Array(buf, ptr, a.length);
     view.set(a);
@@ -443,16 +613,36 @@ export class WasmBackend implements Backend {
       const xp = io, yp = io + align(4 * n * I);
       this.put(xp, x.subarray(t0 * I, (t0 + n) * I));
       this.matmulAt(xp, yp, n, W, info);
-      y.set(this.f32.subarray(yp >>> 2, (yp >>> 2) + n * O), t0 * O);
+      y.set(this.home.f32.subarray(yp >>> 2, (yp >>> 2) + n * O), t0 * O);
     }
     return y;
   }
 
   /**
-   * y (T, O) at yp = x (T, I) at xp · Wᵀ, both in this memory; scratch only for the quantized
-   * activations and f16/bf16 panels, in row chunks under SCRATCH_CHUNK_BYTES.
+   * y (T, O) at yp = x (T, I) at xp · Wᵀ, both in memory 0. Weights in another memory are
+   * multiplied there: x copied into that memory's io scratch, y copied back, in row chunks under
+   * SCRATCH_CHUNK_BYTES (a token's x and y are a few KiB against the matrix's MiB).
    */
   matmulAt(xp: number, yp: number, T: number, W: Matrix, info: Adopted): void {
+    if (info.mem === 0) return this.matmulIn(this.home, xp, yp, T, W, info);
+    const h = this.heaps[info.mem];
+    const { rows: O, cols: I } = W;
+    const rows = Math.max(1, Math.min(T, Math.floor(SCRATCH_CHUNK_BYTES / (4 * (I + O)))));
+    for (let t0 = 0; t0 < T; t0 += rows) {
+      const n = Math.min(rows, T - t0);
+      const hx = h.grown(h.ioBlock, align(4 * n * I) + 4 * n * O), hy = hx + align(4 * n * I);
+      const home = this.home.u8, x0 = xp + 4 * t0 * I, y0 = yp + 4 * t0 * O;
+      h.u8.set(home.subarray(x0, x0 + 4 * n * I), hx);
+      this.matmulIn(h, hx, hy, n, W, info);
+      this.home.u8.set(h.u8.subarray(hy, hy + 4 * n * O), y0);
+    }
+  }
+
+  /**
+   * y (T, O) at yp = x (T, I) at xp · Wᵀ, all in memory `h`; scratch there only for the quantized
+   * activations and f16/bf16 panels, in row chunks under SCRATCH_CHUNK_BYTES.
+   */
+  private matmulIn(h: WasmHeap, xp: number, yp: number, T: number, W: Matrix, info: Adopted): void {
     const { rows: O, cols: I } = W;
     const float = FLOAT_TYPES.has(info.type);
     const nb = Math.ceil(I / QK);
@@ -464,16 +654,16 @@ export class WasmBackend implements Backend {
       const work = Math.max(n * O * I, info.bytes);
       if (float) {
         const panel = n > 1 ? align(2 * 4 * I) : 0; // two dequantized f16/bf16 rows per chunk
-        const base = this.scratch(panel * this.threads * CHUNKS_PER_THREAD + ALIGN);
-        this.run(JOB.matmulFloat, work, [info.ptr, WASM_TYPE_IDS[info.type], O, I, n, x0, y0, base, panel, this.activationTable]);
+        const base = h.grown(h.scratchBlock, panel * this.threads * CHUNKS_PER_THREAD + ALIGN);
+        this.run(JOB.matmulFloat, work, [info.ptr, WASM_TYPE_IDS[info.type], O, I, n, x0, y0, base, panel, h.activationTable], undefined, undefined, h);
       } else {
         // i16 activations, or for the i8·i7 kernels i8 ones and 16 bytes of lane sums per block.
         const i7 = this.i7 && I7_TYPES.has(info.type);
         const qb = align((i7 ? 1 : 2) * n * nb * QK), sb = align(4 * n * nb), lb = i7 ? align(16 * n * nb) : 0;
-        const qp = this.scratch(qb + 2 * sb + lb), dp = qp + qb, sp = dp + sb, lp = i7 ? sp + sb : 0;
-        this.run(JOB.quantize, n * I * 4, [x0, n, I, qp, dp, sp, lp]);
+        const qp = h.grown(h.scratchBlock, qb + 2 * sb + lb), dp = qp + qb, sp = dp + sb, lp = i7 ? sp + sb : 0;
+        this.run(JOB.quantize, n * I * 4, [x0, n, I, qp, dp, sp, lp], undefined, undefined, h);
         const scales = info.type === "i8" ? info.ptr + O * I : 0;
-        this.run(JOB.matmulInt, work, [info.ptr, WASM_TYPE_IDS[info.type], O, I, n, qp, dp, sp, y0, scales, this.halfTable, lp, this.activationTable]);
+        this.run(JOB.matmulInt, work, [info.ptr, WASM_TYPE_IDS[info.type], O, I, n, qp, dp, sp, y0, scales, h.halfTable, lp, h.activationTable], undefined, undefined, h);
       }
     }
   }
@@ -585,6 +775,11 @@ export function align(n: number): number {
 function hasF16InfNaN(bits: Uint16Array): boolean {
   for (let i = 0; i < bits.length; i++) if ((bits[i] & 0x7c00) === 0x7c00) return true;
   return false;
+}
+
+/** A single-threaded wasm backend with these memory limits (a new one each call), or null where WebAssembly SIMD cannot run. */
+export function limitedWasmBackend(limits: { readonly maxBytes?: number; readonly weightBytesPerMemory?: number }): WasmBackend | null {
+  return wasmAvailable() ? new WasmBackend({ maxMemoryBytes: limits.maxBytes, weightBytesPerMemory: limits.weightBytesPerMemory }) : null;
 }
 
 /** A single-threaded wasm backend (cached), or null where WebAssembly SIMD cannot run. */

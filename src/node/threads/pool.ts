@@ -1,6 +1,6 @@
 import { type Backend } from "../../core/backend/backend.js";
 import { referenceBackend } from "../../core/backend/reference.js";
-import { registerBackend, trainingKernels, WASM_PRIORITY } from "../../core/backend/registry.js";
+import { type MemoryLimits, memoryLimitsKey, registerBackend, trainingKernels, WASM_PRIORITY } from "../../core/backend/registry.js";
 import type { TrainKernels } from "../../core/backend/train-kernels.js";
 import { WasmBackend, type WasmSimd, wasmAvailable } from "../../core/backend/wasm.js";
 import { wasmTraining } from "../../core/backend/wasm-train.js";
@@ -10,9 +10,9 @@ export { defaultThreads };
 
 /**
  * Node's wasm backends: the core's kernel table (inference and training halves) with
- * worker_threads (spawn.ts) over shared WebAssembly memory. One backend per thread count and
- * build, created on first use and kept for the process; its training kernel sets, one per model
- * trained, start their workers through the same spawner and protocol.
+ * worker_threads (spawn.ts) over shared WebAssembly memory. One backend per thread count, build
+ * and memory limits, created on first use and kept for the process; its training kernel sets, one
+ * per model trained, start their workers through the same spawner and protocol.
  */
 
 const backends = new Map<string, WasmBackend>();
@@ -21,14 +21,20 @@ function checkThreads(threads: number): void {
   if (!Number.isInteger(threads) || threads < 1) throw new Error(`threads must be a positive integer, got ${threads}`);
 }
 
-/** The wasm backend with `threads` threads (default all cores), or null where wasm SIMD cannot run. */
-export function wasmBackend(threads: number = defaultThreads(), simd?: WasmSimd): WasmBackend | null {
+/**
+ * The wasm backend with `threads` threads (default all cores) and these memory limits (default
+ * none but 4 GiB per memory), or null where wasm SIMD cannot run.
+ */
+export function wasmBackend(threads: number = defaultThreads(), simd?: WasmSimd, memory?: MemoryLimits): WasmBackend | null {
   checkThreads(threads);
   if (!wasmAvailable()) return null;
-  const key = `${threads}/${simd ?? "auto"}`;
+  const key = `${threads}/${simd ?? "auto"}${memoryLimitsKey(memory)}`;
   let b = backends.get(key);
   if (!b) {
-    b = new WasmBackend({ threads, simd, spawn: spawnKernelWorker, training: wasmTraining });
+    b = new WasmBackend({
+      threads, simd, spawn: spawnKernelWorker, maxMemoryBytes: memory?.maxBytes, weightBytesPerMemory: memory?.weightBytesPerMemory,
+      training: wasmTraining,
+    });
     backends.set(key, b);
   }
   return b;
@@ -48,7 +54,7 @@ export function trainKernels(kind: TrainKernelKind = "wasm", threads: number = d
 
 /** Replaces the core's single-threaded "wasm" registration with the threaded one. */
 export function registerNodeBackends(): void {
-  registerBackend("wasm", WASM_PRIORITY, (o): Backend | null => wasmBackend(o.threads ?? defaultThreads()));
+  registerBackend("wasm", WASM_PRIORITY, (o): Backend | null => wasmBackend(o.threads ?? defaultThreads(), undefined, o.memory));
 }
 
 registerNodeBackends();
