@@ -252,7 +252,7 @@ for (const v of GOLDEN_VERSIONS) {
       for (const name of gold.train_gpt.params_with_grad) {
         const ref = want.get(name);
         assert.ok(ref, `grads file lacks ${name}`);
-        const e = relErr(params.get(name).grad, ref);
+        const e = relErr(params.get(name).grad!, ref);
         worst = Math.max(worst, e.rel);
         assert.ok(e.rel <= tol, `${name}: max |diff| ${e.abs} = ${e.rel} of max |grad| ${e.max}`);
       }

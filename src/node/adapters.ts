@@ -125,9 +125,9 @@ export function parseLoraFlag(text: string): AdapterSpec {
   return { path: text, kind: "lora" };
 }
 
-/** `ADAPTER:INIT` of --pissa (split at the last colon). */
-export function parsePissaFlag(text: string): AdapterSpec {
+/** `ADAPTER:INIT` of --pissa (split at the last colon); `flag` names the flag in errors. */
+export function parsePissaFlag(text: string, flag = "--pissa"): AdapterSpec {
   const i = text.lastIndexOf(":");
-  if (i <= 0 || i === text.length - 1) throw new RwkvInputError("--pissa", `expected ADAPTER:INIT (the trained file and its init_lora file), got "${text}"`);
+  if (i <= 0 || i === text.length - 1) throw new RwkvInputError(flag, `expected ADAPTER:INIT (the trained file and its init_lora file), got "${text}"`);
   return { path: text.slice(0, i), kind: "pissa", init: text.slice(i + 1) };
 }
