@@ -3,7 +3,7 @@ import { test } from "node:test";
 import { Graph } from "../src/core/train/graph.js";
 import { initModel, type NewModelSpec } from "../src/core/train/init.js";
 import { loraWidths } from "../src/core/model/v7/sizes.js";
-import { referenceTrainKernels } from "../src/core/train/kernels.js";
+import { referenceTrainKernels } from "../src/core/backend/train-kernels.js";
 import { TrainModel, type TrainVersion } from "../src/core/train/model.js";
 import { AdamW, clipGradNorm, gradNorm, learningRate, type LrSchedule, paramGroup } from "../src/core/train/optim.js";
 import { ParamStore } from "../src/core/train/params.js";

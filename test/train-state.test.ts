@@ -8,7 +8,7 @@ import { referenceBackend } from "../src/core/backend/reference.js";
 import { buildModel } from "../src/core/model/model.js";
 import { rwkv7 } from "../src/core/model/v7/infer.js";
 import { Graph } from "../src/core/train/graph.js";
-import { referenceTrainKernels } from "../src/core/train/kernels.js";
+import { referenceTrainKernels } from "../src/core/backend/train-kernels.js";
 import { TrainModel } from "../src/core/train/model.js";
 import { storeCheckpoint } from "../src/core/train/params.js";
 import { loadCheckpoint, loadModel } from "../src/node/load.js";

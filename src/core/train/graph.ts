@@ -1,8 +1,8 @@
 import type { Matrix } from "../backend/backend.js";
+import type { Buf, TrainDType } from "../backend/buffers.js";
+import { linearBackward, linearForward, projectBackward, projectForward, type TrainKernels } from "../backend/train-kernels.js";
+import type { Activation } from "../backend/train-ops.js";
 import { decodeWeightRow } from "../backend/weight-rows.js";
-import type { Buf, TrainDType } from "./buffers.js";
-import { linearBackward, linearForward, projectBackward, projectForward, type TrainKernels } from "./kernels.js";
-import type { Activation } from "./ops.js";
 
 /*
  * A forward pass that remembers how to run itself backwards. Every method runs one op of its

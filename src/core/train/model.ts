@@ -3,10 +3,10 @@ import { LAYER_NORM_EPS, type ModelConfig, type Version } from "../model/model.j
 import { checkpointShapes } from "../model/shapes.js";
 import { detectFromNames, type VersionModule, versionsWith } from "../model/versions.js";
 import type { Matrix } from "../backend/backend.js";
+import { type Buf, type TrainDType, type TrainKernels, referenceTrainKernels } from "../backend/train-kernels.js";
 import { decodeWeightRow } from "../backend/weight-rows.js";
 import { f16ToF32 } from "../tensor.js";
 import { CompactVar, type Graph, LoraVar, type MatrixDecoder, type Var } from "./graph.js";
-import { type Buf, type TrainDType, type TrainKernels, referenceTrainKernels } from "./kernels.js";
 import { matrixShape, type ParamStore, storeCheckpoint } from "./params.js";
 import type { ParamVar, TrainCtx, TrainSupport } from "./version.js";
 

@@ -1,5 +1,5 @@
-import type { Buf } from "./buffers.js";
-import { referenceTrainKernels, type TrainKernels } from "./kernels.js";
+import type { Buf } from "../backend/buffers.js";
+import { referenceTrainKernels, type TrainKernels } from "../backend/train-kernels.js";
 import type { Version } from "../model/model.js";
 import { versionModule } from "../model/versions.js";
 import type { ParamGroup } from "./version.js";

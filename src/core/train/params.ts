@@ -4,7 +4,7 @@ import { decodeWeightRow } from "../backend/weight-rows.js";
 import { RwkvInputError } from "../errors.js";
 import type { Checkpoint } from "../formats/checkpoint.js";
 import { numel, type TensorEntry } from "../tensor.js";
-import { alloc, type Buf, type TrainDType } from "./buffers.js";
+import { alloc, type Buf, type TrainDType } from "../backend/buffers.js";
 
 /**
  * The tensors of a model in the official RWKV-LM names, shapes and state-dict order (what

@@ -2,7 +2,7 @@ import { versionModule } from "../model/versions.js";
 import { numel } from "../tensor.js";
 import { Graph } from "./graph.js";
 import type { TrainModel } from "./model.js";
-import { IGNORE_TARGET } from "./ops.js";
+import { IGNORE_TARGET } from "../backend/train-ops.js";
 import { type AdamW, clipGradNorm, gradNorm } from "./optim.js";
 
 /*

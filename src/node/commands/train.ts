@@ -2,7 +2,7 @@ import { join, resolve } from "node:path";
 import { RwkvInputError } from "../../core/errors.js";
 import type { ModelConfig } from "../../core/model/model.js";
 import type { NewModelSpec } from "../../core/train/init.js";
-import type { TrainKernels } from "../../core/train/kernels.js";
+import type { TrainKernels } from "../../core/backend/train-kernels.js";
 import { type Version } from "../../core/model/model.js";
 import { versionModule, versionsWith } from "../../core/model/versions.js";
 import { DEFAULT_LORA_TARGETS, type LoraSpec } from "../../core/train/lora.js";
@@ -14,7 +14,7 @@ import { CHECKPOINT_FILE, type NewTrainRun, TRAIN_DEFAULTS, type TrainRunOptions
 import { type TrainingEvent, TrainingRun } from "../train/run.js";
 import { DEFAULT_LORA_ALPHA } from "../../core/adapters/adapter.js";
 import { defaultThreads } from "../threads/spawn.js";
-import type { TrainKernelKind } from "../threads/train-pool.js";
+import type { TrainKernelKind } from "../threads/pool.js";
 
 /*
  * rwkv train: GPT-mode training of an RWKV model on text, from scratch or from a checkpoint, with
