@@ -720,40 +720,38 @@ function quantizeRowI8(xr: usize, I: i32, nb: i32, qr: usize, dx: usize, sx: usi
 }
 
 /**
- * The fast prefill tile (WasmBackendOptions.fastIntPrefill): output row o, and o + 1 when `two`
- * (the row `rs` bytes further), against activation rows t..t+3 (t a multiple of 4). Per weight row
- * and block, the four activation rows' integer dots are reduced to one vector of whole block sums
- * (lane k: row t + k) before the f32 scaling, so one convert and one multiply-add per block serve
- * four rows (intRow: four of each, plus a scale splat per row), and each activation load serves
- * both weight rows. The integers are intRow's; only the f32 accumulation order differs (block by
- * block in lane k, where intRow sums lane-wise partial sums), so results differ from the T = 1
- * kernels in the last bits: hence opt-in.
+ * The fast prefill tile (WasmBackendOptions.fastIntPrefill): output row o against activation rows
+ * t..t+3, and t+4..t+7 when `two` (t a multiple of 4; gs: bytes from one group's scales to the
+ * next's). Per block, the weights are decoded once and each group's four integer dots are reduced
+ * to one vector of whole block sums (lane k: row t + k) before the f32 scaling, so one convert and
+ * one multiply-add per block serve four rows (intRow: four of each, and a scale splat per row).
+ * The integers are intRow's; only the f32 accumulation order differs (block by block in lane k,
+ * where intRow sums lane-wise partial sums), so results differ from the T = 1 kernels in the last
+ * bits: hence opt-in.
  */
-/* @inline */ function intTile(kind: i32, two: bool, wr: usize, rs: usize, nb: i32, rowScale0: f32, rowScale1: f32, xq: usize, dg: usize, sg: usize, t: i32, y: usize, O: i32, o: i32, tab: usize): void {
+/* @inline */ function intTile(kind: i32, two: bool, wr: usize, nb: i32, rowScale: f32, xq: usize, dg: usize, sg: usize, gs: usize, t: i32, y: usize, O: i32, o: i32, tab: usize): void {
   const bb = blockBytes(kind);
   const qs = <usize>nb * QK * 2; // bytes of one i16 activation row
   const q0 = xq + <usize>t * qs;
-  let acc0 = f32x4.splat(0), acc1 = f32x4.splat(0); // (4): rows t..t+3 of outputs o, o + 1
+  let acc0 = f32x4.splat(0), acc1 = f32x4.splat(0); // (4): output o of rows t..t+3, t+4..t+7
   for (let b = 0; b < nb; b++) {
-    const p = wr + <usize>b * bb, p1 = p + rs;
+    const p = wr + <usize>b * bb;
     const u0 = blockLo(kind, p), u1 = blockHi(kind, p);
     const e0 = i16x8.extend_low_i8x16_s(u0), e1 = i16x8.extend_high_i8x16_s(u0);
     const e2 = i16x8.extend_low_i8x16_s(u1), e3 = i16x8.extend_high_i8x16_s(u1);
+    const dw = f32x4.splat(blockD(kind, p, rowScale, tab));
     const qb = q0 + <usize>b * QK * 2;
     const gb = <usize>b << 4;
-    const dx4 = v128.load(dg + gb); // (4) activation scales of rows t..t+3
     const s0 = sumPairs(halfSums(qdot32(e0, e1, e2, e3, qb), qdot32(e0, e1, e2, e3, qb + qs)),
       halfSums(qdot32(e0, e1, e2, e3, qb + 2 * qs), qdot32(e0, e1, e2, e3, qb + 3 * qs)));
-    acc0 = fma4(acc0, f32x4.convert_i32x4_s(s0), f32x4.mul(dx4, f32x4.splat(blockD(kind, p, rowScale0, tab))));
+    acc0 = fma4(acc0, f32x4.convert_i32x4_s(s0), f32x4.mul(v128.load(dg + gb), dw));
     if (kind == T_Q4_1 || kind == T_Q5_1) acc0 = fma4(acc0, v128.load(sg + gb), f32x4.splat(blockM(kind, p, tab)));
     if (two) {
-      const v0 = blockLo(kind, p1), v1 = blockHi(kind, p1);
-      const f0 = i16x8.extend_low_i8x16_s(v0), f1 = i16x8.extend_high_i8x16_s(v0);
-      const f2 = i16x8.extend_low_i8x16_s(v1), f3 = i16x8.extend_high_i8x16_s(v1);
-      const s1 = sumPairs(halfSums(qdot32(f0, f1, f2, f3, qb), qdot32(f0, f1, f2, f3, qb + qs)),
-        halfSums(qdot32(f0, f1, f2, f3, qb + 2 * qs), qdot32(f0, f1, f2, f3, qb + 3 * qs)));
-      acc1 = fma4(acc1, f32x4.convert_i32x4_s(s1), f32x4.mul(dx4, f32x4.splat(blockD(kind, p1, rowScale1, tab))));
-      if (kind == T_Q4_1 || kind == T_Q5_1) acc1 = fma4(acc1, v128.load(sg + gb), f32x4.splat(blockM(kind, p1, tab)));
+      const qc = qb + 4 * qs;
+      const s1 = sumPairs(halfSums(qdot32(e0, e1, e2, e3, qc), qdot32(e0, e1, e2, e3, qc + qs)),
+        halfSums(qdot32(e0, e1, e2, e3, qc + 2 * qs), qdot32(e0, e1, e2, e3, qc + 3 * qs)));
+      acc1 = fma4(acc1, f32x4.convert_i32x4_s(s1), f32x4.mul(v128.load(dg + gs + gb), dw));
+      if (kind == T_Q4_1 || kind == T_Q5_1) acc1 = fma4(acc1, v128.load(sg + gs + gb), f32x4.splat(blockM(kind, p, tab)));
     }
   }
   const ys = <usize>O << 2;
@@ -761,8 +759,9 @@ function quantizeRowI8(xr: usize, I: i32, nb: i32, qr: usize, dx: usize, sx: usi
   store<f32>(yo, f32x4.extract_lane(acc0, 0)); store<f32>(yo + ys, f32x4.extract_lane(acc0, 1));
   store<f32>(yo + 2 * ys, f32x4.extract_lane(acc0, 2)); store<f32>(yo + 3 * ys, f32x4.extract_lane(acc0, 3));
   if (two) {
-    store<f32>(yo, f32x4.extract_lane(acc1, 0), 4); store<f32>(yo + ys, f32x4.extract_lane(acc1, 1), 4);
-    store<f32>(yo + 2 * ys, f32x4.extract_lane(acc1, 2), 4); store<f32>(yo + 3 * ys, f32x4.extract_lane(acc1, 3), 4);
+    const y4 = yo + 4 * ys;
+    store<f32>(y4, f32x4.extract_lane(acc1, 0)); store<f32>(y4 + ys, f32x4.extract_lane(acc1, 1));
+    store<f32>(y4 + 2 * ys, f32x4.extract_lane(acc1, 2)); store<f32>(y4 + 3 * ys, f32x4.extract_lane(acc1, 3));
   }
 }
 
@@ -776,20 +775,13 @@ function quantizeRowI8(xr: usize, I: i32, nb: i32, qr: usize, dx: usize, sx: usi
   for (let t0 = 0; t0 < T; t0 += tile) {
     const t1 = min(T, t0 + tile);
     const tq = t0 + ((t1 - t0) & ~3);
-    for (let r = lo; r < hi; r += 2) {
-      const two = r + 1 < hi;
+    for (let r = lo; r < hi; r++) {
       const wr = w + <usize>r * rs;
-      const s0: f32 = kind == T_I8 ? load<f32>(scales + (<usize>r << 2)) : 1;
-      const s1: f32 = kind == T_I8 && two ? load<f32>(scales + (<usize>r << 2), 4) : 1;
-      for (let t = t0; t < tq; t += 4) {
-        const dg = g4 + <usize>(t >> 2) * gs, sg = sx4 + <usize>(t >> 2) * gs;
-        if (two) intTile(kind, true, wr, rs, nb, s0, s1, xq, dg, sg, t, y, O, r, tab);
-        else intTile(kind, false, wr, rs, nb, s0, s1, xq, dg, sg, t, y, O, r, tab);
-      }
-      for (let t = tq; t < t1; t++) {
-        intRow(kind, 1, wr, nb, s0, xq, dx, sx, t, y, O, r, tab);
-        if (two) intRow(kind, 1, wr + rs, nb, s1, xq, dx, sx, t, y, O, r + 1, tab);
-      }
+      const rowScale: f32 = kind == T_I8 ? load<f32>(scales + (<usize>r << 2)) : 1;
+      let t = t0;
+      for (; t + 8 <= tq; t += 8) intTile(kind, true, wr, nb, rowScale, xq, g4 + <usize>(t >> 2) * gs, sx4 + <usize>(t >> 2) * gs, gs, t, y, O, r, tab);
+      if (t < tq) intTile(kind, false, wr, nb, rowScale, xq, g4 + <usize>(t >> 2) * gs, sx4 + <usize>(t >> 2) * gs, gs, t, y, O, r, tab);
+      for (t = tq; t < t1; t++) intRow(kind, 1, wr, nb, rowScale, xq, dx, sx, t, y, O, r, tab);
     }
   }
 }
