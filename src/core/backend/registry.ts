@@ -15,6 +15,8 @@ export interface BackendOptions {
   readonly threads?: number;
   /** Limits of a backend that keeps weights in memories of its own (the wasm backend). */
   readonly memory?: MemoryLimits;
+  /** The wasm backend's opt-in faster integer prefill (WasmBackendOptions.fastIntPrefill). */
+  readonly fastIntPrefill?: boolean;
 }
 
 /**
@@ -42,7 +44,7 @@ export const WASM_PRIORITY = 10;
 const registrations: Registration[] = [
   {
     name: "wasm", priority: WASM_PRIORITY,
-    create: (o) => (memoryLimitsKey(o.memory) === "" ? defaultWasmBackend() : limitedWasmBackend(o.memory!)),
+    create: (o) => (memoryLimitsKey(o.memory) === "" && !o.fastIntPrefill ? defaultWasmBackend() : limitedWasmBackend(o.memory ?? {}, o.fastIntPrefill)),
   },
   { name: "reference", priority: 0, create: () => referenceBackend },
 ];

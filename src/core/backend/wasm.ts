@@ -768,8 +768,8 @@ function hasF16InfNaN(bits: Uint16Array): boolean {
 }
 
 /** A single-threaded wasm backend with these memory limits (a new one each call), or null where WebAssembly SIMD cannot run. */
-export function limitedWasmBackend(limits: { readonly maxBytes?: number; readonly weightBytesPerMemory?: number }): WasmBackend | null {
-  return wasmAvailable() ? new WasmBackend({ maxMemoryBytes: limits.maxBytes, weightBytesPerMemory: limits.weightBytesPerMemory }) : null;
+export function limitedWasmBackend(limits: { readonly maxBytes?: number; readonly weightBytesPerMemory?: number }, fastIntPrefill = false): WasmBackend | null {
+  return wasmAvailable() ? new WasmBackend({ maxMemoryBytes: limits.maxBytes, weightBytesPerMemory: limits.weightBytesPerMemory, fastIntPrefill }) : null;
 }
 
 /** A single-threaded wasm backend (cached), or null where WebAssembly SIMD cannot run. */

@@ -17,13 +17,13 @@ const backends = new Map<string, WasmBackend>();
  * The wasm backend with `threads` threads (default all cores) and these memory limits (default
  * none but 4 GiB per memory), or null where wasm SIMD cannot run.
  */
-export function wasmBackend(threads: number = defaultThreads(), simd?: WasmSimd, memory?: MemoryLimits): WasmBackend | null {
+export function wasmBackend(threads: number = defaultThreads(), simd?: WasmSimd, memory?: MemoryLimits, fastIntPrefill = false): WasmBackend | null {
   if (!Number.isInteger(threads) || threads < 1) throw new Error(`threads must be a positive integer, got ${threads}`);
   if (!wasmAvailable()) return null;
-  const key = `${threads}/${simd ?? "auto"}${memoryLimitsKey(memory)}`;
+  const key = `${threads}/${simd ?? "auto"}${memoryLimitsKey(memory)}${fastIntPrefill ? "/fast-int-prefill" : ""}`;
   let b = backends.get(key);
   if (!b) {
-    b = new WasmBackend({ threads, simd, spawn: spawnKernelWorker, maxMemoryBytes: memory?.maxBytes, weightBytesPerMemory: memory?.weightBytesPerMemory });
+    b = new WasmBackend({ threads, simd, spawn: spawnKernelWorker, maxMemoryBytes: memory?.maxBytes, weightBytesPerMemory: memory?.weightBytesPerMemory, fastIntPrefill });
     backends.set(key, b);
   }
   return b;
@@ -31,7 +31,7 @@ export function wasmBackend(threads: number = defaultThreads(), simd?: WasmSimd,
 
 /** Replaces the core's single-threaded "wasm" registration with the threaded one. */
 export function registerNodeBackends(): void {
-  registerBackend("wasm", WASM_PRIORITY, (o): Backend | null => wasmBackend(o.threads ?? defaultThreads(), undefined, o.memory));
+  registerBackend("wasm", WASM_PRIORITY, (o): Backend | null => wasmBackend(o.threads ?? defaultThreads(), undefined, o.memory, o.fastIntPrefill));
 }
 
 registerNodeBackends();
