@@ -29,6 +29,7 @@ export const BENCH_USAGE = `bench [MODEL] [--random ${RANDOM_DEFAULT}]   speed: 
       --rounds N (1)        the whole table N times, rows taking turns; medians over all N x runs
                             (a VM's speed changes within minutes: rounds spread each row over them)
       --prefill LIST (64,512)  --warmup S (2, untimed runs first)  --probe-mib N (256, bandwidth probe)
+      --fast-int-prefill    the wasm backend's opt-in faster quantized prefill (docs/quantization.md)
       --no-retry            keep runs that other processes disturbed (default: pause, run again, twice at most)
       --context             linear time, constant memory: one generation of --tokens N (100000),
                             per-token time and RSS at 1k, 10k, 100k, plot to --out FILE.svg
@@ -39,6 +40,7 @@ const OPTIONS: Options = {
   dtype: { type: "string" }, threads: { type: "string" }, backend: { type: "string" }, runs: { type: "string" }, rounds: { type: "string" },
   "decode-tokens": { type: "string" }, prefill: { type: "string" }, warmup: { type: "string" }, "probe-mib": { type: "string" }, "no-retry": { type: "boolean" },
   json: { type: "boolean" }, context: { type: "boolean" }, tokens: { type: "string" }, out: { type: "string" },
+  "fast-int-prefill": { type: "boolean" },
 };
 
 const VERSIONS: readonly Version[] = VERSION_MODULES.map((m) => m.id).reverse(); // oldest first, as users list them
@@ -177,7 +179,7 @@ async function benchSpeed(io: CliIO, source: ModelSource, dtypes: BenchDType[], 
       for (const t of threads) {
         const of = rounds > 1 ? ` (round ${round + 1} of ${rounds})` : "";
         note(`${dtype}, ${t} thread${t > 1 ? "s" : ""}: building the model, ${runs} runs, then the bandwidth probe${of}`);
-        (perRow[i++] ??= []).push(await runJob({ source, dtype, threads: t, backend, simd, speed: { runs, decodeTokens, prefill, quiet, warmupSeconds }, probeMib: mib }, note));
+        (perRow[i++] ??= []).push(await runJob({ source, dtype, threads: t, backend, simd, ...(values["fast-int-prefill"] === true ? { fastIntPrefill: true } : {}), speed: { runs, decodeTokens, prefill, quiet, warmupSeconds }, probeMib: mib }, note));
       }
     }
   }
