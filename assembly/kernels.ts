@@ -16,7 +16,9 @@
  */
 
 import { GLUE_FIRST, runGlueJob } from "./glue";
+import { fma4, hsum } from "./simd";
 import { arg, C_ARGS, dispatchJob, runWorker, splitHi, splitLo, stopAll } from "./threads";
+import { dot3, wkv4Aa, wkv4Bb, wkv4Pp, wkv4Scan, wkv4State, wkv5Out, wkv5Step, wkv7Step } from "./wkv";
 
 // Weight type ids; keep in sync with WASM_TYPE_IDS in src/core/backend/wasm.ts.
 const T_F32: i32 = 0;
@@ -130,15 +132,6 @@ export function runJob(ctrl: usize, job: i32, part: i32, nparts: i32): void {
   return reinterpret<f32>(reinterpret<u32>(reinterpret<f32>(x) * F16_TO_F32_SCALE) | ((h & 0x8000) << 16));
 }
 
-/* @inline */ function fma4(acc: v128, a: v128, b: v128): v128 {
-  if (ASC_FEATURE_RELAXED_SIMD) return f32x4.relaxed_madd(a, b, acc);
-  return f32x4.add(acc, f32x4.mul(a, b));
-}
-
-/** The fixed horizontal sum (l0 + l2) + (l1 + l3). */
-/* @inline */ function hsum(v: v128): f32 {
-  return (f32x4.extract_lane(v, 0) + f32x4.extract_lane(v, 2)) + (f32x4.extract_lane(v, 1) + f32x4.extract_lane(v, 3));
-}
 
 /**
  * The integer kernels' epilogue: y[t + j][o] = Σ lanes of a_j + m_j for the mt (1 or 4) activation
@@ -1020,167 +1013,64 @@ function layerNorm(x: usize, R: i32, G: i32, N: i32, weight: usize, bias: usize,
 // ---------------------------------------------------------------------------------------------
 // WKV scans. States and outputs are f32; parts split channels (v4) or heads (v5, v7).
 
-/** RWKV-4, per channel in f64 exactly as the reference (so results equal it up to exp's last bit). */
+/** Four f32 at p, or (one) the f32 at p in every lane. */
+/* @inline */ function lanes(p: usize, one: bool): v128 {
+  return one ? f32x4.splat(load<f32>(p)) : v128.load(p);
+}
+
+/**
+ * RWKV-4 (wkv.ts wkv4Scan, the training forward's scan), four channels at a time and the C % 4
+ * tail channels one by one; aa, bb, pp (C) the carried state. Parts split channels in fours.
+ */
 function wkv4(T: i32, C: i32, w: usize, u: usize, k: usize, v: usize, aa: usize, bb: usize, pp: usize, y: usize, part: i32, nparts: i32): void {
   const lo = splitLo(C, part, nparts, 4), hi = splitHi(C, part, nparts, 4);
-  for (let c = lo; c < hi; c++) {
-    const co = <usize>c << 2;
-    let a = <f64>load<f32>(aa + co), b = <f64>load<f32>(bb + co), p = <f64>load<f32>(pp + co);
-    const wc = <f64>load<f32>(w + co), uc = <f64>load<f32>(u + co);
-    for (let t = 0; t < T; t++) {
-      const o = <usize>(t * C + c) << 2;
-      const kt = <f64>load<f32>(k + o), vt = <f64>load<f32>(v + o);
-      let ww = uc + kt;
-      let q = Math.max(p, ww);
-      let e1 = Math.exp(p - q), e2 = Math.exp(ww - q);
-      store<f32>(y + o, <f32>((e1 * a + e2 * vt) / (e1 * b + e2)));
-      ww = wc + p;
-      q = Math.max(ww, kt);
-      e1 = Math.exp(ww - q);
-      e2 = Math.exp(kt - q);
-      a = e1 * a + e2 * vt;
-      b = e1 * b + e2;
-      p = q;
+  const C4 = C & ~3;
+  for (let c = lo; c < hi;) {
+    const one = c >= C4, co = <usize>c << 2;
+    wkv4State(lanes(aa + co, one), lanes(bb + co, one), lanes(pp + co, one));
+    wkv4Scan(T, C, lanes(w + co, one), lanes(u + co, one), k + co, v + co, y + co, one);
+    const sa = wkv4Aa(), sb = wkv4Bb(), sp = wkv4Pp();
+    if (one) {
+      store<f32>(aa + co, f32x4.extract_lane(sa, 0)); store<f32>(bb + co, f32x4.extract_lane(sb, 0)); store<f32>(pp + co, f32x4.extract_lane(sp, 0));
+    } else {
+      v128.store(aa + co, sa); v128.store(bb + co, sb); v128.store(pp + co, sp);
     }
-    store<f32>(aa + co, <f32>a); store<f32>(bb + co, <f32>b); store<f32>(pp + co, <f32>p);
+    c += one ? 1 : 4;
   }
 }
 
 /**
- * RWKV-5/6 per head, S[j=key][i=value]: out[i] = Σ_j r[j](u[j] k[j] v[i] + S[j,i]); S[j,i] = k[j] v[i] + d[j] S[j,i].
- * decay is (C) when perToken == 0, else (T, C).
+ * RWKV-5/6 per head (wkv.ts wkv5Step): y = Σ_j r[j] S[j,:] + v Σ_j r[j] u[j] k[j], then the state
+ * steps. decay is (C) when perToken == 0, else (T, C).
  */
 function wkv5(T: i32, H: i32, N: i32, r: usize, k: usize, v: usize, decay: usize, perToken: i32, u: usize, S: usize, y: usize, part: i32, nparts: i32): void {
   const lo = splitLo(H, part, nparts, 1), hi = splitHi(H, part, nparts, 1);
   const C = H * N;
-  const N4 = N & ~3;
   for (let t = 0; t < T; t++) {
     const tc = <usize>(t * C) << 2;
     const dt = perToken != 0 ? tc : 0;
     for (let h = lo; h < hi; h++) {
       const c0 = <usize>(h * N) << 2;
       const sh = S + (<usize>(h * N * N) << 2);
-      const vh = v + tc + c0, yh = y + tc + c0;
-      for (let i = 0; i < N; i++) store<f32>(yh + (<usize>i << 2), 0);
-      for (let j = 0; j < N; j++) {
-        const jo = c0 + (<usize>j << 2);
-        const rj = load<f32>(r + tc + jo), kj = load<f32>(k + tc + jo), uj = load<f32>(u + jo), dj = load<f32>(decay + dt + jo);
-        const row = sh + (<usize>(j * N) << 2);
-        const rv = f32x4.splat(rj), kv = f32x4.splat(kj), uv = f32x4.splat(uj), dv = f32x4.splat(dj);
-        let i = 0;
-        for (; i < N4; i += 4) {
-          const io = <usize>i << 2;
-          const a = f32x4.mul(kv, v128.load(vh + io));
-          const s = v128.load(row + io);
-          v128.store(yh + io, fma4(v128.load(yh + io), rv, fma4(s, uv, a)));
-          v128.store(row + io, fma4(a, dv, s));
-        }
-        for (; i < N; i++) {
-          const io = <usize>i << 2;
-          const a = kj * load<f32>(vh + io);
-          const s = load<f32>(row + io);
-          store<f32>(yh + io, load<f32>(yh + io) + rj * (uj * a + s));
-          store<f32>(row + io, a + dj * s);
-        }
-      }
+      const o = tc + c0, yh = y + o;
+      const ruk = dot3(r + o, u + c0, k + o, N);
+      wkv5Step(sh, sh, N, r + o, k + o, v + o, decay + dt + c0, yh);
+      wkv5Out(yh, v + o, ruk, N);
     }
   }
 }
 
-/**
- * RWKV-7 per head, S[i=value][j=key]: sa = S a; S = S diag(decay) + sa bᵀ + v kᵀ; y = S r.
- * Two value rows at a time share the loads of a, decay, b, k and r; each row's arithmetic (and so
- * its rounding) is the same as one row alone.
- */
+/** RWKV-7 per head (wkv.ts wkv7Step), the state updated in place. */
 function wkv7(T: i32, H: i32, N: i32, r: usize, decay: usize, k: usize, v: usize, a: usize, b: usize, S: usize, y: usize, part: i32, nparts: i32): void {
   const lo = splitLo(H, part, nparts, 1), hi = splitHi(H, part, nparts, 1);
   const C = H * N;
-  const N4 = N & ~3;
-  const rowBytes = <usize>N << 2;
   for (let t = 0; t < T; t++) {
     for (let h = lo; h < hi; h++) {
       const c0 = <usize>(t * C + h * N) << 2;
       const sh = S + (<usize>(h * N * N) << 2);
-      const rh = r + c0, dh = decay + c0, kh = k + c0, ah = a + c0, bh = b + c0;
-      let i = 0;
-      for (; i + 2 <= N; i += 2) {
-        const row0 = sh + <usize>i * rowBytes, row1 = row0 + rowBytes;
-        let sa0 = f32x4.splat(0), sa1 = f32x4.splat(0);
-        let j = 0;
-        for (; j < N4; j += 4) {
-          const jo = <usize>j << 2;
-          const av = v128.load(ah + jo);
-          sa0 = fma4(sa0, v128.load(row0 + jo), av);
-          sa1 = fma4(sa1, v128.load(row1 + jo), av);
-        }
-        let s0 = hsum(sa0), s1 = hsum(sa1);
-        for (; j < N; j++) {
-          const jo = <usize>j << 2;
-          const aj = load<f32>(ah + jo);
-          s0 += load<f32>(row0 + jo) * aj;
-          s1 += load<f32>(row1 + jo) * aj;
-        }
-        const v0 = load<f32>(v + c0 + (<usize>i << 2)), v1 = load<f32>(v + c0 + (<usize>i << 2), 4);
-        const sv0 = f32x4.splat(s0), sv1 = f32x4.splat(s1), vv0 = f32x4.splat(v0), vv1 = f32x4.splat(v1);
-        let y0 = f32x4.splat(0), y1 = f32x4.splat(0);
-        j = 0;
-        for (; j < N4; j += 4) {
-          const jo = <usize>j << 2;
-          const dv = v128.load(dh + jo), bv = v128.load(bh + jo), kv = v128.load(kh + jo), rv = v128.load(rh + jo);
-          const n0 = fma4(fma4(f32x4.mul(v128.load(row0 + jo), dv), sv0, bv), vv0, kv);
-          const n1 = fma4(fma4(f32x4.mul(v128.load(row1 + jo), dv), sv1, bv), vv1, kv);
-          v128.store(row0 + jo, n0);
-          v128.store(row1 + jo, n1);
-          y0 = fma4(y0, n0, rv);
-          y1 = fma4(y1, n1, rv);
-        }
-        let e0 = hsum(y0), e1 = hsum(y1);
-        for (; j < N; j++) {
-          const jo = <usize>j << 2;
-          const dj = load<f32>(dh + jo), bj = load<f32>(bh + jo), kj = load<f32>(kh + jo), rj = load<f32>(rh + jo);
-          const n0 = load<f32>(row0 + jo) * dj + s0 * bj + v0 * kj;
-          const n1 = load<f32>(row1 + jo) * dj + s1 * bj + v1 * kj;
-          store<f32>(row0 + jo, n0);
-          store<f32>(row1 + jo, n1);
-          e0 += n0 * rj;
-          e1 += n1 * rj;
-        }
-        store<f32>(y + c0 + (<usize>i << 2), e0);
-        store<f32>(y + c0 + (<usize>i << 2), e1, 4);
-      }
-      for (; i < N; i++) wkv7Row(sh + <usize>i * rowBytes, N, ah, dh, bh, kh, rh, load<f32>(v + c0 + (<usize>i << 2)), y + c0 + (<usize>i << 2));
+      wkv7Step(sh, sh, N, r + c0, decay + c0, k + c0, v + c0, a + c0, b + c0, y + c0, 0);
     }
   }
-}
-
-/** One value row of wkv7 (the odd last row when N is odd). */
-function wkv7Row(row: usize, N: i32, ah: usize, dh: usize, bh: usize, kh: usize, rh: usize, vi: f32, yo: usize): void {
-  const N4 = N & ~3;
-  let sa4 = f32x4.splat(0);
-  let j = 0;
-  for (; j < N4; j += 4) {
-    const jo = <usize>j << 2;
-    sa4 = fma4(sa4, v128.load(row + jo), v128.load(ah + jo));
-  }
-  let sa = hsum(sa4);
-  for (; j < N; j++) sa += load<f32>(row + (<usize>j << 2)) * load<f32>(ah + (<usize>j << 2));
-  const sav = f32x4.splat(sa), vv = f32x4.splat(vi);
-  let y4 = f32x4.splat(0);
-  j = 0;
-  for (; j < N4; j += 4) {
-    const jo = <usize>j << 2;
-    const s = fma4(fma4(f32x4.mul(v128.load(row + jo), v128.load(dh + jo)), sav, v128.load(bh + jo)), vv, v128.load(kh + jo));
-    v128.store(row + jo, s);
-    y4 = fma4(y4, s, v128.load(rh + jo));
-  }
-  let yi = hsum(y4);
-  for (; j < N; j++) {
-    const jo = <usize>j << 2;
-    const s = load<f32>(row + jo) * load<f32>(dh + jo) + sa * load<f32>(bh + jo) + vi * load<f32>(kh + jo);
-    store<f32>(row + jo, s);
-    yi += s * load<f32>(rh + jo);
-  }
-  store<f32>(yo, yi);
 }
 
 // ---------------------------------------------------------------------------------------------

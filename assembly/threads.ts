@@ -1,7 +1,7 @@
 /*
  * The threading protocol both WebAssembly modules (assembly/kernels.ts, assembly/train.ts) run over
  * their shared memory. Each module exports workerLoop/dispatch/stopWorkers as thin wrappers passing
- * its own runJob; the JS side (src/core/backend/wasm.ts, src/core/train/wasm-kernels.ts) fills the
+ * its own runJob; the JS side (src/core/backend/wasm.ts, src/core/backend/wasm-train.ts) fills the
  * control block's argument slots before a dispatch.
  */
 

@@ -1,9 +1,9 @@
 /*
  * WebAssembly SIMD kernels of training (AssemblyScript; built by assembly/build.mjs into
- * src/core/train/wasm-train-binary.ts, twice: plain SIMD and relaxed SIMD). Separate from the
+ * src/core/backend/wasm-train-binary.ts, twice: plain SIMD and relaxed SIMD). Separate from the
  * inference module (assembly/kernels.ts) so the two evolve independently.
  *
- * Memory: one shared WebAssembly memory owned by the JS side (src/core/train/wasm-kernels.ts),
+ * Memory: one shared WebAssembly memory owned by the JS side (src/core/backend/wasm-train.ts),
  * which keeps every training tensor in it (parameters, gradients, activations) and hands the
  * kernels pointers; this module allocates nothing and keeps no state, so the same instance code
  * runs on the main thread and in every worker.
@@ -15,9 +15,11 @@
  * results. All arithmetic is f32 (the reference kernels sum in f64; the fast path does not).
  */
 
+import { exp4, fma4, hsum, LN2_HI, LN2_LO } from "./simd";
 import { arg, C_ARGS, dispatchJob, runWorker, splitHi, splitLo, stopAll } from "./threads";
+import { dot3, wkv4Scan, wkv4State, wkv5Out, wkv5Step, wkv7Step } from "./wkv";
 
-// Job ids; keep in sync with JOB in src/core/train/wasm-kernels.ts.
+// Job ids; keep in sync with JOB in src/core/backend/wasm-train.ts.
 const JOB_GEMM: i32 = 1;
 const JOB_WKV7_FORWARD: i32 = 2;
 const JOB_WKV7_BACKWARD: i32 = 3;
@@ -80,15 +82,6 @@ export function runJob(ctrl: usize, job: i32, part: i32, nparts: i32): void {
   }
 }
 
-/* @inline */ function fma4(acc: v128, a: v128, b: v128): v128 {
-  if (ASC_FEATURE_RELAXED_SIMD) return f32x4.relaxed_madd(a, b, acc);
-  return f32x4.add(acc, f32x4.mul(a, b));
-}
-
-/** The fixed horizontal sum (l0 + l2) + (l1 + l3). */
-/* @inline */ function hsum(v: v128): f32 {
-  return (f32x4.extract_lane(v, 0) + f32x4.extract_lane(v, 2)) + (f32x4.extract_lane(v, 1) + f32x4.extract_lane(v, 3));
-}
 
 /* @inline */ function at(p: usize, i: i32): usize {
   return p + (<usize>i << 2);
@@ -109,7 +102,7 @@ const MR: i32 = 4;
 const NR: i32 = 8;
 const KC: i32 = 256;
 
-/** Scratch bytes one part of a gemm needs (see wasm-kernels.ts: gemmScratchBytes). */
+/** Scratch bytes one part of a gemm needs (see src/core/backend/wasm-train.ts). */
 // A tile: KC·MR f32; C tile spill: MR·NR f32; B block: KC · (columns rounded up to NR) f32.
 
 function gemm(tA: i32, tB: i32, M: i32, N: i32, K: i32, A: usize, B: usize, C: usize, acc: i32, axis: i32, ws: usize, part: i32, nparts: i32): void {
@@ -267,26 +260,6 @@ function decays(w: usize, N: i32, d: usize, ew: usize): void {
   }
 }
 
-/** One step from the state at S0 into S1 (may be the same): writes y (N) and, when sa != 0, sa (N). */
-function v7Step(S0: usize, S1: usize, N: i32, r: usize, d: usize, k: usize, v: usize, a: usize, b: usize, y: usize, sa: usize): void {
-  const rowBytes = <usize>N << 2;
-  for (let i = 0; i < N; i++) {
-    const row0 = S0 + <usize>i * rowBytes, row1 = S1 + <usize>i * rowBytes;
-    let s4 = f32x4.splat(0);
-    for (let j = 0; j < N; j += 4) s4 = fma4(s4, v128.load(at(row0, j)), v128.load(at(a, j)));
-    const s = hsum(s4);
-    if (sa != 0) store<f32>(at(sa, i), s);
-    const sv = f32x4.splat(s), vv = f32x4.splat(load<f32>(at(v, i)));
-    let y4 = f32x4.splat(0);
-    for (let j = 0; j < N; j += 4) {
-      const n = fma4(fma4(f32x4.mul(v128.load(at(row0, j)), v128.load(at(d, j))), sv, v128.load(at(b, j))), vv, v128.load(at(k, j)));
-      v128.store(at(row1, j), n);
-      y4 = fma4(y4, n, v128.load(at(r, j)));
-    }
-    store<f32>(at(y, i), hsum(y4));
-  }
-}
-
 /** Every sequence starts from s0 (H·N·N, a trained time_state) when s0 != 0, else from zeros. Part scratch: S (N·N), d (N). */
 function wkv7Forward(Bn: i32, T: i32, H: i32, N: i32, r: usize, w: usize, k: usize, v: usize, a: usize, b: usize, y: usize, ckpt: usize,
   s0: usize, ws: usize, part: i32, nparts: i32): void {
@@ -301,7 +274,7 @@ function wkv7Forward(Bn: i32, T: i32, H: i32, N: i32, r: usize, w: usize, k: usi
       if (ckpt != 0 && t % WKV_CHUNK == 0) memory.copy(ckpt + (<usize>((pair * chunks + t / WKV_CHUNK) * NN) << 2), S, <usize>NN << 2);
       const o = <usize>((bb * T + t) * C + h * N) << 2;
       decays(w + o, N, d, 0);
-      v7Step(S, S, N, r + o, d, k + o, v + o, a + o, b + o, y + o, 0);
+      wkv7Step(S, S, N, r + o, d, k + o, v + o, a + o, b + o, y + o, 0);
     }
   }
 }
@@ -333,7 +306,7 @@ function wkv7Backward(Bn: i32, T: i32, H: i32, N: i32, r: usize, w: usize, k: us
       for (let t = t0; t < t1; t++) { // recompute the chunk's states exactly as the forward did
         const o = <usize>((bb * T + t) * C + h * N) << 2, s = states + <usize>(t - t0) * nnBytes;
         decays(w + o, N, d, 0);
-        v7Step(s, s + nnBytes, N, r + o, d, k + o, v + o, a + o, b + o, yv, sas + <usize>(t - t0) * nBytes);
+        wkv7Step(s, s + nnBytes, N, r + o, d, k + o, v + o, a + o, b + o, yv, sas + <usize>(t - t0) * nBytes);
       }
       for (let t = t1 - 1; t >= t0; t--) {
         const o = <usize>((bb * T + t) * C + h * N) << 2;
@@ -410,23 +383,9 @@ const V4_MIN_EXPONENT: f32 = -1e38;
 function wkv4Forward(Bn: i32, T: i32, C: i32, td: usize, tf: usize, k: usize, v: usize, y: usize, part: i32, nparts: i32): void {
   const groups = C >> 2, lo = splitLo(Bn * groups, part, nparts, 1), hi = splitHi(Bn * groups, part, nparts, 1);
   for (let item = lo; item < hi; item++) {
-    const bb = item / groups, c = (item % groups) << 2;
-    const w = f32x4.neg(exp4(ld(td, c))), u = ld(tf, c);
-    let aa = f32x4.splat(0), bs = f32x4.splat(0), pp = f32x4.splat(V4_MIN_EXPONENT);
-    for (let t = 0; t < T; t++) {
-      const n = (bb * T + t) * C + c, kk = ld(k, n), vv = ld(v, n);
-      let ww = f32x4.add(u, kk);
-      let p = f32x4.max(pp, ww);
-      let e1 = exp4(f32x4.sub(pp, p)), e2 = exp4(f32x4.sub(ww, p));
-      st(y, n, f32x4.div(fma4(f32x4.mul(e1, aa), e2, vv), fma4(e2, e1, bs)));
-      ww = f32x4.add(w, pp);
-      p = f32x4.max(ww, kk);
-      e1 = exp4(f32x4.sub(ww, p));
-      e2 = exp4(f32x4.sub(kk, p));
-      aa = fma4(f32x4.mul(e1, aa), e2, vv);
-      bs = fma4(e2, e1, bs);
-      pp = p;
-    }
+    const bb = item / groups, c = (item % groups) << 2, o = <usize>(bb * T * C + c) << 2;
+    wkv4State(f32x4.splat(0), f32x4.splat(0), f32x4.splat(V4_MIN_EXPONENT));
+    wkv4Scan(T, C, f32x4.neg(exp4(ld(td, c))), ld(tf, c), k + o, v + o, y + o, false);
   }
 }
 
@@ -499,44 +458,12 @@ export function sumRows(dst: usize, src: usize, R: i32, C: i32): void {
 // Parts split the B·H (sequence, head) pairs; checkpoints as wkv7's. The gradients of u, and of a
 // constant wraw, are written per sequence into (B, C) partials that the caller sums in order.
 
-/** The next state element k[j]·v[i] + d[j]·S[j,i]: one definition, so the backward's recomputation equals the forward. */
-/* @inline */ function v5Next(s: v128, kj: v128, vi: v128, dj: v128): v128 {
-  return fma4(f32x4.mul(kj, vi), dj, s);
-}
-
-/** One step from the state at S0 into S1 (may be the same); with acc != 0 also acc (N) = Σ_j r[j] S0[j,:]. */
-function v5Step(S0: usize, S1: usize, N: i32, r: usize, k: usize, v: usize, d: usize, acc: usize): void {
-  const rowBytes = <usize>N << 2;
-  if (acc != 0) memory.fill(acc, 0, rowBytes);
-  for (let j = 0; j < N; j++) {
-    const row0 = S0 + <usize>j * rowBytes, row1 = S1 + <usize>j * rowBytes;
-    const kj = f32x4.splat(load<f32>(at(k, j))), dj = f32x4.splat(load<f32>(at(d, j)));
-    if (acc != 0) {
-      const rj = f32x4.splat(load<f32>(at(r, j)));
-      for (let i = 0; i < N; i += 4) {
-        const s = ld(row0, i);
-        st(acc, i, fma4(ld(acc, i), rj, s));
-        st(row1, i, v5Next(s, kj, ld(v, i), dj));
-      }
-    } else {
-      for (let i = 0; i < N; i += 4) st(row1, i, v5Next(ld(row0, i), kj, ld(v, i), dj));
-    }
-  }
-}
-
-/** Σ_j a[j] b[j] c[j] over N (a multiple of 4). */
-function dot3(a: usize, b: usize, c: usize, N: i32): f32 {
-  let s = f32x4.splat(0);
-  for (let j = 0; j < N; j += 4) s = fma4(s, f32x4.mul(ld(a, j), ld(b, j)), ld(c, j));
-  return hsum(s);
-}
-
-/** Part scratch: S (N·N), d (N), acc (N). */
+/** Part scratch: S (N·N), d (N). */
 function wkv5Forward(Bn: i32, T: i32, H: i32, N: i32, r: usize, k: usize, v: usize, w: usize, u: usize, perToken: i32, y: usize, ckpt: usize,
   ws: usize, part: i32, nparts: i32): void {
   const lo = splitLo(Bn * H, part, nparts, 1), hi = splitHi(Bn * H, part, nparts, 1);
   const C = H * N, NN = N * N, chunks = (T + WKV_CHUNK - 1) / WKV_CHUNK;
-  const S = ws, d = ws + (<usize>NN << 2), acc = d + (<usize>N << 2);
+  const S = ws, d = ws + (<usize>NN << 2);
   for (let pair = lo; pair < hi; pair++) {
     const bb = pair / H, h = pair % H, uh = u + (<usize>(h * N) << 2);
     memory.fill(S, 0, <usize>NN << 2);
@@ -544,9 +471,9 @@ function wkv5Forward(Bn: i32, T: i32, H: i32, N: i32, r: usize, k: usize, v: usi
       if (ckpt != 0 && t % WKV_CHUNK == 0) memory.copy(ckpt + (<usize>((pair * chunks + t / WKV_CHUNK) * NN) << 2), S, <usize>NN << 2);
       const o = <usize>((bb * T + t) * C + h * N) << 2, wo = perToken != 0 ? o : <usize>(h * N) << 2;
       decays(w + wo, N, d, 0);
-      const ruk = f32x4.splat(dot3(r + o, uh, k + o, N));
-      v5Step(S, S, N, r + o, k + o, v + o, d, acc);
-      for (let i = 0; i < N; i += 4) st(y + o, i, fma4(ld(acc, i), ld(v + o, i), ruk));
+      const ruk = dot3(r + o, uh, k + o, N);
+      wkv5Step(S, S, N, r + o, k + o, v + o, d, y + o);
+      wkv5Out(y + o, v + o, ruk, N);
     }
   }
 }
@@ -578,7 +505,7 @@ function wkv5Backward(Bn: i32, T: i32, H: i32, N: i32, r: usize, k: usize, v: us
         const o = <usize>((bb * T + t) * C + h * N) << 2, wo = perToken != 0 ? o : <usize>(h * N) << 2;
         decays(w + wo, N, d, 0);
         const s = states + <usize>(t - t0) * nnBytes;
-        v5Step(s, s + nnBytes, N, r + o, k + o, v + o, d, 0);
+        wkv5Step(s, s + nnBytes, N, r + o, k + o, v + o, d, 0);
       }
       for (let t = t1 - 1; t >= t0; t--) {
         const o = <usize>((bb * T + t) * C + h * N) << 2, wo = perToken != 0 ? o : <usize>(h * N) << 2;
@@ -763,30 +690,8 @@ export function mulB(a: usize, b: usize, n: i32, C: i32, gy: usize, ga: usize, g
   }
 }
 
-// exp and log of four f32 (Cephes expf/logf polynomials, ~2 ulp): the activations' transcendental
-// functions, which cost more than everything else in those ops as scalar calls.
-const LOG2E: f32 = 1.4426950408889634;
-const LN2_HI: f32 = 0.693359375;
-const LN2_LO: f32 = -2.12194440e-4;
-/** Below this e^x would be an f32 subnormal (slow on x86, and 0 for our purposes is as good). */
-const EXP_MIN: f32 = -87.3;
-const EXP_MAX: f32 = 88.3;
-
-function exp4(x0: v128): v128 {
-  const x1 = f32x4.max(f32x4.min(x0, f32x4.splat(EXP_MAX)), f32x4.splat(EXP_MIN));
-  const fx = f32x4.floor(fma4(f32x4.splat(0.5), x1, f32x4.splat(LOG2E)));
-  let x = fma4(x1, fx, f32x4.splat(-LN2_HI));
-  x = fma4(x, fx, f32x4.splat(-LN2_LO));
-  let p = f32x4.splat(1.9875691500e-4);
-  p = fma4(f32x4.splat(1.3981999507e-3), p, x);
-  p = fma4(f32x4.splat(8.3334519073e-3), p, x);
-  p = fma4(f32x4.splat(4.1665795894e-2), p, x);
-  p = fma4(f32x4.splat(1.6666665459e-1), p, x);
-  p = fma4(f32x4.splat(5.0000001201e-1), p, x);
-  const y = fma4(f32x4.add(x, f32x4.splat(1)), p, f32x4.mul(x, x));
-  const pow2 = i32x4.shl(i32x4.add(i32x4.trunc_sat_f32x4_s(fx), i32x4.splat(127)), 23);
-  return f32x4.mul(y, pow2);
-}
+// log of four f32 (Cephes logf polynomial, ~2 ulp; exp4 is in simd.ts): the activations'
+// transcendental functions, which cost more than everything else in those ops as scalar calls.
 
 /** Natural log of four positive normal f32. */
 function log4(x0: v128): v128 {
@@ -817,7 +722,7 @@ function log4(x0: v128): v128 {
   return f32x4.div(one, f32x4.add(one, exp4(f32x4.neg(x))));
 }
 
-// Activation ids; keep in sync with ACT in src/core/train/wasm-kernels.ts.
+// Activation ids; keep in sync with ACT in src/core/backend/wasm-train.ts.
 const ACT_SIGMOID: i32 = 0;
 const ACT_TANH: i32 = 1;
 const ACT_RELU2: i32 = 2;

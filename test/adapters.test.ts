@@ -205,6 +205,15 @@ test("rwkv merge writes a checkpoint equal to loading with the adapters; bad usa
     assert.match(bad.err, /v6\/lora\.safetensors: tensor blocks\.0\.att\.receptance\.lora_A has shape \[4, 96\] but blocks\.0\.att\.receptance\.weight is \[128, 128\]/);
     const usage = await runCaptured(["merge", v7, join(dir, "x.safetensors")]);
     assert.equal(usage.code, 2);
+    assert.match(usage.err, /expected BASE ADAPTER\.\.\. OUT/);
+    // A PiSSA adapter alone: BASE OUT --pissa P:I (no positional ADAPTER).
+    const pissaOut = join(dir, "pissa.safetensors");
+    const pissaSpec = { path: join(fx, "pissa.safetensors"), kind: "pissa" as const, init: join(fx, "pissa_init.safetensors") };
+    const p = await runCaptured(["merge", v7, pissaOut, "--pissa", `${pissaSpec.path}:${pissaSpec.init}`]);
+    assert.equal(p.code, 0, p.err);
+    const pm = await loadModel(pissaOut, { backend: "reference" }), pl = await loadModel(v7, { backend: "reference", adapters: [pissaSpec] });
+    const pc = compare(await pm.forward(TOKENS, pm.initState()), await pl.forward(TOKENS, pl.initState()), 1e-6, 0);
+    assert.ok(pc.ok, `PiSSA-only merged file vs merged at load: ${pc.maxAbs}`);
     const dtype = await runCaptured(["merge", v7, join(fx, "lora.safetensors"), join(dir, "x.safetensors"), "--dtype", "q3"]);
     assert.match(dtype.err, /--dtype must be one of/);
   } finally {

@@ -2,9 +2,12 @@ import assert from "node:assert/strict";
 import { spawnSync } from "node:child_process";
 import { test } from "node:test";
 import { fileURLToPath } from "node:url";
-import type { Activation, Backend, Matrix, Tensor, TensorKernels, WeightType } from "../src/core/backend/backend.js";
+import { type Activation, backwardOf, type Backend, INFERENCE_OPS, type Matrix, type Tensor, type TensorKernels, TRAINING_OPS, type WeightType } from "../src/core/backend/backend.js";
 import { referenceBackend as ref } from "../src/core/backend/reference.js";
-import { availableBackends, selectBackend } from "../src/core/backend/registry.js";
+import { availableBackends, selectBackend, supports, trainingKernels } from "../src/core/backend/registry.js";
+import { referenceTrainKernels } from "../src/core/backend/train-kernels.js";
+import { WasmTrainKernels, wasmTraining } from "../src/core/backend/wasm-train.js";
+import { TRAIN_OP_CHECKS, type TrainOpCheck } from "./train-op-checks.js";
 import { relaxedSimdAvailable, WasmBackend, type WasmSimd, wasmAvailable } from "../src/core/backend/wasm.js";
 import { decodeMatrix, decodeWeightRow, f16sPosition } from "../src/core/backend/weight-rows.js";
 import { assertWithin, BLOCK_BYTES, INT_TYPES, matmulBounds, randomMatrix, rng, U } from "./matmul-check.js";
@@ -30,6 +33,8 @@ import { wasmBackend } from "../src/node/threads/pool.js";
  *    calls (state carry) of up to 17 tokens: f32 reordering of N-term sums over a few steps.
  *
  * Thread counts must not change results at all: 2 threads are compared with 1 bit for bit.
+ * The training half of each backend's table (every TrainingOp, forward and backward) is checked
+ * the same way by the checks of test/train-op-checks.ts.
  * The relaxed-SIMD build runs where validated; Node 20 needs --experimental-wasm-relaxed-simd, so
  * a child process with that flag runs this suite on it (RWKV_CONFORMANCE=relaxed-simd).
  */
@@ -43,7 +48,7 @@ function candidates(): Candidate[] {
   if (!wasmAvailable()) return out;
   const builds: WasmSimd[] = ONLY ? [ONLY] : ["simd", ...(relaxedSimdAvailable() ? ["relaxed-simd" as const] : [])];
   for (const simd of builds) {
-    const one = new WasmBackend({ simd });
+    const one = new WasmBackend({ simd, training: wasmTraining });
     out.push({ label: `wasm ${simd} 1 thread`, backend: one });
     out.push({ label: `wasm ${simd} 2 threads`, backend: wasmBackend(2, simd)!, single: one });
   }
@@ -611,3 +616,61 @@ for (const c of candidates()) {
     A.dispose();
   });
 }
+
+// ---- the training half of the table ----------------------------------------------------------------
+
+for (const c of candidates()) {
+  test(`conformance ${c.label}: training ops, every forward and backward of the table, against the reference kernels`, () => {
+    const k = trainingKernels(c.backend), k1 = c.single ? trainingKernels(c.single) : null;
+    if (c.backend instanceof WasmBackend) {
+      assert.ok(k instanceof WasmTrainKernels && k.threads === c.backend.threads, `${c.label}: the backend's own training kernels`);
+    }
+    try {
+      const run = new Set<TrainOpCheck>();
+      for (const op of TRAINING_OPS) {
+        const check = TRAIN_OP_CHECKS[op];
+        if (run.has(check)) continue; // a forward and its backward share one check
+        run.add(check);
+        check(k, k1);
+      }
+    } finally {
+      for (const x of [k, k1]) if (x instanceof WasmTrainKernels) x.close();
+    }
+  });
+}
+
+test("the kernel table: every training forward has its backward beside it, and each op one conformance check", () => {
+  for (const op of TRAINING_OPS) {
+    const back = backwardOf(op);
+    if (op.endsWith("Forward")) assert.equal(back, op.replace(/Forward$/, "Backward"), `${op}'s backward`);
+    if (back) assert.equal(TRAIN_OP_CHECKS[back], TRAIN_OP_CHECKS[op], `${op} and ${back} are checked together`);
+  }
+  assert.deepEqual(Object.keys(TRAIN_OP_CHECKS).sort(), [...TRAINING_OPS].sort());
+  // The training half's own reference: its checks pass against itself (f64 storage included, by gemm's check).
+  TRAIN_OP_CHECKS.gemm(referenceTrainKernels, null);
+});
+
+test("supports(op, dtype): the reference runs every op; wasm every inference op, and training ops on f32 but not on f64", (t) => {
+  const reference = selectBackend("reference");
+  for (const op of [...INFERENCE_OPS, ...TRAINING_OPS]) assert.ok(supports(reference, op, "f32"), `reference ${op}`);
+  for (const type of TYPES) assert.ok(supports(reference, "matmul", type), `reference matmul ${type}`);
+  for (const op of TRAINING_OPS) assert.ok(supports(reference, op, "f64"), `reference ${op} f64`);
+  if (!wasmAvailable()) return t.skip("no WebAssembly SIMD here");
+  const wasm = wasmBackend(1)!;
+  for (const op of INFERENCE_OPS) assert.ok(supports(wasm, op, "f32"), `wasm ${op}`);
+  for (const type of [...TYPES, "f16s" as const]) assert.ok(supports(wasm, "matmul", type), `wasm matmul ${type}`);
+  for (const op of ["gemm", "wkv7Forward", "wkv7Backward", "groupNormBackward", "adamwUpdate"] as const) {
+    assert.ok(supports(wasm, op, "f32"), `wasm ${op} f32`);
+    assert.ok(!supports(wasm, op, "f64"), `wasm ${op} f64 runs the reference`);
+  }
+  assert.ok(!supports(wasm, "crossEntropyForward", "f32"), "the loss runs the reference's code");
+});
+
+test("a backend without a training half trains on the reference kernels, and says so in their name", () => {
+  const inferenceOnly: Backend = { ...selectBackend("reference"), name: "gpu-like", trainKernels: undefined, supports: undefined };
+  const k = trainingKernels(inferenceOnly);
+  assert.match(k.name, /^reference \(fallback: backend "gpu-like" has no training kernels\)$/);
+  assert.equal(k.build, "reference");
+  assert.equal(k.gemm, referenceTrainKernels.gemm);
+  assert.ok(!supports(inferenceOnly, "gemm", "f32") && supports(inferenceOnly, "wkv7", "f32") && supports(inferenceOnly, "matmul", "q4_0"));
+});

@@ -25,9 +25,13 @@ export function rng(seed: number): () => number {
 export const BLOCK_BYTES: Partial<Record<WeightType, number>> = { q8_0: 34, q5_0: 22, q5_1: 24, q4_0: 18, q4_1: 20 };
 export const INT_TYPES: ReadonlySet<WeightType> = new Set<WeightType>(["q8_0", "q5_0", "q5_1", "q4_0", "q4_1", "i8"]);
 
-/** A random (O, I) matrix of `type`: float types from random values, block types from random bytes (every bit pattern) with sane scales. */
-export function randomMatrix(type: WeightType, O: number, I: number, r: () => number): Matrix {
-  const f = Float32Array.from({ length: O * I }, () => r());
+/**
+ * A random (O, I) matrix of `type`: float types from random values (times `scale.value`), block
+ * types from random bytes (every bit pattern) with sane scales (times `scale.block`). Also the
+ * weights of the kernel timings (bench/kernels/matmul.ts).
+ */
+export function randomMatrix(type: WeightType, O: number, I: number, r: () => number, scale = { value: 1, block: 1 }): Matrix {
+  const f = Float32Array.from({ length: O * I }, () => scale.value * r());
   if (type === "f32") return { rows: O, cols: I, type, data: f };
   if (type === "f16") return { rows: O, cols: I, type, data: Uint16Array.from(f, f32ToF16) };
   if (type === "bf16") return { rows: O, cols: I, type, data: Uint16Array.from(f, f32ToBf16) };
@@ -36,8 +40,8 @@ export function randomMatrix(type: WeightType, O: number, I: number, r: () => nu
   const data = Uint8Array.from({ length: (O * I / 32) * bb }, () => Math.floor((r() + 1) * 128) & 0xff);
   const dv = new DataView(data.buffer);
   for (let p = 0; p < data.length; p += bb) {
-    dv.setUint16(p, f32ToF16(0.02 * r()), true); // d
-    if (type === "q4_1" || type === "q5_1") dv.setUint16(p + 2, f32ToF16(0.1 * r()), true); // m
+    dv.setUint16(p, f32ToF16(scale.block * 0.02 * r()), true); // d
+    if (type === "q4_1" || type === "q5_1") dv.setUint16(p + 2, f32ToF16(scale.block * 0.1 * r()), true); // m
   }
   return { rows: O, cols: I, type, data };
 }

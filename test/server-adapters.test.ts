@@ -6,7 +6,6 @@ import { loadModel } from "../src/node/load.js";
 import { RwkvServer } from "../src/node/server/server.js";
 import { loadServedAdapters } from "../src/node/server/adapter-loading.js";
 import { type ServedAdapter, UNMERGED } from "../src/node/server/adapters.js";
-import { openAdapter } from "../src/node/adapters.js";
 import { loadTokenizer } from "../src/node/tokenizer.js";
 import { runCaptured } from "./run-cli.js";
 import { compare, sharedPath } from "./shared.js";
@@ -75,17 +74,17 @@ test("server: adapters kept unmerged in one base model are hot-swapped per reque
   const base = await loadModel(v6, { backend: "reference" });
   const notes: string[] = [];
   const lora = join(FIXTURES, "lora.safetensors"), bat = join(FIXTURES, "disha_bat.safetensors");
-  const adapters = await loadServedAdapters(base, v6, { backend: "reference" }, [`lora=${lora}:24`, `bat=${bat}`], (n) => notes.push(n));
-  // One base model: the LoRA lives in it (no model of its own); only the DiSHA adapter, which
-  // cannot be kept unmerged, became a merged copy, and the note says why.
+  // PiSSA through its flag (--pissa-adapter NAME=ADAPTER:INIT), as `rwkv serve` passes it.
+  const pissaFlag = `pissa=${join(FIXTURES, "pissa.safetensors")}:${join(FIXTURES, "pissa_init.safetensors")}`;
+  const adapters = await loadServedAdapters(base, v6, { backend: "reference" }, [`lora=${lora}:24`, `bat=${bat}`], (n) => notes.push(n), [pissaFlag]);
+  // One base model: the LoRA and the PiSSA live in it (no model of their own); only the DiSHA
+  // adapter, which cannot be kept unmerged, became a merged copy, and the note says why.
   assert.equal(adapters.get("lora"), UNMERGED);
+  assert.equal(adapters.get("pissa"), UNMERGED);
   assert.notEqual(adapters.get("bat"), UNMERGED);
   assert.notEqual(adapters.get("bat"), base);
   assert.match(notes.join("\n"), /adapter bat: .*is a DiSHA tensor.*serving it as a merged copy of the model/);
-  const pissa = openAdapter({ path: join(FIXTURES, "pissa.safetensors"), kind: "pissa", init: join(FIXTURES, "pissa_init.safetensors") });
-  base.loadAdapter!("pissa", pissa.adapter);
-  pissa.close();
-  adapters.set("pissa", UNMERGED);
+  assert.deepEqual([...adapters.keys()], ["lora", "bat", "pissa"]);
   const server = new RwkvServer({ model: base, adapters, tokenizer: loadTokenizer({ kind: "bytes" }), modelName: NAME, port: 0, slots: 8 });
   servers.push(server);
   const url = `http://127.0.0.1:${(await server.listen()).port}`;
@@ -133,9 +132,18 @@ test("rwkv serve --adapter: bad flags and adapters for another model stop with o
     ["bad name=x", /--adapter: name "bad name" must be/],
     [`a=${join(FIXTURES, "lora.safetensors")}`, /v6\/lora\.safetensors: tensor blocks\.0\.att\.receptance\.lora_A has shape \[4, 96\]/],
   ];
-  for (const [flag, re] of cases) {
-    const r = await runCaptured(["serve", v7, "--port", "0", "--adapter", flag]);
+  const pissa = join(FIXTURES, "pissa.safetensors"), init = join(FIXTURES, "pissa_init.safetensors");
+  const pissaCases: Array<[string[], RegExp]> = [
+    [["--pissa-adapter", "noequals"], /--pissa-adapter: expected NAME=ADAPTER:INIT, got "noequals"/],
+    [["--pissa-adapter", "p="], /--pissa-adapter: no ADAPTER:INIT after "p="/],
+    [["--pissa-adapter", `p=${pissa}`], /--pissa-adapter: expected ADAPTER:INIT \(the trained file and its init_lora file\)/],
+    [["--adapter", `p=${join(FIXTURES, "lora.safetensors")}`, "--pissa-adapter", `p=${pissa}:${init}`], /--pissa-adapter: name "p" is given twice/],
+    [["--pissa-adapter", `p=${pissa}:${init}`], /v6\/pissa\.safetensors: tensor blocks\.\d+\.att\.\w+\.lora_A has shape/],
+  ];
+  for (const [flags, re] of [...cases.map(([f, re]): [string[], RegExp] => [["--adapter", f], re]), ...pissaCases]) {
+    const r = await runCaptured(["serve", v7, "--port", "0", ...flags]);
     assert.equal(r.code, 1, r.err);
     assert.match(r.err, re);
+    assert.equal(r.err.trim().split("\n").length, 1, r.err);
   }
 });

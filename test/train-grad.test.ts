@@ -2,11 +2,11 @@ import assert from "node:assert/strict";
 import { join } from "node:path";
 import { test } from "node:test";
 import { Graph, Var } from "../src/core/train/graph.js";
-import { referenceTrainKernels, type TrainDType } from "../src/core/train/kernels.js";
+import { referenceTrainKernels, type TrainDType } from "../src/core/backend/train-kernels.js";
 import { TrainModel } from "../src/core/train/model.js";
-import { type Activation, IGNORE_TARGET, L2WRAP_SCALE } from "../src/core/train/ops.js";
-import { WasmTrainKernels, wasmTrainAvailable } from "../src/core/train/wasm-kernels.js";
-import { wkv4Backward, wkv4Forward, wkv5Backward, wkv5Forward, wkv7Backward, wkv7Forward, wkvChunks } from "../src/core/train/wkv.js";
+import { type Activation, IGNORE_TARGET, L2WRAP_SCALE } from "../src/core/backend/train-ops.js";
+import { WasmTrainKernels, wasmTrainAvailable } from "../src/core/backend/wasm-train.js";
+import { wkv4Backward, wkv4Forward, wkv5Backward, wkv5Forward, wkv7Backward, wkv7Forward, wkvChunks } from "../src/core/backend/wkv-train.js";
 import { loadModel } from "../src/node/load.js";
 import { readJson, sharedPath } from "./shared.js";
 import { GOLDEN_VERSIONS, type GoldenModel, loadParams, nextTokenTargets, readF64Safetensors, relErr, seeded } from "./train-helpers.js";
@@ -252,7 +252,7 @@ for (const v of GOLDEN_VERSIONS) {
       for (const name of gold.train_gpt.params_with_grad) {
         const ref = want.get(name);
         assert.ok(ref, `grads file lacks ${name}`);
-        const e = relErr(params.get(name).grad, ref);
+        const e = relErr(params.get(name).grad!, ref);
         worst = Math.max(worst, e.rel);
         assert.ok(e.rel <= tol, `${name}: max |diff| ${e.abs} = ${e.rel} of max |grad| ${e.max}`);
       }

@@ -3,8 +3,8 @@ import { readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import type { TestContext } from "node:test";
 import { loadCheckpoint } from "../src/node/load.js";
-import type { TrainDType } from "../src/core/train/kernels.js";
-import { IGNORE_TARGET } from "../src/core/train/ops.js";
+import type { TrainDType } from "../src/core/backend/train-kernels.js";
+import { IGNORE_TARGET } from "../src/core/backend/train-ops.js";
 import { ParamStore } from "../src/core/train/params.js";
 import { sharedPath } from "./shared.js";
 

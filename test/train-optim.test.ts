@@ -3,7 +3,7 @@ import { test } from "node:test";
 import { Graph } from "../src/core/train/graph.js";
 import { initModel, type NewModelSpec } from "../src/core/train/init.js";
 import { loraWidths } from "../src/core/model/v7/sizes.js";
-import { referenceTrainKernels } from "../src/core/train/kernels.js";
+import { referenceTrainKernels } from "../src/core/backend/train-kernels.js";
 import { TrainModel, type TrainVersion } from "../src/core/train/model.js";
 import { AdamW, clipGradNorm, gradNorm, learningRate, type LrSchedule, paramGroup } from "../src/core/train/optim.js";
 import { ParamStore } from "../src/core/train/params.js";
@@ -49,7 +49,7 @@ test("AdamW: bias-corrected FusedAdam update, decoupled decay only in the decay 
   const ref = { w: [...w.data], d: [...d.data], mw: [0, 0, 0, 0], vw: [0, 0, 0, 0], md: [0, 0], vd: [0, 0] };
   for (let step = 1; step <= 3; step++) {
     const lr = 0.01 * step;
-    w.grad.set(grads[0].map((x) => x * step)); d.grad.set(grads[1].map((x) => x / step)); f.grad.fill(1);
+    w.grad!.set(grads[0].map((x) => x * step)); d.grad!.set(grads[1].map((x) => x / step)); f.grad!.fill(1);
     opt.step(lr);
     const upd = (p: number[], m: number[], v: number[], g: number[], rate: number, wd: number) => p.forEach((x, i) => {
       m[i] = 0.9 * m[i] + 0.1 * g[i];
@@ -67,8 +67,8 @@ test("AdamW: bias-corrected FusedAdam update, decoupled decay only in the decay 
 
 test("gradient clipping scales the global norm down to the limit, and only above it", () => {
   const store = new ParamStore("f64");
-  store.add("a", [3], [3, 0, 0]).grad.set([3, 0, 0]);
-  store.add("b", [1], [0]).grad.set([4]);
+  store.add("a", [3], [3, 0, 0]).grad!.set([3, 0, 0]);
+  store.add("b", [1], [0]).grad!.set([4]);
   assert.equal(clipGradNorm(store.list, 10), 5);
   assert.equal(gradNorm(store.list), 5);
   assert.equal(clipGradNorm(store.list, 1), 5);

@@ -8,7 +8,7 @@ import { referenceBackend } from "../src/core/backend/reference.js";
 import { buildModel } from "../src/core/model/model.js";
 import { rwkv7 } from "../src/core/model/v7/infer.js";
 import { Graph } from "../src/core/train/graph.js";
-import { referenceTrainKernels } from "../src/core/train/kernels.js";
+import { referenceTrainKernels } from "../src/core/backend/train-kernels.js";
 import { TrainModel } from "../src/core/train/model.js";
 import { storeCheckpoint } from "../src/core/train/params.js";
 import { loadCheckpoint, loadModel } from "../src/node/load.js";
@@ -48,7 +48,7 @@ test("state tuning: the time_state gradient matches central differences (f64)", 
   const g = new Graph("f64", referenceTrainKernels, true);
   g.crossEntropy(model.forward(g, tokens, 1, TOKENS.length), targets, false);
   g.backward();
-  assert.ok(params.get("blocks.0.att.key.weight").grad.every((x) => x === 0), "the frozen base got a gradient");
+  assert.ok(params.get("blocks.0.att.key.weight").grad!.every((x) => x === 0), "the frozen base got a gradient");
   const EPS = 1e-5;
   let checked = 0;
   for (const layer of [0, 2]) {
@@ -59,7 +59,7 @@ test("state tuning: the time_state gradient matches central differences (f64)", 
       p.data[idx] = x - EPS; const down = loss();
       p.data[idx] = x;
       const fd = (up - down) / (2 * EPS);
-      assert.ok(Math.abs(fd - p.grad[idx]) <= 1e-7 + 1e-5 * Math.abs(fd), `layer ${layer} [${idx}]: analytic ${p.grad[idx]} vs numeric ${fd}`);
+      assert.ok(Math.abs(fd - p.grad![idx]) <= 1e-7 + 1e-5 * Math.abs(fd), `layer ${layer} [${idx}]: analytic ${p.grad![idx]} vs numeric ${fd}`);
       if (Math.abs(fd) > 1e-6) checked++;
     }
   }

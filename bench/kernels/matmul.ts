@@ -1,7 +1,7 @@
 import type { Matrix, WeightType } from "../../src/core/backend/backend.js";
-import { quantizeInt8 } from "../../src/core/backend/int8.js";
 import { relaxedSimdAvailable, WasmBackend, type WasmSimd } from "../../src/core/backend/wasm.js";
-import { f32ToBf16, f32ToF16 } from "../../src/core/tensor.js";
+import { f32ToF16 } from "../../src/core/tensor.js";
+import { randomMatrix, rng } from "../../test/matmul-check.js";
 
 /*
  * Times the wasm backend's matmul kernels per weight type on one thread: y (T, O) = x (T, I) Wᵀ for
@@ -25,31 +25,14 @@ type Kind = WeightType | "f16 (mul)";
 const ALL_TYPES: readonly Kind[] = ["f32", "f16 (mul)", "f16", "bf16", "i8", "q8_0", "q5_1", "q5_0", "q4_1", "q4_0"];
 const TYPES = process.argv[3] ? ALL_TYPES.filter((t) => process.argv[3].split(",").includes(t)) : ALL_TYPES;
 const TS = process.argv[4] ? process.argv[4].split(",").map(Number) : [1, 64, 512];
-const BLOCK_BYTES: Partial<Record<WeightType, number>> = { q8_0: 34, q5_0: 22, q5_1: 24, q4_0: 18, q4_1: 20 };
-
-function rng(seed: number): () => number {
-  let s = seed >>> 0;
-  return () => {
-    s = (Math.imul(s, 1664525) + 1013904223) >>> 0;
-    return s / 2 ** 31 - 1;
-  };
-}
+/** The weights' magnitudes: values ±0.05, block scales a tenth of the conformance suite's. */
+const SCALE = { value: 0.05, block: 0.1 };
 
 function matrix(type: Kind, O: number, I: number, r: () => number): Matrix {
-  const f = Float32Array.from({ length: O * I }, () => 0.05 * r());
-  if (type === "f32") return { rows: O, cols: I, type, data: f };
-  if (type === "f16 (mul)") f[0] = 100; // |w| >= 64: no f16s form
-  if (type === "f16" || type === "f16 (mul)") return { rows: O, cols: I, type: "f16", data: Uint16Array.from(f, f32ToF16) };
-  if (type === "bf16") return { rows: O, cols: I, type, data: Uint16Array.from(f, f32ToBf16) };
-  if (type === "i8") return quantizeInt8(f, O, I);
-  const bb = BLOCK_BYTES[type]!;
-  const data = Uint8Array.from({ length: (O * I / 32) * bb }, () => Math.floor((r() + 1) * 128) & 0xff);
-  const dv = new DataView(data.buffer);
-  for (let p = 0; p < data.length; p += bb) {
-    dv.setUint16(p, f32ToF16(0.002 * r()), true);
-    if (type === "q4_1" || type === "q5_1") dv.setUint16(p + 2, f32ToF16(0.01 * r()), true);
-  }
-  return { rows: O, cols: I, type, data };
+  if (type !== "f16 (mul)") return randomMatrix(type, O, I, r, SCALE);
+  const W = randomMatrix("f16", O, I, r, SCALE);
+  (W.data as Uint16Array)[0] = f32ToF16(100); // |w| >= 64: no f16s form
+  return W;
 }
 
 /** CPU microseconds of one round (user time: on a shared machine, less disturbed than wall time). */

@@ -7,7 +7,7 @@ import { TrainModel, type TrainVersion } from "../../src/core/train/model.js";
 import { AdamW } from "../../src/core/train/optim.js";
 import { TrainRng } from "../../src/core/train/rng.js";
 import { trainFlopsPerToken, trainStep } from "../../src/core/train/trainer.js";
-import { type TrainKernelKind, trainKernels } from "../../src/node/threads/train-pool.js";
+import { type TrainKernelKind, trainKernels } from "../../src/node/threads/pool.js";
 
 /*
  * Training throughput: optimizer steps on (B, T) windows of tiny Shakespeare (bytes) for a model

@@ -1,15 +1,17 @@
 import { existsSync, readFileSync, statSync } from "node:fs";
 import { join } from "node:path";
 import { type Adapter, BONE, DISHA, LORA_A } from "../core/adapters/adapter.js";
+import { fromAi00, isAi00Adapter } from "../core/adapters/ai00.js";
 import { RwkvInputError } from "../core/errors.js";
 import type { Model } from "../core/model/model.js";
 import type { TensorEntry } from "../core/tensor.js";
 import { loadCheckpoint } from "./load.js";
 
 /*
- * Adapter files from disk: RWKV-PEFT's slim .pth/.safetensors state dicts, or a HuggingFace
- * `peft` directory (adapter_config.json + adapter_model.safetensors), as the newer RWKV-PEFT
- * and the peft library write them.
+ * Adapter files from disk: RWKV-PEFT's slim .pth/.safetensors state dicts, ai00/web-rwkv's f16
+ * LoRA safetensors (core/adapters/ai00.ts), or a HuggingFace `peft` directory
+ * (adapter_config.json + adapter_model.safetensors), as the newer RWKV-PEFT and the peft library
+ * write them.
  */
 
 export type AdapterKind = "lora" | "pissa" | "disha" | "any";
@@ -69,10 +71,12 @@ function isDirectory(path: string): boolean {
   try { return statSync(path).isDirectory(); } catch { return false; }
 }
 
+/** A slim state dict: RWKV-PEFT's names, or ai00/web-rwkv's (told apart by their *.lora.0/1 factors). */
 function readSlim(spec: AdapterSpec, closers: Array<() => void>): Adapter {
   const { checkpoint, close } = loadCheckpoint(spec.path);
   closers.push(close);
-  return { source: spec.path, tensors: checkpoint.tensors, alpha: spec.alpha };
+  const tensors = isAi00Adapter(checkpoint.tensors.keys()) ? fromAi00(spec.path, checkpoint.tensors) : checkpoint.tensors;
+  return { source: spec.path, tensors, alpha: spec.alpha };
 }
 
 /** A peft LoRA directory: tensors renamed to RWKV-PEFT's names, alpha (and rsLoRA's √r scale) from its config. */
@@ -125,9 +129,9 @@ export function parseLoraFlag(text: string): AdapterSpec {
   return { path: text, kind: "lora" };
 }
 
-/** `ADAPTER:INIT` of --pissa (split at the last colon). */
-export function parsePissaFlag(text: string): AdapterSpec {
+/** `ADAPTER:INIT` of --pissa (split at the last colon); `flag` names the flag in errors. */
+export function parsePissaFlag(text: string, flag = "--pissa"): AdapterSpec {
   const i = text.lastIndexOf(":");
-  if (i <= 0 || i === text.length - 1) throw new RwkvInputError("--pissa", `expected ADAPTER:INIT (the trained file and its init_lora file), got "${text}"`);
+  if (i <= 0 || i === text.length - 1) throw new RwkvInputError(flag, `expected ADAPTER:INIT (the trained file and its init_lora file), got "${text}"`);
   return { path: text.slice(0, i), kind: "pissa", init: text.slice(i + 1) };
 }

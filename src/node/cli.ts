@@ -3,6 +3,7 @@ import { type CliIO, UsageError } from "./cli-util.js";
 import { benchCommand, BENCH_USAGE } from "./commands/bench.js";
 import { chatCommand, CHAT_USAGE } from "./commands/chat.js";
 import { convertCommand, CONVERT_USAGE } from "./commands/convert.js";
+import { convertAdapterCommand, CONVERT_ADAPTER_USAGE } from "./commands/convert-adapter.js";
 import { embedCommand, EMBED_USAGE } from "./commands/embed.js";
 import { evalCommand, EVAL_USAGE } from "./commands/eval.js";
 import { generateCommand, GENERATE_USAGE } from "./commands/generate.js";
@@ -27,6 +28,7 @@ const COMMANDS: Record<string, { run: Command; usage: string }> = {
   eval: { run: evalCommand, usage: EVAL_USAGE },
   convert: { run: convertCommand, usage: CONVERT_USAGE },
   merge: { run: mergeCommand, usage: MERGE_USAGE },
+  "convert-adapter": { run: convertAdapterCommand, usage: CONVERT_ADAPTER_USAGE },
   serve: { run: serveCommand, usage: SERVE_USAGE },
   train: { run: trainCommand, usage: TRAIN_USAGE },
   bench: { run: benchCommand, usage: BENCH_USAGE },

@@ -3,6 +3,7 @@ import type { Checkpoint } from "../formats/checkpoint.js";
 import { GGML_TYPES, ggmlToFloat32 } from "../formats/ggml-quants.js";
 import { type QuantDType, quantize, toBf16Bytes, toF16Bytes } from "../formats/quantize.js";
 import { decodeFloats, type DType, type TensorEntry } from "../tensor.js";
+import { officialFromAi00 } from "./ai00.js";
 import { type Adapter, BONE, DEFAULT_LORA_ALPHA, DISHA, INIT_LORA_A, INIT_LORA_B, LORA_A, LORA_B, TIME_STATE } from "./adapter.js";
 
 /*
@@ -62,6 +63,8 @@ export function addBat(w: Float32Array, out: number, inp: number, D: Float32Arra
   }
 }
 
+/** A tensor's key, and the file's own name for it when a reader renamed it (ai00's lora.0 is lora_A transposed). */
+const label = (key: string, t: TensorEntry) => (t.name === key ? key : `${key} (${t.name})`);
 const sameShape = (a: readonly number[], b: readonly number[]) => a.length === b.length && a.every((d, i) => d === b[i]);
 const fmt = (s: readonly number[]) => `[${s.join(", ")}]`;
 
@@ -94,8 +97,8 @@ function planAdapter(base: Checkpoint, a: Adapter): { edits: Map<string, MatrixE
       const B = a.tensors.get(bName);
       if (!B) throw new FormatError(a.source, `${name} has no matching ${bName}`);
       const r = t.shape[0];
-      if (!sameShape(t.shape, [r, inp]) || r < 1) throw wrong(name, `has shape ${fmt(t.shape)} but ${key} is ${fmt([out, inp])}: a LoRA A must be [r, ${inp}]`);
-      if (!sameShape(B.shape, [out, r])) throw wrong(bName, `has shape ${fmt(B.shape)} but ${key} is ${fmt([out, inp])} and ${name} has rank ${r}: a LoRA B must be [${out}, ${r}]`);
+      if (!sameShape(t.shape, [r, inp]) || r < 1) throw wrong(label(name, t), `has shape ${fmt(t.shape)} but ${key} is ${fmt([out, inp])}: a LoRA A must be [r, ${inp}]`);
+      if (!sameShape(B.shape, [out, r])) throw wrong(label(bName, B), `has shape ${fmt(B.shape)} but ${key} is ${fmt([out, inp])} and ${name} has rank ${r}: a LoRA B must be [${out}, ${r}]`);
       if (a.pissaInit) {
         const p = a.pissaInit, prefix = name.slice(0, -LORA_A.length);
         const A0 = p.tensors.get(prefix + INIT_LORA_A), B0 = p.tensors.get(prefix + INIT_LORA_B);
@@ -134,10 +137,12 @@ function planAdapter(base: Checkpoint, a: Adapter): { edits: Map<string, MatrixE
       if (base.tensors.has(name)) replace.set(name, t);
       else added.push(t);
     } else {
-      const b = base.tensors.get(name);
+      // ai00 files say time_first/time_mix where v5.2/v6 checkpoints say time_faaaa/time_maa.
+      const key = officialFromAi00(name, (n) => base.tensors.has(n));
+      const b = base.tensors.get(key);
       if (!b) throw wrong(name, "is neither a model tensor nor a LoRA/PiSSA/DiSHA/state tensor");
-      if (!sameShape(b.shape, t.shape)) throw wrong(name, `has shape ${fmt(t.shape)} but the model's is ${fmt(b.shape)}`);
-      replace.set(name, t);
+      if (!sameShape(b.shape, t.shape)) throw wrong(name, `has shape ${fmt(t.shape)} but the model's ${key === name ? "" : key + " "}is ${fmt(b.shape)}`);
+      replace.set(key, t);
     }
   }
   for (const name of a.tensors.keys()) {

@@ -1,7 +1,13 @@
+import type { TrainDType } from "./buffers.js";
+import type { TrainKernels } from "./train-kernels.js";
+import type { TrainOps } from "./train-ops.js";
+
 /**
- * The small set of kernels the models are written against. The plain TypeScript implementation
- * (reference.ts) is the specification; faster backends (WebAssembly SIMD, WebGPU) implement the
- * same interface and must pass the shared conformance tests against it.
+ * The kernel table: one per backend, the ops the models run for inference and, beside them, the
+ * ops training runs, each forward with its backward in the same argument order. The plain
+ * TypeScript implementation (reference.ts, train-kernels.ts, train-ops.ts) is the specification;
+ * faster backends (WebAssembly SIMD, WebGPU) implement the same interfaces and must pass the
+ * shared conformance suite (test/backend-conformance.test.ts) against it.
  *
  * Letters: T tokens in the sequence, C channels, H heads, N head size (C = H*N),
  * I/O a matrix's input/output width. All arrays are row-major Float32Array.
@@ -48,6 +54,22 @@ export interface Wkv4State { aa: Float32Array; bb: Float32Array; pp: Float32Arra
 
 export interface Backend {
   readonly name: string;
+
+  /**
+   * Optional: the training half of this backend's table (every TrainingOp), a new kernel set with
+   * its own memory per model trained. A backend without one (e.g. a WebGPU backend that serves
+   * inference only) trains on the reference's: see `trainingKernels` in registry.ts, which makes
+   * that fallback explicit in the kernel set's name.
+   */
+  trainKernels?(): TrainKernels;
+
+  /**
+   * Optional: whether this backend's own code runs `op` on `dtype` (a weight type for matmul, the
+   * storage type for the training ops); false: that call runs the reference's code (the wasm
+   * training kernels do so for f64 storage, for instance). Absent: every InferenceOp on f32
+   * tensors and matmul on every WeightType, no TrainingOp. Read it through `supports` in registry.ts.
+   */
+  supports?(op: KernelOp, dtype: KernelDType): boolean;
 
   /**
    * The kernel table over tensors that live in this backend's memory: what the models' forward
@@ -249,4 +271,63 @@ export interface TensorKernels {
   wkv5(y: Tensor, r: Tensor, k: Tensor, v: Tensor, decay: Tensor, u: Tensor, S: Tensor, H: number, row0: number, T: number): void;
   /** Backend.wkv7 over rows row0 …; S (1, H·N·N). */
   wkv7(y: Tensor, r: Tensor, decay: Tensor, k: Tensor, v: Tensor, a: Tensor, b: Tensor, S: Tensor, H: number, row0: number, T: number): void;
+}
+
+// ---- the one table: its ops --------------------------------------------------------------------
+
+/** The computing ops of the inference half (TensorKernels less its memory methods). */
+export type InferenceOp = Exclude<keyof TensorKernels, "arena" | "constant" | "bindState" | "unbindState" | "write" | "read">;
+
+/**
+ * The ops of the training half, forwards with their backwards (TrainOps), the matrix product
+ * (whose backward is two more products, train-kernels.ts linearBackward) and the optimizer step.
+ */
+export type TrainingOp = keyof TrainOps | "gemm" | "wkv4Forward" | "wkv4Backward" | "wkv5Forward" | "wkv5Backward" |
+  "wkv7Forward" | "wkv7Backward" | "adamwUpdate";
+
+export type KernelOp = InferenceOp | TrainingOp;
+/** A matmul's weight type, or a tensor's storage type (inference tensors are f32). */
+export type KernelDType = WeightType | TrainDType;
+
+/**
+ * Every inference op (the compiler checks this list against TensorKernels), and what it is
+ * for, so tests and tools can iterate the table.
+ */
+const INFERENCE: Readonly<Record<InferenceOp, string>> = {
+  copyRows: "rows of one tensor into another", columns: "a column slice", matmul: "y = x Wᵀ, W in any WeightType",
+  activate: "x <- f(scale·x)", layerNorm: "layer norm of rows", groupNorm: "layer norm per head",
+  add: "x += d", mul: "x ⊙= d", addRow: "x[r] += bias", sub: "y = a - b", shift: "token shift with carried state",
+  lerp: "v6/v7 interpolation", mix: "v4/v5 interpolation", lerpBy: "v6 data-dependent interpolation",
+  v7Keys: "RWKV-7 key normalisation and in-context learning rate", v7Bonus: "RWKV-7 bonus and gate",
+  rowMatVec: "DeepEmbed per-token matrix", softcapAttention: "soft-capped causal attention",
+  wkv4: "RWKV-4 WKV scan", wkv5: "RWKV-5/6 WKV scan", wkv7: "RWKV-7 WKV scan",
+};
+
+/**
+ * Every training op with its backward (null: the op is its own kind of update), the compiler
+ * checking the list against TrainOps. A forward and its backward take the same leading arguments.
+ */
+const TRAINING: Readonly<Record<TrainingOp, TrainingOp | null>> = {
+  gemm: "gemm", embeddingForward: "embeddingBackward", embeddingBackward: null, tokenShiftForward: "tokenShiftBackward",
+  tokenShiftBackward: null, lerpForward: "lerpBackward", lerpBackward: null, lerpDynForward: "lerpDynBackward",
+  lerpDynBackward: null, residualMixForward: "residualMixBackward", residualMixBackward: null, addForward: "addBackward",
+  addBackward: null, mulForward: "mulBackward", mulBackward: null, subForward: "subBackward", subBackward: null,
+  scaleForward: "scaleBackward", scaleBackward: null, sliceColsForward: "sliceColsBackward", sliceColsBackward: null,
+  activationForward: "activationBackward", activationBackward: null, groupNormForward: "groupNormBackward",
+  groupNormBackward: null, l2NormalizeForward: "l2NormalizeBackward", l2NormalizeBackward: null,
+  keyUpdateForward: "keyUpdateBackward", keyUpdateBackward: null, bonusForward: "bonusBackward", bonusBackward: null,
+  crossEntropyForward: "crossEntropyBackward", crossEntropyBackward: null, wkv4Forward: "wkv4Backward", wkv4Backward: null,
+  wkv5Forward: "wkv5Backward", wkv5Backward: null, wkv7Forward: "wkv7Backward", wkv7Backward: null, adamwUpdate: null,
+};
+
+export const INFERENCE_OPS: readonly InferenceOp[] = Object.keys(INFERENCE) as InferenceOp[];
+export const TRAINING_OPS: readonly TrainingOp[] = Object.keys(TRAINING) as TrainingOp[];
+
+/** The backward of a training op (gemm's is gemm), or null for a backward or an update. */
+export function backwardOf(op: TrainingOp): TrainingOp | null {
+  return TRAINING[op];
+}
+
+export function isTrainingOp(op: KernelOp): op is TrainingOp {
+  return op in TRAINING;
 }

@@ -1,7 +1,9 @@
-import type { Activation, Backend, Matrix, Tensor, TensorKernels, Wkv4State } from "./backend.js";
+import { type Activation, type Backend, isTrainingOp, type Matrix, type Tensor, type TensorKernels, type Wkv4State } from "./backend.js";
+import { referenceTrainKernels } from "./train-kernels.js";
+import { normalizeGroup } from "./train-ops.js";
 import { SlotArena } from "./slot-arena.js";
 import { decodeWeightRow } from "./weight-rows.js";
-import { wkv4Channel } from "./wkv4-scan.js";
+import { wkv4Channel, wkv5Step, wkv7Step, WkvStep } from "./wkv-scan.js";
 
 /*
  * Plain TypeScript kernels: the specification every other backend is tested against. Arithmetic
@@ -42,6 +44,13 @@ let rowBuffer = new Float32Array(0);
 
 /** [aa, bb, pp] of the channel wkv4 is scanning (reused: the decode path allocates nothing). */
 const wkv4Carry = new Float64Array(3);
+
+/** The WKV steps' f64 scratch for head size N (kept: the decode path allocates nothing). */
+let wkvScratchOf = { N: -1, st: new WkvStep(0), y: new Float64Array(0), sa: new Float64Array(0) };
+function wkvScratch(N: number): typeof wkvScratchOf {
+  if (wkvScratchOf.N !== N) wkvScratchOf = { N, st: new WkvStep(N), y: new Float64Array(N), sa: new Float64Array(N) };
+  return wkvScratchOf;
+}
 
 /** State arrays wrapped once: the same tensor object every call. */
 const bound = new WeakMap<Float32Array, HostTensor>();
@@ -234,21 +243,14 @@ export const referenceTensors: TensorKernels = {
   wkv5(yt, rt, kt, vt, dect, ut, St, H, row0, T) {
     const C = kt.cols, N = C / H;
     const y = d(yt), r = d(rt), k = d(kt), v = d(vt), decay = d(dect), u = d(ut), S = d(St);
-    const perToken = dect.rows > 1;
+    const perToken = dect.rows > 1, w = wkvScratch(N);
     for (let t = row0; t < row0 + T; t++) {
-      const tc = t * C, dc = perToken ? tc : 0;
-      for (let i = 0; i < C; i++) y[tc + i] = 0;
       for (let h = 0; h < H; h++) {
-        const s0 = h * N * N, c0 = h * N;
-        for (let j = 0; j < N; j++) {
-          const rj = r[tc + c0 + j], kj = k[tc + c0 + j], uj = u[c0 + j], dj = decay[dc + c0 + j];
-          const row = s0 + j * N;
-          for (let i = 0; i < N; i++) {
-            const a = kj * v[tc + c0 + i];
-            y[tc + c0 + i] += rj * (uj * a + S[row + i]);
-            S[row + i] = a + dj * S[row + i];
-          }
-        }
+        const o = t * C + h * N;
+        w.st.decay(N, decay, perToken ? o : h * N);
+        w.st.load5(N, o, r, k, v, u, h * N);
+        wkv5Step(S, h * N * N, S, h * N * N, N, w.st, w.y);
+        for (let i = 0; i < N; i++) y[o + i] = w.y[i];
       }
     }
   },
@@ -256,23 +258,14 @@ export const referenceTensors: TensorKernels = {
   wkv7(yt, rt, dect, kt, vt, at, bt, St, H, row0, T) {
     const C = kt.cols, N = C / H;
     const y = d(yt), r = d(rt), decay = d(dect), k = d(kt), v = d(vt), a = d(at), b = d(bt), S = d(St);
+    const w = wkvScratch(N);
     for (let t = row0; t < row0 + T; t++) {
-      const tc = t * C;
       for (let h = 0; h < H; h++) {
-        const s0 = h * N * N, c0 = tc + h * N;
-        for (let i = 0; i < N; i++) {
-          const row = s0 + i * N;
-          let sa = 0;
-          for (let j = 0; j < N; j++) sa += S[row + j] * a[c0 + j];
-          const vi = v[c0 + i];
-          let yi = 0;
-          for (let j = 0; j < N; j++) {
-            const s = S[row + j] * decay[c0 + j] + sa * b[c0 + j] + vi * k[c0 + j];
-            S[row + j] = s;
-            yi += s * r[c0 + j];
-          }
-          y[c0 + i] = yi;
-        }
+        const o = t * C + h * N;
+        w.st.decay(N, decay, o);
+        w.st.load7(N, o, r, k, v, a, b);
+        wkv7Step(S, h * N * N, S, h * N * N, N, w.st, w.y, w.sa);
+        for (let i = 0; i < N; i++) y[o + i] = w.y[i];
       }
     }
   },
@@ -289,6 +282,9 @@ const host = (a: Float32Array, rows: number, cols: number) => new HostTensor(row
 export const referenceBackend: Backend = {
   name: "reference",
   tensors: referenceTensors,
+  /** The training half: train-kernels.ts (products, WKV) and train-ops.ts (the element-wise ops), in f32 or f64. */
+  trainKernels: () => referenceTrainKernels,
+  supports: (op, dtype) => (isTrainingOp(op) ? dtype === "f32" || dtype === "f64" : op === "matmul" ? dtype !== "f64" : dtype === "f32"),
 
   adopt: (m) => m,
 
@@ -341,13 +337,9 @@ export const referenceBackend: Backend = {
   },
 };
 
-/** y[o..o+n) = LN(x[o..o+n)) * weight[wo..] + bias[wo..]; mean and biased variance in f64 like torch's accumulators. */
+/** y[o..o+n) = LN(x[o..o+n)) * weight[wo..] + bias[wo..] (train-ops.ts normalizeGroup; its statistics are not kept). */
 function normalizeInto(x: Float32Array, y: Float32Array, o: number, n: number, weight: Float32Array, bias: Float32Array, wo: number, eps: number): void {
-  let mean = 0;
-  for (let i = 0; i < n; i++) mean += x[o + i];
-  mean /= n;
-  let v = 0;
-  for (let i = 0; i < n; i++) { const e = x[o + i] - mean; v += e * e; }
-  const inv = 1 / Math.sqrt(v / n + eps);
-  for (let i = 0; i < n; i++) y[o + i] = (x[o + i] - mean) * inv * weight[wo + i] + bias[wo + i];
+  normalizeGroup(x, y, o, n, weight, bias, wo, eps, normStats, normStats, 0);
 }
+/** Where normalizeInto's group statistics go (unused; kept so the decode path allocates nothing). */
+const normStats = new Float64Array(1);

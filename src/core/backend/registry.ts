@@ -1,6 +1,7 @@
 import { RwkvInputError } from "../errors.js";
-import type { Backend } from "./backend.js";
+import { type Backend, isTrainingOp, type KernelDType, type KernelOp } from "./backend.js";
 import { referenceBackend } from "./reference.js";
+import { referenceTrainKernels, type TrainKernels } from "./train-kernels.js";
 import { defaultWasmBackend, limitedWasmBackend } from "./wasm.js";
 
 /**
@@ -74,4 +75,25 @@ export function selectBackend(name?: string, options: BackendOptions = {}): Back
     if (b) return b;
   }
   return referenceBackend;
+}
+
+/**
+ * Whether `backend`'s own code runs `op` on `dtype`; where it does not, the reference's code runs
+ * it (visibly: see trainingKernels). A backend that does not say (no `supports`) runs every
+ * inference op on f32 tensors and matmul on every weight type, and no training op.
+ */
+export function supports(backend: Backend, op: KernelOp, dtype: KernelDType): boolean {
+  if (backend.supports) return backend.supports(op, dtype);
+  if (isTrainingOp(op)) return false;
+  return op === "matmul" ? dtype !== "f64" : dtype === "f32";
+}
+
+/**
+ * The training half of `backend`'s kernel table: its own (a new kernel set per call, one per
+ * model trained), or, for a backend without training kernels, the reference's, named so that
+ * the fallback shows wherever the kernel set's name is printed.
+ */
+export function trainingKernels(backend: Backend): TrainKernels {
+  if (backend.trainKernels) return backend.trainKernels();
+  return { ...referenceTrainKernels, name: `reference (fallback: backend "${backend.name}" has no training kernels)` };
 }

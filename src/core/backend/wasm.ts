@@ -1,4 +1,5 @@
-import type { Activation, Backend, Matrix, WeightType, Wkv4State } from "./backend.js";
+import { type Activation, type Backend, isTrainingOp, type KernelDType, type KernelOp, type Matrix, type TrainingOp, type WeightType, type Wkv4State } from "./backend.js";
+import type { TrainKernels } from "./train-kernels.js";
 import { WasmTensor, WasmTensorKernels } from "./wasm-tensors.js";
 import { referenceBackend } from "./reference.js";
 import { WASM_RELAXED_SIMD, WASM_SIMD } from "./wasm-binary.js";
@@ -45,9 +46,9 @@ import {
  * that stays in L2); over ggml blocks and i8 with activations quantized per block of 32 to int8 and
  * integer dot products (as rwkv.cpp; T = 1: rows in pairs half a chunk apart, two long memory
  * streams; q4/q5 on relaxed_dot_i8x16_i7x16_add_s where the engine computes it as specified);
- * WKV v4 (f64, like the reference),
- * v5/v6 and v7 scans; layer/group norm (f64 statistics, equal to the reference); the activations
- * in f64 (equal to the reference after rounding to f32).
+ * WKV v4, v5/v6 and v7 scans (assembly/wkv.ts, the same code as the training kernels' forward);
+ * layer/group norm (f64 statistics, equal to the reference); the activations in f64 (equal to the
+ * reference after rounding to f32).
  *
  * Threads: workers (started by a WasmWorkerSpawner, e.g. Node's worker_threads) instantiate the
  * same module over the same memory and sit in workerLoop. Each parallel kernel is published as a
@@ -87,6 +88,16 @@ export interface WasmBackendOptions {
    * (docs/quantization.md). Default false: every row equal to stepping, bit for bit.
    */
   readonly fastIntPrefill?: boolean;
+  /**
+   * The training half of this backend's table (wasm-train.ts `wasmTraining`), given by the host
+   * that trains (src/node/threads/pool.ts) so that an inference-only bundle (the browser's) does
+   * not carry the training kernels: `create` makes a kernel set with this backend's build, thread
+   * count and spawner; `own` says which training ops it runs itself.
+   */
+  readonly training?: {
+    create(o: { threads: number; simd: WasmSimd; spawn?: WasmWorkerSpawner }): TrainKernels;
+    own(op: TrainingOp, dtype: KernelDType): boolean;
+  };
 }
 
 /** Weight type ids of assembly/kernels.ts. */
@@ -366,6 +377,19 @@ export class WasmBackend implements Backend {
     this.activationTable = this.home.activationTable;
     this.tensors = new WasmTensorKernels(this);
     this.startWorkers();
+    const training = options.training, spawn = options.spawn;
+    if (training) this.trainKernels = () => training.create({ threads: this.threads, simd: this.simd, spawn });
+    this.trainingOwn = training?.own;
+  }
+
+  /** The training half of the table, where `options.training` gave one (see WasmBackendOptions). */
+  readonly trainKernels?: () => TrainKernels;
+  private readonly trainingOwn?: (op: TrainingOp, dtype: KernelDType) => boolean;
+
+  /** Every inference op on f32, matmul on every weight type; the training ops its training half runs itself. */
+  supports(op: KernelOp, dtype: KernelDType): boolean {
+    if (isTrainingOp(op)) return this.trainingOwn?.(op, dtype) ?? false;
+    return op === "matmul" ? dtype in WASM_TYPE_IDS : dtype === "f32";
   }
 
   /** Bytes of WebAssembly memory in use by weights and scratch, all memories together (it never shrinks). */

@@ -17,3 +17,13 @@ export function linearRange(fanIn: number): readonly [number, number] {
 
 /** log(-log decay) range: decays e^{-e^w} from 0.998 (w = -6) to 0.55 (w = -0.5), as trained models span. */
 export const LOG_DECAY = [-6, -0.5] as const;
+
+/**
+ * The headed WKV's per-head parameters (time_decay, time_faaaa): decays as trained ones span,
+ * bonuses near 0. Any other name is an error of the version `what`'s randomRange.
+ */
+export function headedWkvRange(name: string, what: string): readonly [number, number] {
+  if (name.endsWith(".time_decay")) return LOG_DECAY;
+  if (name.endsWith(".time_faaaa")) return [-0.5, 0.5];
+  throw new Error(`${what} random model: no value range for ${name}`);
+}

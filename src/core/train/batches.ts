@@ -1,4 +1,4 @@
-import { IGNORE_TARGET } from "./ops.js";
+import { IGNORE_TARGET } from "../backend/train-ops.js";
 import type { TrainRng } from "./rng.js";
 
 /* Training and validation batches cut from a token sequence (GPT mode: each position predicts the next). */

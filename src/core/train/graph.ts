@@ -1,6 +1,8 @@
-import type { Buf, TrainDType } from "./buffers.js";
-import { linearBackward, linearForward, projectBackward, projectForward, type TrainKernels } from "./kernels.js";
-import type { Activation } from "./ops.js";
+import type { Matrix } from "../backend/backend.js";
+import type { Buf, TrainDType } from "../backend/buffers.js";
+import { linearBackward, linearForward, projectBackward, projectForward, type TrainKernels } from "../backend/train-kernels.js";
+import type { Activation } from "../backend/train-ops.js";
+import { decodeWeightRow } from "../backend/weight-rows.js";
 
 /*
  * A forward pass that remembers how to run itself backwards. Every method runs one op of its
@@ -34,6 +36,38 @@ export class Var {
   }
 }
 
+/** Decodes a compact frozen matrix to f32 storage the kernels read (model.ts: one reused scratch, one matrix at a time). */
+export interface MatrixDecoder {
+  /** How many rows of m one decode holds: all of them, or fewer for a matrix larger than the scratch. */
+  chunkRows(m: Matrix): number;
+  /** Rows [r0, r0 + n) of m as f32 (n·cols, row-major; default all rows), valid until the next decode. */
+  decode(m: Matrix, r0?: number, n?: number): Buf;
+}
+
+const NO_DATA = new Float32Array(0);
+
+/**
+ * A frozen matrix of the base kept in its stored compact type (QLoRA): only linear, project and
+ * embedding read it, decoding it (whole, into the decoder's scratch) when they run and again in
+ * their backward, which computes the input's gradient with the same f32 product as an f32 base.
+ */
+export class CompactVar extends Var {
+  constructor(readonly matrix: Matrix, readonly decoder: MatrixDecoder) {
+    super(NO_DATA, matrix.rows, matrix.cols, false);
+  }
+}
+
+/**
+ * A Linear weight with a LoRA update, W + s·B A, which linear() applies in factored form:
+ * x Wᵀ + s·(x Aᵀ) Bᵀ, so the base W (frozen, possibly compact) is never added to nor differentiated.
+ */
+export class LoraVar extends Var {
+  /** A (r, in), B (out, r) as RWKV-PEFT stores them. */
+  constructor(readonly base: Var, readonly A: Var, readonly B: Var, readonly scale: number) {
+    super(NO_DATA, base.rows, base.cols, false);
+  }
+}
+
 export class Graph {
   private readonly tape: Array<() => void> = [];
 
@@ -53,6 +87,7 @@ export class Graph {
 
   /** A new output Var; every op writes all of its output, so its memory need not be zeroed. */
   private out(rows: number, cols: number, ...inputs: Var[]): Var {
+    for (const v of inputs) if (v instanceof CompactVar || v instanceof LoraVar) throw new Error(`a ${v.rows}x${v.cols} weight held as ${v.constructor.name} reached an op that reads plain values`);
     return new Var(this.kernels.alloc(this.dtype, rows * cols, true), rows, cols, this.recording && inputs.some((v) => v.requiresGrad), null, this.kernels);
   }
 
@@ -64,6 +99,12 @@ export class Graph {
 
   embedding(E: Var, tokens: Int32Array): Var {
     const C = E.cols;
+    if (E instanceof CompactVar) { // frozen: the rows of the batch's tokens, decoded; no gradient
+      const y = this.out(tokens.length, C); // (R, C)
+      const row = new Float32Array(C);
+      for (let t = 0; t < tokens.length; t++) y.data.set(decodeWeightRow(E.matrix, tokens[t], row), t * C);
+      return y;
+    }
     const y = this.out(tokens.length, C, E); // (R, C)
     this.kernels.ops.embeddingForward(E.data, C, tokens, y.data);
     this.record(y, (gy) => this.kernels.ops.embeddingBackward(E.data, C, tokens, gy, E.g()!));
@@ -126,16 +167,84 @@ export class Graph {
 
   /** y = x Wᵀ, W (O, I) (nn.Linear). */
   linear(x: Var, W: Var): Var {
+    if (W instanceof LoraVar) return this.add(this.linear(x, W.base), this.scale(this.linear(this.linear(x, W.A), W.B), W.scale)); // (R, O)
     const R = x.rows, I = x.cols, O = W.rows;
+    if (W instanceof CompactVar) return this.linearCompact(x, W);
     const y = this.out(R, O, x, W); // (R, O)
     linearForward(this.kernels, x.data, R, I, W.data, O, y.data);
     this.record(y, (gy) => linearBackward(this.kernels, x.data, R, I, W.data, O, gy, x.g(), W.g()));
     return y;
   }
 
+  /**
+   * y = x Wᵀ for a compact frozen W: decoded whole into the scratch, or, when it is larger than
+   * the scratch, in chunks of Oc rows: y[:, chunk] = x W_cᵀ, and in the backward gx += gy[:, chunk] W_c.
+   */
+  private linearCompact(x: Var, W: CompactVar): Var {
+    const R = x.rows, I = x.cols, O = W.rows, K = this.kernels, m = W.matrix, D = W.decoder;
+    const y = this.out(R, O, x); // (R, O)
+    const Oc = D.chunkRows(m);
+    if (Oc >= O) {
+      linearForward(K, x.data, R, I, D.decode(m), O, y.data);
+      this.record(y, (gy) => linearBackward(K, x.data, R, I, D.decode(m), O, gy, x.g(), null));
+      return y;
+    }
+    const each = (f: (o0: number, n: number, part: Buf) => void) => this.chunks(R, O, Oc, f);
+    each((o0, n, part) => {
+      linearForward(K, x.data, R, I, D.decode(m, o0, n), n, part); // (R, n)
+      for (let r = 0; r < R; r++) y.data.set(part.subarray(r * n, (r + 1) * n), r * O + o0);
+    });
+    this.record(y, (gy) => {
+      const gx = x.g();
+      if (!gx) return;
+      each((o0, n, part) => {
+        for (let r = 0; r < R; r++) part.set(gy.subarray(r * O + o0, r * O + o0 + n), r * n);
+        linearBackward(K, x.data, R, I, D.decode(m, o0, n), n, part, gx, null); // gx += part (R, n) · W_c (n, I)
+      });
+    });
+    return y;
+  }
+
+  /** y = x M for a compact frozen M (I, O): whole, or by chunks of its rows: y = Σ x[:, chunk] M_c, gx[:, chunk] = gy M_cᵀ. */
+  private projectCompact(x: Var, M: CompactVar): Var {
+    const R = x.rows, I = x.cols, O = M.cols, K = this.kernels, m = M.matrix, D = M.decoder;
+    const y = this.out(R, O, x); // (R, O)
+    const Ic = D.chunkRows(m);
+    if (Ic >= I) {
+      projectForward(K, x.data, R, I, D.decode(m), O, y.data);
+      this.record(y, (gy) => projectBackward(K, x.data, R, I, D.decode(m), O, gy, x.g(), null));
+      return y;
+    }
+    this.chunks(R, I, Ic, (i0, n, part) => {
+      for (let r = 0; r < R; r++) part.set(x.data.subarray(r * I + i0, r * I + i0 + n), r * n);
+      K.gemm(false, false, R, O, n, part, D.decode(m, i0, n), y.data, i0 > 0); // y (+)= x_c (R, n) · M_c (n, O)
+    });
+    this.record(y, (gy) => {
+      const gx = x.g();
+      if (!gx) return;
+      this.chunks(R, I, Ic, (i0, n, part) => {
+        K.gemm(false, true, R, n, O, gy, D.decode(m, i0, n), part, false); // gy (R, O) · M_cᵀ
+        for (let r = 0; r < R; r++) for (let j = 0; j < n; j++) gx[r * I + i0 + j] += part[r * n + j];
+      });
+    });
+    return y;
+  }
+
+  /** f(c0, n, part) for the chunks [c0, c0 + n) of W columns by Wc, part an (R, Wc) temporary freed when they are done. */
+  private chunks(R: number, W: number, Wc: number, f: (c0: number, n: number, part: Buf) => void): void {
+    const K = this.kernels, mark = K.mark();
+    try {
+      const part = K.alloc(this.dtype, R * Wc, true); // (R, Wc)
+      for (let c0 = 0; c0 < W; c0 += Wc) f(c0, Math.min(Wc, W - c0), part);
+    } finally {
+      K.release(mark);
+    }
+  }
+
   /** y = x M, M (I, O) (LoRA factors). */
   project(x: Var, M: Var): Var {
     const R = x.rows, I = x.cols, O = M.cols;
+    if (M instanceof CompactVar) return this.projectCompact(x, M);
     const y = this.out(R, O, x, M); // (R, O)
     projectForward(this.kernels, x.data, R, I, M.data, O, y.data);
     this.record(y, (gy) => projectBackward(this.kernels, x.data, R, I, M.data, O, gy, x.g(), M.g()));

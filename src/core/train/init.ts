@@ -2,7 +2,7 @@ import { RwkvInputError } from "../errors.js";
 import type { Version } from "../model/model.js";
 import { DEFAULT_HEAD_SIZE } from "../model/shapes.js";
 import { versionModule, versionsWith } from "../model/versions.js";
-import type { TrainDType } from "./kernels.js";
+import type { TrainDType } from "../backend/train-kernels.js";
 import { ParamStore } from "./params.js";
 import type { TrainRng } from "./rng.js";
 import type { InitContext } from "./version.js";

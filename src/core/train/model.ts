@@ -2,9 +2,12 @@ import { RwkvInputError } from "../errors.js";
 import { LAYER_NORM_EPS, type ModelConfig, type Version } from "../model/model.js";
 import { checkpointShapes } from "../model/shapes.js";
 import { detectFromNames, type VersionModule, versionsWith } from "../model/versions.js";
-import type { Graph, Var } from "./graph.js";
-import { type TrainDType, type TrainKernels, referenceTrainKernels } from "./kernels.js";
-import { type ParamStore, storeCheckpoint } from "./params.js";
+import type { Matrix } from "../backend/backend.js";
+import { type Buf, type TrainDType, type TrainKernels, referenceTrainKernels } from "../backend/train-kernels.js";
+import { decodeWeightRow } from "../backend/weight-rows.js";
+import { f16ToF32 } from "../tensor.js";
+import { CompactVar, type Graph, LoraVar, type MatrixDecoder, type Var } from "./graph.js";
+import { matrixShape, type ParamStore, storeCheckpoint } from "./params.js";
 import type { ParamVar, TrainCtx, TrainSupport } from "./version.js";
 
 /*
@@ -33,7 +36,15 @@ export interface TrainModelOptions {
    */
   readonly trainable?: ReadonlySet<string>;
   readonly loraScale?: number;
+  /** Elements of the decode scratch of compact frozen matrices at most (default DECODE_LIMIT): larger ones are decoded in chunks of rows. */
+  readonly decodeLimit?: number;
 }
+
+/**
+ * 2^24 elements (64 MiB of f32): every Linear weight of the released models up to 1.5B decodes
+ * whole; a larger one (a 65536-token head) goes by chunks of rows, so the scratch never holds it.
+ */
+export const DECODE_LIMIT = 1 << 24;
 
 export class TrainModel {
   readonly config: ModelConfig;
@@ -50,10 +61,25 @@ export class TrainModel {
     this.trainable = options.trainable ?? null;
     this.loraScale = options.loraScale ?? 1;
     this.kernels.placeParams?.(params);
+    let largest = 0, widest = 0;
+    for (const p of params.list) {
+      if (!p.compact) continue;
+      largest = Math.max(largest, p.compact.rows * p.compact.cols);
+      widest = Math.max(widest, p.compact.cols);
+    }
+    const limit = Math.max(widest, options.decodeLimit ?? DECODE_LIMIT); // at least one row
+    this.decoder = largest > 0 ? new ScratchDecoder(this.kernels.alloc(params.dtype, Math.min(largest, limit))) : null;
   }
 
   private readonly trainable: ReadonlySet<string> | null;
   private readonly loraScale: number;
+  /** Decodes the compact frozen matrices (QLoRA), one at a time, into one scratch the size of the largest. */
+  private readonly decoder: ScratchDecoder | null;
+
+  /** Bytes of the decode scratch (0 without compact matrices). */
+  get scratchBytes(): number {
+    return this.decoder?.scratch.byteLength ?? 0;
+  }
 
   /** Parameters the optimizer must leave alone: unused ones and, when tuning adapters, the base. */
   frozenParams(): ReadonlySet<string> {
@@ -83,6 +109,7 @@ export class TrainModel {
     const vars = new Map<string, Var>();
     const leaf = (name: string): Var => {
       const p = this.params.get(name);
+      if (p.compact) return new CompactVar(p.compact, this.decoder!);
       const [rows, cols] = matrixShape(name, p.shape);
       return g.leaf(p.data, rows, cols, this.trainable && !this.trainable.has(name) ? null : p.grad);
     };
@@ -92,8 +119,8 @@ export class TrainModel {
         v = leaf(name);
         const prefix = name.endsWith(".weight") ? name.slice(0, -".weight".length) : null;
         if (prefix !== null && this.params.has(prefix + ".lora_A")) {
-          // W + s · B A: B (out, r) projected by A (r, in) gives the (out, in) update.
-          v = g.add(v, g.scale(g.project(leaf(prefix + ".lora_B"), leaf(prefix + ".lora_A")), this.loraScale));
+          // W + s · B A, applied by linear() as x Wᵀ + s · (x Aᵀ) Bᵀ.
+          v = new LoraVar(v, leaf(prefix + ".lora_A"), leaf(prefix + ".lora_B"), this.loraScale);
         }
         vars.set(name, v);
       }
@@ -112,16 +139,64 @@ export class TrainModel {
 }
 
 /**
- * How the forward sees a parameter: matrices as (rows, cols) (Linear (out, in), LoRA (in, out),
- * v6's (5, Dm, C) stack as (5·Dm, C)); everything else — (1,1,C) mixes, (H,N) r_k / time_decay /
- * time_faaaa, norms — as one flat row vector (1, n) broadcast over rows.
+ * Decodes compact matrices into one reused scratch (at most `limit` elements; larger matrices go
+ * by chunks of rows); the chunk decoded last is kept (a forward's last product is its backward's first).
  */
-function matrixShape(name: string, shape: readonly number[]): [number, number] {
-  const n = shape.reduce((a, b) => a * b, 1);
-  if (name.endsWith("time_maa_w2") && shape.length === 3) return [shape[0] * shape[1], shape[2]];
-  const vector = name.endsWith(".r_k") || /\.time_(decay|faaaa|first)$/.test(name);
-  if (shape.length === 2 && !vector) return [shape[0], shape[1]];
-  return [1, n];
+class ScratchDecoder implements MatrixDecoder {
+  private last: { m: Matrix; r0: number; n: number } | null = null;
+
+  constructor(readonly scratch: Buf) {}
+
+  chunkRows(m: Matrix): number {
+    return Math.max(1, Math.min(m.rows, Math.floor(this.scratch.length / m.cols)));
+  }
+
+  decode(m: Matrix, r0 = 0, n = m.rows): Buf {
+    const I = m.cols;
+    if (n * I > this.scratch.length) throw new Error(`a ${m.rows}x${I} compact matrix does not fit the ${this.scratch.length}-element decode scratch`);
+    const out = this.scratch.subarray(0, n * I);
+    const l = this.last;
+    if (l && l.m === m && l.r0 === r0 && l.n === n) return out;
+    if (out instanceof Float32Array && (m.type === "f16" || m.type === "bf16")) {
+      // The common QLoRA bases, decoded a word at a time (decodeWeightRow's values exactly): f16 by table, bf16 by shift.
+      const bits = (m.data as Uint16Array).subarray(r0 * I, (r0 + n) * I);
+      if (m.type === "f16") {
+        const table = f16Table();
+        for (let i = 0; i < bits.length; i++) out[i] = table[bits[i]];
+      } else {
+        const words = new Uint32Array(out.buffer, out.byteOffset, bits.length);
+        for (let i = 0; i < bits.length; i++) words[i] = bits[i] << 16;
+      }
+    } else if (out instanceof Float32Array && m.type === "q8_0") {
+      // ggml's Q8_0 (ggml-quants.ts): blocks of an f16 scale d and 32 int8 q, w = q·d.
+      const table = f16Table(), bytes = m.data as Uint8Array, rowBytes = (I / Q8_BLOCK) * Q8_BLOCK_BYTES;
+      for (let b = r0 * rowBytes, end = (r0 + n) * rowBytes, o = 0; b < end; b += Q8_BLOCK_BYTES, o += Q8_BLOCK) {
+        const d = table[bytes[b] | (bytes[b + 1] << 8)];
+        for (let j = 0; j < Q8_BLOCK; j++) out[o + j] = ((bytes[b + 2 + j] << 24) >> 24) * d;
+      }
+    } else if (out instanceof Float32Array) {
+      for (let r = 0; r < n; r++) decodeWeightRow(m, r0 + r, out.subarray(r * I, (r + 1) * I));
+    } else {
+      const row = new Float32Array(I);
+      for (let r = 0; r < n; r++) out.set(decodeWeightRow(m, r0 + r, row), r * I);
+    }
+    this.last = { m, r0, n };
+    return out;
+  }
+}
+
+/** ggml's Q8_0 block: 32 weights, an f16 scale then 32 int8. */
+const Q8_BLOCK = 32, Q8_BLOCK_BYTES = 2 + Q8_BLOCK;
+
+let f16Values: Float32Array | null = null;
+
+/** Every f16 bit pattern's value (256 KiB, made on first use). */
+function f16Table(): Float32Array {
+  if (!f16Values) {
+    f16Values = new Float32Array(1 << 16);
+    for (let h = 0; h < f16Values.length; h++) f16Values[h] = f16ToF32(h);
+  }
+  return f16Values;
 }
 
 /** The version module of a store's model, which must be one that trains. */

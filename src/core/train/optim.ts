@@ -1,5 +1,5 @@
-import type { Buf } from "./buffers.js";
-import { referenceTrainKernels, type TrainKernels } from "./kernels.js";
+import type { Buf } from "../backend/buffers.js";
+import { referenceTrainKernels, type TrainKernels } from "../backend/train-kernels.js";
 import type { Version } from "../model/model.js";
 import { versionModule } from "../model/versions.js";
 import type { ParamGroup } from "./version.js";
@@ -53,8 +53,9 @@ export class AdamW {
   constructor(readonly params: ParamStore, readonly version: Version, readonly options: AdamWOptions = DEFAULT_ADAMW,
     readonly frozen: ReadonlySet<string> = new Set(), state?: OptimizerState, private readonly kernels: TrainKernels = referenceTrainKernels) {
     this.groups = new Map(params.list.map((p) => [p.name, paramGroup(p.name, p.shape, version)]));
+    // A tensor without a gradient (a frozen base's) never moves: no moments either.
     const moment = (p: Param, from?: Buf): Buf => {
-      const b = kernels.alloc(params.dtype, p.data.length);
+      const b = kernels.alloc(params.dtype, p.grad ? p.data.length : 0);
       if (from) b.set(from);
       return b;
     };
@@ -63,6 +64,13 @@ export class AdamW {
       m: new Map(params.list.map((p) => [p.name, moment(p, state?.m.get(p.name))])),
       v: new Map(params.list.map((p) => [p.name, moment(p, state?.v.get(p.name))])),
     };
+  }
+
+  /** Bytes of the first and second moments held. */
+  momentBytes(): number {
+    let n = 0;
+    for (const b of [...this.state.m.values(), ...this.state.v.values()]) n += b.byteLength;
+    return n;
   }
 
   group(name: string): ParamGroup {
@@ -79,11 +87,11 @@ export class AdamW {
     const t = ++this.state.step;
     const bc1 = 1 - beta1 ** t, bc2 = 1 - beta2 ** t;
     for (const p of this.params.list) {
-      if (this.frozen.has(p.name)) continue;
+      if (this.frozen.has(p.name) || !p.grad) continue;
       const { lrScale, decay } = this.groups.get(p.name)!;
       const m = this.state.m.get(p.name)!, v = this.state.v.get(p.name)!;
       const rate = lr * lrScale, wd = decay ? weightDecay : 0;
-      const { data, grad } = p;
+      const data = p.data, grad = p.grad;
       if (this.kernels.adamwUpdate?.(data, grad, m, v, rate, wd, beta1, beta2, eps, bc1, bc2)) continue;
       for (let i = 0; i < data.length; i++) {
         const g = grad[i];
@@ -102,7 +110,7 @@ const CLIP_EPS = 1e-6;
 /** The L2 norm of all gradients together (frozen ones are zero anyway). */
 export function gradNorm(params: readonly Param[]): number {
   let s = 0;
-  for (const p of params) for (let i = 0; i < p.grad.length; i++) s += p.grad[i] * p.grad[i];
+  for (const { grad } of params) if (grad) for (let i = 0; i < grad.length; i++) s += grad[i] * grad[i];
   return Math.sqrt(s);
 }
 
@@ -110,7 +118,7 @@ export function gradNorm(params: readonly Param[]): number {
 export function clipGradNorm(params: readonly Param[], maxNorm: number): number {
   const norm = gradNorm(params);
   const coef = maxNorm / (norm + CLIP_EPS);
-  if (coef < 1) for (const p of params) for (let i = 0; i < p.grad.length; i++) p.grad[i] *= coef;
+  if (coef < 1) for (const { grad } of params) if (grad) for (let i = 0; i < grad.length; i++) grad[i] *= coef;
   return norm;
 }
 

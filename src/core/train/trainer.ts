@@ -1,7 +1,8 @@
 import { versionModule } from "../model/versions.js";
+import { numel } from "../tensor.js";
 import { Graph } from "./graph.js";
 import type { TrainModel } from "./model.js";
-import { IGNORE_TARGET } from "./ops.js";
+import { IGNORE_TARGET } from "../backend/train-ops.js";
 import { type AdamW, clipGradNorm, gradNorm } from "./optim.js";
 
 /*
@@ -61,21 +62,22 @@ export function evalLossSum(model: TrainModel, inputs: Int32Array, targets: Int3
 }
 
 /**
- * Model FLOPs per trained token: 6 per weight of every matrix product (2 forward, 4 backward; the
- * embedding is a lookup and costs none) plus the WKV recurrence (forward, backward and the
+ * Model FLOPs per trained token: 6 per weight of every matrix product (2 forward, 4 backward), 4
+ * for a frozen weight (an adapter run's base: its own gradient is never computed; the embedding
+ * is a lookup and costs none) plus the WKV recurrence (forward, backward and the
  * backward's recomputation of states ≈ 3 × the forward's multiply-adds).
  */
 export function trainFlopsPerToken(model: TrainModel): number {
   const { version, nLayer: L, dimAtt: A } = model.config;
-  let weights = 0;
+  let flops = 0;
   for (const p of model.params.list) {
     if (p.name === "emb.weight" || model.unusedParams().has(p.name)) continue;
     const dims = p.shape.filter((d) => d !== 1).length;
     const matrix = dims >= 2 && !/\.(r_k|time_decay|time_faaaa)$/.test(p.name);
-    if (matrix) weights += p.data.length;
+    if (matrix) flops += (p.grad ? 6 : 4) * numel(p.shape);
   }
   /** Multiply-adds per channel and step of each WKV forward (the version's; e.g. v5/6: 2N; v7: 4N). */
   const wkvMacsPerChannel = versionModule(version).train!.wkvMacsPerChannel(model.config);
   const WKV_PASSES = 3;
-  return 6 * weights + L * A * wkvMacsPerChannel * 2 * WKV_PASSES;
+  return flops + L * A * wkvMacsPerChannel * 2 * WKV_PASSES;
 }

@@ -16,8 +16,8 @@ const MAX_ADAPTERS = 32;
 export async function mergeCommand(args: string[], io: CliIO): Promise<number> {
   const { values, positionals } = parse(args, {
     dtype: { type: "string" }, format: { type: "string" }, alpha: { type: "string" }, pissa: { type: "string", multiple: true },
-  }, ["BASE", "ADAPTER", "OUT", ...Array.from({ length: MAX_ADAPTERS - 1 }, () => "[ADAPTER]")]);
-  const pissa = ((values.pissa as string[] | undefined) ?? []).map(parsePissaFlag);
+  }, ["BASE", ...Array.from({ length: MAX_ADAPTERS }, () => "[ADAPTER]"), "OUT"]); // BASE OUT alone with --pissa
+  const pissa = ((values.pissa as string[] | undefined) ?? []).map((p) => parsePissaFlag(p));
   if (positionals.length < 3 && pissa.length === 0) throw new UsageError("expected BASE ADAPTER... OUT");
   const base = positionals[0], output = positionals[positionals.length - 1];
   const alpha = values.alpha === undefined ? undefined : numberIn(values, "alpha", DEFAULT_LORA_ALPHA, Number.MIN_VALUE, 1e6);

@@ -30,6 +30,7 @@ export const SERVE_USAGE = `serve [MODEL]                OpenAI-compatible HTTP 
       --tokenizer PATH  --tokenizer-kind world|20b|bytes  --backend NAME
       --adapter NAME=PATH[:ALPHA]  serve MODEL with an adapter too, as model "<model-name>+NAME" (repeatable;
                                    LoRA and state tuning kept unmerged in the one model, others merged)
+      --pissa-adapter NAME=ADAPTER:INIT  the same for a PiSSA adapter and its init_lora file (kept unmerged)
 ${STATE_STORE_USAGE}`;
 
 /** An integer in [min, max] (positiveInt refuses 0, which --port and --queue allow). */
@@ -54,7 +55,7 @@ export async function serveCommand(args: string[], io: CliIO, config: CliConfig)
     "user-name": { type: "string" }, "assistant-name": { type: "string" }, "system-name": { type: "string" },
     "penalty-decay": { type: "string" }, "prefill-chunk": { type: "string" }, "shutdown-grace": { type: "string" },
     "log-requests": { type: "boolean" }, cors: { type: "string" }, tokenizer: { type: "string" }, "tokenizer-kind": { type: "string" }, ...MODEL_OPTIONS,
-    ...STATE_STORE_OPTIONS, adapter: { type: "string", multiple: true },
+    ...STATE_STORE_OPTIONS, adapter: { type: "string", multiple: true }, "pissa-adapter": { type: "string", multiple: true },
   }, ["[MODEL]"]);
   const modelPath = modelPathFor(positionals[0], config);
   const names: ChatNames = {
@@ -88,7 +89,8 @@ export async function serveCommand(args: string[], io: CliIO, config: CliConfig)
 
   const loadOptions = { ...modelLoadOptions(values, args), onNote: (t: string) => io.stderr(`note: ${t}\n`) };
   const model = await loadModel(modelPath, loadOptions);
-  const adapters = await loadServedAdapters(model, modelPath, loadOptions, (values.adapter as string[] | undefined) ?? [], loadOptions.onNote);
+  const adapters = await loadServedAdapters(model, modelPath, loadOptions, (values.adapter as string[] | undefined) ?? [], loadOptions.onNote,
+    (values["pissa-adapter"] as string[] | undefined) ?? []);
   const tokenizer = tokenizerFor(values, model.config.vocabSize, modelPath);
   const stateStore = await stateStoreFromFlags(values, model, { matrices: loadOptions.matrices ?? "compact" }, settings.cacheBytes, io);
   const server = new RwkvServer({

@@ -2,7 +2,7 @@ import { join, resolve } from "node:path";
 import { RwkvInputError } from "../../core/errors.js";
 import type { ModelConfig } from "../../core/model/model.js";
 import type { NewModelSpec } from "../../core/train/init.js";
-import type { TrainKernels } from "../../core/train/kernels.js";
+import type { TrainKernels } from "../../core/backend/train-kernels.js";
 import { type Version } from "../../core/model/model.js";
 import { versionModule, versionsWith } from "../../core/model/versions.js";
 import { DEFAULT_LORA_TARGETS, type LoraSpec } from "../../core/train/lora.js";
@@ -14,7 +14,7 @@ import { CHECKPOINT_FILE, type NewTrainRun, TRAIN_DEFAULTS, type TrainRunOptions
 import { type TrainingEvent, TrainingRun } from "../train/run.js";
 import { DEFAULT_LORA_ALPHA } from "../../core/adapters/adapter.js";
 import { defaultThreads } from "../threads/spawn.js";
-import type { TrainKernelKind } from "../threads/train-pool.js";
+import type { TrainKernelKind } from "../threads/pool.js";
 
 /*
  * rwkv train: GPT-mode training of an RWKV model on text, from scratch or from a checkpoint, with
@@ -38,6 +38,7 @@ export const TRAIN_USAGE = [
   sub("--lora R [--lora-alpha A]", `with --model: train only a rank-R LoRA (alpha ${DEFAULT_LORA_ALPHA}); exports adapter.pth + adapter/`),
   sub("--lora-targets LIST", "comma-separated modules (att.receptance,att.key,...: all att/ffn Linears)"),
   sub("--state-tune", "with an RWKV-7 --model: train only the initial state (time_state); exports state.pth"),
+  sub("--int8", "with --lora/--state-tune: hold the frozen base's float matrices as per-row int8"),
   sub("--ctx T --batch B --steps S", "window length, windows per step, optimizer steps (64, 12, 2000)"),
   sub("--lr X --lr-final Y --warmup N", "AdamW schedule (6e-4 -> 6e-5, 10 warmup steps)"),
   sub("--decay cosine|linear", "learning-rate decay after warmup (cosine)"),
@@ -83,6 +84,7 @@ const OPTIONS = {
   "export-dtype": { type: "string" }, "max-seconds": { type: "string" }, "peak-gflops": { type: "string" },
   threads: { type: "string" }, kernels: { type: "string" }, export: { type: "string" }, "init-from": { type: "string" },
   lora: { type: "string" }, "lora-alpha": { type: "string" }, "lora-targets": { type: "string" }, "state-tune": { type: "boolean" },
+  int8: { type: "boolean" },
 } as const;
 
 function nonNegInt(values: Values, name: string, dflt: number): number {
@@ -136,7 +138,10 @@ function runOptionsFromFlags(values: Values): NewTrainRun {
   const stateTune = values["state-tune"] === true;
   if (stateTune && model === undefined) throw new UsageError("--state-tune tunes an existing model: give it with --model FILE");
   if (stateTune && lora) throw new UsageError("--state-tune and --lora are separate runs: choose one");
+  const int8 = values.int8 === true;
+  if (int8 && !lora && !stateTune) throw new UsageError("--int8 holds a frozen base: it needs --lora R or --state-tune (a full fine-tune trains every weight in f32)");
   return {
+    ...(int8 ? { baseMatrices: "int8" as const } : {}),
     ...(lora ? { lora } : {}),
     ...(stateTune ? { stateTune } : {}),
     data: data.map((d) => resolve(d)), tokenizerKind: tokenizerKind ?? null,
@@ -165,6 +170,7 @@ function flagValues(run: TrainRunOptions, config: ModelConfig): Record<string, s
     "val-fraction": String(run.valFraction), "val-every": String(run.valEvery), "save-every": String(run.saveEvery), "export-dtype": run.exportDtype,
     lora: run.lora ? String(run.lora.rank) : undefined, "lora-alpha": run.lora ? String(run.lora.alpha) : undefined,
     "lora-targets": run.lora ? run.lora.targets.join(",") : undefined, "state-tune": run.stateTune ? "true" : "false",
+    int8: run.baseMatrices === "int8" ? "true" : "false",
   };
 }
 

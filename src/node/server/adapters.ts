@@ -73,12 +73,12 @@ export function withAdapter(base: Model, adapter: string): Model {
   };
 }
 
-/** `NAME=PATH` of `rwkv serve --adapter`. */
-export function parseAdapterFlag(text: string): { name: string; path: string } {
+/** `NAME=PATH` of `rwkv serve --adapter` (or `flag`, whose value after "=" is `what`). */
+export function parseAdapterFlag(text: string, flag = "--adapter", what = "PATH"): { name: string; path: string } {
   const i = text.indexOf("=");
-  if (i < 0) throw new RwkvInputError("--adapter", `expected NAME=PATH, got "${text}"`);
+  if (i < 0) throw new RwkvInputError(flag, `expected NAME=${what}, got "${text}"`);
   const name = text.slice(0, i), path = text.slice(i + 1);
-  if (!NAME_PATTERN.test(name)) throw new RwkvInputError("--adapter", `name "${name}" must be 1-64 letters, digits, "_", "." or "-"`);
-  if (path === "") throw new RwkvInputError("--adapter", `no PATH after "${name}="`);
+  if (!NAME_PATTERN.test(name)) throw new RwkvInputError(flag, `name "${name}" must be 1-64 letters, digits, "_", "." or "-"`);
+  if (path === "") throw new RwkvInputError(flag, `no ${what} after "${name}="`);
   return { name, path };
 }

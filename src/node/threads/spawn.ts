@@ -3,8 +3,8 @@ import { Worker } from "node:worker_threads";
 import type { WasmWorkerInit } from "../../core/wasm-runtime.js";
 
 /*
- * Node's kernel threads, one for both kernel sets: the inference backend (pool.ts) and the training
- * kernels (train-pool.ts) start their workers here, each a worker_thread running worker.js, which
+ * Node's kernel threads, one for both halves of the kernel table: the inference backend and its
+ * training kernel sets (pool.ts) start their workers here, each a worker_thread running worker.js, which
  * joins the module's shared memory by the one protocol of src/core/wasm-runtime.ts (WasmWorkerInit,
  * joinKernelWorker). Workers are unref'd, so they never keep the process alive.
  */

@@ -2,7 +2,7 @@ import { crc32 } from "../../core/crc32.js";
 import { readFileSync } from "node:fs";
 import { RwkvInputError } from "../../core/errors.js";
 import type { ModelConfig } from "../../core/model/model.js";
-import type { Buf } from "../../core/train/buffers.js";
+import type { Buf } from "../../core/backend/buffers.js";
 import type { TrainHistory } from "../../core/train/loop.js";
 import type { OptimizerState } from "../../core/train/optim.js";
 import { ParamStore } from "../../core/train/params.js";

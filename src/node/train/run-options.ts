@@ -40,6 +40,11 @@ export interface TrainRunOptions {
   readonly lora?: LoraSpec;
   /** State tuning of a frozen --model: only blocks.i.att.time_state trains. */
   readonly stateTune?: boolean;
+  /**
+   * Adapter runs: how the frozen base's matrices are held — "compact" (absent): in the file's type
+   * (f16, bf16, ggml blocks; f32 ones as f32); "int8": f32/f16/bf16 `.weight` matrices quantized per row.
+   */
+  readonly baseMatrices?: "compact" | "int8";
   /** Adapter runs: the frozen base's fingerprint (their checkpoints hold only the trained tensors). */
   readonly baseFingerprint?: string;
 }
@@ -77,6 +82,8 @@ export function checkRunOptions(o: Omit<TrainRunOptions, "tokenizerKind">): void
   if (o.exportDtype !== "f32" && o.exportDtype !== "bf16") throw new RwkvInputError("training option exportDtype", `must be f32 or bf16, got ${String(o.exportDtype)}`);
   if (o.data.length === 0) throw new RwkvInputError("training option data", "no data paths given");
   if ((o.lora || o.stateTune) && !("model" in o.init)) throw new RwkvInputError("training option init", "LoRA and state tuning need an existing model (init.model)");
+  if (o.baseMatrices !== undefined && o.baseMatrices !== "compact" && o.baseMatrices !== "int8") throw new RwkvInputError("training option baseMatrices", `must be compact or int8, got ${String(o.baseMatrices)}`);
+  if (o.baseMatrices === "int8" && !o.lora && !o.stateTune) throw new RwkvInputError("training option baseMatrices", "int8 holds a frozen base: it needs LoRA or state tuning (a full fine-tune trains every weight in f32)");
   if (o.lora && o.stateTune) throw new RwkvInputError("training options", "state tuning and LoRA are separate runs: choose one");
 }
 

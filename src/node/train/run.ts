@@ -4,19 +4,19 @@ import { RwkvInputError } from "../../core/errors.js";
 import type { ModelConfig } from "../../core/model/model.js";
 import { tokenizerKindForVocab } from "../../core/tokenizer/choose.js";
 import { initModel, type NewModelSpec, validateSpec } from "../../core/train/init.js";
-import type { TrainKernels } from "../../core/train/kernels.js";
+import type { TrainKernels } from "../../core/backend/train-kernels.js";
 import { type LoopSettings, type TrainHistory, TrainLoop } from "../../core/train/loop.js";
 import { addLoraParams, loraParamNames } from "../../core/train/lora.js";
 import { TrainModel } from "../../core/train/model.js";
 import { AdamW } from "../../core/train/optim.js";
-import { ParamStore } from "../../core/train/params.js";
+import { type FrozenMatrices, ParamStore } from "../../core/train/params.js";
 import { TrainRng } from "../../core/train/rng.js";
 import { addTimeStateParams, timeStateNames } from "../../core/train/state-tune.js";
 import { trainFlopsPerToken } from "../../core/train/trainer.js";
 import { writeFileAtomic } from "../atomic-write.js";
 import { loadCheckpoint } from "../load.js";
 import { defaultThreads } from "../threads/spawn.js";
-import { type TrainKernelKind, trainKernels } from "../threads/train-pool.js";
+import { type TrainKernelKind, trainKernels } from "../threads/pool.js";
 import { loadTokenizer } from "../tokenizer.js";
 import { exportLora, exportTimeState } from "./adapter-export.js";
 import { type CheckpointHeader, loadCheckpointFile, saveCheckpoint } from "./checkpoint.js";
@@ -138,7 +138,9 @@ export class TrainingRun {
       params = paramsFromRwkvLm(run.init.model);
     } else {
       const { checkpoint, close } = loadCheckpoint(run.init.model);
-      try { params = ParamStore.fromCheckpoint(checkpoint, "f32"); } finally { close(); }
+      // An adapter run's base is frozen: no gradients, its matrices in their stored compact type (QLoRA).
+      const frozen = run.lora || run.stateTune ? frozenMatrices(run) : undefined;
+      try { params = ParamStore.fromCheckpoint(checkpoint, "f32", frozen); } finally { close(); }
       if (run.lora || run.stateTune) {
         run = { ...run, baseFingerprint: storeFingerprint(params) };
         addTuning(run, params, rng);
@@ -158,7 +160,7 @@ export class TrainingRun {
     const loaded = loadCheckpointFile<TrainRunOptions>(ckptPath);
     const h = loaded.header;
     const params = h.run.baseFingerprint !== undefined && "model" in h.run.init
-      ? restoreTuned(loaded.params, h.run.init.model, h.run.baseFingerprint, (base) => addTuning(h.run, base, null))
+      ? restoreTuned(loaded.params, h.run.init.model, h.run.baseFingerprint, frozenMatrices(h.run), (base) => addTuning(h.run, base, null))
       : loaded.params;
     const model = new TrainModel(params, { kernels, ...tuning(h.run, params) });
     o.accept?.(h.run, model.config);
@@ -263,6 +265,11 @@ export class TrainingRun {
 
 function computeKernels(c: TrainCompute): TrainKernels {
   return trainKernels(c.kernels ?? "wasm", c.threads ?? defaultThreads());
+}
+
+/** How an adapter run keeps its frozen base's matrices. */
+function frozenMatrices(run: Pick<TrainRunOptions, "baseMatrices">): FrozenMatrices {
+  return run.baseMatrices ?? "compact";
 }
 
 function adamW(run: TrainRunOptions) {

@@ -1,5 +1,5 @@
 import { RwkvInputError } from "../../core/errors.js";
-import { ParamStore } from "../../core/train/params.js";
+import { type FrozenMatrices, ParamStore, paramValues } from "../../core/train/params.js";
 import { loadCheckpoint } from "../load.js";
 
 /*
@@ -21,7 +21,7 @@ export function storeFingerprint(store: ParamStore): string {
   for (const p of store.list) {
     for (let i = 0; i < p.name.length; i++) mix(p.name.charCodeAt(i));
     for (const d of p.shape) mix(d);
-    const bits = new Uint32Array(Float32Array.from(p.data).buffer);
+    const bits = new Uint32Array(paramValues(p).buffer); // a compact base hashes as its decoded values
     for (let i = 0; i < bits.length; i++) mix(bits[i]);
   }
   return a.toString(16).padStart(8, "0") + b.toString(16).padStart(8, "0");
@@ -35,10 +35,11 @@ export function trainedSubset(store: ParamStore, trainable: ReadonlySet<string>)
 }
 
 /** The base from `modelPath` (checked against `fingerprint`) with the saved trained tensors in place or appended. */
-export function restoreTuned(saved: ParamStore, modelPath: string, fingerprint: string, addTuning: (base: ParamStore) => void): ParamStore {
+export function restoreTuned(saved: ParamStore, modelPath: string, fingerprint: string, frozen: FrozenMatrices,
+  addTuning: (base: ParamStore) => void): ParamStore {
   const { checkpoint, close } = loadCheckpoint(modelPath);
   let store: ParamStore;
-  try { store = ParamStore.fromCheckpoint(checkpoint, "f32"); } finally { close(); }
+  try { store = ParamStore.fromCheckpoint(checkpoint, "f32", frozen); } finally { close(); }
   if (storeFingerprint(store) !== fingerprint) {
     throw new RwkvInputError(modelPath, "this base model is not the one the adapter run started from (its weights differ); resume needs the same --model file");
   }

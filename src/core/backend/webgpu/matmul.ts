@@ -31,11 +31,13 @@ import { rowBytes } from "../weight-rows.js";
  * of 4 end in a tail of 1-3 columns read one at a time.
  *
  * Two kernels (matmulKernel picks by R):
- * - decode (R ≤ DECODE_MAX_R): a workgroup of ROWS × LANES threads takes ROWS output rows; the
- *   LANES threads of a row read its units at a stride of LANES (consecutive threads, consecutive
- *   words: each weight read once, coalesced), dot each with RT rows of x, and the partial sums
- *   are reduced in workgroup memory. RT = R rounded up to a power of two, so the weights are
- *   read once for all the x rows of a decode batch.
+ * - decode (R ≤ DECODE_MAX_R): a workgroup of LANES threads takes ROWS output rows. Thread l
+ *   reads units l, l + LANES, … of each of the ROWS rows (consecutive threads, consecutive
+ *   words: each weight read once, coalesced), and dots each with the same columns of RT rows of
+ *   x, loaded once for the ROWS rows (x is read from cache far more often than W from memory:
+ *   4 bytes a column against 0.56 for Q4_0, so sharing it keeps the cache from becoming the
+ *   limit); the partial sums are reduced in workgroup memory. RT = R rounded up to a power of
+ *   two, so the weights are read once for all the x rows of a decode batch.
  * - tiled (prefill): a workgroup computes a TILE × TILE block of y (TILE outputs × TILE rows of
  *   x), stepping through I in slices of KC = 32 columns (one ggml block): the slice of W is
  *   dequantized once into workgroup memory and used by all TILE rows of x.
@@ -50,7 +52,7 @@ const MAX_WORKGROUPS_PER_DIMENSION = 65535;
 const QK = 32;
 /** Largest R the decode kernel takes; above it the tiled kernel reuses each weight over more rows. */
 export const DECODE_MAX_R = 8;
-/** Decode: threads per output row, and output rows per workgroup (256 threads: WebGPU's default maximum). */
+/** Decode: threads per workgroup, each on every ROWS output row of the workgroup. */
 const LANES = 64, ROWS = 4;
 /** Tiled: outputs and x rows per workgroup (16 × 16 threads of 4 × 4 each), columns per slice. */
 const TILE = 64, KC = QK;
@@ -243,29 +245,31 @@ export function packForGpu(m: Matrix, row0: number, rows: number): Uint32Array {
     }
     return out;
   }
-  const nb = I / QK, bb = rowBytes(type, QK), quantBytes = type === "q8_0" ? QK : QK / 2;
+  const nb = I / QK, bb = rowBytes(type, QK), quantWords = (type === "q8_0" ? QK : QK / 2) / 4;
   const minimum = type === "q4_1" || type === "q5_1", fifth = type === "q5_0" || type === "q5_1";
+  // Word reads through a DataView (blocks are not 4-byte aligned in the file): a few times faster
+  // than copying subarrays, which matters for the billions of weights of a large model.
+  const dv = new DataView(src.buffer, src.byteOffset, src.byteLength);
   const halves = new Uint16Array(out.buffer);
   for (let r = 0; r < rows; r++) {
     const s = (row0 + r) * nb * bb, rb = r * rw;
     // Region starts (words): scales (d or d,m pairs), qh, quants.
-    const scaleWords = minimum ? nb : Math.ceil(nb / 2);
-    const qhAt = rb + scaleWords, qsAt = qhAt + (fifth ? nb : 0);
+    const qhAt = rb + (minimum ? nb : Math.ceil(nb / 2)), qsAt = qhAt + (fifth ? nb : 0);
     for (let b = 0; b < nb; b++) {
       const p = s + b * bb;
       let q = p + F16_BYTES;
       if (minimum) {
-        halves[2 * (rb + b)] = src[p] | (src[p + 1] << 8);
-        halves[2 * (rb + b) + 1] = src[q] | (src[q + 1] << 8);
+        out[rb + b] = dv.getUint32(p, true); // d low, m high, as in the file
         q += F16_BYTES;
       } else {
-        halves[2 * rb + b] = src[p] | (src[p + 1] << 8);
+        halves[2 * rb + b] = dv.getUint16(p, true);
       }
       if (fifth) {
-        dst.set(src.subarray(q, q + QH_BYTES), 4 * (qhAt + b));
+        out[qhAt + b] = dv.getUint32(q, true);
         q += QH_BYTES;
       }
-      dst.set(src.subarray(q, q + quantBytes), 4 * qsAt + b * quantBytes);
+      const at = qsAt + b * quantWords;
+      for (let j = 0; j < quantWords; j++) out[at + j] = dv.getUint32(q + 4 * j, true);
     }
   }
   return out;
@@ -285,7 +289,7 @@ const HEADER = `struct MatmulParams { R: u32, O: u32, I: u32, yCol0: u32, yStrid
 @group(0) @binding(3) var<uniform> p: MatmulParams;
 fn x4(a: u32) -> vec4<f32> { return vec4<f32>(x[a], x[a + 1u], x[a + 2u], x[a + 3u]); }`;
 
-/** n workgroups as (gx, gy) within the per-dimension limit; the kernel's flat index gy·gx + gx may pass n. */
+/** n workgroups as (gx, gy) within the per-dimension limit; the kernels number them wg.y · gx + wg.x, which may pass n (those do nothing). */
 function spread(n: number): [number, number] {
   if (n <= MAX_WORKGROUPS_PER_DIMENSION) return [n, 1];
   return [MAX_WORKGROUPS_PER_DIMENSION, Math.ceil(n / MAX_WORKGROUPS_PER_DIMENSION)];
@@ -301,10 +305,9 @@ const range = (n: number): number[] => Array.from({ length: n }, (_, k) => k);
 /** The decode kernel for `RT` rows of x per pass (RT a power of two ≤ DECODE_MAX_R). */
 function decodeCode(type: WeightType, RT: number): string {
   const c = typeCode(type), tail = !BLOCK_TYPES.has(type);
-  const ks = range(RT);
-  const dotUnit = c.wide
-    ? (k: number) => `acc${k} += dot(wu.lo, x4(xb${k} + i)) + dot(wu.hi, x4(xb${k} + i + 16u));`
-    : (k: number) => `acc${k} += dot(wu, x4(xb${k} + i));`;
+  const ks = range(RT), ms = range(ROWS);
+  const each = (f: (k: number, m: number) => string, indent: string): string =>
+    ks.flatMap((k) => ms.map((m) => indent + f(k, m))).join("\n");
   return `${HEADER}
 ${c.fns}
 const LANES = ${LANES}u;
@@ -313,52 +316,60 @@ const RT = ${RT}u;
 // Partial sums, (RT, ROWS, LANES).
 var<workgroup> part: array<f32, ${RT * ROWS * LANES}>;
 
-@compute @workgroup_size(${LANES}, ${ROWS})
+@compute @workgroup_size(${LANES})
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-        @builtin(local_invocation_id) lid: vec3<u32>) {
+        @builtin(local_invocation_index) lane: u32) {
   let I = p.I;
-  let o = (wg.y * nwg.x + wg.x) * ROWS + lid.y;
-  let rb = min(o, p.O - 1u) * rowWords(I); // rows past O read the last one and store nothing
+  let o0 = (wg.y * nwg.x + wg.x) * ROWS;
   let r0 = wg.z * RT;
-  // Rows of x past R read the last one and store nothing.
-${ks.map((k) => `  let xb${k} = min(r0 + ${k}u, p.R - 1u) * I;\n  var acc${k} = 0.0;`).join("\n")}
+  // Output rows past O read the last one, rows of x past R the last one; they store nothing.
+${ms.map((m) => `  let rb${m} = min(o0 + ${m}u, p.O - 1u) * rowWords(I);`).join("\n")}
+${ks.map((k) => `  let xb${k} = min(r0 + ${k}u, p.R - 1u) * I;`).join("\n")}
+${each((k, m) => `var acc${k}_${m} = 0.0; // y[r0 + ${k}][o0 + ${m}]`, "  ")}
   let units = ${tail ? "I / 4u" : `(I / 32u) * ${c.upb}u`};
-  for (var u = lid.x; u < units; u += LANES) {
-    let wu = unitW(rb, u, I);
+  for (var u = lane; u < units; u += LANES) {
     let i = unitPos(u);
-${ks.map((k) => "    " + dotUnit(k)).join("\n")}
+${ks.map((k) => `    let xr${k} = x4(xb${k} + i);${c.wide ? ` let xh${k} = x4(xb${k} + i + 16u);` : ""}`).join("\n")}
+${ms.map((m) => `    let w${m} = unitW(rb${m}, u, I);`).join("\n")}
+${each((k, m) => c.wide ? `acc${k}_${m} += dot(w${m}.lo, xr${k}) + dot(w${m}.hi, xh${k});` : `acc${k}_${m} += dot(w${m}, xr${k});`, "    ")}
   }
-${tail ? `  if (lid.x == 0u) {
+${tail ? `  if (lane == 0u) {
     for (var i = 4u * (I / 4u); i < I; i++) {
-      let wi = wAt(rb, i, I);
-${ks.map((k) => `      acc${k} += wi * x[xb${k} + i];`).join("\n")}
+${ks.map((k) => `      let xr${k} = x[xb${k} + i];`).join("\n")}
+${ms.map((m) => `      let w${m} = wAt(rb${m}, i, I);`).join("\n")}
+${each((k, m) => `acc${k}_${m} += w${m} * xr${k};`, "      ")}
     }
   }
-` : ""}${ks.map((k) => `  part[(${k}u * ROWS + lid.y) * LANES + lid.x] = acc${k};`).join("\n")}
+` : ""}${each((k, m) => `part[${k * ROWS + m}u * LANES + lane] = acc${k}_${m};`, "  ")}
   workgroupBarrier();
   for (var s = LANES / 2u; s > 0u; s >>= 1u) {
-    if (lid.x < s) {
-      for (var k = 0u; k < RT; k++) {
-        let a = (k * ROWS + lid.y) * LANES + lid.x;
-        part[a] += part[a + s];
+    if (lane < s) {
+      for (var a = 0u; a < RT * ROWS; a++) {
+        part[a * LANES + lane] += part[a * LANES + lane + s];
       }
     }
     workgroupBarrier();
   }
-  if (lid.x == 0u && o < p.O) {
-    for (var k = 0u; k < RT && r0 + k < p.R; k++) {
-      y[(r0 + k) * p.yStride + p.yCol0 + o] = part[(k * ROWS + lid.y) * LANES];
-    }
+  if (lane < RT * ROWS) {
+    let r = r0 + lane / ROWS;
+    let o = o0 + lane % ROWS;
+    if (r < p.R && o < p.O) { y[r * p.yStride + p.yCol0 + o] = part[lane * LANES]; }
   }
 }
 `;
 }
 
-/** The tiled kernel: a TILE × TILE block of y per workgroup of 16 × 16 threads, 4 × 4 outputs each. */
+/**
+ * The tiled kernel: a TILE × TILE block of y per workgroup of 16 × 16 threads, each 4 outputs ×
+ * 4 rows of x, reading the slices from workgroup memory as vec4 (two loads for 16 multiply-adds).
+ */
 function tiledCode(type: WeightType): string {
   const c = typeCode(type), tail = !BLOCK_TYPES.has(type);
-  const T = TILE, S = T / 4; // S threads along each side, 4 outputs each
-  const store = (v: string, col: string) => range(4).map((j) => `ws[(${col} + ${j}u) * TILE + (oo ^ (${col} + ${j}u))] = ${v}[${j}];`).join(" ");
+  const S = TILE / 4; // threads along each side, and vec4 per slice row
+  // Column k of the W slice, outputs oo … oo+3 of a unit's 4 consecutive columns from k: the
+  // vec4 of output group oo / 4 is stored at column (oo / 4) ^ (k / 4) (see the arrays below).
+  const store = (v: string, col: string) =>
+    range(4).map((j) => `ws[(${col} + ${j}u) * S + ((oo >> 2u) ^ ((${col}) >> 2u))][oo & 3u] = ${v}[${j}];`).join("\n      ");
   const loadW = c.wide
     ? `var lo = vec4<f32>(0.0);
       var hi = vec4<f32>(0.0);
@@ -383,15 +394,19 @@ function tiledCode(type: WeightType): string {
       ${store("v", "kk")}`;
   return `${HEADER}
 ${c.fns}
-const TILE = ${T}u;
+const TILE = ${TILE}u;
+const S = ${S}u;
 const KC = ${KC}u;
 const UPB = ${c.upb}u;
 const THREADS = ${S * S}u;
-// The slice of x, (KC, TILE rows of x), and of W dequantized, (KC, TILE outputs); element (k, j)
-// at k·TILE + (j ^ k), so that both the stores (32 columns of one row) and the loads (one column,
-// 32 rows) of a 32-thread subgroup fall in distinct banks.
-var<workgroup> xs: array<f32, ${KC * T}>;
-var<workgroup> ws: array<f32, ${KC * T}>;
+// The slices of x, (KC, TILE rows of x), and of W dequantized, (KC, TILE outputs), as vec4 of 4
+// consecutive rows (outputs). Slice column k's vec4 j is stored at k·S + (j ^ (k % 8)) for x and
+// k·S + (j ^ (k / 4)) for W: a permutation within the column, chosen so that the stores of a
+// 32-thread subgroup (x: 8 columns × 4 rows; W: 8 units × 4 outputs, one column each) fall
+// in distinct banks (the 4- and 5-bit types' 4 units × 8 outputs: two to a bank); the loads
+// (16 vec4 of one column of W, and 2 of x) are a permutation either way.
+var<workgroup> xs: array<vec4<f32>, ${(KC * TILE) / 4}>;
+var<workgroup> ws: array<vec4<f32>, ${(KC * TILE) / 4}>;
 
 @compute @workgroup_size(${S}, ${S})
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
@@ -400,20 +415,22 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
   let o0 = (wg.y * nwg.x + wg.x) * TILE;
   if (o0 >= p.O) { return; } // the whole workgroup: a spread dispatch's spare groups
   let r0 = wg.z * TILE;
-  // Thread (tx, ty) owns outputs o0 + tx + ${S}a and rows r0 + ty + ${S}b, a, b < 4.
+  // Thread (tx, ty) owns outputs o0 + 4tx … o0 + 4tx + 3 and rows r0 + 4ty … r0 + 4ty + 3.
   let tx = lid.x;
   let ty = lid.y;
-${range(4).map((b) => `  var acc${b} = vec4<f32>(0.0); // row r0 + ty + ${S * b}, outputs o0 + tx + (0, ${S}, ${2 * S}, ${3 * S})`).join("\n")}
+${range(4).map((b) => `  var acc${b} = vec4<f32>(0.0); // row r0 + 4ty + ${b}`).join("\n")}
   for (var k0 = 0u; k0 < I; k0 += KC) {
-    for (var e = li; e < KC * TILE; e += THREADS) {
-      let rr = e / KC;
-      let kk = e % KC;
+    // x: pass j takes columns 8(j % 4) … + 7 of rows 32(j / 4) … + 31, each thread one.
+    for (var j = 0u; j < (KC * TILE) / THREADS; j++) {
+      let kk = 8u * (j & 3u) + (li & 7u);
+      let rr = 32u * (j >> 2u) + (li >> 3u);
       let r = r0 + rr;
       let i = k0 + kk;
       var v = 0.0;
       if (r < p.R && i < I) { v = x[r * I + i]; }
-      xs[kk * TILE + (rr ^ kk)] = v;
+      xs[kk * S + ((rr >> 2u) ^ (kk & 7u))][rr & 3u] = v;
     }
+    // W: TILE rows of UPB units, consecutive threads on consecutive words of a row.
     for (var e = li; e < UPB * TILE; e += THREADS) {
       let oo = e / UPB;
       let o = o0 + oo;
@@ -424,14 +441,16 @@ ${range(4).map((b) => `  var acc${b} = vec4<f32>(0.0); // row r0 + ty + ${S * b}
     }
     workgroupBarrier();
     for (var kk = 0u; kk < KC; kk++) {
-      let wv = vec4<f32>(${range(4).map((a) => `ws[kk * TILE + ((tx + ${S * a}u) ^ kk)]`).join(", ")});
-${range(4).map((b) => `      acc${b} += wv * xs[kk * TILE + ((ty + ${S * b}u) ^ kk)];`).join("\n")}
+      let wv = ws[kk * S + (tx ^ (kk >> 2u))]; // outputs o0 + 4tx …
+      let xv = xs[kk * S + (ty ^ (kk & 7u))]; // rows r0 + 4ty …
+${range(4).map((b) => `      acc${b} += wv * xv[${b}];`).join("\n")}
     }
     workgroupBarrier();
   }
-${range(4).map((b) => `  if (r0 + ty + ${S * b}u < p.R) {
-    let yb = (r0 + ty + ${S * b}u) * p.yStride + p.yCol0 + o0 + tx;
-${range(4).map((a) => `    if (o0 + tx + ${S * a}u < p.O) { y[yb + ${S * a}u] = acc${b}[${a}]; }`).join("\n")}
+  let oc = o0 + 4u * tx;
+${range(4).map((b) => `  if (r0 + 4u * ty + ${b}u < p.R) {
+    let yb = (r0 + 4u * ty + ${b}u) * p.yStride + p.yCol0 + oc;
+${range(4).map((a) => `    if (oc + ${a}u < p.O) { y[yb + ${a}u] = acc${b}[${a}]; }`).join("\n")}
   }`).join("\n")}
 }
 `;

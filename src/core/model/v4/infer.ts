@@ -1,4 +1,4 @@
-import type { Arena, Backend, Matrix, Tensor, TensorKernels } from "../../backend/backend.js";
+import type { Activation, Arena, Backend, Matrix, Tensor, TensorKernels } from "../../backend/backend.js";
 import { type Architecture, type Block, eachSequence, type LayerTensors, type ModelConfig } from "../model.js";
 import type { Weights } from "../weights.js";
 
@@ -45,16 +45,26 @@ export const rwkv4: Architecture = {
         const [k, v, r] = project(K, Ar, xs, [att.key, att.value, att.receptance]); // (B·T, A) each
         const wkv = Ar.take(R, A); // (B·T, A)
         eachSequence(s.length, T, (b, row0) => K.wkv4(wkv, att.w, att.u, k, v, s[b].att_aa, s[b].att_bb, s[b].att_pp, row0, T));
-        K.activate("sigmoid", r);
-        K.mul(wkv, r);
-        const o = Ar.take(R, C); // (B·T, C)
-        K.matmul(o, wkv, att.output);
-        return o;
+        return gatedOutput(K, Ar, wkv, r, "sigmoid", att.output);
       },
       channelMix: channelMixV4(w, i, cfg, be, "ffn_xx"),
     };
   },
 };
+
+/**
+ * The last step of the v4 to v6 time mix: (R, C) = W_o (y ⊙ f(gate)), f = σ on v4's receptance,
+ * silu on the v5.2/v6 gate; without a gate (v5.1) W_o y. The gate is overwritten.
+ */
+export function gatedOutput(K: TensorKernels, Ar: Arena, y: Tensor, gate: Tensor | null, f: Activation, output: Matrix): Tensor {
+  if (gate) {
+    K.activate(f, gate);
+    K.mul(y, gate);
+  }
+  const o = Ar.take(y.rows, output.rows); // (R, C)
+  K.matmul(o, y, output);
+  return o;
+}
 
 /**
  * The v4 channel mix, also v5's (SPEC §4): out = σ(W_r mix(..r)) ⊙ W_v relu²(W_k mix(..k)).

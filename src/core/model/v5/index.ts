@@ -1,5 +1,5 @@
 import type { ModelConfig } from "../model.js";
-import { LOG_DECAY } from "../random-ranges.js";
+import { headedWkvRange } from "../random-ranges.js";
 import { headedConfig, skeletonLayout, type TensorLayout } from "../shapes.js";
 import type { VersionModule } from "../versions.js";
 import { RWKVCPP_51, RWKVCPP_52 } from "./formats.js";
@@ -31,9 +31,7 @@ function layout(cfg: ModelConfig): TensorLayout[] {
 /** Random-model values: mixes in (0, 1), decays as trained ones span, bonuses near 0. */
 function randomRange(name: string): readonly [number, number] {
   if (/\.time_mix_[kvrg]$/.test(name)) return [0, 1];
-  if (name.endsWith(".time_decay")) return LOG_DECAY;
-  if (name.endsWith(".time_faaaa")) return [-0.5, 0.5];
-  throw new Error(`RWKV-5 random model: no value range for ${name}`);
+  return headedWkvRange(name, "RWKV-5");
 }
 
 export const v52: VersionModule = {

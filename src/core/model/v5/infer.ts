@@ -2,7 +2,7 @@ import type { Backend, Tensor } from "../../backend/backend.js";
 import { FormatError } from "../../errors.js";
 import { numel } from "../../tensor.js";
 import { type Architecture, type Block, eachSequence, type ModelConfig } from "../model.js";
-import { channelMixV4, project, shiftMix } from "../v4/infer.js";
+import { channelMixV4, gatedOutput, project, shiftMix } from "../v4/infer.js";
 import type { Weights } from "../weights.js";
 
 /*
@@ -58,16 +58,13 @@ export function rwkv5(defaultEps: number): Architecture {
           eachSequence(s.length, T, (b, row0) => K.wkv5(out, r, k, v, att.decay, att.u, s[b].att_kv, H, row0, T));
           const y = Ar.take(R, A); // (B·T, A)
           K.groupNorm(y, out, H, att.lnX.weight, att.lnX.bias, att.eps);
+          let g: Tensor | null = null;
           if (att.gate) {
-            const g = Ar.take(R, A); // (B·T, A)
+            g = Ar.take(R, A); // (B·T, A)
             K.mix([xr], xx, sx, [att.gate.mixG]); // xr is free again: the gate's input
             K.matmul(g, xr, att.gate.weight);
-            K.activate("silu", g);
-            K.mul(y, g);
           }
-          const o = Ar.take(R, C); // (B·T, C)
-          K.matmul(o, y, att.output);
-          return o;
+          return gatedOutput(K, Ar, y, g, "silu", att.output);
         },
         channelMix: channelMixV4(w, i, cfg, be, "ffn_x_prev"),
       };

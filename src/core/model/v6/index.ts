@@ -1,5 +1,5 @@
 import type { ModelConfig } from "../model.js";
-import { LOG_DECAY, linearRange } from "../random-ranges.js";
+import { headedWkvRange, linearRange } from "../random-ranges.js";
 import { headedConfig, skeletonLayout, type TensorLayout } from "../shapes.js";
 import type { VersionModule } from "../versions.js";
 import { GGUF, RWKVCPP } from "./formats.js";
@@ -36,9 +36,7 @@ function randomRange(name: string, shape: readonly number[]): readonly [number, 
   if (/\.time_(maa|decay)_w1$/.test(name)) return linearRange(shape[0]);
   if (name.endsWith(".time_maa_w2")) return linearRange(shape[1]); // (5, Dm, C): Dm inputs
   if (name.endsWith(".time_decay_w2")) return linearRange(shape[0]);
-  if (name.endsWith(".time_decay")) return LOG_DECAY;
-  if (name.endsWith(".time_faaaa")) return [-0.5, 0.5];
-  throw new Error(`RWKV-6 random model: no value range for ${name}`);
+  return headedWkvRange(name, "RWKV-6");
 }
 
 export const v6: VersionModule = {

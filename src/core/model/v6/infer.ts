@@ -1,7 +1,7 @@
 import type { Backend, Tensor } from "../../backend/backend.js";
 import { FormatError } from "../../errors.js";
 import { type Architecture, type Block, eachSequence, type ModelConfig } from "../model.js";
-import { receptanceFfn } from "../v4/infer.js";
+import { gatedOutput, receptanceFfn } from "../v4/infer.js";
 import { headedLayerState } from "../v5/infer.js";
 import { transpose, type Weights } from "../weights.js";
 import { GROUP_NORM_EPS } from "./sizes.js";
@@ -104,11 +104,7 @@ export const rwkv6: Architecture = {
         eachSequence(s.length, T, (b, row0) => K.wkv5(out, r, k, v, decay, att.u, s[b].att_kv, H, row0, T));
         const y = Ar.take(R, A); // (B·T, A)
         K.groupNorm(y, out, H, att.lnX.weight, att.lnX.bias, eps);
-        K.activate("silu", g);
-        K.mul(y, g);
-        const o = Ar.take(R, C); // (B·T, C)
-        K.matmul(o, y, att.output);
-        return o;
+        return gatedOutput(K, Ar, y, g, "silu", att.output);
       },
       channelMix(xx, T, s, { arena: Ar }) {
         const R = xx.rows; // B·T rows

@@ -3,6 +3,7 @@ import { type Architecture, type Block, eachSequence, LAYER_NORM_EPS, type Layer
 import { foldedTable, gatherRows } from "../v7a/deep-embed.js";
 import type { TensorShapes } from "../shapes.js";
 import type { Weights } from "../weights.js";
+import { rwkv7, v7TimeMix } from "../v7/infer.js";
 
 /*
  * DeepEmbedAttention (RWKV-7b, ../shared/reference/rwkv-lm/rwkv_v7b_demo.py) and the RWKV-8 rc00
@@ -53,19 +54,35 @@ export function cacheFloatsPerToken(E: number, cfg: ModelConfig): number {
 }
 
 /** A layer's cache arrays at the start: no tokens seen. */
-export function emptyCache(): LayerState {
+function emptyCache(): LayerState {
   return { k_cache: new Float32Array(0), v_cache: new Float32Array(0), ctx_tokens: new Float32Array(0) };
 }
 
+/** One block part of a layer, as an Architecture's block builds it. */
+type PartOf<K extends keyof Block> = (w: Weights, i: number, cfg: ModelConfig, be: Backend) => NonNullable<Block[K]>;
+
 /**
- * The Architecture fields of a state that grows by a KV cache (7b and the 8 hybrid), E (the cache
- * width per token) read from the weights by `cacheWidth`.
+ * RWKV-7 with an attention in every block and the state growing by its KV cache (7b and the 8
+ * hybrid): per block x += TimeMix(LN1(x)) + attention; x += channelMix(LN2(x)), RWKV-7's time mix.
+ * E (the cache width per token) is read from the weights by `cacheWidth`; `extraState` are the
+ * layer state's arrays besides RWKV-7's and the cache; `overrides` other Architecture fields.
  */
-export function growingCache(cacheWidth: (w: Pick<TensorShapes, "shape">) => number): Pick<Architecture, "growingState" | "checkGrowingState" | "stateFloatsPerToken"> {
+export function attentionArchitecture(a: {
+  readonly name: string;
+  readonly attention: PartOf<"attention">;
+  readonly channelMix: PartOf<"channelMix">;
+  readonly cacheWidth: (w: Pick<TensorShapes, "shape">) => number;
+  readonly extraState?: () => LayerState;
+}, overrides: Partial<Architecture> = {}): Architecture {
   return {
+    ...rwkv7,
+    ...overrides,
+    name: a.name,
+    initLayerState: (cfg) => ({ ...rwkv7.initLayerState(cfg), ...a.extraState?.(), ...emptyCache() }),
     growingState: CACHE_FIELDS,
     checkGrowingState: checkCache,
-    stateFloatsPerToken: (w, cfg) => cacheFloatsPerToken(cacheWidth(w), cfg),
+    stateFloatsPerToken: (w, cfg) => cacheFloatsPerToken(a.cacheWidth(w), cfg),
+    block: (w, i, cfg, be) => ({ attention: a.attention(w, i, cfg, be), timeMix: v7TimeMix(w, i, cfg, be), channelMix: a.channelMix(w, i, cfg, be) }),
   };
 }
 

@@ -4,28 +4,21 @@ import type { TensorLayout } from "../shapes.js";
 import { v7Successor } from "../v7/index.js";
 import { deepEmbedLayout, deepEmbedRandom } from "../v7a/index.js";
 import type { VersionModule } from "../versions.js";
-import { rwkv7, v7TimeMix } from "../v7/infer.js";
 import { deepEmbedChannelMix } from "../v7a/deep-embed.js";
-import { ATTENTION_WIDTH, attentionNormRandom, CACHE_WIDTH, emptyCache, growingCache, deepEmbedAttention } from "./attention.js";
+import { ATTENTION_WIDTH, attentionArchitecture, attentionNormRandom, CACHE_WIDTH, deepEmbedAttention } from "./attention.js";
 
 /**
  * RWKV-7b = RWKV-7a + DeepEmbedAttention (../shared/reference/rwkv-lm/rwkv_v7b_demo.py): per block
  * x += TimeMix(LN1(x)) + Attention(x); x += DeepEmbedChannelMix(LN2(x)). Its state is no longer of
  * constant size: each layer keeps a KV cache of 2 x 32 floats and the token id per token seen.
  */
-export const rwkv7b: Architecture = {
-  ...rwkv7,
+export const rwkv7b: Architecture = attentionArchitecture({
   name: "RWKV-7b",
-  initLayerState: (cfg) => ({
-    ...rwkv7.initLayerState(cfg),
-    q_prev: new Float32Array(ATTENTION_WIDTH), // the token shift of q
-    ...emptyCache(),
-  }),
-  ...growingCache((w) => w.shape("blocks.0.qkv.k1")[1]),
-  block(w, i, cfg, be) {
-    return { attention: deepEmbedAttention(w, i, cfg, be), timeMix: v7TimeMix(w, i, cfg, be), channelMix: deepEmbedChannelMix(w, i, cfg, be) };
-  },
-};
+  attention: deepEmbedAttention,
+  channelMix: deepEmbedChannelMix,
+  cacheWidth: (w) => w.shape("blocks.0.qkv.k1")[1],
+  extraState: () => ({ q_prev: new Float32Array(ATTENTION_WIDTH) }), // the token shift of q
+});
 
 /** DeepEmbedAttention's tensors of layer i (rwkv_v7b_demo.py's qkv). D = 256, E = 32. */
 function attentionLayout(i: number, cfg: ModelConfig): TensorLayout[] {

@@ -2,8 +2,7 @@ import type { Architecture, ModelConfig } from "../model.js";
 import type { TensorLayout } from "../shapes.js";
 import { v7Successor } from "../v7/index.js";
 import type { VersionModule } from "../versions.js";
-import { rwkv7, v7TimeMix } from "../v7/infer.js";
-import { ATTENTION_WIDTH, attentionNormRandom, CACHE_WIDTH, emptyCache, growingCache, hybridAttention } from "../v7b/attention.js";
+import { ATTENTION_WIDTH, attentionArchitecture, attentionNormRandom, CACHE_WIDTH, hybridAttention } from "../v7b/attention.js";
 import { ennChannelMix, ennLayout, ennRandom } from "./index.js";
 
 /**
@@ -11,21 +10,16 @@ import { ennChannelMix, ennLayout, ennRandom } from "./index.js";
  * blocks plus a per-layer causal attention over the context (v7b/attention.ts, without token shifts),
  * on the raw embedding (no ln0). Its state grows like RWKV-7b's.
  */
-export const rwkv8Hybrid: Architecture = {
-  ...rwkv7,
+export const rwkv8Hybrid: Architecture = attentionArchitecture({
   name: "RWKV-8 rc00 hybrid",
+  attention: hybridAttention,
+  channelMix: ennChannelMix,
+  cacheWidth: (w) => w.shape("blocks.0.qkv.kk.weight")[0],
+}, {
   embeddingNorm: false,
   // RWKV-7's unused layer-0 v0/v1/v2, and ln0: the hybrid's code never applies it (a checkpoint may still carry it).
   unusedByDesign: /^blocks\.0\.(att\.v[012]|ln0\.(weight|bias))$/,
-  initLayerState: (cfg) => ({
-    ...rwkv7.initLayerState(cfg),
-    ...emptyCache(),
-  }),
-  ...growingCache((w) => w.shape("blocks.0.qkv.kk.weight")[0]),
-  block(w, i, cfg, be) {
-    return { attention: hybridAttention(w, i, cfg, be), timeMix: v7TimeMix(w, i, cfg, be), channelMix: ennChannelMix(w, i, cfg, be) };
-  },
-};
+});
 
 /** The hybrid attention's tensors of layer i (rwkv_v8_rc00_hybrid_demo.py's qkv). D = 256, E = 32. */
 function hybridLayout(i: number, cfg: ModelConfig): TensorLayout[] {

@@ -1,9 +1,9 @@
+import type { KernelDType, TrainingOp } from "./backend.js";
 import { alloc as jsAlloc, type Buf, type TrainDType } from "./buffers.js";
-import { referenceTrainKernels, type TrainKernels } from "./kernels.js";
-import { type Activation, NORMALIZE_EPS, referenceOps, type TrainOps } from "./ops.js";
-import type { ParamStore } from "./params.js";
+import { type ParamPlacement, referenceTrainKernels, type TrainKernels } from "./train-kernels.js";
+import { type Activation, NORMALIZE_EPS, referenceOps, type TrainOps } from "./train-ops.js";
 import { TRAIN_WASM_RELAXED_SIMD, TRAIN_WASM_SIMD } from "./wasm-train-binary.js";
-import { wkvChunks } from "./wkv.js";
+import { wkvChunks } from "./wkv-train.js";
 import { WA, WasmBuilds, type WasmMemory, type WasmSimd, type WasmWorkerSpawner } from "../wasm-runtime.js";
 
 /*
@@ -31,6 +31,17 @@ import { WA, WasmBuilds, type WasmMemory, type WasmSimd, type WasmWorkerSpawner 
  * time_first, u, a trained initial state) is written per sequence into call scratch and summed in
  * sequence order after the job, never added to by two threads.
  */
+
+/** Training ops these kernels leave to the reference's code: a gather by token ids and the loss, few operations per element. */
+export const WASM_TRAIN_REFERENCE_OPS: ReadonlySet<TrainingOp> = new Set<TrainingOp>(
+  ["embeddingForward", "embeddingBackward", "crossEntropyForward", "crossEntropyBackward"]);
+
+/** The training half of the wasm backend's table (WasmBackendOptions.training). */
+export const wasmTraining = {
+  create: (o: WasmTrainKernelOptions): TrainKernels => new WasmTrainKernels(o),
+  /** f32 storage, every op but WASM_TRAIN_REFERENCE_OPS; f64 storage runs the reference's code. */
+  own: (op: TrainingOp, dtype: KernelDType): boolean => dtype === "f32" && !WASM_TRAIN_REFERENCE_OPS.has(op),
+};
 
 const BUILDS = new WasmBuilds({ "simd": TRAIN_WASM_SIMD, "relaxed-simd": TRAIN_WASM_RELAXED_SIMD });
 
@@ -231,7 +242,7 @@ export class WasmTrainKernels implements TrainKernels {
     this.top = mark;
   }
 
-  placeParams(store: ParamStore): void {
+  placeParams(store: ParamPlacement): void {
     if (store.dtype !== "f32") return; // f64 stores run the reference kernels
     if (this.marks > 0) throw new Error("wasm training kernels: parameters must be placed outside a step");
     store.relocate((n) => this.alloc("f32", n));
@@ -291,6 +302,19 @@ export class WasmTrainKernels implements TrainKernels {
   }
 
   /**
+   * Runs `f` with f32 call scratch for the statistics `arrays` (n values each, one after another,
+   * at the offset `f` gets): the kernels keep them in f32, the graph in f64. With `load` they are
+   * copied in first (a backward reads them), else copied out after (a forward writes them).
+   */
+  private statistics(n: number, arrays: readonly Float64Array[], load: boolean, f: (p: number) => void): void {
+    const mark = this.top, p = this.bump(arrays.length * n * F32), at = p >>> 2;
+    if (load) arrays.forEach((a, i) => this.f32.set(a.subarray(0, n), at + i * n));
+    f(p);
+    if (!load) arrays.forEach((a, i) => a.set(this.f32.subarray(at + i * n, at + (i + 1) * n)));
+    this.top = mark;
+  }
+
+  /**
    * The wasm element-wise ops (f32x4, on the calling thread): each runs the reference when a
    * tensor lives outside this memory or a length is not a multiple of 4.
    */
@@ -300,7 +324,7 @@ export class WasmTrainKernels implements TrainKernels {
     /** The row-vector width of a broadcast operand: 0 when b is as long as a. */
     const bcast = (a: Buf, b: Buf, C: number) => (b.length === a.length ? 0 : C);
     return {
-      // A gather by token ids and the loss over the logits: few operations per element, left to the reference.
+      // WASM_TRAIN_REFERENCE_OPS: left to the reference.
       embeddingForward: ref.embeddingForward,
       embeddingBackward: ref.embeddingBackward,
       crossEntropyForward: ref.crossEntropyForward,
@@ -380,20 +404,14 @@ export class WasmTrainKernels implements TrainKernels {
       groupNormForward: (xx, R, H, N, w, b, eps, y, mean, rstd) => {
         const p = by4(N) ? this.offsets(xx, w, b, y) : null;
         if (!p) { ref.groupNormForward(xx, R, H, N, w, b, eps, y, mean, rstd); return; }
-        const mark = this.top, G = R * H, sp = this.bump(2 * G * F32); // f32 statistics, kept by the graph as f64
-        x.normF(p[0], R, H, N, p[1], p[2], eps, p[3], sp, sp + G * F32);
-        mean.set(this.f32.subarray(sp >>> 2, (sp >>> 2) + G));
-        rstd.set(this.f32.subarray((sp >>> 2) + G, (sp >>> 2) + 2 * G));
-        this.top = mark;
+        const G = R * H;
+        this.statistics(G, [mean, rstd], false, (sp) => x.normF(p[0], R, H, N, p[1], p[2], eps, p[3], sp, sp + G * F32));
       },
       groupNormBackward: (xx, R, H, N, w, b, eps, mean, rstd, gy, gx, gw, gb) => {
         const p = by4(N) ? this.offsets(xx, w, gy, gx, gw, gb) : null;
         if (!p) { ref.groupNormBackward(xx, R, H, N, w, b, eps, mean, rstd, gy, gx, gw, gb); return; }
-        const mark = this.top, G = R * H, sp = this.bump(2 * G * F32);
-        this.f32.set(mean, sp >>> 2);
-        this.f32.set(rstd, (sp >>> 2) + G);
-        x.normB(p[0], R, H, N, p[1], sp, sp + G * F32, p[2], p[3], p[4], p[5]);
-        this.top = mark;
+        const G = R * H;
+        this.statistics(G, [mean, rstd], true, (sp) => x.normB(p[0], R, H, N, p[1], sp, sp + G * F32, p[2], p[3], p[4], p[5]));
       },
       residualMixForward: (v, vf, gate, y) => {
         const p = by4(v.length) ? this.offsets(v, vf, gate, y) : null;
@@ -414,18 +432,12 @@ export class WasmTrainKernels implements TrainKernels {
       l2NormalizeForward: (xx, groups, N, y, norm) => {
         const p = by4(N) ? this.offsets(xx, y) : null;
         if (!p) { ref.l2NormalizeForward(xx, groups, N, y, norm); return; }
-        const mark = this.top, sp = this.bump(groups * F32); // f32 norms, kept by the graph as f64
-        x.l2nF(p[0], groups, N, p[1], sp, NORMALIZE_EPS);
-        norm.set(this.f32.subarray(sp >>> 2, (sp >>> 2) + groups));
-        this.top = mark;
+        this.statistics(groups, [norm], false, (sp) => x.l2nF(p[0], groups, N, p[1], sp, NORMALIZE_EPS));
       },
       l2NormalizeBackward: (xx, groups, N, norm, gy, gx) => {
         const p = by4(N) ? this.offsets(xx, gy, gx) : null;
         if (!p) { ref.l2NormalizeBackward(xx, groups, N, norm, gy, gx); return; }
-        const mark = this.top, sp = this.bump(groups * F32);
-        this.f32.set(norm, sp >>> 2);
-        x.l2nB(p[0], groups, N, sp, p[1], p[2], NORMALIZE_EPS);
-        this.top = mark;
+        this.statistics(groups, [norm], true, (sp) => x.l2nB(p[0], groups, N, sp, p[1], p[2], NORMALIZE_EPS));
       },
       bonusForward: (r, k, v, rk, R, H, N, y) => {
         const p = by4(N) ? this.offsets(r, k, v, rk, y) : null;
@@ -536,7 +548,7 @@ export class WasmTrainKernels implements TrainKernels {
       const ins = [this.input(r, n), this.input(k, n), this.input(v, n), this.input(wraw, perToken ? n : C), this.input(u, C)];
       const py = this.output(y, n, false, back);
       const chunks = this.chunksFor(B * T * H * NN * 3, B * H);
-      const stride = align(F32 * (NN + 2 * N));
+      const stride = align(F32 * (NN + N));
       const ws = this.bump(stride * chunks);
       this.run(JOB.wkv5Forward, [B, T, H, N, ...ins, perToken ? 1 : 0, py, ckpt ? ckpt.byteOffset : 0, ws, stride], chunks);
       this.copyBack(back);

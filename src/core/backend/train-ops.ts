@@ -36,17 +36,24 @@ export function embeddingBackward(_E: Buf, C: number, tokens: Int32Array, gy: Bu
  */
 export function groupNormForward(x: Buf, R: number, H: number, N: number, w: Buf, b: Buf, eps: number,
   y: Buf, mean: Float64Array, rstd: Float64Array): void {
-  for (let g = 0; g < R * H; g++) {
-    const o = g * N, c0 = (g % H) * N;
-    let m = 0;
-    for (let j = 0; j < N; j++) m += x[o + j];
-    m /= N;
-    let v = 0;
-    for (let j = 0; j < N; j++) { const d = x[o + j] - m; v += d * d; }
-    const rs = 1 / Math.sqrt(v / N + eps);
-    mean[g] = m; rstd[g] = rs;
-    for (let j = 0; j < N; j++) y[o + j] = (x[o + j] - m) * rs * w[c0 + j] + b[c0 + j];
-  }
+  for (let g = 0; g < R * H; g++) normalizeGroup(x, y, g * N, N, w, b, (g % H) * N, eps, mean, rstd, g);
+}
+
+/**
+ * One group of the norm, the formula every norm of the reference backend runs (inference's
+ * layer and group norms too): y[o…o+N) = (x - mean)/sqrt(var + eps) · w[c0…] + b[c0…], mean
+ * and biased variance in f64; the mean and 1/std go to mean[g], rstd[g].
+ */
+export function normalizeGroup(x: Buf, y: Buf, o: number, N: number, w: Buf, b: Buf, c0: number, eps: number,
+  mean: Float64Array, rstd: Float64Array, g: number): void {
+  let m = 0;
+  for (let j = 0; j < N; j++) m += x[o + j];
+  m /= N;
+  let v = 0;
+  for (let j = 0; j < N; j++) { const d = x[o + j] - m; v += d * d; }
+  const rs = 1 / Math.sqrt(v / N + eps);
+  mean[g] = m; rstd[g] = rs;
+  for (let j = 0; j < N; j++) y[o + j] = (x[o + j] - m) * rs * w[c0 + j] + b[c0 + j];
 }
 
 /** gx += rstd (ĝ - mean(ĝ) - x̂ mean(ĝ x̂)) with ĝ = gy·w;  gw += Σ gy x̂;  gb += Σ gy. */

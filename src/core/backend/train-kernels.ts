@@ -1,7 +1,6 @@
 import { alloc, type Buf, dtypeOf, type TrainDType } from "./buffers.js";
-import { referenceOps, type TrainOps } from "./ops.js";
-import type { ParamStore } from "./params.js";
-import { wkv4Backward, wkv4Forward, wkv5Backward, wkv5Forward, wkv7Backward, wkv7Forward, wkvChunks } from "./wkv.js";
+import { referenceOps, type TrainOps } from "./train-ops.js";
+import { wkv4Backward, wkv4Forward, wkv5Backward, wkv5Forward, wkv7Backward, wkv7Forward, wkvChunks } from "./wkv-train.js";
 
 // The storage primitives, re-exported for callers that import them with the kernels.
 export { alloc, type Buf, dtypeOf, type TrainDType };
@@ -13,11 +12,18 @@ export { alloc, type Buf, dtypeOf, type TrainDType };
  * every dot product and WKV state in a JS number (f64), as the reference inference kernels do; the
  * same code runs on Float64Array storage (buffers.ts).
  *
- * A fast implementation (wasm-kernels.ts: WebAssembly SIMD, threads) provides the same methods and
+ * A fast implementation (wasm-train.ts: WebAssembly SIMD, threads) provides the same methods and
  * may keep tensors in its own memory: the graph allocates every tensor through `alloc`, and a
  * training step releases what it allocated with `mark`/`release`, so nothing is copied per call
  * and nothing waits for the garbage collector.
  */
+
+/** A model's parameter storage as the kernels see it (train/params.ts ParamStore): moved by `relocate`. */
+export interface ParamPlacement {
+  readonly dtype: TrainDType;
+  /** Replaces every value and gradient buffer by one from `allocate`, copying the values. */
+  relocate(allocate: (n: number) => Buf): void;
+}
 
 export interface TrainKernels {
   readonly name: string;
@@ -42,7 +48,7 @@ export interface TrainKernels {
    */
   adamwUpdate?(data: Buf, grad: Buf, m: Buf, v: Buf, rate: number, wd: number, beta1: number, beta2: number, eps: number, bc1: number, bc2: number): boolean;
   /** Moves a model's parameters and gradients into storage the kernels read in place (if they have such). */
-  placeParams?(store: ParamStore): void;
+  placeParams?(store: ParamPlacement): void;
   /**
    * C (M, N) = op(A) · op(B); with `accumulate` C += instead of C =.
    *   op(A) = A stored (M, K), or with transA Aᵀ of A stored (K, M);
