@@ -99,9 +99,9 @@ export function runJob(ctrl: usize, job: i32, part: i32, nparts: i32): void {
   if (job == JOB_MATMUL_FLOAT) {
     matmulFloat(arg(a, 0), arg(a, 1), arg(a, 2), arg(a, 3), arg(a, 4), arg(a, 5), arg(a, 6), <usize>arg(a, 7) + <usize>part * <usize>arg(a, 8), arg(a, 9), part, nparts);
   } else if (job == JOB_MATMUL_INT) {
-    matmulInt(arg(a, 0), arg(a, 1), arg(a, 2), arg(a, 3), arg(a, 4), arg(a, 5), arg(a, 6), arg(a, 7), arg(a, 8), arg(a, 9), arg(a, 10), arg(a, 11), arg(a, 12), part, nparts);
+    matmulInt(arg(a, 0), arg(a, 1), arg(a, 2), arg(a, 3), arg(a, 4), arg(a, 5), arg(a, 6), arg(a, 7), arg(a, 8), arg(a, 9), arg(a, 10), arg(a, 11), arg(a, 12), arg(a, 13), part, nparts);
   } else if (job == JOB_QUANTIZE) {
-    quantizeRows(arg(a, 0), arg(a, 1), arg(a, 2), arg(a, 3), arg(a, 4), arg(a, 5), arg(a, 6), part, nparts);
+    quantizeRows(arg(a, 0), arg(a, 1), arg(a, 2), arg(a, 3), arg(a, 4), arg(a, 5), arg(a, 6), arg(a, 7), part, nparts);
   } else if (job == JOB_LAYER_NORM) {
     layerNorm(arg(a, 0), arg(a, 1), arg(a, 2), arg(a, 3), arg(a, 4), arg(a, 5), arg(a, 6), load<f32>(a, 28), part, nparts);
   } else if (job == JOB_WKV4) {
@@ -460,10 +460,14 @@ function matmulFloat(w: usize, kind: i32, O: i32, I: i32, T: i32, x: usize, y: u
  * With `ls` (not 0), the layout of the i8·i7 kernels instead: xq (T, Ipad) as i8, and at ls (T, nb)
  * the negated sums of each block's i32 lanes of a relaxed dot (lane l: elements 4l..4l+3 and
  * 16+4l..19+4l), for the offset of the _0 types' unsigned weights.
+ * With `g4` (not 0, i16 layout only): dx and sx also per group of 4 rows, for intTile: at g4
+ * (G, nb, 4) f32 with G = ceil(T/4), element [t/4][b][t%4] the scale of row t's block b; after
+ * them the block sums, the same way.
  */
-function quantizeRows(x: usize, T: i32, I: i32, xq: usize, dx: usize, sx: usize, ls: usize, part: i32, nparts: i32): void {
+function quantizeRows(x: usize, T: i32, I: i32, xq: usize, dx: usize, sx: usize, ls: usize, g4: usize, part: i32, nparts: i32): void {
   const nb = (I + QK - 1) / QK;
   const lo = splitLo(T, part, nparts, 1), hi = splitHi(T, part, nparts, 1);
+  const sx4 = g4 + <usize>((T + 3) >> 2) * (<usize>nb << 4);
   for (let t = lo; t < hi; t++) {
     const xr = x + <usize>t * (<usize>I << 2);
     const qr = xq + <usize>t * <usize>(nb * QK * 2);
@@ -503,6 +507,11 @@ function quantizeRows(x: usize, T: i32, I: i32, xq: usize, dx: usize, sx: usize,
       }
       store<f32>(dx + (<usize>(t * nb + b) << 2), d);
       store<f32>(sx + (<usize>(t * nb + b) << 2), sum);
+      if (g4 != 0) {
+        const g = (<usize>((t >> 2) * nb + b) << 4) + (<usize>(t & 3) << 2);
+        store<f32>(g4 + g, d);
+        store<f32>(sx4 + g, sum);
+      }
     }
   }
 }
@@ -684,6 +693,92 @@ function quantizeRowI8(xr: usize, I: i32, nb: i32, qr: usize, dx: usize, sx: usi
   store<f32>(yt + (<usize>o1 << 2), hsum(a1) + m1);
 }
 
+/** Σ over 32 elements of a block's i16 weights e0..e3 times the i16 activations at q (i32x4 partial sums). */
+/* @inline */ function qdot32(e0: v128, e1: v128, e2: v128, e3: v128, q: usize): v128 {
+  let s = i32x4.dot_i16x8_s(e0, v128.load(q));
+  s = i32x4.add(s, i32x4.dot_i16x8_s(e1, v128.load(q, 16)));
+  s = i32x4.add(s, i32x4.dot_i16x8_s(e2, v128.load(q, 32)));
+  return i32x4.add(s, i32x4.dot_i16x8_s(e3, v128.load(q, 48)));
+}
+
+/**
+ * Lanes of a and b, pairwise: (a0 + a2, b0 + b2, a1 + a3, b1 + b3); two of these reduced by
+ * sumPairs give the four full sums of four vectors, lane k the sum of the k-th (exact in i32).
+ */
+/* @inline */ function halfSums(a: v128, b: v128): v128 {
+  return i32x4.add(i32x4.shuffle(a, b, 0, 4, 1, 5), i32x4.shuffle(a, b, 2, 6, 3, 7));
+}
+/* @inline */ function sumPairs(p: v128, q: v128): v128 {
+  return i32x4.add(i32x4.shuffle(p, q, 0, 1, 4, 5), i32x4.shuffle(p, q, 2, 3, 6, 7));
+}
+
+/**
+ * The fast prefill tile (WasmBackendOptions.fastIntPrefill): output row o against activation rows
+ * t..t+3, and t+4..t+7 when `two` (t a multiple of 4; gs: bytes from one group's scales to the
+ * next's). Per block, the weights are decoded once and each group's four integer dots are reduced
+ * to one vector of whole block sums (lane k: row t + k) before the f32 scaling, so one convert and
+ * one multiply-add per block serve four rows (intRow: four of each, and a scale splat per row).
+ * The integers are intRow's; only the f32 accumulation order differs (block by block in lane k,
+ * where intRow sums lane-wise partial sums), so results differ from the T = 1 kernels in the last
+ * bits: hence opt-in.
+ */
+/* @inline */ function intTile(kind: i32, two: bool, wr: usize, nb: i32, rowScale: f32, xq: usize, dg: usize, sg: usize, gs: usize, t: i32, y: usize, O: i32, o: i32, tab: usize): void {
+  const bb = blockBytes(kind);
+  const qs = <usize>nb * QK * 2; // bytes of one i16 activation row
+  const q0 = xq + <usize>t * qs;
+  let acc0 = f32x4.splat(0), acc1 = f32x4.splat(0); // (4): output o of rows t..t+3, t+4..t+7
+  for (let b = 0; b < nb; b++) {
+    const p = wr + <usize>b * bb;
+    const u0 = blockLo(kind, p), u1 = blockHi(kind, p);
+    const e0 = i16x8.extend_low_i8x16_s(u0), e1 = i16x8.extend_high_i8x16_s(u0);
+    const e2 = i16x8.extend_low_i8x16_s(u1), e3 = i16x8.extend_high_i8x16_s(u1);
+    const dw = f32x4.splat(blockD(kind, p, rowScale, tab));
+    const qb = q0 + <usize>b * QK * 2;
+    const gb = <usize>b << 4;
+    const s0 = sumPairs(halfSums(qdot32(e0, e1, e2, e3, qb), qdot32(e0, e1, e2, e3, qb + qs)),
+      halfSums(qdot32(e0, e1, e2, e3, qb + 2 * qs), qdot32(e0, e1, e2, e3, qb + 3 * qs)));
+    acc0 = fma4(acc0, f32x4.convert_i32x4_s(s0), f32x4.mul(v128.load(dg + gb), dw));
+    if (kind == T_Q4_1 || kind == T_Q5_1) acc0 = fma4(acc0, v128.load(sg + gb), f32x4.splat(blockM(kind, p, tab)));
+    if (two) {
+      const qc = qb + 4 * qs;
+      const s1 = sumPairs(halfSums(qdot32(e0, e1, e2, e3, qc), qdot32(e0, e1, e2, e3, qc + qs)),
+        halfSums(qdot32(e0, e1, e2, e3, qc + 2 * qs), qdot32(e0, e1, e2, e3, qc + 3 * qs)));
+      acc1 = fma4(acc1, f32x4.convert_i32x4_s(s1), f32x4.mul(v128.load(dg + gs + gb), dw));
+      if (kind == T_Q4_1 || kind == T_Q5_1) acc1 = fma4(acc1, v128.load(sg + gs + gb), f32x4.splat(blockM(kind, p, tab)));
+    }
+  }
+  const ys = <usize>O << 2;
+  const yo = y + <usize>t * ys + (<usize>o << 2);
+  store<f32>(yo, f32x4.extract_lane(acc0, 0)); store<f32>(yo + ys, f32x4.extract_lane(acc0, 1));
+  store<f32>(yo + 2 * ys, f32x4.extract_lane(acc0, 2)); store<f32>(yo + 3 * ys, f32x4.extract_lane(acc0, 3));
+  if (two) {
+    const y4 = yo + 4 * ys;
+    store<f32>(y4, f32x4.extract_lane(acc1, 0)); store<f32>(y4 + ys, f32x4.extract_lane(acc1, 1));
+    store<f32>(y4 + 2 * ys, f32x4.extract_lane(acc1, 2)); store<f32>(y4 + 3 * ys, f32x4.extract_lane(acc1, 3));
+  }
+}
+
+/** intRows' T > 1 loop with intTile over whole groups of 4 activation rows; the rest by intRow. */
+/* @inline */ function intRowsTiled(kind: i32, w: usize, scales: usize, O: i32, I: i32, T: i32, xq: usize, dx: usize, sx: usize, g4: usize, y: usize, lo: i32, hi: i32, tab: usize): void {
+  const nb = (I + QK - 1) / QK;
+  const rs: usize = kind == T_I8 ? <usize>I : <usize>(I / QK) * blockBytes(kind);
+  const gs = <usize>nb << 4; // bytes of one group of 4 rows' scales (nb, 4)
+  const sx4 = g4 + <usize>((T + 3) >> 2) * gs;
+  const tile = tileRows(nb * (2 * QK + 16));
+  for (let t0 = 0; t0 < T; t0 += tile) {
+    const t1 = min(T, t0 + tile);
+    const tq = t0 + ((t1 - t0) & ~3);
+    for (let r = lo; r < hi; r++) {
+      const wr = w + <usize>r * rs;
+      const rowScale: f32 = kind == T_I8 ? load<f32>(scales + (<usize>r << 2)) : 1;
+      let t = t0;
+      for (; t + 8 <= tq; t += 8) intTile(kind, true, wr, nb, rowScale, xq, g4 + <usize>(t >> 2) * gs, sx4 + <usize>(t >> 2) * gs, gs, t, y, O, r, tab);
+      if (t < tq) intTile(kind, false, wr, nb, rowScale, xq, g4 + <usize>(t >> 2) * gs, sx4 + <usize>(t >> 2) * gs, gs, t, y, O, r, tab);
+      for (t = tq; t < t1; t++) intRow(kind, 1, wr, nb, rowScale, xq, dx, sx, t, y, O, r, tab);
+    }
+  }
+}
+
 // ---- The i8·i7 path (relaxed SIMD): i32x4.relaxed_dot_i8x16_i7x16_add_s multiplies signed bytes
 // by bytes whose top bit is clear; where that bit is set, engines differ (signed or unsigned), and
 // its i16 pair sums may saturate on some. The q4/q5 weights decode to unsigned 0..31 (the _0 types
@@ -855,10 +950,20 @@ const ACTIVATION_TILE_BYTES: i32 = 192 << 10;
 /**
  * `ls` not 0: the activations are in quantizeRows' i8 layout and the i8·i7 kernels run (relaxed
  * build, q4/q5 types). `tab`: the f16 table; `ktab`: the constant table (fillActivationTable).
+ * `g4` not 0 (T > 1, i16 layout): quantizeRows' per-group scales, and the fast tiles run.
  */
-function matmulInt(w: usize, kind: i32, O: i32, I: i32, T: i32, xq: usize, dx: usize, sx: usize, y: usize, scales: usize, tab: usize, ls: usize, ktab: usize, part: i32, nparts: i32): void {
+function matmulInt(w: usize, kind: i32, O: i32, I: i32, T: i32, xq: usize, dx: usize, sx: usize, y: usize, scales: usize, tab: usize, ls: usize, ktab: usize, g4: usize, part: i32, nparts: i32): void {
   const lo = splitLo(O, part, nparts, 16), hi = splitHi(O, part, nparts, 16);
   if (lo >= hi) return;
+  if (g4 != 0 && T > 1 && ls == 0) {
+    if (kind == T_Q8_0) intRowsTiled(T_Q8_0, w, scales, O, I, T, xq, dx, sx, g4, y, lo, hi, tab);
+    else if (kind == T_Q4_0) intRowsTiled(T_Q4_0, w, scales, O, I, T, xq, dx, sx, g4, y, lo, hi, tab);
+    else if (kind == T_Q4_1) intRowsTiled(T_Q4_1, w, scales, O, I, T, xq, dx, sx, g4, y, lo, hi, tab);
+    else if (kind == T_Q5_0) intRowsTiled(T_Q5_0, w, scales, O, I, T, xq, dx, sx, g4, y, lo, hi, tab);
+    else if (kind == T_Q5_1) intRowsTiled(T_Q5_1, w, scales, O, I, T, xq, dx, sx, g4, y, lo, hi, tab);
+    else intRowsTiled(T_I8, w, scales, O, I, T, xq, dx, sx, g4, y, lo, hi, tab);
+    return;
+  }
   if (ASC_FEATURE_RELAXED_SIMD) {
     if (ls != 0) {
       if (kind == T_Q4_0) intRowsI7(T_Q4_0, w, O, I, T, xq, dx, sx, ls, y, lo, hi, tab, ktab);

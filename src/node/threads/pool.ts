@@ -25,14 +25,14 @@ function checkThreads(threads: number): void {
  * The wasm backend with `threads` threads (default all cores) and these memory limits (default
  * none but 4 GiB per memory), or null where wasm SIMD cannot run.
  */
-export function wasmBackend(threads: number = defaultThreads(), simd?: WasmSimd, memory?: MemoryLimits): WasmBackend | null {
+export function wasmBackend(threads: number = defaultThreads(), simd?: WasmSimd, memory?: MemoryLimits, fastIntPrefill = false): WasmBackend | null {
   checkThreads(threads);
   if (!wasmAvailable()) return null;
-  const key = `${threads}/${simd ?? "auto"}${memoryLimitsKey(memory)}`;
+  const key = `${threads}/${simd ?? "auto"}${memoryLimitsKey(memory)}${fastIntPrefill ? "/fast-int-prefill" : ""}`;
   let b = backends.get(key);
   if (!b) {
     b = new WasmBackend({
-      threads, simd, spawn: spawnKernelWorker, maxMemoryBytes: memory?.maxBytes, weightBytesPerMemory: memory?.weightBytesPerMemory,
+      threads, simd, spawn: spawnKernelWorker, maxMemoryBytes: memory?.maxBytes, weightBytesPerMemory: memory?.weightBytesPerMemory, fastIntPrefill,
       training: wasmTraining,
     });
     backends.set(key, b);
@@ -54,7 +54,7 @@ export function trainKernels(kind: TrainKernelKind = "wasm", threads: number = d
 
 /** Replaces the core's single-threaded "wasm" registration with the threaded one. */
 export function registerNodeBackends(): void {
-  registerBackend("wasm", WASM_PRIORITY, (o): Backend | null => wasmBackend(o.threads ?? defaultThreads(), undefined, o.memory));
+  registerBackend("wasm", WASM_PRIORITY, (o): Backend | null => wasmBackend(o.threads ?? defaultThreads(), undefined, o.memory, o.fastIntPrefill));
 }
 
 registerNodeBackends();
