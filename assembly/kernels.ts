@@ -99,7 +99,8 @@ export function runJob(ctrl: usize, job: i32, part: i32, nparts: i32): void {
   if (job == JOB_MATMUL_FLOAT) {
     matmulFloat(arg(a, 0), arg(a, 1), arg(a, 2), arg(a, 3), arg(a, 4), arg(a, 5), arg(a, 6), <usize>arg(a, 7) + <usize>part * <usize>arg(a, 8), arg(a, 9), part, nparts);
   } else if (job == JOB_MATMUL_INT) {
-    matmulInt(arg(a, 0), arg(a, 1), arg(a, 2), arg(a, 3), arg(a, 4), arg(a, 5), arg(a, 6), arg(a, 7), arg(a, 8), arg(a, 9), arg(a, 10), arg(a, 11), arg(a, 12), arg(a, 13), part, nparts);
+    if (arg(a, 13) != 0 && arg(a, 4) > 1 && arg(a, 11) == 0) matmulIntTiled(arg(a, 0), arg(a, 1), arg(a, 2), arg(a, 3), arg(a, 4), arg(a, 5), arg(a, 6), arg(a, 7), arg(a, 8), arg(a, 9), arg(a, 10), arg(a, 13), part, nparts);
+    else matmulInt(arg(a, 0), arg(a, 1), arg(a, 2), arg(a, 3), arg(a, 4), arg(a, 5), arg(a, 6), arg(a, 7), arg(a, 8), arg(a, 9), arg(a, 10), arg(a, 11), arg(a, 12), part, nparts);
   } else if (job == JOB_QUANTIZE) {
     quantizeRows(arg(a, 0), arg(a, 1), arg(a, 2), arg(a, 3), arg(a, 4), arg(a, 5), arg(a, 6), arg(a, 7), part, nparts);
   } else if (job == JOB_LAYER_NORM) {
@@ -952,18 +953,9 @@ const ACTIVATION_TILE_BYTES: i32 = 192 << 10;
  * build, q4/q5 types). `tab`: the f16 table; `ktab`: the constant table (fillActivationTable).
  * `g4` not 0 (T > 1, i16 layout): quantizeRows' per-group scales, and the fast tiles run.
  */
-function matmulInt(w: usize, kind: i32, O: i32, I: i32, T: i32, xq: usize, dx: usize, sx: usize, y: usize, scales: usize, tab: usize, ls: usize, ktab: usize, g4: usize, part: i32, nparts: i32): void {
+function matmulInt(w: usize, kind: i32, O: i32, I: i32, T: i32, xq: usize, dx: usize, sx: usize, y: usize, scales: usize, tab: usize, ls: usize, ktab: usize, part: i32, nparts: i32): void {
   const lo = splitLo(O, part, nparts, 16), hi = splitHi(O, part, nparts, 16);
   if (lo >= hi) return;
-  if (g4 != 0 && T > 1 && ls == 0) {
-    if (kind == T_Q8_0) intRowsTiled(T_Q8_0, w, scales, O, I, T, xq, dx, sx, g4, y, lo, hi, tab);
-    else if (kind == T_Q4_0) intRowsTiled(T_Q4_0, w, scales, O, I, T, xq, dx, sx, g4, y, lo, hi, tab);
-    else if (kind == T_Q4_1) intRowsTiled(T_Q4_1, w, scales, O, I, T, xq, dx, sx, g4, y, lo, hi, tab);
-    else if (kind == T_Q5_0) intRowsTiled(T_Q5_0, w, scales, O, I, T, xq, dx, sx, g4, y, lo, hi, tab);
-    else if (kind == T_Q5_1) intRowsTiled(T_Q5_1, w, scales, O, I, T, xq, dx, sx, g4, y, lo, hi, tab);
-    else intRowsTiled(T_I8, w, scales, O, I, T, xq, dx, sx, g4, y, lo, hi, tab);
-    return;
-  }
   if (ASC_FEATURE_RELAXED_SIMD) {
     if (ls != 0) {
       if (kind == T_Q4_0) intRowsI7(T_Q4_0, w, O, I, T, xq, dx, sx, ls, y, lo, hi, tab, ktab);
@@ -979,6 +971,22 @@ function matmulInt(w: usize, kind: i32, O: i32, I: i32, T: i32, xq: usize, dx: u
   else if (kind == T_Q5_0) intRows(T_Q5_0, w, scales, O, I, T, xq, dx, sx, y, lo, hi, tab);
   else if (kind == T_Q5_1) intRows(T_Q5_1, w, scales, O, I, T, xq, dx, sx, y, lo, hi, tab);
   else intRows(T_I8, w, scales, O, I, T, xq, dx, sx, y, lo, hi, tab);
+}
+
+/**
+ * matmulInt's opt-in fast prefill (g4: quantizeRows' per-group scales, T > 1, i16 layout). A
+ * function of its own, not a branch of matmulInt: with the six inlined tile loops inside it,
+ * matmulInt's T = 1 path ran 20-28 % slower (int8/q8_0 decode, bench/commits/README.md).
+ */
+function matmulIntTiled(w: usize, kind: i32, O: i32, I: i32, T: i32, xq: usize, dx: usize, sx: usize, y: usize, scales: usize, tab: usize, g4: usize, part: i32, nparts: i32): void {
+  const lo = splitLo(O, part, nparts, 16), hi = splitHi(O, part, nparts, 16);
+  if (lo >= hi) return;
+  if (kind == T_Q8_0) intRowsTiled(T_Q8_0, w, scales, O, I, T, xq, dx, sx, g4, y, lo, hi, tab);
+  else if (kind == T_Q4_0) intRowsTiled(T_Q4_0, w, scales, O, I, T, xq, dx, sx, g4, y, lo, hi, tab);
+  else if (kind == T_Q4_1) intRowsTiled(T_Q4_1, w, scales, O, I, T, xq, dx, sx, g4, y, lo, hi, tab);
+  else if (kind == T_Q5_0) intRowsTiled(T_Q5_0, w, scales, O, I, T, xq, dx, sx, g4, y, lo, hi, tab);
+  else if (kind == T_Q5_1) intRowsTiled(T_Q5_1, w, scales, O, I, T, xq, dx, sx, g4, y, lo, hi, tab);
+  else intRowsTiled(T_I8, w, scales, O, I, T, xq, dx, sx, g4, y, lo, hi, tab);
 }
 
 // ---------------------------------------------------------------------------------------------
