@@ -951,7 +951,6 @@ const ACTIVATION_TILE_BYTES: i32 = 192 << 10;
 /**
  * `ls` not 0: the activations are in quantizeRows' i8 layout and the i8·i7 kernels run (relaxed
  * build, q4/q5 types). `tab`: the f16 table; `ktab`: the constant table (fillActivationTable).
- * `g4` not 0 (T > 1, i16 layout): quantizeRows' per-group scales, and the fast tiles run.
  */
 function matmulInt(w: usize, kind: i32, O: i32, I: i32, T: i32, xq: usize, dx: usize, sx: usize, y: usize, scales: usize, tab: usize, ls: usize, ktab: usize, part: i32, nparts: i32): void {
   const lo = splitLo(O, part, nparts, 16), hi = splitHi(O, part, nparts, 16);
@@ -975,8 +974,9 @@ function matmulInt(w: usize, kind: i32, O: i32, I: i32, T: i32, xq: usize, dx: u
 
 /**
  * matmulInt's opt-in fast prefill (g4: quantizeRows' per-group scales, T > 1, i16 layout). A
- * function of its own, not a branch of matmulInt: with the six inlined tile loops inside it,
- * matmulInt's T = 1 path ran 20-28 % slower (int8/q8_0 decode, bench/commits/README.md).
+ * function of its own, not a branch of matmulInt, so the default T = 1 path is the code it was
+ * before the fast prefill came (suspected, not shown, of the int8/q8_0 decode slowdown in
+ * bench/commits/README.md). runJob picks it when the host passed g4.
  */
 function matmulIntTiled(w: usize, kind: i32, O: i32, I: i32, T: i32, xq: usize, dx: usize, sx: usize, y: usize, scales: usize, tab: usize, g4: usize, part: i32, nparts: i32): void {
   const lo = splitLo(O, part, nparts, 16), hi = splitHi(O, part, nparts, 16);
