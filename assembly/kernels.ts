@@ -99,7 +99,7 @@ export function runJob(ctrl: usize, job: i32, part: i32, nparts: i32): void {
   if (job == JOB_MATMUL_FLOAT) {
     matmulFloat(arg(a, 0), arg(a, 1), arg(a, 2), arg(a, 3), arg(a, 4), arg(a, 5), arg(a, 6), <usize>arg(a, 7) + <usize>part * <usize>arg(a, 8), arg(a, 9), part, nparts);
   } else if (job == JOB_MATMUL_INT) {
-    if (arg(a, 13) != 0 && arg(a, 4) > 1 && arg(a, 11) == 0) matmulIntTiled(arg(a, 0), arg(a, 1), arg(a, 2), arg(a, 3), arg(a, 4), arg(a, 5), arg(a, 6), arg(a, 7), arg(a, 8), arg(a, 9), arg(a, 10), arg(a, 13), part, nparts);
+    if (arg(a, 13) != 0) matmulIntTiled(arg(a, 0), arg(a, 1), arg(a, 2), arg(a, 3), arg(a, 4), arg(a, 5), arg(a, 6), arg(a, 7), arg(a, 8), arg(a, 9), arg(a, 10), arg(a, 13), part, nparts);
     else matmulInt(arg(a, 0), arg(a, 1), arg(a, 2), arg(a, 3), arg(a, 4), arg(a, 5), arg(a, 6), arg(a, 7), arg(a, 8), arg(a, 9), arg(a, 10), arg(a, 11), arg(a, 12), part, nparts);
   } else if (job == JOB_QUANTIZE) {
     quantizeRows(arg(a, 0), arg(a, 1), arg(a, 2), arg(a, 3), arg(a, 4), arg(a, 5), arg(a, 6), arg(a, 7), part, nparts);
@@ -974,9 +974,9 @@ function matmulInt(w: usize, kind: i32, O: i32, I: i32, T: i32, xq: usize, dx: u
 
 /**
  * matmulInt's opt-in fast prefill (g4: quantizeRows' per-group scales, T > 1, i16 layout). A
- * function of its own, not a branch of matmulInt, so the default T = 1 path is the code it was
- * before the fast prefill came (suspected, not shown, of the int8/q8_0 decode slowdown in
- * bench/commits/README.md). runJob picks it when the host passed g4.
+ * function of its own, not a branch of matmulInt, so the default T = 1 path stays the code it was
+ * before the fast prefill came. runJob picks it when the host passed g4 (wasm.ts matmulIn passes
+ * it only for T > 1 on the i16 layout).
  */
 function matmulIntTiled(w: usize, kind: i32, O: i32, I: i32, T: i32, xq: usize, dx: usize, sx: usize, y: usize, scales: usize, tab: usize, g4: usize, part: i32, nparts: i32): void {
   const lo = splitLo(O, part, nparts, 16), hi = splitHi(O, part, nparts, 16);

@@ -1,33 +1,42 @@
 #!/bin/bash
-# Side by side: this checkout against another commit's build, on the same machine in the same hour,
-# alternating engine every run (rwkv bench on a random RWKV-7 0.1B shape; training tokens/s of
-# v4, v5.2, v6, v7 at 4 x 128), then the table of medians and ratios (table.py).
+# Side by side: this checkout against another commit's build, on the same machine in the same hour.
+# Every cell (dtype x threads of rwkv bench on a random RWKV-7 0.1B shape; training tokens/s of v4, v5.2,
+# v6, v7 at 4 x 128) runs as a pair of processes, base and now back to back, the order swapped each
+# round; table.py prints the medians and the median of the pairs' ratios.
 #   bench/commits/run.sh BASE_DIR [OUT_DIR] [ROUNDS]
 # BASE_DIR: a built checkout of the other commit, e.g.
 #   git worktree add /tmp/base <commit> && (cd /tmp/base && npm ci)
-# Run on a quiet machine (no builds or tests beside it).
+# Run on a quiet machine (no builds or tests beside it). Why pairs: this VM's speed switches between two
+# levels (about 110 and 65 tok/s for q8_0 decode) for tens of seconds at a time, whichever engine runs;
+# a whole table per engine (minutes) lets one engine catch more slow periods than the other, while two
+# runs seconds apart mostly share one, so their ratio survives it.
 set -euo pipefail
 base=$(cd "$1" && pwd); here=$(cd "$(dirname "$0")/../.." && pwd)
-out=${2:-/tmp/rwkv-commits}; rounds=${3:-3}
+out=${2:-/tmp/rwkv-commits}; rounds=${3:-5}
 data=${RWKV_SHARED:-$here/../shared}/data/tinyshakespeare/input.txt
 mkdir -p "$out"
+order() { if [ $(($1 % 2)) = 1 ]; then echo "base now"; else echo "now base"; fi; }
 for round in $(seq "$rounds"); do
-  for eng in base now; do
-    dir=$base; [ $eng = now ] && dir=$here
-    (cd "$dir" && node dist/src/node/bin.js bench --random 7 --layers 12 --embd 768 --vocab 65536 \
-      --dtype f32,f16,int8,q8_0 --threads 1,2 --prefill 64 --runs 3 --decode-tokens 32 --json --no-retry) \
-      > "$out/infer-$eng-$round.json" 2> "$out/infer-$eng-$round.err"
-    echo "$(date +%T) rwkv bench: $eng, round $round"
+  for dtype in f32 f16 int8 q8_0; do
+    for threads in 1 2; do
+      for eng in $(order "$round"); do
+        dir=$base; [ $eng = now ] && dir=$here
+        (cd "$dir" && node dist/src/node/bin.js bench --random 7 --layers 12 --embd 768 --vocab 65536 \
+          --dtype $dtype --threads $threads --prefill 64 --runs 3 --decode-tokens 32 --probe-mib 16 --json --no-retry) \
+          > "$out/infer-$eng-$dtype-$threads-$round.json" 2> "$out/infer-$eng-$dtype-$threads-$round.err"
+      done
+    done
   done
+  echo "$(date +%T) rwkv bench, round $round"
 done
-for round in $(seq 2); do
-  for eng in base now; do
-    dir=$base; [ $eng = now ] && dir=$here
-    for v in 4 5.2 6 7; do
+for round in $(seq "$rounds"); do
+  for v in 4 5.2 6 7; do
+    for eng in $(order "$round"); do
+      dir=$base; [ $eng = now ] && dir=$here
       (cd "$dir" && node --experimental-wasm-relaxed-simd dist/bench/train/throughput.js --data "$data" \
         --version $v --threads 1 --steps 6 --warmup 1) > "$out/train-$eng-$v-$round.txt" 2>&1
     done
-    echo "$(date +%T) training throughput: $eng, round $round"
   done
+  echo "$(date +%T) training throughput, round $round"
 done
 python3 "$here/bench/commits/table.py" "$out"
