@@ -1,5 +1,5 @@
 import { BLOCK_TYPES, type Matrix, type WeightType } from "../backend.js";
-import { rowBytes } from "../weight-rows.js";
+import { matrixBytes, requireHostData, rowBytes } from "../weight-rows.js";
 
 /*
  * WGSL matrix kernels for the WebGPU backend: y (R, O) = x (R, I) Wᵀ for every weight type WebGPU
@@ -252,7 +252,8 @@ export function packForGpu(m: Matrix, row0: number, rows: number): Uint32Array {
     throw new Error(`packForGpu: rows [${row0}, ${row0 + rows}) are outside the matrix's ${O} rows`);
   }
   if (BLOCK_TYPES.has(type) && I % QK !== 0) throw new Error(`packForGpu: a ${type} matrix needs a multiple of ${QK} columns, got ${I}`);
-  const stored = type === "i8" ? O * I + 4 * O : O * rowBytes(type, I);
+  requireHostData(m);
+  const stored = matrixBytes(type, O, I);
   if (m.data.byteLength < stored) throw new Error(`packForGpu: ${type} (${O}, ${I}) data has ${m.data.byteLength} bytes, needs ${stored}`);
   const rw = gpuRowWords(type, I);
   const out = new Uint32Array(rows * rw); // (rows, rw)
