@@ -174,7 +174,7 @@ test("a model loaded on WebGPU keeps no matrix on the CPU and has the reference'
     ["v7 bf16", sharedPath(t, "golden", "v7", "model_bf16.safetensors")],
     ["v5 Q4_1", sharedPath(t, "rwkv.cpp", "tiny-rwkv-5v2-730K-FP32-to-Q4_1.bin")],
     // DeepEmbed: its s_emb_x fold is a CPU product at load (adoptForHost keeps that matrix readable).
-    ["v7a f32", join(import.meta.dirname, "..", "..", "test", "fixtures", "golden", "v7a", "head64", "model.safetensors")],
+    ["v7a (DeepEmbed)", join(import.meta.dirname, "..", "..", "test", "fixtures", "golden", "v7a", "head64", "model.safetensors")],
   ];
   for (const [what, path] of files) {
     if (!path) return;
