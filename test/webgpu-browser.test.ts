@@ -1,14 +1,14 @@
 import assert from "node:assert/strict";
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
-import { test } from "node:test";
+import { type TestContext, test } from "node:test";
 import { build } from "esbuild";
 import { selectBackend } from "../src/core/backend/registry.js";
 import { prepareWebGpu, webGpuUnavailableReason } from "../src/core/backend/webgpu/index.js";
 import type { Page } from "playwright-core";
 import { launchChromium, WEBGPU_ARGS } from "./chromium.js";
 import { compare, readJson, sharedPath } from "./shared.js";
-import type { CaseResult, ModelRun } from "./webgpu-page.js";
+import type { CaseResult, HostBytes, ModelRun } from "./webgpu-page.js";
 
 /*
  * The WebGPU backend in Chromium on its software adapter (SwiftShader), which runs on any machine
@@ -45,6 +45,18 @@ async function openPage(page: Page, files: ReadonlyMap<string, string>): Promise
     const api = (globalThis as unknown as { RwkvGpuTest: PageApi }).RwkvGpuTest;
     return (new Function("api", "args", `return (${src})(api, ...args)`) as (api: PageApi, args: unknown[]) => unknown)(api, a);
   }, [f.toString(), args] as const) as never;
+}
+
+/**
+ * A model loaded on WebGPU holds its matrices once, on the GPU: the matrices adopt() returned have
+ * no CPU data. The one documented exception: DeepEmbed's fold matrices (RWKV-7a/7b), a CPU product
+ * at load, which adoptForHost keeps readable (and the model drops once built).
+ */
+function assertNoCpuWeights(t: TestContext, name: string, version: string, b: HostBytes): void {
+  assert.ok(b.matrices > 0 && b.before > 0, `${name}: no matrix was adopted`);
+  assert.equal(b.after, 0, `${name}: the adopted matrices still hold ${b.after} bytes on the CPU`);
+  assert.equal(b.host > 0, version === "7a" || version === "7b", `${name}: matrices kept for the CPU (${b.host} bytes) outside DeepEmbed's fold`);
+  t.diagnostic(`${name}: ${b.matrices} matrices adopted, CPU bytes they hold: ${b.before} before adopt, ${b.after} after${b.host ? `; kept for the load-time fold: ${b.host}` : ""}`);
 }
 
 function assertClose(got: ArrayLike<number>, want: ArrayLike<number>, what: string): number {
@@ -159,6 +171,7 @@ test("webgpu in Chromium (SwiftShader): every kernel against the reference, the 
       t0 = performance.now();
       assertClose(run.batch, run.alone, `${name} stepBatch vs separate steps`);
       t.diagnostic(`${name} (RWKV-${run.version}) max|diff| ${JSON.stringify(report)}`);
+      assertNoCpuWeights(t, name, run.version, run.hostBytes);
     }
 
     // Compact types: the kernels' f32 sums against the reference's f64 ones on the same weights, so the
@@ -169,6 +182,7 @@ test("webgpu in Chromium (SwiftShader): every kernel against the reference, the 
       const r = await call((api, url: string, toks: number[]) => api.againstReference(url, toks), `${ORIGIN}/${f}`, tokens);
       assert.ok(r.maxDiff <= ATOL + RTOL * r.scale, `${f}: GPU vs reference max |diff| ${r.maxDiff}`);
       t.diagnostic(`${f} (RWKV-${r.version}, ${r.types.join("/")}): GPU vs reference max |diff| ${r.maxDiff} (logits up to ${r.scale.toFixed(1)})`);
+      assertNoCpuWeights(t, f, r.version, r.hostBytes);
     }
 
     // Bad cases on a second page whose backend has a 4 KiB largest binding.

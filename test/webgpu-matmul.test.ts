@@ -45,6 +45,8 @@ const TYPES: WeightType[] = ["f32", "f16", "bf16", "i8", "q8_0", "q5_0", "q5_1",
 interface PageCase {
   type: WeightType; O: number; I: number; R: number; data: number[]; x: number[];
   chunks: number[]; col0: number; yStride: number; sentinel: number;
+  /** The kernel for a device with shader-f16 (the page's device has it when its adapter does). */
+  shaderF16: boolean;
 }
 
 /** Runs in the page (serialized: nothing from this module's scope). */
@@ -65,7 +67,7 @@ async function pageRun(c: PageCase): Promise<number[]> {
   }
   interface Kernel { code: string; entryPoint: string; workgroups(R: number, O: number): [number, number, number] }
   interface Page {
-    navigator: { gpu?: { requestAdapter(): Promise<{ requestDevice(): Promise<Device> } | null> } };
+    navigator: { gpu?: { requestAdapter(): Promise<{ features: ReadonlySet<string>; requestDevice(d: { requiredFeatures: string[] }): Promise<Device> } | null> } };
     RwkvMatmul: { packForGpu(m: object, row0: number, rows: number): Uint32Array; matmulKernel(t: string, R: number, f: { shaderF16: boolean }): Kernel };
     rwkvDevice?: Device; rwkvPipelines?: Map<string, Pipeline>;
   }
@@ -74,14 +76,14 @@ async function pageRun(c: PageCase): Promise<number[]> {
   if (!g.rwkvDevice) {
     const adapter = await g.navigator.gpu?.requestAdapter();
     if (!adapter) throw new Error("no WebGPU adapter");
-    g.rwkvDevice = await adapter.requestDevice();
+    g.rwkvDevice = await adapter.requestDevice({ requiredFeatures: adapter.features.has("shader-f16") ? ["shader-f16"] : [] });
     g.rwkvPipelines = new Map();
   }
   const dev = g.rwkvDevice, pipelines = g.rwkvPipelines!;
   const M = g.RwkvMatmul;
   const bytes = c.type === "f32" ? new Float32Array(c.data) : c.type === "f16" || c.type === "bf16" ? new Uint16Array(c.data) : new Uint8Array(c.data);
   const m = { rows: c.O, cols: c.I, type: c.type, data: bytes };
-  const kernel = M.matmulKernel(c.type, c.R, { shaderF16: false });
+  const kernel = M.matmulKernel(c.type, c.R, { shaderF16: c.shaderF16 });
   dev.pushErrorScope("validation");
   let pipeline = pipelines.get(kernel.code);
   if (!pipeline) {
@@ -185,6 +187,23 @@ test("matmulKernel: one kernel per type and variant, dispatches within the 65535
       }
     }
   }
+  // shader-f16 changes f16 alone: its own kernels, the same for every other type.
+  const half = { shaderF16: true };
+  for (const type of TYPES) {
+    for (const R of [1, 3, 8, 9, 64]) {
+      const k = matmulKernel(type, R, half), base = matmulKernel(type, R, none);
+      if (type !== "f16") { assert.equal(k, base, `${type} R=${R}`); continue; }
+      assert.notEqual(k.code, base.code, `f16 R=${R}: its own code`);
+      assert.equal(matmulKernel(type, R, half), k, `f16 R=${R}: cached`);
+      assert.deepEqual(k.workgroups(R, 1000), base.workgroups(R, 1000), `f16 R=${R}: the same dispatch`);
+      assert.ok(k.code.startsWith("enable f16;\n"), "the extension first, as WGSL requires");
+      assert.match(k.code, /var<storage, read> w: array<vec2<f16>>;/);
+      assert.doesNotMatch(k.code, /unpack2x16float/);
+      // Besides the header and the weight readers, the same code: the same arithmetic on the same f32 weights.
+      const body = (code: string) => code.slice(code.indexOf("const ", code.indexOf("fn wAt")));
+      assert.equal(body(k.code), body(base.code), `f16 R=${R}: the same kernel body`);
+    }
+  }
   assert.throws(() => matmulKernel("f16s", 1, none), /weight type f16s is not supported/);
   assert.throws(() => matmulKernel("f32", 0, none), /R must be a positive integer, got 0/);
 });
@@ -210,15 +229,26 @@ test("WGSL matmul kernels in Chromium (SwiftShader): every weight type, decode a
       return;
     }
     await page.addScriptTag({ content: bundle.outputFiles[0].text });
+    const shaderF16 = await page.evaluate(async () => {
+      const gpu = (globalThis as unknown as { navigator: { gpu: { requestAdapter(): Promise<{ features: ReadonlySet<string> }> } } }).navigator.gpu;
+      return (await gpu.requestAdapter()).features.has("shader-f16");
+    });
+    t.diagnostic(`the adapter ${shaderF16 ? "has" : "does not have"} shader-f16`);
     const r = rng(17);
     let worst = 0;
+    /** f16 cases whose shader-f16 variant gave the same y, bit for bit. */
+    let sameBits = 0;
     const run = async (W: Matrix, R: number, chunks: number[], col0: number, yStride: number, what: string): Promise<void> => {
       const { rows: O, cols: I } = W;
       const x = Float32Array.from({ length: R * I }, () => r() * (r() > 0.9 ? 8 : 1)); // (R, I)
       const SENTINEL = -12345.5;
-      const got = await page.evaluate(pageRun, {
-        type: W.type, O, I, R, data: [...W.data], x: [...x], chunks, col0, yStride, sentinel: SENTINEL,
-      });
+      const c: PageCase = { type: W.type, O, I, R, data: [...W.data], x: [...x], chunks, col0, yStride, sentinel: SENTINEL, shaderF16: false };
+      const got = await page.evaluate(pageRun, c);
+      if (W.type === "f16" && shaderF16) {
+        // The shader-f16 variant reads the same weights as f16 values: the same f32 sums, bit for bit (deepStrictEqual tells -0 from 0).
+        assert.deepStrictEqual(await page.evaluate(pageRun, { ...c, shaderF16: true }), got, `${what}: the shader-f16 variant differs from unpack2x16float`);
+        sameBits++;
+      }
       const want = ref.matmul(x, R, W), mag = magnitudes(x, R, W); // (R, O) each
       for (let row = 0; row < R; row++) {
         for (let c = 0; c < yStride; c++) {
@@ -247,6 +277,25 @@ test("WGSL matmul kernels in Chromium (SwiftShader): every weight type, decode a
     for (const R of [1, 17]) await run(subnormal, R, [5], 0, 5, `f16 subnormal weights R=${R}`);
     assert.deepEqual(errors, []);
     t.diagnostic(`largest |y - y_ref| / Σ|x·w|: ${worst.toExponential(2)} (tolerance ${TOL})`);
+    // Without the feature a device refuses `enable f16;`, so here the variant's code can only be
+    // compiled with f16 spelled f32: that checks everything but the f16 typing (names, indexing,
+    // conversions), not that it runs.
+    const asF32 = [1, 70].map((R) => matmulKernel("f16", R, { shaderF16: true }).code.replace("enable f16;\n", "").replaceAll("f16>", "f32>"));
+    const compiled = await page.evaluate(async (codes: string[]) => {
+      interface Dev { createShaderModule(d: { code: string }): { getCompilationInfo(): Promise<{ messages: { type: string; message: string }[] }> } }
+      const dev = (globalThis as unknown as { rwkvDevice: Dev }).rwkvDevice;
+      return Promise.all(codes.map(async (code) => (await dev.createShaderModule({ code }).getCompilationInfo()).messages.filter((m) => m.type === "error").map((m) => m.message)));
+    }, asF32);
+    assert.deepEqual(compiled, [[], []], "the shader-f16 variant with f16 spelled f32 compiles");
+    // Reported as its own subtest, so an adapter without the feature shows as a skip, never a pass.
+    await t.test("the f16 kernels' shader-f16 variant on the adapter equals unpack2x16float bit for bit", (st) => {
+      if (!shaderF16) {
+        st.skip("this adapter has no shader-f16: the variant was not executed (its WGSL and selection are tested on a fake device, webgpu-fake-device.test.ts)");
+        return;
+      }
+      assert.ok(sameBits > 0);
+      st.diagnostic(`${sameBits} f16 cases (decode, tiled, chunks, subnormal weights): identical y`);
+    });
   } finally {
     await chromium.close();
   }

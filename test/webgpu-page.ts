@@ -1,4 +1,4 @@
-import type { Activation, Matrix, Tensor, TensorKernels, WeightType } from "../src/core/backend/backend.js";
+import type { Activation, Backend, Matrix, Tensor, TensorKernels, WeightType } from "../src/core/backend/backend.js";
 import { quantizeInt8 } from "../src/core/backend/int8.js";
 import { referenceBackend, referenceTensors as R } from "../src/core/backend/reference.js";
 import { prepareWebGpu, type WebGpuBackend } from "../src/core/backend/webgpu/index.js";
@@ -269,12 +269,13 @@ export async function conformance(): Promise<CaseResult[]> {
     const shapes: Array<[number, number]> = block ? [[1, 32], [5, 64], [17, 96], [40, 160]] : [[1, 13], [5, 4], [17, 37], [3, 100], [40, 64], [33, 161]];
     for (const [O, I] of shapes) {
       const W = randomMatrix(type, O, I, r);
-      gpu().adopt(W);
+      const G = gpu().adopt(W); // W's rows on the GPU, G without CPU data
+      out.push({ name: `adopt ${type} O=${O} I=${I} keeps no CPU data`, ok: G.data.length === 0 && W.data.length > 0, err: G.data.byteLength, tol: 0 });
       for (const T of [1, 2, 17, 64]) {
         const x = rand(T * I);
         const X = pair(K, x, T);
         const yR = R.arena().take(T, O), yG = K.arena().take(T, O);
-        R.matmul(yR, X.r, W); K.matmul(yG, X.g, W);
+        R.matmul(yR, X.r, W); K.matmul(yG, X.g, G);
         const bound = matmulBound(x, T, W);
         await check(`matmul ${type} O=${O} I=${I} T=${T}`, yG, R.read(yR), (i) => bound[i]);
       }
@@ -320,8 +321,30 @@ export function oversizedRow(I: number): string {
   }
 }
 
+/** CPU bytes of the matrices a model load adopted: what adopt() was given and what it returned; `host`: what adoptForHost kept. */
+export interface HostBytes { matrices: number; before: number; after: number; host: number }
+
+/** The page's backend, adopt() and adoptForHost() counted into `bytes` (everything else is the backend's own). */
+function recording(): { backend: Backend; bytes: HostBytes } {
+  const be = gpu(), bytes: HostBytes = { matrices: 0, before: 0, after: 0, host: 0 };
+  const backend = Object.create(be) as WebGpuBackend;
+  backend.adopt = (m) => {
+    const out = be.adopt(m);
+    bytes.matrices++;
+    bytes.before += m.data.byteLength;
+    bytes.after += out.data.byteLength;
+    return out;
+  };
+  backend.adoptForHost = (m) => {
+    bytes.host += m.data.byteLength;
+    return be.adoptForHost(m);
+  };
+  return { backend, bytes };
+}
+
 export interface ModelRun {
   version: string;
+  hostBytes: HostBytes;
   rnn: number[]; seq: number[]; chunked: number[];
   states: Record<string, Record<string, number[]>[]>;
   batch: number[]; alone: number[];
@@ -334,7 +357,8 @@ export async function runModel(url: string, tokens: number[], split: number, mat
   const bytes = new Uint8Array(await (await fetch(url)).arrayBuffer());
   const ckpt = openCheckpoint(new MemorySource(url, bytes));
   const version = detectVersion(ckpt);
-  const model = buildModel(ckpt, architectureFor(version, url), version, gpu(), { matrices });
+  const { backend, bytes: hostBytes } = recording();
+  const model = buildModel(ckpt, architectureFor(version, url), version, backend, { matrices });
   await gpu().ready();
   const states: ModelRun["states"] = {};
   const s = model.initState(), rnn: number[] = [];
@@ -356,7 +380,7 @@ export async function runModel(url: string, tokens: number[], split: number, mat
   const a1 = a.clone(), b1 = b.clone();
   const batch = [...await model.stepBatch([tokens[5], tokens[2]], [a, b])];
   const alone = [...await model.step(tokens[5], a1), ...await model.step(tokens[2], b1)];
-  return { version, rnn, seq, chunked, states, batch, alone };
+  return { version, hostBytes, rnn, seq, chunked, states, batch, alone };
 }
 
 /** Loses the device (destroy) between two steps of a model: what the second step rejects with, or "hang". */
@@ -382,11 +406,12 @@ export async function loseDevice(url: string): Promise<string> {
  * A model file in its compact types (f16, bf16, ggml blocks) on the GPU and on the reference kernels
  * (the same weights): the largest |difference| of the logits of a sequence and of steps after it.
  */
-export async function againstReference(url: string, tokens: number[]): Promise<{ version: string; types: string[]; maxDiff: number; scale: number }> {
+export async function againstReference(url: string, tokens: number[]): Promise<{ version: string; types: string[]; maxDiff: number; scale: number; hostBytes: HostBytes }> {
   const bytes = new Uint8Array(await (await fetch(url)).arrayBuffer());
   const ckpt = openCheckpoint(new MemorySource(url, bytes));
   const version = detectVersion(ckpt);
-  const gpuModel = buildModel(ckpt, architectureFor(version, url), version, gpu());
+  const { backend, bytes: hostBytes } = recording();
+  const gpuModel = buildModel(ckpt, architectureFor(version, url), version, backend);
   const refModel = buildModel(ckpt, architectureFor(version, url), version, referenceBackend);
   const types = [...new Set([...ckpt.tensors.values()].map((t) => t.dtype))];
   const sg = gpuModel.initState(), sr = refModel.initState();
@@ -394,5 +419,5 @@ export async function againstReference(url: string, tokens: number[]): Promise<{
   for (const tok of tokens.slice(0, 3)) { got.push(...await gpuModel.step(tok, sg)); want.push(...await refModel.step(tok, sr)); }
   let maxDiff = 0, scale = 0;
   for (let i = 0; i < want.length; i++) { maxDiff = Math.max(maxDiff, Math.abs(got[i] - want[i])); scale = Math.max(scale, Math.abs(want[i])); }
-  return { version, types, maxDiff, scale };
+  return { version, types, maxDiff, scale, hostBytes };
 }

@@ -36,11 +36,14 @@ export interface Matrix {
   /**
    * f32: Float32Array (O·I); f16/bf16: Uint16Array (O·I) of raw bits; block types: Uint8Array of O
    * rows of blocks; i8: Uint8Array of O·I int8 then O f32 row scales. May be a view into a backend's
-   * own memory once adopted.
+   * own memory once adopted, or empty (length 0) when the backend keeps the weights only where the
+   * CPU cannot read them (the WebGPU backend's adopt): CPU readers then throw (requireHostData).
    */
   readonly data: Float32Array | Uint16Array | Uint8Array;
   /** Where a backend keeps its own copy (e.g. an offset in WebAssembly memory); set by adopt(). */
   readonly handle?: number;
+  /** The checkpoint tensor it was read from, for messages (set by Weights). */
+  readonly name?: string;
 }
 
 /**
@@ -92,6 +95,14 @@ export interface Backend {
    * never holds a second copy of it. Same result as adopt() of those bytes.
    */
   adoptFrom?(rows: number, cols: number, type: WeightType, bytes: number, fill: (dest: Uint8Array) => void): Matrix;
+
+  /**
+   * Optional: adopt() for a matrix that only the Float32Array methods below will read (a load-time
+   * product such as DeepEmbed's fold), never the tensor kernels. Absent: adopt() serves both. A
+   * backend whose adopt() moves the weights out of the CPU's reach (WebGPU) keeps such a matrix
+   * as it is, since its Float32Array methods run on the CPU.
+   */
+  adoptForHost?(m: Matrix): Matrix;
 
   /**
    * Optional: an array with a's values that this backend's kernels can update in place, for the

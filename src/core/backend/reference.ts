@@ -2,7 +2,7 @@ import { type Activation, type Backend, isTrainingOp, type Matrix, type Tensor, 
 import { referenceTrainKernels } from "./train-kernels.js";
 import { normalizeGroup } from "./train-ops.js";
 import { SlotArena } from "./slot-arena.js";
-import { decodeWeightRow } from "./weight-rows.js";
+import { decodeWeightRow, requireHostData } from "./weight-rows.js";
 import { wkv4Channel, wkv5Step, wkv7Step, WkvStep } from "./wkv-scan.js";
 
 /*
@@ -88,6 +88,7 @@ export const referenceTensors: TensorKernels = {
   },
 
   matmul(yt, xt, W) {
+    requireHostData(W); // the f32 path reads W.data directly
     const { rows: O, cols: I } = W;
     const T = xt.rows, x = d(xt), y = d(yt);
     if (W.type !== "f32" && rowBuffer.length < I) rowBuffer = new Float32Array(I);

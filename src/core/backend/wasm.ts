@@ -3,7 +3,7 @@ import type { TrainKernels } from "./train-kernels.js";
 import { WasmTensor, WasmTensorKernels } from "./wasm-tensors.js";
 import { referenceBackend } from "./reference.js";
 import { WASM_RELAXED_SIMD, WASM_SIMD } from "./wasm-binary.js";
-import { decodeMatrix, fitsF16s, toF16s } from "./weight-rows.js";
+import { decodeMatrix, fitsF16s, requireHostData, toF16s } from "./weight-rows.js";
 import {
   kernelImports, type RunInMemory, WA, WasmBuilds, type WasmMemory, type WasmModule, type WasmSimd, type WasmWorkerSpawner,
 } from "../wasm-runtime.js";
@@ -519,6 +519,7 @@ export class WasmBackend implements Backend {
 
   adopt(m: Matrix): Matrix {
     if (this.adopted.has(m)) return m;
+    requireHostData(m); // a matrix another backend keeps on a GPU: nothing here to copy
     let type = m.type;
     let src = new Uint8Array(m.data.buffer, m.data.byteOffset, m.data.byteLength);
     if (type === "f16" && hasF16InfNaN(m.data as Uint16Array)) {

@@ -11,8 +11,31 @@ export function rowBytes(t: WeightType, cols: number): number {
   return (cols / g.blockElements) * g.blockBytes;
 }
 
+/** Bytes of a (rows, cols) matrix of `type` as Matrix.data holds it (i8: the row scales too). */
+export function matrixBytes(type: WeightType, rows: number, cols: number): number {
+  return rows * rowBytes(type, cols) + (type === "i8" ? 4 * rows : 0);
+}
+
+/** W in words for messages: its tensor name when known, and its shape and type. */
+export function describeMatrix(W: Matrix): string {
+  const shape = `${W.rows}x${W.cols} ${W.type}`;
+  return W.name ? `matrix ${W.name} (${shape})` : `a ${shape} matrix`;
+}
+
+/**
+ * Throws unless W's weights are in JavaScript memory. The WebGPU backend's adopt() returns a
+ * matrix with empty data (the weights live in GPU buffers only, so a model does not hold them
+ * twice); CPU code handed such a matrix would otherwise read nothing and compute with zeros.
+ */
+export function requireHostData(W: Matrix): void {
+  if (W.data.length === 0 && W.rows > 0 && W.cols > 0) {
+    throw new Error(`${describeMatrix(W)} has no weights in JavaScript memory: the WebGPU backend keeps an adopted matrix on the GPU only, where the CPU cannot read it (read it before adopt(), or adopt it with adoptForHost() when CPU code needs it)`);
+  }
+}
+
 /** Row `r` of W as f32 in `out` (I): exact for f16/bf16, ggml's dequantization for block types. */
 export function decodeWeightRow(W: Matrix, r: number, out: Float32Array): Float32Array {
+  requireHostData(W);
   const I = W.cols;
   if (W.type === "f32") { out.set((W.data as Float32Array).subarray(r * I, (r + 1) * I)); return out; }
   if (W.type === "f16s") {
@@ -93,6 +116,7 @@ export function toF16s(bits: Uint16Array, cols: number, out: Uint16Array): boole
 
 /** The whole matrix as f32 (O, I). */
 export function decodeMatrix(W: Matrix): Float32Array {
+  requireHostData(W);
   if (W.type === "f32") return W.data as Float32Array;
   const out = new Float32Array(W.rows * W.cols); // (O, I)
   for (let r = 0; r < W.rows; r++) decodeWeightRow(W, r, out.subarray(r * W.cols, (r + 1) * W.cols));

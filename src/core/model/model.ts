@@ -251,8 +251,10 @@ export class RwkvModel implements Model {
       this.blocks.push({ ln1: norm(`blocks.${i}.ln1`), ln2: norm(`blocks.${i}.ln2`), mix: arch.block(w, i, config, this.adapters.backend) });
     }
     this.lnOut = norm("ln_out");
-    this.head = w.linear("head.weight", V, C);
-    this.fingerprint = fingerprint(JSON.stringify(config), [embSample, sampledRows(this.head)]);
+    // The head's sample is taken before adopt(): a backend may keep the adopted matrix where the CPU cannot read it (WebGPU).
+    let headSample: Float32Array | undefined;
+    this.head = w.linear("head.weight", V, C, (m) => { headSample = sampledRows(m); });
+    this.fingerprint = fingerprint(JSON.stringify(config), [embSample, headSample ?? sampledRows(this.head)]);
     this.initial = new State(config.version, Array.from({ length: L }, () => arch.initLayerState(config)));
     // Read through `w`, so the time_state tensors count as used by the unknown-tensor check.
     if (ckpt.tensors.has("blocks.0.att.time_state")) this.useTimeState(ckpt, w);

@@ -69,24 +69,49 @@ export class Weights {
     return this.vec(name, H * N);
   }
 
-  /** A Linear weight stored (out, in): used as y = W x. Kept in its stored type when it can be. */
-  linear(name: string, out: number, inp: number): Matrix {
-    const m = this.readLinear(name, out, inp);
+  /**
+   * A Linear weight stored (out, in): used as y = W x. Kept in its stored type when it can be.
+   * `onHost`, when given, sees the matrix while its weights are in JavaScript memory, before the
+   * backend adopts it: the only time CPU code can read a matrix that a backend moves out of the
+   * CPU's reach (WebGPU releases its data).
+   */
+  linear(name: string, out: number, inp: number, onHost?: (m: Matrix) => void): Matrix {
+    const m = this.readLinear(name, out, inp, false, onHost);
     this.linears.set(name, m);
     return m;
   }
 
-  private readLinear(name: string, out: number, inp: number): Matrix {
+  /**
+   * A Linear weight that only the backend's Float32Array methods read (a load-time product on the
+   * CPU, e.g. DeepEmbed's fold), never its tensor kernels: adopted with adoptForHost where the
+   * backend has it, so it stays readable there (see Backend.adoptForHost). Not one of `linears`:
+   * no forward multiplies by it, so an unmerged adapter could not change it, and the model keeps
+   * `linears` (a CPU copy held there would live as long as the model).
+   */
+  hostLinear(name: string, out: number, inp: number): Matrix {
+    return this.readLinear(name, out, inp, true);
+  }
+
+  private readLinear(name: string, out: number, inp: number, forHost: boolean, onHost?: (m: Matrix) => void): Matrix {
     this.expectShape(name, [out, inp]);
     const e = this.entry(name);
     const blocks = BLOCK_TYPES.has(e.dtype as WeightType);
-    if (this.int8 && !blocks) return this.backend.adopt(quantizeInt8(e.toFloat32(), out, inp));
+    const hostAdopt = forHost ? this.backend.adoptForHost?.bind(this.backend) : undefined;
+    const adopt = (m: Matrix): Matrix => {
+      const named: Matrix = { ...m, name };
+      onHost?.(named);
+      return hostAdopt ? hostAdopt(named) : this.backend.adopt(named);
+    };
+    if (this.int8 && !blocks) return adopt(quantizeInt8(e.toFloat32(), out, inp));
     const keep = e.dtype === "f32" || (this.compact && COMPACT_TYPES.has(e.dtype) && (!blocks || inp % BLOCK === 0));
     const rawInto = e.rawInto, adoptFrom = this.backend.adoptFrom?.bind(this.backend);
-    if (keep && rawInto && adoptFrom) {
+    if (keep && rawInto && adoptFrom && !hostAdopt) {
       // From the file straight into the backend's memory: no copy of the matrix in JavaScript.
       const type = e.dtype as WeightType;
-      return adoptFrom(out, inp, type, weightBytes(type, out, inp), (dest) => rawInto(dest));
+      return adoptFrom(out, inp, type, weightBytes(type, out, inp), (dest) => {
+        rawInto(dest);
+        onHost?.(matrixOver(type, out, inp, dest, name));
+      });
     }
     if (this.compact && e.raw && COMPACT_TYPES.has(e.dtype) && (!blocks || inp % BLOCK === 0)) {
       const type = e.dtype as WeightType;
@@ -94,9 +119,9 @@ export class Weights {
       // Typed views need aligned, private storage: copy once (the source buffer is per-read anyway).
       const own = bytes.byteOffset % 4 === 0 ? bytes : bytes.slice();
       const data = blocks ? own : new Uint16Array(own.buffer, own.byteOffset, out * inp);
-      return this.backend.adopt({ rows: out, cols: inp, type, data });
+      return adopt({ rows: out, cols: inp, type, data });
     }
-    return this.backend.adopt({ rows: out, cols: inp, type: "f32", data: e.toFloat32() });
+    return adopt({ rows: out, cols: inp, type: "f32", data: e.toFloat32() });
   }
 
   /** A (rows, cols) tensor as plain f32, e.g. the embedding, which is layer-normed at load. */
@@ -165,8 +190,9 @@ export class Weights {
    */
   projection(name: string, inp: number, out: number): Matrix {
     this.expectShape(name, [inp, out]);
-    const m = transpose(this.entry(name).toFloat32(), inp, out);
-    return this.backend.adopt(this.int8 ? quantizeInt8(m, out, inp) : { rows: out, cols: inp, type: "f32", data: m });
+    const t = transpose(this.entry(name).toFloat32(), inp, out);
+    const m: Matrix = this.int8 ? quantizeInt8(t, out, inp) : { rows: out, cols: inp, type: "f32", data: t };
+    return this.backend.adopt({ ...m, name });
   }
 
   /** A (B, I, O) stack of [in, out] matrices (v6 time_maa_w2), each used as x @ M. */
@@ -174,8 +200,9 @@ export class Weights {
     this.expectShape(name, [B, inp, out]);
     const all = this.entry(name).toFloat32(); // (B, I, O)
     return Array.from({ length: B }, (_, b) => {
-      const m = transpose(all.subarray(b * inp * out, (b + 1) * inp * out), inp, out);
-      return this.backend.adopt(this.int8 ? quantizeInt8(m, out, inp) : { rows: out, cols: inp, type: "f32", data: m });
+      const t = transpose(all.subarray(b * inp * out, (b + 1) * inp * out), inp, out);
+      const m: Matrix = this.int8 ? quantizeInt8(t, out, inp) : { rows: out, cols: inp, type: "f32", data: t };
+      return this.backend.adopt({ ...m, name: `${name}[${b}]` });
     });
   }
 
@@ -202,6 +229,14 @@ export class Weights {
 /** (R, K) row-major -> (K, R) row-major. */
 export function transpose(m: Float32Array, R: number, K: number): Float32Array {
   return transposeLast2(m, 1, R, K);
+}
+
+/** A Matrix over `bytes` of `type` (a copy where they are not aligned for the typed view). */
+function matrixOver(type: WeightType, rows: number, cols: number, bytes: Uint8Array, name: string): Matrix {
+  const own = bytes.byteOffset % 4 === 0 ? bytes : bytes.slice();
+  const data = type === "f32" ? new Float32Array(own.buffer, own.byteOffset, rows * cols)
+    : type === "f16" || type === "bf16" ? new Uint16Array(own.buffer, own.byteOffset, rows * cols) : own;
+  return { rows, cols, type, data, name };
 }
 
 /** Bytes of a (rows, cols) matrix stored in `type` (block types: rows of 32-element blocks). */

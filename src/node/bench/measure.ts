@@ -1,5 +1,6 @@
 import { readFileSync } from "node:fs";
 import type { Activation, Backend, Matrix, TensorKernels, WeightType, Wkv4State } from "../../core/backend/backend.js";
+import { matrixBytes } from "../../core/backend/weight-rows.js";
 import type { Checkpoint } from "../../core/formats/checkpoint.js";
 import { type MatrixDType, retypeMatrices } from "../../core/formats/retype.js";
 import { architectureFor, detectVersion } from "../../core/model/detect.js";
@@ -61,7 +62,7 @@ export class CountingBackend implements Backend {
     const kernels = inner.tensors;
     this.tensors = Object.assign(Object.create(kernels) as TensorKernels, {
       matmul: (y: Parameters<TensorKernels["matmul"]>[0], x: Parameters<TensorKernels["matmul"]>[1], W: Matrix): void => {
-        if (this.counting) this.weightBytes += W.data.byteLength;
+        if (this.counting) this.weightBytes += matrixBytes(W.type, W.rows, W.cols); // not W.data: empty for a matrix kept on a GPU
         kernels.matmul(y, x, W);
       },
     });
@@ -76,11 +77,14 @@ export class CountingBackend implements Backend {
     const data = type === "f32" ? new Float32Array(raw.buffer) : type === "f16" || type === "bf16" ? new Uint16Array(raw.buffer) : raw;
     return this.inner.adopt({ rows, cols, type, data });
   }
+  get adoptForHost(): ((m: Matrix) => Matrix) | undefined {
+    return this.inner.adoptForHost?.bind(this.inner);
+  }
   get residentArray(): ((a: Float32Array) => Float32Array) | undefined {
     return this.inner.residentArray?.bind(this.inner);
   }
   matmul(x: Float32Array, T: number, W: Matrix): Float32Array {
-    if (this.counting) this.weightBytes += W.data.byteLength;
+    if (this.counting) this.weightBytes += matrixBytes(W.type, W.rows, W.cols); // not W.data: empty for a matrix kept on a GPU
     return this.inner.matmul(x, T, W);
   }
   activate(f: Activation, x: Float32Array, scale?: number): Float32Array {
@@ -302,9 +306,13 @@ export async function probeBandwidth(backend: Backend, cols: number, mib: number
     for (let i = 0; i < data.length; i++) data[i] = ((i * 2654435761) >>> 0) / 2 ** 32 - 0.5; // any finite values
   };
   const bytes = rows * cols * 4;
-  // Written in the backend's memory where it can: the probe's matrix is not held twice either.
-  const W = backend.adoptFrom ? backend.adoptFrom(rows, cols, "f32", bytes, (d) => fill(new Float32Array(d.buffer, d.byteOffset, rows * cols)))
-    : backend.adopt({ rows, cols, type: "f32", data: (() => { const d = new Float32Array(rows * cols); fill(d); return d; })() });
+  // Written in the backend's memory where it can: the probe's matrix is not held twice either. The
+  // probe times the Float32Array matmul, so a backend that has adoptForHost (WebGPU, whose adopt()
+  // leaves the CPU no weights and whose Float32Array methods run on the CPU) gets it that way.
+  const filled = () => { const d = new Float32Array(rows * cols); fill(d); return d; }; // (rows, cols)
+  const W = backend.adoptForHost ? backend.adoptForHost({ rows, cols, type: "f32", data: filled() })
+    : backend.adoptFrom ? backend.adoptFrom(rows, cols, "f32", bytes, (d) => fill(new Float32Array(d.buffer, d.byteOffset, rows * cols)))
+      : backend.adopt({ rows, cols, type: "f32", data: filled() });
   const x = new Float32Array(cols).fill(1 / cols); // (cols)
   let passMs = 0;
   for (let i = 0; i < PROBE_WARMUP; i++) {

@@ -14,9 +14,19 @@ import { WebGpuTensorKernels } from "./tensors.js";
  * (or where there is no adapter) it says why not (webGpuUnavailableReason).
  *
  * Weights are uploaded once at adopt() in the matmul's GPU layout, in row chunks that each fit the
- * adapter's maxStorageBufferBindingSize and maxBufferSize. The Float32Array methods of Backend
- * (training, tools, the load-time ln0 of the embedding) run on the CPU through the reference
- * kernels: they are synchronous and a GPU cannot answer synchronously.
+ * adapter's maxStorageBufferBindingSize and maxBufferSize, and adopt() returns the matrix with its
+ * CPU data released (empty), so a model holds its weights once, on the GPU. The Float32Array
+ * methods of Backend (training, tools, the load-time ln0 of the embedding) run on the CPU through
+ * the reference kernels: they are synchronous and a GPU cannot answer synchronously; handed an
+ * adopted matrix they throw, naming it (requireHostData).
+ *
+ * What stays on the CPU, because CPU code reads it:
+ * - the embedding tables that a forward reads a few rows of per token (emb, DeepEmbed's and
+ *   v8's per-token tables): never adopted, they are not matmul weights;
+ * - matrices of load-time CPU products (DeepEmbed's s_emb_x / k_emb_x / v_emb_x fold, computed by
+ *   the Float32Array matmul): adoptForHost() keeps them as they are and uploads nothing; they are
+ *   garbage once the model is built;
+ * - the fingerprint's sample of the head, taken by the model before adopt() (Weights.linear's onHost).
  */
 
 export interface WebGpuOptions {
@@ -30,7 +40,7 @@ export class WebGpuBackend implements Backend {
   readonly name = "webgpu";
   readonly tensors: WebGpuTensorKernels;
   readonly stream: GpuStream;
-  /** Whether the shaders may use f16 arithmetic (the adapter has shader-f16). */
+  /** Whether the device has shader-f16: the f16 matmul then reads its weights as f16 (matmul.ts). */
   readonly shaderF16: boolean;
 
   constructor(readonly device: GpuDevice, readonly adapterName: string, options: WebGpuOptions = {}) {
@@ -40,10 +50,23 @@ export class WebGpuBackend implements Backend {
     this.tensors = new WebGpuTensorKernels(this.stream, { maxBindingBytes }, this.shaderF16);
   }
 
-  /** Uploads m's rows to the GPU now (the matrix keeps its data: the CPU methods and fingerprints read it). */
+  /**
+   * Uploads m's rows to the GPU now and returns m with empty data (the same kind of array, length
+   * 0): the GPU buffers are the only copy this backend keeps, and m's own array is the caller's to
+   * drop. Read anything the CPU needs from m before (see the header). Adopting the result again
+   * returns it.
+   */
   adopt(m: Matrix): Matrix {
     if (m.type === "f16s") throw new Error("f16s is the wasm backend's f16 layout; give the WebGPU backend the checkpoint's f16");
-    this.tensors.matrix(m);
+    if (m.data.length === 0 && this.tensors.holds(m)) return m; // adopted already
+    const gpu = this.tensors.matrix(m); // uploaded now, or found if a matmul used m before
+    const out: Matrix = { rows: m.rows, cols: m.cols, type: m.type, data: emptyLike(m.data), ...(m.name === undefined ? {} : { name: m.name }) };
+    this.tensors.hold(out, gpu);
+    return out;
+  }
+
+  /** A matrix only the Float32Array methods read: they run on the CPU, so it keeps its data, and nothing is uploaded. */
+  adoptForHost(m: Matrix): Matrix {
     return m;
   }
 
@@ -61,6 +84,13 @@ export class WebGpuBackend implements Backend {
   wkv4 = referenceBackend.wkv4;
   wkv5 = referenceBackend.wkv5;
   wkv7 = referenceBackend.wkv7;
+}
+
+/** A zero-length array of data's kind: an adopted matrix's data keeps its type (f32, 16-bit, bytes) and no weights. */
+function emptyLike(data: Matrix["data"]): Matrix["data"] {
+  if (data instanceof Float32Array) return new Float32Array(0);
+  if (data instanceof Uint16Array) return new Uint16Array(0);
+  return new Uint8Array(0);
 }
 
 /** The backend prepareWebGpu made, or why there is none. */

@@ -1,5 +1,5 @@
 import { BLOCK_TYPES, type Matrix, type WeightType } from "../backend.js";
-import { rowBytes } from "../weight-rows.js";
+import { matrixBytes, requireHostData, rowBytes } from "../weight-rows.js";
 
 /*
  * WGSL matrix kernels for the WebGPU backend: y (R, O) = x (R, I) Wᵀ for every weight type WebGPU
@@ -41,9 +41,15 @@ import { rowBytes } from "../weight-rows.js";
  * - tiled (prefill): a workgroup computes a TILE × TILE block of y (TILE outputs × TILE rows of
  *   x), stepping through I in slices of KC = 32 columns (one ggml block): the slice of W is
  *   dequantized once into workgroup memory and used by all TILE rows of x.
- * Sums are in f32 (the reference sums in f64). f16 is read with unpack2x16float, so it needs
- * no shader-f16 feature; there is no shader-f16 variant, as no adapter here has the feature to
- * test it on.
+ * Sums are in f32 (the reference sums in f64).
+ *
+ * f16 weights have two readers: unpack2x16float on the u32 words (every device), and, where the
+ * device has the `shader-f16` feature (matmulKernel's features.shaderF16), a variant with
+ * `enable f16;` that binds the same buffer as array<vec2<f16>> (one element a word, column 2j in
+ * .x) and converts each half to f32. Either way the weights reach the sums as the same f32 values
+ * (f16 -> f32 is exact) and the arithmetic after that is the same code, so both variants give the
+ * same y bit for bit (test/webgpu-matmul.test.ts checks it wherever the adapter has the feature).
+ * The sums stay in f32: f16 products or sums would round far more than the reference's.
  */
 
 /** The dispatch limit per dimension that every WebGPU device has (maxComputeWorkgroupsPerDimension). */
@@ -59,6 +65,9 @@ const TILE = 64, KC = QK;
 
 /** How a type's units are read in WGSL. */
 interface TypeCode {
+  /** WGSL type of the elements of w, one per u32 word of the layout (default u32); a type other
+   *  than u32 needs `enable f16;` (the shader-f16 variant). */
+  readonly word?: "u32" | "vec2<f16>";
   /** Units per 32 columns. */
   readonly upb: number;
   /** Columns per unit: 4 (one vec4) or 8 (two: lo at the unit's column, hi 16 columns on). */
@@ -190,7 +199,24 @@ fn unitW(rb: u32, u: u32, I: u32) -> Unit8 {
   },
 };
 
-function typeCode(type: WeightType): TypeCode {
+/**
+ * f16 read as f16 (the shader-f16 variant): the same words as array<vec2<f16>>, columns 2j and
+ * 2j+1 in .x and .y (WGSL stores vector components in ascending addresses, as unpack2x16float
+ * takes the low half first), each converted to f32 exactly.
+ */
+const F16_NATIVE: TypeCode = {
+  upb: 8, wide: false, word: "vec2<f16>", fns: `fn rowWords(I: u32) -> u32 { return (I + 1u) / 2u; }
+${LINEAR_POS}
+fn unitW(rb: u32, u: u32, I: u32) -> vec4<f32> {
+  let a = rb + 2u * u;
+  return vec4<f32>(vec2<f32>(w[a]), vec2<f32>(w[a + 1u]));
+}
+fn wAt(rb: u32, i: u32, I: u32) -> f32 { return f32(w[rb + (i >> 1u)][i & 1u]); }`,
+};
+
+/** The kernel code of `type`; `half`: f16 read as f16 (only f16 has that variant). */
+function typeCode(type: WeightType, half = false): TypeCode {
+  if (half && type === "f16") return F16_NATIVE;
   const c = TYPES[type];
   if (!c) throw new Error(`WebGPU matmul: weight type ${type} is not supported (f32, f16, bf16, i8 and the ggml block types are)`);
   return c;
@@ -226,7 +252,8 @@ export function packForGpu(m: Matrix, row0: number, rows: number): Uint32Array {
     throw new Error(`packForGpu: rows [${row0}, ${row0 + rows}) are outside the matrix's ${O} rows`);
   }
   if (BLOCK_TYPES.has(type) && I % QK !== 0) throw new Error(`packForGpu: a ${type} matrix needs a multiple of ${QK} columns, got ${I}`);
-  const stored = type === "i8" ? O * I + 4 * O : O * rowBytes(type, I);
+  requireHostData(m);
+  const stored = matrixBytes(type, O, I);
   if (m.data.byteLength < stored) throw new Error(`packForGpu: ${type} (${O}, ${I}) data has ${m.data.byteLength} bytes, needs ${stored}`);
   const rw = gpuRowWords(type, I);
   const out = new Uint32Array(rows * rw); // (rows, rw)
@@ -282,12 +309,16 @@ export interface MatmulKernel {
   workgroups(R: number, O: number): [number, number, number];
 }
 
-const HEADER = `struct MatmulParams { R: u32, O: u32, I: u32, yCol0: u32, yStride: u32 }
+/** The bindings and x's reader; w's elements are c.word (f16 ones need the f16 extension, enabled first as WGSL requires). */
+function header(c: TypeCode): string {
+  const word = c.word ?? "u32";
+  return `${word === "u32" ? "" : "enable f16;\n"}struct MatmulParams { R: u32, O: u32, I: u32, yCol0: u32, yStride: u32 }
 @group(0) @binding(0) var<storage, read_write> y: array<f32>;
 @group(0) @binding(1) var<storage, read> x: array<f32>;
-@group(0) @binding(2) var<storage, read> w: array<u32>;
+@group(0) @binding(2) var<storage, read> w: array<${word}>;
 @group(0) @binding(3) var<uniform> p: MatmulParams;
 fn x4(a: u32) -> vec4<f32> { return vec4<f32>(x[a], x[a + 1u], x[a + 2u], x[a + 3u]); }`;
+}
 
 /** n workgroups as (gx, gy) within the per-dimension limit; the kernels number them wg.y · gx + wg.x, which may pass n (those do nothing). */
 function spread(n: number): [number, number] {
@@ -303,12 +334,12 @@ function zCount(n: number): number {
 const range = (n: number): number[] => Array.from({ length: n }, (_, k) => k);
 
 /** The decode kernel for `RT` rows of x per pass (RT a power of two ≤ DECODE_MAX_R). */
-function decodeCode(type: WeightType, RT: number): string {
-  const c = typeCode(type), tail = !BLOCK_TYPES.has(type);
+function decodeCode(type: WeightType, RT: number, half: boolean): string {
+  const c = typeCode(type, half), tail = !BLOCK_TYPES.has(type);
   const ks = range(RT), ms = range(ROWS);
   const each = (f: (k: number, m: number) => string, indent: string): string =>
     ks.flatMap((k) => ms.map((m) => indent + f(k, m))).join("\n");
-  return `${HEADER}
+  return `${header(c)}
 ${c.fns}
 const LANES = ${LANES}u;
 const ROWS = ${ROWS}u;
@@ -363,8 +394,8 @@ ${each((k, m) => `acc${k}_${m} += w${m} * xr${k};`, "      ")}
  * The tiled kernel: a TILE × TILE block of y per workgroup of 16 × 16 threads, each 4 outputs ×
  * 4 rows of x, reading the slices from workgroup memory as vec4 (two loads for 16 multiply-adds).
  */
-function tiledCode(type: WeightType): string {
-  const c = typeCode(type), tail = !BLOCK_TYPES.has(type);
+function tiledCode(type: WeightType, half: boolean): string {
+  const c = typeCode(type, half), tail = !BLOCK_TYPES.has(type);
   const S = TILE / 4; // threads along each side, and vec4 per slice row
   // Column k of the W slice, outputs oo … oo+3 of a unit's 4 consecutive columns from k: the
   // vec4 of output group oo / 4 is stored at column (oo / 4) ^ (k / 4) (see the arrays below).
@@ -392,7 +423,7 @@ function tiledCode(type: WeightType): string {
         }` : ""}
       }
       ${store("v", "kk")}`;
-  return `${HEADER}
+  return `${header(c)}
 ${c.fns}
 const TILE = ${TILE}u;
 const S = ${S}u;
@@ -458,20 +489,28 @@ ${range(4).map((a) => `    if (oc + ${a}u < p.O) { y[yb + ${a}u] = acc${b}[${a}]
 
 const kernels = new Map<string, MatmulKernel>();
 
+/** What the device offers the kernels. */
+export interface MatmulFeatures {
+  /** The device was created with the `shader-f16` feature: f16 weights are read as f16 (see the header). */
+  readonly shaderF16: boolean;
+}
+
 /**
  * The kernel for `type`; R lets it choose a decode (R small) or a tiled (prefill) variant. Either
  * computes every R when dispatched with its own workgroups(R, O); the choice is only about speed.
- * The same object is returned for the same type and variant (its code can key a pipeline cache).
- * `features.shaderF16` is not used: f16 is read through unpack2x16float on every device.
+ * With features.shaderF16, f16 gets its shader-f16 variant (the same results, bit for bit); the
+ * other types have one reader on every device. The same object is returned for the same type and
+ * variant (its code can key a pipeline cache).
  */
-export function matmulKernel(type: WeightType, R: number, _features: { readonly shaderF16: boolean }): MatmulKernel {
+export function matmulKernel(type: WeightType, R: number, features: MatmulFeatures): MatmulKernel {
   typeCode(type);
   if (!Number.isInteger(R) || R < 1) throw new Error(`matmulKernel: R must be a positive integer, got ${R}`);
   const RT = R <= DECODE_MAX_R ? 2 ** Math.ceil(Math.log2(R)) : 0; // 0: tiled
-  const key = `${type}/${RT}`;
+  const half = type === "f16" && features.shaderF16;
+  const key = `${type}/${RT}${half ? "/shader-f16" : ""}`;
   let k = kernels.get(key);
   if (!k) {
-    const code = RT ? decodeCode(type, RT) : tiledCode(type);
+    const code = RT ? decodeCode(type, RT, half) : tiledCode(type, half);
     const workgroups = RT
       ? (R: number, O: number): [number, number, number] => [...spread(Math.ceil(O / ROWS)), zCount(Math.ceil(R / RT))]
       : (R: number, O: number): [number, number, number] => [...spread(Math.ceil(O / TILE)), zCount(Math.ceil(R / TILE))];

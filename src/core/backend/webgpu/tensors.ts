@@ -176,7 +176,17 @@ export class WebGpuTensorKernels implements TensorKernels, StateDevice {
     }
   }
 
-  /** W's chunks on the GPU, uploaded on first use when W was not adopted (e.g. an adapter's factors). */
+  /** Whether W's chunks are on the GPU already (adopted, or used before). */
+  holds(W: Matrix): boolean {
+    return this.matrices.has(W);
+  }
+
+  /** Records `m` as W's chunks (WebGpuBackend.adopt: W is the released matrix, its chunks uploaded from the original). */
+  hold(W: Matrix, m: GpuMatrix): void {
+    this.matrices.set(W, m);
+  }
+
+  /** W's chunks on the GPU, uploaded on first use when W was not adopted (e.g. a matrix made by a test). */
   matrix(W: Matrix): GpuMatrix {
     let m = this.matrices.get(W);
     if (!m) this.matrices.set(W, (m = this.uploadMatrix(W)));

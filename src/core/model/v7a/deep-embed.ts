@@ -34,7 +34,9 @@ export function foldedTable(w: Weights, name: string, foldName: string, cfg: Mod
   const { vocabSize: V, nEmbd: C } = cfg;
   const W = w.shape(name)[1];
   const emb = lnZeroEmbedding(w, be, cfg); // (V, C)
-  const fold = be.matmul(emb, V, w.linear(foldName, W, C)); // (V, W)
+  // A product on the CPU (Backend.matmul), the matrix's only use: read for the host, so a backend
+  // that keeps its adopted weights on a GPU keeps this one readable (Weights.hostLinear).
+  const fold = be.matmul(emb, V, w.hostLinear(foldName, W, C)); // (V, W)
   return w.table(name, V, W, fold);
 }
 
