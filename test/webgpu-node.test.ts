@@ -1,22 +1,32 @@
 import assert from "node:assert/strict";
-import { readFileSync } from "node:fs";
+import { existsSync, readFileSync } from "node:fs";
 import { test, type TestContext } from "node:test";
 import { selectBackend } from "../src/core/backend/registry.js";
 import { WebGpuBackend, webGpuUnavailableReason } from "../src/core/backend/webgpu/index.js";
 import { loadDawn, nodeWebGpuIsSoftware, prepareNodeWebGpu } from "../src/node/webgpu.js";
 import { runCaptured as run } from "./run-cli.js";
-import { assertClose, assertCompact, assertNoCpuWeights, COMPACT_TOKENS, compactModels, gpuGoldens } from "./webgpu-goldens.js";
+import { assertClose, assertNoCpuWeights, gpuGoldens } from "./webgpu-goldens.js";
 import * as api from "./webgpu-page.js";
 
 /*
- * The WebGPU backend in Node through the optional `webgpu` package (Dawn), the same checks as
- * webgpu-browser.test.ts runs in Chromium and within the same bounds: every kernel against the
- * reference, the golden models of every version, compact weight types, split matrices, a lost
- * device; then the CLI: `rwkv info --backends` and `rwkv bench --backend webgpu`.
- * Without a GPU it runs on a software Vulkan driver (Mesa's lavapipe: .ci/run installs
- * mesa-vulkan-drivers, and the package is a devDependency). Without the package or an adapter the
+ * The WebGPU backend in Node through the optional `webgpu` package (Dawn): the golden models of
+ * every version within the goldens' 1e-4 (the bounds of webgpu-browser.test.ts), stepBatch against
+ * separate steps, split matrices, the CLI (`rwkv info --backends`, `rwkv bench --backend webgpu`)
+ * and a lost device, all through Dawn's Node binding rather than a browser's.
+ * Without a GPU it runs on SwiftShader, the Vulkan driver Debian's chromium package ships (the one
+ * the browser tests use): Mesa's lavapipe in Debian 12 is refused by this Dawn ("Vulkan
+ * shaderUniform*ArrayDynamicIndexing required": no dynamic indexing of image arrays). The kernel
+ * by kernel conformance, the compact weight types and the RWKV-7a..8 goldens at head size 32 run in
+ * the browser test on the same SwiftShader: each model costs seconds there (about 100 ms a token),
+ * and this test keeps to what only Node exercises.
+ * CI installs the package, libvulkan1 and chromium (.ci/run). Without the package or an adapter the
  * test skips with the reason, and fails under CI=true, so CI cannot pass without having run it.
  */
+
+/** Chromium's SwiftShader Vulkan driver, added to the Vulkan loader's list before Dawn first looks (bench's row processes inherit it). */
+const SWIFTSHADER_ICD = "/usr/lib/chromium/vk_swiftshader_icd.json";
+const driversChosen = ["VK_DRIVER_FILES", "VK_ICD_FILENAMES", "VK_ADD_DRIVER_FILES"].some((v) => process.env[v] !== undefined); // .ci/run sets VK_DRIVER_FILES
+if (!driversChosen && existsSync(SWIFTSHADER_ICD)) process.env.VK_ADD_DRIVER_FILES = SWIFTSHADER_ICD;
 
 const TINY = ["--random", "7", "--layers", "2", "--embd", "128", "--vocab", "256"];
 
@@ -24,7 +34,7 @@ const TINY = ["--random", "7", "--layers", "2", "--embd", "128", "--vocab", "256
 async function dawnBackend(t: TestContext): Promise<WebGpuBackend | null> {
   const backend = await prepareNodeWebGpu();
   if (backend) return backend;
-  const why = `no WebGPU in Node: ${webGpuUnavailableReason()} (without a GPU: apt-get install mesa-vulkan-drivers)`;
+  const why = `no WebGPU in Node: ${webGpuUnavailableReason()} (without a GPU: npm install --no-save webgpu@0.6.2, apt-get install libvulkan1 chromium)`;
   if (process.env.CI === "true") throw new Error(why);
   t.skip(why);
   return null;
@@ -40,9 +50,10 @@ test("the webgpu package: not installed and failing to load are told apart", asy
   assert.deepEqual(await loadDawn(() => Promise.resolve({})), { missing: 'the "webgpu" package has no create() (not Dawn\'s Node binding?)' });
 });
 
-test("webgpu in Node (Dawn): every kernel against the reference, the golden models, split matrices, the CLI, a lost device", async (t) => {
-  const goldens = gpuGoldens(t), compact = compactModels(t);
-  if (!goldens || !compact) return;
+test("webgpu in Node (Dawn): the golden models of every version, split matrices, the CLI, a lost device", async (t) => {
+  const all = gpuGoldens(t);
+  if (!all) return;
+  const goldens = all.filter((g) => !g.name.includes("head32")); // one model per version (head size 32: the browser test)
   const backend = await dawnBackend(t);
   if (!backend) return;
   t.diagnostic(`adapter: ${backend.adapterName}${nodeWebGpuIsSoftware() ? " (software)" : ""}`);
@@ -57,12 +68,6 @@ test("webgpu in Node (Dawn): every kernel against the reference, the golden mode
     report.ms = Math.round(performance.now() - t0);
     t0 = performance.now();
     t.diagnostic(`${g.name} (RWKV-${r.version}) max|diff| ${JSON.stringify(report)}`);
-  }
-  for (const { name, path } of compact) {
-    const r = await api.againstReference(file(path, name), COMPACT_TOKENS);
-    assertCompact(name, r);
-    t.diagnostic(`${name} (RWKV-${r.version}, ${r.types.join("/")}): GPU vs reference max |diff| ${r.maxDiff} (${Math.round(performance.now() - t0)} ms)`);
-    t0 = performance.now();
   }
 
   // Split matrices: a second backend on the same device with a 4 KiB largest binding (a page of its own in Chromium).

@@ -61,17 +61,23 @@ function isSoftware(adapter: DawnAdapter): boolean {
 
 /**
  * The GPU object as prepareWebGpu sees it: a hardware adapter where there is one, else a software
- * one (Dawn returns a fallback adapter only when asked for it); `found` says which it was.
+ * one (WebGPU lets an implementation return a fallback adapter only when asked for it); `found`
+ * says which it was, or that there was none.
  */
-function hardwareFirst(gpu: DawnGpu, found: { software: boolean }): Gpu {
+function hardwareFirst(gpu: DawnGpu, found: { software: boolean; none: boolean }): Gpu {
   return {
     async requestAdapter(options) {
       const adapter = (await gpu.requestAdapter(options)) ?? (await gpu.requestAdapter({ ...options, forceFallbackAdapter: true }));
       found.software = adapter !== null && isSoftware(adapter);
+      found.none = adapter === null;
       return adapter;
     },
   };
 }
+
+/** Why Dawn has no adapter, with what would give it one (the core's reason speaks of browsers). */
+const NO_ADAPTER = "Dawn found no WebGPU adapter: no GPU, or no driver for it (Vulkan's on Linux); " +
+  "a software Vulkan driver gives a slow one (SwiftShader: VK_ADD_DRIVER_FILES=/usr/lib/chromium/vk_swiftshader_icd.json with Debian's chromium)";
 
 let prepared: Promise<WebGpuBackend | null> | null = null;
 let software = false;
@@ -90,8 +96,9 @@ export function prepareNodeWebGpu(): Promise<WebGpuBackend | null> {
     const dawn = await loadDawn();
     if ("missing" in dawn) return prepareWebGpu(null, { missing: dawn.missing });
     held.push(dawn.gpu);
-    const found = { software: false };
+    const found = { software: false, none: false };
     const backend = await prepareWebGpu(hardwareFirst(dawn.gpu, found));
+    if (!backend && found.none) return prepareWebGpu(null, { missing: NO_ADAPTER });
     if (backend && found.software) {
       software = true;
       registerBackend("webgpu", SOFTWARE_WEBGPU_PRIORITY, () => webGpuBackend(), () => webGpuUnavailableReason() ?? "", () => webGpuBackend() !== null);
