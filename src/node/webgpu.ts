@@ -8,10 +8,10 @@ import type { Gpu, GpuAdapter } from "../core/backend/webgpu/gpu.js";
  * users who want the GPU install it themselves (`npm install webgpu`), and without it the registry
  * says so.
  *
- * A software adapter (Dawn on Mesa's lavapipe, SwiftShader: the GPU's work done by the CPU) is
- * offered, but ranked below the wasm kernels, which are faster on the same CPU: it runs only when
- * asked for by name (--backend webgpu), which is how the tests run the backend on machines without
- * a GPU, and a user who installs `webgpu` on such a machine keeps the faster default.
+ * A software adapter (Dawn over a CPU Vulkan driver such as SwiftShader: the GPU's work done by the
+ * CPU) is offered, but ranked below the wasm kernels, which are far faster on the same CPU: it runs
+ * only when asked for by name (--backend webgpu), which is how the tests run the backend on machines
+ * without a GPU, and a user who installs `webgpu` on such a machine keeps the faster default.
  */
 
 /** The package, named in a variable so that TypeScript and bundlers leave the import to run time. */
@@ -24,7 +24,7 @@ export const SOFTWARE_WEBGPU_PRIORITY = WASM_PRIORITY / 2;
 interface DawnGpu {
   requestAdapter(options?: { powerPreference?: "high-performance" | "low-power"; forceFallbackAdapter?: boolean }): Promise<DawnAdapter | null>;
 }
-/** isFallbackAdapter: on the adapter in older WebGPU, on its info since 2024 (Dawn has both, depending on the version). */
+/** isFallbackAdapter: on the adapter's info in current WebGPU (Dawn 0.6.2), on the adapter itself in older drafts: both are read. */
 type DawnAdapter = GpuAdapter & { readonly isFallbackAdapter?: boolean; readonly info?: { readonly isFallbackAdapter?: boolean } };
 
 /** The package's entry: `create(flags)` makes the GPU object (an ES module, or CommonJS seen as its default export). */
