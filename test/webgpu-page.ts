@@ -11,9 +11,10 @@ import type { State } from "../src/core/model/state.js";
 import { f32ToBf16, f32ToF16 } from "../src/core/tensor.js";
 
 /*
- * Runs in Chromium (bundled by test/webgpu-browser.test.ts): the WebGPU backend's kernels against
- * the reference kernels on random shapes, and whole models on it. Returns plain data; the Node
- * side asserts. Tolerances (checked here, reported with every case):
+ * Runs in Chromium (bundled by test/webgpu-browser.test.ts) and in Node on Dawn (imported by
+ * test/webgpu-node.test.ts, which hands it its backend with use() and model bytes instead of URLs):
+ * the WebGPU backend's kernels against the reference kernels on random shapes, and whole models on
+ * it. Returns plain data; the caller asserts. Tolerances (checked here, reported with every case):
  *
  *  - element-wise ops: f32 arithmetic with up to 3 roundings where the reference rounds once from
  *    f64: within 4 f32 ulps of the largest input magnitude (ELEMENTWISE_RTOL of max|input|).
@@ -51,6 +52,11 @@ export async function prepare(maxBindingBytes?: number): Promise<string> {
   backend = await prepareWebGpu(undefined, { maxBindingBytes });
   if (!backend) throw new Error("no WebGPU backend in this page");
   return backend.adapterName;
+}
+
+/** A backend made elsewhere (Node: Dawn's, where there is no navigator.gpu; or one with a small binding on the same device). */
+export function use(b: WebGpuBackend): void {
+  backend = b;
 }
 
 function gpu(): WebGpuBackend {
@@ -352,9 +358,17 @@ export interface ModelRun {
 
 const plain = (s: State): Record<string, number[]>[] => s.layers.map((l) => Object.fromEntries(Object.entries(l).map(([k, v]) => [k, [...v]])));
 
-/** A model file (fetched from `url`) on the WebGPU backend: step, sequence, chunked, stepBatch. */
-export async function runModel(url: string, tokens: number[], split: number, matrices?: "f32"): Promise<ModelRun> {
-  const bytes = new Uint8Array(await (await fetch(url)).arrayBuffer());
+/** A model file: a URL the page fetches, or (Node, whose fetch reads no files) its name and bytes. */
+export type ModelFile = string | { readonly name: string; readonly bytes: Uint8Array };
+
+async function open(file: ModelFile): Promise<{ url: string; bytes: Uint8Array }> {
+  if (typeof file !== "string") return { url: file.name, bytes: file.bytes };
+  return { url: file, bytes: new Uint8Array(await (await fetch(file)).arrayBuffer()) };
+}
+
+/** A model file on the WebGPU backend: step, sequence, chunked, stepBatch. */
+export async function runModel(file: ModelFile, tokens: number[], split: number, matrices?: "f32"): Promise<ModelRun> {
+  const { url, bytes } = await open(file);
   const ckpt = openCheckpoint(new MemorySource(url, bytes));
   const version = detectVersion(ckpt);
   const { backend, bytes: hostBytes } = recording();
@@ -384,8 +398,8 @@ export async function runModel(url: string, tokens: number[], split: number, mat
 }
 
 /** Loses the device (destroy) between two steps of a model: what the second step rejects with, or "hang". */
-export async function loseDevice(url: string): Promise<string> {
-  const bytes = new Uint8Array(await (await fetch(url)).arrayBuffer());
+export async function loseDevice(file: ModelFile): Promise<string> {
+  const { url, bytes } = await open(file);
   const ckpt = openCheckpoint(new MemorySource(url, bytes));
   const version = detectVersion(ckpt);
   const model = buildModel(ckpt, architectureFor(version, url), version, gpu());
@@ -393,11 +407,14 @@ export async function loseDevice(url: string): Promise<string> {
   await model.step(1, s);
   gpu().device.destroy();
   const HANG_MS = 30_000;
+  let timer: ReturnType<typeof setTimeout> | undefined;
   try {
-    await Promise.race([model.step(2, s), new Promise((resolve) => setTimeout(resolve, HANG_MS))]);
+    await Promise.race([model.step(2, s), new Promise((resolve) => { timer = setTimeout(resolve, HANG_MS); })]);
     return "hang";
   } catch (e) {
     return (e as Error).message;
+  } finally {
+    clearTimeout(timer); // in Node a pending timer would keep the test's process alive for HANG_MS
   }
 }
 
@@ -406,8 +423,8 @@ export async function loseDevice(url: string): Promise<string> {
  * A model file in its compact types (f16, bf16, ggml blocks) on the GPU and on the reference kernels
  * (the same weights): the largest |difference| of the logits of a sequence and of steps after it.
  */
-export async function againstReference(url: string, tokens: number[]): Promise<{ version: string; types: string[]; maxDiff: number; scale: number; hostBytes: HostBytes }> {
-  const bytes = new Uint8Array(await (await fetch(url)).arrayBuffer());
+export async function againstReference(file: ModelFile, tokens: number[]): Promise<{ version: string; types: string[]; maxDiff: number; scale: number; hostBytes: HostBytes }> {
+  const { url, bytes } = await open(file);
   const ckpt = openCheckpoint(new MemorySource(url, bytes));
   const version = detectVersion(ckpt);
   const { backend, bytes: hostBytes } = recording();

@@ -3,7 +3,7 @@ import { parse, type CliIO, UsageError } from "../cli-util.js";
 import { describeCheckpoint } from "../inspect.js";
 import { loadCheckpoint } from "../load.js";
 import { type CliConfig, modelPathFor } from "../model-arg.js";
-import { prepareNodeWebGpu } from "../webgpu.js";
+import { nodeWebGpuIsSoftware, prepareNodeWebGpu } from "../webgpu.js";
 
 export const INFO_USAGE = `info [MODEL] [--json]                format, version, sizes, parameter count, tensor dtypes
   info --backends [--json]            the kernel backends, best first: which can run here, and why not`;
@@ -46,13 +46,15 @@ export async function info(args: string[], io: CliIO, config: CliConfig): Promis
 async function backends(positionals: string[], json: boolean, io: CliIO): Promise<number> {
   if (positionals.length) throw new UsageError("--backends takes no MODEL");
   const gpu = await prepareNodeWebGpu();
-  const list = backendAvailability().map((b) => ({ ...b, ...(b.name === "webgpu" && gpu ? { adapter: gpu.adapterName } : {}) }));
+  // A software adapter (a CPU driver such as lavapipe) ranks below wasm: say so, or its place in the list looks arbitrary.
+  const adapter = gpu ? { adapter: gpu.adapterName, ...(nodeWebGpuIsSoftware() ? { software: true } : {}) } : {};
+  const list = backendAvailability().map((b) => ({ ...b, ...(b.name === "webgpu" ? adapter : {}) }));
   if (json) {
     io.stdout(JSON.stringify(list, null, 2) + "\n");
     return 0;
   }
   const width = Math.max(...list.map((b) => b.name.length));
   const chosen = list.find((b) => b.available)?.name;
-  io.stdout(list.map((b) => `${b.name.padEnd(width)}  ${b.available ? `available${b.name === chosen ? " (the default)" : ""}${"adapter" in b ? `: ${b.adapter}` : ""}` : `not available: ${b.reason}`}`).join("\n") + "\n");
+  io.stdout(list.map((b) => `${b.name.padEnd(width)}  ${b.available ? `available${b.name === chosen ? " (the default)" : ""}${"adapter" in b ? `: ${b.adapter}${"software" in b ? " (a software adapter: slower than wasm, used only with --backend webgpu)" : ""}` : ""}` : `not available: ${b.reason}`}`).join("\n") + "\n");
   return 0;
 }
