@@ -10,7 +10,8 @@
 #
 # RWKV_GPU_BANDWIDTH_GBS sets the peak bandwidth in GB/s; without it the script looks the GPU up in the
 # table below by its nvidia-smi name (and leaves the share out for an unknown one). SHAPES, DTYPES,
-# BATCH and RUNS override the defaults. It stops with the reason when there is no adapter.
+# BATCH, RUNS, VOCAB (65536) and PREFILL (512) override the defaults (a smoke test on a software adapter:
+# SHAPES=2x128 DTYPES=f16 BATCH=4 RUNS=1 VOCAB=256 PREFILL=16). It stops with the reason when there is no adapter.
 set -eu
 cd "$(dirname "$0")/../.."
 RWKV="node dist/src/node/bin.js"
@@ -19,6 +20,8 @@ SHAPES=${SHAPES:-"12x768 24x2048 32x2560"}
 DTYPES=${DTYPES:-f16,int8,q4_0}
 BATCH=${BATCH:-16,64}
 RUNS=${RUNS:-3}
+VOCAB=${VOCAB:-65536}
+PREFILL=${PREFILL:-512}
 
 [ -f dist/src/node/bin.js ] || { echo "bench/gpu: build first (npm run build)" >&2; exit 1; }
 # The adapter: rwkv says whether "webgpu" can run here, and if not why (no package, no adapter...).
@@ -50,15 +53,15 @@ mkdir -p "$OUT"
 for shape in $SHAPES; do
   layers=${shape%x*}; embd=${shape#*x}
   echo "bench/gpu: RWKV-7 $layers x $embd, $DTYPES" >&2
-  $RWKV bench --random 7 --layers "$layers" --embd "$embd" --vocab 65536 --backend webgpu --threads 1 \
-    --dtype "$DTYPES" --batch "$BATCH" --prefill 512 --runs "$RUNS" --probe-mib 16 \
+  $RWKV bench --random 7 --layers "$layers" --embd "$embd" --vocab "$VOCAB" --backend webgpu --threads 1 \
+    --dtype "$DTYPES" --batch "$BATCH" --prefill "$PREFILL" --runs "$RUNS" --probe-mib 16 \
     ${BW:+--bandwidth "$BW"} --json > "$OUT/v7-$shape.json"
   node -e '
     const r = JSON.parse(require("fs").readFileSync(process.argv[1], "utf8"));
     for (const x of r.rows) console.log([process.argv[2], x.dtype, "decode", x.decode.median.toFixed(1),
       ...Object.entries(x.batchDecode ?? {}).map(([b, s]) => `batch${b} ${s.median.toFixed(1)}`),
-      "prefill512", x.prefill["512"].median.toFixed(1), "tok/s",
+      `prefill${process.argv[3]}`, x.prefill[process.argv[3]].median.toFixed(1), "tok/s",
       x.peakFraction === undefined ? "" : `${(100 * x.peakFraction).toFixed(0)}% of peak bandwidth`].join(" "));
-  ' "$OUT/v7-$shape.json" "$shape"
+  ' "$OUT/v7-$shape.json" "$shape" "$PREFILL"
 done
 echo "bench/gpu: results in $OUT"
