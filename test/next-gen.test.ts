@@ -17,7 +17,7 @@ import { loadCheckpoint, loadModel } from "../src/node/load.js";
 import { RwkvServer } from "../src/node/server/server.js";
 import { loadTokenizer } from "../src/node/tokenizer.js";
 import { runCaptured } from "./run-cli.js";
-import { compare } from "./shared.js";
+import { compare, readSafetensorsF32 } from "./shared.js";
 
 /*
  * RWKV-7a, 7b, 8 rc00 and the 8 rc00 hybrid against the golden data of the official demo files
@@ -38,25 +38,11 @@ const STATE_FIELDS = ["att_x_prev", "att_kv", "ffn_x_prev", "k_cache", "v_cache"
 
 interface GoldenMeta { tokens: number[]; split: number; config: { vocab_size: number; n_layer: number } }
 
-/** The F32 tensors of a safetensors file by name (the golden outputs). */
-function readGolden(path: string): Map<string, Float32Array> {
-  const bytes = readFileSync(path);
-  const n = Number(bytes.readBigUInt64LE(0));
-  const header = JSON.parse(bytes.subarray(8, 8 + n).toString("utf8")) as Record<string, { dtype: string; data_offsets: [number, number] }>;
-  const out = new Map<string, Float32Array>();
-  for (const [name, e] of Object.entries(header)) {
-    if (name === "__metadata__") continue;
-    assert.equal(e.dtype, "F32", name);
-    const [a, b] = e.data_offsets;
-    out.set(name, new Float32Array(bytes.buffer.slice(bytes.byteOffset + 8 + n + a, bytes.byteOffset + 8 + n + b)));
-  }
-  return out;
-}
 
 function fixture(dir: string, shape: string) {
   const d = join(FIXTURES, dir, shape);
   const meta = JSON.parse(readFileSync(join(d, "golden.json"), "utf8")) as GoldenMeta;
-  return { path: join(d, "model.safetensors"), meta, golden: readGolden(join(d, "golden.safetensors")) };
+  return { path: join(d, "model.safetensors"), meta, golden: readSafetensorsF32(join(d, "golden.safetensors")) };
 }
 
 function assertClose(got: ArrayLike<number>, want: ArrayLike<number>, what: string): number {

@@ -49,3 +49,18 @@ export function bitsEqual(a: Float32Array, b: Float32Array): boolean {
   for (let i = 0; i < x.length; i++) if (x[i] !== y[i]) return false;
   return true;
 }
+
+/** The F32 tensors of a safetensors file by name (golden outputs); a tensor of another dtype is refused by name. */
+export function readSafetensorsF32(path: string): Map<string, Float32Array> {
+  const bytes = readFileSync(path);
+  const n = Number(bytes.readBigUInt64LE(0));
+  const header = JSON.parse(bytes.subarray(8, 8 + n).toString("utf8")) as Record<string, { dtype: string; data_offsets: [number, number] }>;
+  const out = new Map<string, Float32Array>();
+  for (const [name, e] of Object.entries(header)) {
+    if (name === "__metadata__") continue;
+    if (e.dtype !== "F32") throw new Error(`${path}: tensor ${name} is ${e.dtype}, expected F32`);
+    const [a, b] = e.data_offsets;
+    out.set(name, new Float32Array(bytes.buffer.slice(bytes.byteOffset + 8 + n + a, bytes.byteOffset + 8 + n + b)));
+  }
+  return out;
+}

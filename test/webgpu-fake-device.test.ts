@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import { join } from "node:path";
 import { test } from "node:test";
-import type { Backend, Matrix, WeightType } from "../src/core/backend/backend.js";
+import type { Matrix, WeightType } from "../src/core/backend/backend.js";
 import { referenceBackend } from "../src/core/backend/reference.js";
 import type { Gpu, GpuAdapter, GpuBuffer, GpuDevice, GpuLimits } from "../src/core/backend/webgpu/gpu.js";
 import { prepareWebGpu, WebGpuBackend } from "../src/core/backend/webgpu/index.js";
@@ -13,6 +13,7 @@ import { buildModel } from "../src/core/model/model.js";
 import { FileSource } from "../src/node/file-source.js";
 import { randomMatrix, rng } from "./matmul-check.js";
 import { sharedPath } from "./shared.js";
+import { recordHostBytes } from "./webgpu-page.js";
 
 /*
  * The WebGPU backend's host side on a fake device that records what it is given (shader code,
@@ -150,24 +151,6 @@ test("adopt: the weights go to the GPU once and the returned matrix keeps no CPU
   assert.equal(be.matmul(new Float32Array(8), 1, host).length, 4);
 });
 
-/** A backend that passes everything to `be` and adds up what adopt() and adoptForHost() were given and returned. */
-function recording(be: WebGpuBackend): { backend: Backend; bytes: { matrices: number; before: number; after: number; host: number } } {
-  const bytes = { matrices: 0, before: 0, after: 0, host: 0 };
-  const backend = Object.create(be) as WebGpuBackend;
-  backend.adopt = (m) => {
-    const out = be.adopt(m);
-    bytes.matrices++;
-    bytes.before += m.data.byteLength;
-    bytes.after += out.data.byteLength;
-    return out;
-  };
-  backend.adoptForHost = (m) => {
-    bytes.host += m.data.byteLength;
-    return be.adoptForHost(m);
-  };
-  return { backend, bytes };
-}
-
 test("a model loaded on WebGPU keeps no matrix on the CPU and has the reference's fingerprint (taken before adopt)", async (t) => {
   const files: Array<[string, string | null]> = [
     ["v4 f32", sharedPath(t, "golden", "v4", "model.safetensors")],
@@ -182,7 +165,7 @@ test("a model loaded on WebGPU keeps no matrix on the CPU and has the reference'
     try {
       const ckpt = openCheckpoint(src);
       const version = detectVersion(ckpt);
-      const { backend, bytes } = recording(new WebGpuBackend(fakeDevice([]).device, "fake"));
+      const { backend, bytes } = recordHostBytes(new WebGpuBackend(fakeDevice([]).device, "fake"));
       const model = buildModel(ckpt, architectureFor(version, path), version, backend);
       const ref = buildModel(ckpt, architectureFor(version, path), version, referenceBackend);
       assert.equal(model.fingerprint, ref.fingerprint, `${what}: the fingerprint`);

@@ -1,8 +1,7 @@
 import assert from "node:assert/strict";
-import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import type { TestContext } from "node:test";
-import { compare, readJson, sharedPath } from "./shared.js";
+import { compare, readJson, readSafetensorsF32, sharedPath } from "./shared.js";
 import type { HostBytes, ModelRun } from "./webgpu-page.js";
 
 /*
@@ -122,16 +121,3 @@ export function assertCompact(name: string, r: { maxDiff: number; scale: number 
   assert.ok(r.maxDiff <= ATOL + RTOL * r.scale, `${name}: GPU vs reference max |diff| ${r.maxDiff}`);
 }
 
-/** The F32 tensors of a safetensors file by name. */
-export function readSafetensorsF32(path: string): Map<string, Float32Array> {
-  const bytes = readFileSync(path);
-  const n = Number(bytes.readBigUInt64LE(0));
-  const header = JSON.parse(bytes.subarray(8, 8 + n).toString("utf8")) as Record<string, { dtype: string; data_offsets: [number, number] }>;
-  const out = new Map<string, Float32Array>();
-  for (const [name, e] of Object.entries(header)) {
-    if (name === "__metadata__") continue;
-    const [a, b] = e.data_offsets;
-    out.set(name, new Float32Array(bytes.buffer.slice(bytes.byteOffset + 8 + n + a, bytes.byteOffset + 8 + n + b)));
-  }
-  return out;
-}

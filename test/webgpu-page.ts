@@ -330,9 +330,9 @@ export function oversizedRow(I: number): string {
 /** CPU bytes of the matrices a model load adopted: what adopt() was given and what it returned; `host`: what adoptForHost kept. */
 export interface HostBytes { matrices: number; before: number; after: number; host: number }
 
-/** The page's backend, adopt() and adoptForHost() counted into `bytes` (everything else is the backend's own). */
-function recording(): { backend: Backend; bytes: HostBytes } {
-  const be = gpu(), bytes: HostBytes = { matrices: 0, before: 0, after: 0, host: 0 };
+/** `be` with adopt() and adoptForHost() counted into `bytes` (everything else is the backend's own). */
+export function recordHostBytes(be: WebGpuBackend): { backend: Backend; bytes: HostBytes } {
+  const bytes: HostBytes = { matrices: 0, before: 0, after: 0, host: 0 };
   const backend = Object.create(be) as WebGpuBackend;
   backend.adopt = (m) => {
     const out = be.adopt(m);
@@ -371,7 +371,7 @@ export async function runModel(file: ModelFile, tokens: number[], split: number,
   const { url, bytes } = await open(file);
   const ckpt = openCheckpoint(new MemorySource(url, bytes));
   const version = detectVersion(ckpt);
-  const { backend, bytes: hostBytes } = recording();
+  const { backend, bytes: hostBytes } = recordHostBytes(gpu());
   const model = buildModel(ckpt, architectureFor(version, url), version, backend, { matrices });
   await gpu().ready();
   const states: ModelRun["states"] = {};
@@ -427,7 +427,7 @@ export async function againstReference(file: ModelFile, tokens: number[]): Promi
   const { url, bytes } = await open(file);
   const ckpt = openCheckpoint(new MemorySource(url, bytes));
   const version = detectVersion(ckpt);
-  const { backend, bytes: hostBytes } = recording();
+  const { backend, bytes: hostBytes } = recordHostBytes(gpu());
   const gpuModel = buildModel(ckpt, architectureFor(version, url), version, backend);
   const refModel = buildModel(ckpt, architectureFor(version, url), version, referenceBackend);
   const types = [...new Set([...ckpt.tensors.values()].map((t) => t.dtype))];

@@ -1,9 +1,9 @@
 import { type Backend, BLOCK_TYPES, type Matrix, type WeightType } from "../backend/backend.js";
 import { quantizeInt8 } from "../backend/int8.js";
+import { matrixBytes } from "../backend/weight-rows.js";
 import { referenceBackend } from "../backend/reference.js";
 import { FormatError } from "../errors.js";
 import type { Checkpoint } from "../formats/checkpoint.js";
-import { GGML_TYPES, ggmlBytes } from "../formats/ggml-quants.js";
 import { bf16ToF32, f16ToF32, f32ToBf16, f32ToF16, numel, transposeLast2 } from "../tensor.js";
 
 /**
@@ -108,18 +108,14 @@ export class Weights {
     if (keep && rawInto && adoptFrom && !hostAdopt) {
       // From the file straight into the backend's memory: no copy of the matrix in JavaScript.
       const type = e.dtype as WeightType;
-      return adoptFrom(out, inp, type, weightBytes(type, out, inp), (dest) => {
+      return adoptFrom(out, inp, type, matrixBytes(type, out, inp), (dest) => {
         rawInto(dest);
         onHost?.(matrixOver(type, out, inp, dest, name));
       });
     }
     if (this.compact && e.raw && COMPACT_TYPES.has(e.dtype) && (!blocks || inp % BLOCK === 0)) {
-      const type = e.dtype as WeightType;
-      const bytes = e.raw();
-      // Typed views need aligned, private storage: copy once (the source buffer is per-read anyway).
-      const own = bytes.byteOffset % 4 === 0 ? bytes : bytes.slice();
-      const data = blocks ? own : new Uint16Array(own.buffer, own.byteOffset, out * inp);
-      return adopt({ rows: out, cols: inp, type, data });
+      // Typed views need aligned, private storage: matrixOver copies once where needed (the source buffer is per-read anyway).
+      return adopt(matrixOver(e.dtype as WeightType, out, inp, e.raw(), name));
     }
     return adopt({ rows: out, cols: inp, type: "f32", data: e.toFloat32() });
   }
@@ -231,19 +227,10 @@ export function transpose(m: Float32Array, R: number, K: number): Float32Array {
   return transposeLast2(m, 1, R, K);
 }
 
-/** A Matrix over `bytes` of `type` (a copy where they are not aligned for the typed view). */
+/** A Matrix over `bytes` of `type` (a copy where they are not aligned for a typed view). */
 function matrixOver(type: WeightType, rows: number, cols: number, bytes: Uint8Array, name: string): Matrix {
   const own = bytes.byteOffset % 4 === 0 ? bytes : bytes.slice();
   const data = type === "f32" ? new Float32Array(own.buffer, own.byteOffset, rows * cols)
     : type === "f16" || type === "bf16" ? new Uint16Array(own.buffer, own.byteOffset, rows * cols) : own;
   return { rows, cols, type, data, name };
-}
-
-/** Bytes of a (rows, cols) matrix stored in `type` (block types: rows of 32-element blocks). */
-function weightBytes(type: WeightType, rows: number, cols: number): number {
-  if (type === "f32") return rows * cols * 4;
-  if (type === "f16" || type === "bf16") return rows * cols * 2;
-  const g = [...GGML_TYPES.values()].find((t) => t.dtype === type);
-  if (!g) throw new Error(`no stored size known for weight type ${type}`);
-  return rows * ggmlBytes(g, cols);
 }
