@@ -60,7 +60,12 @@ function makeGguf(t) {
 }
 
 // ---- one measurement = one process; each returns { decode, prefill: {len: tok/s}, rssMb }.
+// A 1-thread run is pinned to one vCPU (BENCH_CPU, default 0) for every engine: on this VM one of the
+// two vCPUs runs at ~60% of the other's speed for long stretches, and an unpinned process lands on
+// either by chance (bench/commits/README.md).
+let pinned = false;
 function runJson(cmd, args, cwd) {
+  if (pinned) [cmd, args] = ["taskset", ["-c", process.env.BENCH_CPU ?? "0", cmd, ...args]];
   const r = spawnSync(cmd, args, { cwd, encoding: "utf8", maxBuffer: 64 << 20 });
   if (r.status !== 0) throw new Error(`${cmd} ${args.join(" ")} failed (${r.status ?? r.signal}):\n${r.stderr.slice(-2000)}`);
   const out = r.stdout.trim();
@@ -107,6 +112,7 @@ for (let r = 0; r < rounds; r++) {
         const runs = [["ours", () => ours(row.path, threads)], ["them", () => table.them(row.path, threads)]];
         if ((r + threadsList.indexOf(threads)) % 2 === 1) runs.reverse();
         for (const [who, fn] of runs) {
+          pinned = threads === 1;
           const res = fn();
           results[k][who].push(res);
           log(`round ${r + 1}/${rounds} ${table.name} ${row.label} ${threads} thr ${who === "ours" ? "rwkv-ts" : table.name}: decode ${res.decode.toFixed(1)}, ` +
