@@ -135,7 +135,7 @@ export function runJob(ctrl: usize, job: i32, part: i32, nparts: i32): void {
 
 
 /**
- * The integer kernels' epilogue: y[t + j][o] = Σ lanes of a_j + m_j for the mt (1 or 4) activation
+ * The i8·i7 kernels' epilogue: y[t + j][o] = Σ lanes of a_j + m_j for the mt (1 or 4) activation
  * rows of one output row (m_j: the q4_1/q5_1 min terms, 0 otherwise).
  */
 /* @inline */ function storeIntRows(y: usize, t: i32, O: i32, o: i32, mt: i32, a0: v128, a1: v128, a2: v128, a3: v128, m0: f32, m1: f32, m2: f32, m3: f32): void {
@@ -558,17 +558,10 @@ function quantizeRowI8(xr: usize, I: i32, nb: i32, qr: usize, dx: usize, sx: usi
 
 /**
  * Σ over 32 elements of the weights (four i16x8: elements 0-7, 8-15, 16-23, 24-31) times the i16
- * activations at q, as i32x4 partial sums: pairwise i16 dot products (one pmaddwd each on x86),
+ * activations x0..x3, as i32x4 partial sums: pairwise i16 dot products (one pmaddwd each on x86),
  * exact in i32. (Fewer instructions than i8 extmul + pairwise adds: activations are widened once
  * per call, weights once per block.)
  */
-/* @inline */ function idot32(e0: v128, e1: v128, e2: v128, e3: v128, q: usize): v128 {
-  const lo = i32x4.add(i32x4.dot_i16x8_s(e0, v128.load(q)), i32x4.dot_i16x8_s(e1, v128.load(q, 16)));
-  const hi = i32x4.add(i32x4.dot_i16x8_s(e2, v128.load(q, 32)), i32x4.dot_i16x8_s(e3, v128.load(q, 48)));
-  return i32x4.add(lo, hi);
-}
-
-/** idot32 with the activations already loaded (the same sums in the same order). */
 /* @inline */ function pdot32(e0: v128, e1: v128, e2: v128, e3: v128, x0: v128, x1: v128, x2: v128, x3: v128): v128 {
   return i32x4.add(i32x4.add(i32x4.dot_i16x8_s(e0, x0), i32x4.dot_i16x8_s(e1, x1)), i32x4.add(i32x4.dot_i16x8_s(e2, x2), i32x4.dot_i16x8_s(e3, x3)));
 }
@@ -624,74 +617,62 @@ function quantizeRowI8(xr: usize, I: i32, nb: i32, qr: usize, dx: usize, sx: usi
   return kind == T_Q4_1 || kind == T_Q5_1 ? ht(tab, load<u16>(p, 2)) : 0;
 }
 
+/** Σ over the 32 weights of the block at p times the i16 activations x0..x3, as i32x4 partial sums (exact). */
+/* @inline */ function blockDot(kind: i32, p: usize, x0: v128, x1: v128, x2: v128, x3: v128): v128 {
+  const w0 = blockLo(kind, p), w1 = blockHi(kind, p);
+  return pdot32(i16x8.extend_low_i8x16_s(w0), i16x8.extend_high_i8x16_s(w0), i16x8.extend_low_i8x16_s(w1), i16x8.extend_high_i8x16_s(w1), x0, x1, x2, x3);
+}
+
 /**
- * One output row `o` against `mt` (1 or 4) activation rows from `t`: per block, decode the weights
- * once, then one integer dot per activation row.
+ * Output rows o and o1 = o + gap (with `two` false only o) against activation row t. The integer
+ * dot of a row and block is an i32x4 of partial sums p; its two halves P = p0 + p2 and Q = p1 + p3
+ * are exact integers, and each row keeps two f32 sums over the blocks: of P·(activation scale ·
+ * weight scale), plus for the _1 types (activation block sum · weight minimum), and of Q·(the same
+ * scale); the output is the first plus the second. Two rows share one vector, lanes (o's P, o1's P,
+ * o's Q, o1's Q), so one pair of lane shuffles (halfSums), one convert and one multiply-add serve
+ * both rows and both halves per block. intTile computes every (output row, activation row) in this
+ * order, so a row of a T > 1 product has exactly the bits of the same row computed alone (T = 1):
+ * a prompt's logits equal stepping token by token. (Whole block sums instead, one more shuffle and
+ * add per block, cost 2-7% of decode speed; four rows per call, more, in spilled registers.)
  */
-/* @inline */ function intRow(kind: i32, mt: i32, wr: usize, nb: i32, rowScale: f32, xq: usize, dx: usize, sx: usize, t: i32, y: usize, O: i32, o: i32, tab: usize): void {
+/* @inline */ function intPair(kind: i32, w: usize, rs: usize, scales: usize, nb: i32, xq: usize, dx: usize, sx: usize, t: i32, y: usize, O: i32, o: i32, gap: i32, two: bool, tab: usize): void {
   const bb = blockBytes(kind);
   const qs = <usize>nb * QK * 2; // bytes of one i16 activation row
   const ds = <usize>nb << 2;
   const q0 = xq + <usize>t * qs, d0 = dx + <usize>t * ds, s0 = sx + <usize>t * ds;
-  let a0 = f32x4.splat(0), a1 = f32x4.splat(0), a2 = f32x4.splat(0), a3 = f32x4.splat(0);
-  let m0: f32 = 0, m1: f32 = 0, m2: f32 = 0, m3: f32 = 0;
+  const o1 = two ? o + gap : o;
+  const r0 = w + <usize>o * rs, r1 = w + <usize>o1 * rs;
+  const rowScales = kind == T_I8 ? pairLanes(load<f32>(scales + (<usize>o << 2)), load<f32>(scales + (<usize>o1 << 2))) : f32x4.splat(0);
+  let acc = f32x4.splat(0); // (o's P sum, o1's P sum, o's Q sum, o1's Q sum)
   for (let b = 0; b < nb; b++) {
-    const p = wr + <usize>b * bb;
-    // The block's weights widened to i16 once, for all `mt` activation rows. (Loading them with
-    // load8x8_s instead measured 15-20% slower for q8_0/i8.)
-    const w0 = blockLo(kind, p), w1 = blockHi(kind, p);
-    const e0 = i16x8.extend_low_i8x16_s(w0), e1 = i16x8.extend_high_i8x16_s(w0);
-    const e2 = i16x8.extend_low_i8x16_s(w1), e3 = i16x8.extend_high_i8x16_s(w1);
-    const d = blockD(kind, p, rowScale, tab), m = blockM(kind, p, tab);
-    const qb = <usize>b * QK * 2, db = <usize>b << 2;
-    a0 = fma4(a0, f32x4.convert_i32x4_s(idot32(e0, e1, e2, e3, q0 + qb)), f32x4.splat(d * load<f32>(d0 + db)));
-    if (kind == T_Q4_1 || kind == T_Q5_1) m0 += m * load<f32>(s0 + db);
-    if (mt == 4) {
-      a1 = fma4(a1, f32x4.convert_i32x4_s(idot32(e0, e1, e2, e3, q0 + qs + qb)), f32x4.splat(d * load<f32>(d0 + ds + db)));
-      a2 = fma4(a2, f32x4.convert_i32x4_s(idot32(e0, e1, e2, e3, q0 + 2 * qs + qb)), f32x4.splat(d * load<f32>(d0 + 2 * ds + db)));
-      a3 = fma4(a3, f32x4.convert_i32x4_s(idot32(e0, e1, e2, e3, q0 + 3 * qs + qb)), f32x4.splat(d * load<f32>(d0 + 3 * ds + db)));
-      if (kind == T_Q4_1 || kind == T_Q5_1) {
-        m1 += m * load<f32>(s0 + ds + db);
-        m2 += m * load<f32>(s0 + 2 * ds + db);
-        m3 += m * load<f32>(s0 + 3 * ds + db);
-      }
-    }
-  }
-  storeIntRows(y, t, O, o, mt, a0, a1, a2, a3, m0, m1, m2, m3);
-}
-
-/**
- * Output rows o and o1 (the row `gap` bytes further) against one activation row t: the arithmetic
- * of intRow with mt = 1 for each (so the same results), sharing the activation loads and
- * interleaving two independent chains.
- */
-/* @inline */ function intRowPair(kind: i32, wr: usize, gap: usize, nb: i32, rowScale0: f32, rowScale1: f32, xq: usize, dx: usize, sx: usize, t: i32, y: usize, O: i32, o: i32, o1: i32, tab: usize): void {
-  const bb = blockBytes(kind);
-  const qs = <usize>nb * QK * 2;
-  const ds = <usize>nb << 2;
-  const q0 = xq + <usize>t * qs, d0 = dx + <usize>t * ds, s0 = sx + <usize>t * ds;
-  let a0 = f32x4.splat(0), a1 = f32x4.splat(0);
-  let m0: f32 = 0, m1: f32 = 0;
-  for (let b = 0; b < nb; b++) {
-    const p = wr + <usize>b * bb, p1 = p + gap;
+    const pb = <usize>b * bb;
     const qb = q0 + <usize>b * QK * 2, db = <usize>b << 2;
     const x0 = v128.load(qb), x1 = v128.load(qb, 16), x2 = v128.load(qb, 32), x3 = v128.load(qb, 48);
-    const dxb = load<f32>(d0 + db);
-    const u0 = blockLo(kind, p), u1 = blockHi(kind, p);
-    const v0 = blockLo(kind, p1), v1 = blockHi(kind, p1);
-    const iu = pdot32(i16x8.extend_low_i8x16_s(u0), i16x8.extend_high_i8x16_s(u0), i16x8.extend_low_i8x16_s(u1), i16x8.extend_high_i8x16_s(u1), x0, x1, x2, x3);
-    const iv = pdot32(i16x8.extend_low_i8x16_s(v0), i16x8.extend_high_i8x16_s(v0), i16x8.extend_low_i8x16_s(v1), i16x8.extend_high_i8x16_s(v1), x0, x1, x2, x3);
-    a0 = fma4(a0, f32x4.convert_i32x4_s(iu), f32x4.splat(blockD(kind, p, rowScale0, tab) * dxb));
-    a1 = fma4(a1, f32x4.convert_i32x4_s(iv), f32x4.splat(blockD(kind, p1, rowScale1, tab) * dxb));
+    const h = halfSums(blockDot(kind, r0 + pb, x0, x1, x2, x3), blockDot(kind, r1 + pb, x0, x1, x2, x3)); // (o P, o1 P, o Q, o1 Q)
+    const dw = kind == T_I8 ? rowScales : pairLanes(ht(tab, load<u16>(r0 + pb)), ht(tab, load<u16>(r1 + pb)));
+    acc = fma4(acc, f32x4.convert_i32x4_s(h), f32x4.mul(f32x4.splat(load<f32>(d0 + db)), dw));
     if (kind == T_Q4_1 || kind == T_Q5_1) {
+      // Into the P sums only: the Q lanes get sx·0 = +0, which changes no sum (they never hold -0).
       const sxb = load<f32>(s0 + db);
-      m0 += blockM(kind, p, tab) * sxb;
-      m1 += blockM(kind, p1, tab) * sxb;
+      acc = fma4(acc, f32x4.replace_lane(f32x4.replace_lane(f32x4.splat(0), 0, sxb), 1, sxb), pairLanes(blockM(kind, r0 + pb, tab), blockM(kind, r1 + pb, tab)));
     }
   }
   const yt = y + <usize>t * (<usize>O << 2);
-  store<f32>(yt + (<usize>o << 2), hsum(a0) + m0);
-  store<f32>(yt + (<usize>o1 << 2), hsum(a1) + m1);
+  store<f32>(yt + (<usize>o << 2), f32x4.extract_lane(acc, 0) + f32x4.extract_lane(acc, 2));
+  if (two) store<f32>(yt + (<usize>o1 << 2), f32x4.extract_lane(acc, 1) + f32x4.extract_lane(acc, 3));
+}
+
+/** (a, b, a, b). */
+/* @inline */ function pairLanes(a: f32, b: f32): v128 {
+  const v = f32x4.replace_lane(f32x4.splat(a), 1, b);
+  return i32x4.shuffle(v, v, 0, 1, 0, 1);
+}
+
+/** intPair over output rows [lo, hi) of activation row t: rows half the range apart (two long sequential streams). */
+/* @inline */ function intPairs(kind: i32, w: usize, rs: usize, scales: usize, nb: i32, xq: usize, dx: usize, sx: usize, t: i32, y: usize, O: i32, lo: i32, hi: i32, tab: usize): void {
+  const half = (hi - lo) >> 1;
+  for (let o = lo; o < lo + half; o++) intPair(kind, w, rs, scales, nb, xq, dx, sx, t, y, O, o, half, true, tab);
+  if (lo + 2 * half < hi) intPair(kind, w, rs, scales, nb, xq, dx, sx, t, y, O, hi - 1, 0, false, tab);
 }
 
 /** Σ over 32 elements of a block's i16 weights e0..e3 times the i16 activations at q (i32x4 partial sums). */
@@ -702,32 +683,24 @@ function quantizeRowI8(xr: usize, I: i32, nb: i32, qr: usize, dx: usize, sx: usi
   return i32x4.add(s, i32x4.dot_i16x8_s(e3, v128.load(q, 48)));
 }
 
-/**
- * Lanes of a and b, pairwise: (a0 + a2, b0 + b2, a1 + a3, b1 + b3); two of these reduced by
- * sumPairs give the four full sums of four vectors, lane k the sum of the k-th (exact in i32).
- */
+/** Lanes of a and b, pairwise: (a0 + a2, b0 + b2, a1 + a3, b1 + b3) (exact in i32). */
 /* @inline */ function halfSums(a: v128, b: v128): v128 {
   return i32x4.add(i32x4.shuffle(a, b, 0, 4, 1, 5), i32x4.shuffle(a, b, 2, 6, 3, 7));
 }
-/* @inline */ function sumPairs(p: v128, q: v128): v128 {
-  return i32x4.add(i32x4.shuffle(p, q, 0, 1, 4, 5), i32x4.shuffle(p, q, 2, 3, 6, 7));
-}
 
 /**
- * The fast prefill tile (WasmBackendOptions.fastIntPrefill): output row o against activation rows
- * t..t+3, and t+4..t+7 when `two` (t a multiple of 4; gs: bytes from one group's scales to the
- * next's). Per block, the weights are decoded once and each group's four integer dots are reduced
- * to one vector of whole block sums (lane k: row t + k) before the f32 scaling, so one convert and
- * one multiply-add per block serve four rows (intRow: four of each, and a scale splat per row).
- * The integers are intRow's; only the f32 accumulation order differs (block by block in lane k,
- * where intRow sums lane-wise partial sums), so results differ from the T = 1 kernels in the last
- * bits: hence opt-in.
+ * The prefill tile: output row o against activation rows t..t+3, and t+4..t+7 when `two` (t a
+ * multiple of 4; gs: bytes from one group's scales to the next's). Per block, the weights are
+ * decoded once for 8 activation rows, and each two rows' integer dots are reduced (halfSums) to one
+ * vector of their partial-sum halves, so one convert and one multiply-add per block serve two rows.
+ * Per (output row, activation row) the arithmetic and its order are intPair's.
  */
 /* @inline */ function intTile(kind: i32, two: bool, wr: usize, nb: i32, rowScale: f32, xq: usize, dg: usize, sg: usize, gs: usize, t: i32, y: usize, O: i32, o: i32, tab: usize): void {
   const bb = blockBytes(kind);
   const qs = <usize>nb * QK * 2; // bytes of one i16 activation row
   const q0 = xq + <usize>t * qs;
-  let acc0 = f32x4.splat(0), acc1 = f32x4.splat(0); // (4): output o of rows t..t+3, t+4..t+7
+  // Lanes (row P, row' P, row Q, row' Q) of rows t, t+1 (a01), t+2, t+3 (a23); b01, b23: t+4..t+7.
+  let a01 = f32x4.splat(0), a23 = f32x4.splat(0), b01 = f32x4.splat(0), b23 = f32x4.splat(0);
   for (let b = 0; b < nb; b++) {
     const p = wr + <usize>b * bb;
     const u0 = blockLo(kind, p), u1 = blockHi(kind, p);
@@ -736,30 +709,39 @@ function quantizeRowI8(xr: usize, I: i32, nb: i32, qr: usize, dx: usize, sx: usi
     const dw = f32x4.splat(blockD(kind, p, rowScale, tab));
     const qb = q0 + <usize>b * QK * 2;
     const gb = <usize>b << 4;
-    const s0 = sumPairs(halfSums(qdot32(e0, e1, e2, e3, qb), qdot32(e0, e1, e2, e3, qb + qs)),
-      halfSums(qdot32(e0, e1, e2, e3, qb + 2 * qs), qdot32(e0, e1, e2, e3, qb + 3 * qs)));
-    acc0 = fma4(acc0, f32x4.convert_i32x4_s(s0), f32x4.mul(v128.load(dg + gb), dw));
-    if (kind == T_Q4_1 || kind == T_Q5_1) acc0 = fma4(acc0, v128.load(sg + gb), f32x4.splat(blockM(kind, p, tab)));
+    const g = v128.load(dg + gb); // the 4 rows' activation scales
+    a01 = fma4(a01, f32x4.convert_i32x4_s(halfSums(qdot32(e0, e1, e2, e3, qb), qdot32(e0, e1, e2, e3, qb + qs))), f32x4.mul(i32x4.shuffle(g, g, 0, 1, 0, 1), dw));
+    a23 = fma4(a23, f32x4.convert_i32x4_s(halfSums(qdot32(e0, e1, e2, e3, qb + 2 * qs), qdot32(e0, e1, e2, e3, qb + 3 * qs))), f32x4.mul(i32x4.shuffle(g, g, 2, 3, 2, 3), dw));
+    if (kind == T_Q4_1 || kind == T_Q5_1) {
+      const m = f32x4.splat(blockM(kind, p, tab)), sv = v128.load(sg + gb), z = f32x4.splat(0);
+      a01 = fma4(a01, i32x4.shuffle(sv, z, 0, 1, 4, 4), m);
+      a23 = fma4(a23, i32x4.shuffle(sv, z, 2, 3, 4, 4), m);
+    }
     if (two) {
       const qc = qb + 4 * qs;
-      const s1 = sumPairs(halfSums(qdot32(e0, e1, e2, e3, qc), qdot32(e0, e1, e2, e3, qc + qs)),
-        halfSums(qdot32(e0, e1, e2, e3, qc + 2 * qs), qdot32(e0, e1, e2, e3, qc + 3 * qs)));
-      acc1 = fma4(acc1, f32x4.convert_i32x4_s(s1), f32x4.mul(v128.load(dg + gs + gb), dw));
-      if (kind == T_Q4_1 || kind == T_Q5_1) acc1 = fma4(acc1, v128.load(sg + gs + gb), f32x4.splat(blockM(kind, p, tab)));
+      const g2 = v128.load(dg + gs + gb);
+      b01 = fma4(b01, f32x4.convert_i32x4_s(halfSums(qdot32(e0, e1, e2, e3, qc), qdot32(e0, e1, e2, e3, qc + qs))), f32x4.mul(i32x4.shuffle(g2, g2, 0, 1, 0, 1), dw));
+      b23 = fma4(b23, f32x4.convert_i32x4_s(halfSums(qdot32(e0, e1, e2, e3, qc + 2 * qs), qdot32(e0, e1, e2, e3, qc + 3 * qs))), f32x4.mul(i32x4.shuffle(g2, g2, 2, 3, 2, 3), dw));
+      if (kind == T_Q4_1 || kind == T_Q5_1) {
+        const m = f32x4.splat(blockM(kind, p, tab)), sv = v128.load(sg + gs + gb), z = f32x4.splat(0);
+        b01 = fma4(b01, i32x4.shuffle(sv, z, 0, 1, 4, 4), m);
+        b23 = fma4(b23, i32x4.shuffle(sv, z, 2, 3, 4, 4), m);
+      }
     }
   }
   const ys = <usize>O << 2;
   const yo = y + <usize>t * ys + (<usize>o << 2);
-  store<f32>(yo, f32x4.extract_lane(acc0, 0)); store<f32>(yo + ys, f32x4.extract_lane(acc0, 1));
-  store<f32>(yo + 2 * ys, f32x4.extract_lane(acc0, 2)); store<f32>(yo + 3 * ys, f32x4.extract_lane(acc0, 3));
-  if (two) {
-    const y4 = yo + 4 * ys;
-    store<f32>(y4, f32x4.extract_lane(acc1, 0)); store<f32>(y4 + ys, f32x4.extract_lane(acc1, 1));
-    store<f32>(y4 + 2 * ys, f32x4.extract_lane(acc1, 2)); store<f32>(y4 + 3 * ys, f32x4.extract_lane(acc1, 3));
-  }
+  storeTilePair(yo, ys, a01); storeTilePair(yo + 2 * ys, ys, a23);
+  if (two) { storeTilePair(yo + 4 * ys, ys, b01); storeTilePair(yo + 6 * ys, ys, b23); }
 }
 
-/** intRows' T > 1 loop with intTile over whole groups of 4 activation rows; the rest by intRow. */
+/** Outputs of two activation rows (ys bytes apart) from lanes (P, P', Q, Q'): P + Q and P' + Q'. */
+/* @inline */ function storeTilePair(yo: usize, ys: usize, a: v128): void {
+  store<f32>(yo, f32x4.extract_lane(a, 0) + f32x4.extract_lane(a, 2));
+  store<f32>(yo + ys, f32x4.extract_lane(a, 1) + f32x4.extract_lane(a, 3));
+}
+
+/** A T > 1 product: intTile over whole groups of 4 activation rows, the rest by intPair. */
 /* @inline */ function intRowsTiled(kind: i32, w: usize, scales: usize, O: i32, I: i32, T: i32, xq: usize, dx: usize, sx: usize, g4: usize, y: usize, lo: i32, hi: i32, tab: usize): void {
   const nb = (I + QK - 1) / QK;
   const rs: usize = kind == T_I8 ? <usize>I : <usize>(I / QK) * blockBytes(kind);
@@ -775,8 +757,8 @@ function quantizeRowI8(xr: usize, I: i32, nb: i32, qr: usize, dx: usize, sx: usi
       let t = t0;
       for (; t + 8 <= tq; t += 8) intTile(kind, true, wr, nb, rowScale, xq, g4 + <usize>(t >> 2) * gs, sx4 + <usize>(t >> 2) * gs, gs, t, y, O, r, tab);
       if (t < tq) intTile(kind, false, wr, nb, rowScale, xq, g4 + <usize>(t >> 2) * gs, sx4 + <usize>(t >> 2) * gs, gs, t, y, O, r, tab);
-      for (t = tq; t < t1; t++) intRow(kind, 1, wr, nb, rowScale, xq, dx, sx, t, y, O, r, tab);
     }
+    for (let t = tq; t < t1; t++) intPairs(kind, w, rs, scales, nb, xq, dx, sx, t, y, O, lo, hi, tab);
   }
 }
 
@@ -833,7 +815,7 @@ export function relaxedDotOk(): i32 {
   return i32x4.splat(0); // never called without relaxed SIMD
 }
 
-/** intRow for the i8·i7 layout: output row `o` against `mt` (1 or 4) activation rows from `t`. */
+/** The i8·i7 kernel: output row `o` against `mt` (1 or 4) activation rows from `t`; lane-wise partial sums, summed at the end. */
 /* @inline */ function intRowI7(kind: i32, mt: i32, wr: usize, nb: i32, xq: usize, dx: usize, sx: usize, ls: usize, t: i32, y: usize, O: i32, o: i32, tab: usize, ktab: usize): void {
   const bb = blockBytes(kind);
   const qs = <usize>nb * QK, ds = <usize>nb << 2, ns = <usize>nb << 4;
@@ -862,7 +844,7 @@ export function relaxedDotOk(): i32 {
   storeIntRows(y, t, O, o, mt, a0, a1, a2, a3, m0, m1, m2, m3);
 }
 
-/** intRowPair for the i8·i7 layout (T = 1): rows o and o1 = the row `gap` bytes further. */
+/** intRowI7 with mt = 1 for rows o and o1 = the row `gap` bytes further (T = 1), sharing the activation loads. */
 /* @inline */ function intRowPairI7(kind: i32, wr: usize, gap: usize, nb: i32, xq: usize, dx: usize, sx: usize, ls: usize, y: usize, o: i32, o1: i32, tab: usize, ktab: usize): void {
   const bb = blockBytes(kind);
   const lowNibble = kc(ktab, K_LOW_NIBBLE), fifth = kc(ktab, K_FIFTH_BIT);
@@ -921,31 +903,14 @@ const ACTIVATION_TILE_BYTES: i32 = 192 << 10;
   }
 }
 
+/**
+ * The i16 kernels without quantizeRows' per-group scales: one activation row at a time (decode,
+ * T = 1). Correct for any T, with the bits of intRowsTiled, but reading the weights once per row.
+ */
 /* @inline */ function intRows(kind: i32, w: usize, scales: usize, O: i32, I: i32, T: i32, xq: usize, dx: usize, sx: usize, y: usize, lo: i32, hi: i32, tab: usize): void {
   const nb = (I + QK - 1) / QK;
   const rs: usize = kind == T_I8 ? <usize>I : <usize>(I / QK) * blockBytes(kind);
-  let o = lo;
-  if (T == 1) { // one token: rows in pairs half the range apart (two long sequential streams)
-    const half = (hi - lo) >> 1;
-    for (; o < lo + half; o++) {
-      const o1 = o + half;
-      const s0: f32 = kind == T_I8 ? load<f32>(scales + (<usize>o << 2)) : 1;
-      const s1: f32 = kind == T_I8 ? load<f32>(scales + (<usize>o1 << 2)) : 1;
-      intRowPair(kind, w + <usize>o * rs, <usize>half * rs, nb, s0, s1, xq, dx, sx, 0, y, O, o, o1, tab);
-    }
-    o = lo + 2 * half;
-  }
-  const tile = T == 1 ? 1 : tileRows(nb * (2 * QK + 8));
-  for (let t0 = 0; t0 < T; t0 += tile) {
-    const t1 = min(T, t0 + tile);
-    for (let r = o; r < hi; r++) {
-      const wr = w + <usize>r * rs;
-      const rowScale: f32 = kind == T_I8 ? load<f32>(scales + (<usize>r << 2)) : 1;
-      let t = t0;
-      for (; t + 4 <= t1; t += 4) intRow(kind, 4, wr, nb, rowScale, xq, dx, sx, t, y, O, r, tab);
-      for (; t < t1; t++) intRow(kind, 1, wr, nb, rowScale, xq, dx, sx, t, y, O, r, tab);
-    }
-  }
+  for (let t = 0; t < T; t++) intPairs(kind, w, rs, scales, nb, xq, dx, sx, t, y, O, lo, hi, tab);
 }
 
 /**
@@ -973,10 +938,8 @@ function matmulInt(w: usize, kind: i32, O: i32, I: i32, T: i32, xq: usize, dx: u
 }
 
 /**
- * matmulInt's opt-in fast prefill (g4: quantizeRows' per-group scales, T > 1, i16 layout). A
- * function of its own, not a branch of matmulInt, so the default T = 1 path stays the code it was
- * before the fast prefill came. runJob picks it when the host passed g4 (wasm.ts matmulIn passes
- * it only for T > 1 on the i16 layout).
+ * matmulInt for T > 1 on the i16 layout with quantizeRows' per-group scales (g4): the weights
+ * stream once per L2 tile of activation rows. runJob picks it when the host passed g4.
  */
 function matmulIntTiled(w: usize, kind: i32, O: i32, I: i32, T: i32, xq: usize, dx: usize, sx: usize, y: usize, scales: usize, tab: usize, g4: usize, part: i32, nparts: i32): void {
   const lo = splitLo(O, part, nparts, 16), hi = splitHi(O, part, nparts, 16);

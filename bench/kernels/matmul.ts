@@ -15,8 +15,6 @@ import { randomMatrix, rng } from "../../test/matmul-check.js";
  * (default 5) timings of 0.2 s of CPU time each; GFLOP/s counts 2·O·I·T; one thread, so the
  * kernels' thread split is not timed. In Node 20 the relaxed build
  * runs q4/q5 on the i16 kernels (its relaxed dot fails the probe; see kernels.ts relaxedDotOk).
- * Each build runs twice: as by default, and with fastIntPrefill (kernels.ts intTile; integer types
- * at T > 1 only, "-" elsewhere).
  */
 
 const rounds = Number(process.argv[2] ?? 5);
@@ -60,13 +58,10 @@ function time(be: WasmBackend, W: Matrix, T: number, x: Float32Array): number {
 }
 
 const builds: WasmSimd[] = ["simd", ...(relaxedSimdAvailable() ? ["relaxed-simd" as const] : [])];
-/** Each build as it is by default, then with fastIntPrefill (its columns only time integer types at T > 1). */
-const variants = builds.flatMap((simd) => [{ simd, fast: false }, { simd, fast: true }]);
-const backends = variants.map(({ simd, fast }) => new WasmBackend({ simd, fastIntPrefill: fast }));
-const INT_KINDS: ReadonlySet<Kind> = new Set<Kind>(["i8", "q8_0", "q5_1", "q5_0", "q4_1", "q4_0"]);
-console.log(`# matmul kernels, 1 thread, GFLOP/s (2·O·I·T per call, CPU time), fastest of ${rounds}; builds: ${builds.join(", ")}; "fast": fastIntPrefill`);
-console.log(`| type | O x I | ${TS.map((T) => variants.map((v) => `T=${T} ${v.simd}${v.fast ? " fast" : ""}`).join(" | ")).join(" | ")} |`);
-console.log(`|---|---|${TS.map(() => variants.map(() => "---").join("|")).join("|")}|`);
+const backends = builds.map((simd) => new WasmBackend({ simd }));
+console.log(`# matmul kernels, 1 thread, GFLOP/s (2·O·I·T per call, CPU time), fastest of ${rounds}; builds: ${builds.join(", ")}`);
+console.log(`| type | O x I | ${TS.map((T) => builds.map((simd) => `T=${T} ${simd}`).join(" | ")).join(" | ")} |`);
+console.log(`|---|---|${TS.map(() => builds.map(() => "---").join("|")).join("|")}|`);
 const r = rng(1);
 for (const type of TYPES) {
   for (const [O, I] of SHAPES) {
@@ -75,7 +70,6 @@ for (const type of TYPES) {
     for (const T of TS) {
       const x = Float32Array.from({ length: T * I }, () => r());
       for (const be of backends) {
-        if (be.fastIntPrefill && (T === 1 || !INT_KINDS.has(type))) { cells.push("-"); continue; } // the default kernels
         const W = be.adopt(M);
         cells.push((2 * O * I * T / time(be, W, T, x) / 1e9).toFixed(1));
       }

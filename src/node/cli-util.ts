@@ -86,12 +86,10 @@ export function numberIn(values: Values, name: string, dflt: number, min: number
 /** Options of every command that loads a model: kernels, threads, int8 matrices. */
 export const MODEL_OPTIONS: Options = {
   backend: { type: "string" }, threads: { type: "string" }, int8: { type: "boolean" }, "no-verify": { type: "boolean" },
-  "fast-int-prefill": { type: "boolean" },
   lora: { type: "string", multiple: true }, pissa: { type: "string", multiple: true }, disha: { type: "string", multiple: true },
 };
 
-export const MODEL_OPTIONS_USAGE = "--backend NAME  --threads N (all cores)  --int8 (quantize matrices to int8 at load)  --no-verify (skip CRC/NaN checks)" +
-  "  --fast-int-prefill (quantized prompts faster, logits off stepping's in the last bits)";
+export const MODEL_OPTIONS_USAGE = "--backend NAME  --threads N (all cores)  --int8 (quantize matrices to int8 at load)  --no-verify (skip CRC/NaN checks)";
 export const ADAPTER_OPTIONS_USAGE = "--lora PATH[:ALPHA]  --pissa PATH:INIT  --disha PATH   merge adapters at load (repeatable)";
 
 /** --lora / --pissa / --disha in the order given on the command line (merge order matters). */
@@ -123,6 +121,5 @@ export function modelLoadOptions(values: Values, args?: readonly string[]): Load
     threads: values.threads === undefined ? undefined : positiveInt(values, "threads", 1),
     matrices: values.int8 === true ? "int8" : undefined,
     ...(values["no-verify"] === true ? { verify: false } : {}),
-    ...(values["fast-int-prefill"] === true ? { fastIntPrefill: true } : {}),
   };
 }

@@ -43,12 +43,6 @@ export interface LoadOptions {
    * a model past the total fails to load with an error naming the file and the sizes.
    */
   readonly memory?: MemoryLimits;
-  /**
-   * The wasm backend's faster prefill for quantized matrices (CLI --fast-int-prefill): the same
-   * integer sums in another f32 order, so prompt logits differ from stepping in the last bits
-   * (WasmBackendOptions.fastIntPrefill, docs/quantization.md). Default false.
-   */
-  readonly fastIntPrefill?: boolean;
 }
 
 /** Opens a checkpoint file of any supported format (chosen by content) and reads its tensor index. */
@@ -65,7 +59,7 @@ export function loadCheckpoint(path: string, options: Pick<LoadOptions, "verify"
 /** Loads an RWKV model: format from content, version from tensor names, sizes from shapes. */
 export async function loadModel(path: string, options: LoadOptions = {}): Promise<Model> {
   if (options.backend === undefined || options.backend === "webgpu") await prepareNodeWebGpu(); // a GPU where the user installed `webgpu`
-  const backend: Backend = selectBackend(options.backend, { threads: options.threads, memory: options.memory, fastIntPrefill: options.fastIntPrefill });
+  const backend: Backend = selectBackend(options.backend, { threads: options.threads, memory: options.memory });
   const verify = options.verify ?? true;
   const base = loadCheckpoint(path, { verify });
   const closers = [base.close];

@@ -17,8 +17,6 @@ export interface BackendOptions {
   readonly threads?: number;
   /** Limits of a backend that keeps weights in memories of its own (the wasm backend). */
   readonly memory?: MemoryLimits;
-  /** The wasm backend's opt-in faster integer prefill (WasmBackendOptions.fastIntPrefill). */
-  readonly fastIntPrefill?: boolean;
 }
 
 /**
@@ -53,7 +51,7 @@ const registrations: Registration[] = [
   { name: "webgpu", priority: WEBGPU_PRIORITY, create: () => webGpuBackend(), why: () => webGpuUnavailableReason() ?? "", present: () => webGpuBackend() !== null },
   {
     name: "wasm", priority: WASM_PRIORITY,
-    create: (o) => (memoryLimitsKey(o.memory) === "" && !o.fastIntPrefill ? defaultWasmBackend() : limitedWasmBackend(o.memory ?? {}, o.fastIntPrefill)),
+    create: (o) => (memoryLimitsKey(o.memory) === "" ? defaultWasmBackend() : limitedWasmBackend(o.memory ?? {})),
     why: () => "this runtime does not validate the WebAssembly SIMD kernels",
   },
   { name: "reference", priority: 0, create: () => referenceBackend },

@@ -82,13 +82,6 @@ export interface WasmBackendOptions {
   /** Cap on the state arrays kept in wasm memory (default RESIDENT_STATE_BYTES); past it they are copied per call. */
   readonly residentStateBytes?: number;
   /**
-   * Faster prefill (T > 1) for the integer-kernel types (q8_0, q5_x, q4_x, i8) on the i16 kernels
-   * (kernels.ts intTile): the same exact integer block sums, accumulated in f32 in another order,
-   * so a row of a T > 1 product differs from the same row computed alone (T = 1) in the last bits
-   * (docs/quantization.md). Default false: every row equal to stepping, bit for bit.
-   */
-  readonly fastIntPrefill?: boolean;
-  /**
    * The training half of this backend's table (wasm-train.ts `wasmTraining`), given by the host
    * that trains (src/node/threads/pool.ts) so that an inference-only bundle (the browser's) does
    * not carry the training kernels: `create` makes a kernel set with this backend's build, thread
@@ -335,8 +328,6 @@ export class WasmBackend implements Backend {
    * relaxed_dot_i8x16_i7x16_add_s gives the specified sums (kernels.ts relaxedDotOk; not Node 20).
    */
   readonly i7: boolean;
-  /** WasmBackendOptions.fastIntPrefill. */
-  readonly fastIntPrefill: boolean;
   /** Kernel calls run by all threads / by the calling thread alone (tests, tuning). */
   readonly calls = { parallel: 0, single: 0 };
   private readonly finalizer = new FinalizationRegistry<[number, number, number]>(([mem, ptr, bytes]) => {
@@ -373,7 +364,6 @@ export class WasmBackend implements Backend {
     this.home = this.addHeap();
     this.ctrl = this.home.ctrl;
     this.i7 = this.home.x.relaxedDotOk() === 1;
-    this.fastIntPrefill = options.fastIntPrefill ?? false;
     this.activationTable = this.home.activationTable;
     this.tensors = new WasmTensorKernels(this);
     this.startWorkers();
@@ -670,8 +660,8 @@ export class WasmBackend implements Backend {
       } else {
         // i16 activations, or for the i8·i7 kernels i8 ones and 16 bytes of lane sums per block.
         const i7 = this.i7 && I7_TYPES.has(info.type);
-        // The fast tiles' scales and block sums per group of 4 rows (kernels.ts quantizeRows g4).
-        const tiled = this.fastIntPrefill && !i7 && n > 1;
+        // A T > 1 product's tiles take the scales and block sums per group of 4 rows (kernels.ts quantizeRows g4).
+        const tiled = !i7 && n > 1;
         const qb = align((i7 ? 1 : 2) * n * nb * QK), sb = align(4 * n * nb), lb = i7 ? align(16 * n * nb) : 0;
         const gb = tiled ? 2 * 16 * nb * Math.ceil(n / 4) : 0;
         const qp = h.grown(h.scratchBlock, qb + 2 * sb + lb + gb), dp = qp + qb, sp = dp + sb, lp = i7 ? sp + sb : 0;
@@ -793,8 +783,8 @@ function hasF16InfNaN(bits: Uint16Array): boolean {
 }
 
 /** A single-threaded wasm backend with these memory limits (a new one each call), or null where WebAssembly SIMD cannot run. */
-export function limitedWasmBackend(limits: { readonly maxBytes?: number; readonly weightBytesPerMemory?: number }, fastIntPrefill = false): WasmBackend | null {
-  return wasmAvailable() ? new WasmBackend({ maxMemoryBytes: limits.maxBytes, weightBytesPerMemory: limits.weightBytesPerMemory, fastIntPrefill }) : null;
+export function limitedWasmBackend(limits: { readonly maxBytes?: number; readonly weightBytesPerMemory?: number }): WasmBackend | null {
+  return wasmAvailable() ? new WasmBackend({ maxMemoryBytes: limits.maxBytes, weightBytesPerMemory: limits.weightBytesPerMemory }) : null;
 }
 
 /** A single-threaded wasm backend (cached), or null where WebAssembly SIMD cannot run. */

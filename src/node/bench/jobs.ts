@@ -18,8 +18,6 @@ interface JobBase {
    * with a V8 flag set at run time, which a child does not inherit: it sets the same flag itself.
    */
   readonly simd: WasmSimd | null;
-  /** The wasm backend's opt-in fast integer prefill (WasmBackendOptions.fastIntPrefill). */
-  readonly fastIntPrefill?: boolean;
 }
 
 /** One row: build the model, time it, then probe the bandwidth in the same process. */

@@ -19,10 +19,10 @@ const KIB = 1024;
 /** The parent's choice of backend, with the parent's wasm build. */
 function backendFor(threads: number): Backend {
   if ((job.backend === undefined || job.backend === "wasm") && job.simd !== null) {
-    const b = wasmBackend(threads, job.simd, undefined, job.fastIntPrefill);
+    const b = wasmBackend(threads, job.simd);
     if (b) return b;
   }
-  return selectBackend(job.backend, { threads, fastIntPrefill: job.fastIntPrefill });
+  return selectBackend(job.backend, { threads });
 }
 
 async function runRow(row: BenchJob): Promise<RowResult> {

@@ -33,7 +33,6 @@ export const BENCH_USAGE = `bench [MODEL] [--random ${RANDOM_DEFAULT}]   speed: 
       --batch LIST          also batched decode: model.stepBatch over that many states (tok/s of all of them)
       --bandwidth GBS       the device's peak memory bandwidth in GB/s: adds decode's share of it (a GPU's:
                             the probe measures the CPU runtime)
-      --fast-int-prefill    the wasm backend's opt-in faster quantized prefill (docs/quantization.md)
       --no-retry            keep runs that other processes disturbed (default: pause, run again, twice at most)
       --context             linear time, constant memory: one generation of --tokens N (100000),
                             per-token time and RSS at 1k, 10k, 100k, plot to --out FILE.svg
@@ -45,7 +44,6 @@ const OPTIONS: Options = {
   "decode-tokens": { type: "string" }, prefill: { type: "string" }, warmup: { type: "string" }, "probe-mib": { type: "string" }, "no-retry": { type: "boolean" },
   json: { type: "boolean" }, context: { type: "boolean" }, tokens: { type: "string" }, out: { type: "string" },
   batch: { type: "string" }, bandwidth: { type: "string" },
-  "fast-int-prefill": { type: "boolean" },
 };
 
 const VERSIONS: readonly Version[] = VERSION_MODULES.map((m) => m.id).reverse(); // oldest first, as users list them
@@ -191,7 +189,7 @@ async function benchSpeed(io: CliIO, source: ModelSource, dtypes: BenchDType[], 
       for (const t of threads) {
         const of = rounds > 1 ? ` (round ${round + 1} of ${rounds})` : "";
         note(`${dtype}, ${t} thread${t > 1 ? "s" : ""}: building the model, ${runs} runs, then the bandwidth probe${of}`);
-        (perRow[i++] ??= []).push(await runJob({ source, dtype, threads: t, backend, simd, ...(values["fast-int-prefill"] === true ? { fastIntPrefill: true } : {}), speed: { runs, decodeTokens, prefill, quiet, warmupSeconds, batch }, probeMib: mib }, note));
+        (perRow[i++] ??= []).push(await runJob({ source, dtype, threads: t, backend, simd, speed: { runs, decodeTokens, prefill, quiet, warmupSeconds, batch }, probeMib: mib }, note));
       }
     }
   }

@@ -25,14 +25,14 @@ function checkThreads(threads: number): void {
  * The wasm backend with `threads` threads (default all cores) and these memory limits (default
  * none but 4 GiB per memory), or null where wasm SIMD cannot run.
  */
-export function wasmBackend(threads: number = defaultThreads(), simd?: WasmSimd, memory?: MemoryLimits, fastIntPrefill = false): WasmBackend | null {
+export function wasmBackend(threads: number = defaultThreads(), simd?: WasmSimd, memory?: MemoryLimits): WasmBackend | null {
   checkThreads(threads);
   if (!wasmAvailable()) return null;
-  const key = `${threads}/${simd ?? "auto"}${memoryLimitsKey(memory)}${fastIntPrefill ? "/fast-int-prefill" : ""}`;
+  const key = `${threads}/${simd ?? "auto"}${memoryLimitsKey(memory)}`;
   let b = backends.get(key);
   if (!b) {
     b = new WasmBackend({
-      threads, simd, spawn: spawnKernelWorker, maxMemoryBytes: memory?.maxBytes, weightBytesPerMemory: memory?.weightBytesPerMemory, fastIntPrefill,
+      threads, simd, spawn: spawnKernelWorker, maxMemoryBytes: memory?.maxBytes, weightBytesPerMemory: memory?.weightBytesPerMemory,
       training: wasmTraining,
     });
     backends.set(key, b);
@@ -54,7 +54,7 @@ export function trainKernels(kind: TrainKernelKind = "wasm", threads: number = d
 
 /** Replaces the core's single-threaded "wasm" registration with the threaded one. */
 export function registerNodeBackends(): void {
-  registerBackend("wasm", WASM_PRIORITY, (o): Backend | null => wasmBackend(o.threads ?? defaultThreads(), undefined, o.memory, o.fastIntPrefill));
+  registerBackend("wasm", WASM_PRIORITY, (o): Backend | null => wasmBackend(o.threads ?? defaultThreads(), undefined, o.memory));
 }
 
 registerNodeBackends();

@@ -4,13 +4,13 @@ import type { Model } from "../../src/core/model/model.js";
 import { loadModel } from "../../src/node/load.js";
 
 /*
- * What the opt-in fast integer prefill (fastIntPrefill, docs/quantization.md) does to whole models:
- * on rwkv.cpp's quantized tiny models, max |logit difference| over 64 tokens (every row) between the
- * wasm backend with and without it and the reference backend (float activations), bits per byte on
- * the first BYTES of the Wikipedia text of docs/quantization.md with and without it, and for the 5v2
- * files the distance to rwkv.cpp's own logits; then the golden models with int8 matrices.
+ * What the integer kernels' activation rounding does to whole models (docs/quantization.md): on
+ * rwkv.cpp's quantized tiny models, max |logit difference| over 64 tokens (every row of a prompt)
+ * between the wasm backend and the reference backend (float activations), bits per byte on the first
+ * BYTES of the Wikipedia text of docs/quantization.md on both, and for the 5v2 files the distance
+ * to rwkv.cpp's own logits; then the golden models with int8 matrices.
  *
- * Usage: npm run build && node dist/bench/quant-quality/fast-prefill.js [BYTES]   (default 16384;
+ * Usage: npm run build && node dist/bench/quant-quality/activation-rounding.js [BYTES]   (default 16384;
  * ../shared, or RWKV_SHARED; 1 thread; about 2 minutes on the 2-core VM).
  */
 
@@ -60,40 +60,39 @@ async function bitsPerByte(model: Model, bytes: Uint8Array): Promise<number> {
   return nll / n / Math.LN2;
 }
 
-async function three(path: string, matrices?: "int8"): Promise<[Model, Model, Model]> {
+async function both(path: string, matrices?: "int8"): Promise<[Model, Model]> {
   const o = { threads: 1, ...(matrices ? { matrices } : {}) };
-  return [await loadModel(path, { ...o, backend: "wasm" }), await loadModel(path, { ...o, backend: "wasm", fastIntPrefill: true }), await loadModel(path, { ...o, backend: "reference" })];
+  return [await loadModel(path, { ...o, backend: "wasm" }), await loadModel(path, { ...o, backend: "reference" })];
 }
 
 async function allLogits(m: Model, toks: number[]): Promise<Float32Array> {
   return m.forward(toks, m.initState(), { allLogits: true });
 }
 
-console.log(`| file | fast vs default | default vs reference | fast vs reference | bits/byte default → fast (${BYTES} bytes) | vs rwkv.cpp's logits: reference / wasm |`);
-console.log("|---|--:|--:|--:|--:|--:|");
+console.log(`| file | wasm vs reference | bits/byte reference → wasm (${BYTES} bytes) | vs rwkv.cpp's logits: reference / wasm |`);
+console.log("|---|--:|--:|--:|");
 for (const f of FILES) {
   const path = join(SHARED, "rwkv.cpp", `tiny-rwkv-${f}.bin`);
   const enc = f.startsWith("6v0") ? Buffer.from(text, "utf16le") : Buffer.from(text, "latin1"); // 6v0 was trained on UTF-16LE
   const bytes = new Uint8Array(enc.subarray(0, BYTES));
   const toks = Array.from(bytes.subarray(COMPARED_FROM, COMPARED_FROM + COMPARED));
-  const [def, fast, ref] = await three(path);
-  const [a, b, c] = [await allLogits(def, toks), await allLogits(fast, toks), await allLogits(ref, toks)];
+  const [wasm, ref] = await both(path);
+  const [a, c] = [await allLogits(wasm, toks), await allLogits(ref, toks)];
   let cpp = "-";
   if (f.startsWith("5v2")) {
     const want = f32(join(SHARED, "rwkv.cpp", "reference", `tiny-rwkv-5v2-730K-FP32-to-${f.split("-").pop()}.p1.logits.f32`));
-    cpp = `${maxAbs(await ref.forward(RWKV_CPP_PROMPT, ref.initState()), want).toFixed(3)} / ${maxAbs(await def.forward(RWKV_CPP_PROMPT, def.initState()), want).toFixed(3)}`;
+    cpp = `${maxAbs(await ref.forward(RWKV_CPP_PROMPT, ref.initState()), want).toFixed(3)} / ${maxAbs(await wasm.forward(RWKV_CPP_PROMPT, wasm.initState()), want).toFixed(3)}`;
   }
-  const bd = await bitsPerByte(def, bytes), bf = await bitsPerByte(fast, bytes);
-  console.log(`| ${f} | ${maxAbs(a, b).toExponential(1)} | ${maxAbs(a, c).toFixed(3)} | ${maxAbs(b, c).toFixed(3)} | ${bd.toFixed(5)} → ${bf.toFixed(5)} | ${cpp} |`);
+  console.log(`| ${f} | ${maxAbs(a, c).toFixed(3)} | ${(await bitsPerByte(ref, bytes)).toFixed(5)} → ${(await bitsPerByte(wasm, bytes)).toFixed(5)} | ${cpp} |`);
 }
 
-console.log("\n| model | fast vs default | default vs reference | fast vs reference | max \\|logit\\| |");
-console.log("|---|--:|--:|--:|--:|");
+console.log("\n| model | wasm vs reference | max \\|logit\\| |");
+console.log("|---|--:|--:|");
 for (const v of ["v4", "v5", "v6", "v7"]) {
-  const [def, fast, ref] = await three(join(SHARED, "golden", v, "model.safetensors"), "int8");
+  const [wasm, ref] = await both(join(SHARED, "golden", v, "model.safetensors"), "int8");
   const toks = Array.from({ length: COMPARED }, (_, i) => (i * 37 + 11) % 200);
-  const [a, b, c] = [await allLogits(def, toks), await allLogits(fast, toks), await allLogits(ref, toks)];
+  const [a, c] = [await allLogits(wasm, toks), await allLogits(ref, toks)];
   let big = 0;
   for (const x of c) big = Math.max(big, Math.abs(x));
-  console.log(`| golden ${v} \`--int8\` | ${maxAbs(a, b).toExponential(1)} | ${maxAbs(a, c).toExponential(1)} | ${maxAbs(b, c).toExponential(1)} | ${big.toFixed(2)} |`);
+  console.log(`| golden ${v} \`--int8\` | ${maxAbs(a, c).toExponential(1)} | ${big.toFixed(2)} |`);
 }
