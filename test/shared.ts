@@ -52,15 +52,25 @@ export function bitsEqual(a: Float32Array, b: Float32Array): boolean {
 
 /** The F32 tensors of a safetensors file by name (golden outputs); a tensor of another dtype is refused by name. */
 export function readSafetensorsF32(path: string): Map<string, Float32Array> {
+  return readSafetensorsAs(path, "F32", (b) => new Float32Array(b));
+}
+
+/** The F64 tensors of a safetensors file at full precision (the library reader decodes to f32). */
+export function readSafetensorsF64(path: string): Map<string, Float64Array> {
+  return readSafetensorsAs(path, "F64", (b) => new Float64Array(b));
+}
+
+/** Every tensor of a safetensors file as `dtype` (each copied into a buffer of its own); another dtype is refused by name. */
+function readSafetensorsAs<T>(path: string, dtype: string, view: (b: ArrayBuffer) => T): Map<string, T> {
   const bytes = readFileSync(path);
   const n = Number(bytes.readBigUInt64LE(0));
   const header = JSON.parse(bytes.subarray(8, 8 + n).toString("utf8")) as Record<string, { dtype: string; data_offsets: [number, number] }>;
-  const out = new Map<string, Float32Array>();
+  const out = new Map<string, T>();
   for (const [name, e] of Object.entries(header)) {
     if (name === "__metadata__") continue;
-    if (e.dtype !== "F32") throw new Error(`${path}: tensor ${name} is ${e.dtype}, expected F32`);
+    if (e.dtype !== dtype) throw new Error(`${path}: tensor ${name} is ${e.dtype}, expected ${dtype}`);
     const [a, b] = e.data_offsets;
-    out.set(name, new Float32Array(bytes.buffer.slice(bytes.byteOffset + 8 + n + a, bytes.byteOffset + 8 + n + b)));
+    out.set(name, view(bytes.buffer.slice(bytes.byteOffset + 8 + n + a, bytes.byteOffset + 8 + n + b)));
   }
   return out;
 }

@@ -8,8 +8,8 @@ import { type Activation, IGNORE_TARGET, L2WRAP_SCALE } from "../src/core/backen
 import { WasmTrainKernels, wasmTrainAvailable } from "../src/core/backend/wasm-train.js";
 import { wkv4Backward, wkv4Forward, wkv5Backward, wkv5Forward, wkv7Backward, wkv7Forward, wkvChunks } from "../src/core/backend/wkv-train.js";
 import { loadModel } from "../src/node/load.js";
-import { readJson, sharedPath } from "./shared.js";
-import { GOLDEN_VERSIONS, type GoldenModel, loadParams, nextTokenTargets, readF64Safetensors, relErr, seeded } from "./train-helpers.js";
+import { readJson, readSafetensorsF64, sharedPath } from "./shared.js";
+import { GOLDEN_VERSIONS, type GoldenModel, loadParams, nextTokenTargets, relErr, seeded } from "./train-helpers.js";
 
 /*
  * Acceptance of the hand-written backward passes (issue 7):
@@ -245,7 +245,7 @@ for (const v of GOLDEN_VERSIONS) {
       const logitErr = relErr(logits.data, gold.train_gpt.logits_fp64.flat());
       assert.ok(logitErr.abs < (dtype === "f64" ? 1e-10 : 1e-4), `logits max |diff| ${logitErr.abs}`);
 
-      const want = readF64Safetensors(join(dir, "grads_fp64.safetensors"));
+      const want = readSafetensorsF64(join(dir, "grads_fp64.safetensors"));
       const tol = dtype === "f64" ? FP64_REL_TOL : FP32_REL_TOL;
       let worst = 0;
       assert.equal(gold.train_gpt.params_with_grad.length, params.list.length - model.unusedParams().size);

@@ -8,7 +8,7 @@ import { IGNORE_TARGET } from "../src/core/backend/train-ops.js";
 import { ParamStore } from "../src/core/train/params.js";
 import { sharedPath } from "./shared.js";
 
-/** Shared by the train-*.test.ts files: golden model loading and an exact f64 safetensors reader. */
+/** Shared by the train-*.test.ts files: golden model loading, targets, errors, seeds. */
 
 export interface GoldenModel {
   readonly tokens: number[];
@@ -29,22 +29,6 @@ export function loadParams(path: string, dtype: TrainDType): ParamStore {
   } finally {
     close();
   }
-}
-
-/** F64 tensors of a safetensors file at full precision (the library reader decodes to f32). */
-export function readF64Safetensors(path: string): Map<string, Float64Array> {
-  const bytes = readFileSync(path);
-  const n = Number(bytes.readBigUInt64LE(0));
-  const header = JSON.parse(bytes.subarray(8, 8 + n).toString("utf8")) as Record<string, { dtype: string; data_offsets: [number, number] }>;
-  const out = new Map<string, Float64Array>();
-  for (const [name, info] of Object.entries(header)) {
-    if (name === "__metadata__") continue;
-    if (info.dtype !== "F64") throw new Error(`${name}: ${info.dtype}, expected F64`);
-    const [a, b] = info.data_offsets;
-    const copy = bytes.subarray(8 + n + a, 8 + n + b);
-    out.set(name, new Float64Array(copy.buffer.slice(copy.byteOffset, copy.byteOffset + copy.byteLength)));
-  }
-  return out;
 }
 
 /** Next-token targets of one sequence: position t predicts tokens[t+1]; the last has none. */

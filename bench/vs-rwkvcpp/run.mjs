@@ -63,9 +63,8 @@ function makeGguf(t) {
 // A 1-thread run is pinned to one vCPU (BENCH_CPU, default 0) for every engine: on this VM one of the
 // two vCPUs runs at ~60% of the other's speed for long stretches, and an unpinned process lands on
 // either by chance (bench/commits/README.md).
-let pinned = false;
-function runJson(cmd, args, cwd) {
-  if (pinned) [cmd, args] = ["taskset", ["-c", process.env.BENCH_CPU ?? "0", cmd, ...args]];
+function runJson(threads, cmd, args, cwd) {
+  if (threads === 1) [cmd, args] = ["taskset", ["-c", process.env.BENCH_CPU ?? "0", cmd, ...args]];
   const r = spawnSync(cmd, args, { cwd, encoding: "utf8", maxBuffer: 64 << 20 });
   if (r.status !== 0) throw new Error(`${cmd} ${args.join(" ")} failed (${r.status ?? r.signal}):\n${r.stderr.slice(-2000)}`);
   const out = r.stdout.trim();
@@ -76,7 +75,7 @@ function rwkvcpp(path, threads) {
   const prefillTokS = {};
   let decodeTokS = 0, rssMb = 0;
   prefill.forEach((len, i) => {
-    const j = runJson(join(o.rwkvcpp, "bench_rwkv"), [path, String(threads), String(i === 0 ? decode : 0), String(len), String(reps), "0", "0", "0"]);
+    const j = runJson(threads, join(o.rwkvcpp, "bench_rwkv"), [path, String(threads), String(i === 0 ? decode : 0), String(len), String(reps), "0", "0", "0"]);
     if (j.nonfinite_logits !== 0) throw new Error(`rwkv.cpp: ${j.nonfinite_logits} non-finite logits on ${path}`);
     if (i === 0) decodeTokS = j.serial_tok_s;
     prefillTokS[len] = j.seq_tok_s;
@@ -85,13 +84,13 @@ function rwkvcpp(path, threads) {
   return { decode: decodeTokS, prefill: prefillTokS, rssMb };
 }
 function ours(path, threads) {
-  const j = runJson(process.execPath, [bin, "bench", path, "--dtype", "stored", "--threads", String(threads), "--runs", String(reps),
+  const j = runJson(threads, process.execPath, [bin, "bench", path, "--dtype", "stored", "--threads", String(threads), "--runs", String(reps),
     "--decode-tokens", String(decode), "--prefill", prefill.join(","), "--json"]);
   const row = j.rows[0];
   return { decode: row.decode.median, prefill: Object.fromEntries(prefill.map((n) => [n, row.prefill[String(n)].median])), rssMb: row.peakRssBytes / 1e6 };
 }
 function llama(path, threads) {
-  const j = runJson(process.execPath, [join(o.llama, "llama.mjs"), path, String(threads), String(decode), prefill.join(","), String(reps), String(shape.vocab)], o.llama);
+  const j = runJson(threads, process.execPath, [join(o.llama, "llama.mjs"), path, String(threads), String(decode), prefill.join(","), String(reps), String(shape.vocab)], o.llama);
   return { decode: j.decodeTokS, prefill: j.prefillTokS, rssMb: j.peakRssMb };
 }
 
@@ -112,7 +111,6 @@ for (let r = 0; r < rounds; r++) {
         const runs = [["ours", () => ours(row.path, threads)], ["them", () => table.them(row.path, threads)]];
         if ((r + threadsList.indexOf(threads)) % 2 === 1) runs.reverse();
         for (const [who, fn] of runs) {
-          pinned = threads === 1;
           const res = fn();
           results[k][who].push(res);
           log(`round ${r + 1}/${rounds} ${table.name} ${row.label} ${threads} thr ${who === "ours" ? "rwkv-ts" : table.name}: decode ${res.decode.toFixed(1)}, ` +

@@ -16,6 +16,17 @@ export function matrixBytes(type: WeightType, rows: number, cols: number): numbe
   return rows * rowBytes(type, cols) + (type === "i8" ? 4 * rows : 0);
 }
 
+/**
+ * A Matrix over `bytes` of `type` as stored (f32 and f16/bf16 as typed views, block types as the
+ * bytes), with a copy only where they are not aligned for a typed view.
+ */
+export function matrixOver(type: WeightType, rows: number, cols: number, bytes: Uint8Array, name?: string): Matrix {
+  const own = bytes.byteOffset % 4 === 0 ? bytes : bytes.slice();
+  const data = type === "f32" ? new Float32Array(own.buffer, own.byteOffset, rows * cols)
+    : type === "f16" || type === "bf16" ? new Uint16Array(own.buffer, own.byteOffset, rows * cols) : own;
+  return name === undefined ? { rows, cols, type, data } : { rows, cols, type, data, name };
+}
+
 /** W in words for messages: its tensor name when known, and its shape and type. */
 export function describeMatrix(W: Matrix): string {
   const shape = `${W.rows}x${W.cols} ${W.type}`;

@@ -1,6 +1,6 @@
 import { type Backend, BLOCK_TYPES, type Matrix, type WeightType } from "../backend/backend.js";
 import { quantizeInt8 } from "../backend/int8.js";
-import { matrixBytes } from "../backend/weight-rows.js";
+import { matrixBytes, matrixOver } from "../backend/weight-rows.js";
 import { referenceBackend } from "../backend/reference.js";
 import { FormatError } from "../errors.js";
 import type { Checkpoint } from "../formats/checkpoint.js";
@@ -155,9 +155,7 @@ export class Weights {
     const e = this.entry(name);
     const blocks = BLOCK_TYPES.has(e.dtype as WeightType);
     if (!this.compact || !e.raw || !COMPACT_TYPES.has(e.dtype) || (blocks && cols % BLOCK !== 0)) return null;
-    const bytes = e.raw();
-    const own = bytes.byteOffset % 4 === 0 ? bytes : bytes.slice();
-    return { rows, cols, type: e.dtype as WeightType, data: blocks ? own : new Uint16Array(own.buffer, own.byteOffset, rows * cols) };
+    return matrixOver(e.dtype as WeightType, rows, cols, e.raw());
   }
 
   /**
@@ -225,12 +223,4 @@ export class Weights {
 /** (R, K) row-major -> (K, R) row-major. */
 export function transpose(m: Float32Array, R: number, K: number): Float32Array {
   return transposeLast2(m, 1, R, K);
-}
-
-/** A Matrix over `bytes` of `type` (a copy where they are not aligned for a typed view). */
-function matrixOver(type: WeightType, rows: number, cols: number, bytes: Uint8Array, name: string): Matrix {
-  const own = bytes.byteOffset % 4 === 0 ? bytes : bytes.slice();
-  const data = type === "f32" ? new Float32Array(own.buffer, own.byteOffset, rows * cols)
-    : type === "f16" || type === "bf16" ? new Uint16Array(own.buffer, own.byteOffset, rows * cols) : own;
-  return { rows, cols, type, data, name };
 }

@@ -1,6 +1,6 @@
 import { readFileSync } from "node:fs";
 import type { Activation, Backend, Matrix, TensorKernels, WeightType, Wkv4State } from "../../core/backend/backend.js";
-import { matrixBytes } from "../../core/backend/weight-rows.js";
+import { matrixBytes, matrixOver } from "../../core/backend/weight-rows.js";
 import type { Checkpoint } from "../../core/formats/checkpoint.js";
 import { type MatrixDType, retypeMatrices } from "../../core/formats/retype.js";
 import { architectureFor, detectVersion } from "../../core/model/detect.js";
@@ -74,8 +74,7 @@ export class CountingBackend implements Backend {
     if (this.inner.adoptFrom) return this.inner.adoptFrom(rows, cols, type, bytes, fill);
     const raw = new Uint8Array(bytes);
     fill(raw);
-    const data = type === "f32" ? new Float32Array(raw.buffer) : type === "f16" || type === "bf16" ? new Uint16Array(raw.buffer) : raw;
-    return this.inner.adopt({ rows, cols, type, data });
+    return this.inner.adopt(matrixOver(type, rows, cols, raw));
   }
   get adoptForHost(): ((m: Matrix) => Matrix) | undefined {
     return this.inner.adoptForHost?.bind(this.inner);
