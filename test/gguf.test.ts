@@ -182,6 +182,9 @@ test("World tokenizer stored in a GGUF: llama.cpp's escaping round-trips every t
   if (!vocabPath || !gpath || !cases) return;
   const vocab = parseWorldVocab(readFileSync(vocabPath, "utf8"));
   for (const b of vocab) if (b) assert.deepEqual(unescapeRwkvToken(escapeRwkvToken(b)), b);
+  assert.deepEqual(unescapeRwkvToken("\\xC3\\xbf\\q\\\\"), Uint8Array.from([0xc3, 0xbf, 0x71, 0x5c]));
+  assert.throws(() => unescapeRwkvToken("ab\\", () => "m.gguf: token 7"), /^FormatError: m\.gguf: token 7: dangling backslash in "ab\\\\"$/);
+  assert.throws(() => unescapeRwkvToken("\\x4g", "t"), /^FormatError: t: bad \\x escape in "\\\\x4g"$/);
   assert.equal(escapeRwkvToken(new TextEncoder().encode("a'b\\\n\x00\xff")), "a'b\\\\\\n\\x00\\xc3\\xbf");
   assert.equal(escapeRwkvToken(Uint8Array.from([0x27, 0x41])), "'A"); // Python switches to double quotes
   // A 65536-row v7 (the golden v7 with zero-padded embedding and head) carrying the World vocab.
@@ -191,9 +194,14 @@ test("World tokenizer stored in a GGUF: llama.cpp's escaping round-trips every t
   const tensors = new Map(src.tensors);
   tensors.set("emb.weight", wide("emb.weight"));
   tensors.set("head.weight", wide("head.weight"));
-  const bytes = toGguf({ ...src, tensors }, "f32", worldVocabMetadata(vocab, WORLD_VOCAB_SIZE));
+  const written = worldVocabMetadata(vocab, WORLD_VOCAB_SIZE);
+  const bytes = toGguf({ ...src, tensors }, "f32", written);
   const back = openCheckpoint(new MemorySource("world.gguf", bytes));
   assert.equal(back.metadata["tokenizer.ggml.model"], "rwkv");
+  // Described without decoding (the strings are decoded on first use), then decoded as written.
+  assert.equal(back.metadata["tokenizer.ggml.tokens"], `[${WORLD_VOCAB_SIZE} x string]`);
+  assert.ok(isGgufCheckpoint(back));
+  assert.deepEqual(back.gguf.metadata.get("tokenizer.ggml.tokens")!.value, written.get("tokenizer.ggml.tokens")!.value);
   assert.equal(back.metadata["tokenizer.ggml.eot_token_id"], "261");
   const fromGguf = new WorldTokenizer(ggufVocab(back)!.tokens);
   const fromFile = new WorldTokenizer(vocab);
@@ -258,6 +266,9 @@ test("malformed GGUF: every corruption is a FormatError naming the file and the 
     ["absurd key length", patch((dv) => dv.setBigUint64(24, 1n << 50n, true)), /absurd length/],
     ["unknown value type", patch((dv) => dv.setUint32(24 + 8 + "general.architecture".length, 99, true)), /unknown GGUF value type 99/],
     ["absurd array length", patch((dv) => dv.setBigUint64(tokensArrayLen, 1n << 40n, true)), /array of \d+ string values cannot fit/],
+    // The vocabulary's strings are decoded on first use, but every length is checked while indexing.
+    ["absurd token length", patch((dv) => dv.setBigUint64(tokensArrayLen + 8, 1n << 40n, true)), /truncated: metadata tokenizer\.ggml\.tokens\[0\] at offset/],
+    ["token length past 2^53", patch((dv) => dv.setBigUint64(tokensArrayLen + 8, 1n << 60n, true)), /length of metadata tokenizer\.ggml\.tokens\[0\] is absurd/],
     ["5 dimensions", patch((dv) => dv.setUint32(infoAt, 5, true)), /5 dimensions/],
     ["unknown tensor type", patch((dv) => dv.setUint32(infoAt + 4 + 16, 99, true)), /unknown ggml type 99/],
     ["unsupported tensor type", patch((dv) => dv.setUint32(infoAt + 4 + 16, 12, true)), /Q4_K \(12\) is not supported/],

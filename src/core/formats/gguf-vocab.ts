@@ -36,27 +36,40 @@ export function escapeRwkvToken(bytes: Uint8Array): string {
   return s;
 }
 
-/** The inverse, as llama.cpp's `llama_unescape_rwkv_token` reads it (\t \n \r \xNN, \c -> c). */
-export function unescapeRwkvToken(text: string, where = "token"): Uint8Array {
-  const src = new TextEncoder().encode(text);
-  const out: number[] = [];
+/**
+ * The inverse, as llama.cpp's `llama_unescape_rwkv_token` reads it (\t \n \r \xNN, \c -> c).
+ * `where` names the token in errors (a function, so a 65k vocabulary builds no message it never shows).
+ */
+export function unescapeRwkvToken(text: string, where: string | (() => string) = "token"): Uint8Array {
+  const src = UTF8.encode(text);
+  const out = new Uint8Array(src.length); // unescaping only shortens
+  let n = 0;
   for (let i = 0; i < src.length; i++) {
     const c = src[i];
-    if (c !== BACKSLASH) { out.push(c); continue; }
+    if (c !== BACKSLASH) { out[n++] = c; continue; }
     const e = src[++i];
-    if (e === undefined) throw new FormatError(where, `dangling backslash in ${JSON.stringify(text)}`);
-    const ch = String.fromCharCode(e);
-    if (ch === "t") out.push(0x09);
-    else if (ch === "n") out.push(0x0a);
-    else if (ch === "r") out.push(0x0d);
-    else if (ch === "x") {
-      const hex = String.fromCharCode(src[i + 1] ?? 0, src[i + 2] ?? 0);
-      if (!/^[0-9a-fA-F]{2}$/.test(hex)) throw new FormatError(where, `bad \\x escape in ${JSON.stringify(text)}`);
-      out.push(parseInt(hex, 16));
+    if (e === undefined) throw badToken(where, "dangling backslash", text);
+    if (e === 0x74) out[n++] = 0x09; // \t
+    else if (e === 0x6e) out[n++] = 0x0a; // \n
+    else if (e === 0x72) out[n++] = 0x0d; // \r
+    else if (e === 0x78) { // \xNN
+      const hi = hexDigit(src[i + 1]), lo = hexDigit(src[i + 2]);
+      if (hi < 0 || lo < 0) throw badToken(where, "bad \\x escape", text);
+      out[n++] = hi * 16 + lo;
       i += 2;
-    } else out.push(e);
+    } else out[n++] = e;
   }
-  return Uint8Array.from(out);
+  return out.slice(0, n);
+}
+const UTF8 = new TextEncoder();
+const badToken = (where: string | (() => string), problem: string, text: string) =>
+  new FormatError(typeof where === "string" ? where : where(), `${problem} in ${JSON.stringify(text)}`);
+/** The value of an ASCII hex digit, -1 for anything else (undefined past the end included). */
+function hexDigit(c: number | undefined): number {
+  if (c === undefined) return -1;
+  if (c >= 0x30 && c <= 0x39) return c - 0x30;
+  const l = c | 0x20;
+  return l >= 0x61 && l <= 0x66 ? l - 0x61 + 10 : -1;
 }
 
 export interface GgufVocab {
@@ -76,12 +89,13 @@ export function ggufVocab(ckpt: Checkpoint): GgufVocab | null {
   const typesValue = file.metadata.get("tokenizer.ggml.token_type");
   const types = typesValue?.type === "array" && typesValue.itemType !== "string" && typesValue.itemType !== "array" && typesValue.itemType !== "bool"
     ? typesValue.value.map(Number) : [];
-  const enc = new TextEncoder();
-  const tokens = list.value.map((text, id) => {
-    const t = types[id];
-    if (t === TOKEN_TYPE.CONTROL || t === TOKEN_TYPE.UNUSED) return undefined;
-    return model === "rwkv" ? unescapeRwkvToken(text, `${ckpt.source}: token ${id}`) : enc.encode(text);
-  });
+  let id = 0;
+  const where = () => `${ckpt.source}: token ${id}`;
+  const tokens = new Array<Uint8Array | undefined>(list.value.length);
+  for (; id < tokens.length; id++) {
+    const t = types[id], text = list.value[id];
+    tokens[id] = t === TOKEN_TYPE.CONTROL || t === TOKEN_TYPE.UNUSED ? undefined : model === "rwkv" ? unescapeRwkvToken(text, where) : UTF8.encode(text);
+  }
   return { model, tokens };
 }
 

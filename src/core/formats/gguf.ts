@@ -111,6 +111,11 @@ export function isGguf(head: Uint8Array): boolean {
   return head.length >= 4 && new DataView(head.buffer, head.byteOffset, 4).getUint32(0, true) === GGUF_MAGIC;
 }
 
+/** What a read is of, for error messages; a function when building the text would cost every item of an array. */
+type Where = string | (() => string);
+const say = (w: Where): string => typeof w === "string" ? w : w();
+const UTF8 = new TextDecoder();
+
 /** Sequential little-endian reads over a ByteSource through a window, with bounds checked first. */
 class Cursor {
   private buf: Uint8Array = new Uint8Array(0);
@@ -122,8 +127,8 @@ class Cursor {
   // Note: callers must call need() before touching this.dv (it may swap the window).
   get remaining(): number { return this.src.size - this.pos; }
 
-  private need(n: number, what: string): number {
-    if (n > this.remaining) throw new FormatError(this.src.name, `truncated: ${what} at offset ${this.pos} needs ${n} bytes, the file has ${this.remaining} left`);
+  private need(n: number, what: Where): number {
+    if (n > this.remaining) throw new FormatError(this.src.name, `truncated: ${say(what)} at offset ${this.pos} needs ${n} bytes, the file has ${this.remaining} left`);
     if (this.pos < this.start || this.pos + n > this.start + this.buf.length) {
       const len = Math.min(this.remaining, Math.max(n, READ_WINDOW));
       this.buf = this.src.read(this.pos, len);
@@ -134,27 +139,34 @@ class Cursor {
     this.pos += n;
     return at;
   }
-  u8(w: string): number { const at = this.need(1, w); return this.dv.getUint8(at); }
-  i8(w: string): number { const at = this.need(1, w); return this.dv.getInt8(at); }
-  u16(w: string): number { const at = this.need(2, w); return this.dv.getUint16(at, true); }
-  i16(w: string): number { const at = this.need(2, w); return this.dv.getInt16(at, true); }
-  u32(w: string): number { const at = this.need(4, w); return this.dv.getUint32(at, true); }
-  i32(w: string): number { const at = this.need(4, w); return this.dv.getInt32(at, true); }
-  f32(w: string): number { const at = this.need(4, w); return this.dv.getFloat32(at, true); }
-  f64(w: string): number { const at = this.need(8, w); return this.dv.getFloat64(at, true); }
-  u64big(w: string): bigint { const at = this.need(8, w); return this.dv.getBigUint64(at, true); }
-  i64big(w: string): bigint { const at = this.need(8, w); return this.dv.getBigInt64(at, true); }
+  u8(w: Where): number { const at = this.need(1, w); return this.dv.getUint8(at); }
+  i8(w: Where): number { const at = this.need(1, w); return this.dv.getInt8(at); }
+  u16(w: Where): number { const at = this.need(2, w); return this.dv.getUint16(at, true); }
+  i16(w: Where): number { const at = this.need(2, w); return this.dv.getInt16(at, true); }
+  u32(w: Where): number { const at = this.need(4, w); return this.dv.getUint32(at, true); }
+  i32(w: Where): number { const at = this.need(4, w); return this.dv.getInt32(at, true); }
+  f32(w: Where): number { const at = this.need(4, w); return this.dv.getFloat32(at, true); }
+  f64(w: Where): number { const at = this.need(8, w); return this.dv.getFloat64(at, true); }
+  u64big(w: Where): bigint { const at = this.need(8, w); return this.dv.getBigUint64(at, true); }
+  i64big(w: Where): bigint { const at = this.need(8, w); return this.dv.getBigInt64(at, true); }
   /** A u64 count or size; anything beyond 2^53 is absurd for a file this reader can open. */
-  u64(w: string): number {
-    const v = this.u64big(w);
-    if (v > BigInt(Number.MAX_SAFE_INTEGER)) throw new FormatError(this.src.name, `${w} is absurd (${v})`);
-    return Number(v);
+  u64(w: Where): number {
+    const at = this.need(8, w);
+    // Two u32 halves, not a BigInt: a vocabulary reads 65k lengths.
+    const lo = this.dv.getUint32(at, true), hi = this.dv.getUint32(at + 4, true);
+    if (hi >= 2 ** 21) throw new FormatError(this.src.name, `${say(w)} is absurd (${(BigInt(hi) << 32n) | BigInt(lo)})`);
+    return hi * 2 ** 32 + lo;
   }
-  bytes(n: number, w: string): Uint8Array { const at = this.need(n, w); return this.buf.subarray(at, at + n); }
-  string(w: string, maxBytes = Infinity): string {
-    const len = this.u64(`length of ${w}`);
-    if (len > maxBytes) throw new FormatError(this.src.name, `${w} at offset ${this.pos - 8} has absurd length ${len}`);
-    return new TextDecoder().decode(this.bytes(len, w));
+  /** Steps over n bytes without reading them. */
+  skip(n: number, w: Where): void {
+    if (n > this.remaining) throw new FormatError(this.src.name, `truncated: ${say(w)} at offset ${this.pos} needs ${n} bytes, the file has ${this.remaining} left`);
+    this.pos += n;
+  }
+  bytes(n: number, w: Where): Uint8Array { const at = this.need(n, w); return this.buf.subarray(at, at + n); }
+  string(w: Where, maxBytes = Infinity): string {
+    const len = this.u64(() => `length of ${say(w)}`);
+    if (len > maxBytes) throw new FormatError(this.src.name, `${say(w)} at offset ${this.pos - 8} has absurd length ${len}`);
+    return UTF8.decode(this.bytes(len, w));
   }
 }
 
@@ -164,25 +176,64 @@ function valueType(src: ByteSource, id: number, where: string): GgufValueType {
   return t;
 }
 
+/** One number of a fixed-size numeric type. */
+function readNumber(c: Cursor, type: GgufNumberType, w: Where): number {
+  switch (type) {
+    case "u8": return c.u8(w);
+    case "i8": return c.i8(w);
+    case "u16": return c.u16(w);
+    case "i16": return c.i16(w);
+    case "u32": return c.u32(w);
+    case "i32": return c.i32(w);
+    case "f32": return c.f32(w);
+    case "f64": return c.f64(w);
+  }
+}
+
+function readBool(c: Cursor, src: ByteSource, w: Where): boolean {
+  const b = c.u8(w);
+  if (b > 1) throw new FormatError(src.name, `${say(w)}: bool value ${b} is neither 0 nor 1`);
+  return b === 1;
+}
+
+/**
+ * An array of n strings, checked now and decoded on first use: a vocabulary's 65k strings held as
+ * JavaScript strings cost ~15 MB of RSS (the heap grows to hold them), which a model that never
+ * tokenizes (a benchmark, a server given token ids) need not pay. The section's bytes are kept (~1 MB).
+ */
+function lazyStrings(c: Cursor, src: ByteSource, n: number, where: string): GgufArray {
+  const start = c.pos;
+  let i = 0;
+  const at = () => `${where}[${i}]`;
+  const lengthAt = () => `length of ${where}[${i}]`;
+  for (; i < n; i++) c.skip(c.u64(lengthAt), at);
+  const raw = n === 0 ? new Uint8Array(0) : src.read(start, c.pos - start);
+  let value: string[] | undefined;
+  const decode = (): string[] => {
+    const dv = new DataView(raw.buffer, raw.byteOffset, raw.byteLength);
+    const out = new Array<string>(n);
+    for (let i = 0, p = 0; i < n; i++) {
+      const len = Number(dv.getBigUint64(p, true));
+      out[i] = UTF8.decode(raw.subarray(p + 8, p + 8 + len));
+      p += 8 + len;
+    }
+    return out;
+  };
+  const array: GgufArray = { type: "array", itemType: "string", get value() { return value ??= decode(); } };
+  LAZY_LENGTH.set(array, n);
+  return array;
+}
+/** The lengths of lazy string arrays, so that describing one does not decode it. */
+const LAZY_LENGTH = new WeakMap<GgufArray, number>();
+
 function readValue(c: Cursor, src: ByteSource, type: GgufValueType, where: string, depth: number): GgufValue {
   switch (type) {
-    case "u8": return { type, value: c.u8(where) };
-    case "i8": return { type, value: c.i8(where) };
-    case "u16": return { type, value: c.u16(where) };
-    case "i16": return { type, value: c.i16(where) };
-    case "u32": return { type, value: c.u32(where) };
-    case "i32": return { type, value: c.i32(where) };
-    case "f32": return { type, value: c.f32(where) };
-    case "f64": return { type, value: c.f64(where) };
     case "u64": return { type, value: c.u64big(where) };
     case "i64": return { type, value: c.i64big(where) };
-    case "bool": {
-      const b = c.u8(where);
-      if (b > 1) throw new FormatError(src.name, `${where}: bool value ${b} is neither 0 nor 1`);
-      return { type, value: b === 1 };
-    }
+    case "bool": return { type, value: readBool(c, src, where) };
     case "string": return { type, value: c.string(where) };
     case "array": return readArray(c, src, where, depth);
+    default: return { type, value: readNumber(c, type, where) };
   }
 }
 
@@ -193,13 +244,21 @@ function readArray(c: Cursor, src: ByteSource, where: string, depth: number): Gg
   const minItem = itemType === "string" ? MIN_STRING_BYTES : itemType === "array" ? MIN_ARRAY_BYTES : FIXED_SIZE[itemType];
   // Refuse before allocating: n items cannot take fewer bytes than this.
   if (n * minItem > c.remaining) throw new FormatError(src.name, `${where}: array of ${n} ${itemType} values cannot fit in the ${c.remaining} bytes left (truncated or corrupt)`);
-  const item = (i: number) => readValue(c, src, itemType, `${where}[${i}]`, depth + 1);
+  // A vocabulary is 65k items: no wrapper object, no message text and no closure per item (garbage that grows the heap).
+  let i = 0;
+  const at = () => `${where}[${i}]`;
+  const items = <T>(read: (w: Where) => T): T[] => {
+    const out = new Array<T>(n);
+    for (i = 0; i < n; i++) out[i] = read(at);
+    return out;
+  };
   switch (itemType) {
-    case "string": return { type: "array", itemType, value: Array.from({ length: n }, (_, i) => c.string(`${where}[${i}]`)) };
-    case "array": return { type: "array", itemType, value: Array.from({ length: n }, (_, i) => readArray(c, src, `${where}[${i}]`, depth + 1)) };
-    case "bool": return { type: "array", itemType, value: Array.from({ length: n }, (_, i) => item(i).value as boolean) };
-    case "u64": case "i64": return { type: "array", itemType, value: Array.from({ length: n }, (_, i) => item(i).value as bigint) };
-    default: return { type: "array", itemType, value: Array.from({ length: n }, (_, i) => item(i).value as number) };
+    case "string": return lazyStrings(c, src, n, where);
+    case "array": return { type: "array", itemType, value: items((w) => readArray(c, src, say(w), depth + 1)) };
+    case "bool": return { type: "array", itemType, value: items((w) => readBool(c, src, w)) };
+    case "u64": return { type: "array", itemType, value: items((w) => c.u64big(w)) };
+    case "i64": return { type: "array", itemType, value: items((w) => c.i64big(w)) };
+    default: return { type: "array", itemType, value: items((w) => readNumber(c, itemType, w)) };
   }
 }
 
@@ -310,7 +369,7 @@ export function decodeGgufTensor(src: ByteSource, t: GgufTensorInfo): Float32Arr
 
 /** Short human form of a value (arrays summarized), for messages and `rwkv info`. */
 export function describeValue(v: GgufValue, maxChars = 120): string {
-  if (v.type === "array") return `[${v.value.length} x ${v.itemType}]`;
+  if (v.type === "array") return `[${LAZY_LENGTH.get(v) ?? v.value.length} x ${v.itemType}]`;
   const s = v.type === "f32" ? shortestF32(v.value) : String(v.value);
   return s.length > maxChars ? `${s.slice(0, maxChars)}... (${s.length} chars)` : s;
 }
