@@ -1,46 +1,39 @@
 import { RwkvInputError } from "../core/errors.js";
 import { type CliIO, UsageError } from "./cli-util.js";
-import { benchCommand, BENCH_USAGE } from "./commands/bench.js";
-import { chatCommand, CHAT_USAGE } from "./commands/chat.js";
-import { convertCommand, CONVERT_USAGE } from "./commands/convert.js";
-import { convertAdapterCommand, CONVERT_ADAPTER_USAGE } from "./commands/convert-adapter.js";
-import { embedCommand, EMBED_USAGE } from "./commands/embed.js";
-import { evalCommand, EVAL_USAGE } from "./commands/eval.js";
-import { generateCommand, GENERATE_USAGE } from "./commands/generate.js";
-import { info, INFO_USAGE } from "./commands/info.js";
-import { pullCommand, PULL_USAGE } from "./commands/pull.js";
-import { mergeCommand, MERGE_USAGE } from "./commands/merge.js";
-import { serveCommand, SERVE_USAGE } from "./commands/serve.js";
-import { trainCommand, TRAIN_USAGE } from "./commands/train.js";
 import type { CliConfig } from "./model-arg.js";
 import { modelHomeFromEnv } from "./pull/home.js";
-import { webCommand, WEB_USAGE } from "./commands/web.js";
 
 export type { CliIO } from "./cli-util.js";
 
 type Command = (args: string[], io: CliIO, config: CliConfig) => number | Promise<number>;
 
-/** Each command lives in commands/<name>.ts and brings its own usage line. */
-const COMMANDS: Record<string, { run: Command; usage: string }> = {
-  info: { run: info, usage: INFO_USAGE },
-  generate: { run: generateCommand, usage: GENERATE_USAGE },
-  chat: { run: chatCommand, usage: CHAT_USAGE },
-  eval: { run: evalCommand, usage: EVAL_USAGE },
-  convert: { run: convertCommand, usage: CONVERT_USAGE },
-  merge: { run: mergeCommand, usage: MERGE_USAGE },
-  "convert-adapter": { run: convertAdapterCommand, usage: CONVERT_ADAPTER_USAGE },
-  serve: { run: serveCommand, usage: SERVE_USAGE },
-  train: { run: trainCommand, usage: TRAIN_USAGE },
-  bench: { run: benchCommand, usage: BENCH_USAGE },
-  pull: { run: pullCommand, usage: PULL_USAGE },
-  embed: { run: embedCommand, usage: EMBED_USAGE },
-  web: { run: webCommand, usage: WEB_USAGE },
+interface CommandModule { run: Command; usage: string }
+
+/**
+ * Each command lives in commands/<name>.ts and brings its own usage line. Loaded on use: importing
+ * every command (the server's and trainer's code among them) costs ~20 MB of RSS that `rwkv generate`
+ * has no use for.
+ */
+const COMMANDS: Record<string, () => Promise<CommandModule>> = {
+  info: async () => { const m = await import("./commands/info.js"); return { run: m.info, usage: m.INFO_USAGE }; },
+  generate: async () => { const m = await import("./commands/generate.js"); return { run: m.generateCommand, usage: m.GENERATE_USAGE }; },
+  chat: async () => { const m = await import("./commands/chat.js"); return { run: m.chatCommand, usage: m.CHAT_USAGE }; },
+  eval: async () => { const m = await import("./commands/eval.js"); return { run: m.evalCommand, usage: m.EVAL_USAGE }; },
+  convert: async () => { const m = await import("./commands/convert.js"); return { run: m.convertCommand, usage: m.CONVERT_USAGE }; },
+  merge: async () => { const m = await import("./commands/merge.js"); return { run: m.mergeCommand, usage: m.MERGE_USAGE }; },
+  "convert-adapter": async () => { const m = await import("./commands/convert-adapter.js"); return { run: m.convertAdapterCommand, usage: m.CONVERT_ADAPTER_USAGE }; },
+  serve: async () => { const m = await import("./commands/serve.js"); return { run: m.serveCommand, usage: m.SERVE_USAGE }; },
+  train: async () => { const m = await import("./commands/train.js"); return { run: m.trainCommand, usage: m.TRAIN_USAGE }; },
+  bench: async () => { const m = await import("./commands/bench.js"); return { run: m.benchCommand, usage: m.BENCH_USAGE }; },
+  pull: async () => { const m = await import("./commands/pull.js"); return { run: m.pullCommand, usage: m.PULL_USAGE }; },
+  embed: async () => { const m = await import("./commands/embed.js"); return { run: m.embedCommand, usage: m.EMBED_USAGE }; },
+  web: async () => { const m = await import("./commands/web.js"); return { run: m.webCommand, usage: m.WEB_USAGE }; },
 };
 
-const usage = () => `usage: rwkv <command> [options]
+const usage = async () => `usage: rwkv <command> [options]
 
 commands:
-${Object.values(COMMANDS).map((c) => "  " + c.usage).join("\n")}
+${(await Promise.all(Object.values(COMMANDS).map((load) => load()))).map((c) => "  " + c.usage).join("\n")}
 
 MODEL is a .pth, .safetensors, rwkv.cpp .bin or .gguf file (the format is read from its content), or a name
 fetched with rwkv pull; without MODEL, commands use the bundled models/rwkv7-shakespeare.safetensors.`;
@@ -55,12 +48,12 @@ export async function runCli(argv: string[], io: CliIO = processIO, config: CliC
   const [name, ...rest] = argv;
   try {
     if (name === undefined || name === "help" || name === "--help" || name === "-h") {
-      io.stdout(usage() + "\n");
+      io.stdout(await usage() + "\n");
       return name === undefined ? 2 : 0;
     }
-    const command = COMMANDS[name];
-    if (!command) throw new UsageError(`unknown command "${name}"`);
-    return await command.run(rest, io, config);
+    const load = Object.hasOwn(COMMANDS, name) ? COMMANDS[name] : undefined;
+    if (!load) throw new UsageError(`unknown command "${name}"`);
+    return await (await load()).run(rest, io, config);
   } catch (e) {
     if (e instanceof UsageError) {
       io.stderr(`rwkv: ${e.message}\nRun "rwkv help" for usage.\n`);
