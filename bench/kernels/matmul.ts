@@ -10,15 +10,17 @@ import { randomMatrix, rng } from "../../test/matmul-check.js";
  * "f16 (mul)" is an f16 matrix the backend cannot store as f16s (one weight >= 64), so it runs the
  * older conversion (widen, shift, mask, multiply every weight): the f16s kernel's baseline.
  *
- * Usage: npm run build && node --experimental-wasm-relaxed-simd dist/bench/kernels/matmul.js [ROUNDS] [TYPES] [TS]
- * (TYPES, TS: comma-separated subsets, e.g. f16,q4_0 1,4096). Figures are the fastest of ROUNDS
+ * Usage: npm run build && node --experimental-wasm-relaxed-simd dist/bench/kernels/matmul.js [ROUNDS] [TYPES] [TS] [C]
+ * (TYPES, TS: comma-separated subsets, e.g. f16,q4_0 1,4096; C: the embedding width, 768 by default,
+ * 2560 for the G1 2.9B shapes). Figures are the fastest of ROUNDS
  * (default 5) timings of 0.2 s of CPU time each; GFLOP/s counts 2·O·I·T; one thread, so the
  * kernels' thread split is not timed. In Node 20 the relaxed build
  * runs q4/q5 on the i16 kernels (its relaxed dot fails the probe; see kernels.ts relaxedDotOk).
  */
 
 const rounds = Number(process.argv[2] ?? 5);
-const SHAPES: ReadonlyArray<readonly [number, number]> = [[768, 768], [3072, 768], [768, 3072]]; // (O, I)
+const C = Number(process.argv[5] ?? 768);
+const SHAPES: ReadonlyArray<readonly [number, number]> = [[C, C], [4 * C, C], [C, 4 * C]]; // (O, I)
 type Kind = WeightType | "f16 (mul)";
 const ALL_TYPES: readonly Kind[] = ["f32", "f16 (mul)", "f16", "bf16", "i8", "q8_0", "q5_1", "q5_0", "q4_1", "q4_0"];
 const TYPES = process.argv[3] ? ALL_TYPES.filter((t) => process.argv[3].split(",").includes(t)) : ALL_TYPES;
