@@ -430,7 +430,7 @@ function matmulFloat(w: usize, kind: i32, O: i32, I: i32, T: i32, x: usize, y: u
     return;
   }
   const rowBytes = <usize>I << 2;
-  const tile = tileRows(I << 2); // f16/bf16 rows are converted again for each tile: I per 2·I·tile products
+  const tile = tileRows(I << 2, FLOAT_TILE_BYTES); // f16/bf16 rows are converted again for each tile: I per 2·I·tile products
   for (let t0 = 0; t0 < T; t0 += tile) {
     const n = min(T - t0, tile);
     const xt = x + <usize>t0 * rowBytes, yt = y + <usize>t0 * (<usize>O << 2);
@@ -747,7 +747,7 @@ function quantizeRowI8(xr: usize, I: i32, nb: i32, qr: usize, dx: usize, sx: usi
   const rs: usize = kind == T_I8 ? <usize>I : <usize>(I / QK) * blockBytes(kind);
   const gs = <usize>nb << 4; // bytes of one group of 4 rows' scales (nb, 4)
   const sx4 = g4 + <usize>((T + 3) >> 2) * gs;
-  const tile = tileRows(nb * (2 * QK + 16));
+  const tile = tileRows(nb * (2 * QK + 16), INT_TILE_BYTES);
   for (let t0 = 0; t0 < T; t0 += tile) {
     const t1 = min(T, t0 + tile);
     const tq = t0 + ((t1 - t0) & ~3);
@@ -873,12 +873,16 @@ export function relaxedDotOk(): i32 {
  * rows before the next row, so the tile (about this many bytes) stays in L2 while the weights
  * stream through once per tile; a whole long prompt's activations (512 x 3072 as i16: 3 MiB)
  * would leave L2 between two output rows and come from L3 or memory for each.
+ * The float kernels convert an f16/bf16 weight row again for every tile, so their tiles are larger:
+ * with 192 KiB, a 10240-wide row (the G1 2.9B's ffn.value) took 4 activation rows per tile and the
+ * product ran at half the speed of the narrower ones (bench/kernels/matmul.ts, C = 2560).
  */
-const ACTIVATION_TILE_BYTES: i32 = 192 << 10;
+const INT_TILE_BYTES: i32 = 192 << 10;
+const FLOAT_TILE_BYTES: i32 = 1024 << 10;
 
-/** Rows of a tile for activation rows of `rowBytes` (a multiple of 4, at least 4). */
-/* @inline */ function tileRows(rowBytes: i32): i32 {
-  return max(4, (ACTIVATION_TILE_BYTES / rowBytes) & ~3);
+/** Rows of a tile of about `tileBytes` for activation rows of `rowBytes` (a multiple of 4, at least 4). */
+/* @inline */ function tileRows(rowBytes: i32, tileBytes: i32): i32 {
+  return max(4, (tileBytes / rowBytes) & ~3);
 }
 
 /* @inline */ function intRowsI7(kind: i32, w: usize, O: i32, I: i32, T: i32, xq: usize, dx: usize, sx: usize, ls: usize, y: usize, lo: i32, hi: i32, tab: usize, ktab: usize): void {
@@ -891,7 +895,7 @@ const ACTIVATION_TILE_BYTES: i32 = 192 << 10;
     for (o = lo + 2 * half; o < hi; o++) intRowI7(kind, 1, w + <usize>o * rs, nb, xq, dx, sx, ls, 0, y, O, o, tab, ktab);
     return;
   }
-  const tile = tileRows(nb * (QK + 24));
+  const tile = tileRows(nb * (QK + 24), INT_TILE_BYTES);
   for (let t0 = 0; t0 < T; t0 += tile) {
     const t1 = min(T, t0 + tile);
     for (o = lo; o < hi; o++) {
