@@ -59,6 +59,9 @@ function makeGguf(t) {
   return out;
 }
 
+/** Tokens per second with two significant digits at least (a 2.9B model decodes at 3-8). */
+const tokS = (x) => x.toFixed(x < 10 ? 1 : 0);
+
 // ---- one measurement = one process; each returns { decode, prefill: {len: tok/s}, rssMb }.
 // A 1-thread run is pinned to one vCPU (BENCH_CPU, default 0) for every engine: on this VM one of the
 // two vCPUs runs at ~60% of the other's speed for long stretches, and an unpinned process lands on
@@ -138,7 +141,7 @@ for (const table of tables) {
       const metrics = [["decode", (x) => x.decode], ...prefill.map((n) => [`prefill${n}`, (x) => x.prefill[n]])];
       for (const [name, pick] of metrics) {
         const a = m("ours", pick), b = m("them", pick);
-        cells.push(`${(a / b).toFixed(2)}x (${a.toFixed(0)} / ${b.toFixed(0)})`);
+        cells.push(`${(a / b).toFixed(2)}x (${tokS(a)} / ${tokS(b)})`);
         summary.push({ table: table.name, format: row.label, threads, metric: name, ours: a, them: b, ratio: a / b });
       }
       rssOurs = Math.max(rssOurs, ...res.ours.map((x) => x.rssMb));
