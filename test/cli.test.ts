@@ -71,6 +71,7 @@ test("CLI user errors: one line, no stack trace, non-zero exit (real processes)"
     [["info", junk], 1, /junk\.pth: unknown file format/],
     [["info", dir], 1, /is a directory/],
     [["frobnicate"], 2, /unknown command "frobnicate"/],
+    [["toString"], 2, /unknown command "toString"/], // a name on Object.prototype, not a command
     [["generate", v7, "--prompt", "x", "--bogus"], 2, /Unknown option '--bogus'/],
     [["generate", v7], 2, /--prompt TEXT \(or --prompt-file F, or --state-in FILE\) is required/],
     [["generate", v7, "--prompt", ""], 2, /--prompt is empty/],
