@@ -127,8 +127,11 @@ class Cursor {
   // Note: callers must call need() before touching this.dv (it may swap the window).
   get remaining(): number { return this.src.size - this.pos; }
 
-  private need(n: number, what: Where): number {
+  private check(n: number, what: Where): void {
     if (n > this.remaining) throw new FormatError(this.src.name, `truncated: ${say(what)} at offset ${this.pos} needs ${n} bytes, the file has ${this.remaining} left`);
+  }
+  private need(n: number, what: Where): number {
+    this.check(n, what);
     if (this.pos < this.start || this.pos + n > this.start + this.buf.length) {
       const len = Math.min(this.remaining, Math.max(n, READ_WINDOW));
       this.buf = this.src.read(this.pos, len);
@@ -159,7 +162,7 @@ class Cursor {
   }
   /** Steps over n bytes without reading them. */
   skip(n: number, w: Where): void {
-    if (n > this.remaining) throw new FormatError(this.src.name, `truncated: ${say(w)} at offset ${this.pos} needs ${n} bytes, the file has ${this.remaining} left`);
+    this.check(n, w);
     this.pos += n;
   }
   bytes(n: number, w: Where): Uint8Array { const at = this.need(n, w); return this.buf.subarray(at, at + n); }
@@ -213,7 +216,7 @@ function lazyStrings(c: Cursor, src: ByteSource, n: number, where: string): Gguf
     const dv = new DataView(raw.buffer, raw.byteOffset, raw.byteLength);
     const out = new Array<string>(n);
     for (let i = 0, p = 0; i < n; i++) {
-      const len = Number(dv.getBigUint64(p, true));
+      const len = dv.getUint32(p, true) + dv.getUint32(p + 4, true) * 2 ** 32; // checked below 2^53 while indexing
       out[i] = UTF8.decode(raw.subarray(p + 8, p + 8 + len));
       p += 8 + len;
     }
