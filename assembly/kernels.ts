@@ -134,22 +134,6 @@ export function runJob(ctrl: usize, job: i32, part: i32, nparts: i32): void {
 }
 
 
-/**
- * The i8·i7 kernels' epilogue: y[t + j][o] = Σ lanes of a_j + m_j for the mt (1 or 4) activation
- * rows of one output row (m_j: the q4_1/q5_1 min terms, 0 otherwise).
- */
-/* @inline */ function storeIntRows(y: usize, t: i32, O: i32, o: i32, mt: i32, a0: v128, a1: v128, a2: v128, a3: v128, m0: f32, m1: f32, m2: f32, m3: f32): void {
-  const ys = <usize>O << 2;
-  const yo = y + <usize>t * ys + (<usize>o << 2);
-  store<f32>(yo, hsum(a0) + m0);
-  if (mt == 4) {
-    store<f32>(yo + ys, hsum(a1) + m1);
-    store<f32>(yo + 2 * ys, hsum(a2) + m2);
-    store<f32>(yo + 3 * ys, hsum(a3) + m3);
-  }
-}
-
-
 // ---------------------------------------------------------------------------------------------
 // Float weights (f32, f16, bf16): y (T, O) = x (T, I) Wᵀ, x f32.
 
@@ -459,8 +443,8 @@ function matmulFloat(w: usize, kind: i32, O: i32, I: i32, T: i32, x: usize, y: u
  * Rows [lo, hi) of x (T, I) f32 -> xq (T, Ipad) int8 values stored as i16, dx (T, nb) f32 scales, sx (T, nb) f32 block
  * sums of x (for the _1 types' minimum term). Ipad = nb * 32; the padding is zero.
  * With `ls` (not 0), the layout of the i8·i7 kernels instead: xq (T, Ipad) as i8, and at ls (T, nb)
- * the negated sums of each block's i32 lanes of a relaxed dot (lane l: elements 4l..4l+3 and
- * 16+4l..19+4l), for the offset of the _0 types' unsigned weights.
+ * the negated sums of each block's i16 lanes of the relaxed dot (i7dot; lane j: elements 2j, 2j+1,
+ * 16+2j and 17+2j), for the offset of the _0 types' unsigned weights.
  * With `g4` (not 0, i16 layout only): dx and sx also per group of 4 rows, for intTile: at g4
  * (G, nb, 4) f32 with G = ceil(T/4), element [t/4][b][t%4] the scale of row t's block b; after
  * them the block sums, the same way.
@@ -548,9 +532,8 @@ function quantizeRowI8(xr: usize, I: i32, nb: i32, qr: usize, dx: usize, sx: usi
         store<i8>(qb + <usize>i, <i8><i32>v);
       }
     }
-    const lanes = i32x4.add(i32x4.extadd_pairwise_i16x8_s(i16x8.extadd_pairwise_i8x16_s(v128.load(qb))),
-      i32x4.extadd_pairwise_i16x8_s(i16x8.extadd_pairwise_i8x16_s(v128.load(qb, 16))));
-    v128.store(ls + (<usize>b << 4), i32x4.neg(lanes));
+    const pairs = i16x8.add(i16x8.extadd_pairwise_i8x16_s(v128.load(qb)), i16x8.extadd_pairwise_i8x16_s(v128.load(qb, 16)));
+    v128.store(ls + (<usize>b << 4), i16x8.neg(pairs));
     store<f32>(dx + (<usize>b << 2), d);
     store<f32>(sx + (<usize>b << 2), sum);
   }
@@ -635,20 +618,29 @@ function quantizeRowI8(xr: usize, I: i32, nb: i32, qr: usize, dx: usize, sx: usi
  * a prompt's logits equal stepping token by token. (Whole block sums instead, one more shuffle and
  * add per block, cost 2-7% of decode speed; four rows per call, more, in spilled registers.)
  */
-/* @inline */ function intPair(kind: i32, w: usize, rs: usize, scales: usize, nb: i32, xq: usize, dx: usize, sx: usize, t: i32, y: usize, O: i32, o: i32, gap: i32, two: bool, tab: usize): void {
+/* @inline */ function intPair(kind: i32, i7: bool, w: usize, rs: usize, scales: usize, nb: i32, xq: usize, dx: usize, sx: usize, ls: usize, t: i32, y: usize, O: i32, o: i32, gap: i32, two: bool, tab: usize, ktab: usize): void {
   const bb = blockBytes(kind);
-  const qs = <usize>nb * QK * 2; // bytes of one i16 activation row
+  const qs = <usize>nb * QK * (i7 ? 1 : 2); // bytes of one activation row (i8 or i16)
   const ds = <usize>nb << 2;
-  const q0 = xq + <usize>t * qs, d0 = dx + <usize>t * ds, s0 = sx + <usize>t * ds;
+  const q0 = xq + <usize>t * qs, d0 = dx + <usize>t * ds, s0 = sx + <usize>t * ds, l0 = ls + <usize>t * (<usize>nb << 4);
   const o1 = two ? o + gap : o;
   const r0 = w + <usize>o * rs, r1 = w + <usize>o1 * rs;
   const rowScales = kind == T_I8 ? pairLanes(load<f32>(scales + (<usize>o << 2)), load<f32>(scales + (<usize>o1 << 2))) : f32x4.splat(0);
+  const lowNibble = i7 ? kc(ktab, K_LOW_NIBBLE) : i8x16.splat(0), fifth = i7 ? kc(ktab, K_FIFTH_BIT) : i8x16.splat(0);
   let acc = f32x4.splat(0); // (o's P sum, o1's P sum, o's Q sum, o1's Q sum)
   for (let b = 0; b < nb; b++) {
-    const pb = <usize>b * bb;
-    const qb = q0 + <usize>b * QK * 2, db = <usize>b << 2;
-    const x0 = v128.load(qb), x1 = v128.load(qb, 16), x2 = v128.load(qb, 32), x3 = v128.load(qb, 48);
-    const h = halfSums(blockDot(kind, r0 + pb, x0, x1, x2, x3), blockDot(kind, r1 + pb, x0, x1, x2, x3)); // (o P, o1 P, o Q, o1 Q)
+    const pb = <usize>b * bb, db = <usize>b << 2;
+    let h: v128; // (o P, o1 P, o Q, o1 Q)
+    if (i7) {
+      const qb = q0 + <usize>b * QK;
+      const xl = v128.load(qb), xh = v128.load(qb, 16);
+      const off = i7Shift(kind) != 0 ? i16x8.shl(v128.load(l0 + (<usize>b << 4)), i7Shift(kind)) : i16x8.splat(0);
+      h = halfSums(i7dot(kind, r0 + pb, xl, xh, off, lowNibble, fifth), i7dot(kind, r1 + pb, xl, xh, off, lowNibble, fifth));
+    } else {
+      const qb = q0 + <usize>b * QK * 2;
+      const x0 = v128.load(qb), x1 = v128.load(qb, 16), x2 = v128.load(qb, 32), x3 = v128.load(qb, 48);
+      h = halfSums(blockDot(kind, r0 + pb, x0, x1, x2, x3), blockDot(kind, r1 + pb, x0, x1, x2, x3));
+    }
     const dw = kind == T_I8 ? rowScales : pairLanes(ht(tab, load<u16>(r0 + pb)), ht(tab, load<u16>(r1 + pb)));
     acc = fma4(acc, f32x4.convert_i32x4_s(h), f32x4.mul(f32x4.splat(load<f32>(d0 + db)), dw));
     if (kind == T_Q4_1 || kind == T_Q5_1) {
@@ -669,10 +661,10 @@ function quantizeRowI8(xr: usize, I: i32, nb: i32, qr: usize, dx: usize, sx: usi
 }
 
 /** intPair over output rows [lo, hi) of activation row t: rows half the range apart (two long sequential streams). */
-/* @inline */ function intPairs(kind: i32, w: usize, rs: usize, scales: usize, nb: i32, xq: usize, dx: usize, sx: usize, t: i32, y: usize, O: i32, lo: i32, hi: i32, tab: usize): void {
+/* @inline */ function intPairs(kind: i32, i7: bool, w: usize, rs: usize, scales: usize, nb: i32, xq: usize, dx: usize, sx: usize, ls: usize, t: i32, y: usize, O: i32, lo: i32, hi: i32, tab: usize, ktab: usize): void {
   const half = (hi - lo) >> 1;
-  for (let o = lo; o < lo + half; o++) intPair(kind, w, rs, scales, nb, xq, dx, sx, t, y, O, o, half, true, tab);
-  if (lo + 2 * half < hi) intPair(kind, w, rs, scales, nb, xq, dx, sx, t, y, O, hi - 1, 0, false, tab);
+  for (let o = lo; o < lo + half; o++) intPair(kind, i7, w, rs, scales, nb, xq, dx, sx, ls, t, y, O, o, half, true, tab, ktab);
+  if (lo + 2 * half < hi) intPair(kind, i7, w, rs, scales, nb, xq, dx, sx, ls, t, y, O, hi - 1, 0, false, tab, ktab);
 }
 
 /** Σ over 32 elements of a block's i16 weights e0..e3 times the i16 activations at q (i32x4 partial sums). */
@@ -758,32 +750,35 @@ function quantizeRowI8(xr: usize, I: i32, nb: i32, qr: usize, dx: usize, sx: usi
       for (; t + 8 <= tq; t += 8) intTile(kind, true, wr, nb, rowScale, xq, g4 + <usize>(t >> 2) * gs, sx4 + <usize>(t >> 2) * gs, gs, t, y, O, r, tab);
       if (t < tq) intTile(kind, false, wr, nb, rowScale, xq, g4 + <usize>(t >> 2) * gs, sx4 + <usize>(t >> 2) * gs, gs, t, y, O, r, tab);
     }
-    for (let t = tq; t < t1; t++) intPairs(kind, w, rs, scales, nb, xq, dx, sx, t, y, O, lo, hi, tab);
+    for (let t = tq; t < t1; t++) intPairs(kind, false, w, rs, scales, nb, xq, dx, sx, 0, t, y, O, lo, hi, tab, 0);
   }
 }
 
-// ---- The i8·i7 path (relaxed SIMD): i32x4.relaxed_dot_i8x16_i7x16_add_s multiplies signed bytes
-// by bytes whose top bit is clear; where that bit is set, engines differ (signed or unsigned), and
-// its i16 pair sums may saturate on some. The q4/q5 weights decode to unsigned 0..31 (the _0 types
-// without their offset: w = d·(u - 8) for q4_0, d·(u - 16) for q5_0), the 7-bit operand, and the
-// activations stay the signed int8 operand (-127..127), so a pair sums to at most 2·127·31 and
+// ---- The i8·i7 path (relaxed SIMD): i16x8.relaxed_dot_i8x16_i7x16_s multiplies signed bytes by
+// bytes whose top bit is clear and adds adjacent pairs to i16 (pmaddubsw on x86); where that bit is
+// set, engines differ (signed or unsigned), and the pair sums may saturate on some. The q4/q5
+// weights decode to unsigned 0..31 (the _0 types without their offset: w = d·(u - 8) for q4_0,
+// d·(u - 16) for q5_0), the 7-bit operand, and the activations stay the signed int8 operand
+// (-127..127), so a pair sums to at most 2·127·31 and the two halves' sum to 4·127·31 < 2^15:
 // every engine computes the same exact integers. The offset comes back as -8 (or -16) times the
-// activations' lane sums, precomputed per block (quantizeRowI8), as the dot's initial value.
+// activations' lane sums, precomputed per block (quantizeRowI8), added to the i32 lanes.
 // q8_0 and i8 weights are signed bytes and keep the i16 path.
+// (The i32 form, i32x4.relaxed_dot_i8x16_i7x16_add_s, would save the widening add, but Node 20's
+// V8 validates it and returns other values: 8·a·b per lane here, c ignored.)
 
 /**
- * 1 when this engine's relaxed_dot_i8x16_i7x16_add_s computes the specified sums (signed bytes
- * times 7-bit bytes, four products per i32 lane, plus c), else 0 (also in the plain build). Node
- * 20's V8 validates the instruction but returns other values (8·a·b per lane here, c ignored), so
- * the JS side runs the i8·i7 kernels only where this probe passes.
+ * 1 when this engine's i16x8.relaxed_dot_i8x16_i7x16_s computes the specified sums (signed bytes
+ * times 7-bit bytes, adjacent pairs added to i16), else 0 (also in the plain build). The JS side
+ * runs the i8·i7 kernels only where this probe passes. The operands are loaded from memory at
+ * `scratch` (32 bytes) so that no compiler folds the instruction into a constant.
  */
-export function relaxedDotOk(): i32 {
+export function relaxedDotOk(scratch: usize): i32 {
   if (ASC_FEATURE_RELAXED_SIMD) {
-    // Signed bytes (-128 included) times bytes 0..127, plus c; the sums worked out by hand.
-    const a = i8x16(-128, 127, -1, 5, 100, -100, 0, 7, -3, 64, -64, 1, 2, -2, 99, -99);
-    const b = i8x16(127, 1, 0, 31, 2, 3, 126, 64, 15, 8, 9, 0, 127, 127, 1, 2);
-    const r = i32x4.relaxed_dot_i8x16_i7x16_add_s(a, b, i32x4(1000, -7, 0, 123456));
-    return i32(i32x4.all_true(i32x4.eq(r, i32x4(-14974, 341, -109, 123357))));
+    // Signed bytes (-128 included) times bytes 0..127; the pair sums worked out by hand.
+    v128.store(scratch, i8x16(-128, 127, -1, 5, 100, -100, 0, 7, -3, 64, -64, 1, 2, -2, 99, -99));
+    v128.store(scratch, i8x16(127, 1, 0, 31, 2, 3, 126, 64, 15, 8, 9, 0, 127, 127, 1, 2), 16);
+    const r = i16x8.relaxed_dot_i8x16_i7x16_s(v128.load(scratch), v128.load(scratch, 16));
+    return i32(i16x8.all_true(i16x8.eq(r, i16x8(-16129, 155, -100, 448, 467, -576, 0, -99))));
   }
   return 0;
 }
@@ -806,66 +801,20 @@ export function relaxedDotOk(): i32 {
   return v128.or(i8x16.shr_u(v128.load(p, 8), 4), v128.and(highMask(load<u32>(p, 4), true), fifth));
 }
 
-/** One block's exact integer dot (i32x4 lanes) of unsigned weights u0, u1 with the i8 activations at q. */
-/* @inline */ function i7dot(kind: i32, u0: v128, u1: v128, q: usize, nls: usize): v128 {
+/**
+ * One block's exact integer dot with the i8 activations xl (elements 0-15) and xh (16-31), as
+ * pdot32's i32x4 lanes (lane l: elements 2l, 2l+1, 8+2l, 9+2l, 16+2l, 17+2l, 24+2l, 25+2l), so
+ * that the f32 sums that follow are intPair's on the i16 kernels bit for bit. The relaxed dots'
+ * i16 lane j holds elements 2j, 2j+1, 16+2j, 17+2j; lanes j and j + 4 make pdot32's lane j. `off`:
+ * the _0 types' offset, the negated i16 lane sums of the activations times 8 or 16.
+ */
+/* @inline */ function i7dot(kind: i32, p: usize, xl: v128, xh: v128, off: v128, lowNibble: v128, fifth: v128): v128 {
   if (ASC_FEATURE_RELAXED_SIMD) {
-    const c = i7Shift(kind) != 0 ? i32x4.shl(v128.load(nls), i7Shift(kind)) : i32x4.splat(0);
-    return i32x4.relaxed_dot_i8x16_i7x16_add_s(v128.load(q, 16), u1, i32x4.relaxed_dot_i8x16_i7x16_add_s(v128.load(q), u0, c));
+    let s = i16x8.add(i16x8.relaxed_dot_i8x16_i7x16_s(xl, blockLoU(kind, p, lowNibble, fifth)), i16x8.relaxed_dot_i8x16_i7x16_s(xh, blockHiU(kind, p, fifth)));
+    if (i7Shift(kind) != 0) s = i16x8.add(s, off);
+    return i32x4.add(i32x4.extend_low_i16x8_s(s), i32x4.extend_high_i16x8_s(s));
   }
   return i32x4.splat(0); // never called without relaxed SIMD
-}
-
-/** The i8·i7 kernel: output row `o` against `mt` (1 or 4) activation rows from `t`; lane-wise partial sums, summed at the end. */
-/* @inline */ function intRowI7(kind: i32, mt: i32, wr: usize, nb: i32, xq: usize, dx: usize, sx: usize, ls: usize, t: i32, y: usize, O: i32, o: i32, tab: usize, ktab: usize): void {
-  const bb = blockBytes(kind);
-  const qs = <usize>nb * QK, ds = <usize>nb << 2, ns = <usize>nb << 4;
-  const q0 = xq + <usize>t * qs, d0 = dx + <usize>t * ds, s0 = sx + <usize>t * ds, l0 = ls + <usize>t * ns;
-  const lowNibble = kc(ktab, K_LOW_NIBBLE), fifth = kc(ktab, K_FIFTH_BIT);
-  let a0 = f32x4.splat(0), a1 = f32x4.splat(0), a2 = f32x4.splat(0), a3 = f32x4.splat(0);
-  let m0: f32 = 0, m1: f32 = 0, m2: f32 = 0, m3: f32 = 0;
-  for (let b = 0; b < nb; b++) {
-    const p = wr + <usize>b * bb;
-    const u0 = blockLoU(kind, p, lowNibble, fifth), u1 = blockHiU(kind, p, fifth);
-    const d = ht(tab, load<u16>(p)), m = blockM(kind, p, tab);
-    const qb = <usize>b * QK, db = <usize>b << 2, lb = <usize>b << 4;
-    a0 = fma4(a0, f32x4.convert_i32x4_s(i7dot(kind, u0, u1, q0 + qb, l0 + lb)), f32x4.splat(d * load<f32>(d0 + db)));
-    if (kind == T_Q4_1 || kind == T_Q5_1) m0 += m * load<f32>(s0 + db);
-    if (mt == 4) {
-      a1 = fma4(a1, f32x4.convert_i32x4_s(i7dot(kind, u0, u1, q0 + qs + qb, l0 + ns + lb)), f32x4.splat(d * load<f32>(d0 + ds + db)));
-      a2 = fma4(a2, f32x4.convert_i32x4_s(i7dot(kind, u0, u1, q0 + 2 * qs + qb, l0 + 2 * ns + lb)), f32x4.splat(d * load<f32>(d0 + 2 * ds + db)));
-      a3 = fma4(a3, f32x4.convert_i32x4_s(i7dot(kind, u0, u1, q0 + 3 * qs + qb, l0 + 3 * ns + lb)), f32x4.splat(d * load<f32>(d0 + 3 * ds + db)));
-      if (kind == T_Q4_1 || kind == T_Q5_1) {
-        m1 += m * load<f32>(s0 + ds + db);
-        m2 += m * load<f32>(s0 + 2 * ds + db);
-        m3 += m * load<f32>(s0 + 3 * ds + db);
-      }
-    }
-  }
-  storeIntRows(y, t, O, o, mt, a0, a1, a2, a3, m0, m1, m2, m3);
-}
-
-/** intRowI7 with mt = 1 for rows o and o1 = the row `gap` bytes further (T = 1), sharing the activation loads. */
-/* @inline */ function intRowPairI7(kind: i32, wr: usize, gap: usize, nb: i32, xq: usize, dx: usize, sx: usize, ls: usize, y: usize, o: i32, o1: i32, tab: usize, ktab: usize): void {
-  const bb = blockBytes(kind);
-  const lowNibble = kc(ktab, K_LOW_NIBBLE), fifth = kc(ktab, K_FIFTH_BIT);
-  let a0 = f32x4.splat(0), a1 = f32x4.splat(0);
-  let m0: f32 = 0, m1: f32 = 0;
-  for (let b = 0; b < nb; b++) {
-    const p = wr + <usize>b * bb, p1 = p + gap;
-    const qb = xq + <usize>b * QK, db = <usize>b << 2, lb = ls + (<usize>b << 4);
-    const dxb = load<f32>(dx + db);
-    const iu = i7dot(kind, blockLoU(kind, p, lowNibble, fifth), blockHiU(kind, p, fifth), qb, lb);
-    const iv = i7dot(kind, blockLoU(kind, p1, lowNibble, fifth), blockHiU(kind, p1, fifth), qb, lb);
-    a0 = fma4(a0, f32x4.convert_i32x4_s(iu), f32x4.splat(ht(tab, load<u16>(p)) * dxb));
-    a1 = fma4(a1, f32x4.convert_i32x4_s(iv), f32x4.splat(ht(tab, load<u16>(p1)) * dxb));
-    if (kind == T_Q4_1 || kind == T_Q5_1) {
-      const sxb = load<f32>(sx + db);
-      m0 += blockM(kind, p, tab) * sxb;
-      m1 += blockM(kind, p1, tab) * sxb;
-    }
-  }
-  store<f32>(y + (<usize>o << 2), hsum(a0) + m0);
-  store<f32>(y + (<usize>o1 << 2), hsum(a1) + m1);
 }
 
 /**
@@ -885,36 +834,14 @@ const FLOAT_TILE_BYTES: i32 = 1024 << 10;
   return max(4, (tileBytes / rowBytes) & ~3);
 }
 
-/* @inline */ function intRowsI7(kind: i32, w: usize, O: i32, I: i32, T: i32, xq: usize, dx: usize, sx: usize, ls: usize, y: usize, lo: i32, hi: i32, tab: usize, ktab: usize): void {
-  const nb = (I + QK - 1) / QK;
-  const rs: usize = <usize>(I / QK) * blockBytes(kind);
-  let o = lo;
-  if (T == 1) {
-    const half = (hi - lo) >> 1;
-    for (; o < lo + half; o++) intRowPairI7(kind, w + <usize>o * rs, <usize>half * rs, nb, xq, dx, sx, ls, y, o, o + half, tab, ktab);
-    for (o = lo + 2 * half; o < hi; o++) intRowI7(kind, 1, w + <usize>o * rs, nb, xq, dx, sx, ls, 0, y, O, o, tab, ktab);
-    return;
-  }
-  const tile = tileRows(nb * (QK + 24), INT_TILE_BYTES);
-  for (let t0 = 0; t0 < T; t0 += tile) {
-    const t1 = min(T, t0 + tile);
-    for (o = lo; o < hi; o++) {
-      const wr = w + <usize>o * rs;
-      let t = t0;
-      for (; t + 4 <= t1; t += 4) intRowI7(kind, 4, wr, nb, xq, dx, sx, ls, t, y, O, o, tab, ktab);
-      for (; t < t1; t++) intRowI7(kind, 1, wr, nb, xq, dx, sx, ls, t, y, O, o, tab, ktab);
-    }
-  }
-}
-
 /**
  * The i16 kernels without quantizeRows' per-group scales: one activation row at a time (decode,
  * T = 1). Correct for any T, with the bits of intRowsTiled, but reading the weights once per row.
  */
-/* @inline */ function intRows(kind: i32, w: usize, scales: usize, O: i32, I: i32, T: i32, xq: usize, dx: usize, sx: usize, y: usize, lo: i32, hi: i32, tab: usize): void {
+/* @inline */ function intRows(kind: i32, i7: bool, w: usize, scales: usize, O: i32, I: i32, T: i32, xq: usize, dx: usize, sx: usize, ls: usize, y: usize, lo: i32, hi: i32, tab: usize, ktab: usize): void {
   const nb = (I + QK - 1) / QK;
   const rs: usize = kind == T_I8 ? <usize>I : <usize>(I / QK) * blockBytes(kind);
-  for (let t = 0; t < T; t++) intPairs(kind, w, rs, scales, nb, xq, dx, sx, t, y, O, lo, hi, tab);
+  for (let t = 0; t < T; t++) intPairs(kind, i7, w, rs, scales, nb, xq, dx, sx, ls, t, y, O, lo, hi, tab, ktab);
 }
 
 /**
@@ -926,19 +853,19 @@ function matmulInt(w: usize, kind: i32, O: i32, I: i32, T: i32, xq: usize, dx: u
   if (lo >= hi) return;
   if (ASC_FEATURE_RELAXED_SIMD) {
     if (ls != 0) {
-      if (kind == T_Q4_0) intRowsI7(T_Q4_0, w, O, I, T, xq, dx, sx, ls, y, lo, hi, tab, ktab);
-      else if (kind == T_Q4_1) intRowsI7(T_Q4_1, w, O, I, T, xq, dx, sx, ls, y, lo, hi, tab, ktab);
-      else if (kind == T_Q5_0) intRowsI7(T_Q5_0, w, O, I, T, xq, dx, sx, ls, y, lo, hi, tab, ktab);
-      else if (kind == T_Q5_1) intRowsI7(T_Q5_1, w, O, I, T, xq, dx, sx, ls, y, lo, hi, tab, ktab);
+      if (kind == T_Q4_0) intRows(T_Q4_0, true, w, 0, O, I, T, xq, dx, sx, ls, y, lo, hi, tab, ktab);
+      else if (kind == T_Q4_1) intRows(T_Q4_1, true, w, 0, O, I, T, xq, dx, sx, ls, y, lo, hi, tab, ktab);
+      else if (kind == T_Q5_0) intRows(T_Q5_0, true, w, 0, O, I, T, xq, dx, sx, ls, y, lo, hi, tab, ktab);
+      else if (kind == T_Q5_1) intRows(T_Q5_1, true, w, 0, O, I, T, xq, dx, sx, ls, y, lo, hi, tab, ktab);
       return;
     }
   }
-  if (kind == T_Q8_0) intRows(T_Q8_0, w, scales, O, I, T, xq, dx, sx, y, lo, hi, tab);
-  else if (kind == T_Q4_0) intRows(T_Q4_0, w, scales, O, I, T, xq, dx, sx, y, lo, hi, tab);
-  else if (kind == T_Q4_1) intRows(T_Q4_1, w, scales, O, I, T, xq, dx, sx, y, lo, hi, tab);
-  else if (kind == T_Q5_0) intRows(T_Q5_0, w, scales, O, I, T, xq, dx, sx, y, lo, hi, tab);
-  else if (kind == T_Q5_1) intRows(T_Q5_1, w, scales, O, I, T, xq, dx, sx, y, lo, hi, tab);
-  else intRows(T_I8, w, scales, O, I, T, xq, dx, sx, y, lo, hi, tab);
+  if (kind == T_Q8_0) intRows(T_Q8_0, false, w, scales, O, I, T, xq, dx, sx, 0, y, lo, hi, tab, 0);
+  else if (kind == T_Q4_0) intRows(T_Q4_0, false, w, scales, O, I, T, xq, dx, sx, 0, y, lo, hi, tab, 0);
+  else if (kind == T_Q4_1) intRows(T_Q4_1, false, w, scales, O, I, T, xq, dx, sx, 0, y, lo, hi, tab, 0);
+  else if (kind == T_Q5_0) intRows(T_Q5_0, false, w, scales, O, I, T, xq, dx, sx, 0, y, lo, hi, tab, 0);
+  else if (kind == T_Q5_1) intRows(T_Q5_1, false, w, scales, O, I, T, xq, dx, sx, 0, y, lo, hi, tab, 0);
+  else intRows(T_I8, false, w, scales, O, I, T, xq, dx, sx, 0, y, lo, hi, tab, 0);
 }
 
 /**

@@ -287,6 +287,9 @@ for (const simd of wasmBuilds) {
   test(`conformance wasm ${simd}: integer matmul equals its specification (activations rounded per block of 32) within f32 rounding, threads 1 and 2 bit for bit`, () => {
     const r = rng(23);
     const one = new WasmBackend({ simd }), two = wasmBackend(2, simd)!;
+    // Node 20 and Chromium both compute i16x8.relaxed_dot_i8x16_i7x16_s as specified, so the
+    // relaxed build's i8·i7 kernels run (and are checked) here.
+    assert.equal(one.i7, simd === "relaxed-simd", "the i8·i7 kernels run exactly in the relaxed build");
     for (const type of INT_TYPES) {
       // T: the prefill tiles' 8-row and 4-row groups and remainders; 3072 columns: several L2 tiles
       // of 24 rows (45 = 24 + 8 + 8 + 4 + 1). O = 17, 33: a last group of output rows that is not
@@ -304,6 +307,12 @@ for (const simd of wasmBuilds) {
             if (!(Math.abs(got[i] - y[i]) <= bound[i])) assert.fail(`${what}: element ${i}: got ${got[i]}, specification ${y[i]}, bound ${bound[i]}`);
           }
           assert.deepEqual(two.matmul(x, T, two.adopt(W)), got, `${what}: 2 threads differ from 1`);
+          // A prompt's logits equal stepping's: each row of a T > 1 product (tiled kernels) has the
+          // bits of that row alone (T = 1: the i8·i7 kernels for q4/q5 where one.i7).
+          for (const t of T > 1 ? [0, T - 1] : []) {
+            const row = one.matmul(x.slice(t * I, (t + 1) * I), 1, one.adopt(W));
+            assert.deepEqual(row, got.subarray(t * O, (t + 1) * O), `${what}: row ${t} alone differs from the product's`);
+          }
         }
       }
     }

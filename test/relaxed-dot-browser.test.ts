@@ -8,11 +8,11 @@ import { launchChromium } from "./chromium.js";
 import { assertWithin, matmulBounds, randomMatrix, rng } from "./matmul-check.js";
 
 /*
- * The i8·i7 kernels (q4/q5 weights through relaxed_dot_i8x16_i7x16_add_s) run only where the
- * engine computes that instruction as specified, which Node 20's V8 does not (kernels.ts
- * relaxedDotOk), so the Node conformance suite never reaches them. Chromium's V8 does: this runs
- * the wasm backend there (relaxed build, one thread) on the conformance suite's shapes, tails and
- * an L2-tiled long product, and checks every output against the reference within the same bounds.
+ * The i8·i7 kernels (q4/q5 weights through i16x8.relaxed_dot_i8x16_i7x16_s, T = 1) run only where
+ * the engine computes that instruction as specified (kernels.ts relaxedDotOk). The Node conformance
+ * suite runs them in its relaxed-SIMD child; this runs the wasm backend in Chromium (relaxed build,
+ * one thread), a different engine build, on the conformance suite's shapes, tails and an L2-tiled
+ * long product, and checks every output against the reference within the same bounds.
  */
 
 const ORIGIN = "http://localhost/rwkv-kernels-test"; // localhost: a trustworthy origin, so COOP/COEP apply (answered by page.route)

@@ -14,8 +14,8 @@ import { randomMatrix, rng } from "../../test/matmul-check.js";
  * (TYPES, TS: comma-separated subsets, e.g. f16,q4_0 1,4096; C: the embedding width, 768 by default,
  * 2560 for the G1 2.9B shapes). Figures are the fastest of ROUNDS
  * (default 5) timings of 0.2 s of CPU time each; GFLOP/s counts 2·O·I·T; one thread, so the
- * kernels' thread split is not timed. In Node 20 the relaxed build
- * runs q4/q5 on the i16 kernels (its relaxed dot fails the probe; see kernels.ts relaxedDotOk).
+ * kernels' thread split is not timed. The relaxed build runs q4/q5 at T = 1 on the i8·i7 kernels
+ * (where the engine's relaxed dot passes kernels.ts relaxedDotOk: Node 20 and Chromium do).
  */
 
 const rounds = Number(process.argv[2] ?? 5);

@@ -45,7 +45,7 @@ import {
  * 4x2 register tiles, f16/bf16 rows converted into a panel and reused for a tile of activation rows
  * that stays in L2); over ggml blocks and i8 with activations quantized per block of 32 to int8 and
  * integer dot products (as rwkv.cpp; T = 1: rows in pairs half a chunk apart, two long memory
- * streams; q4/q5 on relaxed_dot_i8x16_i7x16_add_s where the engine computes it as specified);
+ * streams; q4/q5 on i16x8.relaxed_dot_i8x16_i7x16_s where the engine computes it as specified);
  * WKV v4, v5/v6 and v7 scans (assembly/wkv.ts, the same code as the training kernels' forward);
  * layer/group norm (f64 statistics, equal to the reference); the activations in f64 (equal to the
  * reference after rounding to f32).
@@ -99,7 +99,7 @@ const WASM_TYPE_IDS: Readonly<Record<WeightType, number>> = {
 };
 const FLOAT_TYPES: ReadonlySet<WeightType> = new Set<WeightType>(["f32", "f16", "bf16", "f16s"]);
 /**
- * Types the relaxed build multiplies with i32x4.relaxed_dot_i8x16_i7x16_add_s (their weights decode
+ * Types the relaxed build multiplies with i16x8.relaxed_dot_i8x16_i7x16_s (their weights decode
  * to 0..31, the 7-bit operand; see kernels.ts); q8_0 and i8 weights are full signed bytes.
  */
 const I7_TYPES: ReadonlySet<WeightType> = new Set<WeightType>(["q4_0", "q4_1", "q5_0", "q5_1"]);
@@ -176,7 +176,7 @@ interface Exports {
   runJob(ctrl: number, job: number, part: number, nparts: number): void;
   dispatch(ctrl: number, job: number, nchunks: number, spin: number): void;
   stopWorkers(ctrl: number): void;
-  relaxedDotOk(): number;
+  relaxedDotOk(scratch: number): number;
 }
 
 /** Memory going past a limit of the backend: what the allocation needed and the limit it hit. */
@@ -325,7 +325,7 @@ export class WasmBackend implements Backend {
   private readonly adopted = new WeakMap<Matrix, Adopted>();
   /**
    * Whether the q4/q5 matmuls run the i8·i7 kernels: the relaxed build, on an engine whose
-   * relaxed_dot_i8x16_i7x16_add_s gives the specified sums (kernels.ts relaxedDotOk; not Node 20).
+   * i16x8.relaxed_dot_i8x16_i7x16_s gives the specified sums (kernels.ts relaxedDotOk).
    */
   readonly i7: boolean;
   /** Kernel calls run by all threads / by the calling thread alone (tests, tuning). */
@@ -363,7 +363,9 @@ export class WasmBackend implements Backend {
     this.module = new WA.Module(BUILDS.bytes(this.simd));
     this.home = this.addHeap();
     this.ctrl = this.home.ctrl;
-    this.i7 = this.home.x.relaxedDotOk() === 1;
+    const probe = this.home.alloc(32);
+    this.i7 = this.home.x.relaxedDotOk(probe) === 1;
+    this.home.release(probe, 32);
     this.activationTable = this.home.activationTable;
     this.tensors = new WasmTensorKernels(this);
     this.startWorkers();
@@ -659,7 +661,9 @@ export class WasmBackend implements Backend {
         this.run(JOB.matmulFloat, work, [info.ptr, WASM_TYPE_IDS[info.type], O, I, n, x0, y0, base, panel, h.activationTable], undefined, undefined, h);
       } else {
         // i16 activations, or for the i8·i7 kernels i8 ones and 16 bytes of lane sums per block.
-        const i7 = this.i7 && I7_TYPES.has(info.type);
+        // Those run T = 1 only: they give the i16 kernels' bits, and the tiled i16 kernels (which
+        // decode a weight block once for 8 activation rows) are the faster ones for T > 1.
+        const i7 = this.i7 && n === 1 && I7_TYPES.has(info.type);
         // A T > 1 product's tiles take the scales and block sums per group of 4 rows (kernels.ts quantizeRows g4).
         const tiled = !i7 && n > 1;
         const qb = align((i7 ? 1 : 2) * n * nb * QK), sb = align(4 * n * nb), lb = i7 ? align(16 * n * nb) : 0;
