@@ -622,31 +622,30 @@ function quantizeRowI8(xr: usize, I: i32, nb: i32, qr: usize, dx: usize, sx: usi
   const bb = blockBytes(kind);
   const qs = <usize>nb * QK * (i7 ? 1 : 2); // bytes of one activation row (i8 or i16)
   const ds = <usize>nb << 2;
-  const q0 = xq + <usize>t * qs, d0 = dx + <usize>t * ds, s0 = sx + <usize>t * ds, l0 = ls + <usize>t * (<usize>nb << 4);
   const o1 = two ? o + gap : o;
-  const r0 = w + <usize>o * rs, r1 = w + <usize>o1 * rs;
   const rowScales = kind == T_I8 ? pairLanes(load<f32>(scales + (<usize>o << 2)), load<f32>(scales + (<usize>o1 << 2))) : f32x4.splat(0);
-  const lowNibble = i7 ? kc(ktab, K_LOW_NIBBLE) : i8x16.splat(0), fifth = i7 ? kc(ktab, K_FIFTH_BIT) : i8x16.splat(0);
+  const lowNibble = i7 ? kc(ktab, K_LOW_NIBBLE) : i8x16.splat(0), btab = ktab + K_BITS_TABLE;
   let acc = f32x4.splat(0); // (o's P sum, o1's P sum, o's Q sum, o1's Q sum)
-  for (let b = 0; b < nb; b++) {
-    const pb = <usize>b * bb, db = <usize>b << 2;
+  // Running pointers: this block of rows o and o1, of the activations, their scales, sums and lane sums.
+  let p0 = w + <usize>o * rs, p1 = w + <usize>o1 * rs;
+  let qb = xq + <usize>t * qs, db = dx + <usize>t * ds, sb = sx + <usize>t * ds, lb = ls + <usize>t * (<usize>nb << 4);
+  const end = p0 + <usize>nb * bb;
+  for (; p0 < end; p0 += bb, p1 += bb, qb += i7 ? QK : 2 * QK, db += 4, sb += 4, lb += 16) {
     let h: v128; // (o P, o1 P, o Q, o1 Q)
     if (i7) {
-      const qb = q0 + <usize>b * QK;
       const xl = v128.load(qb), xh = v128.load(qb, 16);
-      const off = i7Shift(kind) != 0 ? i16x8.shl(v128.load(l0 + (<usize>b << 4)), i7Shift(kind)) : i16x8.splat(0);
-      h = halfSums(i7dot(kind, r0 + pb, xl, xh, off, lowNibble, fifth), i7dot(kind, r1 + pb, xl, xh, off, lowNibble, fifth));
+      const off = i7Shift(kind) != 0 ? i16x8.shl(v128.load(lb), i7Shift(kind)) : i16x8.splat(0);
+      h = halfSums(i7dot(kind, p0, xl, xh, off, lowNibble, btab), i7dot(kind, p1, xl, xh, off, lowNibble, btab));
     } else {
-      const qb = q0 + <usize>b * QK * 2;
       const x0 = v128.load(qb), x1 = v128.load(qb, 16), x2 = v128.load(qb, 32), x3 = v128.load(qb, 48);
-      h = halfSums(blockDot(kind, r0 + pb, x0, x1, x2, x3), blockDot(kind, r1 + pb, x0, x1, x2, x3));
+      h = halfSums(blockDot(kind, p0, x0, x1, x2, x3), blockDot(kind, p1, x0, x1, x2, x3));
     }
-    const dw = kind == T_I8 ? rowScales : pairLanes(ht(tab, load<u16>(r0 + pb)), ht(tab, load<u16>(r1 + pb)));
-    acc = fma4(acc, f32x4.convert_i32x4_s(h), f32x4.mul(f32x4.splat(load<f32>(d0 + db)), dw));
+    const dw = kind == T_I8 ? rowScales : pairLanes(ht(tab, load<u16>(p0)), ht(tab, load<u16>(p1)));
+    acc = fma4(acc, f32x4.convert_i32x4_s(h), f32x4.mul(f32x4.splat(load<f32>(db)), dw));
     if (kind == T_Q4_1 || kind == T_Q5_1) {
-      // Into the P sums only: the Q lanes get sx·0 = +0, which changes no sum (they never hold -0).
-      const sxb = load<f32>(s0 + db);
-      acc = fma4(acc, f32x4.replace_lane(f32x4.replace_lane(f32x4.splat(0), 0, sxb), 1, sxb), pairLanes(blockM(kind, r0 + pb, tab), blockM(kind, r1 + pb, tab)));
+      // Into the P sums only: the Q lanes get ±0, which changes no sum.
+      const m = f32x4.replace_lane(f32x4.replace_lane(f32x4.splat(0), 0, blockM(kind, p0, tab)), 1, blockM(kind, p1, tab));
+      acc = fma4(acc, m, f32x4.splat(load<f32>(sb)));
     }
   }
   const yt = y + <usize>t * (<usize>O << 2);
@@ -787,18 +786,31 @@ export function relaxedDotOk(scratch: usize): i32 {
 /* @inline */ function i7Shift(kind: i32): i32 {
   return kind == T_Q4_0 ? 3 : kind == T_Q5_0 ? 4 : 0;
 }
+/**
+ * A q5 block's fifth bits of 16 elements (qh bits 0-15, or 16-31 with hiHalf) as bytes 0x10 or 0:
+ * two 8-byte loads from the table at btab (fillActivationTable: byte value -> its 8 bits as bytes),
+ * on the load ports, where highMask spends five vector instructions.
+ */
+/* @inline */ function fifthBytes(btab: usize, qh: u32, hiHalf: bool): v128 {
+  const q = hiHalf ? qh >> 16 : qh;
+  return v128.load64_lane(btab + (<usize>((q >> 8) & 0xff) << 3), v128.load64_zero(btab + (<usize>(q & 0xff) << 3)), 1);
+}
 /** Elements 0-15 and 16-31 of a q4/q5 block as unsigned bytes (0..15 or 0..31). */
-/* @inline */ function blockLoU(kind: i32, p: usize, lowNibble: v128, fifth: v128): v128 {
+/* @inline */ function blockLoU(kind: i32, p: usize, lowNibble: v128, btab: usize): v128 {
   if (kind == T_Q4_0) return v128.and(v128.load(p, 2), lowNibble);
   if (kind == T_Q4_1) return v128.and(v128.load(p, 4), lowNibble);
-  if (kind == T_Q5_0) return v128.or(v128.and(v128.load(p, 6), lowNibble), v128.and(highMask(load<u32>(p, 2), false), fifth));
-  return v128.or(v128.and(v128.load(p, 8), lowNibble), v128.and(highMask(load<u32>(p, 4), false), fifth));
+  if (kind == T_Q5_0) return v128.or(v128.and(v128.load(p, 6), lowNibble), fifthBytes(btab, load<u32>(p, 2), false));
+  return v128.or(v128.and(v128.load(p, 8), lowNibble), fifthBytes(btab, load<u32>(p, 4), false));
 }
-/* @inline */ function blockHiU(kind: i32, p: usize, fifth: v128): v128 {
-  if (kind == T_Q4_0) return i8x16.shr_u(v128.load(p, 2), 4);
-  if (kind == T_Q4_1) return i8x16.shr_u(v128.load(p, 4), 4);
-  if (kind == T_Q5_0) return v128.or(i8x16.shr_u(v128.load(p, 6), 4), v128.and(highMask(load<u32>(p, 2), true), fifth));
-  return v128.or(i8x16.shr_u(v128.load(p, 8), 4), v128.and(highMask(load<u32>(p, 4), true), fifth));
+/* @inline */ function blockHiU(kind: i32, p: usize, lowNibble: v128, btab: usize): v128 {
+  if (kind == T_Q4_0) return highNibbles(v128.load(p, 2), lowNibble);
+  if (kind == T_Q4_1) return highNibbles(v128.load(p, 4), lowNibble);
+  if (kind == T_Q5_0) return v128.or(highNibbles(v128.load(p, 6), lowNibble), fifthBytes(btab, load<u32>(p, 2), true));
+  return v128.or(highNibbles(v128.load(p, 8), lowNibble), fifthBytes(btab, load<u32>(p, 4), true));
+}
+/** The high nibble of each byte: an i16 shift and the mask in a register (V8 lowers i8x16.shr_u to the same shift and a mask it rebuilds from immediates at each use). */
+/* @inline */ function highNibbles(v: v128, lowNibble: v128): v128 {
+  return v128.and(i16x8.shr_u(v, 4), lowNibble);
 }
 
 /**
@@ -808,9 +820,9 @@ export function relaxedDotOk(scratch: usize): i32 {
  * i16 lane j holds elements 2j, 2j+1, 16+2j, 17+2j; lanes j and j + 4 make pdot32's lane j. `off`:
  * the _0 types' offset, the negated i16 lane sums of the activations times 8 or 16.
  */
-/* @inline */ function i7dot(kind: i32, p: usize, xl: v128, xh: v128, off: v128, lowNibble: v128, fifth: v128): v128 {
+/* @inline */ function i7dot(kind: i32, p: usize, xl: v128, xh: v128, off: v128, lowNibble: v128, btab: usize): v128 {
   if (ASC_FEATURE_RELAXED_SIMD) {
-    let s = i16x8.add(i16x8.relaxed_dot_i8x16_i7x16_s(xl, blockLoU(kind, p, lowNibble, fifth)), i16x8.relaxed_dot_i8x16_i7x16_s(xh, blockHiU(kind, p, fifth)));
+    let s = i16x8.add(i16x8.relaxed_dot_i8x16_i7x16_s(xl, blockLoU(kind, p, lowNibble, btab)), i16x8.relaxed_dot_i8x16_i7x16_s(xh, blockHiU(kind, p, lowNibble, btab)));
     if (i7Shift(kind) != 0) s = i16x8.add(s, off);
     return i32x4.add(i32x4.extend_low_i16x8_s(s), i32x4.extend_high_i16x8_s(s));
   }
@@ -1011,11 +1023,13 @@ const K_ONE = 6, K_TWO = 7, K_THREE = 8, K_TANH_SMALL = 9, K_SIGN = 10, K_ZERO =
 const K_FACT = 13;
 /** The f16s kernels' mask (i32x4 F16S_MASK) and scale (f32x4 F16S_TO_F32_SCALE). */
 const K_F16S_MASK = 23, K_F16S_SCALE = 24;
-/** The i8·i7 kernels' byte masks: the low nibble (0x0f) and a q5 weight's fifth bit (0x10). */
-const K_LOW_NIBBLE = 25, K_FIFTH_BIT = 26;
-const K_COUNT = 27;
+/** The i8·i7 kernels' low-nibble byte mask (0x0f). */
+const K_LOW_NIBBLE = 25;
+const K_COUNT = 26;
+/** After the K_COUNT vectors: for each byte value, its 8 bits as bytes 0x10 or 0 (fifthBytes). */
+const K_BITS_TABLE: usize = K_COUNT << 4;
 
-/** Writes the constant table (K_COUNT f64x2) at `tab`. */
+/** Writes the constant table (K_COUNT f64x2, then the bits table) at `tab`. */
 export function fillActivationTable(tab: usize): void {
   putK(tab, K_LOG2E, LOG2E_64); putK(tab, K_SHIFTER, ROUND_SHIFTER);
   putK(tab, K_LN2_HI, LN2_HI_64); putK(tab, K_LN2_LO, LN2_LO_64);
@@ -1027,7 +1041,9 @@ export function fillActivationTable(tab: usize): void {
   v128.store(tab + (<usize>K_F16S_MASK << 4), i32x4.splat(F16S_MASK));
   v128.store(tab + (<usize>K_F16S_SCALE << 4), f32x4.splat(F16S_TO_F32_SCALE));
   v128.store(tab + (<usize>K_LOW_NIBBLE << 4), i8x16.splat(0x0f));
-  v128.store(tab + (<usize>K_FIFTH_BIT << 4), i8x16.splat(0x10));
+  for (let b = 0; b < 256; b++) {
+    for (let i = 0; i < 8; i++) store<u8>(tab + K_BITS_TABLE + <usize>(b * 8 + i), (b >> i) & 1 ? 0x10 : 0);
+  }
 }
 
 function putK(tab: usize, i: i32, v: f64): void {
@@ -1036,7 +1052,7 @@ function putK(tab: usize, i: i32, v: f64): void {
 
 /** Bytes of the constant table. */
 export function activationTableBytes(): i32 {
-  return K_COUNT << 4;
+  return K_BITS_TABLE + 256 * 8;
 }
 
 /* @inline */ function kc(tab: usize, i: i32): v128 {
