@@ -692,6 +692,8 @@ function quantizeRowI8(xr: usize, I: i32, nb: i32, qr: usize, dx: usize, sx: usi
   const q0 = xq + <usize>t * qs;
   // Lanes (row P, row' P, row Q, row' Q) of rows t, t+1 (a01), t+2, t+3 (a23); b01, b23: t+4..t+7.
   let a01 = f32x4.splat(0), a23 = f32x4.splat(0), b01 = f32x4.splat(0), b23 = f32x4.splat(0);
+  const ys = <usize>O << 2;
+  const yo = y + <usize>t * ys + (<usize>o << 2);
   for (let b = 0; b < nb; b++) {
     const p = wr + <usize>b * bb;
     const u0 = blockLo(kind, p), u1 = blockHi(kind, p);
@@ -701,29 +703,38 @@ function quantizeRowI8(xr: usize, I: i32, nb: i32, qr: usize, dx: usize, sx: usi
     const qb = q0 + <usize>b * QK * 2;
     const gb = <usize>b << 4;
     const g = v128.load(dg + gb); // the 4 rows' activation scales
+    const m = f32x4.splat(blockM(kind, p, tab)), z = f32x4.splat(0);
+    // Each pair of rows complete (its minimum term included) before the next pair's loads.
     a01 = fma4(a01, f32x4.convert_i32x4_s(halfSums(qdot32(e0, e1, e2, e3, qb), qdot32(e0, e1, e2, e3, qb + qs))), f32x4.mul(i32x4.shuffle(g, g, 0, 1, 0, 1), dw));
+    if (kind == T_Q4_1 || kind == T_Q5_1) a01 = fma4(a01, i32x4.shuffle(v128.load(sg + gb), z, 0, 1, 4, 4), m);
+    orderPoint(yo, a01);
     a23 = fma4(a23, f32x4.convert_i32x4_s(halfSums(qdot32(e0, e1, e2, e3, qb + 2 * qs), qdot32(e0, e1, e2, e3, qb + 3 * qs))), f32x4.mul(i32x4.shuffle(g, g, 2, 3, 2, 3), dw));
-    if (kind == T_Q4_1 || kind == T_Q5_1) {
-      const m = f32x4.splat(blockM(kind, p, tab)), sv = v128.load(sg + gb), z = f32x4.splat(0);
-      a01 = fma4(a01, i32x4.shuffle(sv, z, 0, 1, 4, 4), m);
-      a23 = fma4(a23, i32x4.shuffle(sv, z, 2, 3, 4, 4), m);
-    }
+    if (kind == T_Q4_1 || kind == T_Q5_1) a23 = fma4(a23, i32x4.shuffle(v128.load(sg + gb), z, 2, 3, 4, 4), m);
+    orderPoint(yo + 2 * ys, a23);
     if (two) {
       const qc = qb + 4 * qs;
       const g2 = v128.load(dg + gs + gb);
       b01 = fma4(b01, f32x4.convert_i32x4_s(halfSums(qdot32(e0, e1, e2, e3, qc), qdot32(e0, e1, e2, e3, qc + qs))), f32x4.mul(i32x4.shuffle(g2, g2, 0, 1, 0, 1), dw));
+      if (kind == T_Q4_1 || kind == T_Q5_1) b01 = fma4(b01, i32x4.shuffle(v128.load(sg + gs + gb), z, 0, 1, 4, 4), m);
+      orderPoint(yo + 4 * ys, b01);
       b23 = fma4(b23, f32x4.convert_i32x4_s(halfSums(qdot32(e0, e1, e2, e3, qc + 2 * qs), qdot32(e0, e1, e2, e3, qc + 3 * qs))), f32x4.mul(i32x4.shuffle(g2, g2, 2, 3, 2, 3), dw));
-      if (kind == T_Q4_1 || kind == T_Q5_1) {
-        const m = f32x4.splat(blockM(kind, p, tab)), sv = v128.load(sg + gs + gb), z = f32x4.splat(0);
-        b01 = fma4(b01, i32x4.shuffle(sv, z, 0, 1, 4, 4), m);
-        b23 = fma4(b23, i32x4.shuffle(sv, z, 2, 3, 4, 4), m);
-      }
+      if (kind == T_Q4_1 || kind == T_Q5_1) b23 = fma4(b23, i32x4.shuffle(v128.load(sg + gs + gb), z, 2, 3, 4, 4), m);
+      orderPoint(yo + 6 * ys, b23);
     }
   }
-  const ys = <usize>O << 2;
-  const yo = y + <usize>t * ys + (<usize>o << 2);
   storeTilePair(yo, ys, a01); storeTilePair(yo + 2 * ys, ys, a23);
   if (two) { storeTilePair(yo + 4 * ys, ys, b01); storeTilePair(yo + 6 * ys, ys, b23); }
+}
+
+/**
+ * A store of a lane of `v` to an output that is written again at the end, to keep V8 from
+ * hoisting the next rows' activation loads above this row's arithmetic: TurboFan keeps loads in
+ * program order but sinks pure arithmetic to its use, so without a store between them all 32
+ * activation vectors of 8 rows were loaded first and spilled (about 60 extra memory operations a
+ * block). The store needs `v`, so the arithmetic before it is scheduled before it.
+ */
+/* @inline */ function orderPoint(at: usize, v: v128): void {
+  store<f32>(at, f32x4.extract_lane(v, 0));
 }
 
 /** Outputs of two activation rows (ys bytes apart) from lanes (P, P', Q, Q'): P + Q and P' + Q'. */
