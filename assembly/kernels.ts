@@ -749,7 +749,7 @@ function quantizeRowI8(xr: usize, I: i32, nb: i32, qr: usize, dx: usize, sx: usi
   const rs: usize = kind == T_I8 ? <usize>I : <usize>(I / QK) * blockBytes(kind);
   const gs = <usize>nb << 4; // bytes of one group of 4 rows' scales (nb, 4)
   const sx4 = g4 + <usize>((T + 3) >> 2) * gs;
-  const tile = tileRows(nb * (2 * QK + 16), INT_TILE_BYTES);
+  const tile = max(INT_TILE_MIN_ROWS, tileRows(nb * (2 * QK + 16), INT_TILE_BYTES));
   for (let t0 = 0; t0 < T; t0 += tile) {
     const t1 = min(T, t0 + tile);
     const tq = t0 + ((t1 - t0) & ~3);
@@ -848,8 +848,12 @@ export function relaxedDotOk(scratch: usize): i32 {
  * The float kernels convert an f16/bf16 weight row again for every tile, so their tiles are larger:
  * with 192 KiB, a 10240-wide row (the G1 2.9B's ffn.value) took 4 activation rows per tile and the
  * product ran at half the speed of the narrower ones (bench/kernels/matmul.ts, C = 2560).
+ * The integer tiles keep 192 KiB (a 1 MiB tile was 3-6% slower at 0.1B widths, T = 512) but take at
+ * least INT_TILE_MIN_ROWS rows: intTile decodes a weight block once for 8 activation rows, and a
+ * 10240-wide row (2.9B's ffn.value) got 4 (2560 x 10240, T = 64: q8_0 44 -> 52 GFLOP/s with 16).
  */
 const INT_TILE_BYTES: i32 = 192 << 10;
+const INT_TILE_MIN_ROWS: i32 = 16;
 const FLOAT_TILE_BYTES: i32 = 1024 << 10;
 
 /** Rows of a tile of about `tileBytes` for activation rows of `rowBytes` (a multiple of 4, at least 4). */
