@@ -617,6 +617,8 @@ function quantizeRowI8(xr: usize, I: i32, nb: i32, qr: usize, dx: usize, sx: usi
  * order, so a row of a T > 1 product has exactly the bits of the same row computed alone (T = 1):
  * a prompt's logits equal stepping token by token. (Whole block sums instead, one more shuffle and
  * add per block, cost 2-7% of decode speed; four rows per call, more, in spilled registers.)
+ * With `i7` (q4/q5 on the relaxed build, T = 1) the activations are quantizeRows' i8 layout and the
+ * integer dots come from i7dot, in the same lanes, so the bits are the same.
  */
 /* @inline */ function intPair(kind: i32, i7: bool, w: usize, rs: usize, scales: usize, nb: i32, xq: usize, dx: usize, sx: usize, ls: usize, t: i32, y: usize, O: i32, o: i32, gap: i32, two: bool, tab: usize, ktab: usize): void {
   const bb = blockBytes(kind);
@@ -771,10 +773,11 @@ function quantizeRowI8(xr: usize, I: i32, nb: i32, qr: usize, dx: usize, sx: usi
 // d·(u - 16) for q5_0), the 7-bit operand, and the activations stay the signed int8 operand
 // (-127..127), so a pair sums to at most 2·127·31 and the two halves' sum to 4·127·31 < 2^15:
 // every engine computes the same exact integers. The offset comes back as -8 (or -16) times the
-// activations' lane sums, precomputed per block (quantizeRowI8), added to the i32 lanes.
-// q8_0 and i8 weights are signed bytes and keep the i16 path.
-// (The i32 form, i32x4.relaxed_dot_i8x16_i7x16_add_s, would save the widening add, but Node 20's
-// V8 validates it and returns other values: 8·a·b per lane here, c ignored.)
+// activations' pair sums, precomputed per block (quantizeRowI8), added to the i16 sums before they
+// are widened. q8_0 and i8 weights are signed bytes and keep the i16 path.
+// (The i32 form, i32x4.relaxed_dot_i8x16_i7x16_add_s, is unusable twice over: Node 20's V8
+// validates it and returns other values, 8·a·b per lane, c ignored; and its lanes, elements
+// 4l..4l+3, would put the f32 sums after it in another order than the i16 kernels'.)
 
 /**
  * 1 when this engine's i16x8.relaxed_dot_i8x16_i7x16_s computes the specified sums (signed bytes

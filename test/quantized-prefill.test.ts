@@ -6,7 +6,7 @@ import { compare, sharedPath } from "./shared.js";
 
 /*
  * The integer kernels' prompt path on a real quantized model (kernels.ts intTile for groups of 4
- * prompt rows, intQuad for the rest and for stepping): a prompt's logits equal stepping token by
+ * prompt rows, intPair for the rest and for stepping): a prompt's logits equal stepping token by
  * token, bit for bit, and stay within activation rounding's effect of the float reference. The
  * kernels alone are checked against their specification in backend-conformance.test.ts.
  */
