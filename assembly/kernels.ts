@@ -164,9 +164,12 @@ export function runJob(ctrl: usize, job: i32, part: i32, nparts: i32): void {
  * by one arithmetic shift (the sign fills bits 28-31) and one mask, no widening. The result is the
  * f32 bits of w·2^-102, a normal float for every f16s value (the smallest, 2^-14·2^-10 = w for the
  * smallest f16 subnormal, lands on 2^-126): exact, multiplied by 2^102 or met by a prescaled x.
+ * The low half moves up by an i32 multiply by 2^16 (m16), the same bits as a shift left by 16:
+ * the T = 1 kernel is bound by its vector shifts, which run on fewer of the core's pipes than the
+ * multiply (kernel bench, one thread, relaxed build: f16 T = 1 +3-8%).
  */
-/* @inline */ function f16sLo(h: v128, mask: v128): v128 {
-  return v128.and(i32x4.shr_s(i32x4.shl(h, 16), 3), mask);
+/* @inline */ function f16sLo(h: v128, mask: v128, m16: v128): v128 {
+  return v128.and(i32x4.shr_s(i32x4.mul(h, m16), 3), mask);
 }
 /* @inline */ function f16sHi(h: v128, mask: v128): v128 {
   return v128.and(i32x4.shr_s(h, 3), mask);
@@ -195,21 +198,21 @@ export function runJob(ctrl: usize, job: i32, part: i32, nparts: i32): void {
  * panel is worth building). Each row's accumulator follows the canonical order. The four rows are
  * a quarter of the range apart, so the reads are four long sequential streams: four adjacent rows
  * (four streams restarting every row) read 16-20 GB/s on one thread here, quarters 35 GB/s
- * (measured with a C probe of both orders). f16s: x is multiplied by 2^102 as it is loaded, once
- * for four rows, so the weights need no multiply (see f16sLo); the products are the same reals, so
+ * (measured with a C probe of both orders). f16s: x comes multiplied by 2^102 (`xs`, scaleX, once a
+ * call), so the weights need no multiply (see f16sLo); the products are the same reals, so
  * the results are bit for bit those of dotRow, which multiplies the weights (callers check that
  * x·2^102 is finite). The f16s constants come from the table `tab` in memory: V8 rebuilds a
  * v128.const at each use inside the loop (three instructions), which made this kernel slower than
  * the plain f16 one it replaces.
  */
-/* @inline */ function matvecRows(kind: i32, w: usize, I: i32, x: usize, y: usize, lo: i32, hi: i32, tab: usize): void {
+/* @inline */ function matvecRows(kind: i32, w: usize, I: i32, x: usize, xs: usize, y: usize, lo: i32, hi: i32, tab: usize): void {
   const esz: usize = kind == T_F32 ? 4 : 2;
   const rs = <usize>I * esz;
   const I4 = I & ~3;
   const I8 = I & ~7;
   const Q = (hi - lo) >> 2;
   const qs = <usize>Q * rs;
-  const mask = kc(tab, K_F16S_MASK), s102 = kc(tab, K_F16S_SCALE);
+  const mask = kc(tab, K_F16S_MASK), m16 = kc(tab, K_F16S_M16);
   for (let o = lo; o < lo + Q; o++) {
     const r0 = w + <usize>o * rs, r1 = r0 + qs, r2 = r1 + qs, r3 = r2 + qs;
     let a0 = f32x4.splat(0), a1 = f32x4.splat(0), a2 = f32x4.splat(0), a3 = f32x4.splat(0);
@@ -226,12 +229,12 @@ export function runJob(ctrl: usize, job: i32, part: i32, nparts: i32): void {
     } else if (kind == T_F16S) {
       for (; c < I8; c += 8) {
         const xo = <usize>c << 2, wo = <usize>c << 1;
-        const x0 = f32x4.mul(v128.load(x + xo), s102), x1 = f32x4.mul(v128.load(x + xo, 16), s102);
+        const x0 = v128.load(xs + xo), x1 = v128.load(xs + xo, 16);
         const h0 = v128.load(r0 + wo), h1 = v128.load(r1 + wo), h2 = v128.load(r2 + wo), h3 = v128.load(r3 + wo);
-        a0 = fma4(fma4(a0, f16sLo(h0, mask), x0), f16sHi(h0, mask), x1);
-        a1 = fma4(fma4(a1, f16sLo(h1, mask), x0), f16sHi(h1, mask), x1);
-        a2 = fma4(fma4(a2, f16sLo(h2, mask), x0), f16sHi(h2, mask), x1);
-        a3 = fma4(fma4(a3, f16sLo(h3, mask), x0), f16sHi(h3, mask), x1);
+        a0 = fma4(fma4(a0, f16sLo(h0, mask, m16), x0), f16sHi(h0, mask), x1);
+        a1 = fma4(fma4(a1, f16sLo(h1, mask, m16), x0), f16sHi(h1, mask), x1);
+        a2 = fma4(fma4(a2, f16sLo(h2, mask, m16), x0), f16sHi(h2, mask), x1);
+        a3 = fma4(fma4(a3, f16sLo(h3, mask, m16), x0), f16sHi(h3, mask), x1);
       }
     } else {
       for (; c < I8; c += 8) {
@@ -283,11 +286,11 @@ function dotRow(kind: i32, r0: usize, I: i32, x: usize, tab: usize): f32 {
   let a0 = f32x4.splat(0);
   let c = 0;
   if (kind == T_F16S) {
-    const mask = kc(tab, K_F16S_MASK), s102 = kc(tab, K_F16S_SCALE);
+    const mask = kc(tab, K_F16S_MASK), s102 = kc(tab, K_F16S_SCALE), m16 = kc(tab, K_F16S_M16);
     for (; c < (I & ~7); c += 8) {
       const h = v128.load(r0 + (<usize>c << 1));
       const xo = x + (<usize>c << 2);
-      a0 = fma4(fma4(a0, f32x4.mul(f16sLo(h, mask), s102), v128.load(xo)), f32x4.mul(f16sHi(h, mask), s102), v128.load(xo, 16));
+      a0 = fma4(fma4(a0, f32x4.mul(f16sLo(h, mask, m16), s102), v128.load(xo)), f32x4.mul(f16sHi(h, mask), s102), v128.load(xo, 16));
     }
   }
   for (; c < I4; c += 4) {
@@ -308,7 +311,7 @@ function dotRow(kind: i32, r0: usize, I: i32, x: usize, tab: usize): f32 {
 /** Rows [o, o+n) of a f16/bf16 matrix converted to f32 into `panel` (n rows of I floats). */
 function dequantPanel(kind: i32, w: usize, I: i32, o: i32, n: i32, panel: usize, tab: usize): void {
   const rs = <usize>I << 1;
-  const mask = kc(tab, K_F16S_MASK), s102 = kc(tab, K_F16S_SCALE);
+  const mask = kc(tab, K_F16S_MASK), s102 = kc(tab, K_F16S_SCALE), m16 = kc(tab, K_F16S_M16);
   for (let k = 0; k < n; k++) {
     const r = w + <usize>(o + k) * rs;
     const dst = panel + <usize>k * (<usize>I << 2);
@@ -317,7 +320,7 @@ function dequantPanel(kind: i32, w: usize, I: i32, o: i32, n: i32, panel: usize,
       const h = v128.load(r + (<usize>c << 1));
       const d = dst + (<usize>c << 2);
       if (kind == T_F16S) {
-        v128.store(d, f32x4.mul(f16sLo(h, mask), s102)); v128.store(d, f32x4.mul(f16sHi(h, mask), s102), 16);
+        v128.store(d, f32x4.mul(f16sLo(h, mask, m16), s102)); v128.store(d, f32x4.mul(f16sHi(h, mask), s102), 16);
       } else if (kind == T_F16) { v128.store(d, f16lo(h, F16_TO_F32_SCALE)); v128.store(d, f16hi(h, F16_TO_F32_SCALE), 16); }
       else { v128.store(d, bf16lo(h)); v128.store(d, bf16hi(h), 16); }
     }
@@ -398,19 +401,30 @@ function absMax(x: usize, n: i32): f32 {
   return s;
 }
 
+/**
+ * x·2^102 (F16S_TO_F32_SCALE) into `xs` (I f32; whole groups of 8, the columns the f16s matvec
+ * reads from it), once per call rather than once per four weight rows.
+ */
+function scaleX(x: usize, I: i32, xs: usize, tab: usize): usize {
+  const s102 = kc(tab, K_F16S_SCALE);
+  for (let c = 0; c < (I & ~7); c += 4) v128.store(xs + (<usize>c << 2), f32x4.mul(v128.load(x + (<usize>c << 2)), s102));
+  return xs;
+}
+
 function matmulFloat(w: usize, kind: i32, O: i32, I: i32, T: i32, x: usize, y: usize, panel: usize, tab: usize, part: i32, nparts: i32): void {
   const lo = splitLo(O, part, nparts, 16), hi = splitHi(O, part, nparts, 16);
   if (lo >= hi) return;
   if (T == 1) {
-    if (kind == T_F32) matvecRows(T_F32, w, I, x, y, lo, hi, tab);
-    else if (kind == T_F16) matvecRows(T_F16, w, I, x, y, lo, hi, tab);
+    if (kind == T_F32) matvecRows(T_F32, w, I, x, 0, y, lo, hi, tab);
+    else if (kind == T_F16) matvecRows(T_F16, w, I, x, 0, y, lo, hi, tab);
     else if (kind == T_F16S) {
-      if (absMax(x, I) < F16S_PRESCALE_MAX_X) matvecRows(T_F16S, w, I, x, y, lo, hi, tab);
+      // (panel: the part's scratch for x·2^102, which the host always gives at T = 1 over f16s)
+      if (panel != 0 && absMax(x, I) < F16S_PRESCALE_MAX_X) matvecRows(T_F16S, w, I, x, scaleX(x, I, panel, tab), y, lo, hi, tab);
       else { // x·2^102 could overflow (or x has a NaN): row by row, multiplying the weights
         const rs = <usize>I << 1;
         for (let o = lo; o < hi; o++) store<f32>(y + (<usize>o << 2), dotRow(T_F16S, w + <usize>o * rs, I, x, tab));
       }
-    } else matvecRows(T_BF16, w, I, x, y, lo, hi, tab);
+    } else matvecRows(T_BF16, w, I, x, 0, y, lo, hi, tab);
     return;
   }
   const rowBytes = <usize>I << 2;
@@ -1032,7 +1046,7 @@ const ROUND_SHIFTER: f64 = 6755399441055744.0;
 /** Below this |z|, tanh z = z - z³/3 to 1e-13 relative; the e^2z form would cancel there. */
 const TANH_SMALL: f64 = 1e-3;
 
-// The activations' f64x2 constants (and the f16s kernels' two) live in a table in memory (fillActivationTable): V8 builds
+// The activations' f64x2 constants (and the f16s and i8·i7 kernels' vectors) live in a table in memory (fillActivationTable): V8 builds
 // every v128 constant in the code from a 64-bit immediate with three instructions, at each use;
 // a load from the table is one, so the polynomial runs at half the instructions.
 const K_LOG2E = 0, K_SHIFTER = 1, K_LN2_HI = 2, K_LN2_LO = 3, K_EXP_MAX = 4, K_EXP_MIN = 5;
@@ -1043,7 +1057,9 @@ const K_FACT = 13;
 const K_F16S_MASK = 23, K_F16S_SCALE = 24;
 /** The i8·i7 kernels' low-nibble byte mask (0x0f). */
 const K_LOW_NIBBLE = 25;
-const K_COUNT = 26;
+/** The f16s kernels' i32x4 2^16, which moves a lane's low half up by a multiply (f16sLo). */
+const K_F16S_M16 = 26;
+const K_COUNT = 27;
 /** After the K_COUNT vectors: for each byte value, its 8 bits as bytes 0x10 or 0 (fifthBytes). */
 const K_BITS_TABLE: usize = K_COUNT << 4;
 
@@ -1059,6 +1075,7 @@ export function fillActivationTable(tab: usize): void {
   v128.store(tab + (<usize>K_F16S_MASK << 4), i32x4.splat(F16S_MASK));
   v128.store(tab + (<usize>K_F16S_SCALE << 4), f32x4.splat(F16S_TO_F32_SCALE));
   v128.store(tab + (<usize>K_LOW_NIBBLE << 4), i8x16.splat(0x0f));
+  v128.store(tab + (<usize>K_F16S_M16 << 4), i32x4.splat(65536));
   for (let b = 0; b < 256; b++) {
     for (let i = 0; i < 8; i++) store<u8>(tab + K_BITS_TABLE + <usize>(b * 8 + i), (b >> i) & 1 ? 0x10 : 0);
   }

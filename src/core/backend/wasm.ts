@@ -656,7 +656,8 @@ export class WasmBackend implements Backend {
       const x0 = xp + 4 * t0 * I, y0 = yp + 4 * t0 * O;
       const work = Math.max(n * O * I, info.bytes);
       if (float) {
-        const panel = n > 1 ? align(2 * 4 * I) : 0; // two dequantized f16/bf16 rows per chunk
+        // Two dequantized f16/bf16 rows per chunk; for T = 1 over f16s weights, x·2^102 (kernels.ts scaleX).
+        const panel = n > 1 ? align(2 * 4 * I) : info.type === "f16s" ? align(4 * I) : 0;
         const base = h.grown(h.scratchBlock, panel * this.threads * CHUNKS_PER_THREAD + ALIGN);
         this.run(JOB.matmulFloat, work, [info.ptr, WASM_TYPE_IDS[info.type], O, I, n, x0, y0, base, panel, h.activationTable], undefined, undefined, h);
       } else {
