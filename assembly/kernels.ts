@@ -622,17 +622,17 @@ function quantizeRowI8(xr: usize, I: i32, nb: i32, qr: usize, dx: usize, sx: usi
 
 /**
  * Output rows o and o1 = o + gap (with `two` false only o) against activation row t. The integer
- * dot of a row and block is an i32x4 of partial sums p; its two halves P = p0 + p2 and Q = p1 + p3
+ * dot of a row and block is an i32x4 of partial sums p; its two halves P and Q (halfSums)
  * are exact integers, and each row keeps two f32 sums over the blocks: of P·(activation scale ·
  * weight scale), plus for the _1 types (activation block sum · weight minimum), and of Q·(the same
- * scale); the output is the first plus the second. Two rows share one vector, lanes (o's P, o1's P,
- * o's Q, o1's Q), so one pair of lane shuffles (halfSums), one convert and one multiply-add serve
+ * scale); the output is the first plus the second. Two rows share one vector, lanes (o's P, o's Q,
+ * o1's P, o1's Q), so one pair of lane shuffles (halfSums), one convert and one multiply-add serve
  * both rows and both halves per block. intTile computes every (output row, activation row) in this
  * order, so a row of a T > 1 product has exactly the bits of the same row computed alone (T = 1):
  * a prompt's logits equal stepping token by token. (Whole block sums instead, one more shuffle and
  * add per block, cost 2-7% of decode speed; four rows per call, more, in spilled registers.)
  * With `i7` (q4/q5 on the relaxed build, T = 1) the activations are quantizeRows' i8 layout and the
- * integer dots come from i7dot, in the same lanes, so the bits are the same.
+ * integer dots come from i7dot, whose halves are the same P and Q, so the bits are the same.
  */
 /* @inline */ function intPair(kind: i32, i7: bool, w: usize, rs: usize, scales: usize, nb: i32, xq: usize, dx: usize, sx: usize, ls: usize, t: i32, y: usize, O: i32, o: i32, gap: i32, two: bool, tab: usize, ktab: usize): void {
   const bb = blockBytes(kind);
@@ -641,38 +641,38 @@ function quantizeRowI8(xr: usize, I: i32, nb: i32, qr: usize, dx: usize, sx: usi
   const o1 = two ? o + gap : o;
   const rowScales = kind == T_I8 ? pairLanes(load<f32>(scales + (<usize>o << 2)), load<f32>(scales + (<usize>o1 << 2))) : f32x4.splat(0);
   const lowNibble = i7 ? kc(ktab, K_LOW_NIBBLE) : i8x16.splat(0), btab = ktab + K_BITS_TABLE;
-  let acc = f32x4.splat(0); // (o's P sum, o1's P sum, o's Q sum, o1's Q sum)
+  let acc = f32x4.splat(0); // (o's P sum, o's Q sum, o1's P sum, o1's Q sum)
   // Running pointers: this block of rows o and o1, of the activations, their scales, sums and lane sums.
   let p0 = w + <usize>o * rs, p1 = w + <usize>o1 * rs;
   let qb = xq + <usize>t * qs, db = dx + <usize>t * ds, sb = sx + <usize>t * ds, lb = ls + <usize>t * (<usize>nb << 4);
   const end = p0 + <usize>nb * bb;
   for (; p0 < end; p0 += bb, p1 += bb, qb += i7 ? QK : 2 * QK, db += 4, sb += 4, lb += 16) {
-    let h: v128; // (o P, o1 P, o Q, o1 Q)
+    let h: v128; // (o P, o Q, o1 P, o1 Q)
     if (i7) {
       const xl = v128.load(qb), xh = v128.load(qb, 16);
       const off = i7Shift(kind) != 0 ? i16x8.shl(v128.load(lb), i7Shift(kind)) : i16x8.splat(0);
-      h = halfSums(i7dot(kind, p0, xl, xh, off, lowNibble, btab), i7dot(kind, p1, xl, xh, off, lowNibble, btab));
+      h = halfSumsEven(i7dot(kind, p0, xl, xh, off, lowNibble, btab, ktab), i7dot(kind, p1, xl, xh, off, lowNibble, btab, ktab));
     } else {
       const x0 = v128.load(qb), x1 = v128.load(qb, 16), x2 = v128.load(qb, 32), x3 = v128.load(qb, 48);
-      h = halfSums(blockDot(kind, p0, x0, x1, x2, x3), blockDot(kind, p1, x0, x1, x2, x3));
+      h = halfSums(kind, blockDot(kind, p0, x0, x1, x2, x3), blockDot(kind, p1, x0, x1, x2, x3));
     }
     const dw = kind == T_I8 ? rowScales : pairLanes(ht(tab, load<u16>(p0)), ht(tab, load<u16>(p1)));
     acc = fma4(acc, f32x4.convert_i32x4_s(h), f32x4.mul(f32x4.splat(load<f32>(db)), dw));
     if (kind == T_Q4_1 || kind == T_Q5_1) {
       // Into the P sums only: the Q lanes get ±0, which changes no sum.
-      const m = f32x4.replace_lane(f32x4.replace_lane(f32x4.splat(0), 0, blockM(kind, p0, tab)), 1, blockM(kind, p1, tab));
+      const m = f32x4.replace_lane(f32x4.replace_lane(f32x4.splat(0), 0, blockM(kind, p0, tab)), 2, blockM(kind, p1, tab));
       acc = fma4(acc, m, f32x4.splat(load<f32>(sb)));
     }
   }
   const yt = y + <usize>t * (<usize>O << 2);
-  store<f32>(yt + (<usize>o << 2), f32x4.extract_lane(acc, 0) + f32x4.extract_lane(acc, 2));
-  if (two) store<f32>(yt + (<usize>o1 << 2), f32x4.extract_lane(acc, 1) + f32x4.extract_lane(acc, 3));
+  store<f32>(yt + (<usize>o << 2), f32x4.extract_lane(acc, 0) + f32x4.extract_lane(acc, 1));
+  if (two) store<f32>(yt + (<usize>o1 << 2), f32x4.extract_lane(acc, 2) + f32x4.extract_lane(acc, 3));
 }
 
-/** (a, b, a, b). */
+/** (a, a, b, b). */
 /* @inline */ function pairLanes(a: f32, b: f32): v128 {
   const v = f32x4.replace_lane(f32x4.splat(a), 1, b);
-  return i32x4.shuffle(v, v, 0, 1, 0, 1);
+  return i32x4.shuffle(v, v, 0, 0, 1, 1);
 }
 
 /** intPair over output rows [lo, hi) of activation row t: rows half the range apart (two long sequential streams). */
@@ -690,9 +690,19 @@ function quantizeRowI8(xr: usize, I: i32, nb: i32, qr: usize, dx: usize, sx: usi
   return i32x4.add(s, i32x4.dot_i16x8_s(e3, v128.load(q, 48)));
 }
 
-/** Lanes of a and b, pairwise: (a0 + a2, b0 + b2, a1 + a3, b1 + b3) (exact in i32). */
-/* @inline */ function halfSums(a: v128, b: v128): v128 {
-  return i32x4.add(i32x4.shuffle(a, b, 0, 4, 1, 5), i32x4.shuffle(a, b, 2, 6, 3, 7));
+/**
+ * Two rows' pdot32/qdot32 lanes reduced to their halves P and Q, as (a's P, a's Q, b's P, b's Q),
+ * exact in i32. P is lanes 0 and 1 (elements 0-3, 8-11, 16-19, 24-27 of the block), the halves of
+ * i7dot's pmaddwd lanes (halfSumsEven); q5_0 and q5_1, whose i7dot widens as pdot32's lanes, take P
+ * from lanes 0 and 2. Each is one pair of single-instruction shuffles (vshufps or vpunpck*qdq).
+ */
+/* @inline */ function halfSums(kind: i32, a: v128, b: v128): v128 {
+  if (kind == T_Q5_0 || kind == T_Q5_1) return halfSumsEven(a, b);
+  return i32x4.add(i32x4.shuffle(a, b, 0, 2, 4, 6), i32x4.shuffle(a, b, 1, 3, 5, 7));
+}
+/** (a0 + a2, a1 + a3, b0 + b2, b1 + b3): halves P = lanes 0 + 2, Q = lanes 1 + 3. */
+/* @inline */ function halfSumsEven(a: v128, b: v128): v128 {
+  return i32x4.add(i32x4.shuffle(a, b, 0, 1, 4, 5), i32x4.shuffle(a, b, 2, 3, 6, 7));
 }
 
 /**
@@ -706,7 +716,7 @@ function quantizeRowI8(xr: usize, I: i32, nb: i32, qr: usize, dx: usize, sx: usi
   const bb = blockBytes(kind);
   const qs = <usize>nb * QK * 2; // bytes of one i16 activation row
   const q0 = xq + <usize>t * qs;
-  // Lanes (row P, row' P, row Q, row' Q) of rows t, t+1 (a01), t+2, t+3 (a23); b01, b23: t+4..t+7.
+  // Lanes (row P, row Q, row' P, row' Q) of rows t, t+1 (a01), t+2, t+3 (a23); b01, b23: t+4..t+7.
   let a01 = f32x4.splat(0), a23 = f32x4.splat(0), b01 = f32x4.splat(0), b23 = f32x4.splat(0);
   const ys = <usize>O << 2;
   const yo = y + <usize>t * ys + (<usize>o << 2);
@@ -721,20 +731,20 @@ function quantizeRowI8(xr: usize, I: i32, nb: i32, qr: usize, dx: usize, sx: usi
     const g = v128.load(dg + gb); // the 4 rows' activation scales
     const m = f32x4.splat(blockM(kind, p, tab)), z = f32x4.splat(0);
     // Each pair of rows complete (its minimum term included) before the next pair's loads.
-    a01 = fma4(a01, f32x4.convert_i32x4_s(halfSums(qdot32(e0, e1, e2, e3, qb), qdot32(e0, e1, e2, e3, qb + qs))), f32x4.mul(i32x4.shuffle(g, g, 0, 1, 0, 1), dw));
-    if (kind == T_Q4_1 || kind == T_Q5_1) a01 = fma4(a01, i32x4.shuffle(v128.load(sg + gb), z, 0, 1, 4, 4), m);
+    a01 = fma4(a01, f32x4.convert_i32x4_s(halfSums(kind, qdot32(e0, e1, e2, e3, qb), qdot32(e0, e1, e2, e3, qb + qs))), f32x4.mul(i32x4.shuffle(g, g, 0, 0, 1, 1), dw));
+    if (kind == T_Q4_1 || kind == T_Q5_1) a01 = fma4(a01, i32x4.shuffle(v128.load(sg + gb), z, 0, 4, 1, 4), m);
     orderPoint(yo, a01);
-    a23 = fma4(a23, f32x4.convert_i32x4_s(halfSums(qdot32(e0, e1, e2, e3, qb + 2 * qs), qdot32(e0, e1, e2, e3, qb + 3 * qs))), f32x4.mul(i32x4.shuffle(g, g, 2, 3, 2, 3), dw));
-    if (kind == T_Q4_1 || kind == T_Q5_1) a23 = fma4(a23, i32x4.shuffle(v128.load(sg + gb), z, 2, 3, 4, 4), m);
+    a23 = fma4(a23, f32x4.convert_i32x4_s(halfSums(kind, qdot32(e0, e1, e2, e3, qb + 2 * qs), qdot32(e0, e1, e2, e3, qb + 3 * qs))), f32x4.mul(i32x4.shuffle(g, g, 2, 2, 3, 3), dw));
+    if (kind == T_Q4_1 || kind == T_Q5_1) a23 = fma4(a23, i32x4.shuffle(v128.load(sg + gb), z, 2, 4, 3, 4), m);
     orderPoint(yo + 2 * ys, a23);
     if (two) {
       const qc = qb + 4 * qs;
       const g2 = v128.load(dg + gs + gb);
-      b01 = fma4(b01, f32x4.convert_i32x4_s(halfSums(qdot32(e0, e1, e2, e3, qc), qdot32(e0, e1, e2, e3, qc + qs))), f32x4.mul(i32x4.shuffle(g2, g2, 0, 1, 0, 1), dw));
-      if (kind == T_Q4_1 || kind == T_Q5_1) b01 = fma4(b01, i32x4.shuffle(v128.load(sg + gs + gb), z, 0, 1, 4, 4), m);
+      b01 = fma4(b01, f32x4.convert_i32x4_s(halfSums(kind, qdot32(e0, e1, e2, e3, qc), qdot32(e0, e1, e2, e3, qc + qs))), f32x4.mul(i32x4.shuffle(g2, g2, 0, 0, 1, 1), dw));
+      if (kind == T_Q4_1 || kind == T_Q5_1) b01 = fma4(b01, i32x4.shuffle(v128.load(sg + gs + gb), z, 0, 4, 1, 4), m);
       orderPoint(yo + 4 * ys, b01);
-      b23 = fma4(b23, f32x4.convert_i32x4_s(halfSums(qdot32(e0, e1, e2, e3, qc + 2 * qs), qdot32(e0, e1, e2, e3, qc + 3 * qs))), f32x4.mul(i32x4.shuffle(g2, g2, 2, 3, 2, 3), dw));
-      if (kind == T_Q4_1 || kind == T_Q5_1) b23 = fma4(b23, i32x4.shuffle(v128.load(sg + gs + gb), z, 2, 3, 4, 4), m);
+      b23 = fma4(b23, f32x4.convert_i32x4_s(halfSums(kind, qdot32(e0, e1, e2, e3, qc + 2 * qs), qdot32(e0, e1, e2, e3, qc + 3 * qs))), f32x4.mul(i32x4.shuffle(g2, g2, 2, 2, 3, 3), dw));
+      if (kind == T_Q4_1 || kind == T_Q5_1) b23 = fma4(b23, i32x4.shuffle(v128.load(sg + gs + gb), z, 2, 4, 3, 4), m);
       orderPoint(yo + 6 * ys, b23);
     }
   }
@@ -753,10 +763,10 @@ function quantizeRowI8(xr: usize, I: i32, nb: i32, qr: usize, dx: usize, sx: usi
   store<f32>(at, f32x4.extract_lane(v, 0));
 }
 
-/** Outputs of two activation rows (ys bytes apart) from lanes (P, P', Q, Q'): P + Q and P' + Q'. */
+/** Outputs of two activation rows (ys bytes apart) from lanes (P, Q, P', Q'): P + Q and P' + Q'. */
 /* @inline */ function storeTilePair(yo: usize, ys: usize, a: v128): void {
-  store<f32>(yo, f32x4.extract_lane(a, 0) + f32x4.extract_lane(a, 2));
-  store<f32>(yo + ys, f32x4.extract_lane(a, 1) + f32x4.extract_lane(a, 3));
+  store<f32>(yo, f32x4.extract_lane(a, 0) + f32x4.extract_lane(a, 1));
+  store<f32>(yo + ys, f32x4.extract_lane(a, 2) + f32x4.extract_lane(a, 3));
 }
 
 /** A T > 1 product: intTile over whole groups of 4 activation rows, the rest by intPair. */
@@ -842,17 +852,23 @@ export function relaxedDotOk(scratch: usize): i32 {
 }
 
 /**
- * One block's exact integer dot with the i8 activations xl (elements 0-15) and xh (16-31), as
- * pdot32's i32x4 lanes (lane l: elements 2l, 2l+1, 8+2l, 9+2l, 16+2l, 17+2l, 24+2l, 25+2l), so
- * that the f32 sums that follow are intPair's on the i16 kernels bit for bit. The relaxed dots'
- * i16 lane j holds elements 2j, 2j+1, 16+2j, 17+2j; lanes j and j + 4 make pdot32's lane j. `off`:
- * the _0 types' offset, the negated i16 lane sums of the activations times 8 or 16.
+ * One block's exact integer dot with the i8 activations xl (elements 0-15) and xh (16-31), as i32x4
+ * lanes whose halves P = lanes 0 + 2 and Q = lanes 1 + 3 (halfSumsEven) are halfSums' P and Q of the
+ * i16 kernels, so that the f32 sums that follow are intPair's on the i16 kernels bit for bit. The
+ * relaxed dots' i16 lane j holds elements 2j, 2j+1, 16+2j, 17+2j; one multiply-add by ones
+ * (pmaddwd, on the multiply pipes) adds lanes 2l and 2l + 1 into i32 lane l (elements 4l..4l+3
+ * and 16+4l..19+4l). Widening both halves and adding cost four instructions, three of them on the
+ * two shuffle/shift pipes that bind this loop (kernel bench, q4_0 T = 1: 42-45 -> 48-58 GFLOP/s).
+ * q5_0 and q5_1 keep that widening (pdot32's lanes): with the ones vector live as well, V8 kept
+ * q5_1's loop accumulator on the stack (24-25 against 27-28 GFLOP/s), and q5_0 lost 4%. `off`: the _0 types' offset, the
+ * negated i16 lane sums of the activations times 8 or 16.
  */
-/* @inline */ function i7dot(kind: i32, p: usize, xl: v128, xh: v128, off: v128, lowNibble: v128, btab: usize): v128 {
+/* @inline */ function i7dot(kind: i32, p: usize, xl: v128, xh: v128, off: v128, lowNibble: v128, btab: usize, ktab: usize): v128 {
   if (ASC_FEATURE_RELAXED_SIMD) {
     let s = i16x8.add(i16x8.relaxed_dot_i8x16_i7x16_s(xl, blockLoU(kind, p, lowNibble, btab)), i16x8.relaxed_dot_i8x16_i7x16_s(xh, blockHiU(kind, p, lowNibble, btab)));
     if (i7Shift(kind) != 0) s = i16x8.add(s, off);
-    return i32x4.add(i32x4.extend_low_i16x8_s(s), i32x4.extend_high_i16x8_s(s));
+    if (kind == T_Q5_0 || kind == T_Q5_1) return i32x4.add(i32x4.extend_low_i16x8_s(s), i32x4.extend_high_i16x8_s(s));
+    return i32x4.dot_i16x8_s(s, kc(ktab, K_I16_ONES));
   }
   return i32x4.splat(0); // never called without relaxed SIMD
 }
@@ -1059,7 +1075,9 @@ const K_F16S_MASK = 23, K_F16S_SCALE = 24;
 const K_LOW_NIBBLE = 25;
 /** The f16s kernels' i32x4 2^16, which moves a lane's low half up by a multiply (f16sLo). */
 const K_F16S_M16 = 26;
-const K_COUNT = 27;
+/** i16x8 ones: i7dot's widening of i16 pair sums to i32 in one multiply-add (pmaddwd). */
+const K_I16_ONES = 27;
+const K_COUNT = 28;
 /** After the K_COUNT vectors: for each byte value, its 8 bits as bytes 0x10 or 0 (fifthBytes). */
 const K_BITS_TABLE: usize = K_COUNT << 4;
 
@@ -1076,6 +1094,7 @@ export function fillActivationTable(tab: usize): void {
   v128.store(tab + (<usize>K_F16S_SCALE << 4), f32x4.splat(F16S_TO_F32_SCALE));
   v128.store(tab + (<usize>K_LOW_NIBBLE << 4), i8x16.splat(0x0f));
   v128.store(tab + (<usize>K_F16S_M16 << 4), i32x4.splat(65536));
+  v128.store(tab + (<usize>K_I16_ONES << 4), i16x8.splat(1));
   for (let b = 0; b < 256; b++) {
     for (let i = 0; i < 8; i++) store<u8>(tab + K_BITS_TABLE + <usize>(b * 8 + i), (b >> i) & 1 ? 0x10 : 0);
   }
