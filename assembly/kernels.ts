@@ -697,8 +697,15 @@ function quantizeRowI8(xr: usize, I: i32, nb: i32, qr: usize, dx: usize, sx: usi
  * from lanes 0 and 2. Each is one pair of single-instruction shuffles (vshufps or vpunpck*qdq).
  */
 /* @inline */ function halfSums(kind: i32, a: v128, b: v128): v128 {
-  if (kind == T_Q5_0 || kind == T_Q5_1) return halfSumsEven(a, b);
+  if (keepsPdotLanes(kind)) return halfSumsEven(a, b);
   return i32x4.add(i32x4.shuffle(a, b, 0, 2, 4, 6), i32x4.shuffle(a, b, 1, 3, 5, 7));
+}
+/**
+ * Whether i7dot widens this type's sums into pdot32's lanes (two widenings and an add) rather than by
+ * pmaddwd, so that halfSums pairs the i16 kernels' lanes to match: the one choice both must share.
+ */
+/* @inline */ function keepsPdotLanes(kind: i32): bool {
+  return kind == T_Q5_0 || kind == T_Q5_1;
 }
 /** (a0 + a2, a1 + a3, b0 + b2, b1 + b3): halves P = lanes 0 + 2, Q = lanes 1 + 3. */
 /* @inline */ function halfSumsEven(a: v128, b: v128): v128 {
@@ -858,16 +865,16 @@ export function relaxedDotOk(scratch: usize): i32 {
  * relaxed dots' i16 lane j holds elements 2j, 2j+1, 16+2j, 17+2j; one multiply-add by ones
  * (pmaddwd, on the multiply pipes) adds lanes 2l and 2l + 1 into i32 lane l (elements 4l..4l+3
  * and 16+4l..19+4l). Widening both halves and adding cost four instructions, three of them on the
- * two shuffle/shift pipes that bind this loop (kernel bench, q4_0 T = 1: 42-45 -> 48-58 GFLOP/s).
- * q5_0 and q5_1 keep that widening (pdot32's lanes): with the ones vector live as well, V8 kept
- * q5_1's loop accumulator on the stack (24-25 against 27-28 GFLOP/s), and q5_0 lost 4%. `off`: the _0 types' offset, the
- * negated i16 lane sums of the activations times 8 or 16.
+ * two shuffle/shift pipes that appear to bind this loop (kernel bench, q4_0 T = 1: 43-48 -> 52-58
+ * GFLOP/s). q5_0 and q5_1 keep that widening (keepsPdotLanes): with the ones vector live as well,
+ * V8 kept q5_1's loop accumulator on the stack (24-25 against 27-28 GFLOP/s), and q5_0 lost 4%.
+ * `off`: the _0 types' offset, the negated i16 lane sums of the activations times 8 or 16.
  */
 /* @inline */ function i7dot(kind: i32, p: usize, xl: v128, xh: v128, off: v128, lowNibble: v128, btab: usize, ktab: usize): v128 {
   if (ASC_FEATURE_RELAXED_SIMD) {
     let s = i16x8.add(i16x8.relaxed_dot_i8x16_i7x16_s(xl, blockLoU(kind, p, lowNibble, btab)), i16x8.relaxed_dot_i8x16_i7x16_s(xh, blockHiU(kind, p, lowNibble, btab)));
     if (i7Shift(kind) != 0) s = i16x8.add(s, off);
-    if (kind == T_Q5_0 || kind == T_Q5_1) return i32x4.add(i32x4.extend_low_i16x8_s(s), i32x4.extend_high_i16x8_s(s));
+    if (keepsPdotLanes(kind)) return i32x4.add(i32x4.extend_low_i16x8_s(s), i32x4.extend_high_i16x8_s(s));
     return i32x4.dot_i16x8_s(s, kc(ktab, K_I16_ONES));
   }
   return i32x4.splat(0); // never called without relaxed SIMD
