@@ -573,14 +573,19 @@ function quantizeRowI8(xr: usize, I: i32, nb: i32, qr: usize, dx: usize, sx: usi
   return 32;
 }
 
-/** Per byte of 16 elements (bits 0-15 or 16-31 of qh): all ones where the element's 5th bit is set. */
-/* @inline */ function highMask(qh: u32, hiHalf: bool): v128 {
-  const v = i32x4.splat(<i32>qh);
-  const sel = hiHalf
-    ? i8x16(2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3)
-    : i8x16(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1);
-  const bit = i8x16(1, 2, 4, 8, 16, 32, 64, -128, 1, 2, 4, 8, 16, 32, 64, -128);
-  return i8x16.eq(v128.and(i8x16.swizzle(v, sel), bit), bit);
+/**
+ * A q5 block's fifth bits of elements 0-15 (or 16-31 with `hiHalf`) as bytes 0x10 or 0, from its qh
+ * word at q in the wasm backend's order (weight-rows.ts q5sBit: the bit of element j of a half sits
+ * where one i16 multiply by 2^(4 - (j >> 2 & 3)) moves it to bit 4 of byte j). Per block: one
+ * broadcast load, a shift for the high half, a multiply and a mask, all off the shuffle pipes that
+ * the checkpoint's order (a table or a byte swizzle per 8 elements) kept busy. mul: K_Q5S_MUL.
+ */
+/** i16 lane l of a qh word splatted to 32-bit lanes shifts by 4 - (l >> 1): lanes 2k and 2k + 1 take the word's low and high halves. */
+const Q5S_MUL = i16x8(16, 16, 8, 8, 4, 4, 2, 2);
+/* @inline */ function fifthBits(q: usize, hiHalf: bool, mul: v128, fifth: v128): v128 {
+  let v = v128.load32_splat(q);
+  if (hiHalf) v = i16x8.shr_u(v, 4);
+  return v128.and(i16x8.mul(v, mul), fifth);
 }
 
 /** f16 bits -> f32 through the 65536-entry table at `tab` (block scales: one load, no branches). */
@@ -590,22 +595,21 @@ function quantizeRowI8(xr: usize, I: i32, nb: i32, qr: usize, dx: usize, sx: usi
 
 // One 32-weight block at p decoded to two i8x16 (elements 0-15, 16-31), its scale d and, for the
 // _1 types, its minimum m: w = d·q + m.
-/* @inline */ function blockLo(kind: i32, p: usize): v128 {
+/* @inline */ function blockLo(kind: i32, p: usize, mul: v128): v128 {
   if (kind == T_Q8_0) return v128.load(p, 2);
   if (kind == T_I8) return v128.load(p);
   if (kind == T_Q4_0) return i8x16.sub(v128.and(v128.load(p, 2), i8x16.splat(0x0f)), i8x16.splat(8));
   if (kind == T_Q4_1) return v128.and(v128.load(p, 4), i8x16.splat(0x0f));
-  // (q | h·16) - 16 = q + (h ? 0 : -16): one andnot instead of and, or, sub.
-  if (kind == T_Q5_0) return i8x16.add(v128.and(v128.load(p, 6), i8x16.splat(0x0f)), v128.andnot(i8x16.splat(-16), highMask(load<u32>(p, 2), false)));
-  return v128.or(v128.and(v128.load(p, 8), i8x16.splat(0x0f)), v128.and(highMask(load<u32>(p, 4), false), i8x16.splat(0x10))); // T_Q5_1
+  if (kind == T_Q5_0) return i8x16.sub(v128.or(v128.and(v128.load(p, 6), i8x16.splat(0x0f)), fifthBits(p + 2, false, mul, i8x16.splat(0x10))), i8x16.splat(16));
+  return v128.or(v128.and(v128.load(p, 8), i8x16.splat(0x0f)), fifthBits(p + 4, false, mul, i8x16.splat(0x10))); // T_Q5_1
 }
-/* @inline */ function blockHi(kind: i32, p: usize): v128 {
+/* @inline */ function blockHi(kind: i32, p: usize, mul: v128): v128 {
   if (kind == T_Q8_0) return v128.load(p, 18);
   if (kind == T_I8) return v128.load(p, 16);
   if (kind == T_Q4_0) return i8x16.sub(i8x16.shr_u(v128.load(p, 2), 4), i8x16.splat(8));
   if (kind == T_Q4_1) return i8x16.shr_u(v128.load(p, 4), 4);
-  if (kind == T_Q5_0) return i8x16.add(i8x16.shr_u(v128.load(p, 6), 4), v128.andnot(i8x16.splat(-16), highMask(load<u32>(p, 2), true)));
-  return v128.or(i8x16.shr_u(v128.load(p, 8), 4), v128.and(highMask(load<u32>(p, 4), true), i8x16.splat(0x10))); // T_Q5_1
+  if (kind == T_Q5_0) return i8x16.sub(v128.or(i8x16.shr_u(v128.load(p, 6), 4), fifthBits(p + 2, true, mul, i8x16.splat(0x10))), i8x16.splat(16));
+  return v128.or(i8x16.shr_u(v128.load(p, 8), 4), fifthBits(p + 4, true, mul, i8x16.splat(0x10))); // T_Q5_1
 }
 /* @inline */ function blockD(kind: i32, p: usize, rowScale: f32, tab: usize): f32 {
   return kind == T_I8 ? rowScale : ht(tab, load<u16>(p));
@@ -616,7 +620,7 @@ function quantizeRowI8(xr: usize, I: i32, nb: i32, qr: usize, dx: usize, sx: usi
 
 /** Σ over the 32 weights of the block at p times the i16 activations x0..x3, as i32x4 partial sums (exact). */
 /* @inline */ function blockDot(kind: i32, p: usize, x0: v128, x1: v128, x2: v128, x3: v128): v128 {
-  const w0 = blockLo(kind, p), w1 = blockHi(kind, p);
+  const w0 = blockLo(kind, p, Q5S_MUL), w1 = blockHi(kind, p, Q5S_MUL);
   return pdot32(i16x8.extend_low_i8x16_s(w0), i16x8.extend_high_i8x16_s(w0), i16x8.extend_low_i8x16_s(w1), i16x8.extend_high_i8x16_s(w1), x0, x1, x2, x3);
 }
 
@@ -640,7 +644,7 @@ function quantizeRowI8(xr: usize, I: i32, nb: i32, qr: usize, dx: usize, sx: usi
   const ds = <usize>nb << 2;
   const o1 = two ? o + gap : o;
   const rowScales = kind == T_I8 ? pairLanes(load<f32>(scales + (<usize>o << 2)), load<f32>(scales + (<usize>o1 << 2))) : f32x4.splat(0);
-  const lowNibble = i7 ? kc(ktab, K_LOW_NIBBLE) : i8x16.splat(0), btab = ktab + K_BITS_TABLE;
+  const lowNibble = i7 ? kc(ktab, K_LOW_NIBBLE) : i8x16.splat(0);
   let acc = f32x4.splat(0); // (o's P sum, o's Q sum, o1's P sum, o1's Q sum)
   // Running pointers: this block of rows o and o1, of the activations, their scales, sums and lane sums.
   let p0 = w + <usize>o * rs, p1 = w + <usize>o1 * rs;
@@ -651,10 +655,10 @@ function quantizeRowI8(xr: usize, I: i32, nb: i32, qr: usize, dx: usize, sx: usi
     if (i7) {
       const xl = v128.load(qb), xh = v128.load(qb, 16);
       const off = i7Shift(kind) != 0 ? i16x8.shl(v128.load(lb), i7Shift(kind)) : i16x8.splat(0);
-      h = halfSumsEven(i7dot(kind, p0, xl, xh, off, lowNibble, btab, ktab), i7dot(kind, p1, xl, xh, off, lowNibble, btab, ktab));
+      h = halfSumsEven(i7dot(kind, p0, xl, xh, off, lowNibble, ktab), i7dot(kind, p1, xl, xh, off, lowNibble, ktab));
     } else {
       const x0 = v128.load(qb), x1 = v128.load(qb, 16), x2 = v128.load(qb, 32), x3 = v128.load(qb, 48);
-      h = halfSums(kind, blockDot(kind, p0, x0, x1, x2, x3), blockDot(kind, p1, x0, x1, x2, x3));
+      h = halfSums(blockDot(kind, p0, x0, x1, x2, x3), blockDot(kind, p1, x0, x1, x2, x3));
     }
     const dw = kind == T_I8 ? rowScales : pairLanes(ht(tab, load<u16>(p0)), ht(tab, load<u16>(p1)));
     acc = fma4(acc, f32x4.convert_i32x4_s(h), f32x4.mul(f32x4.splat(load<f32>(db)), dw));
@@ -693,19 +697,10 @@ function quantizeRowI8(xr: usize, I: i32, nb: i32, qr: usize, dx: usize, sx: usi
 /**
  * Two rows' pdot32/qdot32 lanes reduced to their halves P and Q, as (a's P, a's Q, b's P, b's Q),
  * exact in i32. P is lanes 0 and 1 (elements 0-3, 8-11, 16-19, 24-27 of the block), the halves of
- * i7dot's pmaddwd lanes (halfSumsEven); q5_0 and q5_1, whose i7dot widens as pdot32's lanes, take P
- * from lanes 0 and 2. Each is one pair of single-instruction shuffles (vshufps or vpunpck*qdq).
+ * i7dot's pmaddwd lanes (halfSumsEven). One pair of single-instruction shuffles (vshufps).
  */
-/* @inline */ function halfSums(kind: i32, a: v128, b: v128): v128 {
-  if (keepsPdotLanes(kind)) return halfSumsEven(a, b);
+/* @inline */ function halfSums(a: v128, b: v128): v128 {
   return i32x4.add(i32x4.shuffle(a, b, 0, 2, 4, 6), i32x4.shuffle(a, b, 1, 3, 5, 7));
-}
-/**
- * Whether i7dot widens this type's sums into pdot32's lanes (two widenings and an add) rather than by
- * pmaddwd, so that halfSums pairs the i16 kernels' lanes to match: the one choice both must share.
- */
-/* @inline */ function keepsPdotLanes(kind: i32): bool {
-  return kind == T_Q5_0 || kind == T_Q5_1;
 }
 /** (a0 + a2, a1 + a3, b0 + b2, b1 + b3): halves P = lanes 0 + 2, Q = lanes 1 + 3. */
 /* @inline */ function halfSumsEven(a: v128, b: v128): v128 {
@@ -729,7 +724,7 @@ function quantizeRowI8(xr: usize, I: i32, nb: i32, qr: usize, dx: usize, sx: usi
   const yo = y + <usize>t * ys + (<usize>o << 2);
   for (let b = 0; b < nb; b++) {
     const p = wr + <usize>b * bb;
-    const u0 = blockLo(kind, p), u1 = blockHi(kind, p);
+    const u0 = blockLo(kind, p, Q5S_MUL), u1 = blockHi(kind, p, Q5S_MUL);
     const e0 = i16x8.extend_low_i8x16_s(u0), e1 = i16x8.extend_high_i8x16_s(u0);
     const e2 = i16x8.extend_low_i8x16_s(u1), e3 = i16x8.extend_high_i8x16_s(u1);
     const dw = f32x4.splat(blockD(kind, p, rowScale, tab));
@@ -738,19 +733,19 @@ function quantizeRowI8(xr: usize, I: i32, nb: i32, qr: usize, dx: usize, sx: usi
     const g = v128.load(dg + gb); // the 4 rows' activation scales
     const m = f32x4.splat(blockM(kind, p, tab)), z = f32x4.splat(0);
     // Each pair of rows complete (its minimum term included) before the next pair's loads.
-    a01 = fma4(a01, f32x4.convert_i32x4_s(halfSums(kind, qdot32(e0, e1, e2, e3, qb), qdot32(e0, e1, e2, e3, qb + qs))), f32x4.mul(i32x4.shuffle(g, g, 0, 0, 1, 1), dw));
+    a01 = fma4(a01, f32x4.convert_i32x4_s(halfSums(qdot32(e0, e1, e2, e3, qb), qdot32(e0, e1, e2, e3, qb + qs))), f32x4.mul(i32x4.shuffle(g, g, 0, 0, 1, 1), dw));
     if (kind == T_Q4_1 || kind == T_Q5_1) a01 = fma4(a01, i32x4.shuffle(v128.load(sg + gb), z, 0, 4, 1, 4), m);
     orderPoint(yo, a01);
-    a23 = fma4(a23, f32x4.convert_i32x4_s(halfSums(kind, qdot32(e0, e1, e2, e3, qb + 2 * qs), qdot32(e0, e1, e2, e3, qb + 3 * qs))), f32x4.mul(i32x4.shuffle(g, g, 2, 2, 3, 3), dw));
+    a23 = fma4(a23, f32x4.convert_i32x4_s(halfSums(qdot32(e0, e1, e2, e3, qb + 2 * qs), qdot32(e0, e1, e2, e3, qb + 3 * qs))), f32x4.mul(i32x4.shuffle(g, g, 2, 2, 3, 3), dw));
     if (kind == T_Q4_1 || kind == T_Q5_1) a23 = fma4(a23, i32x4.shuffle(v128.load(sg + gb), z, 2, 4, 3, 4), m);
     orderPoint(yo + 2 * ys, a23);
     if (two) {
       const qc = qb + 4 * qs;
       const g2 = v128.load(dg + gs + gb);
-      b01 = fma4(b01, f32x4.convert_i32x4_s(halfSums(kind, qdot32(e0, e1, e2, e3, qc), qdot32(e0, e1, e2, e3, qc + qs))), f32x4.mul(i32x4.shuffle(g2, g2, 0, 0, 1, 1), dw));
+      b01 = fma4(b01, f32x4.convert_i32x4_s(halfSums(qdot32(e0, e1, e2, e3, qc), qdot32(e0, e1, e2, e3, qc + qs))), f32x4.mul(i32x4.shuffle(g2, g2, 0, 0, 1, 1), dw));
       if (kind == T_Q4_1 || kind == T_Q5_1) b01 = fma4(b01, i32x4.shuffle(v128.load(sg + gs + gb), z, 0, 4, 1, 4), m);
       orderPoint(yo + 4 * ys, b01);
-      b23 = fma4(b23, f32x4.convert_i32x4_s(halfSums(kind, qdot32(e0, e1, e2, e3, qc + 2 * qs), qdot32(e0, e1, e2, e3, qc + 3 * qs))), f32x4.mul(i32x4.shuffle(g2, g2, 2, 2, 3, 3), dw));
+      b23 = fma4(b23, f32x4.convert_i32x4_s(halfSums(qdot32(e0, e1, e2, e3, qc + 2 * qs), qdot32(e0, e1, e2, e3, qc + 3 * qs))), f32x4.mul(i32x4.shuffle(g2, g2, 2, 2, 3, 3), dw));
       if (kind == T_Q4_1 || kind == T_Q5_1) b23 = fma4(b23, i32x4.shuffle(v128.load(sg + gs + gb), z, 2, 4, 3, 4), m);
       orderPoint(yo + 6 * ys, b23);
     }
@@ -831,27 +826,19 @@ export function relaxedDotOk(scratch: usize): i32 {
 /* @inline */ function i7Shift(kind: i32): i32 {
   return kind == T_Q4_0 ? 3 : kind == T_Q5_0 ? 4 : 0;
 }
-/**
- * A q5 block's fifth bits of 16 elements (qh bits 0-15, or 16-31 with hiHalf) as bytes 0x10 or 0:
- * two 8-byte loads from the table at btab (fillActivationTable: byte value -> its 8 bits as bytes),
- * on the load ports, where highMask spends five vector instructions.
- */
-/* @inline */ function fifthBytes(btab: usize, qh: u32, hiHalf: bool): v128 {
-  const q = hiHalf ? qh >> 16 : qh;
-  return v128.load64_lane(btab + (<usize>((q >> 8) & 0xff) << 3), v128.load64_zero(btab + (<usize>(q & 0xff) << 3)), 1);
-}
 /** Elements 0-15 and 16-31 of a q4/q5 block as unsigned bytes (0..15 or 0..31). */
-/* @inline */ function blockLoU(kind: i32, p: usize, lowNibble: v128, btab: usize): v128 {
+/* @inline */ function blockLoU(kind: i32, p: usize, lowNibble: v128, ktab: usize): v128 {
   if (kind == T_Q4_0) return v128.and(v128.load(p, 2), lowNibble);
   if (kind == T_Q4_1) return v128.and(v128.load(p, 4), lowNibble);
-  if (kind == T_Q5_0) return v128.or(v128.and(v128.load(p, 6), lowNibble), fifthBytes(btab, load<u32>(p, 2), false));
-  return v128.or(v128.and(v128.load(p, 8), lowNibble), fifthBytes(btab, load<u32>(p, 4), false));
+  // The multiplier and mask are read from the table where used (held in registers across the loop instead: no faster).
+  if (kind == T_Q5_0) return v128.or(v128.and(v128.load(p, 6), lowNibble), fifthBits(p + 2, false, kc(ktab, K_Q5S_MUL), kc(ktab, K_FIFTH_BIT)));
+  return v128.or(v128.and(v128.load(p, 8), lowNibble), fifthBits(p + 4, false, kc(ktab, K_Q5S_MUL), kc(ktab, K_FIFTH_BIT)));
 }
-/* @inline */ function blockHiU(kind: i32, p: usize, lowNibble: v128, btab: usize): v128 {
+/* @inline */ function blockHiU(kind: i32, p: usize, lowNibble: v128, ktab: usize): v128 {
   if (kind == T_Q4_0) return highNibbles(v128.load(p, 2), lowNibble);
   if (kind == T_Q4_1) return highNibbles(v128.load(p, 4), lowNibble);
-  if (kind == T_Q5_0) return v128.or(highNibbles(v128.load(p, 6), lowNibble), fifthBytes(btab, load<u32>(p, 2), true));
-  return v128.or(highNibbles(v128.load(p, 8), lowNibble), fifthBytes(btab, load<u32>(p, 4), true));
+  if (kind == T_Q5_0) return v128.or(highNibbles(v128.load(p, 6), lowNibble), fifthBits(p + 2, true, kc(ktab, K_Q5S_MUL), kc(ktab, K_FIFTH_BIT)));
+  return v128.or(highNibbles(v128.load(p, 8), lowNibble), fifthBits(p + 4, true, kc(ktab, K_Q5S_MUL), kc(ktab, K_FIFTH_BIT)));
 }
 /** The high nibble of each byte: an i16 shift and the mask in a register (V8 lowers i8x16.shr_u to the same shift and a mask it rebuilds from immediates at each use). */
 /* @inline */ function highNibbles(v: v128, lowNibble: v128): v128 {
@@ -866,15 +853,14 @@ export function relaxedDotOk(scratch: usize): i32 {
  * (pmaddwd, on the multiply pipes) adds lanes 2l and 2l + 1 into i32 lane l (elements 4l..4l+3
  * and 16+4l..19+4l). Widening both halves and adding cost four instructions, three of them on the
  * two shuffle/shift pipes that appear to bind this loop (kernel bench, q4_0 T = 1: 43-48 -> 52-58
- * GFLOP/s). q5_0 and q5_1 keep that widening (keepsPdotLanes): with the ones vector live as well,
- * V8 kept q5_1's loop accumulator on the stack (24-25 against 27-28 GFLOP/s), and q5_0 lost 4%.
+ * GFLOP/s). The q5 types took it once their fifth bits came without the table lookups (fifthBits);
+ * before, with the ones vector live as well, V8 kept q5_1's loop accumulator on the stack.
  * `off`: the _0 types' offset, the negated i16 lane sums of the activations times 8 or 16.
  */
-/* @inline */ function i7dot(kind: i32, p: usize, xl: v128, xh: v128, off: v128, lowNibble: v128, btab: usize, ktab: usize): v128 {
+/* @inline */ function i7dot(kind: i32, p: usize, xl: v128, xh: v128, off: v128, lowNibble: v128, ktab: usize): v128 {
   if (ASC_FEATURE_RELAXED_SIMD) {
-    let s = i16x8.add(i16x8.relaxed_dot_i8x16_i7x16_s(xl, blockLoU(kind, p, lowNibble, btab)), i16x8.relaxed_dot_i8x16_i7x16_s(xh, blockHiU(kind, p, lowNibble, btab)));
+    let s = i16x8.add(i16x8.relaxed_dot_i8x16_i7x16_s(xl, blockLoU(kind, p, lowNibble, ktab)), i16x8.relaxed_dot_i8x16_i7x16_s(xh, blockHiU(kind, p, lowNibble, ktab)));
     if (i7Shift(kind) != 0) s = i16x8.add(s, off);
-    if (keepsPdotLanes(kind)) return i32x4.add(i32x4.extend_low_i16x8_s(s), i32x4.extend_high_i16x8_s(s));
     return i32x4.dot_i16x8_s(s, kc(ktab, K_I16_ONES));
   }
   return i32x4.splat(0); // never called without relaxed SIMD
@@ -1084,9 +1070,9 @@ const K_LOW_NIBBLE = 25;
 const K_F16S_M16 = 26;
 /** i16x8 ones: i7dot's widening of i16 pair sums to i32 in one multiply-add (pmaddwd). */
 const K_I16_ONES = 27;
-const K_COUNT = 28;
-/** After the K_COUNT vectors: for each byte value, its 8 bits as bytes 0x10 or 0 (fifthBytes). */
-const K_BITS_TABLE: usize = K_COUNT << 4;
+/** fifthBits' i16 multipliers (Q5S_MUL) and its mask, bit 4 of each byte. */
+const K_Q5S_MUL = 28, K_FIFTH_BIT = 29;
+const K_COUNT = 30;
 
 /** Writes the constant table (K_COUNT f64x2, then the bits table) at `tab`. */
 export function fillActivationTable(tab: usize): void {
@@ -1102,9 +1088,8 @@ export function fillActivationTable(tab: usize): void {
   v128.store(tab + (<usize>K_LOW_NIBBLE << 4), i8x16.splat(0x0f));
   v128.store(tab + (<usize>K_F16S_M16 << 4), i32x4.splat(65536));
   v128.store(tab + (<usize>K_I16_ONES << 4), i16x8.splat(1));
-  for (let b = 0; b < 256; b++) {
-    for (let i = 0; i < 8; i++) store<u8>(tab + K_BITS_TABLE + <usize>(b * 8 + i), (b >> i) & 1 ? 0x10 : 0);
-  }
+  v128.store(tab + (<usize>K_Q5S_MUL << 4), Q5S_MUL);
+  v128.store(tab + (<usize>K_FIFTH_BIT << 4), i8x16.splat(0x10));
 }
 
 function putK(tab: usize, i: i32, v: f64): void {
@@ -1113,7 +1098,7 @@ function putK(tab: usize, i: i32, v: f64): void {
 
 /** Bytes of the constant table. */
 export function activationTableBytes(): i32 {
-  return K_BITS_TABLE + 256 * 8;
+  return K_COUNT << 4;
 }
 
 /* @inline */ function kc(tab: usize, i: i32): v128 {

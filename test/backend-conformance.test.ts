@@ -9,7 +9,7 @@ import { referenceTrainKernels } from "../src/core/backend/train-kernels.js";
 import { WasmTrainKernels, wasmTraining } from "../src/core/backend/wasm-train.js";
 import { TRAIN_OP_CHECKS, type TrainOpCheck } from "./train-op-checks.js";
 import { relaxedSimdAvailable, WasmBackend, type WasmSimd, wasmAvailable } from "../src/core/backend/wasm.js";
-import { decodeMatrix, decodeWeightRow, f16sPosition } from "../src/core/backend/weight-rows.js";
+import { decodeMatrix, decodeWeightRow, f16sPosition, q5sBit, toQ5s } from "../src/core/backend/weight-rows.js";
 import { assertWithin, BLOCK_BYTES, INT_TYPES, matmulBounds, randomMatrix, rng, U } from "./matmul-check.js";
 import { matmulQuantizedActivations } from "../src/core/backend/int-activations.js";
 import { f32ToF16 } from "../src/core/tensor.js";
@@ -327,6 +327,47 @@ test("f16sPosition permutes each full group of 8 so lane l holds columns l and l
     const seen = new Set(Array.from({ length: I }, (_, c) => f16sPosition(c, I)));
     assert.equal(seen.size, I, `I=${I}: a permutation`);
     assert.ok([...seen].every((p) => p >= 0 && p < I));
+  }
+});
+
+test("q5sBit: a permutation of qh's 32 bits; element j of a half at bit 16·(m & 1) + 4·half + (m >> 1) + 8·(j & 1), m = (j mod 16) >> 1", () => {
+  const bits = Array.from({ length: 32 }, (_, j) => q5sBit(j));
+  assert.deepEqual(bits.slice(0, 8), [0, 8, 16, 24, 1, 9, 17, 25]);
+  assert.deepEqual(bits.slice(16, 20), [4, 12, 20, 28]);
+  assert.deepEqual([...bits].sort((a, b) => a - b), Array.from({ length: 32 }, (_, i) => i));
+  // toQ5s moves only the qh word: element j's fifth bit set alone lands at q5sBit(j); d, m and the nibbles stay.
+  for (const type of ["q5_0", "q5_1"] as const) {
+    const at = type === "q5_0" ? 2 : 4, bb = at + 4 + 16;
+    for (const j of [0, 5, 15, 16, 31]) {
+      const block = Uint8Array.from({ length: bb }, (_, i) => (i * 37 + 11) & 0xff);
+      new DataView(block.buffer).setUint32(at, 2 ** j, true);
+      const before = block.slice();
+      assert.equal(toQ5s(block, type), `${type}s`);
+      assert.equal(new DataView(block.buffer).getUint32(at, true), 2 ** q5sBit(j), `${type} element ${j}`);
+      assert.deepEqual([...block.subarray(0, at), ...block.subarray(at + 4)], [...before.subarray(0, at), ...before.subarray(at + 4)]);
+    }
+  }
+});
+
+test("wasm backend: q5_0/q5_1 read into memory by adoptFrom become q5_0s/q5_1s, read back as the checkpoint's weights and multiply as adopt()'s, bit for bit", (t) => {
+  if (!wasmAvailable() || ONLY) return t.skip("no WebAssembly SIMD here");
+  const be = new WasmBackend();
+  const r = rng(41);
+  for (const type of ["q5_0", "q5_1"] as const) {
+    const O = 7, I = 96;
+    const W = randomMatrix(type, O, I, r);
+    const src = W.data as Uint8Array;
+    const F = be.adoptFrom(O, I, type, src.byteLength, (dest) => dest.set(src));
+    const A = be.adopt(W);
+    assert.equal(F.type, `${type}s`);
+    assert.equal(A.type, `${type}s`);
+    assert.deepEqual([...(W.data as Uint8Array)], [...src], "adopt leaves the caller's bytes as they were");
+    const a = new Float32Array(I), b = new Float32Array(I);
+    for (let o = 0; o < O; o++) assert.deepEqual(decodeWeightRow(F, o, a), decodeWeightRow(W, o, b), `${type} row ${o}`);
+    for (const T of [1, 5]) {
+      const x = Float32Array.from({ length: T * I }, () => r());
+      assert.deepEqual(be.matmul(x, T, F), be.matmul(x, T, A), `${type} T=${T}`);
+    }
   }
 });
 

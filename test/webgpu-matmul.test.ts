@@ -170,6 +170,7 @@ test("packForGpu: compact rows of gpuRowWords words, and clear errors for what i
   assert.throws(() => packForGpu({ rows: 1, cols: 40, type: "q4_0", data: new Uint8Array(18) }, 0, 1), /multiple of 32 columns, got 40/);
   assert.throws(() => packForGpu({ rows: 2, cols: 32, type: "q8_0", data: new Uint8Array(34) }, 0, 1), /data has 34 bytes, needs 68/);
   assert.throws(() => packForGpu({ rows: 1, cols: 8, type: "f16s", data: new Uint16Array(8) }, 0, 1), /weight type f16s is not supported/);
+  assert.throws(() => packForGpu({ rows: 1, cols: 32, type: "q5_1s", data: new Uint8Array(24) }, 0, 1), /weight type q5_1s is not supported/);
 });
 
 test("matmulKernel: one kernel per type and variant, dispatches within the 65535 workgroups a dimension allows", () => {

@@ -23,8 +23,10 @@ import type { TrainOps } from "./train-ops.js";
  * "f16s" is how the wasm backend keeps f16 weights: Uint16Array of the f16 bits of w·2^10 (the
  * same values, none of them an f16 subnormal, which x86 multiplies slowly); w = f16(bits)·2^-10,
  * each row's full groups of 8 columns stored in the order of weight-rows.ts f16sPosition.
+ * "q5_0s" and "q5_1s" are how the wasm backend keeps q5_0 and q5_1: ggml's blocks, byte for byte,
+ * except each block's 32 fifth bits (qh), stored in the order of weight-rows.ts q5sBit.
  */
-export type WeightType = "f32" | "f16" | "bf16" | "q8_0" | "q5_0" | "q5_1" | "q4_0" | "q4_1" | "i8" | "f16s";
+export type WeightType = "f32" | "f16" | "bf16" | "q8_0" | "q5_0" | "q5_1" | "q4_0" | "q4_1" | "i8" | "f16s" | "q5_0s" | "q5_1s";
 
 export const BLOCK_TYPES: ReadonlySet<WeightType> = new Set(["q8_0", "q5_0", "q5_1", "q4_0", "q4_1"]);
 

@@ -3,7 +3,7 @@ import type { TrainKernels } from "./train-kernels.js";
 import { WasmTensor, WasmTensorKernels } from "./wasm-tensors.js";
 import { referenceBackend } from "./reference.js";
 import { WASM_RELAXED_SIMD, WASM_SIMD } from "./wasm-binary.js";
-import { decodeMatrix, fitsF16s, requireHostData, toF16s } from "./weight-rows.js";
+import { decodeMatrix, fitsF16s, requireHostData, toF16s, toQ5s } from "./weight-rows.js";
 import {
   kernelImports, type RunInMemory, WA, WasmBuilds, type WasmMemory, type WasmModule, type WasmSimd, type WasmWorkerSpawner,
 } from "../wasm-runtime.js";
@@ -95,14 +95,15 @@ export interface WasmBackendOptions {
 
 /** Weight type ids of assembly/kernels.ts. */
 const WASM_TYPE_IDS: Readonly<Record<WeightType, number>> = {
-  f32: 0, f16: 1, bf16: 2, q8_0: 3, q5_0: 4, q5_1: 5, q4_0: 6, q4_1: 7, i8: 8, f16s: 9,
+  // q5_0 and q5_1 are adopted as q5_0s and q5_1s (the layout kernels 4 and 5 read): their ids are never passed.
+  f32: 0, f16: 1, bf16: 2, q8_0: 3, q5_0: 4, q5_1: 5, q4_0: 6, q4_1: 7, i8: 8, f16s: 9, q5_0s: 4, q5_1s: 5,
 };
 const FLOAT_TYPES: ReadonlySet<WeightType> = new Set<WeightType>(["f32", "f16", "bf16", "f16s"]);
 /**
  * Types the relaxed build multiplies with i16x8.relaxed_dot_i8x16_i7x16_s (their weights decode
  * to 0..31, the 7-bit operand; see kernels.ts); q8_0 and i8 weights are full signed bytes.
  */
-const I7_TYPES: ReadonlySet<WeightType> = new Set<WeightType>(["q4_0", "q4_1", "q5_0", "q5_1"]);
+const I7_TYPES: ReadonlySet<WeightType> = new Set<WeightType>(["q4_0", "q4_1", "q5_0s", "q5_1s"]);
 
 /**
  * Most bytes of state arrays kept in wasm memory (residentArray); past it states stay in JS memory
@@ -526,7 +527,11 @@ export class WasmBackend implements Backend {
     // f16 is rewritten as f16s straight into this memory (no second copy in JS); a matrix with
     // weights too large for f16s keeps its f16 bits.
     if (type === "f16" && toF16s(m.data as Uint16Array, m.cols, new Uint16Array(h.memory.buffer, ptr, bytes >>> 1))) type = "f16s";
-    else h.u8.set(src, ptr);
+    else {
+      h.u8.set(src, ptr);
+      // q5 fifth bits reordered in place for the kernels (weight-rows.ts q5sBit).
+      if (type === "q5_0" || type === "q5_1") type = toQ5s(h.u8.subarray(ptr, ptr + bytes), type);
+    }
     h.u8.fill(0, ptr + bytes, ptr + bytes + WEIGHT_SLACK);
     return this.adoptedAt(m.rows, m.cols, type, mem, ptr, bytes);
   }
@@ -559,6 +564,8 @@ export class WasmBackend implements Backend {
         toF16s(row, cols, dst);
       }
       stored = "f16s";
+    } else if (type === "q5_0" || type === "q5_1") {
+      stored = toQ5s(new Uint8Array(h.memory.buffer, ptr, bytes), type);
     }
     h.u8.fill(0, ptr + bytes, ptr + bytes + WEIGHT_SLACK);
     return this.adoptedAt(rows, cols, stored, mem, ptr, bytes);

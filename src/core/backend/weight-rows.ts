@@ -7,7 +7,7 @@ export function rowBytes(t: WeightType, cols: number): number {
   if (t === "f32") return 4 * cols;
   if (t === "i8") return cols; // plus one f32 scale per row after all rows
   if (t === "f16" || t === "bf16" || t === "f16s") return 2 * cols;
-  const g = ggmlType(t);
+  const g = ggmlType(Q5S_BASE[t] ?? t);
   return (cols / g.blockElements) * g.blockBytes;
 }
 
@@ -67,8 +67,66 @@ export function decodeWeightRow(W: Matrix, r: number, out: Float32Array): Float3
     return out;
   }
   const n = rowBytes(W.type, I);
+  const base = Q5S_BASE[W.type];
+  if (base) {
+    const row = bytes.slice(r * n, (r + 1) * n);
+    permuteQh(row, base, Q5S_TO_GGML);
+    out.set(ggmlToFloat32(ggmlType(base), row, I));
+    return out;
+  }
   out.set(ggmlToFloat32(ggmlType(W.type), bytes.subarray(r * n, (r + 1) * n), I));
   return out;
+}
+
+/** The checkpoint type of each wasm q5 layout. */
+const Q5S_BASE: Partial<Record<WeightType, "q5_0" | "q5_1">> = { q5_0s: "q5_0", q5_1s: "q5_1" };
+
+/**
+ * Where the fifth bit of element j (0..31) of a q5 block sits in its qh word in the wasm backend's
+ * q5_0s/q5_1s (ggml: at bit j). With i = j mod 16 (the byte of its half's vector), m = i >> 1 (its
+ * i16 lane) and c = i & 1 (its byte in the lane): bit 16·(m & 1) + 4·(j >> 4) + (m >> 1) + 8·c. The
+ * kernel broadcasts qh to every 32-bit lane, so i16 lane m holds qh's low half (m even) or high
+ * half (m odd); the high half of the block first shifts each i16 right by 4; then one multiply by
+ * 2^(4 - (m >> 1)) moves the bits of lane m's two bytes to bit 4 of each, where a mask keeps them
+ * (kernels.ts fifthBits). Any other bit of the lane moves elsewhere, so no shuffle is needed.
+ */
+export function q5sBit(j: number): number {
+  const i = j & 15, m = i >> 1;
+  return 16 * (m & 1) + 4 * (j >> 4) + (m >> 1) + 8 * (i & 1);
+}
+
+/** For each byte k of a qh word and its value b: the word with those 8 bits moved as `to` says. */
+function qhTables(to: (bit: number) => number): Uint32Array {
+  const t = new Uint32Array(4 * 256);
+  for (let k = 0; k < 4; k++) {
+    for (let b = 0; b < 256; b++) {
+      let w = 0;
+      for (let i = 0; i < 8; i++) if ((b >> i) & 1) w |= 1 << to(8 * k + i);
+      t[256 * k + b] = w >>> 0;
+    }
+  }
+  return t;
+}
+const GGML_TO_Q5S = qhTables(q5sBit);
+const Q5S_TO_GGML = qhTables((bit) => Array.from({ length: 32 }, (_, j) => q5sBit(j)).indexOf(bit));
+
+/** Permutes the qh word of every block of q5 `bytes` in place, by one of the tables above. */
+function permuteQh(bytes: Uint8Array, base: "q5_0" | "q5_1", tables: Uint32Array): void {
+  const g = ggmlType(base);
+  const at = base === "q5_0" ? 2 : 4; // qh after d (and m)
+  for (let p = at; p < bytes.length; p += g.blockBytes) {
+    const w = tables[bytes[p]] | tables[256 + bytes[p + 1]] | tables[512 + bytes[p + 2]] | tables[768 + bytes[p + 3]];
+    bytes[p] = w; bytes[p + 1] = w >>> 8; bytes[p + 2] = w >>> 16; bytes[p + 3] = w >>> 24;
+  }
+}
+
+/**
+ * q5_0/q5_1 block bytes -> the wasm backend's q5_0s/q5_1s in place (each block's qh word in q5sBit
+ * order; nothing else moves). Returns the new type.
+ */
+export function toQ5s(bytes: Uint8Array, type: "q5_0" | "q5_1"): "q5_0s" | "q5_1s" {
+  permuteQh(bytes, type, GGML_TO_Q5S);
+  return type === "q5_0" ? "q5_0s" : "q5_1s";
 }
 
 /** The f16s encoding's factor 2^10: lifts every f16 subnormal (>= 2^-24) to a normal (>= 2^-14). */

@@ -58,6 +58,7 @@ export class WebGpuBackend implements Backend {
    */
   adopt(m: Matrix): Matrix {
     if (m.type === "f16s") throw new Error("f16s is the wasm backend's f16 layout; give the WebGPU backend the checkpoint's f16");
+    if (m.type === "q5_0s" || m.type === "q5_1s") throw new Error(`${m.type} is the wasm backend's ${m.type.slice(0, 4)} layout; give the WebGPU backend the checkpoint's ${m.type.slice(0, 4)}`);
     if (m.data.length === 0 && this.tensors.holds(m)) return m; // adopted already
     const gpu = this.tensors.matrix(m); // uploaded now, or found if a matmul used m before
     const out: Matrix = { rows: m.rows, cols: m.cols, type: m.type, data: emptyLike(m.data), ...(m.name === undefined ? {} : { name: m.name }) };
