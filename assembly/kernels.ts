@@ -573,15 +573,16 @@ function quantizeRowI8(xr: usize, I: i32, nb: i32, qr: usize, dx: usize, sx: usi
   return 32;
 }
 
+/** i16 lane l of a qh word splatted to 32-bit lanes shifts by 4 - (l >> 1): lanes 2k and 2k + 1 take the word's low and high halves. */
+const Q5S_MUL = i16x8(16, 16, 8, 8, 4, 4, 2, 2);
 /**
  * A q5 block's fifth bits of elements 0-15 (or 16-31 with `hiHalf`) as bytes 0x10 or 0, from its qh
  * word at q in the wasm backend's order (weight-rows.ts q5sBit: the bit of element j of a half sits
  * where one i16 multiply by 2^(4 - (j >> 2 & 3)) moves it to bit 4 of byte j). Per block: one
  * broadcast load, a shift for the high half, a multiply and a mask, all off the shuffle pipes that
- * the checkpoint's order (a table or a byte swizzle per 8 elements) kept busy. mul: K_Q5S_MUL.
+ * the checkpoint's order (a table or a byte swizzle per 8 elements) kept busy. `mul`: Q5S_MUL;
+ * `fifth`: 0x10 in every byte (the i8·i7 kernels pass both from the constant table).
  */
-/** i16 lane l of a qh word splatted to 32-bit lanes shifts by 4 - (l >> 1): lanes 2k and 2k + 1 take the word's low and high halves. */
-const Q5S_MUL = i16x8(16, 16, 8, 8, 4, 4, 2, 2);
 /* @inline */ function fifthBits(q: usize, hiHalf: bool, mul: v128, fifth: v128): v128 {
   let v = v128.load32_splat(q);
   if (hiHalf) v = i16x8.shr_u(v, 4);
@@ -595,21 +596,21 @@ const Q5S_MUL = i16x8(16, 16, 8, 8, 4, 4, 2, 2);
 
 // One 32-weight block at p decoded to two i8x16 (elements 0-15, 16-31), its scale d and, for the
 // _1 types, its minimum m: w = d·q + m.
-/* @inline */ function blockLo(kind: i32, p: usize, mul: v128): v128 {
+/* @inline */ function blockLo(kind: i32, p: usize): v128 {
   if (kind == T_Q8_0) return v128.load(p, 2);
   if (kind == T_I8) return v128.load(p);
   if (kind == T_Q4_0) return i8x16.sub(v128.and(v128.load(p, 2), i8x16.splat(0x0f)), i8x16.splat(8));
   if (kind == T_Q4_1) return v128.and(v128.load(p, 4), i8x16.splat(0x0f));
-  if (kind == T_Q5_0) return i8x16.sub(v128.or(v128.and(v128.load(p, 6), i8x16.splat(0x0f)), fifthBits(p + 2, false, mul, i8x16.splat(0x10))), i8x16.splat(16));
-  return v128.or(v128.and(v128.load(p, 8), i8x16.splat(0x0f)), fifthBits(p + 4, false, mul, i8x16.splat(0x10))); // T_Q5_1
+  if (kind == T_Q5_0) return i8x16.sub(v128.or(v128.and(v128.load(p, 6), i8x16.splat(0x0f)), fifthBits(p + 2, false, Q5S_MUL, i8x16.splat(0x10))), i8x16.splat(16));
+  return v128.or(v128.and(v128.load(p, 8), i8x16.splat(0x0f)), fifthBits(p + 4, false, Q5S_MUL, i8x16.splat(0x10))); // T_Q5_1
 }
-/* @inline */ function blockHi(kind: i32, p: usize, mul: v128): v128 {
+/* @inline */ function blockHi(kind: i32, p: usize): v128 {
   if (kind == T_Q8_0) return v128.load(p, 18);
   if (kind == T_I8) return v128.load(p, 16);
   if (kind == T_Q4_0) return i8x16.sub(i8x16.shr_u(v128.load(p, 2), 4), i8x16.splat(8));
   if (kind == T_Q4_1) return i8x16.shr_u(v128.load(p, 4), 4);
-  if (kind == T_Q5_0) return i8x16.sub(v128.or(i8x16.shr_u(v128.load(p, 6), 4), fifthBits(p + 2, true, mul, i8x16.splat(0x10))), i8x16.splat(16));
-  return v128.or(i8x16.shr_u(v128.load(p, 8), 4), fifthBits(p + 4, true, mul, i8x16.splat(0x10))); // T_Q5_1
+  if (kind == T_Q5_0) return i8x16.sub(v128.or(i8x16.shr_u(v128.load(p, 6), 4), fifthBits(p + 2, true, Q5S_MUL, i8x16.splat(0x10))), i8x16.splat(16));
+  return v128.or(i8x16.shr_u(v128.load(p, 8), 4), fifthBits(p + 4, true, Q5S_MUL, i8x16.splat(0x10))); // T_Q5_1
 }
 /* @inline */ function blockD(kind: i32, p: usize, rowScale: f32, tab: usize): f32 {
   return kind == T_I8 ? rowScale : ht(tab, load<u16>(p));
@@ -620,7 +621,7 @@ const Q5S_MUL = i16x8(16, 16, 8, 8, 4, 4, 2, 2);
 
 /** Σ over the 32 weights of the block at p times the i16 activations x0..x3, as i32x4 partial sums (exact). */
 /* @inline */ function blockDot(kind: i32, p: usize, x0: v128, x1: v128, x2: v128, x3: v128): v128 {
-  const w0 = blockLo(kind, p, Q5S_MUL), w1 = blockHi(kind, p, Q5S_MUL);
+  const w0 = blockLo(kind, p), w1 = blockHi(kind, p);
   return pdot32(i16x8.extend_low_i8x16_s(w0), i16x8.extend_high_i8x16_s(w0), i16x8.extend_low_i8x16_s(w1), i16x8.extend_high_i8x16_s(w1), x0, x1, x2, x3);
 }
 
@@ -745,7 +746,7 @@ const READ_AHEAD: usize = 2048;
   const yo = y + <usize>t * ys + (<usize>o << 2);
   for (let b = 0; b < nb; b++) {
     const p = wr + <usize>b * bb;
-    const u0 = blockLo(kind, p, Q5S_MUL), u1 = blockHi(kind, p, Q5S_MUL);
+    const u0 = blockLo(kind, p), u1 = blockHi(kind, p);
     const e0 = i16x8.extend_low_i8x16_s(u0), e1 = i16x8.extend_high_i8x16_s(u0);
     const e2 = i16x8.extend_low_i8x16_s(u1), e3 = i16x8.extend_high_i8x16_s(u1);
     const dw = f32x4.splat(blockD(kind, p, rowScale, tab));
@@ -1097,7 +1098,7 @@ const K_Q5S_MUL = 28, K_FIFTH_BIT = 29;
 const K_SINK = 32;
 const K_COUNT = 36;
 
-/** Writes the constant table (K_COUNT f64x2, then the bits table) at `tab`. */
+/** Writes the constant table (K_COUNT vectors of 16 bytes) at `tab`. */
 export function fillActivationTable(tab: usize): void {
   putK(tab, K_LOG2E, LOG2E_64); putK(tab, K_SHIFTER, ROUND_SHIFTER);
   putK(tab, K_LN2_HI, LN2_HI_64); putK(tab, K_LN2_LO, LN2_LO_64);

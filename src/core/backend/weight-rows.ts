@@ -108,7 +108,8 @@ function qhTables(to: (bit: number) => number): Uint32Array {
   return t;
 }
 const GGML_TO_Q5S = qhTables(q5sBit);
-const Q5S_TO_GGML = qhTables((bit) => Array.from({ length: 32 }, (_, j) => q5sBit(j)).indexOf(bit));
+const Q5S_BITS = Array.from({ length: 32 }, (_, j) => q5sBit(j));
+const Q5S_TO_GGML = qhTables((bit) => Q5S_BITS.indexOf(bit));
 
 /** Permutes the qh word of every block of q5 `bytes` in place, by one of the tables above. */
 function permuteQh(bytes: Uint8Array, base: "q5_0" | "q5_1", tables: Uint32Array): void {
