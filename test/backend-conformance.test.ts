@@ -318,6 +318,28 @@ for (const simd of wasmBuilds) {
       }
     }
   });
+
+  test(`conformance wasm ${simd}: a one-row integer matmul whose weights end at the memory's end (reading ahead stays inside it)`, () => {
+    const PAGE = 65536, r = rng(29);
+    for (const type of INT_TYPES) {
+      const be = new WasmBackend({ simd }), O = 40, I = 3072;
+      const x = Float32Array.from({ length: I }, () => r());
+      // A first product of the shape sizes the scratch blocks, so the second one allocates nothing.
+      const first = be.matmul(x, 1, be.adopt(randomMatrix(type, O, I, r)));
+      const W = randomMatrix(type, O, I, r);
+      const away = new WasmBackend({ simd }), wAway = away.adopt(W);
+      const block = Math.ceil(away.adoptedInfo(wAway)!.bytes / 64) * 64; // the adopted block, as the allocator aligns it
+      const top = be.alloc(PAGE) + PAGE; // larger than any freed block: taken from the top
+      const end = Math.ceil((top + block) / PAGE) * PAGE;
+      if (end - block > top) be.alloc(end - block - top); // filler: W's block then ends on a page boundary
+      const w = be.adopt(W);
+      assert.equal(be.adoptedInfo(w)!.ptr + block, end, `${type}: the weights' block ends at ${end}`);
+      const got = be.matmul(x, 1, w);
+      assert.equal(be.f32.buffer.byteLength, end, `${type}: the memory ends where the weights do`);
+      assert.deepEqual(got, away.matmul(x, 1, wAway), `${type}: the product is the one away from the memory's end`);
+      assert.notDeepEqual(got, first, `${type}: (the two matrices differ)`);
+    }
+  });
 }
 
 test("f16sPosition permutes each full group of 8 so lane l holds columns l and l + 4; tails stay", () => {
