@@ -294,9 +294,10 @@ for (const simd of wasmBuilds) {
       // T: the prefill tiles' 8-row and 4-row groups and remainders; 3072 columns: several L2 tiles
       // of 24 rows (45 = 24 + 8 + 8 + 4 + 1); 6144 columns: tiles of the 16-row minimum (37 = 16 +
       // 16 + 4 + 1). O = 17, 33: a last group of output rows that is not whole. i8 rows of 37 and
-      // 161 end in a partial block.
+      // 161 end in a partial block. O = 7: the one-row kernels' four streams (rows a quarter apart)
+      // leave 3 rows, a pair and one alone.
       const odd = type === "i8";
-      const shapes: Array<[number, number, number[]]> = [[1, 32, [1, 4, 9]], [17, odd ? 37 : 96, [2, 3, 4, 5, 8, 12, 17, 64]], [33, odd ? 161 : 160, [13, 64]], [40, 3072, [45]], [6, 6144, [37]]];
+      const shapes: Array<[number, number, number[]]> = [[1, 32, [1, 4, 9]], [7, odd ? 37 : 64, [1, 2]], [17, odd ? 37 : 96, [2, 3, 4, 5, 8, 12, 17, 64]], [33, odd ? 161 : 160, [13, 64]], [40, 3072, [45]], [6, 6144, [37]]];
       for (const [O, I, Ts] of shapes) {
         const W = randomMatrix(type, O, I, r);
         for (const T of Ts) {
