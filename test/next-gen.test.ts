@@ -253,7 +253,7 @@ test("next-gen: rwkv convert to GGUF refuses 7a/7b/8/hybrid by name (llama.cpp h
 
 for (const version of ["7b", "8-hybrid"] as const) {
   for (const backend of BACKENDS) {
-    test(`next-gen: a 300-token RWKV-${version} prompt (two chunks) equals stepping token by token bit for bit [${backend}]`, async () => {
+    test(`next-gen: a 300-token RWKV-${version} prompt (three chunks) equals stepping token by token bit for bit [${backend}]`, async () => {
       const ckpt = randomCheckpoint({ version, nLayer: 2, nEmbd: 64, vocabSize: 40, seed: 5 });
       const model = buildModel(ckpt, architectureFor(version, ckpt.source), version, selectBackend(backend));
       const tokens = Array.from({ length: 300 }, (_, t) => (t * 7 + (t >> 3)) % 40);
