@@ -189,7 +189,8 @@ interface Norm { weight: Tensor; bias: Tensor } // (1, C) each
  * are sequential), so the arena stays near this many rows however long the prompt. 128 rather
  * than 256: the arena of a 512-token prompt on the 0.1B GGUF Q8_0 file 12 MB smaller (peak RSS of
  * `rwkv bench`, 2 threads, 371 -> 358-362 MB, against the issue's file x 1.1 + 150 = 393), prefill
- * as fast (the tiled kernels hold far fewer rows a tile; FP32 prefill-512 355-382 vs 361-389 tok/s).
+ * as fast (the weights stream once per 128 rows instead of 256, a small share of a prompt's time:
+ * FP32 prefill-512 at 2 threads 355-382 tok/s before, 361-389 after).
  */
 const SEQUENCE_CHUNK = 128;
 
