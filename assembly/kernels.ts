@@ -639,7 +639,7 @@ const Q5S_MUL = i16x8(16, 16, 8, 8, 4, 4, 2, 2);
  * With `i7` (q4/q5 on the relaxed build, T = 1) the activations are quantizeRows' i8 layout and the
  * integer dots come from i7dot, whose halves are the same P and Q, so the bits are the same.
  */
-/* @inline */ function intPair(kind: i32, i7: bool, w: usize, rs: usize, scales: usize, nb: i32, xq: usize, dx: usize, sx: usize, ls: usize, t: i32, y: usize, O: i32, o: i32, gap: i32, two: bool, tab: usize, ktab: usize, ahead0: usize, aheadStep: usize): u32 {
+/* @inline */ function intPair(kind: i32, i7: bool, w: usize, rs: usize, scales: usize, nb: i32, xq: usize, dx: usize, sx: usize, ls: usize, t: i32, y: usize, O: i32, o: i32, gap: i32, two: bool, tab: usize, ktab: usize, readAhead: bool): u32 {
   const bb = blockBytes(kind);
   const qs = <usize>nb * QK * (i7 ? 1 : 2); // bytes of one activation row (i8 or i16)
   const ds = <usize>nb << 2;
@@ -651,8 +651,9 @@ const Q5S_MUL = i16x8(16, 16, 8, 8, 4, 4, 2, 2);
   let p0 = w + <usize>o * rs, p1 = w + <usize>o1 * rs;
   let qb = xq + <usize>t * qs, db = dx + <usize>t * ds, sb = sx + <usize>t * ds, lb = ls + <usize>t * (<usize>nb << 4);
   const end = p0 + <usize>nb * bb;
-  // Reading ahead (READ_AHEAD): a word of each row's stream a cache line further every block
-  // (intPairs passes ahead0 = READ_AHEAD and aheadStep = 64, or 0 and 0 near the memory's end).
+  // Reading ahead (READ_AHEAD): a word of each row's stream a cache line further every block; without
+  // `readAhead` (near the memory's end, see intPairs) each row's own first word, again and again.
+  const ahead0: usize = readAhead ? READ_AHEAD : 0, aheadStep: usize = readAhead ? 64 : 0;
   let a0 = p0 + ahead0, a1 = p1 + ahead0, ahead: u32 = 0;
   for (; p0 < end; p0 += bb, p1 += bb, qb += i7 ? QK : 2 * QK, db += 4, sb += 4, lb += 16, a0 += aheadStep, a1 += aheadStep) {
     ahead ^= load<u32>(a0) ^ load<u32>(a1);
@@ -713,16 +714,15 @@ const READ_AHEAD: usize = 2048;
   // checked once here, not a min() per block: that cost q5_1 decode 5-8%.)
   // (In u64: a whole 4 GiB memory's byte count does not fit a wasm32 address.)
   const safe = <u64>(w + <usize>(hi - 1) * rs) + <u64>READ_AHEAD + (<u64>nb << 6) + 4 <= (<u64>memory.size() << 16);
-  const ahead0: usize = safe ? READ_AHEAD : 0, aheadStep: usize = safe ? 64 : 0;
   let ahead: u32 = 0;
   const q = (hi - lo) >> 2;
   for (let o = lo; o < lo + q; o++) {
-    ahead ^= intPair(kind, i7, w, rs, scales, nb, xq, dx, sx, ls, t, y, O, o, q, true, tab, ktab, ahead0, aheadStep);
-    ahead ^= intPair(kind, i7, w, rs, scales, nb, xq, dx, sx, ls, t, y, O, o + 2 * q, q, true, tab, ktab, ahead0, aheadStep);
+    ahead ^= intPair(kind, i7, w, rs, scales, nb, xq, dx, sx, ls, t, y, O, o, q, true, tab, ktab, safe);
+    ahead ^= intPair(kind, i7, w, rs, scales, nb, xq, dx, sx, ls, t, y, O, o + 2 * q, q, true, tab, ktab, safe);
   }
   const rest = lo + 4 * q, half = (hi - rest) >> 1;
-  for (let o = rest; o < rest + half; o++) ahead ^= intPair(kind, i7, w, rs, scales, nb, xq, dx, sx, ls, t, y, O, o, half, true, tab, ktab, ahead0, aheadStep);
-  if (rest + 2 * half < hi) ahead ^= intPair(kind, i7, w, rs, scales, nb, xq, dx, sx, ls, t, y, O, hi - 1, 0, false, tab, ktab, ahead0, aheadStep);
+  for (let o = rest; o < rest + half; o++) ahead ^= intPair(kind, i7, w, rs, scales, nb, xq, dx, sx, ls, t, y, O, o, half, true, tab, ktab, safe);
+  if (rest + 2 * half < hi) ahead ^= intPair(kind, i7, w, rs, scales, nb, xq, dx, sx, ls, t, y, O, hi - 1, 0, false, tab, ktab, safe);
   // The words read ahead, ANDed into the table's zero word K_SINK: it stays 0, and the loads stay.
   if (ktab != 0) store<u32>(ktab + (<usize>K_SINK << 4), load<u32>(ktab + (<usize>K_SINK << 4)) & ahead);
 }

@@ -529,8 +529,7 @@ export class WasmBackend implements Backend {
     if (type === "f16" && toF16s(m.data as Uint16Array, m.cols, new Uint16Array(h.memory.buffer, ptr, bytes >>> 1))) type = "f16s";
     else {
       h.u8.set(src, ptr);
-      // q5 fifth bits reordered in place for the kernels (weight-rows.ts q5sBit).
-      if (type === "q5_0" || type === "q5_1") type = toQ5s(h.u8.subarray(ptr, ptr + bytes), type);
+      type = kernelLayout(h.u8.subarray(ptr, ptr + bytes), type);
     }
     h.u8.fill(0, ptr + bytes, ptr + bytes + WEIGHT_SLACK);
     return this.adoptedAt(m.rows, m.cols, type, mem, ptr, bytes);
@@ -564,8 +563,8 @@ export class WasmBackend implements Backend {
         toF16s(row, cols, dst);
       }
       stored = "f16s";
-    } else if (type === "q5_0" || type === "q5_1") {
-      stored = toQ5s(new Uint8Array(h.memory.buffer, ptr, bytes), type);
+    } else {
+      stored = kernelLayout(new Uint8Array(h.memory.buffer, ptr, bytes), type);
     }
     h.u8.fill(0, ptr + bytes, ptr + bytes + WEIGHT_SLACK);
     return this.adoptedAt(rows, cols, stored, mem, ptr, bytes);
@@ -792,6 +791,14 @@ export function align(n: number): number {
 function hasF16InfNaN(bits: Uint16Array): boolean {
   for (let i = 0; i < bits.length; i++) if ((bits[i] & 0x7c00) === 0x7c00) return true;
   return false;
+}
+
+/**
+ * Weights just written to the backend's memory, put in place into the layout the kernels read where
+ * their type has one (q5: the fifth bits reordered, weight-rows.ts q5sBit); the type they now have.
+ */
+function kernelLayout(bytes: Uint8Array, type: WeightType): WeightType {
+  return type === "q5_0" || type === "q5_1" ? toQ5s(bytes, type) : type;
 }
 
 /** A single-threaded wasm backend with these memory limits (a new one each call), or null where WebAssembly SIMD cannot run. */
