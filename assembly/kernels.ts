@@ -161,18 +161,20 @@ export function runJob(ctrl: usize, job: i32, part: i32, nparts: i32): void {
 /**
  * f16s groups of 8 are stored [c0, c4, c1, c5, c2, c6, c3, c7] (weight-rows.ts toF16s), so i32
  * lane l holds column l in its low half and l + 4 in its high half: each half reaches f32 position
- * by one arithmetic shift (the sign fills bits 28-31) and one mask, no widening. The result is the
- * f32 bits of w·2^-102, a normal float for every f16s value (the smallest, 2^-14·2^-10 = w for the
- * smallest f16 subnormal, lands on 2^-126): exact, multiplied by 2^102 or met by a prescaled x.
- * The low half moves up by an i32 multiply by 2^16 (m16), the same bits as a shift left by 16:
- * the T = 1 kernel is bound by its vector shifts, which run on fewer of the core's pipes than the
- * multiply (kernel bench, one thread, relaxed build: f16 T = 1 +3-8%).
+ * by one i16 multiply-add (pmaddwd) with 2^13 against it and 0 against the other half (lo13, hi13
+ * from the constant table) — the signed half times 2^13 is its bits 13 up with the sign copied into
+ * bits 28-31 — and one mask (bit 31 kept, 28-30 cleared), no widening. The result is the f32 bits
+ * of w·2^-102, a normal float for every f16s value (the smallest, 2^-14·2^-10 = w for the smallest
+ * f16 subnormal, lands on 2^-126): exact, multiplied by 2^102 or met by a prescaled x. The T = 1
+ * kernel is bound by the core's few vector-shift pipes; an arithmetic shift per half (and a
+ * multiply by 2^16, two uops, to move the low half up first) ran f16 T = 1 at 18-21 GFLOP/s where
+ * the multiply-adds run 21-24 (kernel bench, one thread, relaxed build).
  */
-/* @inline */ function f16sLo(h: v128, mask: v128, m16: v128): v128 {
-  return v128.and(i32x4.shr_s(i32x4.mul(h, m16), 3), mask);
+/* @inline */ function f16sLo(h: v128, mask: v128, lo13: v128): v128 {
+  return v128.and(i32x4.dot_i16x8_s(h, lo13), mask);
 }
-/* @inline */ function f16sHi(h: v128, mask: v128): v128 {
-  return v128.and(i32x4.shr_s(h, 3), mask);
+/* @inline */ function f16sHi(h: v128, mask: v128, hi13: v128): v128 {
+  return v128.and(i32x4.dot_i16x8_s(h, hi13), mask);
 }
 /* @inline */ function halfScale(kind: i32): f32 {
   return kind == T_F16S ? F16S_TO_F32_SCALE : F16_TO_F32_SCALE;
@@ -212,7 +214,7 @@ export function runJob(ctrl: usize, job: i32, part: i32, nparts: i32): void {
   const I8 = I & ~7;
   const Q = (hi - lo) >> 2;
   const qs = <usize>Q * rs;
-  const mask = kc(tab, K_F16S_MASK), m16 = kc(tab, K_F16S_M16);
+  const mask = kc(tab, K_F16S_MASK), lo13 = kc(tab, K_F16S_LO13), hi13 = kc(tab, K_F16S_HI13);
   for (let o = lo; o < lo + Q; o++) {
     const r0 = w + <usize>o * rs, r1 = r0 + qs, r2 = r1 + qs, r3 = r2 + qs;
     let a0 = f32x4.splat(0), a1 = f32x4.splat(0), a2 = f32x4.splat(0), a3 = f32x4.splat(0);
@@ -231,10 +233,10 @@ export function runJob(ctrl: usize, job: i32, part: i32, nparts: i32): void {
         const xo = <usize>c << 2, wo = <usize>c << 1;
         const x0 = v128.load(xs + xo), x1 = v128.load(xs + xo, 16);
         const h0 = v128.load(r0 + wo), h1 = v128.load(r1 + wo), h2 = v128.load(r2 + wo), h3 = v128.load(r3 + wo);
-        a0 = fma4(fma4(a0, f16sLo(h0, mask, m16), x0), f16sHi(h0, mask), x1);
-        a1 = fma4(fma4(a1, f16sLo(h1, mask, m16), x0), f16sHi(h1, mask), x1);
-        a2 = fma4(fma4(a2, f16sLo(h2, mask, m16), x0), f16sHi(h2, mask), x1);
-        a3 = fma4(fma4(a3, f16sLo(h3, mask, m16), x0), f16sHi(h3, mask), x1);
+        a0 = fma4(fma4(a0, f16sLo(h0, mask, lo13), x0), f16sHi(h0, mask, hi13), x1);
+        a1 = fma4(fma4(a1, f16sLo(h1, mask, lo13), x0), f16sHi(h1, mask, hi13), x1);
+        a2 = fma4(fma4(a2, f16sLo(h2, mask, lo13), x0), f16sHi(h2, mask, hi13), x1);
+        a3 = fma4(fma4(a3, f16sLo(h3, mask, lo13), x0), f16sHi(h3, mask, hi13), x1);
       }
     } else {
       for (; c < I8; c += 8) {
@@ -286,11 +288,11 @@ function dotRow(kind: i32, r0: usize, I: i32, x: usize, tab: usize): f32 {
   let a0 = f32x4.splat(0);
   let c = 0;
   if (kind == T_F16S) {
-    const mask = kc(tab, K_F16S_MASK), s102 = kc(tab, K_F16S_SCALE), m16 = kc(tab, K_F16S_M16);
+    const mask = kc(tab, K_F16S_MASK), s102 = kc(tab, K_F16S_SCALE), lo13 = kc(tab, K_F16S_LO13), hi13 = kc(tab, K_F16S_HI13);
     for (; c < (I & ~7); c += 8) {
       const h = v128.load(r0 + (<usize>c << 1));
       const xo = x + (<usize>c << 2);
-      a0 = fma4(fma4(a0, f32x4.mul(f16sLo(h, mask, m16), s102), v128.load(xo)), f32x4.mul(f16sHi(h, mask), s102), v128.load(xo, 16));
+      a0 = fma4(fma4(a0, f32x4.mul(f16sLo(h, mask, lo13), s102), v128.load(xo)), f32x4.mul(f16sHi(h, mask, hi13), s102), v128.load(xo, 16));
     }
   }
   for (; c < I4; c += 4) {
@@ -311,7 +313,7 @@ function dotRow(kind: i32, r0: usize, I: i32, x: usize, tab: usize): f32 {
 /** Rows [o, o+n) of a f16/bf16 matrix converted to f32 into `panel` (n rows of I floats). */
 function dequantPanel(kind: i32, w: usize, I: i32, o: i32, n: i32, panel: usize, tab: usize): void {
   const rs = <usize>I << 1;
-  const mask = kc(tab, K_F16S_MASK), s102 = kc(tab, K_F16S_SCALE), m16 = kc(tab, K_F16S_M16);
+  const mask = kc(tab, K_F16S_MASK), s102 = kc(tab, K_F16S_SCALE), lo13 = kc(tab, K_F16S_LO13), hi13 = kc(tab, K_F16S_HI13);
   for (let k = 0; k < n; k++) {
     const r = w + <usize>(o + k) * rs;
     const dst = panel + <usize>k * (<usize>I << 2);
@@ -320,7 +322,7 @@ function dequantPanel(kind: i32, w: usize, I: i32, o: i32, n: i32, panel: usize,
       const h = v128.load(r + (<usize>c << 1));
       const d = dst + (<usize>c << 2);
       if (kind == T_F16S) {
-        v128.store(d, f32x4.mul(f16sLo(h, mask, m16), s102)); v128.store(d, f32x4.mul(f16sHi(h, mask), s102), 16);
+        v128.store(d, f32x4.mul(f16sLo(h, mask, lo13), s102)); v128.store(d, f32x4.mul(f16sHi(h, mask, hi13), s102), 16);
       } else if (kind == T_F16) { v128.store(d, f16lo(h, F16_TO_F32_SCALE)); v128.store(d, f16hi(h, F16_TO_F32_SCALE), 16); }
       else { v128.store(d, bf16lo(h)); v128.store(d, bf16hi(h), 16); }
     }
@@ -1107,8 +1109,8 @@ const K_FACT = 13;
 const K_F16S_MASK = 23, K_F16S_SCALE = 24;
 /** The i8·i7 kernels' low-nibble byte mask (0x0f). */
 const K_LOW_NIBBLE = 25;
-/** The f16s kernels' i32x4 2^16, which moves a lane's low half up by a multiply (f16sLo). */
-const K_F16S_M16 = 26;
+/** The f16s kernels' i16x8 (2^13, 0, ...) and (0, 2^13, ...), which move a lane's low or high half into place (f16sLo, f16sHi). */
+const K_F16S_LO13 = 26, K_F16S_HI13 = 30;
 /** i16x8 ones: i7dot's widening of i16 pair sums to i32 in one multiply-add (pmaddwd). */
 const K_I16_ONES = 27;
 /** fifthBits' i16 multipliers (Q5S_MUL) and its mask, bit 4 of each byte. */
@@ -1129,7 +1131,8 @@ export function fillActivationTable(tab: usize): void {
   v128.store(tab + (<usize>K_F16S_MASK << 4), i32x4.splat(F16S_MASK));
   v128.store(tab + (<usize>K_F16S_SCALE << 4), f32x4.splat(F16S_TO_F32_SCALE));
   v128.store(tab + (<usize>K_LOW_NIBBLE << 4), i8x16.splat(0x0f));
-  v128.store(tab + (<usize>K_F16S_M16 << 4), i32x4.splat(65536));
+  v128.store(tab + (<usize>K_F16S_LO13 << 4), i32x4.splat(8192));
+  v128.store(tab + (<usize>K_F16S_HI13 << 4), i32x4.splat(8192 << 16));
   v128.store(tab + (<usize>K_I16_ONES << 4), i16x8.splat(1));
   v128.store(tab + (<usize>K_Q5S_MUL << 4), Q5S_MUL);
   v128.store(tab + (<usize>K_FIFTH_BIT << 4), i8x16.splat(0x10));

@@ -41,7 +41,7 @@ import {
  * place, and past the cap a forward copies them into its arena and back.
  *
  * Kernels (assembly/kernels.ts): matmul over f32/f16/bf16 weights in f32 (T = 1: four rows at a
- * time converting on the fly, f16 kept as "f16s" in a layout converted by a shift and a mask; T > 1:
+ * time converting on the fly, f16 kept as "f16s" in a layout converted by a multiply-add and a mask; T > 1:
  * 4x2 register tiles, f16/bf16 rows converted into a panel and reused for a tile of activation rows
  * that stays in L2); over ggml blocks and i8 with activations quantized per block of 32 to int8 and
  * integer dot products (as rwkv.cpp; T = 1: rows in pairs half a chunk apart, two long memory
