@@ -100,9 +100,9 @@ export function runJob(ctrl: usize, job: i32, part: i32, nparts: i32): void {
     matmulFloat(arg(a, 0), arg(a, 1), arg(a, 2), arg(a, 3), arg(a, 4), arg(a, 5), arg(a, 6), <usize>arg(a, 7) + <usize>part * <usize>arg(a, 8), arg(a, 9), part, nparts);
   } else if (job == JOB_MATMUL_INT) {
     if (arg(a, 13) != 0) matmulIntTiled(arg(a, 0), arg(a, 1), arg(a, 2), arg(a, 3), arg(a, 4), arg(a, 5), arg(a, 6), arg(a, 7), arg(a, 8), arg(a, 9), arg(a, 10), arg(a, 13), part, nparts);
-    else matmulInt(arg(a, 0), arg(a, 1), arg(a, 2), arg(a, 3), arg(a, 4), arg(a, 5), arg(a, 6), arg(a, 7), arg(a, 8), arg(a, 9), arg(a, 10), arg(a, 11), arg(a, 12), part, nparts);
+    else matmulInt(arg(a, 0), arg(a, 1), arg(a, 2), arg(a, 3), arg(a, 4), arg(a, 5), arg(a, 6), arg(a, 7), arg(a, 8), arg(a, 9), arg(a, 10), arg(a, 11), arg(a, 12), arg(a, 14) != 0, part, nparts);
   } else if (job == JOB_QUANTIZE) {
-    quantizeRows(arg(a, 0), arg(a, 1), arg(a, 2), arg(a, 3), arg(a, 4), arg(a, 5), arg(a, 6), arg(a, 7), part, nparts);
+    quantizeRows(arg(a, 0), arg(a, 1), arg(a, 2), arg(a, 3), arg(a, 4), arg(a, 5), arg(a, 6), arg(a, 7), arg(a, 8) != 0, part, nparts);
   } else if (job == JOB_LAYER_NORM) {
     layerNorm(arg(a, 0), arg(a, 1), arg(a, 2), arg(a, 3), arg(a, 4), arg(a, 5), arg(a, 6), load<f32>(a, 28), part, nparts);
   } else if (job == JOB_WKV4) {
@@ -464,8 +464,10 @@ function matmulFloat(w: usize, kind: i32, O: i32, I: i32, T: i32, x: usize, y: u
  * With `g4` (not 0, i16 layout only): dx and sx also per group of 4 rows, for intTile: at g4
  * (G, nb, 4) f32 with G = ceil(T/4), element [t/4][b][t%4] the scale of row t's block b; after
  * them the block sums, the same way.
+ * With `split` (i16 layout, T = 1 q8_0 and i8 products): each 16 elements stored as their 8 even
+ * ones, then their 8 odd ones (splitDot).
  */
-function quantizeRows(x: usize, T: i32, I: i32, xq: usize, dx: usize, sx: usize, ls: usize, g4: usize, part: i32, nparts: i32): void {
+function quantizeRows(x: usize, T: i32, I: i32, xq: usize, dx: usize, sx: usize, ls: usize, g4: usize, split: bool, part: i32, nparts: i32): void {
   const nb = (I + QK - 1) / QK;
   const lo = splitLo(T, part, nparts, 1), hi = splitHi(T, part, nparts, 1);
   const sx4 = g4 + <usize>((T + 3) >> 2) * (<usize>nb << 4);
@@ -497,13 +499,20 @@ function quantizeRows(x: usize, T: i32, I: i32, xq: usize, dx: usize, sx: usize,
           const q1 = i32x4.trunc_sat_f32x4_s(f32x4.nearest(f32x4.mul(v128.load(p, 16), s)));
           const q2 = i32x4.trunc_sat_f32x4_s(f32x4.nearest(f32x4.mul(v128.load(p, 32), s)));
           const q3 = i32x4.trunc_sat_f32x4_s(f32x4.nearest(f32x4.mul(v128.load(p, 48), s)));
-          v128.store(qb + (<usize>i << 1), i16x8.narrow_i32x4_s(q0, q1));
-          v128.store(qb + (<usize>i << 1), i16x8.narrow_i32x4_s(q2, q3), 16);
+          const a = i16x8.narrow_i32x4_s(q0, q1), b = i16x8.narrow_i32x4_s(q2, q3); // elements i..i+7, i+8..i+15
+          if (split) {
+            v128.store(qb + (<usize>i << 1), i8x16.shuffle(a, b, 0, 1, 4, 5, 8, 9, 12, 13, 16, 17, 20, 21, 24, 25, 28, 29));
+            v128.store(qb + (<usize>i << 1), i8x16.shuffle(a, b, 2, 3, 6, 7, 10, 11, 14, 15, 18, 19, 22, 23, 26, 27, 30, 31), 16);
+          } else {
+            v128.store(qb + (<usize>i << 1), a);
+            v128.store(qb + (<usize>i << 1), b, 16);
+          }
         }
       } else {
         for (let i = 0; i < QK; i++) {
           const v: f32 = i < n ? nearest(load<f32>(xb + (<usize>i << 2)) * id) : 0;
-          store<i16>(qb + (<usize>i << 1), <i16><i32>v);
+          const at = split ? (i & 16) | ((i & 1) << 3) | ((i & 15) >> 1) : i; // splitDot's order
+          store<i16>(qb + (<usize>at << 1), <i16><i32>v);
         }
       }
       store<f32>(dx + (<usize>(t * nb + b) << 2), d);
@@ -641,13 +650,14 @@ const Q5S_MUL = i16x8(16, 16, 8, 8, 4, 4, 2, 2);
  * With `i7` (q4/q5 on the relaxed build, T = 1) the activations are quantizeRows' i8 layout and the
  * integer dots come from i7dot, whose halves are the same P and Q, so the bits are the same.
  */
-/* @inline */ function intPair(kind: i32, i7: bool, w: usize, rs: usize, scales: usize, nb: i32, xq: usize, dx: usize, sx: usize, ls: usize, t: i32, y: usize, O: i32, o: i32, gap: i32, two: bool, tab: usize, ktab: usize, readAhead: bool): u32 {
+/* @inline */ function intPair(kind: i32, i7: bool, split: bool, w: usize, rs: usize, scales: usize, nb: i32, xq: usize, dx: usize, sx: usize, ls: usize, t: i32, y: usize, O: i32, o: i32, gap: i32, two: bool, tab: usize, ktab: usize, readAhead: bool): u32 {
   const bb = blockBytes(kind);
   const qs = <usize>nb * QK * (i7 ? 1 : 2); // bytes of one activation row (i8 or i16)
   const ds = <usize>nb << 2;
   const o1 = two ? o + gap : o;
   const rowScales = kind == T_I8 ? pairLanes(load<f32>(scales + (<usize>o << 2)), load<f32>(scales + (<usize>o1 << 2))) : f32x4.splat(0);
   const lowNibble = i7 ? kc(ktab, K_LOW_NIBBLE) : i8x16.splat(0);
+  const hiByte = split ? kc(ktab, K_HI_BYTE) : i8x16.splat(0);
   let acc = f32x4.splat(0); // (o's P sum, o's Q sum, o1's P sum, o1's Q sum)
   // Running pointers: this block of rows o and o1, of the activations, their scales, sums and lane sums.
   let p0 = w + <usize>o * rs, p1 = w + <usize>o1 * rs;
@@ -664,6 +674,9 @@ const Q5S_MUL = i16x8(16, 16, 8, 8, 4, 4, 2, 2);
       const xl = v128.load(qb), xh = v128.load(qb, 16);
       const off = i7Shift(kind) != 0 ? i16x8.shl(v128.load(lb), i7Shift(kind)) : i16x8.splat(0);
       h = halfSumsEven(i7dot(kind, p0, xl, xh, off, lowNibble, ktab), i7dot(kind, p1, xl, xh, off, lowNibble, ktab));
+    } else if (split) {
+      const xe0 = v128.load(qb), xo0 = v128.load(qb, 16), xe1 = v128.load(qb, 32), xo1 = v128.load(qb, 48);
+      h = i32x4.shr_s(halfSumsEven(splitDot(kind, p0, xe0, xo0, xe1, xo1, hiByte), splitDot(kind, p1, xe0, xo0, xe1, xo1, hiByte)), 8);
     } else {
       const x0 = v128.load(qb), x1 = v128.load(qb, 16), x2 = v128.load(qb, 32), x3 = v128.load(qb, 48);
       h = halfSums(blockDot(kind, p0, x0, x1, x2, x3), blockDot(kind, p1, x0, x1, x2, x3));
@@ -709,7 +722,7 @@ const READ_AHEAD: usize = 2048;
  * the range apart), decode alternating, medians: 1 thread +3-5% (rwkv.cpp Q8_0 and Q5_1, GGUF Q4_0
  * 0.1B), 2 threads GGUF Q4_0 97 -> 107 tok/s, Q5_1 +3%; eight streams were slower than four.
  */
-/* @inline */ function intPairs(kind: i32, i7: bool, w: usize, rs: usize, scales: usize, nb: i32, xq: usize, dx: usize, sx: usize, ls: usize, t: i32, y: usize, O: i32, lo: i32, hi: i32, tab: usize, ktab: usize): void {
+/* @inline */ function intPairs(kind: i32, i7: bool, split: bool, w: usize, rs: usize, scales: usize, nb: i32, xq: usize, dx: usize, sx: usize, ls: usize, t: i32, y: usize, O: i32, lo: i32, hi: i32, tab: usize, ktab: usize): void {
   // The furthest word read ahead is the last row's start + READ_AHEAD + 64 per block. It may lie
   // past the matrix (in whatever follows it: harmless), but not past the memory's end, where it
   // would trap: a matrix that close to the end reads each row's own first word instead. (A bound
@@ -719,14 +732,31 @@ const READ_AHEAD: usize = 2048;
   let ahead: u32 = 0;
   const q = (hi - lo) >> 2;
   for (let o = lo; o < lo + q; o++) {
-    ahead ^= intPair(kind, i7, w, rs, scales, nb, xq, dx, sx, ls, t, y, O, o, q, true, tab, ktab, safe);
-    ahead ^= intPair(kind, i7, w, rs, scales, nb, xq, dx, sx, ls, t, y, O, o + 2 * q, q, true, tab, ktab, safe);
+    ahead ^= intPair(kind, i7, split, w, rs, scales, nb, xq, dx, sx, ls, t, y, O, o, q, true, tab, ktab, safe);
+    ahead ^= intPair(kind, i7, split, w, rs, scales, nb, xq, dx, sx, ls, t, y, O, o + 2 * q, q, true, tab, ktab, safe);
   }
   const rest = lo + 4 * q, half = (hi - rest) >> 1;
-  for (let o = rest; o < rest + half; o++) ahead ^= intPair(kind, i7, w, rs, scales, nb, xq, dx, sx, ls, t, y, O, o, half, true, tab, ktab, safe);
-  if (rest + 2 * half < hi) ahead ^= intPair(kind, i7, w, rs, scales, nb, xq, dx, sx, ls, t, y, O, hi - 1, 0, false, tab, ktab, safe);
+  for (let o = rest; o < rest + half; o++) ahead ^= intPair(kind, i7, split, w, rs, scales, nb, xq, dx, sx, ls, t, y, O, o, half, true, tab, ktab, safe);
+  if (rest + 2 * half < hi) ahead ^= intPair(kind, i7, split, w, rs, scales, nb, xq, dx, sx, ls, t, y, O, hi - 1, 0, false, tab, ktab, safe);
   // The words read ahead, ANDed into the table's zero word K_SINK: it stays 0, and the loads stay.
   if (ktab != 0) store<u32>(ktab + (<usize>K_SINK << 4), load<u32>(ktab + (<usize>K_SINK << 4)) & ahead);
+}
+
+/**
+ * A q8_0 or i8 block's dot at T = 1 with the activations in quantizeRows' split layout (per 16
+ * elements, the 8 even ones then the 8 odd ones, as i16), times 256, as i32x4 lanes whose halves P
+ * = lanes 0 + 2 and Q = lanes 1 + 3 (halfSumsEven) are 256 times halfSums' P and Q of the i16
+ * kernels. Each i16 lane of 16 weight bytes holds an even element in its low byte and the next odd
+ * one in its high byte: one shift left by 8 makes the even one times 256, exactly, and a mask (`hiByte`,
+ * 0xff00) the odd one times 256, so the bytes need no widening (two shuffle-pipe instructions and a
+ * shift per 16 before, one shift and one mask now); the multiply-adds (pmaddwd) then pair elements
+ * 4l, 4l + 2 and 4l + 1, 4l + 3 into lane l. |sum| <= 256·16·128·127 < 2^31; intPair shifts the
+ * halves back by 8 (exact) before converting, so the bits are the i16 kernels'.
+ */
+/* @inline */ function splitDot(kind: i32, p: usize, xe0: v128, xo0: v128, xe1: v128, xo1: v128, hiByte: v128): v128 {
+  const v0 = kind == T_Q8_0 ? v128.load(p, 2) : v128.load(p), v1 = kind == T_Q8_0 ? v128.load(p, 18) : v128.load(p, 16);
+  const s0 = i32x4.add(i32x4.dot_i16x8_s(i16x8.shl(v0, 8), xe0), i32x4.dot_i16x8_s(v128.and(v0, hiByte), xo0));
+  return i32x4.add(s0, i32x4.add(i32x4.dot_i16x8_s(i16x8.shl(v1, 8), xe1), i32x4.dot_i16x8_s(v128.and(v1, hiByte), xo1)));
 }
 
 /** Σ over 32 elements of a block's i16 weights e0..e3 times the i16 activations at q (i32x4 partial sums). */
@@ -831,7 +861,7 @@ const READ_AHEAD: usize = 2048;
       for (; t + 8 <= tq; t += 8) intTile(kind, true, wr, nb, rowScale, xq, g4 + <usize>(t >> 2) * gs, sx4 + <usize>(t >> 2) * gs, gs, t, y, O, r, tab);
       if (t < tq) intTile(kind, false, wr, nb, rowScale, xq, g4 + <usize>(t >> 2) * gs, sx4 + <usize>(t >> 2) * gs, gs, t, y, O, r, tab);
     }
-    for (let t = tq; t < t1; t++) intPairs(kind, false, w, rs, scales, nb, xq, dx, sx, 0, t, y, O, lo, hi, tab, 0);
+    for (let t = tq; t < t1; t++) intPairs(kind, false, false, w, rs, scales, nb, xq, dx, sx, 0, t, y, O, lo, hi, tab, 0);
   }
 }
 
@@ -934,34 +964,39 @@ const FLOAT_TILE_BYTES: i32 = 1024 << 10;
  * The i16 kernels without quantizeRows' per-group scales: one activation row at a time (decode,
  * T = 1). Correct for any T, with the bits of intRowsTiled, but reading the weights once per row.
  */
-/* @inline */ function intRows(kind: i32, i7: bool, w: usize, scales: usize, O: i32, I: i32, T: i32, xq: usize, dx: usize, sx: usize, ls: usize, y: usize, lo: i32, hi: i32, tab: usize, ktab: usize): void {
+/* @inline */ function intRows(kind: i32, i7: bool, split: bool, w: usize, scales: usize, O: i32, I: i32, T: i32, xq: usize, dx: usize, sx: usize, ls: usize, y: usize, lo: i32, hi: i32, tab: usize, ktab: usize): void {
   const nb = (I + QK - 1) / QK;
   const rs: usize = kind == T_I8 ? <usize>I : <usize>(I / QK) * blockBytes(kind);
-  for (let t = 0; t < T; t++) intPairs(kind, i7, w, rs, scales, nb, xq, dx, sx, ls, t, y, O, lo, hi, tab, ktab);
+  for (let t = 0; t < T; t++) intPairs(kind, i7, split, w, rs, scales, nb, xq, dx, sx, ls, t, y, O, lo, hi, tab, ktab);
 }
 
 /**
  * `ls` not 0: the activations are in quantizeRows' i8 layout and the i8·i7 kernels run (relaxed
  * build, q4/q5 types). `tab`: the f16 table; `ktab`: the constant table (fillActivationTable).
  */
-function matmulInt(w: usize, kind: i32, O: i32, I: i32, T: i32, xq: usize, dx: usize, sx: usize, y: usize, scales: usize, tab: usize, ls: usize, ktab: usize, part: i32, nparts: i32): void {
+function matmulInt(w: usize, kind: i32, O: i32, I: i32, T: i32, xq: usize, dx: usize, sx: usize, y: usize, scales: usize, tab: usize, ls: usize, ktab: usize, split: bool, part: i32, nparts: i32): void {
   const lo = splitLo(O, part, nparts, 16), hi = splitHi(O, part, nparts, 16);
   if (lo >= hi) return;
   if (ASC_FEATURE_RELAXED_SIMD) {
     if (ls != 0) {
-      if (kind == T_Q4_0) intRows(T_Q4_0, true, w, 0, O, I, T, xq, dx, sx, ls, y, lo, hi, tab, ktab);
-      else if (kind == T_Q4_1) intRows(T_Q4_1, true, w, 0, O, I, T, xq, dx, sx, ls, y, lo, hi, tab, ktab);
-      else if (kind == T_Q5_0) intRows(T_Q5_0, true, w, 0, O, I, T, xq, dx, sx, ls, y, lo, hi, tab, ktab);
-      else if (kind == T_Q5_1) intRows(T_Q5_1, true, w, 0, O, I, T, xq, dx, sx, ls, y, lo, hi, tab, ktab);
+      if (kind == T_Q4_0) intRows(T_Q4_0, true, false, w, 0, O, I, T, xq, dx, sx, ls, y, lo, hi, tab, ktab);
+      else if (kind == T_Q4_1) intRows(T_Q4_1, true, false, w, 0, O, I, T, xq, dx, sx, ls, y, lo, hi, tab, ktab);
+      else if (kind == T_Q5_0) intRows(T_Q5_0, true, false, w, 0, O, I, T, xq, dx, sx, ls, y, lo, hi, tab, ktab);
+      else if (kind == T_Q5_1) intRows(T_Q5_1, true, false, w, 0, O, I, T, xq, dx, sx, ls, y, lo, hi, tab, ktab);
       return;
     }
   }
-  if (kind == T_Q8_0) intRows(T_Q8_0, false, w, scales, O, I, T, xq, dx, sx, 0, y, lo, hi, tab, ktab);
-  else if (kind == T_Q4_0) intRows(T_Q4_0, false, w, scales, O, I, T, xq, dx, sx, 0, y, lo, hi, tab, ktab);
-  else if (kind == T_Q4_1) intRows(T_Q4_1, false, w, scales, O, I, T, xq, dx, sx, 0, y, lo, hi, tab, ktab);
-  else if (kind == T_Q5_0) intRows(T_Q5_0, false, w, scales, O, I, T, xq, dx, sx, 0, y, lo, hi, tab, ktab);
-  else if (kind == T_Q5_1) intRows(T_Q5_1, false, w, scales, O, I, T, xq, dx, sx, 0, y, lo, hi, tab, ktab);
-  else intRows(T_I8, false, w, scales, O, I, T, xq, dx, sx, 0, y, lo, hi, tab, ktab);
+  if (split) {
+    if (kind == T_Q8_0) intRows(T_Q8_0, false, true, w, scales, O, I, T, xq, dx, sx, 0, y, lo, hi, tab, ktab);
+    else intRows(T_I8, false, true, w, scales, O, I, T, xq, dx, sx, 0, y, lo, hi, tab, ktab);
+    return;
+  }
+  if (kind == T_Q8_0) intRows(T_Q8_0, false, false, w, scales, O, I, T, xq, dx, sx, 0, y, lo, hi, tab, ktab);
+  else if (kind == T_Q4_0) intRows(T_Q4_0, false, false, w, scales, O, I, T, xq, dx, sx, 0, y, lo, hi, tab, ktab);
+  else if (kind == T_Q4_1) intRows(T_Q4_1, false, false, w, scales, O, I, T, xq, dx, sx, 0, y, lo, hi, tab, ktab);
+  else if (kind == T_Q5_0) intRows(T_Q5_0, false, false, w, scales, O, I, T, xq, dx, sx, 0, y, lo, hi, tab, ktab);
+  else if (kind == T_Q5_1) intRows(T_Q5_1, false, false, w, scales, O, I, T, xq, dx, sx, 0, y, lo, hi, tab, ktab);
+  else intRows(T_I8, false, false, w, scales, O, I, T, xq, dx, sx, 0, y, lo, hi, tab, ktab);
 }
 
 /**
@@ -1115,6 +1150,8 @@ const K_F16S_LO13 = 26, K_F16S_HI13 = 30;
 const K_I16_ONES = 27;
 /** fifthBits' i16 multipliers (Q5S_MUL) and its mask, bit 4 of each byte. */
 const K_Q5S_MUL = 28, K_FIFTH_BIT = 29;
+/** splitDot's mask of each i16 lane's high byte (0xff00). */
+const K_HI_BYTE = 31;
 /** A zero word the read-ahead loads are ANDed into (intPairs); a cache line of its own, away from the constants the loops read. */
 const K_SINK = 32;
 const K_COUNT = 36;
@@ -1136,6 +1173,7 @@ export function fillActivationTable(tab: usize): void {
   v128.store(tab + (<usize>K_I16_ONES << 4), i16x8.splat(1));
   v128.store(tab + (<usize>K_Q5S_MUL << 4), Q5S_MUL);
   v128.store(tab + (<usize>K_FIFTH_BIT << 4), i8x16.splat(0x10));
+  v128.store(tab + (<usize>K_HI_BYTE << 4), i32x4.splat(0xff00ff00));
   v128.store(tab + (<usize>K_SINK << 4), i32x4.splat(0));
 }
 

@@ -104,6 +104,8 @@ const FLOAT_TYPES: ReadonlySet<WeightType> = new Set<WeightType>(["f32", "f16", 
  * to 0..31, the 7-bit operand; see kernels.ts); q8_0 and i8 weights are full signed bytes.
  */
 const I7_TYPES: ReadonlySet<WeightType> = new Set<WeightType>(["q4_0", "q4_1", "q5_0s", "q5_1s"]);
+/** Weight types whose T = 1 integer kernel takes the split i16 activations (kernels.ts splitDot). */
+const SPLIT_TYPES: ReadonlySet<WeightType> = new Set<WeightType>(["q8_0", "i8"]);
 
 /**
  * Most bytes of state arrays kept in wasm memory (residentArray); past it states stay in JS memory
@@ -677,9 +679,11 @@ export class WasmBackend implements Backend {
         const gb = tiled ? 2 * 16 * nb * Math.ceil(n / 4) : 0;
         const qp = h.grown(h.scratchBlock, qb + 2 * sb + lb + gb), dp = qp + qb, sp = dp + sb, lp = i7 ? sp + sb : 0;
         const gp = tiled ? sp + sb + lb : 0;
-        this.run(JOB.quantize, n * I * 4, [x0, n, I, qp, dp, sp, lp, gp], undefined, undefined, h);
+        // T = 1 over q8_0 and i8: the activations' even and odd elements apart (kernels.ts splitDot).
+        const split = n === 1 && SPLIT_TYPES.has(info.type) ? 1 : 0;
+        this.run(JOB.quantize, n * I * 4, [x0, n, I, qp, dp, sp, lp, gp, split], undefined, undefined, h);
         const scales = info.type === "i8" ? info.ptr + O * I : 0;
-        this.run(JOB.matmulInt, work, [info.ptr, WASM_TYPE_IDS[info.type], O, I, n, qp, dp, sp, y0, scales, h.halfTable, lp, h.activationTable, gp], undefined, undefined, h);
+        this.run(JOB.matmulInt, work, [info.ptr, WASM_TYPE_IDS[info.type], O, I, n, qp, dp, sp, y0, scales, h.halfTable, lp, h.activationTable, gp, split], undefined, undefined, h);
       }
     }
   }
