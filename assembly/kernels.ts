@@ -179,11 +179,15 @@ export function runJob(ctrl: usize, job: i32, part: i32, nparts: i32): void {
 /* @inline */ function halfScale(kind: i32): f32 {
   return kind == T_F16S ? F16S_TO_F32_SCALE : F16_TO_F32_SCALE;
 }
+/**
+ * 4 bf16 (low or high half of `h`) as f32x4: each half interleaved below a zero half (one
+ * punpcklwd / punpckhwd), where a widening and a shift took two or three instructions.
+ */
 /* @inline */ function bf16lo(h: v128): v128 {
-  return i32x4.shl(i32x4.extend_low_i16x8_u(h), 16);
+  return i8x16.shuffle(i32x4.splat(0), h, 0, 1, 16, 17, 2, 3, 18, 19, 4, 5, 20, 21, 6, 7, 22, 23);
 }
 /* @inline */ function bf16hi(h: v128): v128 {
-  return i32x4.shl(i32x4.extend_high_i16x8_u(h), 16);
+  return i8x16.shuffle(i32x4.splat(0), h, 8, 9, 24, 25, 10, 11, 26, 27, 12, 13, 28, 29, 14, 15, 30, 31);
 }
 
 /** One weight element of row `r` at column `c` as f32 (tails). */
