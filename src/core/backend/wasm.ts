@@ -44,8 +44,9 @@ import {
  * time converting on the fly, f16 kept as "f16s" in a layout converted by a multiply-add and a mask; T > 1:
  * 4x2 register tiles, f16/bf16 rows converted into a panel and reused for a tile of activation rows
  * that stays in L2); over ggml blocks and i8 with activations quantized per block of 32 to int8 and
- * integer dot products (as rwkv.cpp; T = 1: rows in pairs half a chunk apart, two long memory
- * streams; q4/q5 on i16x8.relaxed_dot_i8x16_i7x16_s where the engine computes it as specified);
+ * integer dot products (as rwkv.cpp; T = 1: pairs of rows a quarter of the range apart, four long
+ * memory streams, q8_0/i8 against even/odd-split activations, q4/q5 on
+ * i16x8.relaxed_dot_i8x16_i7x16_s where the engine computes it as specified);
  * WKV v4, v5/v6 and v7 scans (assembly/wkv.ts, the same code as the training kernels' forward);
  * layer/group norm (f64 statistics, equal to the reference); the activations in f64 (equal to the
  * reference after rounding to f32).
