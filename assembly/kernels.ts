@@ -100,9 +100,9 @@ export function runJob(ctrl: usize, job: i32, part: i32, nparts: i32): void {
     matmulFloat(arg(a, 0), arg(a, 1), arg(a, 2), arg(a, 3), arg(a, 4), arg(a, 5), arg(a, 6), <usize>arg(a, 7) + <usize>part * <usize>arg(a, 8), arg(a, 9), part, nparts);
   } else if (job == JOB_MATMUL_INT) {
     if (arg(a, 13) != 0) matmulIntTiled(arg(a, 0), arg(a, 1), arg(a, 2), arg(a, 3), arg(a, 4), arg(a, 5), arg(a, 6), arg(a, 7), arg(a, 8), arg(a, 9), arg(a, 10), arg(a, 13), part, nparts);
-    else matmulInt(arg(a, 0), arg(a, 1), arg(a, 2), arg(a, 3), arg(a, 4), arg(a, 5), arg(a, 6), arg(a, 7), arg(a, 8), arg(a, 9), arg(a, 10), arg(a, 11), arg(a, 12), arg(a, 14) != 0, part, nparts);
+    else matmulInt(arg(a, 0), arg(a, 1), arg(a, 2), arg(a, 3), arg(a, 4), arg(a, 5), arg(a, 6), arg(a, 7), arg(a, 8), arg(a, 9), arg(a, 10), arg(a, 11) != 0, arg(a, 12), arg(a, 14) != 0, part, nparts);
   } else if (job == JOB_QUANTIZE) {
-    quantizeRows(arg(a, 0), arg(a, 1), arg(a, 2), arg(a, 3), arg(a, 4), arg(a, 5), arg(a, 6), arg(a, 7), arg(a, 8) != 0, part, nparts);
+    quantizeRows(arg(a, 0), arg(a, 1), arg(a, 2), arg(a, 3), arg(a, 4), arg(a, 5), arg(a, 6) != 0, arg(a, 7), arg(a, 8) != 0, part, nparts);
   } else if (job == JOB_LAYER_NORM) {
     layerNorm(arg(a, 0), arg(a, 1), arg(a, 2), arg(a, 3), arg(a, 4), arg(a, 5), arg(a, 6), load<f32>(a, 28), part, nparts);
   } else if (job == JOB_WKV4) {
@@ -462,24 +462,26 @@ function matmulFloat(w: usize, kind: i32, O: i32, I: i32, T: i32, x: usize, y: u
 /**
  * Rows [lo, hi) of x (T, I) f32 -> xq (T, Ipad) int8 values stored as i16, dx (T, nb) f32 scales, sx (T, nb) f32 block
  * sums of x (for the _1 types' minimum term). Ipad = nb * 32; the padding is zero.
- * With `ls` (not 0), the layout of the i8·i7 kernels instead: xq (T, Ipad) as i8, and at ls (T, nb)
- * the negated sums of each block's i16 lanes of the relaxed dot (i7dot; lane j: elements 2j, 2j+1,
- * 16+2j and 17+2j), for the offset of the _0 types' unsigned weights.
+ * With `i8`, the layout of the i8·i7 kernels instead: at xq (T, nb) records of I7_RECORD bytes, one
+ * per block: its 32 values as i8, the negated sums of its i16 lanes of the relaxed dot (i7dot; lane j:
+ * elements 2j, 2j+1, 16+2j and 17+2j; for the offset of the _0 types' unsigned weights), its scale
+ * and its sum (dx and sx are not written): one running pointer in the decode loop instead of four,
+ * whose general registers spilled (in cache q4_0 T = 1 +10-15%; from memory no change measured).
  * With `g4` (not 0, i16 layout only): dx and sx also per group of 4 rows, for intTile: at g4
  * (G, nb, 4) f32 with G = ceil(T/4), element [t/4][b][t%4] the scale of row t's block b; after
  * them the block sums, the same way.
  * With `split` (i16 layout, T = 1 q8_0 and i8 products): each 16 elements stored as their 8 even
  * ones, then their 8 odd ones (splitDot).
  */
-function quantizeRows(x: usize, T: i32, I: i32, xq: usize, dx: usize, sx: usize, ls: usize, g4: usize, split: bool, part: i32, nparts: i32): void {
+function quantizeRows(x: usize, T: i32, I: i32, xq: usize, dx: usize, sx: usize, i8: bool, g4: usize, split: bool, part: i32, nparts: i32): void {
   const nb = (I + QK - 1) / QK;
   const lo = splitLo(T, part, nparts, 1), hi = splitHi(T, part, nparts, 1);
   const sx4 = g4 + <usize>((T + 3) >> 2) * (<usize>nb << 4);
   for (let t = lo; t < hi; t++) {
     const xr = x + <usize>t * (<usize>I << 2);
     const qr = xq + <usize>t * <usize>(nb * QK * 2);
-    if (ls != 0) {
-      quantizeRowI8(xr, I, nb, xq + <usize>t * <usize>(nb * QK), dx + (<usize>(t * nb) << 2), sx + (<usize>(t * nb) << 2), ls + (<usize>(t * nb) << 4));
+    if (i8) {
+      quantizeRowI8(xr, I, nb, xq + <usize>t * <usize>(nb * I7_RECORD));
       continue;
     }
     for (let b = 0; b < nb; b++) {
@@ -530,8 +532,11 @@ function quantizeRows(x: usize, T: i32, I: i32, xq: usize, dx: usize, sx: usize,
   }
 }
 
-/** quantizeRows' i8 layout for one row: the same values as the i16 one, narrowed, with the lane sums. */
-function quantizeRowI8(xr: usize, I: i32, nb: i32, qr: usize, dx: usize, sx: usize, ls: usize): void {
+/** Bytes of one block's record in the i8·i7 layout: 32 i8 activations, 16 bytes of lane sums, the f32 scale and sum, 8 bytes of padding. */
+const I7_RECORD: usize = 64;
+
+/** quantizeRows' i8 records for one row (at `rec`): the same values as the i16 layout, narrowed, with the lane sums, scales and sums. */
+function quantizeRowI8(xr: usize, I: i32, nb: i32, rec: usize): void {
   for (let b = 0; b < nb; b++) {
     const c0 = b * QK;
     const n = min(QK, I - c0);
@@ -544,7 +549,7 @@ function quantizeRowI8(xr: usize, I: i32, nb: i32, qr: usize, dx: usize, sx: usi
     }
     const d: f32 = amax / 127;
     const id: f32 = amax > 0 ? <f32>127 / amax : 0;
-    const qb = qr + <usize>c0;
+    const qb = rec + <usize>b * I7_RECORD;
     if (n == QK) {
       const s = f32x4.splat(id);
       for (let i = 0; i < QK; i += 16) {
@@ -562,9 +567,9 @@ function quantizeRowI8(xr: usize, I: i32, nb: i32, qr: usize, dx: usize, sx: usi
       }
     }
     const pairs = i16x8.add(i16x8.extadd_pairwise_i8x16_s(v128.load(qb)), i16x8.extadd_pairwise_i8x16_s(v128.load(qb, 16)));
-    v128.store(ls + (<usize>b << 4), i16x8.neg(pairs));
-    store<f32>(dx + (<usize>b << 2), d);
-    store<f32>(sx + (<usize>b << 2), sum);
+    v128.store(qb, i16x8.neg(pairs), 32);
+    store<f32>(qb, d, 48);
+    store<f32>(qb, sum, 52);
   }
 }
 
@@ -651,12 +656,12 @@ const Q5S_MUL = i16x8(16, 16, 8, 8, 4, 4, 2, 2);
  * order, so a row of a T > 1 product has exactly the bits of the same row computed alone (T = 1):
  * a prompt's logits equal stepping token by token. (Whole block sums instead, one more shuffle and
  * add per block, cost 2-7% of decode speed; four rows per call, more, in spilled registers.)
- * With `i7` (q4/q5 on the relaxed build, T = 1) the activations are quantizeRows' i8 layout and the
+ * With `i7` (q4/q5 on the relaxed build, T = 1) the activations are quantizeRows' i8 records and the
  * integer dots come from i7dot, whose halves are the same P and Q, so the bits are the same.
  */
-/* @inline */ function intPair(kind: i32, i7: bool, split: bool, w: usize, rs: usize, scales: usize, nb: i32, xq: usize, dx: usize, sx: usize, ls: usize, t: i32, y: usize, O: i32, o: i32, gap: i32, two: bool, tab: usize, ktab: usize, readAhead: bool): u32 {
+/* @inline */ function intPair(kind: i32, i7: bool, split: bool, w: usize, rs: usize, scales: usize, nb: i32, xq: usize, dx: usize, sx: usize, t: i32, y: usize, O: i32, o: i32, gap: i32, two: bool, tab: usize, ktab: usize, readAhead: bool): u32 {
   const bb = blockBytes(kind);
-  const qs = <usize>nb * QK * (i7 ? 1 : 2); // bytes of one activation row (i8 or i16)
+  const qs = <usize>nb * (i7 ? I7_RECORD : 2 * QK); // bytes of one activation row (i8 records or i16)
   const ds = <usize>nb << 2;
   const o1 = two ? o + gap : o;
   const rowScales = kind == T_I8 ? pairLanes(load<f32>(scales + (<usize>o << 2)), load<f32>(scales + (<usize>o1 << 2))) : f32x4.splat(0);
@@ -665,18 +670,20 @@ const Q5S_MUL = i16x8(16, 16, 8, 8, 4, 4, 2, 2);
   let acc = f32x4.splat(0); // (o's P sum, o's Q sum, o1's P sum, o1's Q sum)
   // Running pointers: this block of rows o and o1, of the activations, their scales, sums and lane sums.
   let p0 = w + <usize>o * rs, p1 = w + <usize>o1 * rs;
-  let qb = xq + <usize>t * qs, db = dx + <usize>t * ds, sb = sx + <usize>t * ds, lb = ls + <usize>t * (<usize>nb << 4);
+  let qb = xq + <usize>t * qs, db = dx + <usize>t * ds, sb = sx + <usize>t * ds;
   const end = p0 + <usize>nb * bb;
   // Reading ahead (READ_AHEAD): a word of each row's stream a cache line further every block; without
   // `readAhead` (near the memory's end, see intPairs) each row's own first word, again and again.
   const ahead0: usize = readAhead ? READ_AHEAD : 0, aheadStep: usize = readAhead ? 64 : 0;
   let a0 = p0 + ahead0, a1 = p1 + ahead0, ahead: u32 = 0;
-  for (; p0 < end; p0 += bb, p1 += bb, qb += i7 ? QK : 2 * QK, db += 4, sb += 4, lb += 16, a0 += aheadStep, a1 += aheadStep) {
+  // (The i8 records hold a block's scale, sum and lane sums too: one pointer, db and sb stay put.)
+  const dstep: usize = i7 ? 0 : 4;
+  for (; p0 < end; p0 += bb, p1 += bb, qb += i7 ? I7_RECORD : 2 * QK, db += dstep, sb += dstep, a0 += aheadStep, a1 += aheadStep) {
     ahead ^= load<u32>(a0) ^ load<u32>(a1);
     let h: v128; // (o P, o Q, o1 P, o1 Q)
     if (i7) {
       const xl = v128.load(qb), xh = v128.load(qb, 16);
-      const off = i7Shift(kind) != 0 ? i16x8.shl(v128.load(lb), i7Shift(kind)) : i16x8.splat(0);
+      const off = i7Shift(kind) != 0 ? i16x8.shl(v128.load(qb, 32), i7Shift(kind)) : i16x8.splat(0);
       h = halfSumsEven(i7dot(kind, p0, xl, xh, off, lowNibble, ktab), i7dot(kind, p1, xl, xh, off, lowNibble, ktab));
     } else if (split) {
       const xe0 = v128.load(qb), xo0 = v128.load(qb, 16), xe1 = v128.load(qb, 32), xo1 = v128.load(qb, 48);
@@ -686,11 +693,11 @@ const Q5S_MUL = i16x8(16, 16, 8, 8, 4, 4, 2, 2);
       h = halfSums(blockDot(kind, p0, x0, x1, x2, x3), blockDot(kind, p1, x0, x1, x2, x3));
     }
     const dw = kind == T_I8 ? rowScales : pairLanes(ht(tab, load<u16>(p0)), ht(tab, load<u16>(p1)));
-    acc = fma4(acc, f32x4.convert_i32x4_s(h), f32x4.mul(f32x4.splat(load<f32>(db)), dw));
+    acc = fma4(acc, f32x4.convert_i32x4_s(h), f32x4.mul(f32x4.splat(i7 ? load<f32>(qb, 48) : load<f32>(db)), dw));
     if (kind == T_Q4_1 || kind == T_Q5_1) {
       // Into the P sums only: the Q lanes get ±0, which changes no sum.
       const m = f32x4.replace_lane(f32x4.replace_lane(f32x4.splat(0), 0, blockM(kind, p0, tab)), 2, blockM(kind, p1, tab));
-      acc = fma4(acc, m, f32x4.splat(load<f32>(sb)));
+      acc = fma4(acc, m, f32x4.splat(i7 ? load<f32>(qb, 52) : load<f32>(sb)));
     }
   }
   const yt = y + <usize>t * (<usize>O << 2);
@@ -726,7 +733,7 @@ const READ_AHEAD: usize = 2048;
  * the range apart), decode alternating, medians: 1 thread +3-5% (rwkv.cpp Q8_0 and Q5_1, GGUF Q4_0
  * 0.1B), 2 threads GGUF Q4_0 97 -> 107 tok/s, Q5_1 +3%; eight streams were slower than four.
  */
-/* @inline */ function intPairs(kind: i32, i7: bool, split: bool, w: usize, rs: usize, scales: usize, nb: i32, xq: usize, dx: usize, sx: usize, ls: usize, t: i32, y: usize, O: i32, lo: i32, hi: i32, tab: usize, ktab: usize): void {
+/* @inline */ function intPairs(kind: i32, i7: bool, split: bool, w: usize, rs: usize, scales: usize, nb: i32, xq: usize, dx: usize, sx: usize, t: i32, y: usize, O: i32, lo: i32, hi: i32, tab: usize, ktab: usize): void {
   // The furthest word read ahead is the last row's start + READ_AHEAD + 64 per block. It may lie
   // past the matrix (in whatever follows it: harmless), but not past the memory's end, where it
   // would trap: a matrix that close to the end reads each row's own first word instead. (A bound
@@ -736,12 +743,12 @@ const READ_AHEAD: usize = 2048;
   let ahead: u32 = 0;
   const q = (hi - lo) >> 2;
   for (let o = lo; o < lo + q; o++) {
-    ahead ^= intPair(kind, i7, split, w, rs, scales, nb, xq, dx, sx, ls, t, y, O, o, q, true, tab, ktab, safe);
-    ahead ^= intPair(kind, i7, split, w, rs, scales, nb, xq, dx, sx, ls, t, y, O, o + 2 * q, q, true, tab, ktab, safe);
+    ahead ^= intPair(kind, i7, split, w, rs, scales, nb, xq, dx, sx, t, y, O, o, q, true, tab, ktab, safe);
+    ahead ^= intPair(kind, i7, split, w, rs, scales, nb, xq, dx, sx, t, y, O, o + 2 * q, q, true, tab, ktab, safe);
   }
   const rest = lo + 4 * q, half = (hi - rest) >> 1;
-  for (let o = rest; o < rest + half; o++) ahead ^= intPair(kind, i7, split, w, rs, scales, nb, xq, dx, sx, ls, t, y, O, o, half, true, tab, ktab, safe);
-  if (rest + 2 * half < hi) ahead ^= intPair(kind, i7, split, w, rs, scales, nb, xq, dx, sx, ls, t, y, O, hi - 1, 0, false, tab, ktab, safe);
+  for (let o = rest; o < rest + half; o++) ahead ^= intPair(kind, i7, split, w, rs, scales, nb, xq, dx, sx, t, y, O, o, half, true, tab, ktab, safe);
+  if (rest + 2 * half < hi) ahead ^= intPair(kind, i7, split, w, rs, scales, nb, xq, dx, sx, t, y, O, hi - 1, 0, false, tab, ktab, safe);
   // The words read ahead, ANDed into the table's zero word K_SINK: it stays 0, and the loads stay.
   if (ktab != 0) store<u32>(ktab + (<usize>K_SINK << 4), load<u32>(ktab + (<usize>K_SINK << 4)) & ahead);
 }
@@ -865,7 +872,7 @@ const READ_AHEAD: usize = 2048;
       for (; t + 8 <= tq; t += 8) intTile(kind, true, wr, nb, rowScale, xq, g4 + <usize>(t >> 2) * gs, sx4 + <usize>(t >> 2) * gs, gs, t, y, O, r, tab);
       if (t < tq) intTile(kind, false, wr, nb, rowScale, xq, g4 + <usize>(t >> 2) * gs, sx4 + <usize>(t >> 2) * gs, gs, t, y, O, r, tab);
     }
-    for (let t = tq; t < t1; t++) intPairs(kind, false, false, w, rs, scales, nb, xq, dx, sx, 0, t, y, O, lo, hi, tab, 0);
+    for (let t = tq; t < t1; t++) intPairs(kind, false, false, w, rs, scales, nb, xq, dx, sx, t, y, O, lo, hi, tab, 0);
   }
 }
 
@@ -968,39 +975,39 @@ const FLOAT_TILE_BYTES: i32 = 1024 << 10;
  * The i16 kernels without quantizeRows' per-group scales: one activation row at a time (decode,
  * T = 1). Correct for any T, with the bits of intRowsTiled, but reading the weights once per row.
  */
-/* @inline */ function intRows(kind: i32, i7: bool, split: bool, w: usize, scales: usize, O: i32, I: i32, T: i32, xq: usize, dx: usize, sx: usize, ls: usize, y: usize, lo: i32, hi: i32, tab: usize, ktab: usize): void {
+/* @inline */ function intRows(kind: i32, i7: bool, split: bool, w: usize, scales: usize, O: i32, I: i32, T: i32, xq: usize, dx: usize, sx: usize, y: usize, lo: i32, hi: i32, tab: usize, ktab: usize): void {
   const nb = (I + QK - 1) / QK;
   const rs: usize = kind == T_I8 ? <usize>I : <usize>(I / QK) * blockBytes(kind);
-  for (let t = 0; t < T; t++) intPairs(kind, i7, split, w, rs, scales, nb, xq, dx, sx, ls, t, y, O, lo, hi, tab, ktab);
+  for (let t = 0; t < T; t++) intPairs(kind, i7, split, w, rs, scales, nb, xq, dx, sx, t, y, O, lo, hi, tab, ktab);
 }
 
 /**
- * `ls` not 0: the activations are in quantizeRows' i8 layout and the i8·i7 kernels run (relaxed
- * build, q4/q5 types). `tab`: the f16 table; `ktab`: the constant table (fillActivationTable).
+ * `i8`: the activations are in quantizeRows' i8 records and the i8·i7 kernels run (relaxed
+ * build, q4/q5 types); `split`: in its split i16 layout (q8_0 and i8 at T = 1, splitDot). `tab`: the f16 table; `ktab`: the constant table (fillActivationTable).
  */
-function matmulInt(w: usize, kind: i32, O: i32, I: i32, T: i32, xq: usize, dx: usize, sx: usize, y: usize, scales: usize, tab: usize, ls: usize, ktab: usize, split: bool, part: i32, nparts: i32): void {
+function matmulInt(w: usize, kind: i32, O: i32, I: i32, T: i32, xq: usize, dx: usize, sx: usize, y: usize, scales: usize, tab: usize, i8: bool, ktab: usize, split: bool, part: i32, nparts: i32): void {
   const lo = splitLo(O, part, nparts, 16), hi = splitHi(O, part, nparts, 16);
   if (lo >= hi) return;
   if (ASC_FEATURE_RELAXED_SIMD) {
-    if (ls != 0) {
-      if (kind == T_Q4_0) intRows(T_Q4_0, true, false, w, 0, O, I, T, xq, dx, sx, ls, y, lo, hi, tab, ktab);
-      else if (kind == T_Q4_1) intRows(T_Q4_1, true, false, w, 0, O, I, T, xq, dx, sx, ls, y, lo, hi, tab, ktab);
-      else if (kind == T_Q5_0) intRows(T_Q5_0, true, false, w, 0, O, I, T, xq, dx, sx, ls, y, lo, hi, tab, ktab);
-      else if (kind == T_Q5_1) intRows(T_Q5_1, true, false, w, 0, O, I, T, xq, dx, sx, ls, y, lo, hi, tab, ktab);
+    if (i8) {
+      if (kind == T_Q4_0) intRows(T_Q4_0, true, false, w, 0, O, I, T, xq, dx, sx, y, lo, hi, tab, ktab);
+      else if (kind == T_Q4_1) intRows(T_Q4_1, true, false, w, 0, O, I, T, xq, dx, sx, y, lo, hi, tab, ktab);
+      else if (kind == T_Q5_0) intRows(T_Q5_0, true, false, w, 0, O, I, T, xq, dx, sx, y, lo, hi, tab, ktab);
+      else if (kind == T_Q5_1) intRows(T_Q5_1, true, false, w, 0, O, I, T, xq, dx, sx, y, lo, hi, tab, ktab);
       return;
     }
   }
   if (split) {
-    if (kind == T_Q8_0) intRows(T_Q8_0, false, true, w, scales, O, I, T, xq, dx, sx, 0, y, lo, hi, tab, ktab);
-    else intRows(T_I8, false, true, w, scales, O, I, T, xq, dx, sx, 0, y, lo, hi, tab, ktab);
+    if (kind == T_Q8_0) intRows(T_Q8_0, false, true, w, scales, O, I, T, xq, dx, sx, y, lo, hi, tab, ktab);
+    else intRows(T_I8, false, true, w, scales, O, I, T, xq, dx, sx, y, lo, hi, tab, ktab);
     return;
   }
-  if (kind == T_Q8_0) intRows(T_Q8_0, false, false, w, scales, O, I, T, xq, dx, sx, 0, y, lo, hi, tab, ktab);
-  else if (kind == T_Q4_0) intRows(T_Q4_0, false, false, w, scales, O, I, T, xq, dx, sx, 0, y, lo, hi, tab, ktab);
-  else if (kind == T_Q4_1) intRows(T_Q4_1, false, false, w, scales, O, I, T, xq, dx, sx, 0, y, lo, hi, tab, ktab);
-  else if (kind == T_Q5_0) intRows(T_Q5_0, false, false, w, scales, O, I, T, xq, dx, sx, 0, y, lo, hi, tab, ktab);
-  else if (kind == T_Q5_1) intRows(T_Q5_1, false, false, w, scales, O, I, T, xq, dx, sx, 0, y, lo, hi, tab, ktab);
-  else intRows(T_I8, false, false, w, scales, O, I, T, xq, dx, sx, 0, y, lo, hi, tab, ktab);
+  if (kind == T_Q8_0) intRows(T_Q8_0, false, false, w, scales, O, I, T, xq, dx, sx, y, lo, hi, tab, ktab);
+  else if (kind == T_Q4_0) intRows(T_Q4_0, false, false, w, scales, O, I, T, xq, dx, sx, y, lo, hi, tab, ktab);
+  else if (kind == T_Q4_1) intRows(T_Q4_1, false, false, w, scales, O, I, T, xq, dx, sx, y, lo, hi, tab, ktab);
+  else if (kind == T_Q5_0) intRows(T_Q5_0, false, false, w, scales, O, I, T, xq, dx, sx, y, lo, hi, tab, ktab);
+  else if (kind == T_Q5_1) intRows(T_Q5_1, false, false, w, scales, O, I, T, xq, dx, sx, y, lo, hi, tab, ktab);
+  else intRows(T_I8, false, false, w, scales, O, I, T, xq, dx, sx, y, lo, hi, tab, ktab);
 }
 
 /**

@@ -670,21 +670,21 @@ export class WasmBackend implements Backend {
         const base = h.grown(h.scratchBlock, panel * this.threads * CHUNKS_PER_THREAD + ALIGN);
         this.run(JOB.matmulFloat, work, [info.ptr, WASM_TYPE_IDS[info.type], O, I, n, x0, y0, base, panel, h.activationTable], undefined, undefined, h);
       } else {
-        // i16 activations, or for the i8·i7 kernels i8 ones and 16 bytes of lane sums per block.
+        // i16 activations, or for the i8·i7 kernels a 64-byte record per block (i8 values, lane sums, scale, sum).
         // Those run T = 1 only: they give the i16 kernels' bits, and the tiled i16 kernels (which
         // decode a weight block once for 8 activation rows) are the faster ones for T > 1.
         const i7 = this.i7 && n === 1 && I7_TYPES.has(info.type);
         // A T > 1 product's tiles take the scales and block sums per group of 4 rows (kernels.ts quantizeRows g4).
         const tiled = !i7 && n > 1;
-        const qb = align((i7 ? 1 : 2) * n * nb * QK), sb = align(4 * n * nb), lb = i7 ? align(16 * n * nb) : 0;
+        const qb = align(2 * n * nb * QK), sb = align(4 * n * nb);
         const gb = tiled ? 2 * 16 * nb * Math.ceil(n / 4) : 0;
-        const qp = h.grown(h.scratchBlock, qb + 2 * sb + lb + gb), dp = qp + qb, sp = dp + sb, lp = i7 ? sp + sb : 0;
-        const gp = tiled ? sp + sb + lb : 0;
+        const qp = h.grown(h.scratchBlock, qb + 2 * sb + gb), dp = qp + qb, sp = dp + sb, records = i7 ? 1 : 0;
+        const gp = tiled ? sp + sb : 0;
         // T = 1 over q8_0 and i8: the activations' even and odd elements apart (kernels.ts splitDot).
         const split = n === 1 && SPLIT_TYPES.has(info.type) ? 1 : 0;
-        this.run(JOB.quantize, n * I * 4, [x0, n, I, qp, dp, sp, lp, gp, split], undefined, undefined, h);
+        this.run(JOB.quantize, n * I * 4, [x0, n, I, qp, dp, sp, records, gp, split], undefined, undefined, h);
         const scales = info.type === "i8" ? info.ptr + O * I : 0;
-        this.run(JOB.matmulInt, work, [info.ptr, WASM_TYPE_IDS[info.type], O, I, n, qp, dp, sp, y0, scales, h.halfTable, lp, h.activationTable, gp, split], undefined, undefined, h);
+        this.run(JOB.matmulInt, work, [info.ptr, WASM_TYPE_IDS[info.type], O, I, n, qp, dp, sp, y0, scales, h.halfTable, records, h.activationTable, gp, split], undefined, undefined, h);
       }
     }
   }
