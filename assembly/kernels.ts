@@ -668,7 +668,7 @@ const Q5S_MUL = i16x8(16, 16, 8, 8, 4, 4, 2, 2);
   const lowNibble = i7 ? kc(ktab, K_LOW_NIBBLE) : i8x16.splat(0);
   const hiByte = split ? kc(ktab, K_HI_BYTE) : i8x16.splat(0);
   let acc = f32x4.splat(0); // (o's P sum, o's Q sum, o1's P sum, o1's Q sum)
-  // Running pointers: this block of rows o and o1, of the activations, their scales, sums and lane sums.
+  // Running pointers: this block of rows o and o1, of the activations, their scales and sums (the i8 records hold all three).
   let p0 = w + <usize>o * rs, p1 = w + <usize>o1 * rs;
   let qb = xq + <usize>t * qs, db = dx + <usize>t * ds, sb = sx + <usize>t * ds;
   const end = p0 + <usize>nb * bb;
@@ -676,7 +676,7 @@ const Q5S_MUL = i16x8(16, 16, 8, 8, 4, 4, 2, 2);
   // `readAhead` (near the memory's end, see intPairs) each row's own first word, again and again.
   const ahead0: usize = readAhead ? READ_AHEAD : 0, aheadStep: usize = readAhead ? 64 : 0;
   let a0 = p0 + ahead0, a1 = p1 + ahead0, ahead: u32 = 0;
-  // (The i8 records hold a block's scale, sum and lane sums too: one pointer, db and sb stay put.)
+  // (With i7, db and sb stay put: the records at qb hold the scale and sum.)
   const dstep: usize = i7 ? 0 : 4;
   for (; p0 < end; p0 += bb, p1 += bb, qb += i7 ? I7_RECORD : 2 * QK, db += dstep, sb += dstep, a0 += aheadStep, a1 += aheadStep) {
     ahead ^= load<u32>(a0) ^ load<u32>(a1);
@@ -765,7 +765,7 @@ const READ_AHEAD: usize = 2048;
  * halves back by 8 (exact) before converting, so the bits are the i16 kernels'.
  */
 /* @inline */ function splitDot(kind: i32, p: usize, xe0: v128, xo0: v128, xe1: v128, xo1: v128, hiByte: v128): v128 {
-  const v0 = kind == T_Q8_0 ? v128.load(p, 2) : v128.load(p), v1 = kind == T_Q8_0 ? v128.load(p, 18) : v128.load(p, 16);
+  const v0 = blockLo(kind, p), v1 = blockHi(kind, p); // the block's raw bytes (q8_0, i8)
   const s0 = i32x4.add(i32x4.dot_i16x8_s(i16x8.shl(v0, 8), xe0), i32x4.dot_i16x8_s(v128.and(v0, hiByte), xo0));
   return i32x4.add(s0, i32x4.add(i32x4.dot_i16x8_s(i16x8.shl(v1, 8), xe1), i32x4.dot_i16x8_s(v128.and(v1, hiByte), xo1)));
 }
