@@ -254,7 +254,7 @@ for (const c of candidates()) {
 
   test(`conformance ${c.label}: wkv7 with state carry`, () => {
     const r = rng(13);
-    for (const [T, H, N] of [[1, 1, 4], [3, 2, 5], [17, 3, 16], [2, 12, 64], [64, 2, 8]]) {
+    for (const [T, H, N] of [[1, 1, 4], [1, 3, 5], [3, 2, 5], [17, 3, 16], [1, 12, 64], [2, 12, 64], [64, 2, 8]]) {
       const C = H * N;
       const S1 = new Float32Array(H * N * N), S2 = new Float32Array(H * N * N), S3 = new Float32Array(H * N * N);
       for (let call = 0; call < 2; call++) {

@@ -230,7 +230,8 @@ export class WasmTensorKernels implements TensorKernels {
 
   wkv7(y: Tensor, r: Tensor, decay: Tensor, k: Tensor, v: Tensor, a: Tensor, b: Tensor, S: Tensor, H: number, row0: number, T: number): void {
     const C = k.cols, N = C / H, o = 4 * row0 * C;
-    this.be.run(JOB.wkv7, T * H * N * N * 4, [T, H, N, p(r) + o, p(decay) + o, p(k) + o, p(v) + o, p(a) + o, p(b) + o, p(S), p(y) + o]);
+    this.be.run(JOB.wkv7, T * H * N * N * 4, [T, H, N, p(r) + o, p(decay) + o, p(k) + o, p(v) + o, p(a) + o, p(b) + o, p(S), p(y) + o,
+      this.be.activationTable]);
   }
 
   private elementwise(job: number, ptrs: number[], shape: Tensor): void {
