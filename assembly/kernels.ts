@@ -1122,8 +1122,8 @@ function wkv5(T: i32, H: i32, N: i32, r: usize, k: usize, v: usize, decay: usize
  * RWKV-7 per head (wkv.ts wkv7Step), the state updated in place. At T = 1 (decoding) this part's
  * heads' state is first touched, a word per cache line: since the last token the weights streamed
  * through the caches have evicted it (0.1B: 196 KB a layer), and wkv7Step, a reduction over two
- * rows and then their update, keeps few misses in flight (44-45 µs a layer on one thread here);
- * independent loads keep more in flight (36-38 µs in all; the arithmetic is unchanged).
+ * rows and then their update, keeps few misses in flight (41-45 µs a layer on one thread here);
+ * independent loads keep more in flight (33-38 µs in all; the arithmetic is unchanged).
  * `ktab`: the constant table (sink).
  */
 function wkv7(T: i32, H: i32, N: i32, r: usize, decay: usize, k: usize, v: usize, a: usize, b: usize, S: usize, y: usize, ktab: usize, part: i32, nparts: i32): void {
