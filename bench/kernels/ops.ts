@@ -18,6 +18,10 @@ if (!file) {
   process.exit(2);
 }
 const threads = Number(threadsArg), tokens = Number(tokensArg);
+if (!Number.isInteger(threads) || threads < 1 || !Number.isInteger(tokens) || tokens < 1) {
+  console.error(`ops.js: THREADS and TOKENS must be positive integers (got ${threadsArg}, ${tokensArg})`);
+  process.exit(2);
+}
 
 type Method = (this: WasmTensorKernels, ...args: unknown[]) => unknown;
 const table = WasmTensorKernels.prototype as unknown as Record<string, Method>;
@@ -44,7 +48,10 @@ for (const name of Object.getOwnPropertyNames(WasmTensorKernels.prototype)) {
   };
 }
 
-const model = await loadModel(file, { threads, verify: false, backend: "wasm" });
+const model = await loadModel(file, { threads, verify: false, backend: "wasm" }).catch((e: unknown) => {
+  console.error(`ops.js: ${e instanceof Error ? e.message : String(e)}`);
+  process.exit(2);
+});
 const state = model.initState();
 let token = 1;
 const next = (): number => (token = (token * 31 + 7) % model.config.vocabSize);
