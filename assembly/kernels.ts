@@ -1186,7 +1186,7 @@ const K_I16_ONES = 27;
 const K_Q5S_MUL = 28, K_FIFTH_BIT = 29;
 /** splitDot's mask of each i16 lane's high byte (0xff00). */
 const K_HI_BYTE = 31;
-/** A zero word the read-ahead loads are ANDed into (intPairs); a cache line of its own, away from the constants the loops read. */
+/** A zero word the loads made only to fetch lines are ANDed into (sink: intPairs' read-ahead, wkv7's state); a cache line of its own, away from the constants the loops read. */
 const K_SINK = 32;
 const K_COUNT = 36;
 

@@ -676,7 +676,7 @@ export class WasmBackend implements Backend {
         const i7 = this.i7 && n === 1 && I7_TYPES.has(info.type);
         // A T > 1 product's tiles take the scales and block sums per group of 4 rows (kernels.ts quantizeRows g4).
         const tiled = !i7 && n > 1;
-        const qb = align(2 * n * nb * QK), sb = align(4 * n * nb);
+        const qb = align(2 * n * nb * QK), sb = align(4 * n * nb); // i16 values, or records of the same 64 bytes a block
         const gb = tiled ? 2 * 16 * nb * Math.ceil(n / 4) : 0;
         const qp = h.grown(h.scratchBlock, qb + 2 * sb + gb), dp = qp + qb, sp = dp + sb, records = i7 ? 1 : 0;
         const gp = tiled ? sp + sb : 0;
