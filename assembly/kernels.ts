@@ -99,7 +99,7 @@ export function runJob(ctrl: usize, job: i32, part: i32, nparts: i32): void {
   if (job == JOB_MATMUL_FLOAT) {
     matmulFloat(arg(a, 0), arg(a, 1), arg(a, 2), arg(a, 3), arg(a, 4), arg(a, 5), arg(a, 6), <usize>arg(a, 7) + <usize>part * <usize>arg(a, 8), arg(a, 9), part, nparts);
   } else if (job == JOB_MATMUL_INT) {
-    if (arg(a, 13) != 0) matmulIntTiled(arg(a, 0), arg(a, 1), arg(a, 2), arg(a, 3), arg(a, 4), arg(a, 5), arg(a, 6), arg(a, 7), arg(a, 8), arg(a, 9), arg(a, 10), arg(a, 13), part, nparts);
+    if (arg(a, 13) != 0) matmulIntTiled(arg(a, 0), arg(a, 1), arg(a, 2), arg(a, 3), arg(a, 4), arg(a, 5), arg(a, 6), arg(a, 7), arg(a, 8), arg(a, 9), arg(a, 10), arg(a, 13), arg(a, 12), part, nparts);
     else matmulInt(arg(a, 0), arg(a, 1), arg(a, 2), arg(a, 3), arg(a, 4), arg(a, 5), arg(a, 6), arg(a, 7), arg(a, 8), arg(a, 9), arg(a, 10), arg(a, 11) != 0, arg(a, 12), arg(a, 14) != 0, part, nparts);
   } else if (job == JOB_QUANTIZE) {
     quantizeRows(arg(a, 0), arg(a, 1), arg(a, 2), arg(a, 3), arg(a, 4), arg(a, 5), arg(a, 6) != 0, arg(a, 7), arg(a, 8) != 0, part, nparts);
@@ -870,7 +870,7 @@ function touchLines(p: usize, n: usize): u32 {
 }
 
 /** A T > 1 product: intTile over whole groups of 4 activation rows, the rest by intPair. */
-/* @inline */ function intRowsTiled(kind: i32, w: usize, scales: usize, O: i32, I: i32, T: i32, xq: usize, dx: usize, sx: usize, g4: usize, y: usize, lo: i32, hi: i32, tab: usize): void {
+/* @inline */ function intRowsTiled(kind: i32, w: usize, scales: usize, O: i32, I: i32, T: i32, xq: usize, dx: usize, sx: usize, g4: usize, y: usize, lo: i32, hi: i32, tab: usize, ktab: usize): void {
   const nb = (I + QK - 1) / QK;
   const rs: usize = kind == T_I8 ? <usize>I : <usize>(I / QK) * blockBytes(kind);
   const gs = <usize>nb << 4; // bytes of one group of 4 rows' scales (nb, 4)
@@ -886,7 +886,7 @@ function touchLines(p: usize, n: usize): u32 {
       for (; t + 8 <= tq; t += 8) intTile(kind, true, wr, nb, rowScale, xq, g4 + <usize>(t >> 2) * gs, sx4 + <usize>(t >> 2) * gs, gs, t, y, O, r, tab);
       if (t < tq) intTile(kind, false, wr, nb, rowScale, xq, g4 + <usize>(t >> 2) * gs, sx4 + <usize>(t >> 2) * gs, gs, t, y, O, r, tab);
     }
-    for (let t = tq; t < t1; t++) intPairs(kind, false, false, w, rs, scales, nb, xq, dx, sx, t, y, O, lo, hi, tab, 0);
+    for (let t = tq; t < t1; t++) intPairs(kind, false, false, w, rs, scales, nb, xq, dx, sx, t, y, O, lo, hi, tab, ktab);
   }
 }
 
@@ -1028,15 +1028,15 @@ function matmulInt(w: usize, kind: i32, O: i32, I: i32, T: i32, xq: usize, dx: u
  * matmulInt for T > 1 on the i16 layout with quantizeRows' per-group scales (g4): the weights
  * stream once per L2 tile of activation rows. runJob picks it when the host passed g4.
  */
-function matmulIntTiled(w: usize, kind: i32, O: i32, I: i32, T: i32, xq: usize, dx: usize, sx: usize, y: usize, scales: usize, tab: usize, g4: usize, part: i32, nparts: i32): void {
+function matmulIntTiled(w: usize, kind: i32, O: i32, I: i32, T: i32, xq: usize, dx: usize, sx: usize, y: usize, scales: usize, tab: usize, g4: usize, ktab: usize, part: i32, nparts: i32): void {
   const lo = splitLo(O, part, nparts, 16), hi = splitHi(O, part, nparts, 16);
   if (lo >= hi) return;
-  if (kind == T_Q8_0) intRowsTiled(T_Q8_0, w, scales, O, I, T, xq, dx, sx, g4, y, lo, hi, tab);
-  else if (kind == T_Q4_0) intRowsTiled(T_Q4_0, w, scales, O, I, T, xq, dx, sx, g4, y, lo, hi, tab);
-  else if (kind == T_Q4_1) intRowsTiled(T_Q4_1, w, scales, O, I, T, xq, dx, sx, g4, y, lo, hi, tab);
-  else if (kind == T_Q5_0) intRowsTiled(T_Q5_0, w, scales, O, I, T, xq, dx, sx, g4, y, lo, hi, tab);
-  else if (kind == T_Q5_1) intRowsTiled(T_Q5_1, w, scales, O, I, T, xq, dx, sx, g4, y, lo, hi, tab);
-  else intRowsTiled(T_I8, w, scales, O, I, T, xq, dx, sx, g4, y, lo, hi, tab);
+  if (kind == T_Q8_0) intRowsTiled(T_Q8_0, w, scales, O, I, T, xq, dx, sx, g4, y, lo, hi, tab, ktab);
+  else if (kind == T_Q4_0) intRowsTiled(T_Q4_0, w, scales, O, I, T, xq, dx, sx, g4, y, lo, hi, tab, ktab);
+  else if (kind == T_Q4_1) intRowsTiled(T_Q4_1, w, scales, O, I, T, xq, dx, sx, g4, y, lo, hi, tab, ktab);
+  else if (kind == T_Q5_0) intRowsTiled(T_Q5_0, w, scales, O, I, T, xq, dx, sx, g4, y, lo, hi, tab, ktab);
+  else if (kind == T_Q5_1) intRowsTiled(T_Q5_1, w, scales, O, I, T, xq, dx, sx, g4, y, lo, hi, tab, ktab);
+  else intRowsTiled(T_I8, w, scales, O, I, T, xq, dx, sx, g4, y, lo, hi, tab, ktab);
 }
 
 // ---------------------------------------------------------------------------------------------
