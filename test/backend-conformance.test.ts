@@ -320,13 +320,15 @@ for (const simd of wasmBuilds) {
     }
   });
 
-  test(`conformance wasm ${simd}: a one-row integer matmul whose weights end at the memory's end (reading ahead stays inside it)`, () => {
+  test(`conformance wasm ${simd}: integer matmuls whose weights end at the memory's end (reading ahead stays inside it): one row, and a prompt's rows past its 4-row groups`, () => {
     const PAGE = 65536, r = rng(29);
     for (const type of INT_TYPES) {
-      const be = new WasmBackend({ simd }), O = 40, I = 3072;
-      const x = Float32Array.from({ length: I }, () => r());
-      // A first product of the shape sizes the scratch blocks, so the second one allocates nothing.
-      const first = be.matmul(x, 1, be.adopt(randomMatrix(type, O, I, r)));
+      const be = new WasmBackend({ simd }), O = 40, I = 3072, T = 5; // T = 5: one 4-row group, then one row as stepping reads it
+      const x = Float32Array.from({ length: T * I }, () => r()), x1 = x.subarray(0, I);
+      // First products of the shapes size the scratch blocks, so the later ones allocate nothing.
+      const first = be.adopt(randomMatrix(type, O, I, r));
+      be.matmul(x, T, first);
+      const firstOne = be.matmul(x1, 1, first);
       const W = randomMatrix(type, O, I, r);
       const away = new WasmBackend({ simd }), wAway = away.adopt(W);
       const block = Math.ceil(away.adoptedInfo(wAway)!.bytes / 64) * 64; // the adopted block, as the allocator aligns it
@@ -335,12 +337,15 @@ for (const simd of wasmBuilds) {
       if (end - block > top) be.alloc(end - block - top); // filler: W's block then ends on a page boundary
       const w = be.adopt(W);
       assert.equal(be.adoptedInfo(w)!.ptr + block, end, `${type}: the weights' block ends at ${end}`);
-      const got = be.matmul(x, 1, w);
+      const prompt = be.matmul(x, T, w);
+      const got = be.matmul(x1, 1, w);
       assert.equal(be.f32.buffer.byteLength, end, `${type}: the memory ends where the weights do`);
-      assert.deepEqual(got, away.matmul(x, 1, wAway), `${type}: the product is the one away from the memory's end`);
-      assert.notDeepEqual(got, first, `${type}: (the two matrices differ)`);
+      assert.deepEqual(prompt, away.matmul(x, T, wAway), `${type}: the T = ${T} product is the one away from the memory's end`);
+      assert.deepEqual(got, away.matmul(x1, 1, wAway), `${type}: the one-row product is the one away from the memory's end`);
+      assert.notDeepEqual(got, firstOne, `${type}: (the two matrices differ)`);
     }
   });
+
 }
 
 test("f16sPosition permutes each full group of 8 so lane l holds columns l and l + 4; tails stay", () => {
