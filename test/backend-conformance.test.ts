@@ -345,7 +345,6 @@ for (const simd of wasmBuilds) {
       assert.notDeepEqual(got, firstOne, `${type}: (the two matrices differ)`);
     }
   });
-
 }
 
 test("f16sPosition permutes each full group of 8 so lane l holds columns l and l + 4; tails stay", () => {
