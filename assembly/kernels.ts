@@ -732,6 +732,7 @@ const READ_AHEAD: usize = 2048;
  * (what is left over, fewer than 4 rows, in pairs half of it apart). Against two streams (pairs half
  * the range apart), decode alternating, medians: 1 thread +3-5% (rwkv.cpp Q8_0 and Q5_1, GGUF Q4_0
  * 0.1B), 2 threads GGUF Q4_0 97 -> 107 tok/s, Q5_1 +3%; eight streams were slower than four.
+ * `ktab`: the constant table, never 0 (every caller has it; sink stores the read-ahead words there).
  */
 /* @inline */ function intPairs(kind: i32, i7: bool, split: bool, w: usize, rs: usize, scales: usize, nb: i32, xq: usize, dx: usize, sx: usize, t: i32, y: usize, O: i32, lo: i32, hi: i32, tab: usize, ktab: usize): void {
   // The furthest word read ahead is the last row's start + READ_AHEAD + 64 per block. It may lie
@@ -749,7 +750,7 @@ const READ_AHEAD: usize = 2048;
   const rest = lo + 4 * q, half = (hi - rest) >> 1;
   for (let o = rest; o < rest + half; o++) ahead ^= intPair(kind, i7, split, w, rs, scales, nb, xq, dx, sx, t, y, O, o, half, true, tab, ktab, safe);
   if (rest + 2 * half < hi) ahead ^= intPair(kind, i7, split, w, rs, scales, nb, xq, dx, sx, t, y, O, hi - 1, 0, false, tab, ktab, safe);
-  if (ktab != 0) sink(ktab, ahead);
+  sink(ktab, ahead);
 }
 
 /**
